@@ -1,0 +1,23 @@
+//! blangko-server: the stock and daily-quota service for blank e-KTP cards.
+//!
+//! A request flows top to bottom through these modules:
+//! - `config`: the operator's flags and environment (clap);
+//! - `app`: builds the server (database, NIK key, gRPC services, health, reflection) and runs
+//!   it until a shutdown signal, draining within a bounded time;
+//! - `grpc`: thin handlers: validate and decode, call the engine, encode; one place maps engine
+//!   errors to gRPC statuses with rich details;
+//! - `engine`: every operation as one database transaction, applying the rules of `domain`;
+//! - `domain`: the pure rules (NIK, calendar day, quota policy, reservation states); no I/O;
+//! - `store`: the database (embedded SQLite or PostgreSQL), migrations embedded;
+//! - `clock`, `nik_key`: injected time and the key that hashes NIKs.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod engine;
+pub mod grpc;
+pub mod nik_key;
+pub mod store;

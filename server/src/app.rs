@@ -1,0 +1,239 @@
+//! Builds the server and runs it until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use blangko_proto::v1::counter_service_server::CounterServiceServer;
+use blangko_proto::v1::stock_service_server::StockServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::grpc::counter::CounterApi;
+use crate::grpc::stock::StockApi;
+use crate::nik_key::{NikKey, default_key_path};
+use crate::store::{DatabaseKind, Store, StoreOptions};
+
+/// Largest gRPC message accepted or sent (requests are small; the largest answers are pages).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A built server: database open and migrated, socket bound, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    config: Config,
+}
+
+impl Application {
+    /// Opens the database, loads the NIK key, binds the socket.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::with_offset_ms(
+            config.clock_offset_secs.saturating_mul(1000),
+        ));
+        Self::build_with_clock(config, clock).await
+    }
+
+    /// As `build`, with an injected clock.
+    pub async fn build_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Application> {
+        let store = Store::open(&StoreOptions {
+            url: config.database.clone(),
+            max_connections: config.db_max_connections,
+            acquire_timeout: Duration::from_secs(config.db_acquire_timeout_secs),
+            sqlite_sync: config.sqlite_synchronous,
+        })
+        .await?;
+        let nik_key = load_nik_key(&config, &store)?;
+        let engine = Arc::new(Engine::new(store, clock, nik_key, config.max_watchers));
+        if config.demo {
+            crate::demo::seed(&engine)
+                .await
+                .context("cannot seed the demo data")?;
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        Ok(Application {
+            listener,
+            engine,
+            config,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// The engine (tests inspect it).
+    pub fn engine(&self) -> Arc<Engine> {
+        Arc::clone(&self.engine)
+    }
+
+    /// Serves until `shutdown` completes, then drains: health turns NOT_SERVING, open streams
+    /// end, calls in flight finish, all within the drain time-out.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            engine,
+            config,
+        } = self;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<CounterServiceServer<CounterApi>>()
+            .await;
+        health_reporter
+            .set_serving::<StockServiceServer<StockApi>>()
+            .await;
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(blangko_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(blangko_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let counter =
+            CounterServiceServer::new(CounterApi::new(Arc::clone(&engine), stop_rx.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let stock = StockServiceServer::new(StockApi::new(Arc::clone(&engine)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+        let sweeper = tokio::spawn(Arc::clone(&engine).run_sweeper(
+            Duration::from_secs(config.sweep_interval_secs),
+            stop_rx.clone(),
+        ));
+
+        // The signal: health goes NOT_SERVING first (load balancers stop sending), then the
+        // stop flag ends open streams and starts tonic's graceful shutdown.
+        let stopper = {
+            let health_reporter = health_reporter.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                tracing::info!("shutdown requested: draining");
+                health_reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                health_reporter
+                    .set_not_serving::<CounterServiceServer<CounterApi>>()
+                    .await;
+                health_reporter
+                    .set_not_serving::<StockServiceServer<StockApi>>()
+                    .await;
+                let _ = stop_tx.send(true);
+                stop_tx
+            })
+        };
+
+        let mut stopped = stop_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(counter)
+            .add_service(stock)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            });
+        let mut server = Box::pin(server);
+        let mut stopping = stop_rx.clone();
+        let served = tokio::select! {
+            result = &mut server => Some(result),
+            _ = stopping.wait_for(|s| *s) => None,
+        };
+        let result = match served {
+            Some(result) => result.map_err(anyhow::Error::from),
+            None => {
+                let drain = Duration::from_secs(config.drain_timeout_secs);
+                match tokio::time::timeout(drain, server).await {
+                    Ok(result) => result.map_err(anyhow::Error::from),
+                    Err(_) => {
+                        tracing::warn!(?drain, "drain time-out reached; closing remaining calls");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        stopper.abort();
+        let _ = sweeper.await;
+        engine.store.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// The NIK key: from the configured file, or (SQLite only) generated beside the database.
+fn load_nik_key(config: &Config, store: &Store) -> anyhow::Result<NikKey> {
+    if let Ok(hex) = std::env::var("BLANGKO_NIK_KEY") {
+        return NikKey::from_hex(&hex).context("BLANGKO_NIK_KEY");
+    }
+    match (&config.nik_key_file, store.kind()) {
+        (Some(path), _) => NikKey::load_or_create(path, store.kind() == DatabaseKind::Sqlite),
+        (None, DatabaseKind::Sqlite) => {
+            let db = store
+                .sqlite_path()
+                .context("SQLite store without a file path")?;
+            NikKey::load_or_create(&default_key_path(db), true)
+        }
+        (None, DatabaseKind::Postgres) => anyhow::bail!(
+            "with PostgreSQL every replica must hash NIKs with the same key: pass --nik-key-file FILE \
+(or BLANGKO_NIK_KEY_FILE / BLANGKO_NIK_KEY with 64 hex characters); create one with: openssl rand -hex 32 > nik.key"
+        ),
+    }
+}
+
+/// Initializes logging (call once, from main).
+pub fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        crate::config::LogFormat::Text => builder.init(),
+        crate::config::LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

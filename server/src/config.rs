@@ -1,0 +1,104 @@
+//! The operator's interface: every flag also reads an environment variable, and every default
+//! is safe for a first start on one machine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::store::SqliteSync;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// blangko-server: stock and daily-quota service for blank e-KTP cards.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "blangko-server",
+    version,
+    about = "gRPC stock and daily-quota service for blank e-KTP cards (blangko)",
+    long_about = "Records shipments, spoiled blanks and stock-takes, and enforces each office's daily quota \
+atomically. With no arguments it listens on 127.0.0.1:50051 and keeps its data in the embedded SQLite \
+file ./blangko.db (created on first start).",
+    after_help = "Examples:\n  blangko-server\n  blangko-server --demo\n  blangko-server --listen 0.0.0.0:50051 --database postgres://blangko@db/blangko --nik-key-file /run/secrets/nik.key"
+)]
+pub struct Config {
+    /// Address to listen on for gRPC (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "BLANGKO_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Database URL: sqlite:PATH (embedded, one server process per file) or postgres://USER@HOST/DB
+    /// (several replicas).
+    #[arg(
+        long,
+        env = "BLANGKO_DATABASE_URL",
+        default_value = "sqlite:blangko.db"
+    )]
+    pub database: String,
+
+    /// Log format.
+    #[arg(long, env = "BLANGKO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "blangko_server=debug".
+    #[arg(long, env = "BLANGKO_LOG", default_value = "info")]
+    pub log: String,
+
+    /// File holding the 64-hex-character key that hashes NIKs. Required with PostgreSQL (every
+    /// replica must use the same key). With SQLite it defaults to DATABASE_FILE.nikkey, generated
+    /// on first start with mode 0600.
+    #[arg(long, env = "BLANGKO_NIK_KEY_FILE")]
+    pub nik_key_file: Option<PathBuf>,
+
+    /// Seed demonstration offices on start (Kota Bekasi 3275, Kabupaten Bandung 3204, Kabupaten
+    /// Pandeglang 3601) unless they exist.
+    #[arg(long, env = "BLANGKO_DEMO")]
+    pub demo: bool,
+
+    /// Longest time, in seconds, that shutdown waits for calls in flight before it exits.
+    #[arg(long, env = "BLANGKO_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+
+    /// Seconds between two passes of the sweeper that releases expired holds.
+    #[arg(long, env = "BLANGKO_SWEEP_INTERVAL_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub sweep_interval_secs: u64,
+
+    /// Most WatchQuota streams open at once on this server.
+    #[arg(long, env = "BLANGKO_MAX_WATCHERS", default_value_t = 10_000)]
+    pub max_watchers: usize,
+
+    /// Most database connections (PostgreSQL; SQLite uses one writer and four readers).
+    #[arg(long, env = "BLANGKO_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+
+    /// Seconds a call waits for a free database connection before it fails with UNAVAILABLE.
+    #[arg(long, env = "BLANGKO_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub db_acquire_timeout_secs: u64,
+
+    /// SQLite durability: "full" survives power loss; "normal" survives a process crash only.
+    #[arg(long, env = "BLANGKO_SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Full)]
+    pub sqlite_synchronous: SqliteSync,
+
+    /// Shift the server's clock by this many seconds (drills and tests of a later hour or day;
+    /// leave 0 in production).
+    #[arg(
+        long,
+        env = "BLANGKO_CLOCK_OFFSET_SECS",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub clock_offset_secs: i64,
+}
+
+impl Config {
+    /// The defaults, as if started with no arguments (tests override fields).
+    pub fn defaults() -> Config {
+        Config::parse_from(["blangko-server"])
+    }
+}

@@ -1,0 +1,344 @@
+//! The NIK (Nomor Induk Kependudukan), the applicant's 16-digit population number.
+//!
+//! Layout `PP RR DD DDMMYY SSSS`: province, regency/city and district where the person was
+//! first registered, the birth date (day + 40 for women) and a serial. There is no checksum, so
+//! the only defences against a typo are the length, the province list, the birth date and the
+//! serial. Regency and district codes are not checked: NIKs are permanent and regions split, so
+//! an old prefix that no longer exists is still a valid NIK.
+//!
+//! A NIK is personal data (UU 27/2022 on personal data protection): `Debug` and every error
+//! message show at most the masked form, so a NIK never lands in a log by accident.
+
+use std::fmt;
+
+use chrono::{Datelike, NaiveDate};
+
+/// Number of digits in a NIK.
+pub const NIK_DIGITS: usize = 16;
+
+/// Inclusive ranges of the valid two-digit province codes (Kemendagri, 38 provinces).
+const PROVINCE_RANGES: [(u8, u8); 9] = [
+    (11, 19),
+    (21, 21),
+    (31, 36),
+    (51, 53),
+    (61, 65),
+    (71, 76),
+    (81, 81),
+    (82, 82),
+    (91, 96),
+];
+
+/// A validated NIK: exactly 16 ASCII digits, separators removed.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Nik(String);
+
+/// Why a typed NIK was rejected; messages name the rule and never repeat the input digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NikError {
+    /// Nothing but separators was typed.
+    #[error("must not be empty")]
+    Empty,
+    /// Wrong number of digits once separators are removed.
+    #[error("must have 16 digits, got {digits}")]
+    WrongLength {
+        /// How many characters remained after removing separators.
+        digits: usize,
+    },
+    /// A character other than a digit, space, dot or dash.
+    #[error("must contain only digits")]
+    NonDigit,
+    /// The first two digits are not one of the 38 province codes.
+    // The code stays out of the message: the message must never echo input digits.
+    #[error("starts with an unknown province code")]
+    UnknownProvince {
+        /// The two-digit code found, for callers that want to report it.
+        code: String,
+    },
+    /// Digits 7–12 do not form a real birth date (day 01–31, or 41–71 for women).
+    #[error("birth date digits do not form a real date")]
+    ImpossibleBirthDate,
+    /// The last four digits are 0000; serials start at 0001.
+    #[error("serial number must not be 0000")]
+    ZeroSerial,
+}
+
+impl Nik {
+    /// Parses a NIK typed by an officer: spaces, dots and dashes removed; then 16 digits.
+    ///
+    /// `today` is the office's local date; it decides the century of the two-digit birth year.
+    /// Surrounding whitespace (a pasted newline) is ignored too.
+    pub fn parse(input: &str, today: NaiveDate) -> Result<Nik, NikError> {
+        let digits: String = input
+            .trim()
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '.' | '-'))
+            .collect();
+        if digits.is_empty() {
+            return Err(NikError::Empty);
+        }
+        if !digits.chars().all(|c| c.is_ascii_digit()) {
+            return Err(NikError::NonDigit);
+        }
+        // All ASCII from here on, so byte length is the digit count and slicing is safe.
+        if digits.len() != NIK_DIGITS {
+            return Err(NikError::WrongLength {
+                digits: digits.len(),
+            });
+        }
+        let province = &digits[0..2];
+        if !is_known_province(province) {
+            return Err(NikError::UnknownProvince {
+                code: province.to_string(),
+            });
+        }
+        birth_date(&digits[6..12], today).ok_or(NikError::ImpossibleBirthDate)?;
+        if &digits[12..16] == "0000" {
+            return Err(NikError::ZeroSerial);
+        }
+        Ok(Nik(digits))
+    }
+
+    /// The 16 digits, for storage and lookups; never for display or logs.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// "327501******0001": first 6 digits (province, regency, district) and last 4 (serial) kept.
+    pub fn masked(&self) -> String {
+        mask_digits(&self.0)
+    }
+
+    /// The two-digit province code, e.g. "32" for Jawa Barat.
+    pub fn province_code(&self) -> &str {
+        &self.0[0..2]
+    }
+}
+
+impl fmt::Debug for Nik {
+    // Debug output ends up in logs and panics; only the masked form may appear there.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Nik").field(&self.masked()).finish()
+    }
+}
+
+/// True for the 38 Kemendagri province codes (11–19, 21, 31–36, 51–53, 61–65, 71–76, 81, 82, 91–96).
+pub fn is_known_province(code: &str) -> bool {
+    if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let Ok(n) = code.parse::<u8>() else {
+        return false;
+    };
+    PROVINCE_RANGES
+        .iter()
+        .any(|&(low, high)| (low..=high).contains(&n))
+}
+
+/// Masks a 16-digit NIK as "327501******0001"; anything else becomes 16 stars, so a malformed
+/// value cannot leak either.
+pub fn mask_digits(nik16: &str) -> String {
+    if nik16.len() == NIK_DIGITS && nik16.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{}******{}", &nik16[0..6], &nik16[12..16])
+    } else {
+        "*".repeat(NIK_DIGITS)
+    }
+}
+
+/// The birth date encoded in `ddmmyy` (6 ASCII digits), or None if it is not a real date.
+///
+/// Women have 40 added to the day. The two-digit year takes the latest century that does not
+/// put the birth date after `today` (a newborn registered today is valid).
+fn birth_date(ddmmyy: &str, today: NaiveDate) -> Option<NaiveDate> {
+    let dd: u32 = ddmmyy.get(0..2)?.parse().ok()?;
+    let mm: u32 = ddmmyy.get(2..4)?.parse().ok()?;
+    let yy: i32 = ddmmyy.get(4..6)?.parse().ok()?;
+    let day = match dd {
+        1..=31 => dd,
+        41..=71 => dd - 40,
+        _ => return None,
+    };
+    if !(1..=12).contains(&mm) {
+        return None;
+    }
+    // Compare as (year, month, day) tuples first: the candidate may not be a real date in one
+    // century and real in the other (29 February 2000 vs 1900), so the century is chosen on
+    // the digits and validity is checked once, on the chosen year.
+    let mut year = today.year() - today.year().rem_euclid(100) + yy;
+    if (year, mm, day) > (today.year(), today.month(), today.day()) {
+        year -= 100;
+    }
+    NaiveDate::from_ymd_opt(year, mm, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).expect("test date")
+    }
+
+    fn today() -> NaiveDate {
+        date(2026, 11, 28)
+    }
+
+    #[test]
+    fn valid_niks() {
+        // (input, normalized)
+        let cases = [
+            ("3275010101900001", "3275010101900001"),
+            // Separators an officer types or copies from a photocopy.
+            ("3275.0101-0190 0001", "3275010101900001"),
+            (" 3275 0101 0190 0001\n", "3275010101900001"),
+            // Woman born 1 January 1990: day 01 + 40.
+            ("3275014101900001", "3275014101900001"),
+            // Woman born 31 March 1990: day 71.
+            ("3275017103900001", "3275017103900001"),
+            // 29 February 2000 and 2024 (leap years).
+            ("3201012902000001", "3201012902000001"),
+            ("3201012902240001", "3201012902240001"),
+            // Woman born 29 February 2024.
+            ("3201016902240001", "3201016902240001"),
+            // Born today (2026-11-28): not in the future, so 2026.
+            ("3201012811260001", "3201012811260001"),
+            // First and last province codes; serial 9999.
+            ("1101010101909999", "1101010101909999"),
+            ("9601010101900001", "9601010101900001"),
+            // Unknown regency/district prefix (99 99) is accepted: regions split.
+            ("3299990101900001", "3299990101900001"),
+        ];
+        for (input, normalized) in cases {
+            let nik = Nik::parse(input, today()).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+            assert_eq!(nik.as_str(), normalized, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_niks() {
+        let cases = [
+            ("", NikError::Empty),
+            (" . - ", NikError::Empty),
+            ("327501010190001", NikError::WrongLength { digits: 15 }),
+            ("32750101019000012", NikError::WrongLength { digits: 17 }),
+            ("3275O10101900001", NikError::NonDigit),
+            ("abcdefghijklmnop", NikError::NonDigit),
+            ("3275/0101/900001", NikError::NonDigit),
+            // Non-ASCII digits (Arabic-Indic one) are not NIK digits.
+            ("327501010190000\u{0661}", NikError::NonDigit),
+            (
+                "2075010101900001",
+                NikError::UnknownProvince { code: "20".into() },
+            ),
+            (
+                "9775010101900001",
+                NikError::UnknownProvince { code: "97".into() },
+            ),
+            (
+                "0075010101900001",
+                NikError::UnknownProvince { code: "00".into() },
+            ),
+            // 31 April does not exist, for men (31) or women (71).
+            ("3275013104900001", NikError::ImpossibleBirthDate),
+            ("3275017104900001", NikError::ImpossibleBirthDate),
+            // 29 February 2023: not a leap year.
+            ("3275012902230001", NikError::ImpossibleBirthDate),
+            // Day 00, 32..40 and 72+; month 00 and 13.
+            ("3275010001900001", NikError::ImpossibleBirthDate),
+            ("3275013201900001", NikError::ImpossibleBirthDate),
+            ("3275014001900001", NikError::ImpossibleBirthDate),
+            ("3275017201900001", NikError::ImpossibleBirthDate),
+            ("3275010100900001", NikError::ImpossibleBirthDate),
+            ("3275010113900001", NikError::ImpossibleBirthDate),
+            ("3275010101900000", NikError::ZeroSerial),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(Nik::parse(input, today()), Err(expected), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn century_rule() {
+        // Born 28-11-26 with today 2026-11-28: 2026. Born in December 26: 1926, a real date.
+        assert!(Nik::parse("3275012811260001", today()).is_ok());
+        assert_eq!(
+            birth_date("281126", today()),
+            Some(date(2026, 11, 28)),
+            "today itself is not in the future"
+        );
+        assert_eq!(birth_date("291126", today()), Some(date(1926, 11, 29)));
+        assert_eq!(birth_date("011226", today()), Some(date(1926, 12, 1)));
+        assert_eq!(birth_date("010199", today()), Some(date(1999, 1, 1)));
+        assert_eq!(birth_date("710300", today()), Some(date(2000, 3, 31)));
+        // Seen from 31 December 1999, "00" means 1900, and 29 February 1900 did not exist.
+        let eve = date(1999, 12, 31);
+        assert_eq!(birth_date("290200", eve), None);
+        assert_eq!(
+            Nik::parse("3275012902000001", eve),
+            Err(NikError::ImpossibleBirthDate)
+        );
+        // The same digits seen from 2026 are 29 February 2000, a leap day.
+        assert_eq!(birth_date("290200", today()), Some(date(2000, 2, 29)));
+    }
+
+    #[test]
+    fn masking_keeps_region_and_serial_only() {
+        let nik = Nik::parse("3275.0101-0190 0001", today()).expect("valid");
+        assert_eq!(nik.masked(), "327501******0001");
+        assert_eq!(nik.province_code(), "32");
+        assert_eq!(mask_digits("3275010101900001"), "327501******0001");
+        assert_eq!(mask_digits("12345"), "****************");
+        assert_eq!(mask_digits("327501010190000x"), "****************");
+    }
+
+    #[test]
+    fn debug_does_not_leak_the_birth_date() {
+        let nik = Nik::parse("3275014507850123", today()).expect("valid");
+        let shown = format!("{nik:?} {:?}", Some(&nik));
+        assert_eq!(format!("{nik:?}"), "Nik(\"327501******0123\")");
+        assert!(!shown.contains("450785"), "{shown}");
+        assert!(!shown.contains("3275014507850123"), "{shown}");
+    }
+
+    #[test]
+    fn error_messages_name_the_rule_without_digits() {
+        let cases = [
+            ("327501010190001", "must have 16 digits, got 15"),
+            ("9775010101900001", "starts with an unknown province code"),
+            (
+                "3275013104900001",
+                "birth date digits do not form a real date",
+            ),
+            ("3275010101900000", "serial number must not be 0000"),
+            ("3275O10101900001", "must contain only digits"),
+        ];
+        for (input, message) in cases {
+            let err = Nik::parse(input, today()).expect_err(input);
+            assert_eq!(err.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn province_list_has_38_codes() {
+        let known: Vec<u8> = (0..100u8)
+            .filter(|n| is_known_province(&format!("{n:02}")))
+            .collect();
+        assert_eq!(known.len(), 38);
+        for code in [
+            "11", "19", "21", "31", "36", "51", "53", "61", "65", "71", "76",
+        ] {
+            assert!(is_known_province(code), "{code}");
+        }
+        for code in ["81", "82", "91", "96"] {
+            assert!(is_known_province(code), "{code}");
+        }
+        for code in [
+            "10", "20", "22", "30", "37", "50", "54", "77", "83", "90", "97",
+        ] {
+            assert!(!is_known_province(code), "{code}");
+        }
+        assert!(!is_known_province("3"));
+        assert!(!is_known_province("+3"));
+        assert!(!is_known_province("321"));
+    }
+}

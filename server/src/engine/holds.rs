@@ -1,0 +1,636 @@
+//! What happens to a reservation after Reserve: commit (the card is printed), cancel, expiry,
+//! spoiled blanks; and the IKD activations that let an applicant past an IKD-first office.
+
+use blangko_proto::v1::{
+    CancelReservationResponse, CommitReservationResponse, LedgerEntryKind,
+    RecordIkdActivationResponse, ReportSpoiledBlankResponse,
+};
+use prost::Message;
+use sqlx::AnyConnection;
+
+use super::ledger::{self, NewEntry};
+use super::queries::{admission_input, snapshot};
+use super::reserve::{check_quota_invariant, referral};
+use super::{
+    EXPIRY_BATCH, Engine, EngineError, EngineResult, calendar_of, policy_of, priority_reasons,
+    reservation_to_proto, timestamp, zone_of,
+};
+use crate::domain::calendar::{format_local_date, parse_local_date};
+use crate::domain::nik::Nik;
+use crate::domain::quota;
+use crate::domain::referral::ReferralKind;
+use crate::domain::reservation::{self as machine, CancelStep, CommitStep, State, TransitionError};
+use crate::store::rows::{self, OfficeRow, ReservationRow};
+
+/// Method names in idempotency records.
+const COMMIT: &str = "CommitReservation";
+const CANCEL: &str = "CancelReservation";
+const SPOIL: &str = "ReportSpoiledBlank";
+const IKD: &str = "RecordIkdActivation";
+
+/// A validated ReportSpoiledBlank.
+#[derive(Debug, Clone)]
+pub struct SpoilCommand {
+    /// Idempotency key.
+    pub request_id: String,
+    /// The office whose stock the blank came from.
+    pub office_id: String,
+    /// The reservation being printed, or empty.
+    pub reservation_id: String,
+    /// Wire value of the spoilage reason (validated).
+    pub reason: i32,
+    /// Destruction report reference.
+    pub destruction_report_reference: String,
+    /// Free text.
+    pub note: String,
+    /// Who calls.
+    pub principal: String,
+    /// Keyed fingerprint of the request content.
+    pub fingerprint: String,
+}
+
+/// A validated RecordIkdActivation.
+#[derive(Debug, Clone)]
+pub struct IkdActivationCommand {
+    /// Idempotency key.
+    pub request_id: String,
+    /// The office.
+    pub office_id: String,
+    /// The service point.
+    pub service_point_id: String,
+    /// The counter.
+    pub counter_id: String,
+    /// The applicant.
+    pub nik: Nik,
+    /// Who calls.
+    pub principal: String,
+    /// Keyed fingerprint of the request content.
+    pub fingerprint: String,
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> EngineResult<M> {
+    M::decode(bytes).map_err(|e| EngineError::Internal(format!("stored answer: {e}")))
+}
+
+fn state_of(r: &ReservationRow) -> EngineResult<State> {
+    State::parse(&r.state)
+        .ok_or_else(|| EngineError::Internal(format!("unknown stored state {}", r.state)))
+}
+
+impl Engine {
+    /// Finds the office of a reservation, then locks that office and reads the reservation again
+    /// under the lock.
+    async fn lock_reservation(
+        &self,
+        conn: &mut AnyConnection,
+        reservation_id: &str,
+    ) -> EngineResult<(OfficeRow, ReservationRow)> {
+        let not_found = || EngineError::NotFound {
+            kind: "reservation",
+            id: reservation_id.to_string(),
+        };
+        let first = rows::reservation(conn, reservation_id)
+            .await?
+            .ok_or_else(not_found)?;
+        let office =
+            Self::office_or_not_found(conn, &first.office_id, self.store.for_update()).await?;
+        let r = rows::reservation(conn, reservation_id)
+            .await?
+            .ok_or_else(not_found)?;
+        Ok((office, r))
+    }
+
+    /// Commits a reservation: the card is printed.
+    #[tracing::instrument(skip_all, fields(reservation = %reservation_id))]
+    pub async fn commit(
+        &self,
+        request_id: &str,
+        reservation_id: &str,
+        principal: &str,
+        fingerprint: &str,
+    ) -> EngineResult<CommitReservationResponse> {
+        let (response, office_id) = self
+            .with_retry(|| self.commit_once(request_id, reservation_id, principal, fingerprint))
+            .await?;
+        if let Some(office_id) = office_id {
+            self.hub.office_changed(&office_id);
+        }
+        Ok(response)
+    }
+
+    async fn commit_once(
+        &self,
+        request_id: &str,
+        reservation_id: &str,
+        principal: &str,
+        fingerprint: &str,
+    ) -> EngineResult<(CommitReservationResponse, Option<String>)> {
+        let mut tx = self.begin().await?;
+        let conn: &mut AnyConnection = &mut tx;
+        let (mut office, mut r) = self.lock_reservation(conn, reservation_id).await?;
+        if let Some(stored) = self
+            .stored_answer(conn, request_id, COMMIT, fingerprint)
+            .await?
+        {
+            let mut response: CommitReservationResponse = decode(&stored)?;
+            if let Some(res) = response.reservation.as_mut() {
+                res.replayed = true;
+            }
+            return Ok((response, None));
+        }
+        let sp = Self::service_point_or_not_found(conn, &r.office_id, &r.service_point_id).await?;
+        let policy = policy_of(&sp)?;
+        let zone = zone_of(&office)?;
+        let now = self.clock.now_ms();
+        let day = parse_local_date(&r.local_date).map_err(EngineError::Internal)?;
+        let lock = self.store.for_update();
+        let mut qd = super::quota_day_for_update(conn, lock, &office, &sp, day).await?;
+        let step = machine::on_commit(state_of(&r)?, now, r.expires_ms).map_err(|e| match e {
+            TransitionError::Cancelled => EngineError::FailedPrecondition {
+                reason: "RESERVATION_CANCELLED",
+                message: "the reservation was cancelled; reserve again".into(),
+            },
+            other => EngineError::FailedPrecondition {
+                reason: "INVALID_TRANSITION",
+                message: other.to_string(),
+            },
+        })?;
+        let mut replayed = false;
+        match step {
+            CommitStep::Replay => replayed = true,
+            CommitStep::Commit => {
+                r.state = State::Committed.as_str().to_string();
+                r.committed_ms = now;
+                qd.held -= 1;
+                qd.committed += 1;
+                check_quota_invariant(&qd)?;
+                rows::update_quota_day(conn, &qd).await?;
+                rows::update_reservation(conn, &r).await?;
+                let mut entry = NewEntry::of(LedgerEntryKind::Commit);
+                entry.on_hand_delta = -1;
+                entry.held_delta = -1;
+                entry.service_point_id = r.service_point_id.clone();
+                entry.reservation_id = r.reservation_id.clone();
+                entry.masked_nik = r.masked_nik.clone();
+                ledger::append(conn, &mut office, entry, principal, now, &r.local_date).await?;
+            }
+            CommitStep::Retake => {
+                // The hold ran out. First release it (if the sweeper has not yet), then try to
+                // take a slot and a blank again, all in this transaction.
+                if r.state == State::Held.as_str() {
+                    self.release_hold(conn, &mut office, &mut r, State::Expired, now, principal)
+                        .await?;
+                    qd = super::quota_day_for_update(conn, lock, &office, &sp, day).await?;
+                }
+                let today = zone.local_date(now);
+                let expired_err = |why: &str| EngineError::FailedPrecondition {
+                    reason: "RESERVATION_EXPIRED",
+                    message: format!("the hold expired and {why}; do not print — reserve again"),
+                };
+                if day != today {
+                    return Err(expired_err("its day is over"));
+                }
+                if rows::live_reservation_of_nik(conn, &r.nik_hash, &r.local_date)
+                    .await?
+                    .is_some()
+                {
+                    return Err(expired_err("the applicant holds another blank today"));
+                }
+                let is_priority = priority_reasons(&policy).contains(&(r.reason as i32));
+                let input =
+                    admission_input(conn, &office, &policy, &qd, zone, today, now, is_priority)
+                        .await?;
+                if quota::decide(&input).is_err() {
+                    return Err(expired_err("no slot or blank is free now"));
+                }
+                r.state = State::Committed.as_str().to_string();
+                r.committed_ms = now;
+                qd.committed += 1;
+                if is_priority {
+                    qd.priority_used += 1;
+                }
+                check_quota_invariant(&qd)?;
+                rows::update_quota_day(conn, &qd).await?;
+                rows::update_reservation(conn, &r).await?;
+                let mut entry = NewEntry::of(LedgerEntryKind::Commit);
+                entry.on_hand_delta = -1;
+                entry.service_point_id = r.service_point_id.clone();
+                entry.reservation_id = r.reservation_id.clone();
+                entry.masked_nik = r.masked_nik.clone();
+                entry.note = "committed after the hold expired: slot and blank taken again".into();
+                ledger::append(conn, &mut office, entry, principal, now, &r.local_date).await?;
+            }
+        }
+        rows::update_office_stock(conn, &office).await?;
+        let calendar = calendar_of(&sp);
+        let snap = snapshot(conn, &office, &sp, &policy, &qd, &calendar, zone, now).await?;
+        let response = CommitReservationResponse {
+            reservation: Some(reservation_to_proto(&r, replayed)),
+            quota: Some(snap),
+        };
+        rows::store_answer(
+            conn,
+            request_id,
+            COMMIT,
+            fingerprint,
+            &response.encode_to_vec(),
+            now,
+        )
+        .await?;
+        self.announce_in_tx(conn, &office.office_id).await?;
+        tx.commit().await?;
+        Ok((response, Some(office.office_id)))
+    }
+
+    /// Cancels a held reservation.
+    #[tracing::instrument(skip_all, fields(reservation = %reservation_id))]
+    pub async fn cancel(
+        &self,
+        request_id: &str,
+        reservation_id: &str,
+        note: &str,
+        principal: &str,
+        fingerprint: &str,
+    ) -> EngineResult<CancelReservationResponse> {
+        let (response, office_id) = self
+            .with_retry(|| {
+                self.cancel_once(request_id, reservation_id, note, principal, fingerprint)
+            })
+            .await?;
+        if let Some(office_id) = office_id {
+            self.hub.office_changed(&office_id);
+        }
+        Ok(response)
+    }
+
+    async fn cancel_once(
+        &self,
+        request_id: &str,
+        reservation_id: &str,
+        note: &str,
+        principal: &str,
+        fingerprint: &str,
+    ) -> EngineResult<(CancelReservationResponse, Option<String>)> {
+        let mut tx = self.begin().await?;
+        let conn: &mut AnyConnection = &mut tx;
+        let (mut office, mut r) = self.lock_reservation(conn, reservation_id).await?;
+        if let Some(stored) = self
+            .stored_answer(conn, request_id, CANCEL, fingerprint)
+            .await?
+        {
+            let mut response: CancelReservationResponse = decode(&stored)?;
+            if let Some(res) = response.reservation.as_mut() {
+                res.replayed = true;
+            }
+            return Ok((response, None));
+        }
+        let now = self.clock.now_ms();
+        let step = machine::on_cancel(state_of(&r)?).map_err(|_| EngineError::FailedPrecondition {
+            reason: "RESERVATION_COMMITTED",
+            message: "the card was already printed; a printed card cannot be cancelled (report a spoiled blank instead)".into(),
+        })?;
+        let replayed = match step {
+            CancelStep::Cancel => {
+                let mut note_text = note.to_string();
+                if note_text.is_empty() {
+                    note_text = "cancelled at the counter".into();
+                }
+                self.release_hold_with_note(
+                    conn,
+                    &mut office,
+                    &mut r,
+                    State::Cancelled,
+                    now,
+                    principal,
+                    &note_text,
+                )
+                .await?;
+                false
+            }
+            CancelStep::Replay | CancelStep::AlreadyExpired => true,
+        };
+        rows::update_office_stock(conn, &office).await?;
+        let sp = Self::service_point_or_not_found(conn, &r.office_id, &r.service_point_id).await?;
+        let zone = zone_of(&office)?;
+        let policy = policy_of(&sp)?;
+        let calendar = calendar_of(&sp);
+        let day = zone.local_date(now);
+        let qd =
+            super::quota_day_for_update(conn, self.store.for_update(), &office, &sp, day).await?;
+        let snap = snapshot(conn, &office, &sp, &policy, &qd, &calendar, zone, now).await?;
+        let response = CancelReservationResponse {
+            reservation: Some(reservation_to_proto(&r, replayed)),
+            quota: Some(snap),
+        };
+        rows::store_answer(
+            conn,
+            request_id,
+            CANCEL,
+            fingerprint,
+            &response.encode_to_vec(),
+            now,
+        )
+        .await?;
+        self.announce_in_tx(conn, &office.office_id).await?;
+        tx.commit().await?;
+        Ok((response, Some(office.office_id)))
+    }
+
+    /// Ends a HELD reservation as `end` (CANCELLED or EXPIRED): its slot and blank return.
+    async fn release_hold(
+        &self,
+        conn: &mut AnyConnection,
+        office: &mut OfficeRow,
+        r: &mut ReservationRow,
+        end: State,
+        now: i64,
+        principal: &str,
+    ) -> EngineResult<()> {
+        let note = if end == State::Expired {
+            "hold expired"
+        } else {
+            "cancelled"
+        };
+        self.release_hold_with_note(conn, office, r, end, now, principal, note)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn release_hold_with_note(
+        &self,
+        conn: &mut AnyConnection,
+        office: &mut OfficeRow,
+        r: &mut ReservationRow,
+        end: State,
+        now: i64,
+        principal: &str,
+        note: &str,
+    ) -> EngineResult<()> {
+        let mut qd = rows::quota_day(conn, &r.office_id, &r.service_point_id, &r.local_date, "")
+            .await?
+            .ok_or_else(|| {
+                EngineError::Internal(format!("reservation {} has no quota day", r.reservation_id))
+            })?;
+        qd.held -= 1;
+        if r.priority {
+            qd.priority_used -= 1;
+        }
+        check_quota_invariant(&qd)?;
+        rows::update_quota_day(conn, &qd).await?;
+        r.state = end.as_str().to_string();
+        rows::update_reservation(conn, r).await?;
+        let kind = if end == State::Expired {
+            LedgerEntryKind::Expiry
+        } else {
+            LedgerEntryKind::Cancel
+        };
+        let mut entry = NewEntry::of(kind);
+        entry.held_delta = -1;
+        entry.service_point_id = r.service_point_id.clone();
+        entry.reservation_id = r.reservation_id.clone();
+        entry.masked_nik = r.masked_nik.clone();
+        entry.note = note.to_string();
+        let zone = zone_of(office)?;
+        let date = format_local_date(zone.local_date(now));
+        ledger::append(conn, office, entry, principal, now, &date).await?;
+        Ok(())
+    }
+
+    /// Releases every hold of `office` that ran out by `now` (bounded batch); the caller holds
+    /// the office lock and writes the office row back. Returns how many expired.
+    pub(crate) async fn expire_due_in_tx(
+        &self,
+        conn: &mut AnyConnection,
+        office: &mut OfficeRow,
+        now: i64,
+        principal: &str,
+    ) -> EngineResult<usize> {
+        let due = rows::due_holds(conn, &office.office_id, now, EXPIRY_BATCH).await?;
+        let count = due.len();
+        for mut r in due {
+            self.release_hold(conn, office, &mut r, State::Expired, now, principal)
+                .await?;
+        }
+        if count > 0 {
+            rows::update_office_stock(conn, office).await?;
+            tracing::info!(office = %office.office_id, count, "released expired holds");
+        }
+        Ok(count)
+    }
+
+    /// Expires the due holds of one office in a transaction of its own (the sweeper).
+    pub async fn expire_office(&self, office_id: &str) -> EngineResult<usize> {
+        let count = self
+            .with_retry(|| async {
+                let mut tx = self.begin().await?;
+                let conn: &mut AnyConnection = &mut tx;
+                let mut office =
+                    Self::office_or_not_found(conn, office_id, self.store.for_update()).await?;
+                let now = self.clock.now_ms();
+                let count = self
+                    .expire_due_in_tx(conn, &mut office, now, "system")
+                    .await?;
+                if count > 0 {
+                    self.announce_in_tx(conn, office_id).await?;
+                }
+                tx.commit().await?;
+                Ok(count)
+            })
+            .await?;
+        if count > 0 {
+            self.hub.office_changed(office_id);
+        }
+        Ok(count)
+    }
+
+    /// Records a spoiled blank.
+    #[tracing::instrument(skip_all, fields(office = %cmd.office_id, reservation = %cmd.reservation_id))]
+    pub async fn report_spoiled(
+        &self,
+        cmd: &SpoilCommand,
+    ) -> EngineResult<ReportSpoiledBlankResponse> {
+        let response = self.with_retry(|| self.report_spoiled_once(cmd)).await?;
+        self.hub.office_changed(&cmd.office_id);
+        Ok(response)
+    }
+
+    async fn report_spoiled_once(
+        &self,
+        cmd: &SpoilCommand,
+    ) -> EngineResult<ReportSpoiledBlankResponse> {
+        let mut tx = self.begin().await?;
+        let conn: &mut AnyConnection = &mut tx;
+        let mut office =
+            Self::office_or_not_found(conn, &cmd.office_id, self.store.for_update()).await?;
+        if let Some(stored) = self
+            .stored_answer(conn, &cmd.request_id, SPOIL, &cmd.fingerprint)
+            .await?
+        {
+            let mut response: ReportSpoiledBlankResponse = decode(&stored)?;
+            if let Some(res) = response.reservation.as_mut() {
+                res.replayed = true;
+            }
+            return Ok(response);
+        }
+        let now = self.clock.now_ms();
+        let zone = zone_of(&office)?;
+        let today = zone.local_date(now);
+        let date = format_local_date(today);
+        let reason_name = blangko_proto::v1::SpoilageReason::try_from(cmd.reason)
+            .map(|r| r.as_str_name())
+            .unwrap_or("SPOILAGE_REASON_OTHER");
+        let mut note = reason_name
+            .trim_start_matches("SPOILAGE_REASON_")
+            .to_string();
+        if !cmd.note.is_empty() {
+            note = format!("{note}: {}", cmd.note);
+        }
+        let mut entry = NewEntry::of(LedgerEntryKind::Spoiled);
+        entry.on_hand_delta = -1;
+        entry.reference = cmd.destruction_report_reference.clone();
+        let mut response = ReportSpoiledBlankResponse::default();
+        if cmd.reservation_id.is_empty() {
+            // A defective blank found in stock: it must be one that no hold earmarks.
+            if office.available() < 1 {
+                return Err(EngineError::FailedPrecondition {
+                    reason: "INSUFFICIENT_STOCK",
+                    message: "no unheld blank is on hand to write off".into(),
+                });
+            }
+            entry.note = note;
+            ledger::append(conn, &mut office, entry, &cmd.principal, now, &date).await?;
+        } else {
+            let mut r = rows::reservation(conn, &cmd.reservation_id)
+                .await?
+                .filter(|r| r.office_id == cmd.office_id)
+                .ok_or_else(|| EngineError::NotFound {
+                    kind: "reservation",
+                    id: cmd.reservation_id.clone(),
+                })?;
+            machine::on_spoil(state_of(&r)?, now, r.expires_ms, r.spoiled_count as u32).map_err(
+                |e| {
+                    let reason = match e {
+                        TransitionError::SpoilageLimit => "SPOILAGE_LIMIT_REACHED",
+                        TransitionError::Expired => "RESERVATION_EXPIRED",
+                        TransitionError::Committed => "RESERVATION_COMMITTED",
+                        TransitionError::Cancelled => "RESERVATION_CANCELLED",
+                        TransitionError::NotHeld => "RESERVATION_NOT_HELD",
+                    };
+                    EngineError::FailedPrecondition {
+                        reason,
+                        message: format!("cannot record a spoiled blank on this reservation: {e}"),
+                    }
+                },
+            )?;
+            entry.service_point_id = r.service_point_id.clone();
+            entry.reservation_id = r.reservation_id.clone();
+            entry.masked_nik = r.masked_nik.clone();
+            r.spoiled_count += 1;
+            if office.available() >= 1 {
+                // One more blank leaves the stock for the reprint; the hold keeps its slot.
+                entry.note = note;
+                ledger::append(conn, &mut office, entry, &cmd.principal, now, &date).await?;
+                rows::update_reservation(conn, &r).await?;
+            } else {
+                // The spoiled blank was the held one and no other is free: the hold ends.
+                entry.held_delta = -1;
+                entry.note =
+                    format!("{note}; no blank left for the reprint, reservation cancelled");
+                let mut qd =
+                    rows::quota_day(conn, &r.office_id, &r.service_point_id, &r.local_date, "")
+                        .await?
+                        .ok_or_else(|| {
+                            EngineError::Internal("reservation without quota day".into())
+                        })?;
+                qd.held -= 1;
+                if r.priority {
+                    qd.priority_used -= 1;
+                }
+                rows::update_quota_day(conn, &qd).await?;
+                r.state = State::Cancelled.as_str().to_string();
+                rows::update_reservation(conn, &r).await?;
+                ledger::append(conn, &mut office, entry, &cmd.principal, now, &date).await?;
+                let sp = Self::service_point_or_not_found(conn, &r.office_id, &r.service_point_id)
+                    .await?;
+                let policy = policy_of(&sp)?;
+                response.ikd_referral = Some(referral(
+                    ReferralKind::OutOfStock,
+                    zone,
+                    today,
+                    now,
+                    &office,
+                    &policy,
+                    &qd,
+                    &calendar_of(&sp),
+                ));
+            }
+            response.reservation = Some(reservation_to_proto(&r, false));
+        }
+        rows::update_office_stock(conn, &office).await?;
+        response.on_hand = office.on_hand as u32;
+        response.available = office.available() as u32;
+        rows::store_answer(
+            conn,
+            &cmd.request_id,
+            SPOIL,
+            &cmd.fingerprint,
+            &response.encode_to_vec(),
+            now,
+        )
+        .await?;
+        self.announce_in_tx(conn, &office.office_id).await?;
+        tx.commit().await?;
+        Ok(response)
+    }
+
+    /// Records an IKD activation for an applicant.
+    #[tracing::instrument(skip_all, fields(office = %cmd.office_id, nik = %cmd.nik.masked()))]
+    pub async fn record_ikd_activation(
+        &self,
+        cmd: &IkdActivationCommand,
+    ) -> EngineResult<RecordIkdActivationResponse> {
+        self.with_retry(|| async {
+            let mut tx = self.begin().await?;
+            let conn: &mut AnyConnection = &mut tx;
+            let mut office =
+                Self::office_or_not_found(conn, &cmd.office_id, self.store.for_update()).await?;
+            if let Some(stored) = self
+                .stored_answer(conn, &cmd.request_id, IKD, &cmd.fingerprint)
+                .await?
+            {
+                return decode(&stored);
+            }
+            Self::service_point_or_not_found(conn, &cmd.office_id, &cmd.service_point_id).await?;
+            let now = self.clock.now_ms();
+            let nik_hash = self.nik_key.hash_nik(cmd.nik.as_str());
+            let masked = cmd.nik.masked();
+            sqlx::query(
+                "INSERT INTO ikd_activations (nik_hash, office_id, masked_nik, activated_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (nik_hash) DO UPDATE SET office_id = $2, activated_ms = $4",
+            )
+            .bind(&nik_hash)
+            .bind(&cmd.office_id)
+            .bind(&masked)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            let zone = zone_of(&office)?;
+            let date = format_local_date(zone.local_date(now));
+            let mut entry = NewEntry::of(LedgerEntryKind::IkdActivation);
+            entry.service_point_id = cmd.service_point_id.clone();
+            entry.masked_nik = masked.clone();
+            entry.note = format!("IKD activated at counter {}", cmd.counter_id);
+            ledger::append(conn, &mut office, entry, &cmd.principal, now, &date).await?;
+            rows::update_office_stock(conn, &office).await?;
+            let response = RecordIkdActivationResponse {
+                masked_nik: masked,
+                activated_at: Some(timestamp(now)),
+            };
+            rows::store_answer(conn, &cmd.request_id, IKD, &cmd.fingerprint, &response.encode_to_vec(), now)
+                .await?;
+            tx.commit().await?;
+            Ok(response)
+        })
+        .await
+    }
+}

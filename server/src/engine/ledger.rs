@@ -1,0 +1,222 @@
+//! The append-only stock ledger: one hash chain per office, so offices never serialize on one
+//! chain. An entry's hash covers the previous entry's hash and every field of the entry, each
+//! length-prefixed so no two different entries encode alike.
+
+use blangko_proto::v1::{LedgerEntry, LedgerEntryKind};
+use sha2::{Digest, Sha256};
+use sqlx::{AnyConnection, Row};
+
+use crate::store::rows::OfficeRow;
+
+/// The previous hash of an office's first entry.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a new entry records; the chain fields are filled in by [`append`].
+#[derive(Debug, Default, Clone)]
+pub struct NewEntry {
+    /// What happened.
+    pub kind: i32,
+    /// Change of on_hand.
+    pub on_hand_delta: i64,
+    /// Change of held.
+    pub held_delta: i64,
+    /// Service point concerned.
+    pub service_point_id: String,
+    /// Reservation concerned.
+    pub reservation_id: String,
+    /// Delivery, transfer or destruction-report reference.
+    pub reference: String,
+    /// The other office of a transfer.
+    pub counterpart_office_id: String,
+    /// Free text.
+    pub note: String,
+    /// The NIK concerned, masked.
+    pub masked_nik: String,
+}
+
+impl NewEntry {
+    /// An entry of `kind`.
+    pub fn of(kind: LedgerEntryKind) -> Self {
+        NewEntry {
+            kind: kind as i32,
+            ..NewEntry::default()
+        }
+    }
+}
+
+/// Appends an entry to `office`'s chain: applies the deltas to the in-memory office row (the
+/// caller writes it back once with `rows::update_office_stock`), inserts the entry, and returns it.
+pub async fn append(
+    conn: &mut AnyConnection,
+    office: &mut OfficeRow,
+    entry: NewEntry,
+    principal: &str,
+    now_ms: i64,
+    local_date: &str,
+) -> Result<LedgerEntry, crate::engine::EngineError> {
+    office.on_hand += entry.on_hand_delta;
+    office.held += entry.held_delta;
+    if office.on_hand < 0 || office.held < 0 || office.held > office.on_hand {
+        return Err(crate::engine::EngineError::Internal(format!(
+            "stock invariant broken at office {}: on_hand {} held {}",
+            office.office_id, office.on_hand, office.held
+        )));
+    }
+    office.ledger_seq += 1;
+    let mut e = LedgerEntry {
+        office_id: office.office_id.clone(),
+        sequence: office.ledger_seq as u64,
+        kind: entry.kind,
+        recorded_at: Some(crate::engine::timestamp(now_ms)),
+        principal: principal.to_string(),
+        on_hand_delta: entry.on_hand_delta,
+        held_delta: entry.held_delta,
+        on_hand_after: office.on_hand as u64,
+        held_after: office.held as u64,
+        service_point_id: entry.service_point_id,
+        reservation_id: entry.reservation_id,
+        reference: entry.reference,
+        counterpart_office_id: entry.counterpart_office_id,
+        note: entry.note,
+        masked_nik: entry.masked_nik,
+        previous_hash: office.ledger_head.clone(),
+        hash: String::new(),
+    };
+    e.hash = entry_hash(&e, now_ms, local_date);
+    office.ledger_head = e.hash.clone();
+    sqlx::query(
+        "INSERT INTO ledger (office_id, seq, kind, recorded_ms, local_date, principal, on_hand_delta, held_delta, on_hand_after, held_after, service_point_id, reservation_id, reference, counterpart_office_id, note, masked_nik, previous_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+    )
+    .bind(&e.office_id)
+    .bind(office.ledger_seq)
+    .bind(i64::from(e.kind))
+    .bind(now_ms)
+    .bind(local_date)
+    .bind(&e.principal)
+    .bind(e.on_hand_delta)
+    .bind(e.held_delta)
+    .bind(office.on_hand)
+    .bind(office.held)
+    .bind(&e.service_point_id)
+    .bind(&e.reservation_id)
+    .bind(&e.reference)
+    .bind(&e.counterpart_office_id)
+    .bind(&e.note)
+    .bind(&e.masked_nik)
+    .bind(&e.previous_hash)
+    .bind(&e.hash)
+    .execute(&mut *conn)
+    .await?;
+    Ok(e)
+}
+
+/// The hash of an entry: SHA-256 over its previous hash and all its fields.
+pub fn entry_hash(e: &LedgerEntry, recorded_ms: i64, local_date: &str) -> String {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(e.previous_hash.as_bytes());
+    field(e.office_id.as_bytes());
+    field(&e.sequence.to_be_bytes());
+    field(&e.kind.to_be_bytes());
+    field(&recorded_ms.to_be_bytes());
+    field(local_date.as_bytes());
+    field(e.principal.as_bytes());
+    field(&e.on_hand_delta.to_be_bytes());
+    field(&e.held_delta.to_be_bytes());
+    field(&e.on_hand_after.to_be_bytes());
+    field(&e.held_after.to_be_bytes());
+    field(e.service_point_id.as_bytes());
+    field(e.reservation_id.as_bytes());
+    field(e.reference.as_bytes());
+    field(e.counterpart_office_id.as_bytes());
+    field(e.note.as_bytes());
+    field(e.masked_nik.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// A stored ledger row: the wire entry plus what the hash covers but the wire does not show.
+pub struct StoredEntry {
+    /// The entry as the API shows it.
+    pub entry: LedgerEntry,
+    /// Unix ms it was recorded.
+    pub recorded_ms: i64,
+    /// Office-local date it was recorded on.
+    pub local_date: String,
+}
+
+/// Reads entries of an office with `seq > after_seq`, in chain order.
+pub async fn entries_after(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    kind: i32,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<StoredEntry>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT office_id, seq, kind, recorded_ms, local_date, principal, on_hand_delta, held_delta, on_hand_after, held_after, service_point_id, reservation_id, reference, counterpart_office_id, note, masked_nik, previous_hash, hash
+         FROM ledger WHERE office_id = $1 AND seq > $2 AND ($3 = 0 OR kind = $3) ORDER BY seq LIMIT $4",
+    )
+    .bind(office_id)
+    .bind(after_seq)
+    .bind(i64::from(kind))
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let recorded_ms: i64 = r.try_get("recorded_ms")?;
+            Ok(StoredEntry {
+                entry: LedgerEntry {
+                    office_id: r.try_get("office_id")?,
+                    sequence: r.try_get::<i64, _>("seq")? as u64,
+                    kind: r.try_get::<i64, _>("kind")? as i32,
+                    recorded_at: Some(crate::engine::timestamp(recorded_ms)),
+                    principal: r.try_get("principal")?,
+                    on_hand_delta: r.try_get("on_hand_delta")?,
+                    held_delta: r.try_get("held_delta")?,
+                    on_hand_after: r.try_get::<i64, _>("on_hand_after")? as u64,
+                    held_after: r.try_get::<i64, _>("held_after")? as u64,
+                    service_point_id: r.try_get("service_point_id")?,
+                    reservation_id: r.try_get("reservation_id")?,
+                    reference: r.try_get("reference")?,
+                    counterpart_office_id: r.try_get("counterpart_office_id")?,
+                    note: r.try_get("note")?,
+                    masked_nik: r.try_get("masked_nik")?,
+                    previous_hash: r.try_get("previous_hash")?,
+                    hash: r.try_get("hash")?,
+                },
+                recorded_ms,
+                local_date: r.try_get("local_date")?,
+            })
+        })
+        .collect()
+}
+
+/// Blanks used (printed plus spoiled) per local date of an office since `from_date` (inclusive)
+/// and before `until_date` (exclusive).
+pub async fn daily_use(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    from_date: &str,
+    until_date: &str,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT local_date, CAST(COALESCE(SUM(-on_hand_delta), 0) AS BIGINT) AS used FROM ledger
+         WHERE office_id = $1 AND local_date >= $2 AND local_date < $3 AND kind IN ($4, $5)
+         GROUP BY local_date",
+    )
+    .bind(office_id)
+    .bind(from_date)
+    .bind(until_date)
+    .bind(LedgerEntryKind::Commit as i32 as i64)
+    .bind(LedgerEntryKind::Spoiled as i32 as i64)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("local_date")?, r.try_get("used")?)))
+        .collect()
+}

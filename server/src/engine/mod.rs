@@ -1,0 +1,287 @@
+//! The engine: every operation of the API as one database transaction over the store, applying
+//! the pure rules of `domain`. Files:
+//! - `reserve.rs`: Reserve (the hot path);
+//! - `holds.rs`: commit, cancel, spoiled blanks, IKD activation, hold expiry;
+//! - `stock.rs`: offices, service points, shipments, transfers, stock-takes, quota policies;
+//! - `queries.rs`: snapshots, stock levels, listings (read-only);
+//! - `ledger.rs`: the hash-chained stock ledger;
+//! - `watch.rs`: live quota snapshots for WatchQuota;
+//! - `sweeper.rs`: the background task that expires holds.
+
+pub mod error;
+pub mod holds;
+pub mod ledger;
+pub mod queries;
+pub mod reserve;
+pub mod stock;
+pub mod sweeper;
+pub mod watch;
+
+use std::sync::Arc;
+
+use blangko_proto::v1::{QuotaMode, QuotaPolicy, Reservation, ReservationState};
+use chrono::NaiveDate;
+use prost::Message;
+use sqlx::AnyConnection;
+
+pub use error::{EngineError, EngineResult, FieldViolation};
+
+use crate::clock::Clock;
+use crate::domain::calendar::{OfficeZone, ServiceCalendar, format_local_date, parse_local_date};
+use crate::domain::quota;
+use crate::domain::reason::Reason;
+use crate::nik_key::NikKey;
+use crate::store::rows::{self, OfficeRow, QuotaDayRow, ReservationRow, ServicePointRow};
+use crate::store::{Store, Tx};
+
+/// How many times a transaction that lost a race (PostgreSQL unique violation, serialization
+/// failure, deadlock) is tried again before the error goes to the caller.
+pub const MAX_ATTEMPTS: u32 = 4;
+/// Most expired holds released in one transaction (the rest in the next one).
+pub const EXPIRY_BATCH: i64 = 500;
+/// A counter's queue report counts for this long after its last refresh (DESIGN rule 12).
+pub const QUEUE_REPORT_TTL_MS: i64 = 120_000;
+/// The default priority release time, when a policy gives none.
+pub const DEFAULT_RELEASE_TIME: &str = "12:00";
+/// Service days of history for the mean daily use behind "days of cover".
+pub const COVER_HISTORY_DAYS: usize = 14;
+
+/// The stock and quota engine, shared by every gRPC handler.
+pub struct Engine {
+    /// The database.
+    pub store: Store,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Turns NIKs into keyed hashes.
+    pub nik_key: NikKey,
+    /// Live snapshots for watchers.
+    pub hub: watch::WatchHub,
+    /// Process start (unix ms), for GetServerInfo.
+    pub started_ms: i64,
+}
+
+impl Engine {
+    /// An engine over an open store.
+    pub fn new(store: Store, clock: Arc<dyn Clock>, nik_key: NikKey, max_watchers: usize) -> Self {
+        let started_ms = clock.now_ms();
+        Engine {
+            store,
+            clock,
+            nik_key,
+            hub: watch::WatchHub::new(max_watchers),
+            started_ms,
+        }
+    }
+
+    /// Runs `op` in a fresh write transaction, again after a lost race (bounded).
+    pub(crate) async fn with_retry<T, F, Fut>(&self, mut op: F) -> EngineResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = EngineResult<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(err) if err.is_retryable() && attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(attempt, "transaction lost a race; trying again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Starts a write transaction.
+    pub(crate) async fn begin(&self) -> EngineResult<Tx> {
+        Ok(self.store.begin().await?)
+    }
+}
+
+/// A protobuf timestamp from unix ms.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// The office's zone; stored zones were validated on the way in.
+pub(crate) fn zone_of(office: &OfficeRow) -> EngineResult<OfficeZone> {
+    OfficeZone::parse(&office.time_zone).map_err(EngineError::Internal)
+}
+
+/// The service point's calendar: its weekdays and holidays.
+pub(crate) fn calendar_of(sp: &ServicePointRow) -> ServiceCalendar {
+    let mut weekdays = [false; 7];
+    for (i, c) in sp.service_days.chars().take(7).enumerate() {
+        weekdays[i] = c == '1';
+    }
+    let holidays = sp
+        .holidays
+        .split(',')
+        .filter_map(|d| parse_local_date(d).ok())
+        .collect();
+    ServiceCalendar { weekdays, holidays }
+}
+
+/// The stored policy of a service point.
+pub(crate) fn policy_of(sp: &ServicePointRow) -> EngineResult<QuotaPolicy> {
+    QuotaPolicy::decode(sp.policy.as_slice())
+        .map_err(|e| EngineError::Internal(format!("stored policy does not decode: {e}")))
+}
+
+/// The reasons that may use the priority share (the default when the policy names none).
+pub(crate) fn priority_reasons(policy: &QuotaPolicy) -> Vec<i32> {
+    if policy.priority_reasons.is_empty() {
+        Reason::default_priority()
+            .into_iter()
+            .map(reason_to_proto)
+            .collect()
+    } else {
+        policy.priority_reasons.clone()
+    }
+}
+
+/// Unix ms of today's priority release.
+pub(crate) fn release_at_ms(zone: OfficeZone, today: NaiveDate, policy: &QuotaPolicy) -> i64 {
+    let text = if policy.priority_release_local_time.is_empty() {
+        DEFAULT_RELEASE_TIME
+    } else {
+        policy.priority_release_local_time.as_str()
+    };
+    let time = crate::domain::calendar::parse_local_time(text)
+        .or_else(|_| crate::domain::calendar::parse_local_time(DEFAULT_RELEASE_TIME))
+        .unwrap_or(chrono::NaiveTime::MIN);
+    zone.at_ms(today, time)
+}
+
+/// The wire value of a domain reason.
+pub fn reason_to_proto(r: Reason) -> i32 {
+    use blangko_proto::v1::Reason as P;
+    (match r {
+        Reason::NewRecording => P::NewRecording,
+        Reason::FirstTimeVoter => P::FirstTimeVoter,
+        Reason::RegionSplit => P::RegionSplit,
+        Reason::DataChange => P::DataChange,
+        Reason::Vulnerable => P::Vulnerable,
+        Reason::Lost => P::Lost,
+        Reason::Damaged => P::Damaged,
+    }) as i32
+}
+
+/// The domain reason of a wire value (None for UNSPECIFIED and unknown numbers).
+pub fn reason_from_proto(value: i32) -> Option<Reason> {
+    use blangko_proto::v1::Reason as P;
+    Some(match P::try_from(value).ok()? {
+        P::Unspecified => return None,
+        P::NewRecording => Reason::NewRecording,
+        P::FirstTimeVoter => Reason::FirstTimeVoter,
+        P::RegionSplit => Reason::RegionSplit,
+        P::DataChange => Reason::DataChange,
+        P::Vulnerable => Reason::Vulnerable,
+        P::Lost => Reason::Lost,
+        P::Damaged => Reason::Damaged,
+    })
+}
+
+/// The wire form of a stored reservation.
+pub(crate) fn reservation_to_proto(r: &ReservationRow, replayed: bool) -> Reservation {
+    let state = match r.state.as_str() {
+        "HELD" => ReservationState::Held,
+        "COMMITTED" => ReservationState::Committed,
+        "CANCELLED" => ReservationState::Cancelled,
+        "EXPIRED" => ReservationState::Expired,
+        _ => ReservationState::Unspecified,
+    };
+    Reservation {
+        reservation_id: r.reservation_id.clone(),
+        office_id: r.office_id.clone(),
+        service_point_id: r.service_point_id.clone(),
+        counter_id: r.counter_id.clone(),
+        local_date: r.local_date.clone(),
+        state: state as i32,
+        reason: r.reason as i32,
+        masked_nik: r.masked_nik.clone(),
+        created_at: Some(timestamp(r.created_ms)),
+        expires_at: Some(timestamp(r.expires_ms)),
+        committed_at: (r.committed_ms > 0).then(|| timestamp(r.committed_ms)),
+        spoiled_count: r.spoiled_count as u32,
+        replayed,
+    }
+}
+
+/// A new reservation id: 24 hex characters of randomness.
+pub(crate) fn new_reservation_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    format!("R{}", hex::encode(bytes))
+}
+
+/// The quota of a (service point, day) that no transaction has touched yet: computed from the
+/// policy and, for PACED, from the office stock at the start of the day.
+pub(crate) async fn compute_quota_day(
+    conn: &mut AnyConnection,
+    office: &OfficeRow,
+    sp: &ServicePointRow,
+    today: NaiveDate,
+) -> EngineResult<QuotaDayRow> {
+    let policy = policy_of(sp)?;
+    let calendar = calendar_of(sp);
+    let closed = !calendar.is_service_day(today);
+    let mut supply_overdue = false;
+    let quota = if closed {
+        0
+    } else if policy.mode == QuotaMode::Paced as i32 {
+        let expected = parse_local_date(&office.expected_next_supply_date).ok();
+        let horizon = office.fallback_horizon_days.max(1) as u32;
+        let (days, overdue) = quota::days_left(&calendar, today, expected, horizon);
+        supply_overdue = overdue;
+        let siblings = rows::service_points_of(conn, &office.office_id).await?;
+        let total_weight: u64 = siblings
+            .iter()
+            .filter(|s| s.quota_mode == QuotaMode::Paced as i64)
+            .map(|s| s.weight.max(0) as u64)
+            .sum();
+        // The stock at the start of the day: what is available now plus what the office has
+        // already handed out today, so the service point touched last is not paced on less.
+        let date = format_local_date(today);
+        let used_today: i64 = rows::quota_days_of_office(conn, &office.office_id, &date)
+            .await?
+            .iter()
+            .map(|q| q.used())
+            .sum();
+        let stock = (office.available() + used_today).max(0) as u64;
+        quota::paced_quota(stock, policy.weight, total_weight, days) as i64
+    } else {
+        i64::from(policy.fixed_daily_quota)
+    };
+    Ok(QuotaDayRow {
+        office_id: office.office_id.clone(),
+        service_point_id: sp.service_point_id.clone(),
+        local_date: format_local_date(today),
+        quota,
+        held: 0,
+        committed: 0,
+        priority_used: 0,
+        closed,
+        supply_overdue,
+    })
+}
+
+/// Today's quota row, created (computed and stored) if this is the first transaction to touch it.
+pub(crate) async fn quota_day_for_update(
+    conn: &mut AnyConnection,
+    lock: &str,
+    office: &OfficeRow,
+    sp: &ServicePointRow,
+    day: NaiveDate,
+) -> EngineResult<QuotaDayRow> {
+    let date = format_local_date(day);
+    if let Some(q) =
+        rows::quota_day(conn, &office.office_id, &sp.service_point_id, &date, lock).await?
+    {
+        return Ok(q);
+    }
+    let q = compute_quota_day(conn, office, sp, day).await?;
+    rows::insert_quota_day(conn, &q).await?;
+    Ok(q)
+}

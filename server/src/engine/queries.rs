@@ -1,0 +1,329 @@
+//! Read-only operations: quota snapshots, stock levels and listings. None of them writes, so a
+//! GetQuota never creates a day's quota row (it computes what the row would be).
+
+use blangko_proto::v1::{
+    LedgerEntry, QuotaMode, QuotaPolicy, QuotaSnapshot, Reservation, ReservationState, StockLevel,
+};
+use chrono::NaiveDate;
+use sqlx::AnyConnection;
+
+use super::{
+    COVER_HISTORY_DAYS, Engine, EngineError, EngineResult, QUEUE_REPORT_TTL_MS, ledger, policy_of,
+    priority_reasons, release_at_ms, reservation_to_proto, timestamp, zone_of,
+};
+use crate::domain::calendar::{OfficeZone, ServiceCalendar, format_local_date, parse_local_date};
+use crate::domain::forecast::days_of_cover;
+use crate::domain::quota::{self, AdmissionInput};
+use crate::store::rows::{self, OfficeRow, QuotaDayRow, ServicePointRow};
+
+/// Largest page of ListReservations and ListStock.
+pub const MAX_PAGE_SIZE: u32 = 500;
+/// Largest page of ListLedgerEntries.
+pub const MAX_LEDGER_PAGE_SIZE: u32 = 1000;
+/// Page size when the caller gives 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+
+/// The admission figures of a service point right now, for a caller of reason class
+/// `is_priority` (reason caps are added by Reserve itself).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn admission_input(
+    conn: &mut AnyConnection,
+    office: &OfficeRow,
+    policy: &QuotaPolicy,
+    qd: &QuotaDayRow,
+    zone: OfficeZone,
+    today: NaiveDate,
+    now_ms: i64,
+    is_priority: bool,
+) -> EngineResult<AdmissionInput> {
+    let before_release = now_ms < release_at_ms(zone, today, policy);
+    let office_used = rows::quota_days_of_office(conn, &office.office_id, &qd.local_date)
+        .await?
+        .iter()
+        .map(|q| q.used())
+        .sum::<i64>();
+    Ok(AdmissionInput {
+        closed: qd.closed,
+        quota: qd.quota.max(0) as u64,
+        used: qd.used().max(0) as u64,
+        priority_used: qd.priority_used.max(0) as u64,
+        priority_reserved: if before_release {
+            quota::priority_share(qd.quota.max(0) as u64, policy.priority_share_percent)
+        } else {
+            0
+        },
+        is_priority,
+        before_release,
+        office_cap: (office.daily_cap > 0).then_some(office.daily_cap as u64),
+        office_used: office_used.max(0) as u64,
+        available: office.available().max(0) as u64,
+        reason_caps: Vec::new(),
+    })
+}
+
+/// Builds the snapshot of a service point from figures read in the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn snapshot(
+    conn: &mut AnyConnection,
+    office: &OfficeRow,
+    sp: &ServicePointRow,
+    policy: &QuotaPolicy,
+    qd: &QuotaDayRow,
+    calendar: &ServiceCalendar,
+    zone: OfficeZone,
+    now_ms: i64,
+) -> EngineResult<QuotaSnapshot> {
+    let today = parse_local_date(&qd.local_date).map_err(EngineError::Internal)?;
+    let input = admission_input(conn, office, policy, qd, zone, today, now_ms, true).await?;
+    let (remaining, remaining_non_priority) = quota::remaining(&input);
+    let waiting = rows::waiting_at(
+        conn,
+        &office.office_id,
+        &sp.service_point_id,
+        now_ms - QUEUE_REPORT_TTL_MS,
+    )
+    .await?;
+    let next_reset = zone.start_of_day_ms(today.succ_opt().unwrap_or(today));
+    let release = release_at_ms(zone, today, policy);
+    let has_share = policy.priority_share_percent > 0 && !priority_reasons(policy).is_empty();
+    let _ = calendar;
+    Ok(QuotaSnapshot {
+        office_id: office.office_id.clone(),
+        service_point_id: sp.service_point_id.clone(),
+        local_date: qd.local_date.clone(),
+        quota: qd.quota as u32,
+        held: qd.held as u32,
+        committed: qd.committed as u32,
+        remaining: remaining as u32,
+        remaining_non_priority: remaining_non_priority as u32,
+        on_hand: office.on_hand as u32,
+        available: office.available().max(0) as u32,
+        office_daily_cap: office.daily_cap as u32,
+        office_used_today: input.office_used as u32,
+        waiting: waiting.max(0) as u32,
+        mode: if policy.mode == QuotaMode::Paced as i32 {
+            QuotaMode::Paced as i32
+        } else {
+            QuotaMode::Fixed as i32
+        },
+        supply_overdue: qd.supply_overdue,
+        closed: qd.closed,
+        next_reset_at: Some(timestamp(next_reset)),
+        priority_release_at: has_share.then(|| timestamp(release)),
+        as_of: Some(timestamp(now_ms)),
+    })
+}
+
+impl Engine {
+    /// Loads an office or answers NOT_FOUND.
+    pub(crate) async fn office_or_not_found(
+        conn: &mut AnyConnection,
+        office_id: &str,
+        lock: &str,
+    ) -> EngineResult<OfficeRow> {
+        rows::office(conn, office_id, lock)
+            .await?
+            .ok_or_else(|| EngineError::NotFound {
+                kind: "office",
+                id: office_id.to_string(),
+            })
+    }
+
+    /// Loads a service point or answers NOT_FOUND.
+    pub(crate) async fn service_point_or_not_found(
+        conn: &mut AnyConnection,
+        office_id: &str,
+        service_point_id: &str,
+    ) -> EngineResult<ServicePointRow> {
+        rows::service_point(conn, office_id, service_point_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound {
+                kind: "service point",
+                id: format!("{office_id}/{service_point_id}"),
+            })
+    }
+
+    /// Today's snapshot of a service point. Consumes nothing and writes nothing.
+    pub async fn get_quota(
+        &self,
+        office_id: &str,
+        service_point_id: &str,
+    ) -> EngineResult<QuotaSnapshot> {
+        let mut conn = self.store.reader().acquire().await?;
+        let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
+        let sp = Self::service_point_or_not_found(&mut conn, office_id, service_point_id).await?;
+        let zone = zone_of(&office)?;
+        let now = self.clock.now_ms();
+        let today = zone.local_date(now);
+        let date = format_local_date(today);
+        let qd = match rows::quota_day(&mut conn, office_id, service_point_id, &date, "").await? {
+            Some(q) => q,
+            None => super::compute_quota_day(&mut conn, &office, &sp, today).await?,
+        };
+        let policy = policy_of(&sp)?;
+        let calendar = super::calendar_of(&sp);
+        snapshot(&mut conn, &office, &sp, &policy, &qd, &calendar, zone, now).await
+    }
+
+    /// One office's stock level.
+    pub async fn get_stock(&self, office_id: &str) -> EngineResult<StockLevel> {
+        let mut conn = self.store.reader().acquire().await?;
+        let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
+        self.stock_level(&mut conn, &office).await
+    }
+
+    /// The stock level of a loaded office.
+    pub(crate) async fn stock_level(
+        &self,
+        conn: &mut AnyConnection,
+        office: &OfficeRow,
+    ) -> EngineResult<StockLevel> {
+        let zone = zone_of(office)?;
+        let now = self.clock.now_ms();
+        let today = zone.local_date(now);
+        let date = format_local_date(today);
+        let days = rows::quota_days_of_office(conn, &office.office_id, &date).await?;
+        let today_quota: i64 = days.iter().map(|q| q.quota).sum();
+        let today_used: i64 = days.iter().map(|q| q.used()).sum();
+        let today_committed: i64 = days.iter().map(|q| q.committed).sum();
+        // Mean daily use over the office's last service days (Monday to Friday).
+        let history =
+            ServiceCalendar::monday_to_friday().previous_service_days(today, COVER_HISTORY_DAYS);
+        let (mean, cover) = match history.last() {
+            Some(oldest) => {
+                let used =
+                    ledger::daily_use(conn, &office.office_id, &format_local_date(*oldest), &date)
+                        .await?;
+                let per_day: Vec<u64> = history
+                    .iter()
+                    .map(|d| {
+                        let key = format_local_date(*d);
+                        used.iter()
+                            .find(|(day, _)| *day == key)
+                            .map(|(_, n)| (*n).max(0) as u64)
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                days_of_cover(office.on_hand.max(0) as u64, &per_day)
+            }
+            None => (0.0, None),
+        };
+        let expected = parse_local_date(&office.expected_next_supply_date).ok();
+        Ok(StockLevel {
+            office_id: office.office_id.clone(),
+            office_name: office.name.clone(),
+            province_code: office.province_code.clone(),
+            on_hand: office.on_hand as u32,
+            held: office.held as u32,
+            available: office.available().max(0) as u32,
+            today_quota: today_quota as u32,
+            today_used: today_used as u32,
+            today_committed: today_committed as u32,
+            mean_daily_use: mean,
+            days_of_cover: cover.unwrap_or(0.0),
+            has_days_of_cover: cover.is_some(),
+            expected_next_supply_date: office.expected_next_supply_date.clone(),
+            supply_overdue: expected.is_none_or(|d| d <= today),
+            local_date: date,
+            ledger_head_hash: office.ledger_head.clone(),
+            as_of: Some(timestamp(now)),
+        })
+    }
+
+    /// Stock across offices, by office id after `after`.
+    pub async fn list_stock(
+        &self,
+        province_code: &str,
+        after: &str,
+        page_size: u32,
+    ) -> EngineResult<(Vec<StockLevel>, String)> {
+        let mut conn = self.store.reader().acquire().await?;
+        let offices =
+            rows::offices_page(&mut conn, province_code, after, i64::from(page_size) + 1).await?;
+        let more = offices.len() > page_size as usize;
+        let mut stocks = Vec::with_capacity(offices.len().min(page_size as usize));
+        for office in offices.iter().take(page_size as usize) {
+            stocks.push(self.stock_level(&mut conn, office).await?);
+        }
+        let next = if more {
+            stocks
+                .last()
+                .map(|s| s.office_id.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((stocks, next))
+    }
+
+    /// Ledger entries of an office after sequence `after_seq`.
+    pub async fn list_ledger(
+        &self,
+        office_id: &str,
+        kind: i32,
+        after_seq: i64,
+        page_size: u32,
+    ) -> EngineResult<(Vec<LedgerEntry>, i64)> {
+        let mut conn = self.store.reader().acquire().await?;
+        Self::office_or_not_found(&mut conn, office_id, "").await?;
+        let entries =
+            ledger::entries_after(&mut conn, office_id, kind, after_seq, i64::from(page_size))
+                .await?;
+        let last = entries
+            .last()
+            .map(|e| e.entry.sequence as i64)
+            .unwrap_or(after_seq);
+        Ok((entries.into_iter().map(|e| e.entry).collect(), last))
+    }
+
+    /// Reservations of an office, newest first.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn list_reservations(
+        &self,
+        office_id: &str,
+        service_point_id: &str,
+        counter_id: &str,
+        state: ReservationState,
+        local_date: Option<NaiveDate>,
+        before: Option<(i64, String)>,
+        page_size: u32,
+    ) -> EngineResult<(Vec<Reservation>, Option<(i64, String)>)> {
+        let mut conn = self.store.reader().acquire().await?;
+        let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
+        let zone = zone_of(&office)?;
+        let now = self.clock.now_ms();
+        let date = format_local_date(local_date.unwrap_or_else(|| zone.local_date(now)));
+        let state_text = match state {
+            ReservationState::Unspecified => "",
+            ReservationState::Held => "HELD",
+            ReservationState::Committed => "COMMITTED",
+            ReservationState::Cancelled => "CANCELLED",
+            ReservationState::Expired => "EXPIRED",
+        };
+        let rows = rows::reservations_page(
+            &mut conn,
+            office_id,
+            service_point_id,
+            counter_id,
+            state_text,
+            &date,
+            before,
+            i64::from(page_size) + 1,
+        )
+        .await?;
+        let more = rows.len() > page_size as usize;
+        let page: Vec<_> = rows.into_iter().take(page_size as usize).collect();
+        let next = if more {
+            page.last()
+                .map(|r| (r.created_ms, r.reservation_id.clone()))
+        } else {
+            None
+        };
+        Ok((
+            page.iter()
+                .map(|r| reservation_to_proto(r, false))
+                .collect(),
+            next,
+        ))
+    }
+}

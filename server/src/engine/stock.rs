@@ -1,0 +1,555 @@
+//! Supervisor operations: offices and service points, stock movements (shipments, transfers,
+//! stock-takes) and quota policies; and the counters' queue reports.
+
+use blangko_proto::v1::{
+    AdjustStockResponse, LedgerEntryKind, Office, QuotaPolicy, RecordShipmentResponse,
+    ReportQueueResponse, ServicePoint, SetQuotaPolicyResponse, TransferStockResponse,
+    UpsertOfficeResponse, UpsertServicePointResponse,
+};
+use prost::Message;
+use sqlx::AnyConnection;
+
+use super::ledger::{self, GENESIS_HASH, NewEntry};
+use super::queries::snapshot;
+use super::reserve::check_quota_invariant;
+use super::{Engine, EngineError, EngineResult, QUEUE_REPORT_TTL_MS, calendar_of, zone_of};
+use crate::domain::calendar::format_local_date;
+use crate::domain::forecast::forecast;
+use crate::store::rows::{self, OfficeRow, ServicePointRow};
+
+/// Common fields of every validated mutating stock command.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// Idempotency key.
+    pub request_id: String,
+    /// Who calls.
+    pub principal: String,
+    /// Keyed fingerprint of the request content.
+    pub fingerprint: String,
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> EngineResult<M> {
+    M::decode(bytes).map_err(|e| EngineError::Internal(format!("stored answer: {e}")))
+}
+
+/// The wire form of an office row.
+pub(crate) fn office_to_proto(o: &OfficeRow) -> Office {
+    Office {
+        office_id: o.office_id.clone(),
+        name: o.name.clone(),
+        time_zone: o.time_zone.clone(),
+        province_code: o.province_code.clone(),
+        daily_cap: o.daily_cap as u32,
+        expected_next_supply_date: o.expected_next_supply_date.clone(),
+        fallback_horizon_days: o.fallback_horizon_days as u32,
+        ikd_first_required: o.ikd_first_required,
+        hold_ttl_secs: o.hold_ttl_secs as u32,
+    }
+}
+
+/// The wire form of a service point row.
+pub(crate) fn service_point_to_proto(sp: &ServicePointRow) -> EngineResult<ServicePoint> {
+    let service_days = sp
+        .service_days
+        .chars()
+        .enumerate()
+        .filter(|(_, c)| *c == '1')
+        .map(|(i, _)| i as i32 + 1)
+        .collect();
+    Ok(ServicePoint {
+        office_id: sp.office_id.clone(),
+        service_point_id: sp.service_point_id.clone(),
+        name: sp.name.clone(),
+        kind: sp.kind as i32,
+        service_days,
+        holidays: sp
+            .holidays
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        policy: Some(super::policy_of(sp)?),
+    })
+}
+
+impl Engine {
+    async fn begin_office(&self, office_id: &str) -> EngineResult<(crate::store::Tx, OfficeRow)> {
+        let mut tx = self.begin().await?;
+        let office = Self::office_or_not_found(&mut tx, office_id, self.store.for_update()).await?;
+        Ok((tx, office))
+    }
+
+    fn today_of(&self, office: &OfficeRow) -> EngineResult<(i64, String)> {
+        let now = self.clock.now_ms();
+        let zone = zone_of(office)?;
+        Ok((now, format_local_date(zone.local_date(now))))
+    }
+
+    /// Creates or updates an office (settings only; stock changes only by movements).
+    pub async fn upsert_office(
+        &self,
+        meta: &Meta,
+        office: &Office,
+    ) -> EngineResult<UpsertOfficeResponse> {
+        let response = self
+            .with_retry(|| async {
+                let mut tx = self.begin().await?;
+                let conn: &mut AnyConnection = &mut tx;
+                if let Some(stored) = self
+                    .stored_answer(conn, &meta.request_id, "UpsertOffice", &meta.fingerprint)
+                    .await?
+                {
+                    return decode(&stored);
+                }
+                let existing =
+                    rows::office(conn, &office.office_id, self.store.for_update()).await?;
+                let row = OfficeRow {
+                    office_id: office.office_id.clone(),
+                    name: office.name.clone(),
+                    time_zone: office.time_zone.clone(),
+                    province_code: office.office_id.chars().take(2).collect(),
+                    daily_cap: i64::from(office.daily_cap),
+                    expected_next_supply_date: office.expected_next_supply_date.clone(),
+                    fallback_horizon_days: i64::from(office.fallback_horizon_days),
+                    ikd_first_required: office.ikd_first_required,
+                    hold_ttl_secs: i64::from(office.hold_ttl_secs),
+                    on_hand: 0,
+                    held: 0,
+                    ledger_seq: 0,
+                    ledger_head: GENESIS_HASH.to_string(),
+                };
+                rows::upsert_office(conn, &row).await?;
+                let mut stored = Self::office_or_not_found(conn, &office.office_id, "").await?;
+                let (now, date) = self.today_of(&stored)?;
+                let mut entry = NewEntry::of(LedgerEntryKind::PolicyChange);
+                entry.note = if existing.is_some() {
+                    format!("office settings changed: {}", describe_office(&stored))
+                } else {
+                    format!("office created: {}", describe_office(&stored))
+                };
+                ledger::append(conn, &mut stored, entry, &meta.principal, now, &date).await?;
+                rows::update_office_stock(conn, &stored).await?;
+                let response = UpsertOfficeResponse {
+                    office: Some(office_to_proto(&stored)),
+                    stock: Some(self.stock_level(conn, &stored).await?),
+                };
+                rows::store_answer(
+                    conn,
+                    &meta.request_id,
+                    "UpsertOffice",
+                    &meta.fingerprint,
+                    &response.encode_to_vec(),
+                    now,
+                )
+                .await?;
+                self.announce_in_tx(conn, &office.office_id).await?;
+                tx.commit().await?;
+                Ok(response)
+            })
+            .await?;
+        self.hub.office_changed(&office.office_id);
+        Ok(response)
+    }
+
+    /// Creates or updates a service point (with its policy).
+    pub async fn upsert_service_point(
+        &self,
+        meta: &Meta,
+        sp: &ServicePointRow,
+    ) -> EngineResult<UpsertServicePointResponse> {
+        let response = self
+            .with_retry(|| async {
+                let (mut tx, mut office) = self.begin_office(&sp.office_id).await?;
+                let conn: &mut AnyConnection = &mut tx;
+                if let Some(stored) = self
+                    .stored_answer(
+                        conn,
+                        &meta.request_id,
+                        "UpsertServicePoint",
+                        &meta.fingerprint,
+                    )
+                    .await?
+                {
+                    return decode(&stored);
+                }
+                rows::upsert_service_point(conn, sp).await?;
+                let (now, date) = self.today_of(&office)?;
+                let mut entry = NewEntry::of(LedgerEntryKind::PolicyChange);
+                entry.service_point_id = sp.service_point_id.clone();
+                entry.note = format!(
+                    "service point '{}' set: days {}, mode {}, weight {}",
+                    sp.name, sp.service_days, sp.quota_mode, sp.weight
+                );
+                ledger::append(conn, &mut office, entry, &meta.principal, now, &date).await?;
+                rows::update_office_stock(conn, &office).await?;
+                let zone = zone_of(&office)?;
+                let today = zone.local_date(now);
+                let qd = match rows::quota_day(conn, &sp.office_id, &sp.service_point_id, &date, "")
+                    .await?
+                {
+                    Some(q) => q,
+                    None => super::compute_quota_day(conn, &office, sp, today).await?,
+                };
+                let policy = super::policy_of(sp)?;
+                let snap =
+                    snapshot(conn, &office, sp, &policy, &qd, &calendar_of(sp), zone, now).await?;
+                let response = UpsertServicePointResponse {
+                    service_point: Some(service_point_to_proto(sp)?),
+                    quota: Some(snap),
+                };
+                rows::store_answer(
+                    conn,
+                    &meta.request_id,
+                    "UpsertServicePoint",
+                    &meta.fingerprint,
+                    &response.encode_to_vec(),
+                    now,
+                )
+                .await?;
+                self.announce_in_tx(conn, &sp.office_id).await?;
+                tx.commit().await?;
+                Ok(response)
+            })
+            .await?;
+        self.hub.office_changed(&sp.office_id);
+        Ok(response)
+    }
+
+    /// Records a shipment (idempotent by request id and by delivery reference).
+    pub async fn record_shipment(
+        &self,
+        meta: &Meta,
+        office_id: &str,
+        quantity: u32,
+        reference: &str,
+        note: &str,
+    ) -> EngineResult<RecordShipmentResponse> {
+        // The reference's own fingerprint covers what a delivery is: office, quantity, reference.
+        let reference_fingerprint = self.nik_key.fingerprint(
+            "ShipmentReference",
+            format!("{office_id}\0{quantity}\0{reference}").as_bytes(),
+        );
+        let response = self
+            .with_retry(|| async {
+                let (mut tx, mut office) = self.begin_office(office_id).await?;
+                let conn: &mut AnyConnection = &mut tx;
+                if let Some(stored) = self
+                    .stored_answer(conn, &meta.request_id, "RecordShipment", &meta.fingerprint)
+                    .await?
+                {
+                    let mut r: RecordShipmentResponse = decode(&stored)?;
+                    r.replayed = true;
+                    return Ok(r);
+                }
+                let (now, date) = self.today_of(&office)?;
+                let previous = sqlx::query_as::<_, (String, i64)>(
+                    "SELECT fingerprint, ledger_seq FROM shipments WHERE office_id = $1 AND reference = $2",
+                )
+                .bind(office_id)
+                .bind(reference)
+                .fetch_optional(&mut *conn)
+                .await?;
+                let response = if let Some((fingerprint, seq)) = previous {
+                    if fingerprint != reference_fingerprint {
+                        return Err(EngineError::AlreadyExists {
+                            reason: "REFERENCE_REUSED",
+                            message: format!("delivery reference '{reference}' was already recorded with another quantity"),
+                        });
+                    }
+                    let entry = ledger::entries_after(conn, office_id, 0, seq - 1, 1)
+                        .await?
+                        .into_iter()
+                        .next()
+                        .map(|e| e.entry);
+                    RecordShipmentResponse {
+                        entry,
+                        stock: Some(self.stock_level(conn, &office).await?),
+                        replayed: true,
+                    }
+                } else {
+                    let mut entry = NewEntry::of(LedgerEntryKind::Shipment);
+                    entry.on_hand_delta = i64::from(quantity);
+                    entry.reference = reference.to_string();
+                    entry.note = note.to_string();
+                    let e = ledger::append(conn, &mut office, entry, &meta.principal, now, &date).await?;
+                    sqlx::query("INSERT INTO shipments (office_id, reference, fingerprint, ledger_seq) VALUES ($1, $2, $3, $4)")
+                        .bind(office_id)
+                        .bind(reference)
+                        .bind(&reference_fingerprint)
+                        .bind(e.sequence as i64)
+                        .execute(&mut *conn)
+                        .await?;
+                    rows::update_office_stock(conn, &office).await?;
+                    RecordShipmentResponse {
+                        entry: Some(e),
+                        stock: Some(self.stock_level(conn, &office).await?),
+                        replayed: false,
+                    }
+                };
+                rows::store_answer(conn, &meta.request_id, "RecordShipment", &meta.fingerprint, &response.encode_to_vec(), now).await?;
+                self.announce_in_tx(conn, office_id).await?;
+                tx.commit().await?;
+                Ok(response)
+            })
+            .await?;
+        self.hub.office_changed(office_id);
+        Ok(response)
+    }
+
+    /// Moves available blanks from one office to another, in one transaction.
+    pub async fn transfer_stock(
+        &self,
+        meta: &Meta,
+        from_office_id: &str,
+        to_office_id: &str,
+        quantity: u32,
+        reference: &str,
+        note: &str,
+    ) -> EngineResult<TransferStockResponse> {
+        let response = self
+            .with_retry(|| async {
+                let mut tx = self.begin().await?;
+                let conn: &mut AnyConnection = &mut tx;
+                // Lock both offices in id order, so two opposite transfers cannot deadlock.
+                let lock = self.store.for_update();
+                let (first, second) = if from_office_id < to_office_id {
+                    (from_office_id, to_office_id)
+                } else {
+                    (to_office_id, from_office_id)
+                };
+                let a = Self::office_or_not_found(conn, first, lock).await?;
+                let b = Self::office_or_not_found(conn, second, lock).await?;
+                let (mut from, mut to) = if a.office_id == from_office_id {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
+                if let Some(stored) = self
+                    .stored_answer(conn, &meta.request_id, "TransferStock", &meta.fingerprint)
+                    .await?
+                {
+                    return decode(&stored);
+                }
+                if from.available() < i64::from(quantity) {
+                    return Err(EngineError::FailedPrecondition {
+                        reason: "INSUFFICIENT_STOCK",
+                        message: format!(
+                            "office {} has {} available blanks, fewer than the {} to transfer",
+                            from.office_id,
+                            from.available(),
+                            quantity
+                        ),
+                    });
+                }
+                let (now, from_date) = self.today_of(&from)?;
+                let (_, to_date) = self.today_of(&to)?;
+                let mut out = NewEntry::of(LedgerEntryKind::TransferOut);
+                out.on_hand_delta = -i64::from(quantity);
+                out.reference = reference.to_string();
+                out.counterpart_office_id = to.office_id.clone();
+                out.note = note.to_string();
+                let out_entry =
+                    ledger::append(conn, &mut from, out, &meta.principal, now, &from_date).await?;
+                let mut inn = NewEntry::of(LedgerEntryKind::TransferIn);
+                inn.on_hand_delta = i64::from(quantity);
+                inn.reference = reference.to_string();
+                inn.counterpart_office_id = from.office_id.clone();
+                inn.note = note.to_string();
+                let in_entry =
+                    ledger::append(conn, &mut to, inn, &meta.principal, now, &to_date).await?;
+                rows::update_office_stock(conn, &from).await?;
+                rows::update_office_stock(conn, &to).await?;
+                let response = TransferStockResponse {
+                    out_entry: Some(out_entry),
+                    in_entry: Some(in_entry),
+                    from_stock: Some(self.stock_level(conn, &from).await?),
+                    to_stock: Some(self.stock_level(conn, &to).await?),
+                };
+                rows::store_answer(
+                    conn,
+                    &meta.request_id,
+                    "TransferStock",
+                    &meta.fingerprint,
+                    &response.encode_to_vec(),
+                    now,
+                )
+                .await?;
+                self.announce_in_tx(conn, from_office_id).await?;
+                self.announce_in_tx(conn, to_office_id).await?;
+                tx.commit().await?;
+                Ok(response)
+            })
+            .await?;
+        self.hub.office_changed(from_office_id);
+        self.hub.office_changed(to_office_id);
+        Ok(response)
+    }
+
+    /// A stock-take: on_hand becomes the counted number.
+    pub async fn adjust_stock(
+        &self,
+        meta: &Meta,
+        office_id: &str,
+        counted: u32,
+        note: &str,
+    ) -> EngineResult<AdjustStockResponse> {
+        let response = self
+            .with_retry(|| async {
+                let (mut tx, mut office) = self.begin_office(office_id).await?;
+                let conn: &mut AnyConnection = &mut tx;
+                if let Some(stored) = self
+                    .stored_answer(conn, &meta.request_id, "AdjustStock", &meta.fingerprint)
+                    .await?
+                {
+                    return decode(&stored);
+                }
+                let (now, date) = self.today_of(&office)?;
+                self.expire_due_in_tx(conn, &mut office, now, &meta.principal).await?;
+                if i64::from(counted) < office.held {
+                    return Err(EngineError::FailedPrecondition {
+                        reason: "COUNT_BELOW_HELD",
+                        message: format!(
+                            "counted {counted} blanks, but {} are held by live reservations; finish or cancel those holds first",
+                            office.held
+                        ),
+                    });
+                }
+                let mut entry = NewEntry::of(LedgerEntryKind::StockTake);
+                entry.on_hand_delta = i64::from(counted) - office.on_hand;
+                entry.note = note.to_string();
+                let e = ledger::append(conn, &mut office, entry, &meta.principal, now, &date).await?;
+                rows::update_office_stock(conn, &office).await?;
+                let response = AdjustStockResponse {
+                    entry: Some(e),
+                    stock: Some(self.stock_level(conn, &office).await?),
+                };
+                rows::store_answer(conn, &meta.request_id, "AdjustStock", &meta.fingerprint, &response.encode_to_vec(), now).await?;
+                self.announce_in_tx(conn, office_id).await?;
+                tx.commit().await?;
+                Ok(response)
+            })
+            .await?;
+        self.hub.office_changed(office_id);
+        Ok(response)
+    }
+
+    /// Sets a service point's policy and, optionally, today's quota.
+    pub async fn set_quota_policy(
+        &self,
+        meta: &Meta,
+        office_id: &str,
+        service_point_id: &str,
+        policy: &QuotaPolicy,
+        todays_quota: Option<u32>,
+    ) -> EngineResult<SetQuotaPolicyResponse> {
+        let response = self
+            .with_retry(|| async {
+                let (mut tx, mut office) = self.begin_office(office_id).await?;
+                let conn: &mut AnyConnection = &mut tx;
+                if let Some(stored) = self
+                    .stored_answer(conn, &meta.request_id, "SetQuotaPolicy", &meta.fingerprint)
+                    .await?
+                {
+                    return decode(&stored);
+                }
+                let mut sp = Self::service_point_or_not_found(conn, office_id, service_point_id).await?;
+                sp.policy = policy.encode_to_vec();
+                sp.quota_mode = i64::from(policy.mode);
+                sp.weight = i64::from(policy.weight);
+                rows::upsert_service_point(conn, &sp).await?;
+                let (now, date) = self.today_of(&office)?;
+                let zone = zone_of(&office)?;
+                let today = zone.local_date(now);
+                self.expire_due_in_tx(conn, &mut office, now, &meta.principal).await?;
+                let mut qd = super::quota_day_for_update(conn, self.store.for_update(), &office, &sp, today).await?;
+                let mut note = format!("quota policy of '{service_point_id}' changed");
+                if let Some(q) = todays_quota {
+                    if i64::from(q) < qd.used() {
+                        return Err(EngineError::FailedPrecondition {
+                            reason: "QUOTA_BELOW_USE",
+                            message: format!(
+                                "today's quota cannot go below what is already held or printed today ({})",
+                                qd.used()
+                            ),
+                        });
+                    }
+                    note = format!("{note}; today's quota {} -> {q}", qd.quota);
+                    qd.quota = i64::from(q);
+                    check_quota_invariant(&qd)?;
+                    rows::update_quota_day(conn, &qd).await?;
+                }
+                let mut entry = NewEntry::of(LedgerEntryKind::PolicyChange);
+                entry.service_point_id = service_point_id.to_string();
+                entry.note = note;
+                ledger::append(conn, &mut office, entry, &meta.principal, now, &date).await?;
+                rows::update_office_stock(conn, &office).await?;
+                let snap = snapshot(conn, &office, &sp, policy, &qd, &calendar_of(&sp), zone, now).await?;
+                let response = SetQuotaPolicyResponse {
+                    policy: Some(policy.clone()),
+                    quota: Some(snap),
+                };
+                rows::store_answer(conn, &meta.request_id, "SetQuotaPolicy", &meta.fingerprint, &response.encode_to_vec(), now).await?;
+                self.announce_in_tx(conn, office_id).await?;
+                tx.commit().await?;
+                Ok(response)
+            })
+            .await?;
+        self.hub.office_changed(office_id);
+        Ok(response)
+    }
+
+    /// A counter's queue report; answers the forecast for that counter.
+    pub async fn report_queue(
+        &self,
+        office_id: &str,
+        service_point_id: &str,
+        counter_id: &str,
+        waiting: u32,
+    ) -> EngineResult<ReportQueueResponse> {
+        {
+            let mut tx = self.begin().await?;
+            let conn: &mut AnyConnection = &mut tx;
+            Self::office_or_not_found(conn, office_id, "").await?;
+            Self::service_point_or_not_found(conn, office_id, service_point_id).await?;
+            let now = self.clock.now_ms();
+            rows::upsert_queue_report(
+                conn,
+                office_id,
+                service_point_id,
+                counter_id,
+                i64::from(waiting),
+                now,
+            )
+            .await?;
+            // Drop reports long expired, so the table stays small.
+            sqlx::query("DELETE FROM queue_reports WHERE reported_ms < $1")
+                .bind(now - 10 * QUEUE_REPORT_TTL_MS)
+                .execute(&mut *conn)
+                .await?;
+            self.announce_in_tx(conn, office_id).await?;
+            tx.commit().await?;
+        }
+        self.hub.office_changed(office_id);
+        let quota = self.get_quota(office_id, service_point_id).await?;
+        let total = u64::from(quota.waiting).max(u64::from(waiting));
+        let (served, referred) = forecast(u64::from(quota.remaining), u64::from(waiting), total);
+        Ok(ReportQueueResponse {
+            quota: Some(quota),
+            expected_served: served as u32,
+            expected_referred: referred as u32,
+        })
+    }
+}
+
+fn describe_office(o: &OfficeRow) -> String {
+    format!(
+        "name '{}', zone {}, daily cap {}, next supply '{}', horizon {} days, IKD first {}, hold {} s",
+        o.name,
+        o.time_zone,
+        o.daily_cap,
+        o.expected_next_supply_date,
+        o.fallback_horizon_days,
+        o.ikd_first_required,
+        o.hold_ttl_secs
+    )
+}

@@ -1,0 +1,143 @@
+//! Live quota snapshots for WatchQuota.
+//!
+//! One `tokio::sync::watch` channel per watched service point holds only the LATEST snapshot, so
+//! a slow watcher skips to the newest one and the server never buffers without bound. A change
+//! marks the office's channels dirty; one refresher task per channel re-reads the snapshot, at
+//! most once per [`REFRESH_INTERVAL`], so a burst of Reserves costs a handful of reads, not one
+//! per Reserve per watcher.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blangko_proto::v1::QuotaSnapshot;
+use tokio::sync::{Notify, watch};
+
+use super::{Engine, EngineError, EngineResult};
+
+/// Shortest time between two refreshes of one channel.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(20);
+
+type Key = (String, String);
+
+struct Channel {
+    sender: watch::Sender<Option<QuotaSnapshot>>,
+    dirty: Arc<Notify>,
+}
+
+/// The watched service points and their latest snapshots.
+pub struct WatchHub {
+    channels: Mutex<HashMap<Key, Channel>>,
+    /// Most watched streams at once over all service points (each costs a receiver and, per
+    /// service point, one task).
+    max_watchers: usize,
+}
+
+impl WatchHub {
+    /// An empty hub.
+    pub fn new(max_watchers: usize) -> Self {
+        WatchHub {
+            channels: Mutex::new(HashMap::new()),
+            max_watchers,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Channel>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Watchers connected now.
+    pub fn watcher_count(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|c| c.sender.receiver_count())
+            .sum()
+    }
+
+    /// Marks every watched service point of `office_id` as changed.
+    pub fn office_changed(&self, office_id: &str) {
+        for ((office, _), channel) in self.lock().iter() {
+            if office == office_id {
+                channel.dirty.notify_one();
+            }
+        }
+    }
+
+    /// Marks everything as changed (after a reconnect to the notification channel).
+    pub fn all_changed(&self) {
+        for channel in self.lock().values() {
+            channel.dirty.notify_one();
+        }
+    }
+}
+
+impl Engine {
+    /// Subscribes to a service point's snapshots; the receiver holds the current one at once.
+    pub async fn watch_quota(
+        self: &Arc<Self>,
+        office_id: &str,
+        service_point_id: &str,
+    ) -> EngineResult<watch::Receiver<Option<QuotaSnapshot>>> {
+        // The first snapshot also proves that the office and service point exist.
+        let first = self.get_quota(office_id, service_point_id).await?;
+        if self.hub.watcher_count() >= self.hub.max_watchers {
+            return Err(EngineError::FailedPrecondition {
+                reason: "TOO_MANY_WATCHERS",
+                message: format!(
+                    "this server already serves {} quota watchers; try another replica or later",
+                    self.hub.max_watchers
+                ),
+            });
+        }
+        let key = (office_id.to_string(), service_point_id.to_string());
+        let mut channels = self.hub.lock();
+        if let Some(channel) = channels.get(&key) {
+            return Ok(channel.sender.subscribe());
+        }
+        let (sender, receiver) = watch::channel(Some(first));
+        let dirty = Arc::new(Notify::new());
+        channels.insert(
+            key.clone(),
+            Channel {
+                sender: sender.clone(),
+                dirty: dirty.clone(),
+            },
+        );
+        drop(channels);
+        let engine = Arc::clone(self);
+        tokio::spawn(async move { engine.refresh_loop(key, sender, dirty).await });
+        Ok(receiver)
+    }
+
+    async fn refresh_loop(
+        self: Arc<Self>,
+        key: Key,
+        sender: watch::Sender<Option<QuotaSnapshot>>,
+        dirty: Arc<Notify>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = dirty.notified() => {}
+                _ = sender.closed() => break,
+            }
+            match self.get_quota(&key.0, &key.1).await {
+                Ok(snapshot) => {
+                    sender.send_replace(Some(snapshot));
+                }
+                Err(err) => {
+                    tracing::warn!(office = %key.0, service_point = %key.1, error = %err, "cannot refresh a watched quota")
+                }
+            }
+            tokio::time::sleep(REFRESH_INTERVAL).await;
+        }
+        let mut channels = self.hub.lock();
+        if channels
+            .get(&key)
+            .is_some_and(|c| c.sender.receiver_count() == 0)
+        {
+            channels.remove(&key);
+        }
+    }
+}

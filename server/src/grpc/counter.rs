@@ -1,0 +1,322 @@
+//! CounterService: what counter terminals call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use blangko_proto::v1::counter_service_server::CounterService;
+use blangko_proto::v1::*;
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::WatchStream;
+use tonic::{Request, Response, Status};
+
+use super::validate::{self, Checker};
+use super::{fingerprint, nik_today, principal};
+use crate::engine::Engine;
+use crate::engine::holds::{IkdActivationCommand, SpoilCommand};
+use crate::engine::queries::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::engine::reserve::ReserveCommand;
+
+/// The CounterService implementation.
+pub struct CounterApi {
+    engine: Arc<Engine>,
+    /// Fires at shutdown so open WatchQuota streams end and the server can drain.
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl CounterApi {
+    /// Handlers over `engine`; streams end when `shutdown` becomes true.
+    pub fn new(engine: Arc<Engine>, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        CounterApi { engine, shutdown }
+    }
+}
+
+/// Parses a page size: 0 means the default; above the maximum is an error, not a silent cut.
+pub fn page_size(c: &mut Checker, field: &str, value: u32, max: u32) -> u32 {
+    if value == 0 {
+        DEFAULT_PAGE_SIZE.min(max)
+    } else {
+        c.range(field, value, 1, max);
+        value
+    }
+}
+
+type WatchStreamOut = Pin<Box<dyn Stream<Item = Result<WatchQuotaResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CounterService for CounterApi {
+    async fn reserve(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<Response<ReserveResponse>, Status> {
+        let principal = principal(&request);
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.request_id(&r.request_id);
+        c.office_id("office_id", &r.office_id);
+        c.id(
+            "service_point_id",
+            &r.service_point_id,
+            validate::MAX_ID_CHARS,
+        );
+        c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
+        let nik = c.nik("nik", &r.nik, nik_today(&self.engine));
+        c.enumeration::<Reason>("reason", r.reason, false);
+        c.enumeration::<IkdStatus>("ikd_status", r.ikd_status, true);
+        c.finish()?;
+        let Some(nik) = nik else {
+            return Err(Status::internal("validated NIK missing"));
+        };
+        let cmd = ReserveCommand {
+            fingerprint: fingerprint(&self.engine, "Reserve", &r),
+            request_id: r.request_id,
+            office_id: r.office_id,
+            service_point_id: r.service_point_id,
+            counter_id: r.counter_id,
+            nik,
+            reason: r.reason,
+            ikd_status: r.ikd_status,
+            principal,
+        };
+        Ok(Response::new(self.engine.reserve(&cmd).await?))
+    }
+
+    async fn commit_reservation(
+        &self,
+        request: Request<CommitReservationRequest>,
+    ) -> Result<Response<CommitReservationResponse>, Status> {
+        let principal = principal(&request);
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.request_id(&r.request_id);
+        c.id("reservation_id", &r.reservation_id, validate::MAX_ID_CHARS);
+        c.finish()?;
+        let fp = fingerprint(&self.engine, "CommitReservation", &r);
+        Ok(Response::new(
+            self.engine
+                .commit(&r.request_id, &r.reservation_id, &principal, &fp)
+                .await?,
+        ))
+    }
+
+    async fn cancel_reservation(
+        &self,
+        request: Request<CancelReservationRequest>,
+    ) -> Result<Response<CancelReservationResponse>, Status> {
+        let principal = principal(&request);
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.request_id(&r.request_id);
+        c.id("reservation_id", &r.reservation_id, validate::MAX_ID_CHARS);
+        c.optional_text("note", &r.note, validate::MAX_NOTE_CHARS);
+        c.finish()?;
+        let fp = fingerprint(&self.engine, "CancelReservation", &r);
+        Ok(Response::new(
+            self.engine
+                .cancel(&r.request_id, &r.reservation_id, &r.note, &principal, &fp)
+                .await?,
+        ))
+    }
+
+    async fn report_spoiled_blank(
+        &self,
+        request: Request<ReportSpoiledBlankRequest>,
+    ) -> Result<Response<ReportSpoiledBlankResponse>, Status> {
+        let principal = principal(&request);
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.request_id(&r.request_id);
+        c.office_id("office_id", &r.office_id);
+        if !r.reservation_id.is_empty() {
+            c.id("reservation_id", &r.reservation_id, validate::MAX_ID_CHARS);
+        }
+        c.enumeration::<SpoilageReason>("reason", r.reason, false);
+        c.optional_text(
+            "destruction_report_reference",
+            &r.destruction_report_reference,
+            validate::MAX_REFERENCE_CHARS,
+        );
+        c.optional_text("note", &r.note, validate::MAX_NOTE_CHARS);
+        c.finish()?;
+        let cmd = SpoilCommand {
+            fingerprint: fingerprint(&self.engine, "ReportSpoiledBlank", &r),
+            request_id: r.request_id,
+            office_id: r.office_id,
+            reservation_id: r.reservation_id,
+            reason: r.reason,
+            destruction_report_reference: r.destruction_report_reference,
+            note: r.note,
+            principal,
+        };
+        Ok(Response::new(self.engine.report_spoiled(&cmd).await?))
+    }
+
+    async fn record_ikd_activation(
+        &self,
+        request: Request<RecordIkdActivationRequest>,
+    ) -> Result<Response<RecordIkdActivationResponse>, Status> {
+        let principal = principal(&request);
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.request_id(&r.request_id);
+        c.office_id("office_id", &r.office_id);
+        c.id(
+            "service_point_id",
+            &r.service_point_id,
+            validate::MAX_ID_CHARS,
+        );
+        c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
+        let nik = c.nik("nik", &r.nik, nik_today(&self.engine));
+        c.finish()?;
+        let Some(nik) = nik else {
+            return Err(Status::internal("validated NIK missing"));
+        };
+        let cmd = IkdActivationCommand {
+            fingerprint: fingerprint(&self.engine, "RecordIkdActivation", &r),
+            request_id: r.request_id,
+            office_id: r.office_id,
+            service_point_id: r.service_point_id,
+            counter_id: r.counter_id,
+            nik,
+            principal,
+        };
+        Ok(Response::new(
+            self.engine.record_ikd_activation(&cmd).await?,
+        ))
+    }
+
+    async fn list_reservations(
+        &self,
+        request: Request<ListReservationsRequest>,
+    ) -> Result<Response<ListReservationsResponse>, Status> {
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.office_id("office_id", &r.office_id);
+        if !r.service_point_id.is_empty() {
+            c.id(
+                "service_point_id",
+                &r.service_point_id,
+                validate::MAX_ID_CHARS,
+            );
+        }
+        if !r.counter_id.is_empty() {
+            c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
+        }
+        c.enumeration::<ReservationState>("state", r.state, true);
+        let date = c.optional_date("local_date", &r.local_date);
+        let size = page_size(&mut c, "page_size", r.page_size, MAX_PAGE_SIZE);
+        let before = if r.page_token.is_empty() {
+            None
+        } else {
+            match parse_reservation_token(&r.page_token) {
+                Some(t) => Some(t),
+                None => {
+                    c.fail("page_token", "is not a token this server issued");
+                    None
+                }
+            }
+        };
+        c.finish()?;
+        let state = ReservationState::try_from(r.state).unwrap_or(ReservationState::Unspecified);
+        let (reservations, next) = self
+            .engine
+            .list_reservations(
+                &r.office_id,
+                &r.service_point_id,
+                &r.counter_id,
+                state,
+                date,
+                before,
+                size,
+            )
+            .await?;
+        Ok(Response::new(ListReservationsResponse {
+            reservations,
+            next_page_token: next
+                .map(|(ms, id)| format!("{ms}:{id}"))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn get_quota(
+        &self,
+        request: Request<GetQuotaRequest>,
+    ) -> Result<Response<GetQuotaResponse>, Status> {
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.office_id("office_id", &r.office_id);
+        c.id(
+            "service_point_id",
+            &r.service_point_id,
+            validate::MAX_ID_CHARS,
+        );
+        c.finish()?;
+        let quota = self
+            .engine
+            .get_quota(&r.office_id, &r.service_point_id)
+            .await?;
+        Ok(Response::new(GetQuotaResponse { quota: Some(quota) }))
+    }
+
+    type WatchQuotaStream = WatchStreamOut;
+
+    async fn watch_quota(
+        &self,
+        request: Request<WatchQuotaRequest>,
+    ) -> Result<Response<Self::WatchQuotaStream>, Status> {
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.office_id("office_id", &r.office_id);
+        c.id(
+            "service_point_id",
+            &r.service_point_id,
+            validate::MAX_ID_CHARS,
+        );
+        c.finish()?;
+        let receiver = self
+            .engine
+            .watch_quota(&r.office_id, &r.service_point_id)
+            .await?;
+        let mut shutdown = self.shutdown.clone();
+        let ended = async move {
+            // Ends when the server shuts down (or the shutdown channel is gone).
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        };
+        let stream = WatchStream::new(receiver).filter_map(|snapshot| {
+            snapshot.map(|quota| Ok(WatchQuotaResponse { quota: Some(quota) }))
+        });
+        let stream = futures::StreamExt::take_until(stream, ended);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_queue(
+        &self,
+        request: Request<ReportQueueRequest>,
+    ) -> Result<Response<ReportQueueResponse>, Status> {
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.office_id("office_id", &r.office_id);
+        c.id(
+            "service_point_id",
+            &r.service_point_id,
+            validate::MAX_ID_CHARS,
+        );
+        c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
+        c.range("waiting", r.waiting, 0, validate::MAX_WAITING);
+        c.finish()?;
+        Ok(Response::new(
+            self.engine
+                .report_queue(&r.office_id, &r.service_point_id, &r.counter_id, r.waiting)
+                .await?,
+        ))
+    }
+}
+
+fn parse_reservation_token(token: &str) -> Option<(i64, String)> {
+    let (ms, id) = token.split_once(':')?;
+    let ms = ms.parse().ok()?;
+    if id.is_empty() || id.len() > validate::MAX_ID_CHARS {
+        return None;
+    }
+    Some((ms, id.to_string()))
+}

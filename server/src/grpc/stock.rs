@@ -1,0 +1,440 @@
+//! StockService: what supervisors, administrators and other agencies call.
+
+use std::sync::Arc;
+
+use blangko_proto::v1::stock_service_server::StockService;
+use blangko_proto::v1::*;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::counter::page_size;
+use super::validate::{self, Checker};
+use super::{fingerprint, principal};
+use crate::engine::Engine;
+use crate::engine::queries::{MAX_LEDGER_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::engine::stock::Meta;
+use crate::store::rows::ServicePointRow;
+
+/// The StockService implementation.
+pub struct StockApi {
+    engine: Arc<Engine>,
+    /// The version GetServerInfo reports.
+    version: String,
+}
+
+impl StockApi {
+    /// Handlers over `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        StockApi {
+            engine,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    fn meta<M: Message>(&self, method: &str, request_id: &str, principal: String, m: &M) -> Meta {
+        Meta {
+            request_id: request_id.to_string(),
+            principal,
+            fingerprint: fingerprint(&self.engine, method, m),
+        }
+    }
+}
+
+/// Checks a quota policy; `prefix` names the field that holds it.
+pub fn check_policy(c: &mut Checker, prefix: &str, p: &QuotaPolicy) {
+    c.enumeration::<QuotaMode>(&format!("{prefix}.mode"), p.mode, false);
+    if p.mode == QuotaMode::Fixed as i32 {
+        c.range(
+            &format!("{prefix}.fixed_daily_quota"),
+            p.fixed_daily_quota,
+            0,
+            validate::MAX_DAILY_QUOTA,
+        );
+    }
+    if p.mode == QuotaMode::Paced as i32 {
+        c.range(
+            &format!("{prefix}.weight"),
+            p.weight,
+            1,
+            validate::MAX_WEIGHT,
+        );
+    }
+    let mut seen = Vec::new();
+    for (i, r) in p.priority_reasons.iter().enumerate() {
+        let field = format!("{prefix}.priority_reasons[{i}]");
+        c.enumeration::<Reason>(&field, *r, false);
+        if seen.contains(r) {
+            c.fail(&field, "is listed twice");
+        }
+        seen.push(*r);
+    }
+    c.range(
+        &format!("{prefix}.priority_share_percent"),
+        p.priority_share_percent,
+        0,
+        100,
+    );
+    c.optional_time(
+        &format!("{prefix}.priority_release_local_time"),
+        &p.priority_release_local_time,
+    );
+    if p.reason_caps.len() > validate::MAX_REASON_CAPS {
+        c.fail(
+            &format!("{prefix}.reason_caps"),
+            format!("at most {} caps", validate::MAX_REASON_CAPS),
+        );
+    }
+    for (i, cap) in p.reason_caps.iter().enumerate() {
+        let field = format!("{prefix}.reason_caps[{i}]");
+        c.text(&format!("{field}.name"), &cap.name, validate::MAX_ID_CHARS);
+        if cap.reasons.is_empty() {
+            c.fail(&format!("{field}.reasons"), "must name at least one reason");
+        }
+        let mut seen = Vec::new();
+        for (j, r) in cap.reasons.iter().enumerate() {
+            let f = format!("{field}.reasons[{j}]");
+            c.enumeration::<Reason>(&f, *r, false);
+            if seen.contains(r) {
+                c.fail(&f, "is listed twice");
+            }
+            seen.push(*r);
+        }
+        c.range(
+            &format!("{field}.daily_cap"),
+            cap.daily_cap,
+            0,
+            validate::MAX_DAILY_QUOTA,
+        );
+    }
+}
+
+#[tonic::async_trait]
+impl StockService for StockApi {
+    async fn upsert_office(
+        &self,
+        request: Request<UpsertOfficeRequest>,
+    ) -> Result<Response<UpsertOfficeResponse>, Status> {
+        let principal = principal(&request);
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.request_id(&r.request_id);
+        let Some(office) = r.office.clone() else {
+            c.fail("office", "is required");
+            c.finish()?;
+            return Err(Status::internal("unreachable: office missing"));
+        };
+        c.office_id("office.office_id", &office.office_id);
+        c.text("office.name", &office.name, validate::MAX_NAME_CHARS);
+        c.zone("office.time_zone", &office.time_zone);
+        c.optional_date(
+            "office.expected_next_supply_date",
+            &office.expected_next_supply_date,
+        );
+        c.range(
+            "office.daily_cap",
+            office.daily_cap,
+            0,
+            validate::MAX_DAILY_QUOTA,
+        );
+        c.range(
+            "office.fallback_horizon_days",
+            office.fallback_horizon_days,
+            0,
+            validate::MAX_HORIZON_DAYS,
+        );
+        c.range(
+            "office.hold_ttl_secs",
+            office.hold_ttl_secs,
+            0,
+            validate::MAX_HOLD_TTL_SECS,
+        );
+        c.finish()?;
+        let mut office = office;
+        // Defaults the proto documents for zero values.
+        if office.time_zone.is_empty() {
+            office.time_zone = "Asia/Jakarta".into();
+        }
+        if office.fallback_horizon_days == 0 {
+            office.fallback_horizon_days = 10;
+        }
+        if office.hold_ttl_secs == 0 {
+            office.hold_ttl_secs = 1800;
+        }
+        let meta = self.meta("UpsertOffice", &r.request_id, principal, &r);
+        Ok(Response::new(
+            self.engine.upsert_office(&meta, &office).await?,
+        ))
+    }
+
+    async fn upsert_service_point(
+        &self,
+        request: Request<UpsertServicePointRequest>,
+    ) -> Result<Response<UpsertServicePointResponse>, Status> {
+        let principal = principal(&request);
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.request_id(&r.request_id);
+        let Some(sp) = r.service_point.clone() else {
+            c.fail("service_point", "is required");
+            c.finish()?;
+            return Err(Status::internal("unreachable: service point missing"));
+        };
+        c.office_id("service_point.office_id", &sp.office_id);
+        c.id(
+            "service_point.service_point_id",
+            &sp.service_point_id,
+            validate::MAX_ID_CHARS,
+        );
+        c.text("service_point.name", &sp.name, validate::MAX_NAME_CHARS);
+        c.enumeration::<ServicePointKind>("service_point.kind", sp.kind, false);
+        let mut days = ['0'; 7];
+        for (i, d) in sp.service_days.iter().enumerate() {
+            let field = format!("service_point.service_days[{i}]");
+            c.enumeration::<Weekday>(&field, *d, false);
+            if (1..=7).contains(d) {
+                days[(*d - 1) as usize] = '1';
+            }
+        }
+        if sp.service_days.is_empty() {
+            days = ['1', '1', '1', '1', '1', '0', '0'];
+        }
+        if sp.holidays.len() > validate::MAX_HOLIDAYS {
+            c.fail(
+                "service_point.holidays",
+                format!("at most {}", validate::MAX_HOLIDAYS),
+            );
+        }
+        let mut holidays = Vec::new();
+        for (i, h) in sp.holidays.iter().enumerate() {
+            let field = format!("service_point.holidays[{i}]");
+            if h.is_empty() {
+                c.fail(&field, "must be a date YYYY-MM-DD");
+            } else if let Some(d) = c.optional_date(&field, h) {
+                holidays.push(crate::domain::calendar::format_local_date(d));
+            }
+        }
+        match &sp.policy {
+            Some(p) => check_policy(&mut c, "service_point.policy", p),
+            None => c.fail("service_point.policy", "is required"),
+        }
+        c.finish()?;
+        let policy = sp.policy.clone().unwrap_or_default();
+        let row = ServicePointRow {
+            office_id: sp.office_id.clone(),
+            service_point_id: sp.service_point_id.clone(),
+            name: sp.name.clone(),
+            kind: i64::from(sp.kind),
+            service_days: days.iter().collect(),
+            holidays: holidays.join(","),
+            quota_mode: i64::from(policy.mode),
+            weight: i64::from(policy.weight),
+            policy: policy.encode_to_vec(),
+        };
+        let meta = self.meta("UpsertServicePoint", &r.request_id, principal, &r);
+        Ok(Response::new(
+            self.engine.upsert_service_point(&meta, &row).await?,
+        ))
+    }
+
+    async fn record_shipment(
+        &self,
+        request: Request<RecordShipmentRequest>,
+    ) -> Result<Response<RecordShipmentResponse>, Status> {
+        let principal = principal(&request);
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.request_id(&r.request_id);
+        c.office_id("office_id", &r.office_id);
+        c.range("quantity", r.quantity, 1, validate::MAX_MOVEMENT);
+        c.text("reference", &r.reference, validate::MAX_REFERENCE_CHARS);
+        c.optional_text("note", &r.note, validate::MAX_NOTE_CHARS);
+        c.finish()?;
+        let meta = self.meta("RecordShipment", &r.request_id, principal, &r);
+        Ok(Response::new(
+            self.engine
+                .record_shipment(&meta, &r.office_id, r.quantity, &r.reference, &r.note)
+                .await?,
+        ))
+    }
+
+    async fn transfer_stock(
+        &self,
+        request: Request<TransferStockRequest>,
+    ) -> Result<Response<TransferStockResponse>, Status> {
+        let principal = principal(&request);
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.request_id(&r.request_id);
+        c.office_id("from_office_id", &r.from_office_id);
+        c.office_id("to_office_id", &r.to_office_id);
+        if r.from_office_id == r.to_office_id {
+            c.fail("to_office_id", "must differ from from_office_id");
+        }
+        c.range("quantity", r.quantity, 1, validate::MAX_MOVEMENT);
+        c.optional_text("reference", &r.reference, validate::MAX_REFERENCE_CHARS);
+        c.optional_text("note", &r.note, validate::MAX_NOTE_CHARS);
+        c.finish()?;
+        let meta = self.meta("TransferStock", &r.request_id, principal, &r);
+        Ok(Response::new(
+            self.engine
+                .transfer_stock(
+                    &meta,
+                    &r.from_office_id,
+                    &r.to_office_id,
+                    r.quantity,
+                    &r.reference,
+                    &r.note,
+                )
+                .await?,
+        ))
+    }
+
+    async fn adjust_stock(
+        &self,
+        request: Request<AdjustStockRequest>,
+    ) -> Result<Response<AdjustStockResponse>, Status> {
+        let principal = principal(&request);
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.request_id(&r.request_id);
+        c.office_id("office_id", &r.office_id);
+        c.range(
+            "counted_on_hand",
+            r.counted_on_hand,
+            0,
+            validate::MAX_COUNTED,
+        );
+        c.text("note", &r.note, validate::MAX_NOTE_CHARS);
+        c.finish()?;
+        let meta = self.meta("AdjustStock", &r.request_id, principal, &r);
+        Ok(Response::new(
+            self.engine
+                .adjust_stock(&meta, &r.office_id, r.counted_on_hand, &r.note)
+                .await?,
+        ))
+    }
+
+    async fn set_quota_policy(
+        &self,
+        request: Request<SetQuotaPolicyRequest>,
+    ) -> Result<Response<SetQuotaPolicyResponse>, Status> {
+        let principal = principal(&request);
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.request_id(&r.request_id);
+        c.office_id("office_id", &r.office_id);
+        c.id(
+            "service_point_id",
+            &r.service_point_id,
+            validate::MAX_ID_CHARS,
+        );
+        match &r.policy {
+            Some(p) => check_policy(&mut c, "policy", p),
+            None => c.fail("policy", "is required"),
+        }
+        if let Some(q) = r.todays_quota {
+            c.range("todays_quota", q, 0, validate::MAX_DAILY_QUOTA);
+        }
+        c.finish()?;
+        let policy = r.policy.clone().unwrap_or_default();
+        let meta = self.meta("SetQuotaPolicy", &r.request_id, principal, &r);
+        Ok(Response::new(
+            self.engine
+                .set_quota_policy(
+                    &meta,
+                    &r.office_id,
+                    &r.service_point_id,
+                    &policy,
+                    r.todays_quota,
+                )
+                .await?,
+        ))
+    }
+
+    async fn get_stock(
+        &self,
+        request: Request<GetStockRequest>,
+    ) -> Result<Response<GetStockResponse>, Status> {
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.office_id("office_id", &r.office_id);
+        c.finish()?;
+        let stock = self.engine.get_stock(&r.office_id).await?;
+        Ok(Response::new(GetStockResponse { stock: Some(stock) }))
+    }
+
+    async fn list_stock(
+        &self,
+        request: Request<ListStockRequest>,
+    ) -> Result<Response<ListStockResponse>, Status> {
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        if !r.province_code.is_empty() && !crate::domain::nik::is_known_province(&r.province_code) {
+            c.fail("province_code", "is not a known 2-digit province code");
+        }
+        let size = page_size(&mut c, "page_size", r.page_size, MAX_PAGE_SIZE);
+        if !r.page_token.is_empty() {
+            c.office_id("page_token", &r.page_token);
+        }
+        c.finish()?;
+        let (stocks, next_page_token) = self
+            .engine
+            .list_stock(&r.province_code, &r.page_token, size)
+            .await?;
+        Ok(Response::new(ListStockResponse {
+            stocks,
+            next_page_token,
+        }))
+    }
+
+    async fn list_ledger_entries(
+        &self,
+        request: Request<ListLedgerEntriesRequest>,
+    ) -> Result<Response<ListLedgerEntriesResponse>, Status> {
+        let r = request.into_inner();
+        let mut c = Checker::new();
+        c.office_id("office_id", &r.office_id);
+        c.enumeration::<LedgerEntryKind>("kind", r.kind, true);
+        let size = page_size(&mut c, "page_size", r.page_size, MAX_LEDGER_PAGE_SIZE);
+        let after = if r.page_token.is_empty() {
+            0
+        } else {
+            match r.page_token.parse::<i64>() {
+                Ok(n) if n >= 0 => n,
+                _ => {
+                    c.fail("page_token", "is not a token this server issued");
+                    0
+                }
+            }
+        };
+        c.finish()?;
+        let (entries, last) = self
+            .engine
+            .list_ledger(&r.office_id, r.kind, after, size)
+            .await?;
+        // A full page may have more behind it; the token stays valid as the ledger only grows.
+        let next_page_token = if entries.len() as u32 == size {
+            last.to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListLedgerEntriesResponse {
+            entries,
+            next_page_token,
+        }))
+    }
+
+    async fn get_server_info(
+        &self,
+        _request: Request<GetServerInfoRequest>,
+    ) -> Result<Response<GetServerInfoResponse>, Status> {
+        let now = self.engine.clock.now_ms();
+        Ok(Response::new(GetServerInfoResponse {
+            version: self.version.clone(),
+            database_kind: self.engine.store.kind().as_str().to_string(),
+            started_at: Some(crate::engine::timestamp(self.engine.started_ms)),
+            uptime_secs: ((now - self.engine.started_ms).max(0) / 1000) as u64,
+            api_version: blangko_proto::API_VERSION.to_string(),
+        }))
+    }
+}

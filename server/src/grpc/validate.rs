@@ -1,0 +1,191 @@
+//! Request validation: collects every bad field of a request (not just the first) so the caller
+//! can fix them all at once. Limits are explicit here.
+
+use chrono::NaiveDate;
+
+use crate::domain::calendar::{OfficeZone, parse_local_date, parse_local_time};
+use crate::domain::nik::{Nik, NikError, is_known_province};
+use crate::engine::{EngineError, FieldViolation};
+
+/// Longest request_id.
+pub const MAX_REQUEST_ID_CHARS: usize = 64;
+/// Longest service point or counter id.
+pub const MAX_ID_CHARS: usize = 64;
+/// Longest display name.
+pub const MAX_NAME_CHARS: usize = 128;
+/// Longest reference (delivery, transfer, destruction report).
+pub const MAX_REFERENCE_CHARS: usize = 128;
+/// Longest free-text note.
+pub const MAX_NOTE_CHARS: usize = 256;
+/// Most blanks in one shipment or transfer.
+pub const MAX_MOVEMENT: u32 = 1_000_000;
+/// Highest stock-take count.
+pub const MAX_COUNTED: u32 = 10_000_000;
+/// Highest fixed daily quota.
+pub const MAX_DAILY_QUOTA: u32 = 100_000;
+/// Highest PACED weight.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Most reason caps per policy.
+pub const MAX_REASON_CAPS: usize = 8;
+/// Most holidays per service point.
+pub const MAX_HOLIDAYS: usize = 64;
+/// Longest hold.
+pub const MAX_HOLD_TTL_SECS: u32 = 86_400;
+/// Longest fallback horizon.
+pub const MAX_HORIZON_DAYS: u32 = 60;
+/// Longest queue a counter may report.
+pub const MAX_WAITING: u32 = 100_000;
+
+/// Collects field violations.
+#[derive(Default)]
+pub struct Checker {
+    violations: Vec<FieldViolation>,
+}
+
+impl Checker {
+    /// A checker with no violations yet.
+    pub fn new() -> Self {
+        Checker::default()
+    }
+
+    /// Records a violation.
+    pub fn fail(&mut self, field: &str, description: impl Into<String>) {
+        self.violations
+            .push(FieldViolation::new(field, description));
+    }
+
+    /// Ok when nothing was recorded.
+    pub fn finish(self) -> Result<(), EngineError> {
+        if self.violations.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Invalid(self.violations))
+        }
+    }
+
+    /// A required text of 1..=max characters without control characters.
+    pub fn text(&mut self, field: &str, value: &str, max: usize) {
+        if value.is_empty() {
+            self.fail(field, "is required");
+        } else {
+            self.optional_text(field, value, max);
+        }
+    }
+
+    /// An optional text of 0..=max characters without control characters.
+    pub fn optional_text(&mut self, field: &str, value: &str, max: usize) {
+        let chars = value.chars().count();
+        if chars > max {
+            self.fail(
+                field,
+                format!("must be at most {max} characters, got {chars}"),
+            );
+        } else if value.chars().any(char::is_control) {
+            self.fail(field, "must not contain control characters");
+        }
+    }
+
+    /// A client-generated request id.
+    pub fn request_id(&mut self, value: &str) {
+        self.text("request_id", value, MAX_REQUEST_ID_CHARS);
+    }
+
+    /// An id of letters, digits, '-', '_' and '.', 1..=max characters.
+    pub fn id(&mut self, field: &str, value: &str, max: usize) {
+        if value.is_empty() {
+            self.fail(field, "is required");
+        } else if value.chars().count() > max {
+            self.fail(field, format!("must be at most {max} characters"));
+        } else if !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            self.fail(field, "may contain only letters, digits, '-', '_' and '.'");
+        }
+    }
+
+    /// A 4-digit Kemendagri regency/city code with a known province.
+    pub fn office_id(&mut self, field: &str, value: &str) {
+        if value.len() != 4 || !value.bytes().all(|b| b.is_ascii_digit()) {
+            self.fail(
+                field,
+                "must be a 4-digit Kemendagri regency/city code, e.g. \"3275\"",
+            );
+        } else if !is_known_province(&value[..2]) {
+            self.fail(
+                field,
+                format!("province code {} is not a known province", &value[..2]),
+            );
+        }
+    }
+
+    /// A NIK; None when invalid (recorded).
+    pub fn nik(&mut self, field: &str, value: &str, today: NaiveDate) -> Option<Nik> {
+        match Nik::parse(value, today) {
+            Ok(nik) => Some(nik),
+            Err(err) => {
+                self.fail(field, nik_error_text(&err));
+                None
+            }
+        }
+    }
+
+    /// An enum field: a known number, and not UNSPECIFIED unless allowed.
+    pub fn enumeration<E: TryFrom<i32>>(
+        &mut self,
+        field: &str,
+        value: i32,
+        allow_unspecified: bool,
+    ) {
+        if E::try_from(value).is_err() {
+            self.fail(field, format!("unknown value {value}"));
+        } else if value == 0 && !allow_unspecified {
+            self.fail(field, "is required (must not be UNSPECIFIED)");
+        }
+    }
+
+    /// A number within min..=max.
+    pub fn range(&mut self, field: &str, value: u32, min: u32, max: u32) {
+        if value < min || value > max {
+            self.fail(
+                field,
+                format!("must be between {min} and {max}, got {value}"),
+            );
+        }
+    }
+
+    /// An optional local date "YYYY-MM-DD".
+    pub fn optional_date(&mut self, field: &str, value: &str) -> Option<NaiveDate> {
+        if value.is_empty() {
+            return None;
+        }
+        match parse_local_date(value) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.fail(field, e);
+                None
+            }
+        }
+    }
+
+    /// An optional local time "HH:MM".
+    pub fn optional_time(&mut self, field: &str, value: &str) {
+        if !value.is_empty()
+            && let Err(e) = parse_local_time(value)
+        {
+            self.fail(field, e);
+        }
+    }
+
+    /// An office time zone.
+    pub fn zone(&mut self, field: &str, value: &str) {
+        if let Err(e) = OfficeZone::parse(value) {
+            self.fail(field, e);
+        }
+    }
+}
+
+/// What is wrong with a NIK, never repeating its digits.
+pub fn nik_error_text(err: &NikError) -> String {
+    err.to_string()
+}

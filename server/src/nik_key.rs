@@ -1,0 +1,147 @@
+//! The key that turns a NIK into a keyed hash (HMAC-SHA-256). The database stores only that hash
+//! and the masked form: a NIK has few enough possible values that a plain hash could be reversed
+//! by trying them all, while the keyed hash cannot without the key.
+//!
+//! Every replica of one deployment must use the same key, or one person could hold a blank at
+//! each replica: with PostgreSQL the key must come from a file or the environment. A single
+//! SQLite server generates one on first start, beside the database, readable by its owner only.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// Key length in bytes.
+pub const KEY_LEN: usize = 32;
+
+/// The HMAC key.
+#[derive(Clone)]
+pub struct NikKey {
+    key: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for NikKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NikKey(***)")
+    }
+}
+
+impl NikKey {
+    /// A key from 64 hex characters.
+    pub fn from_hex(text: &str) -> anyhow::Result<NikKey> {
+        let bytes = hex::decode(text.trim()).context("the NIK key must be 64 hex characters")?;
+        let key: [u8; KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("the NIK key must be 64 hex characters (32 bytes)"))?;
+        Ok(NikKey { key })
+    }
+
+    /// A fresh random key.
+    pub fn generate() -> NikKey {
+        NikKey {
+            key: rand::random(),
+        }
+    }
+
+    /// Reads the key file, or creates it (mode 0600) when `create` is true and it is missing.
+    pub fn load_or_create(path: &Path, create: bool) -> anyhow::Result<NikKey> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => NikKey::from_hex(&text)
+                .with_context(|| format!("bad NIK key file {}", path.display())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && create => {
+                let key = NikKey::generate();
+                write_private(path, &hex::encode(key.key))?;
+                tracing::info!(path = %path.display(), "generated a new NIK hashing key");
+                Ok(key)
+            }
+            Err(err) => {
+                Err(err).with_context(|| format!("cannot read the NIK key file {}", path.display()))
+            }
+        }
+    }
+
+    /// The keyed hash of a NIK (hex).
+    pub fn hash_nik(&self, nik: &str) -> String {
+        self.mac(&[b"nik\0", nik.as_bytes()])
+    }
+
+    /// The fingerprint of a request's content, for idempotency (keyed, because the content may
+    /// carry a NIK).
+    pub fn fingerprint(&self, method: &str, encoded_request: &[u8]) -> String {
+        self.mac(&[b"req\0", method.as_bytes(), b"\0", encoded_request])
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> String {
+        // HMAC accepts keys of any length, so this cannot fail for our 32-byte key.
+        let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(&self.key) {
+            Ok(mac) => mac,
+            Err(_) => unreachable!("HMAC-SHA-256 takes keys of any length"),
+        };
+        for part in parts {
+            mac.update(part);
+        }
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// Where a SQLite server keeps its generated key: `blangko.db` → `blangko.db.nikkey`.
+pub fn default_key_path(database_path: &Path) -> PathBuf {
+    let mut name = database_path.as_os_str().to_owned();
+    name.push(".nikkey");
+    PathBuf::from(name)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create the NIK key file {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_key_gives_the_same_hash_and_another_key_another() {
+        let a = NikKey::from_hex(&"11".repeat(32)).unwrap();
+        let b = NikKey::from_hex(&"22".repeat(32)).unwrap();
+        assert_eq!(
+            a.hash_nik("3275014101900001"),
+            a.hash_nik("3275014101900001")
+        );
+        assert_ne!(
+            a.hash_nik("3275014101900001"),
+            b.hash_nik("3275014101900001")
+        );
+        assert!(!a.hash_nik("3275014101900001").contains("3275014101900001"));
+    }
+
+    #[test]
+    fn generated_key_file_is_private_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let first = NikKey::load_or_create(&path, true).unwrap();
+        let again = NikKey::load_or_create(&path, false).unwrap();
+        assert_eq!(first.hash_nik("x"), again.hash_nik("x"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        assert!(NikKey::load_or_create(&dir.path().join("missing"), false).is_err());
+        assert!(NikKey::from_hex("abc").is_err());
+    }
+}

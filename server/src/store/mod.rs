@@ -1,0 +1,305 @@
+//! The database: one SQL code path for embedded SQLite and PostgreSQL, through sqlx's `Any`
+//! driver. The few places where the two engines differ are named by [`DatabaseKind`].
+//!
+//! Concurrency model, the reason the quota is exact:
+//! - SQLite: one process owns the file (an exclusive lock file refuses a second server), and all
+//!   writes go through ONE connection, so write transactions are serialized; readers use WAL.
+//! - PostgreSQL: every mutating transaction first locks its office row (`SELECT ... FOR UPDATE`),
+//!   so decisions about one office serialize across connections and replicas, while different
+//!   offices proceed in parallel. The one-blank-per-NIK rule across offices is a unique index.
+
+pub mod rows;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+
+/// A write transaction.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// Embedded SQLite migrations (applied at start).
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// PostgreSQL migrations (applied at start; sqlx takes an advisory lock, so replicas starting
+/// together apply them once).
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// Embedded SQLite file: one server process per file.
+    Sqlite,
+    /// PostgreSQL: any number of server replicas.
+    Postgres,
+}
+
+impl DatabaseKind {
+    /// The name GetServerInfo reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseKind::Sqlite => "sqlite",
+            DatabaseKind::Postgres => "postgres",
+        }
+    }
+
+    /// The suffix that locks the rows a decision reads (PostgreSQL). SQLite needs none: its
+    /// single writer connection serializes write transactions.
+    pub fn for_update(self) -> &'static str {
+        match self {
+            DatabaseKind::Sqlite => "",
+            DatabaseKind::Postgres => " FOR UPDATE",
+        }
+    }
+}
+
+/// SQLite's `synchronous` setting: what an acknowledged write survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqliteSync {
+    /// fsync the WAL at every commit: an acknowledged write survives a power loss.
+    Full,
+    /// fsync only at checkpoints: an acknowledged write survives a process crash (SIGKILL), but
+    /// the last commits may be lost on a power loss or OS crash.
+    Normal,
+}
+
+/// How to open the database.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `sqlite:PATH` or `postgres://...`.
+    pub url: String,
+    /// Most connections to PostgreSQL per replica (readers and writers together).
+    pub max_connections: u32,
+    /// How long a call may wait for a free connection.
+    pub acquire_timeout: Duration,
+    /// SQLite durability.
+    pub sqlite_sync: SqliteSync,
+}
+
+/// The open database.
+pub struct Store {
+    kind: DatabaseKind,
+    /// Mutating transactions. SQLite: exactly one connection.
+    writer: AnyPool,
+    /// Reads (snapshots, listings). SQLite: several WAL readers.
+    reader: AnyPool,
+    /// Keeps the exclusive lock on the SQLite file for the life of the process.
+    _lock: Option<std::fs::File>,
+    /// The SQLite database file, for backups and the NIK key's default place.
+    sqlite_path: Option<PathBuf>,
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the database named by `options.url`.
+    pub async fn open(options: &StoreOptions) -> anyhow::Result<Store> {
+        install_default_drivers();
+        if let Some(path) = sqlite_path(&options.url) {
+            Self::open_sqlite(&path, options).await
+        } else if options.url.starts_with("postgres:") || options.url.starts_with("postgresql:") {
+            Self::open_postgres(options).await
+        } else {
+            anyhow::bail!(
+                "unsupported database URL (expected sqlite:PATH or postgres://...): {}",
+                redact_url(&options.url)
+            )
+        }
+    }
+
+    async fn open_sqlite(path: &Path, options: &StoreOptions) -> anyhow::Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+        }
+        let lock = lock_sqlite_file(path)?;
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let sync = match options.sqlite_sync {
+            SqliteSync::Full => "FULL",
+            SqliteSync::Normal => "NORMAL",
+        };
+        let pragmas = format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;"
+        );
+        let connect = |max: u32| {
+            let pragmas = pragmas.clone();
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .min_connections(1)
+                .acquire_timeout(options.acquire_timeout)
+                .after_connect(move |conn, _meta| {
+                    let pragmas = pragmas.clone();
+                    Box::pin(async move {
+                        conn.execute(pragmas.as_str()).await?;
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+        };
+        let writer = connect(1)
+            .await
+            .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
+        SQLITE_MIGRATIONS
+            .run(&writer)
+            .await
+            .context("cannot migrate the SQLite database")?;
+        let reader = connect(4).await?;
+        Ok(Store {
+            kind: DatabaseKind::Sqlite,
+            writer,
+            reader,
+            _lock: Some(lock),
+            sqlite_path: Some(path.to_path_buf()),
+        })
+    }
+
+    async fn open_postgres(options: &StoreOptions) -> anyhow::Result<Store> {
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect(&options.url)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to PostgreSQL at {}",
+                    redact_url(&options.url)
+                )
+            })?;
+        POSTGRES_MIGRATIONS
+            .run(&pool)
+            .await
+            .context("cannot migrate the PostgreSQL database")?;
+        Ok(Store {
+            kind: DatabaseKind::Postgres,
+            writer: pool.clone(),
+            reader: pool,
+            _lock: None,
+            sqlite_path: None,
+        })
+    }
+
+    /// Which engine this is.
+    pub fn kind(&self) -> DatabaseKind {
+        self.kind
+    }
+
+    /// The SQLite file, when the store is SQLite.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        self.sqlite_path.as_deref()
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        match self.kind {
+            // IMMEDIATE takes the write lock at once rather than on the first write.
+            DatabaseKind::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            DatabaseKind::Postgres => self.writer.begin().await,
+        }
+    }
+
+    /// The pool for reads.
+    pub fn reader(&self) -> &AnyPool {
+        &self.reader
+    }
+
+    /// `SELECT ... FOR UPDATE` suffix for this engine.
+    pub fn for_update(&self) -> &'static str {
+        self.kind.for_update()
+    }
+
+    /// Closes every connection (checkpointing SQLite's WAL).
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// The file path of a `sqlite:` URL, if it is one.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() {
+        return None;
+    }
+    PathBuf::from_str(path).ok()
+}
+
+/// Takes the exclusive lock that keeps a second server process off the same SQLite file (two
+/// writers in two processes would each believe they hold the day's quota).
+fn lock_sqlite_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    use fs4::fs_std::FileExt;
+    let lock_path = lock_path_for(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open the lock file {}", lock_path.display()))?;
+    match file.try_lock_exclusive() {
+        Ok(true) => Ok(file),
+        Ok(false) => anyhow::bail!(
+            "another blangko-server is already using {} (lock file {}); one SQLite file serves one server process — use PostgreSQL for several replicas",
+            path.display(),
+            lock_path.display()
+        ),
+        Err(err) => Err(err).with_context(|| format!("cannot lock {}", lock_path.display())),
+    }
+}
+
+/// `blangko.db` → `blangko.db.lock`.
+pub fn lock_path_for(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// A database URL without its password, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Whether a database error is a conflict that a fresh attempt of the same transaction resolves
+/// (PostgreSQL: a unique violation by a concurrent transaction, a serialization failure or a
+/// deadlock).
+pub fn is_retryable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("23505") | Some("40001") | Some("40P01")
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_name_their_file() {
+        assert_eq!(
+            sqlite_path("sqlite:blangko.db"),
+            Some(PathBuf::from("blangko.db"))
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///tmp/x.db?mode=rwc"),
+            Some(PathBuf::from("/tmp/x.db"))
+        );
+        assert_eq!(sqlite_path("postgres://u@h/db"), None);
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        let shown = redact_url("postgres://blangko:s3cret@db:5432/blangko");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert_eq!(shown, "postgres://blangko:***@db:5432/blangko");
+    }
+}

@@ -1,0 +1,637 @@
+//! Typed rows and the queries that read and write them. Every function takes the executor it
+//! runs on, so the same code serves a write transaction and the read pool.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+/// `offices` row.
+#[derive(Debug, Clone)]
+pub struct OfficeRow {
+    pub office_id: String,
+    pub name: String,
+    pub time_zone: String,
+    pub province_code: String,
+    pub daily_cap: i64,
+    pub expected_next_supply_date: String,
+    pub fallback_horizon_days: i64,
+    pub ikd_first_required: bool,
+    pub hold_ttl_secs: i64,
+    pub on_hand: i64,
+    pub held: i64,
+    pub ledger_seq: i64,
+    pub ledger_head: String,
+}
+
+const OFFICE_COLUMNS: &str = "office_id, name, time_zone, province_code, daily_cap, expected_next_supply_date, fallback_horizon_days, ikd_first_required, hold_ttl_secs, on_hand, held, ledger_seq, ledger_head";
+
+impl OfficeRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(OfficeRow {
+            office_id: row.try_get("office_id")?,
+            name: row.try_get("name")?,
+            time_zone: row.try_get("time_zone")?,
+            province_code: row.try_get("province_code")?,
+            daily_cap: row.try_get("daily_cap")?,
+            expected_next_supply_date: row.try_get("expected_next_supply_date")?,
+            fallback_horizon_days: row.try_get("fallback_horizon_days")?,
+            ikd_first_required: row.try_get::<i64, _>("ikd_first_required")? != 0,
+            hold_ttl_secs: row.try_get("hold_ttl_secs")?,
+            on_hand: row.try_get("on_hand")?,
+            held: row.try_get("held")?,
+            ledger_seq: row.try_get("ledger_seq")?,
+            ledger_head: row.try_get("ledger_head")?,
+        })
+    }
+
+    /// on_hand - held.
+    pub fn available(&self) -> i64 {
+        self.on_hand - self.held
+    }
+}
+
+/// Reads an office; `lock` is the engine's `FOR UPDATE` suffix (empty for plain reads).
+pub async fn office(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    lock: &str,
+) -> Result<Option<OfficeRow>, sqlx::Error> {
+    let sql = format!("SELECT {OFFICE_COLUMNS} FROM offices WHERE office_id = $1{lock}");
+    let row = sqlx::query(&sql)
+        .bind(office_id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(OfficeRow::from_row).transpose()
+}
+
+/// Offices ordered by id after `after`, optionally of one province.
+pub async fn offices_page(
+    conn: &mut AnyConnection,
+    province_code: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<OfficeRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {OFFICE_COLUMNS} FROM offices WHERE office_id > $1 AND ($2 = '' OR province_code = $2) ORDER BY office_id LIMIT $3"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after)
+        .bind(province_code)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(OfficeRow::from_row).collect()
+}
+
+/// Sets an office's stock levels and ledger head after a movement.
+pub async fn update_office_stock(
+    conn: &mut AnyConnection,
+    office: &OfficeRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE offices SET on_hand = $1, held = $2, ledger_seq = $3, ledger_head = $4 WHERE office_id = $5",
+    )
+    .bind(office.on_hand)
+    .bind(office.held)
+    .bind(office.ledger_seq)
+    .bind(&office.ledger_head)
+    .bind(&office.office_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Inserts or updates an office's settings (never its stock or ledger).
+pub async fn upsert_office(conn: &mut AnyConnection, o: &OfficeRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO offices (office_id, name, time_zone, province_code, daily_cap, expected_next_supply_date, fallback_horizon_days, ikd_first_required, hold_ttl_secs, on_hand, held, ledger_seq, ledger_head)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 0, 0, $10)
+         ON CONFLICT (office_id) DO UPDATE SET name = $2, time_zone = $3, daily_cap = $5, expected_next_supply_date = $6, fallback_horizon_days = $7, ikd_first_required = $8, hold_ttl_secs = $9",
+    )
+    .bind(&o.office_id)
+    .bind(&o.name)
+    .bind(&o.time_zone)
+    .bind(&o.province_code)
+    .bind(o.daily_cap)
+    .bind(&o.expected_next_supply_date)
+    .bind(o.fallback_horizon_days)
+    .bind(i64::from(o.ikd_first_required))
+    .bind(o.hold_ttl_secs)
+    .bind(&o.ledger_head)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// `service_points` row. The policy is kept as an encoded `blangko.v1.QuotaPolicy`; mode and
+/// weight are columns too because PACED quotas sum the weights of an office's service points.
+#[derive(Debug, Clone)]
+pub struct ServicePointRow {
+    pub office_id: String,
+    pub service_point_id: String,
+    pub name: String,
+    pub kind: i64,
+    /// Seven '0'/'1' characters, Monday first.
+    pub service_days: String,
+    /// Comma-separated local dates.
+    pub holidays: String,
+    pub quota_mode: i64,
+    pub weight: i64,
+    pub policy: Vec<u8>,
+}
+
+const SERVICE_POINT_COLUMNS: &str =
+    "office_id, service_point_id, name, kind, service_days, holidays, quota_mode, weight, policy";
+
+impl ServicePointRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(ServicePointRow {
+            office_id: row.try_get("office_id")?,
+            service_point_id: row.try_get("service_point_id")?,
+            name: row.try_get("name")?,
+            kind: row.try_get("kind")?,
+            service_days: row.try_get("service_days")?,
+            holidays: row.try_get("holidays")?,
+            quota_mode: row.try_get("quota_mode")?,
+            weight: row.try_get("weight")?,
+            policy: row.try_get("policy")?,
+        })
+    }
+}
+
+/// Reads one service point.
+pub async fn service_point(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    service_point_id: &str,
+) -> Result<Option<ServicePointRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = $1 AND service_point_id = $2"
+    );
+    let row = sqlx::query(&sql)
+        .bind(office_id)
+        .bind(service_point_id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(ServicePointRow::from_row).transpose()
+}
+
+/// Every service point of an office, by id.
+pub async fn service_points_of(
+    conn: &mut AnyConnection,
+    office_id: &str,
+) -> Result<Vec<ServicePointRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = $1 ORDER BY service_point_id"
+    );
+    let rows = sqlx::query(&sql).bind(office_id).fetch_all(conn).await?;
+    rows.iter().map(ServicePointRow::from_row).collect()
+}
+
+/// Inserts or replaces a service point.
+pub async fn upsert_service_point(
+    conn: &mut AnyConnection,
+    sp: &ServicePointRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO service_points (office_id, service_point_id, name, kind, service_days, holidays, quota_mode, weight, policy)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (office_id, service_point_id) DO UPDATE SET name = $3, kind = $4, service_days = $5, holidays = $6, quota_mode = $7, weight = $8, policy = $9",
+    )
+    .bind(&sp.office_id)
+    .bind(&sp.service_point_id)
+    .bind(&sp.name)
+    .bind(sp.kind)
+    .bind(&sp.service_days)
+    .bind(&sp.holidays)
+    .bind(sp.quota_mode)
+    .bind(sp.weight)
+    .bind(&sp.policy)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// `quota_days` row: one service point's quota and use on one local day.
+#[derive(Debug, Clone)]
+pub struct QuotaDayRow {
+    pub office_id: String,
+    pub service_point_id: String,
+    pub local_date: String,
+    pub quota: i64,
+    pub held: i64,
+    pub committed: i64,
+    pub priority_used: i64,
+    pub closed: bool,
+    pub supply_overdue: bool,
+}
+
+impl QuotaDayRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(QuotaDayRow {
+            office_id: row.try_get("office_id")?,
+            service_point_id: row.try_get("service_point_id")?,
+            local_date: row.try_get("local_date")?,
+            quota: row.try_get("quota")?,
+            held: row.try_get("held")?,
+            committed: row.try_get("committed")?,
+            priority_used: row.try_get("priority_used")?,
+            closed: row.try_get::<i64, _>("closed")? != 0,
+            supply_overdue: row.try_get::<i64, _>("supply_overdue")? != 0,
+        })
+    }
+
+    /// held + committed.
+    pub fn used(&self) -> i64 {
+        self.held + self.committed
+    }
+}
+
+/// Reads a quota day.
+pub async fn quota_day(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    service_point_id: &str,
+    local_date: &str,
+    lock: &str,
+) -> Result<Option<QuotaDayRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT office_id, service_point_id, local_date, quota, held, committed, priority_used, closed, supply_overdue FROM quota_days WHERE office_id = $1 AND service_point_id = $2 AND local_date = $3{lock}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(office_id)
+        .bind(service_point_id)
+        .bind(local_date)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(QuotaDayRow::from_row).transpose()
+}
+
+/// Inserts a freshly computed quota day (the caller holds the office lock, so no other
+/// transaction inserts the same day concurrently).
+pub async fn insert_quota_day(
+    conn: &mut AnyConnection,
+    q: &QuotaDayRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO quota_days (office_id, service_point_id, local_date, quota, held, committed, priority_used, closed, supply_overdue)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&q.office_id)
+    .bind(&q.service_point_id)
+    .bind(&q.local_date)
+    .bind(q.quota)
+    .bind(q.held)
+    .bind(q.committed)
+    .bind(q.priority_used)
+    .bind(i64::from(q.closed))
+    .bind(i64::from(q.supply_overdue))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes a quota day's counters and quota.
+pub async fn update_quota_day(
+    conn: &mut AnyConnection,
+    q: &QuotaDayRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE quota_days SET quota = $1, held = $2, committed = $3, priority_used = $4 WHERE office_id = $5 AND service_point_id = $6 AND local_date = $7",
+    )
+    .bind(q.quota)
+    .bind(q.held)
+    .bind(q.committed)
+    .bind(q.priority_used)
+    .bind(&q.office_id)
+    .bind(&q.service_point_id)
+    .bind(&q.local_date)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Quota days of an office on one local day.
+pub async fn quota_days_of_office(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    local_date: &str,
+) -> Result<Vec<QuotaDayRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT office_id, service_point_id, local_date, quota, held, committed, priority_used, closed, supply_overdue FROM quota_days WHERE office_id = $1 AND local_date = $2",
+    )
+    .bind(office_id)
+    .bind(local_date)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(QuotaDayRow::from_row).collect()
+}
+
+/// `reservations` row.
+#[derive(Debug, Clone)]
+pub struct ReservationRow {
+    pub reservation_id: String,
+    pub office_id: String,
+    pub service_point_id: String,
+    pub counter_id: String,
+    pub local_date: String,
+    pub nik_hash: String,
+    pub masked_nik: String,
+    pub reason: i64,
+    pub priority: bool,
+    pub ikd_status: i64,
+    pub state: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub committed_ms: i64,
+    pub spoiled_count: i64,
+}
+
+const RESERVATION_COLUMNS: &str = "reservation_id, office_id, service_point_id, counter_id, local_date, nik_hash, masked_nik, reason, priority, ikd_status, state, created_ms, expires_ms, committed_ms, spoiled_count";
+
+impl ReservationRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(ReservationRow {
+            reservation_id: row.try_get("reservation_id")?,
+            office_id: row.try_get("office_id")?,
+            service_point_id: row.try_get("service_point_id")?,
+            counter_id: row.try_get("counter_id")?,
+            local_date: row.try_get("local_date")?,
+            nik_hash: row.try_get("nik_hash")?,
+            masked_nik: row.try_get("masked_nik")?,
+            reason: row.try_get("reason")?,
+            priority: row.try_get::<i64, _>("priority")? != 0,
+            ikd_status: row.try_get("ikd_status")?,
+            state: row.try_get("state")?,
+            created_ms: row.try_get("created_ms")?,
+            expires_ms: row.try_get("expires_ms")?,
+            committed_ms: row.try_get("committed_ms")?,
+            spoiled_count: row.try_get("spoiled_count")?,
+        })
+    }
+}
+
+/// Reads one reservation.
+pub async fn reservation(
+    conn: &mut AnyConnection,
+    reservation_id: &str,
+) -> Result<Option<ReservationRow>, sqlx::Error> {
+    let sql = format!("SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reservation_id = $1");
+    let row = sqlx::query(&sql)
+        .bind(reservation_id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(ReservationRow::from_row).transpose()
+}
+
+/// The live (HELD or COMMITTED) reservation of a NIK on a local day, anywhere.
+pub async fn live_reservation_of_nik(
+    conn: &mut AnyConnection,
+    nik_hash: &str,
+    local_date: &str,
+) -> Result<Option<ReservationRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = $1 AND local_date = $2 AND state IN ('HELD', 'COMMITTED')"
+    );
+    let row = sqlx::query(&sql)
+        .bind(nik_hash)
+        .bind(local_date)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(ReservationRow::from_row).transpose()
+}
+
+/// Inserts a new reservation.
+pub async fn insert_reservation(
+    conn: &mut AnyConnection,
+    r: &ReservationRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO reservations (reservation_id, office_id, service_point_id, counter_id, local_date, nik_hash, masked_nik, reason, priority, ikd_status, state, created_ms, expires_ms, committed_ms, spoiled_count)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(&r.reservation_id)
+    .bind(&r.office_id)
+    .bind(&r.service_point_id)
+    .bind(&r.counter_id)
+    .bind(&r.local_date)
+    .bind(&r.nik_hash)
+    .bind(&r.masked_nik)
+    .bind(r.reason)
+    .bind(i64::from(r.priority))
+    .bind(r.ikd_status)
+    .bind(&r.state)
+    .bind(r.created_ms)
+    .bind(r.expires_ms)
+    .bind(r.committed_ms)
+    .bind(r.spoiled_count)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes a reservation's mutable fields.
+pub async fn update_reservation(
+    conn: &mut AnyConnection,
+    r: &ReservationRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE reservations SET state = $1, expires_ms = $2, committed_ms = $3, spoiled_count = $4 WHERE reservation_id = $5",
+    )
+    .bind(&r.state)
+    .bind(r.expires_ms)
+    .bind(r.committed_ms)
+    .bind(r.spoiled_count)
+    .bind(&r.reservation_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// HELD reservations of an office whose hold ran out by `now_ms` (bounded batch).
+pub async fn due_holds(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    now_ms: i64,
+    limit: i64,
+) -> Result<Vec<ReservationRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE state = 'HELD' AND expires_ms <= $1 AND office_id = $2 ORDER BY expires_ms LIMIT $3"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(now_ms)
+        .bind(office_id)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(ReservationRow::from_row).collect()
+}
+
+/// Offices that have at least one hold due by `now_ms` (bounded).
+pub async fn offices_with_due_holds(
+    conn: &mut AnyConnection,
+    now_ms: i64,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT office_id FROM reservations WHERE state = 'HELD' AND expires_ms <= $1 LIMIT $2",
+    )
+    .bind(now_ms)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|r| r.try_get("office_id")).collect()
+}
+
+/// Reservations of an office, newest first, with optional filters and a keyset cursor
+/// (`before` = (created_ms, reservation_id) of the last row of the previous page).
+#[allow(clippy::too_many_arguments)]
+pub async fn reservations_page(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    service_point_id: &str,
+    counter_id: &str,
+    state: &str,
+    local_date: &str,
+    before: Option<(i64, String)>,
+    limit: i64,
+) -> Result<Vec<ReservationRow>, sqlx::Error> {
+    let (before_ms, before_id) = before.unwrap_or((i64::MAX, String::new()));
+    let sql = format!(
+        "SELECT {RESERVATION_COLUMNS} FROM reservations
+         WHERE office_id = $1 AND ($2 = '' OR service_point_id = $2) AND ($3 = '' OR counter_id = $3)
+           AND ($4 = '' OR state = $4) AND local_date = $5
+           AND (created_ms < $6 OR (created_ms = $6 AND ($7 = '' OR reservation_id < $7)))
+         ORDER BY created_ms DESC, reservation_id DESC LIMIT $8"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(office_id)
+        .bind(service_point_id)
+        .bind(counter_id)
+        .bind(state)
+        .bind(local_date)
+        .bind(before_ms)
+        .bind(before_id)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(ReservationRow::from_row).collect()
+}
+
+/// Live reservations (held or committed) today at a service point whose reason is one of `reasons`.
+pub async fn live_count_for_reasons(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    service_point_id: &str,
+    local_date: &str,
+    reasons: &[i64],
+) -> Result<i64, sqlx::Error> {
+    if reasons.is_empty() {
+        return Ok(0);
+    }
+    // Reason numbers are validated enum values (small integers), so listing them inline is safe.
+    let list = reasons
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT COUNT(*) AS n FROM reservations WHERE office_id = $1 AND service_point_id = $2 AND local_date = $3 AND state IN ('HELD', 'COMMITTED') AND reason IN ({list})"
+    );
+    let row = sqlx::query(&sql)
+        .bind(office_id)
+        .bind(service_point_id)
+        .bind(local_date)
+        .fetch_one(conn)
+        .await?;
+    row.try_get("n")
+}
+
+/// Applicants waiting at a service point: the sum of counters' reports newer than `since_ms`.
+pub async fn waiting_at(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    service_point_id: &str,
+    since_ms: i64,
+) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(waiting), 0) AS BIGINT) AS n FROM queue_reports WHERE office_id = $1 AND service_point_id = $2 AND reported_ms > $3",
+    )
+    .bind(office_id)
+    .bind(service_point_id)
+    .bind(since_ms)
+    .fetch_one(conn)
+    .await?;
+    row.try_get("n")
+}
+
+/// Stores a counter's queue report (the latest replaces the earlier ones).
+pub async fn upsert_queue_report(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    service_point_id: &str,
+    counter_id: &str,
+    waiting: i64,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO queue_reports (office_id, service_point_id, counter_id, waiting, reported_ms) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (office_id, service_point_id, counter_id) DO UPDATE SET waiting = $4, reported_ms = $5",
+    )
+    .bind(office_id)
+    .bind(service_point_id)
+    .bind(counter_id)
+    .bind(waiting)
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A stored answer to a mutating call.
+pub struct StoredAnswer {
+    pub method: String,
+    pub fingerprint: String,
+    pub response: Vec<u8>,
+}
+
+/// Looks up the answer stored for a request id.
+pub async fn stored_answer(
+    conn: &mut AnyConnection,
+    request_id: &str,
+) -> Result<Option<StoredAnswer>, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT method, fingerprint, response FROM idempotency WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(conn)
+            .await?;
+    row.map(|r| {
+        Ok(StoredAnswer {
+            method: r.try_get("method")?,
+            fingerprint: r.try_get("fingerprint")?,
+            response: r.try_get("response")?,
+        })
+    })
+    .transpose()
+}
+
+/// Stores the answer to a mutating call.
+pub async fn store_answer(
+    conn: &mut AnyConnection,
+    request_id: &str,
+    method: &str,
+    fingerprint: &str,
+    response: &[u8],
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO idempotency (request_id, method, fingerprint, response, created_ms) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(request_id)
+    .bind(method)
+    .bind(fingerprint)
+    .bind(response)
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
