@@ -1,0 +1,411 @@
+//! The end-to-end harness: real server processes (or the same server in-process), each with its
+//! own fresh database, and helpers that talk to them through the generated gRPC clients.
+//!
+//! - [`TestDatabase`]: a fresh SQLite file in a temporary directory (PostgreSQL: see `postgres`).
+//! - [`TestServer`]: a server on a free port: `start` runs it inside the test process,
+//!   `spawn_process` runs the real binary as a child (which tests may SIGKILL).
+//! - [`fixtures`]: offices, service points and NIKs for tests.
+#![forbid(unsafe_code)]
+
+pub mod fixtures;
+pub mod postgres;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use blangko_proto::v1::counter_service_client::CounterServiceClient;
+use blangko_proto::v1::stock_service_client::StockServiceClient;
+use blangko_server::app::Application;
+use blangko_server::config::Config;
+use blangko_server::engine::Engine;
+use clap::Parser;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a server may take to start before a test gives up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The directory holding the built binaries (`target/debug`), found from the test executable
+/// (`target/debug/deps/TEST-HASH`).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The server binary built by this package (the same program as `blangko-server`).
+pub fn server_bin() -> PathBuf {
+    bin_dir().join("e2e-blangko-server")
+}
+
+/// The counter client binary built by this package (the same program as `blangko-counter`).
+pub fn counter_bin() -> PathBuf {
+    bin_dir().join("e2e-blangko-counter")
+}
+
+/// A port nothing listens on right now (for "dead endpoint" tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(1)
+}
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A database in a PostgreSQL server.
+    Postgres,
+}
+
+/// A fresh, empty database for one test; removed when dropped.
+pub struct TestDatabase {
+    /// The URL servers connect to.
+    pub url: String,
+    /// A directory for this test's files (the SQLite file, logs, key files).
+    pub dir: tempfile::TempDir,
+    /// Which engine.
+    pub backend: Backend,
+    /// The NIK key file every server of this test shares.
+    pub nik_key_file: PathBuf,
+    /// Drops the PostgreSQL database at the end.
+    _pg: Option<postgres::PgDatabase>,
+}
+
+impl TestDatabase {
+    /// A fresh database of `backend`.
+    pub async fn new(backend: Backend) -> anyhow::Result<Arc<TestDatabase>> {
+        let dir = tempfile::Builder::new().prefix("blangko-test").tempdir()?;
+        let nik_key_file = dir.path().join("nik.key");
+        let key: [u8; 32] = rand::random();
+        std::fs::write(&nik_key_file, hex(&key))?;
+        let (url, pg) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite:{}", dir.path().join("blangko.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let db = postgres::PgDatabase::create().await?;
+                (db.url.clone(), Some(db))
+            }
+        };
+        Ok(Arc::new(TestDatabase {
+            url,
+            dir,
+            backend,
+            nik_key_file,
+            _pg: pg,
+        }))
+    }
+
+    /// A fresh SQLite database.
+    pub async fn sqlite() -> anyhow::Result<Arc<TestDatabase>> {
+        Self::new(Backend::Sqlite).await
+    }
+
+    /// The SQLite file (None for PostgreSQL).
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        (self.backend == Backend::Sqlite).then(|| self.dir.path().join("blangko.db"))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+enum Running {
+    InProcess {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+        engine: Arc<Engine>,
+    },
+    Process {
+        child: tokio::process::Child,
+    },
+}
+
+/// A running server.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The database it uses (shared with other servers of the same test).
+    pub db: Arc<TestDatabase>,
+    /// Where a child process writes its log (stderr).
+    pub log_file: Option<PathBuf>,
+    running: Running,
+}
+
+impl TestServer {
+    /// A server inside the test process, on a fresh SQLite database.
+    pub async fn start() -> anyhow::Result<TestServer> {
+        Self::start_on(TestDatabase::sqlite().await?, &[]).await
+    }
+
+    /// A server inside the test process on `db`, with extra flags.
+    pub async fn start_on(db: Arc<TestDatabase>, extra_args: &[&str]) -> anyhow::Result<TestServer> {
+        let args = server_args(&db, extra_args);
+        let config = Config::try_parse_from(std::iter::once("blangko-server".to_string()).chain(args))?;
+        let app = Application::build(config).await?;
+        let addr = app.local_addr()?;
+        let engine = app.engine();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stop_rx.await;
+        }));
+        let server = TestServer {
+            url: format!("http://{addr}"),
+            addr,
+            db,
+            log_file: None,
+            running: Running::InProcess {
+                stop: Some(stop_tx),
+                task: Some(task),
+                engine,
+            },
+        };
+        server.wait_until_serving().await?;
+        Ok(server)
+    }
+
+    /// The real binary as a child process, on a fresh SQLite database.
+    pub async fn spawn_process(extra_args: &[&str]) -> anyhow::Result<TestServer> {
+        Self::spawn_process_on(TestDatabase::sqlite().await?, extra_args).await
+    }
+
+    /// The real binary as a child process on `db`, with extra flags.
+    pub async fn spawn_process_on(
+        db: Arc<TestDatabase>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<TestServer> {
+        let log_file = db
+            .dir
+            .path()
+            .join(format!("server-{}.log", rand::random::<u32>()));
+        let log = std::fs::File::create(&log_file)?;
+        let mut child = tokio::process::Command::new(server_bin())
+            .args(server_args(&db, extra_args))
+            .env_remove("BLANGKO_NIK_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", server_bin().display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(START_TIMEOUT, lines.next_line())
+            .await
+            .context("server did not start in time")??;
+        let Some(line) = first else {
+            let status = child.wait().await?;
+            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+            anyhow::bail!("server exited ({status}) before listening:\n{log}");
+        };
+        let addr: SocketAddr = line
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("unexpected first line: {line}"))?;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let server = TestServer {
+            url: format!("http://{addr}"),
+            addr,
+            db,
+            log_file: Some(log_file),
+            running: Running::Process { child },
+        };
+        server.wait_until_serving().await?;
+        Ok(server)
+    }
+
+    async fn wait_until_serving(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(status) = self.health_status("").await
+                && status == tonic_health::pb::health_check_response::ServingStatus::Serving
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("server at {} never became SERVING", self.url);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A new connection to the server.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Endpoint::from_shared(self.url.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?)
+    }
+
+    /// A CounterService client on a new connection.
+    pub async fn counter_client(&self) -> anyhow::Result<CounterServiceClient<Channel>> {
+        Ok(CounterServiceClient::new(self.channel().await?))
+    }
+
+    /// A StockService client on a new connection.
+    pub async fn stock_client(&self) -> anyhow::Result<StockServiceClient<Channel>> {
+        Ok(StockServiceClient::new(self.channel().await?))
+    }
+
+    /// grpc.health.v1 status of `service` ("" for the whole server).
+    pub async fn health_status(
+        &self,
+        service: &str,
+    ) -> anyhow::Result<tonic_health::pb::health_check_response::ServingStatus> {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(self.channel().await?);
+        let response = client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await?
+            .into_inner();
+        Ok(response.status())
+    }
+
+    /// The engine of an in-process server.
+    pub fn engine(&self) -> Option<Arc<Engine>> {
+        match &self.running {
+            Running::InProcess { engine, .. } => Some(Arc::clone(engine)),
+            Running::Process { .. } => None,
+        }
+    }
+
+    /// SIGKILL for a child process (no chance to clean up); an in-process server is aborted.
+    pub fn kill(&mut self) {
+        match &mut self.running {
+            Running::Process { child } => {
+                let _ = child.start_kill();
+            }
+            Running::InProcess { task, .. } => {
+                if let Some(task) = task.take() {
+                    task.abort();
+                }
+            }
+        }
+    }
+
+    /// Waits until a killed child process is gone.
+    pub async fn wait_killed(&mut self) {
+        if let Running::Process { child } = &mut self.running {
+            let _ = child.wait().await;
+        }
+    }
+
+    /// A graceful stop (SIGTERM for a child process); returns whether it exited successfully.
+    pub async fn stop(&mut self) -> anyhow::Result<bool> {
+        match &mut self.running {
+            Running::Process { child } => {
+                let pid = child.id().context("process already gone")?;
+                let status = tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await?;
+                anyhow::ensure!(status.success(), "kill -TERM failed");
+                let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+                Ok(exit.success())
+            }
+            Running::InProcess { stop, task, .. } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+                match task.take() {
+                    Some(task) => Ok(tokio::time::timeout(Duration::from_secs(30), task)
+                        .await??
+                        .is_ok()),
+                    None => Ok(false),
+                }
+            }
+        }
+    }
+
+    /// A graceful stop via SIGTERM that returns the process's exit status and how long it took.
+    pub async fn terminate(&mut self) -> anyhow::Result<(std::process::ExitStatus, Duration)> {
+        let Running::Process { child } = &mut self.running else {
+            anyhow::bail!("terminate is for child processes");
+        };
+        let pid = child.id().context("process already gone")?;
+        let started = std::time::Instant::now();
+        tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+        Ok((exit, started.elapsed()))
+    }
+
+    /// The child process's log so far.
+    pub fn log(&self) -> String {
+        self.log_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        match &mut self.running {
+            Running::Process { child } => {
+                let _ = child.start_kill();
+            }
+            Running::InProcess { stop, task, .. } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+                if let Some(task) = task.take() {
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+fn server_args(db: &TestDatabase, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--database".into(),
+        db.url.clone(),
+        "--nik-key-file".into(),
+        db.nik_key_file.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The field violations of an INVALID_ARGUMENT status, as (field, description).
+pub fn field_violations(status: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The ErrorInfo reason of a status, if it has one.
+pub fn error_reason(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    status.get_details_error_info().map(|i| i.reason)
+}

@@ -1,0 +1,214 @@
+//! The server a new user starts: health, reflection (v1 and v1alpha), server info, graceful
+//! shutdown, the single-process lock on a SQLite file, and the operator's `--help`.
+
+use std::time::Duration;
+
+use blangko_e2e::fixtures::office_with_point;
+use blangko_e2e::{TestDatabase, TestServer, server_bin};
+use blangko_proto::v1::{GetServerInfoRequest, WatchQuotaRequest};
+use tokio_stream::StreamExt;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+#[tokio::test]
+async fn health_answers_serving_for_the_server_and_each_service() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    assert_eq!(server.health_status("").await?, ServingStatus::Serving);
+    assert_eq!(
+        server.health_status("blangko.v1.CounterService").await?,
+        ServingStatus::Serving
+    );
+    assert_eq!(
+        server.health_status("blangko.v1.StockService").await?,
+        ServingStatus::Serving
+    );
+    Ok(())
+}
+
+async fn list_services_v1(server: &TestServer) -> anyhow::Result<Vec<String>> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut client = ServerReflectionClient::new(server.channel().await?);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let response = stream.next().await.ok_or_else(|| anyhow::anyhow!("no answer"))??;
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }
+        other => anyhow::bail!("unexpected reflection answer: {other:?}"),
+    }
+}
+
+async fn list_services_v1alpha(server: &TestServer) -> anyhow::Result<Vec<String>> {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    let mut client = ServerReflectionClient::new(server.channel().await?);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    let response = stream.next().await.ok_or_else(|| anyhow::anyhow!("no answer"))??;
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }
+        other => anyhow::bail!("unexpected reflection answer: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reflection_lists_both_services_in_v1_and_v1alpha() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    for services in [
+        list_services_v1(&server).await?,
+        list_services_v1alpha(&server).await?,
+    ] {
+        for expected in [
+            "blangko.v1.CounterService",
+            "blangko.v1.StockService",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(
+                services.iter().any(|s| s == expected),
+                "{expected} missing from {services:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_info_reports_version_database_and_uptime() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let info = server
+        .stock_client()
+        .await?
+        .get_server_info(GetServerInfoRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(info.database_kind, "sqlite");
+    assert_eq!(info.api_version, "blangko.v1");
+    assert!(info.started_at.is_some());
+    assert!(info.uptime_secs < 600);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_and_exits_zero_within_the_drain_time() -> anyhow::Result<()> {
+    let mut server = TestServer::spawn_process(&["--drain-timeout-secs", "5"]).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 10, 10).await?;
+    let mut counter = server.counter_client().await?;
+    let mut stream = counter
+        .watch_quota(WatchQuotaRequest {
+            office_id: "3275".into(),
+            service_point_id: "main".into(),
+        })
+        .await?
+        .into_inner();
+    let first = stream.next().await.ok_or_else(|| anyhow::anyhow!("no snapshot"))??;
+    assert_eq!(first.quota.map(|q| q.quota), Some(10));
+
+    let (exit, took) = server.terminate().await?;
+    assert!(exit.success(), "exit status {exit:?}\n{}", server.log());
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    // The open stream ended (cleanly or with a transport error), it did not hang.
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(item) = stream.next().await {
+            if item.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the WatchQuota stream was not ended by shutdown");
+    assert!(server.log().contains("draining"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_sqlite_file_refuses_to_start() -> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let _first = TestServer::spawn_process_on(db.clone(), &[]).await?;
+    let output = tokio::process::Command::new(server_bin())
+        .args(["--listen", "127.0.0.1:0", "--database", &db.url])
+        .args(["--nik-key-file", &db.nik_key_file.display().to_string()])
+        .output()
+        .await?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("another blangko-server is already using"),
+        "stderr: {stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn help_explains_every_flag_and_its_environment_variable() -> anyhow::Result<()> {
+    let output = tokio::process::Command::new(server_bin())
+        .arg("--help")
+        .output()
+        .await?;
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for (flag, env) in [
+        ("--listen", "BLANGKO_LISTEN"),
+        ("--database", "BLANGKO_DATABASE_URL"),
+        ("--log-format", "BLANGKO_LOG_FORMAT"),
+        ("--nik-key-file", "BLANGKO_NIK_KEY_FILE"),
+        ("--demo", "BLANGKO_DEMO"),
+        ("--drain-timeout-secs", "BLANGKO_DRAIN_TIMEOUT_SECS"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+        assert!(help.contains(env), "{env} missing from --help");
+    }
+    assert!(help.contains("127.0.0.1:50051"));
+    assert!(help.contains("sqlite:blangko.db"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn zero_setup_start_creates_and_migrates_blangko_db_in_the_working_directory()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = tokio::process::Command::new(server_bin())
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("BLANGKO_DATABASE_URL")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("stdout"))?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await??
+        .unwrap_or_default();
+    assert!(line.starts_with("blangko-server listening on 127.0.0.1:"), "{line}");
+    assert!(dir.path().join("blangko.db").exists());
+    let key = dir.path().join("blangko.db.nikkey");
+    assert!(key.exists(), "the NIK key is generated beside the database");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+    }
+    child.start_kill()?;
+    Ok(())
+}
