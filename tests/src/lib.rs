@@ -154,9 +154,19 @@ impl TestServer {
 
     /// A server inside the test process on `db`, with extra flags.
     pub async fn start_on(db: Arc<TestDatabase>, extra_args: &[&str]) -> anyhow::Result<TestServer> {
+        let clock = Arc::new(blangko_server::clock::SystemClock::default());
+        Self::start_with_clock(db, extra_args, clock).await
+    }
+
+    /// A server inside the test process on `db` whose time comes from `clock`.
+    pub async fn start_with_clock(
+        db: Arc<TestDatabase>,
+        extra_args: &[&str],
+        clock: Arc<dyn blangko_server::clock::Clock>,
+    ) -> anyhow::Result<TestServer> {
         let args = server_args(&db, extra_args);
         let config = Config::try_parse_from(std::iter::once("blangko-server".to_string()).chain(args))?;
-        let app = Application::build(config).await?;
+        let app = Application::build_with_clock(config, clock).await?;
         let addr = app.local_addr()?;
         let engine = app.engine();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -388,6 +398,22 @@ fn server_args(db: &TestDatabase, extra: &[&str]) -> Vec<String> {
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args
+}
+
+/// Runs `scenario` once per backend (SQLite, then PostgreSQL unless opted out), each on a
+/// fresh database, naming the backend in any failure.
+pub async fn on_each_backend<F, Fut>(scenario: F) -> anyhow::Result<()>
+where
+    F: Fn(Arc<TestDatabase>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    for backend in postgres::backends() {
+        let db = TestDatabase::new(backend).await?;
+        scenario(db)
+            .await
+            .with_context(|| format!("scenario failed on {backend:?}"))?;
+    }
+    Ok(())
 }
 
 /// The field violations of an INVALID_ARGUMENT status, as (field, description).
