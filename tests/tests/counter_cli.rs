@@ -1,0 +1,854 @@
+//! The counter client end to end: the real `blangko-counter` program (as a child process) against
+//! a real server with a fresh database. Every command in Bahasa Indonesia, English and `--json`;
+//! exit codes; the queue forecast; a queue re-run after a kill; failover; `watch` across a server
+//! restart; the interactive screen driven through stdin.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use blangko_counter::serde_json::{self, Value};
+use blangko_e2e::fixtures::{self, masked, nik, office_with_point};
+use blangko_e2e::{TestDatabase, TestServer, counter_bin, free_port, server_bin};
+use blangko_proto::v1::*;
+use tokio::io::AsyncWriteExt;
+
+/// No client run in these tests may take longer than this.
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The identity every test's counter uses.
+const WHO: [&str; 6] = [
+    "--office",
+    "3275",
+    "--service-point",
+    "mpp",
+    "--counter",
+    "loket-1",
+];
+
+/// What one run of the client printed and its exit code.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// stdout's lines parsed as JSON objects (every line must be one).
+    fn json(&self) -> anyhow::Result<Vec<Value>> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+            .collect()
+    }
+
+    /// The single JSON object on stdout.
+    fn one_json(&self) -> anyhow::Result<Value> {
+        let mut all = self.json()?;
+        anyhow::ensure!(all.len() == 1, "expected one JSON object, got {self:?}");
+        Ok(all.remove(0))
+    }
+
+    fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+fn command(servers: &[&str], args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(counter_bin());
+    // The test's own environment must not configure the client.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("BLANGKO_") {
+            cmd.env_remove(key);
+        }
+    }
+    for server in servers {
+        cmd.arg("--server").arg(server);
+    }
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs the client to its end, feeding `stdin` if given.
+async fn client(servers: &[&str], args: &[&str], stdin: Option<&str>) -> anyhow::Result<Run> {
+    let mut cmd = command(servers, args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", counter_bin().display()))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).await?;
+        pipe.shutdown().await?;
+    }
+    let output = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
+        .await
+        .context("the client did not finish in time")??;
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert!(
+        !run.stderr.contains("panicked"),
+        "the client panicked: {run:?}"
+    );
+    Ok(run)
+}
+
+/// `WHO` followed by `args`.
+fn who(args: &[&str]) -> Vec<String> {
+    WHO.iter().chain(args).map(|s| s.to_string()).collect()
+}
+
+async fn run_as(server: &str, args: &[&str]) -> anyhow::Result<Run> {
+    let args = who(args);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    client(&[server], &refs, None).await
+}
+
+/// A server with office 3275, service point `mpp` of FIXED `quota`, and `blanks` on hand.
+async fn server_with(quota: u32, blanks: u32) -> anyhow::Result<TestServer> {
+    let server = TestServer::start().await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "mpp", quota, blanks).await?;
+    Ok(server)
+}
+
+/// Every reservation of counter loket-1 today.
+async fn reservations(server: &TestServer) -> anyhow::Result<Vec<Reservation>> {
+    let mut counter = server.counter_client().await?;
+    let page = counter
+        .list_reservations(ListReservationsRequest {
+            office_id: "3275".into(),
+            counter_id: "loket-1".into(),
+            page_size: 500,
+            ..ListReservationsRequest::default()
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(page.next_page_token.is_empty(), "more than one page");
+    Ok(page.reservations)
+}
+
+async fn quota(server: &TestServer) -> anyhow::Result<QuotaSnapshot> {
+    let mut counter = server.counter_client().await?;
+    Ok(counter
+        .get_quota(GetQuotaRequest {
+            office_id: "3275".into(),
+            service_point_id: "mpp".into(),
+        })
+        .await?
+        .into_inner()
+        .quota
+        .unwrap_or_default())
+}
+
+/// A queue CSV of tickets 1..=n for NIKs nik(1)..=nik(n).
+fn queue_csv(n: u32) -> String {
+    let mut text = String::from("ticket,nik,reason\n");
+    for i in 1..=n {
+        text.push_str(&format!("{i},{},new-recording\n", nik(i)));
+    }
+    text
+}
+
+fn assert_no_clear_nik(run: &Run, niks: impl IntoIterator<Item = u32>) {
+    for n in niks {
+        assert!(
+            !run.all().contains(&nik(n)),
+            "NIK {n} printed in clear: {run:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_health_version_and_quota_in_both_languages_and_json() -> anyhow::Result<()> {
+    let server = server_with(20, 100).await?;
+    let url = server.url.as_str();
+
+    let id = run_as(url, &["status"]).await?;
+    assert_eq!(id.code, 0, "{id:?}");
+    assert!(id.stdout.contains(&format!("Server {url}: SERVING")), "{id:?}");
+    assert!(id.stdout.contains("blangko.v1"), "{id:?}");
+    assert!(id.stdout.contains("berjalan sejak"), "{id:?}");
+    assert!(id.stdout.contains("3275/mpp: kuota 20"), "{id:?}");
+    assert!(id.stdout.contains("sisa 20"), "{id:?}");
+    assert!(id.stdout.contains("stok tersedia 100"), "{id:?}");
+    assert!(id.stdout.contains(" WIB"), "times in local time: {id:?}");
+
+    let en = run_as(url, &["--lang", "en", "status"]).await?;
+    assert_eq!(en.code, 0, "{en:?}");
+    assert!(en.stdout.contains("up since"), "{en:?}");
+    assert!(en.stdout.contains("3275/mpp: quota 20"), "{en:?}");
+    assert!(en.stdout.contains("remaining 20"), "{en:?}");
+    assert!(en.stdout.contains("available stock 100"), "{en:?}");
+
+    let json = run_as(url, &["--json", "status"]).await?.one_json()?;
+    assert_eq!(json["servers"][0]["url"], url);
+    assert_eq!(json["servers"][0]["health"], "SERVING");
+    assert_eq!(json["servers"][0]["api_version"], "blangko.v1");
+    assert_eq!(json["servers"][0]["database_kind"], "sqlite");
+    assert_eq!(json["quota"]["quota"], 20);
+    assert_eq!(json["quota"]["remaining"], 20);
+    assert_eq!(json["quota"]["available"], 100);
+    assert!(
+        json["quota"]["next_reset_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("T00:00:00+07:00")),
+        "next reset at local midnight: {json}"
+    );
+
+    // Without an office, status is health and version only.
+    let bare = client(&[url], &["status"], None).await?;
+    assert_eq!(bare.code, 0, "{bare:?}");
+    assert!(!bare.stdout.contains("Kuota"), "{bare:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_one_clear_line_and_exit_1() -> anyhow::Result<()> {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let args = who(&["--timeout", "2", "--retries", "1", "status"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = client(&[&dead], &refs, None).await?;
+    assert_eq!(id.code, 1, "{id:?}");
+    assert!(id.stdout.is_empty(), "{id:?}");
+    assert_eq!(id.stderr.trim().lines().count(), 1, "one line: {id:?}");
+    assert!(
+        id.stderr.starts_with(&format!("Tidak ada server yang menjawab: {dead}")),
+        "{id:?}"
+    );
+
+    let reserve = client(
+        &[&dead],
+        &[
+            "--lang", "en", "--retries", "1", "--office", "3275", "--service-point", "mpp",
+            "--counter", "loket-1", "reserve", "--nik", &nik(1), "--reason", "lost",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(reserve.code, 1, "{reserve:?}");
+    assert_eq!(reserve.stderr.trim().lines().count(), 1, "{reserve:?}");
+    assert!(reserve.stderr.starts_with("No server answered: "), "{reserve:?}");
+    assert_no_clear_nik(&reserve, [1]);
+
+    let json = client(&[&dead], &["--json", "--retries", "0", "status"], None).await?;
+    assert_eq!(json.code, 1, "{json:?}");
+    let value = json.one_json()?;
+    assert_eq!(value["servers"][0]["reachable"], false);
+    assert_eq!(value["error"]["code"], "UNAVAILABLE");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserve_prints_the_reservation_or_the_referral_with_exit_codes() -> anyhow::Result<()> {
+    let server = server_with(2, 100).await?;
+    let url = server.url.as_str();
+    let n1 = nik(1);
+
+    // Reserved: exit 0, masked NIK, hold expiry in local time.
+    let id = run_as(url, &["reserve", "--nik", &n1, "--reason", "new-recording"]).await?;
+    assert_eq!(id.code, 0, "{id:?}");
+    assert!(id.stdout.starts_with("DITAHAN "), "{id:?}");
+    assert!(id.stdout.contains(&format!("NIK {}", masked(1))), "{id:?}");
+    assert!(id.stdout.contains("alasan perekaman baru"), "{id:?}");
+    assert!(id.stdout.contains("ditahan sampai") && id.stdout.contains(" WIB (sisa 30 menit)"), "{id:?}");
+    assert!(id.stdout.contains("Sisa kuota hari ini: 1/2"), "{id:?}");
+    assert_no_clear_nik(&id, [1]);
+
+    // The same NIK again at the same service point: the same reservation, marked replayed.
+    let en = run_as(url, &["--lang", "en", "reserve", "--nik", &n1, "--reason", "new-recording"]).await?;
+    assert_eq!(en.code, 0, "{en:?}");
+    assert!(en.stdout.starts_with("HELD "), "{en:?}");
+    assert!(en.stdout.contains("reason new recording"), "{en:?}");
+    assert!(en.stdout.contains("[already reserved earlier: same answer]"), "{en:?}");
+
+    let json = run_as(url, &["--json", "reserve", "--nik", &n1, "--reason", "1"]).await?;
+    assert_eq!(json.code, 0, "{json:?}");
+    let v = json.one_json()?;
+    assert_eq!(v["outcome"], "reserved");
+    assert_eq!(v["reservation"]["masked_nik"], masked(1));
+    assert_eq!(v["reservation"]["state"], "HELD");
+    assert_eq!(v["reservation"]["replayed"], true);
+    assert_eq!(v["reservation"]["counter_id"], "loket-1");
+    assert!(v["reservation"]["expires_at"].as_str().is_some_and(|t| t.ends_with("+07:00")), "{v}");
+    assert_eq!(v["quota"]["remaining"], 1);
+
+    // --zone changes the times shown.
+    let wita = run_as(url, &["--zone", "Asia/Makassar", "reserve", "--nik", &n1, "--reason", "1"]).await?;
+    assert!(wita.stdout.contains(" WITA (sisa"), "{wita:?}");
+
+    // The quota is used up: referral, exit 3.
+    let second = run_as(url, &["reserve", "--nik", &nik(2), "--reason", "hilang", "--ikd", "active"]).await?;
+    assert_eq!(second.code, 0, "{second:?}");
+    let referred = run_as(url, &["reserve", "--nik", &nik(3), "--reason", "lost"]).await?;
+    assert_eq!(referred.code, 3, "{referred:?}");
+    assert!(
+        referred
+            .stdout
+            .starts_with("RUJUK KE AKTIVASI IKD: kuota blangko hari ini sudah habis (QUOTA_EXHAUSTED)"),
+        "{referred:?}"
+    );
+    assert!(referred.stdout.contains("Langkah aktivasi IKD:"), "{referred:?}");
+    assert!(referred.stdout.contains("Kuota dibuka lagi:") && referred.stdout.contains("00:00 WIB"), "{referred:?}");
+    let referred_en = run_as(url, &["--lang", "en", "reserve", "--nik", &nik(3), "--reason", "lost"]).await?;
+    assert_eq!(referred_en.code, 3, "{referred_en:?}");
+    assert!(referred_en.stdout.starts_with("REFER TO IKD ACTIVATION: today's quota is used up"), "{referred_en:?}");
+    assert!(referred_en.stdout.contains("How to activate IKD:"), "{referred_en:?}");
+    let referred_json = run_as(url, &["--json", "reserve", "--nik", &nik(3), "--reason", "lost"]).await?;
+    assert_eq!(referred_json.code, 3, "{referred_json:?}");
+    let v = referred_json.one_json()?;
+    assert_eq!(v["outcome"], "ikd_referral");
+    assert_eq!(v["referral"]["cause"], "QUOTA_EXHAUSTED");
+    assert!(v["referral"]["next_quota_at"].as_str().is_some_and(|t| t.ends_with("T00:00:00+07:00")), "{v}");
+    assert_no_clear_nik(&referred_json, [3]);
+
+    // Bad input: exit 2, the field and the server's reason.
+    let bad_nik = "3275013201900001"; // birth day 32
+    let bad = run_as(url, &["reserve", "--nik", bad_nik, "--reason", "lost"]).await?;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.starts_with("Masukan ditolak: nik"), "{bad:?}");
+    let bad_en = run_as(url, &["--lang", "en", "reserve", "--nik", bad_nik, "--reason", "lost"]).await?;
+    assert_eq!(bad_en.code, 2, "{bad_en:?}");
+    assert!(bad_en.stderr.starts_with("Input rejected: nik"), "{bad_en:?}");
+    let bad_json = run_as(url, &["--json", "reserve", "--nik", bad_nik, "--reason", "lost"]).await?;
+    assert_eq!(bad_json.code, 2, "{bad_json:?}");
+    let v = bad_json.one_json()?;
+    assert_eq!(v["error"]["code"], "INVALID_ARGUMENT");
+    assert!(v["error"]["field_violations"][0]["field"].as_str().is_some_and(|f| f.contains("nik")), "{v}");
+    assert!(!bad_json.all().contains(bad_nik), "the rejected NIK is not echoed: {bad_json:?}");
+
+    // A reason the client does not know never reaches the server; a missing counter neither.
+    let unknown = run_as(url, &["reserve", "--nik", &nik(4), "--reason", "stolen"]).await?;
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+    let no_counter = client(&[url], &["--office", "3275", "--service-point", "mpp", "reserve", "--nik", &nik(4), "--reason", "lost"], None).await?;
+    assert_eq!(no_counter.code, 2, "{no_counter:?}");
+    assert!(no_counter.stderr.contains("--counter"), "{no_counter:?}");
+
+    // Exactly two holds were made, whatever was retried or replayed.
+    let all = reservations(&server).await?;
+    assert_eq!(all.len(), 2, "{all:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ikd_first_office_refers_not_active_applicants_with_exit_3() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut stock = server.stock_client().await?;
+    fixtures::office(&mut stock, "3275", |o| o.ikd_first_required = true).await?;
+    fixtures::service_point(&mut stock, "3275", "mpp", fixtures::fixed(5)).await?;
+    fixtures::ship(&mut stock, "3275", 10).await?;
+    let url = server.url.as_str();
+
+    let referred = run_as(url, &["reserve", "--nik", &nik(1), "--reason", "lost", "--ikd", "not-active"]).await?;
+    assert_eq!(referred.code, 3, "{referred:?}");
+    assert!(referred.stdout.contains("(IKD_REQUIRED)"), "{referred:?}");
+    assert!(referred.stdout.contains("catat aktivasinya"), "{referred:?}");
+    let exempt = run_as(url, &["reserve", "--nik", &nik(1), "--reason", "lost", "--ikd", "dikecualikan"]).await?;
+    assert_eq!(exempt.code, 0, "{exempt:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
+    let server = server_with(10, 100).await?;
+    let url = server.url.as_str();
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let run = run_as(url, &["--json", "reserve", "--nik", &nik(n), "--reason", "data-change"]).await?;
+        assert_eq!(run.code, 0, "{run:?}");
+        let id = run.one_json()?["reservation"]["reservation_id"]
+            .as_str()
+            .context("no id")?
+            .to_string();
+        ids.push(id);
+    }
+
+    // holds: this counter's open holds with the time left.
+    let holds = run_as(url, &["holds"]).await?;
+    assert_eq!(holds.code, 0, "{holds:?}");
+    assert!(holds.stdout.starts_with("Pemesanan ditahan, loket loket-1: 3"), "{holds:?}");
+    for (i, id) in ids.iter().enumerate() {
+        assert!(holds.stdout.contains(id), "{holds:?}");
+        assert!(holds.stdout.contains(&masked(u32::try_from(i)? + 1)), "{holds:?}");
+    }
+    assert_eq!(holds.stdout.matches("(sisa 30 menit)").count() + holds.stdout.matches("(sisa 29 menit)").count(), 3, "{holds:?}");
+    assert_no_clear_nik(&holds, 1..=3);
+    let holds_en = run_as(url, &["--lang", "en", "holds"]).await?;
+    assert!(holds_en.stdout.starts_with("Open holds, counter loket-1: 3"), "{holds_en:?}");
+    let holds_json = run_as(url, &["--json", "holds"]).await?.one_json()?;
+    assert_eq!(holds_json["holds"].as_array().map(Vec::len), Some(3));
+    assert!(holds_json["holds"][0]["seconds_left"].as_i64().is_some_and(|s| s > 1700), "{holds_json}");
+
+    // Another counter sees none of them.
+    let other = client(&[url], &["--office", "3275", "--counter", "loket-2", "holds"], None).await?;
+    assert_eq!(other.code, 0, "{other:?}");
+    assert!(other.stdout.starts_with("Tidak ada pemesanan yang masih ditahan untuk loket loket-2."), "{other:?}");
+
+    // commit: printed.
+    let commit = run_as(url, &["commit", &ids[0]]).await?;
+    assert_eq!(commit.code, 0, "{commit:?}");
+    assert!(commit.stdout.starts_with(&format!("DICETAK {}", ids[0])), "{commit:?}");
+    let commit_again = run_as(url, &["--lang", "en", "commit", &ids[0]]).await?;
+    assert_eq!(commit_again.code, 0, "a commit replays OK: {commit_again:?}");
+    assert!(commit_again.stdout.starts_with(&format!("COMMITTED {}", ids[0])), "{commit_again:?}");
+
+    // cancel: slot and blank return.
+    let cancel = run_as(url, &["--json", "cancel", &ids[1], "--note", "applicant left"]).await?;
+    assert_eq!(cancel.code, 0, "{cancel:?}");
+    let v = cancel.one_json()?;
+    assert_eq!(v["outcome"], "cancelled");
+    assert_eq!(v["reservation"]["state"], "CANCELLED");
+    let cancel_id = run_as(url, &["cancel", &ids[1]]).await?;
+    assert!(cancel_id.stdout.starts_with(&format!("DIBATALKAN {}", ids[1])), "{cancel_id:?}");
+
+    // A commit on a cancelled reservation: refused, explained, exit 1.
+    let refused = run_as(url, &["commit", &ids[1]]).await?;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("JANGAN cetak"), "{refused:?}");
+    assert!(refused.stderr.contains("FAILED_PRECONDITION/RESERVATION_CANCELLED"), "{refused:?}");
+    let refused_json = run_as(url, &["--json", "commit", &ids[1]]).await?;
+    assert_eq!(refused_json.one_json()?["error"]["reason"], "RESERVATION_CANCELLED");
+    let unknown = run_as(url, &["--lang", "en", "commit", "no-such-reservation"]).await?;
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(unknown.stderr.contains("NOT_FOUND"), "{unknown:?}");
+
+    // spoiled on the held one: one more blank leaves the stock, the hold keeps its slot.
+    let spoiled = run_as(url, &["spoiled", &ids[2], "--reason", "chip", "--report", "BA-2026/117"]).await?;
+    assert_eq!(spoiled.code, 0, "{spoiled:?}");
+    assert!(spoiled.stdout.starts_with("Blangko rusak dicatat (CHIP_ENCODING_FAILURE)"), "{spoiled:?}");
+    assert!(spoiled.stdout.contains("blangko rusak: 1"), "{spoiled:?}");
+    let spoiled_json = run_as(url, &["--json", "spoiled", "--reason", "factory-defect"]).await?;
+    assert_eq!(spoiled_json.code, 0, "{spoiled_json:?}");
+    let v = spoiled_json.one_json()?;
+    assert_eq!(v["outcome"], "spoiled_recorded");
+    assert_eq!(v["spoilage_reason"], "FACTORY_DEFECT");
+    assert_eq!(v["on_hand"], 97, "100 - 1 printed - 2 spoiled: {v}");
+    let spoiled_en = run_as(url, &["--lang", "en", "spoiled", "--reason", "other", "--note", "dropped"]).await?;
+    assert!(spoiled_en.stdout.starts_with("Spoiled blank recorded (OTHER)"), "{spoiled_en:?}");
+
+    let q = quota(&server).await?;
+    assert_eq!((q.held, q.committed), (1, 1), "{q:?}");
+    let after = run_as(url, &["--json", "holds"]).await?.one_json()?;
+    assert_eq!(after["holds"][0]["reservation_id"], ids[2].as_str());
+    assert_eq!(after["holds"].as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_tells_tickets_beyond_the_quota_before_any_reserve() -> anyhow::Result<()> {
+    let server = server_with(20, 100).await?;
+    let url = server.url.as_str();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("antrean.csv");
+    std::fs::write(&file, queue_csv(35))?;
+    let results = dir.path().join("hasil.jsonl");
+    let file_arg = file.display().to_string();
+    let results_arg = results.display().to_string();
+
+    let run = run_as(url, &["--json", "queue", &file_arg, "--results", &results_arg]).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let events = run.json()?;
+    let kind = |v: &Value| v["event"].as_str().unwrap_or("").to_string();
+    let forecast = events.iter().position(|v| kind(v) == "forecast").context("no forecast")?;
+    assert_eq!(events[forecast]["waiting"], 35);
+    assert_eq!(events[forecast]["expected_served"], 20);
+    assert_eq!(events[forecast]["expected_referred"], 15);
+    let told: Vec<String> = events
+        .iter()
+        .filter(|v| kind(v) == "ikd_forecast")
+        .map(|v| v["ticket"].as_str().unwrap_or("").to_string())
+        .collect();
+    let expected: Vec<String> = (21..=35).map(|n| n.to_string()).collect();
+    assert_eq!(told, expected);
+    let first_row = events.iter().position(|v| kind(v) == "row").context("no row")?;
+    let last_told = events.iter().rposition(|v| kind(v) == "ikd_forecast").context("none told")?;
+    assert!(forecast < last_told && last_told < first_row, "tickets 21-35 are told before any Reserve");
+    let rows: Vec<&Value> = events.iter().filter(|v| kind(v) == "row").collect();
+    assert_eq!(rows.len(), 20);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["ticket"], (i + 1).to_string(), "queue order");
+        assert_eq!(row["outcome"], "reserved");
+        assert_eq!(row["masked_nik"], masked(u32::try_from(i)? + 1));
+    }
+    let summary = events.last().context("no summary")?;
+    assert_eq!(summary["event"], "summary");
+    assert_eq!((summary["reserved"].as_u64(), summary["told_ikd"].as_u64()), (Some(20), Some(15)));
+    assert_no_clear_nik(&run, 1..=35);
+
+    // The results file has every ticket, in JSON lines.
+    let lines: Vec<Value> = std::fs::read_to_string(&results)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 35);
+    assert!(!std::fs::read_to_string(&results)?.contains(&nik(1)), "no NIK in clear");
+
+    let all = reservations(&server).await?;
+    assert_eq!(all.len(), 20);
+    let q = quota(&server).await?;
+    assert_eq!((q.held, q.remaining), (20, 0));
+    // The finished queue withdrew its report.
+    assert_eq!(q.waiting, 0, "{q:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_human_output_in_both_languages_and_bad_rows_with_line_numbers() -> anyhow::Result<()> {
+    let server = server_with(5, 100).await?;
+    let url = server.url.as_str();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("antrean.csv");
+    let mut text = queue_csv(8);
+    text.push_str("9,327501410190001,lost\n"); // line 10: 15 digits
+    text.push_str("\n");
+    text.push_str("10,3275014101900011,stolen\n"); // line 12: unknown reason
+    std::fs::write(&file, text)?;
+    let file_arg = file.display().to_string();
+
+    let en = run_as(url, &["--lang", "en", "queue", &file_arg, "--forecast-only", "--results", &dir.path().join("en.csv").display().to_string()]).await?;
+    assert_eq!(en.code, 2, "bad rows make exit 2: {en:?}");
+    assert!(en.stderr.contains("Line 10 (ticket 9): nik — NIK must have 16 digits, not 15"), "{en:?}");
+    assert!(en.stderr.contains("Line 12 (ticket 10): reason — unknown reason \"stolen\""), "{en:?}");
+    assert!(en.stdout.contains("Forecast: 8 waiting at this counter (8 at the service point), 5 quota left → 5 served, 3 referred to IKD"), "{en:?}");
+    assert!(en.stdout.contains("ACTIVATE IKD NOW: tickets 6–8 (3 people)"), "{en:?}");
+    assert!(reservations(&server).await?.is_empty(), "--forecast-only reserves nobody");
+
+    let results = dir.path().join("hasil.csv");
+    let id = run_as(url, &["queue", &file_arg, "--results", &results.display().to_string()]).await?;
+    assert_eq!(id.code, 2, "{id:?}");
+    assert!(id.stderr.contains("Baris 10 (tiket 9): nik — NIK harus 16 digit, bukan 15"), "{id:?}");
+    assert!(id.stdout.contains("Perkiraan: 8 menunggu di loket ini"), "{id:?}");
+    assert!(id.stdout.contains("→ 5 dilayani, 3 dirujuk ke IKD"), "{id:?}");
+    assert!(id.stdout.contains("AKTIVASI IKD SEKARANG: tiket 6–8 (3 orang)"), "{id:?}");
+    assert!(id.stdout.contains(&format!("[1] DITAHAN ")), "{id:?}");
+    assert!(id.stdout.contains(&format!("[5] DITAHAN ")), "{id:?}");
+    assert!(!id.stdout.contains("[6] "), "{id:?}");
+    assert!(id.stdout.contains("Selesai: 5 dipesan (0 ulang), 3 diberi tahu aktivasi IKD, 0 dirujuk server, 2 tidak valid"), "{id:?}");
+    assert_no_clear_nik(&id, 1..=10);
+    let csv = std::fs::read_to_string(&results)?;
+    assert!(csv.starts_with("local_date,line,ticket,masked_nik,reason,outcome,"), "{csv}");
+    assert_eq!(csv.matches(",reserved,").count(), 5, "{csv}");
+    assert_eq!(csv.matches(",ikd_forecast,").count(), 3, "{csv}");
+    assert_eq!(csv.matches(",invalid,").count(), 2, "{csv}");
+    assert_eq!(reservations(&server).await?.len(), 5);
+    Ok(())
+}
+
+/// Reads a JSON-lines results file: ticket → outcomes, in file order.
+fn outcomes(path: &Path) -> anyhow::Result<HashMap<String, Vec<String>>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue; // a line torn by the kill
+        };
+        map.entry(v["ticket"].as_str().unwrap_or("").to_string())
+            .or_default()
+            .push(v["outcome"].as_str().unwrap_or("").to_string());
+    }
+    Ok(map)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_rerun_after_a_kill_reserves_nobody_twice() -> anyhow::Result<()> {
+    let server = server_with(20, 100).await?;
+    let url = server.url.clone();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("antrean.csv");
+    std::fs::write(&file, queue_csv(35))?;
+    let results = dir.path().join("hasil.jsonl");
+    let file_arg = file.display().to_string();
+    let results_arg = results.display().to_string();
+
+    // First run, slowed down, killed (SIGKILL) half-way through.
+    let args = who(&["queue", &file_arg, "--results", &results_arg, "--pace-ms", "150"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = command(&[&url], &refs).stdin(Stdio::null()).spawn()?;
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    loop {
+        let reserved = outcomes(&results)?
+            .values()
+            .filter(|o| o.iter().any(|x| x == "reserved"))
+            .count();
+        if reserved >= 8 {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the first run never got to 8");
+        anyhow::ensure!(child.try_wait()?.is_none(), "the first run ended before the kill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill()?;
+    let status = child.wait().await?;
+    assert!(!status.success(), "killed: {status:?}");
+    let before = reservations(&server).await?.len();
+    assert!((8..20).contains(&before), "killed half-way: {before} reserved");
+
+    // The re-run finishes the queue.
+    let again = run_as(&url, &["--lang", "en", "queue", &file_arg, "--results", &results_arg]).await?;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stdout.contains("Resuming: "), "{again:?}");
+    assert!(!again.stdout.contains("ACTIVATE IKD NOW"), "nobody else is cut off: {again:?}");
+
+    let all = reservations(&server).await?;
+    assert_eq!(all.len(), 20, "exactly the quota, nobody twice: {all:?}");
+    let distinct: HashSet<&str> = all.iter().map(|r| r.masked_nik.as_str()).collect();
+    assert_eq!(distinct.len(), 20);
+    let expected: HashSet<String> = (1..=20).map(masked).collect();
+    assert_eq!(distinct, expected.iter().map(String::as_str).collect());
+
+    let map = outcomes(&results)?;
+    for ticket in 1..=35u32 {
+        let final_outcomes: Vec<&String> = map
+            .get(&ticket.to_string())
+            .map(|o| o.iter().filter(|x| x.as_str() != "error").collect())
+            .unwrap_or_default();
+        let want = if ticket <= 20 { "reserved" } else { "ikd_forecast" };
+        assert_eq!(final_outcomes, vec![want], "ticket {ticket}");
+    }
+
+    // A third run changes nothing.
+    let third = run_as(&url, &["--json", "queue", &file_arg, "--results", &results_arg]).await?;
+    assert_eq!(third.code, 0, "{third:?}");
+    let summary = third.json()?.pop().context("no summary")?;
+    assert_eq!(summary["earlier"], 35, "{summary}");
+    assert_eq!(summary["reserved"], 0, "{summary}");
+    assert_eq!(reservations(&server).await?.len(), 20);
+    assert_eq!(quota(&server).await?.held, 20);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_over_from_a_dead_endpoint_to_a_live_one() -> anyhow::Result<()> {
+    let server = server_with(10, 100).await?;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let servers = [dead.as_str(), server.url.as_str()];
+    // Every call, whichever endpoint the round-robin starts with, reaches the live server.
+    for n in 1..=4 {
+        let args = who(&["--json", "reserve", "--nik", &nik(n), "--reason", "lost"]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = client(&servers, &refs, None).await?;
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(run.one_json()?["outcome"], "reserved");
+    }
+    assert_eq!(reservations(&server).await?.len(), 4);
+
+    // status names the dead one but succeeds with the live one.
+    let args = who(&["status"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let status = client(&servers, &refs, None).await?;
+    assert_eq!(status.code, 0, "{status:?}");
+    assert!(status.stderr.contains(&format!("Server {dead}: tidak terjangkau")), "{status:?}");
+    assert!(status.stdout.contains(&format!("Server {}: SERVING", server.url)), "{status:?}");
+    assert!(status.stdout.contains("sisa 6"), "{status:?}");
+
+    // A queue run with the dead endpoint first in the list.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("q.csv");
+    let mut text = String::from("ticket,nik,reason\n");
+    for n in 5..=7 {
+        text.push_str(&format!("T{n},{},lost\n", nik(n)));
+    }
+    std::fs::write(&file, text)?;
+    let args = who(&["queue", &file.display().to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let queue = client(&servers, &refs, None).await?;
+    assert_eq!(queue.code, 0, "{queue:?}");
+    assert_eq!(reservations(&server).await?.len(), 7);
+    Ok(())
+}
+
+/// A server process on a fixed port, so a restart comes back at the same address.
+async fn server_process_on(
+    db: &Arc<TestDatabase>,
+    port: u16,
+) -> anyhow::Result<tokio::process::Child> {
+    let child = tokio::process::Command::new(server_bin())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database",
+            &db.url,
+            "--nik-key-file",
+            &db.nik_key_file.display().to_string(),
+        ])
+        .env_remove("BLANGKO_NIK_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            if health
+                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .await
+                .is_ok_and(|r| r.into_inner().status() == tonic_health::pb::health_check_response::ServingStatus::Serving)
+            {
+                return Ok(child);
+            }
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "server on port {port} never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stock_at(url: &str) -> anyhow::Result<blangko_proto::v1::stock_service_client::StockServiceClient<tonic::transport::Channel>> {
+    Ok(blangko_proto::v1::stock_service_client::StockServiceClient::connect(url.to_string()).await?)
+}
+
+async fn reserve_at(url: &str, n: u32) -> anyhow::Result<()> {
+    let mut counter = blangko_proto::v1::counter_service_client::CounterServiceClient::connect(url.to_string()).await?;
+    counter.reserve(fixtures::reserve_request("3275", "mpp", n)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_one_line_per_change_and_survives_a_server_restart() -> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut first = server_process_on(&db, port).await?;
+    office_with_point(&mut stock_at(&url).await?, "3275", "mpp", 10, 100).await?;
+
+    // 4 snapshots: the initial one, one reserve before the restart, one after (through the new
+    // process), and the first snapshot after reconnecting may repeat the last one (no line).
+    let args = who(&["--json", "watch", "--max-updates", "3", "--for", "60"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut watch = command(&[&url], &refs).stdin(Stdio::null()).spawn()?;
+    let mut stdout = tokio::io::BufReader::new(watch.stdout.take().context("no stdout")?);
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line)).await??;
+    let v: Value = serde_json::from_str(&line)?;
+    assert_eq!(v["quota"]["remaining"], 10, "{v}");
+
+    reserve_at(&url, 1).await?;
+    line.clear();
+    tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line)).await??;
+    let v: Value = serde_json::from_str(&line)?;
+    assert_eq!(v["quota"]["remaining"], 9, "{v}");
+
+    // Restart: SIGKILL, then a new process on the same port and database.
+    first.start_kill()?;
+    first.wait().await?;
+    let _second = server_process_on(&db, port).await?;
+    reserve_at(&url, 2).await?;
+    line.clear();
+    tokio::time::timeout(Duration::from_secs(60), stdout.read_line(&mut line)).await??;
+    let v: Value = serde_json::from_str(&line)?;
+    assert_eq!(v["quota"]["remaining"], 8, "after the restart: {v}");
+
+    let status = tokio::time::timeout(Duration::from_secs(30), watch.wait()).await??;
+    assert!(status.success(), "--max-updates 3 ends it with exit 0: {status:?}");
+    let mut rest = String::new();
+    use tokio::io::AsyncReadExt;
+    stdout.read_to_string(&mut rest).await?;
+    assert!(rest.trim().is_empty(), "nothing after the third update: {rest}");
+    let mut stderr = String::new();
+    if let Some(mut e) = watch.stderr.take() {
+        e.read_to_string(&mut stderr).await?;
+    }
+    assert!(stderr.contains("Koneksi terputus; menyambung ulang"), "{stderr}");
+
+    // Human lines, English, bounded by --for.
+    let args = who(&["--lang", "en", "watch", "--for", "1"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let human = client(&[&url], &refs, None).await?;
+    assert_eq!(human.code, 0, "{human:?}");
+    assert_eq!(human.stdout.lines().count(), 1, "no change, one line: {human:?}");
+    assert!(human.stdout.contains("3275/mpp: quota 10  held 2"), "{human:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interactive_counter_is_driven_through_stdin() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut stock = server.stock_client().await?;
+    fixtures::office(&mut stock, "3275", |o| o.ikd_first_required = true).await?;
+    fixtures::service_point(&mut stock, "3275", "mpp", fixtures::fixed(1)).await?;
+    fixtures::ship(&mut stock, "3275", 10).await?;
+    let url = server.url.as_str();
+
+    let script = format!(
+        "antrean 3\n\
+         n\n\
+         12345\n\
+         {}\n\
+         1\n\
+         b\n\
+         y\n\
+         c\n\
+         \n\
+         {}\n\
+         2\n\
+         a\n\
+         hold\n\
+         bogus\n\
+         keluar\n",
+        nik(1),
+        nik(2)
+    );
+    let args = who(&["counter"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = client(&[url], &refs, Some(&script)).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = &run.stdout;
+    let expect = [
+        "== blangko-counter · loket loket-1 · 3275/mpp",
+        "Perkiraan: dari 3 yang menunggu di loket ini, 1 dapat dilayani hari ini; nomor ke-2 dst.",
+        "antrean loket 3 → 1 dilayani, 2 ke IKD",
+        "NIK harus 16 digit angka.",
+        "RUJUK KE AKTIVASI IKD: kantor mewajibkan aktivasi IKD terlebih dahulu (IKD_REQUIRED)",
+        &format!("Aktivasi IKD dicatat untuk NIK {}", masked(1)),
+        "DITAHAN ",
+        "DICETAK ",
+        "RUJUK KE AKTIVASI IKD: kuota blangko hari ini sudah habis (QUOTA_EXHAUSTED)",
+        "Tidak ada pemesanan yang ditahan.",
+        "Perintah tidak dikenal; ketik bantuan.",
+        "Sampai jumpa.",
+    ];
+    let mut at = 0;
+    for text in expect {
+        let Some(found) = out[at..].find(text) else {
+            panic!("{text:?} missing (in order) from:\n{out}");
+        };
+        at += found + text.len();
+    }
+    assert!(out.contains("[sisa kuota 0/1"), "the quota stays in view: {out}");
+    assert_no_clear_nik(&run, [1, 2]);
+
+    let all = reservations(&server).await?;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].state(), ReservationState::Committed);
+    assert_eq!(all[0].masked_nik, masked(1));
+    // Leaving the screen withdrew the queue report.
+    assert_eq!(quota(&server).await?.waiting, 0);
+
+    // English, and the end of input ends the screen too.
+    let script = format!("queue 2\n\n{}\nlost\ne\n", nik(3));
+    let args = who(&["--lang", "en", "counter"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let en = client(&[url], &refs, Some(&script)).await?;
+    assert_eq!(en.code, 0, "{en:?}");
+    assert!(en.stdout.contains("Forecast: of 2 waiting at this counter, 0 can be served today"), "{en:?}");
+    assert!(en.stdout.contains("REFER TO IKD ACTIVATION: today's quota is used up (QUOTA_EXHAUSTED)"), "{en:?}");
+    assert!(en.stdout.contains("Goodbye."), "{en:?}");
+    Ok(())
+}

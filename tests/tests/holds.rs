@@ -1,0 +1,308 @@
+//! After Reserve, on every backend: commit, cancel, hold expiry (inline and by the sweeper), a
+//! commit after expiry, spoiled blanks and IKD-first offices. Time is a manual clock, so the
+//! tests move it instead of sleeping.
+
+use std::sync::Arc;
+
+use blangko_e2e::fixtures::{self, office_with_point, reserve_request, rid};
+use blangko_e2e::{TestDatabase, TestServer, error_reason, on_each_backend};
+use blangko_proto::v1::counter_service_client::CounterServiceClient;
+use blangko_proto::v1::reserve_response::Outcome;
+use blangko_proto::v1::*;
+use blangko_server::clock::ManualClock;
+use tonic::transport::Channel;
+
+/// Tuesday 2026-12-01 08:00 WIB.
+const TUESDAY_8AM_WIB_MS: i64 = 1_796_086_800_000;
+const MINUTE_MS: i64 = 60_000;
+
+async fn server_at(db: Arc<TestDatabase>) -> anyhow::Result<(TestServer, ManualClock)> {
+    let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+    let server = TestServer::start_with_clock(db, &[], Arc::new(clock.clone())).await?;
+    Ok((server, clock))
+}
+
+async fn reserve(
+    counter: &mut CounterServiceClient<Channel>,
+    n: u32,
+) -> anyhow::Result<Result<Reservation, IkdReferral>> {
+    let answer = counter.reserve(reserve_request("3275", "main", n)).await?.into_inner();
+    match answer.outcome {
+        Some(Outcome::Reservation(r)) => Ok(Ok(r)),
+        Some(Outcome::IkdReferral(i)) => Ok(Err(i)),
+        None => anyhow::bail!("no outcome"),
+    }
+}
+
+async fn commit(
+    counter: &mut CounterServiceClient<Channel>,
+    id: &str,
+) -> Result<CommitReservationResponse, tonic::Status> {
+    counter
+        .commit_reservation(CommitReservationRequest {
+            request_id: rid(),
+            reservation_id: id.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn cancel(
+    counter: &mut CounterServiceClient<Channel>,
+    id: &str,
+) -> Result<CancelReservationResponse, tonic::Status> {
+    counter
+        .cancel_reservation(CancelReservationRequest {
+            request_id: rid(),
+            reservation_id: id.into(),
+            note: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn stock_of(server: &TestServer) -> anyhow::Result<StockLevel> {
+    Ok(server
+        .stock_client()
+        .await?
+        .get_stock(GetStockRequest { office_id: "3275".into() })
+        .await?
+        .into_inner()
+        .stock
+        .unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_prints_the_card_once_and_the_blank_leaves_the_stock() -> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, _clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 5, 10).await?;
+        let mut counter = server.counter_client().await?;
+        let r = reserve(&mut counter, 1).await?.map_err(|i| anyhow::anyhow!("{i:?}"))?;
+        let done = commit(&mut counter, &r.reservation_id).await?;
+        let committed = done.reservation.unwrap_or_default();
+        assert_eq!(committed.state(), ReservationState::Committed);
+        assert!(committed.committed_at.is_some());
+        let q = done.quota.unwrap_or_default();
+        assert_eq!((q.held, q.committed, q.on_hand, q.available), (0, 1, 9, 9));
+        // A second commit (another request id) replays; the blank leaves only once.
+        let again = commit(&mut counter, &r.reservation_id).await?;
+        assert!(again.reservation.unwrap_or_default().replayed);
+        assert_eq!(stock_of(&server).await?.on_hand, 9);
+        // A printed card cannot be cancelled.
+        let err = cancel(&mut counter, &r.reservation_id).await.expect_err("cancel after print");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(error_reason(&err).as_deref(), Some("RESERVATION_COMMITTED"));
+        // An unknown reservation is NOT_FOUND.
+        let err = commit(&mut counter, "Rnope").await.expect_err("unknown");
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancels_and_expiries_return_slots_that_later_reserves_take() -> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 2, 10).await?;
+        let mut counter = server.counter_client().await?;
+        let a = reserve(&mut counter, 1).await?.map_err(|_| anyhow::anyhow!("a"))?;
+        let b = reserve(&mut counter, 2).await?.map_err(|_| anyhow::anyhow!("b"))?;
+        let refused = reserve(&mut counter, 3).await?.expect_err("quota 2 is full");
+        assert_eq!(refused.cause(), ReferralCause::QuotaExhausted);
+
+        // A cancel returns the slot and the blank.
+        let cancelled = cancel(&mut counter, &a.reservation_id).await?;
+        assert_eq!(cancelled.reservation.unwrap_or_default().state(), ReservationState::Cancelled);
+        let c = reserve(&mut counter, 3).await?.map_err(|_| anyhow::anyhow!("c takes a's slot"))?;
+        assert_eq!(stock_of(&server).await?.held, 2);
+
+        // 31 minutes later both holds (b, c) have expired: a Reserve takes a slot at once,
+        // without waiting for the sweeper.
+        clock.advance_ms(31 * MINUTE_MS);
+        let d = reserve(&mut counter, 4).await?.map_err(|_| anyhow::anyhow!("d after expiry"))?;
+        let e = reserve(&mut counter, 5).await?.map_err(|_| anyhow::anyhow!("e after expiry"))?;
+        assert!(reserve(&mut counter, 6).await?.is_err(), "quota full again");
+        let s = stock_of(&server).await?;
+        assert_eq!((s.on_hand, s.held, s.available), (10, 2, 8));
+
+        let listed = counter
+            .list_reservations(ListReservationsRequest {
+                office_id: "3275".into(),
+                state: ReservationState::Expired as i32,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let mut expired: Vec<String> = listed.reservations.into_iter().map(|r| r.reservation_id).collect();
+        expired.sort();
+        let mut want = vec![b.reservation_id.clone(), c.reservation_id.clone()];
+        want.sort();
+        assert_eq!(expired, want);
+        // Cancelling an expired hold answers OK, unchanged.
+        let late = cancel(&mut counter, &b.reservation_id).await?;
+        assert_eq!(late.reservation.unwrap_or_default().state(), ReservationState::Expired);
+
+        // The sweeper releases holds even when no Reserve comes.
+        clock.advance_ms(31 * MINUTE_MS);
+        let engine = server.engine().ok_or_else(|| anyhow::anyhow!("in-process"))?;
+        assert_eq!(engine.sweep_once().await?, 2);
+        assert_eq!(stock_of(&server).await?.held, 0);
+        let _ = (d, e);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_after_expiry_takes_a_slot_again_or_fails_expired() -> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 1, 10).await?;
+        let mut counter = server.counter_client().await?;
+        // The slot is still free after expiry: the commit succeeds.
+        let a = reserve(&mut counter, 1).await?.map_err(|_| anyhow::anyhow!("a"))?;
+        clock.advance_ms(40 * MINUTE_MS);
+        let late = commit(&mut counter, &a.reservation_id).await?;
+        assert_eq!(late.reservation.unwrap_or_default().state(), ReservationState::Committed);
+        assert_eq!(late.quota.unwrap_or_default().committed, 1);
+
+        // Quota 2 now; b expires and c takes its slot: b's late commit fails.
+        stock
+            .set_quota_policy(SetQuotaPolicyRequest {
+                request_id: rid(),
+                office_id: "3275".into(),
+                service_point_id: "main".into(),
+                policy: Some(fixtures::fixed(2)),
+                todays_quota: Some(2),
+            })
+            .await?;
+        let b = reserve(&mut counter, 2).await?.map_err(|_| anyhow::anyhow!("b"))?;
+        clock.advance_ms(40 * MINUTE_MS);
+        let _c = reserve(&mut counter, 3).await?.map_err(|_| anyhow::anyhow!("c"))?;
+        let err = commit(&mut counter, &b.reservation_id).await.expect_err("no slot left");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(error_reason(&err).as_deref(), Some("RESERVATION_EXPIRED"));
+        let s = stock_of(&server).await?;
+        assert_eq!((s.on_hand, s.held), (9, 1), "b's failed commit took nothing");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spoiled_blanks_leave_the_stock_and_the_hold_keeps_its_slot() -> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, _clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 5, 10).await?;
+        let mut counter = server.counter_client().await?;
+        let r = reserve(&mut counter, 1).await?.map_err(|_| anyhow::anyhow!("r"))?;
+        let spoil = |id: &str| ReportSpoiledBlankRequest {
+            request_id: rid(),
+            office_id: "3275".into(),
+            reservation_id: id.into(),
+            reason: SpoilageReason::ChipEncodingFailure as i32,
+            destruction_report_reference: "BA-01/2026".into(),
+            note: String::new(),
+        };
+        for expected in 1..=3u32 {
+            let answer = counter.report_spoiled_blank(spoil(&r.reservation_id)).await?.into_inner();
+            let res = answer.reservation.unwrap_or_default();
+            assert_eq!(res.state(), ReservationState::Held);
+            assert_eq!(res.spoiled_count, expected);
+            assert_eq!(answer.on_hand, 10 - expected);
+        }
+        let err = counter
+            .report_spoiled_blank(spoil(&r.reservation_id))
+            .await
+            .expect_err("a fourth spoiled blank");
+        assert_eq!(error_reason(&err).as_deref(), Some("SPOILAGE_LIMIT_REACHED"));
+        let q = commit(&mut counter, &r.reservation_id).await?.quota.unwrap_or_default();
+        assert_eq!((q.committed, q.on_hand), (1, 6), "3 spoiled + 1 printed left the stock");
+        assert_eq!(q.quota, 5, "spoiled blanks never count against the quota");
+
+        // A defective blank found in stock, without a reservation.
+        let found = counter.report_spoiled_blank(spoil("")).await?.into_inner();
+        assert_eq!(found.on_hand, 5);
+        assert!(found.reservation.is_none());
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spoiled_blank_with_no_blank_left_cancels_the_hold_with_an_ikd_referral() -> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, _clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 5, 1).await?;
+        let mut counter = server.counter_client().await?;
+        let r = reserve(&mut counter, 1).await?.map_err(|_| anyhow::anyhow!("r"))?;
+        let answer = counter
+            .report_spoiled_blank(ReportSpoiledBlankRequest {
+                request_id: rid(),
+                office_id: "3275".into(),
+                reservation_id: r.reservation_id.clone(),
+                reason: SpoilageReason::Misprint as i32,
+                destruction_report_reference: String::new(),
+                note: String::new(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(answer.reservation.unwrap_or_default().state(), ReservationState::Cancelled);
+        assert_eq!(answer.ikd_referral.unwrap_or_default().cause(), ReferralCause::OutOfStock);
+        assert_eq!((answer.on_hand, answer.available), (0, 0));
+        let s = stock_of(&server).await?;
+        assert_eq!((s.on_hand, s.held), (0, 0));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ikd_first_office_refers_until_the_activation_is_recorded() -> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, _clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        fixtures::office(&mut stock, "3275", |o| o.ikd_first_required = true).await?;
+        fixtures::service_point(&mut stock, "3275", "main", fixtures::fixed(5)).await?;
+        fixtures::ship(&mut stock, "3275", 10).await?;
+        let mut counter = server.counter_client().await?;
+        let request = |n: u32, ikd: IkdStatus| ReserveRequest {
+            ikd_status: ikd as i32,
+            ..reserve_request("3275", "main", n)
+        };
+        let a = counter.reserve(request(1, IkdStatus::NotActive)).await?.into_inner();
+        let Some(Outcome::IkdReferral(referral)) = a.outcome else {
+            anyhow::bail!("expected IKD_REQUIRED");
+        };
+        assert_eq!(referral.cause(), ReferralCause::IkdRequired);
+        assert!(referral.next_quota_at.is_none());
+        counter
+            .record_ikd_activation(RecordIkdActivationRequest {
+                request_id: rid(),
+                office_id: "3275".into(),
+                service_point_id: "main".into(),
+                counter_id: "loket-1".into(),
+                nik: fixtures::nik(1),
+            })
+            .await?;
+        let b = counter.reserve(request(1, IkdStatus::NotActive)).await?.into_inner();
+        assert!(matches!(b.outcome, Some(Outcome::Reservation(_))), "{:?}", b.outcome);
+        let c = counter.reserve(request(2, IkdStatus::Exempt)).await?.into_inner();
+        assert!(matches!(c.outcome, Some(Outcome::Reservation(_))), "EXEMPT passes");
+        let err = counter
+            .reserve(request(3, IkdStatus::Unspecified))
+            .await
+            .expect_err("the officer must say");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(blangko_e2e::field_violations(&err)[0].0, "ikd_status");
+        Ok(())
+    })
+    .await
+}
