@@ -514,7 +514,7 @@ async fn queue_human_output_in_both_languages_and_bad_rows_with_line_numbers() -
     let file = dir.path().join("antrean.csv");
     let mut text = queue_csv(8);
     text.push_str("9,327501410190001,lost\n"); // line 10: 15 digits
-    text.push_str("\n");
+    text.push('\n');
     text.push_str("10,3275014101900011,stolen\n"); // line 12: unknown reason
     std::fs::write(&file, text)?;
     let file_arg = file.display().to_string();
@@ -534,8 +534,8 @@ async fn queue_human_output_in_both_languages_and_bad_rows_with_line_numbers() -
     assert!(id.stdout.contains("Perkiraan: 8 menunggu di loket ini"), "{id:?}");
     assert!(id.stdout.contains("→ 5 dilayani, 3 dirujuk ke IKD"), "{id:?}");
     assert!(id.stdout.contains("AKTIVASI IKD SEKARANG: tiket 6–8 (3 orang)"), "{id:?}");
-    assert!(id.stdout.contains(&format!("[1] DITAHAN ")), "{id:?}");
-    assert!(id.stdout.contains(&format!("[5] DITAHAN ")), "{id:?}");
+    assert!(id.stdout.contains("[1] DITAHAN "), "{id:?}");
+    assert!(id.stdout.contains("[5] DITAHAN "), "{id:?}");
     assert!(!id.stdout.contains("[6] "), "{id:?}");
     assert!(id.stdout.contains("Selesai: 5 dipesan (0 ulang), 3 diberi tahu aktivasi IKD, 0 dirujuk server, 2 tidak valid"), "{id:?}");
     assert_no_clear_nik(&id, 1..=10);
@@ -607,8 +607,9 @@ async fn a_queue_rerun_after_a_kill_reserves_nobody_twice() -> anyhow::Result<()
     assert_eq!(all.len(), 20, "exactly the quota, nobody twice: {all:?}");
     let distinct: HashSet<&str> = all.iter().map(|r| r.masked_nik.as_str()).collect();
     assert_eq!(distinct.len(), 20);
-    let expected: HashSet<String> = (1..=20).map(masked).collect();
-    assert_eq!(distinct, expected.iter().map(String::as_str).collect());
+    let expected: Vec<String> = (1..=20).map(masked).collect();
+    let expected: HashSet<&str> = expected.iter().map(String::as_str).collect();
+    assert_eq!(distinct, expected);
 
     let map = outcomes(&results)?;
     for ticket in 1..=35u32 {
