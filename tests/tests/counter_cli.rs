@@ -180,7 +180,10 @@ async fn status_shows_health_version_and_quota_in_both_languages_and_json() -> a
 
     let id = run_as(url, &["status"]).await?;
     assert_eq!(id.code, 0, "{id:?}");
-    assert!(id.stdout.contains(&format!("Server {url}: SERVING")), "{id:?}");
+    assert!(
+        id.stdout.contains(&format!("Server {url}: SERVING")),
+        "{id:?}"
+    );
     assert!(id.stdout.contains("blangko.v1"), "{id:?}");
     assert!(id.stdout.contains("berjalan sejak"), "{id:?}");
     assert!(id.stdout.contains("3275/mpp: kuota 20"), "{id:?}");
@@ -227,22 +230,39 @@ async fn an_unreachable_server_is_one_clear_line_and_exit_1() -> anyhow::Result<
     assert!(id.stdout.is_empty(), "{id:?}");
     assert_eq!(id.stderr.trim().lines().count(), 1, "one line: {id:?}");
     assert!(
-        id.stderr.starts_with(&format!("Tidak ada server yang menjawab: {dead}")),
+        id.stderr
+            .starts_with(&format!("Tidak ada server yang menjawab: {dead}")),
         "{id:?}"
     );
 
     let reserve = client(
         &[&dead],
         &[
-            "--lang", "en", "--retries", "1", "--office", "3275", "--service-point", "mpp",
-            "--counter", "loket-1", "reserve", "--nik", &nik(1), "--reason", "lost",
+            "--lang",
+            "en",
+            "--retries",
+            "1",
+            "--office",
+            "3275",
+            "--service-point",
+            "mpp",
+            "--counter",
+            "loket-1",
+            "reserve",
+            "--nik",
+            &nik(1),
+            "--reason",
+            "lost",
         ],
         None,
     )
     .await?;
     assert_eq!(reserve.code, 1, "{reserve:?}");
     assert_eq!(reserve.stderr.trim().lines().count(), 1, "{reserve:?}");
-    assert!(reserve.stderr.starts_with("No server answered: "), "{reserve:?}");
+    assert!(
+        reserve.stderr.starts_with("No server answered: "),
+        "{reserve:?}"
+    );
     assert_no_clear_nik(&reserve, [1]);
 
     let json = client(&[&dead], &["--json", "--retries", "0", "status"], None).await?;
@@ -265,16 +285,35 @@ async fn reserve_prints_the_reservation_or_the_referral_with_exit_codes() -> any
     assert!(id.stdout.starts_with("DITAHAN "), "{id:?}");
     assert!(id.stdout.contains(&format!("NIK {}", masked(1))), "{id:?}");
     assert!(id.stdout.contains("alasan perekaman baru"), "{id:?}");
-    assert!(id.stdout.contains("ditahan sampai") && id.stdout.contains(" WIB (sisa 30 menit)"), "{id:?}");
+    assert!(
+        id.stdout.contains("ditahan sampai") && id.stdout.contains(" WIB (sisa 30 menit)"),
+        "{id:?}"
+    );
     assert!(id.stdout.contains("Sisa kuota hari ini: 1/2"), "{id:?}");
     assert_no_clear_nik(&id, [1]);
 
     // The same NIK again at the same service point: the same reservation, marked replayed.
-    let en = run_as(url, &["--lang", "en", "reserve", "--nik", &n1, "--reason", "new-recording"]).await?;
+    let en = run_as(
+        url,
+        &[
+            "--lang",
+            "en",
+            "reserve",
+            "--nik",
+            &n1,
+            "--reason",
+            "new-recording",
+        ],
+    )
+    .await?;
     assert_eq!(en.code, 0, "{en:?}");
     assert!(en.stdout.starts_with("HELD "), "{en:?}");
     assert!(en.stdout.contains("reason new recording"), "{en:?}");
-    assert!(en.stdout.contains("[already reserved earlier: same answer]"), "{en:?}");
+    assert!(
+        en.stdout
+            .contains("[already reserved earlier: same answer]"),
+        "{en:?}"
+    );
 
     let json = run_as(url, &["--json", "reserve", "--nik", &n1, "--reason", "1"]).await?;
     assert_eq!(json.code, 0, "{json:?}");
@@ -284,36 +323,100 @@ async fn reserve_prints_the_reservation_or_the_referral_with_exit_codes() -> any
     assert_eq!(v["reservation"]["state"], "HELD");
     assert_eq!(v["reservation"]["replayed"], true);
     assert_eq!(v["reservation"]["counter_id"], "loket-1");
-    assert!(v["reservation"]["expires_at"].as_str().is_some_and(|t| t.ends_with("+07:00")), "{v}");
+    assert!(
+        v["reservation"]["expires_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("+07:00")),
+        "{v}"
+    );
     assert_eq!(v["quota"]["remaining"], 1);
 
     // --zone changes the times shown.
-    let wita = run_as(url, &["--zone", "Asia/Makassar", "reserve", "--nik", &n1, "--reason", "1"]).await?;
+    let wita = run_as(
+        url,
+        &[
+            "--zone",
+            "Asia/Makassar",
+            "reserve",
+            "--nik",
+            &n1,
+            "--reason",
+            "1",
+        ],
+    )
+    .await?;
     assert!(wita.stdout.contains(" WITA (sisa"), "{wita:?}");
 
     // The quota is used up: referral, exit 3.
-    let second = run_as(url, &["reserve", "--nik", &nik(2), "--reason", "hilang", "--ikd", "active"]).await?;
+    let second = run_as(
+        url,
+        &[
+            "reserve",
+            "--nik",
+            &nik(2),
+            "--reason",
+            "hilang",
+            "--ikd",
+            "active",
+        ],
+    )
+    .await?;
     assert_eq!(second.code, 0, "{second:?}");
     let referred = run_as(url, &["reserve", "--nik", &nik(3), "--reason", "lost"]).await?;
     assert_eq!(referred.code, 3, "{referred:?}");
     assert!(
-        referred
-            .stdout
-            .starts_with("RUJUK KE AKTIVASI IKD: kuota blangko hari ini sudah habis (QUOTA_EXHAUSTED)"),
+        referred.stdout.starts_with(
+            "RUJUK KE AKTIVASI IKD: kuota blangko hari ini sudah habis (QUOTA_EXHAUSTED)"
+        ),
         "{referred:?}"
     );
-    assert!(referred.stdout.contains("Langkah aktivasi IKD:"), "{referred:?}");
-    assert!(referred.stdout.contains("Kuota dibuka lagi:") && referred.stdout.contains("00:00 WIB"), "{referred:?}");
-    let referred_en = run_as(url, &["--lang", "en", "reserve", "--nik", &nik(3), "--reason", "lost"]).await?;
+    assert!(
+        referred.stdout.contains("Langkah aktivasi IKD:"),
+        "{referred:?}"
+    );
+    assert!(
+        referred.stdout.contains("Kuota dibuka lagi:") && referred.stdout.contains("00:00 WIB"),
+        "{referred:?}"
+    );
+    let referred_en = run_as(
+        url,
+        &[
+            "--lang",
+            "en",
+            "reserve",
+            "--nik",
+            &nik(3),
+            "--reason",
+            "lost",
+        ],
+    )
+    .await?;
     assert_eq!(referred_en.code, 3, "{referred_en:?}");
-    assert!(referred_en.stdout.starts_with("REFER TO IKD ACTIVATION: today's quota is used up"), "{referred_en:?}");
-    assert!(referred_en.stdout.contains("How to activate IKD:"), "{referred_en:?}");
-    let referred_json = run_as(url, &["--json", "reserve", "--nik", &nik(3), "--reason", "lost"]).await?;
+    assert!(
+        referred_en
+            .stdout
+            .starts_with("REFER TO IKD ACTIVATION: today's quota is used up"),
+        "{referred_en:?}"
+    );
+    assert!(
+        referred_en.stdout.contains("How to activate IKD:"),
+        "{referred_en:?}"
+    );
+    let referred_json = run_as(
+        url,
+        &["--json", "reserve", "--nik", &nik(3), "--reason", "lost"],
+    )
+    .await?;
     assert_eq!(referred_json.code, 3, "{referred_json:?}");
     let v = referred_json.one_json()?;
     assert_eq!(v["outcome"], "ikd_referral");
     assert_eq!(v["referral"]["cause"], "QUOTA_EXHAUSTED");
-    assert!(v["referral"]["next_quota_at"].as_str().is_some_and(|t| t.ends_with("T00:00:00+07:00")), "{v}");
+    assert!(
+        v["referral"]["next_quota_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("T00:00:00+07:00")),
+        "{v}"
+    );
     assert_no_clear_nik(&referred_json, [3]);
 
     // Bad input: exit 2, the field and the server's reason.
@@ -321,20 +424,56 @@ async fn reserve_prints_the_reservation_or_the_referral_with_exit_codes() -> any
     let bad = run_as(url, &["reserve", "--nik", bad_nik, "--reason", "lost"]).await?;
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.starts_with("Masukan ditolak: nik"), "{bad:?}");
-    let bad_en = run_as(url, &["--lang", "en", "reserve", "--nik", bad_nik, "--reason", "lost"]).await?;
+    let bad_en = run_as(
+        url,
+        &[
+            "--lang", "en", "reserve", "--nik", bad_nik, "--reason", "lost",
+        ],
+    )
+    .await?;
     assert_eq!(bad_en.code, 2, "{bad_en:?}");
-    assert!(bad_en.stderr.starts_with("Input rejected: nik"), "{bad_en:?}");
-    let bad_json = run_as(url, &["--json", "reserve", "--nik", bad_nik, "--reason", "lost"]).await?;
+    assert!(
+        bad_en.stderr.starts_with("Input rejected: nik"),
+        "{bad_en:?}"
+    );
+    let bad_json = run_as(
+        url,
+        &["--json", "reserve", "--nik", bad_nik, "--reason", "lost"],
+    )
+    .await?;
     assert_eq!(bad_json.code, 2, "{bad_json:?}");
     let v = bad_json.one_json()?;
     assert_eq!(v["error"]["code"], "INVALID_ARGUMENT");
-    assert!(v["error"]["field_violations"][0]["field"].as_str().is_some_and(|f| f.contains("nik")), "{v}");
-    assert!(!bad_json.all().contains(bad_nik), "the rejected NIK is not echoed: {bad_json:?}");
+    assert!(
+        v["error"]["field_violations"][0]["field"]
+            .as_str()
+            .is_some_and(|f| f.contains("nik")),
+        "{v}"
+    );
+    assert!(
+        !bad_json.all().contains(bad_nik),
+        "the rejected NIK is not echoed: {bad_json:?}"
+    );
 
     // A reason the client does not know never reaches the server; a missing counter neither.
     let unknown = run_as(url, &["reserve", "--nik", &nik(4), "--reason", "stolen"]).await?;
     assert_eq!(unknown.code, 2, "{unknown:?}");
-    let no_counter = client(&[url], &["--office", "3275", "--service-point", "mpp", "reserve", "--nik", &nik(4), "--reason", "lost"], None).await?;
+    let no_counter = client(
+        &[url],
+        &[
+            "--office",
+            "3275",
+            "--service-point",
+            "mpp",
+            "reserve",
+            "--nik",
+            &nik(4),
+            "--reason",
+            "lost",
+        ],
+        None,
+    )
+    .await?;
     assert_eq!(no_counter.code, 2, "{no_counter:?}");
     assert!(no_counter.stderr.contains("--counter"), "{no_counter:?}");
 
@@ -353,11 +492,38 @@ async fn ikd_first_office_refers_not_active_applicants_with_exit_3() -> anyhow::
     fixtures::ship(&mut stock, "3275", 10).await?;
     let url = server.url.as_str();
 
-    let referred = run_as(url, &["reserve", "--nik", &nik(1), "--reason", "lost", "--ikd", "not-active"]).await?;
+    let referred = run_as(
+        url,
+        &[
+            "reserve",
+            "--nik",
+            &nik(1),
+            "--reason",
+            "lost",
+            "--ikd",
+            "not-active",
+        ],
+    )
+    .await?;
     assert_eq!(referred.code, 3, "{referred:?}");
     assert!(referred.stdout.contains("(IKD_REQUIRED)"), "{referred:?}");
-    assert!(referred.stdout.contains("catat aktivasinya"), "{referred:?}");
-    let exempt = run_as(url, &["reserve", "--nik", &nik(1), "--reason", "lost", "--ikd", "dikecualikan"]).await?;
+    assert!(
+        referred.stdout.contains("catat aktivasinya"),
+        "{referred:?}"
+    );
+    let exempt = run_as(
+        url,
+        &[
+            "reserve",
+            "--nik",
+            &nik(1),
+            "--reason",
+            "lost",
+            "--ikd",
+            "dikecualikan",
+        ],
+    )
+    .await?;
     assert_eq!(exempt.code, 0, "{exempt:?}");
     Ok(())
 }
@@ -368,7 +534,18 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
     let url = server.url.as_str();
     let mut ids = Vec::new();
     for n in 1..=3 {
-        let run = run_as(url, &["--json", "reserve", "--nik", &nik(n), "--reason", "data-change"]).await?;
+        let run = run_as(
+            url,
+            &[
+                "--json",
+                "reserve",
+                "--nik",
+                &nik(n),
+                "--reason",
+                "data-change",
+            ],
+        )
+        .await?;
         assert_eq!(run.code, 0, "{run:?}");
         let id = run.one_json()?["reservation"]["reservation_id"]
             .as_str()
@@ -380,56 +557,133 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
     // holds: this counter's open holds with the time left.
     let holds = run_as(url, &["holds"]).await?;
     assert_eq!(holds.code, 0, "{holds:?}");
-    assert!(holds.stdout.starts_with("Pemesanan ditahan, loket loket-1: 3"), "{holds:?}");
+    assert!(
+        holds
+            .stdout
+            .starts_with("Pemesanan ditahan, loket loket-1: 3"),
+        "{holds:?}"
+    );
     for (i, id) in ids.iter().enumerate() {
         assert!(holds.stdout.contains(id), "{holds:?}");
-        assert!(holds.stdout.contains(&masked(u32::try_from(i)? + 1)), "{holds:?}");
+        assert!(
+            holds.stdout.contains(&masked(u32::try_from(i)? + 1)),
+            "{holds:?}"
+        );
     }
-    assert_eq!(holds.stdout.matches("(sisa 30 menit)").count() + holds.stdout.matches("(sisa 29 menit)").count(), 3, "{holds:?}");
+    assert_eq!(
+        holds.stdout.matches("(sisa 30 menit)").count()
+            + holds.stdout.matches("(sisa 29 menit)").count(),
+        3,
+        "{holds:?}"
+    );
     assert_no_clear_nik(&holds, 1..=3);
     let holds_en = run_as(url, &["--lang", "en", "holds"]).await?;
-    assert!(holds_en.stdout.starts_with("Open holds, counter loket-1: 3"), "{holds_en:?}");
+    assert!(
+        holds_en
+            .stdout
+            .starts_with("Open holds, counter loket-1: 3"),
+        "{holds_en:?}"
+    );
     let holds_json = run_as(url, &["--json", "holds"]).await?.one_json()?;
     assert_eq!(holds_json["holds"].as_array().map(Vec::len), Some(3));
-    assert!(holds_json["holds"][0]["seconds_left"].as_i64().is_some_and(|s| s > 1700), "{holds_json}");
+    assert!(
+        holds_json["holds"][0]["seconds_left"]
+            .as_i64()
+            .is_some_and(|s| s > 1700),
+        "{holds_json}"
+    );
 
     // Another counter sees none of them.
-    let other = client(&[url], &["--office", "3275", "--counter", "loket-2", "holds"], None).await?;
+    let other = client(
+        &[url],
+        &["--office", "3275", "--counter", "loket-2", "holds"],
+        None,
+    )
+    .await?;
     assert_eq!(other.code, 0, "{other:?}");
-    assert!(other.stdout.starts_with("Tidak ada pemesanan yang masih ditahan untuk loket loket-2."), "{other:?}");
+    assert!(
+        other
+            .stdout
+            .starts_with("Tidak ada pemesanan yang masih ditahan untuk loket loket-2."),
+        "{other:?}"
+    );
 
     // commit: printed.
     let commit = run_as(url, &["commit", &ids[0]]).await?;
     assert_eq!(commit.code, 0, "{commit:?}");
-    assert!(commit.stdout.starts_with(&format!("DICETAK {}", ids[0])), "{commit:?}");
+    assert!(
+        commit.stdout.starts_with(&format!("DICETAK {}", ids[0])),
+        "{commit:?}"
+    );
     let commit_again = run_as(url, &["--lang", "en", "commit", &ids[0]]).await?;
-    assert_eq!(commit_again.code, 0, "a commit replays OK: {commit_again:?}");
-    assert!(commit_again.stdout.starts_with(&format!("COMMITTED {}", ids[0])), "{commit_again:?}");
+    assert_eq!(
+        commit_again.code, 0,
+        "a commit replays OK: {commit_again:?}"
+    );
+    assert!(
+        commit_again
+            .stdout
+            .starts_with(&format!("COMMITTED {}", ids[0])),
+        "{commit_again:?}"
+    );
 
     // cancel: slot and blank return.
-    let cancel = run_as(url, &["--json", "cancel", &ids[1], "--note", "applicant left"]).await?;
+    let cancel = run_as(
+        url,
+        &["--json", "cancel", &ids[1], "--note", "applicant left"],
+    )
+    .await?;
     assert_eq!(cancel.code, 0, "{cancel:?}");
     let v = cancel.one_json()?;
     assert_eq!(v["outcome"], "cancelled");
     assert_eq!(v["reservation"]["state"], "CANCELLED");
     let cancel_id = run_as(url, &["cancel", &ids[1]]).await?;
-    assert!(cancel_id.stdout.starts_with(&format!("DIBATALKAN {}", ids[1])), "{cancel_id:?}");
+    assert!(
+        cancel_id
+            .stdout
+            .starts_with(&format!("DIBATALKAN {}", ids[1])),
+        "{cancel_id:?}"
+    );
 
     // A commit on a cancelled reservation: refused, explained, exit 1.
     let refused = run_as(url, &["commit", &ids[1]]).await?;
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(refused.stderr.contains("JANGAN cetak"), "{refused:?}");
-    assert!(refused.stderr.contains("FAILED_PRECONDITION/RESERVATION_CANCELLED"), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("FAILED_PRECONDITION/RESERVATION_CANCELLED"),
+        "{refused:?}"
+    );
     let refused_json = run_as(url, &["--json", "commit", &ids[1]]).await?;
-    assert_eq!(refused_json.one_json()?["error"]["reason"], "RESERVATION_CANCELLED");
+    assert_eq!(
+        refused_json.one_json()?["error"]["reason"],
+        "RESERVATION_CANCELLED"
+    );
     let unknown = run_as(url, &["--lang", "en", "commit", "no-such-reservation"]).await?;
     assert_eq!(unknown.code, 1, "{unknown:?}");
     assert!(unknown.stderr.contains("NOT_FOUND"), "{unknown:?}");
 
     // spoiled on the held one: one more blank leaves the stock, the hold keeps its slot.
-    let spoiled = run_as(url, &["spoiled", &ids[2], "--reason", "chip", "--report", "BA-2026/117"]).await?;
+    let spoiled = run_as(
+        url,
+        &[
+            "spoiled",
+            &ids[2],
+            "--reason",
+            "chip",
+            "--report",
+            "BA-2026/117",
+        ],
+    )
+    .await?;
     assert_eq!(spoiled.code, 0, "{spoiled:?}");
-    assert!(spoiled.stdout.starts_with("Blangko rusak dicatat (CHIP_ENCODING_FAILURE)"), "{spoiled:?}");
+    assert!(
+        spoiled
+            .stdout
+            .starts_with("Blangko rusak dicatat (CHIP_ENCODING_FAILURE)"),
+        "{spoiled:?}"
+    );
     assert!(spoiled.stdout.contains("blangko rusak: 1"), "{spoiled:?}");
     let spoiled_json = run_as(url, &["--json", "spoiled", "--reason", "factory-defect"]).await?;
     assert_eq!(spoiled_json.code, 0, "{spoiled_json:?}");
@@ -437,8 +691,19 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
     assert_eq!(v["outcome"], "spoiled_recorded");
     assert_eq!(v["spoilage_reason"], "FACTORY_DEFECT");
     assert_eq!(v["on_hand"], 97, "100 - 1 printed - 2 spoiled: {v}");
-    let spoiled_en = run_as(url, &["--lang", "en", "spoiled", "--reason", "other", "--note", "dropped"]).await?;
-    assert!(spoiled_en.stdout.starts_with("Spoiled blank recorded (OTHER)"), "{spoiled_en:?}");
+    let spoiled_en = run_as(
+        url,
+        &[
+            "--lang", "en", "spoiled", "--reason", "other", "--note", "dropped",
+        ],
+    )
+    .await?;
+    assert!(
+        spoiled_en
+            .stdout
+            .starts_with("Spoiled blank recorded (OTHER)"),
+        "{spoiled_en:?}"
+    );
 
     let q = quota(&server).await?;
     assert_eq!((q.held, q.committed), (1, 1), "{q:?}");
@@ -459,11 +724,18 @@ async fn queue_tells_tickets_beyond_the_quota_before_any_reserve() -> anyhow::Re
     let file_arg = file.display().to_string();
     let results_arg = results.display().to_string();
 
-    let run = run_as(url, &["--json", "queue", &file_arg, "--results", &results_arg]).await?;
+    let run = run_as(
+        url,
+        &["--json", "queue", &file_arg, "--results", &results_arg],
+    )
+    .await?;
     assert_eq!(run.code, 0, "{run:?}");
     let events = run.json()?;
     let kind = |v: &Value| v["event"].as_str().unwrap_or("").to_string();
-    let forecast = events.iter().position(|v| kind(v) == "forecast").context("no forecast")?;
+    let forecast = events
+        .iter()
+        .position(|v| kind(v) == "forecast")
+        .context("no forecast")?;
     assert_eq!(events[forecast]["waiting"], 35);
     assert_eq!(events[forecast]["expected_served"], 20);
     assert_eq!(events[forecast]["expected_referred"], 15);
@@ -474,9 +746,18 @@ async fn queue_tells_tickets_beyond_the_quota_before_any_reserve() -> anyhow::Re
         .collect();
     let expected: Vec<String> = (21..=35).map(|n| n.to_string()).collect();
     assert_eq!(told, expected);
-    let first_row = events.iter().position(|v| kind(v) == "row").context("no row")?;
-    let last_told = events.iter().rposition(|v| kind(v) == "ikd_forecast").context("none told")?;
-    assert!(forecast < last_told && last_told < first_row, "tickets 21-35 are told before any Reserve");
+    let first_row = events
+        .iter()
+        .position(|v| kind(v) == "row")
+        .context("no row")?;
+    let last_told = events
+        .iter()
+        .rposition(|v| kind(v) == "ikd_forecast")
+        .context("none told")?;
+    assert!(
+        forecast < last_told && last_told < first_row,
+        "tickets 21-35 are told before any Reserve"
+    );
     let rows: Vec<&Value> = events.iter().filter(|v| kind(v) == "row").collect();
     assert_eq!(rows.len(), 20);
     for (i, row) in rows.iter().enumerate() {
@@ -486,7 +767,10 @@ async fn queue_tells_tickets_beyond_the_quota_before_any_reserve() -> anyhow::Re
     }
     let summary = events.last().context("no summary")?;
     assert_eq!(summary["event"], "summary");
-    assert_eq!((summary["reserved"].as_u64(), summary["told_ikd"].as_u64()), (Some(20), Some(15)));
+    assert_eq!(
+        (summary["reserved"].as_u64(), summary["told_ikd"].as_u64()),
+        (Some(20), Some(15))
+    );
     assert_no_clear_nik(&run, 1..=35);
 
     // The results file has every ticket, in JSON lines.
@@ -495,7 +779,10 @@ async fn queue_tells_tickets_beyond_the_quota_before_any_reserve() -> anyhow::Re
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
     assert_eq!(lines.len(), 35);
-    assert!(!std::fs::read_to_string(&results)?.contains(&nik(1)), "no NIK in clear");
+    assert!(
+        !std::fs::read_to_string(&results)?.contains(&nik(1)),
+        "no NIK in clear"
+    );
 
     let all = reservations(&server).await?;
     assert_eq!(all.len(), 20);
@@ -507,7 +794,8 @@ async fn queue_tells_tickets_beyond_the_quota_before_any_reserve() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_human_output_in_both_languages_and_bad_rows_with_line_numbers() -> anyhow::Result<()> {
+async fn queue_human_output_in_both_languages_and_bad_rows_with_line_numbers() -> anyhow::Result<()>
+{
     let server = server_with(5, 100).await?;
     let url = server.url.as_str();
     let dir = tempfile::tempdir()?;
@@ -519,28 +807,81 @@ async fn queue_human_output_in_both_languages_and_bad_rows_with_line_numbers() -
     std::fs::write(&file, text)?;
     let file_arg = file.display().to_string();
 
-    let en = run_as(url, &["--lang", "en", "queue", &file_arg, "--forecast-only", "--results", &dir.path().join("en.csv").display().to_string()]).await?;
+    let en = run_as(
+        url,
+        &[
+            "--lang",
+            "en",
+            "queue",
+            &file_arg,
+            "--forecast-only",
+            "--results",
+            &dir.path().join("en.csv").display().to_string(),
+        ],
+    )
+    .await?;
     assert_eq!(en.code, 2, "bad rows make exit 2: {en:?}");
-    assert!(en.stderr.contains("Line 10 (ticket 9): nik — NIK must have 16 digits, not 15"), "{en:?}");
-    assert!(en.stderr.contains("Line 12 (ticket 10): reason — unknown reason \"stolen\""), "{en:?}");
+    assert!(
+        en.stderr
+            .contains("Line 10 (ticket 9): nik — NIK must have 16 digits, not 15"),
+        "{en:?}"
+    );
+    assert!(
+        en.stderr
+            .contains("Line 12 (ticket 10): reason — unknown reason \"stolen\""),
+        "{en:?}"
+    );
     assert!(en.stdout.contains("Forecast: 8 waiting at this counter (8 at the service point), 5 quota left → 5 served, 3 referred to IKD"), "{en:?}");
-    assert!(en.stdout.contains("ACTIVATE IKD NOW: tickets 6–8 (3 people)"), "{en:?}");
-    assert!(reservations(&server).await?.is_empty(), "--forecast-only reserves nobody");
+    assert!(
+        en.stdout
+            .contains("ACTIVATE IKD NOW: tickets 6–8 (3 people)"),
+        "{en:?}"
+    );
+    assert!(
+        reservations(&server).await?.is_empty(),
+        "--forecast-only reserves nobody"
+    );
 
     let results = dir.path().join("hasil.csv");
-    let id = run_as(url, &["queue", &file_arg, "--results", &results.display().to_string()]).await?;
+    let id = run_as(
+        url,
+        &[
+            "queue",
+            &file_arg,
+            "--results",
+            &results.display().to_string(),
+        ],
+    )
+    .await?;
     assert_eq!(id.code, 2, "{id:?}");
-    assert!(id.stderr.contains("Baris 10 (tiket 9): nik — NIK harus 16 digit, bukan 15"), "{id:?}");
-    assert!(id.stdout.contains("Perkiraan: 8 menunggu di loket ini"), "{id:?}");
-    assert!(id.stdout.contains("→ 5 dilayani, 3 dirujuk ke IKD"), "{id:?}");
-    assert!(id.stdout.contains("AKTIVASI IKD SEKARANG: tiket 6–8 (3 orang)"), "{id:?}");
+    assert!(
+        id.stderr
+            .contains("Baris 10 (tiket 9): nik — NIK harus 16 digit, bukan 15"),
+        "{id:?}"
+    );
+    assert!(
+        id.stdout.contains("Perkiraan: 8 menunggu di loket ini"),
+        "{id:?}"
+    );
+    assert!(
+        id.stdout.contains("→ 5 dilayani, 3 dirujuk ke IKD"),
+        "{id:?}"
+    );
+    assert!(
+        id.stdout
+            .contains("AKTIVASI IKD SEKARANG: tiket 6–8 (3 orang)"),
+        "{id:?}"
+    );
     assert!(id.stdout.contains("[1] DITAHAN "), "{id:?}");
     assert!(id.stdout.contains("[5] DITAHAN "), "{id:?}");
     assert!(!id.stdout.contains("[6] "), "{id:?}");
     assert!(id.stdout.contains("Selesai: 5 dipesan (0 ulang), 3 diberi tahu aktivasi IKD, 0 dirujuk server, 2 tidak valid"), "{id:?}");
     assert_no_clear_nik(&id, 1..=10);
     let csv = std::fs::read_to_string(&results)?;
-    assert!(csv.starts_with("local_date,line,ticket,masked_nik,reason,outcome,"), "{csv}");
+    assert!(
+        csv.starts_with("local_date,line,ticket,masked_nik,reason,outcome,"),
+        "{csv}"
+    );
     assert_eq!(csv.matches(",reserved,").count(), 5, "{csv}");
     assert_eq!(csv.matches(",ikd_forecast,").count(), 3, "{csv}");
     assert_eq!(csv.matches(",invalid,").count(), 2, "{csv}");
@@ -575,7 +916,14 @@ async fn a_queue_rerun_after_a_kill_reserves_nobody_twice() -> anyhow::Result<()
     let results_arg = results.display().to_string();
 
     // First run, slowed down, killed (SIGKILL) half-way through.
-    let args = who(&["queue", &file_arg, "--results", &results_arg, "--pace-ms", "150"]);
+    let args = who(&[
+        "queue",
+        &file_arg,
+        "--results",
+        &results_arg,
+        "--pace-ms",
+        "150",
+    ]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = command(&[&url], &refs).stdin(Stdio::null()).spawn()?;
     let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
@@ -587,21 +935,44 @@ async fn a_queue_rerun_after_a_kill_reserves_nobody_twice() -> anyhow::Result<()
         if reserved >= 8 {
             break;
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the first run never got to 8");
-        anyhow::ensure!(child.try_wait()?.is_none(), "the first run ended before the kill");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the first run never got to 8"
+        );
+        anyhow::ensure!(
+            child.try_wait()?.is_none(),
+            "the first run ended before the kill"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child.start_kill()?;
     let status = child.wait().await?;
     assert!(!status.success(), "killed: {status:?}");
     let before = reservations(&server).await?.len();
-    assert!((8..20).contains(&before), "killed half-way: {before} reserved");
+    assert!(
+        (8..20).contains(&before),
+        "killed half-way: {before} reserved"
+    );
 
     // The re-run finishes the queue.
-    let again = run_as(&url, &["--lang", "en", "queue", &file_arg, "--results", &results_arg]).await?;
+    let again = run_as(
+        &url,
+        &[
+            "--lang",
+            "en",
+            "queue",
+            &file_arg,
+            "--results",
+            &results_arg,
+        ],
+    )
+    .await?;
     assert_eq!(again.code, 0, "{again:?}");
     assert!(again.stdout.contains("Resuming: "), "{again:?}");
-    assert!(!again.stdout.contains("ACTIVATE IKD NOW"), "nobody else is cut off: {again:?}");
+    assert!(
+        !again.stdout.contains("ACTIVATE IKD NOW"),
+        "nobody else is cut off: {again:?}"
+    );
 
     let all = reservations(&server).await?;
     assert_eq!(all.len(), 20, "exactly the quota, nobody twice: {all:?}");
@@ -617,12 +988,20 @@ async fn a_queue_rerun_after_a_kill_reserves_nobody_twice() -> anyhow::Result<()
             .get(&ticket.to_string())
             .map(|o| o.iter().filter(|x| x.as_str() != "error").collect())
             .unwrap_or_default();
-        let want = if ticket <= 20 { "reserved" } else { "ikd_forecast" };
+        let want = if ticket <= 20 {
+            "reserved"
+        } else {
+            "ikd_forecast"
+        };
         assert_eq!(final_outcomes, vec![want], "ticket {ticket}");
     }
 
     // A third run changes nothing.
-    let third = run_as(&url, &["--json", "queue", &file_arg, "--results", &results_arg]).await?;
+    let third = run_as(
+        &url,
+        &["--json", "queue", &file_arg, "--results", &results_arg],
+    )
+    .await?;
     assert_eq!(third.code, 0, "{third:?}");
     let summary = third.json()?.pop().context("no summary")?;
     assert_eq!(summary["earlier"], 35, "{summary}");
@@ -652,8 +1031,18 @@ async fn calls_fail_over_from_a_dead_endpoint_to_a_live_one() -> anyhow::Result<
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let status = client(&servers, &refs, None).await?;
     assert_eq!(status.code, 0, "{status:?}");
-    assert!(status.stderr.contains(&format!("Server {dead}: tidak terjangkau")), "{status:?}");
-    assert!(status.stdout.contains(&format!("Server {}: SERVING", server.url)), "{status:?}");
+    assert!(
+        status
+            .stderr
+            .contains(&format!("Server {dead}: tidak terjangkau")),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .stdout
+            .contains(&format!("Server {}: SERVING", server.url)),
+        "{status:?}"
+    );
     assert!(status.stdout.contains("sisa 6"), "{status:?}");
 
     // A queue run with the dead endpoint first in the list.
@@ -695,28 +1084,50 @@ async fn server_process_on(
     let url = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(url.clone())?
+            .connect()
+            .await
+        {
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
             if health
-                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
-                .is_ok_and(|r| r.into_inner().status() == tonic_health::pb::health_check_response::ServingStatus::Serving)
+                .is_ok_and(|r| {
+                    r.into_inner().status()
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving
+                })
             {
                 return Ok(child);
             }
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "server on port {port} never served");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "server on port {port} never served"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-async fn stock_at(url: &str) -> anyhow::Result<blangko_proto::v1::stock_service_client::StockServiceClient<tonic::transport::Channel>> {
-    Ok(blangko_proto::v1::stock_service_client::StockServiceClient::connect(url.to_string()).await?)
+async fn stock_at(
+    url: &str,
+) -> anyhow::Result<
+    blangko_proto::v1::stock_service_client::StockServiceClient<tonic::transport::Channel>,
+> {
+    Ok(
+        blangko_proto::v1::stock_service_client::StockServiceClient::connect(url.to_string())
+            .await?,
+    )
 }
 
 async fn reserve_at(url: &str, n: u32) -> anyhow::Result<()> {
-    let mut counter = blangko_proto::v1::counter_service_client::CounterServiceClient::connect(url.to_string()).await?;
-    counter.reserve(fixtures::reserve_request("3275", "mpp", n)).await?;
+    let mut counter =
+        blangko_proto::v1::counter_service_client::CounterServiceClient::connect(url.to_string())
+            .await?;
+    counter
+        .reserve(fixtures::reserve_request("3275", "mpp", n))
+        .await?;
     Ok(())
 }
 
@@ -757,24 +1168,40 @@ async fn watch_prints_one_line_per_change_and_survives_a_server_restart() -> any
     assert_eq!(v["quota"]["remaining"], 8, "after the restart: {v}");
 
     let status = tokio::time::timeout(Duration::from_secs(30), watch.wait()).await??;
-    assert!(status.success(), "--max-updates 3 ends it with exit 0: {status:?}");
+    assert!(
+        status.success(),
+        "--max-updates 3 ends it with exit 0: {status:?}"
+    );
     let mut rest = String::new();
     use tokio::io::AsyncReadExt;
     stdout.read_to_string(&mut rest).await?;
-    assert!(rest.trim().is_empty(), "nothing after the third update: {rest}");
+    assert!(
+        rest.trim().is_empty(),
+        "nothing after the third update: {rest}"
+    );
     let mut stderr = String::new();
     if let Some(mut e) = watch.stderr.take() {
         e.read_to_string(&mut stderr).await?;
     }
-    assert!(stderr.contains("Koneksi terputus; menyambung ulang"), "{stderr}");
+    assert!(
+        stderr.contains("Koneksi terputus; menyambung ulang"),
+        "{stderr}"
+    );
 
     // Human lines, English, bounded by --for.
     let args = who(&["--lang", "en", "watch", "--for", "1"]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let human = client(&[&url], &refs, None).await?;
     assert_eq!(human.code, 0, "{human:?}");
-    assert_eq!(human.stdout.lines().count(), 1, "no change, one line: {human:?}");
-    assert!(human.stdout.contains("3275/mpp: quota 10  held 2"), "{human:?}");
+    assert_eq!(
+        human.stdout.lines().count(),
+        1,
+        "no change, one line: {human:?}"
+    );
+    assert!(
+        human.stdout.contains("3275/mpp: quota 10  held 2"),
+        "{human:?}"
+    );
     Ok(())
 }
 
@@ -832,7 +1259,10 @@ async fn the_interactive_counter_is_driven_through_stdin() -> anyhow::Result<()>
         };
         at += found + text.len();
     }
-    assert!(out.contains("[sisa kuota 0/1"), "the quota stays in view: {out}");
+    assert!(
+        out.contains("[sisa kuota 0/1"),
+        "the quota stays in view: {out}"
+    );
     assert_no_clear_nik(&run, [1, 2]);
 
     let all = reservations(&server).await?;
@@ -848,8 +1278,222 @@ async fn the_interactive_counter_is_driven_through_stdin() -> anyhow::Result<()>
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let en = client(&[url], &refs, Some(&script)).await?;
     assert_eq!(en.code, 0, "{en:?}");
-    assert!(en.stdout.contains("Forecast: of 2 waiting at this counter, 0 can be served today"), "{en:?}");
-    assert!(en.stdout.contains("REFER TO IKD ACTIVATION: today's quota is used up (QUOTA_EXHAUSTED)"), "{en:?}");
+    assert!(
+        en.stdout
+            .contains("Forecast: of 2 waiting at this counter, 0 can be served today"),
+        "{en:?}"
+    );
+    assert!(
+        en.stdout
+            .contains("REFER TO IKD ACTIVATION: today's quota is used up (QUOTA_EXHAUSTED)"),
+        "{en:?}"
+    );
     assert!(en.stdout.contains("Goodbye."), "{en:?}");
+    Ok(())
+}
+
+/// A tmux server of this test alone (its own socket), killed at the end.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = std::process::Command::new("tmux");
+        cmd.arg("-L").arg(&self.socket).args(args);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("BLANGKO_") || key == "TMUX" {
+                cmd.env_remove(key);
+            }
+        }
+        let output = cmd.output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn screen(&self) -> anyhow::Result<String> {
+        self.run(&["capture-pane", "-p", "-J", "-S", "-", "-t", "counter"])
+    }
+
+    /// Waits until the screen shows `text` `count` times.
+    async fn wait_for(&self, text: &str, count: usize) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let screen = self.screen()?;
+            if screen.matches(text).count() >= count {
+                return Ok(screen);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{text:?} never appeared:\n{screen}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn keys(&self, keys: &str) -> anyhow::Result<()> {
+        self.run(&["send-keys", "-t", "counter", "-l", keys])?;
+        self.run(&["send-keys", "-t", "counter", "Enter"])?;
+        Ok(())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interactive_counter_works_on_a_real_terminal_under_tmux() -> anyhow::Result<()> {
+    if std::process::Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!("tmux is not installed: this test needs it (apt-get install tmux); skipped");
+        return Ok(());
+    }
+    let server = server_with(1, 10).await?;
+    let tmux = Tmux {
+        socket: format!("blangko-e2e-{}-{:x}", std::process::id(), rand_suffix()),
+    };
+    let program = format!(
+        "{} --server {} --office 3275 --service-point mpp --counter loket-1 --lang en counter --waiting 2; sleep 60",
+        counter_bin().display(),
+        server.url
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-x",
+        "200",
+        "-y",
+        "50",
+        "-s",
+        "counter",
+        &program,
+    ])?;
+    tmux.wait_for("> ", 1).await?;
+    let screen = tmux.wait_for("[quota left 1/1", 1).await?;
+    assert!(
+        screen.contains("queue here 2 → 1 served, 1 to IKD"),
+        "{screen}"
+    );
+
+    tmux.keys("")?;
+    tmux.wait_for("NIK: ", 1).await?;
+    tmux.keys(&nik(7))?;
+    tmux.wait_for("Reason (1 new recording", 1).await?;
+    tmux.keys("first-time-voter")?;
+    tmux.wait_for("IKD (a = active", 1).await?;
+    tmux.keys("a")?;
+    let screen = tmux.wait_for("HELD ", 1).await?;
+    assert!(screen.contains(&format!("NIK {}", masked(7))), "{screen}");
+    assert!(screen.contains("reason first-time voter"), "{screen}");
+    tmux.wait_for("[quota left 0/1", 1).await?;
+    tmux.keys("c")?;
+    tmux.wait_for("COMMITTED ", 1).await?;
+    tmux.keys("quit")?;
+    let screen = tmux.wait_for("Goodbye.", 1).await?;
+    // The officer's own typing is on the screen; nothing the program printed shows the NIK.
+    let printed: String = screen
+        .lines()
+        .filter(|l| !l.starts_with("NIK: "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!printed.contains(&nik(7)), "{screen}");
+
+    let all = reservations(&server).await?;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].state(), ReservationState::Committed);
+    Ok(())
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_forecast_follows_the_live_quota_while_reserving() -> anyhow::Result<()> {
+    let server = server_with(10, 100).await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("antrean.csv");
+    std::fs::write(&file, queue_csv(10))?;
+    let results = dir.path().join("hasil.jsonl");
+    let args = who(&[
+        "--json",
+        "queue",
+        &file.display().to_string(),
+        "--results",
+        &results.display().to_string(),
+        "--pace-ms",
+        "300",
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = command(&[&server.url], &refs)
+        .stdin(Stdio::null())
+        .spawn()?;
+
+    // Once two are reserved, another counter takes three slots.
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    while outcomes(&results)?
+        .values()
+        .filter(|o| o.iter().any(|x| x == "reserved"))
+        .count()
+        < 2
+    {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never got to 2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut other = server.counter_client().await?;
+    for n in 101..=103 {
+        let mut request = fixtures::reserve_request("3275", "mpp", n);
+        request.counter_id = "loket-2".into();
+        other.reserve(request).await?;
+    }
+
+    let output = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output()).await??;
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert_eq!(run.code, 0, "{run:?}");
+    let events = run.json()?;
+    let kind = |v: &Value| v["event"].as_str().unwrap_or("").to_string();
+    let forecasts: Vec<u64> = events
+        .iter()
+        .filter(|v| kind(v) == "forecast")
+        .filter_map(|v| v["expected_served"].as_u64())
+        .collect();
+    assert_eq!(forecasts.first(), Some(&10), "{run:?}");
+    assert!(
+        forecasts.len() >= 2,
+        "a second forecast after the others took quota: {run:?}"
+    );
+    let told: Vec<String> = events
+        .iter()
+        .filter(|v| kind(v) == "ikd_forecast")
+        .map(|v| v["ticket"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        told,
+        ["8", "9", "10"],
+        "the new tail is told at once: {run:?}"
+    );
+    let first_row = events.iter().position(|v| kind(v) == "row");
+    let first_told = events.iter().position(|v| kind(v) == "ikd_forecast");
+    assert!(first_row < first_told, "told while reserving: {run:?}");
+    assert_eq!(reservations(&server).await?.len(), 7);
+    let q = quota(&server).await?;
+    assert_eq!((q.held, q.remaining), (10, 0));
     Ok(())
 }

@@ -57,6 +57,9 @@ CREATE TABLE quota_days (
 CREATE TABLE reservations (
     reservation_id   TEXT   PRIMARY KEY,
     office_id        TEXT   NOT NULL,
+    -- The office ledger's sequence number of the RESERVE entry: orders an office's
+    -- reservations exactly, even when several are made in the same millisecond.
+    office_seq       BIGINT NOT NULL,
     service_point_id TEXT   NOT NULL,
     counter_id       TEXT   NOT NULL,
     local_date       TEXT   NOT NULL,
@@ -76,7 +79,7 @@ CREATE UNIQUE INDEX reservations_one_live_per_nik_day
     ON reservations (nik_hash, local_date) WHERE state IN ('HELD', 'COMMITTED');
 CREATE INDEX reservations_by_service_point ON reservations (office_id, service_point_id, local_date, state);
 CREATE INDEX reservations_due ON reservations (state, expires_ms);
-CREATE INDEX reservations_by_office_created ON reservations (office_id, created_ms);
+CREATE INDEX reservations_by_office_seq ON reservations (office_id, office_seq);
 
 -- Answers to mutating calls, by request_id, so that a retry gets the first answer again.
 CREATE TABLE idempotency (

@@ -285,9 +285,9 @@ impl Engine {
         counter_id: &str,
         state: ReservationState,
         local_date: Option<NaiveDate>,
-        before: Option<(i64, String)>,
+        before_seq: Option<i64>,
         page_size: u32,
-    ) -> EngineResult<(Vec<Reservation>, Option<(i64, String)>)> {
+    ) -> EngineResult<(Vec<Reservation>, Option<i64>)> {
         let mut conn = self.store.reader().acquire().await?;
         let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
         let zone = zone_of(&office)?;
@@ -307,15 +307,14 @@ impl Engine {
             counter_id,
             state_text,
             &date,
-            before,
+            before_seq,
             i64::from(page_size) + 1,
         )
         .await?;
         let more = rows.len() > page_size as usize;
         let page: Vec<_> = rows.into_iter().take(page_size as usize).collect();
         let next = if more {
-            page.last()
-                .map(|r| (r.created_ms, r.reservation_id.clone()))
+            page.last().map(|r| r.office_seq)
         } else {
             None
         };

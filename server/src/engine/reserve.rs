@@ -127,14 +127,30 @@ impl Engine {
             )),
             None => {
                 let is_priority = priority_reasons(&policy).contains(&cmd.reason);
+                let reservation_id = new_reservation_id();
+                let masked_nik = cmd.nik.masked();
+                qd.held += 1;
+                if is_priority {
+                    qd.priority_used += 1;
+                }
+                check_quota_invariant(&qd)?;
+                rows::update_quota_day(conn, &qd).await?;
+                let mut entry = NewEntry::of(LedgerEntryKind::Reserve);
+                entry.held_delta = 1;
+                entry.service_point_id = cmd.service_point_id.clone();
+                entry.reservation_id = reservation_id.clone();
+                entry.masked_nik = masked_nik.clone();
+                ledger::append(conn, &mut office, entry, &cmd.principal, now, &date).await?;
+                rows::update_office_stock(conn, &office).await?;
                 let reservation = ReservationRow {
-                    reservation_id: new_reservation_id(),
+                    reservation_id,
                     office_id: cmd.office_id.clone(),
+                    office_seq: office.ledger_seq,
                     service_point_id: cmd.service_point_id.clone(),
                     counter_id: cmd.counter_id.clone(),
                     local_date: date.clone(),
                     nik_hash: nik_hash.to_string(),
-                    masked_nik: cmd.nik.masked(),
+                    masked_nik,
                     reason: i64::from(cmd.reason),
                     priority: is_priority,
                     ikd_status: i64::from(cmd.ikd_status),
@@ -145,19 +161,6 @@ impl Engine {
                     spoiled_count: 0,
                 };
                 rows::insert_reservation(conn, &reservation).await?;
-                qd.held += 1;
-                if is_priority {
-                    qd.priority_used += 1;
-                }
-                check_quota_invariant(&qd)?;
-                rows::update_quota_day(conn, &qd).await?;
-                let mut entry = NewEntry::of(LedgerEntryKind::Reserve);
-                entry.held_delta = 1;
-                entry.service_point_id = cmd.service_point_id.clone();
-                entry.reservation_id = reservation.reservation_id.clone();
-                entry.masked_nik = reservation.masked_nik.clone();
-                ledger::append(conn, &mut office, entry, &cmd.principal, now, &date).await?;
-                rows::update_office_stock(conn, &office).await?;
                 Outcome::Reservation(reservation_to_proto(&reservation, false))
             }
         };

@@ -232,9 +232,7 @@ impl CounterService for CounterApi {
             .await?;
         Ok(Response::new(ListReservationsResponse {
             reservations,
-            next_page_token: next
-                .map(|(ms, id)| format!("{ms}:{id}"))
-                .unwrap_or_default(),
+            next_page_token: next.map(|seq| seq.to_string()).unwrap_or_default(),
         }))
     }
 
@@ -312,11 +310,6 @@ impl CounterService for CounterApi {
     }
 }
 
-fn parse_reservation_token(token: &str) -> Option<(i64, String)> {
-    let (ms, id) = token.split_once(':')?;
-    let ms = ms.parse().ok()?;
-    if id.is_empty() || id.len() > validate::MAX_ID_CHARS {
-        return None;
-    }
-    Some((ms, id.to_string()))
+fn parse_reservation_token(token: &str) -> Option<i64> {
+    token.parse().ok().filter(|seq: &i64| *seq > 0)
 }

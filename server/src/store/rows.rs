@@ -331,6 +331,7 @@ pub async fn quota_days_of_office(
 pub struct ReservationRow {
     pub reservation_id: String,
     pub office_id: String,
+    pub office_seq: i64,
     pub service_point_id: String,
     pub counter_id: String,
     pub local_date: String,
@@ -346,13 +347,14 @@ pub struct ReservationRow {
     pub spoiled_count: i64,
 }
 
-const RESERVATION_COLUMNS: &str = "reservation_id, office_id, service_point_id, counter_id, local_date, nik_hash, masked_nik, reason, priority, ikd_status, state, created_ms, expires_ms, committed_ms, spoiled_count";
+const RESERVATION_COLUMNS: &str = "reservation_id, office_id, office_seq, service_point_id, counter_id, local_date, nik_hash, masked_nik, reason, priority, ikd_status, state, created_ms, expires_ms, committed_ms, spoiled_count";
 
 impl ReservationRow {
     fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
         Ok(ReservationRow {
             reservation_id: row.try_get("reservation_id")?,
             office_id: row.try_get("office_id")?,
+            office_seq: row.try_get("office_seq")?,
             service_point_id: row.try_get("service_point_id")?,
             counter_id: row.try_get("counter_id")?,
             local_date: row.try_get("local_date")?,
@@ -406,8 +408,8 @@ pub async fn insert_reservation(
     r: &ReservationRow,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO reservations (reservation_id, office_id, service_point_id, counter_id, local_date, nik_hash, masked_nik, reason, priority, ikd_status, state, created_ms, expires_ms, committed_ms, spoiled_count)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        "INSERT INTO reservations (reservation_id, office_id, service_point_id, counter_id, local_date, nik_hash, masked_nik, reason, priority, ikd_status, state, created_ms, expires_ms, committed_ms, spoiled_count, office_seq)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(&r.reservation_id)
     .bind(&r.office_id)
@@ -424,6 +426,7 @@ pub async fn insert_reservation(
     .bind(r.expires_ms)
     .bind(r.committed_ms)
     .bind(r.spoiled_count)
+    .bind(r.office_seq)
     .execute(conn)
     .await?;
     Ok(())
@@ -483,7 +486,7 @@ pub async fn offices_with_due_holds(
 }
 
 /// Reservations of an office, newest first, with optional filters and a keyset cursor
-/// (`before` = (created_ms, reservation_id) of the last row of the previous page).
+/// (`before_seq` = office_seq of the last row of the previous page).
 #[allow(clippy::too_many_arguments)]
 pub async fn reservations_page(
     conn: &mut AnyConnection,
@@ -492,16 +495,15 @@ pub async fn reservations_page(
     counter_id: &str,
     state: &str,
     local_date: &str,
-    before: Option<(i64, String)>,
+    before_seq: Option<i64>,
     limit: i64,
 ) -> Result<Vec<ReservationRow>, sqlx::Error> {
-    let (before_ms, before_id) = before.unwrap_or((i64::MAX, String::new()));
     let sql = format!(
         "SELECT {RESERVATION_COLUMNS} FROM reservations
          WHERE office_id = $1 AND ($2 = '' OR service_point_id = $2) AND ($3 = '' OR counter_id = $3)
            AND ($4 = '' OR state = $4) AND local_date = $5
-           AND (created_ms < $6 OR (created_ms = $6 AND ($7 = '' OR reservation_id < $7)))
-         ORDER BY created_ms DESC, reservation_id DESC LIMIT $8"
+           AND office_seq < $6
+         ORDER BY office_seq DESC LIMIT $7"
     );
     let rows = sqlx::query(&sql)
         .bind(office_id)
@@ -509,8 +511,7 @@ pub async fn reservations_page(
         .bind(counter_id)
         .bind(state)
         .bind(local_date)
-        .bind(before_ms)
-        .bind(before_id)
+        .bind(before_seq.unwrap_or(i64::MAX))
         .bind(limit)
         .fetch_all(conn)
         .await?;
