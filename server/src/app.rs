@@ -51,7 +51,7 @@ impl Application {
         })
         .await?;
         let nik_key = load_nik_key(&config, &store)?;
-        let engine = Arc::new(Engine::new(store, clock, nik_key, config.max_watchers));
+        let engine = Engine::shared(store, clock, nik_key, config.max_watchers);
         if config.demo {
             crate::demo::seed(&engine)
                 .await
@@ -123,6 +123,12 @@ impl Application {
             stop_rx.clone(),
         ));
 
+        let change_listener = (engine.store.kind() == DatabaseKind::Postgres).then(|| {
+            tokio::spawn(
+                Arc::clone(&engine).run_change_listener(config.database.clone(), stop_rx.clone()),
+            )
+        });
+
         // The signal: health goes NOT_SERVING first (load balancers stop sending), then the
         // stop flag ends open streams and starts tonic's graceful shutdown.
         let stopper = {
@@ -177,6 +183,9 @@ impl Application {
         };
         stopper.abort();
         let _ = sweeper.await;
+        if let Some(change_listener) = change_listener {
+            let _ = change_listener.await;
+        }
         engine.store.close().await;
         tracing::info!("stopped");
         result

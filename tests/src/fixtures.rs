@@ -63,7 +63,9 @@ pub async fn office(
         })
         .await?
         .into_inner();
-    response.office.ok_or_else(|| anyhow::anyhow!("no office in answer"))
+    response
+        .office
+        .ok_or_else(|| anyhow::anyhow!("no office in answer"))
 }
 
 /// Creates (or updates) a service point serving every day with `policy`.
@@ -106,7 +108,9 @@ pub async fn ship(
         })
         .await?
         .into_inner();
-    response.stock.ok_or_else(|| anyhow::anyhow!("no stock in answer"))
+    response
+        .stock
+        .ok_or_else(|| anyhow::anyhow!("no stock in answer"))
 }
 
 /// An office with one service point of FIXED `quota` and `stock` blanks on hand.

@@ -153,7 +153,10 @@ impl TestServer {
     }
 
     /// A server inside the test process on `db`, with extra flags.
-    pub async fn start_on(db: Arc<TestDatabase>, extra_args: &[&str]) -> anyhow::Result<TestServer> {
+    pub async fn start_on(
+        db: Arc<TestDatabase>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<TestServer> {
         let clock = Arc::new(blangko_server::clock::SystemClock::default());
         Self::start_with_clock(db, extra_args, clock).await
     }
@@ -165,7 +168,8 @@ impl TestServer {
         clock: Arc<dyn blangko_server::clock::Clock>,
     ) -> anyhow::Result<TestServer> {
         let args = server_args(&db, extra_args);
-        let config = Config::try_parse_from(std::iter::once("blangko-server".to_string()).chain(args))?;
+        let config =
+            Config::try_parse_from(std::iter::once("blangko-server".to_string()).chain(args))?;
         let app = Application::build_with_clock(config, clock).await?;
         let addr = app.local_addr()?;
         let engine = app.engine();

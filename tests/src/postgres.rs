@@ -70,7 +70,10 @@ impl Drop for PgDatabase {
         // Drop runs outside any async context we can rely on: use a short-lived runtime on a
         // thread of its own.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async {
@@ -164,7 +167,17 @@ to run without PostgreSQL set BLANGKO_SKIP_POSTGRES=1",
     }
     let out = pg_command(
         &bin.join("initdb"),
-        &["-D", &data.display().to_string(), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
+        &[
+            "-D",
+            &data.display().to_string(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
     )
     .output()?;
     anyhow::ensure!(
@@ -179,7 +192,18 @@ to run without PostgreSQL set BLANGKO_SKIP_POSTGRES=1",
     let log = dir.join("postgres.log").display().to_string();
     let out = pg_command(
         &bin.join("pg_ctl"),
-        &["-D", &data.display().to_string(), "-o", &options, "-l", &log, "-w", "-t", "60", "start"],
+        &[
+            "-D",
+            &data.display().to_string(),
+            "-o",
+            &options,
+            "-l",
+            &log,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
     )
     .output()?;
     anyhow::ensure!(
@@ -199,7 +223,11 @@ to run without PostgreSQL set BLANGKO_SKIP_POSTGRES=1",
                 data.display()
             )
         } else {
-            format!("{} -D {} -m immediate stop", bin.join("pg_ctl").display(), data.display())
+            format!(
+                "{} -D {} -m immediate stop",
+                bin.join("pg_ctl").display(),
+                data.display()
+            )
         }
     );
     Command::new("sh")
@@ -222,6 +250,9 @@ mod tests {
             replace_database("postgres://u:p@h:5432/postgres?sslmode=disable", "t1"),
             "postgres://u:p@h:5432/t1?sslmode=disable"
         );
-        assert_eq!(replace_database("postgres://u@h:1/postgres", "t2"), "postgres://u@h:1/t2");
+        assert_eq!(
+            replace_database("postgres://u@h:1/postgres", "t2"),
+            "postgres://u@h:1/t2"
+        );
     }
 }

@@ -627,6 +627,18 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
         "{commit_again:?}"
     );
 
+    let commit_json = run_as(url, &["--json", "commit", &ids[0]]).await?;
+    assert_eq!(commit_json.code, 0, "{commit_json:?}");
+    let v = commit_json.one_json()?;
+    assert_eq!(v["outcome"], "committed");
+    assert_eq!(v["reservation"]["state"], "COMMITTED");
+    assert!(
+        v["reservation"]["committed_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("+07:00")),
+        "{v}"
+    );
+
     // cancel: slot and blank return.
     let cancel = run_as(
         url,
@@ -643,6 +655,13 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
             .stdout
             .starts_with(&format!("DIBATALKAN {}", ids[1])),
         "{cancel_id:?}"
+    );
+    let cancel_en = run_as(url, &["--lang", "en", "cancel", &ids[1]]).await?;
+    assert!(
+        cancel_en
+            .stdout
+            .starts_with(&format!("CANCELLED {}", ids[1])),
+        "{cancel_en:?}"
     );
 
     // A commit on a cancelled reservation: refused, explained, exit 1.
@@ -1188,7 +1207,17 @@ async fn watch_prints_one_line_per_change_and_survives_a_server_restart() -> any
         "{stderr}"
     );
 
-    // Human lines, English, bounded by --for.
+    // Human lines, Indonesian and English, bounded by --for.
+    let args = who(&["watch", "--for", "1"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = client(&[&url], &refs, None).await?;
+    assert_eq!(id.code, 0, "{id:?}");
+    assert_eq!(id.stdout.lines().count(), 1, "no change, one line: {id:?}");
+    assert!(
+        id.stdout
+            .contains("3275/mpp: kuota 10  ditahan 2  dicetak 0  sisa 8"),
+        "{id:?}"
+    );
     let args = who(&["--lang", "en", "watch", "--for", "1"]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let human = client(&[&url], &refs, None).await?;
@@ -1289,6 +1318,19 @@ async fn the_interactive_counter_is_driven_through_stdin() -> anyhow::Result<()>
         "{en:?}"
     );
     assert!(en.stdout.contains("Goodbye."), "{en:?}");
+
+    // --json: results as JSON objects on stdout, the prompts and the screen on stderr.
+    let args = who(&["--json", "counter"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let json = client(&[url], &refs, Some("antrean 4\nkeluar\n")).await?;
+    assert_eq!(json.code, 0, "{json:?}");
+    let v = json.one_json()?;
+    assert_eq!(v["event"], "forecast");
+    assert_eq!(
+        (v["waiting"].as_u64(), v["expected_served"].as_u64()),
+        (Some(4), Some(0))
+    );
+    assert!(json.stderr.contains("[sisa kuota 0/1"), "{json:?}");
     Ok(())
 }
 
@@ -1305,6 +1347,10 @@ impl Tmux {
             if key.starts_with("BLANGKO_") || key == "TMUX" {
                 cmd.env_remove(key);
             }
+        }
+        // CI may run without a terminal type; tmux makes its own terminal anyway.
+        if std::env::var_os("TERM").is_none() {
+            cmd.env("TERM", "xterm");
         }
         let output = cmd.output()?;
         anyhow::ensure!(
@@ -1495,5 +1541,82 @@ async fn the_queue_forecast_follows_the_live_quota_while_reserving() -> anyhow::
     assert_eq!(reservations(&server).await?.len(), 7);
     let q = quota(&server).await?;
     assert_eq!((q.held, q.remaining), (10, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_stopped_by_a_dead_server_resumes_after_the_restart() -> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut first = server_process_on(&db, port).await?;
+    office_with_point(&mut stock_at(&url).await?, "3275", "mpp", 10, 100).await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("antrean.csv");
+    std::fs::write(&file, queue_csv(12))?;
+    let file_arg = file.display().to_string();
+    let results = dir.path().join("antrean.results.csv");
+
+    let args = who(&[
+        "--retries",
+        "1",
+        "--timeout",
+        "2",
+        "queue",
+        &file_arg,
+        "--pace-ms",
+        "200",
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = command(&[&url], &refs).stdin(Stdio::null()).spawn()?;
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(&results).unwrap_or_default();
+        if text.matches(",reserved,").count() >= 3 {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never got to 3");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.start_kill()?;
+    first.wait().await?;
+    let output = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output()).await??;
+    let stopped = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert_eq!(stopped.code, 1, "{stopped:?}");
+    assert!(
+        stopped
+            .stderr
+            .contains("Antrean berhenti. Jalankan perintah yang sama lagi"),
+        "{stopped:?}"
+    );
+    assert!(!stopped.all().contains("panicked"), "{stopped:?}");
+
+    let _second = server_process_on(&db, port).await?;
+    let again = run_as(&url, &["queue", &file_arg]).await?;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stdout.contains("Melanjutkan: "), "{again:?}");
+    let mut counter =
+        blangko_proto::v1::counter_service_client::CounterServiceClient::connect(url.clone())
+            .await?;
+    let all = counter
+        .list_reservations(ListReservationsRequest {
+            office_id: "3275".into(),
+            counter_id: "loket-1".into(),
+            page_size: 500,
+            ..ListReservationsRequest::default()
+        })
+        .await?
+        .into_inner()
+        .reservations;
+    assert_eq!(all.len(), 10, "{all:?}");
+    let distinct: HashSet<&str> = all.iter().map(|r| r.masked_nik.as_str()).collect();
+    assert_eq!(distinct.len(), 10);
+    let text = std::fs::read_to_string(&results)?;
+    assert_eq!(text.matches(",reserved,").count(), 10, "{text}");
+    assert_eq!(text.matches(",ikd_forecast,").count(), 2, "{text}");
     Ok(())
 }

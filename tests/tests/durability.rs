@@ -102,26 +102,54 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() -> anyhow::Result<()> {
         }
         token = page.next_page_token;
     }
-    let by_id: std::collections::HashMap<&str, &Reservation> =
-        found.iter().map(|r| (r.reservation_id.as_str(), r)).collect();
+    let by_id: std::collections::HashMap<&str, &Reservation> = found
+        .iter()
+        .map(|r| (r.reservation_id.as_str(), r))
+        .collect();
     for id in &reserved {
-        let r = by_id.get(id.as_str()).ok_or_else(|| anyhow::anyhow!("acknowledged reservation {id} lost"))?;
-        assert!(matches!(r.state(), ReservationState::Held | ReservationState::Committed));
+        let r = by_id
+            .get(id.as_str())
+            .ok_or_else(|| anyhow::anyhow!("acknowledged reservation {id} lost"))?;
+        assert!(matches!(
+            r.state(),
+            ReservationState::Held | ReservationState::Committed
+        ));
     }
     for id in &committed {
-        assert_eq!(by_id[id.as_str()].state(), ReservationState::Committed, "acknowledged commit {id} lost");
+        assert_eq!(
+            by_id[id.as_str()].state(),
+            ReservationState::Committed,
+            "acknowledged commit {id} lost"
+        );
     }
-    let held = found.iter().filter(|r| r.state() == ReservationState::Held).count() as u32;
-    let printed = found.iter().filter(|r| r.state() == ReservationState::Committed).count() as u32;
+    let held = found
+        .iter()
+        .filter(|r| r.state() == ReservationState::Held)
+        .count() as u32;
+    let printed = found
+        .iter()
+        .filter(|r| r.state() == ReservationState::Committed)
+        .count() as u32;
     let q = counter
-        .get_quota(GetQuotaRequest { office_id: "3275".into(), service_point_id: "main".into() })
+        .get_quota(GetQuotaRequest {
+            office_id: "3275".into(),
+            service_point_id: "main".into(),
+        })
         .await?
         .into_inner()
         .quota
         .unwrap_or_default();
-    assert_eq!((q.held, q.committed), (held, printed), "counters agree with the rows");
+    assert_eq!(
+        (q.held, q.committed),
+        (held, printed),
+        "counters agree with the rows"
+    );
     assert!(q.held + q.committed <= q.quota);
-    assert_eq!(q.on_hand, 1000 - printed, "every printed card left the stock once");
+    assert_eq!(
+        q.on_hand,
+        1000 - printed,
+        "every printed card left the stock once"
+    );
     assert_eq!(q.available, 1000 - printed - held);
     Ok(())
 }

@@ -26,7 +26,10 @@ async fn reserve(
     counter: &mut CounterServiceClient<Channel>,
     n: u32,
 ) -> anyhow::Result<Result<Reservation, IkdReferral>> {
-    let answer = counter.reserve(reserve_request("3275", "main", n)).await?.into_inner();
+    let answer = counter
+        .reserve(reserve_request("3275", "main", n))
+        .await?
+        .into_inner();
     match answer.outcome {
         Some(Outcome::Reservation(r)) => Ok(Ok(r)),
         Some(Outcome::IkdReferral(i)) => Ok(Err(i)),
@@ -65,7 +68,9 @@ async fn stock_of(server: &TestServer) -> anyhow::Result<StockLevel> {
     Ok(server
         .stock_client()
         .await?
-        .get_stock(GetStockRequest { office_id: "3275".into() })
+        .get_stock(GetStockRequest {
+            office_id: "3275".into(),
+        })
         .await?
         .into_inner()
         .stock
@@ -79,7 +84,9 @@ async fn a_commit_prints_the_card_once_and_the_blank_leaves_the_stock() -> anyho
         let mut stock = server.stock_client().await?;
         office_with_point(&mut stock, "3275", "main", 5, 10).await?;
         let mut counter = server.counter_client().await?;
-        let r = reserve(&mut counter, 1).await?.map_err(|i| anyhow::anyhow!("{i:?}"))?;
+        let r = reserve(&mut counter, 1)
+            .await?
+            .map_err(|i| anyhow::anyhow!("{i:?}"))?;
         let done = commit(&mut counter, &r.reservation_id).await?;
         let committed = done.reservation.unwrap_or_default();
         assert_eq!(committed.state(), ReservationState::Committed);
@@ -91,7 +98,9 @@ async fn a_commit_prints_the_card_once_and_the_blank_leaves_the_stock() -> anyho
         assert!(again.reservation.unwrap_or_default().replayed);
         assert_eq!(stock_of(&server).await?.on_hand, 9);
         // A printed card cannot be cancelled.
-        let err = cancel(&mut counter, &r.reservation_id).await.expect_err("cancel after print");
+        let err = cancel(&mut counter, &r.reservation_id)
+            .await
+            .expect_err("cancel after print");
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert_eq!(error_reason(&err).as_deref(), Some("RESERVATION_COMMITTED"));
         // An unknown reservation is NOT_FOUND.
@@ -109,22 +118,37 @@ async fn cancels_and_expiries_return_slots_that_later_reserves_take() -> anyhow:
         let mut stock = server.stock_client().await?;
         office_with_point(&mut stock, "3275", "main", 2, 10).await?;
         let mut counter = server.counter_client().await?;
-        let a = reserve(&mut counter, 1).await?.map_err(|_| anyhow::anyhow!("a"))?;
-        let b = reserve(&mut counter, 2).await?.map_err(|_| anyhow::anyhow!("b"))?;
-        let refused = reserve(&mut counter, 3).await?.expect_err("quota 2 is full");
+        let a = reserve(&mut counter, 1)
+            .await?
+            .map_err(|_| anyhow::anyhow!("a"))?;
+        let b = reserve(&mut counter, 2)
+            .await?
+            .map_err(|_| anyhow::anyhow!("b"))?;
+        let refused = reserve(&mut counter, 3)
+            .await?
+            .expect_err("quota 2 is full");
         assert_eq!(refused.cause(), ReferralCause::QuotaExhausted);
 
         // A cancel returns the slot and the blank.
         let cancelled = cancel(&mut counter, &a.reservation_id).await?;
-        assert_eq!(cancelled.reservation.unwrap_or_default().state(), ReservationState::Cancelled);
-        let c = reserve(&mut counter, 3).await?.map_err(|_| anyhow::anyhow!("c takes a's slot"))?;
+        assert_eq!(
+            cancelled.reservation.unwrap_or_default().state(),
+            ReservationState::Cancelled
+        );
+        let c = reserve(&mut counter, 3)
+            .await?
+            .map_err(|_| anyhow::anyhow!("c takes a's slot"))?;
         assert_eq!(stock_of(&server).await?.held, 2);
 
         // 31 minutes later both holds (b, c) have expired: a Reserve takes a slot at once,
         // without waiting for the sweeper.
         clock.advance_ms(31 * MINUTE_MS);
-        let d = reserve(&mut counter, 4).await?.map_err(|_| anyhow::anyhow!("d after expiry"))?;
-        let e = reserve(&mut counter, 5).await?.map_err(|_| anyhow::anyhow!("e after expiry"))?;
+        let d = reserve(&mut counter, 4)
+            .await?
+            .map_err(|_| anyhow::anyhow!("d after expiry"))?;
+        let e = reserve(&mut counter, 5)
+            .await?
+            .map_err(|_| anyhow::anyhow!("e after expiry"))?;
         assert!(reserve(&mut counter, 6).await?.is_err(), "quota full again");
         let s = stock_of(&server).await?;
         assert_eq!((s.on_hand, s.held, s.available), (10, 2, 8));
@@ -137,18 +161,27 @@ async fn cancels_and_expiries_return_slots_that_later_reserves_take() -> anyhow:
             })
             .await?
             .into_inner();
-        let mut expired: Vec<String> = listed.reservations.into_iter().map(|r| r.reservation_id).collect();
+        let mut expired: Vec<String> = listed
+            .reservations
+            .into_iter()
+            .map(|r| r.reservation_id)
+            .collect();
         expired.sort();
         let mut want = vec![b.reservation_id.clone(), c.reservation_id.clone()];
         want.sort();
         assert_eq!(expired, want);
         // Cancelling an expired hold answers OK, unchanged.
         let late = cancel(&mut counter, &b.reservation_id).await?;
-        assert_eq!(late.reservation.unwrap_or_default().state(), ReservationState::Expired);
+        assert_eq!(
+            late.reservation.unwrap_or_default().state(),
+            ReservationState::Expired
+        );
 
         // The sweeper releases holds even when no Reserve comes.
         clock.advance_ms(31 * MINUTE_MS);
-        let engine = server.engine().ok_or_else(|| anyhow::anyhow!("in-process"))?;
+        let engine = server
+            .engine()
+            .ok_or_else(|| anyhow::anyhow!("in-process"))?;
         assert_eq!(engine.sweep_once().await?, 2);
         assert_eq!(stock_of(&server).await?.held, 0);
         let _ = (d, e);
@@ -165,10 +198,15 @@ async fn a_commit_after_expiry_takes_a_slot_again_or_fails_expired() -> anyhow::
         office_with_point(&mut stock, "3275", "main", 1, 10).await?;
         let mut counter = server.counter_client().await?;
         // The slot is still free after expiry: the commit succeeds.
-        let a = reserve(&mut counter, 1).await?.map_err(|_| anyhow::anyhow!("a"))?;
+        let a = reserve(&mut counter, 1)
+            .await?
+            .map_err(|_| anyhow::anyhow!("a"))?;
         clock.advance_ms(40 * MINUTE_MS);
         let late = commit(&mut counter, &a.reservation_id).await?;
-        assert_eq!(late.reservation.unwrap_or_default().state(), ReservationState::Committed);
+        assert_eq!(
+            late.reservation.unwrap_or_default().state(),
+            ReservationState::Committed
+        );
         assert_eq!(late.quota.unwrap_or_default().committed, 1);
 
         // Quota 2 now; b expires and c takes its slot: b's late commit fails.
@@ -181,14 +219,24 @@ async fn a_commit_after_expiry_takes_a_slot_again_or_fails_expired() -> anyhow::
                 todays_quota: Some(2),
             })
             .await?;
-        let b = reserve(&mut counter, 2).await?.map_err(|_| anyhow::anyhow!("b"))?;
+        let b = reserve(&mut counter, 2)
+            .await?
+            .map_err(|_| anyhow::anyhow!("b"))?;
         clock.advance_ms(40 * MINUTE_MS);
-        let _c = reserve(&mut counter, 3).await?.map_err(|_| anyhow::anyhow!("c"))?;
-        let err = commit(&mut counter, &b.reservation_id).await.expect_err("no slot left");
+        let _c = reserve(&mut counter, 3)
+            .await?
+            .map_err(|_| anyhow::anyhow!("c"))?;
+        let err = commit(&mut counter, &b.reservation_id)
+            .await
+            .expect_err("no slot left");
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert_eq!(error_reason(&err).as_deref(), Some("RESERVATION_EXPIRED"));
         let s = stock_of(&server).await?;
-        assert_eq!((s.on_hand, s.held), (9, 1), "b's failed commit took nothing");
+        assert_eq!(
+            (s.on_hand, s.held),
+            (9, 1),
+            "b's failed commit took nothing"
+        );
         Ok(())
     })
     .await
@@ -201,7 +249,9 @@ async fn spoiled_blanks_leave_the_stock_and_the_hold_keeps_its_slot() -> anyhow:
         let mut stock = server.stock_client().await?;
         office_with_point(&mut stock, "3275", "main", 5, 10).await?;
         let mut counter = server.counter_client().await?;
-        let r = reserve(&mut counter, 1).await?.map_err(|_| anyhow::anyhow!("r"))?;
+        let r = reserve(&mut counter, 1)
+            .await?
+            .map_err(|_| anyhow::anyhow!("r"))?;
         let spoil = |id: &str| ReportSpoiledBlankRequest {
             request_id: rid(),
             office_id: "3275".into(),
@@ -211,7 +261,10 @@ async fn spoiled_blanks_leave_the_stock_and_the_hold_keeps_its_slot() -> anyhow:
             note: String::new(),
         };
         for expected in 1..=3u32 {
-            let answer = counter.report_spoiled_blank(spoil(&r.reservation_id)).await?.into_inner();
+            let answer = counter
+                .report_spoiled_blank(spoil(&r.reservation_id))
+                .await?
+                .into_inner();
             let res = answer.reservation.unwrap_or_default();
             assert_eq!(res.state(), ReservationState::Held);
             assert_eq!(res.spoiled_count, expected);
@@ -221,9 +274,19 @@ async fn spoiled_blanks_leave_the_stock_and_the_hold_keeps_its_slot() -> anyhow:
             .report_spoiled_blank(spoil(&r.reservation_id))
             .await
             .expect_err("a fourth spoiled blank");
-        assert_eq!(error_reason(&err).as_deref(), Some("SPOILAGE_LIMIT_REACHED"));
-        let q = commit(&mut counter, &r.reservation_id).await?.quota.unwrap_or_default();
-        assert_eq!((q.committed, q.on_hand), (1, 6), "3 spoiled + 1 printed left the stock");
+        assert_eq!(
+            error_reason(&err).as_deref(),
+            Some("SPOILAGE_LIMIT_REACHED")
+        );
+        let q = commit(&mut counter, &r.reservation_id)
+            .await?
+            .quota
+            .unwrap_or_default();
+        assert_eq!(
+            (q.committed, q.on_hand),
+            (1, 6),
+            "3 spoiled + 1 printed left the stock"
+        );
         assert_eq!(q.quota, 5, "spoiled blanks never count against the quota");
 
         // A defective blank found in stock, without a reservation.
@@ -236,13 +299,16 @@ async fn spoiled_blanks_leave_the_stock_and_the_hold_keeps_its_slot() -> anyhow:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_spoiled_blank_with_no_blank_left_cancels_the_hold_with_an_ikd_referral() -> anyhow::Result<()> {
+async fn a_spoiled_blank_with_no_blank_left_cancels_the_hold_with_an_ikd_referral()
+-> anyhow::Result<()> {
     on_each_backend(|db| async move {
         let (server, _clock) = server_at(db).await?;
         let mut stock = server.stock_client().await?;
         office_with_point(&mut stock, "3275", "main", 5, 1).await?;
         let mut counter = server.counter_client().await?;
-        let r = reserve(&mut counter, 1).await?.map_err(|_| anyhow::anyhow!("r"))?;
+        let r = reserve(&mut counter, 1)
+            .await?
+            .map_err(|_| anyhow::anyhow!("r"))?;
         let answer = counter
             .report_spoiled_blank(ReportSpoiledBlankRequest {
                 request_id: rid(),
@@ -254,8 +320,14 @@ async fn a_spoiled_blank_with_no_blank_left_cancels_the_hold_with_an_ikd_referra
             })
             .await?
             .into_inner();
-        assert_eq!(answer.reservation.unwrap_or_default().state(), ReservationState::Cancelled);
-        assert_eq!(answer.ikd_referral.unwrap_or_default().cause(), ReferralCause::OutOfStock);
+        assert_eq!(
+            answer.reservation.unwrap_or_default().state(),
+            ReservationState::Cancelled
+        );
+        assert_eq!(
+            answer.ikd_referral.unwrap_or_default().cause(),
+            ReferralCause::OutOfStock
+        );
         assert_eq!((answer.on_hand, answer.available), (0, 0));
         let s = stock_of(&server).await?;
         assert_eq!((s.on_hand, s.held), (0, 0));
@@ -277,7 +349,10 @@ async fn an_ikd_first_office_refers_until_the_activation_is_recorded() -> anyhow
             ikd_status: ikd as i32,
             ..reserve_request("3275", "main", n)
         };
-        let a = counter.reserve(request(1, IkdStatus::NotActive)).await?.into_inner();
+        let a = counter
+            .reserve(request(1, IkdStatus::NotActive))
+            .await?
+            .into_inner();
         let Some(Outcome::IkdReferral(referral)) = a.outcome else {
             anyhow::bail!("expected IKD_REQUIRED");
         };
@@ -292,10 +367,23 @@ async fn an_ikd_first_office_refers_until_the_activation_is_recorded() -> anyhow
                 nik: fixtures::nik(1),
             })
             .await?;
-        let b = counter.reserve(request(1, IkdStatus::NotActive)).await?.into_inner();
-        assert!(matches!(b.outcome, Some(Outcome::Reservation(_))), "{:?}", b.outcome);
-        let c = counter.reserve(request(2, IkdStatus::Exempt)).await?.into_inner();
-        assert!(matches!(c.outcome, Some(Outcome::Reservation(_))), "EXEMPT passes");
+        let b = counter
+            .reserve(request(1, IkdStatus::NotActive))
+            .await?
+            .into_inner();
+        assert!(
+            matches!(b.outcome, Some(Outcome::Reservation(_))),
+            "{:?}",
+            b.outcome
+        );
+        let c = counter
+            .reserve(request(2, IkdStatus::Exempt))
+            .await?
+            .into_inner();
+        assert!(
+            matches!(c.outcome, Some(Outcome::Reservation(_))),
+            "EXEMPT passes"
+        );
         let err = counter
             .reserve(request(3, IkdStatus::Unspecified))
             .await

@@ -126,13 +126,25 @@ async fn a_reason_cap_limits_its_group_only() -> anyhow::Result<()> {
         fixtures::service_point(&mut stock, "3275", "main", policy).await?;
         fixtures::ship(&mut stock, "3275", 100).await?;
         let mut counter = server.counter_client().await?;
-        assert!(try_reserve(&mut counter, "3275", "main", 1, Reason::Lost).await?.is_ok());
-        assert!(try_reserve(&mut counter, "3275", "main", 2, Reason::Damaged).await?.is_ok());
+        assert!(
+            try_reserve(&mut counter, "3275", "main", 1, Reason::Lost)
+                .await?
+                .is_ok()
+        );
+        assert!(
+            try_reserve(&mut counter, "3275", "main", 2, Reason::Damaged)
+                .await?
+                .is_ok()
+        );
         let capped = try_reserve(&mut counter, "3275", "main", 3, Reason::Damaged)
             .await?
             .expect_err("cap of 2 reached");
         assert_eq!(capped.cause(), ReferralCause::ReasonCapReached);
-        assert!(try_reserve(&mut counter, "3275", "main", 4, Reason::DataChange).await?.is_ok());
+        assert!(
+            try_reserve(&mut counter, "3275", "main", 4, Reason::DataChange)
+                .await?
+                .is_ok()
+        );
         Ok(())
     })
     .await
@@ -148,15 +160,36 @@ async fn the_office_cap_bounds_all_service_points_together() -> anyhow::Result<(
         fixtures::service_point(&mut stock, "3601", "mpp", fixtures::fixed(5)).await?;
         fixtures::ship(&mut stock, "3601", 2000).await?;
         let mut counter = server.counter_client().await?;
-        assert!(try_reserve(&mut counter, "3601", "main", 1, Reason::DataChange).await?.is_ok());
-        assert!(try_reserve(&mut counter, "3601", "mpp", 2, Reason::DataChange).await?.is_ok());
-        assert!(try_reserve(&mut counter, "3601", "main", 3, Reason::DataChange).await?.is_ok());
+        assert!(
+            try_reserve(&mut counter, "3601", "main", 1, Reason::DataChange)
+                .await?
+                .is_ok()
+        );
+        assert!(
+            try_reserve(&mut counter, "3601", "mpp", 2, Reason::DataChange)
+                .await?
+                .is_ok()
+        );
+        assert!(
+            try_reserve(&mut counter, "3601", "main", 3, Reason::DataChange)
+                .await?
+                .is_ok()
+        );
         let capped = try_reserve(&mut counter, "3601", "mpp", 4, Reason::DataChange)
             .await?
             .expect_err("office cap of 3");
         assert_eq!(capped.cause(), ReferralCause::QuotaExhausted);
         let q = quota(&server, "3601", "mpp").await?;
-        assert_eq!((q.quota, q.held, q.office_daily_cap, q.office_used_today, q.remaining), (5, 1, 3, 3, 0));
+        assert_eq!(
+            (
+                q.quota,
+                q.held,
+                q.office_daily_cap,
+                q.office_used_today,
+                q.remaining
+            ),
+            (5, 1, 3, 3, 0)
+        );
         Ok(())
     })
     .await
@@ -196,7 +229,10 @@ async fn paced_quotas_spread_the_stock_by_weight_over_the_days_before_the_next_s
         let (server, _clock) = server_at(db, TUESDAY_8AM_WIB_MS).await?;
         let mut stock = server.stock_client().await?;
         // Next supply Tuesday 8 Dec: Tue 1, Wed 2, Thu 3, Fri 4, Mon 7 = 5 service days left.
-        fixtures::office(&mut stock, "3275", |o| o.expected_next_supply_date = "2026-12-08".into()).await?;
+        fixtures::office(&mut stock, "3275", |o| {
+            o.expected_next_supply_date = "2026-12-08".into()
+        })
+        .await?;
         paced_point(&mut stock, "3275", "utara", 3).await?;
         paced_point(&mut stock, "3275", "timur", 2).await?;
         fixtures::ship(&mut stock, "3275", 500).await?;
@@ -218,7 +254,9 @@ async fn paced_quotas_spread_the_stock_by_weight_over_the_days_before_the_next_s
         // The first transaction that touches the day fixes its quota: a later shipment does
         // not change today's number.
         let mut counter = server.counter_client().await?;
-        try_reserve(&mut counter, "3204", "main", 1, Reason::DataChange).await?.map_err(|i| anyhow::anyhow!("{i:?}"))?;
+        try_reserve(&mut counter, "3204", "main", 1, Reason::DataChange)
+            .await?
+            .map_err(|i| anyhow::anyhow!("{i:?}"))?;
         fixtures::ship(&mut stock, "3204", 500).await?;
         assert_eq!(quota(&server, "3204", "main").await?.quota, 50);
         Ok(())
@@ -256,8 +294,15 @@ async fn a_closed_day_refers_with_the_next_service_day() -> anyhow::Result<()> {
         assert_eq!(closed.cause(), ReferralCause::Closed);
         // Monday 7 Dec is a holiday: the next quota opens Tuesday 8 Dec 00:00 WIB.
         let tuesday_midnight_wib = TUESDAY_8AM_WIB_MS + 7 * 24 * HOUR_MS - 8 * HOUR_MS;
-        assert_eq!(closed.next_quota_at.unwrap_or_default().seconds * 1000, tuesday_midnight_wib);
-        assert!(closed.message_indonesian.contains("Selasa"), "{}", closed.message_indonesian);
+        assert_eq!(
+            closed.next_quota_at.unwrap_or_default().seconds * 1000,
+            tuesday_midnight_wib
+        );
+        assert!(
+            closed.message_indonesian.contains("Selasa"),
+            "{}",
+            closed.message_indonesian
+        );
         assert!(quota(&server, "3275", "main").await?.closed);
         Ok(())
     })

@@ -23,7 +23,10 @@ async fn a_reserve_holds_one_blank_and_answers_the_snapshot() -> anyhow::Result<
         };
         let server = TestServer::start_on(db, &[]).await?;
         let mut stock = server.stock_client().await?;
-        let info = stock.get_server_info(GetServerInfoRequest {}).await?.into_inner();
+        let info = stock
+            .get_server_info(GetServerInfoRequest {})
+            .await?
+            .into_inner();
         assert_eq!(info.database_kind, expected_kind);
         office_with_point(&mut stock, "3275", "main", 5, 10).await?;
         let mut counter = server.counter_client().await?;
@@ -44,7 +47,18 @@ async fn a_reserve_holds_one_blank_and_answers_the_snapshot() -> anyhow::Result<
         let q = answer.quota.unwrap_or_default();
         assert_eq!((q.quota, q.held, q.committed, q.remaining), (5, 1, 0, 4));
         assert_eq!((q.on_hand, q.available), (10, 9));
-        assert_eq!(stock.get_stock(GetStockRequest { office_id: "3275".into() }).await?.into_inner().stock.unwrap_or_default().held, 1);
+        assert_eq!(
+            stock
+                .get_stock(GetStockRequest {
+                    office_id: "3275".into()
+                })
+                .await?
+                .into_inner()
+                .stock
+                .unwrap_or_default()
+                .held,
+            1
+        );
         Ok(())
     })
     .await
@@ -73,7 +87,9 @@ async fn six_hundred_concurrent_reserves_get_exactly_the_quota_of_137() -> anyho
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 loop {
-                    match tokio::time::timeout(std::time::Duration::from_millis(500), watch.next()).await {
+                    match tokio::time::timeout(std::time::Duration::from_millis(500), watch.next())
+                        .await
+                    {
                         Ok(Some(Ok(s))) => {
                             let q = s.quota.unwrap_or_default();
                             seen.push((q.quota, q.held, q.committed));
@@ -114,7 +130,10 @@ async fn six_hundred_concurrent_reserves_get_exactly_the_quota_of_137() -> anyho
                 None => anyhow::bail!("an answer without outcome"),
             }
             let q = answer.quota.unwrap_or_default();
-            assert!(q.held + q.committed <= q.quota, "snapshot over quota: {q:?}");
+            assert!(
+                q.held + q.committed <= q.quota,
+                "snapshot over quota: {q:?}"
+            );
         }
         assert_eq!((reserved, referred), (137, 463));
         assert_eq!(ids.len(), 137, "every reservation has its own id");
@@ -122,7 +141,10 @@ async fn six_hundred_concurrent_reserves_get_exactly_the_quota_of_137() -> anyho
         let seen = watcher.await?;
         assert!(!seen.is_empty(), "the watcher saw snapshots");
         for (quota, held, committed) in &seen {
-            assert!(held + committed <= *quota, "watcher saw {held}+{committed} > {quota}");
+            assert!(
+                held + committed <= *quota,
+                "watcher saw {held}+{committed} > {quota}"
+            );
         }
         let q = server
             .counter_client()
@@ -172,7 +194,11 @@ async fn fifty_concurrent_reserves_of_one_nik_give_one_reservation() -> anyhow::
             }
         }
         assert_eq!(ids.len(), 1, "all 50 answers carry the same reservation");
-        assert_eq!(fresh.load(Ordering::SeqCst), 1, "49 answers are marked replayed");
+        assert_eq!(
+            fresh.load(Ordering::SeqCst),
+            1,
+            "49 answers are marked replayed"
+        );
         let q = stock_quota(&server).await?;
         assert_eq!(q.held, 1);
         Ok(())
@@ -210,10 +236,20 @@ async fn the_same_nik_elsewhere_is_already_reserved_elsewhere() -> anyhow::Resul
                 .await
                 .expect_err("a second blank for the same person");
             assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-            assert_eq!(error_reason(&err).as_deref(), Some("ALREADY_RESERVED_ELSEWHERE"));
+            assert_eq!(
+                error_reason(&err).as_deref(),
+                Some("ALREADY_RESERVED_ELSEWHERE")
+            );
         }
         // Nothing was taken by the refused calls.
-        let q = stock.get_stock(GetStockRequest { office_id: "3204".into() }).await?.into_inner().stock.unwrap_or_default();
+        let q = stock
+            .get_stock(GetStockRequest {
+                office_id: "3204".into(),
+            })
+            .await?
+            .into_inner()
+            .stock
+            .unwrap_or_default();
         assert_eq!(q.held, 0);
         Ok(())
     })
@@ -230,14 +266,19 @@ async fn a_request_id_replays_its_first_answer_and_refuses_other_content() -> an
         let request = reserve_request("3275", "main", 11);
         let first = counter.reserve(request.clone()).await?.into_inner();
         let again = counter.reserve(request.clone()).await?.into_inner();
-        let (Some(Outcome::Reservation(a)), Some(Outcome::Reservation(b))) = (first.outcome, again.outcome) else {
+        let (Some(Outcome::Reservation(a)), Some(Outcome::Reservation(b))) =
+            (first.outcome, again.outcome)
+        else {
             anyhow::bail!("expected reservations");
         };
         assert_eq!(a.reservation_id, b.reservation_id);
         assert!(b.replayed && !a.replayed);
         let mut other = request.clone();
         other.nik = nik(12);
-        let err = counter.reserve(other).await.expect_err("same id, other content");
+        let err = counter
+            .reserve(other)
+            .await
+            .expect_err("same id, other content");
         assert_eq!(err.code(), tonic::Code::AlreadyExists);
         assert_eq!(error_reason(&err).as_deref(), Some("REQUEST_ID_REUSED"));
         assert_eq!(stock_quota(&server).await?.held, 1);
@@ -259,7 +300,10 @@ async fn a_request_id_replays_its_first_answer_and_refuses_other_content() -> an
         let mut wrong = shipment.clone();
         wrong.request_id = rid();
         wrong.quantity = 50;
-        let err = stock.record_shipment(wrong).await.expect_err("reference reused");
+        let err = stock
+            .record_shipment(wrong)
+            .await
+            .expect_err("reference reused");
         assert_eq!(err.code(), tonic::Code::AlreadyExists);
         assert_eq!(error_reason(&err).as_deref(), Some("REFERENCE_REUSED"));
         Ok(())
@@ -285,27 +329,47 @@ async fn bad_input_names_every_bad_field_and_changes_nothing() -> anyhow::Result
                 vec!["request_id", "nik", "reason"],
             ),
             (
-                ReserveRequest { nik: "9775014101900001".into(), ..reserve_request("3275", "main", 1) },
+                ReserveRequest {
+                    nik: "9775014101900001".into(),
+                    ..reserve_request("3275", "main", 1)
+                },
                 vec!["nik"],
             ),
             (
-                ReserveRequest { nik: "3275013104900001".into(), ..reserve_request("3275", "main", 1) },
+                ReserveRequest {
+                    nik: "3275013104900001".into(),
+                    ..reserve_request("3275", "main", 1)
+                },
                 vec!["nik"],
             ),
             (
-                ReserveRequest { nik: "3275014101900000".into(), ..reserve_request("3275", "main", 1) },
+                ReserveRequest {
+                    nik: "3275014101900000".into(),
+                    ..reserve_request("3275", "main", 1)
+                },
                 vec!["nik"],
             ),
             (
-                ReserveRequest { reason: 99, ikd_status: 42, ..reserve_request("3275", "main", 1) },
+                ReserveRequest {
+                    reason: 99,
+                    ikd_status: 42,
+                    ..reserve_request("3275", "main", 1)
+                },
                 vec!["reason", "ikd_status"],
             ),
             (
-                ReserveRequest { office_id: "20AB".into(), counter_id: "x".repeat(65), ..reserve_request("3275", "main", 1) },
+                ReserveRequest {
+                    office_id: "20AB".into(),
+                    counter_id: "x".repeat(65),
+                    ..reserve_request("3275", "main", 1)
+                },
                 vec!["office_id", "counter_id"],
             ),
             (
-                ReserveRequest { request_id: "r".repeat(65), ..reserve_request("3275", "main", 1) },
+                ReserveRequest {
+                    request_id: "r".repeat(65),
+                    ..reserve_request("3275", "main", 1)
+                },
                 vec!["request_id"],
             ),
         ];
@@ -316,38 +380,75 @@ async fn bad_input_names_every_bad_field_and_changes_nothing() -> anyhow::Result
             let named: Vec<&str> = violations.iter().map(|(f, _)| f.as_str()).collect();
             assert_eq!(named, fields, "{violations:?}");
             assert!(violations.iter().all(|(_, why)| !why.is_empty()));
-            assert!(!err.message().contains("327501"), "no NIK in messages: {}", err.message());
+            assert!(
+                !err.message().contains("327501"),
+                "no NIK in messages: {}",
+                err.message()
+            );
         }
         // Separators are accepted.
         let ok = counter
-            .reserve(ReserveRequest { nik: "3275.0141-0190 0001".into(), ..reserve_request("3275", "main", 0) })
+            .reserve(ReserveRequest {
+                nik: "3275.0141-0190 0001".into(),
+                ..reserve_request("3275", "main", 0)
+            })
             .await?
             .into_inner();
         assert!(matches!(ok.outcome, Some(Outcome::Reservation(_))));
         // Unknown office and service point: NOT_FOUND.
-        let err = counter.reserve(reserve_request("3204", "main", 2)).await.expect_err("unknown office");
+        let err = counter
+            .reserve(reserve_request("3204", "main", 2))
+            .await
+            .expect_err("unknown office");
         assert_eq!(err.code(), tonic::Code::NotFound);
-        let err = counter.reserve(reserve_request("3275", "nowhere", 2)).await.expect_err("unknown sp");
+        let err = counter
+            .reserve(reserve_request("3275", "nowhere", 2))
+            .await
+            .expect_err("unknown sp");
         assert_eq!(err.code(), tonic::Code::NotFound);
         // Out-of-range quantities and an unknown zone.
         let err = stock
-            .record_shipment(RecordShipmentRequest { request_id: rid(), office_id: "3275".into(), quantity: 1_000_001, reference: "X".into(), note: String::new() })
+            .record_shipment(RecordShipmentRequest {
+                request_id: rid(),
+                office_id: "3275".into(),
+                quantity: 1_000_001,
+                reference: "X".into(),
+                note: String::new(),
+            })
             .await
             .expect_err("too many");
         assert_eq!(field_violations(&err)[0].0, "quantity");
         let err = stock
-            .record_shipment(RecordShipmentRequest { request_id: rid(), office_id: "3275".into(), quantity: 0, reference: String::new(), note: String::new() })
+            .record_shipment(RecordShipmentRequest {
+                request_id: rid(),
+                office_id: "3275".into(),
+                quantity: 0,
+                reference: String::new(),
+                note: String::new(),
+            })
             .await
             .expect_err("zero");
         let named: Vec<String> = field_violations(&err).into_iter().map(|(f, _)| f).collect();
         assert_eq!(named, vec!["quantity", "reference"]);
-        let err = fixtures::office(&mut stock, "3276", |o| o.time_zone = "Asia/Singapore".into())
-            .await
-            .expect_err("zone");
-        let status = err.downcast_ref::<tonic::Status>().cloned().unwrap_or_else(|| tonic::Status::unknown(""));
+        let err = fixtures::office(&mut stock, "3276", |o| {
+            o.time_zone = "Asia/Singapore".into()
+        })
+        .await
+        .expect_err("zone");
+        let status = err
+            .downcast_ref::<tonic::Status>()
+            .cloned()
+            .unwrap_or_else(|| tonic::Status::unknown(""));
         assert_eq!(field_violations(&status)[0].0, "office.time_zone");
         // Nothing above changed the stock: one reservation held, 100 on hand.
-        let s = stock.get_stock(GetStockRequest { office_id: "3275".into() }).await?.into_inner().stock.unwrap_or_default();
+        let s = stock
+            .get_stock(GetStockRequest {
+                office_id: "3275".into(),
+            })
+            .await?
+            .into_inner()
+            .stock
+            .unwrap_or_default();
         assert_eq!((s.on_hand, s.held), (100, 1));
         Ok(())
     })
@@ -362,15 +463,25 @@ async fn when_stock_runs_out_the_applicant_is_referred_out_of_stock() -> anyhow:
         office_with_point(&mut stock, "3275", "main", 10, 2).await?;
         let mut counter = server.counter_client().await?;
         for n in 0..2 {
-            let a = counter.reserve(reserve_request("3275", "main", n)).await?.into_inner();
+            let a = counter
+                .reserve(reserve_request("3275", "main", n))
+                .await?
+                .into_inner();
             assert!(matches!(a.outcome, Some(Outcome::Reservation(_))));
         }
-        let a = counter.reserve(reserve_request("3275", "main", 3)).await?.into_inner();
+        let a = counter
+            .reserve(reserve_request("3275", "main", 3))
+            .await?
+            .into_inner();
         let Some(Outcome::IkdReferral(referral)) = a.outcome else {
             anyhow::bail!("expected a referral");
         };
         assert_eq!(referral.cause(), ReferralCause::OutOfStock);
-        assert!(referral.message_indonesian.contains("IKD"), "{}", referral.message_indonesian);
+        assert!(
+            referral.message_indonesian.contains("IKD"),
+            "{}",
+            referral.message_indonesian
+        );
         assert!(!referral.message_english.is_empty());
         assert!(referral.activation_steps_indonesian.len() >= 3);
         assert_eq!(a.quota.unwrap_or_default().available, 0);

@@ -25,10 +25,10 @@ async fn health_answers_serving_for_the_server_and_each_service() -> anyhow::Res
 }
 
 async fn list_services_v1(server: &TestServer) -> anyhow::Result<Vec<String>> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let mut client = ServerReflectionClient::new(server.channel().await?);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -38,7 +38,10 @@ async fn list_services_v1(server: &TestServer) -> anyhow::Result<Vec<String>> {
         .server_reflection_info(tokio_stream::once(request))
         .await?
         .into_inner();
-    let response = stream.next().await.ok_or_else(|| anyhow::anyhow!("no answer"))??;
+    let response = stream
+        .next()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no answer"))??;
     match response.message_response {
         Some(MessageResponse::ListServicesResponse(list)) => {
             Ok(list.service.into_iter().map(|s| s.name).collect())
@@ -48,10 +51,10 @@ async fn list_services_v1(server: &TestServer) -> anyhow::Result<Vec<String>> {
 }
 
 async fn list_services_v1alpha(server: &TestServer) -> anyhow::Result<Vec<String>> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
     let mut client = ServerReflectionClient::new(server.channel().await?);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -61,7 +64,10 @@ async fn list_services_v1alpha(server: &TestServer) -> anyhow::Result<Vec<String
         .server_reflection_info(tokio_stream::once(request))
         .await?
         .into_inner();
-    let response = stream.next().await.ok_or_else(|| anyhow::anyhow!("no answer"))??;
+    let response = stream
+        .next()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no answer"))??;
     match response.message_response {
         Some(MessageResponse::ListServicesResponse(list)) => {
             Ok(list.service.into_iter().map(|s| s.name).collect())
@@ -121,7 +127,10 @@ async fn sigterm_ends_open_streams_and_exits_zero_within_the_drain_time() -> any
         })
         .await?
         .into_inner();
-    let first = stream.next().await.ok_or_else(|| anyhow::anyhow!("no snapshot"))??;
+    let first = stream
+        .next()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no snapshot"))??;
     assert_eq!(first.quota.map(|q| q.quota), Some(10));
 
     let (exit, took) = server.terminate().await?;
@@ -136,7 +145,10 @@ async fn sigterm_ends_open_streams_and_exits_zero_within_the_drain_time() -> any
         }
     })
     .await;
-    assert!(rest.is_ok(), "the WatchQuota stream was not ended by shutdown");
+    assert!(
+        rest.is_ok(),
+        "the WatchQuota stream was not ended by shutdown"
+    );
     assert!(server.log().contains("draining"));
     Ok(())
 }
@@ -195,12 +207,18 @@ async fn zero_setup_start_creates_and_migrates_blangko_db_in_the_working_directo
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("stdout"))?;
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await??
         .unwrap_or_default();
-    assert!(line.starts_with("blangko-server listening on 127.0.0.1:"), "{line}");
+    assert!(
+        line.starts_with("blangko-server listening on 127.0.0.1:"),
+        "{line}"
+    );
     assert!(dir.path().join("blangko.db").exists());
     let key = dir.path().join("blangko.db.nikkey");
     assert!(key.exists(), "the NIK key is generated beside the database");

@@ -31,7 +31,14 @@ async fn transfers_and_stock_takes_move_blanks_and_leave_ledger_entries() -> any
         assert_eq!(moved.from_stock.unwrap_or_default().on_hand, 380);
         assert_eq!(moved.to_stock.unwrap_or_default().on_hand, 120);
         let out = moved.out_entry.unwrap_or_default();
-        assert_eq!((out.kind(), out.on_hand_delta, out.counterpart_office_id.as_str()), (LedgerEntryKind::TransferOut, -120, "3216"));
+        assert_eq!(
+            (
+                out.kind(),
+                out.on_hand_delta,
+                out.counterpart_office_id.as_str()
+            ),
+            (LedgerEntryKind::TransferOut, -120, "3216")
+        );
         let err = stock
             .transfer_stock(TransferStockRequest {
                 request_id: rid(),
@@ -58,7 +65,10 @@ async fn transfers_and_stock_takes_move_blanks_and_leave_ledger_entries() -> any
             .await?
             .into_inner();
         let entry = adjusted.entry.unwrap_or_default();
-        assert_eq!((entry.kind(), entry.on_hand_delta, entry.on_hand_after), (LedgerEntryKind::StockTake, -3, 377));
+        assert_eq!(
+            (entry.kind(), entry.on_hand_delta, entry.on_hand_after),
+            (LedgerEntryKind::StockTake, -3, 377)
+        );
         assert_eq!(adjusted.stock.unwrap_or_default().available, 376);
         let err = stock
             .adjust_stock(AdjustStockRequest {
@@ -97,7 +107,10 @@ async fn todays_quota_can_change_but_never_below_what_is_used() -> anyhow::Resul
         let ok = stock.set_quota_policy(set(3)).await?.into_inner();
         let q = ok.quota.unwrap_or_default();
         assert_eq!((q.quota, q.remaining), (3, 0));
-        let refused = counter.reserve(reserve_request("3275", "main", 9)).await?.into_inner();
+        let refused = counter
+            .reserve(reserve_request("3275", "main", 9))
+            .await?
+            .into_inner();
         assert!(matches!(refused.outcome, Some(Outcome::IkdReferral(_))));
         Ok(())
     })
@@ -111,10 +124,18 @@ async fn the_ledger_is_a_hash_chain_read_in_stable_pages() -> anyhow::Result<()>
         let mut stock = server.stock_client().await?;
         office_with_point(&mut stock, "3275", "main", 10, 100).await?;
         let mut counter = server.counter_client().await?;
-        let r = counter.reserve(reserve_request("3275", "main", 1)).await?.into_inner();
-        let Some(Outcome::Reservation(r)) = r.outcome else { anyhow::bail!("r") };
+        let r = counter
+            .reserve(reserve_request("3275", "main", 1))
+            .await?
+            .into_inner();
+        let Some(Outcome::Reservation(r)) = r.outcome else {
+            anyhow::bail!("r")
+        };
         counter
-            .commit_reservation(CommitReservationRequest { request_id: rid(), reservation_id: r.reservation_id.clone() })
+            .commit_reservation(CommitReservationRequest {
+                request_id: rid(),
+                reservation_id: r.reservation_id.clone(),
+            })
             .await?;
         // office created, service point set, shipment, reserve, commit = 5 entries.
         let mut entries = Vec::new();
@@ -149,27 +170,59 @@ async fn the_ledger_is_a_hash_chain_read_in_stable_pages() -> anyhow::Result<()>
         );
         assert_eq!(entries[0].previous_hash, "0".repeat(64));
         for pair in entries.windows(2) {
-            assert_eq!(pair[1].previous_hash, pair[0].hash, "chain broken at {}", pair[1].sequence);
+            assert_eq!(
+                pair[1].previous_hash, pair[0].hash,
+                "chain broken at {}",
+                pair[1].sequence
+            );
             assert_eq!(pair[1].sequence, pair[0].sequence + 1);
         }
         let commit = &entries[4];
-        assert_eq!((commit.on_hand_delta, commit.held_delta, commit.on_hand_after), (-1, -1, 99));
+        assert_eq!(
+            (
+                commit.on_hand_delta,
+                commit.held_delta,
+                commit.on_hand_after
+            ),
+            (-1, -1, 99)
+        );
         assert_eq!(commit.masked_nik, fixtures::masked(1));
         assert_eq!(commit.principal, "anonymous");
-        let head = stock.get_stock(GetStockRequest { office_id: "3275".into() }).await?.into_inner().stock.unwrap_or_default().ledger_head_hash;
+        let head = stock
+            .get_stock(GetStockRequest {
+                office_id: "3275".into(),
+            })
+            .await?
+            .into_inner()
+            .stock
+            .unwrap_or_default()
+            .ledger_head_hash;
         assert_eq!(head, commit.hash);
         // Filtering by kind.
         let shipments = stock
-            .list_ledger_entries(ListLedgerEntriesRequest { office_id: "3275".into(), kind: LedgerEntryKind::Shipment as i32, page_size: 0, page_token: String::new() })
+            .list_ledger_entries(ListLedgerEntriesRequest {
+                office_id: "3275".into(),
+                kind: LedgerEntryKind::Shipment as i32,
+                page_size: 0,
+                page_token: String::new(),
+            })
             .await?
             .into_inner();
         assert_eq!(shipments.entries.len(), 1);
         assert_eq!(shipments.entries[0].on_hand_delta, 100);
         let err = stock
-            .list_ledger_entries(ListLedgerEntriesRequest { office_id: "3275".into(), kind: 0, page_size: 5000, page_token: "x".into() })
+            .list_ledger_entries(ListLedgerEntriesRequest {
+                office_id: "3275".into(),
+                kind: 0,
+                page_size: 5000,
+                page_token: "x".into(),
+            })
             .await
             .expect_err("bounded page");
-        let fields: Vec<String> = blangko_e2e::field_violations(&err).into_iter().map(|(f, _)| f).collect();
+        let fields: Vec<String> = blangko_e2e::field_violations(&err)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
         assert_eq!(fields, vec!["page_size", "page_token"]);
         Ok(())
     })
@@ -186,19 +239,55 @@ async fn stock_across_offices_pages_by_office_and_filters_by_province() -> anyho
         }
         let mut counter = server.counter_client().await?;
         counter.reserve(reserve_request("3204", "main", 1)).await?;
-        let page1 = stock.list_stock(ListStockRequest { province_code: "32".into(), page_size: 2, page_token: String::new() }).await?.into_inner();
+        let page1 = stock
+            .list_stock(ListStockRequest {
+                province_code: "32".into(),
+                page_size: 2,
+                page_token: String::new(),
+            })
+            .await?
+            .into_inner();
         let ids: Vec<&str> = page1.stocks.iter().map(|s| s.office_id.as_str()).collect();
         assert_eq!(ids, vec!["3204", "3216"]);
-        let page2 = stock.list_stock(ListStockRequest { province_code: "32".into(), page_size: 2, page_token: page1.next_page_token.clone() }).await?.into_inner();
+        let page2 = stock
+            .list_stock(ListStockRequest {
+                province_code: "32".into(),
+                page_size: 2,
+                page_token: page1.next_page_token.clone(),
+            })
+            .await?
+            .into_inner();
         let ids: Vec<&str> = page2.stocks.iter().map(|s| s.office_id.as_str()).collect();
         assert_eq!(ids, vec!["3275"]);
         assert!(page2.next_page_token.is_empty());
         let bandung = &page1.stocks[0];
-        assert_eq!((bandung.on_hand, bandung.held, bandung.available, bandung.today_quota, bandung.today_used), (300, 1, 299, 10, 1));
-        assert!(!bandung.has_days_of_cover, "no use in the last 14 service days yet");
-        let all = stock.list_stock(ListStockRequest { province_code: String::new(), page_size: 0, page_token: String::new() }).await?.into_inner();
+        assert_eq!(
+            (
+                bandung.on_hand,
+                bandung.held,
+                bandung.available,
+                bandung.today_quota,
+                bandung.today_used
+            ),
+            (300, 1, 299, 10, 1)
+        );
+        assert!(
+            !bandung.has_days_of_cover,
+            "no use in the last 14 service days yet"
+        );
+        let all = stock
+            .list_stock(ListStockRequest {
+                province_code: String::new(),
+                page_size: 0,
+                page_token: String::new(),
+            })
+            .await?
+            .into_inner();
         assert_eq!(all.stocks.len(), 4);
-        assert_eq!(all.stocks.iter().map(|s| u64::from(s.on_hand)).sum::<u64>(), 2800);
+        assert_eq!(
+            all.stocks.iter().map(|s| u64::from(s.on_hand)).sum::<u64>(),
+            2800
+        );
         Ok(())
     })
     .await
@@ -213,7 +302,11 @@ async fn a_counters_open_holds_list_in_pages_newest_first() -> anyhow::Result<()
         let mut counter = server.counter_client().await?;
         for n in 0..7 {
             let mut request = reserve_request("3275", "main", n);
-            request.counter_id = if n % 2 == 0 { "loket-2".into() } else { "loket-1".into() };
+            request.counter_id = if n % 2 == 0 {
+                "loket-2".into()
+            } else {
+                "loket-1".into()
+            };
             counter.reserve(request).await?;
         }
         let mut seen = Vec::new();
@@ -236,9 +329,19 @@ async fn a_counters_open_holds_list_in_pages_newest_first() -> anyhow::Result<()
             }
             token = page.next_page_token;
         }
-        let serials: Vec<String> = seen.iter().map(|r| r.masked_nik[12..].to_string()).collect();
-        assert_eq!(serials, vec!["0007", "0005", "0003", "0001"], "loket-2's holds, newest first");
-        assert!(seen.iter().all(|r| r.counter_id == "loket-2" && r.state() == ReservationState::Held));
+        let serials: Vec<String> = seen
+            .iter()
+            .map(|r| r.masked_nik[12..].to_string())
+            .collect();
+        assert_eq!(
+            serials,
+            vec!["0007", "0005", "0003", "0001"],
+            "loket-2's holds, newest first"
+        );
+        assert!(
+            seen.iter()
+                .all(|r| r.counter_id == "loket-2" && r.state() == ReservationState::Held)
+        );
         Ok(())
     })
     .await
@@ -257,15 +360,27 @@ async fn queue_reports_forecast_each_counters_share_of_what_is_left() -> anyhow:
             counter_id: counter_id.into(),
             waiting,
         };
-        let alone = counter.report_queue(report("loket-1", 35)).await?.into_inner();
+        let alone = counter
+            .report_queue(report("loket-1", 35))
+            .await?
+            .into_inner();
         assert_eq!((alone.expected_served, alone.expected_referred), (20, 15));
-        let b = counter.report_queue(report("loket-2", 15)).await?.into_inner();
+        let b = counter
+            .report_queue(report("loket-2", 15))
+            .await?
+            .into_inner();
         assert_eq!(b.quota.unwrap_or_default().waiting, 50);
         // 20 left shared over 50 waiting: loket-2 with 15 expects floor(20 * 15 / 50) = 6.
         assert_eq!((b.expected_served, b.expected_referred), (6, 9));
-        let a = counter.report_queue(report("loket-1", 35)).await?.into_inner();
+        let a = counter
+            .report_queue(report("loket-1", 35))
+            .await?
+            .into_inner();
         assert_eq!((a.expected_served, a.expected_referred), (14, 21));
-        let err = counter.report_queue(report("loket-1", 100_001)).await.expect_err("bounded");
+        let err = counter
+            .report_queue(report("loket-1", 100_001))
+            .await
+            .expect_err("bounded");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         Ok(())
     })
@@ -281,7 +396,10 @@ async fn a_watcher_gets_a_snapshot_at_once_and_after_each_change() -> anyhow::Re
         let mut watch = server
             .counter_client()
             .await?
-            .watch_quota(WatchQuotaRequest { office_id: "3275".into(), service_point_id: "main".into() })
+            .watch_quota(WatchQuotaRequest {
+                office_id: "3275".into(),
+                service_point_id: "main".into(),
+            })
             .await?
             .into_inner();
         assert_eq!(next_snapshot(&mut watch).await?.remaining, 5);
@@ -302,7 +420,10 @@ async fn a_watcher_gets_a_snapshot_at_once_and_after_each_change() -> anyhow::Re
         let err = server
             .counter_client()
             .await?
-            .watch_quota(WatchQuotaRequest { office_id: "3275".into(), service_point_id: "nope".into() })
+            .watch_quota(WatchQuotaRequest {
+                office_id: "3275".into(),
+                service_point_id: "nope".into(),
+            })
             .await
             .expect_err("unknown service point");
         assert_eq!(err.code(), tonic::Code::NotFound);
@@ -311,7 +432,9 @@ async fn a_watcher_gets_a_snapshot_at_once_and_after_each_change() -> anyhow::Re
     .await
 }
 
-async fn next_snapshot(w: &mut tonic::Streaming<WatchQuotaResponse>) -> anyhow::Result<QuotaSnapshot> {
+async fn next_snapshot(
+    w: &mut tonic::Streaming<WatchQuotaResponse>,
+) -> anyhow::Result<QuotaSnapshot> {
     tokio::time::timeout(Duration::from_secs(5), w.next())
         .await
         .map_err(|_| anyhow::anyhow!("no snapshot within 5 s"))?

@@ -8,9 +8,11 @@
 //! - `watch.rs`: live quota snapshots for WatchQuota;
 //! - `sweeper.rs`: the background task that expires holds.
 
+pub mod batch;
 pub mod error;
 pub mod holds;
 pub mod ledger;
+pub mod notify;
 pub mod queries;
 pub mod reserve;
 pub mod stock;
@@ -56,11 +58,25 @@ pub struct Engine {
     pub nik_key: NikKey,
     /// Live snapshots for watchers.
     pub hub: watch::WatchHub,
+    /// The per-office Reserve queues (group commit).
+    pub batcher: batch::Batcher,
     /// Process start (unix ms), for GetServerInfo.
     pub started_ms: i64,
 }
 
 impl Engine {
+    /// An engine over an open store, shared (its Reserve workers hold a reference).
+    pub fn shared(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        nik_key: NikKey,
+        max_watchers: usize,
+    ) -> Arc<Self> {
+        let engine = Arc::new(Self::new(store, clock, nik_key, max_watchers));
+        engine.batcher.attach(&engine);
+        engine
+    }
+
     /// An engine over an open store.
     pub fn new(store: Store, clock: Arc<dyn Clock>, nik_key: NikKey, max_watchers: usize) -> Self {
         let started_ms = clock.now_ms();
@@ -69,6 +85,7 @@ impl Engine {
             clock,
             nik_key,
             hub: watch::WatchHub::new(max_watchers),
+            batcher: batch::Batcher::default(),
             started_ms,
         }
     }

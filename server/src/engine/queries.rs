@@ -24,10 +24,9 @@ pub const MAX_LEDGER_PAGE_SIZE: u32 = 1000;
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 
 /// The admission figures of a service point right now, for a caller of reason class
-/// `is_priority` (reason caps are added by Reserve itself).
+/// `is_priority`, from figures already in hand (reason caps are added by Reserve itself).
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn admission_input(
-    conn: &mut AnyConnection,
+pub(crate) fn admission_figures(
     office: &OfficeRow,
     policy: &QuotaPolicy,
     qd: &QuotaDayRow,
@@ -35,14 +34,10 @@ pub(crate) async fn admission_input(
     today: NaiveDate,
     now_ms: i64,
     is_priority: bool,
-) -> EngineResult<AdmissionInput> {
+    office_used: i64,
+) -> AdmissionInput {
     let before_release = now_ms < release_at_ms(zone, today, policy);
-    let office_used = rows::quota_days_of_office(conn, &office.office_id, &qd.local_date)
-        .await?
-        .iter()
-        .map(|q| q.used())
-        .sum::<i64>();
-    Ok(AdmissionInput {
+    AdmissionInput {
         closed: qd.closed,
         quota: qd.quota.max(0) as u64,
         used: qd.used().max(0) as u64,
@@ -58,6 +53,123 @@ pub(crate) async fn admission_input(
         office_used: office_used.max(0) as u64,
         available: office.available().max(0) as u64,
         reason_caps: Vec::new(),
+    }
+}
+
+/// Held plus committed today over all of an office's service points.
+pub(crate) async fn office_used_on(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    local_date: &str,
+) -> EngineResult<i64> {
+    Ok(rows::quota_days_of_office(conn, office_id, local_date)
+        .await?
+        .iter()
+        .map(|q| q.used())
+        .sum::<i64>())
+}
+
+/// As [`admission_figures`], reading the office's use today from the database.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn admission_input(
+    conn: &mut AnyConnection,
+    office: &OfficeRow,
+    policy: &QuotaPolicy,
+    qd: &QuotaDayRow,
+    zone: OfficeZone,
+    today: NaiveDate,
+    now_ms: i64,
+    is_priority: bool,
+) -> EngineResult<AdmissionInput> {
+    let office_used = office_used_on(conn, &office.office_id, &qd.local_date).await?;
+    Ok(admission_figures(
+        office,
+        policy,
+        qd,
+        zone,
+        today,
+        now_ms,
+        is_priority,
+        office_used,
+    ))
+}
+
+/// The figures a snapshot shows besides the quota row and the office row.
+pub(crate) struct SnapshotExtras {
+    /// Held plus committed today over the office.
+    pub office_used: i64,
+    /// Applicants waiting at the service point (live queue reports).
+    pub waiting: i64,
+}
+
+/// Builds a snapshot from figures in hand.
+pub(crate) fn snapshot_from(
+    office: &OfficeRow,
+    policy: &QuotaPolicy,
+    qd: &QuotaDayRow,
+    zone: OfficeZone,
+    now_ms: i64,
+    extras: &SnapshotExtras,
+) -> EngineResult<QuotaSnapshot> {
+    let today = parse_local_date(&qd.local_date).map_err(EngineError::Internal)?;
+    let input = admission_figures(
+        office,
+        policy,
+        qd,
+        zone,
+        today,
+        now_ms,
+        true,
+        extras.office_used,
+    );
+    let (remaining, remaining_non_priority) = quota::remaining(&input);
+    let next_reset = zone.start_of_day_ms(today.succ_opt().unwrap_or(today));
+    let release = release_at_ms(zone, today, policy);
+    let has_share = policy.priority_share_percent > 0 && !priority_reasons(policy).is_empty();
+    Ok(QuotaSnapshot {
+        office_id: office.office_id.clone(),
+        service_point_id: qd.service_point_id.clone(),
+        local_date: qd.local_date.clone(),
+        quota: qd.quota as u32,
+        held: qd.held as u32,
+        committed: qd.committed as u32,
+        remaining: remaining as u32,
+        remaining_non_priority: remaining_non_priority as u32,
+        on_hand: office.on_hand as u32,
+        available: office.available().max(0) as u32,
+        office_daily_cap: office.daily_cap as u32,
+        office_used_today: input.office_used as u32,
+        waiting: extras.waiting.max(0) as u32,
+        mode: if policy.mode == QuotaMode::Paced as i32 {
+            QuotaMode::Paced as i32
+        } else {
+            QuotaMode::Fixed as i32
+        },
+        supply_overdue: qd.supply_overdue,
+        closed: qd.closed,
+        next_reset_at: Some(timestamp(next_reset)),
+        priority_release_at: has_share.then(|| timestamp(release)),
+        as_of: Some(timestamp(now_ms)),
+    })
+}
+
+/// Reads what a snapshot needs besides the quota and office rows.
+pub(crate) async fn snapshot_extras(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    service_point_id: &str,
+    local_date: &str,
+    now_ms: i64,
+) -> EngineResult<SnapshotExtras> {
+    Ok(SnapshotExtras {
+        office_used: office_used_on(conn, office_id, local_date).await?,
+        waiting: rows::waiting_at(
+            conn,
+            office_id,
+            service_point_id,
+            now_ms - QUEUE_REPORT_TTL_MS,
+        )
+        .await?,
     })
 }
 
@@ -73,45 +185,16 @@ pub(crate) async fn snapshot(
     zone: OfficeZone,
     now_ms: i64,
 ) -> EngineResult<QuotaSnapshot> {
-    let today = parse_local_date(&qd.local_date).map_err(EngineError::Internal)?;
-    let input = admission_input(conn, office, policy, qd, zone, today, now_ms, true).await?;
-    let (remaining, remaining_non_priority) = quota::remaining(&input);
-    let waiting = rows::waiting_at(
+    let _ = calendar;
+    let extras = snapshot_extras(
         conn,
         &office.office_id,
         &sp.service_point_id,
-        now_ms - QUEUE_REPORT_TTL_MS,
+        &qd.local_date,
+        now_ms,
     )
     .await?;
-    let next_reset = zone.start_of_day_ms(today.succ_opt().unwrap_or(today));
-    let release = release_at_ms(zone, today, policy);
-    let has_share = policy.priority_share_percent > 0 && !priority_reasons(policy).is_empty();
-    let _ = calendar;
-    Ok(QuotaSnapshot {
-        office_id: office.office_id.clone(),
-        service_point_id: sp.service_point_id.clone(),
-        local_date: qd.local_date.clone(),
-        quota: qd.quota as u32,
-        held: qd.held as u32,
-        committed: qd.committed as u32,
-        remaining: remaining as u32,
-        remaining_non_priority: remaining_non_priority as u32,
-        on_hand: office.on_hand as u32,
-        available: office.available().max(0) as u32,
-        office_daily_cap: office.daily_cap as u32,
-        office_used_today: input.office_used as u32,
-        waiting: waiting.max(0) as u32,
-        mode: if policy.mode == QuotaMode::Paced as i32 {
-            QuotaMode::Paced as i32
-        } else {
-            QuotaMode::Fixed as i32
-        },
-        supply_overdue: qd.supply_overdue,
-        closed: qd.closed,
-        next_reset_at: Some(timestamp(next_reset)),
-        priority_release_at: has_share.then(|| timestamp(release)),
-        as_of: Some(timestamp(now_ms)),
-    })
+    snapshot_from(office, policy, qd, zone, now_ms, &extras)
 }
 
 impl Engine {

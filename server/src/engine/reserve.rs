@@ -2,16 +2,18 @@
 //! so no other transaction (connection, process or replica) can decide about the same office's
 //! quota and stock between our read and our write.
 
+use std::collections::HashMap;
+
 use blangko_proto::v1::{
-    IkdReferral, IkdStatus, LedgerEntryKind, QuotaPolicy, ReferralCause, ReserveResponse,
-    reserve_response::Outcome,
+    IkdReferral, IkdStatus, LedgerEntryKind, QuotaPolicy, QuotaSnapshot, ReferralCause,
+    ReserveResponse, reserve_response::Outcome,
 };
 use chrono::NaiveDate;
 use prost::Message;
 use sqlx::AnyConnection;
 
 use super::ledger::{self, NewEntry};
-use super::queries::{admission_input, snapshot};
+use super::queries::{SnapshotExtras, admission_figures, snapshot_from};
 use super::{
     Engine, EngineError, EngineResult, calendar_of, new_reservation_id, policy_of,
     priority_reasons, release_at_ms, reservation_to_proto, timestamp, zone_of,
@@ -48,29 +50,173 @@ pub struct ReserveCommand {
 /// The method name idempotency records carry.
 pub const RESERVE: &str = "Reserve";
 
+/// One Reserve waiting in an office's batch.
+pub(crate) struct Job {
+    /// The validated request.
+    pub cmd: ReserveCommand,
+    /// The keyed hash of its NIK.
+    pub nik_hash: String,
+    /// Where the answer goes.
+    pub reply: tokio::sync::oneshot::Sender<EngineResult<ReserveResponse>>,
+}
+
+/// A service point touched by the batch, with its quota row kept in memory until the end.
+struct PointState {
+    policy: QuotaPolicy,
+    calendar: ServiceCalendar,
+    qd: QuotaDayRow,
+    waiting: i64,
+    dirty: bool,
+}
+
+/// What a batch holds for one office for the length of its transaction.
+struct BatchState {
+    office: OfficeRow,
+    zone: OfficeZone,
+    now: i64,
+    today: NaiveDate,
+    date: String,
+    /// Held plus committed today over the office (kept up to date in memory).
+    office_used: i64,
+    points: HashMap<String, PointState>,
+    changed: bool,
+}
+
 impl Engine {
     /// Reserves one blank for one applicant, or refers the applicant to IKD.
+    ///
+    /// Reserves of one office are queued and decided in batches, each batch in ONE transaction
+    /// that locks the office row once (group commit): under a burst the lock is taken and the
+    /// commit paid once per batch instead of once per applicant, and every decision still sees
+    /// the effect of the ones before it.
     #[tracing::instrument(skip_all, fields(office = %cmd.office_id, service_point = %cmd.service_point_id, nik = %cmd.nik.masked()))]
     pub async fn reserve(&self, cmd: &ReserveCommand) -> EngineResult<ReserveResponse> {
         let nik_hash = self.nik_key.hash_nik(cmd.nik.as_str());
-        let (response, changed) = self
-            .with_retry(|| self.reserve_once(cmd, &nik_hash))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.batcher
+            .submit(
+                self,
+                Job {
+                    cmd: cmd.clone(),
+                    nik_hash,
+                    reply,
+                },
+            )
             .await?;
-        if changed {
-            self.hub.office_changed(&cmd.office_id);
-        }
-        Ok(response)
+        answer.await.map_err(|_| {
+            EngineError::Internal("the reservation batch ended without an answer".into())
+        })?
     }
 
-    async fn reserve_once(
+    /// Decides a batch of Reserves of one office in one transaction and answers each. A lost
+    /// race (PostgreSQL) retries the whole batch; any other failure of the transaction fails
+    /// every Reserve of the batch (callers retry with the same request_id).
+    pub(crate) async fn run_batch(&self, office_id: &str, jobs: Vec<Job>) {
+        let mut attempt = 1;
+        let outcome = loop {
+            match self.reserve_batch_once(office_id, &jobs).await {
+                Err(err) if err.is_retryable() && attempt < super::MAX_ATTEMPTS => attempt += 1,
+                other => break other,
+            }
+        };
+        match outcome {
+            Ok((answers, changed)) => {
+                if changed {
+                    self.hub.office_changed(office_id);
+                }
+                for (job, answer) in jobs.into_iter().zip(answers) {
+                    let _ = job.reply.send(answer);
+                }
+            }
+            Err(err) => {
+                let text = err.to_string();
+                let shared = match &err {
+                    EngineError::NotFound { kind, id } => Some((*kind, id.clone())),
+                    _ => None,
+                };
+                tracing::warn!(office = %office_id, error = %text, "reservation batch failed");
+                let mut first = Some(err);
+                for job in jobs {
+                    let e = match (&shared, first.take()) {
+                        (Some((kind, id)), _) => EngineError::NotFound {
+                            kind,
+                            id: id.clone(),
+                        },
+                        (None, Some(e)) => e,
+                        (None, None) => EngineError::Internal(text.clone()),
+                    };
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    async fn reserve_batch_once(
         &self,
-        cmd: &ReserveCommand,
-        nik_hash: &str,
-    ) -> EngineResult<(ReserveResponse, bool)> {
+        office_id: &str,
+        jobs: &[Job],
+    ) -> EngineResult<(Vec<EngineResult<ReserveResponse>>, bool)> {
         let lock = self.store.for_update();
         let mut tx = self.begin().await?;
         let conn: &mut AnyConnection = &mut tx;
-        let mut office = Self::office_or_not_found(conn, &cmd.office_id, lock).await?;
+        let mut office = Self::office_or_not_found(conn, office_id, lock).await?;
+        let zone = zone_of(&office)?;
+        let now = self.clock.now_ms();
+        let today = zone.local_date(now);
+        let date = format_local_date(today);
+        let principal = jobs
+            .first()
+            .map(|j| j.cmd.principal.clone())
+            .unwrap_or_default();
+        let expired = self
+            .expire_due_in_tx(conn, &mut office, now, &principal)
+            .await?;
+        let office_used = super::queries::office_used_on(conn, office_id, &date).await?;
+        let mut state = BatchState {
+            office,
+            zone,
+            now,
+            today,
+            date,
+            office_used,
+            points: HashMap::new(),
+            changed: expired > 0,
+        };
+        let mut answers = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let answer = self
+                .reserve_one(conn, &mut state, &job.cmd, &job.nik_hash)
+                .await;
+            // A database failure aborts the transaction (PostgreSQL): the whole batch fails
+            // (and is retried when the failure was a lost race).
+            if let Err(EngineError::Database(_)) = answer {
+                return Err(answer
+                    .err()
+                    .unwrap_or(EngineError::Internal("unreachable".into())));
+            }
+            answers.push(answer);
+        }
+        for point in state.points.values().filter(|p| p.dirty) {
+            check_quota_invariant(&point.qd)?;
+            rows::update_quota_day(conn, &point.qd).await?;
+        }
+        if state.changed {
+            rows::update_office_stock(conn, &state.office).await?;
+            self.announce_in_tx(conn, office_id).await?;
+        }
+        tx.commit().await?;
+        Ok((answers, state.changed))
+    }
+
+    /// One Reserve inside a batch. It returns an error only before it writes anything, so a
+    /// refused or invalid Reserve leaves the batch's other decisions untouched.
+    async fn reserve_one(
+        &self,
+        conn: &mut AnyConnection,
+        state: &mut BatchState,
+        cmd: &ReserveCommand,
+        nik_hash: &str,
+    ) -> EngineResult<ReserveResponse> {
         if let Some(stored) = self
             .stored_answer(conn, &cmd.request_id, RESERVE, &cmd.fingerprint)
             .await?
@@ -80,23 +226,43 @@ impl Engine {
             if let Some(Outcome::Reservation(r)) = response.outcome.as_mut() {
                 r.replayed = true;
             }
-            return Ok((response, false));
+            return Ok(response);
         }
-        let sp =
-            Self::service_point_or_not_found(conn, &cmd.office_id, &cmd.service_point_id).await?;
-        let zone = zone_of(&office)?;
-        let now = self.clock.now_ms();
-        let today = zone.local_date(now);
-        let date = format_local_date(today);
-        let expired = self
-            .expire_due_in_tx(conn, &mut office, now, &cmd.principal)
+        if !state.points.contains_key(&cmd.service_point_id) {
+            let sp = Self::service_point_or_not_found(conn, &cmd.office_id, &cmd.service_point_id)
+                .await?;
+            let qd = super::quota_day_for_update(
+                conn,
+                self.store.for_update(),
+                &state.office,
+                &sp,
+                state.today,
+            )
             .await?;
-        let mut qd = super::quota_day_for_update(conn, lock, &office, &sp, today).await?;
-        let policy = policy_of(&sp)?;
-        let calendar = calendar_of(&sp);
+            let waiting = rows::waiting_at(
+                conn,
+                &cmd.office_id,
+                &cmd.service_point_id,
+                state.now - super::QUEUE_REPORT_TTL_MS,
+            )
+            .await?;
+            let point = PointState {
+                policy: policy_of(&sp)?,
+                calendar: calendar_of(&sp),
+                qd,
+                waiting,
+                dirty: false,
+            };
+            state.points.insert(cmd.service_point_id.clone(), point);
+        }
+        let Some(point) = state.points.get(&cmd.service_point_id) else {
+            return Err(EngineError::Internal(
+                "service point vanished from the batch".into(),
+            ));
+        };
 
         // One person, one blank a day (rule 7).
-        if let Some(existing) = rows::live_reservation_of_nik(conn, nik_hash, &date).await? {
+        if let Some(existing) = rows::live_reservation_of_nik(conn, nik_hash, &state.date).await? {
             if existing.office_id != cmd.office_id
                 || existing.service_point_id != cmd.service_point_id
             {
@@ -108,84 +274,135 @@ impl Engine {
                     ),
                 });
             }
-            let snap = snapshot(conn, &office, &sp, &policy, &qd, &calendar, zone, now).await?;
             let response = ReserveResponse {
                 outcome: Some(Outcome::Reservation(reservation_to_proto(&existing, true))),
-                quota: Some(snap),
+                quota: Some(self.batch_snapshot(state, point)?),
             };
-            self.finish(tx, cmd, &office, &response, expired > 0)
+            self.store_reserve_answer(conn, cmd, &response, state.now)
                 .await?;
-            return Ok((response, expired > 0));
+            return Ok(response);
         }
 
         let refusal = self
-            .admission(conn, cmd, &office, &policy, &qd, zone, today, now)
+            .admission(
+                conn,
+                cmd,
+                &state.office,
+                &point.policy,
+                &point.qd,
+                state.zone,
+                state.today,
+                state.now,
+                state.office_used,
+            )
             .await?;
         let outcome = match refusal {
             Some(cause) => Outcome::IkdReferral(referral(
-                cause, zone, today, now, &office, &policy, &qd, &calendar,
+                cause,
+                state.zone,
+                state.today,
+                state.now,
+                &state.office,
+                &point.policy,
+                &point.qd,
+                &point.calendar,
             )),
             None => {
-                let is_priority = priority_reasons(&policy).contains(&cmd.reason);
-                let reservation_id = new_reservation_id();
-                let masked_nik = cmd.nik.masked();
+                // Work on copies; they replace the batch's state only once every write succeeded.
+                let is_priority = priority_reasons(&point.policy).contains(&cmd.reason);
+                let mut qd = point.qd.clone();
+                let mut office = state.office.clone();
                 qd.held += 1;
                 if is_priority {
                     qd.priority_used += 1;
                 }
                 check_quota_invariant(&qd)?;
-                rows::update_quota_day(conn, &qd).await?;
+                let reservation_id = new_reservation_id();
+                let masked_nik = cmd.nik.masked();
                 let mut entry = NewEntry::of(LedgerEntryKind::Reserve);
                 entry.held_delta = 1;
                 entry.service_point_id = cmd.service_point_id.clone();
                 entry.reservation_id = reservation_id.clone();
                 entry.masked_nik = masked_nik.clone();
-                ledger::append(conn, &mut office, entry, &cmd.principal, now, &date).await?;
-                rows::update_office_stock(conn, &office).await?;
+                ledger::append(
+                    conn,
+                    &mut office,
+                    entry,
+                    &cmd.principal,
+                    state.now,
+                    &state.date,
+                )
+                .await?;
                 let reservation = ReservationRow {
                     reservation_id,
                     office_id: cmd.office_id.clone(),
                     office_seq: office.ledger_seq,
                     service_point_id: cmd.service_point_id.clone(),
                     counter_id: cmd.counter_id.clone(),
-                    local_date: date.clone(),
+                    local_date: state.date.clone(),
                     nik_hash: nik_hash.to_string(),
                     masked_nik,
                     reason: i64::from(cmd.reason),
                     priority: is_priority,
                     ikd_status: i64::from(cmd.ikd_status),
                     state: "HELD".to_string(),
-                    created_ms: now,
-                    expires_ms: now + office.hold_ttl_secs.max(1) * 1000,
+                    created_ms: state.now,
+                    expires_ms: state.now + office.hold_ttl_secs.max(1) * 1000,
                     committed_ms: 0,
                     spoiled_count: 0,
                 };
                 rows::insert_reservation(conn, &reservation).await?;
+                state.office = office;
+                state.office_used += 1;
+                state.changed = true;
+                if let Some(point) = state.points.get_mut(&cmd.service_point_id) {
+                    point.qd = qd;
+                    point.dirty = true;
+                }
                 Outcome::Reservation(reservation_to_proto(&reservation, false))
             }
         };
-        let changed = matches!(outcome, Outcome::Reservation(_)) || expired > 0;
-        let snap = snapshot(conn, &office, &sp, &policy, &qd, &calendar, zone, now).await?;
+        let Some(point) = state.points.get(&cmd.service_point_id) else {
+            return Err(EngineError::Internal(
+                "service point vanished from the batch".into(),
+            ));
+        };
         let response = ReserveResponse {
             outcome: Some(outcome),
-            quota: Some(snap),
+            quota: Some(self.batch_snapshot(state, point)?),
         };
-        self.finish(tx, cmd, &office, &response, changed).await?;
-        Ok((response, changed))
+        self.store_reserve_answer(conn, cmd, &response, state.now)
+            .await?;
+        Ok(response)
     }
 
-    /// Stores the answer for the request id, announces the change to other replicas, commits.
-    async fn finish(
+    fn batch_snapshot(
         &self,
-        mut tx: crate::store::Tx,
+        state: &BatchState,
+        point: &PointState,
+    ) -> EngineResult<QuotaSnapshot> {
+        snapshot_from(
+            &state.office,
+            &point.policy,
+            &point.qd,
+            state.zone,
+            state.now,
+            &SnapshotExtras {
+                office_used: state.office_used,
+                waiting: point.waiting,
+            },
+        )
+    }
+
+    async fn store_reserve_answer(
+        &self,
+        conn: &mut AnyConnection,
         cmd: &ReserveCommand,
-        office: &OfficeRow,
         response: &ReserveResponse,
-        changed: bool,
+        now: i64,
     ) -> EngineResult<()> {
-        let now = self.clock.now_ms();
         rows::store_answer(
-            &mut tx,
+            conn,
             &cmd.request_id,
             RESERVE,
             &cmd.fingerprint,
@@ -193,10 +410,6 @@ impl Engine {
             now,
         )
         .await?;
-        if changed {
-            self.announce_in_tx(&mut tx, &office.office_id).await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -212,6 +425,7 @@ impl Engine {
         zone: OfficeZone,
         today: NaiveDate,
         now: i64,
+        office_used: i64,
     ) -> EngineResult<Option<ReferralKind>> {
         // IKD first (rule 8): the office requires an active IKD, an exemption, or a recorded activation.
         if office.ikd_first_required {
@@ -230,8 +444,16 @@ impl Engine {
             }
         }
         let is_priority = priority_reasons(policy).contains(&cmd.reason);
-        let mut input =
-            admission_input(conn, office, policy, qd, zone, today, now, is_priority).await?;
+        let mut input = admission_figures(
+            office,
+            policy,
+            qd,
+            zone,
+            today,
+            now,
+            is_priority,
+            office_used,
+        );
         for cap in &policy.reason_caps {
             if cap.reasons.contains(&cmd.reason) {
                 let used = rows::live_count_for_reasons(
@@ -290,7 +512,8 @@ impl Engine {
         office_id: &str,
     ) -> EngineResult<()> {
         if self.store.kind() == crate::store::DatabaseKind::Postgres {
-            sqlx::query("SELECT pg_notify('blangko_office_changed', $1)")
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::notify::CHANNEL)
                 .bind(office_id)
                 .execute(conn)
                 .await?;

@@ -1,0 +1,140 @@
+//! The per-office queue behind Reserve (group commit). Each office with Reserves in flight has
+//! one worker task: it takes what is queued (up to [`MAX_BATCH`]) and decides it in one
+//! transaction, so concurrent Reserves of one office never fight over its row lock. A worker
+//! idle for [`IDLE_EXIT`] ends; the next Reserve starts a new one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::reserve::Job;
+use super::{Engine, EngineError, EngineResult};
+
+/// Most Reserves decided in one transaction.
+pub const MAX_BATCH: usize = 128;
+/// Most Reserves waiting per office; a caller past it waits for room (back-pressure), bounded
+/// by its own deadline.
+pub const QUEUE_CAPACITY: usize = 4096;
+/// How long an office's worker waits for work before it ends.
+pub const IDLE_EXIT: Duration = Duration::from_secs(30);
+
+/// The offices' queues.
+pub struct Batcher {
+    queues: Mutex<HashMap<String, mpsc::Sender<Job>>>,
+    /// The engine the workers run on (set once the engine is in its `Arc`).
+    engine: Mutex<Weak<Engine>>,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Batcher {
+            queues: Mutex::new(HashMap::new()),
+            engine: Mutex::new(Weak::new()),
+        }
+    }
+}
+
+impl Batcher {
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Job>>> {
+        // Only whole inserts and removes happen under this lock: a poisoned map is still sound.
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets the workers reach the engine; called once the engine is shared.
+    pub fn attach(&self, engine: &Arc<Engine>) {
+        *self.engine.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(engine);
+    }
+
+    /// Queues a Reserve for its office, starting the office's worker if none runs.
+    pub(crate) async fn submit(&self, engine: &Engine, mut job: Job) -> EngineResult<()> {
+        let Some(shared) = self
+            .engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upgrade()
+        else {
+            // No shared engine (not attached): decide this Reserve alone, inline.
+            let office = job.cmd.office_id.clone();
+            engine.run_batch(&office, vec![job]).await;
+            return Ok(());
+        };
+        // At most two tries: the first may hit a worker that just ended.
+        for _ in 0..2 {
+            let sender = {
+                let mut queues = self.queues();
+                queues
+                    .entry(job.cmd.office_id.clone())
+                    .or_insert_with(|| spawn_worker(&shared, job.cmd.office_id.clone()))
+                    .clone()
+            };
+            match sender.send(job).await {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(returned)) => {
+                    job = returned;
+                    let mut queues = self.queues();
+                    if queues
+                        .get(&job.cmd.office_id)
+                        .is_some_and(|s| s.same_channel(&sender))
+                    {
+                        queues.remove(&job.cmd.office_id);
+                    }
+                }
+            }
+        }
+        Err(EngineError::Internal(
+            "no reservation worker accepted the request".into(),
+        ))
+    }
+}
+
+fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
+    let (sender, mut receiver) = mpsc::channel::<Job>(QUEUE_CAPACITY);
+    let engine = Arc::clone(engine);
+    let own = sender.clone();
+    tokio::spawn(async move {
+        loop {
+            let first = match tokio::time::timeout(IDLE_EXIT, receiver.recv()).await {
+                Ok(Some(job)) => job,
+                Ok(None) => break,
+                Err(_) => {
+                    // Idle: leave, unless work arrived while we decided to.
+                    let leaving = {
+                        let mut queues = engine.batcher.queues();
+                        let idle = receiver.is_empty();
+                        if idle && queues.get(&office_id).is_some_and(|s| s.same_channel(&own)) {
+                            queues.remove(&office_id);
+                        }
+                        idle
+                    };
+                    if leaving {
+                        receiver.close();
+                        // Anything that slipped in before the close is still answered.
+                        let rest = drain(&mut receiver, usize::MAX);
+                        if !rest.is_empty() {
+                            engine.run_batch(&office_id, rest).await;
+                        }
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let mut jobs = vec![first];
+            jobs.extend(drain(&mut receiver, MAX_BATCH - 1));
+            engine.run_batch(&office_id, jobs).await;
+        }
+    });
+    sender
+}
+
+fn drain(receiver: &mut mpsc::Receiver<Job>, max: usize) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    while jobs.len() < max {
+        match receiver.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    jobs
+}

@@ -1,0 +1,246 @@
+//! Several stateless server processes over one PostgreSQL database: the database transaction is
+//! the only arbiter, so the quota stays exact across replicas; a replica killed mid-burst loses
+//! nothing acknowledged; watchers see changes made through other replicas (LISTEN/NOTIFY).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blangko_e2e::fixtures::{office_with_point, reserve_request};
+use blangko_e2e::postgres::skip_postgres;
+use blangko_e2e::{Backend, TestDatabase, TestServer};
+use blangko_proto::v1::counter_service_client::CounterServiceClient;
+use blangko_proto::v1::reserve_response::Outcome;
+use blangko_proto::v1::*;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+async fn three_replicas() -> anyhow::Result<Option<(Arc<TestDatabase>, Vec<TestServer>)>> {
+    if skip_postgres() {
+        eprintln!("BLANGKO_SKIP_POSTGRES=1: multi-replica test skipped");
+        return Ok(None);
+    }
+    let db = TestDatabase::new(Backend::Postgres).await?;
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers
+            .push(TestServer::spawn_process_on(db.clone(), &["--db-max-connections", "24"]).await?);
+    }
+    Ok(Some((db, servers)))
+}
+
+async fn clients(
+    servers: &[TestServer],
+    per_server: usize,
+) -> anyhow::Result<Vec<CounterServiceClient<Channel>>> {
+    let mut out = Vec::new();
+    for server in servers {
+        for _ in 0..per_server {
+            out.push(server.counter_client().await?);
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nine_hundred_reserves_over_three_replicas_get_exactly_211() -> anyhow::Result<()> {
+    let Some((_db, servers)) = three_replicas().await? else {
+        return Ok(());
+    };
+    let mut stock = servers[0].stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 211, 5000).await?;
+    let pool = clients(&servers, 3).await?;
+    let mut tasks = Vec::new();
+    for n in 0..900u32 {
+        let mut client = pool[n as usize % pool.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            client.reserve(reserve_request("3275", "main", n)).await
+        }));
+    }
+    let mut ids = HashSet::new();
+    let mut referred = 0;
+    for task in tasks {
+        match task.await??.into_inner().outcome {
+            Some(Outcome::Reservation(r)) => {
+                ids.insert(r.reservation_id);
+            }
+            Some(Outcome::IkdReferral(_)) => referred += 1,
+            None => anyhow::bail!("no outcome"),
+        }
+    }
+    assert_eq!((ids.len(), referred), (211, 689));
+
+    // The same NIK sent to all three replicas at once: one reservation.
+    office_with_point(&mut stock, "3204", "main", 10, 100).await?;
+    let mut tasks = Vec::new();
+    for i in 0..30usize {
+        let mut client = pool[i % pool.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            client.reserve(reserve_request("3204", "main", 6000)).await
+        }));
+    }
+    let mut same = HashSet::new();
+    for task in tasks {
+        match task.await??.into_inner().outcome {
+            Some(Outcome::Reservation(r)) => {
+                same.insert(r.reservation_id);
+            }
+            other => anyhow::bail!("expected the one reservation, got {other:?}"),
+        }
+    }
+    assert_eq!(same.len(), 1, "one person, one blank, across replicas");
+    let s = stock
+        .get_stock(GetStockRequest {
+            office_id: "3204".into(),
+        })
+        .await?
+        .into_inner()
+        .stock
+        .unwrap_or_default();
+    assert_eq!(s.held, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_one_replica_mid_burst_loses_nothing_and_the_others_keep_serving()
+-> anyhow::Result<()> {
+    let Some((_db, mut servers)) = three_replicas().await? else {
+        return Ok(());
+    };
+    let mut stock = servers[0].stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 150, 5000).await?;
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let mut workers = Vec::new();
+    for (w, server) in servers.iter().enumerate() {
+        for k in 0..3u32 {
+            let mut client = server.counter_client().await?;
+            let acked = acked.clone();
+            let base = (w as u32 * 3 + k) * 100;
+            workers.push(tokio::spawn(async move {
+                let mut errors = 0;
+                for i in 0..100u32 {
+                    match client
+                        .reserve(reserve_request("3275", "main", base + i))
+                        .await
+                    {
+                        Ok(answer) => {
+                            if let Some(Outcome::Reservation(r)) = answer.into_inner().outcome
+                                && let Ok(mut a) = acked.lock()
+                            {
+                                a.insert(r.reservation_id);
+                            }
+                        }
+                        Err(_) => {
+                            errors += 1;
+                            if errors > 3 {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    // Kill replica 2 once the burst is under way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while acked.lock().map(|a| a.len()).unwrap_or(0) < 30 && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    servers[2].kill();
+    servers[2].wait_killed().await;
+    for w in workers {
+        let _ = w.await;
+    }
+    // The surviving replicas still serve and agree on every acknowledged reservation.
+    let mut counter = servers[1].counter_client().await?;
+    let mut found = HashSet::new();
+    let mut token = String::new();
+    loop {
+        let page = counter
+            .list_reservations(ListReservationsRequest {
+                office_id: "3275".into(),
+                page_size: 500,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        found.extend(page.reservations.into_iter().map(|r| r.reservation_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let acked = acked
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    assert!(
+        acked.is_subset(&found),
+        "an acknowledged reservation is missing"
+    );
+    let q = counter
+        .get_quota(GetQuotaRequest {
+            office_id: "3275".into(),
+            service_point_id: "main".into(),
+        })
+        .await?
+        .into_inner()
+        .quota
+        .unwrap_or_default();
+    assert!(q.held + q.committed <= 150, "quota exceeded: {q:?}");
+    assert_eq!(q.held as usize, found.len(), "counters agree with the rows");
+    // And a fresh Reserve through replica 0 works (or is referred because the quota is full).
+    let after = servers[0]
+        .counter_client()
+        .await?
+        .reserve(reserve_request("3275", "main", 9999))
+        .await?;
+    assert!(after.into_inner().outcome.is_some());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_on_one_replica_sees_reserves_made_through_another() -> anyhow::Result<()> {
+    let Some((_db, servers)) = three_replicas().await? else {
+        return Ok(());
+    };
+    let mut stock = servers[0].stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 20, 100).await?;
+    let mut watch = servers[0]
+        .counter_client()
+        .await?
+        .watch_quota(WatchQuotaRequest {
+            office_id: "3275".into(),
+            service_point_id: "main".into(),
+        })
+        .await?
+        .into_inner();
+    let first = watch
+        .next()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no snapshot"))??;
+    assert_eq!(first.quota.unwrap_or_default().held, 0);
+    let mut counter_b = servers[1].counter_client().await?;
+    for n in 0..3 {
+        counter_b
+            .reserve(reserve_request("3275", "main", n))
+            .await?;
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(s)) = watch.next().await {
+            if s.quota.unwrap_or_default().held == 3 {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        seen,
+        "replica A's watcher never saw replica B's three holds"
+    );
+    Ok(())
+}
