@@ -7,17 +7,20 @@
 //! - `grpc`: thin handlers: validate and decode, call the engine, encode; one place maps engine
 //!   errors to gRPC statuses with rich details;
 //! - `engine`: every operation as one database transaction, applying the rules of `domain`;
-//! - `domain`: the pure rules (NIK, calendar day, quota policy, reservation states); no I/O;
+//! - `domain`: the pure rules (NIK, calendar day, quota policy, reservation states), a crate of
+//!   its own (`domain/`) with no I/O dependency at all;
 //! - `store`: the database (embedded SQLite or PostgreSQL), migrations embedded;
 //! - `clock`, `nik_key`: injected time and the key that hashes NIKs.
 #![forbid(unsafe_code)]
+
+/// The pure rules (crate `blangko-domain`), under the name the rest of the server uses.
+pub use blangko_domain as domain;
 
 pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
-pub mod domain;
 pub mod engine;
 pub mod grpc;
 pub mod nik_key;

@@ -7,8 +7,8 @@
 
 use chrono::Datelike;
 
-use super::calendar::OfficeZone;
-use super::quota::Refusal;
+use crate::calendar::OfficeZone;
+use crate::quota::Refusal;
 
 /// The message and the IKD activation steps, in Bahasa Indonesia and English.
 #[derive(Debug, Clone, PartialEq, Eq)]

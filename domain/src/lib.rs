@@ -11,6 +11,8 @@
 //! The store reads the inputs and writes the outcome in one transaction; these modules only
 //! decide, so every rule is unit-tested without a database.
 
+#![forbid(unsafe_code)]
+
 pub mod calendar;
 pub mod forecast;
 pub mod nik;

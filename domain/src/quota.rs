@@ -6,7 +6,7 @@
 
 use chrono::NaiveDate;
 
-use super::calendar::ServiceCalendar;
+use crate::calendar::ServiceCalendar;
 
 /// Days the PACED quota spreads the stock over, and whether supply is overdue.
 ///
