@@ -1,0 +1,107 @@
+//! blangko-counter: the counter-terminal client of blangko.
+//!
+//! The client is thin (every decision is the server's) and queue-aware. Map of the crate:
+//!
+//! - [`cli`]: the command line (clap; every option also a `BLANGKO_*` environment variable).
+//! - [`connect`]: endpoints, failover, per-call time-out, safe retries with backoff, request ids.
+//! - [`terminal`]: [`Terminal`], one counter's typed calls (what other programs and tests use).
+//! - [`commands`]: one file per one-shot command (`status`, `reserve`, `commit`, ..., `watch`).
+//! - [`queue`]: a day's queue from a CSV file: forecast, reservations, results file, resume.
+//! - [`interactive`]: the line-based officer screen (`counter`).
+//! - [`forecast`]: the queue forecast rule and ticket ranges.
+//! - [`output`]: texts in Bahasa Indonesia and English, local times, the JSON shapes.
+//! - [`error`]: failures and exit codes; [`nik`]: masking and checks; [`vocab`]: enum words.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod commands;
+pub mod connect;
+pub mod error;
+pub mod forecast;
+pub mod interactive;
+pub mod nik;
+pub mod output;
+pub mod queue;
+pub mod terminal;
+pub mod vocab;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub use cli::{Cli, Command};
+pub use connect::{ConnectOptions, Connection};
+pub use error::Failure;
+pub use output::{Lang, Out, Zone};
+pub use terminal::{Identity, Terminal};
+
+/// The JSON library of the `--json` shapes, for programs (and tests) that read them.
+pub use serde_json;
+
+/// Runs one parsed command line and gives the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let out = Out {
+        lang: cli.lang,
+        json: cli.json,
+        zone: cli.zone,
+    };
+    let options = ConnectOptions {
+        servers: cli.servers.clone(),
+        call_timeout: Duration::from_secs_f64(cli.timeout_secs),
+        token: cli.token.clone(),
+        retries: cli.retries,
+    };
+    let conn = match Connection::new(&options) {
+        Ok(conn) => conn,
+        Err(error) => return Failure::bad_field("server", error.to_string()).exit(&out),
+    };
+    let term = Terminal::new(
+        conn,
+        Identity {
+            office: cli.office.clone(),
+            service_point: cli.service_point.clone(),
+            counter: cli.counter.clone(),
+        },
+    );
+    match &cli.command {
+        Command::Status => commands::status::run(&term, out).await,
+        Command::Reserve(args) => commands::reserve::run(&term, out, args).await,
+        Command::Commit { reservation_id } => {
+            commands::reservation::commit(&term, out, reservation_id).await
+        }
+        Command::Cancel {
+            reservation_id,
+            note,
+        } => {
+            commands::reservation::cancel(&term, out, reservation_id, note.as_deref().unwrap_or(""))
+                .await
+        }
+        Command::Spoiled {
+            reservation_id,
+            reason,
+            report,
+            note,
+        } => {
+            commands::reservation::spoiled(
+                &term,
+                out,
+                reservation_id.as_deref().unwrap_or(""),
+                *reason,
+                report.as_deref().unwrap_or(""),
+                note.as_deref().unwrap_or(""),
+            )
+            .await
+        }
+        Command::Holds => commands::holds::run(&term, out).await,
+        Command::Watch(args) => commands::watch::run(&term, out, args).await,
+        Command::Queue(args) => {
+            let options = queue::QueueOptions {
+                file: args.file.clone(),
+                results: args.results.clone(),
+                forecast_only: args.forecast_only,
+                pace: Duration::from_millis(args.pace_ms),
+            };
+            queue::run_queue(&term, out, &options).await
+        }
+        Command::Counter { waiting } => interactive::run_counter(&term, out, *waiting).await,
+    }
+}

@@ -1,0 +1,462 @@
+//! `blangko-bench`: a load generator for blangko-server.
+//!
+//! It sets up its own offices and service points (quota large enough that the quota is not what
+//! stops Reserve, unless `--quota` says otherwise), then runs, in ONE process and one run so the
+//! figures compare as ratios:
+//! - closed loop (`--concurrency` calls in flight) for throughput;
+//! - open loop (`--rate` calls per second, arrivals on a fixed schedule) for latency, so that
+//!   queueing delay shows instead of hiding behind a slowed-down client;
+//!
+//! for Reserve, GetQuota and grpc.health.v1 Health/Check, and prints throughput and
+//! p50/p99/p99.9. Afterwards it checks the quota invariant on every service point it used and
+//! counts statuses: any unexpected status or over-issue makes it exit 1. It never fails on a
+//! timing.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use blangko_proto::v1::counter_service_client::CounterServiceClient;
+use blangko_proto::v1::reserve_response::Outcome;
+use blangko_proto::v1::stock_service_client::StockServiceClient;
+use blangko_proto::v1::*;
+use clap::Parser;
+use tonic::transport::{Channel, Endpoint};
+
+/// Most calls in flight the closed loop allows.
+const MAX_CONCURRENCY: usize = 4096;
+/// Longest phase.
+const MAX_SECONDS: f64 = 600.0;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "blangko-bench",
+    version,
+    about = "Load generator for blangko-server"
+)]
+struct Args {
+    /// Server URL; repeat for several replicas (calls are spread round-robin).
+    #[arg(
+        long = "server",
+        env = "BLANGKO_SERVER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50051"
+    )]
+    servers: Vec<String>,
+    /// Calls in flight in the closed loop.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds per closed-loop phase.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Arrivals per second in the open-loop phase (0 skips it).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// gRPC connections per server (HTTP/2 multiplexes calls over each).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Offices to spread Reserves over (ids 3201, 3202, ...).
+    #[arg(long, default_value_t = 1)]
+    offices: u32,
+    /// Service points per office.
+    #[arg(long, default_value_t = 16)]
+    service_points: u32,
+    /// Daily quota of each service point (large by default, so the quota does not stop Reserve).
+    #[arg(long, default_value_t = 100_000)]
+    quota: u32,
+    /// First NIK serial used (use a different one on each run against the same database).
+    #[arg(long, default_value_t = 0)]
+    nik_offset: u64,
+    /// Phases to run, comma separated: health, quota, reserve.
+    #[arg(long, value_delimiter = ',', default_value = "health,quota,reserve")]
+    phases: Vec<String>,
+}
+
+/// Latencies of one phase, in microseconds.
+#[derive(Default)]
+struct Sample {
+    micros: Vec<u64>,
+    errors: u64,
+    reserved: u64,
+    referred: u64,
+}
+
+impl Sample {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.micros.is_empty() {
+            return 0.0;
+        }
+        let mut sorted = self.micros.clone();
+        sorted.sort_unstable();
+        let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+        sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
+    }
+}
+
+#[derive(Clone)]
+struct Clients {
+    counter: Vec<CounterServiceClient<Channel>>,
+    health: Vec<tonic_health::pb::health_client::HealthClient<Channel>>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        (1..=MAX_CONCURRENCY).contains(&args.concurrency),
+        "--concurrency must be 1..={MAX_CONCURRENCY}"
+    );
+    anyhow::ensure!(
+        args.seconds > 0.0 && args.seconds <= MAX_SECONDS,
+        "--seconds must be in (0, {MAX_SECONDS}]"
+    );
+    anyhow::ensure!(
+        (1..=1000).contains(&args.offices) && (1..=64).contains(&args.service_points),
+        "--offices 1..=1000, --service-points 1..=64"
+    );
+    let mut channels = Vec::new();
+    for url in &args.servers {
+        for _ in 0..args.connections.max(1) {
+            channels.push(
+                Endpoint::from_shared(url.clone())?
+                    .connect_timeout(Duration::from_secs(5))
+                    .connect()
+                    .await
+                    .with_context(|| format!("cannot connect to {url}"))?,
+            );
+        }
+    }
+    let clients = Clients {
+        counter: channels
+            .iter()
+            .cloned()
+            .map(CounterServiceClient::new)
+            .collect(),
+        health: channels
+            .iter()
+            .cloned()
+            .map(tonic_health::pb::health_client::HealthClient::new)
+            .collect(),
+    };
+    let mut stock = StockServiceClient::new(channels[0].clone());
+    setup(&mut stock, &args).await?;
+    println!(
+        "blangko-bench: {} server(s), {} connection(s), concurrency {}, {} s per phase, {} office(s) x {} service point(s)",
+        args.servers.len(),
+        channels.len(),
+        args.concurrency,
+        args.seconds,
+        args.offices,
+        args.service_points
+    );
+    let nik_counter = Arc::new(AtomicU64::new(args.nik_offset));
+    let mut throughput = Vec::new();
+    let mut failed = false;
+    for phase in &args.phases {
+        let sample = closed_loop(&clients, &args, phase, nik_counter.clone()).await?;
+        let rps = sample.micros.len() as f64 / args.seconds;
+        report(&format!("{phase} (closed loop)"), &sample, rps);
+        failed |= sample.errors > 0;
+        throughput.push((phase.clone(), rps));
+        if args.rate > 0.0 {
+            let sample = open_loop(&clients, &args, phase, nik_counter.clone()).await?;
+            report(
+                &format!("{phase} (open loop, {} /s)", args.rate),
+                &sample,
+                sample.micros.len() as f64 / args.seconds,
+            );
+            failed |= sample.errors > 0;
+        }
+    }
+    if let Some((_, health)) = throughput.iter().find(|(p, _)| p == "health") {
+        for (phase, rps) in &throughput {
+            if phase != "health" && *health > 0.0 {
+                println!("ratio {phase}/health throughput: {:.3}", rps / health);
+            }
+        }
+    }
+    let over = check_invariant(&mut CounterServiceClient::new(channels[0].clone()), &args).await?;
+    if over > 0 || failed {
+        println!("FAILED: {over} service point(s) over quota; unexpected statuses: {failed}");
+        std::process::exit(1);
+    }
+    println!(
+        "invariant held: held + committed <= quota on every service point; no unexpected status"
+    );
+    Ok(())
+}
+
+fn office_id(i: u32) -> String {
+    format!("{}", 3201 + i)
+}
+
+async fn setup(stock: &mut StockServiceClient<Channel>, args: &Args) -> anyhow::Result<()> {
+    let all_days: Vec<i32> = (1..=7).collect();
+    for i in 0..args.offices {
+        let office = office_id(i);
+        stock
+            .upsert_office(UpsertOfficeRequest {
+                request_id: format!("bench-office-{office}-{}", rand::random::<u32>()),
+                office: Some(Office {
+                    office_id: office.clone(),
+                    name: format!("Bench {office}"),
+                    time_zone: "Asia/Jakarta".into(),
+                    hold_ttl_secs: 86_400,
+                    ..Office::default()
+                }),
+            })
+            .await?;
+        for sp in 0..args.service_points {
+            stock
+                .upsert_service_point(UpsertServicePointRequest {
+                    request_id: format!("bench-sp-{office}-{sp}-{}", rand::random::<u32>()),
+                    service_point: Some(ServicePoint {
+                        office_id: office.clone(),
+                        service_point_id: format!("sp{sp}"),
+                        name: format!("Bench {sp}"),
+                        kind: ServicePointKind::Other as i32,
+                        service_days: all_days.clone(),
+                        holidays: vec![],
+                        policy: Some(QuotaPolicy {
+                            mode: QuotaMode::Fixed as i32,
+                            fixed_daily_quota: args.quota,
+                            ..QuotaPolicy::default()
+                        }),
+                    }),
+                })
+                .await?;
+        }
+        stock
+            .record_shipment(RecordShipmentRequest {
+                request_id: format!("bench-ship-{office}-{}", rand::random::<u32>()),
+                office_id: office.clone(),
+                quantity: 1_000_000,
+                reference: format!("BENCH-{}", rand::random::<u64>()),
+                note: String::new(),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// A valid NIK for serial `n`: province 32, regency 01, a birth date varied with n.
+fn nik(n: u64) -> String {
+    let serial = n % 9999 + 1;
+    let day = (n / 9999) % 28 + 1;
+    let month = (n / (9999 * 28)) % 12 + 1;
+    let year = 60 + (n / (9999 * 28 * 12)) % 40;
+    format!("320101{day:02}{month:02}{year:02}{serial:04}")
+}
+
+async fn one_call(
+    clients: &Clients,
+    args: &Args,
+    phase: &str,
+    i: u64,
+    nik_counter: &AtomicU64,
+) -> Result<Option<bool>, tonic::Status> {
+    let k = (i as usize) % clients.counter.len();
+    match phase {
+        "health" => {
+            clients.health[k]
+                .clone()
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?;
+            Ok(None)
+        }
+        "quota" => {
+            let office = office_id((i % u64::from(args.offices)) as u32);
+            clients.counter[k]
+                .clone()
+                .get_quota(GetQuotaRequest {
+                    office_id: office,
+                    service_point_id: format!(
+                        "sp{}",
+                        (i / u64::from(args.offices)) % u64::from(args.service_points)
+                    ),
+                })
+                .await?;
+            Ok(None)
+        }
+        _ => {
+            let n = nik_counter.fetch_add(1, Ordering::Relaxed);
+            let office = office_id((n % u64::from(args.offices)) as u32);
+            let sp = (n / u64::from(args.offices)) % u64::from(args.service_points);
+            let answer = clients.counter[k]
+                .clone()
+                .reserve(ReserveRequest {
+                    request_id: format!("bench-{n}-{:08x}", rand::random::<u32>()),
+                    office_id: office,
+                    service_point_id: format!("sp{sp}"),
+                    counter_id: "bench".into(),
+                    nik: nik(n),
+                    reason: Reason::DataChange as i32,
+                    ikd_status: IkdStatus::Active as i32,
+                })
+                .await?
+                .into_inner();
+            Ok(Some(matches!(
+                answer.outcome,
+                Some(Outcome::Reservation(_))
+            )))
+        }
+    }
+}
+
+async fn closed_loop(
+    clients: &Clients,
+    args: &Args,
+    phase: &str,
+    nik_counter: Arc<AtomicU64>,
+) -> anyhow::Result<Sample> {
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let issued = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let clients = clients.clone();
+        let args_phase = phase.to_string();
+        let issued = issued.clone();
+        let nik_counter = nik_counter.clone();
+        let offices = args.offices;
+        let sps = args.service_points;
+        tasks.push(tokio::spawn(async move {
+            let local_args = Args {
+                offices,
+                service_points: sps,
+                ..Args::parse_from(["blangko-bench"])
+            };
+            let mut s = Sample::default();
+            while Instant::now() < deadline {
+                let i = issued.fetch_add(1, Ordering::Relaxed);
+                let start = Instant::now();
+                match one_call(&clients, &local_args, &args_phase, i, &nik_counter).await {
+                    Ok(r) => {
+                        s.micros.push(start.elapsed().as_micros() as u64);
+                        match r {
+                            Some(true) => s.reserved += 1,
+                            Some(false) => s.referred += 1,
+                            None => {}
+                        }
+                    }
+                    Err(status) => {
+                        s.errors += 1;
+                        if s.errors <= 3 {
+                            eprintln!(
+                                "unexpected status: {:?} {}",
+                                status.code(),
+                                status.message()
+                            );
+                        }
+                    }
+                }
+            }
+            s
+        }));
+    }
+    let mut all = Sample::default();
+    for t in tasks {
+        let s = t.await?;
+        all.micros.extend(s.micros);
+        all.errors += s.errors;
+        all.reserved += s.reserved;
+        all.referred += s.referred;
+    }
+    Ok(all)
+}
+
+async fn open_loop(
+    clients: &Clients,
+    args: &Args,
+    phase: &str,
+    nik_counter: Arc<AtomicU64>,
+) -> anyhow::Result<Sample> {
+    let total = (args.rate * args.seconds) as u64;
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    let offices = args.offices;
+    let sps = args.service_points;
+    for i in 0..total {
+        // Arrivals follow the schedule, whatever the server's speed: latency is measured from the
+        // scheduled arrival, so queueing delay counts.
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let clients = clients.clone();
+        let phase = phase.to_string();
+        let nik_counter = nik_counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let local_args = Args {
+                offices,
+                service_points: sps,
+                ..Args::parse_from(["blangko-bench"])
+            };
+            let r = one_call(&clients, &local_args, &phase, i, &nik_counter).await;
+            (due.elapsed().as_micros() as u64, r)
+        }));
+    }
+    let mut s = Sample::default();
+    for t in tasks {
+        let (micros, r) = t.await?;
+        match r {
+            Ok(Some(true)) => {
+                s.reserved += 1;
+                s.micros.push(micros)
+            }
+            Ok(Some(false)) => {
+                s.referred += 1;
+                s.micros.push(micros)
+            }
+            Ok(None) => s.micros.push(micros),
+            Err(_) => s.errors += 1,
+        }
+    }
+    Ok(s)
+}
+
+fn report(name: &str, s: &Sample, rps: f64) {
+    println!(
+        "{name:<32} {rps:>9.0} calls/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  ok {}  errors {}{}",
+        s.percentile(50.0),
+        s.percentile(99.0),
+        s.percentile(99.9),
+        s.micros.len(),
+        s.errors,
+        if s.reserved + s.referred > 0 {
+            format!("  reserved {}  referred {}", s.reserved, s.referred)
+        } else {
+            String::new()
+        }
+    );
+}
+
+async fn check_invariant(
+    counter: &mut CounterServiceClient<Channel>,
+    args: &Args,
+) -> anyhow::Result<u32> {
+    let mut over = 0;
+    for i in 0..args.offices {
+        for sp in 0..args.service_points {
+            let q = counter
+                .get_quota(GetQuotaRequest {
+                    office_id: office_id(i),
+                    service_point_id: format!("sp{sp}"),
+                })
+                .await?
+                .into_inner()
+                .quota
+                .unwrap_or_default();
+            if q.held + q.committed > q.quota {
+                over += 1;
+                println!(
+                    "OVER QUOTA: {} {}: {} + {} > {}",
+                    q.office_id, q.service_point_id, q.held, q.committed, q.quota
+                );
+            }
+        }
+    }
+    Ok(over)
+}

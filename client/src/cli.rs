@@ -1,0 +1,296 @@
+//! The command line: every option also an environment variable (`BLANGKO_*`).
+
+use std::path::PathBuf;
+
+use blangko_proto::v1::{IkdStatus, Reason, SpoilageReason};
+use clap::builder::FalseyValueParser;
+use clap::{ArgAction, Parser, Subcommand};
+
+use crate::output::{Lang, Zone};
+use crate::vocab::{parse_ikd_arg, parse_reason_arg, parse_spoilage_arg};
+
+const EXAMPLES: &str = "\
+Examples / Contoh:
+  # Is the server up, and how much of today's quota is left?
+  blangko-counter --office 3275 --service-point mpp status
+
+  # One applicant (exit 0 reserved, 3 referred to IKD, 2 bad input, 1 other error)
+  export BLANGKO_SERVER=http://10.1.2.3:50051,http://10.1.2.4:50051
+  export BLANGKO_OFFICE=3275 BLANGKO_SERVICE_POINT=mpp BLANGKO_COUNTER=loket-3
+  blangko-counter reserve --nik 3275014101900001 --reason new-recording --ikd not-active
+  blangko-counter commit R7270f87e62fd... # after the card is printed
+  blangko-counter cancel R7270f87e62fd... # the applicant left
+  blangko-counter spoiled R7270f87e62fd... --reason chip --report BA-2026/117
+  blangko-counter holds                   # this counter's open holds, e.g. after a crash
+
+  # Process the morning queue (ticket,nik,reason with a header row); safe to re-run
+  blangko-counter queue antrean-2026-11-29.csv --results hasil.csv
+
+  # Live quota, one line per change; the interactive counter screen
+  blangko-counter watch
+  blangko-counter counter --waiting 25
+
+  # Machine output, English texts, an office in WITA
+  blangko-counter --json --lang en --zone Asia/Makassar status";
+
+/// blangko-counter: the counter terminal of blangko (blank e-KTP rationing).
+///
+/// Reserves one blank card per applicant, or refers the applicant to IKD (digital ID) activation
+/// when today's quota or the stock is gone. Every decision is the server's; this client spreads
+/// calls over the servers given, fails over, and retries safely (same request id).
+///
+/// Times are shown in the office's local time: give --zone (Asia/Jakarta = WIB, the default;
+/// Asia/Makassar = WITA; Asia/Jayapura = WIT), because reservation answers carry no time zone.
+#[derive(Debug, Parser)]
+#[command(name = "blangko-counter", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Server URL; repeat (or separate with commas) for several replicas: calls are spread over
+    /// them and fail over when one is down.
+    #[arg(
+        long = "server",
+        env = "BLANGKO_SERVER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub servers: Vec<String>,
+
+    /// Office: the 4-digit Kemendagri regency/city code, e.g. 3275 (Kota Bekasi).
+    #[arg(long, env = "BLANGKO_OFFICE", global = true)]
+    pub office: Option<String>,
+
+    /// Service point of the office, e.g. mpp.
+    #[arg(long, env = "BLANGKO_SERVICE_POINT", global = true)]
+    pub service_point: Option<String>,
+
+    /// This counter (loket), e.g. loket-3. Needed to reserve and to list holds.
+    #[arg(long, env = "BLANGKO_COUNTER", global = true)]
+    pub counter: Option<String>,
+
+    /// Language of the output: id (Bahasa Indonesia) or en.
+    #[arg(long, env = "BLANGKO_LANG", value_enum, default_value_t = Lang::Id, global = true)]
+    pub lang: Lang,
+
+    /// Machine output: one JSON object per result on stdout.
+    #[arg(long, env = "BLANGKO_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new(), global = true)]
+    pub json: bool,
+
+    /// Time-out of one call on one server, in seconds.
+    #[arg(long = "timeout", env = "BLANGKO_TIMEOUT", default_value_t = 5.0, value_parser = parse_seconds, global = true)]
+    pub timeout_secs: f64,
+
+    /// Retry rounds over all servers after the first, for UNAVAILABLE and DEADLINE_EXCEEDED only.
+    #[arg(long, env = "BLANGKO_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10), global = true)]
+    pub retries: u32,
+
+    /// The office's time zone for the times shown: Asia/Jakarta (WIB), Asia/Makassar (WITA) or
+    /// Asia/Jayapura (WIT).
+    #[arg(long, env = "BLANGKO_ZONE", default_value = "Asia/Jakarta", value_parser = Zone::parse_arg, global = true)]
+    pub zone: Zone,
+
+    /// Bearer token, sent as `authorization: Bearer …` when given.
+    #[arg(long, env = "BLANGKO_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A positive number of seconds, at most a day.
+fn parse_seconds(word: &str) -> Result<f64, String> {
+    match word.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(s),
+        _ => Err(format!(
+            "{word:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Server health and version, and today's quota of the service point (with --office and
+    /// --service-point).
+    Status,
+
+    /// Reserve a blank for one applicant (exit 0 reserved, 3 referred to IKD, 2 bad input).
+    Reserve(ReserveArgs),
+
+    /// Commit a reservation: the card was printed.
+    Commit {
+        /// The reservation id.
+        #[arg(env = "BLANGKO_RESERVATION")]
+        reservation_id: String,
+    },
+
+    /// Cancel a held reservation: the slot and the blank return.
+    Cancel {
+        /// The reservation id.
+        #[arg(env = "BLANGKO_RESERVATION")]
+        reservation_id: String,
+        /// Why (kept in the ledger).
+        #[arg(long, env = "BLANGKO_NOTE")]
+        note: Option<String>,
+    },
+
+    /// Record a spoiled blank: on a held reservation (a reprint) or, without an id, a defective
+    /// blank found in stock.
+    Spoiled {
+        /// The held reservation being printed; omit for a blank found defective in stock.
+        #[arg(env = "BLANGKO_RESERVATION")]
+        reservation_id: Option<String>,
+        /// misprint, chip-encoding-failure (chip), factory-defect (defect), storage-damage, other.
+        #[arg(long, env = "BLANGKO_SPOILAGE_REASON", value_parser = parse_spoilage_arg)]
+        reason: SpoilageReason,
+        /// Reference of the destruction report (berita acara).
+        #[arg(long = "report", env = "BLANGKO_REPORT")]
+        report: Option<String>,
+        /// Free text.
+        #[arg(long, env = "BLANGKO_NOTE")]
+        note: Option<String>,
+    },
+
+    /// This counter's open holds today, with the time left on each.
+    Holds,
+
+    /// Live quota snapshots, one line per change; reconnects after a server restart.
+    Watch(WatchArgs),
+
+    /// Process a queue file (CSV: ticket,nik,reason[,ikd] with a header row). Safe to re-run.
+    ///
+    /// First the forecast: this counter's waiting count is reported to the server (ReportQueue)
+    /// and the applicants beyond this counter's share of today's remaining quota are told at once,
+    /// by ticket number, to activate IKD. Then it reserves in queue order, keeps the forecast
+    /// current from the live snapshot, and appends every outcome to the results file. Bad rows are
+    /// reported with their line numbers, never skipped silently. Columns are found by their header
+    /// names (ticket/tiket/no, nik, reason/alasan, ikd); `,` `;` and tab separators are accepted.
+    ///
+    /// After a crash or a dropped connection, run the same command again: request ids are derived
+    /// from office, service point, local date and ticket (q-3275-mpp-20261129-A017), so nobody is
+    /// reserved twice, and tickets already handled today are skipped.
+    ///
+    /// Exit 0 when every row was handled, 2 when some rows were invalid, 1 when the run stopped early.
+    Queue(QueueArgs),
+
+    /// Interactive counter screen, driven line by line from the keyboard (or stdin).
+    ///
+    /// Shows the remaining quota and this counter's forecast before every prompt. Commands:
+    /// Enter or n (next applicant: NIK, reason, IKD check), antrean/queue N (applicants waiting
+    /// here, reported to the server), c [ID] (card printed), x [ID] (cancel), rusak/spoiled [ID]
+    /// REASON, hold/holds, kuota/quota, bantuan/help, keluar/quit. When the office requires IKD
+    /// first, an IKD_REQUIRED referral offers to record the activation and reserve again at once.
+    Counter {
+        /// Applicants waiting at this counter at the start (reported to the server).
+        #[arg(long, env = "BLANGKO_WAITING", default_value_t = 0)]
+        waiting: u32,
+    },
+}
+
+/// Arguments of `reserve`.
+#[derive(Debug, clap::Args)]
+pub struct ReserveArgs {
+    /// The applicant's NIK (16 digits; spaces, dots and dashes are ignored).
+    #[arg(long, env = "BLANGKO_NIK", hide_env_values = true)]
+    pub nik: String,
+    /// new-recording, first-time-voter, region-split, data-change, vulnerable, lost, damaged
+    /// (or 1-7, or the Indonesian names: perekaman-baru, pemilih-pemula, ...).
+    #[arg(long, env = "BLANGKO_REASON", value_parser = parse_reason_arg)]
+    pub reason: Reason,
+    /// The officer's IKD check: active, not-active or exempt.
+    #[arg(long, env = "BLANGKO_IKD", value_parser = parse_ikd_arg)]
+    pub ikd: Option<IkdStatus>,
+    /// Idempotency key (default: a fresh random one). Re-using it replays the first answer.
+    #[arg(long, env = "BLANGKO_REQUEST_ID")]
+    pub request_id: Option<String>,
+}
+
+/// Arguments of `watch`.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Stop after this many snapshots.
+    #[arg(long, env = "BLANGKO_MAX_UPDATES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_updates: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long = "for", env = "BLANGKO_WATCH_FOR", value_parser = parse_seconds)]
+    pub for_secs: Option<f64>,
+    /// Give up after this many failed reconnects in a row.
+    #[arg(long, env = "BLANGKO_MAX_RECONNECTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub max_reconnects: u32,
+}
+
+/// Arguments of `queue`.
+#[derive(Debug, clap::Args)]
+pub struct QueueArgs {
+    /// The queue: CSV with a header row; columns ticket, nik, reason and optionally ikd.
+    #[arg(env = "BLANGKO_QUEUE_FILE")]
+    pub file: PathBuf,
+    /// Results file; `.json`/`.jsonl` gives JSON lines, anything else CSV. Default: next to the
+    /// queue file, `<name>.results.csv`. Also the journal a re-run resumes from.
+    #[arg(long, env = "BLANGKO_RESULTS")]
+    pub results: Option<PathBuf>,
+    /// Show the forecast and tell the applicants beyond the cut-off, but reserve nothing.
+    #[arg(long, env = "BLANGKO_FORECAST_ONLY", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    pub forecast_only: bool,
+    /// Wait this many milliseconds between two applicants (0: as fast as the server answers).
+    #[arg(long, env = "BLANGKO_PACE_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub pace_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn several_servers_and_defaults() {
+        let cli = Cli::try_parse_from([
+            "blangko-counter",
+            "--server",
+            "http://a:1",
+            "--server",
+            "http://b:2,http://c:3",
+            "status",
+        ]);
+        let cli = match cli {
+            Ok(cli) => cli,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(cli.servers, ["http://a:1", "http://b:2", "http://c:3"]);
+        assert_eq!(cli.lang, Lang::Id);
+        assert_eq!(cli.zone, Zone::Wib);
+        assert!(!cli.json);
+    }
+
+    #[test]
+    fn reserve_parses_reason_and_ikd() {
+        let cli = Cli::try_parse_from([
+            "blangko-counter",
+            "--lang",
+            "en",
+            "reserve",
+            "--nik",
+            "3275014101900001",
+            "--reason",
+            "pemilih-pemula",
+            "--ikd",
+            "not-active",
+        ]);
+        match cli.map(|c| c.command) {
+            Ok(Command::Reserve(args)) => {
+                assert_eq!(args.reason, Reason::FirstTimeVoter);
+                assert_eq!(args.ikd, Some(IkdStatus::NotActive));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["blangko-counter", "reserve", "--nik", "1", "--reason", "x"])
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,121 @@
+//! `commit`, `cancel` and `spoiled`: what happens to a reservation after the Reserve.
+
+use std::process::ExitCode;
+
+use blangko_proto::v1::{QuotaSnapshot, Reservation, SpoilageReason};
+use serde_json::json;
+
+use crate::error::{EXIT_OK, EXIT_REFERRED};
+use crate::output::{
+    Out, referral_json, referral_lines, reservation_json, reservation_line, snapshot_json,
+};
+use crate::terminal::Terminal;
+use crate::vocab;
+
+fn print_reservation(
+    outcome: &str,
+    reservation: Option<&Reservation>,
+    quota: Option<&QuotaSnapshot>,
+    out: &Out,
+) {
+    if out.json {
+        out.json(&json!({
+            "outcome": outcome,
+            "reservation": reservation.map(|r| reservation_json(r, out.zone)),
+            "quota": quota.map(|q| snapshot_json(q, out.zone)),
+        }));
+        return;
+    }
+    if let Some(reservation) = reservation {
+        out.line(&reservation_line(reservation, out));
+    }
+    if let Some(q) = quota {
+        out.line(&format!(
+            "{} {}/{}",
+            out.t("Sisa kuota hari ini:", "Quota left today:"),
+            q.remaining,
+            q.quota
+        ));
+    }
+}
+
+/// Runs `commit ID`.
+pub async fn commit(term: &Terminal, out: Out, reservation_id: &str) -> ExitCode {
+    match term.commit(reservation_id).await {
+        Ok(answer) => {
+            print_reservation(
+                "committed",
+                answer.reservation.as_ref(),
+                answer.quota.as_ref(),
+                &out,
+            );
+            ExitCode::from(EXIT_OK)
+        }
+        Err(failure) => failure.exit(&out),
+    }
+}
+
+/// Runs `cancel ID`.
+pub async fn cancel(term: &Terminal, out: Out, reservation_id: &str, note: &str) -> ExitCode {
+    match term.cancel(reservation_id, note).await {
+        Ok(answer) => {
+            print_reservation(
+                "cancelled",
+                answer.reservation.as_ref(),
+                answer.quota.as_ref(),
+                &out,
+            );
+            ExitCode::from(EXIT_OK)
+        }
+        Err(failure) => failure.exit(&out),
+    }
+}
+
+/// Runs `spoiled [ID] --reason R [--report REF]`. Exit 3 when the reservation had to be
+/// cancelled for lack of a blank (the applicant is referred to IKD).
+pub async fn spoiled(
+    term: &Terminal,
+    out: Out,
+    reservation_id: &str,
+    reason: SpoilageReason,
+    report: &str,
+    note: &str,
+) -> ExitCode {
+    let answer = match term.spoiled(reservation_id, reason, report, note).await {
+        Ok(answer) => answer,
+        Err(failure) => return failure.exit(&out),
+    };
+    if out.json {
+        out.json(&json!({
+            "outcome": if answer.ikd_referral.is_some() { "ikd_referral" } else { "spoiled_recorded" },
+            "spoilage_reason": vocab::spoilage_code(reason),
+            "reservation": answer.reservation.as_ref().map(|r| reservation_json(r, out.zone)),
+            "referral": answer.ikd_referral.as_ref().map(|r| referral_json(r, out.zone)),
+            "on_hand": answer.on_hand,
+            "available": answer.available,
+        }));
+    } else {
+        out.line(&format!(
+            "{} ({}) · {} {} · {} {}",
+            out.t("Blangko rusak dicatat", "Spoiled blank recorded"),
+            vocab::spoilage_code(reason),
+            out.t("stok fisik", "on hand"),
+            answer.on_hand,
+            out.t("tersedia", "available"),
+            answer.available
+        ));
+        if let Some(reservation) = &answer.reservation {
+            out.line(&reservation_line(reservation, &out));
+        }
+        if let Some(referral) = &answer.ikd_referral {
+            for line in referral_lines(referral, &out) {
+                out.line(&line);
+            }
+        }
+    }
+    ExitCode::from(if answer.ikd_referral.is_some() {
+        EXIT_REFERRED
+    } else {
+        EXIT_OK
+    })
+}

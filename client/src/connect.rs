@@ -1,0 +1,656 @@
+//! Talking to the servers: one lazily connected channel per `--server` endpoint, calls spread
+//! round-robin over them, failover to the next endpoint, a time-out per call, and bounded
+//! exponential backoff with jitter between rounds.
+//!
+//! Only UNAVAILABLE and DEADLINE_EXCEEDED are retried, always with the very same request (so the
+//! same `request_id`: the server replays its first answer). Every other status, INVALID_ARGUMENT
+//! above all, goes straight back to the caller.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use blangko_proto::v1::counter_service_client::CounterServiceClient;
+use blangko_proto::v1::stock_service_client::StockServiceClient;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+use tonic_health::pb::health_client::HealthClient;
+
+/// The longest `request_id` the server accepts.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// How long an endpoint that just failed is tried only after the healthy ones. Long enough that a
+/// dead replica does not cost every second call a connection attempt, short enough that a
+/// restarted one is used again soon.
+const DOWN_PENALTY: Duration = Duration::from_secs(5);
+
+/// The deadline sent to the server (`grpc-timeout`) is the local time-out plus this margin, so
+/// that the local time-out always fires first and the call is retried as DEADLINE_EXCEEDED: a
+/// tonic server reports its own expired deadline as CANCELLED ("Timeout expired").
+const SERVER_DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+
+/// Connection attempts never wait longer than this, whatever the per-call time-out.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A counter-service client with the token and per-call time-out interceptor.
+pub type CounterClient = CounterServiceClient<InterceptedService<Channel, CallMetadata>>;
+/// A stock-service client with the token and per-call time-out interceptor.
+pub type StockClient = StockServiceClient<InterceptedService<Channel, CallMetadata>>;
+/// A grpc.health.v1 client with the token and per-call time-out interceptor.
+pub type HealthCheckClient = HealthClient<InterceptedService<Channel, CallMetadata>>;
+
+/// Settings of a [`Connection`].
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Server URLs (`http://host:port`; a bare `host:port` gets `http://`). At least one.
+    pub servers: Vec<String>,
+    /// The time-out of one call on one endpoint (sent as `grpc-timeout` and enforced locally).
+    pub call_timeout: Duration,
+    /// Sent as `authorization: Bearer <token>` when set.
+    pub token: Option<String>,
+    /// Retry rounds after the first one (each round tries every endpoint once).
+    pub retries: u32,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            servers: vec!["http://127.0.0.1:50051".to_string()],
+            call_timeout: Duration::from_secs(5),
+            token: None,
+            retries: 3,
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The server answered with an error status that is not safe to retry.
+    #[error("{0}")]
+    Status(Status),
+    /// No endpoint answered: every one was unavailable or timed out in every round.
+    #[error("no server answered ({servers}): {detail}")]
+    NoServer {
+        /// The endpoints tried, comma-separated.
+        servers: String,
+        /// The last failure, one line.
+        detail: String,
+    },
+}
+
+/// Bad connection settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No `--server` given.
+    #[error("no server given")]
+    NoServers,
+    /// A server URL that does not parse.
+    #[error("invalid server URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// A token that cannot be sent as a header.
+    #[error("the token contains characters that cannot be sent in a header")]
+    BadToken,
+}
+
+/// Adds the bearer token and the `grpc-timeout` of every call.
+#[derive(Clone)]
+pub struct CallMetadata {
+    /// `Bearer <token>`, when a token was given.
+    authorization: Option<MetadataValue<Ascii>>,
+    /// The per-call deadline sent to the server; `None` for streams that stay open.
+    timeout: Option<Duration>,
+}
+
+impl Interceptor for CallMetadata {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        if let Some(timeout) = self.timeout {
+            request.set_timeout(timeout + SERVER_DEADLINE_MARGIN);
+        }
+        Ok(request)
+    }
+}
+
+/// Bounded exponential backoff with jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The delay before the second round.
+    pub base: Duration,
+    /// No delay is longer than this.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(3),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after `round` failed rounds (0-based): `min(max, base * 2^round)`, of which a
+    /// random half is taken away so that many counters do not retry in step.
+    pub fn delay(&self, round: u32, rng: &mut impl Rng) -> Duration {
+        let cap = self.cap(round);
+        let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+        let half = cap_ms / 2;
+        let jitter = if half == 0 {
+            0
+        } else {
+            rng.random_range(0..=half)
+        };
+        Duration::from_millis(cap_ms - half + jitter)
+    }
+
+    /// The upper bound of [`Backoff::delay`] for `round`.
+    pub fn cap(&self, round: u32) -> Duration {
+        let factor = 1u32.checked_shl(round.min(20)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Whether a status is safe to retry with the same request: the call may not have happened, and
+/// if it did the server replays its answer for the same request_id.
+pub fn is_retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+        || is_server_deadline(status)
+}
+
+/// A tonic server answers CANCELLED "Timeout expired" when the call's `grpc-timeout` ran out on
+/// its side: that is a DEADLINE_EXCEEDED in all but name.
+fn is_server_deadline(status: &Status) -> bool {
+    status.code() == Code::Cancelled && status.message() == "Timeout expired"
+}
+
+/// One server endpoint.
+struct Target {
+    /// The URL as shown to the officer.
+    url: String,
+    /// A lazily connected channel: creating it never blocks, the first call connects.
+    channel: Channel,
+    /// Until when this endpoint is tried last because it just failed.
+    down_until: Mutex<Option<Instant>>,
+}
+
+struct Inner {
+    targets: Vec<Target>,
+    /// Round-robin position: each call starts at the next endpoint.
+    next: AtomicUsize,
+    call_timeout: Duration,
+    authorization: Option<MetadataValue<Ascii>>,
+    retries: u32,
+    backoff: Backoff,
+}
+
+/// The client's connection to one or several server replicas. Cheap to clone.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+/// Puts `http://` before a bare `host:port`.
+pub fn normalize_url(url: &str) -> String {
+    let url = url.trim();
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+impl Connection {
+    /// Sets up one lazy channel per server. Nothing is connected yet, so this never fails because
+    /// a server is down; it fails only on bad settings.
+    pub fn new(options: &ConnectOptions) -> Result<Connection, ConnectError> {
+        let servers: Vec<String> = options
+            .servers
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(normalize_url)
+            .collect();
+        if servers.is_empty() {
+            return Err(ConnectError::NoServers);
+        }
+        let connect_timeout = options.call_timeout.min(MAX_CONNECT_TIMEOUT);
+        let mut targets = Vec::with_capacity(servers.len());
+        for url in servers {
+            let endpoint =
+                Endpoint::from_shared(url.clone()).map_err(|error| ConnectError::BadUrl {
+                    url: url.clone(),
+                    reason: error.to_string(),
+                })?;
+            if endpoint.uri().host().is_none() {
+                return Err(ConnectError::BadUrl {
+                    url,
+                    reason: "no host".to_string(),
+                });
+            }
+            let channel = endpoint
+                .connect_timeout(connect_timeout)
+                .tcp_nodelay(true)
+                // Keep-alive pings notice a vanished server on an idle watch stream.
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true)
+                .connect_lazy();
+            targets.push(Target {
+                url,
+                channel,
+                down_until: Mutex::new(None),
+            });
+        }
+        let authorization = match &options.token {
+            Some(token) if !token.is_empty() => Some(
+                format!("Bearer {token}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| ConnectError::BadToken)?,
+            ),
+            _ => None,
+        };
+        Ok(Connection {
+            inner: Arc::new(Inner {
+                targets,
+                next: AtomicUsize::new(0),
+                call_timeout: options.call_timeout,
+                authorization,
+                retries: options.retries,
+                backoff: Backoff::default(),
+            }),
+        })
+    }
+
+    /// The endpoint URLs, in the order given.
+    pub fn urls(&self) -> Vec<String> {
+        self.inner.targets.iter().map(|t| t.url.clone()).collect()
+    }
+
+    /// The per-call time-out.
+    pub fn call_timeout(&self) -> Duration {
+        self.inner.call_timeout
+    }
+
+    fn metadata(&self, timeout: Option<Duration>) -> CallMetadata {
+        CallMetadata {
+            authorization: self.inner.authorization.clone(),
+            timeout,
+        }
+    }
+
+    /// A counter-service client on endpoint `index` (no failover), for streams and per-endpoint checks.
+    pub fn counter_client_at(
+        &self,
+        index: usize,
+        timeout: Option<Duration>,
+    ) -> Option<CounterClient> {
+        let target = self.inner.targets.get(index)?;
+        Some(CounterServiceClient::with_interceptor(
+            target.channel.clone(),
+            self.metadata(timeout),
+        ))
+    }
+
+    /// A stock-service client on endpoint `index` (no failover).
+    pub fn stock_client_at(&self, index: usize) -> Option<StockClient> {
+        let target = self.inner.targets.get(index)?;
+        Some(StockServiceClient::with_interceptor(
+            target.channel.clone(),
+            self.metadata(Some(self.inner.call_timeout)),
+        ))
+    }
+
+    /// A health client on endpoint `index` (no failover).
+    pub fn health_client_at(&self, index: usize) -> Option<HealthCheckClient> {
+        let target = self.inner.targets.get(index)?;
+        Some(HealthClient::with_interceptor(
+            target.channel.clone(),
+            self.metadata(Some(self.inner.call_timeout)),
+        ))
+    }
+
+    /// Runs one counter-service call with time-out, failover and retry. `call` builds the request
+    /// anew for every attempt from the same data (same request_id).
+    pub async fn counter<T, F, Fut>(&self, call: F) -> Result<T, CallError>
+    where
+        F: FnMut(CounterClient) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let timeout = Some(self.inner.call_timeout);
+        self.with_failover(
+            |channel| CounterServiceClient::with_interceptor(channel, self.metadata(timeout)),
+            call,
+        )
+        .await
+    }
+
+    /// Runs one stock-service call with time-out, failover and retry.
+    pub async fn stock<T, F, Fut>(&self, call: F) -> Result<T, CallError>
+    where
+        F: FnMut(StockClient) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let timeout = Some(self.inner.call_timeout);
+        self.with_failover(
+            |channel| StockServiceClient::with_interceptor(channel, self.metadata(timeout)),
+            call,
+        )
+        .await
+    }
+
+    /// Opens a server stream (e.g. WatchQuota) on the first endpoint that answers, with the same
+    /// failover and retry as a unary call; the stream itself has no deadline.
+    pub async fn counter_stream<T, F, Fut>(&self, call: F) -> Result<T, CallError>
+    where
+        F: FnMut(CounterClient) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        self.with_failover(
+            |channel| CounterServiceClient::with_interceptor(channel, self.metadata(None)),
+            call,
+        )
+        .await
+    }
+
+    /// The order in which to try the endpoints for one call: round-robin start, endpoints that
+    /// failed recently last.
+    fn order(&self) -> Vec<usize> {
+        let count = self.inner.targets.len();
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed) % count;
+        let now = Instant::now();
+        let mut healthy = Vec::with_capacity(count);
+        let mut down = Vec::new();
+        for offset in 0..count {
+            let index = (start + offset) % count;
+            let is_down = self.inner.targets[index]
+                .down_until
+                .lock()
+                .map(|until| until.is_some_and(|t| t > now))
+                .unwrap_or(false);
+            if is_down {
+                down.push(index);
+            } else {
+                healthy.push(index);
+            }
+        }
+        healthy.extend(down);
+        healthy
+    }
+
+    fn mark(&self, index: usize, failed: bool) {
+        if let Some(target) = self.inner.targets.get(index)
+            && let Ok(mut until) = target.down_until.lock()
+        {
+            *until = failed.then(|| Instant::now() + DOWN_PENALTY);
+        }
+    }
+
+    async fn with_failover<C, T, M, F, Fut>(&self, make: M, mut call: F) -> Result<T, CallError>
+    where
+        M: Fn(Channel) -> C,
+        F: FnMut(C) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let mut last_failure = String::new();
+        for round in 0..=self.inner.retries {
+            if round > 0 {
+                let delay = self.inner.backoff.delay(round - 1, &mut rand::rng());
+                tokio::time::sleep(delay).await;
+            }
+            for index in self.order() {
+                let target = &self.inner.targets[index];
+                let client = make(target.channel.clone());
+                let outcome = tokio::time::timeout(self.inner.call_timeout, call(client)).await;
+                let status = match outcome {
+                    Ok(Ok(response)) => {
+                        self.mark(index, false);
+                        return Ok(response.into_inner());
+                    }
+                    Ok(Err(status)) => status,
+                    Err(_elapsed) => Status::deadline_exceeded(format!(
+                        "no answer within {} ms",
+                        self.inner.call_timeout.as_millis()
+                    )),
+                };
+                if !is_retryable(&status) {
+                    return Err(CallError::Status(status));
+                }
+                self.mark(index, true);
+                last_failure = format!("{}: {}", target.url, one_line(status.message()));
+            }
+        }
+        Err(CallError::NoServer {
+            servers: self.urls().join(", "),
+            detail: last_failure,
+        })
+    }
+}
+
+/// Squeezes a possibly multi-line error message onto one line.
+pub fn one_line(message: &str) -> String {
+    let joined: Vec<&str> = message.split_whitespace().collect();
+    let text = joined.join(" ");
+    if text.is_empty() {
+        "no details".to_string()
+    } else {
+        text
+    }
+}
+
+/// A random request id for a one-shot command: `{prefix}-{32 hex digits}`.
+pub fn random_request_id(prefix: &str) -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    let id = format!("{prefix}-{}", hex::encode(bytes));
+    fit_request_id(id)
+}
+
+/// The request id of a queue ticket: the same office, service point, local date and ticket give
+/// the same id on every run, so a re-run after a crash can never reserve twice. Readable
+/// (`q-3275-mpp-20261129-A017`) when it fits in 64 characters, else hashed.
+pub fn queue_request_id(
+    office: &str,
+    service_point: &str,
+    local_date: &str,
+    ticket: &str,
+) -> String {
+    let date: String = local_date.chars().filter(|c| c.is_ascii_digit()).collect();
+    let readable = format!("q-{office}-{service_point}-{date}-{ticket}");
+    if readable.len() <= MAX_REQUEST_ID_LEN && readable.is_ascii() {
+        return readable;
+    }
+    let mut hasher = Sha256::new();
+    for part in [office, service_point, local_date, ticket] {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    let digest = hex::encode(hasher.finalize());
+    let office_part: String = office
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(8)
+        .collect();
+    fit_request_id(format!("q-{office_part}-{date}-{}", &digest[..32]))
+}
+
+/// Cuts an id to [`MAX_REQUEST_ID_LEN`] characters (on a character boundary).
+fn fit_request_id(id: String) -> String {
+    if id.len() <= MAX_REQUEST_ID_LEN {
+        return id;
+    }
+    let mut cut = String::with_capacity(MAX_REQUEST_ID_LEN);
+    for c in id.chars() {
+        if cut.len() + c.len_utf8() > MAX_REQUEST_ID_LEN {
+            break;
+        }
+        cut.push(c);
+    }
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        let mut rng = rand::rng();
+        assert_eq!(backoff.cap(0), Duration::from_millis(100));
+        assert_eq!(backoff.cap(1), Duration::from_millis(200));
+        assert_eq!(backoff.cap(3), Duration::from_millis(800));
+        assert_eq!(backoff.cap(10), Duration::from_secs(2));
+        assert_eq!(backoff.cap(u32::MAX), Duration::from_secs(2));
+        for round in 0..40 {
+            for _ in 0..50 {
+                let delay = backoff.delay(round, &mut rng);
+                let cap = backoff.cap(round);
+                assert!(delay <= cap, "round {round}: {delay:?} > {cap:?}");
+                assert!(
+                    delay >= cap / 2,
+                    "round {round}: {delay:?} < half of {cap:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_has_jitter() {
+        let backoff = Backoff::default();
+        let mut rng = rand::rng();
+        let delays: std::collections::HashSet<Duration> =
+            (0..50).map(|_| backoff.delay(3, &mut rng)).collect();
+        assert!(delays.len() > 1, "50 delays were all equal: no jitter");
+    }
+
+    #[test]
+    fn only_unavailable_and_deadline_are_retried() {
+        assert!(is_retryable(&Status::unavailable("down")));
+        assert!(is_retryable(&Status::deadline_exceeded("slow")));
+        assert!(is_retryable(&Status::cancelled("Timeout expired")));
+        for status in [
+            Status::invalid_argument("bad nik"),
+            Status::not_found("no office"),
+            Status::failed_precondition("expired"),
+            Status::already_exists("reused"),
+            Status::resource_exhausted("shed"),
+            Status::internal("bug"),
+            Status::cancelled("cancelled"),
+        ] {
+            assert!(
+                !is_retryable(&status),
+                "{:?} must not be retried",
+                status.code()
+            );
+        }
+    }
+
+    #[test]
+    fn queue_request_ids_are_stable_readable_and_short() {
+        let id = queue_request_id("3275", "mpp", "2026-11-29", "A017");
+        assert_eq!(id, "q-3275-mpp-20261129-A017");
+        assert_eq!(id, queue_request_id("3275", "mpp", "2026-11-29", "A017"));
+        assert_ne!(id, queue_request_id("3275", "mpp", "2026-11-30", "A017"));
+        assert_ne!(id, queue_request_id("3275", "kec-1", "2026-11-29", "A017"));
+        assert_ne!(id, queue_request_id("3204", "mpp", "2026-11-29", "A017"));
+
+        let long_sp = "kecamatan-bekasi-utara-pelayanan-keliling-sekolah-menengah-atas";
+        let long = queue_request_id("3275", long_sp, "2026-11-29", "A017");
+        assert!(long.len() <= MAX_REQUEST_ID_LEN, "{long}");
+        assert!(long.starts_with("q-3275-20261129-"), "{long}");
+        assert_eq!(
+            long,
+            queue_request_id("3275", long_sp, "2026-11-29", "A017")
+        );
+        assert_ne!(
+            long,
+            queue_request_id("3275", long_sp, "2026-11-29", "A018")
+        );
+    }
+
+    #[test]
+    fn random_request_ids_differ_and_fit() {
+        let a = random_request_id("r");
+        let b = random_request_id("r");
+        assert_ne!(a, b);
+        assert!(a.starts_with("r-"));
+        assert_eq!(a.len(), 2 + 32);
+        let long = random_request_id(&"x".repeat(60));
+        assert_eq!(long.len(), MAX_REQUEST_ID_LEN);
+    }
+
+    #[test]
+    fn urls_get_a_scheme_and_bad_ones_are_rejected() {
+        assert_eq!(normalize_url("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(
+            normalize_url("https://a.example:443"),
+            "https://a.example:443"
+        );
+        let options = ConnectOptions {
+            servers: vec!["http://exa mple:1".to_string()],
+            ..ConnectOptions::default()
+        };
+        assert!(matches!(
+            Connection::new(&options),
+            Err(ConnectError::BadUrl { .. })
+        ));
+        let none = ConnectOptions {
+            servers: vec![" ".to_string()],
+            ..ConnectOptions::default()
+        };
+        assert!(matches!(
+            Connection::new(&none),
+            Err(ConnectError::NoServers)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_dead_server_gives_one_no_server_error() {
+        // Port 1 on loopback: nothing listens there, the connection is refused at once.
+        let options = ConnectOptions {
+            servers: vec!["127.0.0.1:1".to_string()],
+            call_timeout: Duration::from_millis(500),
+            token: None,
+            retries: 1,
+        };
+        let connection = match Connection::new(&options) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let result = connection
+            .counter(|mut client| async move {
+                client
+                    .get_quota(blangko_proto::v1::GetQuotaRequest::default())
+                    .await
+            })
+            .await;
+        match result {
+            Err(CallError::NoServer { servers, detail }) => {
+                assert_eq!(servers, "http://127.0.0.1:1");
+                assert!(detail.starts_with("http://127.0.0.1:1: "), "{detail}");
+                assert!(!detail.contains('\n'));
+            }
+            other => panic!("expected NoServer, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Failures as the officer sees them (one clear line, or one JSON object) and as scripts see them
+//! (the exit code).
+
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::connect::{CallError, one_line};
+use crate::output::{Lang, Out};
+
+/// Exit code: the applicant got a reservation (or the command did what it was asked).
+pub const EXIT_OK: u8 = 0;
+/// Exit code: any other error (server unreachable, not found, expired, ...).
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code: bad input (ours or the server's INVALID_ARGUMENT).
+pub const EXIT_BAD_INPUT: u8 = 2;
+/// Exit code: the applicant was referred to IKD activation.
+pub const EXIT_REFERRED: u8 = 3;
+
+/// One invalid field, as the server's BadRequest (or our own check) names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field, e.g. `nik`.
+    pub field: String,
+    /// Why it is invalid.
+    pub description: String,
+}
+
+/// A failed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Input rejected, locally or by the server (INVALID_ARGUMENT). Exit code 2.
+    BadInput {
+        /// A summary.
+        message: String,
+        /// The offending fields.
+        violations: Vec<FieldViolation>,
+    },
+    /// No server answered. Exit code 1.
+    NoServer {
+        /// The endpoints tried.
+        servers: String,
+        /// The last failure.
+        detail: String,
+    },
+    /// The server answered with an error. Exit code 1.
+    Server {
+        /// The gRPC code name, e.g. `FAILED_PRECONDITION`.
+        code: String,
+        /// The server's message.
+        message: String,
+        /// The ErrorInfo reason, e.g. `RESERVATION_EXPIRED`.
+        reason: Option<String>,
+        /// The ResourceInfo name for NOT_FOUND.
+        resource: Option<String>,
+    },
+    /// Something local went wrong (a file, the terminal). Exit code 1.
+    Local(String),
+}
+
+/// The upper-case name of a gRPC code.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Failure {
+        if status.code() == Code::InvalidArgument {
+            let violations = status
+                .get_details_bad_request()
+                .map(|bad| {
+                    bad.field_violations
+                        .into_iter()
+                        .map(|v| FieldViolation {
+                            field: v.field,
+                            description: v.description,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Failure::BadInput {
+                message: one_line(status.message()),
+                violations,
+            };
+        }
+        Failure::Server {
+            code: code_name(status.code()).to_string(),
+            message: one_line(status.message()),
+            reason: status.get_details_error_info().map(|info| info.reason),
+            resource: status
+                .get_details_resource_info()
+                .map(|info| format!("{} {}", info.resource_type, info.resource_name)),
+        }
+    }
+}
+
+impl From<CallError> for Failure {
+    fn from(error: CallError) -> Failure {
+        match error {
+            CallError::Status(status) => Failure::from(status),
+            CallError::NoServer { servers, detail } => Failure::NoServer { servers, detail },
+        }
+    }
+}
+
+impl Failure {
+    /// A local bad-input failure on one field.
+    pub fn bad_field(field: &str, description: impl Into<String>) -> Failure {
+        let description = description.into();
+        Failure::BadInput {
+            message: format!("{field}: {description}"),
+            violations: vec![FieldViolation {
+                field: field.to_string(),
+                description,
+            }],
+        }
+    }
+
+    /// The exit code of this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::BadInput { .. } => EXIT_BAD_INPUT,
+            _ => EXIT_ERROR,
+        }
+    }
+
+    /// The gRPC code name of a server error (`FAILED_PRECONDITION`), if it is one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Failure::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The ErrorInfo reason, if the server gave one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Failure::Server { reason, .. } => reason.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// What the officer reads: one line (plus one per invalid field).
+    pub fn human(&self, lang: Lang) -> String {
+        match self {
+            Failure::BadInput {
+                message,
+                violations,
+            } => {
+                if violations.is_empty() {
+                    format!(
+                        "{} {message}",
+                        lang.t("Masukan ditolak:", "Input rejected:")
+                    )
+                } else {
+                    let fields: Vec<String> = violations
+                        .iter()
+                        .map(|v| format!("{}: {}", v.field, v.description))
+                        .collect();
+                    format!(
+                        "{} {}",
+                        lang.t("Masukan ditolak:", "Input rejected:"),
+                        fields.join("; ")
+                    )
+                }
+            }
+            Failure::NoServer { servers, detail } => format!(
+                "{} {servers} ({detail})",
+                lang.t("Tidak ada server yang menjawab:", "No server answered:")
+            ),
+            Failure::Server {
+                code,
+                message,
+                reason,
+                resource,
+            } => {
+                let explained = reason.as_deref().and_then(|r| explain_reason(r, lang));
+                let mut text = match (explained, code.as_str()) {
+                    (Some(explained), _) => explained.to_string(),
+                    (None, "NOT_FOUND") => lang.t("Tidak ditemukan", "Not found").to_string(),
+                    (None, "UNAUTHENTICATED" | "PERMISSION_DENIED") => lang
+                        .t(
+                            "Tidak diizinkan (periksa --token)",
+                            "Not allowed (check --token)",
+                        )
+                        .to_string(),
+                    (None, _) => lang.t("Server menolak", "The server refused").to_string(),
+                };
+                if let Some(resource) = resource {
+                    text.push_str(&format!(" ({resource})"));
+                }
+                let code_reason = match reason {
+                    Some(reason) => format!("{code}/{reason}"),
+                    None => code.clone(),
+                };
+                format!("{text}: {message} [{code_reason}]")
+            }
+            Failure::Local(message) => format!("{} {message}", lang.t("Galat:", "Error:")),
+        }
+    }
+
+    /// The machine shape: `{"error": {...}}`.
+    pub fn json(&self) -> Value {
+        let error = match self {
+            Failure::BadInput {
+                message,
+                violations,
+            } => json!({
+                "code": "INVALID_ARGUMENT",
+                "message": message,
+                "field_violations": violations.iter().map(|v| json!({"field": v.field, "description": v.description})).collect::<Vec<_>>(),
+            }),
+            Failure::NoServer { servers, detail } => json!({
+                "code": "UNAVAILABLE",
+                "message": format!("no server answered: {detail}"),
+                "servers": servers,
+            }),
+            Failure::Server {
+                code,
+                message,
+                reason,
+                resource,
+            } => json!({
+                "code": code,
+                "message": message,
+                "reason": reason,
+                "resource": resource,
+            }),
+            Failure::Local(message) => json!({"code": "LOCAL", "message": message}),
+        };
+        json!({ "error": error })
+    }
+
+    /// Prints the failure: JSON on stdout with `--json`, else one line on stderr.
+    pub fn report(&self, out: &Out) {
+        if out.json {
+            out.json(&self.json());
+        } else {
+            out.notice(&self.human(out.lang));
+        }
+    }
+
+    /// Prints the failure and gives its exit code.
+    pub fn exit(&self, out: &Out) -> ExitCode {
+        self.report(out);
+        ExitCode::from(self.exit_code())
+    }
+}
+
+/// What an ErrorInfo reason means for the officer.
+fn explain_reason(reason: &str, lang: Lang) -> Option<&'static str> {
+    let text = match reason {
+        "RESERVATION_EXPIRED" => lang.t(
+            "Masa tahan sudah habis dan tidak ada slot/blangko lagi: JANGAN cetak",
+            "The hold expired and no slot or blank is left: do NOT print",
+        ),
+        "RESERVATION_CANCELLED" => lang.t(
+            "Pemesanan ini sudah dibatalkan: JANGAN cetak",
+            "This reservation was cancelled: do NOT print",
+        ),
+        "RESERVATION_COMMITTED" => lang.t(
+            "Pemesanan ini sudah dicetak (DICETAK)",
+            "This reservation is already printed (COMMITTED)",
+        ),
+        "ALREADY_RESERVED_ELSEWHERE" => lang.t(
+            "NIK ini sudah mendapat blangko hari ini di tempat layanan lain",
+            "This NIK already holds a blank today at another service point",
+        ),
+        "SPOILAGE_LIMIT_REACHED" => lang.t(
+            "Sudah 3 blangko rusak untuk pemesanan ini",
+            "Already 3 spoiled blanks for this reservation",
+        ),
+        "REQUEST_ID_REUSED" => lang.t(
+            "ID permintaan sudah dipakai untuk data lain",
+            "The request id was already used with other data",
+        ),
+        "INSUFFICIENT_STOCK" => lang.t("Stok tidak cukup", "Not enough stock"),
+        _ => return None,
+    };
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    #[test]
+    fn bad_request_details_become_field_violations() {
+        let details =
+            ErrorDetails::with_bad_request_violation("nik", "birth date 32-01 is impossible");
+        let status = Status::with_error_details(Code::InvalidArgument, "invalid NIK", details);
+        let failure = Failure::from(status);
+        assert_eq!(failure.exit_code(), EXIT_BAD_INPUT);
+        assert_eq!(
+            failure.human(Lang::Id),
+            "Masukan ditolak: nik: birth date 32-01 is impossible"
+        );
+        assert_eq!(
+            failure.human(Lang::En),
+            "Input rejected: nik: birth date 32-01 is impossible"
+        );
+        let v = failure.json();
+        assert_eq!(v["error"]["code"], "INVALID_ARGUMENT");
+        assert_eq!(v["error"]["field_violations"][0]["field"], "nik");
+    }
+
+    #[test]
+    fn error_info_reasons_are_explained() {
+        let details = ErrorDetails::with_error_info("RESERVATION_EXPIRED", "blangko", []);
+        let status = Status::with_error_details(Code::FailedPrecondition, "hold expired", details);
+        let failure = Failure::from(status);
+        assert_eq!(failure.exit_code(), EXIT_ERROR);
+        assert_eq!(failure.reason(), Some("RESERVATION_EXPIRED"));
+        let text = failure.human(Lang::En);
+        assert!(text.contains("do NOT print"), "{text}");
+        assert!(
+            text.ends_with("[FAILED_PRECONDITION/RESERVATION_EXPIRED]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_server_is_one_line() {
+        let failure = Failure::from(CallError::NoServer {
+            servers: "http://127.0.0.1:1".to_string(),
+            detail: "http://127.0.0.1:1: tcp connect error".to_string(),
+        });
+        let text = failure.human(Lang::Id);
+        assert!(text.starts_with("Tidak ada server yang menjawab: http://127.0.0.1:1"));
+        assert!(!text.contains('\n'));
+        assert_eq!(failure.exit_code(), EXIT_ERROR);
+        assert_eq!(failure.json()["error"]["code"], "UNAVAILABLE");
+    }
+}

@@ -1,0 +1,633 @@
+//! `counter`: the officer's screen. Line-based (no raw terminal mode), so it works on any
+//! terminal, under tmux, and driven from stdin by a script or a test.
+//!
+//! Before every prompt it shows the remaining quota and this counter's queue forecast, kept
+//! current by a WatchQuota stream in the background; the counter's waiting count is reported to
+//! the server (ReportQueue) when it changes and refreshed before the server's 120 s expiry.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blangko_proto::v1::reserve_response::Outcome;
+use blangko_proto::v1::{IkdStatus, QuotaSnapshot, Reason, ReferralCause};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::commands::reserve::print_outcome;
+use crate::commands::watch::follow;
+use crate::connect::random_request_id;
+use crate::error::EXIT_OK;
+use crate::forecast::{expected_served, total_with_mine};
+use crate::nik;
+use crate::output::{Lang, Out, reservation_json, reservation_line, snapshot_line};
+use crate::terminal::Terminal;
+use crate::vocab;
+
+/// Lines of input buffered ahead of the screen (typed ahead or piped in).
+const INPUT_BUFFER_LINES: usize = 64;
+
+/// How often the queue report is refreshed; the server forgets a report after 120 s.
+const REPORT_REFRESH: Duration = Duration::from_secs(60);
+
+/// The longest input line taken; anything longer is someone leaning on the keyboard.
+const MAX_LINE_LEN: usize = 1024;
+
+/// What the background tasks share with the screen.
+#[derive(Default)]
+struct Shared {
+    /// The latest quota snapshot (from WatchQuota, Reserve answers or ReportQueue answers).
+    snapshot: Mutex<Option<QuotaSnapshot>>,
+    /// Applicants waiting at this counter.
+    waiting: AtomicU32,
+    /// The waiting count the server last heard from us.
+    reported: AtomicU32,
+}
+
+impl Shared {
+    /// Keeps the newer of the current and the given snapshot: a stream message may arrive after
+    /// the answer of a later call.
+    fn set_snapshot(&self, snapshot: Option<QuotaSnapshot>) {
+        let as_of = |q: &QuotaSnapshot| q.as_of.as_ref().map(|t| (t.seconds, t.nanos));
+        if let (Some(snapshot), Ok(mut slot)) = (snapshot, self.snapshot.lock()) {
+            let older = slot
+                .as_ref()
+                .is_some_and(|current| as_of(&snapshot) < as_of(current));
+            if !older {
+                *slot = Some(snapshot);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Option<QuotaSnapshot> {
+        self.snapshot.lock().ok().and_then(|s| s.clone())
+    }
+}
+
+/// Lines from stdin, read on a plain thread (a blocked read never holds up the exit).
+struct Input {
+    lines: mpsc::Receiver<String>,
+    out: Out,
+}
+
+impl Input {
+    fn start(out: Out) -> Input {
+        let (sender, lines) = mpsc::channel(INPUT_BUFFER_LINES);
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            for line in stdin.lock().lines() {
+                let Ok(mut line) = line else { break };
+                if line.len() > MAX_LINE_LEN {
+                    let mut cut = MAX_LINE_LEN;
+                    while !line.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    line.truncate(cut);
+                }
+                if sender.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Input { lines, out }
+    }
+
+    /// Shows `prompt` and waits for a line; `None` at the end of input.
+    async fn ask(&mut self, prompt: &str) -> Option<String> {
+        // Prompts are for people: on stderr when stdout carries JSON.
+        if self.out.json {
+            let mut stderr = std::io::stderr().lock();
+            let _ = write!(stderr, "{prompt}");
+            let _ = stderr.flush();
+        } else {
+            let mut stdout = std::io::stdout().lock();
+            let _ = write!(stdout, "{prompt}");
+            let _ = stdout.flush();
+        }
+        let line = self.lines.recv().await?;
+        Some(line.trim().to_string())
+    }
+}
+
+/// The interactive screen.
+struct Screen {
+    term: Terminal,
+    out: Out,
+    shared: Arc<Shared>,
+    input: Input,
+    /// The last reservation made here, the default for `c`, `x` and `rusak`.
+    last_reservation: Option<String>,
+}
+
+fn help_text(lang: Lang) -> &'static str {
+    lang.t(
+        "Perintah: [Enter] atau n = pemohon berikutnya · antrean N = jumlah yang menunggu di loket ini\n\
+         \x20         c [ID] = kartu sudah dicetak · x [ID] = batalkan · rusak [ID] ALASAN = blangko rusak\n\
+         \x20         hold = pemesanan yang masih ditahan · kuota = kuota saat ini · bantuan · keluar",
+        "Commands: [Enter] or n = next applicant · queue N = applicants waiting at this counter\n\
+         \x20         c [ID] = card printed (commit) · x [ID] = cancel · spoiled [ID] REASON = spoiled blank\n\
+         \x20         holds = open holds · quota = current quota · help · quit",
+    )
+}
+
+fn reason_menu(lang: Lang) -> String {
+    let items: Vec<String> = vocab::REASONS
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("{} {}", i + 1, vocab::reason_text(*r, lang)))
+        .collect();
+    format!("{} ({}): ", lang.t("Alasan", "Reason"), items.join(", "))
+}
+
+impl Screen {
+    fn say(&self, text: &str) {
+        if self.out.json {
+            self.out.notice(text);
+        } else {
+            self.out.line(text);
+        }
+    }
+
+    /// The line always in view: quota left and this counter's forecast.
+    fn status_line(&self) -> String {
+        let lang = self.out.lang;
+        let waiting = self.shared.waiting.load(Ordering::Relaxed);
+        let Some(q) = self.shared.snapshot() else {
+            return lang
+                .t("[kuota belum diketahui]", "[quota not known yet]")
+                .to_string();
+        };
+        let total = total_with_mine(
+            q.waiting,
+            self.shared.reported.load(Ordering::Relaxed),
+            waiting,
+        );
+        let served = expected_served(q.remaining, waiting, total);
+        let closed = if q.closed {
+            lang.t(" · TUTUP HARI INI", " · CLOSED TODAY")
+        } else {
+            ""
+        };
+        match lang {
+            Lang::Id => format!(
+                "[sisa kuota {}/{} · ditahan {} · dicetak {} · stok tersedia {} · antrean loket {} → {} dilayani, {} ke IKD{closed}]",
+                q.remaining,
+                q.quota,
+                q.held,
+                q.committed,
+                q.available,
+                waiting,
+                served,
+                waiting - served
+            ),
+            Lang::En => format!(
+                "[quota left {}/{} · held {} · committed {} · stock available {} · queue here {} → {} served, {} to IKD{closed}]",
+                q.remaining,
+                q.quota,
+                q.held,
+                q.committed,
+                q.available,
+                waiting,
+                served,
+                waiting - served
+            ),
+        }
+    }
+
+    /// Reports the waiting count and shows the server's forecast.
+    async fn report_waiting(&self, show: bool) {
+        let waiting = self.shared.waiting.load(Ordering::Relaxed);
+        match self.term.report_queue(waiting).await {
+            Ok(answer) => {
+                self.shared.reported.store(waiting, Ordering::Relaxed);
+                self.shared.set_snapshot(answer.quota.clone());
+                if !show {
+                    return;
+                }
+                if self.out.json {
+                    self.out.json(&json!({
+                        "event": "forecast",
+                        "waiting": waiting,
+                        "expected_served": answer.expected_served,
+                        "expected_referred": answer.expected_referred,
+                        "remaining": answer.quota.as_ref().map(|q| q.remaining),
+                    }));
+                } else if waiting > 0 && answer.expected_served >= waiting {
+                    self.say(&match self.out.lang {
+                        Lang::Id => format!(
+                            "Perkiraan: semua {waiting} yang menunggu di loket ini dapat dilayani hari ini."
+                        ),
+                        Lang::En => format!(
+                            "Forecast: all {waiting} waiting at this counter can be served today."
+                        ),
+                    });
+                } else if waiting > 0 {
+                    let served = answer.expected_served.min(waiting);
+                    self.say(&match self.out.lang {
+                        Lang::Id => format!(
+                            "Perkiraan: dari {waiting} yang menunggu di loket ini, {served} dapat dilayani hari ini; \
+                             nomor ke-{} dst. sebaiknya diarahkan ke aktivasi IKD sekarang.",
+                            served + 1
+                        ),
+                        Lang::En => format!(
+                            "Forecast: of {waiting} waiting at this counter, {served} can be served today; \
+                             from number {} on, send them to IKD activation now.",
+                            served + 1
+                        ),
+                    });
+                }
+            }
+            Err(failure) => self.out.notice(&failure.human(self.out.lang)),
+        }
+    }
+
+    /// Asks for the NIK until it has 16 digits; `None` when the officer gives up (empty line).
+    async fn ask_nik(&mut self) -> Option<String> {
+        let lang = self.out.lang;
+        loop {
+            let line = self.input.ask("NIK: ").await?;
+            if line.is_empty() {
+                return None;
+            }
+            let normalized = nik::normalize(&line);
+            if normalized.len() == nik::NIK_LEN && normalized.bytes().all(|b| b.is_ascii_digit()) {
+                return Some(normalized);
+            }
+            self.say(lang.t(
+                "NIK harus 16 digit angka. Ulangi (Enter kosong = batal).",
+                "A NIK has 16 digits. Try again (empty line = back).",
+            ));
+        }
+    }
+
+    async fn ask_reason(&mut self) -> Option<Reason> {
+        let lang = self.out.lang;
+        loop {
+            let line = self.input.ask(&reason_menu(lang)).await?;
+            if line.is_empty() {
+                return None;
+            }
+            if let Some(reason) = vocab::parse_reason(&line) {
+                return Some(reason);
+            }
+            self.say(lang.t("Alasan tidak dikenal.", "Unknown reason."));
+        }
+    }
+
+    async fn ask_ikd(&mut self) -> Option<IkdStatus> {
+        let lang = self.out.lang;
+        let prompt = lang.t(
+            "IKD (a = aktif, b = belum aktif, d = dikecualikan, Enter = tidak dicek): ",
+            "IKD (a = active, n = not active, e = exempt, Enter = not checked): ",
+        );
+        loop {
+            let line = self.input.ask(prompt).await?;
+            if let Some(status) = vocab::parse_ikd(&line) {
+                return Some(status);
+            }
+            self.say(lang.t("Pilihan IKD tidak dikenal.", "Unknown IKD choice."));
+        }
+    }
+
+    async fn yes(&mut self, prompt: &str) -> bool {
+        matches!(
+            self.input
+                .ask(prompt)
+                .await
+                .map(|l| l.to_ascii_lowercase())
+                .as_deref(),
+            Some("y" | "ya" | "yes" | "iya")
+        )
+    }
+
+    /// Reserves and shows the answer; returns the referral cause, if referred.
+    async fn reserve_once(
+        &mut self,
+        nik: &str,
+        reason: Reason,
+        ikd: IkdStatus,
+    ) -> Option<ReferralCause> {
+        let request_id = random_request_id("r");
+        match self.term.reserve(nik, reason, ikd, &request_id).await {
+            Ok(response) => {
+                self.shared.set_snapshot(response.quota.clone());
+                print_outcome(&response, &self.out);
+                match response.outcome {
+                    Some(Outcome::Reservation(reservation)) => {
+                        self.last_reservation = Some(reservation.reservation_id);
+                        self.say(self.out.t(
+                            "Setelah kartu dicetak ketik c; jika pemohon pergi ketik x.",
+                            "Type c once the card is printed; x if the applicant left.",
+                        ));
+                        None
+                    }
+                    Some(Outcome::IkdReferral(referral)) => Some(referral.cause()),
+                    None => None,
+                }
+            }
+            Err(failure) => {
+                failure.report(&self.out);
+                None
+            }
+        }
+    }
+
+    /// Next applicant: NIK, reason, IKD check, Reserve; on IKD_REQUIRED, record the activation
+    /// and retry in one step.
+    async fn next_applicant(&mut self) {
+        let Some(nik) = self.ask_nik().await else {
+            return;
+        };
+        let Some(reason) = self.ask_reason().await else {
+            return;
+        };
+        let Some(ikd) = self.ask_ikd().await else {
+            return;
+        };
+        let cause = self.reserve_once(&nik, reason, ikd).await;
+        // One applicant less in the queue, whatever the outcome.
+        let waiting = self.shared.waiting.load(Ordering::Relaxed);
+        if waiting > 0 {
+            self.shared.waiting.store(waiting - 1, Ordering::Relaxed);
+            self.report_waiting(false).await;
+        }
+        if cause != Some(ReferralCause::IkdRequired) {
+            return;
+        }
+        let prompt = self.out.t(
+            "IKD sudah diaktifkan sekarang di loket? Catat aktivasi dan pesan ulang [y/T]: ",
+            "IKD activated now at this counter? Record it and reserve again [y/N]: ",
+        );
+        if !self.yes(prompt).await {
+            return;
+        }
+        match self.term.record_ikd_activation(&nik).await {
+            Ok(answer) => {
+                if self.out.json {
+                    self.out.json(&json!({
+                        "outcome": "ikd_activation_recorded",
+                        "masked_nik": answer.masked_nik,
+                        "activated_at": self.out.zone.rfc3339(answer.activated_at.as_ref()),
+                    }));
+                } else {
+                    self.say(&format!(
+                        "{} {} ({})",
+                        self.out.t(
+                            "Aktivasi IKD dicatat untuk NIK",
+                            "IKD activation recorded for NIK"
+                        ),
+                        answer.masked_nik,
+                        self.out.zone.time(answer.activated_at.as_ref())
+                    ));
+                }
+                self.reserve_once(&nik, reason, IkdStatus::Active).await;
+            }
+            Err(failure) => failure.report(&self.out),
+        }
+    }
+
+    fn target(&self, given: Option<&str>) -> Option<String> {
+        match given {
+            Some(id) => Some(id.to_string()),
+            None => {
+                if self.last_reservation.is_none() {
+                    self.say(self.out.t(
+                        "Sebutkan ID pemesanan (belum ada pemesanan di sesi ini).",
+                        "Give the reservation id (none made in this session yet).",
+                    ));
+                }
+                self.last_reservation.clone()
+            }
+        }
+    }
+
+    async fn commit(&mut self, given: Option<&str>) {
+        let Some(id) = self.target(given) else { return };
+        match self.term.commit(&id).await {
+            Ok(answer) => {
+                self.shared.set_snapshot(answer.quota.clone());
+                if let Some(r) = &answer.reservation {
+                    if self.out.json {
+                        self.out.json(&json!({"outcome": "committed", "reservation": reservation_json(r, self.out.zone)}));
+                    } else {
+                        self.say(&reservation_line(r, &self.out));
+                    }
+                }
+            }
+            Err(failure) => failure.report(&self.out),
+        }
+    }
+
+    async fn cancel(&mut self, given: Option<&str>) {
+        let Some(id) = self.target(given) else { return };
+        match self.term.cancel(&id, "cancelled at the counter").await {
+            Ok(answer) => {
+                self.shared.set_snapshot(answer.quota.clone());
+                if let Some(r) = &answer.reservation {
+                    if self.out.json {
+                        self.out.json(&json!({"outcome": "cancelled", "reservation": reservation_json(r, self.out.zone)}));
+                    } else {
+                        self.say(&reservation_line(r, &self.out));
+                    }
+                }
+            }
+            Err(failure) => failure.report(&self.out),
+        }
+    }
+
+    async fn spoiled(&mut self, words: &[&str]) {
+        let mut reason = None;
+        let mut id = None;
+        for word in words {
+            match vocab::parse_spoilage(word) {
+                Some(r) if reason.is_none() => reason = Some(r),
+                _ => id = Some(*word),
+            }
+        }
+        let Some(reason) = reason else {
+            self.say(self.out.t(
+                "Sebutkan alasannya: salah-cetak, chip-gagal, cacat-pabrik, rusak-penyimpanan, lainnya.",
+                "Give the reason: misprint, chip, defect, storage, other.",
+            ));
+            return;
+        };
+        let Some(id) = self.target(id) else { return };
+        match self.term.spoiled(&id, reason, "", "").await {
+            Ok(answer) => {
+                if self.out.json {
+                    self.out.json(&json!({
+                        "outcome": if answer.ikd_referral.is_some() { "ikd_referral" } else { "spoiled_recorded" },
+                        "reservation": answer.reservation.as_ref().map(|r| reservation_json(r, self.out.zone)),
+                        "on_hand": answer.on_hand,
+                        "available": answer.available,
+                    }));
+                } else {
+                    self.say(&format!(
+                        "{} · {} {}",
+                        self.out
+                            .t("Blangko rusak dicatat", "Spoiled blank recorded"),
+                        self.out.t("tersedia", "available"),
+                        answer.available
+                    ));
+                    if let Some(r) = &answer.reservation {
+                        self.say(&reservation_line(r, &self.out));
+                    }
+                    if let Some(referral) = &answer.ikd_referral {
+                        for line in crate::output::referral_lines(referral, &self.out) {
+                            self.say(&line);
+                        }
+                    }
+                }
+            }
+            Err(failure) => failure.report(&self.out),
+        }
+    }
+
+    async fn holds(&mut self) {
+        match self.term.holds().await {
+            Ok(holds) if holds.is_empty() => {
+                self.say(
+                    self.out
+                        .t("Tidak ada pemesanan yang ditahan.", "No open holds."),
+                );
+            }
+            Ok(holds) => {
+                for hold in &holds {
+                    self.say(&format!("  {}", reservation_line(hold, &self.out)));
+                }
+            }
+            Err(failure) => failure.report(&self.out),
+        }
+    }
+
+    async fn show_quota(&mut self) {
+        match self.term.quota().await {
+            Ok(q) => {
+                self.say(&snapshot_line(&q, &self.out));
+                self.shared.set_snapshot(Some(q));
+            }
+            Err(failure) => failure.report(&self.out),
+        }
+    }
+
+    /// One command line; false to quit.
+    async fn command(&mut self, line: &str) -> bool {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let command = words.first().map(|w| w.to_lowercase()).unwrap_or_default();
+        let rest = words.get(1..).unwrap_or(&[]);
+        match command.as_str() {
+            "" | "n" | "next" | "berikut" | "berikutnya" => self.next_applicant().await,
+            "antrean" | "antrian" | "queue" | "q" | "a" => {
+                match rest.first().and_then(|w| w.parse::<u32>().ok()) {
+                    Some(n) if n <= 100_000 => {
+                        self.shared.waiting.store(n, Ordering::Relaxed);
+                        self.report_waiting(true).await;
+                    }
+                    _ => self.say(self.out.t(
+                        "Contoh: antrean 25 (jumlah yang menunggu di loket ini).",
+                        "Example: queue 25 (applicants waiting at this counter).",
+                    )),
+                }
+            }
+            "c" | "commit" | "cetak" => self.commit(rest.first().copied()).await,
+            "x" | "cancel" | "batal" => self.cancel(rest.first().copied()).await,
+            "rusak" | "spoiled" | "s" => self.spoiled(rest).await,
+            "h" | "hold" | "holds" => self.holds().await,
+            "kuota" | "quota" | "status" => self.show_quota().await,
+            "?" | "help" | "bantuan" => self.say(help_text(self.out.lang)),
+            "keluar" | "quit" | "exit" | "k" => return false,
+            _ => self.say(self.out.t(
+                "Perintah tidak dikenal; ketik bantuan.",
+                "Unknown command; type help.",
+            )),
+        }
+        true
+    }
+}
+
+/// Runs the interactive counter screen until `keluar`/`quit` or the end of input.
+pub async fn run_counter(term: &Terminal, out: Out, waiting: u32) -> ExitCode {
+    let (office, service_point, counter) =
+        match (term.office(), term.service_point(), term.counter()) {
+            (Ok(o), Ok(s), Ok(c)) => (o.to_string(), s.to_string(), c.to_string()),
+            (Err(f), _, _) | (_, Err(f), _) | (_, _, Err(f)) => return f.exit(&out),
+        };
+    let first = match term.quota().await {
+        Ok(q) => q,
+        Err(failure) => return failure.exit(&out),
+    };
+    let shared = Arc::new(Shared::default());
+    shared.waiting.store(waiting, Ordering::Relaxed);
+    let local_date = first.local_date.clone();
+    shared.set_snapshot(Some(first));
+
+    // Live quota in the background.
+    let watcher = {
+        let term = term.clone();
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let _ = follow(
+                &term,
+                u32::MAX,
+                |snapshot| {
+                    shared.set_snapshot(Some(snapshot.clone()));
+                    true
+                },
+                |_, _| {},
+            )
+            .await;
+        })
+    };
+    // Keep the queue report alive.
+    let refresher = {
+        let term = term.clone();
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(REPORT_REFRESH);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let waiting = shared.waiting.load(Ordering::Relaxed);
+                if let Ok(answer) = term.report_queue(waiting).await {
+                    shared.reported.store(waiting, Ordering::Relaxed);
+                    shared.set_snapshot(answer.quota);
+                }
+            }
+        })
+    };
+
+    let mut screen = Screen {
+        term: term.clone(),
+        out,
+        shared,
+        input: Input::start(out),
+        last_reservation: None,
+    };
+    screen.say(&format!(
+        "== blangko-counter · {} {counter} · {office}/{service_point} · {local_date} ({}) ==",
+        out.t("loket", "counter"),
+        out.zone.abbreviation()
+    ));
+    screen.say(help_text(out.lang));
+    screen.report_waiting(waiting > 0).await;
+
+    loop {
+        let status = screen.status_line();
+        screen.say(&status);
+        let Some(line) = screen.input.ask("> ").await else {
+            break;
+        };
+        if !screen.command(&line).await {
+            break;
+        }
+    }
+    // This counter closes: its queue report no longer counts.
+    screen.shared.waiting.store(0, Ordering::Relaxed);
+    screen.report_waiting(false).await;
+    watcher.abort();
+    refresher.abort();
+    screen.say(out.t("Sampai jumpa.", "Goodbye."));
+    ExitCode::from(EXIT_OK)
+}

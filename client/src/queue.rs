@@ -1,0 +1,1267 @@
+//! A day's queue from a CSV file: parsing (bad rows named by line number, never skipped
+//! silently), the forecast, reserving in queue order, and the results file that doubles as the
+//! journal a re-run resumes from.
+//!
+//! Re-running is always safe: each ticket's request id is derived from office, service point,
+//! local date and ticket ([`crate::connect::queue_request_id`]), so the server answers a repeated
+//! ticket with its first answer and never reserves twice.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use blangko_proto::v1::{IkdStatus, QuotaSnapshot, Reason, reserve_response::Outcome};
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::connect::queue_request_id;
+use crate::error::{EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, Failure};
+use crate::forecast::{expected_served, ticket_ranges, total_with_mine};
+use crate::nik;
+use crate::output::{Lang, Out, referral_lines, reservation_line, snapshot_line};
+use crate::terminal::Terminal;
+use crate::vocab;
+
+/// The most rows a queue file may have: far above a day at any counter, low enough to keep
+/// everything in memory.
+pub const MAX_ROWS: usize = 100_000;
+
+/// The longest ticket number accepted.
+const MAX_TICKET_LEN: usize = 32;
+
+/// How often the queue report is refreshed while reserving (reports expire after 120 s).
+const REPORT_REFRESH: Duration = Duration::from_secs(30);
+
+/// One applicant of the queue file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRow {
+    /// The line in the file (1-based; the header is line 1).
+    pub line: u64,
+    /// The queue ticket, e.g. `A017` or `17`.
+    pub ticket: String,
+    /// The NIK, normalised (16 digits). Never printed: see [`nik::mask`].
+    pub nik: String,
+    /// Why a card is needed.
+    pub reason: Reason,
+    /// The officer's IKD check, if the file has an `ikd` column.
+    pub ikd: IkdStatus,
+}
+
+/// A row that cannot be used, with its line number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow {
+    /// The line in the file.
+    pub line: u64,
+    /// The ticket, if it could be read.
+    pub ticket: String,
+    /// The offending column.
+    pub field: String,
+    /// Why, in Bahasa Indonesia.
+    pub problem_id: String,
+    /// Why, in English.
+    pub problem_en: String,
+}
+
+impl BadRow {
+    /// The problem in `lang`.
+    pub fn problem(&self, lang: Lang) -> &str {
+        match lang {
+            Lang::Id => &self.problem_id,
+            Lang::En => &self.problem_en,
+        }
+    }
+}
+
+/// A parsed queue file.
+#[derive(Debug, Clone, Default)]
+pub struct ParsedQueue {
+    /// The usable rows, in queue order.
+    pub rows: Vec<QueueRow>,
+    /// The unusable ones.
+    pub bad: Vec<BadRow>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    ticket: usize,
+    nik: usize,
+    reason: usize,
+    ikd: Option<usize>,
+}
+
+fn column_of(header: &str) -> Option<&'static str> {
+    let name: String = header
+        .trim()
+        .trim_start_matches('\u{feff}')
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c == ' ' || c == '-' { '_' } else { c })
+        .collect();
+    match name.as_str() {
+        "ticket" | "ticket_number" | "tiket" | "no" | "nomor" | "no_antrean" | "nomor_antrean"
+        | "antrean" | "queue" | "number" => Some("ticket"),
+        "nik" => Some("nik"),
+        "reason" | "alasan" => Some("reason"),
+        "ikd" | "ikd_status" | "status_ikd" => Some("ikd"),
+        _ => None,
+    }
+}
+
+fn columns_from_header(header: &csv::StringRecord) -> Result<Columns, Failure> {
+    let mut found: HashMap<&'static str, usize> = HashMap::new();
+    for (i, cell) in header.iter().enumerate() {
+        if let Some(name) = column_of(cell) {
+            found.entry(name).or_insert(i);
+        }
+    }
+    if found.is_empty() {
+        if header
+            .iter()
+            .any(|cell| nik::normalize(cell).len() == nik::NIK_LEN)
+        {
+            return Err(Failure::bad_field(
+                "line 1",
+                "the first line looks like an applicant, not a header row (ticket,nik,reason) / \
+                 baris 1 berisi data pemohon, bukan judul kolom",
+            ));
+        }
+        // Unknown names: the documented order.
+        return Ok(Columns {
+            ticket: 0,
+            nik: 1,
+            reason: 2,
+            ikd: (header.len() > 3).then_some(3),
+        });
+    }
+    let need = |name: &str| {
+        found.get(name).copied().ok_or_else(|| {
+            Failure::bad_field(
+                "header",
+                format!("the header row has no {name} column / kolom {name} tidak ada"),
+            )
+        })
+    };
+    Ok(Columns {
+        ticket: need("ticket")?,
+        nik: need("nik")?,
+        reason: need("reason")?,
+        ikd: found.get("ikd").copied(),
+    })
+}
+
+fn bad(
+    line: u64,
+    ticket: &str,
+    field: &str,
+    id: impl Into<String>,
+    en: impl Into<String>,
+) -> BadRow {
+    BadRow {
+        line,
+        ticket: ticket.to_string(),
+        field: field.to_string(),
+        problem_id: id.into(),
+        problem_en: en.into(),
+    }
+}
+
+fn ticket_ok(ticket: &str) -> bool {
+    !ticket.is_empty()
+        && ticket.len() <= MAX_TICKET_LEN
+        && ticket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+}
+
+/// The largest queue file read.
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// One line of CSV as fields (quotes handled; a quoted field cannot span lines in a queue file).
+fn split_csv_line(line: &str, delimiter: u8) -> Result<csv::StringRecord, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .delimiter(delimiter)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(line.as_bytes());
+    let mut record = csv::StringRecord::new();
+    match reader.read_record(&mut record) {
+        Ok(_) => {}
+        Err(error) => return Err(error.to_string()),
+    }
+    // A second record means a quote opened a field that the line did not close.
+    let mut extra = csv::StringRecord::new();
+    if matches!(reader.read_record(&mut extra), Ok(true)) {
+        return Err("unbalanced quotes".to_string());
+    }
+    Ok(record)
+}
+
+/// Parses a queue: a header row, then one applicant per line (ticket, NIK, reason, optional IKD
+/// status). `today` is the office-local date (for the birth-date check of NIKs). Line numbers
+/// count every line of the file, blank ones included, as an editor shows them.
+pub fn parse_queue<R: Read>(input: R, today: NaiveDate) -> Result<ParsedQueue, Failure> {
+    let mut bytes = Vec::new();
+    input
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::Local(format!("cannot read queue file: {e}")))?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
+        return Err(Failure::bad_field(
+            "file",
+            format!("larger than {MAX_FILE_BYTES} bytes / lebih dari {MAX_FILE_BYTES} byte"),
+        ));
+    }
+    let mut lines = bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(i, raw)| (u64::try_from(i).unwrap_or(u64::MAX).saturating_add(1), raw));
+    let mut parsed = ParsedQueue::default();
+    // The header: the first line that is not blank.
+    let (columns, delimiter) = loop {
+        let Some((line, raw)) = lines.next() else {
+            return Ok(parsed);
+        };
+        let text = String::from_utf8_lossy(raw);
+        let text = text.trim_start_matches('\u{feff}').trim();
+        if text.is_empty() {
+            continue;
+        }
+        // Spreadsheets in an Indonesian locale export with `;`: the header tells.
+        let delimiter = [b',', b';', b'\t']
+            .into_iter()
+            .max_by_key(|d| text.bytes().filter(|b| b == d).count())
+            .unwrap_or(b',');
+        let header = split_csv_line(text, delimiter)
+            .map_err(|e| Failure::bad_field("header", format!("line {line}: {e}")))?;
+        break (columns_from_header(&header)?, delimiter);
+    };
+    let mut tickets: HashMap<String, u64> = HashMap::new();
+    let mut niks: HashMap<String, u64> = HashMap::new();
+    for (line, raw) in lines {
+        if parsed.rows.len() + parsed.bad.len() >= MAX_ROWS {
+            return Err(Failure::bad_field(
+                "file",
+                format!("more than {MAX_ROWS} rows / lebih dari {MAX_ROWS} baris"),
+            ));
+        }
+        let Ok(text) = std::str::from_utf8(raw) else {
+            parsed.bad.push(bad(
+                line,
+                "",
+                "row",
+                "baris bukan teks UTF-8 (simpan file sebagai CSV UTF-8)",
+                "the line is not UTF-8 text (save the file as CSV UTF-8)",
+            ));
+            continue;
+        };
+        let text = text.trim();
+        if text.is_empty()
+            || text
+                .chars()
+                .all(|c| c == ',' || c == ';' || c.is_whitespace())
+        {
+            continue;
+        }
+        let record = match split_csv_line(text, delimiter) {
+            Ok(record) => record,
+            Err(error) => {
+                parsed.bad.push(bad(
+                    line,
+                    "",
+                    "row",
+                    format!("baris tidak terbaca: {error}"),
+                    format!("unreadable row: {error}"),
+                ));
+                continue;
+            }
+        };
+        let cell = |i: usize| record.get(i).unwrap_or("");
+        let ticket = cell(columns.ticket).to_string();
+        if !ticket_ok(&ticket) {
+            parsed.bad.push(bad(
+                line,
+                &ticket,
+                "ticket",
+                format!("nomor tiket harus 1..={MAX_TICKET_LEN} huruf/angka"),
+                format!("the ticket must be 1..={MAX_TICKET_LEN} letters or digits"),
+            ));
+            continue;
+        }
+        if let Some(first) = tickets.get(&ticket) {
+            parsed.bad.push(bad(
+                line,
+                &ticket,
+                "ticket",
+                format!("tiket {ticket} sudah ada di baris {first}"),
+                format!("ticket {ticket} already on line {first}"),
+            ));
+            continue;
+        }
+        let nik = match nik::validate(cell(columns.nik), today) {
+            Ok(nik) => nik,
+            Err(error) => {
+                parsed.bad.push(bad(
+                    line,
+                    &ticket,
+                    "nik",
+                    error.indonesian(),
+                    error.to_string(),
+                ));
+                continue;
+            }
+        };
+        if let Some(first) = niks.get(&nik) {
+            parsed.bad.push(bad(
+                line,
+                &ticket,
+                "nik",
+                format!("NIK yang sama sudah ada di baris {first}"),
+                format!("the same NIK is already on line {first}"),
+            ));
+            continue;
+        }
+        let Some(reason) = vocab::parse_reason(cell(columns.reason)) else {
+            let given = cell(columns.reason);
+            parsed.bad.push(bad(
+                line,
+                &ticket,
+                "reason",
+                format!("alasan {given:?} tidak dikenal"),
+                format!("unknown reason {given:?}"),
+            ));
+            continue;
+        };
+        let ikd_text = columns.ikd.map(cell).unwrap_or("");
+        let Some(ikd) = vocab::parse_ikd(ikd_text) else {
+            parsed.bad.push(bad(
+                line,
+                &ticket,
+                "ikd",
+                format!("status IKD {ikd_text:?} tidak dikenal"),
+                format!("unknown IKD status {ikd_text:?}"),
+            ));
+            continue;
+        };
+        tickets.insert(ticket.clone(), line);
+        niks.insert(nik.clone(), line);
+        parsed.rows.push(QueueRow {
+            line,
+            ticket,
+            nik,
+            reason,
+            ikd,
+        });
+    }
+    Ok(parsed)
+}
+
+/// What happened to one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowOutcome {
+    /// A blank is held for the applicant.
+    Reserved,
+    /// Told at once to activate IKD: beyond this counter's forecast cut-off.
+    IkdForecast,
+    /// The server referred the applicant to IKD.
+    IkdReferral,
+    /// The row (or the server) rejected the input.
+    Invalid,
+    /// Another error; a re-run tries again.
+    Error,
+}
+
+impl RowOutcome {
+    /// Whether a re-run leaves the row alone.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RowOutcome::Reserved | RowOutcome::IkdForecast | RowOutcome::IkdReferral
+        )
+    }
+}
+
+/// One line of the results file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    /// The office-local day.
+    pub local_date: String,
+    /// The line of the queue file.
+    pub line: u64,
+    /// The ticket.
+    pub ticket: String,
+    /// The NIK, masked.
+    pub masked_nik: String,
+    /// The reason, API name.
+    pub reason: String,
+    /// What happened.
+    pub outcome: RowOutcome,
+    /// The reservation, when reserved.
+    #[serde(default)]
+    pub reservation_id: String,
+    /// The hold's expiry (RFC 3339, office time), when reserved.
+    #[serde(default)]
+    pub expires_at: String,
+    /// True when the server replayed an earlier answer (a re-run).
+    #[serde(default)]
+    pub replayed: bool,
+    /// The referral cause, when referred.
+    #[serde(default)]
+    pub cause: String,
+    /// More about it (the problem of an invalid row, an error message).
+    #[serde(default)]
+    pub detail: String,
+    /// The request id sent for the row.
+    #[serde(default)]
+    pub request_id: String,
+}
+
+/// The results file's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultsFormat {
+    /// CSV with a header row.
+    Csv,
+    /// One JSON object per line.
+    JsonLines,
+}
+
+impl ResultsFormat {
+    /// From the file name: `.json` and `.jsonl` give JSON lines.
+    pub fn of(path: &Path) -> ResultsFormat {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("json") || ext.eq_ignore_ascii_case("jsonl") => {
+                ResultsFormat::JsonLines
+            }
+            _ => ResultsFormat::Csv,
+        }
+    }
+}
+
+/// `antrean.csv` → `antrean.results.csv`, next to it.
+pub fn default_results_path(queue_file: &Path) -> PathBuf {
+    let stem = queue_file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "queue".to_string());
+    queue_file.with_file_name(format!("{stem}.results.csv"))
+}
+
+/// The results file, appended to row by row and synced, so a crash loses at most the row in flight.
+pub struct ResultsFile {
+    path: PathBuf,
+    format: ResultsFormat,
+    file: File,
+    has_header: bool,
+}
+
+fn local_failure(path: &Path, what: &str, error: impl std::fmt::Display) -> Failure {
+    Failure::Local(format!("{what} {}: {error}", path.display()))
+}
+
+impl ResultsFile {
+    /// Opens (or creates) the results file and reads the records already in it.
+    pub fn open(path: &Path) -> Result<(ResultsFile, Vec<ResultRecord>), Failure> {
+        let format = ResultsFormat::of(path);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| local_failure(path, "cannot open results file", e))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(|e| local_failure(path, "cannot read results file", e))?;
+        let records = match format {
+            ResultsFormat::Csv => csv::ReaderBuilder::new()
+                .has_headers(true)
+                .flexible(true)
+                .from_reader(text.as_bytes())
+                .deserialize::<ResultRecord>()
+                // A line torn by a crash is not a result: skip it.
+                .filter_map(Result::ok)
+                .collect(),
+            ResultsFormat::JsonLines => text
+                .lines()
+                .filter_map(|line| serde_json::from_str::<ResultRecord>(line).ok())
+                .collect(),
+        };
+        // A crash may have left half a line: start the next one on a line of its own.
+        if !text.is_empty() && !text.ends_with('\n') {
+            file.write_all(b"\n")
+                .map_err(|e| local_failure(path, "cannot write results file", e))?;
+        }
+        let _ = file.seek(SeekFrom::End(0));
+        let has_header = format == ResultsFormat::Csv && !text.trim().is_empty();
+        Ok((
+            ResultsFile {
+                path: path.to_path_buf(),
+                format,
+                file,
+                has_header,
+            },
+            records,
+        ))
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record and syncs it to disk.
+    pub fn append(&mut self, record: &ResultRecord) -> Result<(), Failure> {
+        let bytes = match self.format {
+            ResultsFormat::Csv => {
+                let mut writer = csv::WriterBuilder::new()
+                    .has_headers(!self.has_header)
+                    .from_writer(Vec::new());
+                writer
+                    .serialize(record)
+                    .map_err(|e| local_failure(&self.path, "cannot write results file", e))?;
+                self.has_header = true;
+                writer
+                    .into_inner()
+                    .map_err(|e| local_failure(&self.path, "cannot write results file", e))?
+            }
+            ResultsFormat::JsonLines => {
+                let mut line = serde_json::to_vec(record)
+                    .map_err(|e| local_failure(&self.path, "cannot write results file", e))?;
+                line.push(b'\n');
+                line
+            }
+        };
+        self.file
+            .write_all(&bytes)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| local_failure(&self.path, "cannot write results file", e))
+    }
+}
+
+/// A progress indicator on stderr, drawn only on a terminal.
+struct Progress {
+    total: usize,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(total: usize, out: &Out) -> Progress {
+        Progress {
+            total,
+            enabled: !out.json && std::io::stderr().is_terminal() && total > 0,
+        }
+    }
+
+    fn show(&self, done: usize, remaining_quota: u32, lang: Lang) {
+        if !self.enabled {
+            return;
+        }
+        const WIDTH: usize = 30;
+        let filled = (done * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
+        let bar = format!(
+            "{}{}",
+            "#".repeat(filled),
+            ".".repeat(WIDTH - filled.min(WIDTH))
+        );
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(
+            stderr,
+            "\r[{bar}] {done}/{} {} {remaining_quota}   ",
+            self.total,
+            lang.t("· sisa kuota", "· quota left")
+        );
+        let _ = stderr.flush();
+    }
+
+    /// Wipes the bar so that a result line can take its place.
+    fn clear(&self) {
+        if self.enabled {
+            let mut stderr = std::io::stderr().lock();
+            let _ = write!(stderr, "\r\x1b[2K");
+            let _ = stderr.flush();
+        }
+    }
+}
+
+/// Settings of one queue run.
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    /// The queue file.
+    pub file: PathBuf,
+    /// The results file (default: next to the queue file).
+    pub results: Option<PathBuf>,
+    /// Tell the applicants beyond the cut-off, reserve nobody.
+    pub forecast_only: bool,
+    /// A pause between two applicants (0 in normal use; tests use it to stop a run half-way).
+    pub pace: Duration,
+}
+
+/// Counts for the summary.
+#[derive(Debug, Default)]
+struct Tally {
+    reserved: u32,
+    replayed: u32,
+    told_ikd: u32,
+    referred: u32,
+    invalid: u32,
+    errors: u32,
+    earlier: u32,
+}
+
+/// One queue run.
+struct Run<'a> {
+    term: &'a Terminal,
+    out: Out,
+    results: ResultsFile,
+    local_date: String,
+    office: String,
+    service_point: String,
+    tally: Tally,
+    /// The waiting count last reported to the server.
+    last_reported: u32,
+    last_report_at: Instant,
+}
+
+impl Run<'_> {
+    fn record(&mut self, row: &QueueRow, outcome: RowOutcome) -> ResultRecord {
+        ResultRecord {
+            local_date: self.local_date.clone(),
+            line: row.line,
+            ticket: row.ticket.clone(),
+            masked_nik: nik::mask(&row.nik),
+            reason: vocab::reason_code(row.reason).to_string(),
+            outcome,
+            reservation_id: String::new(),
+            expires_at: String::new(),
+            replayed: false,
+            cause: String::new(),
+            detail: String::new(),
+            request_id: String::new(),
+        }
+    }
+
+    fn emit_json(&self, record: &ResultRecord, extra: serde_json::Value) {
+        let mut value = serde_json::to_value(record).unwrap_or_else(|_| json!({}));
+        if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), extra) {
+            map.extend(extra);
+        }
+        self.out.json(&value);
+    }
+
+    /// Reports the waiting count and returns how many of them the server expects to serve.
+    async fn report(&mut self, waiting: u32) -> Result<(u32, Option<QuotaSnapshot>), Failure> {
+        let answer = self.term.report_queue(waiting).await?;
+        self.last_reported = waiting;
+        self.last_report_at = Instant::now();
+        Ok((answer.expected_served.min(waiting), answer.quota))
+    }
+
+    /// Tells the given rows at once to activate IKD, and records it.
+    fn tell_ikd(&mut self, rows: &[QueueRow]) -> Result<(), Failure> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tickets: Vec<&str> = rows.iter().map(|r| r.ticket.as_str()).collect();
+        let lang = self.out.lang;
+        for row in rows {
+            let mut record = self.record(row, RowOutcome::IkdForecast);
+            record.cause = "FORECAST".to_string();
+            record.detail = "beyond this counter's share of today's remaining quota".to_string();
+            self.results.append(&record)?;
+            self.tally.told_ikd += 1;
+            if self.out.json {
+                self.emit_json(&record, json!({"event": "ikd_forecast"}));
+            }
+        }
+        if !self.out.json {
+            self.out.line(&match lang {
+                Lang::Id => format!(
+                    "AKTIVASI IKD SEKARANG: tiket {} ({} orang): kuota hari ini tidak cukup untuk mereka; \
+                     silakan aktivasi IKD di loket, tidak perlu menunggu.",
+                    ticket_ranges(&tickets),
+                    rows.len()
+                ),
+                Lang::En => format!(
+                    "ACTIVATE IKD NOW: tickets {} ({} people): today's quota will not reach them; \
+                     please activate IKD at the counter instead of waiting.",
+                    ticket_ranges(&tickets),
+                    rows.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn forecast_line(&self, waiting: u32, served: u32, snapshot: Option<&QuotaSnapshot>) {
+        let (remaining, sp_waiting) = snapshot.map(|q| (q.remaining, q.waiting)).unwrap_or((0, 0));
+        if self.out.json {
+            self.out.json(&json!({
+                "event": "forecast",
+                "local_date": self.local_date,
+                "waiting": waiting,
+                "service_point_waiting": sp_waiting,
+                "remaining": remaining,
+                "expected_served": served,
+                "expected_referred": waiting - served,
+            }));
+            return;
+        }
+        self.out.line(&match self.out.lang {
+            Lang::Id => format!(
+                "Perkiraan: {waiting} menunggu di loket ini ({sp_waiting} di tempat layanan), sisa kuota {remaining} \
+                 → {served} dilayani, {} dirujuk ke IKD",
+                waiting - served
+            ),
+            Lang::En => format!(
+                "Forecast: {waiting} waiting at this counter ({sp_waiting} at the service point), {remaining} quota left \
+                 → {served} served, {} referred to IKD",
+                waiting - served
+            ),
+        });
+    }
+
+    /// Reserves one row and records the answer. `Err` only for failures that stop the run.
+    async fn reserve_row(&mut self, row: &QueueRow) -> Result<Option<QuotaSnapshot>, Failure> {
+        let request_id = queue_request_id(
+            &self.office,
+            &self.service_point,
+            &self.local_date,
+            &row.ticket,
+        );
+        let answer = self
+            .term
+            .reserve(&row.nik, row.reason, row.ikd, &request_id)
+            .await;
+        let mut record = self.record(row, RowOutcome::Error);
+        record.request_id = request_id;
+        let zone = self.out.zone;
+        let (snapshot, human): (Option<QuotaSnapshot>, Vec<String>) = match answer {
+            Ok(response) => match response.outcome {
+                Some(Outcome::Reservation(reservation)) => {
+                    record.outcome = RowOutcome::Reserved;
+                    record.reservation_id = reservation.reservation_id.clone();
+                    record.masked_nik = reservation.masked_nik.clone();
+                    record.replayed = reservation.replayed;
+                    record.expires_at = zone
+                        .rfc3339(reservation.expires_at.as_ref())
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string();
+                    self.tally.reserved += 1;
+                    if reservation.replayed {
+                        self.tally.replayed += 1;
+                    }
+                    (
+                        response.quota,
+                        vec![reservation_line(&reservation, &self.out)],
+                    )
+                }
+                Some(Outcome::IkdReferral(referral)) => {
+                    record.outcome = RowOutcome::IkdReferral;
+                    record.cause = vocab::cause_code(referral.cause()).to_string();
+                    record.detail = referral.message_english.clone();
+                    self.tally.referred += 1;
+                    (response.quota, referral_lines(&referral, &self.out))
+                }
+                None => {
+                    record.detail = "the server answered without an outcome".to_string();
+                    self.tally.errors += 1;
+                    (response.quota, vec![record.detail.clone()])
+                }
+            },
+            // Only an answer about this row's own data lets the queue go on; anything else
+            // (no server, a broken connection, an unknown office) stops the run for a re-run.
+            Err(failure)
+                if !matches!(failure, Failure::BadInput { .. })
+                    && !matches!(
+                        failure.code(),
+                        Some("FAILED_PRECONDITION" | "ALREADY_EXISTS" | "OUT_OF_RANGE")
+                    ) =>
+            {
+                return Err(failure);
+            }
+            Err(failure) => {
+                record.outcome = if matches!(failure, Failure::BadInput { .. }) {
+                    self.tally.invalid += 1;
+                    RowOutcome::Invalid
+                } else {
+                    self.tally.errors += 1;
+                    RowOutcome::Error
+                };
+                record.detail = failure.human(Lang::En);
+                (None, vec![failure.human(self.out.lang)])
+            }
+        };
+        self.results.append(&record)?;
+        if self.out.json {
+            self.emit_json(&record, json!({"event": "row"}));
+        } else {
+            for (i, text) in human.iter().enumerate() {
+                if i == 0 {
+                    self.out.line(&format!("[{}] {text}", row.ticket));
+                } else {
+                    self.out.line(text);
+                }
+            }
+        }
+        Ok(snapshot)
+    }
+}
+
+/// Reports why the run stopped and how to resume; gives the exit code.
+fn stopped(failure: &Failure, out: &Out) -> u8 {
+    failure.report(out);
+    if !out.json {
+        out.notice(out.t(
+            "Antrean berhenti. Jalankan perintah yang sama lagi untuk melanjutkan: tidak ada yang dipesan dua kali.",
+            "The queue stopped. Run the same command again to resume: nobody is reserved twice.",
+        ));
+    }
+    EXIT_ERROR
+}
+
+/// Runs a queue file: forecast, IKD notices for the applicants beyond the cut-off, reservations
+/// in queue order, results file. Exit code 0 when every row was handled, 2 when some rows were
+/// invalid, 1 when the run stopped early (re-run it to resume).
+pub async fn run_queue(term: &Terminal, out: Out, options: &QueueOptions) -> ExitCode {
+    match run_queue_inner(term, out, options).await {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => failure.exit(&out),
+    }
+}
+
+async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> Result<u8, Failure> {
+    let office = term.office()?.to_string();
+    let service_point = term.service_point()?.to_string();
+    term.counter()?;
+    let file = File::open(&options.file)
+        .map_err(|e| local_failure(&options.file, "cannot read queue file", e))?;
+    let today = out.zone.now().date_naive();
+    let parsed = parse_queue(file, today)?;
+    let lang = out.lang;
+
+    // The server's local date names the day in request ids and the journal.
+    let snapshot = term.quota().await?;
+    let local_date = snapshot.local_date.clone();
+    let results_path = options
+        .results
+        .clone()
+        .unwrap_or_else(|| default_results_path(&options.file));
+    let (results, earlier) = ResultsFile::open(&results_path)?;
+    let earlier: Vec<ResultRecord> = earlier
+        .into_iter()
+        .filter(|r| r.local_date == local_date)
+        .collect();
+    let done: HashSet<&str> = earlier
+        .iter()
+        .filter(|r| r.outcome.is_final())
+        .map(|r| r.ticket.as_str())
+        .collect();
+    let invalid_seen: HashSet<(u64, &str)> = earlier
+        .iter()
+        .filter(|r| r.outcome == RowOutcome::Invalid)
+        .map(|r| (r.line, r.detail.as_str()))
+        .collect();
+
+    let mut run = Run {
+        term,
+        out,
+        results,
+        local_date: local_date.clone(),
+        office,
+        service_point,
+        tally: Tally::default(),
+        last_reported: 0,
+        last_report_at: Instant::now(),
+    };
+
+    if !out.json {
+        out.line(&snapshot_line(&snapshot, &out));
+    }
+
+    // Bad rows first, each with its line number; they stay in the results file too.
+    for row in &parsed.bad {
+        run.tally.invalid += 1;
+        let record = ResultRecord {
+            local_date: local_date.clone(),
+            line: row.line,
+            ticket: row.ticket.clone(),
+            masked_nik: String::new(),
+            reason: String::new(),
+            outcome: RowOutcome::Invalid,
+            reservation_id: String::new(),
+            expires_at: String::new(),
+            replayed: false,
+            cause: String::new(),
+            detail: format!("{}: {}", row.field, row.problem_en),
+            request_id: String::new(),
+        };
+        if !invalid_seen.contains(&(record.line, record.detail.as_str())) {
+            run.results.append(&record)?;
+        }
+        if out.json {
+            run.emit_json(
+                &record,
+                json!({"event": "invalid_row", "field": row.field, "problem": row.problem(lang)}),
+            );
+        } else {
+            out.notice(&format!(
+                "{} {}{}: {} — {}",
+                lang.t("Baris", "Line"),
+                row.line,
+                if row.ticket.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} {})", lang.t("tiket", "ticket"), row.ticket)
+                },
+                row.field,
+                row.problem(lang)
+            ));
+        }
+    }
+
+    let mut pending: Vec<QueueRow> = parsed
+        .rows
+        .iter()
+        .filter(|r| !done.contains(r.ticket.as_str()))
+        .cloned()
+        .collect();
+    run.tally.earlier = u32::try_from(parsed.rows.len() - pending.len()).unwrap_or(u32::MAX);
+    if run.tally.earlier > 0 && !out.json {
+        out.line(&match lang {
+            Lang::Id => format!(
+                "Melanjutkan: {} tiket sudah ditangani pada proses sebelumnya hari ini (tidak dipesan ulang).",
+                run.tally.earlier
+            ),
+            Lang::En => format!(
+                "Resuming: {} tickets were already handled by an earlier run today (not reserved again).",
+                run.tally.earlier
+            ),
+        });
+    }
+
+    // A resumed run first settles the first pending ticket: it may be the one that was in flight
+    // when the earlier run died (reserved, but not yet in the results file). Its request id makes
+    // the server replay that answer instead of reserving again, and the forecast below is exact.
+    if !earlier.is_empty() && !options.forecast_only && !pending.is_empty() {
+        let first = pending.remove(0);
+        if let Err(failure) = run.reserve_row(&first).await {
+            return Ok(stopped(&failure, &out));
+        }
+    }
+
+    let mut waiting = u32::try_from(pending.len()).unwrap_or(u32::MAX);
+    let (served, quota) = run.report(waiting).await?;
+    run.forecast_line(waiting, served, quota.as_ref());
+    let cut = usize::try_from(served)
+        .unwrap_or(usize::MAX)
+        .min(pending.len());
+    let beyond = pending.split_off(cut);
+    run.tell_ikd(&beyond)?;
+
+    if options.forecast_only {
+        return Ok(if run.tally.invalid > 0 {
+            EXIT_BAD_INPUT
+        } else {
+            EXIT_OK
+        });
+    }
+
+    let progress = Progress::new(pending.len(), &out);
+    let mut index = 0;
+    while index < pending.len() {
+        let row = pending[index].clone();
+        progress.clear();
+        let snapshot = match run.reserve_row(&row).await {
+            Ok(snapshot) => snapshot,
+            Err(failure) => {
+                progress.clear();
+                return Ok(stopped(&failure, &out));
+            }
+        };
+        index += 1;
+        waiting = u32::try_from(pending.len() - index).unwrap_or(u32::MAX);
+        progress.show(
+            index,
+            snapshot.as_ref().map(|q| q.remaining).unwrap_or(0),
+            lang,
+        );
+        if waiting == 0 {
+            break;
+        }
+        // Keep the forecast current from the live snapshot: when other counters have taken
+        // quota meanwhile, ask the server again and tell the new tail at once.
+        let shrinking = snapshot.as_ref().is_some_and(|q| {
+            let total = total_with_mine(q.waiting, run.last_reported, waiting);
+            expected_served(q.remaining, waiting, total) < waiting
+        });
+        if shrinking || run.last_report_at.elapsed() >= REPORT_REFRESH {
+            let (served, quota) = run.report(waiting).await?;
+            if served < waiting {
+                progress.clear();
+                run.forecast_line(waiting, served, quota.as_ref());
+                let keep = index + usize::try_from(served).unwrap_or(usize::MAX);
+                let beyond = pending.split_off(keep.min(pending.len()));
+                run.tell_ikd(&beyond)?;
+            }
+        }
+        if !options.pace.is_zero() {
+            tokio::time::sleep(options.pace).await;
+        }
+    }
+    progress.clear();
+    // The queue is done: withdraw this counter's report so others get the whole remainder.
+    if let Err(failure) = run.report(0).await {
+        failure.report(&out);
+    }
+
+    let t = &run.tally;
+    if out.json {
+        out.json(&json!({
+            "event": "summary",
+            "local_date": local_date,
+            "reserved": t.reserved,
+            "replayed": t.replayed,
+            "told_ikd": t.told_ikd,
+            "referred": t.referred,
+            "invalid": t.invalid,
+            "errors": t.errors,
+            "earlier": t.earlier,
+            "results_file": run.results.path().display().to_string(),
+        }));
+    } else {
+        out.line(&match lang {
+            Lang::Id => format!(
+                "Selesai: {} dipesan ({} ulang), {} diberi tahu aktivasi IKD, {} dirujuk server, {} tidak valid, {} galat, {} dari proses sebelumnya. Hasil: {}",
+                t.reserved, t.replayed, t.told_ikd, t.referred, t.invalid, t.errors, t.earlier,
+                run.results.path().display()
+            ),
+            Lang::En => format!(
+                "Done: {} reserved ({} replayed), {} told to activate IKD, {} referred by the server, {} invalid, {} errors, {} from an earlier run. Results: {}",
+                t.reserved, t.replayed, t.told_ikd, t.referred, t.invalid, t.errors, t.earlier,
+                run.results.path().display()
+            ),
+        });
+    }
+    Ok(if t.errors > 0 {
+        EXIT_ERROR
+    } else if t.invalid > 0 {
+        EXIT_BAD_INPUT
+    } else {
+        EXIT_OK
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 29).unwrap_or_default()
+    }
+
+    fn parse(text: &str) -> ParsedQueue {
+        match parse_queue(text.as_bytes(), today()) {
+            Ok(parsed) => parsed,
+            Err(failure) => panic!("{failure:?}"),
+        }
+    }
+
+    #[test]
+    fn rows_keep_queue_order_and_line_numbers() {
+        let parsed = parse(
+            "ticket,nik,reason\n\
+             A001,3275014101900001,new-recording\n\
+             A002, 3275 0141 0190 0002 ,hilang\n\
+             \n\
+             A003,3275014101900003,7\n",
+        );
+        assert!(parsed.bad.is_empty(), "{:?}", parsed.bad);
+        let summary: Vec<(u64, &str, Reason)> = parsed
+            .rows
+            .iter()
+            .map(|r| (r.line, r.ticket.as_str(), r.reason))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (2, "A001", Reason::NewRecording),
+                (3, "A002", Reason::Lost),
+                (5, "A003", Reason::Damaged)
+            ]
+        );
+        assert_eq!(parsed.rows[1].nik, "3275014101900002");
+        assert_eq!(parsed.rows[0].ikd, IkdStatus::Unspecified);
+    }
+
+    #[test]
+    fn bad_rows_are_reported_with_line_numbers_never_skipped_silently() {
+        let parsed = parse(
+            "tiket,nik,alasan,ikd\n\
+             1,3275014101900001,perekaman-baru,aktif\n\
+             2,327501410190001,hilang,\n\
+             3,3275014101900003,stolen,\n\
+             1,3275014101900004,rusak,\n\
+             5,3275014101900001,rusak,\n\
+             6,3275014101900006,rusak,maybe\n\
+             ,3275014101900007,rusak,\n\
+             8,3275014101900008\n\
+             9,3275014101900009,rentan,exempt\n",
+        );
+        let bad: Vec<(u64, &str)> = parsed
+            .bad
+            .iter()
+            .map(|b| (b.line, b.field.as_str()))
+            .collect();
+        assert_eq!(
+            bad,
+            [
+                (3, "nik"),
+                (4, "reason"),
+                (5, "ticket"),
+                (6, "nik"),
+                (7, "ikd"),
+                (8, "ticket"),
+                (9, "reason"),
+            ]
+        );
+        assert!(parsed.bad[0].problem_en.contains("16 digits"));
+        assert!(
+            parsed.bad[2].problem_en.contains("already on line 2"),
+            "{:?}",
+            parsed.bad[2]
+        );
+        assert!(parsed.bad[3].problem_id.contains("baris 2"));
+        let good: Vec<&str> = parsed.rows.iter().map(|r| r.ticket.as_str()).collect();
+        assert_eq!(good, ["1", "9"]);
+        assert_eq!(parsed.rows[0].ikd, IkdStatus::Active);
+        assert_eq!(parsed.rows[1].ikd, IkdStatus::Exempt);
+        assert_eq!(
+            parsed.rows.len() + parsed.bad.len(),
+            9,
+            "every data line is accounted for"
+        );
+    }
+
+    #[test]
+    fn windows_exports_with_bom_crlf_and_quotes_parse() {
+        let parsed = parse(
+            "\u{feff}\"Ticket\";\"NIK\";\"Reason\"\r\n\r\n1;\"3275014101900001\";\"lost\"\r\n2;32750141019;lost\r\n",
+        );
+        assert_eq!((parsed.rows.len(), parsed.bad.len()), (1, 1), "{parsed:?}");
+        assert_eq!(parsed.rows[0].reason, Reason::Lost);
+        let parsed = parse(
+            "\u{feff}Ticket,NIK,Reason\r\n\r\n1,\"3275014101900001\",\"lost\"\r\n2,\"32750141019\r\n",
+        );
+        assert_eq!(parsed.rows.len(), 1, "{parsed:?}");
+        assert_eq!(parsed.rows[0].line, 3);
+        assert_eq!(parsed.bad.len(), 1);
+        assert_eq!(parsed.bad[0].line, 4);
+        let latin1 = parse_queue(
+            &b"ticket,nik,reason\n1,3275014101900001,p\xe9rdida\n"[..],
+            today(),
+        );
+        match latin1 {
+            Ok(q) => assert_eq!(
+                (q.bad.len(), q.bad[0].line, q.bad[0].field.as_str()),
+                (1, 2, "row")
+            ),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn headers_map_columns_by_name_or_refuse_data_as_header() {
+        let parsed = parse("Reason,NIK,No Antrean\nlost,3275014101900001,B12\n");
+        assert_eq!(parsed.rows[0].ticket, "B12");
+        assert_eq!(parsed.rows[0].reason, Reason::Lost);
+        let headerless = parse_queue(
+            "1,3275014101900001,lost\n2,3275014101900002,lost\n".as_bytes(),
+            today(),
+        );
+        assert!(matches!(headerless, Err(Failure::BadInput { .. })));
+        let missing = parse_queue("ticket,nik\n1,3275014101900001\n".as_bytes(), today());
+        assert!(matches!(missing, Err(Failure::BadInput { .. })));
+        assert!(parse("").rows.is_empty());
+    }
+
+    #[test]
+    fn results_file_round_trips_and_survives_a_torn_line() {
+        let dir = match tempfile::tempdir() {
+            Ok(dir) => dir,
+            Err(e) => panic!("{e}"),
+        };
+        for name in ["r.csv", "r.jsonl"] {
+            let path = dir.path().join(name);
+            let record = ResultRecord {
+                local_date: "2026-11-29".to_string(),
+                line: 2,
+                ticket: "A001".to_string(),
+                masked_nik: "327501******0001".to_string(),
+                reason: "LOST".to_string(),
+                outcome: RowOutcome::Reserved,
+                reservation_id: "res-1".to_string(),
+                expires_at: "2026-11-29T09:05:00+07:00".to_string(),
+                replayed: false,
+                cause: String::new(),
+                detail: "a, \"quoted\" detail".to_string(),
+                request_id: "q-3275-mpp-20261129-A001".to_string(),
+            };
+            {
+                let (mut file, earlier) = match ResultsFile::open(&path) {
+                    Ok(x) => x,
+                    Err(e) => panic!("{e:?}"),
+                };
+                assert!(earlier.is_empty());
+                assert!(file.append(&record).is_ok());
+            }
+            // A crash in the middle of the next line.
+            if let Ok(mut f) = OpenOptions::new().append(true).open(&path) {
+                let _ = f.write_all(b"2026-11-29,3,A0");
+            }
+            let (mut file, earlier) = match ResultsFile::open(&path) {
+                Ok(x) => x,
+                Err(e) => panic!("{e:?}"),
+            };
+            assert_eq!(earlier, vec![record.clone()], "{name}");
+            let second = ResultRecord {
+                ticket: "A002".to_string(),
+                line: 3,
+                ..record.clone()
+            };
+            assert!(file.append(&second).is_ok());
+            let (_, again) = match ResultsFile::open(&path) {
+                Ok(x) => x,
+                Err(e) => panic!("{e:?}"),
+            };
+            assert_eq!(again, vec![record.clone(), second], "{name}");
+        }
+        let text = std::fs::read_to_string(dir.path().join("r.csv")).unwrap_or_default();
+        assert!(
+            text.starts_with("local_date,line,ticket,masked_nik,reason,outcome,"),
+            "{text}"
+        );
+        assert!(!text.contains("3275014101900001"), "no NIK in clear");
+    }
+
+    #[test]
+    fn results_paths_and_formats() {
+        assert_eq!(
+            default_results_path(Path::new("/q/antrean.csv")),
+            PathBuf::from("/q/antrean.results.csv")
+        );
+        assert_eq!(
+            ResultsFormat::of(Path::new("x.json")),
+            ResultsFormat::JsonLines
+        );
+        assert_eq!(
+            ResultsFormat::of(Path::new("x.JSONL")),
+            ResultsFormat::JsonLines
+        );
+        assert_eq!(ResultsFormat::of(Path::new("x.csv")), ResultsFormat::Csv);
+    }
+}
