@@ -209,9 +209,7 @@ pub fn parse_local_time(s: &str) -> Result<NaiveTime, String> {
     }
     let hour: u32 = s[0..2].parse().map_err(|_| "time hour is not a number")?;
     let minute: u32 = s[3..5].parse().map_err(|_| "time minute is not a number")?;
-    if hour > 23 || minute > 59 {
-        return Err("time must be between 00:00 and 23:59".to_string());
-    }
+    // from_hms_opt refuses hour 24+ and minute 60+.
     NaiveTime::from_hms_opt(hour, minute, 0)
         .ok_or_else(|| "time must be between 00:00 and 23:59".to_string())
 }
@@ -457,5 +455,13 @@ mod tests {
         ] {
             assert!(parse_local_time(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn at_ms_keeps_the_milliseconds_of_the_time() {
+        let date = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        let time = NaiveTime::from_hms_milli_opt(12, 0, 0, 250).unwrap();
+        let zone = OfficeZone::Wib;
+        assert_eq!(zone.at_ms(date, time), zone.start_of_day_ms(date) + 43_200_250);
     }
 }

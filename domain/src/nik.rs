@@ -341,4 +341,12 @@ mod tests {
         assert!(!is_known_province("+3"));
         assert!(!is_known_province("321"));
     }
+
+    #[test]
+    fn a_province_code_is_exactly_two_digits() {
+        assert!(is_known_province("32"));
+        for bad in ["011", "032", "3", "", "3a", "+3", " 32"] {
+            assert!(!is_known_province(bad), "{bad:?}");
+        }
+    }
 }

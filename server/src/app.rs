@@ -51,7 +51,13 @@ impl Application {
         })
         .await?;
         let nik_key = load_nik_key(&config, &store)?;
-        let engine = Engine::shared(store, clock, nik_key, config.max_watchers);
+        let engine = Engine::shared(
+            store,
+            clock,
+            nik_key,
+            config.max_watchers,
+            config.reserve_batch_size as usize,
+        );
         if config.demo {
             crate::demo::seed(&engine)
                 .await

@@ -73,6 +73,10 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_MAX_WATCHERS", default_value_t = 10_000)]
     pub max_watchers: usize,
 
+    /// Most Reserves of one office decided in one transaction (group commit); 1 turns batching off.
+    #[arg(long, env = "BLANGKO_RESERVE_BATCH_SIZE", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub reserve_batch_size: u32,
+
     /// Most database connections (PostgreSQL; SQLite uses one writer and four readers).
     #[arg(long, env = "BLANGKO_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,

@@ -1,5 +1,5 @@
 //! The per-office queue behind Reserve (group commit). Each office with Reserves in flight has
-//! one worker task: it takes what is queued (up to [`MAX_BATCH`]) and decides it in one
+//! one worker task: it takes what is queued (up to the batch size) and decides it in one
 //! transaction, so concurrent Reserves of one office never fight over its row lock. A worker
 //! idle for [`IDLE_EXIT`] ends; the next Reserve starts a new one.
 
@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use super::reserve::Job;
 use super::{Engine, EngineError, EngineResult};
 
-/// Most Reserves decided in one transaction.
-pub const MAX_BATCH: usize = 128;
+/// Default for the most Reserves decided in one transaction (`--reserve-batch-size`).
+pub const DEFAULT_MAX_BATCH: usize = 128;
 /// Most Reserves waiting per office; a caller past it waits for room (back-pressure), bounded
 /// by its own deadline.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -23,20 +23,28 @@ pub const IDLE_EXIT: Duration = Duration::from_secs(30);
 /// The offices' queues.
 pub struct Batcher {
     queues: Mutex<HashMap<String, mpsc::Sender<Job>>>,
+    /// Most Reserves decided in one transaction.
+    max_batch: usize,
     /// The engine the workers run on (set once the engine is in its `Arc`).
     engine: Mutex<Weak<Engine>>,
 }
 
 impl Default for Batcher {
     fn default() -> Self {
-        Batcher {
-            queues: Mutex::new(HashMap::new()),
-            engine: Mutex::new(Weak::new()),
-        }
+        Batcher::new(DEFAULT_MAX_BATCH)
     }
 }
 
 impl Batcher {
+    /// Queues that decide at most `max_batch` Reserves per transaction (at least 1).
+    pub fn new(max_batch: usize) -> Self {
+        Batcher {
+            queues: Mutex::new(HashMap::new()),
+            max_batch: max_batch.max(1),
+            engine: Mutex::new(Weak::new()),
+        }
+    }
+
     fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Job>>> {
         // Only whole inserts and removes happen under this lock: a poisoned map is still sound.
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
@@ -121,7 +129,7 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
                 }
             };
             let mut jobs = vec![first];
-            jobs.extend(drain(&mut receiver, MAX_BATCH - 1));
+            jobs.extend(drain(&mut receiver, engine.batcher.max_batch - 1));
             engine.run_batch(&office_id, jobs).await;
         }
     });

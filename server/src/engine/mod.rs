@@ -71,8 +71,11 @@ impl Engine {
         clock: Arc<dyn Clock>,
         nik_key: NikKey,
         max_watchers: usize,
+        reserve_batch_size: usize,
     ) -> Arc<Self> {
-        let engine = Arc::new(Self::new(store, clock, nik_key, max_watchers));
+        let mut engine = Self::new(store, clock, nik_key, max_watchers);
+        engine.batcher = batch::Batcher::new(reserve_batch_size);
+        let engine = Arc::new(engine);
         engine.batcher.attach(&engine);
         engine
     }

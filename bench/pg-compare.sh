@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Reserve throughput of two blangko-server replicas over one PostgreSQL, against pgbench running
+# the naive per-request transaction (one conditional UPDATE of the hot quota row + one INSERT)
+# on the same database at the same concurrency, in the same run.
+#
+# Usage: bench/pg-compare.sh POSTGRES_URL [SECONDS] [CONCURRENCY] [BATCH_SIZE]
+#   POSTGRES_URL  a database the script may fill (e.g. postgres://bench:bench@127.0.0.1/bench)
+# Builds the release binaries first. Talks to 127.0.0.1 only; every loop is bounded.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+url=${1:?usage: bench/pg-compare.sh POSTGRES_URL [SECONDS] [CONCURRENCY] [BATCH_SIZE]}
+seconds=${2:-5}
+concurrency=${3:-64}
+batch=${4:-128}
+command -v pgbench >/dev/null || PATH="$PATH:$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)"
+
+cargo build --release --locked -q -p blangko-server -p blangko-bench
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/nik.key"
+
+# Two replicas on free ports (port 0: each prints the address it chose).
+for r in a b; do
+  target/release/blangko-server --listen 127.0.0.1:0 --database "$url" --nik-key-file "$work/nik.key" \
+    --log warn --reserve-batch-size "$batch" > "$work/$r.out" 2> "$work/$r.err" &
+done
+for r in a b; do
+  for _ in $(seq 1 100); do grep -q listening "$work/$r.out" 2>/dev/null && break; sleep 0.1; done
+done
+a=$(awk '/listening/ {print $NF}' "$work/a.out")
+b=$(awk '/listening/ {print $NF}' "$work/b.out")
+echo "replicas: $a $b (reserve batch size $batch)"
+
+echo "--- blangko: Reserve over two replicas, one office (hot quota rows), concurrency $concurrency"
+target/release/blangko-bench --server "http://$a" --server "http://$b" --offices 1 --service-points 1 \
+  --concurrency "$concurrency" --seconds "$seconds" --phases reserve --nik-offset "$RANDOM$RANDOM"
+
+echo "--- pgbench: the naive transaction on the same database, $concurrency clients"
+psql -q "$url" <<'SQL'
+DROP TABLE IF EXISTS pgbench_quota_day, pgbench_reservation;
+CREATE TABLE pgbench_quota_day (service_point_id TEXT, day DATE, used BIGINT, quota BIGINT, PRIMARY KEY (service_point_id, day));
+CREATE TABLE pgbench_reservation (id BIGSERIAL PRIMARY KEY, nik_hash TEXT, day DATE);
+INSERT INTO pgbench_quota_day VALUES ('BENCH', CURRENT_DATE, 0, 1000000000);
+SQL
+cat > "$work/naive.sql" <<'SQL'
+\set n random(1, 1000000000)
+BEGIN;
+UPDATE pgbench_quota_day SET used = used + 1 WHERE service_point_id = 'BENCH' AND day = CURRENT_DATE AND used < quota;
+INSERT INTO pgbench_reservation(nik_hash, day) VALUES (md5(:n::text), CURRENT_DATE);
+END;
+SQL
+pgbench -n -c "$concurrency" -j 2 -T "$seconds" -f "$work/naive.sql" "$url" | grep -E "tps|latency average"
+psql -q "$url" -c "DROP TABLE pgbench_quota_day, pgbench_reservation"
