@@ -462,6 +462,9 @@ mod tests {
         let date = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
         let time = NaiveTime::from_hms_milli_opt(12, 0, 0, 250).unwrap();
         let zone = OfficeZone::Wib;
-        assert_eq!(zone.at_ms(date, time), zone.start_of_day_ms(date) + 43_200_250);
+        assert_eq!(
+            zone.at_ms(date, time),
+            zone.start_of_day_ms(date) + 43_200_250
+        );
     }
 }
