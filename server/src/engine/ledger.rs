@@ -54,14 +54,30 @@ pub async fn append(
     now_ms: i64,
     local_date: &str,
 ) -> Result<LedgerEntry, crate::engine::EngineError> {
-    office.on_hand += entry.on_hand_delta;
-    office.held += entry.held_delta;
-    if office.on_hand < 0 || office.held < 0 || office.held > office.on_hand {
+    let stored = chain(office, entry, principal, now_ms, local_date)?;
+    insert_entries(conn, std::slice::from_ref(&stored)).await?;
+    Ok(stored.entry)
+}
+
+/// Chains an entry onto `office` in memory only (deltas applied, sequence and hashes set); the
+/// caller inserts it with [`insert_entries`], in the same transaction.
+pub fn chain(
+    office: &mut OfficeRow,
+    entry: NewEntry,
+    principal: &str,
+    now_ms: i64,
+    local_date: &str,
+) -> Result<StoredEntry, crate::engine::EngineError> {
+    let on_hand = office.on_hand + entry.on_hand_delta;
+    let held = office.held + entry.held_delta;
+    if on_hand < 0 || held < 0 || held > on_hand {
         return Err(crate::engine::EngineError::Internal(format!(
             "stock invariant broken at office {}: on_hand {} held {}",
-            office.office_id, office.on_hand, office.held
+            office.office_id, on_hand, held
         )));
     }
+    office.on_hand = on_hand;
+    office.held = held;
     office.ledger_seq += 1;
     let mut e = LedgerEntry {
         office_id: office.office_id.clone(),
@@ -84,31 +100,67 @@ pub async fn append(
     };
     e.hash = entry_hash(&e, now_ms, local_date);
     office.ledger_head = e.hash.clone();
-    sqlx::query(
-        "INSERT INTO ledger (office_id, seq, kind, recorded_ms, local_date, principal, on_hand_delta, held_delta, on_hand_after, held_after, service_point_id, reservation_id, reference, counterpart_office_id, note, masked_nik, previous_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-    )
-    .bind(&e.office_id)
-    .bind(office.ledger_seq)
-    .bind(i64::from(e.kind))
-    .bind(now_ms)
-    .bind(local_date)
-    .bind(&e.principal)
-    .bind(e.on_hand_delta)
-    .bind(e.held_delta)
-    .bind(office.on_hand)
-    .bind(office.held)
-    .bind(&e.service_point_id)
-    .bind(&e.reservation_id)
-    .bind(&e.reference)
-    .bind(&e.counterpart_office_id)
-    .bind(&e.note)
-    .bind(&e.masked_nik)
-    .bind(&e.previous_hash)
-    .bind(&e.hash)
-    .execute(&mut *conn)
-    .await?;
-    Ok(e)
+    Ok(StoredEntry {
+        entry: e,
+        recorded_ms: now_ms,
+        local_date: local_date.to_string(),
+    })
+}
+
+const LEDGER_COLUMNS: [&str; 18] = [
+    "office_id",
+    "seq",
+    "kind",
+    "recorded_ms",
+    "local_date",
+    "principal",
+    "on_hand_delta",
+    "held_delta",
+    "on_hand_after",
+    "held_after",
+    "service_point_id",
+    "reservation_id",
+    "reference",
+    "counterpart_office_id",
+    "note",
+    "masked_nik",
+    "previous_hash",
+    "hash",
+];
+
+/// Inserts chained entries (multi-row statements).
+pub async fn insert_entries(
+    conn: &mut AnyConnection,
+    entries: &[StoredEntry],
+) -> Result<(), sqlx::Error> {
+    use crate::store::rows::Value::{Int, Text};
+    let rows = entries
+        .iter()
+        .map(|s| {
+            let e = &s.entry;
+            vec![
+                Text(e.office_id.clone()),
+                Int(e.sequence as i64),
+                Int(i64::from(e.kind)),
+                Int(s.recorded_ms),
+                Text(s.local_date.clone()),
+                Text(e.principal.clone()),
+                Int(e.on_hand_delta),
+                Int(e.held_delta),
+                Int(e.on_hand_after as i64),
+                Int(e.held_after as i64),
+                Text(e.service_point_id.clone()),
+                Text(e.reservation_id.clone()),
+                Text(e.reference.clone()),
+                Text(e.counterpart_office_id.clone()),
+                Text(e.note.clone()),
+                Text(e.masked_nik.clone()),
+                Text(e.previous_hash.clone()),
+                Text(e.hash.clone()),
+            ]
+        })
+        .collect();
+    crate::store::rows::insert_many(conn, "ledger", &LEDGER_COLUMNS, rows).await
 }
 
 /// The hash of an entry: SHA-256 over its previous hash and all its fields.

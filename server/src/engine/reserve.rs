@@ -66,10 +66,14 @@ struct PointState {
     calendar: ServiceCalendar,
     qd: QuotaDayRow,
     waiting: i64,
+    /// Live reservations today per reason (loaded only when the policy caps reasons).
+    by_reason: HashMap<i64, i64>,
     dirty: bool,
 }
 
-/// What a batch holds for one office for the length of its transaction.
+/// What a batch holds for one office for the length of its transaction. Everything a decision
+/// reads is fetched once per batch (a few statements), decided in memory, and written at the
+/// end with multi-row statements: group commit.
 struct BatchState {
     office: OfficeRow,
     zone: OfficeZone,
@@ -78,7 +82,16 @@ struct BatchState {
     date: String,
     /// Held plus committed today over the office (kept up to date in memory).
     office_used: i64,
-    points: HashMap<String, PointState>,
+    points: HashMap<String, EngineResult<PointState>>,
+    /// Answers already stored, by request id (prefetched), and those given in this batch.
+    answers: HashMap<String, rows::StoredAnswer>,
+    /// Live reservations of the batch's NIKs (prefetched), plus those made in this batch.
+    live: HashMap<String, ReservationRow>,
+    /// NIKs with a recorded IKD activation (prefetched where the office requires IKD first).
+    activated: std::collections::HashSet<String>,
+    ledger: Vec<ledger::StoredEntry>,
+    reservations: Vec<ReservationRow>,
+    new_answers: Vec<Vec<rows::Value>>,
     changed: bool,
 }
 
@@ -130,19 +143,20 @@ impl Engine {
             }
             Err(err) => {
                 let text = err.to_string();
-                let shared = match &err {
+                tracing::warn!(office = %office_id, error = %text, "reservation batch failed");
+                let not_found = match &err {
                     EngineError::NotFound { kind, id } => Some((*kind, id.clone())),
                     _ => None,
                 };
-                tracing::warn!(office = %office_id, error = %text, "reservation batch failed");
                 let mut first = Some(err);
                 for job in jobs {
-                    let e = match (&shared, first.take()) {
+                    let e = match (&not_found, first.take()) {
                         (Some((kind, id)), _) => EngineError::NotFound {
                             kind,
                             id: id.clone(),
                         },
                         (None, Some(e)) => e,
+                        // The same failure for the others (only the first keeps the source).
                         (None, None) => EngineError::Internal(text.clone()),
                     };
                     let _ = job.reply.send(Err(e));
@@ -171,7 +185,23 @@ impl Engine {
         let expired = self
             .expire_due_in_tx(conn, &mut office, now, &principal)
             .await?;
+
+        // Everything the decisions read, fetched once for the whole batch.
         let office_used = super::queries::office_used_on(conn, office_id, &date).await?;
+        let request_ids: Vec<&str> = jobs.iter().map(|j| j.cmd.request_id.as_str()).collect();
+        let answers = rows::stored_answers(conn, &request_ids).await?;
+        let nik_hashes: Vec<&str> = jobs.iter().map(|j| j.nik_hash.as_str()).collect();
+        let live = rows::live_reservations_of_niks(conn, &nik_hashes, &date).await?;
+        let activated = if office.ikd_first_required {
+            let not_active: Vec<&str> = jobs
+                .iter()
+                .filter(|j| j.cmd.ikd_status == IkdStatus::NotActive as i32)
+                .map(|j| j.nik_hash.as_str())
+                .collect();
+            rows::ikd_activated_among(conn, &not_active).await?
+        } else {
+            Default::default()
+        };
         let mut state = BatchState {
             office,
             zone,
@@ -180,23 +210,64 @@ impl Engine {
             date,
             office_used,
             points: HashMap::new(),
+            answers,
+            live,
+            activated,
+            ledger: Vec::new(),
+            reservations: Vec::new(),
+            new_answers: Vec::new(),
             changed: expired > 0,
         };
-        let mut answers = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let answer = self
-                .reserve_one(conn, &mut state, &job.cmd, &job.nik_hash)
-                .await;
-            // A database failure aborts the transaction (PostgreSQL): the whole batch fails
-            // (and is retried when the failure was a lost race).
-            if let Err(EngineError::Database(_)) = answer {
-                return Err(answer
-                    .err()
-                    .unwrap_or(EngineError::Internal("unreachable".into())));
+            if !state.points.contains_key(&job.cmd.service_point_id) {
+                let point = self
+                    .load_point(conn, &state, &job.cmd.service_point_id)
+                    .await;
+                if let Err(EngineError::Database(err)) = point {
+                    return Err(EngineError::Database(err));
+                }
+                state.points.insert(job.cmd.service_point_id.clone(), point);
             }
-            answers.push(answer);
         }
-        for point in state.points.values().filter(|p| p.dirty) {
+
+        // The decisions, in arrival order, in memory.
+        let answers: Vec<EngineResult<ReserveResponse>> = jobs
+            .iter()
+            .map(|job| self.decide_one(&mut state, &job.cmd, &job.nik_hash))
+            .collect();
+
+        // The writes: a few multi-row statements for the whole batch.
+        ledger::insert_entries(conn, &state.ledger).await?;
+        rows::insert_many(
+            conn,
+            "reservations",
+            &rows::RESERVATION_INSERT_COLUMNS,
+            state
+                .reservations
+                .iter()
+                .map(rows::reservation_values)
+                .collect(),
+        )
+        .await?;
+        rows::insert_many(
+            conn,
+            "idempotency",
+            &[
+                "request_id",
+                "method",
+                "fingerprint",
+                "response",
+                "created_ms",
+            ],
+            std::mem::take(&mut state.new_answers),
+        )
+        .await?;
+        for point in state
+            .points
+            .values()
+            .filter_map(|p| p.as_ref().ok())
+            .filter(|p| p.dirty)
+        {
             check_quota_invariant(&point.qd)?;
             rows::update_quota_day(conn, &point.qd).await?;
         }
@@ -208,61 +279,79 @@ impl Engine {
         Ok((answers, state.changed))
     }
 
-    /// One Reserve inside a batch. It returns an error only before it writes anything, so a
-    /// refused or invalid Reserve leaves the batch's other decisions untouched.
-    async fn reserve_one(
+    /// Loads a service point's state for the batch (NOT_FOUND stays with its Reserves).
+    async fn load_point(
         &self,
         conn: &mut AnyConnection,
+        state: &BatchState,
+        service_point_id: &str,
+    ) -> EngineResult<PointState> {
+        let office_id = state.office.office_id.as_str();
+        let sp = Self::service_point_or_not_found(conn, office_id, service_point_id).await?;
+        let qd = super::quota_day_for_update(
+            conn,
+            self.store.for_update(),
+            &state.office,
+            &sp,
+            state.today,
+        )
+        .await?;
+        let waiting = rows::waiting_at(
+            conn,
+            office_id,
+            service_point_id,
+            state.now - super::QUEUE_REPORT_TTL_MS,
+        )
+        .await?;
+        let policy = policy_of(&sp)?;
+        let by_reason = if policy.reason_caps.is_empty() {
+            HashMap::new()
+        } else {
+            rows::live_counts_by_reason(conn, office_id, service_point_id, &state.date).await?
+        };
+        Ok(PointState {
+            calendar: calendar_of(&sp),
+            policy,
+            qd,
+            waiting,
+            by_reason,
+            dirty: false,
+        })
+    }
+
+    /// One Reserve of the batch, decided in memory. An error leaves the batch state untouched.
+    fn decide_one(
+        &self,
         state: &mut BatchState,
         cmd: &ReserveCommand,
         nik_hash: &str,
     ) -> EngineResult<ReserveResponse> {
-        if let Some(stored) = self
-            .stored_answer(conn, &cmd.request_id, RESERVE, &cmd.fingerprint)
-            .await?
-        {
-            let mut response = ReserveResponse::decode(stored.as_slice())
+        // The same request id again (stored earlier, or earlier in this batch).
+        if let Some(stored) = state.answers.get(&cmd.request_id) {
+            if stored.method != RESERVE || stored.fingerprint != cmd.fingerprint {
+                return Err(request_id_reused(&cmd.request_id, &stored.method));
+            }
+            let mut response = ReserveResponse::decode(stored.response.as_slice())
                 .map_err(|e| EngineError::Internal(format!("stored answer: {e}")))?;
             if let Some(Outcome::Reservation(r)) = response.outcome.as_mut() {
                 r.replayed = true;
             }
             return Ok(response);
         }
-        if !state.points.contains_key(&cmd.service_point_id) {
-            let sp = Self::service_point_or_not_found(conn, &cmd.office_id, &cmd.service_point_id)
-                .await?;
-            let qd = super::quota_day_for_update(
-                conn,
-                self.store.for_update(),
-                &state.office,
-                &sp,
-                state.today,
-            )
-            .await?;
-            let waiting = rows::waiting_at(
-                conn,
-                &cmd.office_id,
-                &cmd.service_point_id,
-                state.now - super::QUEUE_REPORT_TTL_MS,
-            )
-            .await?;
-            let point = PointState {
-                policy: policy_of(&sp)?,
-                calendar: calendar_of(&sp),
-                qd,
-                waiting,
-                dirty: false,
-            };
-            state.points.insert(cmd.service_point_id.clone(), point);
-        }
-        let Some(point) = state.points.get(&cmd.service_point_id) else {
-            return Err(EngineError::Internal(
-                "service point vanished from the batch".into(),
-            ));
+        let point = match state.points.get(&cmd.service_point_id) {
+            Some(Ok(point)) => point,
+            Some(Err(EngineError::NotFound { kind, id })) => {
+                return Err(EngineError::NotFound {
+                    kind,
+                    id: id.clone(),
+                });
+            }
+            Some(Err(e)) => return Err(EngineError::Internal(e.to_string())),
+            None => return Err(EngineError::Internal("service point not loaded".into())),
         };
 
         // One person, one blank a day (rule 7).
-        if let Some(existing) = rows::live_reservation_of_nik(conn, nik_hash, &state.date).await? {
+        if let Some(existing) = state.live.get(nik_hash) {
             if existing.office_id != cmd.office_id
                 || existing.service_point_id != cmd.service_point_id
             {
@@ -275,28 +364,14 @@ impl Engine {
                 });
             }
             let response = ReserveResponse {
-                outcome: Some(Outcome::Reservation(reservation_to_proto(&existing, true))),
-                quota: Some(self.batch_snapshot(state, point)?),
+                outcome: Some(Outcome::Reservation(reservation_to_proto(existing, true))),
+                quota: Some(batch_snapshot(state, point)?),
             };
-            self.store_reserve_answer(conn, cmd, &response, state.now)
-                .await?;
+            record_answer(state, cmd, &response);
             return Ok(response);
         }
 
-        let refusal = self
-            .admission(
-                conn,
-                cmd,
-                &state.office,
-                &point.policy,
-                &point.qd,
-                state.zone,
-                state.today,
-                state.now,
-                state.office_used,
-            )
-            .await?;
-        let outcome = match refusal {
+        let outcome = match admission(state, point, cmd, nik_hash)? {
             Some(cause) => Outcome::IkdReferral(referral(
                 cause,
                 state.zone,
@@ -308,7 +383,7 @@ impl Engine {
                 &point.calendar,
             )),
             None => {
-                // Work on copies; they replace the batch's state only once every write succeeded.
+                // Work on copies; they replace the batch's state only once all is built.
                 let is_priority = priority_reasons(&point.policy).contains(&cmd.reason);
                 let mut qd = point.qd.clone();
                 let mut office = state.office.clone();
@@ -324,15 +399,8 @@ impl Engine {
                 entry.service_point_id = cmd.service_point_id.clone();
                 entry.reservation_id = reservation_id.clone();
                 entry.masked_nik = masked_nik.clone();
-                ledger::append(
-                    conn,
-                    &mut office,
-                    entry,
-                    &cmd.principal,
-                    state.now,
-                    &state.date,
-                )
-                .await?;
+                let stored =
+                    ledger::chain(&mut office, entry, &cmd.principal, state.now, &state.date)?;
                 let reservation = ReservationRow {
                     reservation_id,
                     office_id: cmd.office_id.clone(),
@@ -351,137 +419,32 @@ impl Engine {
                     committed_ms: 0,
                     spoiled_count: 0,
                 };
-                rows::insert_reservation(conn, &reservation).await?;
+                let proto = reservation_to_proto(&reservation, false);
+                state.ledger.push(stored);
                 state.office = office;
                 state.office_used += 1;
                 state.changed = true;
-                if let Some(point) = state.points.get_mut(&cmd.service_point_id) {
+                state.live.insert(nik_hash.to_string(), reservation.clone());
+                state.reservations.push(reservation);
+                if let Some(Ok(point)) = state.points.get_mut(&cmd.service_point_id) {
                     point.qd = qd;
                     point.dirty = true;
+                    *point.by_reason.entry(i64::from(cmd.reason)).or_insert(0) += 1;
                 }
-                Outcome::Reservation(reservation_to_proto(&reservation, false))
+                Outcome::Reservation(proto)
             }
         };
-        let Some(point) = state.points.get(&cmd.service_point_id) else {
+        let Some(Ok(point)) = state.points.get(&cmd.service_point_id) else {
             return Err(EngineError::Internal(
                 "service point vanished from the batch".into(),
             ));
         };
         let response = ReserveResponse {
             outcome: Some(outcome),
-            quota: Some(self.batch_snapshot(state, point)?),
+            quota: Some(batch_snapshot(state, point)?),
         };
-        self.store_reserve_answer(conn, cmd, &response, state.now)
-            .await?;
+        record_answer(state, cmd, &response);
         Ok(response)
-    }
-
-    fn batch_snapshot(
-        &self,
-        state: &BatchState,
-        point: &PointState,
-    ) -> EngineResult<QuotaSnapshot> {
-        snapshot_from(
-            &state.office,
-            &point.policy,
-            &point.qd,
-            state.zone,
-            state.now,
-            &SnapshotExtras {
-                office_used: state.office_used,
-                waiting: point.waiting,
-            },
-        )
-    }
-
-    async fn store_reserve_answer(
-        &self,
-        conn: &mut AnyConnection,
-        cmd: &ReserveCommand,
-        response: &ReserveResponse,
-        now: i64,
-    ) -> EngineResult<()> {
-        rows::store_answer(
-            conn,
-            &cmd.request_id,
-            RESERVE,
-            &cmd.fingerprint,
-            &response.encode_to_vec(),
-            now,
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Decides whether the applicant may have a blank: None admits, Some names the referral.
-    #[allow(clippy::too_many_arguments)]
-    async fn admission(
-        &self,
-        conn: &mut AnyConnection,
-        cmd: &ReserveCommand,
-        office: &OfficeRow,
-        policy: &QuotaPolicy,
-        qd: &QuotaDayRow,
-        zone: OfficeZone,
-        today: NaiveDate,
-        now: i64,
-        office_used: i64,
-    ) -> EngineResult<Option<ReferralKind>> {
-        // IKD first (rule 8): the office requires an active IKD, an exemption, or a recorded activation.
-        if office.ikd_first_required {
-            if cmd.ikd_status == IkdStatus::Unspecified as i32 {
-                return Err(EngineError::invalid(
-                    "ikd_status",
-                    "this office requires IKD first: say whether the applicant's IKD is ACTIVE, NOT_ACTIVE or EXEMPT",
-                ));
-            }
-            if cmd.ikd_status == IkdStatus::NotActive as i32
-                && !self
-                    .ikd_activated(conn, &self.nik_key.hash_nik(cmd.nik.as_str()))
-                    .await?
-            {
-                return Ok(Some(ReferralKind::IkdRequired));
-            }
-        }
-        let is_priority = priority_reasons(policy).contains(&cmd.reason);
-        let mut input = admission_figures(
-            office,
-            policy,
-            qd,
-            zone,
-            today,
-            now,
-            is_priority,
-            office_used,
-        );
-        for cap in &policy.reason_caps {
-            if cap.reasons.contains(&cmd.reason) {
-                let used = rows::live_count_for_reasons(
-                    conn,
-                    &office.office_id,
-                    &qd.service_point_id,
-                    &qd.local_date,
-                    &cap.reasons
-                        .iter()
-                        .map(|r| i64::from(*r))
-                        .collect::<Vec<_>>(),
-                )
-                .await?;
-                input.reason_caps.push(CapUse {
-                    cap: u64::from(cap.daily_cap),
-                    used: used.max(0) as u64,
-                });
-            }
-        }
-        Ok(quota::decide(&input).err().map(ReferralKind::from))
-    }
-
-    async fn ikd_activated(&self, conn: &mut AnyConnection, nik_hash: &str) -> EngineResult<bool> {
-        let row = sqlx::query("SELECT 1 AS one FROM ikd_activations WHERE nik_hash = $1")
-            .bind(nik_hash)
-            .fetch_optional(conn)
-            .await?;
-        Ok(row.is_some())
     }
 
     /// The answer stored for `request_id`, if any; ALREADY_EXISTS if it was for other content.
@@ -495,13 +458,7 @@ impl Engine {
         match rows::stored_answer(conn, request_id).await? {
             None => Ok(None),
             Some(a) if a.method == method && a.fingerprint == fingerprint => Ok(Some(a.response)),
-            Some(a) => Err(EngineError::AlreadyExists {
-                reason: "REQUEST_ID_REUSED",
-                message: format!(
-                    "request_id '{request_id}' was already used for another {} request; use a new request_id for a new request",
-                    a.method
-                ),
-            }),
+            Some(a) => Err(request_id_reused(request_id, &a.method)),
         }
     }
 
@@ -520,6 +477,97 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// ALREADY_EXISTS for a request id used before for other content.
+fn request_id_reused(request_id: &str, method: &str) -> EngineError {
+    EngineError::AlreadyExists {
+        reason: "REQUEST_ID_REUSED",
+        message: format!(
+            "request_id '{request_id}' was already used for another {method} request; use a new request_id for a new request"
+        ),
+    }
+}
+
+/// Keeps an answer for the end of the batch (and for a repeat of its request id in the batch).
+fn record_answer(state: &mut BatchState, cmd: &ReserveCommand, response: &ReserveResponse) {
+    let bytes = response.encode_to_vec();
+    state.new_answers.push(vec![
+        rows::Value::Text(cmd.request_id.clone()),
+        rows::Value::Text(RESERVE.to_string()),
+        rows::Value::Text(cmd.fingerprint.clone()),
+        rows::Value::Bytes(bytes.clone()),
+        rows::Value::Int(state.now),
+    ]);
+    state.answers.insert(
+        cmd.request_id.clone(),
+        rows::StoredAnswer {
+            method: RESERVE.to_string(),
+            fingerprint: cmd.fingerprint.clone(),
+            response: bytes,
+        },
+    );
+}
+
+/// The snapshot of a service point from the batch's state.
+fn batch_snapshot(state: &BatchState, point: &PointState) -> EngineResult<QuotaSnapshot> {
+    snapshot_from(
+        &state.office,
+        &point.policy,
+        &point.qd,
+        state.zone,
+        state.now,
+        &SnapshotExtras {
+            office_used: state.office_used,
+            waiting: point.waiting,
+        },
+    )
+}
+
+/// Decides whether the applicant may have a blank: None admits, Some names the referral.
+fn admission(
+    state: &BatchState,
+    point: &PointState,
+    cmd: &ReserveCommand,
+    nik_hash: &str,
+) -> EngineResult<Option<ReferralKind>> {
+    // IKD first (rule 8): the office requires an active IKD, an exemption, or a recorded activation.
+    if state.office.ikd_first_required {
+        if cmd.ikd_status == IkdStatus::Unspecified as i32 {
+            return Err(EngineError::invalid(
+                "ikd_status",
+                "this office requires IKD first: say whether the applicant's IKD is ACTIVE, NOT_ACTIVE or EXEMPT",
+            ));
+        }
+        if cmd.ikd_status == IkdStatus::NotActive as i32 && !state.activated.contains(nik_hash) {
+            return Ok(Some(ReferralKind::IkdRequired));
+        }
+    }
+    let is_priority = priority_reasons(&point.policy).contains(&cmd.reason);
+    let mut input = admission_figures(
+        &state.office,
+        &point.policy,
+        &point.qd,
+        state.zone,
+        state.today,
+        state.now,
+        is_priority,
+        state.office_used,
+    );
+    for cap in &point.policy.reason_caps {
+        if cap.reasons.contains(&cmd.reason) {
+            let used: i64 = cap
+                .reasons
+                .iter()
+                .map(|r| point.by_reason.get(&i64::from(*r)).copied().unwrap_or(0))
+                .sum();
+            input.reason_caps.push(CapUse {
+                cap: u64::from(cap.daily_cap),
+                used: used.max(0) as u64,
+            });
+        }
+    }
+    Ok(quota::decide(&input).err().map(ReferralKind::from))
 }
 
 /// Asserts the quota invariant before writing a quota day (the database checks it too).

@@ -1,6 +1,8 @@
 //! Typed rows and the queries that read and write them. Every function takes the executor it
 //! runs on, so the same code serves a write transaction and the read pool.
 
+use std::collections::HashMap;
+
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -635,4 +637,209 @@ pub async fn store_answer(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// A value for a multi-row INSERT.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// An integer.
+    Int(i64),
+    /// A text.
+    Text(String),
+    /// Bytes.
+    Bytes(Vec<u8>),
+}
+
+/// Most bound parameters in one statement (SQLite's limit is 32,766, PostgreSQL's 65,535).
+const MAX_PARAMS_PER_STATEMENT: usize = 4000;
+
+/// Inserts many rows with as few statements as the parameter limit allows (group commit writes
+/// a batch's rows at once instead of one statement per row).
+pub async fn insert_many(
+    conn: &mut AnyConnection,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Value>>,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() || columns.is_empty() {
+        return Ok(());
+    }
+    let per_statement = (MAX_PARAMS_PER_STATEMENT / columns.len()).max(1);
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Value>> = rows.by_ref().take(per_statement).collect();
+        let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
+        let mut n = 0;
+        for (i, row) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for j in 0..row.len() {
+                if j > 0 {
+                    sql.push_str(", ");
+                }
+                n += 1;
+                sql.push_str(&format!("${n}"));
+            }
+            sql.push(')');
+        }
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            for value in row {
+                query = match value {
+                    Value::Int(v) => query.bind(v),
+                    Value::Text(v) => query.bind(v),
+                    Value::Bytes(v) => query.bind(v),
+                };
+            }
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// `$first, $first+1, ...` for `count` parameters.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The stored answers of many request ids at once.
+pub async fn stored_answers(
+    conn: &mut AnyConnection,
+    request_ids: &[&str],
+) -> Result<HashMap<String, StoredAnswer>, sqlx::Error> {
+    let mut out = HashMap::new();
+    for chunk in request_ids.chunks(MAX_PARAMS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT request_id, method, fingerprint, response FROM idempotency WHERE request_id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for r in query.fetch_all(&mut *conn).await? {
+            out.insert(
+                r.try_get("request_id")?,
+                StoredAnswer {
+                    method: r.try_get("method")?,
+                    fingerprint: r.try_get("fingerprint")?,
+                    response: r.try_get("response")?,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The live (HELD or COMMITTED) reservations of many NIKs on a local day, by NIK hash.
+pub async fn live_reservations_of_niks(
+    conn: &mut AnyConnection,
+    nik_hashes: &[&str],
+    local_date: &str,
+) -> Result<HashMap<String, ReservationRow>, sqlx::Error> {
+    let mut out = HashMap::new();
+    for chunk in nik_hashes.chunks(MAX_PARAMS_PER_STATEMENT - 1) {
+        let sql = format!(
+            "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE local_date = $1 AND state IN ('HELD', 'COMMITTED') AND nik_hash IN ({})",
+            placeholders(2, chunk.len())
+        );
+        let mut query = sqlx::query(&sql).bind(local_date);
+        for h in chunk {
+            query = query.bind(*h);
+        }
+        for r in query.fetch_all(&mut *conn).await? {
+            let row = ReservationRow::from_row(&r)?;
+            out.insert(row.nik_hash.clone(), row);
+        }
+    }
+    Ok(out)
+}
+
+/// Which of these NIK hashes have a recorded IKD activation.
+pub async fn ikd_activated_among(
+    conn: &mut AnyConnection,
+    nik_hashes: &[&str],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let mut out = std::collections::HashSet::new();
+    for chunk in nik_hashes.chunks(MAX_PARAMS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT nik_hash FROM ikd_activations WHERE nik_hash IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for h in chunk {
+            query = query.bind(*h);
+        }
+        for r in query.fetch_all(&mut *conn).await? {
+            out.insert(r.try_get("nik_hash")?);
+        }
+    }
+    Ok(out)
+}
+
+/// Live reservations today at a service point, counted per reason.
+pub async fn live_counts_by_reason(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    service_point_id: &str,
+    local_date: &str,
+) -> Result<HashMap<i64, i64>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT reason, COUNT(*) AS n FROM reservations WHERE office_id = $1 AND service_point_id = $2 AND local_date = $3 AND state IN ('HELD', 'COMMITTED') GROUP BY reason",
+    )
+    .bind(office_id)
+    .bind(service_point_id)
+    .bind(local_date)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("reason")?, r.try_get("n")?)))
+        .collect()
+}
+
+/// The columns of `reservations`, in the order of [`reservation_values`].
+pub const RESERVATION_INSERT_COLUMNS: [&str; 16] = [
+    "reservation_id",
+    "office_id",
+    "office_seq",
+    "service_point_id",
+    "counter_id",
+    "local_date",
+    "nik_hash",
+    "masked_nik",
+    "reason",
+    "priority",
+    "ikd_status",
+    "state",
+    "created_ms",
+    "expires_ms",
+    "committed_ms",
+    "spoiled_count",
+];
+
+/// A reservation as values for [`insert_many`].
+pub fn reservation_values(r: &ReservationRow) -> Vec<Value> {
+    vec![
+        Value::Text(r.reservation_id.clone()),
+        Value::Text(r.office_id.clone()),
+        Value::Int(r.office_seq),
+        Value::Text(r.service_point_id.clone()),
+        Value::Text(r.counter_id.clone()),
+        Value::Text(r.local_date.clone()),
+        Value::Text(r.nik_hash.clone()),
+        Value::Text(r.masked_nik.clone()),
+        Value::Int(r.reason),
+        Value::Int(i64::from(r.priority)),
+        Value::Int(r.ikd_status),
+        Value::Text(r.state.clone()),
+        Value::Int(r.created_ms),
+        Value::Int(r.expires_ms),
+        Value::Int(r.committed_ms),
+        Value::Int(r.spoiled_count),
+    ]
 }
