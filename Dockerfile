@@ -2,7 +2,10 @@
 # blangko-server and blangko-counter in one image (entrypoint: the server).
 #
 #   docker build -t blangko:local .
-#   docker run --rm -p 127.0.0.1:50051:50051 blangko:local --demo      # SQLite inside the container
+#   blangko-server --token-file tokens.txt token add ops --role admin   # prints the token once
+#   docker run --rm -p 127.0.0.1:50051:50051 -v "$PWD/tokens.txt:/run/secrets/tokens:ro" \
+#       -e BLANGKO_TOKEN_FILE=/run/secrets/tokens blangko:local --demo  # SQLite inside the container
+# It listens on 0.0.0.0 inside the container, so without a token file it refuses to start.
 #
 # docker-compose.yml runs two replicas of it over PostgreSQL. CI has no Docker engine: it validates
 # the compose file and builds the same release binaries with the same cargo command

@@ -88,6 +88,8 @@ check(
 
 secret_file = config.get("secrets", {}).get("nik_key", {}).get("file", "")
 check(secret_file.endswith("/nik.key"), "top-level secret nik_key with file ./nik.key")
+tokens_file = config.get("secrets", {}).get("tokens", {}).get("file", "")
+check(tokens_file.endswith("/tokens.txt"), "top-level secret tokens with file ./tokens.txt")
 
 ports = {}
 for name in ("server-a", "server-b"):
@@ -105,6 +107,9 @@ for name in ("server-a", "server-b"):
     check("BLANGKO_NIK_KEY" not in env, f"{name}: no NIK key inline in the environment")
     check(any((x if isinstance(x, str) else x.get("source")) == "nik_key" for x in s.get("secrets", [])),
           f"{name}: uses the nik_key secret")
+    check(env.get("BLANGKO_TOKEN_FILE") == "/run/secrets/tokens", f"{name}: BLANGKO_TOKEN_FILE=/run/secrets/tokens")
+    check(any((x if isinstance(x, str) else x.get("source")) == "tokens" for x in s.get("secrets", [])),
+          f"{name}: uses the tokens secret")
     ports[name] = [str(p) for p in s.get("ports", [])]
 
 check(any(p.startswith("127.0.0.1:50051:50051") for p in ports.get("server-a", [])), "server-a: port 50051 -> 50051")
@@ -183,11 +188,26 @@ image_listen=$(sed -n 's/^ENV BLANGKO_LISTEN=//p' Dockerfile)
 [[ -n $image_listen ]] || fail "Dockerfile: no 'ENV BLANGKO_LISTEN=HOST:PORT'"
 server_bin=$(realpath "$bin_dir/blangko-server")
 counter_bin=$(realpath "$bin_dir/blangko-counter")
+
+# Safe default: on the image's (non-loopback) listen address without a token file, the server
+# refuses to start, naming the reason.
+refused_rc=0
+(
+  cd "$work"
+  exec env -i PATH="$PATH" BLANGKO_LISTEN="${image_listen%:*}:0" \
+    BLANGKO_DATABASE_URL=sqlite:refused.db BLANGKO_NIK_KEY_FILE="$work/nik.key" "$server_bin"
+) >"$work/refused.out" 2>"$work/refused.err" || refused_rc=$?
+[[ $refused_rc -ne 0 ]] && grep -q "without authentication" "$work/refused.err" \
+  || { cat "$work/refused.err" >&2; fail "the server started on ${image_listen%:*} without a token file"; }
+echo "no token file on ${image_listen%:*}: refused to start (exit $refused_rc)"
+
+# The token file as the compose secret provides it, made with the release binary.
+"$server_bin" --token-file "$work/tokens.txt" token add ci-agency --role agency >"$work/token"
 (
   cd "$work"
   exec env -i PATH="$PATH" BLANGKO_LISTEN="${image_listen%:*}:0" \
     BLANGKO_DATABASE_URL=sqlite:blangko.db BLANGKO_NIK_KEY_FILE="$work/nik.key" \
-    BLANGKO_LOG_FORMAT=json "$server_bin" --demo
+    BLANGKO_TOKEN_FILE="$work/tokens.txt" BLANGKO_LOG_FORMAT=json "$server_bin" --demo
 ) >"$work/server.out" 2>"$work/server.err" &
 server_pid=$!
 
@@ -212,6 +232,16 @@ if ! "${health[@]}"; then
 fi
 echo "health check while serving: exit 0"
 
+# With the token: an office's quota (GetQuota needs a principal); without it: refused.
+"$counter_bin" --server "http://127.0.0.1:${addr##*:}" --timeout 3 --retries 0 \
+  --token "$(cat "$work/token")" --office 3275 --service-point mpp status >/dev/null \
+  || fail "status of office 3275 with the agency token failed"
+if env -i PATH="$PATH" "$counter_bin" --server "http://127.0.0.1:${addr##*:}" --timeout 3 --retries 0 \
+  --office 3275 --service-point mpp status >/dev/null 2>&1; then
+  fail "status of office 3275 without a token succeeded"
+fi
+echo "token required for office data, health open: OK"
+
 kill -TERM "$server_pid"
 server_rc=0
 wait "$server_pid" || server_rc=$?
@@ -230,8 +260,9 @@ Exercised here: docker-compose.yml validated by docker-compose (offline) and its
 checked; the Dockerfile's shape and build command; the same release build; both binaries'
 --version; the image's health-check command against a release server configured as the image
 configures it (listen host, environment; SQLite, not PostgreSQL), serving and gone; a clean exit
-on SIGTERM.
+on SIGTERM; its refusal to start there without a token file; a token made by `token add`
+required for office data while health stays open.
 NOT exercised (no Docker engine here): building the image, running any container, PostgreSQL
-under compose, the nik_key secret mount and its file permissions, the compose network and
-published ports, the healthcheck timings.
+under compose, the nik_key and tokens secret mounts and their file permissions, the compose
+network and published ports, the healthcheck timings.
 EOF

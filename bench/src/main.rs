@@ -69,6 +69,9 @@ struct Args {
     /// First NIK serial used (use a different one on each run against the same database).
     #[arg(long, default_value_t = 0)]
     nik_offset: u64,
+    /// Only check the quota invariant of the bench offices (no set-up, no load).
+    #[arg(long)]
+    check_only: bool,
     /// Phases to run, comma separated: health, quota, reserve.
     #[arg(long, value_delimiter = ',', default_value = "health,quota,reserve")]
     phases: Vec<String>,
@@ -140,6 +143,13 @@ async fn main() -> anyhow::Result<()> {
             .map(tonic_health::pb::health_client::HealthClient::new)
             .collect(),
     };
+    if args.check_only {
+        let over =
+            check_invariant(&mut CounterServiceClient::new(channels[0].clone()), &args).await?;
+        anyhow::ensure!(over == 0, "{over} service point(s) over quota");
+        println!("invariant held: held + committed <= quota on every service point");
+        return Ok(());
+    }
     let mut stock = StockServiceClient::new(channels[0].clone());
     setup(&mut stock, &args).await?;
     println!(

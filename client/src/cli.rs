@@ -92,6 +92,25 @@ pub struct Cli {
     #[arg(long, env = "BLANGKO_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 
+    /// TLS: the CA certificate (PEM) that signs the server's certificate. Given, servers are
+    /// reached over https (a bare host:port gets https://).
+    #[arg(long, env = "BLANGKO_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// Mutual TLS: this client's certificate (PEM), for a server started with --tls-client-ca.
+    #[arg(
+        long,
+        env = "BLANGKO_CERT",
+        global = true,
+        requires = "ca",
+        requires = "key"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// Mutual TLS: the private key (PEM) of --cert.
+    #[arg(long, env = "BLANGKO_KEY", global = true, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -172,6 +191,15 @@ pub enum Command {
     ///
     /// Exit 0 when every row was handled, 2 when some rows were invalid, 1 when the run stopped early.
     Queue(QueueArgs),
+
+    /// The office's (--office) audit ledger as JSON lines on stdout, one entry per line in chain
+    /// order with its hashes; with --verify, the server recomputes the hash chain instead and
+    /// the exit code is 0 when it is intact, 1 when not (the first broken entry is shown).
+    Ledger {
+        /// Verify the chain (VerifyLedger) instead of exporting it.
+        #[arg(long)]
+        verify: bool,
+    },
 
     /// Interactive counter screen, driven line by line from the keyboard (or stdin).
     ///

@@ -57,6 +57,45 @@ pub struct ConnectOptions {
     pub token: Option<String>,
     /// Retry rounds after the first one (each round tries every endpoint once).
     pub retries: u32,
+    /// TLS: the CA that signs the server's certificate, and the client's own certificate for
+    /// mutual TLS. Set: every server is reached over https.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// The CA certificate that signs the servers' certificates (required).
+    pub ca: std::path::PathBuf,
+    /// The client's certificate, for servers that require mutual TLS.
+    pub cert: Option<std::path::PathBuf>,
+    /// The key of `cert`.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    fn client_config(&self) -> Result<tonic::transport::ClientTlsConfig, ConnectError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| ConnectError::Tls(format!("{}: {e}", path.display())))
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)?));
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConnectError::Tls(
+                    "--cert and --key go together".to_string(),
+                ));
+            }
+        }
+        Ok(tls)
+    }
 }
 
 impl Default for ConnectOptions {
@@ -66,6 +105,7 @@ impl Default for ConnectOptions {
             call_timeout: Duration::from_secs(5),
             token: None,
             retries: 3,
+            tls: None,
         }
     }
 }
@@ -103,6 +143,9 @@ pub enum ConnectError {
     /// A token that cannot be sent as a header.
     #[error("the token contains characters that cannot be sent in a header")]
     BadToken,
+    /// Unusable TLS settings or files.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Adds the bearer token and the `grpc-timeout` of every call.
@@ -226,12 +269,20 @@ impl Connection {
             .iter()
             .map(|s| s.trim())
             .filter(|s| !s.is_empty())
-            .map(normalize_url)
+            .map(|url| match (&options.tls, url.contains("://")) {
+                (Some(_), false) => format!("https://{url}"),
+                _ => normalize_url(url),
+            })
             .collect();
         if servers.is_empty() {
             return Err(ConnectError::NoServers);
         }
         let connect_timeout = options.call_timeout.min(MAX_CONNECT_TIMEOUT);
+        let tls = options
+            .tls
+            .as_ref()
+            .map(TlsFiles::client_config)
+            .transpose()?;
         let mut targets = Vec::with_capacity(servers.len());
         for url in servers {
             let endpoint =
@@ -245,6 +296,12 @@ impl Connection {
                     reason: "no host".to_string(),
                 });
             }
+            let endpoint = match &tls {
+                Some(tls) => endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|e| ConnectError::Tls(e.to_string()))?,
+                None => endpoint,
+            };
             let channel = endpoint
                 .connect_timeout(connect_timeout)
                 .tcp_nodelay(true)
@@ -632,6 +689,7 @@ mod tests {
             call_timeout: Duration::from_millis(500),
             token: None,
             retries: 1,
+            tls: None,
         };
         let connection = match Connection::new(&options) {
             Ok(c) => c,

@@ -49,6 +49,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         call_timeout: Duration::from_secs_f64(cli.timeout_secs),
         token: cli.token.clone(),
         retries: cli.retries,
+        tls: cli.ca.clone().map(|ca| connect::TlsFiles {
+            ca,
+            cert: cli.cert.clone(),
+            key: cli.key.clone(),
+        }),
     };
     let conn = match Connection::new(&options) {
         Ok(conn) => conn,
@@ -92,6 +97,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             .await
         }
         Command::Holds => commands::holds::run(&term, out).await,
+        Command::Ledger { verify } => commands::ledger::run(&term, out, *verify).await,
         Command::Watch(args) => commands::watch::run(&term, out, args).await,
         Command::Queue(args) => {
             let options = queue::QueueOptions {

@@ -147,6 +147,7 @@ fn terminal(
         call_timeout: timeout,
         token: token.map(str::to_string),
         retries: 3,
+        tls: None,
     })?;
     Ok(Terminal::new(
         conn,

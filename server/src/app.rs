@@ -10,7 +10,9 @@ use blangko_proto::v1::counter_service_server::CounterServiceServer;
 use blangko_proto::v1::stock_service_server::StockServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use crate::auth::tokens::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::engine::Engine;
@@ -21,11 +23,20 @@ use crate::store::{DatabaseKind, Store, StoreOptions};
 
 /// Largest gRPC message accepted or sent (requests are small; the largest answers are pages).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest block of request headers (metadata) per call: a bearer token and a few small headers
+/// fit many times over; a flood of headers is refused by HTTP/2 before any handler runs.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// How often the NIK retention purge runs.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// A built server: database open and migrated, socket bound, not yet serving.
 pub struct Application {
     listener: TcpListener,
     engine: Arc<Engine>,
+    /// Who callers are: the token table (or none, on loopback).
+    auth: Arc<Authenticator>,
+    /// TLS, when a certificate was given.
+    tls: Option<ServerTlsConfig>,
     config: Config,
 }
 
@@ -43,6 +54,9 @@ impl Application {
         config: Config,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Application> {
+        // Refuse an unsafe configuration before touching the database.
+        let auth = Arc::new(authenticator_for(&config)?);
+        let tls = tls_config(&config)?;
         let store = Store::open(&StoreOptions {
             url: config.database.clone(),
             max_connections: config.db_max_connections,
@@ -69,6 +83,8 @@ impl Application {
         Ok(Application {
             listener,
             engine,
+            auth,
+            tls,
             config,
         })
     }
@@ -83,6 +99,11 @@ impl Application {
         Arc::clone(&self.engine)
     }
 
+    /// The authenticator (tests reload its token file as SIGHUP does).
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        Arc::clone(&self.auth)
+    }
+
     /// Serves until `shutdown` completes, then drains: health turns NOT_SERVING, open streams
     /// end, calls in flight finish, all within the drain time-out.
     pub async fn run_until_stopped(
@@ -92,6 +113,8 @@ impl Application {
         let Application {
             listener,
             engine,
+            auth,
+            tls,
             config,
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -129,6 +152,18 @@ impl Application {
             stop_rx.clone(),
         ));
 
+        let reloader = auth
+            .is_enforcing()
+            .then(|| tokio::spawn(reload_tokens_on_sighup(Arc::clone(&auth), stop_rx.clone())));
+
+        let retention = (config.nik_retention_days > 0).then(|| {
+            tokio::spawn(run_retention(
+                Arc::clone(&engine),
+                config.nik_retention_days,
+                stop_rx.clone(),
+            ))
+        });
+
         let change_listener = (engine.store.kind() == DatabaseKind::Postgres).then(|| {
             tokio::spawn(
                 Arc::clone(&engine).run_change_listener(config.database.clone(), stop_rx.clone()),
@@ -157,9 +192,20 @@ impl Application {
         };
 
         let mut stopped = stop_rx.clone();
-        let server = tonic::transport::Server::builder()
+        // Limits per connection: at most this many calls at once (HTTP/2 SETTINGS, so a client
+        // cannot open thousands of streams on one connection) and a bounded header block.
+        let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(config.max_streams_per_connection)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).context("cannot configure TLS")?;
+        }
+        // Authentication first: a call without a valid token is refused from its headers,
+        // before its body is read or decoded.
+        let server = builder
+            .layer(crate::auth::layer::AuthLayer::new(Arc::clone(&auth)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -189,12 +235,124 @@ impl Application {
         };
         stopper.abort();
         let _ = sweeper.await;
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
+        if let Some(retention) = retention {
+            let _ = retention.await;
+        }
         if let Some(change_listener) = change_listener {
             let _ = change_listener.await;
         }
         engine.store.close().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// The authenticator the configuration asks for. Without a token file the server runs open, which
+/// is allowed on a loopback address only (or with the explicit --insecure-no-auth).
+fn authenticator_for(config: &Config) -> anyhow::Result<Authenticator> {
+    if let Some(path) = &config.token_file {
+        let auth = Authenticator::from_file(path)?;
+        tracing::info!(path = %path.display(), "authentication: bearer tokens from the token file (SIGHUP reloads it)");
+        return Ok(auth);
+    }
+    if config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "no --token-file: serving WITHOUT authentication (allowed on a loopback address only); every caller may do everything"
+        );
+        Ok(Authenticator::open())
+    } else if config.insecure_no_auth {
+        tracing::warn!(
+            listen = %config.listen,
+            "--insecure-no-auth: serving WITHOUT authentication on a non-loopback address; anyone who reaches the port may do everything"
+        );
+        Ok(Authenticator::open())
+    } else {
+        anyhow::bail!(
+            "refusing to listen on {} without authentication: pass --token-file FILE (create one with \
+`blangko-server --token-file FILE token add NAME --role admin`), listen on a loopback address, \
+or pass --insecure-no-auth if you really mean it",
+            config.listen
+        )
+    }
+}
+
+/// TLS settings from --tls-cert/--tls-key (and --tls-client-ca for mutual TLS).
+fn tls_config(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path)
+            .with_context(|| format!("cannot read the TLS {what} {}", path.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(cert, "certificate")?,
+        read(key, "key")?,
+    ));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+    }
+    Ok(Some(tls))
+}
+
+/// Re-reads the token file on every SIGHUP, without a restart or a dropped connection. A bad
+/// file keeps the previous table in force.
+async fn reload_tokens_on_sighup(
+    auth: Arc<Authenticator>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGHUP: the token file will not be reloaded");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                got = hangup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    match auth.reload() {
+                        Ok(principals) => tracing::info!(principals, "SIGHUP: token file reloaded"),
+                        Err(err) => tracing::error!(error = %format!("{err:#}"), "SIGHUP: token file NOT reloaded; the previous tokens stay valid"),
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (auth, stop.wait_for(|s| *s).await);
+    }
+}
+
+/// Purges NIK hashes past retention at start and then every hour.
+async fn run_retention(
+    engine: Arc<Engine>,
+    retention_days: u32,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(err) = engine
+            .purge_nik_hashes(engine.clock.now_ms(), retention_days)
+            .await
+        {
+            tracing::warn!(error = %err, "NIK retention purge failed; trying again later");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETENTION_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

@@ -3,14 +3,24 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use crate::app::{Application, init_tracing, shutdown_signal};
-use crate::config::Config;
+use crate::auth::tokens;
+use crate::config::{Command, Config, TokenCommand};
 
 /// Starts logging, builds the server, serves until SIGINT/SIGTERM. Exit code 0 after a clean
-/// shutdown, 1 with a one-line reason when it cannot start.
+/// shutdown, 1 with a one-line reason when it cannot start. With a subcommand (`token …`) it
+/// runs that instead and exits.
 pub async fn run(config: Config) -> ExitCode {
-    init_tracing(&config);
-    match serve(config).await {
+    let result = match &config.command {
+        Some(Command::Token(cmd)) => token_command(&config, cmd),
+        None => {
+            init_tracing(&config);
+            serve(config).await
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("blangko-server: {err:#}");
@@ -26,4 +36,60 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("blangko-server listening on {addr}");
     tracing::info!(%addr, "serving gRPC (health and reflection included)");
     app.run_until_stopped(shutdown_signal()).await
+}
+
+/// `token add|list|revoke` on the file named by --token-file.
+fn token_command(config: &Config, cmd: &TokenCommand) -> anyhow::Result<()> {
+    let path = config
+        .token_file
+        .as_deref()
+        .context("name the token file with --token-file FILE (or BLANGKO_TOKEN_FILE)")?;
+    match cmd {
+        TokenCommand::Add {
+            name,
+            role,
+            office,
+            service_points,
+        } => {
+            let token = tokens::add_to_file(
+                path,
+                name,
+                role.role(),
+                office.as_deref(),
+                service_points.as_deref(),
+            )?;
+            // The token is shown once, on stdout alone, so `TOKEN=$(blangko-server … token add …)` works.
+            println!("{token}");
+            eprintln!(
+                "blangko-server: added '{name}' to {}; send SIGHUP to running servers to make it valid",
+                path.display()
+            );
+        }
+        TokenCommand::List => {
+            let table = tokens::TokenTable::load(path)?;
+            for line in table.lines() {
+                let p = &line.principal;
+                println!(
+                    "{}\t{}\t{}\t{}\tsha256:{}…",
+                    p.name,
+                    p.role.as_str(),
+                    p.office_id.as_deref().unwrap_or("*"),
+                    p.service_points
+                        .as_ref()
+                        .map(|v| v.join(","))
+                        .unwrap_or_else(|| "*".into()),
+                    line.token_sha256.get(..12).unwrap_or("")
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            if !tokens::revoke_in_file(path, name)? {
+                anyhow::bail!("no principal named '{name}' in {}", path.display());
+            }
+            eprintln!(
+                "blangko-server: revoked '{name}'; send SIGHUP to running servers to make it take effect"
+            );
+        }
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::store::SqliteSync;
 
@@ -21,12 +21,13 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "blangko-server",
+    args_override_self = true,
     version,
     about = "gRPC stock and daily-quota service for blank e-KTP cards (blangko)",
     long_about = "Records shipments, spoiled blanks and stock-takes, and enforces each office's daily quota \
 atomically. With no arguments it listens on 127.0.0.1:50051 and keeps its data in the embedded SQLite \
 file ./blangko.db (created on first start).",
-    after_help = "Examples:\n  blangko-server\n  blangko-server --demo\n  blangko-server --listen 0.0.0.0:50051 --database postgres://blangko@db/blangko --nik-key-file /run/secrets/nik.key"
+    after_help = "Examples:\n  blangko-server\n  blangko-server --demo\n  blangko-server --token-file tokens.txt token add loket-1 --role counter --office 3275 --service-points mpp\n  blangko-server --listen 0.0.0.0:50051 --token-file tokens.txt --tls-cert server.pem --tls-key server.key \\\n      --database postgres://blangko@db/blangko --nik-key-file /run/secrets/nik.key"
 )]
 pub struct Config {
     /// Address to listen on for gRPC (port 0 picks a free port; the chosen address is printed).
@@ -98,6 +99,103 @@ pub struct Config {
         allow_hyphen_values = true
     )]
     pub clock_offset_secs: i64,
+
+    /// The token file: one principal per line with the SHA-256 of its token (manage it with the
+    /// `token` subcommand; the server re-reads it on SIGHUP). Without it the server runs without
+    /// authentication, which it allows on a loopback address only.
+    #[arg(long, env = "BLANGKO_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+
+    /// Serve without authentication on a non-loopback address (never in production: anyone who
+    /// reaches the port may do everything).
+    #[arg(long, env = "BLANGKO_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// TLS certificate chain (PEM). With --tls-key the server speaks only TLS.
+    #[arg(long, env = "BLANGKO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long, env = "BLANGKO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate (PEM) that signs client certificates: mutual TLS, a client without a
+    /// certificate from it cannot connect. Needs --tls-cert.
+    #[arg(long, env = "BLANGKO_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Days a reservation's NIK hash (and an IKD activation's) is kept; older ones are purged,
+    /// the counts and the ledger stay. 0 keeps them forever.
+    #[arg(long, env = "BLANGKO_NIK_RETENTION_DAYS", default_value_t = 400, value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub nik_retention_days: u32,
+
+    /// Most concurrent HTTP/2 streams (calls) per client connection.
+    #[arg(long, env = "BLANGKO_MAX_STREAMS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams_per_connection: u32,
+
+    /// An administrative command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Administrative commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Manage the token file (--token-file): add, list or revoke principals.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// A role in the token file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// CounterService at its office (and service points).
+    Counter,
+    /// StockService writes and CounterService at its office.
+    Supervisor,
+    /// Read-only across offices.
+    Agency,
+    /// Everything.
+    Admin,
+}
+
+impl RoleArg {
+    /// The role.
+    pub fn role(self) -> crate::auth::Role {
+        match self {
+            RoleArg::Counter => crate::auth::Role::Counter,
+            RoleArg::Supervisor => crate::auth::Role::Supervisor,
+            RoleArg::Agency => crate::auth::Role::Agency,
+            RoleArg::Admin => crate::auth::Role::Admin,
+        }
+    }
+}
+
+/// `blangko-server token …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Adds a principal with a fresh token, printed once on stdout (the file keeps only its
+    /// hash). Send SIGHUP to running servers to make it valid.
+    Add {
+        /// The principal's name, recorded in the ledger for every change it makes.
+        name: String,
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Its office (counter and supervisor only).
+        #[arg(long)]
+        office: Option<String>,
+        /// The service points a counter is limited to, comma-separated (default: all).
+        #[arg(long)]
+        service_points: Option<String>,
+    },
+    /// Lists the principals (names, roles, offices; never tokens).
+    List,
+    /// Removes a principal; its token stops working at the server's next SIGHUP.
+    Revoke {
+        /// The principal's name.
+        name: String,
+    },
 }
 
 impl Config {

@@ -10,6 +10,7 @@
 //! - `domain`: the pure rules (NIK, calendar day, quota policy, reservation states), a crate of
 //!   its own (`domain/`) with no I/O dependency at all;
 //! - `store`: the database (embedded SQLite or PostgreSQL), migrations embedded;
+//! - `auth`: bearer tokens → principals and roles; who may call what;
 //! - `clock`, `nik_key`: injected time and the key that hashes NIKs.
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@
 pub use blangko_domain as domain;
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;

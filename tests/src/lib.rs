@@ -24,7 +24,10 @@ use blangko_server::config::Config;
 use blangko_server::engine::Engine;
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// How long a server may take to start before a test gives up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -127,6 +130,7 @@ enum Running {
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
         engine: Arc<Engine>,
+        auth: Arc<blangko_server::auth::tokens::Authenticator>,
     },
     Process {
         child: tokio::process::Child,
@@ -143,6 +147,8 @@ pub struct TestServer {
     pub db: Arc<TestDatabase>,
     /// Where a child process writes its log (stderr).
     pub log_file: Option<PathBuf>,
+    /// TLS settings for connections to a server started with --tls-cert (the url is https).
+    pub client_tls: Option<ClientTlsConfig>,
     running: Running,
 }
 
@@ -167,25 +173,53 @@ impl TestServer {
         extra_args: &[&str],
         clock: Arc<dyn blangko_server::clock::Clock>,
     ) -> anyhow::Result<TestServer> {
+        Self::start_full(db, extra_args, clock, None).await
+    }
+
+    /// A server inside the test process on `db` with extra flags that include --tls-cert and
+    /// --tls-key; `client_tls` is how test connections reach it (https).
+    pub async fn start_tls(
+        db: Arc<TestDatabase>,
+        extra_args: &[&str],
+        client_tls: ClientTlsConfig,
+    ) -> anyhow::Result<TestServer> {
+        let clock = Arc::new(blangko_server::clock::SystemClock::default());
+        Self::start_full(db, extra_args, clock, Some(client_tls)).await
+    }
+
+    async fn start_full(
+        db: Arc<TestDatabase>,
+        extra_args: &[&str],
+        clock: Arc<dyn blangko_server::clock::Clock>,
+        client_tls: Option<ClientTlsConfig>,
+    ) -> anyhow::Result<TestServer> {
         let args = server_args(&db, extra_args);
         let config =
             Config::try_parse_from(std::iter::once("blangko-server".to_string()).chain(args))?;
         let app = Application::build_with_clock(config, clock).await?;
         let addr = app.local_addr()?;
         let engine = app.engine();
+        let auth = app.authenticator();
+        let scheme = if client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = stop_rx.await;
         }));
         let server = TestServer {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             addr,
             db,
             log_file: None,
+            client_tls,
             running: Running::InProcess {
                 stop: Some(stop_tx),
                 task: Some(task),
                 engine,
+                auth,
             },
         };
         server.wait_until_serving().await?;
@@ -239,6 +273,7 @@ impl TestServer {
             addr,
             db,
             log_file: Some(log_file),
+            client_tls: None,
             running: Running::Process { child },
         };
         server.wait_until_serving().await?;
@@ -262,10 +297,50 @@ impl TestServer {
 
     /// A new connection to the server.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Endpoint::from_shared(self.url.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await?)
+        let mut endpoint =
+            Endpoint::from_shared(self.url.clone())?.connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.client_tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        Ok(endpoint.connect().await?)
+    }
+
+    /// A CounterService client that sends `token` as `authorization: Bearer …` (None: no header).
+    pub async fn counter_client_as(
+        &self,
+        token: Option<&str>,
+    ) -> anyhow::Result<CounterServiceClient<AuthedChannel>> {
+        Ok(CounterServiceClient::with_interceptor(
+            self.channel().await?,
+            Bearer::new(token)?,
+        ))
+    }
+
+    /// A StockService client that sends `token` as `authorization: Bearer …` (None: no header).
+    pub async fn stock_client_as(
+        &self,
+        token: Option<&str>,
+    ) -> anyhow::Result<StockServiceClient<AuthedChannel>> {
+        Ok(StockServiceClient::with_interceptor(
+            self.channel().await?,
+            Bearer::new(token)?,
+        ))
+    }
+
+    /// Re-reads the token file of an in-process server, as SIGHUP does for a process.
+    pub fn reload_tokens(&self) -> anyhow::Result<usize> {
+        match &self.running {
+            Running::InProcess { auth, .. } => auth.reload(),
+            Running::Process { .. } => anyhow::bail!("send SIGHUP to a child process instead"),
+        }
+    }
+
+    /// The process id of a child-process server.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.running {
+            Running::Process { child } => child.id(),
+            Running::InProcess { .. } => None,
+        }
     }
 
     /// A CounterService client on a new connection.
@@ -388,6 +463,96 @@ impl Drop for TestServer {
                 }
             }
         }
+    }
+}
+
+/// A channel whose calls carry a bearer token.
+pub type AuthedChannel = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to every call (nothing when there is no token).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// The interceptor for `token`.
+    pub fn new(token: Option<&str>) -> anyhow::Result<Bearer> {
+        Ok(Bearer(match token {
+            Some(t) => Some(format!("Bearer {t}").parse()?),
+            None => None,
+        }))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A token file for a test: principals added through the server's own `token add` code.
+pub struct TestTokens {
+    /// The file (pass it with --token-file).
+    pub path: PathBuf,
+    tokens: std::collections::HashMap<String, String>,
+}
+
+impl TestTokens {
+    /// An empty token file in the test's directory.
+    pub fn new(db: &TestDatabase) -> TestTokens {
+        TestTokens {
+            path: db
+                .dir
+                .path()
+                .join(format!("tokens-{:08x}.txt", rand::random::<u32>())),
+            tokens: Default::default(),
+        }
+    }
+
+    /// Adds a principal (`role`: counter, supervisor, agency or admin) and returns its token.
+    pub fn add(
+        &mut self,
+        name: &str,
+        role: &str,
+        office: Option<&str>,
+        service_points: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let role = blangko_server::auth::Role::parse(role).context("unknown role")?;
+        let token = blangko_server::auth::tokens::add_to_file(
+            &self.path,
+            name,
+            role,
+            office,
+            service_points,
+        )?;
+        self.tokens.insert(name.to_string(), token.clone());
+        Ok(token)
+    }
+
+    /// Removes a principal from the file (the server notices at its next reload).
+    pub fn revoke(&mut self, name: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            blangko_server::auth::tokens::revoke_in_file(&self.path, name)?,
+            "no principal {name}"
+        );
+        Ok(())
+    }
+
+    /// The token of `name`.
+    pub fn token(&self, name: &str) -> &str {
+        self.tokens.get(name).map(String::as_str).unwrap_or("")
+    }
+
+    /// The --token-file argument value.
+    pub fn arg(&self) -> String {
+        self.path.display().to_string()
     }
 }
 

@@ -2,6 +2,7 @@
 //! the output settings and its own arguments, prints its results and returns the exit code.
 
 pub mod holds;
+pub mod ledger;
 pub mod reservation;
 pub mod reserve;
 pub mod status;

@@ -15,8 +15,11 @@ pub mod ledger;
 pub mod notify;
 pub mod queries;
 pub mod reserve;
+pub mod retention;
+pub mod scope;
 pub mod stock;
 pub mod sweeper;
+pub mod verify;
 pub mod watch;
 
 use std::sync::Arc;

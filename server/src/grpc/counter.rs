@@ -11,7 +11,9 @@ use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
 use super::validate::{self, Checker};
-use super::{fingerprint, nik_today, principal};
+use super::{allow_on_reservation, allow_role, fingerprint, nik_today};
+use crate::auth::layer::caller;
+use crate::auth::{Rpc, Scope};
 use crate::engine::Engine;
 use crate::engine::holds::{IkdActivationCommand, SpoilCommand};
 use crate::engine::queries::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
@@ -49,24 +51,14 @@ impl CounterService for CounterApi {
         &self,
         request: Request<ReserveRequest>,
     ) -> Result<Response<ReserveResponse>, Status> {
-        let principal = principal(&request);
+        let who = caller(&request)?;
         let r = request.into_inner();
-        let mut c = Checker::new();
-        c.request_id(&r.request_id);
-        c.office_id("office_id", &r.office_id);
-        c.id(
-            "service_point_id",
-            &r.service_point_id,
-            validate::MAX_ID_CHARS,
-        );
-        c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
-        let nik = c.nik("nik", &r.nik, nik_today(&self.engine));
-        c.enumeration::<Reason>("reason", r.reason, false);
-        c.enumeration::<IkdStatus>("ikd_status", r.ikd_status, true);
-        c.finish()?;
-        let Some(nik) = nik else {
-            return Err(Status::internal("validated NIK missing"));
-        };
+        who.allow(
+            Rpc::Reserve,
+            Scope::ServicePoint(&r.office_id, &r.service_point_id),
+        )?;
+        let principal = who.name;
+        let nik = check_reserve(&r, nik_today(&self.engine))?;
         let cmd = ReserveCommand {
             fingerprint: fingerprint(&self.engine, "Reserve", &r),
             request_id: r.request_id,
@@ -85,12 +77,21 @@ impl CounterService for CounterApi {
         &self,
         request: Request<CommitReservationRequest>,
     ) -> Result<Response<CommitReservationResponse>, Status> {
-        let principal = principal(&request);
+        let who = caller(&request)?;
+        allow_role(&who, Rpc::CommitReservation)?;
         let r = request.into_inner();
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         c.id("reservation_id", &r.reservation_id, validate::MAX_ID_CHARS);
         c.finish()?;
+        allow_on_reservation(
+            &self.engine,
+            &who,
+            Rpc::CommitReservation,
+            &r.reservation_id,
+        )
+        .await?;
+        let principal = who.name;
         let fp = fingerprint(&self.engine, "CommitReservation", &r);
         Ok(Response::new(
             self.engine
@@ -103,13 +104,22 @@ impl CounterService for CounterApi {
         &self,
         request: Request<CancelReservationRequest>,
     ) -> Result<Response<CancelReservationResponse>, Status> {
-        let principal = principal(&request);
+        let who = caller(&request)?;
+        allow_role(&who, Rpc::CancelReservation)?;
         let r = request.into_inner();
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         c.id("reservation_id", &r.reservation_id, validate::MAX_ID_CHARS);
         c.optional_text("note", &r.note, validate::MAX_NOTE_CHARS);
         c.finish()?;
+        allow_on_reservation(
+            &self.engine,
+            &who,
+            Rpc::CancelReservation,
+            &r.reservation_id,
+        )
+        .await?;
+        let principal = who.name;
         let fp = fingerprint(&self.engine, "CancelReservation", &r);
         Ok(Response::new(
             self.engine
@@ -122,8 +132,9 @@ impl CounterService for CounterApi {
         &self,
         request: Request<ReportSpoiledBlankRequest>,
     ) -> Result<Response<ReportSpoiledBlankResponse>, Status> {
-        let principal = principal(&request);
+        let who = caller(&request)?;
         let r = request.into_inner();
+        who.allow(Rpc::ReportSpoiledBlank, Scope::Office(&r.office_id))?;
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         c.office_id("office_id", &r.office_id);
@@ -138,6 +149,16 @@ impl CounterService for CounterApi {
         );
         c.optional_text("note", &r.note, validate::MAX_NOTE_CHARS);
         c.finish()?;
+        if !r.reservation_id.is_empty() {
+            allow_on_reservation(
+                &self.engine,
+                &who,
+                Rpc::ReportSpoiledBlank,
+                &r.reservation_id,
+            )
+            .await?;
+        }
+        let principal = who.name;
         let cmd = SpoilCommand {
             fingerprint: fingerprint(&self.engine, "ReportSpoiledBlank", &r),
             request_id: r.request_id,
@@ -155,8 +176,13 @@ impl CounterService for CounterApi {
         &self,
         request: Request<RecordIkdActivationRequest>,
     ) -> Result<Response<RecordIkdActivationResponse>, Status> {
-        let principal = principal(&request);
+        let who = caller(&request)?;
         let r = request.into_inner();
+        who.allow(
+            Rpc::RecordIkdActivation,
+            Scope::ServicePoint(&r.office_id, &r.service_point_id),
+        )?;
+        let principal = who.name;
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         c.office_id("office_id", &r.office_id);
@@ -189,7 +215,14 @@ impl CounterService for CounterApi {
         &self,
         request: Request<ListReservationsRequest>,
     ) -> Result<Response<ListReservationsResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
+        let scope = if r.service_point_id.is_empty() {
+            Scope::AllServicePoints(&r.office_id)
+        } else {
+            Scope::ServicePoint(&r.office_id, &r.service_point_id)
+        };
+        who.allow(Rpc::ListReservations, scope)?;
         let mut c = Checker::new();
         c.office_id("office_id", &r.office_id);
         if !r.service_point_id.is_empty() {
@@ -240,7 +273,12 @@ impl CounterService for CounterApi {
         &self,
         request: Request<GetQuotaRequest>,
     ) -> Result<Response<GetQuotaResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
+        who.allow(
+            Rpc::GetQuota,
+            Scope::ServicePoint(&r.office_id, &r.service_point_id),
+        )?;
         let mut c = Checker::new();
         c.office_id("office_id", &r.office_id);
         c.id(
@@ -262,7 +300,12 @@ impl CounterService for CounterApi {
         &self,
         request: Request<WatchQuotaRequest>,
     ) -> Result<Response<Self::WatchQuotaStream>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
+        who.allow(
+            Rpc::WatchQuota,
+            Scope::ServicePoint(&r.office_id, &r.service_point_id),
+        )?;
         let mut c = Checker::new();
         c.office_id("office_id", &r.office_id);
         c.id(
@@ -291,7 +334,12 @@ impl CounterService for CounterApi {
         &self,
         request: Request<ReportQueueRequest>,
     ) -> Result<Response<ReportQueueResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
+        who.allow(
+            Rpc::ReportQueue,
+            Scope::ServicePoint(&r.office_id, &r.service_point_id),
+        )?;
         let mut c = Checker::new();
         c.office_id("office_id", &r.office_id);
         c.id(
@@ -308,6 +356,28 @@ impl CounterService for CounterApi {
                 .await?,
         ))
     }
+}
+
+/// Validates a Reserve request (every bad field at once) and returns its parsed NIK. Pure, so
+/// the fuzz target runs the very same checks.
+pub fn check_reserve(
+    r: &ReserveRequest,
+    today: chrono::NaiveDate,
+) -> Result<crate::domain::nik::Nik, crate::engine::EngineError> {
+    let mut c = Checker::new();
+    c.request_id(&r.request_id);
+    c.office_id("office_id", &r.office_id);
+    c.id(
+        "service_point_id",
+        &r.service_point_id,
+        validate::MAX_ID_CHARS,
+    );
+    c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
+    let nik = c.nik("nik", &r.nik, today);
+    c.enumeration::<Reason>("reason", r.reason, false);
+    c.enumeration::<IkdStatus>("ikd_status", r.ikd_status, true);
+    c.finish()?;
+    nik.ok_or_else(|| crate::engine::EngineError::Internal("validated NIK missing".into()))
 }
 
 fn parse_reservation_token(token: &str) -> Option<i64> {

@@ -8,8 +8,10 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::counter::page_size;
+use super::fingerprint;
 use super::validate::{self, Checker};
-use super::{fingerprint, principal};
+use crate::auth::layer::caller;
+use crate::auth::{Rpc, Scope};
 use crate::engine::Engine;
 use crate::engine::queries::{MAX_LEDGER_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::engine::stock::Meta;
@@ -114,8 +116,15 @@ impl StockService for StockApi {
         &self,
         request: Request<UpsertOfficeRequest>,
     ) -> Result<Response<UpsertOfficeResponse>, Status> {
-        let principal = principal(&request);
+        let who = caller(&request)?;
         let r = request.into_inner();
+        let office_id = r
+            .office
+            .as_ref()
+            .map(|o| o.office_id.as_str())
+            .unwrap_or("");
+        who.allow(Rpc::UpsertOffice, Scope::Office(office_id))?;
+        let principal = who.name;
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         let Some(office) = r.office.clone() else {
@@ -170,8 +179,15 @@ impl StockService for StockApi {
         &self,
         request: Request<UpsertServicePointRequest>,
     ) -> Result<Response<UpsertServicePointResponse>, Status> {
-        let principal = principal(&request);
+        let who = caller(&request)?;
         let r = request.into_inner();
+        let office_id = r
+            .service_point
+            .as_ref()
+            .map(|sp| sp.office_id.as_str())
+            .unwrap_or("");
+        who.allow(Rpc::UpsertServicePoint, Scope::Office(office_id))?;
+        let principal = who.name;
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         let Some(sp) = r.service_point.clone() else {
@@ -240,8 +256,10 @@ impl StockService for StockApi {
         &self,
         request: Request<RecordShipmentRequest>,
     ) -> Result<Response<RecordShipmentResponse>, Status> {
-        let principal = principal(&request);
+        let who = caller(&request)?;
         let r = request.into_inner();
+        who.allow(Rpc::RecordShipment, Scope::Office(&r.office_id))?;
+        let principal = who.name;
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         c.office_id("office_id", &r.office_id);
@@ -261,8 +279,10 @@ impl StockService for StockApi {
         &self,
         request: Request<TransferStockRequest>,
     ) -> Result<Response<TransferStockResponse>, Status> {
-        let principal = principal(&request);
+        let who = caller(&request)?;
         let r = request.into_inner();
+        who.allow(Rpc::TransferStock, Scope::Office(&r.from_office_id))?;
+        let principal = who.name;
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         c.office_id("from_office_id", &r.from_office_id);
@@ -293,8 +313,10 @@ impl StockService for StockApi {
         &self,
         request: Request<AdjustStockRequest>,
     ) -> Result<Response<AdjustStockResponse>, Status> {
-        let principal = principal(&request);
+        let who = caller(&request)?;
         let r = request.into_inner();
+        who.allow(Rpc::AdjustStock, Scope::Office(&r.office_id))?;
+        let principal = who.name;
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         c.office_id("office_id", &r.office_id);
@@ -318,8 +340,10 @@ impl StockService for StockApi {
         &self,
         request: Request<SetQuotaPolicyRequest>,
     ) -> Result<Response<SetQuotaPolicyResponse>, Status> {
-        let principal = principal(&request);
+        let who = caller(&request)?;
         let r = request.into_inner();
+        who.allow(Rpc::SetQuotaPolicy, Scope::Office(&r.office_id))?;
+        let principal = who.name;
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         c.office_id("office_id", &r.office_id);
@@ -355,7 +379,9 @@ impl StockService for StockApi {
         &self,
         request: Request<GetStockRequest>,
     ) -> Result<Response<GetStockResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
+        who.allow(Rpc::GetStock, Scope::Office(&r.office_id))?;
         let mut c = Checker::new();
         c.office_id("office_id", &r.office_id);
         c.finish()?;
@@ -367,6 +393,8 @@ impl StockService for StockApi {
         &self,
         request: Request<ListStockRequest>,
     ) -> Result<Response<ListStockResponse>, Status> {
+        let who = caller(&request)?;
+        who.allow(Rpc::ListStock, Scope::AllOffices)?;
         let r = request.into_inner();
         let mut c = Checker::new();
         if !r.province_code.is_empty() && !crate::domain::nik::is_known_province(&r.province_code) {
@@ -391,7 +419,9 @@ impl StockService for StockApi {
         &self,
         request: Request<ListLedgerEntriesRequest>,
     ) -> Result<Response<ListLedgerEntriesResponse>, Status> {
+        let who = caller(&request)?;
         let r = request.into_inner();
+        who.allow(Rpc::ListLedgerEntries, Scope::Office(&r.office_id))?;
         let mut c = Checker::new();
         c.office_id("office_id", &r.office_id);
         c.enumeration::<LedgerEntryKind>("kind", r.kind, true);
@@ -422,6 +452,49 @@ impl StockService for StockApi {
             entries,
             next_page_token,
         }))
+    }
+
+    async fn verify_ledger(
+        &self,
+        request: Request<VerifyLedgerRequest>,
+    ) -> Result<Response<VerifyLedgerResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        let scope = if r.office_id.is_empty() {
+            Scope::AllOffices
+        } else {
+            Scope::Office(&r.office_id)
+        };
+        who.allow(Rpc::VerifyLedger, scope)?;
+        let mut c = Checker::new();
+        if !r.office_id.is_empty() {
+            c.office_id("office_id", &r.office_id);
+        }
+        if !r.published_head_hash.is_empty() {
+            if r.office_id.is_empty() {
+                c.fail("published_head_hash", "needs office_id");
+            }
+            if r.published_head_hash.len() != 64
+                || !r.published_head_hash.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                c.fail("published_head_hash", "must be 64 hex characters");
+            }
+        }
+        c.finish()?;
+        let chains = self
+            .engine
+            .verify_ledger(&r.office_id, &r.published_head_hash.to_ascii_lowercase())
+            .await?;
+        for chain in chains.iter().filter(|c| !c.intact) {
+            tracing::warn!(
+                office_id = %chain.office_id,
+                first_broken_sequence = chain.first_broken_sequence,
+                problem = %chain.problem,
+                "ledger verification found a broken chain"
+            );
+        }
+        let intact = chains.iter().all(|c| c.intact);
+        Ok(Response::new(VerifyLedgerResponse { chains, intact }))
     }
 
     async fn get_server_info(

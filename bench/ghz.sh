@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# ghz load scenarios against a blangko-server started here on a fresh SQLite file.
+#
+# Usage: bench/ghz.sh [SECONDS] [CONCURRENCY]      (defaults: 5 s, 64 in flight)
+# Environment: GHZ (path to ghz; installed with `go install` when missing), BLANGKO_TOKEN (sent
+# as a bearer token when set), OUT (directory for ghz's JSON reports; default bench/out).
+#
+# Scenarios, each by reflection AND by proto file:
+#   health   grpc.health.v1.Health/Check
+#   quota    blangko.v1.CounterService/GetQuota
+#   reserve  blangko.v1.CounterService/Reserve, every call a distinct NIK and request_id
+# ghz exits 0 even when calls fail, so this script reads each JSON report and fails on any status
+# other than OK, and checks afterwards that no service point holds more than its quota.
+# Loopback only; every run is bounded by -z (duration).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+seconds=${1:-5}
+concurrency=${2:-64}
+out=${OUT:-bench/out}
+mkdir -p "$out"
+
+ghz=${GHZ:-$(command -v ghz || echo "$(go env GOPATH)/bin/ghz")}
+if [[ ! -x "$ghz" ]]; then
+  echo "installing ghz v0.121.0 with go install"
+  go install github.com/bojand/ghz/cmd/ghz@v0.121.0
+  ghz="$(go env GOPATH)/bin/ghz"
+fi
+"$ghz" --version
+
+cargo build --release --locked -q -p blangko-server
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+target/release/blangko-server --listen 127.0.0.1:0 --database "sqlite:$work/bench.db" --log warn \
+  > "$work/server.out" 2> "$work/server.err" &
+for _ in $(seq 1 100); do grep -q listening "$work/server.out" 2>/dev/null && break; sleep 0.1; done
+addr=$(awk '/listening/ {print $NF}' "$work/server.out")
+[[ -n "$addr" ]] || { cat "$work/server.err"; exit 1; }
+echo "server: $addr"
+
+auth=()
+[[ -n "${BLANGKO_TOKEN:-}" ]] && auth=(--metadata "{\"authorization\":\"Bearer ${BLANGKO_TOKEN}\"}")
+
+# A bench office: 16 service points serving every day with a quota far above the load.
+grpc_setup() {
+  "$ghz" --insecure "${auth[@]}" --call "$1" -d "$2" -n 1 -c 1 "$addr" > /dev/null
+}
+grpc_setup blangko.v1.StockService/UpsertOffice \
+  '{"request_id":"ghz-office-{{.UUID}}","office":{"office_id":"3201","name":"Bench","time_zone":"Asia/Jakarta","hold_ttl_secs":86400}}'
+for sp in $(seq 0 15); do
+  grpc_setup blangko.v1.StockService/UpsertServicePoint \
+    "{\"request_id\":\"ghz-sp-$sp-{{.UUID}}\",\"service_point\":{\"office_id\":\"3201\",\"service_point_id\":\"sp$sp\",\"name\":\"Bench $sp\",\"kind\":\"SERVICE_POINT_KIND_OTHER\",\"service_days\":[1,2,3,4,5,6,7],\"policy\":{\"mode\":\"QUOTA_MODE_FIXED\",\"fixed_daily_quota\":100000}}}"
+done
+grpc_setup blangko.v1.StockService/RecordShipment \
+  '{"request_id":"ghz-ship-{{.UUID}}","office_id":"3201","quantity":1000000,"reference":"GHZ-{{.UUID}}"}'
+
+# Each Reserve: a distinct NIK from the request number (serial 0001-9999, birth day 01-28).
+reserve_data='{"request_id":"ghz-{{.UUID}}","office_id":"3201","service_point_id":"sp{{mod .RequestNumber 16}}","counter_id":"ghz","nik":"320101{{printf "%02d" (add (mod (div .RequestNumber 9999) 28) 1)}}0190{{printf "%04d" (add (mod .RequestNumber 9999) 1)}}","reason":"REASON_DATA_CHANGE","ikd_status":"IKD_STATUS_ACTIVE"}'
+
+failures=0
+run() { # name source(reflection|proto) call data
+  local name=$1 source=$2 call=$3 data=$4
+  local report="$out/$name-$source.json"
+  local how=()
+  # By proto file: ghz compiles the contract itself instead of asking the server.
+  [[ $source == proto ]] && how=(--import-paths proto --proto blangko/v1/counter_service.proto)
+  "$ghz" --insecure "${auth[@]}" "${how[@]}" --call "$call" -d "$data" -z "${seconds}s" -c "$concurrency" \
+    --connections 4 -O json -o "$report" "$addr"
+  python3 - "$report" "$name ($source)" <<'PY' || failures=$((failures + 1))
+import json, sys
+r = json.load(open(sys.argv[1]))
+codes = r.get("statusCodeDistribution", {})
+lat = {d["percentage"]: d["latency"] / 1e6 for d in r.get("latencyDistribution") or []}
+print(f'{sys.argv[2]:<20} {r["rps"]:>9.0f} calls/s  p50 {lat.get(50, 0):.2f} ms  p99 {lat.get(99, 0):.2f} ms  statuses {codes}')
+bad = {k: v for k, v in codes.items() if k != "OK"}
+if bad or not codes:
+    print(f"  UNEXPECTED statuses: {bad or 'no calls'}")
+    sys.exit(1)
+PY
+}
+run health reflection grpc.health.v1.Health/Check '{"service":""}'
+run quota reflection blangko.v1.CounterService/GetQuota '{"office_id":"3201","service_point_id":"sp0"}'
+run quota proto blangko.v1.CounterService/GetQuota '{"office_id":"3201","service_point_id":"sp1"}'
+run reserve reflection blangko.v1.CounterService/Reserve "$reserve_data"
+run reserve proto blangko.v1.CounterService/Reserve "${reserve_data//ghz-/ghzp-}"
+
+# Over-issue check: no service point above its quota (the load generator's own check, on the
+# same office and service-point names).
+cargo build --release --locked -q -p blangko-bench
+target/release/blangko-bench --server "http://$addr" --offices 1 --service-points 16 --check-only \
+  || failures=$((failures + 1))
+if [[ $failures -gt 0 ]]; then
+  echo "ghz: $failures scenario(s) with unexpected statuses or over-issue"
+  exit 1
+fi
+echo "ghz: all scenarios OK"

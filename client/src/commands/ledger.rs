@@ -1,0 +1,143 @@
+//! `ledger`: the office's hash-chained ledger for auditors, exported as JSON lines (one entry per
+//! line, in chain order, every field including the hashes), and `ledger --verify`: the server
+//! recomputes the chain (VerifyLedger) and the answer says whether it is intact.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use blangko_proto::v1::{
+    LedgerEntry, LedgerEntryKind, ListLedgerEntriesRequest, VerifyLedgerRequest,
+};
+use serde_json::{Value, json};
+
+use crate::error::{EXIT_ERROR, EXIT_OK};
+use crate::output::{Out, Zone};
+use crate::terminal::Terminal;
+
+/// Entries per page while exporting.
+const PAGE_SIZE: u32 = 1000;
+
+/// One entry as a JSON object (instants in RFC 3339 with the zone's offset).
+pub fn entry_json(e: &LedgerEntry, zone: Zone) -> Value {
+    let kind = LedgerEntryKind::try_from(e.kind)
+        .map(|k| k.as_str_name().to_string())
+        .unwrap_or_else(|_| e.kind.to_string());
+    json!({
+        "office_id": e.office_id,
+        "sequence": e.sequence,
+        "kind": kind,
+        "recorded_at": zone.rfc3339(e.recorded_at.as_ref()),
+        "principal": e.principal,
+        "on_hand_delta": e.on_hand_delta,
+        "held_delta": e.held_delta,
+        "on_hand_before": e.on_hand_after as i64 - e.on_hand_delta,
+        "held_before": e.held_after as i64 - e.held_delta,
+        "on_hand_after": e.on_hand_after,
+        "held_after": e.held_after,
+        "service_point_id": e.service_point_id,
+        "reservation_id": e.reservation_id,
+        "reference": e.reference,
+        "counterpart_office_id": e.counterpart_office_id,
+        "note": e.note,
+        "masked_nik": e.masked_nik,
+        "previous_hash": e.previous_hash,
+        "hash": e.hash,
+    })
+}
+
+/// Runs `ledger` (export) or `ledger --verify`.
+pub async fn run(term: &Terminal, out: Out, verify: bool) -> ExitCode {
+    let office = match term.office() {
+        Ok(o) => o.to_string(),
+        Err(failure) => return failure.exit(&out),
+    };
+    if verify {
+        return run_verify(term, out, office).await;
+    }
+    let mut page_token = String::new();
+    let stdout = std::io::stdout();
+    loop {
+        let request = ListLedgerEntriesRequest {
+            office_id: office.clone(),
+            kind: 0,
+            page_size: PAGE_SIZE,
+            page_token: page_token.clone(),
+        };
+        let page = match term
+            .conn
+            .stock(|mut c| {
+                let request = request.clone();
+                async move { c.list_ledger_entries(request).await }
+            })
+            .await
+        {
+            Ok(page) => page,
+            Err(error) => return crate::error::Failure::from(error).exit(&out),
+        };
+        let mut lock = stdout.lock();
+        for e in &page.entries {
+            if writeln!(lock, "{}", entry_json(e, out.zone)).is_err() {
+                return ExitCode::from(EXIT_ERROR);
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return ExitCode::from(EXIT_OK);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+async fn run_verify(term: &Terminal, out: Out, office: String) -> ExitCode {
+    let request = VerifyLedgerRequest {
+        office_id: office,
+        published_head_hash: String::new(),
+    };
+    let answer = match term
+        .conn
+        .stock(|mut c| {
+            let request = request.clone();
+            async move { c.verify_ledger(request).await }
+        })
+        .await
+    {
+        Ok(answer) => answer,
+        Err(error) => return crate::error::Failure::from(error).exit(&out),
+    };
+    for chain in &answer.chains {
+        if out.json {
+            out.json(&json!({
+                "office_id": chain.office_id,
+                "intact": chain.intact,
+                "entries_checked": chain.entries_checked,
+                "head_sequence": chain.head_sequence,
+                "head_hash": chain.head_hash,
+                "first_broken_sequence": chain.first_broken_sequence,
+                "problem": chain.problem,
+            }));
+        } else if chain.intact {
+            out.line(&format!(
+                "{} {}: {} ({} {}, head {})",
+                out.t("Buku besar kantor", "Ledger of office"),
+                chain.office_id,
+                out.t("utuh", "intact"),
+                chain.entries_checked,
+                out.t("entri", "entries"),
+                chain.head_hash
+            ));
+        } else {
+            out.line(&format!(
+                "{} {}: {} {} — {}",
+                out.t("Buku besar kantor", "Ledger of office"),
+                chain.office_id,
+                out.t("RUSAK mulai entri", "BROKEN at entry"),
+                chain.first_broken_sequence,
+                chain.problem
+            ));
+        }
+    }
+    if answer.intact {
+        ExitCode::from(EXIT_OK)
+    } else {
+        ExitCode::from(EXIT_ERROR)
+    }
+}

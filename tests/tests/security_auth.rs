@@ -1,0 +1,672 @@
+//! Authentication and roles, end to end: every RPC × every role × own office / other office gets
+//! the code one table says; missing or unknown tokens are UNAUTHENTICATED; the ledger records
+//! the principal; tokens are added and revoked by SIGHUP without a restart or a dropped
+//! connection; a server refuses a non-loopback address without a token file.
+
+use std::time::Duration;
+
+use blangko_e2e::fixtures::{EVERY_DAY, fixed, nik, rid};
+use blangko_e2e::{AuthedChannel, TestDatabase, TestServer, TestTokens};
+use blangko_proto::v1::counter_service_client::CounterServiceClient;
+use blangko_proto::v1::reserve_response::Outcome;
+use blangko_proto::v1::stock_service_client::StockServiceClient;
+use blangko_proto::v1::*;
+use tonic::Code;
+
+/// The office of the counter and supervisor tokens.
+const OWN: &str = "3275";
+/// Another office.
+const OTHER: &str = "3204";
+/// A third office, the receiving end of transfers.
+const THIRD: &str = "3601";
+/// The service point every office has (and the counter token is limited to).
+const POINT: &str = "main";
+
+/// The roles of the matrix; each has one token.
+const ROLES: [&str; 4] = ["counter", "supervisor", "agency", "admin"];
+
+/// THE table: which roles may call each RPC on their own office and on another office. Every
+/// other combination must be PERMISSION_DENIED; without a token, UNAUTHENTICATED.
+const MATRIX: &[(&str, &[&str], &[&str])] = &[
+    // CounterService
+    ("Reserve", &["counter", "supervisor", "admin"], &["admin"]),
+    (
+        "CommitReservation",
+        &["counter", "supervisor", "admin"],
+        &["admin"],
+    ),
+    (
+        "CancelReservation",
+        &["counter", "supervisor", "admin"],
+        &["admin"],
+    ),
+    (
+        "ReportSpoiledBlank",
+        &["counter", "supervisor", "admin"],
+        &["admin"],
+    ),
+    (
+        "RecordIkdActivation",
+        &["counter", "supervisor", "admin"],
+        &["admin"],
+    ),
+    (
+        "ListReservations",
+        &["counter", "supervisor", "admin"],
+        &["admin"],
+    ),
+    (
+        "GetQuota",
+        &["counter", "supervisor", "agency", "admin"],
+        &["agency", "admin"],
+    ),
+    (
+        "WatchQuota",
+        &["counter", "supervisor", "admin"],
+        &["admin"],
+    ),
+    (
+        "ReportQueue",
+        &["counter", "supervisor", "admin"],
+        &["admin"],
+    ),
+    // StockService
+    ("UpsertOffice", &["supervisor", "admin"], &["admin"]),
+    ("UpsertServicePoint", &["supervisor", "admin"], &["admin"]),
+    ("RecordShipment", &["supervisor", "admin"], &["admin"]),
+    ("TransferStock", &["supervisor", "admin"], &["admin"]),
+    ("AdjustStock", &["supervisor", "admin"], &["admin"]),
+    ("SetQuotaPolicy", &["supervisor", "admin"], &["admin"]),
+    (
+        "GetStock",
+        &["supervisor", "agency", "admin"],
+        &["agency", "admin"],
+    ),
+    ("ListStock", &["agency", "admin"], &["agency", "admin"]),
+    (
+        "ListLedgerEntries",
+        &["supervisor", "agency", "admin"],
+        &["agency", "admin"],
+    ),
+    (
+        "VerifyLedger",
+        &["supervisor", "agency", "admin"],
+        &["agency", "admin"],
+    ),
+    // Open to everyone.
+    (
+        "GetServerInfo",
+        &["counter", "supervisor", "agency", "admin", "none"],
+        &["counter", "supervisor", "agency", "admin", "none"],
+    ),
+];
+
+struct Clients {
+    counter: CounterServiceClient<AuthedChannel>,
+    stock: StockServiceClient<AuthedChannel>,
+}
+
+async fn clients(server: &TestServer, token: Option<&str>) -> anyhow::Result<Clients> {
+    Ok(Clients {
+        counter: server.counter_client_as(token).await?,
+        stock: server.stock_client_as(token).await?,
+    })
+}
+
+/// Sets up an office with one service point, a big stock and a big quota (as admin).
+async fn setup_office(admin: &mut Clients, office_id: &str) -> anyhow::Result<()> {
+    admin.stock.upsert_office(upsert_office(office_id)).await?;
+    admin
+        .stock
+        .upsert_service_point(upsert_point(office_id))
+        .await?;
+    admin.stock.record_shipment(shipment(office_id)).await?;
+    Ok(())
+}
+
+fn upsert_office(office_id: &str) -> UpsertOfficeRequest {
+    UpsertOfficeRequest {
+        request_id: rid(),
+        office: Some(Office {
+            office_id: office_id.into(),
+            name: format!("Kantor {office_id}"),
+            time_zone: "Asia/Jakarta".into(),
+            ..Office::default()
+        }),
+    }
+}
+
+fn upsert_point(office_id: &str) -> UpsertServicePointRequest {
+    UpsertServicePointRequest {
+        request_id: rid(),
+        service_point: Some(ServicePoint {
+            office_id: office_id.into(),
+            service_point_id: POINT.into(),
+            name: "Loket".into(),
+            kind: ServicePointKind::MainOffice as i32,
+            service_days: EVERY_DAY.iter().map(|d| *d as i32).collect(),
+            holidays: vec![],
+            policy: Some(fixed(10_000)),
+        }),
+    }
+}
+
+fn shipment(office_id: &str) -> RecordShipmentRequest {
+    RecordShipmentRequest {
+        request_id: rid(),
+        office_id: office_id.into(),
+        quantity: 10_000,
+        reference: format!("DO-{}", rid()),
+        note: String::new(),
+    }
+}
+
+fn reserve(office_id: &str, n: u32) -> ReserveRequest {
+    ReserveRequest {
+        request_id: rid(),
+        office_id: office_id.into(),
+        service_point_id: POINT.into(),
+        counter_id: "loket-1".into(),
+        nik: nik(n),
+        reason: Reason::DataChange as i32,
+        ikd_status: IkdStatus::Active as i32,
+    }
+}
+
+/// A fresh HELD reservation at `office_id`, made by the admin.
+async fn held(admin: &mut Clients, office_id: &str, n: u32) -> anyhow::Result<String> {
+    let answer = admin
+        .counter
+        .reserve(reserve(office_id, n))
+        .await?
+        .into_inner();
+    match answer.outcome {
+        Some(Outcome::Reservation(r)) => Ok(r.reservation_id),
+        other => anyhow::bail!("expected a reservation, got {other:?}"),
+    }
+}
+
+/// Calls `rpc` as `who` on `office_id`; Ok(()) or the status code. Needed state (a HELD
+/// reservation to commit, ...) is prepared by the admin first, so an allowed call succeeds.
+async fn call(
+    rpc: &str,
+    who: &mut Clients,
+    admin: &mut Clients,
+    office_id: &str,
+    n: &mut u32,
+) -> anyhow::Result<Result<(), Code>> {
+    *n += 1;
+    let n = *n;
+    let to = if office_id == OWN { OTHER } else { OWN };
+    let result = match rpc {
+        "Reserve" => who.counter.reserve(reserve(office_id, n)).await.map(drop),
+        "CommitReservation" => {
+            let id = held(admin, office_id, n).await?;
+            who.counter
+                .commit_reservation(CommitReservationRequest {
+                    request_id: rid(),
+                    reservation_id: id,
+                })
+                .await
+                .map(drop)
+        }
+        "CancelReservation" => {
+            let id = held(admin, office_id, n).await?;
+            who.counter
+                .cancel_reservation(CancelReservationRequest {
+                    request_id: rid(),
+                    reservation_id: id,
+                    note: String::new(),
+                })
+                .await
+                .map(drop)
+        }
+        "ReportSpoiledBlank" => {
+            let id = held(admin, office_id, n).await?;
+            who.counter
+                .report_spoiled_blank(ReportSpoiledBlankRequest {
+                    request_id: rid(),
+                    office_id: office_id.into(),
+                    reservation_id: id,
+                    reason: SpoilageReason::Misprint as i32,
+                    destruction_report_reference: String::new(),
+                    note: String::new(),
+                })
+                .await
+                .map(drop)
+        }
+        "RecordIkdActivation" => who
+            .counter
+            .record_ikd_activation(RecordIkdActivationRequest {
+                request_id: rid(),
+                office_id: office_id.into(),
+                service_point_id: POINT.into(),
+                counter_id: "loket-1".into(),
+                nik: nik(n),
+            })
+            .await
+            .map(drop),
+        "ListReservations" => who
+            .counter
+            .list_reservations(ListReservationsRequest {
+                office_id: office_id.into(),
+                service_point_id: POINT.into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "GetQuota" => who
+            .counter
+            .get_quota(GetQuotaRequest {
+                office_id: office_id.into(),
+                service_point_id: POINT.into(),
+            })
+            .await
+            .map(drop),
+        "WatchQuota" => match who
+            .counter
+            .watch_quota(WatchQuotaRequest {
+                office_id: office_id.into(),
+                service_point_id: POINT.into(),
+            })
+            .await
+        {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                match tokio::time::timeout(Duration::from_secs(10), stream.message()).await? {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => anyhow::bail!("WatchQuota ended without a snapshot"),
+                    Err(status) => Err(status),
+                }
+            }
+            Err(status) => Err(status),
+        },
+        "ReportQueue" => who
+            .counter
+            .report_queue(ReportQueueRequest {
+                office_id: office_id.into(),
+                service_point_id: POINT.into(),
+                counter_id: "loket-1".into(),
+                waiting: 1,
+            })
+            .await
+            .map(drop),
+        "UpsertOffice" => who
+            .stock
+            .upsert_office(upsert_office(office_id))
+            .await
+            .map(drop),
+        "UpsertServicePoint" => who
+            .stock
+            .upsert_service_point(upsert_point(office_id))
+            .await
+            .map(drop),
+        "RecordShipment" => who
+            .stock
+            .record_shipment(shipment(office_id))
+            .await
+            .map(drop),
+        "TransferStock" => who
+            .stock
+            .transfer_stock(TransferStockRequest {
+                request_id: rid(),
+                from_office_id: office_id.into(),
+                to_office_id: if to == office_id {
+                    THIRD.into()
+                } else {
+                    to.into()
+                },
+                quantity: 1,
+                reference: String::new(),
+                note: String::new(),
+            })
+            .await
+            .map(drop),
+        "AdjustStock" => who
+            .stock
+            .adjust_stock(AdjustStockRequest {
+                request_id: rid(),
+                office_id: office_id.into(),
+                counted_on_hand: 50_000,
+                note: "stock-take".into(),
+            })
+            .await
+            .map(drop),
+        "SetQuotaPolicy" => who
+            .stock
+            .set_quota_policy(SetQuotaPolicyRequest {
+                request_id: rid(),
+                office_id: office_id.into(),
+                service_point_id: POINT.into(),
+                policy: Some(fixed(10_000)),
+                todays_quota: None,
+            })
+            .await
+            .map(drop),
+        "GetStock" => who
+            .stock
+            .get_stock(GetStockRequest {
+                office_id: office_id.into(),
+            })
+            .await
+            .map(drop),
+        "ListStock" => who
+            .stock
+            .list_stock(ListStockRequest::default())
+            .await
+            .map(drop),
+        "ListLedgerEntries" => who
+            .stock
+            .list_ledger_entries(ListLedgerEntriesRequest {
+                office_id: office_id.into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "VerifyLedger" => who
+            .stock
+            .verify_ledger(VerifyLedgerRequest {
+                office_id: office_id.into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "GetServerInfo" => who
+            .stock
+            .get_server_info(GetServerInfoRequest {})
+            .await
+            .map(drop),
+        other => anyhow::bail!("no call for {other} in the test"),
+    };
+    Ok(result.map_err(|s| s.code()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_rpc_every_role_own_and_other_office_gets_the_expected_code() -> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let mut tokens = TestTokens::new(&db);
+    tokens.add("counter", "counter", Some(OWN), Some(POINT))?;
+    tokens.add("supervisor", "supervisor", Some(OWN), None)?;
+    tokens.add("agency", "agency", None, None)?;
+    tokens.add("admin", "admin", None, None)?;
+    let server = TestServer::start_on(db, &["--token-file", &tokens.arg()]).await?;
+    let mut admin = clients(&server, Some(tokens.token("admin"))).await?;
+    for office in [OWN, OTHER, THIRD] {
+        setup_office(&mut admin, office).await?;
+    }
+
+    let mut n = 0;
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (rpc, own_roles, other_roles) in MATRIX {
+        for role in ROLES.iter().chain(std::iter::once(&"none")) {
+            let token = (*role != "none").then(|| tokens.token(role).to_string());
+            let mut who = clients(&server, token.as_deref()).await?;
+            for (office, allowed) in [(OWN, own_roles), (OTHER, other_roles)] {
+                let expected = if allowed.contains(role) {
+                    Ok(())
+                } else if *role == "none" {
+                    Err(Code::Unauthenticated)
+                } else {
+                    Err(Code::PermissionDenied)
+                };
+                let got = call(rpc, &mut who, &mut admin, office, &mut n).await?;
+                checked += 1;
+                if got != expected {
+                    failures.push(format!(
+                        "{rpc} as {role} on {}: expected {expected:?}, got {got:?}",
+                        if office == OWN {
+                            "own office"
+                        } else {
+                            "other office"
+                        }
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(checked, MATRIX.len() * 5 * 2);
+    assert!(
+        failures.is_empty(),
+        "{} wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_malformed_and_revoked_tokens_are_unauthenticated_and_the_ledger_names_the_principal()
+-> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let mut tokens = TestTokens::new(&db);
+    tokens.add("ops", "admin", None, None)?;
+    tokens.add("spv-bekasi", "supervisor", Some(OWN), None)?;
+    let server = TestServer::start_on(db, &["--token-file", &tokens.arg()]).await?;
+    let mut admin = clients(&server, Some(tokens.token("ops"))).await?;
+    setup_office(&mut admin, OWN).await?;
+
+    for bad in [
+        "blk_0000",
+        "",
+        "Basic abc",
+        &format!("{}x", tokens.token("ops")),
+    ] {
+        let mut channel = server.channel().await?;
+        let mut client = StockServiceClient::new(&mut channel);
+        let mut request = tonic::Request::new(GetStockRequest {
+            office_id: OWN.into(),
+        });
+        let value = if bad.starts_with("Basic") {
+            bad.to_string()
+        } else {
+            format!("Bearer {bad}")
+        };
+        if let Ok(v) = value.parse() {
+            request.metadata_mut().insert("authorization", v);
+        }
+        let status = client
+            .get_stock(request)
+            .await
+            .expect_err("a bad token must fail");
+        assert_eq!(status.code(), Code::Unauthenticated, "{bad:?}: {status:?}");
+        assert!(!status.message().contains(tokens.token("ops")));
+    }
+
+    // The ledger records who did it.
+    let mut spv = clients(&server, Some(tokens.token("spv-bekasi"))).await?;
+    spv.stock.record_shipment(shipment(OWN)).await?;
+    let entries = admin
+        .stock
+        .list_ledger_entries(ListLedgerEntriesRequest {
+            office_id: OWN.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .entries;
+    let principals: Vec<&str> = entries.iter().map(|e| e.principal.as_str()).collect();
+    assert_eq!(principals.first(), Some(&"ops"), "{principals:?}");
+    assert_eq!(principals.last(), Some(&"spv-bekasi"), "{principals:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_adds_and_revokes_tokens_without_a_restart_or_a_dropped_connection()
+-> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let mut tokens = TestTokens::new(&db);
+    tokens.add("ops", "admin", None, None)?;
+    let server = TestServer::spawn_process_on(db, &["--token-file", &tokens.arg()]).await?;
+    let pid = server.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let mut ops = clients(&server, Some(tokens.token("ops"))).await?;
+    setup_office(&mut ops, OWN).await?;
+
+    // A new token is not valid before the reload...
+    let new = tokens.add("kemendagri", "agency", None, None)?;
+    let mut agency = clients(&server, Some(&new)).await?;
+    let get = || GetStockRequest {
+        office_id: OWN.into(),
+    };
+    assert_eq!(
+        agency
+            .stock
+            .get_stock(get())
+            .await
+            .map(drop)
+            .map_err(|s| s.code()),
+        Err(Code::Unauthenticated)
+    );
+    let hup = || async {
+        let status = tokio::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -HUP failed");
+        Ok(())
+    };
+    hup().await?;
+    // ...and valid after it, on the very same connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match agency.stock.get_stock(get()).await {
+            Ok(_) => break,
+            Err(s)
+                if s.code() == Code::Unauthenticated && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => anyhow::bail!("the added token never became valid: {s:?}"),
+        }
+    }
+
+    // Revoked: refused at the next call on the same connection, while others keep working.
+    tokens.revoke("kemendagri")?;
+    hup().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match agency.stock.get_stock(get()).await {
+            Err(s) if s.code() == Code::Unauthenticated => break,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => anyhow::bail!("the revoked token still works: {other:?}"),
+        }
+    }
+    ops.stock.get_stock(get()).await?;
+
+    // A broken file on reload keeps the previous tokens (and the server alive).
+    std::fs::write(&tokens.path, "garbage line\n")?;
+    hup().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ops.stock.get_stock(get()).await?;
+    assert!(server.log().contains("NOT reloaded"), "{}", server.log());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_file_only_loopback_is_allowed() -> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    // Non-loopback without a token file: refused, with the reason.
+    let refused = TestServer::spawn_process_on(Arc::clone(&db), &["--listen", "0.0.0.0:0"]).await;
+    let err = match refused {
+        Ok(_) => anyhow::bail!("a server without a token file started on 0.0.0.0"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(err.contains("without authentication"), "{err}");
+    // Explicitly insecure: starts.
+    let mut open = TestServer::spawn_process_on(
+        Arc::clone(&db),
+        &["--listen", "0.0.0.0:0", "--insecure-no-auth"],
+    )
+    .await?;
+    assert!(
+        open.log().contains("WITHOUT authentication"),
+        "{}",
+        open.log()
+    );
+    open.stop().await?;
+    // Loopback without a token file: starts, warns, and every caller is "anonymous".
+    let server = TestServer::start_on(db, &[]).await?;
+    let mut anyone = clients(&server, None).await?;
+    setup_office(&mut anyone, OWN).await?;
+    let entries = anyone
+        .stock
+        .list_ledger_entries(ListLedgerEntriesRequest {
+            office_id: OWN.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .entries;
+    assert!(entries.iter().all(|e| e.principal == "anonymous"));
+    Ok(())
+}
+
+use std::sync::Arc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_subcommand_adds_lists_and_revokes_and_keeps_only_hashes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens.txt");
+    let file_arg = file.display().to_string();
+    let server = |args: &[&str]| {
+        let mut all = vec!["--token-file", file_arg.as_str(), "token"];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        async move {
+            anyhow::Ok(
+                tokio::process::Command::new(blangko_e2e::server_bin())
+                    .args(all)
+                    .output()
+                    .await?,
+            )
+        }
+    };
+    let out = server(&[
+        "add",
+        "loket-1",
+        "--role",
+        "counter",
+        "--office",
+        "3275",
+        "--service-points",
+        "mpp,main",
+    ])
+    .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)?.trim().to_string();
+    assert!(token.starts_with("blk_") && token.len() == 68, "{token}");
+    let text = std::fs::read_to_string(&file)?;
+    assert!(!text.contains(&token), "the file holds the token in clear");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file)?.permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // A counter without an office is refused, naming why.
+    let out = server(&["add", "loket-2", "--role", "counter"]).await?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("office"));
+    let out = server(&["list"]).await?;
+    let listed = String::from_utf8(out.stdout)?;
+    assert!(
+        listed.contains("loket-1\tcounter\t3275\tmpp,main"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&token));
+    let out = server(&["revoke", "loket-1"]).await?;
+    assert!(out.status.success());
+    let out = server(&["revoke", "loket-1"]).await?;
+    assert!(!out.status.success(), "revoking twice must fail");
+    let out = server(&["list"]).await?;
+    assert!(String::from_utf8(out.stdout)?.trim().is_empty());
+    Ok(())
+}

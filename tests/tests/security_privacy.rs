@@ -1,0 +1,314 @@
+//! NIK privacy (UU 27/2022): no raw NIK in the logs (at debug level), the database file or its
+//! WAL/journal files, nor in error messages; NIK hashes are purged after the retention period
+//! while the counts stay.
+
+use std::path::Path;
+use std::time::Duration;
+
+use blangko_e2e::fixtures::{self, nik, office_with_point, reserve_request, rid};
+use blangko_e2e::{TestDatabase, TestServer, on_each_backend};
+use blangko_proto::v1::reserve_response::Outcome;
+use blangko_proto::v1::*;
+use sqlx::Row;
+
+/// Every file under `dir` (recursively) whose bytes contain one of `niks`, with the NIK found.
+fn files_containing(dir: &Path, niks: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, niks)?);
+            continue;
+        }
+        let bytes = std::fs::read(&path)?;
+        for n in niks {
+            if bytes.windows(n.len()).any(|w| w == n.as_bytes()) {
+                found.push((path.display().to_string(), n.clone()));
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn reservation_of(answer: ReserveResponse) -> anyhow::Result<Reservation> {
+    match answer.outcome {
+        Some(Outcome::Reservation(r)) => Ok(r),
+        other => anyhow::bail!("expected a reservation, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_day_at_debug_level_leaves_no_nik_in_logs_database_or_wal() -> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let dir = db.dir.path().to_path_buf();
+    let niks: Vec<String> = (1..=12).map(nik).collect();
+    // An invalid NIK (day 72 is no date) that must not be echoed either.
+    let bad_nik = "3275017201900001".to_string();
+    let mut all = niks.clone();
+    all.push(bad_nik.clone());
+
+    // The scan works: a planted NIK is found, in a file and among other bytes.
+    let planted = dir.join("planted.bin");
+    std::fs::write(
+        &planted,
+        [b"\x00\x01garbage".as_slice(), niks[3].as_bytes(), b"\xff"].concat(),
+    )?;
+    let found = files_containing(&dir, &all)?;
+    assert_eq!(
+        found,
+        vec![(planted.display().to_string(), niks[3].clone())]
+    );
+    std::fs::remove_file(&planted)?;
+    assert!(files_containing(&dir, &all)?.is_empty());
+
+    let mut server = TestServer::spawn_process_on(
+        db.clone(),
+        &["--log", "debug", "--sweep-interval-secs", "1"],
+    )
+    .await?;
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    office_with_point(&mut stock, "3275", "main", 8, 100).await?;
+    fixtures::service_point(&mut stock, "3275", "mpp", fixtures::fixed(8)).await?;
+    // IKD first, so activations matter.
+    fixtures::office(&mut stock, "3275", |o| o.ikd_first_required = true).await?;
+
+    let mut errors = Vec::new();
+    let mut held = Vec::new();
+    for (i, n) in niks.iter().enumerate().take(10) {
+        let mut request = reserve_request("3275", "main", 0);
+        request.nik = n.clone();
+        request.ikd_status = if i % 3 == 0 {
+            IkdStatus::NotActive as i32
+        } else {
+            IkdStatus::Active as i32
+        };
+        if i % 3 == 0 {
+            // Referred first, then the officer activates IKD and reserves again.
+            let answer = counter.reserve(request.clone()).await?.into_inner();
+            assert!(matches!(answer.outcome, Some(Outcome::IkdReferral(_))));
+            counter
+                .record_ikd_activation(RecordIkdActivationRequest {
+                    request_id: rid(),
+                    office_id: "3275".into(),
+                    service_point_id: "main".into(),
+                    counter_id: "loket-1".into(),
+                    nik: n.clone(),
+                })
+                .await?;
+            request.request_id = rid();
+        }
+        match counter.reserve(request).await?.into_inner().outcome {
+            Some(Outcome::Reservation(r)) => held.push(r),
+            Some(Outcome::IkdReferral(r)) => assert_eq!(r.cause(), ReferralCause::QuotaExhausted),
+            None => anyhow::bail!("no outcome"),
+        }
+    }
+    // The same person at another service point: an error, which must not carry the NIK.
+    let mut again = reserve_request("3275", "mpp", 0);
+    again.nik = niks[1].clone();
+    errors.push(
+        counter
+            .reserve(again)
+            .await
+            .expect_err("reserved elsewhere"),
+    );
+    // A bad NIK: INVALID_ARGUMENT naming the field, not the digits.
+    let mut bad = reserve_request("3275", "mpp", 0);
+    bad.nik = bad_nik.clone();
+    errors.push(counter.reserve(bad).await.expect_err("bad NIK"));
+    // Commit, cancel, spoil.
+    for (i, r) in held.iter().enumerate() {
+        match i % 3 {
+            0 => {
+                counter
+                    .commit_reservation(CommitReservationRequest {
+                        request_id: rid(),
+                        reservation_id: r.reservation_id.clone(),
+                    })
+                    .await?;
+            }
+            1 => {
+                counter
+                    .cancel_reservation(CancelReservationRequest {
+                        request_id: rid(),
+                        reservation_id: r.reservation_id.clone(),
+                        note: "applicant left".into(),
+                    })
+                    .await?;
+            }
+            _ => {
+                counter
+                    .report_spoiled_blank(ReportSpoiledBlankRequest {
+                        request_id: rid(),
+                        office_id: "3275".into(),
+                        reservation_id: r.reservation_id.clone(),
+                        reason: SpoilageReason::Misprint as i32,
+                        destruction_report_reference: "BA-1".into(),
+                        note: String::new(),
+                    })
+                    .await?;
+            }
+        }
+    }
+    counter
+        .report_queue(ReportQueueRequest {
+            office_id: "3275".into(),
+            service_point_id: "main".into(),
+            counter_id: "loket-1".into(),
+            waiting: 4,
+        })
+        .await?;
+    let listed = counter
+        .list_reservations(ListReservationsRequest {
+            office_id: "3275".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(!listed.reservations.is_empty());
+    for r in &listed.reservations {
+        assert!(all.iter().all(|n| !r.masked_nik.contains(n.as_str())));
+    }
+    let ledger = stock
+        .list_ledger_entries(ListLedgerEntriesRequest {
+            office_id: "3275".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    for status in &errors {
+        for n in &all {
+            assert!(!status.message().contains(n.as_str()), "{status:?}");
+            assert!(!format!("{:?}", status.details()).contains(n.as_str()));
+        }
+    }
+    for e in &ledger.entries {
+        assert!(all.iter().all(|n| !format!("{e:?}").contains(n.as_str())));
+    }
+    // Let the sweeper run at least once at debug level.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // While running: the database, its WAL and shared-memory files, the log.
+    let leaks = files_containing(&dir, &all)?;
+    assert!(leaks.is_empty(), "NIK found while running: {leaks:?}");
+    assert!(server.log().contains("DEBUG"), "the log ran at debug level");
+    let wal = dir.join("blangko.db-wal");
+    assert!(wal.exists(), "the WAL was scanned");
+
+    // After a clean stop (WAL checkpointed into the database file).
+    assert!(server.stop().await?);
+    let leaks = files_containing(&dir, &all)?;
+    assert!(leaks.is_empty(), "NIK found after stop: {leaks:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nik_hashes_are_purged_after_the_retention_period_and_the_counts_stay() -> anyhow::Result<()>
+{
+    on_each_backend(|db| async move {
+        let server = TestServer::start_on(db.clone(), &[]).await?;
+        let engine = server
+            .engine()
+            .ok_or_else(|| anyhow::anyhow!("in-process"))?;
+        let mut stock = server.stock_client().await?;
+        let mut counter = server.counter_client().await?;
+        office_with_point(&mut stock, "3275", "main", 10, 100).await?;
+        let r = reservation_of(
+            counter
+                .reserve(reserve_request("3275", "main", 1))
+                .await?
+                .into_inner(),
+        )?;
+        counter
+            .commit_reservation(CommitReservationRequest {
+                request_id: rid(),
+                reservation_id: r.reservation_id.clone(),
+            })
+            .await?;
+        counter
+            .record_ikd_activation(RecordIkdActivationRequest {
+                request_id: rid(),
+                office_id: "3275".into(),
+                service_point_id: "main".into(),
+                counter_id: "loket-1".into(),
+                nik: nik(2),
+            })
+            .await?;
+        let quota_before = counter
+            .get_quota(GetQuotaRequest {
+                office_id: "3275".into(),
+                service_point_id: "main".into(),
+            })
+            .await?
+            .into_inner()
+            .quota
+            .unwrap_or_default();
+
+        let url = match db.sqlite_file() {
+            Some(path) => format!("sqlite://{}", path.display()),
+            None => db.url.clone(),
+        };
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await?;
+        let hash_of = || async {
+            let row = sqlx::query("SELECT nik_hash FROM reservations WHERE reservation_id = $1")
+                .bind(&r.reservation_id)
+                .fetch_one(&pool)
+                .await?;
+            anyhow::Ok(row.try_get::<String, _>("nik_hash")?)
+        };
+        let before = hash_of().await?;
+        assert_eq!(before.len(), 64, "a keyed hash is kept while in retention");
+
+        // Within the retention period: nothing is purged.
+        let now = engine.clock.now_ms();
+        let purged = engine.purge_nik_hashes(now + 399 * 86_400_000, 400).await?;
+        assert_eq!(purged.reservations, 0);
+        assert_eq!(hash_of().await?, before);
+
+        // Past it: the hash is gone, the activation too, the counts and the ledger stay.
+        let purged = engine.purge_nik_hashes(now + 402 * 86_400_000, 400).await?;
+        assert_eq!(purged.reservations, 1);
+        assert_eq!(purged.ikd_activations, 1);
+        let after = hash_of().await?;
+        assert!(after.starts_with("purged:"), "{after}");
+        assert_ne!(after, before);
+        let activations: i64 = sqlx::query("SELECT COUNT(*) AS n FROM ikd_activations")
+            .fetch_one(&pool)
+            .await?
+            .try_get("n")?;
+        assert_eq!(activations, 0);
+        let quota_after = counter
+            .get_quota(GetQuotaRequest {
+                office_id: "3275".into(),
+                service_point_id: "main".into(),
+            })
+            .await?
+            .into_inner()
+            .quota
+            .unwrap_or_default();
+        assert_eq!(
+            (quota_after.committed, quota_after.held, quota_after.on_hand),
+            (
+                quota_before.committed,
+                quota_before.held,
+                quota_before.on_hand
+            )
+        );
+        let verified = stock
+            .verify_ledger(VerifyLedgerRequest {
+                office_id: "3275".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        assert!(verified.intact);
+        // A second purge finds nothing more.
+        let purged = engine.purge_nik_hashes(now + 402 * 86_400_000, 400).await?;
+        assert_eq!(purged.reservations, 0);
+        pool.close().await;
+        Ok(())
+    })
+    .await
+}
