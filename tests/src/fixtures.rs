@@ -141,3 +141,28 @@ pub fn reserve_request(office_id: &str, service_point_id: &str, n: u32) -> Reser
         ikd_status: IkdStatus::Active as i32,
     }
 }
+
+/// Every reservation of an office on its local today, all pages.
+pub async fn all_reservations(
+    counter: &mut blangko_proto::v1::counter_service_client::CounterServiceClient<Channel>,
+    office_id: &str,
+) -> anyhow::Result<Vec<Reservation>> {
+    let mut found = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = counter
+            .list_reservations(ListReservationsRequest {
+                office_id: office_id.into(),
+                page_size: 500,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        found.extend(page.reservations);
+        if page.next_page_token.is_empty() {
+            return Ok(found);
+        }
+        token = page.next_page_token;
+    }
+}

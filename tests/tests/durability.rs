@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use blangko_e2e::fixtures::{office_with_point, reserve_request, rid};
+use blangko_e2e::fixtures::{self, office_with_point, reserve_request, rid};
 use blangko_e2e::{TestDatabase, TestServer};
 use blangko_proto::v1::reserve_response::Outcome;
 use blangko_proto::v1::*;
@@ -84,24 +84,7 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() -> anyhow::Result<()> {
     // Restart on the same file.
     let server = TestServer::spawn_process_on(db, &[]).await?;
     let mut counter = server.counter_client().await?;
-    let mut found = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = counter
-            .list_reservations(ListReservationsRequest {
-                office_id: "3275".into(),
-                page_size: 500,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        found.extend(page.reservations);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    let found = fixtures::all_reservations(&mut counter, "3275").await?;
     let by_id: std::collections::HashMap<&str, &Reservation> = found
         .iter()
         .map(|r| (r.reservation_id.as_str(), r))

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use blangko_e2e::fixtures::{office_with_point, reserve_request};
+use blangko_e2e::fixtures::{self, office_with_point, reserve_request};
 use blangko_e2e::postgres::skip_postgres;
 use blangko_e2e::{Backend, TestDatabase, TestServer};
 use blangko_proto::v1::counter_service_client::CounterServiceClient;
@@ -154,24 +154,11 @@ async fn killing_one_replica_mid_burst_loses_nothing_and_the_others_keep_serving
     }
     // The surviving replicas still serve and agree on every acknowledged reservation.
     let mut counter = servers[1].counter_client().await?;
-    let mut found = HashSet::new();
-    let mut token = String::new();
-    loop {
-        let page = counter
-            .list_reservations(ListReservationsRequest {
-                office_id: "3275".into(),
-                page_size: 500,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        found.extend(page.reservations.into_iter().map(|r| r.reservation_id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    let found: HashSet<String> = fixtures::all_reservations(&mut counter, "3275")
+        .await?
+        .into_iter()
+        .map(|r| r.reservation_id)
+        .collect();
     let acked = acked
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?

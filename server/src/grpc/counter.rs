@@ -185,12 +185,7 @@ impl CounterService for CounterApi {
         let principal = who.name;
         let mut c = Checker::new();
         c.request_id(&r.request_id);
-        c.office_id("office_id", &r.office_id);
-        c.id(
-            "service_point_id",
-            &r.service_point_id,
-            validate::MAX_ID_CHARS,
-        );
+        c.service_point_ref(&r.office_id, &r.service_point_id);
         c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
         let nik = c.nik("nik", &r.nik, nik_today(&self.engine));
         c.finish()?;
@@ -280,12 +275,7 @@ impl CounterService for CounterApi {
             Scope::ServicePoint(&r.office_id, &r.service_point_id),
         )?;
         let mut c = Checker::new();
-        c.office_id("office_id", &r.office_id);
-        c.id(
-            "service_point_id",
-            &r.service_point_id,
-            validate::MAX_ID_CHARS,
-        );
+        c.service_point_ref(&r.office_id, &r.service_point_id);
         c.finish()?;
         let quota = self
             .engine
@@ -307,12 +297,7 @@ impl CounterService for CounterApi {
             Scope::ServicePoint(&r.office_id, &r.service_point_id),
         )?;
         let mut c = Checker::new();
-        c.office_id("office_id", &r.office_id);
-        c.id(
-            "service_point_id",
-            &r.service_point_id,
-            validate::MAX_ID_CHARS,
-        );
+        c.service_point_ref(&r.office_id, &r.service_point_id);
         c.finish()?;
         let receiver = self
             .engine
@@ -341,12 +326,7 @@ impl CounterService for CounterApi {
             Scope::ServicePoint(&r.office_id, &r.service_point_id),
         )?;
         let mut c = Checker::new();
-        c.office_id("office_id", &r.office_id);
-        c.id(
-            "service_point_id",
-            &r.service_point_id,
-            validate::MAX_ID_CHARS,
-        );
+        c.service_point_ref(&r.office_id, &r.service_point_id);
         c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
         c.range("waiting", r.waiting, 0, validate::MAX_WAITING);
         c.finish()?;

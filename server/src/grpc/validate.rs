@@ -119,6 +119,12 @@ impl Checker {
         }
     }
 
+    /// The usual pair `office_id` + `service_point_id` naming one service point.
+    pub fn service_point_ref(&mut self, office_id: &str, service_point_id: &str) {
+        self.office_id("office_id", office_id);
+        self.id("service_point_id", service_point_id, MAX_ID_CHARS);
+    }
+
     /// A NIK; None when invalid (recorded).
     pub fn nik(&mut self, field: &str, value: &str, today: NaiveDate) -> Option<Nik> {
         match Nik::parse(value, today) {
