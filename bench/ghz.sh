@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ghz load scenarios against a blangko-server started here on a fresh SQLite file.
 #
-# Usage: bench/ghz.sh [SECONDS] [CONCURRENCY]      (defaults: 5 s, 64 in flight)
+# Usage: bench/ghz.sh [CALLS] [CONCURRENCY]      (defaults: 5000 calls per scenario, 64 in flight)
 # Environment: GHZ (path to ghz; installed with `go install` when missing), BLANGKO_TOKEN (sent
 # as a bearer token when set), OUT (directory for ghz's JSON reports; default bench/out).
 #
@@ -11,10 +11,11 @@
 #   reserve  blangko.v1.CounterService/Reserve, every call a distinct NIK and request_id
 # ghz exits 0 even when calls fail, so this script reads each JSON report and fails on any status
 # other than OK, and checks afterwards that no service point holds more than its quota.
-# Loopback only; every run is bounded by -z (duration).
+# Loopback only; every run is bounded by a call count (-n), so no call is cut off mid-flight by a
+# duration limit (ghz reports such calls as errors).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-seconds=${1:-5}
+calls=${1:-5000}
 concurrency=${2:-64}
 out=${OUT:-bench/out}
 mkdir -p "$out"
@@ -54,7 +55,7 @@ grpc_setup blangko.v1.StockService/RecordShipment \
   '{"request_id":"ghz-ship-{{.UUID}}","office_id":"3201","quantity":1000000,"reference":"GHZ-{{.UUID}}"}'
 
 # Each Reserve: a distinct NIK from the request number (serial 0001-9999, birth day 01-28).
-reserve_data='{"request_id":"ghz-{{.UUID}}","office_id":"3201","service_point_id":"sp{{mod .RequestNumber 16}}","counter_id":"ghz","nik":"320101{{printf "%02d" (add (mod (div .RequestNumber 9999) 28) 1)}}0190{{printf "%04d" (add (mod .RequestNumber 9999) 1)}}","reason":"REASON_DATA_CHANGE","ikd_status":"IKD_STATUS_ACTIVE"}'
+reserve_data='{"request_id":"ghz-{{.UUID}}","office_id":"3201","service_point_id":"sp{{mod .RequestNumber 16}}","counter_id":"ghz","nik":"320101{{printf `%02d` (add (mod (div .RequestNumber 9999) 28) 1)}}0190{{printf `%04d` (add (mod .RequestNumber 9999) 1)}}","reason":"REASON_DATA_CHANGE","ikd_status":"IKD_STATUS_ACTIVE"}'
 
 failures=0
 run() { # name source(reflection|proto) call data
@@ -63,7 +64,7 @@ run() { # name source(reflection|proto) call data
   local how=()
   # By proto file: ghz compiles the contract itself instead of asking the server.
   [[ $source == proto ]] && how=(--import-paths proto --proto blangko/v1/counter_service.proto)
-  "$ghz" --insecure "${auth[@]}" "${how[@]}" --call "$call" -d "$data" -z "${seconds}s" -c "$concurrency" \
+  "$ghz" --insecure "${auth[@]}" "${how[@]}" --call "$call" -d "$data" -n "$calls" -c "$concurrency" \
     --connections 4 -O json -o "$report" "$addr"
   python3 - "$report" "$name ($source)" <<'PY' || failures=$((failures + 1))
 import json, sys
