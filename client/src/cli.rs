@@ -192,6 +192,10 @@ pub enum Command {
     /// Exit 0 when every row was handled, 2 when some rows were invalid, 1 when the run stopped early.
     Queue(QueueArgs),
 
+    /// The office's daily public notice of its blank stock (Bahasa Indonesia by default), with
+    /// the verification code of its stock ledger. Needs --office.
+    Announce,
+
     /// The office's (--office) audit ledger as JSON lines on stdout, one entry per line in chain
     /// order with its hashes; with --verify, the server recomputes the hash chain instead and
     /// the exit code is 0 when it is intact, 1 when not (the first broken entry is shown).

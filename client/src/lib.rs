@@ -69,6 +69,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     );
     match &cli.command {
         Command::Status => commands::status::run(&term, out).await,
+        Command::Announce => commands::announce::run(&term, out).await,
         Command::Reserve(args) => commands::reserve::run(&term, out, args).await,
         Command::Commit { reservation_id } => {
             commands::reservation::commit(&term, out, reservation_id).await
