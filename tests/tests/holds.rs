@@ -184,6 +184,23 @@ async fn cancels_and_expiries_return_slots_that_later_reserves_take() -> anyhow:
             .ok_or_else(|| anyhow::anyhow!("in-process"))?;
         assert_eq!(engine.sweep_once().await?, 2);
         assert_eq!(stock_of(&server).await?.held, 0);
+        // Expiries are time's doing: the ledger names "system", not whoever noticed them.
+        let expiries = stock
+            .list_ledger_entries(ListLedgerEntriesRequest {
+                office_id: "3275".into(),
+                kind: LedgerEntryKind::Expiry as i32,
+                page_size: 0,
+                page_token: String::new(),
+            })
+            .await?
+            .into_inner()
+            .entries;
+        assert_eq!(expiries.len(), 4);
+        assert!(
+            expiries
+                .iter()
+                .all(|e| e.principal == "system" && e.held_delta == -1)
+        );
         let _ = (d, e);
         Ok(())
     })

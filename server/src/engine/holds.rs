@@ -22,6 +22,9 @@ use crate::domain::referral::ReferralKind;
 use crate::domain::reservation::{self as machine, CancelStep, CommitStep, State, TransitionError};
 use crate::store::rows::{self, OfficeRow, ReservationRow};
 
+/// The principal the ledger names for what time does (hold expiry).
+pub const SYSTEM_PRINCIPAL: &str = "system";
+
 /// Method names in idempotency records.
 const COMMIT: &str = "CommitReservation";
 const CANCEL: &str = "CancelReservation";
@@ -178,8 +181,15 @@ impl Engine {
                 // The hold ran out. First release it (if the sweeper has not yet), then try to
                 // take a slot and a blank again, all in this transaction.
                 if r.state == State::Held.as_str() {
-                    self.release_hold(conn, &mut office, &mut r, State::Expired, now, principal)
-                        .await?;
+                    self.release_hold(
+                        conn,
+                        &mut office,
+                        &mut r,
+                        State::Expired,
+                        now,
+                        SYSTEM_PRINCIPAL,
+                    )
+                    .await?;
                     qd = super::quota_day_for_update(conn, lock, &office, &sp, day).await?;
                 }
                 let today = zone.local_date(now);
@@ -397,14 +407,15 @@ impl Engine {
     }
 
     /// Releases every hold of `office` that ran out by `now` (bounded batch); the caller holds
-    /// the office lock and writes the office row back. Returns how many expired.
+    /// the office lock and writes the office row back. Returns how many expired. The ledger
+    /// names the principal "system": time, not the caller whose transaction noticed, ended them.
     pub(crate) async fn expire_due_in_tx(
         &self,
         conn: &mut AnyConnection,
         office: &mut OfficeRow,
         now: i64,
-        principal: &str,
     ) -> EngineResult<usize> {
+        let principal = SYSTEM_PRINCIPAL;
         let due = rows::due_holds(conn, &office.office_id, now, EXPIRY_BATCH).await?;
         let count = due.len();
         for mut r in due {
@@ -427,9 +438,7 @@ impl Engine {
                 let mut office =
                     Self::office_or_not_found(conn, office_id, self.store.for_update()).await?;
                 let now = self.clock.now_ms();
-                let count = self
-                    .expire_due_in_tx(conn, &mut office, now, "system")
-                    .await?;
+                let count = self.expire_due_in_tx(conn, &mut office, now).await?;
                 if count > 0 {
                     self.announce_in_tx(conn, office_id).await?;
                 }

@@ -178,13 +178,7 @@ impl Engine {
         let now = self.clock.now_ms();
         let today = zone.local_date(now);
         let date = format_local_date(today);
-        let principal = jobs
-            .first()
-            .map(|j| j.cmd.principal.clone())
-            .unwrap_or_default();
-        let expired = self
-            .expire_due_in_tx(conn, &mut office, now, &principal)
-            .await?;
+        let expired = self.expire_due_in_tx(conn, &mut office, now).await?;
 
         // Everything the decisions read, fetched once for the whole batch.
         let office_used = super::queries::office_used_on(conn, office_id, &date).await?;

@@ -404,7 +404,7 @@ impl Engine {
                     return decode(&stored);
                 }
                 let (now, date) = self.today_of(&office)?;
-                self.expire_due_in_tx(conn, &mut office, now, &meta.principal).await?;
+                self.expire_due_in_tx(conn, &mut office, now).await?;
                 if i64::from(counted) < office.held {
                     return Err(EngineError::FailedPrecondition {
                         reason: "COUNT_BELOW_HELD",
@@ -460,7 +460,7 @@ impl Engine {
                 let (now, date) = self.today_of(&office)?;
                 let zone = zone_of(&office)?;
                 let today = zone.local_date(now);
-                self.expire_due_in_tx(conn, &mut office, now, &meta.principal).await?;
+                self.expire_due_in_tx(conn, &mut office, now).await?;
                 let mut qd = super::quota_day_for_update(conn, self.store.for_update(), &office, &sp, today).await?;
                 let mut note = format!("quota policy of '{service_point_id}' changed");
                 if let Some(q) = todays_quota {
