@@ -12,8 +12,8 @@ use super::ledger::{self, NewEntry};
 use super::queries::{admission_input, snapshot};
 use super::reserve::{check_quota_invariant, referral};
 use super::{
-    EXPIRY_BATCH, Engine, EngineError, EngineResult, calendar_of, policy_of, priority_reasons,
-    reservation_to_proto, timestamp, zone_of,
+    EXPIRY_BATCH, Engine, EngineError, EngineResult, calendar_of, decode_answer, policy_of,
+    priority_reasons, reservation_to_proto, timestamp, zone_of,
 };
 use crate::domain::calendar::{format_local_date, parse_local_date};
 use crate::domain::nik::Nik;
@@ -69,10 +69,6 @@ pub struct IkdActivationCommand {
     pub principal: String,
     /// Keyed fingerprint of the request content.
     pub fingerprint: String,
-}
-
-fn decode<M: Message + Default>(bytes: &[u8]) -> EngineResult<M> {
-    M::decode(bytes).map_err(|e| EngineError::Internal(format!("stored answer: {e}")))
 }
 
 fn state_of(r: &ReservationRow) -> EngineResult<State> {
@@ -135,7 +131,7 @@ impl Engine {
             .stored_answer(conn, request_id, COMMIT, fingerprint)
             .await?
         {
-            let mut response: CommitReservationResponse = decode(&stored)?;
+            let mut response: CommitReservationResponse = decode_answer(&stored)?;
             if let Some(res) = response.reservation.as_mut() {
                 res.replayed = true;
             }
@@ -288,7 +284,7 @@ impl Engine {
             .stored_answer(conn, request_id, CANCEL, fingerprint)
             .await?
         {
-            let mut response: CancelReservationResponse = decode(&stored)?;
+            let mut response: CancelReservationResponse = decode_answer(&stored)?;
             if let Some(res) = response.reservation.as_mut() {
                 res.replayed = true;
             }
@@ -475,7 +471,7 @@ impl Engine {
             .stored_answer(conn, &cmd.request_id, SPOIL, &cmd.fingerprint)
             .await?
         {
-            let mut response: ReportSpoiledBlankResponse = decode(&stored)?;
+            let mut response: ReportSpoiledBlankResponse = decode_answer(&stored)?;
             if let Some(res) = response.reservation.as_mut() {
                 res.replayed = true;
             }
@@ -607,7 +603,7 @@ impl Engine {
                 .stored_answer(conn, &cmd.request_id, IKD, &cmd.fingerprint)
                 .await?
             {
-                return decode(&stored);
+                return decode_answer(&stored);
             }
             Self::service_point_or_not_found(conn, &cmd.office_id, &cmd.service_point_id).await?;
             let now = self.clock.now_ms();

@@ -147,6 +147,12 @@ pub(crate) fn calendar_of(sp: &ServicePointRow) -> ServiceCalendar {
     ServiceCalendar { weekdays, holidays }
 }
 
+/// An answer stored for idempotency, decoded again (a stored answer that no longer decodes is
+/// corrupt data: INTERNAL).
+pub(crate) fn decode_answer<M: Message + Default>(bytes: &[u8]) -> EngineResult<M> {
+    M::decode(bytes).map_err(|e| EngineError::Internal(format!("stored answer: {e}")))
+}
+
 /// The stored policy of a service point.
 pub(crate) fn policy_of(sp: &ServicePointRow) -> EngineResult<QuotaPolicy> {
     QuotaPolicy::decode(sp.policy.as_slice())

@@ -325,8 +325,7 @@ impl Engine {
             if stored.method != RESERVE || stored.fingerprint != cmd.fingerprint {
                 return Err(request_id_reused(&cmd.request_id, &stored.method));
             }
-            let mut response = ReserveResponse::decode(stored.response.as_slice())
-                .map_err(|e| EngineError::Internal(format!("stored answer: {e}")))?;
+            let mut response: ReserveResponse = super::decode_answer(&stored.response)?;
             if let Some(Outcome::Reservation(r)) = response.outcome.as_mut() {
                 r.replayed = true;
             }

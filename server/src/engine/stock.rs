@@ -12,7 +12,9 @@ use sqlx::AnyConnection;
 use super::ledger::{self, GENESIS_HASH, NewEntry};
 use super::queries::snapshot;
 use super::reserve::check_quota_invariant;
-use super::{Engine, EngineError, EngineResult, QUEUE_REPORT_TTL_MS, calendar_of, zone_of};
+use super::{
+    Engine, EngineError, EngineResult, QUEUE_REPORT_TTL_MS, calendar_of, decode_answer, zone_of,
+};
 use crate::domain::calendar::format_local_date;
 use crate::domain::forecast::forecast;
 use crate::store::rows::{self, OfficeRow, ServicePointRow};
@@ -26,10 +28,6 @@ pub struct Meta {
     pub principal: String,
     /// Keyed fingerprint of the request content.
     pub fingerprint: String,
-}
-
-fn decode<M: Message + Default>(bytes: &[u8]) -> EngineResult<M> {
-    M::decode(bytes).map_err(|e| EngineError::Internal(format!("stored answer: {e}")))
 }
 
 /// The wire form of an office row.
@@ -99,7 +97,7 @@ impl Engine {
                     .stored_answer(conn, &meta.request_id, "UpsertOffice", &meta.fingerprint)
                     .await?
                 {
-                    return decode(&stored);
+                    return decode_answer(&stored);
                 }
                 let existing =
                     rows::office(conn, &office.office_id, self.store.for_update()).await?;
@@ -170,7 +168,7 @@ impl Engine {
                     )
                     .await?
                 {
-                    return decode(&stored);
+                    return decode_answer(&stored);
                 }
                 rows::upsert_service_point(conn, sp).await?;
                 let (now, date) = self.today_of(&office)?;
@@ -237,7 +235,7 @@ impl Engine {
                     .stored_answer(conn, &meta.request_id, "RecordShipment", &meta.fingerprint)
                     .await?
                 {
-                    let mut r: RecordShipmentResponse = decode(&stored)?;
+                    let mut r: RecordShipmentResponse = decode_answer(&stored)?;
                     r.replayed = true;
                     return Ok(r);
                 }
@@ -328,7 +326,7 @@ impl Engine {
                     .stored_answer(conn, &meta.request_id, "TransferStock", &meta.fingerprint)
                     .await?
                 {
-                    return decode(&stored);
+                    return decode_answer(&stored);
                 }
                 if from.available() < i64::from(quantity) {
                     return Err(EngineError::FailedPrecondition {
@@ -401,7 +399,7 @@ impl Engine {
                     .stored_answer(conn, &meta.request_id, "AdjustStock", &meta.fingerprint)
                     .await?
                 {
-                    return decode(&stored);
+                    return decode_answer(&stored);
                 }
                 let (now, date) = self.today_of(&office)?;
                 self.expire_due_in_tx(conn, &mut office, now).await?;
@@ -450,7 +448,7 @@ impl Engine {
                     .stored_answer(conn, &meta.request_id, "SetQuotaPolicy", &meta.fingerprint)
                     .await?
                 {
-                    return decode(&stored);
+                    return decode_answer(&stored);
                 }
                 let mut sp = Self::service_point_or_not_found(conn, office_id, service_point_id).await?;
                 sp.policy = policy.encode_to_vec();
