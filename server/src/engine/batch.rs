@@ -65,7 +65,8 @@ impl Batcher {
         else {
             // No shared engine (not attached): decide this Reserve alone, inline.
             let office = job.cmd.office_id.clone();
-            engine.run_batch(&office, vec![job]).await;
+            let decided = engine.run_batch(&office, vec![job]).await;
+            engine.answer_batch(decided).await;
             return Ok(());
         };
         // At most two tries: the first may hit a worker that just ended.
@@ -121,7 +122,8 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
                         // Anything that slipped in before the close is still answered.
                         let rest = drain(&mut receiver, usize::MAX);
                         if !rest.is_empty() {
-                            engine.run_batch(&office_id, rest).await;
+                            let decided = engine.run_batch(&office_id, rest).await;
+                            engine.answer_batch(decided).await;
                         }
                         break;
                     }
@@ -130,7 +132,11 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
             };
             let mut jobs = vec![first];
             jobs.extend(drain(&mut receiver, engine.batcher.max_batch - 1));
-            engine.run_batch(&office_id, jobs).await;
+            let decided = engine.run_batch(&office_id, jobs).await;
+            // Answered once durable, while this worker decides the next batch (pipelining: the
+            // fsync of one batch overlaps the transaction of the next).
+            let answering = Arc::clone(&engine);
+            tokio::spawn(async move { answering.answer_batch(decided).await });
         }
     });
     sender

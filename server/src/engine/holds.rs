@@ -244,7 +244,7 @@ impl Engine {
         )
         .await?;
         self.announce_in_tx(conn, &office.office_id).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok((response, Some(office.office_id)))
     }
 
@@ -338,7 +338,7 @@ impl Engine {
         )
         .await?;
         self.announce_in_tx(conn, &office.office_id).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok((response, Some(office.office_id)))
     }
 
@@ -438,7 +438,7 @@ impl Engine {
                 if count > 0 {
                     self.announce_in_tx(conn, office_id).await?;
                 }
-                tx.commit().await?;
+                self.commit_durably(tx).await?;
                 Ok(count)
             })
             .await?;
@@ -584,7 +584,7 @@ impl Engine {
         )
         .await?;
         self.announce_in_tx(conn, &office.office_id).await?;
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         Ok(response)
     }
 
@@ -633,7 +633,7 @@ impl Engine {
             };
             rows::store_answer(conn, &cmd.request_id, IKD, &cmd.fingerprint, &response.encode_to_vec(), now)
                 .await?;
-            tx.commit().await?;
+            self.commit_durably(tx).await?;
             Ok(response)
         })
         .await

@@ -118,6 +118,14 @@ impl Engine {
     pub(crate) async fn begin(&self) -> EngineResult<Tx> {
         Ok(self.store.begin().await?)
     }
+
+    /// Commits a transaction and returns once it is durable (see [`crate::store::Store::sync`]):
+    /// nobody is answered about a write that a power loss could still take back.
+    pub(crate) async fn commit_durably(&self, tx: Tx) -> EngineResult<()> {
+        tx.commit().await?;
+        self.store.sync().await?;
+        Ok(())
+    }
 }
 
 /// A protobuf timestamp from unix ms.
@@ -239,10 +247,16 @@ pub(crate) fn reservation_to_proto(r: &ReservationRow, replayed: bool) -> Reserv
     }
 }
 
-/// A new reservation id: 24 hex characters of randomness.
-pub(crate) fn new_reservation_id() -> String {
-    let bytes: [u8; 12] = rand::random();
-    format!("R{}", hex::encode(bytes))
+/// A new reservation id: `R`, the creation time (12 hex digits of unix ms) and 12 hex digits of
+/// randomness. Ids made later sort later, so new rows land at the end of the primary-key index
+/// instead of on a random page of it (a random key dirtied one more page per Reserve).
+pub(crate) fn new_reservation_id(now_ms: i64) -> String {
+    let bytes: [u8; 6] = rand::random();
+    format!(
+        "R{:012x}{}",
+        now_ms.max(0) & 0xffff_ffff_ffff,
+        hex::encode(bytes)
+    )
 }
 
 /// The quota of a (service point, day) that no transaction has touched yet: computed from the

@@ -60,6 +60,13 @@ pub(crate) struct Job {
     pub reply: tokio::sync::oneshot::Sender<EngineResult<ReserveResponse>>,
 }
 
+/// A batch decided and committed, waiting to be made durable and answered.
+pub(crate) struct DecidedBatch {
+    office_id: String,
+    jobs: Vec<Job>,
+    outcome: EngineResult<(Vec<EngineResult<ReserveResponse>>, bool)>,
+}
+
 /// A service point touched by the batch, with its quota row kept in memory until the end.
 struct PointState {
     policy: QuotaPolicy,
@@ -121,10 +128,11 @@ impl Engine {
         })?
     }
 
-    /// Decides a batch of Reserves of one office in one transaction and answers each. A lost
-    /// race (PostgreSQL) retries the whole batch; any other failure of the transaction fails
-    /// every Reserve of the batch (callers retry with the same request_id).
-    pub(crate) async fn run_batch(&self, office_id: &str, jobs: Vec<Job>) {
+    /// Decides a batch of Reserves of one office in one transaction (committed, not yet known
+    /// durable). A lost race (PostgreSQL) retries the whole batch; any other failure of the
+    /// transaction fails every Reserve of the batch (callers retry with the same request_id).
+    /// [`Engine::answer_batch`] answers them once the commit is durable.
+    pub(crate) async fn run_batch(&self, office_id: &str, jobs: Vec<Job>) -> DecidedBatch {
         let mut attempt = 1;
         let outcome = loop {
             match self.reserve_batch_once(office_id, &jobs).await {
@@ -132,10 +140,34 @@ impl Engine {
                 other => break other,
             }
         };
+        DecidedBatch {
+            office_id: office_id.to_string(),
+            jobs,
+            outcome,
+        }
+    }
+
+    /// Answers a decided batch once its commit is durable. The office's worker does not wait for
+    /// this: it decides the next batch while the disk syncs this one (see `store::durability`).
+    pub(crate) async fn answer_batch(&self, batch: DecidedBatch) {
+        let DecidedBatch {
+            office_id,
+            jobs,
+            outcome,
+        } = batch;
+        let outcome = match outcome {
+            Ok(decided) => match self.store.sync().await {
+                Ok(()) => Ok(decided),
+                // Committed but not known durable: no answer may claim it. A retry with the same
+                // request_id gets the stored answer.
+                Err(err) => Err(EngineError::from(err)),
+            },
+            Err(err) => Err(err),
+        };
         match outcome {
             Ok((answers, changed)) => {
                 if changed {
-                    self.hub.office_changed(office_id);
+                    self.hub.office_changed(&office_id);
                 }
                 for (job, answer) in jobs.into_iter().zip(answers) {
                     let _ = job.reply.send(answer);
@@ -181,7 +213,8 @@ impl Engine {
         let expired = self.expire_due_in_tx(conn, &mut office, now).await?;
 
         // Everything the decisions read, fetched once for the whole batch.
-        let office_used = super::queries::office_used_on(conn, office_id, &date).await?;
+        let quota_days = rows::quota_days_of_office(conn, office_id, &date).await?;
+        let office_used: i64 = quota_days.iter().map(|q| q.used()).sum();
         let request_ids: Vec<&str> = jobs.iter().map(|j| j.cmd.request_id.as_str()).collect();
         let answers = rows::stored_answers(conn, &request_ids).await?;
         let nik_hashes: Vec<&str> = jobs.iter().map(|j| j.nik_hash.as_str()).collect();
@@ -212,16 +245,36 @@ impl Engine {
             new_answers: Vec::new(),
             changed: expired > 0,
         };
-        for job in jobs {
-            if !state.points.contains_key(&job.cmd.service_point_id) {
-                let point = self
-                    .load_point(conn, &state, &job.cmd.service_point_id)
-                    .await;
-                if let Err(EngineError::Database(err)) = point {
-                    return Err(EngineError::Database(err));
+        // The batch's service points, their quota rows today and their queues: three reads.
+        let mut point_ids: Vec<&str> = jobs
+            .iter()
+            .map(|j| j.cmd.service_point_id.as_str())
+            .collect();
+        point_ids.sort_unstable();
+        point_ids.dedup();
+        let mut service_points = rows::service_points_among(conn, office_id, &point_ids).await?;
+        let mut quota_days: HashMap<String, QuotaDayRow> = quota_days
+            .into_iter()
+            .map(|q| (q.service_point_id.clone(), q))
+            .collect();
+        let waiting =
+            rows::waiting_by_point(conn, office_id, now - super::QUEUE_REPORT_TTL_MS).await?;
+        for id in point_ids {
+            let point = match service_points.remove(id) {
+                None => Err(EngineError::NotFound {
+                    kind: "service point",
+                    id: format!("{office_id}/{id}"),
+                }),
+                Some(sp) => {
+                    let qd = quota_days.remove(id);
+                    let waiting = waiting.get(id).copied().unwrap_or(0);
+                    self.load_point(conn, &state, sp, qd, waiting).await
                 }
-                state.points.insert(job.cmd.service_point_id.clone(), point);
+            };
+            if let Err(EngineError::Database(err)) = point {
+                return Err(EngineError::Database(err));
             }
+            state.points.insert(id.to_string(), point);
         }
 
         // The decisions, in arrival order, in memory.
@@ -230,7 +283,6 @@ impl Engine {
             .map(|job| self.decide_one(&mut state, &job.cmd, &job.nik_hash))
             .collect();
 
-        // The writes: a few multi-row statements for the whole batch.
         ledger::insert_entries(conn, &state.ledger).await?;
         rows::insert_many(
             conn,
@@ -256,6 +308,7 @@ impl Engine {
             std::mem::take(&mut state.new_answers),
         )
         .await?;
+
         for point in state
             .points
             .values()
@@ -269,39 +322,40 @@ impl Engine {
             rows::update_office_stock(conn, &state.office).await?;
             self.announce_in_tx(conn, office_id).await?;
         }
+
         tx.commit().await?;
         Ok((answers, state.changed))
     }
 
-    /// Loads a service point's state for the batch (NOT_FOUND stays with its Reserves).
+    /// A service point's state for the batch, from its row, its quota row today (created here
+    /// when no transaction has touched the day yet) and its queue.
     async fn load_point(
         &self,
         conn: &mut AnyConnection,
         state: &BatchState,
-        service_point_id: &str,
+        sp: rows::ServicePointRow,
+        qd: Option<QuotaDayRow>,
+        waiting: i64,
     ) -> EngineResult<PointState> {
         let office_id = state.office.office_id.as_str();
-        let sp = Self::service_point_or_not_found(conn, office_id, service_point_id).await?;
-        let qd = super::quota_day_for_update(
-            conn,
-            self.store.for_update(),
-            &state.office,
-            &sp,
-            state.today,
-        )
-        .await?;
-        let waiting = rows::waiting_at(
-            conn,
-            office_id,
-            service_point_id,
-            state.now - super::QUEUE_REPORT_TTL_MS,
-        )
-        .await?;
+        let qd = match qd {
+            Some(qd) => qd,
+            None => {
+                super::quota_day_for_update(
+                    conn,
+                    self.store.for_update(),
+                    &state.office,
+                    &sp,
+                    state.today,
+                )
+                .await?
+            }
+        };
         let policy = policy_of(&sp)?;
         let by_reason = if policy.reason_caps.is_empty() {
             HashMap::new()
         } else {
-            rows::live_counts_by_reason(conn, office_id, service_point_id, &state.date).await?
+            rows::live_counts_by_reason(conn, office_id, &sp.service_point_id, &state.date).await?
         };
         Ok(PointState {
             calendar: calendar_of(&sp),
@@ -385,7 +439,7 @@ impl Engine {
                     qd.priority_used += 1;
                 }
                 check_quota_invariant(&qd)?;
-                let reservation_id = new_reservation_id();
+                let reservation_id = new_reservation_id(state.now);
                 let masked_nik = cmd.nik.masked();
                 let mut entry = NewEntry::of(LedgerEntryKind::Reserve);
                 entry.held_delta = 1;

@@ -52,7 +52,7 @@ impl Engine {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        tx.commit().await?;
+        self.commit_durably(tx).await?;
         let purged = Purged {
             reservations,
             ikd_activations,

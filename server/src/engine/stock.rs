@@ -141,7 +141,7 @@ impl Engine {
                 )
                 .await?;
                 self.announce_in_tx(conn, &office.office_id).await?;
-                tx.commit().await?;
+                self.commit_durably(tx).await?;
                 Ok(response)
             })
             .await?;
@@ -205,7 +205,7 @@ impl Engine {
                 )
                 .await?;
                 self.announce_in_tx(conn, &sp.office_id).await?;
-                tx.commit().await?;
+                self.commit_durably(tx).await?;
                 Ok(response)
             })
             .await?;
@@ -286,7 +286,7 @@ impl Engine {
                 };
                 rows::store_answer(conn, &meta.request_id, "RecordShipment", &meta.fingerprint, &response.encode_to_vec(), now).await?;
                 self.announce_in_tx(conn, office_id).await?;
-                tx.commit().await?;
+                self.commit_durably(tx).await?;
                 Ok(response)
             })
             .await?;
@@ -374,7 +374,7 @@ impl Engine {
                 .await?;
                 self.announce_in_tx(conn, from_office_id).await?;
                 self.announce_in_tx(conn, to_office_id).await?;
-                tx.commit().await?;
+                self.commit_durably(tx).await?;
                 Ok(response)
             })
             .await?;
@@ -423,7 +423,7 @@ impl Engine {
                 };
                 rows::store_answer(conn, &meta.request_id, "AdjustStock", &meta.fingerprint, &response.encode_to_vec(), now).await?;
                 self.announce_in_tx(conn, office_id).await?;
-                tx.commit().await?;
+                self.commit_durably(tx).await?;
                 Ok(response)
             })
             .await?;
@@ -488,7 +488,7 @@ impl Engine {
                 };
                 rows::store_answer(conn, &meta.request_id, "SetQuotaPolicy", &meta.fingerprint, &response.encode_to_vec(), now).await?;
                 self.announce_in_tx(conn, office_id).await?;
-                tx.commit().await?;
+                self.commit_durably(tx).await?;
                 Ok(response)
             })
             .await?;
@@ -525,7 +525,7 @@ impl Engine {
                 .execute(&mut *conn)
                 .await?;
             self.announce_in_tx(conn, office_id).await?;
-            tx.commit().await?;
+            self.commit_durably(tx).await?;
         }
         self.hub.office_changed(office_id);
         let quota = self.get_quota(office_id, service_point_id).await?;

@@ -8,6 +8,7 @@
 //!   so decisions about one office serialize across connections and replicas, while different
 //!   offices proceed in parallel. The one-blank-per-NIK rule across offices is a unique index.
 
+pub mod durability;
 pub mod rows;
 
 use std::path::{Path, PathBuf};
@@ -58,7 +59,9 @@ impl DatabaseKind {
 /// SQLite's `synchronous` setting: what an acknowledged write survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SqliteSync {
-    /// fsync the WAL at every commit: an acknowledged write survives a power loss.
+    /// An acknowledged write survives a power loss: the WAL is fsynced after every commit and
+    /// before anyone is answered (one fsync shared by the commits that finished before it, see
+    /// [`durability`]).
     Full,
     /// fsync only at checkpoints: an acknowledged write survives a process crash (SIGKILL), but
     /// the last commits may be lost on a power loss or OS crash.
@@ -89,6 +92,8 @@ pub struct Store {
     _lock: Option<std::fs::File>,
     /// The SQLite database file, for backups and the NIK key's default place.
     sqlite_path: Option<PathBuf>,
+    /// SQLite with `--sqlite-synchronous full`: the group fsync every commit waits for.
+    wal_sync: Option<durability::WalSync>,
 }
 
 impl Store {
@@ -114,12 +119,18 @@ impl Store {
         }
         let lock = lock_sqlite_file(path)?;
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        let sync = match options.sqlite_sync {
-            SqliteSync::Full => "FULL",
-            SqliteSync::Normal => "NORMAL",
+        // Both settings run the connections with synchronous = NORMAL (no fsync inside COMMIT);
+        // FULL adds the group fsync of the WAL that every commit waits for (see `durability`).
+        let wal_sync = match options.sqlite_sync {
+            SqliteSync::Full => Some(durability::WalSync::new(path)),
+            SqliteSync::Normal => None,
         };
+        // Checkpoints (copying the WAL into the database file, with two fsyncs) run on a reader
+        // connection in the background (`spawn_checkpointer`), not inside a Reserve batch's
+        // COMMIT; the writer's own automatic checkpoint stays as a bound on the WAL's size
+        // should the background one fall behind.
         let pragmas = format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;"
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;"
         );
         let connect = |max: u32| {
             let pragmas = pragmas.clone();
@@ -144,12 +155,14 @@ impl Store {
             .await
             .context("cannot migrate the SQLite database")?;
         let reader = connect(4).await?;
+        spawn_checkpointer(reader.clone());
         Ok(Store {
             kind: DatabaseKind::Sqlite,
             writer,
             reader,
             _lock: Some(lock),
             sqlite_path: Some(path.to_path_buf()),
+            wal_sync,
         })
     }
 
@@ -175,6 +188,7 @@ impl Store {
             reader: pool,
             _lock: None,
             sqlite_path: None,
+            wal_sync: None,
         })
     }
 
@@ -197,6 +211,16 @@ impl Store {
         }
     }
 
+    /// Makes every transaction committed so far durable (SQLite with `--sqlite-synchronous
+    /// full`: the group fsync of the WAL; PostgreSQL's COMMIT is durable by itself; SQLite with
+    /// `normal` promises only to survive a process crash). Call it after COMMIT, before answering.
+    pub async fn sync(&self) -> Result<(), sqlx::Error> {
+        match &self.wal_sync {
+            Some(wal) => wal.sync().await.map_err(sqlx::Error::Io),
+            None => Ok(()),
+        }
+    }
+
     /// The pool for reads.
     pub fn reader(&self) -> &AnyPool {
         &self.reader
@@ -212,6 +236,40 @@ impl Store {
         self.reader.close().await;
         self.writer.close().await;
     }
+}
+
+/// WAL pages after which the writer checkpoints by itself (the background checkpointer normally
+/// keeps the WAL far below: about 64 MiB of 4 KiB pages).
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+/// The WAL file is truncated back to this size after a checkpoint resets it.
+const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// How often the background checkpointer runs.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Checkpoints SQLite's WAL every [`CHECKPOINT_INTERVAL`] on a reader connection (PASSIVE: it
+/// never waits for the writer or for readers), so that the copy into the database file and its
+/// fsyncs happen beside the writer rather than inside one of its commits. Ends when the pool
+/// closes.
+fn spawn_checkpointer(reader: AnyPool) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if reader.is_closed() {
+                break;
+            }
+            if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&reader)
+                .await
+            {
+                if reader.is_closed() {
+                    break;
+                }
+                tracing::warn!(error = %err, "background WAL checkpoint failed; the writer's automatic checkpoint still bounds the WAL");
+            }
+        }
+    });
 }
 
 /// The file path of a `sqlite:` URL, if it is one.
