@@ -7,7 +7,7 @@
 #   examples/go/run.sh prepare   plugins + code generation + build only
 #   examples/go/run.sh           prepare, then run agency-example
 #
-# protoc: $PROTOC when set (a protoc 3.21 or newer, with the well-known types on its include
+# protoc: $PROTOC when set (a protoc 3.15 or newer that finds the well-known types on its include
 # path), else the one bundled in grpcio-tools from the Python example's venv (created by
 # examples/python/run.sh prepare when missing).
 # The example reads BLANGKO_TARGET, BLANGKO_AGENCY_TOKEN, BLANGKO_COUNTER_TOKEN, BLANGKO_OFFICE,
