@@ -28,6 +28,7 @@ import datetime
 import os
 import random
 import sys
+import traceback
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -394,6 +395,10 @@ def main():
         except grpc.RpcError as err:
             print(f"\nFAILED: unexpected RPC error {err.code().name}: {err.details()}", file=sys.stderr)
             print_error(err)
+            print(f"python example: {CHECKS.passed} passed, 1 failed")
+            return 1
+        except Exception:  # e.g. a field the generated code no longer has after a contract change
+            traceback.print_exc()
             print(f"python example: {CHECKS.passed} passed, 1 failed")
             return 1
     print(f"\npython example: {CHECKS.passed} passed, 0 failed")
