@@ -53,6 +53,7 @@ bash "$here/go/run.sh" prepare
 # --- 3. a fresh directory and token file -----------------------------------------------------------
 work="$(mktemp -d "${TMPDIR:-/tmp}/blangko-examples.XXXXXX")"
 server_pid=""
+example_pid=""
 
 stop_server() {
   if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
@@ -81,6 +82,10 @@ show_server_log() {
 
 on_exit() {
   local rc=$?
+  if [[ -n "$example_pid" ]]; then
+    kill -TERM "$example_pid" 2>/dev/null || true
+    wait "$example_pid" 2>/dev/null || true
+  fi
   stop_server
   if [[ $rc -ne 0 ]]; then
     show_server_log
@@ -100,7 +105,7 @@ log "token file with an agency and a counter ($OFFICE/$SERVICE_POINT):"
 "$server" --token-file "$tokens" token list | sed 's/^/  /'
 
 # --- 4. the server ---------------------------------------------------------------------------------
-"$server" \
+NO_COLOR=1 "$server" \
   --listen 127.0.0.1:0 \
   --database "sqlite:$work/blangko.db" \
   --demo \
@@ -142,7 +147,12 @@ run_example() {
   echo
   log "=== $name example ==="
   local start=$SECONDS rc=0
-  BLANGKO_COUNTER_ID="loket-$name" timeout "$EXAMPLE_TIMEOUT_SECS" "$@" || rc=$?
+  # In the background and waited for, so that a signal to this script acts at once (bash runs
+  # traps only between foreground commands); on_exit ends the example too.
+  BLANGKO_COUNTER_ID="loket-$name" timeout "$EXAMPLE_TIMEOUT_SECS" "$@" &
+  example_pid=$!
+  wait "$example_pid" || rc=$?
+  example_pid=""
   if [[ $rc -eq 0 ]]; then
     results+=("$(printf '%-7s OK      (%ss)' "$name" $((SECONDS - start)))")
   else
