@@ -6,6 +6,7 @@ use blangko_proto::v1::{IkdStatus, Reason, SpoilageReason};
 use clap::builder::FalseyValueParser;
 use clap::{ArgAction, Parser, Subcommand};
 
+use crate::commands::report::ReportFormat;
 use crate::output::{Lang, Zone};
 use crate::vocab::{parse_ikd_arg, parse_reason_arg, parse_spoilage_arg};
 
@@ -29,6 +30,11 @@ Examples / Contoh:
   # Live quota, one line per change; the interactive counter screen
   blangko-counter watch
   blangko-counter counter --waiting 25
+
+  # The month's stock report: table, CSV for a spreadsheet, SVG chart
+  blangko-counter --office 3275 report --from 2026-11-01 --to 2026-11-29
+  blangko-counter --office 3275 report --from 2026-11-01 --to 2026-11-29 --format csv --out stok.csv
+  blangko-counter --office 3275 report --from 2026-11-01 --to 2026-11-29 --format svg --out stok.svg
 
   # Machine output, English texts, an office in WITA
   blangko-counter --json --lang en --zone Asia/Makassar status";
@@ -205,6 +211,16 @@ pub enum Command {
         verify: bool,
     },
 
+    /// The office's (--office) daily stock report over a range of its local days (at most 366):
+    /// opening stock, received, transfers in and out, printed, spoiled, stock-take differences,
+    /// closing stock, IKD referrals and activations, and whether it all reconciles.
+    ///
+    /// As a table (Bahasa Indonesia by default; --json gives one JSON object), CSV with a header
+    /// row and one row per day, or an SVG chart. Exit 0 when every day reconciles, 1 when some
+    /// day does not (the days are named), 2 on bad input. Needs a supervisor, agency or admin
+    /// token.
+    Report(ReportArgs),
+
     /// Interactive counter screen, driven line by line from the keyboard (or stdin).
     ///
     /// Shows the remaining quota and this counter's forecast before every prompt. Commands:
@@ -235,6 +251,23 @@ pub struct ReserveArgs {
     /// Idempotency key (default: a fresh random one). Re-using it replays the first answer.
     #[arg(long, env = "BLANGKO_REQUEST_ID")]
     pub request_id: Option<String>,
+}
+
+/// Arguments of `report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// First local day of the report, YYYY-MM-DD.
+    #[arg(long, env = "BLANGKO_REPORT_FROM")]
+    pub from: String,
+    /// Last local day of the report, YYYY-MM-DD (inclusive; not after the office's today).
+    #[arg(long, env = "BLANGKO_REPORT_TO")]
+    pub to: String,
+    /// table, csv or svg.
+    #[arg(long, env = "BLANGKO_REPORT_FORMAT", value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+    /// Write the report to this file instead of stdout (an existing file is replaced).
+    #[arg(long, env = "BLANGKO_REPORT_OUT")]
+    pub out: Option<PathBuf>,
 }
 
 /// Arguments of `watch`.

@@ -98,6 +98,15 @@ pub async fn run(cli: Cli) -> ExitCode {
             .await
         }
         Command::Holds => commands::holds::run(&term, out).await,
+        Command::Report(args) => {
+            let options = commands::report::ReportOptions {
+                from: args.from.clone(),
+                to: args.to.clone(),
+                format: args.format,
+                out: args.out.clone(),
+            };
+            commands::report::run(&term, out, &options).await
+        }
         Command::Ledger { verify } => commands::ledger::run(&term, out, *verify).await,
         Command::Watch(args) => commands::watch::run(&term, out, args).await,
         Command::Queue(args) => {

@@ -15,6 +15,7 @@ use crate::config::{Command, Config, TokenCommand};
 pub async fn run(config: Config) -> ExitCode {
     let result = match &config.command {
         Some(Command::Token(cmd)) => token_command(&config, cmd),
+        Some(Command::Backup { to }) => backup_command(&config, to).await,
         None => {
             init_tracing(&config);
             serve(config).await
@@ -90,6 +91,37 @@ fn token_command(config: &Config, cmd: &TokenCommand) -> anyhow::Result<()> {
                 "blangko-server: revoked '{name}'; send SIGHUP to running servers to make it take effect"
             );
         }
+    }
+    Ok(())
+}
+
+/// `backup --to FILE` of the SQLite database named by --database.
+async fn backup_command(config: &Config, to: &std::path::Path) -> anyhow::Result<()> {
+    use crate::store::backup::{self, KeyCopy};
+    let key_in_environment = std::env::var_os("BLANGKO_NIK_KEY").is_some();
+    let report = backup::backup(
+        &config.database,
+        config.nik_key_file.as_deref(),
+        key_in_environment,
+        to,
+    )
+    .await?;
+    println!(
+        "backup written to {} ({} bytes, {} offices, {} ledger entries; SQLite integrity check ok)",
+        report.database.display(),
+        report.bytes,
+        report.offices,
+        report.ledger_entries
+    );
+    match &report.key {
+        KeyCopy::Copied(path) => println!(
+            "NIK key copied to {} (mode 0600): keep it with the backup and as secret as the original; \
+             without it the backup's NIK hashes cannot be matched",
+            path.display()
+        ),
+        KeyCopy::InEnvironment => println!(
+            "NIK key: the servers read it from BLANGKO_NIK_KEY, so it was not copied; keep that key with the backup"
+        ),
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ pub enum LogFormat {
     long_about = "Records shipments, spoiled blanks and stock-takes, and enforces each office's daily quota \
 atomically. With no arguments it listens on 127.0.0.1:50051 and keeps its data in the embedded SQLite \
 file ./blangko.db (created on first start).",
-    after_help = "Examples:\n  blangko-server\n  blangko-server --demo\n  blangko-server --token-file tokens.txt token add loket-1 --role counter --office 3275 --service-points mpp\n  blangko-server --listen 0.0.0.0:50051 --token-file tokens.txt --tls-cert server.pem --tls-key server.key \\\n      --database postgres://blangko@db/blangko --nik-key-file /run/secrets/nik.key"
+    after_help = "Examples:\n  blangko-server\n  blangko-server --demo\n  blangko-server --token-file tokens.txt token add loket-1 --role counter --office 3275 --service-points mpp\n  blangko-server backup --database sqlite:blangko.db --to /backup/blangko-2026-11-29.db\n  blangko-server --listen 0.0.0.0:50051 --token-file tokens.txt --tls-cert server.pem --tls-key server.key \\\n      --database postgres://blangko@db/blangko --nik-key-file /run/secrets/nik.key"
 )]
 pub struct Config {
     /// Address to listen on for gRPC (port 0 picks a free port; the chosen address is printed).
@@ -39,7 +39,8 @@ pub struct Config {
     #[arg(
         long,
         env = "BLANGKO_DATABASE_URL",
-        default_value = "sqlite:blangko.db"
+        default_value = "sqlite:blangko.db",
+        global = true
     )]
     pub database: String,
 
@@ -54,7 +55,7 @@ pub struct Config {
     /// File holding the 64-hex-character key that hashes NIKs. Required with PostgreSQL (every
     /// replica must use the same key). With SQLite it defaults to DATABASE_FILE.nikkey, generated
     /// on first start with mode 0600.
-    #[arg(long, env = "BLANGKO_NIK_KEY_FILE")]
+    #[arg(long, env = "BLANGKO_NIK_KEY_FILE", global = true)]
     pub nik_key_file: Option<PathBuf>,
 
     /// Seed demonstration offices on start (Kota Bekasi 3275, Kabupaten Bandung 3204, Kabupaten
@@ -144,6 +145,13 @@ pub enum Command {
     /// Manage the token file (--token-file): add, list or revoke principals.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Copy a SQLite database (--database) consistently while a server runs on it, and its NIK
+    /// key beside the copy (FILE.nikkey, mode 0600). Never overwrites; PostgreSQL: use pg_dump.
+    Backup {
+        /// The new backup file (must not exist).
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 /// A role in the token file.

@@ -348,6 +348,27 @@ async fn a_spoiled_blank_with_no_blank_left_cancels_the_hold_with_an_ikd_referra
         assert_eq!((answer.on_hand, answer.available), (0, 0));
         let s = stock_of(&server).await?;
         assert_eq!((s.on_hand, s.held), (0, 0));
+        // The day's stock report counts the blank as spoiled and the answer as an IKD referral.
+        let today = stock
+            .get_stock_report(GetStockReportRequest {
+                office_id: "3275".into(),
+                from_date: s.local_date.clone(),
+                to_date: s.local_date.clone(),
+            })
+            .await?
+            .into_inner();
+        let day = today.days.first().cloned().unwrap_or_default();
+        assert_eq!(
+            (
+                day.received,
+                day.spoiled,
+                day.closing_on_hand,
+                day.ikd_referrals
+            ),
+            (1, 1, 0, 1),
+            "{day:?}"
+        );
+        assert!(today.reconciled);
         Ok(())
     })
     .await

@@ -93,6 +93,11 @@ const MATRIX: &[(&str, &[&str], &[&str])] = &[
         &["supervisor", "agency", "admin"],
         &["agency", "admin"],
     ),
+    (
+        "GetStockReport",
+        &["supervisor", "agency", "admin"],
+        &["agency", "admin"],
+    ),
     // Open to everyone.
     (
         "GetServerInfo",
@@ -371,6 +376,27 @@ async fn call(
             })
             .await
             .map(drop),
+        "GetStockReport" => {
+            // The office's today, whatever the machine's date: the range must not be in the future.
+            let today = admin
+                .stock
+                .get_stock(GetStockRequest {
+                    office_id: office_id.into(),
+                })
+                .await?
+                .into_inner()
+                .stock
+                .unwrap_or_default()
+                .local_date;
+            who.stock
+                .get_stock_report(GetStockReportRequest {
+                    office_id: office_id.into(),
+                    from_date: today.clone(),
+                    to_date: today,
+                })
+                .await
+                .map(drop)
+        }
         "GetServerInfo" => who
             .stock
             .get_server_info(GetServerInfoRequest {})

@@ -4,6 +4,7 @@
 pub mod announce;
 pub mod holds;
 pub mod ledger;
+pub mod report;
 pub mod reservation;
 pub mod reserve;
 pub mod status;

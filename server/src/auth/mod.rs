@@ -11,8 +11,8 @@
 //! - `counter`: CounterService for its own office, limited to its service points when the token
 //!   names some;
 //! - `supervisor`: StockService writes and reads and CounterService, for its own office only;
-//! - `agency`: read-only across offices: GetStock, ListStock, ListLedgerEntries, VerifyLedger and
-//!   GetQuota;
+//! - `agency`: read-only across offices: GetStock, ListStock, ListLedgerEntries, VerifyLedger,
+//!   GetStockReport and GetQuota;
 //! - `admin`: everything.
 //!
 //! Health, reflection and GetServerInfo need no token. Without a token file (allowed on a
@@ -131,6 +131,8 @@ pub enum Rpc {
     ListLedgerEntries,
     /// StockService.VerifyLedger.
     VerifyLedger,
+    /// StockService.GetStockReport.
+    GetStockReport,
 }
 
 impl Rpc {
@@ -153,7 +155,7 @@ impl Rpc {
             | Rpc::TransferStock
             | Rpc::AdjustStock
             | Rpc::SetQuotaPolicy => &[Supervisor, Admin],
-            Rpc::GetStock | Rpc::ListLedgerEntries | Rpc::VerifyLedger => {
+            Rpc::GetStock | Rpc::ListLedgerEntries | Rpc::VerifyLedger | Rpc::GetStockReport => {
                 &[Supervisor, Agency, Admin]
             }
             Rpc::ListStock => &[Agency, Admin],

@@ -558,7 +558,7 @@ impl Engine {
                 let sp = Self::service_point_or_not_found(conn, &r.office_id, &r.service_point_id)
                     .await?;
                 let policy = policy_of(&sp)?;
-                response.ikd_referral = Some(referral(
+                let referral = referral(
                     ReferralKind::OutOfStock,
                     zone,
                     today,
@@ -567,7 +567,9 @@ impl Engine {
                     &policy,
                     &qd,
                     &calendar_of(&sp),
-                ));
+                );
+                rows::add_ikd_referrals(conn, &office.office_id, &date, referral.cause, 1).await?;
+                response.ikd_referral = Some(referral);
             }
             response.reservation = Some(reservation_to_proto(&r, false));
         }

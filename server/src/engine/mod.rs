@@ -5,6 +5,7 @@
 //! - `stock.rs`: offices, service points, shipments, transfers, stock-takes, quota policies;
 //! - `queries.rs`: snapshots, stock levels, listings (read-only);
 //! - `ledger.rs`: the hash-chained stock ledger;
+//! - `report.rs`: the daily stock report, computed from the ledger;
 //! - `watch.rs`: live quota snapshots for WatchQuota;
 //! - `sweeper.rs`: the background task that expires holds.
 
@@ -14,6 +15,7 @@ pub mod holds;
 pub mod ledger;
 pub mod notify;
 pub mod queries;
+pub mod report;
 pub mod reserve;
 pub mod retention;
 pub mod scope;

@@ -100,6 +100,8 @@ struct BatchState {
     reservations: Vec<ReservationRow>,
     new_answers: Vec<Vec<rows::Value>>,
     changed: bool,
+    /// IKD referrals given in this batch, by cause (counted for the daily stock report).
+    referrals: HashMap<i32, i64>,
 }
 
 impl Engine {
@@ -244,6 +246,7 @@ impl Engine {
             reservations: Vec::new(),
             new_answers: Vec::new(),
             changed: expired > 0,
+            referrals: HashMap::new(),
         };
         // The batch's service points, their quota rows today and their queues: three reads.
         let mut point_ids: Vec<&str> = jobs
@@ -308,7 +311,9 @@ impl Engine {
             std::mem::take(&mut state.new_answers),
         )
         .await?;
-
+        for (cause, referrals) in &state.referrals {
+            rows::add_ikd_referrals(conn, office_id, &state.date, *cause, *referrals).await?;
+        }
         for point in state
             .points
             .values()
@@ -322,7 +327,6 @@ impl Engine {
             rows::update_office_stock(conn, &state.office).await?;
             self.announce_in_tx(conn, office_id).await?;
         }
-
         tx.commit().await?;
         Ok((answers, state.changed))
     }
@@ -419,16 +423,20 @@ impl Engine {
         }
 
         let outcome = match admission(state, point, cmd, nik_hash)? {
-            Some(cause) => Outcome::IkdReferral(referral(
-                cause,
-                state.zone,
-                state.today,
-                state.now,
-                &state.office,
-                &point.policy,
-                &point.qd,
-                &point.calendar,
-            )),
+            Some(cause) => {
+                let referral = referral(
+                    cause,
+                    state.zone,
+                    state.today,
+                    state.now,
+                    &state.office,
+                    &point.policy,
+                    &point.qd,
+                    &point.calendar,
+                );
+                *state.referrals.entry(referral.cause).or_insert(0) += 1;
+                Outcome::IkdReferral(referral)
+            }
             None => {
                 // Work on copies; they replace the batch's state only once all is built.
                 let is_priority = priority_reasons(&point.policy).contains(&cmd.reason);

@@ -497,6 +497,25 @@ impl StockService for StockApi {
         Ok(Response::new(VerifyLedgerResponse { chains, intact }))
     }
 
+    async fn get_stock_report(
+        &self,
+        request: Request<GetStockReportRequest>,
+    ) -> Result<Response<GetStockReportResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        who.allow(Rpc::GetStockReport, Scope::Office(&r.office_id))?;
+        let mut c = Checker::new();
+        c.office_id("office_id", &r.office_id);
+        let from = c.required_date("from_date", &r.from_date);
+        let to = c.required_date("to_date", &r.to_date);
+        c.finish()?;
+        let (Some(from), Some(to)) = (from, to) else {
+            return Err(Status::internal("validated dates are missing"));
+        };
+        let report = self.engine.stock_report(&r.office_id, from, to).await?;
+        Ok(Response::new(report))
+    }
+
     async fn get_server_info(
         &self,
         _request: Request<GetServerInfoRequest>,

@@ -174,6 +174,15 @@ impl Checker {
         }
     }
 
+    /// A required local date "YYYY-MM-DD".
+    pub fn required_date(&mut self, field: &str, value: &str) -> Option<NaiveDate> {
+        if value.is_empty() {
+            self.fail(field, "is required (a local date, YYYY-MM-DD)");
+            return None;
+        }
+        self.optional_date(field, value)
+    }
+
     /// An optional local time "HH:MM".
     pub fn optional_time(&mut self, field: &str, value: &str) {
         if !value.is_empty()

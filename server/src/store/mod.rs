@@ -8,6 +8,7 @@
 //!   so decisions about one office serialize across connections and replicas, while different
 //!   offices proceed in parallel. The one-blank-per-NIK rule across offices is a unique index.
 
+pub mod backup;
 pub mod durability;
 pub mod rows;
 

@@ -904,3 +904,46 @@ pub fn reservation_values(r: &ReservationRow) -> Vec<Value> {
         Value::Int(r.spoiled_count),
     ]
 }
+
+/// Counts `referrals` more IKD referrals of `cause` at an office on a local day (the daily stock
+/// report reads them back with [`ikd_referrals_between`]).
+pub async fn add_ikd_referrals(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    local_date: &str,
+    cause: i32,
+    referrals: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO ikd_referral_days (office_id, local_date, cause, referrals) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (office_id, local_date, cause) DO UPDATE SET referrals = ikd_referral_days.referrals + excluded.referrals",
+    )
+    .bind(office_id)
+    .bind(local_date)
+    .bind(i64::from(cause))
+    .bind(referrals)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// IKD referrals of an office per local day (all causes), for days `from_date..=to_date`.
+pub async fn ikd_referrals_between(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    from_date: &str,
+    to_date: &str,
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT local_date, CAST(SUM(referrals) AS BIGINT) AS referrals FROM ikd_referral_days
+         WHERE office_id = $1 AND local_date >= $2 AND local_date <= $3 GROUP BY local_date",
+    )
+    .bind(office_id)
+    .bind(from_date)
+    .bind(to_date)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("local_date")?, r.try_get("referrals")?)))
+        .collect()
+}

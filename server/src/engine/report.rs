@@ -1,0 +1,256 @@
+//! The daily stock report (GetStockReport): per local day of an office, the opening stock, what
+//! came in and went out by kind, the closing stock, IKD referrals and activations.
+//!
+//! Everything comes from the database in one read-only snapshot: the movements are sums of the
+//! ledger's `on_hand_delta` by kind, the opening and closing stocks are the ledger's own balance
+//! column (`on_hand_after` of the last entry before the day began or ended), so "balanced"
+//! checks the balance column against the deltas rather than restating one sum. A ledger entry
+//! counts on the office-local day of its `recorded_ms` (when the blank physically moved); IKD
+//! referrals move no blank and are counted per local day in `ikd_referral_days`.
+
+use std::collections::HashMap;
+
+use blangko_proto::v1::{GetStockReportResponse, LedgerEntryKind, StockReportDay};
+use chrono::NaiveDate;
+use sqlx::{Acquire, Row};
+
+use super::{Engine, EngineError, EngineResult, FieldViolation, zone_of};
+use crate::domain::calendar::format_local_date;
+use crate::store::DatabaseKind;
+use crate::store::rows;
+
+/// Most days in one report (a leap year): the report's work and answer size stay bounded.
+pub const MAX_REPORT_DAYS: i64 = 366;
+
+/// Milliseconds in a day (office zones have fixed offsets, no DST).
+const DAY_MS: i64 = 86_400_000;
+
+/// One day's sums, before they become a row.
+#[derive(Default, Clone, Copy)]
+struct Sums {
+    received: i64,
+    transferred_in: i64,
+    transferred_out: i64,
+    printed: i64,
+    spoiled: i64,
+    stock_take: i64,
+    ikd_activations: i64,
+}
+
+impl Engine {
+    /// The daily stock report of `office_id` for the local days `from..=to` (validated by the
+    /// caller for form; here against the office's today and the range limit).
+    pub async fn stock_report(
+        &self,
+        office_id: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> EngineResult<GetStockReportResponse> {
+        let mut pooled = self.store.reader().acquire().await?;
+        let mut tx = pooled.begin().await?;
+        if self.store.kind() == DatabaseKind::Postgres {
+            // One snapshot for every query below, so the figures add up even while counters work.
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let conn: &mut sqlx::AnyConnection = &mut tx;
+        let office = Self::office_or_not_found(conn, office_id, "").await?;
+        let zone = zone_of(&office)?;
+        let today = zone.local_date(self.clock.now_ms());
+        check_range(from, to, today)?;
+
+        let offset_ms = i64::from(zone.utc_offset_secs()) * 1000;
+        let start_ms = zone.start_of_day_ms(from);
+        let end_ms = zone.start_of_day_ms(to) + DAY_MS;
+        let first_index = (start_ms + offset_ms).div_euclid(DAY_MS);
+
+        // The balance before the first day: the last entry recorded before it began.
+        let opening: i64 = sqlx::query(
+            "SELECT on_hand_after FROM ledger WHERE office_id = $1 AND recorded_ms < $2
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(office_id)
+        .bind(start_ms)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.try_get("on_hand_after"))
+        .transpose()?
+        .unwrap_or(0);
+
+        // The movements, summed per local day (an integer day index in the office's zone) and kind.
+        let kinds = [
+            LedgerEntryKind::Shipment,
+            LedgerEntryKind::TransferIn,
+            LedgerEntryKind::TransferOut,
+            LedgerEntryKind::Commit,
+            LedgerEntryKind::Spoiled,
+            LedgerEntryKind::StockTake,
+            LedgerEntryKind::IkdActivation,
+        ];
+        let kind_list = kinds
+            .iter()
+            .map(|k| (*k as i32).to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sums_sql = format!(
+            "SELECT (recorded_ms + $1) / {DAY_MS} AS day_index, kind,
+                    CAST(SUM(on_hand_delta) AS BIGINT) AS delta, CAST(COUNT(*) AS BIGINT) AS entries
+             FROM ledger WHERE office_id = $2 AND recorded_ms >= $3 AND recorded_ms < $4
+               AND kind IN ({kind_list})
+             GROUP BY (recorded_ms + $1) / {DAY_MS}, kind"
+        );
+        let mut sums: HashMap<i64, Sums> = HashMap::new();
+        for r in sqlx::query(&sums_sql)
+            .bind(offset_ms)
+            .bind(office_id)
+            .bind(start_ms)
+            .bind(end_ms)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            let day: i64 = r.try_get("day_index")?;
+            let kind: i64 = r.try_get("kind")?;
+            let delta: i64 = r.try_get("delta")?;
+            let entries: i64 = r.try_get("entries")?;
+            let s = sums.entry(day).or_default();
+            match LedgerEntryKind::try_from(kind as i32) {
+                Ok(LedgerEntryKind::Shipment) => s.received += delta,
+                Ok(LedgerEntryKind::TransferIn) => s.transferred_in += delta,
+                Ok(LedgerEntryKind::TransferOut) => s.transferred_out -= delta,
+                Ok(LedgerEntryKind::Commit) => s.printed -= delta,
+                Ok(LedgerEntryKind::Spoiled) => s.spoiled -= delta,
+                Ok(LedgerEntryKind::StockTake) => s.stock_take += delta,
+                Ok(LedgerEntryKind::IkdActivation) => s.ikd_activations += entries,
+                _ => {}
+            }
+        }
+
+        // The balance at the end of each day that has entries: the last entry recorded in it.
+        let closing_sql = format!(
+            "SELECT (recorded_ms + $1) / {DAY_MS} AS day_index, on_hand_after FROM ledger
+             WHERE office_id = $2 AND seq IN (
+                 SELECT MAX(seq) FROM ledger WHERE office_id = $2 AND recorded_ms >= $3 AND recorded_ms < $4
+                 GROUP BY (recorded_ms + $1) / {DAY_MS})"
+        );
+        let mut closing_of: HashMap<i64, i64> = HashMap::new();
+        for r in sqlx::query(&closing_sql)
+            .bind(offset_ms)
+            .bind(office_id)
+            .bind(start_ms)
+            .bind(end_ms)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            closing_of.insert(r.try_get("day_index")?, r.try_get("on_hand_after")?);
+        }
+
+        let referrals = rows::ikd_referrals_between(
+            conn,
+            office_id,
+            &format_local_date(from),
+            &format_local_date(to),
+        )
+        .await?;
+        tx.commit().await?;
+
+        let mut days = Vec::new();
+        let mut open = opening;
+        let mut previous_close: Option<i64> = None;
+        let mut reconciled = true;
+        let mut date = from;
+        let mut index = first_index;
+        while date <= to {
+            let s = sums.get(&index).copied().unwrap_or_default();
+            // A day without entries keeps the stock it began with.
+            let close = closing_of.get(&index).copied().unwrap_or(open);
+            let computed =
+                open + s.received + s.transferred_in - s.transferred_out - s.printed - s.spoiled
+                    + s.stock_take;
+            let balanced = computed == close;
+            if !balanced || previous_close.is_some_and(|p| p != open) {
+                reconciled = false;
+            }
+            let local_date = format_local_date(date);
+            days.push(StockReportDay {
+                ikd_referrals: referrals.get(&local_date).copied().unwrap_or(0).max(0) as u64,
+                local_date,
+                opening_on_hand: open.max(0) as u64,
+                received: s.received.max(0) as u64,
+                transferred_in: s.transferred_in.max(0) as u64,
+                transferred_out: s.transferred_out.max(0) as u64,
+                printed: s.printed.max(0) as u64,
+                spoiled: s.spoiled.max(0) as u64,
+                stock_take_difference: s.stock_take,
+                closing_on_hand: close.max(0) as u64,
+                ikd_activations: s.ikd_activations.max(0) as u64,
+                balanced,
+            });
+            previous_close = Some(close);
+            open = close;
+            index += 1;
+            date = match date.succ_opt() {
+                Some(d) => d,
+                None => break,
+            };
+        }
+        Ok(GetStockReportResponse {
+            office_id: office.office_id.clone(),
+            office_name: office.name.clone(),
+            time_zone: office.time_zone.clone(),
+            days,
+            reconciled,
+            ledger_sequence: office.ledger_seq.max(0) as u64,
+        })
+    }
+}
+
+/// The range must be ordered, end no later than the office's today and span at most
+/// [`MAX_REPORT_DAYS`] days.
+fn check_range(from: NaiveDate, to: NaiveDate, today: NaiveDate) -> EngineResult<()> {
+    let mut violations = Vec::new();
+    if to < from {
+        violations.push(FieldViolation::new(
+            "to_date",
+            format!("must not be before from_date ({from})"),
+        ));
+    } else if (to - from).num_days() + 1 > MAX_REPORT_DAYS {
+        violations.push(FieldViolation::new(
+            "to_date",
+            format!(
+                "the report may span at most {MAX_REPORT_DAYS} days, got {}",
+                (to - from).num_days() + 1
+            ),
+        ));
+    }
+    if to > today {
+        violations.push(FieldViolation::new(
+            "to_date",
+            format!("must not be after the office's today ({today})"),
+        ));
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(violations))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        crate::domain::calendar::parse_local_date(s).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_range_is_ordered_bounded_and_not_in_the_future() {
+        let today = d("2026-11-29");
+        assert!(check_range(d("2026-11-01"), d("2026-11-29"), today).is_ok());
+        assert!(check_range(d("2025-11-29"), d("2026-11-29"), today).is_ok()); // 366 days
+        assert!(check_range(d("2025-11-28"), d("2026-11-29"), today).is_err()); // 367 days
+        assert!(check_range(d("2026-11-10"), d("2026-11-09"), today).is_err());
+        assert!(check_range(d("2026-11-29"), d("2026-11-30"), today).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! `blangko-server backup`: a consistent online copy of a SQLite database, taken while a server
+//! runs on it, plus the NIK key that makes the copy usable.
+//!
+//! The copy is SQLite's `VACUUM INTO` over a connection of its own: one read transaction, so the
+//! copy is the database as of one instant (WAL mode: the server's writes go on meanwhile; readers
+//! and the writer do not block each other). It does not take the server's lock file
+//! (`<db>.lock`) and writes nothing to the source. A backup without the NIK key is useless for
+//! the one-person-one-blank rule (stored NIK hashes could not be matched again), so the key file
+//! is copied beside the backup as `<backup>.nikkey` with mode 0600 — where a server started on the
+//! backup looks for it by default. PostgreSQL is refused with a pointer to its own tools.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use sqlx::{Connection, Row};
+
+use super::sqlite_path;
+use crate::nik_key::default_key_path;
+
+/// How long the copy's connection waits for a lock the server holds briefly (e.g. a checkpoint).
+const BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// What a backup wrote.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    /// The copy of the database.
+    pub database: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Ledger entries in the copy (all offices).
+    pub ledger_entries: i64,
+    /// Offices in the copy.
+    pub offices: i64,
+    /// Where the NIK key went (copied beside the backup), or why it was not copied.
+    pub key: KeyCopy,
+}
+
+/// What happened to the NIK key.
+#[derive(Debug, Clone)]
+pub enum KeyCopy {
+    /// Copied to this file (mode 0600).
+    Copied(PathBuf),
+    /// The running servers take the key from the environment (BLANGKO_NIK_KEY): nothing to copy.
+    InEnvironment,
+}
+
+/// Copies the SQLite database of `database_url` to `to` (which must not exist) and its NIK key
+/// (`nik_key_file`, or the default `<db>.nikkey`) to `<to>.nikkey`.
+pub async fn backup(
+    database_url: &str,
+    nik_key_file: Option<&Path>,
+    key_in_environment: bool,
+    to: &Path,
+) -> anyhow::Result<BackupReport> {
+    let Some(source) = sqlite_path(database_url) else {
+        if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
+            bail!(
+                "`backup` copies SQLite databases only. For PostgreSQL use its own tools: \
+                 `pg_dump --format=custom --file=blangko.dump URL` (restore with `pg_restore --dbname=URL blangko.dump`) \
+                 or `pg_basebackup` for a physical copy; keep the NIK key file (--nik-key-file) with the dump"
+            );
+        }
+        bail!("unsupported database URL (expected sqlite:PATH): {database_url}");
+    };
+    if !source.is_file() {
+        bail!("no SQLite database at {}", source.display());
+    }
+    let key_to = key_path_beside(to);
+    for target in [to, key_to.as_path()] {
+        if target.exists() {
+            bail!(
+                "{} already exists; a backup never overwrites a file (choose a new name)",
+                target.display()
+            );
+        }
+    }
+    let key_from = nik_key_file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default_key_path(&source));
+    if !key_in_environment && !key_from.is_file() {
+        bail!(
+            "the NIK key {} is missing; without it a backup cannot be used (give --nik-key-file)",
+            key_from.display()
+        );
+    }
+
+    // Read-only, no lock file: the running server keeps its exclusive lock and its writer.
+    let url = format!("sqlite://{}?mode=ro", source.display());
+    let mut conn = sqlx::sqlite::SqliteConnection::connect(&url)
+        .await
+        .with_context(|| format!("cannot open {} for reading", source.display()))?;
+    sqlx::query(&format!("PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}"))
+        .execute(&mut conn)
+        .await?;
+    let target = to
+        .to_str()
+        .context("the backup path must be valid UTF-8")?
+        .to_string();
+    sqlx::query("VACUUM INTO $1")
+        .bind(&target)
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("cannot write the backup {}", to.display()))?;
+    conn.close().await?;
+
+    // Check the copy itself: SQLite's integrity check and what it holds.
+    let mut copy = sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{target}?mode=ro"))
+        .await
+        .with_context(|| format!("cannot open the backup {}", to.display()))?;
+    let check: String = sqlx::query("PRAGMA integrity_check")
+        .fetch_one(&mut copy)
+        .await?
+        .try_get(0)?;
+    if check != "ok" {
+        bail!(
+            "the backup {} fails SQLite's integrity check: {check}",
+            to.display()
+        );
+    }
+    let ledger_entries: i64 = sqlx::query("SELECT COUNT(*) FROM ledger")
+        .fetch_one(&mut copy)
+        .await?
+        .try_get(0)?;
+    let offices: i64 = sqlx::query("SELECT COUNT(*) FROM offices")
+        .fetch_one(&mut copy)
+        .await?
+        .try_get(0)?;
+    copy.close().await?;
+    let bytes = std::fs::metadata(to)?.len();
+
+    let key = if key_in_environment {
+        KeyCopy::InEnvironment
+    } else {
+        copy_key(&key_from, &key_to)?;
+        KeyCopy::Copied(key_to)
+    };
+    Ok(BackupReport {
+        database: to.to_path_buf(),
+        bytes,
+        ledger_entries,
+        offices,
+        key,
+    })
+}
+
+/// `backup.db` → `backup.db.nikkey`: where a server started on the backup looks for its key.
+pub fn key_path_beside(backup: &Path) -> PathBuf {
+    default_key_path(backup)
+}
+
+/// Copies the key to a new file readable by its owner only.
+fn copy_key(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let key = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(to)
+        .with_context(|| format!("cannot create {}", to.display()))?;
+    file.write_all(&key)?;
+    file.sync_all()?;
+    Ok(())
+}

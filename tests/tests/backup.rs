@@ -1,0 +1,234 @@
+//! `blangko-server backup`: an online copy of a running server's SQLite database. Reserves and
+//! commits keep flowing while the backup is taken; afterwards a server started on the copy
+//! serves, its ledger verifies, its held and committed counts match its own reservations, and
+//! the copied NIK key still recognises an applicant; the original server kept serving throughout
+//! and lost nothing. The backup refuses to overwrite a file and refuses PostgreSQL.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use blangko_e2e::fixtures::{all_reservations, office_with_point, reserve_request, rid};
+use blangko_e2e::{TestDatabase, TestServer, server_bin};
+use blangko_proto::v1::reserve_response::Outcome;
+use blangko_proto::v1::*;
+
+/// Applicants reserved during the test; the backup is taken after the first BACKUP_AFTER.
+const APPLICANTS: u32 = 240;
+const BACKUP_AFTER: u32 = 60;
+/// Pause between two applicants: 180 applicants after the backup starts take several seconds.
+const PACE: Duration = Duration::from_millis(25);
+
+/// Runs `blangko-server ARGS` and gives (exit code, stdout, stderr).
+async fn server_command(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(server_bin())
+            .args(args)
+            .env_remove("BLANGKO_NIK_KEY")
+            .output(),
+    )
+    .await??;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[cfg(unix)]
+fn mode_of(path: &Path) -> anyhow::Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_backup_is_consistent_and_serves_while_the_original_goes_on() -> anyhow::Result<()>
+{
+    let db = TestDatabase::sqlite().await?;
+    let source = db
+        .sqlite_file()
+        .ok_or_else(|| anyhow::anyhow!("not SQLite"))?;
+    let server = TestServer::spawn_process_on(db.clone(), &[]).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 1000, 1000).await?;
+
+    let backup_file = db.dir.path().join("backup").join("blangko-copy.db");
+    std::fs::create_dir_all(backup_file.parent().unwrap_or(db.dir.path()))?;
+    let backup_arg = backup_file.display().to_string();
+    let database_arg = format!("sqlite:{}", source.display());
+    let key_arg = db.nik_key_file.display().to_string();
+
+    // Counters at work: every applicant reserved, every third card printed at once.
+    let mut counter = server.counter_client().await?;
+    let (going, mut started_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut going = Some(going);
+    let work = tokio::spawn(async move {
+        let mut reserved = Vec::new();
+        for n in 0..APPLICANTS {
+            let answer = counter
+                .reserve(reserve_request("3275", "main", n))
+                .await?
+                .into_inner();
+            let Some(Outcome::Reservation(r)) = answer.outcome else {
+                anyhow::bail!("applicant {n} was not reserved");
+            };
+            if n % 3 == 0 {
+                counter
+                    .commit_reservation(CommitReservationRequest {
+                        request_id: rid(),
+                        reservation_id: r.reservation_id.clone(),
+                    })
+                    .await?;
+            }
+            reserved.push(r.reservation_id);
+            if n + 1 == BACKUP_AFTER
+                && let Some(going) = going.take()
+            {
+                // Tell the test to take the backup now, and keep going.
+                let _ = going.send(());
+            }
+            // The pace of busy counters, so the backup is taken while they are at work.
+            tokio::time::sleep(PACE).await;
+        }
+        Ok(reserved)
+    });
+
+    // Once the counters are past BACKUP_AFTER applicants, back up while they go on.
+    tokio::time::timeout(Duration::from_secs(60), &mut started_rx).await??;
+    let mut counter = server.counter_client().await?;
+    let started = Instant::now();
+    let (code, said, err) = server_command(&[
+        "backup",
+        "--database",
+        &database_arg,
+        "--nik-key-file",
+        &key_arg,
+        "--to",
+        &backup_arg,
+    ])
+    .await?;
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{said}{err}");
+    assert!(said.contains("backup written to"), "{said}");
+    assert!(said.contains("NIK key copied to"), "{said}");
+    assert!(took < Duration::from_secs(30), "the backup took {took:?}");
+    assert!(
+        !work.is_finished(),
+        "the counters finished before the backup did: it was not taken mid-way"
+    );
+
+    let reserved = work.await??;
+    assert_eq!(reserved.len() as u32, APPLICANTS);
+
+    // The key beside the backup: the same key, readable by its owner only.
+    let backup_key = db.dir.path().join("backup").join("blangko-copy.db.nikkey");
+    assert_eq!(
+        std::fs::read(&backup_key)?,
+        std::fs::read(&db.nik_key_file)?
+    );
+    #[cfg(unix)]
+    assert_eq!(mode_of(&backup_key)?, 0o600);
+
+    // The original kept serving and lost nothing.
+    let original = all_reservations(&mut counter, "3275").await?;
+    assert_eq!(original.len() as u32, APPLICANTS);
+    counter
+        .reserve(reserve_request("3275", "main", APPLICANTS))
+        .await?;
+
+    // A server on the copy (its own lock file, the copied key found by default).
+    let copy_database = format!("sqlite:{backup_arg}");
+    let copy = TestServer::spawn_process_on(
+        db.clone(),
+        &[
+            "--database",
+            &copy_database,
+            "--nik-key-file",
+            &backup_key.display().to_string(),
+        ],
+    )
+    .await?;
+    let mut copy_stock = copy.stock_client().await?;
+    let mut copy_counter = copy.counter_client().await?;
+    let verified = copy_stock
+        .verify_ledger(VerifyLedgerRequest {
+            office_id: "3275".into(),
+            published_head_hash: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert!(verified.intact, "{verified:?}");
+
+    // A snapshot of one instant: between the applicants seen before and all of them.
+    let copied = all_reservations(&mut copy_counter, "3275").await?;
+    let n = copied.len() as u32;
+    assert!(
+        (BACKUP_AFTER..APPLICANTS).contains(&n),
+        "the backup holds {n} reservations"
+    );
+    let count = |state: ReservationState| copied.iter().filter(|r| r.state == state as i32).count();
+    let held = count(ReservationState::Held) as u64;
+    let committed = count(ReservationState::Committed) as u64;
+    assert_eq!(held + committed, u64::from(n));
+    let level = copy_stock
+        .get_stock(GetStockRequest {
+            office_id: "3275".into(),
+        })
+        .await?
+        .into_inner()
+        .stock
+        .unwrap_or_default();
+    assert_eq!(u64::from(level.held), held);
+    assert_eq!(u64::from(level.on_hand), 1000 - committed);
+    let quota = copy_counter
+        .get_quota(GetQuotaRequest {
+            office_id: "3275".into(),
+            service_point_id: "main".into(),
+        })
+        .await?
+        .into_inner()
+        .quota
+        .unwrap_or_default();
+    assert_eq!(u64::from(quota.held), held);
+    assert_eq!(u64::from(quota.committed), committed);
+
+    // The copied key still recognises an applicant: the same NIK gets the same reservation.
+    let again = copy_counter
+        .reserve(reserve_request("3275", "main", 0))
+        .await?
+        .into_inner();
+    match again.outcome {
+        Some(Outcome::Reservation(r)) => {
+            assert!(r.replayed, "{r:?}");
+            assert_eq!(r.reservation_id, reserved[0]);
+        }
+        other => anyhow::bail!("expected the same reservation again, got {other:?}"),
+    }
+
+    // Never overwrites, and never PostgreSQL.
+    let size_before = std::fs::metadata(&backup_file)?.len();
+    let (code, _, err) = server_command(&[
+        "backup",
+        "--database",
+        &database_arg,
+        "--nik-key-file",
+        &key_arg,
+        "--to",
+        &backup_arg,
+    ])
+    .await?;
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::metadata(&backup_file)?.len(), size_before);
+    let (code, _, err) = server_command(&[
+        "backup",
+        "--database",
+        "postgres://blangko@db.example/blangko",
+        "--to",
+        &db.dir.path().join("pg.db").display().to_string(),
+    ])
+    .await?;
+    assert_eq!(code, 1);
+    assert!(err.contains("pg_dump"), "{err}");
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! The daily stock report, end to end on SQLite and PostgreSQL: three days of an office's life
+//! (shipment, reservations, prints, spoiled blanks, transfers both ways, a stock-take, IKD
+//! referrals and an activation) under a controlled clock, then `blangko-counter report` as a
+//! user runs it: the table's figures per day and its reconciliation line, the CSV rows, the SVG
+//! (parsed as XML) and the errors of a bad range. Finally one ledger balance is tampered with in
+//! the database, and the report names the day that no longer adds up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blangko_e2e::fixtures::{office, office_with_point, reserve_request, rid, ship};
+use blangko_e2e::{TestDatabase, TestServer, counter_bin, field_violations, on_each_backend};
+use blangko_proto::v1::reserve_response::Outcome;
+use blangko_proto::v1::stock_service_client::StockServiceClient;
+use blangko_proto::v1::*;
+use blangko_server::clock::ManualClock;
+use sqlx::any::install_default_drivers;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Tuesday 2026-12-01 08:00 WIB.
+const TUESDAY_8AM_WIB_MS: i64 = 1_796_086_800_000;
+const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// Runs the client against `server` and gives (exit code, stdout, stderr).
+async fn client(server: &TestServer, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(counter_bin())
+            .args(["--server", &server.url, "--office", "3275"])
+            .args(args)
+            .output(),
+    )
+    .await??;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+async fn reserve(
+    counter: &mut blangko_proto::v1::counter_service_client::CounterServiceClient<Channel>,
+    n: u32,
+) -> anyhow::Result<Outcome> {
+    counter
+        .reserve(reserve_request("3275", "main", n))
+        .await?
+        .into_inner()
+        .outcome
+        .ok_or_else(|| anyhow::anyhow!("no outcome"))
+}
+
+async fn held(
+    counter: &mut blangko_proto::v1::counter_service_client::CounterServiceClient<Channel>,
+    n: u32,
+) -> anyhow::Result<String> {
+    match reserve(counter, n).await? {
+        Outcome::Reservation(r) => Ok(r.reservation_id),
+        Outcome::IkdReferral(r) => anyhow::bail!("applicant {n} referred: {:?}", r.cause),
+    }
+}
+
+fn commit(id: &str) -> CommitReservationRequest {
+    CommitReservationRequest {
+        request_id: rid(),
+        reservation_id: id.into(),
+    }
+}
+
+fn spoil(id: &str) -> ReportSpoiledBlankRequest {
+    ReportSpoiledBlankRequest {
+        request_id: rid(),
+        office_id: "3275".into(),
+        reservation_id: id.into(),
+        reason: SpoilageReason::Misprint as i32,
+        destruction_report_reference: "BA-07/2026".into(),
+        note: String::new(),
+    }
+}
+
+async fn transfer(
+    stock: &mut StockServiceClient<Channel>,
+    from: &str,
+    to: &str,
+    quantity: u32,
+) -> anyhow::Result<()> {
+    stock
+        .transfer_stock(TransferStockRequest {
+            request_id: rid(),
+            from_office_id: from.into(),
+            to_office_id: to.into(),
+            quantity,
+            reference: "SPT-1".into(),
+            note: String::new(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// The cells of the table row of `date` (split on whitespace).
+fn row<'a>(table: &'a str, date: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .find(|l| l.starts_with(date))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
+/// Day 1 (Tue 2026-12-01), day 2 (Wed) and day 3 (Thu, nothing happens) of office 3275, whose
+/// one service point has a FIXED quota of 2 a day.
+async fn three_days(server: &TestServer, clock: &ManualClock) -> anyhow::Result<()> {
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    office_with_point(&mut stock, "3275", "main", 2, 100).await?;
+    office(&mut stock, "3204", |_| {}).await?;
+    ship(&mut stock, "3204", 20).await?;
+
+    // Day 1: received 100; two holds, both printed, one reprint after a spoiled blank, one
+    // defective blank found in stock; the third applicant is referred to IKD (quota 2) and
+    // activates IKD; 10 blanks lent to 3204.
+    let a = held(&mut counter, 0).await?;
+    let b = held(&mut counter, 1).await?;
+    match reserve(&mut counter, 2).await? {
+        Outcome::IkdReferral(r) => assert_eq!(r.cause, ReferralCause::QuotaExhausted as i32),
+        other => anyhow::bail!("expected a referral, got {other:?}"),
+    }
+    counter.commit_reservation(commit(&a)).await?;
+    counter.report_spoiled_blank(spoil(&b)).await?;
+    counter.commit_reservation(commit(&b)).await?;
+    counter.report_spoiled_blank(spoil("")).await?;
+    counter
+        .record_ikd_activation(RecordIkdActivationRequest {
+            request_id: rid(),
+            office_id: "3275".into(),
+            service_point_id: "main".into(),
+            counter_id: "loket-1".into(),
+            nik: blangko_e2e::fixtures::nik(2),
+        })
+        .await?;
+    transfer(&mut stock, "3275", "3204", 10).await?;
+
+    // Day 2: 5 blanks come back from 3204; one printed; the stock-take counts 88 of 90 (two
+    // missing); one hold stays open; the next applicant is referred.
+    clock.advance_ms(DAY_MS);
+    transfer(&mut stock, "3204", "3275", 5).await?;
+    let c = held(&mut counter, 3).await?;
+    counter.commit_reservation(commit(&c)).await?;
+    stock
+        .adjust_stock(AdjustStockRequest {
+            request_id: rid(),
+            office_id: "3275".into(),
+            counted_on_hand: 88,
+            note: "stock opname: two blanks missing".into(),
+        })
+        .await?;
+    held(&mut counter, 4).await?;
+    match reserve(&mut counter, 5).await? {
+        Outcome::IkdReferral(_) => {}
+        other => anyhow::bail!("expected a referral, got {other:?}"),
+    }
+
+    // Day 3: the open hold expires in the morning; no blank moves.
+    clock.advance_ms(DAY_MS + HOUR_MS);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_adds_up_day_by_day_as_table_csv_and_svg() -> anyhow::Result<()> {
+    on_each_backend(|db: Arc<TestDatabase>| async move {
+        install_default_drivers();
+        let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+        let server = TestServer::start_with_clock(db.clone(), &[], Arc::new(clock.clone())).await?;
+        three_days(&server, &clock).await?;
+        let range = ["--from", "2026-11-30", "--to", "2026-12-03"];
+
+        // The table, in Bahasa Indonesia.
+        let mut args = vec!["report"];
+        args.extend(range);
+        let (code, table, err) = client(&server, &args).await?;
+        assert_eq!(code, 0, "{table}{err}");
+        assert!(table.contains("LAPORAN STOK BLANGKO KTP-EL Kantor 3275 (3275)"), "{table}");
+        //             date          open rcv in out print spoil take close ref act
+        assert_eq!(
+            row(&table, "2026-11-30"),
+            ["2026-11-30", "0", "0", "0", "0", "0", "0", "0", "0", "0", "0"],
+            "{table}"
+        );
+        assert_eq!(
+            row(&table, "2026-12-01"),
+            ["2026-12-01", "0", "100", "0", "10", "2", "2", "0", "86", "1", "1"],
+            "{table}"
+        );
+        assert_eq!(
+            row(&table, "2026-12-02"),
+            ["2026-12-02", "86", "0", "5", "0", "1", "0", "-2", "88", "1", "0"],
+            "{table}"
+        );
+        assert_eq!(
+            row(&table, "2026-12-03"),
+            ["2026-12-03", "88", "0", "0", "0", "0", "0", "0", "88", "0", "0"],
+            "{table}"
+        );
+        assert_eq!(
+            row(&table, "Jumlah"),
+            ["Jumlah", "0", "100", "5", "10", "3", "2", "-2", "88", "2", "1"],
+            "{table}"
+        );
+        assert!(table.contains("Rekonsiliasi: sesuai"), "{table}");
+
+        // English.
+        let mut args = vec!["--lang", "en", "report"];
+        args.extend(range);
+        let (code, english, _) = client(&server, &args).await?;
+        assert_eq!(code, 0);
+        assert!(english.contains("Reconciliation: balanced"), "{english}");
+        assert!(english.contains("IKD referrals"), "{english}");
+
+        // CSV into a file: the header and one row per day.
+        let csv_path = db.dir.path().join("stok.csv");
+        let csv_arg = csv_path.display().to_string();
+        let mut args = vec!["report", "--format", "csv", "--out", &csv_arg];
+        args.extend(range);
+        let (code, said, err) = client(&server, &args).await?;
+        assert_eq!(code, 0, "{said}{err}");
+        assert!(said.contains("Rekonsiliasi: sesuai"), "{said}");
+        let csv = std::fs::read_to_string(&csv_path)?;
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "local_date,opening_on_hand,received,transferred_in,transferred_out,printed,spoiled,stock_take_difference,closing_on_hand,ikd_referrals,ikd_activations,balanced",
+                "2026-11-30,0,0,0,0,0,0,0,0,0,0,true",
+                "2026-12-01,0,100,0,10,2,2,0,86,1,1,true",
+                "2026-12-02,86,0,5,0,1,0,-2,88,1,0,true",
+                "2026-12-03,88,0,0,0,0,0,0,88,0,0,true",
+            ]
+        );
+
+        // SVG on stdout: well-formed XML with a line of the closing stock and a bar per day.
+        let mut args = vec!["report", "--format", "svg"];
+        args.extend(range);
+        let (code, svg, err) = client(&server, &args).await?;
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("Rekonsiliasi: sesuai"), "{err}");
+        let doc = roxmltree::Document::parse(&svg)
+            .map_err(|e| anyhow::anyhow!("the SVG is not well-formed XML: {e}\n{svg}"))?;
+        let root = doc.root_element();
+        assert_eq!(root.tag_name().name(), "svg");
+        assert_eq!(root.tag_name().namespace(), Some("http://www.w3.org/2000/svg"));
+        let days: Vec<(String, String, String, String)> = root
+            .descendants()
+            .filter(|n| n.has_attribute("data-date"))
+            .map(|n| {
+                let a = |k| n.attribute(k).unwrap_or_default().to_string();
+                (a("data-date"), a("data-printed"), a("data-spoiled"), a("data-closing"))
+            })
+            .collect();
+        let expected = [
+            ("2026-11-30", "0", "0", "0"),
+            ("2026-12-01", "2", "2", "86"),
+            ("2026-12-02", "1", "0", "88"),
+            ("2026-12-03", "0", "0", "88"),
+        ]
+        .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()));
+        assert_eq!(days, expected);
+        let polyline = root
+            .descendants()
+            .find(|n| n.tag_name().name() == "polyline")
+            .and_then(|n| n.attribute("points"))
+            .unwrap_or_default();
+        assert_eq!(polyline.split_whitespace().count(), 4, "{polyline}");
+        let texts: Vec<&str> = root.descendants().filter_map(|n| n.text()).collect();
+        assert!(texts.contains(&"Rekonsiliasi: sesuai"), "{texts:?}");
+        assert!(texts.contains(&"2026-12-02"), "{texts:?}");
+
+        // Bad ranges: the client exits 2 and names the field; the server's limits are explicit.
+        let (code, _, err) =
+            client(&server, &["report", "--from", "2026-12-03", "--to", "2026-12-01"]).await?;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("to_date"), "{err}");
+        let mut stock = server.stock_client().await?;
+        let ask = |from: &str, to: &str| GetStockReportRequest {
+            office_id: "3275".into(),
+            from_date: from.into(),
+            to_date: to.into(),
+        };
+        for (from, to, field) in [
+            ("2025-12-01", "2026-12-03", "to_date"), // 368 days
+            ("2026-12-01", "2026-12-04", "to_date"), // tomorrow
+            ("2026-13-01", "2026-12-03", "from_date"),
+            ("", "2026-12-03", "from_date"),
+        ] {
+            let status = stock
+                .get_stock_report(ask(from, to))
+                .await
+                .err()
+                .ok_or_else(|| anyhow::anyhow!("{from}..{to} accepted"))?;
+            assert_eq!(status.code(), Code::InvalidArgument, "{from}..{to}");
+            let fields: Vec<String> = field_violations(&status).into_iter().map(|f| f.0).collect();
+            assert!(fields.contains(&field.to_string()), "{from}..{to}: {fields:?}");
+        }
+        let mut unknown = ask("2026-12-01", "2026-12-01");
+        unknown.office_id = "3201".into();
+        let status = stock.get_stock_report(unknown).await.err();
+        assert_eq!(status.map(|s| s.code()), Some(Code::NotFound));
+        let year = stock
+            .get_stock_report(ask("2025-12-03", "2026-12-03"))
+            .await?
+            .into_inner();
+        assert_eq!(year.days.len(), 366);
+        assert!(year.reconciled);
+
+        // Someone edits one balance of day 2 in the database: the report names that day.
+        let url = match db.sqlite_file() {
+            Some(path) => format!("sqlite://{}", path.display()),
+            None => db.url.clone(),
+        };
+        let pool = sqlx::AnyPool::connect(&url).await?;
+        // The last entry recorded before day 3 began carries day 2's closing balance.
+        let day3_starts_ms = TUESDAY_8AM_WIB_MS - 8 * HOUR_MS + 2 * DAY_MS;
+        sqlx::query(
+            "UPDATE ledger SET on_hand_after = on_hand_after + 1 WHERE office_id = '3275'
+             AND seq = (SELECT MAX(seq) FROM ledger WHERE office_id = '3275' AND recorded_ms < $1)",
+        )
+        .bind(day3_starts_ms)
+        .execute(&pool)
+        .await?;
+        pool.close().await;
+        let mut args = vec!["report"];
+        args.extend(range);
+        let (code, table, _) = client(&server, &args).await?;
+        assert_eq!(code, 1, "{table}");
+        assert!(
+            table.contains("Rekonsiliasi: TIDAK SESUAI pada 2026-12-02"),
+            "{table}"
+        );
+        assert!(!table.contains("Rekonsiliasi: sesuai"), "{table}");
+        Ok(())
+    })
+    .await
+}
