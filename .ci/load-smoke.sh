@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# CI step: seconds-long smoke runs of the load tools against release servers on loopback. They
+# fail on an unexpected status or an over-issue, never on a timing (a noisy machine cannot promise
+# one; the figures are printed for the log only).
+#
+#   1. blangko-bench, closed loop (Health/Check, GetQuota, Reserve) and open loop (fixed arrival
+#      rate), on a fresh SQLite file: any non-OK status or held + committed > quota fails it;
+#   2. blangko-bench against a small quota (4 service points x 25) on another fresh file: exactly
+#      100 Reserves must be acknowledged as reservations, the rest referred to IKD, none over;
+#   3. bench/ghz.sh with a few hundred calls per scenario (ghz installed with `go install` when
+#      missing): by reflection and by proto file, every status must be OK, then the same
+#      over-issue check.
+#
+#   bash .ci/load-smoke.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cargo build --release --locked -q -p blangko-server -p blangko-bench
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]+"${pids[@]}"}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Starts a release server on a fresh SQLite file; sets $addr.
+start_server() {
+  local name=$1
+  target/release/blangko-server --listen 127.0.0.1:0 --database "sqlite:$work/$name.db" --log warn \
+    > "$work/$name.out" 2> "$work/$name.err" &
+  pids+=($!)
+  addr=""
+  for _ in $(seq 1 100); do
+    addr=$(awk '/listening/ {print $NF}' "$work/$name.out" 2>/dev/null)
+    [[ -n "$addr" ]] && break
+    sleep 0.1
+  done
+  [[ -n "$addr" ]] || { cat "$work/$name.err"; echo "server $name did not start"; exit 1; }
+}
+
+echo "--- 1. blangko-bench: closed and open loop"
+start_server throughput
+target/release/blangko-bench --server "http://$addr" --seconds 2 --concurrency 32 --rate 300 \
+  --service-points 16
+
+echo "--- 2. blangko-bench: quota exhausted (4 service points x 25)"
+start_server exhausted
+target/release/blangko-bench --server "http://$addr" --seconds 2 --concurrency 32 \
+  --service-points 4 --quota 25 --phases reserve | tee "$work/exhausted.txt"
+reserved=$(grep -oE 'reserved [0-9]+' "$work/exhausted.txt" | awk '{s += $2} END {print s + 0}')
+referred=$(grep -oE 'referred [0-9]+' "$work/exhausted.txt" | awk '{s += $2} END {print s + 0}')
+if [[ "$reserved" -ne 100 || "$referred" -eq 0 ]]; then
+  echo "expected exactly 100 reservations and some IKD referrals, got reserved $reserved, referred $referred"
+  exit 1
+fi
+echo "quota exact: 100 reserved, $referred referred to IKD"
+
+echo "--- 3. bench/ghz.sh"
+OUT="$work/ghz" bash bench/ghz.sh 300 16
+echo "load smoke OK"
