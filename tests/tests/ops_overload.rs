@@ -36,7 +36,7 @@ const RETRY_DELAY: Duration = Duration::from_millis(250);
 
 /// What one Reserve came back with.
 enum Answer {
-    Reserved(Reservation),
+    Reserved(Box<Reservation>),
     Referred(ReferralCause),
     Shed,
 }
@@ -50,7 +50,7 @@ async fn reserve_once(
 ) -> anyhow::Result<Answer> {
     match client.reserve(request).await {
         Ok(response) => match response.into_inner().outcome {
-            Some(Outcome::Reservation(r)) => Ok(Answer::Reserved(r)),
+            Some(Outcome::Reservation(r)) => Ok(Answer::Reserved(Box::new(r))),
             Some(Outcome::IkdReferral(r)) => Ok(Answer::Referred(r.cause())),
             None => anyhow::bail!("applicant {n}: an answer without an outcome"),
         },
@@ -127,7 +127,7 @@ async fn past_the_limit_calls_are_shed_with_retry_info_and_nothing_is_lost() -> 
         });
         for (n, answer) in futures::future::join_all(calls).await {
             match answer? {
-                Answer::Reserved(r) => reserved.push((n, r)),
+                Answer::Reserved(r) => reserved.push((n, *r)),
                 Answer::Referred(cause) => {
                     assert_eq!(cause, ReferralCause::QuotaExhausted, "applicant {n}");
                     referred.push(n);
@@ -175,7 +175,7 @@ async fn past_the_limit_calls_are_shed_with_retry_info_and_nothing_is_lost() -> 
         let (n, answer, shed_again) = result?;
         shed_seen += shed_again;
         match answer {
-            Answer::Reserved(r) => reserved.push((n, r)),
+            Answer::Reserved(r) => reserved.push((n, *r)),
             Answer::Referred(cause) => {
                 assert_eq!(cause, ReferralCause::QuotaExhausted, "applicant {n}");
                 referred.push(n);
