@@ -340,3 +340,93 @@ async fn a_watch_stream_outlives_the_request_timeout() -> anyhow::Result<()> {
     assert_eq!(held, 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_past_the_request_timeout_gets_deadline_exceeded_and_its_retry_one_answer()
+-> anyhow::Result<()> {
+    blangko_e2e::on_each_backend(|db| async move {
+        sqlx::any::install_default_drivers();
+        let server = TestServer::start_on(
+            db.clone(),
+            &[
+                "--request-timeout-secs",
+                "1",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+        )
+        .await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "mpp", 5, 10).await?;
+        let mut counter = server.counter_client().await?;
+
+        // Another connection holds the lock every Reserve of the office needs (SQLite: the
+        // write lock; PostgreSQL: the office row) for longer than the request time-out.
+        let url = match db.sqlite_file() {
+            Some(file) => format!("sqlite:{}", file.display()),
+            None => db.url.clone(),
+        };
+        let mut blocker = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await?;
+        match db.backend {
+            blangko_e2e::Backend::Sqlite => {
+                sqlx::query("BEGIN IMMEDIATE").execute(&mut blocker).await?;
+            }
+            blangko_e2e::Backend::Postgres => {
+                sqlx::query("BEGIN").execute(&mut blocker).await?;
+                sqlx::query("SELECT office_id FROM offices WHERE office_id = '3275' FOR UPDATE")
+                    .execute(&mut blocker)
+                    .await?;
+            }
+        }
+        let request = reserve_request("3275", "mpp", 1);
+        let status = counter
+            .reserve(request.clone())
+            .await
+            .expect_err("the office is locked past the time-out");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        assert_eq!(error_reason(&status).as_deref(), Some("REQUEST_TIMEOUT"));
+        // Released well within the database's own busy time-out (5 s).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sqlx::query("ROLLBACK").execute(&mut blocker).await?;
+
+        // The caller retries with the same request: exactly one reservation exists.
+        let mut answer = None;
+        for _ in 0..MAX_TRIES {
+            match counter.reserve(request.clone()).await {
+                Ok(a) => {
+                    answer = Some(a.into_inner());
+                    break;
+                }
+                Err(s) if s.code() == tonic::Code::DeadlineExceeded => {
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+                Err(s) => anyhow::bail!("retry: {s:?}"),
+            }
+        }
+        let answer = answer.ok_or_else(|| anyhow::anyhow!("no answer to the retry"))?;
+        assert!(
+            matches!(answer.outcome, Some(Outcome::Reservation(_))),
+            "{answer:?}"
+        );
+        let listed = fixtures::all_reservations(&mut counter, "3275").await?;
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].masked_nik, masked(1));
+
+        let text = server.scrape_metrics().await?;
+        let timeouts = count(&text, "blangko_request_timeouts_total", &[]);
+        assert!(timeouts >= 1.0, "{text}");
+        assert_eq!(
+            count(
+                &text,
+                "blangko_rpc_requests_total",
+                &[
+                    ("method", "/blangko.v1.CounterService/Reserve"),
+                    ("code", "DEADLINE_EXCEEDED")
+                ]
+            ),
+            timeouts
+        );
+        Ok(())
+    })
+    .await
+}
