@@ -45,7 +45,14 @@ fn with_id<T>(message: T, id: &str) -> anyhow::Result<tonic::Request<T>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_id_is_echoed_and_names_the_log_line() -> anyhow::Result<()> {
-    let server = TestServer::spawn_process(&["--log-format", "json"]).await?;
+    // Every call logged: successes are DEBUG lines of target blangko_server::rpc.
+    let server = TestServer::spawn_process(&[
+        "--log-format",
+        "json",
+        "--log",
+        "info,blangko_server::rpc=debug",
+    ])
+    .await?;
     let mut stock = server.stock_client().await?;
     office_with_point(&mut stock, "3275", "mpp", 5, 10).await?;
     let mut counter = server.counter_client().await?;
@@ -145,7 +152,7 @@ async fn a_request_id_is_echoed_and_names_the_log_line() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn text_logs_carry_the_request_id_and_method_too() -> anyhow::Result<()> {
+async fn at_the_default_level_failed_calls_are_logged_as_text() -> anyhow::Result<()> {
     let server = TestServer::spawn_process(&[]).await?;
     let mut stock = server.stock_client().await?;
     fixtures::office(&mut stock, "3275", |_| {}).await?;
@@ -154,9 +161,19 @@ async fn text_logs_carry_the_request_id_and_method_too() -> anyhow::Result<()> {
             GetStockRequest {
                 office_id: "3275".into(),
             },
-            "text-789",
+            "text-ok",
         )?)
         .await?;
+    let status = stock
+        .get_stock(with_id(
+            GetStockRequest {
+                office_id: "3204".into(),
+            },
+            "text-789",
+        )?)
+        .await
+        .expect_err("an unknown office");
+    assert_eq!(status.code(), tonic::Code::NotFound);
     let mut line = None;
     for _ in 0..100 {
         line = server
@@ -171,10 +188,9 @@ async fn text_logs_carry_the_request_id_and_method_too() -> anyhow::Result<()> {
     }
     let line = line.ok_or_else(|| anyhow::anyhow!("no line:\n{}", server.log()))?;
     assert!(line.contains("/blangko.v1.StockService/GetStock"), "{line}");
-    assert!(line.contains("office=\"3275\""), "{line}");
-    assert!(
-        line.contains("code=\"OK\"") || line.contains("code=OK"),
-        "{line}"
-    );
+    assert!(line.contains("office=\"3204\""), "{line}");
+    assert!(line.contains("code=\"NOT_FOUND\""), "{line}");
+    // A successful call is a DEBUG line, not written at the default level.
+    assert!(!server.log().contains("text-ok"), "{}", server.log());
     Ok(())
 }
