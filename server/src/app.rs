@@ -308,8 +308,15 @@ impl Application {
         if let Some(change_listener) = change_listener {
             let _ = change_listener.await;
         }
-        if let Some(metrics_server) = metrics_server {
-            let _ = metrics_server.await;
+        if let Some(mut metrics_server) = metrics_server {
+            // A scrape in progress may finish; a scraper that holds on is cut at the drain time.
+            let drain = Duration::from_secs(config.drain_timeout_secs);
+            if tokio::time::timeout(drain, &mut metrics_server)
+                .await
+                .is_err()
+            {
+                metrics_server.abort();
+            }
         }
         engine.store.close().await;
         tracing::info!("stopped");

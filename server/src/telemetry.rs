@@ -214,9 +214,9 @@ impl CallEnd {
         let code_name = crate::metrics::code_name(code);
         self.span.record("code", code_name);
         self.span.record("latency_ms", latency_ms);
-        // Failures at INFO, successes at DEBUG: one line per successful call would cost a
-        // fifth of the Reserve throughput (measured with blangko-bench) and flood the log with
-        // health probes; `--log info,blangko_server::rpc=debug` logs every call.
+        // Failures at INFO, successes at DEBUG: a line per call cut the throughput of cheap
+        // calls (Health/Check) by about 30% in blangko-bench (BENCHMARKS.md) and would fill the
+        // log with health probes; `--log info,blangko_server::rpc=debug` logs every call.
         self.span.in_scope(|| {
             if code == Code::Ok {
                 tracing::debug!(target: RPC_TARGET, code = code_name, latency_ms, "rpc finished");

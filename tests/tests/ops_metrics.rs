@@ -281,7 +281,7 @@ async fn metrics_are_off_unless_asked_for() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_endpoint_answers_only_metrics() -> anyhow::Result<()> {
-    let server = TestServer::start_on(
+    let mut server = TestServer::start_on(
         blangko_e2e::TestDatabase::sqlite().await?,
         &["--metrics-listen", "127.0.0.1:0"],
     )
@@ -297,5 +297,8 @@ async fn the_endpoint_answers_only_metrics() -> anyhow::Result<()> {
         text.contains("# TYPE blangko_rpc_requests counter"),
         "{text}"
     );
+    // The endpoint stops with the server, which still shuts down cleanly.
+    assert!(server.stop().await?, "a clean stop");
+    assert!(blangko_e2e::scrape::get(addr, "/metrics").await.is_err());
     Ok(())
 }
