@@ -154,11 +154,12 @@ where
             latency_ms = tracing::field::Empty,
         );
         let call = span.in_scope(|| self.inner.call(request));
-        let end = CallEnd {
+        let mut end = CallEnd {
             metrics: Arc::clone(&self.metrics),
             method,
             span: span.clone(),
             started,
+            finished: false,
         };
         Box::pin(
             async move {
@@ -178,12 +179,7 @@ where
                     end.finish(code);
                     return Ok(response);
                 }
-                Ok(response.map(|body| {
-                    tonic::body::Body::new(ObservedBody {
-                        inner: body,
-                        end: Some(end),
-                    })
-                }))
+                Ok(response.map(|body| tonic::body::Body::new(ObservedBody { inner: body, end })))
             }
             .instrument(span),
         )
@@ -199,16 +195,30 @@ fn grpc_status(headers: &HeaderMap) -> Option<Code> {
         .map(Code::from_i32)
 }
 
-/// What it takes to close a call's books.
+/// What it takes to close a call's books. Dropped unfinished — the answer's future or body
+/// dropped before the status was sent: the client went away, its `grpc-timeout` ran out (tonic
+/// then answers CANCELLED), or the server is stopping — the call ends as CANCELLED.
 struct CallEnd {
     metrics: Arc<Metrics>,
     method: String,
     span: tracing::Span,
     started: Instant,
+    finished: bool,
+}
+
+impl Drop for CallEnd {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
 }
 
 impl CallEnd {
-    fn finish(self, code: Code) {
+    /// Logs and counts the call once (later calls do nothing).
+    fn finish(&mut self, code: Code) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
         let elapsed = self.started.elapsed();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         let code_name = crate::metrics::code_name(code);
@@ -224,15 +234,19 @@ impl CallEnd {
                 tracing::info!(target: RPC_TARGET, code = code_name, latency_ms, "rpc finished");
             }
         });
-        self.metrics
-            .record_rpc(self.method, code, elapsed.as_secs_f64());
+        self.metrics.record_rpc(
+            std::mem::take(&mut self.method),
+            code,
+            elapsed.as_secs_f64(),
+        );
     }
 }
 
-/// An answer body that notices its trailers (the call's status) or being dropped unfinished.
+/// An answer body that notices its trailers (the call's status); dropped before them, its
+/// [`CallEnd`] ends the call as CANCELLED.
 struct ObservedBody {
     inner: tonic::body::Body,
-    end: Option<CallEnd>,
+    end: CallEnd,
 }
 
 impl http_body::Body for ObservedBody {
@@ -253,10 +267,8 @@ impl http_body::Body for ObservedBody {
             Poll::Ready(None) => Some(Code::Unknown),
             Poll::Pending => None,
         };
-        if let Some(code) = code
-            && let Some(end) = this.end.take()
-        {
-            end.finish(code);
+        if let Some(code) = code {
+            this.end.finish(code);
         }
         polled
     }
@@ -267,15 +279,6 @@ impl http_body::Body for ObservedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for ObservedBody {
-    fn drop(&mut self) {
-        // Dropped before its trailers: the client went away (or the server is stopping).
-        if let Some(end) = self.end.take() {
-            end.finish(Code::Cancelled);
-        }
     }
 }
 

@@ -385,6 +385,15 @@ async fn a_call_past_the_request_timeout_gets_deadline_exceeded_and_its_retry_on
             .expect_err("the office is locked past the time-out");
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
         assert_eq!(error_reason(&status).as_deref(), Some("REQUEST_TIMEOUT"));
+        // The same request with a shorter deadline of the caller's own (grpc-timeout): tonic
+        // cuts it first, and the server's books count it as CANCELLED.
+        let mut short = tonic::Request::new(request.clone());
+        short.set_timeout(Duration::from_millis(300));
+        let status = counter
+            .reserve(short)
+            .await
+            .expect_err("the caller's deadline passes first");
+        assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
         // Released well within the database's own busy time-out (5 s).
         tokio::time::sleep(Duration::from_millis(500)).await;
         sqlx::query("ROLLBACK").execute(&mut blocker).await?;
@@ -425,6 +434,18 @@ async fn a_call_past_the_request_timeout_gets_deadline_exceeded_and_its_retry_on
                 ]
             ),
             timeouts
+        );
+        assert_eq!(
+            count(
+                &text,
+                "blangko_rpc_requests_total",
+                &[
+                    ("method", "/blangko.v1.CounterService/Reserve"),
+                    ("code", "CANCELLED")
+                ]
+            ),
+            1.0,
+            "{text}"
         );
         Ok(())
     })
