@@ -18,8 +18,11 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::grpc::counter::CounterApi;
 use crate::grpc::stock::StockApi;
+use crate::metrics::http::MetricsState;
 use crate::nik_key::{NikKey, default_key_path};
+use crate::overload::{ConcurrencyBudget, LoadShedLayer, RequestTimeoutLayer};
 use crate::store::{DatabaseKind, Store, StoreOptions};
+use crate::telemetry::RequestContextLayer;
 
 /// Largest gRPC message accepted or sent (requests are small; the largest answers are pages).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -37,6 +40,8 @@ pub struct Application {
     auth: Arc<Authenticator>,
     /// TLS, when a certificate was given.
     tls: Option<ServerTlsConfig>,
+    /// The metrics endpoint's socket, when --metrics-listen is given.
+    metrics_listener: Option<TcpListener>,
     config: Config,
 }
 
@@ -80,11 +85,16 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(crate::metrics::http::bind(addr).await?),
+            None => None,
+        };
         Ok(Application {
             listener,
             engine,
             auth,
             tls,
+            metrics_listener,
             config,
         })
     }
@@ -92,6 +102,14 @@ impl Application {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
+    }
+
+    /// The bound address of the metrics endpoint, when it is on.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        Ok(match &self.metrics_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        })
     }
 
     /// The engine (tests inspect it).
@@ -115,6 +133,7 @@ impl Application {
             engine,
             auth,
             tls,
+            metrics_listener,
             config,
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -164,6 +183,21 @@ impl Application {
             ))
         });
 
+        let budget = Arc::new(ConcurrencyBudget::new(
+            config.max_concurrent_requests as usize,
+        ));
+        let metrics_server = metrics_listener.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving metrics at http://{addr}/metrics");
+            }
+            let state = MetricsState::new(Arc::clone(&engine), Arc::clone(&budget));
+            tokio::spawn(crate::metrics::http::serve(
+                listener,
+                state,
+                stop_rx.clone(),
+            ))
+        });
+
         let change_listener = (engine.store.kind() == DatabaseKind::Postgres).then(|| {
             tokio::spawn(
                 Arc::clone(&engine).run_change_listener(config.database.clone(), stop_rx.clone()),
@@ -192,20 +226,50 @@ impl Application {
         };
 
         let mut stopped = stop_rx.clone();
-        // Limits per connection: at most this many calls at once (HTTP/2 SETTINGS, so a client
-        // cannot open thousands of streams on one connection) and a bounded header block.
+        // The connection: HTTP/2 settings, the same for every client.
         let mut builder = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Keep-alive: ping an idle connection every interval and close it when the ping is
+            // not answered in time, so dead clients (a counter PC switched off) free their
+            // connection and NAT mappings stay alive.
+            .http2_keepalive_interval(Some(Duration::from_secs(
+                config.http2_keepalive_interval_secs,
+            )))
+            .http2_keepalive_timeout(Some(Duration::from_secs(
+                config.http2_keepalive_timeout_secs,
+            )))
+            // Streams per connection: at most this many calls at once on one connection
+            // (HTTP/2 SETTINGS), so one client cannot open thousands of streams.
             .max_concurrent_streams(config.max_streams_per_connection)
+            // Header size: a bounded metadata block per call.
             .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).context("cannot configure TLS")?;
         }
-        // Authentication first: a call without a valid token is refused from its headers,
-        // before its body is read or decoded.
+        // Every call passes these layers, outermost first. (Message size limits, the last
+        // bound, are set per service above: MAX_MESSAGE_BYTES each way.)
+        let layers = tower::ServiceBuilder::new()
+            // 1. Request context: the request id (x-request-id, echoed back), the `rpc` span, one
+            //    log line and the RPC metrics per call. Outermost, so it also sees the calls the
+            //    layers below refuse.
+            .layer(RequestContextLayer::new(Arc::clone(&engine.metrics)))
+            // 2. Concurrency limit with load shedding: past --max-concurrent-requests calls in
+            //    flight (all connections together) a call is refused at once with UNAVAILABLE
+            //    and RetryInfo, never queued. WatchQuota, health and reflection are exempt.
+            .layer(LoadShedLayer::new(
+                Arc::clone(&budget),
+                Arc::clone(&engine.metrics),
+            ))
+            // 3. Request time-out: a call whose answer is not ready after
+            //    --request-timeout-secs is answered DEADLINE_EXCEEDED and frees its slot.
+            .layer(RequestTimeoutLayer::new(
+                Duration::from_secs(config.request_timeout_secs),
+                Arc::clone(&engine.metrics),
+            ))
+            // 4. Authentication: a call without a valid token is refused from its headers,
+            //    before its body is read or decoded.
+            .layer(crate::auth::layer::AuthLayer::new(Arc::clone(&auth)));
         let server = builder
-            .layer(crate::auth::layer::AuthLayer::new(Arc::clone(&auth)))
+            .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -243,6 +307,16 @@ impl Application {
         }
         if let Some(change_listener) = change_listener {
             let _ = change_listener.await;
+        }
+        if let Some(mut metrics_server) = metrics_server {
+            // A scrape in progress may finish; a scraper that holds on is cut at the drain time.
+            let drain = Duration::from_secs(config.drain_timeout_secs);
+            if tokio::time::timeout(drain, &mut metrics_server)
+                .await
+                .is_err()
+            {
+                metrics_server.abort();
+            }
         }
         engine.store.close().await;
         tracing::info!("stopped");
@@ -380,8 +454,10 @@ fn load_nik_key(config: &Config, store: &Store) -> anyhow::Result<NikKey> {
 pub fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or a log shipper gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log_format {
         crate::config::LogFormat::Text => builder.init(),

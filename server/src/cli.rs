@@ -35,6 +35,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = app.local_addr()?;
     // Printed on stdout so scripts and tests that start the server on port 0 learn the port.
     println!("blangko-server listening on {addr}");
+    if let Some(metrics) = app.metrics_addr()? {
+        // The second line, only with --metrics-listen (port 0 picks a free port).
+        println!("blangko-server metrics on http://{metrics}/metrics");
+    }
     tracing::info!(%addr, "serving gRPC (health and reflection included)");
     app.run_until_stopped(shutdown_signal()).await
 }

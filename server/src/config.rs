@@ -134,6 +134,32 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_MAX_STREAMS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_streams_per_connection: u32,
 
+    /// Address of the Prometheus metrics endpoint (plain HTTP, path /metrics), e.g.
+    /// 127.0.0.1:9090. Off when not given. It needs no token: bind it where only monitoring
+    /// reaches it.
+    #[arg(long, env = "BLANGKO_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Most calls in flight on this server, over all connections. Past it a call is refused at
+    /// once with UNAVAILABLE and RetryInfo (load shedding) instead of waiting in a queue.
+    /// WatchQuota, health and reflection do not count.
+    #[arg(long, env = "BLANGKO_MAX_CONCURRENT_REQUESTS", default_value_t = crate::overload::DEFAULT_MAX_CONCURRENT_REQUESTS, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrent_requests: u32,
+
+    /// Seconds a call may take before it is answered DEADLINE_EXCEEDED (for WatchQuota: its
+    /// setup, not the stream).
+    #[arg(long, env = "BLANGKO_REQUEST_TIMEOUT_SECS", default_value_t = crate::overload::DEFAULT_REQUEST_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_secs: u64,
+
+    /// Seconds between HTTP/2 keep-alive pings on an idle connection (finds dead clients and
+    /// keeps NAT and load-balancer mappings alive).
+    #[arg(long, env = "BLANGKO_HTTP2_KEEPALIVE_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http2_keepalive_interval_secs: u64,
+
+    /// Seconds to wait for a keep-alive ping's answer before the connection is closed.
+    #[arg(long, env = "BLANGKO_HTTP2_KEEPALIVE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub http2_keepalive_timeout_secs: u64,
+
     /// An administrative command instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -11,6 +11,9 @@
 //!   its own (`domain/`) with no I/O dependency at all;
 //! - `store`: the database (embedded SQLite or PostgreSQL), migrations embedded;
 //! - `auth`: bearer tokens → principals and roles; who may call what;
+//! - `telemetry`, `overload`: the layers in front of every call (request id, span, log line
+//!   and RPC metrics; load shedding and the request time-out), stacked in `app`;
+//! - `metrics`: counters, histograms and scrape-time gauges, served at `--metrics-listen`;
 //! - `clock`, `nik_key`: injected time and the key that hashes NIKs.
 #![forbid(unsafe_code)]
 
@@ -25,5 +28,8 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod grpc;
+pub mod metrics;
 pub mod nik_key;
+pub mod overload;
 pub mod store;
+pub mod telemetry;

@@ -9,6 +9,7 @@
 
 pub mod fixtures;
 pub mod postgres;
+pub mod scrape;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -149,6 +150,8 @@ pub struct TestServer {
     pub log_file: Option<PathBuf>,
     /// TLS settings for connections to a server started with --tls-cert (the url is https).
     pub client_tls: Option<ClientTlsConfig>,
+    /// The metrics endpoint, when started with --metrics-listen.
+    pub metrics_addr: Option<SocketAddr>,
     running: Running,
 }
 
@@ -198,6 +201,7 @@ impl TestServer {
             Config::try_parse_from(std::iter::once("blangko-server".to_string()).chain(args))?;
         let app = Application::build_with_clock(config, clock).await?;
         let addr = app.local_addr()?;
+        let metrics_addr = app.metrics_addr()?;
         let engine = app.engine();
         let auth = app.authenticator();
         let scheme = if client_tls.is_some() {
@@ -215,6 +219,7 @@ impl TestServer {
             db,
             log_file: None,
             client_tls,
+            metrics_addr,
             running: Running::InProcess {
                 stop: Some(stop_tx),
                 task: Some(task),
@@ -266,6 +271,25 @@ impl TestServer {
             .unwrap_or_default()
             .parse()
             .with_context(|| format!("unexpected first line: {line}"))?;
+        // With --metrics-listen the second line names the metrics endpoint.
+        let metrics_addr = if extra_args.contains(&"--metrics-listen") {
+            let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
+                .await
+                .context("no metrics line in time")??
+                .context("no metrics line")?;
+            let addr = line
+                .rsplit(' ')
+                .next()
+                .and_then(|u| u.strip_prefix("http://"))
+                .and_then(|u| u.strip_suffix("/metrics"))
+                .unwrap_or_default();
+            Some(
+                addr.parse()
+                    .with_context(|| format!("unexpected metrics line: {line}"))?,
+            )
+        } else {
+            None
+        };
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let server = TestServer {
@@ -274,6 +298,7 @@ impl TestServer {
             db,
             log_file: Some(log_file),
             client_tls: None,
+            metrics_addr,
             running: Running::Process { child },
         };
         server.wait_until_serving().await?;
@@ -437,6 +462,14 @@ impl TestServer {
             .await?;
         let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
         Ok((exit, started.elapsed()))
+    }
+
+    /// The metrics endpoint's text (GET /metrics), failing unless it answers 200.
+    pub async fn scrape_metrics(&self) -> anyhow::Result<String> {
+        let addr = self
+            .metrics_addr
+            .context("start the server with --metrics-listen 127.0.0.1:0")?;
+        scrape::get(addr, "/metrics").await
     }
 
     /// The child process's log so far.

@@ -67,6 +67,8 @@ pub struct Engine {
     pub batcher: batch::Batcher,
     /// Process start (unix ms), for GetServerInfo.
     pub started_ms: i64,
+    /// Counters and histograms for the metrics endpoint (shared with the layers in front).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Engine {
@@ -95,6 +97,7 @@ impl Engine {
             hub: watch::WatchHub::new(max_watchers),
             batcher: batch::Batcher::default(),
             started_ms,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
     }
 

@@ -235,17 +235,29 @@ impl Engine {
         let mut conn = self.store.reader().acquire().await?;
         let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
         let sp = Self::service_point_or_not_found(&mut conn, office_id, service_point_id).await?;
-        let zone = zone_of(&office)?;
+        self.quota_snapshot_of(&mut conn, &office, &sp).await
+    }
+
+    /// Today's snapshot of a loaded service point, read on `conn` (GetQuota, metrics).
+    pub(crate) async fn quota_snapshot_of(
+        &self,
+        conn: &mut AnyConnection,
+        office: &OfficeRow,
+        sp: &ServicePointRow,
+    ) -> EngineResult<QuotaSnapshot> {
+        let zone = zone_of(office)?;
         let now = self.clock.now_ms();
         let today = zone.local_date(now);
         let date = format_local_date(today);
-        let qd = match rows::quota_day(&mut conn, office_id, service_point_id, &date, "").await? {
+        let qd = match rows::quota_day(conn, &office.office_id, &sp.service_point_id, &date, "")
+            .await?
+        {
             Some(q) => q,
-            None => super::compute_quota_day(&mut conn, &office, &sp, today).await?,
+            None => super::compute_quota_day(conn, office, sp, today).await?,
         };
-        let policy = policy_of(&sp)?;
-        let calendar = super::calendar_of(&sp);
-        snapshot(&mut conn, &office, &sp, &policy, &qd, &calendar, zone, now).await
+        let policy = policy_of(sp)?;
+        let calendar = super::calendar_of(sp);
+        snapshot(conn, office, sp, &policy, &qd, &calendar, zone, now).await
     }
 
     /// One office's stock level.

@@ -42,8 +42,12 @@ impl Engine {
             if *shutdown.borrow() {
                 break;
             }
-            if let Err(err) = self.sweep_once().await {
-                tracing::warn!(error = %err, "sweeper pass failed; will try again");
+            match self.sweep_once().await {
+                Ok(expired) => self.metrics.record_sweep(Some(expired)),
+                Err(err) => {
+                    self.metrics.record_sweep(None);
+                    tracing::warn!(error = %err, "sweeper pass failed; will try again");
+                }
             }
         }
     }

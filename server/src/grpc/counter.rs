@@ -18,6 +18,7 @@ use crate::engine::Engine;
 use crate::engine::holds::{IkdActivationCommand, SpoilCommand};
 use crate::engine::queries::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::engine::reserve::ReserveCommand;
+use crate::telemetry::record_place;
 
 /// The CounterService implementation.
 pub struct CounterApi {
@@ -30,6 +31,34 @@ impl CounterApi {
     /// Handlers over `engine`; streams end when `shutdown` becomes true.
     pub fn new(engine: Arc<Engine>, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
         CounterApi { engine, shutdown }
+    }
+
+    /// Reserve, apart from counting its outcome.
+    async fn reserve_counted(
+        &self,
+        request: Request<ReserveRequest>,
+    ) -> Result<ReserveResponse, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        record_place(&r.office_id, &r.service_point_id);
+        who.allow(
+            Rpc::Reserve,
+            Scope::ServicePoint(&r.office_id, &r.service_point_id),
+        )?;
+        let principal = who.name;
+        let nik = check_reserve(&r, nik_today(&self.engine))?;
+        let cmd = ReserveCommand {
+            fingerprint: fingerprint(&self.engine, "Reserve", &r),
+            request_id: r.request_id,
+            office_id: r.office_id,
+            service_point_id: r.service_point_id,
+            counter_id: r.counter_id,
+            nik,
+            reason: r.reason,
+            ikd_status: r.ikd_status,
+            principal,
+        };
+        Ok(self.engine.reserve(&cmd).await?)
     }
 }
 
@@ -51,26 +80,9 @@ impl CounterService for CounterApi {
         &self,
         request: Request<ReserveRequest>,
     ) -> Result<Response<ReserveResponse>, Status> {
-        let who = caller(&request)?;
-        let r = request.into_inner();
-        who.allow(
-            Rpc::Reserve,
-            Scope::ServicePoint(&r.office_id, &r.service_point_id),
-        )?;
-        let principal = who.name;
-        let nik = check_reserve(&r, nik_today(&self.engine))?;
-        let cmd = ReserveCommand {
-            fingerprint: fingerprint(&self.engine, "Reserve", &r),
-            request_id: r.request_id,
-            office_id: r.office_id,
-            service_point_id: r.service_point_id,
-            counter_id: r.counter_id,
-            nik,
-            reason: r.reason,
-            ikd_status: r.ikd_status,
-            principal,
-        };
-        Ok(Response::new(self.engine.reserve(&cmd).await?))
+        let result = self.reserve_counted(request).await;
+        self.engine.metrics.record_reserve(&result);
+        result.map(Response::new)
     }
 
     async fn commit_reservation(
@@ -134,6 +146,7 @@ impl CounterService for CounterApi {
     ) -> Result<Response<ReportSpoiledBlankResponse>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
+        record_place(&r.office_id, "");
         who.allow(Rpc::ReportSpoiledBlank, Scope::Office(&r.office_id))?;
         let mut c = Checker::new();
         c.request_id(&r.request_id);
@@ -169,7 +182,11 @@ impl CounterService for CounterApi {
             note: r.note,
             principal,
         };
-        Ok(Response::new(self.engine.report_spoiled(&cmd).await?))
+        let answer = self.engine.report_spoiled(&cmd).await?;
+        if let Some(referral) = &answer.ikd_referral {
+            self.engine.metrics.record_referral(referral);
+        }
+        Ok(Response::new(answer))
     }
 
     async fn record_ikd_activation(
@@ -178,6 +195,7 @@ impl CounterService for CounterApi {
     ) -> Result<Response<RecordIkdActivationResponse>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
+        record_place(&r.office_id, &r.service_point_id);
         who.allow(
             Rpc::RecordIkdActivation,
             Scope::ServicePoint(&r.office_id, &r.service_point_id),
@@ -201,9 +219,9 @@ impl CounterService for CounterApi {
             nik,
             principal,
         };
-        Ok(Response::new(
-            self.engine.record_ikd_activation(&cmd).await?,
-        ))
+        let answer = self.engine.record_ikd_activation(&cmd).await?;
+        self.engine.metrics.record_ikd_activation();
+        Ok(Response::new(answer))
     }
 
     async fn list_reservations(
@@ -212,6 +230,7 @@ impl CounterService for CounterApi {
     ) -> Result<Response<ListReservationsResponse>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
+        record_place(&r.office_id, &r.service_point_id);
         let scope = if r.service_point_id.is_empty() {
             Scope::AllServicePoints(&r.office_id)
         } else {
@@ -270,6 +289,7 @@ impl CounterService for CounterApi {
     ) -> Result<Response<GetQuotaResponse>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
+        record_place(&r.office_id, &r.service_point_id);
         who.allow(
             Rpc::GetQuota,
             Scope::ServicePoint(&r.office_id, &r.service_point_id),
@@ -292,6 +312,7 @@ impl CounterService for CounterApi {
     ) -> Result<Response<Self::WatchQuotaStream>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
+        record_place(&r.office_id, &r.service_point_id);
         who.allow(
             Rpc::WatchQuota,
             Scope::ServicePoint(&r.office_id, &r.service_point_id),
@@ -321,6 +342,7 @@ impl CounterService for CounterApi {
     ) -> Result<Response<ReportQueueResponse>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
+        record_place(&r.office_id, &r.service_point_id);
         who.allow(
             Rpc::ReportQueue,
             Scope::ServicePoint(&r.office_id, &r.service_point_id),

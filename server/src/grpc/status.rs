@@ -75,3 +75,36 @@ fn describe(violations: &[crate::engine::FieldViolation]) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+/// The ErrorInfo reason of a call refused by load shedding.
+pub const OVERLOADED: &str = "OVERLOADED";
+/// The ErrorInfo reason of a call cut by the server's request time-out.
+pub const REQUEST_TIMEOUT: &str = "REQUEST_TIMEOUT";
+
+/// A call refused because `limit` calls were already in flight: UNAVAILABLE (gRPC clients may
+/// retry it; nothing was done) with RetryInfo saying when, and ErrorInfo OVERLOADED.
+pub fn overloaded(limit: usize, retry_after: Duration) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+    details.set_error_info(OVERLOADED, ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(
+        Code::Unavailable,
+        format!(
+            "the server is overloaded ({limit} calls in flight); nothing was done: retry after {} ms with the same request_id",
+            retry_after.as_millis()
+        ),
+        details,
+    )
+}
+
+/// A call that ran past the server's request time-out: DEADLINE_EXCEEDED. A mutating call may
+/// or may not have taken effect; a retry with the same request_id gets the first answer.
+pub fn timed_out(timeout: Duration) -> Status {
+    Status::with_error_details(
+        Code::DeadlineExceeded,
+        format!(
+            "the call ran past the server's request time-out ({} s); retry with the same request_id",
+            timeout.as_secs()
+        ),
+        ErrorDetails::with_error_info(REQUEST_TIMEOUT, ERROR_DOMAIN, HashMap::new()),
+    )
+}

@@ -258,6 +258,7 @@ impl StockService for StockApi {
     ) -> Result<Response<RecordShipmentResponse>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
+        crate::telemetry::record_place(&r.office_id, "");
         who.allow(Rpc::RecordShipment, Scope::Office(&r.office_id))?;
         let principal = who.name;
         let mut c = Checker::new();
@@ -315,6 +316,7 @@ impl StockService for StockApi {
     ) -> Result<Response<AdjustStockResponse>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
+        crate::telemetry::record_place(&r.office_id, "");
         who.allow(Rpc::AdjustStock, Scope::Office(&r.office_id))?;
         let principal = who.name;
         let mut c = Checker::new();
@@ -342,6 +344,7 @@ impl StockService for StockApi {
     ) -> Result<Response<SetQuotaPolicyResponse>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
+        crate::telemetry::record_place(&r.office_id, "");
         who.allow(Rpc::SetQuotaPolicy, Scope::Office(&r.office_id))?;
         let principal = who.name;
         let mut c = Checker::new();
@@ -381,6 +384,7 @@ impl StockService for StockApi {
     ) -> Result<Response<GetStockResponse>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
+        crate::telemetry::record_place(&r.office_id, "");
         who.allow(Rpc::GetStock, Scope::Office(&r.office_id))?;
         let mut c = Checker::new();
         c.office_id("office_id", &r.office_id);
@@ -421,6 +425,7 @@ impl StockService for StockApi {
     ) -> Result<Response<ListLedgerEntriesResponse>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
+        crate::telemetry::record_place(&r.office_id, "");
         who.allow(Rpc::ListLedgerEntries, Scope::Office(&r.office_id))?;
         let mut c = Checker::new();
         c.office_id("office_id", &r.office_id);

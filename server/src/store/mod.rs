@@ -82,6 +82,17 @@ pub struct StoreOptions {
     pub sqlite_sync: SqliteSync,
 }
 
+/// How much of a connection pool is in use.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    /// Connections open (in use plus idle).
+    pub size: u32,
+    /// Connections idle.
+    pub idle: usize,
+    /// Most connections the pool may open.
+    pub max: u32,
+}
+
 /// The open database.
 pub struct Store {
     kind: DatabaseKind,
@@ -225,6 +236,23 @@ impl Store {
     /// The pool for reads.
     pub fn reader(&self) -> &AnyPool {
         &self.reader
+    }
+
+    /// The connection pools and their use now (metrics): SQLite's writer and readers, or
+    /// PostgreSQL's one shared pool.
+    pub fn pool_stats(&self) -> Vec<(&'static str, PoolStats)> {
+        let stats = |pool: &AnyPool| PoolStats {
+            size: pool.size(),
+            idle: pool.num_idle(),
+            max: pool.options().get_max_connections(),
+        };
+        match self.kind {
+            DatabaseKind::Sqlite => vec![
+                ("writer", stats(&self.writer)),
+                ("reader", stats(&self.reader)),
+            ],
+            DatabaseKind::Postgres => vec![("shared", stats(&self.writer))],
+        }
     }
 
     /// `SELECT ... FOR UPDATE` suffix for this engine.

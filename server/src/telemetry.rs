@@ -1,0 +1,307 @@
+//! The outermost layer: every call gets a request id, a `tracing` span and, when it ends, a
+//! log line and its place in the RPC metrics.
+//!
+//! - The request id comes from the caller's `x-request-id` metadata when it is 1 to
+//!   [`MAX_REQUEST_ID_CHARS`] printable ASCII characters without spaces and holds no 16-digit
+//!   run (a NIK sent by mistake is never logged or echoed); otherwise the server makes one.
+//!   It is echoed in the answer's `x-request-id` metadata, on errors too.
+//! - The span `rpc` carries `method`, `request_id`, `office` and `service_point` (recorded by
+//!   the handlers once they have decoded the request, see [`record_place`]), and at the end
+//!   `code` (the gRPC status) and `latency_ms`. With `--log-format json` they are JSON fields.
+//! - A call ends when its answer's last frame (the trailers with `grpc-status`) is sent; a
+//!   stream that the client drops ends as CANCELLED.
+//!
+//! Log lines go to target `blangko_server::rpc`: calls that fail at INFO, calls that succeed
+//! at DEBUG (`--log info,blangko_server::rpc=debug` logs every call; `…=warn` none).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tonic::Code;
+use tonic::codegen::http::{self, HeaderMap, HeaderValue};
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
+
+/// The metadata key of the request id, both ways.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The longest request id accepted from a caller.
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+/// The tracing target of the per-call log lines.
+pub const RPC_TARGET: &str = "blangko_server::rpc";
+
+/// The caller's request id when it is acceptable: bounded, printable ASCII, no spaces, and no
+/// run of 16 digits (which could be a NIK).
+pub fn accepted_request_id(value: &[u8]) -> Option<&str> {
+    if value.is_empty() || value.len() > MAX_REQUEST_ID_CHARS {
+        return None;
+    }
+    if !value.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return None;
+    }
+    let mut digits = 0;
+    for b in value {
+        digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
+        if digits >= 16 {
+            return None;
+        }
+    }
+    std::str::from_utf8(value).ok()
+}
+
+/// A fresh request id: `srv-` and three groups of 8 hex characters of randomness (groups, so
+/// no id is mistaken for a NIK's 16 digits).
+pub fn new_request_id() -> String {
+    let [a, b, c]: [u32; 3] = rand::random();
+    format!("srv-{a:08x}-{b:08x}-{c:08x}")
+}
+
+/// Records the office and service point of the current call in its span (handlers call this
+/// once the request is decoded). Values that are not well-formed ids are left out, so a
+/// caller cannot put arbitrary text (or a NIK) into the log through these fields.
+pub fn record_place(office_id: &str, service_point_id: &str) {
+    let span = tracing::Span::current();
+    if office_id.len() == 4 && office_id.bytes().all(|b| b.is_ascii_digit()) {
+        span.record("office", office_id);
+    }
+    if is_loggable_id(service_point_id) {
+        span.record("service_point", service_point_id);
+    }
+}
+
+/// A service point id fit for the log: 1 to 64 letters, digits, '-', '_' or '.', without a
+/// run of 16 digits.
+fn is_loggable_id(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= crate::grpc::validate::MAX_ID_CHARS
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && accepted_request_id(value.as_bytes()).is_some()
+}
+
+/// Layer: request id, span, log line and RPC metrics.
+#[derive(Clone)]
+pub struct RequestContextLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RequestContextLayer {
+    /// Records finished calls in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        RequestContextLayer { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for RequestContextLayer {
+    type Service = RequestContext<S>;
+
+    fn layer(&self, inner: S) -> RequestContext<S> {
+        RequestContext {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// The service [`RequestContextLayer`] wraps around the rest of the stack.
+#[derive(Clone)]
+pub struct RequestContext<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B> tower::Service<http::Request<B>> for RequestContext<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let method = self.metrics.method_label(request.uri().path());
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| accepted_request_id(v.as_bytes()))
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+        // Handlers see the id the server uses, not a rejected one.
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            request.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        let span = tracing::info_span!(
+            target: RPC_TARGET,
+            "rpc",
+            method = %method,
+            request_id = %request_id,
+            office = tracing::field::Empty,
+            service_point = tracing::field::Empty,
+            code = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+        );
+        let call = span.in_scope(|| self.inner.call(request));
+        let mut end = CallEnd {
+            metrics: Arc::clone(&self.metrics),
+            method,
+            span: span.clone(),
+            started,
+            finished: false,
+        };
+        Box::pin(
+            async move {
+                let mut response = match call.await {
+                    Ok(response) => response,
+                    Err(err) => {
+                        end.finish(Code::Unknown);
+                        return Err(err);
+                    }
+                };
+                if let Ok(value) = HeaderValue::from_str(&request_id) {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+                }
+                // A trailers-only answer (every error) carries its status in the headers; any
+                // other answer carries it in the trailers at the end of its body.
+                if let Some(code) = grpc_status(response.headers()) {
+                    end.finish(code);
+                    return Ok(response);
+                }
+                Ok(response.map(|body| tonic::body::Body::new(ObservedBody { inner: body, end })))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The `grpc-status` in a header or trailer block.
+fn grpc_status(headers: &HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from_i32)
+}
+
+/// What it takes to close a call's books. Dropped unfinished — the answer's future or body
+/// dropped before the status was sent: the client went away, its `grpc-timeout` ran out (tonic
+/// then answers CANCELLED), or the server is stopping — the call ends as CANCELLED.
+struct CallEnd {
+    metrics: Arc<Metrics>,
+    method: String,
+    span: tracing::Span,
+    started: Instant,
+    finished: bool,
+}
+
+impl Drop for CallEnd {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
+impl CallEnd {
+    /// Logs and counts the call once (later calls do nothing).
+    fn finish(&mut self, code: Code) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let elapsed = self.started.elapsed();
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        let code_name = crate::metrics::code_name(code);
+        self.span.record("code", code_name);
+        self.span.record("latency_ms", latency_ms);
+        // Failures at INFO, successes at DEBUG: a line per call cut the throughput of cheap
+        // calls (Health/Check) by about 30% in blangko-bench (BENCHMARKS.md) and would fill the
+        // log with health probes; `--log info,blangko_server::rpc=debug` logs every call.
+        self.span.in_scope(|| {
+            if code == Code::Ok {
+                tracing::debug!(target: RPC_TARGET, code = code_name, latency_ms, "rpc finished");
+            } else {
+                tracing::info!(target: RPC_TARGET, code = code_name, latency_ms, "rpc finished");
+            }
+        });
+        self.metrics.record_rpc(
+            std::mem::take(&mut self.method),
+            code,
+            elapsed.as_secs_f64(),
+        );
+    }
+}
+
+/// An answer body that notices its trailers (the call's status); dropped before them, its
+/// [`CallEnd`] ends the call as CANCELLED.
+struct ObservedBody {
+    inner: tonic::body::Body,
+    end: CallEnd,
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let code = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .trailers_ref()
+                .map(|trailers| grpc_status(trailers).unwrap_or(Code::Unknown)),
+            Poll::Ready(Some(Err(status))) => Some(status.code()),
+            Poll::Ready(None) => Some(Code::Unknown),
+            Poll::Pending => None,
+        };
+        if let Some(code) = code {
+            this.end.finish(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_bounded_printable_and_never_a_nik() {
+        assert_eq!(accepted_request_id(b"abc-123"), Some("abc-123"));
+        assert_eq!(accepted_request_id(b""), None);
+        assert_eq!(accepted_request_id(b"has space"), None);
+        assert_eq!(accepted_request_id("caf\u{e9}".as_bytes()), None);
+        assert_eq!(accepted_request_id(&[b'a'; 129]), None);
+        assert!(accepted_request_id(&[b'a'; 128]).is_some());
+        assert_eq!(accepted_request_id(b"id-3275014101900001"), None);
+        assert!(accepted_request_id(b"id-327501410190000").is_some());
+    }
+
+    #[test]
+    fn generated_ids_are_acceptable_ids() {
+        let id = new_request_id();
+        assert_eq!(accepted_request_id(id.as_bytes()), Some(id.as_str()));
+        assert_ne!(new_request_id(), id);
+    }
+}
