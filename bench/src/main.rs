@@ -72,6 +72,13 @@ struct Args {
     /// Only check the quota invariant of the bench offices (no set-up, no load).
     #[arg(long)]
     check_only: bool,
+    /// WatchQuota streams to hold open (spread over the bench service points) through all
+    /// phases; each must deliver its first snapshot and stay open to the end.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    watchers: u32,
+    /// The server's process id (same machine): its peak and current RSS are printed at the end.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Phases to run, comma separated: health, quota, reserve.
     #[arg(long, value_delimiter = ',', default_value = "health,quota,reserve")]
     phases: Vec<String>,
@@ -161,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
         args.offices,
         args.service_points
     );
+    let watchers = open_watchers(&clients, &args).await?;
     let nik_counter = Arc::new(AtomicU64::new(args.nik_offset));
     let mut throughput = Vec::new();
     let mut failed = false;
@@ -186,6 +194,12 @@ async fn main() -> anyhow::Result<()> {
                 println!("ratio {phase}/health throughput: {:.3}", rps / health);
             }
         }
+    }
+    if let Some(w) = watchers {
+        failed |= !w.report();
+    }
+    if let Some(pid) = args.server_pid {
+        print_server_memory(pid);
     }
     let over = check_invariant(&mut CounterServiceClient::new(channels[0].clone()), &args).await?;
     if over > 0 || failed {
@@ -469,4 +483,115 @@ async fn check_invariant(
         }
     }
     Ok(over)
+}
+
+/// The WatchQuota streams held open during the run.
+struct Watchers {
+    open: u32,
+    updates: Arc<AtomicU64>,
+    ended: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Watchers {
+    /// Prints what the streams received; false when one of them ended before the run did.
+    fn report(self) -> bool {
+        let ended = self.ended.load(Ordering::SeqCst);
+        println!(
+            "watchers: {} streams open through the run, {} snapshots received, {} ended early",
+            self.open,
+            self.updates.load(Ordering::SeqCst),
+            ended
+        );
+        for task in self.tasks {
+            task.abort();
+        }
+        ended == 0
+    }
+}
+
+/// Most time to wait for every watcher's first snapshot.
+const WATCHERS_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn open_watchers(clients: &Clients, args: &Args) -> anyhow::Result<Option<Watchers>> {
+    if args.watchers == 0 {
+        return Ok(None);
+    }
+    let updates = Arc::new(AtomicU64::new(0));
+    let ended = Arc::new(AtomicU64::new(0));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(args.watchers as usize);
+    let mut tasks = Vec::new();
+    for i in 0..args.watchers {
+        let mut client = clients.counter[i as usize % clients.counter.len()].clone();
+        let request = WatchQuotaRequest {
+            office_id: office_id(i % args.offices),
+            service_point_id: format!("sp{}", (i / args.offices) % args.service_points),
+        };
+        let (updates, ended, ready) = (updates.clone(), ended.clone(), ready_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(response) = client.watch_quota(request).await else {
+                ended.fetch_add(1, Ordering::SeqCst);
+                return;
+            };
+            let mut stream = response.into_inner();
+            let mut first = true;
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => {
+                        updates.fetch_add(1, Ordering::SeqCst);
+                        if first {
+                            first = false;
+                            let _ = ready.send(()).await;
+                        }
+                    }
+                    _ => {
+                        ended.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    drop(ready_tx);
+    let mut ready = 0;
+    let deadline = tokio::time::Instant::now() + WATCHERS_READY_TIMEOUT;
+    while ready < args.watchers {
+        match tokio::time::timeout_at(deadline, ready_rx.recv()).await {
+            Ok(Some(())) => ready += 1,
+            _ => break,
+        }
+    }
+    anyhow::ensure!(
+        ready == args.watchers,
+        "only {ready} of {} WatchQuota streams delivered a first snapshot",
+        args.watchers
+    );
+    println!("watchers: {ready} WatchQuota streams open");
+    Ok(Some(Watchers {
+        open: args.watchers,
+        updates,
+        ended,
+        tasks,
+    }))
+}
+
+/// Prints a local process's peak (VmHWM) and current (VmRSS) resident memory.
+fn print_server_memory(pid: u32) {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => {
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .map(|l| l[name.len()..].trim().to_string())
+                    .unwrap_or_else(|| "?".into())
+            };
+            println!(
+                "server memory: peak RSS {}, current RSS {}",
+                field("VmHWM:"),
+                field("VmRSS:")
+            );
+        }
+        Err(err) => println!("server memory: cannot read /proc/{pid}/status: {err}"),
+    }
 }
