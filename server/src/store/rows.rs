@@ -797,18 +797,25 @@ pub async fn live_reservations_of_niks(
     let sqlite = is_sqlite(conn);
     let mut out = HashMap::new();
     for chunk in nik_hashes.chunks(MAX_PARAMS_PER_STATEMENT - 1) {
-        let sql = format!(
-            "SELECT {RESERVATION_COLUMNS} FROM reservations {} WHERE local_date = {} AND state IN ('HELD', 'COMMITTED') AND nik_hash IN ({})",
-            // Without statistics SQLite's planner prefers reservations_due (state = ?) and
-            // scans every held reservation; name the index so a batch's lookup stays a search.
-            if sqlite {
-                "INDEXED BY reservations_one_live_per_nik_day"
-            } else {
-                ""
-            },
-            placeholders(sqlite, 1, 1),
-            placeholders(sqlite, 2, chunk.len())
-        );
+        // Both planners are told which index to take, so the lookup stays a search of the
+        // NIK/day index even before the table has statistics (a fresh or fast-growing table):
+        // SQLite by name (otherwise it preferred reservations_due (state = ?) and scanned every
+        // held reservation); PostgreSQL by joining from the list of hashes, a nested loop of
+        // index lookups (an IN list planned without statistics scanned the day's rows).
+        let sql = if sqlite {
+            format!(
+                "SELECT {RESERVATION_COLUMNS} FROM reservations INDEXED BY reservations_one_live_per_nik_day WHERE local_date = ? AND state IN ('HELD', 'COMMITTED') AND nik_hash IN ({})",
+                placeholders(sqlite, 2, chunk.len())
+            )
+        } else {
+            let values = (2..chunk.len() + 2)
+                .map(|i| format!("(${i})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "SELECT {RESERVATION_COLUMNS} FROM (VALUES {values}) AS batch(h) JOIN reservations ON reservations.nik_hash = batch.h WHERE local_date = $1 AND state IN ('HELD', 'COMMITTED')"
+            )
+        };
         let mut query = sqlx::query(&sql).bind(local_date);
         for h in chunk {
             query = query.bind(*h);
