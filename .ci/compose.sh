@@ -114,6 +114,11 @@ for name in ("server-a", "server-b"):
 
 check(any(p.startswith("127.0.0.1:50051:50051") for p in ports.get("server-a", [])), "server-a: port 50051 -> 50051")
 check(any(p.startswith("127.0.0.1:50052:50051") for p in ports.get("server-b", [])), "server-b: port 50052 -> 50051")
+for name, port in (("server-a", "9464"), ("server-b", "9465")):
+    env = services.get(name, {}).get("environment", {})
+    check(str(env.get("BLANGKO_METRICS_LISTEN", "")).endswith(":9464"), f"{name}: BLANGKO_METRICS_LISTEN on port 9464")
+    check(any(p.startswith(f"127.0.0.1:{port}:9464") for p in ports.get(name, [])),
+          f"{name}: metrics published on loopback port {port}")
 check("--demo" in services.get("server-a", {}).get("command", []), "server-a: --demo")
 check("--demo" not in services.get("server-b", {}).get("command", []) and
       "BLANGKO_DEMO" not in services.get("server-b", {}).get("environment", {}),
