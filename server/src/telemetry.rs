@@ -72,6 +72,12 @@ pub fn record_place(office_id: &str, service_point_id: &str) {
     }
 }
 
+/// Records what a call decided in its span (`reserved`, `replayed`, an IKD referral cause, …: the
+/// `outcome` label of `blangko_reservations_total`), beside its gRPC code.
+pub fn record_outcome(outcome: &'static str) {
+    tracing::Span::current().record("outcome", outcome);
+}
+
 /// A service point id fit for the log: 1 to 64 letters, digits, '-', '_' or '.', without a
 /// run of 16 digits.
 fn is_loggable_id(value: &str) -> bool {
@@ -150,6 +156,7 @@ where
             request_id = %request_id,
             office = tracing::field::Empty,
             service_point = tracing::field::Empty,
+            outcome = tracing::field::Empty,
             code = tracing::field::Empty,
             latency_ms = tracing::field::Empty,
         );

@@ -78,6 +78,7 @@ async fn a_request_id_is_echoed_and_names_the_log_line() -> anyhow::Result<()> {
     assert_eq!(span["method"], "/blangko.v1.CounterService/Reserve");
     assert_eq!(span["office"], "3275");
     assert_eq!(span["service_point"], "mpp");
+    assert_eq!(span["outcome"], "reserved");
     assert_eq!(finished["fields"]["code"], "OK");
     assert!(
         finished["fields"]["latency_ms"].as_f64().is_some(),

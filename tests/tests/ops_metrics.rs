@@ -50,6 +50,7 @@ async fn metrics_count_what_was_done_and_gauges_match_the_api() -> anyhow::Resul
         // Three reserved, one replayed, two past the quota.
         let mut request_ids = Vec::new();
         let mut reservations = Vec::new();
+        let mut sent = Vec::new();
         let first = reserve_request("3275", "mpp", 0);
         for n in 0..5 {
             let request = if n == 0 {
@@ -58,6 +59,7 @@ async fn metrics_count_what_was_done_and_gauges_match_the_api() -> anyhow::Resul
                 reserve_request("3275", "mpp", n)
             };
             request_ids.push(request.request_id.clone());
+            sent.push(request.clone());
             let answer = counter.reserve(request).await?.into_inner();
             match (n, answer.outcome) {
                 (0..=2, Some(Outcome::Reservation(r))) => reservations.push(r),
@@ -72,6 +74,12 @@ async fn metrics_count_what_was_done_and_gauges_match_the_api() -> anyhow::Resul
             matches!(replay.outcome, Some(Outcome::Reservation(ref r)) if r.replayed),
             "{replay:?}"
         );
+        // A referral asked again with the same request id: the stored answer, counted once.
+        let referral_again = counter.reserve(sent[3].clone()).await?.into_inner();
+        assert!(
+            matches!(referral_again.outcome, Some(Outcome::IkdReferral(ref r)) if r.replayed),
+            "{referral_again:?}"
+        );
         // IKD first: NOT_ACTIVE is referred; after the activation it is reserved.
         let ikd = |n: u32| ReserveRequest {
             ikd_status: IkdStatus::NotActive as i32,
@@ -82,15 +90,24 @@ async fn metrics_count_what_was_done_and_gauges_match_the_api() -> anyhow::Resul
             matches!(referred.outcome, Some(Outcome::IkdReferral(ref r)) if r.cause() == ReferralCause::IkdRequired),
             "{referred:?}"
         );
-        counter
-            .record_ikd_activation(RecordIkdActivationRequest {
-                request_id: rid(),
-                office_id: "3204".into(),
-                service_point_id: "main".into(),
-                counter_id: "loket-1".into(),
-                nik: nik(10),
-            })
-            .await?;
+        let activation = RecordIkdActivationRequest {
+            request_id: rid(),
+            office_id: "3204".into(),
+            service_point_id: "main".into(),
+            counter_id: "loket-1".into(),
+            nik: nik(10),
+        };
+        let recorded = counter
+            .record_ikd_activation(activation.clone())
+            .await?
+            .into_inner();
+        assert!(!recorded.replayed);
+        // The same activation retried: answered again, recorded (and counted) once.
+        let again = counter
+            .record_ikd_activation(activation)
+            .await?
+            .into_inner();
+        assert!(again.replayed);
         let activated = counter.reserve(ikd(10)).await?.into_inner();
         assert!(matches!(
             activated.outcome,
@@ -125,7 +142,7 @@ async fn metrics_count_what_was_done_and_gauges_match_the_api() -> anyhow::Resul
         let text = server.scrape_metrics().await?;
         let outcome = |o: &str| count(&text, "blangko_reservations_total", &[("outcome", o)]);
         assert_eq!(outcome("reserved"), 4.0, "{text}");
-        assert_eq!(outcome("replayed"), 1.0);
+        assert_eq!(outcome("replayed"), 2.0);
         assert_eq!(outcome("quota_exhausted"), 2.0);
         assert_eq!(outcome("ikd_required"), 1.0);
         assert_eq!(outcome("already_reserved_elsewhere"), 1.0);
@@ -142,8 +159,8 @@ async fn metrics_count_what_was_done_and_gauges_match_the_api() -> anyhow::Resul
                 &[("method", method), ("code", code)],
             )
         };
-        // 5 + 1 replay + 2 at Bandung answered OK; one FAILED_PRECONDITION; one INVALID_ARGUMENT.
-        assert_eq!(rpc(RESERVE, "OK"), 8.0);
+        // 5 + 2 replays + 2 at Bandung answered OK; one FAILED_PRECONDITION; one INVALID_ARGUMENT.
+        assert_eq!(rpc(RESERVE, "OK"), 9.0);
         assert_eq!(rpc(RESERVE, "FAILED_PRECONDITION"), 1.0);
         assert_eq!(rpc(RESERVE, "INVALID_ARGUMENT"), 1.0);
         assert_eq!(rpc("/blangko.v1.CounterService/CommitReservation", "OK"), 1.0);
@@ -153,7 +170,7 @@ async fn metrics_count_what_was_done_and_gauges_match_the_api() -> anyhow::Resul
                 "blangko_rpc_latency_seconds_count",
                 &[("method", RESERVE), ("code", "OK")]
             ),
-            Some(8.0)
+            Some(9.0)
         );
         assert_eq!(count(&text, "blangko_load_shed_total", &[]), 0.0);
         assert_eq!(

@@ -475,6 +475,9 @@ impl Engine {
             if let Some(res) = response.reservation.as_mut() {
                 res.replayed = true;
             }
+            if let Some(referral) = response.ikd_referral.as_mut() {
+                referral.replayed = true;
+            }
             return Ok(response);
         }
         let now = self.clock.now_ms();
@@ -605,7 +608,9 @@ impl Engine {
                 .stored_answer(conn, &cmd.request_id, IKD, &cmd.fingerprint)
                 .await?
             {
-                return decode_answer(&stored);
+                let mut response: RecordIkdActivationResponse = decode_answer(&stored)?;
+                response.replayed = true;
+                return Ok(response);
             }
             Self::service_point_or_not_found(conn, &cmd.office_id, &cmd.service_point_id).await?;
             let now = self.clock.now_ms();
@@ -632,6 +637,7 @@ impl Engine {
             let response = RecordIkdActivationResponse {
                 masked_nik: masked,
                 activated_at: Some(timestamp(now)),
+                replayed: false,
             };
             rows::store_answer(conn, &cmd.request_id, IKD, &cmd.fingerprint, &response.encode_to_vec(), now)
                 .await?;

@@ -384,8 +384,10 @@ impl Engine {
                 return Err(request_id_reused(&cmd.request_id, &stored.method));
             }
             let mut response: ReserveResponse = super::decode_answer(&stored.response)?;
-            if let Some(Outcome::Reservation(r)) = response.outcome.as_mut() {
-                r.replayed = true;
+            match response.outcome.as_mut() {
+                Some(Outcome::Reservation(r)) => r.replayed = true,
+                Some(Outcome::IkdReferral(r)) => r.replayed = true,
+                None => {}
             }
             return Ok(response);
         }
@@ -678,5 +680,6 @@ pub(crate) fn referral(
         activation_steps_indonesian: text.steps_indonesian,
         activation_steps_english: text.steps_english,
         next_quota_at: next_ms.map(timestamp),
+        replayed: false,
     }
 }

@@ -82,6 +82,7 @@ impl CounterService for CounterApi {
     ) -> Result<Response<ReserveResponse>, Status> {
         let result = self.reserve_counted(request).await;
         self.engine.metrics.record_reserve(&result);
+        crate::telemetry::record_outcome(crate::metrics::reserve_outcome(&result));
         result.map(Response::new)
     }
 
@@ -183,7 +184,7 @@ impl CounterService for CounterApi {
             principal,
         };
         let answer = self.engine.report_spoiled(&cmd).await?;
-        if let Some(referral) = &answer.ikd_referral {
+        if let Some(referral) = answer.ikd_referral.as_ref().filter(|r| !r.replayed) {
             self.engine.metrics.record_referral(referral);
         }
         Ok(Response::new(answer))
@@ -220,7 +221,9 @@ impl CounterService for CounterApi {
             principal,
         };
         let answer = self.engine.record_ikd_activation(&cmd).await?;
-        self.engine.metrics.record_ikd_activation();
+        if !answer.replayed {
+            self.engine.metrics.record_ikd_activation();
+        }
         Ok(Response::new(answer))
     }
 

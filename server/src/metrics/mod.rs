@@ -135,6 +135,7 @@ impl Metrics {
             outcome: Some(Outcome::IkdReferral(referral)),
             ..
         }) = result
+            && !referral.replayed
         {
             self.record_referral(referral);
         }
@@ -243,6 +244,7 @@ pub fn reserve_outcome(result: &Result<ReserveResponse, Status>) -> &'static str
         Ok(response) => match &response.outcome {
             Some(Outcome::Reservation(r)) if r.replayed => "replayed",
             Some(Outcome::Reservation(_)) => "reserved",
+            Some(Outcome::IkdReferral(referral)) if referral.replayed => "replayed",
             Some(Outcome::IkdReferral(referral)) => cause_name(referral.cause),
             None => "error",
         },
