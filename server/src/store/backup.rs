@@ -85,6 +85,51 @@ pub async fn backup(
         );
     }
 
+    // A copy that fails half-way is removed (the target did not exist before: checked above), so
+    // that a second attempt is not refused for a file that is no backup.
+    let (ledger_entries, offices) = match copy_and_check(&source, to).await {
+        Ok(figures) => figures,
+        Err(err) => {
+            let _ = std::fs::remove_file(to);
+            return Err(err);
+        }
+    };
+    // SQLite does not fsync what VACUUM INTO writes: make the copy and its directory entry
+    // durable before saying the backup exists.
+    std::fs::File::open(to)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync the backup {}", to.display()))?;
+    if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync the directory {}", dir.display()))?;
+    }
+    let bytes = std::fs::metadata(to)?.len();
+
+    let key = if key_in_environment {
+        KeyCopy::InEnvironment
+    } else {
+        copy_key(&key_from, &key_to)?;
+        KeyCopy::Copied(key_to)
+    };
+    Ok(BackupReport {
+        database: to.to_path_buf(),
+        bytes,
+        ledger_entries,
+        offices,
+        key,
+    })
+}
+
+/// `backup.db` → `backup.db.nikkey`: where a server started on the backup looks for its key.
+pub fn key_path_beside(backup: &Path) -> PathBuf {
+    default_key_path(backup)
+}
+
+/// Copies the key to a new file readable by its owner only.
+/// `VACUUM INTO` the copy over a read-only connection of its own, then SQLite's integrity check
+/// of the copy; returns its ledger entries and offices.
+async fn copy_and_check(source: &Path, to: &Path) -> anyhow::Result<(i64, i64)> {
     // Read-only, no lock file: the running server keeps its exclusive lock and its writer.
     let url = format!("sqlite://{}?mode=ro", source.display());
     let mut conn = sqlx::sqlite::SqliteConnection::connect(&url)
@@ -127,29 +172,9 @@ pub async fn backup(
         .await?
         .try_get(0)?;
     copy.close().await?;
-    let bytes = std::fs::metadata(to)?.len();
-
-    let key = if key_in_environment {
-        KeyCopy::InEnvironment
-    } else {
-        copy_key(&key_from, &key_to)?;
-        KeyCopy::Copied(key_to)
-    };
-    Ok(BackupReport {
-        database: to.to_path_buf(),
-        bytes,
-        ledger_entries,
-        offices,
-        key,
-    })
+    Ok((ledger_entries, offices))
 }
 
-/// `backup.db` → `backup.db.nikkey`: where a server started on the backup looks for its key.
-pub fn key_path_beside(backup: &Path) -> PathBuf {
-    default_key_path(backup)
-}
-
-/// Copies the key to a new file readable by its owner only.
 fn copy_key(from: &Path, to: &Path) -> anyhow::Result<()> {
     let key = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
     let mut options = std::fs::OpenOptions::new();
