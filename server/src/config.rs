@@ -49,7 +49,7 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "blangko_server=debug".
-    #[arg(long, env = "BLANGKO_LOG", default_value = "info")]
+    #[arg(long, env = "BLANGKO_LOG", default_value = "info", value_parser = log_filter)]
     pub log: String,
 
     /// File holding the 64-hex-character key that hashes NIKs. Required with PostgreSQL (every
@@ -64,7 +64,7 @@ pub struct Config {
     pub demo: bool,
 
     /// Longest time, in seconds, that shutdown waits for calls in flight before it exits.
-    #[arg(long, env = "BLANGKO_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(long, env = "BLANGKO_DRAIN_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub drain_timeout_secs: u64,
 
     /// Seconds between two passes of the sweeper that releases expired holds.
@@ -72,7 +72,7 @@ pub struct Config {
     pub sweep_interval_secs: u64,
 
     /// Most WatchQuota streams open at once on this server.
-    #[arg(long, env = "BLANGKO_MAX_WATCHERS", default_value_t = 10_000)]
+    #[arg(long, env = "BLANGKO_MAX_WATCHERS", default_value_t = 10_000, value_parser = max_watchers)]
     pub max_watchers: usize,
 
     /// Most Reserves of one office decided in one transaction (group commit); 1 turns batching off.
@@ -236,5 +236,27 @@ impl Config {
     /// The defaults, as if started with no arguments (tests override fields).
     pub fn defaults() -> Config {
         Config::parse_from(["blangko-server"])
+    }
+}
+
+/// Most WatchQuota streams `--max-watchers` may allow.
+pub const MAX_WATCHERS_LIMIT: usize = 100_000;
+
+/// `--log`: a filter `tracing` accepts (a typo fails the start instead of logging at `info`).
+fn log_filter(value: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(value)
+        .map(|_| value.to_string())
+        .map_err(|err| {
+            format!("not a log filter ({err}); e.g. \"info\" or \"info,blangko_server=debug\"")
+        })
+}
+
+/// `--max-watchers`: 1..=[`MAX_WATCHERS_LIMIT`].
+fn max_watchers(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=MAX_WATCHERS_LIMIT).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a whole number from 1 to {MAX_WATCHERS_LIMIT}"
+        )),
     }
 }

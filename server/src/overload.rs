@@ -2,7 +2,7 @@
 //! and a request time-out. Both answer with proper gRPC statuses (tonic would turn tower's own
 //! `Overloaded` into RESOURCE_EXHAUSTED without RetryInfo, and tower's `Elapsed` into a reset
 //! stream): past the limit a caller gets UNAVAILABLE with `google.rpc.RetryInfo` at once; past
-//! the time-out, DEADLINE_EXCEEDED. The stack that puts them in order is in `middleware.rs`.
+//! the time-out, DEADLINE_EXCEEDED. The stack that puts them in order is in `app.rs` (`serve`).
 //!
 //! Both wrap the *response future* only: a call holds its slot, and its time-out runs, until its
 //! answer's headers are ready. For a unary call that is the whole handler; for a server stream

@@ -229,6 +229,40 @@ async fn the_ledger_is_a_hash_chain_read_in_stable_pages() -> anyhow::Result<()>
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_point_id_that_could_be_a_nik_is_refused() -> anyhow::Result<()> {
+    // Service point ids are published (metrics labels, logs): 16 digits in a row could be a NIK.
+    let server = TestServer::start().await?;
+    let mut stock = server.stock_client().await?;
+    fixtures::office(&mut stock, "3275", |_| {}).await?;
+    let err = fixtures::service_point(
+        &mut stock,
+        "3275",
+        "loket-3275010101900001",
+        fixtures::fixed(5),
+    )
+    .await
+    .expect_err("a NIK-shaped id");
+    let status = err
+        .downcast_ref::<tonic::Status>()
+        .ok_or_else(|| anyhow::anyhow!("not a gRPC status: {err}"))?;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let fields: Vec<String> = blangko_e2e::field_violations(status)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    assert_eq!(fields, vec!["service_point.service_point_id"]);
+    // Digits broken up are fine (a NIK is 16 in a row).
+    fixtures::service_point(
+        &mut stock,
+        "3275",
+        "loket-327501-0101900001",
+        fixtures::fixed(5),
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stock_across_offices_pages_by_office_and_filters_by_province() -> anyhow::Result<()> {
     on_each_backend(|db| async move {

@@ -201,6 +201,7 @@ impl StockService for StockApi {
             &sp.service_point_id,
             validate::MAX_ID_CHARS,
         );
+        c.not_nik_shaped("service_point.service_point_id", &sp.service_point_id);
         c.text("service_point.name", &sp.name, validate::MAX_NAME_CHARS);
         c.enumeration::<ServicePointKind>("service_point.kind", sp.kind, false);
         let mut days = ['0'; 7];

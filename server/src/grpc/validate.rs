@@ -104,6 +104,22 @@ impl Checker {
         }
     }
 
+    /// An id that is published (metrics labels, logs, the public notice) must not look like a
+    /// NIK: no run of 16 or more digits.
+    pub fn not_nik_shaped(&mut self, field: &str, value: &str) {
+        let mut run = 0;
+        for b in value.bytes() {
+            run = if b.is_ascii_digit() { run + 1 } else { 0 };
+            if run >= 16 {
+                self.fail(
+                    field,
+                    "must not contain 16 or more digits in a row (it could be a NIK, and this id is published in metrics and logs)",
+                );
+                return;
+            }
+        }
+    }
+
     /// A 4-digit Kemendagri regency/city code with a known province.
     pub fn office_id(&mut self, field: &str, value: &str) {
         if value.len() != 4 || !value.bytes().all(|b| b.is_ascii_digit()) {
