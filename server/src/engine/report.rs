@@ -145,6 +145,28 @@ impl Engine {
             closing_of.insert(r.try_get("day_index")?, r.try_get("on_hand_after")?);
         }
 
+        // The balance at the start of each day that has entries, from its first entry alone
+        // (its balance after, minus its own change): so that "each day opens where the day
+        // before closed" is checked against the ledger, not assumed.
+        let opening_sql = format!(
+            "SELECT (recorded_ms + $1) / {DAY_MS} AS day_index,
+                    CAST(on_hand_after - on_hand_delta AS BIGINT) AS on_hand_before FROM ledger
+             WHERE office_id = $2 AND seq IN (
+                 SELECT MIN(seq) FROM ledger WHERE office_id = $2 AND recorded_ms >= $3 AND recorded_ms < $4
+                 GROUP BY (recorded_ms + $1) / {DAY_MS})"
+        );
+        let mut opening_of: HashMap<i64, i64> = HashMap::new();
+        for r in sqlx::query(&opening_sql)
+            .bind(offset_ms)
+            .bind(office_id)
+            .bind(start_ms)
+            .bind(end_ms)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            opening_of.insert(r.try_get("day_index")?, r.try_get("on_hand_before")?);
+        }
+
         let referrals = rows::ikd_referrals_between(
             conn,
             office_id,
@@ -155,20 +177,22 @@ impl Engine {
         tx.commit().await?;
 
         let mut days = Vec::new();
-        let mut open = opening;
-        let mut previous_close: Option<i64> = None;
+        let mut previous_close = opening;
         let mut reconciled = true;
         let mut date = from;
         let mut index = first_index;
         while date <= to {
             let s = sums.get(&index).copied().unwrap_or_default();
-            // A day without entries keeps the stock it began with.
+            // A day with entries opens with the balance before its first entry; a day without
+            // entries keeps the stock the day before closed with.
+            let open = opening_of.get(&index).copied().unwrap_or(previous_close);
             let close = closing_of.get(&index).copied().unwrap_or(open);
             let computed =
                 open + s.received + s.transferred_in - s.transferred_out - s.printed - s.spoiled
                     + s.stock_take;
-            let balanced = computed == close;
-            if !balanced || previous_close.is_some_and(|p| p != open) {
+            // The day adds up, and it opens where the day before closed.
+            let balanced = computed == close && open == previous_close;
+            if !balanced {
                 reconciled = false;
             }
             let local_date = format_local_date(date);
@@ -186,8 +210,7 @@ impl Engine {
                 ikd_activations: s.ikd_activations.max(0) as u64,
                 balanced,
             });
-            previous_close = Some(close);
-            open = close;
+            previous_close = close;
             index += 1;
             date = match date.succ_opt() {
                 Some(d) => d,
