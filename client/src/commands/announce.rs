@@ -88,11 +88,13 @@ pub fn notice_lines(s: &StockLevel, out: &Out) -> Vec<String> {
             s.office_name,
             s.office_id
         ),
+        // The office's own local date (the server's, in the office's time zone), whatever
+        // zone this terminal shows times in.
         format!(
             "{}: {} ({})",
             t("Tanggal", "Date"),
             s.local_date,
-            out.zone.abbreviation()
+            t("waktu setempat kantor", "office local time")
         ),
         String::new(),
         format!(
