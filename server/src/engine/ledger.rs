@@ -107,7 +107,7 @@ pub fn chain(
     })
 }
 
-const LEDGER_COLUMNS: [&str; 18] = [
+pub const LEDGER_COLUMNS: [&str; 18] = [
     "office_id",
     "seq",
     "kind",
@@ -133,8 +133,13 @@ pub async fn insert_entries(
     conn: &mut AnyConnection,
     entries: &[StoredEntry],
 ) -> Result<(), sqlx::Error> {
+    crate::store::rows::insert_many(conn, "ledger", &LEDGER_COLUMNS, entry_rows(entries)).await
+}
+
+/// The `ledger` rows of entries, in [`LEDGER_COLUMNS`] order.
+pub fn entry_rows(entries: &[StoredEntry]) -> Vec<Vec<crate::store::rows::Value>> {
     use crate::store::rows::Value::{Int, Text};
-    let rows = entries
+    entries
         .iter()
         .map(|s| {
             let e = &s.entry;
@@ -159,8 +164,7 @@ pub async fn insert_entries(
                 Text(e.hash.clone()),
             ]
         })
-        .collect();
-    crate::store::rows::insert_many(conn, "ledger", &LEDGER_COLUMNS, rows).await
+        .collect()
 }
 
 /// The hash of an entry: SHA-256 over its previous hash and all its fields.

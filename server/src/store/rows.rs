@@ -745,6 +745,151 @@ fn is_sqlite(conn: &AnyConnection) -> bool {
     conn.backend_name().eq_ignore_ascii_case("sqlite")
 }
 
+/// Most parameters in one combined PostgreSQL statement (its protocol allows 65,535).
+const MAX_COMBINED_PARAMS: usize = 60_000;
+
+/// Several writes sent to PostgreSQL as ONE statement: each an INSERT or UPDATE in a
+/// data-modifying CTE (`WITH w0 AS (INSERT ...), w1 AS (UPDATE ...) SELECT ...`), so a Reserve
+/// batch pays one round trip for its writes instead of one per table while it holds the office
+/// lock. Every part is executed and checked as on its own (constraints, unique violations).
+#[derive(Default)]
+pub struct CombinedWrite {
+    parts: Vec<String>,
+    values: Vec<Value>,
+}
+
+impl CombinedWrite {
+    /// A multi-row INSERT of `rows` into `table` (nothing when `rows` is empty).
+    pub fn insert(&mut self, table: &str, columns: &[&str], rows: Vec<Vec<Value>>) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
+        for (i, row) in rows.into_iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            sql.push_str(&placeholders(false, self.values.len() + 1, row.len()));
+            sql.push(')');
+            self.values.extend(row);
+        }
+        self.parts.push(sql);
+    }
+
+    /// One statement written with `$1..$n` for `values`.
+    pub fn statement(&mut self, sql: &str, values: Vec<Value>) {
+        self.parts.push(renumber(sql, self.values.len()));
+        self.values.extend(values);
+    }
+
+    /// Whether the combined statement stays within PostgreSQL's parameter limit.
+    pub fn fits(&self) -> bool {
+        self.values.len() <= MAX_COMBINED_PARAMS
+    }
+
+    /// Sends it all as one statement whose main part is `final_select` (written with `$1..$n`
+    /// for `final_values`, e.g. a `pg_notify`).
+    pub async fn execute(
+        mut self,
+        conn: &mut AnyConnection,
+        final_select: &str,
+        final_values: Vec<Value>,
+    ) -> Result<(), sqlx::Error> {
+        let final_select = renumber(final_select, self.values.len());
+        self.values.extend(final_values);
+        let mut sql = String::from("WITH ");
+        for (i, part) in self.parts.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("w{i} AS ({part})"));
+        }
+        if self.parts.is_empty() {
+            sql.clear();
+        }
+        sql.push(' ');
+        sql.push_str(&final_select);
+        let mut query = sqlx::query(&sql);
+        for value in self.values {
+            query = match value {
+                Value::Int(v) => query.bind(v),
+                Value::Text(v) => query.bind(v),
+                Value::Bytes(v) => query.bind(v),
+            };
+        }
+        query.execute(&mut *conn).await?;
+        Ok(())
+    }
+}
+
+/// `sql` with every `$n` placeholder shifted by `offset`.
+fn renumber(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            let mut n = 0usize;
+            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                n = n * 10 + d as usize;
+                chars.next();
+            }
+            out.push_str(&format!("${}", n + offset));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The UPDATE of [`update_quota_day`], with its values.
+pub fn quota_day_update(q: &QuotaDayRow) -> (&'static str, Vec<Value>) {
+    (
+        "UPDATE quota_days SET quota = $1, held = $2, committed = $3, priority_used = $4 WHERE office_id = $5 AND service_point_id = $6 AND local_date = $7",
+        vec![
+            Value::Int(q.quota),
+            Value::Int(q.held),
+            Value::Int(q.committed),
+            Value::Int(q.priority_used),
+            Value::Text(q.office_id.clone()),
+            Value::Text(q.service_point_id.clone()),
+            Value::Text(q.local_date.clone()),
+        ],
+    )
+}
+
+/// The UPDATE of [`update_office_stock`], with its values.
+pub fn office_stock_update(office: &OfficeRow) -> (&'static str, Vec<Value>) {
+    (
+        "UPDATE offices SET on_hand = $1, held = $2, ledger_seq = $3, ledger_head = $4 WHERE office_id = $5",
+        vec![
+            Value::Int(office.on_hand),
+            Value::Int(office.held),
+            Value::Int(office.ledger_seq),
+            Value::Text(office.ledger_head.clone()),
+            Value::Text(office.office_id.clone()),
+        ],
+    )
+}
+
+/// The upsert of [`add_ikd_referrals`], with its values.
+pub fn ikd_referrals_upsert(
+    office_id: &str,
+    local_date: &str,
+    cause: i32,
+    referrals: i64,
+) -> (&'static str, Vec<Value>) {
+    (
+        IKD_REFERRALS_UPSERT,
+        vec![
+            Value::Text(office_id.to_string()),
+            Value::Text(local_date.to_string()),
+            Value::Int(i64::from(cause)),
+            Value::Int(referrals),
+        ],
+    )
+}
+
 /// Placeholders for `count` parameters numbered from `first`: `$first, $first+1, ...` on
 /// PostgreSQL; anonymous `?` on SQLite, where every `$n` is a *named* parameter and binding
 /// looks each name up in a list, so a statement with n named parameters costs O(n²) to bind
@@ -801,7 +946,8 @@ pub async fn live_reservations_of_niks(
         // NIK/day index even before the table has statistics (a fresh or fast-growing table):
         // SQLite by name (otherwise it preferred reservations_due (state = ?) and scanned every
         // held reservation); PostgreSQL by joining from the list of hashes, a nested loop of
-        // index lookups (an IN list planned without statistics scanned the day's rows).
+        // index lookups, one LIMIT 1 subquery per hash (without statistics, both an IN list and
+        // a plain join were planned as a scan of the whole day's part of the index).
         let sql = if sqlite {
             format!(
                 "SELECT {RESERVATION_COLUMNS} FROM reservations INDEXED BY reservations_one_live_per_nik_day WHERE local_date = ? AND state IN ('HELD', 'COMMITTED') AND nik_hash IN ({})",
@@ -813,7 +959,7 @@ pub async fn live_reservations_of_niks(
                 .collect::<Vec<_>>()
                 .join(", ");
             format!(
-                "SELECT {RESERVATION_COLUMNS} FROM (VALUES {values}) AS batch(h) JOIN reservations ON reservations.nik_hash = batch.h WHERE local_date = $1 AND state IN ('HELD', 'COMMITTED')"
+                "SELECT r.* FROM (VALUES {values}) AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = $1 AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r"
             )
         };
         let mut query = sqlx::query(&sql).bind(local_date);
@@ -912,6 +1058,10 @@ pub fn reservation_values(r: &ReservationRow) -> Vec<Value> {
     ]
 }
 
+/// The upsert that counts IKD referrals of a cause at an office on a local day.
+const IKD_REFERRALS_UPSERT: &str = "INSERT INTO ikd_referral_days (office_id, local_date, cause, referrals) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (office_id, local_date, cause) DO UPDATE SET referrals = ikd_referral_days.referrals + excluded.referrals";
+
 /// Counts `referrals` more IKD referrals of `cause` at an office on a local day (the daily stock
 /// report reads them back with [`ikd_referrals_between`]).
 pub async fn add_ikd_referrals(
@@ -921,16 +1071,13 @@ pub async fn add_ikd_referrals(
     cause: i32,
     referrals: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO ikd_referral_days (office_id, local_date, cause, referrals) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (office_id, local_date, cause) DO UPDATE SET referrals = ikd_referral_days.referrals + excluded.referrals",
-    )
-    .bind(office_id)
-    .bind(local_date)
-    .bind(i64::from(cause))
-    .bind(referrals)
-    .execute(conn)
-    .await?;
+    sqlx::query(IKD_REFERRALS_UPSERT)
+        .bind(office_id)
+        .bind(local_date)
+        .bind(i64::from(cause))
+        .bind(referrals)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -953,4 +1100,45 @@ pub async fn ikd_referrals_between(
     rows.iter()
         .map(|r| Ok((r.try_get("local_date")?, r.try_get("referrals")?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combined_statements_number_their_parameters_after_the_earlier_ones() {
+        assert_eq!(
+            renumber("UPDATE t SET a = $1 WHERE b = $2 AND c = $12", 3),
+            "UPDATE t SET a = $4 WHERE b = $5 AND c = $15"
+        );
+        let mut write = CombinedWrite::default();
+        write.insert(
+            "t",
+            &["a", "b"],
+            vec![
+                vec![Value::Int(1), Value::Text("x".into())],
+                vec![Value::Int(2), Value::Text("y".into())],
+            ],
+        );
+        write.statement(
+            "UPDATE u SET n = $1 WHERE id = $2",
+            vec![Value::Int(7), Value::Int(8)],
+        );
+        assert_eq!(
+            write.parts,
+            vec![
+                "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)".to_string(),
+                "UPDATE u SET n = $5 WHERE id = $6".to_string(),
+            ]
+        );
+        assert_eq!(write.values.len(), 6);
+        assert!(write.fits());
+    }
+
+    #[test]
+    fn sqlite_placeholders_are_anonymous() {
+        assert_eq!(placeholders(true, 5, 3), "?, ?, ?");
+        assert_eq!(placeholders(false, 5, 3), "$5, $6, $7");
+    }
 }
