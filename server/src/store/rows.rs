@@ -195,24 +195,15 @@ pub async fn service_points_among(
     office_id: &str,
     ids: &[&str],
 ) -> Result<HashMap<String, ServicePointRow>, sqlx::Error> {
-    let sqlite = is_sqlite(conn);
-    let mut out = HashMap::new();
-    for chunk in ids.chunks(MAX_PARAMS_PER_STATEMENT - 1) {
-        let sql = format!(
-            "SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = {} AND service_point_id IN ({})",
-            placeholders(sqlite, 1, 1),
-            placeholders(sqlite, 2, chunk.len())
-        );
-        let mut query = sqlx::query(&sql).bind(office_id);
-        for id in chunk {
-            query = query.bind(*id);
-        }
-        for r in query.fetch_all(&mut *conn).await? {
-            let sp = ServicePointRow::from_row(&r)?;
-            out.insert(sp.service_point_id.clone(), sp);
-        }
-    }
-    Ok(out)
+    let rows = fetch_for_keys(conn, Some(office_id), ids, |p, keys| {
+        format!(
+            "SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = {p} AND service_point_id IN ({keys})"
+        )
+    })
+    .await?;
+    rows.iter()
+        .map(|r| ServicePointRow::from_row(r).map(|sp| (sp.service_point_id.clone(), sp)))
+        .collect()
 }
 
 /// Inserts or replaces a service point.
@@ -890,6 +881,36 @@ pub fn ikd_referrals_upsert(
     )
 }
 
+/// The rows of a query over a list of keys (a batch's request ids, NIK hashes, ...), in chunks
+/// that stay within the parameter limit. `sql(leading, keys)` writes the statement for one
+/// chunk, given the placeholder of the `leading` value (bound first, when there is one) and the
+/// comma-separated placeholders of the chunk's keys.
+async fn fetch_for_keys(
+    conn: &mut AnyConnection,
+    leading: Option<&str>,
+    keys: &[&str],
+    sql: impl Fn(&str, &str) -> String,
+) -> Result<Vec<AnyRow>, sqlx::Error> {
+    let sqlite = is_sqlite(conn);
+    let first = 1 + usize::from(leading.is_some());
+    let mut out = Vec::new();
+    for chunk in keys.chunks(MAX_PARAMS_PER_STATEMENT - 1) {
+        let text = sql(
+            &placeholders(sqlite, 1, 1),
+            &placeholders(sqlite, first, chunk.len()),
+        );
+        let mut query = sqlx::query(&text);
+        if let Some(value) = leading {
+            query = query.bind(value);
+        }
+        for key in chunk {
+            query = query.bind(*key);
+        }
+        out.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
 /// Placeholders for `count` parameters numbered from `first`: `$first, $first+1, ...` on
 /// PostgreSQL; anonymous `?` on SQLite, where every `$n` is a *named* parameter and binding
 /// looks each name up in a list, so a statement with n named parameters costs O(n²) to bind
@@ -909,28 +930,24 @@ pub async fn stored_answers(
     conn: &mut AnyConnection,
     request_ids: &[&str],
 ) -> Result<HashMap<String, StoredAnswer>, sqlx::Error> {
-    let mut out = HashMap::new();
-    for chunk in request_ids.chunks(MAX_PARAMS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT request_id, method, fingerprint, response FROM idempotency WHERE request_id IN ({})",
-            placeholders(is_sqlite(conn), 1, chunk.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for id in chunk {
-            query = query.bind(*id);
-        }
-        for r in query.fetch_all(&mut *conn).await? {
-            out.insert(
+    let rows = fetch_for_keys(conn, None, request_ids, |_, keys| {
+        format!(
+            "SELECT request_id, method, fingerprint, response FROM idempotency WHERE request_id IN ({keys})"
+        )
+    })
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
                 r.try_get("request_id")?,
                 StoredAnswer {
                     method: r.try_get("method")?,
                     fingerprint: r.try_get("fingerprint")?,
                     response: r.try_get("response")?,
                 },
-            );
-        }
-    }
-    Ok(out)
+            ))
+        })
+        .collect()
 }
 
 /// The live (HELD or COMMITTED) reservations of many NIKs on a local day, by NIK hash.
@@ -940,38 +957,32 @@ pub async fn live_reservations_of_niks(
     local_date: &str,
 ) -> Result<HashMap<String, ReservationRow>, sqlx::Error> {
     let sqlite = is_sqlite(conn);
-    let mut out = HashMap::new();
-    for chunk in nik_hashes.chunks(MAX_PARAMS_PER_STATEMENT - 1) {
+    let rows = fetch_for_keys(conn, Some(local_date), nik_hashes, |date, keys| {
         // Both planners are told which index to take, so the lookup stays a search of the
         // NIK/day index even before the table has statistics (a fresh or fast-growing table):
         // SQLite by name (otherwise it preferred reservations_due (state = ?) and scanned every
-        // held reservation); PostgreSQL by joining from the list of hashes, a nested loop of
-        // index lookups, one LIMIT 1 subquery per hash (without statistics, both an IN list and
-        // a plain join were planned as a scan of the whole day's part of the index).
-        let sql = if sqlite {
+        // held reservation); PostgreSQL by one LIMIT 1 subquery per hash, each an index probe
+        // (without statistics, both an IN list and a plain join from the list of hashes were
+        // planned as a scan of the whole day's part of the index).
+        if sqlite {
             format!(
-                "SELECT {RESERVATION_COLUMNS} FROM reservations INDEXED BY reservations_one_live_per_nik_day WHERE local_date = ? AND state IN ('HELD', 'COMMITTED') AND nik_hash IN ({})",
-                placeholders(sqlite, 2, chunk.len())
+                "SELECT {RESERVATION_COLUMNS} FROM reservations INDEXED BY reservations_one_live_per_nik_day WHERE local_date = {date} AND state IN ('HELD', 'COMMITTED') AND nik_hash IN ({keys})"
             )
         } else {
-            let values = (2..chunk.len() + 2)
-                .map(|i| format!("(${i})"))
+            let values = keys
+                .split(", ")
+                .map(|k| format!("({k})"))
                 .collect::<Vec<_>>()
                 .join(", ");
             format!(
-                "SELECT r.* FROM (VALUES {values}) AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = $1 AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r"
+                "SELECT r.* FROM (VALUES {values}) AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = {date} AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r"
             )
-        };
-        let mut query = sqlx::query(&sql).bind(local_date);
-        for h in chunk {
-            query = query.bind(*h);
         }
-        for r in query.fetch_all(&mut *conn).await? {
-            let row = ReservationRow::from_row(&r)?;
-            out.insert(row.nik_hash.clone(), row);
-        }
-    }
-    Ok(out)
+    })
+    .await?;
+    rows.iter()
+        .map(|r| ReservationRow::from_row(r).map(|row| (row.nik_hash.clone(), row)))
+        .collect()
 }
 
 /// Which of these NIK hashes have a recorded IKD activation.
@@ -979,21 +990,11 @@ pub async fn ikd_activated_among(
     conn: &mut AnyConnection,
     nik_hashes: &[&str],
 ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-    let mut out = std::collections::HashSet::new();
-    for chunk in nik_hashes.chunks(MAX_PARAMS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT nik_hash FROM ikd_activations WHERE nik_hash IN ({})",
-            placeholders(is_sqlite(conn), 1, chunk.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for h in chunk {
-            query = query.bind(*h);
-        }
-        for r in query.fetch_all(&mut *conn).await? {
-            out.insert(r.try_get("nik_hash")?);
-        }
-    }
-    Ok(out)
+    let rows = fetch_for_keys(conn, None, nik_hashes, |_, keys| {
+        format!("SELECT nik_hash FROM ikd_activations WHERE nik_hash IN ({keys})")
+    })
+    .await?;
+    rows.iter().map(|r| r.try_get("nik_hash")).collect()
 }
 
 /// Live reservations today at a service point, counted per reason.
