@@ -126,46 +126,20 @@ impl Engine {
             }
         }
 
-        // The balance at the end of each day that has entries: the last entry recorded in it.
-        let closing_sql = format!(
-            "SELECT (recorded_ms + $1) / {DAY_MS} AS day_index, on_hand_after FROM ledger
-             WHERE office_id = $2 AND seq IN (
-                 SELECT MAX(seq) FROM ledger WHERE office_id = $2 AND recorded_ms >= $3 AND recorded_ms < $4
-                 GROUP BY (recorded_ms + $1) / {DAY_MS})"
-        );
-        let mut closing_of: HashMap<i64, i64> = HashMap::new();
-        for r in sqlx::query(&closing_sql)
-            .bind(offset_ms)
-            .bind(office_id)
-            .bind(start_ms)
-            .bind(end_ms)
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            closing_of.insert(r.try_get("day_index")?, r.try_get("on_hand_after")?);
-        }
-
-        // The balance at the start of each day that has entries, from its first entry alone
-        // (its balance after, minus its own change): so that "each day opens where the day
-        // before closed" is checked against the ledger, not assumed.
-        let opening_sql = format!(
-            "SELECT (recorded_ms + $1) / {DAY_MS} AS day_index,
-                    CAST(on_hand_after - on_hand_delta AS BIGINT) AS on_hand_before FROM ledger
-             WHERE office_id = $2 AND seq IN (
-                 SELECT MIN(seq) FROM ledger WHERE office_id = $2 AND recorded_ms >= $3 AND recorded_ms < $4
-                 GROUP BY (recorded_ms + $1) / {DAY_MS})"
-        );
-        let mut opening_of: HashMap<i64, i64> = HashMap::new();
-        for r in sqlx::query(&opening_sql)
-            .bind(offset_ms)
-            .bind(office_id)
-            .bind(start_ms)
-            .bind(end_ms)
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            opening_of.insert(r.try_get("day_index")?, r.try_get("on_hand_before")?);
-        }
+        // The balance at the end of each day that has entries: after the last entry recorded in
+        // it. And the balance at its start, from its first entry alone (its balance after, minus
+        // its own change): so that "each day opens where the day before closed" is checked
+        // against the ledger, not assumed.
+        let window = DayWindow {
+            office_id,
+            offset_ms,
+            start_ms,
+            end_ms,
+        };
+        let closing_of = window.balance_per_day(conn, "MAX", "on_hand_after").await?;
+        let opening_of = window
+            .balance_per_day(conn, "MIN", "on_hand_after - on_hand_delta")
+            .await?;
 
         let referrals = rows::ikd_referrals_between(
             conn,
@@ -225,6 +199,44 @@ impl Engine {
             reconciled,
             ledger_sequence: office.ledger_seq.max(0) as u64,
         })
+    }
+}
+
+/// An office's ledger over a range of local days (`offset_ms` turns unix ms into local ms).
+struct DayWindow<'a> {
+    office_id: &'a str,
+    offset_ms: i64,
+    start_ms: i64,
+    end_ms: i64,
+}
+
+impl DayWindow<'_> {
+    /// `balance` (an expression over one ledger row) of the first (`MIN`) or last (`MAX`) entry
+    /// of each local day that has entries, by day index.
+    async fn balance_per_day(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        first_or_last: &str,
+        balance: &str,
+    ) -> EngineResult<HashMap<i64, i64>> {
+        let sql = format!(
+            "SELECT (recorded_ms + $1) / {DAY_MS} AS day_index, CAST({balance} AS BIGINT) AS balance
+             FROM ledger WHERE office_id = $2 AND seq IN (
+                 SELECT {first_or_last}(seq) FROM ledger WHERE office_id = $2 AND recorded_ms >= $3 AND recorded_ms < $4
+                 GROUP BY (recorded_ms + $1) / {DAY_MS})"
+        );
+        let mut out = HashMap::new();
+        for r in sqlx::query(&sql)
+            .bind(self.offset_ms)
+            .bind(self.office_id)
+            .bind(self.start_ms)
+            .bind(self.end_ms)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            out.insert(r.try_get("day_index")?, r.try_get("balance")?);
+        }
+        Ok(out)
     }
 }
 
