@@ -358,13 +358,22 @@ impl Engine {
 
     /// The batch's writes as ONE PostgreSQL statement (data-modifying CTEs), ending with the
     /// NOTIFY to the other replicas: one round trip while the office row is locked instead of
-    /// one per table. Falls back to [`Engine::write_batch`] past the parameter limit.
+    /// one per table. A batch past the parameter limit goes through [`Engine::write_batch`].
     async fn write_batch_combined(
         &self,
         conn: &mut AnyConnection,
         office_id: &str,
         state: &mut BatchState,
     ) -> EngineResult<()> {
+        // Past PostgreSQL's parameter limit (a batch far above the default size): per table.
+        let rows_parameters = state.ledger.len() * ledger::LEDGER_COLUMNS.len()
+            + state.reservations.len() * rows::RESERVATION_INSERT_COLUMNS.len()
+            + state.new_answers.len() * IDEMPOTENCY_COLUMNS.len();
+        // The referral counts, the quota days, the office and the NOTIFY: a few each.
+        let other_parameters = 8 * (state.referrals.len() + state.points.len() + 2);
+        if !rows::CombinedWrite::fits(rows_parameters + other_parameters) {
+            return self.write_batch(conn, office_id, state).await;
+        }
         let mut write = rows::CombinedWrite::default();
         write.insert(
             "ledger",
@@ -383,7 +392,7 @@ impl Engine {
         write.insert(
             "idempotency",
             &IDEMPOTENCY_COLUMNS,
-            state.new_answers.clone(),
+            std::mem::take(&mut state.new_answers),
         );
         for (cause, referrals) in &state.referrals {
             let (sql, values) =
@@ -399,9 +408,6 @@ impl Engine {
         if state.changed {
             let (sql, values) = rows::office_stock_update(&state.office);
             write.statement(sql, values);
-        }
-        if !write.fits() {
-            return self.write_batch(conn, office_id, state).await;
         }
         if state.changed {
             write

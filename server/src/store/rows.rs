@@ -89,17 +89,7 @@ pub async fn update_office_stock(
     conn: &mut AnyConnection,
     office: &OfficeRow,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE offices SET on_hand = $1, held = $2, ledger_seq = $3, ledger_head = $4 WHERE office_id = $5",
-    )
-    .bind(office.on_hand)
-    .bind(office.held)
-    .bind(office.ledger_seq)
-    .bind(&office.ledger_head)
-    .bind(&office.office_id)
-    .execute(conn)
-    .await?;
-    Ok(())
+    execute_built(conn, office_stock_update(office)).await
 }
 
 /// Inserts or updates an office's settings (never its stock or ledger).
@@ -314,19 +304,7 @@ pub async fn update_quota_day(
     conn: &mut AnyConnection,
     q: &QuotaDayRow,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE quota_days SET quota = $1, held = $2, committed = $3, priority_used = $4 WHERE office_id = $5 AND service_point_id = $6 AND local_date = $7",
-    )
-    .bind(q.quota)
-    .bind(q.held)
-    .bind(q.committed)
-    .bind(q.priority_used)
-    .bind(&q.office_id)
-    .bind(&q.service_point_id)
-    .bind(&q.local_date)
-    .execute(conn)
-    .await?;
-    Ok(())
+    execute_built(conn, quota_day_update(q)).await
 }
 
 /// Quota days of an office on one local day.
@@ -716,17 +694,9 @@ pub async fn insert_many(
             n += row.len();
             sql.push(')');
         }
-        let mut query = sqlx::query(&sql);
-        for row in chunk {
-            for value in row {
-                query = match value {
-                    Value::Int(v) => query.bind(v),
-                    Value::Text(v) => query.bind(v),
-                    Value::Bytes(v) => query.bind(v),
-                };
-            }
-        }
-        query.execute(&mut *conn).await?;
+        bound(&sql, chunk.into_iter().flatten())
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -734,6 +704,29 @@ pub async fn insert_many(
 /// Whether `conn` talks to SQLite (placeholders differ, see [`placeholders`]).
 fn is_sqlite(conn: &AnyConnection) -> bool {
     conn.backend_name().eq_ignore_ascii_case("sqlite")
+}
+
+/// `sql` with `values` bound to its parameters, in order.
+fn bound(
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    values
+        .into_iter()
+        .fold(sqlx::query(sql), |query, value| match value {
+            Value::Int(v) => query.bind(v),
+            Value::Text(v) => query.bind(v),
+            Value::Bytes(v) => query.bind(v),
+        })
+}
+
+/// Runs one of the `(statement, values)` pairs built below ([`quota_day_update`], ...).
+async fn execute_built(
+    conn: &mut AnyConnection,
+    (sql, values): (&str, Vec<Value>),
+) -> Result<(), sqlx::Error> {
+    bound(sql, values).execute(conn).await?;
+    Ok(())
 }
 
 /// Most parameters in one combined PostgreSQL statement (its protocol allows 65,535).
@@ -774,9 +767,9 @@ impl CombinedWrite {
         self.values.extend(values);
     }
 
-    /// Whether the combined statement stays within PostgreSQL's parameter limit.
-    pub fn fits(&self) -> bool {
-        self.values.len() <= MAX_COMBINED_PARAMS
+    /// Whether a combined statement of `parameters` stays within PostgreSQL's limit.
+    pub fn fits(parameters: usize) -> bool {
+        parameters <= MAX_COMBINED_PARAMS
     }
 
     /// Sends it all as one statement whose main part is `final_select` (written with `$1..$n`
@@ -801,15 +794,7 @@ impl CombinedWrite {
         }
         sql.push(' ');
         sql.push_str(&final_select);
-        let mut query = sqlx::query(&sql);
-        for value in self.values {
-            query = match value {
-                Value::Int(v) => query.bind(v),
-                Value::Text(v) => query.bind(v),
-                Value::Bytes(v) => query.bind(v),
-            };
-        }
-        query.execute(&mut *conn).await?;
+        bound(&sql, self.values).execute(&mut *conn).await?;
         Ok(())
     }
 }
@@ -1072,14 +1057,11 @@ pub async fn add_ikd_referrals(
     cause: i32,
     referrals: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(IKD_REFERRALS_UPSERT)
-        .bind(office_id)
-        .bind(local_date)
-        .bind(i64::from(cause))
-        .bind(referrals)
-        .execute(conn)
-        .await?;
-    Ok(())
+    execute_built(
+        conn,
+        ikd_referrals_upsert(office_id, local_date, cause, referrals),
+    )
+    .await
 }
 
 /// IKD referrals of an office per local day (all causes), for days `from_date..=to_date`.
@@ -1134,7 +1116,7 @@ mod tests {
             ]
         );
         assert_eq!(write.values.len(), 6);
-        assert!(write.fits());
+        assert!(CombinedWrite::fits(write.values.len()));
     }
 
     #[test]
