@@ -74,15 +74,11 @@ fn token_command(config: &Config, cmd: &TokenCommand) -> anyhow::Result<()> {
             let table = tokens::TokenTable::load(path)?;
             for line in table.lines() {
                 let p = &line.principal;
+                let (office, service_points) = p.scope_fields();
                 println!(
-                    "{}\t{}\t{}\t{}\tsha256:{}…",
+                    "{}\t{}\t{office}\t{service_points}\tsha256:{}…",
                     p.name,
                     p.role.as_str(),
-                    p.office_id.as_deref().unwrap_or("*"),
-                    p.service_points
-                        .as_ref()
-                        .map(|v| v.join(","))
-                        .unwrap_or_else(|| "*".into()),
                     line.token_sha256.get(..12).unwrap_or("")
                 );
             }

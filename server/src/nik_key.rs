@@ -52,7 +52,7 @@ impl NikKey {
                 .with_context(|| format!("bad NIK key file {}", path.display())),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && create => {
                 let key = NikKey::generate();
-                write_private(path, &hex::encode(key.key))?;
+                write_private(path, hex::encode(key.key).as_bytes())?;
                 tracing::info!(path = %path.display(), "generated a new NIK hashing key");
                 Ok(key)
             }
@@ -93,7 +93,9 @@ pub fn default_key_path(database_path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Creates `path` (never overwriting) readable by its owner only (0600), writes `bytes` and
+/// syncs them to disk: for key files.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -103,8 +105,8 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     }
     let mut file = options
         .open(path)
-        .with_context(|| format!("cannot create the NIK key file {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
+        .with_context(|| format!("cannot create the key file {}", path.display()))?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     Ok(())
 }

@@ -78,6 +78,17 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Its office and service points as the token file writes them: `*` for "all".
+    pub fn scope_fields(&self) -> (&str, String) {
+        (
+            self.office_id.as_deref().unwrap_or("*"),
+            self.service_points
+                .as_ref()
+                .map(|v| v.join(","))
+                .unwrap_or_else(|| "*".to_string()),
+        )
+    }
+
     /// The caller of a server that runs without authentication (loopback only, or explicitly
     /// insecure): may do everything, recorded as "anonymous".
     pub fn anonymous() -> Principal {

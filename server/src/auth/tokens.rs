@@ -139,15 +139,11 @@ impl TokenLine {
     /// The line as written to the file.
     pub fn render(&self) -> String {
         let p = &self.principal;
+        let (office, service_points) = p.scope_fields();
         format!(
-            "{} {} {} {} sha256:{}",
+            "{} {} {office} {service_points} sha256:{}",
             p.name,
             p.role.as_str(),
-            p.office_id.as_deref().unwrap_or("*"),
-            p.service_points
-                .as_ref()
-                .map(|v| v.join(","))
-                .unwrap_or_else(|| "*".to_string()),
             self.token_sha256
         )
     }

@@ -9,7 +9,6 @@
 //! is copied beside the backup as `<backup>.nikkey` with mode 0600 — where a server started on the
 //! backup looks for it by default. PostgreSQL is refused with a pointer to its own tools.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -177,17 +176,5 @@ async fn copy_and_check(source: &Path, to: &Path) -> anyhow::Result<(i64, i64)> 
 
 fn copy_key(from: &Path, to: &Path) -> anyhow::Result<()> {
     let key = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(to)
-        .with_context(|| format!("cannot create {}", to.display()))?;
-    file.write_all(&key)?;
-    file.sync_all()?;
-    Ok(())
+    crate::nik_key::write_private(to, &key)
 }
