@@ -173,9 +173,11 @@ async fn main() -> anyhow::Result<()> {
     let mut throughput = Vec::new();
     let mut failed = false;
     for phase in &args.phases {
+        let cpu = CpuUse::start(args.server_pid);
         let sample = closed_loop(&clients, &args, phase, nik_counter.clone()).await?;
         let rps = sample.micros.len() as f64 / args.seconds;
         report(&format!("{phase} (closed loop)"), &sample, rps);
+        cpu.report(sample.micros.len() as u64);
         failed |= sample.errors > 0;
         throughput.push((phase.clone(), rps));
         if args.rate > 0.0 {
@@ -573,6 +575,94 @@ async fn open_watchers(clients: &Clients, args: &Args) -> anyhow::Result<Option<
         ended,
         tasks,
     }))
+}
+
+/// CPU time spent during a phase, from Linux's `/proc`: this process's (the load generator's),
+/// the server's (with `--server-pid`) and the whole machine's. Per call it shows where a call's
+/// cost lies, and the machine's busy cores show whether the phase was limited by CPU (both
+/// processes share the cores) or by waiting. Nothing is printed where `/proc` is unreadable.
+struct CpuUse {
+    server_pid: Option<u32>,
+    bench: Option<u64>,
+    server: Option<u64>,
+    machine: Option<(u64, u64)>,
+    started: Instant,
+}
+
+/// Clock ticks per second of `/proc`'s CPU times (USER_HZ: 100 on every Linux architecture's
+/// user-space interface).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+impl CpuUse {
+    fn start(server_pid: Option<u32>) -> Self {
+        CpuUse {
+            server_pid,
+            bench: process_ticks("self"),
+            server: server_pid.and_then(|pid| process_ticks(&pid.to_string())),
+            machine: machine_ticks(),
+            started: Instant::now(),
+        }
+    }
+
+    fn report(&self, calls: u64) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let per_call = |before: Option<u64>, after: Option<u64>| match (before, after) {
+            (Some(b), Some(a)) if calls > 0 && a >= b => Some(format!(
+                "{:.0} µs/call ({:.2} cores)",
+                (a - b) as f64 / TICKS_PER_SECOND * 1e6 / calls as f64,
+                (a - b) as f64 / TICKS_PER_SECOND / seconds
+            )),
+            _ => None,
+        };
+        let mut parts = Vec::new();
+        if let Some(bench) = per_call(self.bench, process_ticks("self")) {
+            parts.push(format!("load generator {bench}"));
+        }
+        let server_now = self
+            .server_pid
+            .and_then(|pid| process_ticks(&pid.to_string()));
+        if let Some(server) = per_call(self.server, server_now) {
+            parts.push(format!("server {server}"));
+        }
+        if let (Some((busy0, all0)), Some((busy1, all1))) = (self.machine, machine_ticks())
+            && all1 > all0
+        {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            parts.push(format!(
+                "machine {:.2} of {cores} cores busy",
+                (busy1 - busy0) as f64 / (all1 - all0) as f64 * cores as f64
+            ));
+        }
+        if !parts.is_empty() {
+            println!("{:<32} {}", "  cpu", parts.join(", "));
+        }
+    }
+}
+
+/// User + system CPU ticks of a process (all its threads), from `/proc/{pid}/stat`.
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces), counted from field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The machine's busy and total CPU ticks over all cores, from `/proc/stat`.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let total: u64 = values.iter().take(8).sum();
+    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
 }
 
 /// Prints a local process's peak (VmHWM) and current (VmRSS) resident memory.
