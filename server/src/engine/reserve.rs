@@ -304,84 +304,19 @@ impl Engine {
         {
             check_quota_invariant(&point.qd)?;
         }
-        self.write_batch(conn, office_id, &mut state).await?;
+        if self.store.kind() == crate::store::DatabaseKind::Postgres {
+            self.write_batch_combined(conn, office_id, &mut state)
+                .await?;
+        } else {
+            self.write_batch(conn, office_id, &mut state).await?;
+        }
         tx.commit().await?;
         Ok((answers, state.changed))
     }
 
-    /// The batch's writes in one call to the database ([`rows::CombinedWrite`]): while the office
-    /// is locked, one round trip instead of one per table and per quota row. On PostgreSQL it
-    /// ends with the NOTIFY to the other replicas.
+    /// The batch's writes, one statement per table (SQLite: no network between the engine and
+    /// its database, so a round trip costs little).
     async fn write_batch(
-        &self,
-        conn: &mut AnyConnection,
-        office_id: &str,
-        state: &mut BatchState,
-    ) -> EngineResult<()> {
-        let mut write = rows::CombinedWrite::new(conn);
-        // Past PostgreSQL's parameter limit (a batch far above the default size): per table.
-        let rows_parameters = state.ledger.len() * ledger::LEDGER_COLUMNS.len()
-            + state.reservations.len() * rows::RESERVATION_INSERT_COLUMNS.len()
-            + state.new_answers.len() * IDEMPOTENCY_COLUMNS.len();
-        // The referral counts, the quota days, the office and the NOTIFY: a few each.
-        let other_parameters = 8 * (state.referrals.len() + state.points.len() + 2);
-        if !write.fits(rows_parameters + other_parameters) {
-            return self.write_batch_per_table(conn, office_id, state).await;
-        }
-        write.insert(
-            "ledger",
-            &ledger::LEDGER_COLUMNS,
-            ledger::entry_rows(&state.ledger),
-        );
-        write.insert(
-            "reservations",
-            &rows::RESERVATION_INSERT_COLUMNS,
-            state
-                .reservations
-                .iter()
-                .map(rows::reservation_values)
-                .collect(),
-        );
-        write.insert(
-            "idempotency",
-            &IDEMPOTENCY_COLUMNS,
-            std::mem::take(&mut state.new_answers),
-        );
-        for (cause, referrals) in &state.referrals {
-            let (sql, values) =
-                rows::ikd_referrals_upsert(office_id, &state.date, *cause, *referrals);
-            write.statement(sql, values);
-        }
-        for point in state.points.values().filter_map(|p| p.as_ref().ok()) {
-            if point.dirty {
-                let (sql, values) = rows::quota_day_update(&point.qd);
-                write.statement(sql, values);
-            }
-        }
-        if state.changed {
-            let (sql, values) = rows::office_stock_update(&state.office);
-            write.statement(sql, values);
-        }
-        // PostgreSQL tells the other replicas that the office changed (delivered at commit). When
-        // only answers were stored (replays, referrals) no stock moved and there is nobody to
-        // tell; SQLite has no other replicas.
-        let notify = (state.changed && self.store.kind() == crate::store::DatabaseKind::Postgres)
-            .then(|| {
-                (
-                    "SELECT pg_notify($1, $2)",
-                    vec![
-                        rows::Value::Text(super::notify::CHANNEL.to_string()),
-                        rows::Value::Text(office_id.to_string()),
-                    ],
-                )
-            });
-        write.execute(conn, notify).await?;
-        Ok(())
-    }
-
-    /// The batch's writes one statement per table: the fallback for a batch too large for one
-    /// PostgreSQL statement.
-    async fn write_batch_per_table(
         &self,
         conn: &mut AnyConnection,
         office_id: &str,
@@ -417,6 +352,77 @@ impl Engine {
         if state.changed {
             rows::update_office_stock(conn, &state.office).await?;
             self.announce_in_tx(conn, office_id).await?;
+        }
+        Ok(())
+    }
+
+    /// The batch's writes as ONE PostgreSQL statement (data-modifying CTEs), ending with the
+    /// NOTIFY to the other replicas: one round trip while the office row is locked instead of
+    /// one per table. A batch past the parameter limit goes through [`Engine::write_batch`].
+    async fn write_batch_combined(
+        &self,
+        conn: &mut AnyConnection,
+        office_id: &str,
+        state: &mut BatchState,
+    ) -> EngineResult<()> {
+        // Past PostgreSQL's parameter limit (a batch far above the default size): per table.
+        let rows_parameters = state.ledger.len() * ledger::LEDGER_COLUMNS.len()
+            + state.reservations.len() * rows::RESERVATION_INSERT_COLUMNS.len()
+            + state.new_answers.len() * IDEMPOTENCY_COLUMNS.len();
+        // The referral counts, the quota days, the office and the NOTIFY: a few each.
+        let other_parameters = 8 * (state.referrals.len() + state.points.len() + 2);
+        if !rows::CombinedWrite::fits(rows_parameters + other_parameters) {
+            return self.write_batch(conn, office_id, state).await;
+        }
+        let mut write = rows::CombinedWrite::default();
+        write.insert(
+            "ledger",
+            &ledger::LEDGER_COLUMNS,
+            ledger::entry_rows(&state.ledger),
+        );
+        write.insert(
+            "reservations",
+            &rows::RESERVATION_INSERT_COLUMNS,
+            state
+                .reservations
+                .iter()
+                .map(rows::reservation_values)
+                .collect(),
+        );
+        write.insert(
+            "idempotency",
+            &IDEMPOTENCY_COLUMNS,
+            std::mem::take(&mut state.new_answers),
+        );
+        for (cause, referrals) in &state.referrals {
+            let (sql, values) =
+                rows::ikd_referrals_upsert(office_id, &state.date, *cause, *referrals);
+            write.statement(sql, values);
+        }
+        for point in state.points.values().filter_map(|p| p.as_ref().ok()) {
+            if point.dirty {
+                let (sql, values) = rows::quota_day_update(&point.qd);
+                write.statement(sql, values);
+            }
+        }
+        if state.changed {
+            let (sql, values) = rows::office_stock_update(&state.office);
+            write.statement(sql, values);
+        }
+        if state.changed {
+            write
+                .execute(
+                    conn,
+                    "SELECT pg_notify($1, $2)",
+                    vec![
+                        rows::Value::Text(super::notify::CHANNEL.to_string()),
+                        rows::Value::Text(office_id.to_string()),
+                    ],
+                )
+                .await?;
+        } else {
+            // Only answers to store (replays, referrals): no stock moved, nobody to tell.
+            write.execute(conn, "SELECT 1", Vec::new()).await?;
         }
         Ok(())
     }

@@ -662,8 +662,6 @@ pub enum Value {
     Text(String),
     /// Bytes.
     Bytes(Vec<u8>),
-    /// SQL NULL (only for a placeholder without a value).
-    Null,
 }
 
 /// Most bound parameters in one statement (SQLite's limit is 32,766, PostgreSQL's 65,535).
@@ -719,7 +717,6 @@ fn bound(
             Value::Int(v) => query.bind(v),
             Value::Text(v) => query.bind(v),
             Value::Bytes(v) => query.bind(v),
-            Value::Null => query.bind(None::<i64>),
         })
 }
 
@@ -735,60 +732,29 @@ async fn execute_built(
 /// Most parameters in one combined PostgreSQL statement (its protocol allows 65,535).
 const MAX_COMBINED_PARAMS: usize = 60_000;
 
-/// Several writes sent to the database in ONE call, so a Reserve batch pays one round trip for
-/// its writes instead of one per table (and one per quota row) while it holds the office lock.
-/// Every part is executed and checked as on its own (constraints, unique violations).
-///
-/// - PostgreSQL: one statement, each part an INSERT or UPDATE in a data-modifying CTE
-///   (`WITH w0 AS (INSERT ...), w1 AS (UPDATE ...) SELECT ...`), parameters `$1..$n`.
-/// - SQLite: one script of statements separated by `;`, which sqlx prepares and steps in order,
-///   binding anonymous `?` parameters from one list (each statement takes the next ones). The
-///   "round trip" there is the hop to sqlx's connection thread: under load each hop waits for a
-///   core, and a batch's writes used to make twenty of them.
+/// Several writes sent to PostgreSQL as ONE statement: each an INSERT or UPDATE in a
+/// data-modifying CTE (`WITH w0 AS (INSERT ...), w1 AS (UPDATE ...) SELECT ...`), so a Reserve
+/// batch pays one round trip for its writes instead of one per table while it holds the office
+/// lock. Every part is executed and checked as on its own (constraints, unique violations).
+#[derive(Default)]
 pub struct CombinedWrite {
-    sqlite: bool,
     parts: Vec<String>,
     values: Vec<Value>,
 }
 
 impl CombinedWrite {
-    /// An empty write in the dialect of `conn`.
-    pub fn new(conn: &AnyConnection) -> Self {
-        Self::for_dialect(is_sqlite(conn))
-    }
-
-    fn for_dialect(sqlite: bool) -> Self {
-        CombinedWrite {
-            sqlite,
-            parts: Vec::new(),
-            values: Vec::new(),
-        }
-    }
-
-    /// A multi-row INSERT of `rows` into `table` (nothing when `rows` is empty). On SQLite, one
-    /// INSERT per [`MAX_PARAMS_PER_STATEMENT`] parameters.
+    /// A multi-row INSERT of `rows` into `table` (nothing when `rows` is empty).
     pub fn insert(&mut self, table: &str, columns: &[&str], rows: Vec<Vec<Value>>) {
-        if rows.is_empty() || columns.is_empty() {
+        if rows.is_empty() {
             return;
         }
-        let per_statement = if self.sqlite {
-            (MAX_PARAMS_PER_STATEMENT / columns.len()).max(1)
-        } else {
-            rows.len()
-        };
-        let head = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
-        let mut sql = String::new();
+        let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
         for (i, row) in rows.into_iter().enumerate() {
-            if i % per_statement == 0 {
-                if !sql.is_empty() {
-                    self.parts.push(std::mem::take(&mut sql));
-                }
-                sql.push_str(&head);
-            } else {
+            if i > 0 {
                 sql.push_str(", ");
             }
             sql.push('(');
-            sql.push_str(&placeholders(self.sqlite, self.values.len() + 1, row.len()));
+            sql.push_str(&placeholders(false, self.values.len() + 1, row.len()));
             sql.push(')');
             self.values.extend(row);
         }
@@ -797,48 +763,23 @@ impl CombinedWrite {
 
     /// One statement written with `$1..$n` for `values`.
     pub fn statement(&mut self, sql: &str, values: Vec<Value>) {
-        if self.sqlite {
-            let (sql, values) = anonymous(sql, values);
-            self.parts.push(sql);
-            self.values.extend(values);
-        } else {
-            self.parts.push(renumber(sql, self.values.len()));
-            self.values.extend(values);
-        }
+        self.parts.push(renumber(sql, self.values.len()));
+        self.values.extend(values);
     }
 
-    /// Whether `parameters` more would still fit in one call (PostgreSQL's protocol limit; a
-    /// SQLite script has a limit per statement only, which [`CombinedWrite::insert`] keeps).
-    pub fn fits(&self, parameters: usize) -> bool {
-        self.sqlite || self.values.len() + parameters <= MAX_COMBINED_PARAMS
+    /// Whether a combined statement of `parameters` stays within PostgreSQL's limit.
+    pub fn fits(parameters: usize) -> bool {
+        parameters <= MAX_COMBINED_PARAMS
     }
 
-    /// Sends it all in one call. `final_select` (PostgreSQL only, written with `$1..$n` for
-    /// `final_values`, e.g. a `pg_notify`) is the statement the CTEs hang from; without it,
-    /// `SELECT 1`.
+    /// Sends it all as one statement whose main part is `final_select` (written with `$1..$n`
+    /// for `final_values`, e.g. a `pg_notify`).
     pub async fn execute(
         mut self,
         conn: &mut AnyConnection,
-        final_select: Option<(&str, Vec<Value>)>,
+        final_select: &str,
+        final_values: Vec<Value>,
     ) -> Result<(), sqlx::Error> {
-        if self.sqlite {
-            if let Some((sql, values)) = final_select {
-                self.statement(sql, values);
-            }
-            if self.parts.is_empty() {
-                return Ok(());
-            }
-            let sql = self.parts.join(";\n");
-            // Kept in sqlx's statement cache (least recently used first out, 100 per connection):
-            // under load the same few batch shapes repeat, and preparing the script anew cost
-            // about a third of the batch's write time.
-            bound(&sql, self.values)
-                .persistent(true)
-                .execute(&mut *conn)
-                .await?;
-            return Ok(());
-        }
-        let (final_select, final_values) = final_select.unwrap_or(("SELECT 1", Vec::new()));
         let final_select = renumber(final_select, self.values.len());
         self.values.extend(final_values);
         let mut sql = String::from("WITH ");
@@ -856,34 +797,6 @@ impl CombinedWrite {
         bound(&sql, self.values).execute(&mut *conn).await?;
         Ok(())
     }
-}
-
-/// `sql` written with `$n` placeholders, rewritten with anonymous `?` for SQLite, with the values
-/// in the order the placeholders appear (a `$n` used twice binds its value twice).
-fn anonymous(sql: &str, values: Vec<Value>) -> (String, Vec<Value>) {
-    let mut out = String::with_capacity(sql.len());
-    let mut ordered = Vec::with_capacity(values.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
-            let mut n = 0usize;
-            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
-                n = n * 10 + d as usize;
-                chars.next();
-            }
-            out.push('?');
-            // A placeholder past the values binds NULL, as an unbound one would.
-            ordered.push(
-                n.checked_sub(1)
-                    .and_then(|i| values.get(i))
-                    .cloned()
-                    .unwrap_or(Value::Null),
-            );
-        } else {
-            out.push(c);
-        }
-    }
-    (out, ordered)
 }
 
 /// `sql` with every `$n` placeholder shifted by `offset`.
@@ -1176,7 +1089,13 @@ pub async fn ikd_referrals_between(
 mod tests {
     use super::*;
 
-    fn two_rows_and_an_update(write: &mut CombinedWrite) {
+    #[test]
+    fn combined_statements_number_their_parameters_after_the_earlier_ones() {
+        assert_eq!(
+            renumber("UPDATE t SET a = $1 WHERE b = $2 AND c = $12", 3),
+            "UPDATE t SET a = $4 WHERE b = $5 AND c = $15"
+        );
+        let mut write = CombinedWrite::default();
         write.insert(
             "t",
             &["a", "b"],
@@ -1189,27 +1108,6 @@ mod tests {
             "UPDATE u SET n = $1 WHERE id = $2",
             vec![Value::Int(7), Value::Int(8)],
         );
-    }
-
-    fn ints(values: &[Value]) -> Vec<i64> {
-        values
-            .iter()
-            .map(|v| match v {
-                Value::Int(i) => *i,
-                Value::Text(t) => -(t.len() as i64),
-                _ => 0,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn combined_statements_number_their_parameters_after_the_earlier_ones() {
-        assert_eq!(
-            renumber("UPDATE t SET a = $1 WHERE b = $2 AND c = $12", 3),
-            "UPDATE t SET a = $4 WHERE b = $5 AND c = $15"
-        );
-        let mut write = CombinedWrite::for_dialect(false);
-        two_rows_and_an_update(&mut write);
         assert_eq!(
             write.parts,
             vec![
@@ -1218,38 +1116,7 @@ mod tests {
             ]
         );
         assert_eq!(write.values.len(), 6);
-        assert!(write.fits(MAX_COMBINED_PARAMS - 6));
-        assert!(!write.fits(MAX_COMBINED_PARAMS - 5));
-    }
-
-    #[test]
-    fn a_sqlite_script_binds_anonymous_parameters_in_order() {
-        let mut write = CombinedWrite::for_dialect(true);
-        two_rows_and_an_update(&mut write);
-        assert_eq!(
-            write.parts,
-            vec![
-                "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)".to_string(),
-                "UPDATE u SET n = ? WHERE id = ?".to_string(),
-            ]
-        );
-        assert_eq!(ints(&write.values), vec![1, -1, 2, -1, 7, 8]);
-        // `$n` out of order or used twice: the values follow the placeholders.
-        let (sql, values) = anonymous(
-            "UPDATE t SET a = $2, b = $1 WHERE c = $2",
-            vec![Value::Int(10), Value::Int(20)],
-        );
-        assert_eq!(sql, "UPDATE t SET a = ?, b = ? WHERE c = ?");
-        assert_eq!(ints(&values), vec![20, 10, 20]);
-        // SQLite's limit is per statement: a long INSERT is cut into several.
-        let mut write = CombinedWrite::for_dialect(true);
-        let rows = (0..MAX_PARAMS_PER_STATEMENT as i64)
-            .map(|i| vec![Value::Int(i), Value::Int(i)])
-            .collect();
-        write.insert("t", &["a", "b"], rows);
-        assert_eq!(write.parts.len(), 2);
-        assert_eq!(write.values.len(), 2 * MAX_PARAMS_PER_STATEMENT);
-        assert!(write.fits(usize::MAX / 2));
+        assert!(CombinedWrite::fits(write.values.len()));
     }
 
     #[test]
