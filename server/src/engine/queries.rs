@@ -62,11 +62,7 @@ pub(crate) async fn office_used_on(
     office_id: &str,
     local_date: &str,
 ) -> EngineResult<i64> {
-    Ok(rows::quota_days_of_office(conn, office_id, local_date)
-        .await?
-        .iter()
-        .map(|q| q.used())
-        .sum::<i64>())
+    Ok(rows::office_used_on(conn, office_id, local_date).await?)
 }
 
 /// As [`admission_figures`], reading the office's use today from the database.
@@ -161,15 +157,17 @@ pub(crate) async fn snapshot_extras(
     local_date: &str,
     now_ms: i64,
 ) -> EngineResult<SnapshotExtras> {
+    let (office_used, waiting) = rows::office_used_and_waiting(
+        conn,
+        office_id,
+        service_point_id,
+        local_date,
+        now_ms - QUEUE_REPORT_TTL_MS,
+    )
+    .await?;
     Ok(SnapshotExtras {
-        office_used: office_used_on(conn, office_id, local_date).await?,
-        waiting: rows::waiting_at(
-            conn,
-            office_id,
-            service_point_id,
-            now_ms - QUEUE_REPORT_TTL_MS,
-        )
-        .await?,
+        office_used,
+        waiting,
     })
 }
 

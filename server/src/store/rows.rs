@@ -544,23 +544,44 @@ pub async fn live_count_for_reasons(
     row.try_get("n")
 }
 
-/// Applicants waiting at a service point: the sum of counters' reports newer than `since_ms`.
-pub async fn waiting_at(
+/// Held plus committed over all of an office's service points on a local day (summed by the
+/// database: one row back instead of one per service point).
+pub async fn office_used_on(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    local_date: &str,
+) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {OFFICE_USED} AS n"))
+        .bind(office_id)
+        .bind(local_date)
+        .fetch_one(conn)
+        .await?;
+    row.try_get("n")
+}
+
+/// [`office_used_on`] and the applicants waiting at a service point by queue reports newer than
+/// `since_ms`, in one statement (what a quota snapshot reads besides the quota and office rows).
+pub async fn office_used_and_waiting(
     conn: &mut AnyConnection,
     office_id: &str,
     service_point_id: &str,
+    local_date: &str,
     since_ms: i64,
-) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT CAST(COALESCE(SUM(waiting), 0) AS BIGINT) AS n FROM queue_reports WHERE office_id = $1 AND service_point_id = $2 AND reported_ms > $3",
-    )
+) -> Result<(i64, i64), sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {OFFICE_USED} AS used, (SELECT CAST(COALESCE(SUM(waiting), 0) AS BIGINT) FROM queue_reports WHERE office_id = $1 AND service_point_id = $3 AND reported_ms > $4) AS waiting"
+    ))
     .bind(office_id)
+    .bind(local_date)
     .bind(service_point_id)
     .bind(since_ms)
     .fetch_one(conn)
     .await?;
-    row.try_get("n")
+    Ok((row.try_get("used")?, row.try_get("waiting")?))
 }
+
+/// The office's use on a day as a scalar subquery, with `$1` the office and `$2` the local date.
+const OFFICE_USED: &str = "(SELECT CAST(COALESCE(SUM(held + committed), 0) AS BIGINT) FROM quota_days WHERE office_id = $1 AND local_date = $2)";
 
 /// Applicants waiting per service point of an office, by queue reports newer than `since_ms`
 /// (only service points with such reports appear).
