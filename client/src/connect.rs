@@ -512,10 +512,21 @@ pub fn one_line(message: &str) -> String {
     }
 }
 
-/// A random request id for a one-shot command: `{prefix}-{32 hex digits}`.
+/// A new request id for a one-shot command: `{prefix}-{32 hex digits}`, the first 12 the time in
+/// unix milliseconds and the other 20 random (80 bits). Time first, as in a UUIDv7, so that ids
+/// made one after another sort one after another: the server's idempotency index then grows at
+/// its end instead of at a random page (`bench/sqlite-schema.py` measured about a fifth less
+/// SQLite work per Reserve with such ids).
 pub fn random_request_id(prefix: &str) -> String {
-    let bytes: [u8; 16] = rand::rng().random();
-    let id = format!("{prefix}-{}", hex::encode(bytes));
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let random: [u8; 10] = rand::rng().random();
+    let id = format!(
+        "{prefix}-{:012x}{}",
+        millis & 0xffff_ffff_ffff,
+        hex::encode(random)
+    );
     fit_request_id(id)
 }
 
@@ -652,6 +663,11 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("r-"));
         assert_eq!(a.len(), 2 + 32);
+        assert!(a[2..].chars().all(|c| c.is_ascii_hexdigit()));
+        // Time first: an id made later sorts after (a millisecond apart at least).
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let c = random_request_id("r");
+        assert!(a[2..14] < c[2..14], "{a} then {c}");
         let long = random_request_id(&"x".repeat(60));
         assert_eq!(long.len(), MAX_REQUEST_ID_LEN);
     }
