@@ -38,6 +38,9 @@ const SERVER_DEADLINE_MARGIN: Duration = Duration::from_millis(250);
 
 /// Connection attempts never wait longer than this, whatever the per-call time-out.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait a server's RetryInfo can ask for before the next round; a longer (or hostile)
+/// hint is cut to this, so a counter never stalls on one.
+const MAX_RETRY_HINT: Duration = Duration::from_secs(10);
 
 /// A counter-service client with the token and per-call time-out interceptor.
 pub type CounterClient = CounterServiceClient<InterceptedService<Channel, CallMetadata>>;
@@ -209,6 +212,21 @@ impl Backoff {
         let factor = 1u32.checked_shl(round.min(20)).unwrap_or(u32::MAX);
         self.base.saturating_mul(factor).min(self.max)
     }
+}
+
+/// The wait the server asked for in a `google.rpc.RetryInfo` detail (an overloaded server sends
+/// one with UNAVAILABLE), at most [`MAX_RETRY_HINT`].
+pub fn retry_hint(status: &Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .map(|delay| delay.min(MAX_RETRY_HINT))
+}
+
+/// The wait before the next round: our own backoff, or longer when a server asked for longer.
+pub fn round_delay(backoff: Duration, server_hint: Option<Duration>) -> Duration {
+    server_hint.map_or(backoff, |hint| backoff.max(hint))
 }
 
 /// Whether a status is safe to retry with the same request: the call may not have happened, and
@@ -467,10 +485,12 @@ impl Connection {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let mut last_failure = String::new();
+        // The longest RetryInfo delay the servers asked for in the last round.
+        let mut server_hint: Option<Duration> = None;
         for round in 0..=self.inner.retries {
             if round > 0 {
-                let delay = self.inner.backoff.delay(round - 1, &mut rand::rng());
-                tokio::time::sleep(delay).await;
+                let backoff = self.inner.backoff.delay(round - 1, &mut rand::rng());
+                tokio::time::sleep(round_delay(backoff, server_hint.take())).await;
             }
             for index in self.order() {
                 let target = &self.inner.targets[index];
@@ -489,6 +509,9 @@ impl Connection {
                 };
                 if !is_retryable(&status) {
                     return Err(CallError::Status(status));
+                }
+                if let Some(hint) = retry_hint(&status) {
+                    server_hint = Some(server_hint.map_or(hint, |h| h.max(hint)));
                 }
                 self.mark(index, true);
                 last_failure = format!("{}: {}", target.url, one_line(status.message()));
@@ -600,6 +623,37 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_server_asking_for_a_longer_wait_gets_it_within_a_bound() {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let overloaded = |delay: Duration| {
+            Status::with_error_details(
+                Code::Unavailable,
+                "overloaded",
+                ErrorDetails::with_retry_info(Some(delay)),
+            )
+        };
+        assert_eq!(
+            retry_hint(&overloaded(Duration::from_millis(1500))),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            retry_hint(&overloaded(Duration::from_secs(3600))),
+            Some(MAX_RETRY_HINT)
+        );
+        assert_eq!(retry_hint(&Status::unavailable("down")), None);
+        let backoff = Duration::from_millis(200);
+        assert_eq!(round_delay(backoff, None), backoff);
+        assert_eq!(
+            round_delay(backoff, Some(Duration::from_millis(1500))),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            round_delay(backoff, Some(Duration::from_millis(50))),
+            backoff
+        );
     }
 
     #[test]
