@@ -43,7 +43,12 @@ start_server() {
 echo "--- 1. blangko-bench: closed and open loop"
 start_server throughput
 target/release/blangko-bench --server "http://$addr" --seconds 2 --concurrency 32 --rate 300 \
-  --service-points 16
+  --service-points 16 --server-pid "${pids[-1]}" | tee "$work/throughput.txt"
+# The CPU accounting reads /proc: one line per closed-loop phase, naming the server's share.
+if [[ $(grep -c 'server [0-9]* µs/call' "$work/throughput.txt") -ne 3 ]]; then
+  echo "expected a CPU line with the server's time per call after each of the three phases"
+  exit 1
+fi
 
 echo "--- 2. blangko-bench: quota exhausted (4 service points x 25)"
 start_server exhausted
@@ -59,4 +64,6 @@ echo "quota exact: 100 reserved, $referred referred to IKD"
 
 echo "--- 3. bench/ghz.sh"
 OUT="$work/ghz" bash bench/ghz.sh 300 16
+echo "--- 4. bench/sqlite-schema.py (a few batches per variant: the tool still runs on the schema)"
+python3 bench/sqlite-schema.py --prefill 5 --rounds 1 --batches 5
 echo "load smoke OK"
