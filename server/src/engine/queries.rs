@@ -56,15 +56,6 @@ pub(crate) fn admission_figures(
     }
 }
 
-/// Held plus committed today over all of an office's service points.
-pub(crate) async fn office_used_on(
-    conn: &mut AnyConnection,
-    office_id: &str,
-    local_date: &str,
-) -> EngineResult<i64> {
-    Ok(rows::office_used_on(conn, office_id, local_date).await?)
-}
-
 /// As [`admission_figures`], reading the office's use today from the database.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn admission_input(
@@ -77,7 +68,7 @@ pub(crate) async fn admission_input(
     now_ms: i64,
     is_priority: bool,
 ) -> EngineResult<AdmissionInput> {
-    let office_used = office_used_on(conn, &office.office_id, &qd.local_date).await?;
+    let office_used = rows::office_used_on(conn, &office.office_id, &qd.local_date).await?;
     Ok(admission_figures(
         office,
         policy,

@@ -113,6 +113,16 @@ struct BatchState {
     referrals: HashMap<i32, i64>,
 }
 
+impl BatchState {
+    /// The batch's new reservations as `reservations` rows, in insert-column order.
+    fn reservation_rows(&self) -> Vec<Vec<rows::Value>> {
+        self.reservations
+            .iter()
+            .map(rows::reservation_values)
+            .collect()
+    }
+}
+
 impl Engine {
     /// Reserves one blank for one applicant, or refers the applicant to IKD.
     ///
@@ -327,11 +337,7 @@ impl Engine {
             conn,
             "reservations",
             &rows::RESERVATION_INSERT_COLUMNS,
-            state
-                .reservations
-                .iter()
-                .map(rows::reservation_values)
-                .collect(),
+            state.reservation_rows(),
         )
         .await?;
         rows::insert_many(
@@ -383,11 +389,7 @@ impl Engine {
         write.insert(
             "reservations",
             &rows::RESERVATION_INSERT_COLUMNS,
-            state
-                .reservations
-                .iter()
-                .map(rows::reservation_values)
-                .collect(),
+            state.reservation_rows(),
         );
         write.insert(
             "idempotency",
