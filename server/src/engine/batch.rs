@@ -130,6 +130,8 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
                     continue;
                 }
             };
+            // While the last batch's fsync runs, the next one grows (see `store::durability`).
+            engine.store.settled().await;
             let mut jobs = vec![first];
             jobs.extend(drain(&mut receiver, engine.batcher.max_batch - 1));
             let decided = engine.run_batch(&office_id, jobs).await;

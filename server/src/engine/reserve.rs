@@ -2,6 +2,8 @@
 //! so no other transaction (connection, process or replica) can decide about the same office's
 //! quota and stock between our read and our write.
 
+mod sqlite;
+
 use std::collections::HashMap;
 
 use blangko_proto::v1::{
@@ -73,8 +75,12 @@ const IDEMPOTENCY_COLUMNS: [&str; 5] = [
 pub(crate) struct DecidedBatch {
     office_id: String,
     jobs: Vec<Job>,
-    outcome: EngineResult<(Vec<EngineResult<ReserveResponse>>, bool)>,
+    outcome: EngineResult<BatchAnswers>,
 }
+
+/// A batch's answers, in the order of its Reserves, and whether it changed the office (stock,
+/// holds), so that watchers are told.
+pub(crate) type BatchAnswers = (Vec<EngineResult<ReserveResponse>>, bool);
 
 /// A service point touched by the batch, with its quota row kept in memory until the end.
 struct PointState {
@@ -85,6 +91,26 @@ struct PointState {
     /// Live reservations today per reason (loaded only when the policy caps reasons).
     by_reason: HashMap<i64, i64>,
     dirty: bool,
+}
+
+impl PointState {
+    /// A service point as the batch found it.
+    fn new(
+        sp: &rows::ServicePointRow,
+        policy: QuotaPolicy,
+        qd: QuotaDayRow,
+        waiting: i64,
+        by_reason: HashMap<i64, i64>,
+    ) -> PointState {
+        PointState {
+            calendar: calendar_of(sp),
+            policy,
+            qd,
+            waiting,
+            by_reason,
+            dirty: false,
+        }
+    }
 }
 
 /// What a batch holds for one office for the length of its transaction. Everything a decision
@@ -114,6 +140,36 @@ struct BatchState {
 }
 
 impl BatchState {
+    /// The state of a batch before its decisions, from what it read.
+    fn new(
+        office: OfficeRow,
+        zone: OfficeZone,
+        now: i64,
+        office_used: i64,
+        answers: HashMap<String, rows::StoredAnswer>,
+        live: HashMap<String, ReservationRow>,
+        activated: std::collections::HashSet<String>,
+    ) -> BatchState {
+        let today = zone.local_date(now);
+        BatchState {
+            office,
+            zone,
+            now,
+            today,
+            date: format_local_date(today),
+            office_used,
+            points: HashMap::new(),
+            answers,
+            live,
+            activated,
+            ledger: Vec::new(),
+            reservations: Vec::new(),
+            new_answers: Vec::new(),
+            changed: false,
+            referrals: HashMap::new(),
+        }
+    }
+
     /// The batch's new reservations as `reservations` rows, in insert-column order.
     fn reservation_rows(&self) -> Vec<Vec<rows::Value>> {
         self.reservations
@@ -154,6 +210,17 @@ impl Engine {
     /// transaction fails every Reserve of the batch (callers retry with the same request_id).
     /// [`Engine::answer_batch`] answers them once the commit is durable.
     pub(crate) async fn run_batch(&self, office_id: &str, jobs: Vec<Job>) -> DecidedBatch {
+        // SQLite: the whole batch on the hot path's own connection, unless it needs what only
+        // the general path below does (see `reserve_sqlite`).
+        if let Some(outcome) = self.reserve_batch_sqlite(office_id, &jobs).await {
+            self.metrics.record_reserve_batch("direct");
+            return DecidedBatch {
+                office_id: office_id.to_string(),
+                jobs,
+                outcome,
+            };
+        }
+        self.metrics.record_reserve_batch("general");
         let mut attempt = 1;
         let outcome = loop {
             match self.reserve_batch_once(office_id, &jobs).await {
@@ -222,7 +289,7 @@ impl Engine {
         &self,
         office_id: &str,
         jobs: &[Job],
-    ) -> EngineResult<(Vec<EngineResult<ReserveResponse>>, bool)> {
+    ) -> EngineResult<BatchAnswers> {
         let lock = self.store.for_update();
         let mut tx = self.begin().await?;
         let conn: &mut AnyConnection = &mut tx;
@@ -250,30 +317,10 @@ impl Engine {
         } else {
             Default::default()
         };
-        let mut state = BatchState {
-            office,
-            zone,
-            now,
-            today,
-            date,
-            office_used,
-            points: HashMap::new(),
-            answers,
-            live,
-            activated,
-            ledger: Vec::new(),
-            reservations: Vec::new(),
-            new_answers: Vec::new(),
-            changed: expired > 0,
-            referrals: HashMap::new(),
-        };
+        let mut state = BatchState::new(office, zone, now, office_used, answers, live, activated);
+        state.changed = expired > 0;
         // The batch's service points, their quota rows today and their queues: three reads.
-        let mut point_ids: Vec<&str> = jobs
-            .iter()
-            .map(|j| j.cmd.service_point_id.as_str())
-            .collect();
-        point_ids.sort_unstable();
-        point_ids.dedup();
+        let point_ids = point_ids(jobs.iter().map(|j| &j.cmd));
         let mut service_points = rows::service_points_among(conn, office_id, &point_ids).await?;
         let mut quota_days: HashMap<String, QuotaDayRow> = quota_days
             .into_iter()
@@ -299,21 +346,12 @@ impl Engine {
             state.points.insert(id.to_string(), point);
         }
 
-        // The decisions, in arrival order, in memory.
-        let answers: Vec<EngineResult<ReserveResponse>> = jobs
-            .iter()
-            .map(|job| self.decide_one(&mut state, &job.cmd, &job.nik_hash))
-            .collect();
+        let answers = decide_batch(
+            &mut state,
+            jobs.iter().map(|j| (&j.cmd, j.nik_hash.as_str())),
+        )?;
 
         // The writes: a few multi-row statements for the whole batch.
-        for point in state
-            .points
-            .values()
-            .filter_map(|p| p.as_ref().ok())
-            .filter(|p| p.dirty)
-        {
-            check_quota_invariant(&point.qd)?;
-        }
         if self.store.kind() == crate::store::DatabaseKind::Postgres {
             self.write_batch_combined(conn, office_id, &mut state)
                 .await?;
@@ -459,147 +497,7 @@ impl Engine {
         } else {
             rows::live_counts_by_reason(conn, office_id, &sp.service_point_id, &state.date).await?
         };
-        Ok(PointState {
-            calendar: calendar_of(&sp),
-            policy,
-            qd,
-            waiting,
-            by_reason,
-            dirty: false,
-        })
-    }
-
-    /// One Reserve of the batch, decided in memory. An error leaves the batch state untouched.
-    fn decide_one(
-        &self,
-        state: &mut BatchState,
-        cmd: &ReserveCommand,
-        nik_hash: &str,
-    ) -> EngineResult<ReserveResponse> {
-        // The same request id again (stored earlier, or earlier in this batch).
-        if let Some(stored) = state.answers.get(&cmd.request_id) {
-            if stored.method != RESERVE || stored.fingerprint != cmd.fingerprint {
-                return Err(request_id_reused(&cmd.request_id, &stored.method));
-            }
-            let mut response: ReserveResponse = super::decode_answer(&stored.response)?;
-            match response.outcome.as_mut() {
-                Some(Outcome::Reservation(r)) => r.replayed = true,
-                Some(Outcome::IkdReferral(r)) => r.replayed = true,
-                None => {}
-            }
-            return Ok(response);
-        }
-        let point = match state.points.get(&cmd.service_point_id) {
-            Some(Ok(point)) => point,
-            Some(Err(EngineError::NotFound { kind, id })) => {
-                return Err(EngineError::NotFound {
-                    kind,
-                    id: id.clone(),
-                });
-            }
-            Some(Err(e)) => return Err(EngineError::Internal(e.to_string())),
-            None => return Err(EngineError::Internal("service point not loaded".into())),
-        };
-
-        // One person, one blank a day (rule 7).
-        if let Some(existing) = state.live.get(nik_hash) {
-            if existing.office_id != cmd.office_id
-                || existing.service_point_id != cmd.service_point_id
-            {
-                return Err(EngineError::FailedPrecondition {
-                    reason: "ALREADY_RESERVED_ELSEWHERE",
-                    message: format!(
-                        "this applicant already holds a blank today at office {} service point {}",
-                        existing.office_id, existing.service_point_id
-                    ),
-                });
-            }
-            let response = ReserveResponse {
-                outcome: Some(Outcome::Reservation(reservation_to_proto(existing, true))),
-                quota: Some(batch_snapshot(state, point)?),
-            };
-            record_answer(state, cmd, &response);
-            return Ok(response);
-        }
-
-        let outcome = match admission(state, point, cmd, nik_hash)? {
-            Some(cause) => {
-                let referral = referral(
-                    cause,
-                    state.zone,
-                    state.today,
-                    state.now,
-                    &state.office,
-                    &point.policy,
-                    &point.qd,
-                    &point.calendar,
-                );
-                *state.referrals.entry(referral.cause).or_insert(0) += 1;
-                Outcome::IkdReferral(referral)
-            }
-            None => {
-                // Work on copies; they replace the batch's state only once all is built.
-                let is_priority = priority_reasons(&point.policy).contains(&cmd.reason);
-                let mut qd = point.qd.clone();
-                let mut office = state.office.clone();
-                qd.held += 1;
-                if is_priority {
-                    qd.priority_used += 1;
-                }
-                check_quota_invariant(&qd)?;
-                let reservation_id = new_reservation_id(state.now);
-                let masked_nik = cmd.nik.masked();
-                let mut entry = NewEntry::of(LedgerEntryKind::Reserve);
-                entry.held_delta = 1;
-                entry.service_point_id = cmd.service_point_id.clone();
-                entry.reservation_id = reservation_id.clone();
-                entry.masked_nik = masked_nik.clone();
-                let stored =
-                    ledger::chain(&mut office, entry, &cmd.principal, state.now, &state.date)?;
-                let reservation = ReservationRow {
-                    reservation_id,
-                    office_id: cmd.office_id.clone(),
-                    office_seq: office.ledger_seq,
-                    service_point_id: cmd.service_point_id.clone(),
-                    counter_id: cmd.counter_id.clone(),
-                    local_date: state.date.clone(),
-                    nik_hash: nik_hash.to_string(),
-                    masked_nik,
-                    reason: i64::from(cmd.reason),
-                    priority: is_priority,
-                    ikd_status: i64::from(cmd.ikd_status),
-                    state: "HELD".to_string(),
-                    created_ms: state.now,
-                    expires_ms: state.now + office.hold_ttl_secs.max(1) * 1000,
-                    committed_ms: 0,
-                    spoiled_count: 0,
-                };
-                let proto = reservation_to_proto(&reservation, false);
-                state.ledger.push(stored);
-                state.office = office;
-                state.office_used += 1;
-                state.changed = true;
-                state.live.insert(nik_hash.to_string(), reservation.clone());
-                state.reservations.push(reservation);
-                if let Some(Ok(point)) = state.points.get_mut(&cmd.service_point_id) {
-                    point.qd = qd;
-                    point.dirty = true;
-                    *point.by_reason.entry(i64::from(cmd.reason)).or_insert(0) += 1;
-                }
-                Outcome::Reservation(proto)
-            }
-        };
-        let Some(Ok(point)) = state.points.get(&cmd.service_point_id) else {
-            return Err(EngineError::Internal(
-                "service point vanished from the batch".into(),
-            ));
-        };
-        let response = ReserveResponse {
-            outcome: Some(outcome),
-            quota: Some(batch_snapshot(state, point)?),
-        };
-        record_answer(state, cmd, &response);
-        Ok(response)
+        Ok(PointState::new(&sp, policy, qd, waiting, by_reason))
     }
 
     /// The answer stored for `request_id`, if any; ALREADY_EXISTS if it was for other content.
@@ -632,6 +530,164 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// One Reserve of the batch, decided in memory. An error leaves the batch state untouched.
+fn decide_one(
+    state: &mut BatchState,
+    cmd: &ReserveCommand,
+    nik_hash: &str,
+) -> EngineResult<ReserveResponse> {
+    // The same request id again (stored earlier, or earlier in this batch).
+    if let Some(stored) = state.answers.get(&cmd.request_id) {
+        if stored.method != RESERVE || stored.fingerprint != cmd.fingerprint {
+            return Err(request_id_reused(&cmd.request_id, &stored.method));
+        }
+        let mut response: ReserveResponse = super::decode_answer(&stored.response)?;
+        match response.outcome.as_mut() {
+            Some(Outcome::Reservation(r)) => r.replayed = true,
+            Some(Outcome::IkdReferral(r)) => r.replayed = true,
+            None => {}
+        }
+        return Ok(response);
+    }
+    let point = match state.points.get(&cmd.service_point_id) {
+        Some(Ok(point)) => point,
+        Some(Err(EngineError::NotFound { kind, id })) => {
+            return Err(EngineError::NotFound {
+                kind,
+                id: id.clone(),
+            });
+        }
+        Some(Err(e)) => return Err(EngineError::Internal(e.to_string())),
+        None => return Err(EngineError::Internal("service point not loaded".into())),
+    };
+
+    // One person, one blank a day (rule 7).
+    if let Some(existing) = state.live.get(nik_hash) {
+        if existing.office_id != cmd.office_id || existing.service_point_id != cmd.service_point_id
+        {
+            return Err(EngineError::FailedPrecondition {
+                reason: "ALREADY_RESERVED_ELSEWHERE",
+                message: format!(
+                    "this applicant already holds a blank today at office {} service point {}",
+                    existing.office_id, existing.service_point_id
+                ),
+            });
+        }
+        let response = ReserveResponse {
+            outcome: Some(Outcome::Reservation(reservation_to_proto(existing, true))),
+            quota: Some(batch_snapshot(state, point)?),
+        };
+        record_answer(state, cmd, &response);
+        return Ok(response);
+    }
+
+    let outcome = match admission(state, point, cmd, nik_hash)? {
+        Some(cause) => {
+            let referral = referral(
+                cause,
+                state.zone,
+                state.today,
+                state.now,
+                &state.office,
+                &point.policy,
+                &point.qd,
+                &point.calendar,
+            );
+            *state.referrals.entry(referral.cause).or_insert(0) += 1;
+            Outcome::IkdReferral(referral)
+        }
+        None => {
+            // Work on copies; they replace the batch's state only once all is built.
+            let is_priority = priority_reasons(&point.policy).contains(&cmd.reason);
+            let mut qd = point.qd.clone();
+            let mut office = state.office.clone();
+            qd.held += 1;
+            if is_priority {
+                qd.priority_used += 1;
+            }
+            check_quota_invariant(&qd)?;
+            let reservation_id = new_reservation_id(state.now);
+            let masked_nik = cmd.nik.masked();
+            let mut entry = NewEntry::of(LedgerEntryKind::Reserve);
+            entry.held_delta = 1;
+            entry.service_point_id = cmd.service_point_id.clone();
+            entry.reservation_id = reservation_id.clone();
+            entry.masked_nik = masked_nik.clone();
+            let stored = ledger::chain(&mut office, entry, &cmd.principal, state.now, &state.date)?;
+            let reservation = ReservationRow {
+                reservation_id,
+                office_id: cmd.office_id.clone(),
+                office_seq: office.ledger_seq,
+                service_point_id: cmd.service_point_id.clone(),
+                counter_id: cmd.counter_id.clone(),
+                local_date: state.date.clone(),
+                nik_hash: nik_hash.to_string(),
+                masked_nik,
+                reason: i64::from(cmd.reason),
+                priority: is_priority,
+                ikd_status: i64::from(cmd.ikd_status),
+                state: "HELD".to_string(),
+                created_ms: state.now,
+                expires_ms: state.now + office.hold_ttl_secs.max(1) * 1000,
+                committed_ms: 0,
+                spoiled_count: 0,
+            };
+            let proto = reservation_to_proto(&reservation, false);
+            state.ledger.push(stored);
+            state.office = office;
+            state.office_used += 1;
+            state.changed = true;
+            state.live.insert(nik_hash.to_string(), reservation.clone());
+            state.reservations.push(reservation);
+            if let Some(Ok(point)) = state.points.get_mut(&cmd.service_point_id) {
+                point.qd = qd;
+                point.dirty = true;
+                *point.by_reason.entry(i64::from(cmd.reason)).or_insert(0) += 1;
+            }
+            Outcome::Reservation(proto)
+        }
+    };
+    let Some(Ok(point)) = state.points.get(&cmd.service_point_id) else {
+        return Err(EngineError::Internal(
+            "service point vanished from the batch".into(),
+        ));
+    };
+    let response = ReserveResponse {
+        outcome: Some(outcome),
+        quota: Some(batch_snapshot(state, point)?),
+    };
+    record_answer(state, cmd, &response);
+    Ok(response)
+}
+
+/// The distinct service points of a batch's Reserves, sorted.
+fn point_ids<'a>(cmds: impl Iterator<Item = &'a ReserveCommand>) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = cmds.map(|c| c.service_point_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The decisions of a batch, in arrival order, in memory; then the quota invariant of every
+/// quota row they changed, checked before anything is written.
+fn decide_batch<'a>(
+    state: &mut BatchState,
+    jobs: impl Iterator<Item = (&'a ReserveCommand, &'a str)>,
+) -> EngineResult<Vec<EngineResult<ReserveResponse>>> {
+    let answers = jobs
+        .map(|(cmd, nik_hash)| decide_one(state, cmd, nik_hash))
+        .collect();
+    for point in state
+        .points
+        .values()
+        .filter_map(|p| p.as_ref().ok())
+        .filter(|p| p.dirty)
+    {
+        check_quota_invariant(&point.qd)?;
+    }
+    Ok(answers)
 }
 
 /// ALREADY_EXISTS for a request id used before for other content.

@@ -48,6 +48,13 @@ pub struct CauseLabels {
     pub cause: &'static str,
 }
 
+/// Labels of the Reserve batch counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchPathLabels {
+    /// `direct` (SQLite's hot-path connection) or `general` (the sqlx transaction).
+    pub path: &'static str,
+}
+
 /// Latency buckets in seconds: 0.5 ms doubling to about 16 s (16 buckets), wide enough for a
 /// Reserve that waits for a group commit on a busy SQLite disk.
 fn latency_histogram() -> Histogram {
@@ -70,6 +77,8 @@ pub struct Metrics {
     ikd_referrals: Family<CauseLabels, Counter>,
     /// IKD activations recorded.
     ikd_activations: Counter,
+    /// Reserve batches decided, by the path that decided them.
+    reserve_batches: Family<BatchPathLabels, Counter>,
     /// Sweeper passes that ran.
     sweeper_runs: Counter,
     /// Sweeper passes that failed.
@@ -99,6 +108,7 @@ impl Metrics {
             reservations: Family::default(),
             ikd_referrals: Family::default(),
             ikd_activations: Counter::default(),
+            reserve_batches: Family::default(),
             sweeper_runs: Counter::default(),
             sweeper_failures: Counter::default(),
             sweeper_holds_expired: Counter::default(),
@@ -150,6 +160,13 @@ impl Metrics {
         let cause = cause_name(referral.cause);
         self.ikd_referrals
             .get_or_create(&CauseLabels { cause })
+            .inc();
+    }
+
+    /// One Reserve batch decided on `path` (`direct` or `general`).
+    pub fn record_reserve_batch(&self, path: &'static str) {
+        self.reserve_batches
+            .get_or_create(&BatchPathLabels { path })
             .inc();
     }
 
@@ -207,6 +224,11 @@ impl Metrics {
             "blangko_ikd_activations",
             "IKD activations recorded (RecordIkdActivation answered OK)",
             self.ikd_activations.clone(),
+        );
+        registry.register(
+            "blangko_reserve_batches",
+            "Reserve batches (one transaction each) by path: direct (SQLite, the whole batch on the hot-path connection) or general (the first batch of a day at a service point, batches that release due holds, PostgreSQL)",
+            self.reserve_batches.clone(),
         );
         registry.register(
             "blangko_sweeper_runs",

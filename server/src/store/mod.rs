@@ -9,6 +9,7 @@
 //!   offices proceed in parallel. The one-blank-per-NIK rule across offices is a unique index.
 
 pub mod backup;
+pub mod direct;
 pub mod durability;
 pub mod rows;
 
@@ -20,8 +21,34 @@ use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 
-/// A write transaction.
-pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// A write transaction: sqlx's, and on SQLite the write gate it holds until it ends (see
+/// [`direct`]).
+pub struct Tx {
+    // Declared first, so dropped first: an unfinished transaction is rolled back before the
+    // gate opens.
+    inner: sqlx::Transaction<'static, sqlx::Any>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Tx {
+    /// Commits.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.inner.commit().await
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.inner
+    }
+}
 
 /// Embedded SQLite migrations (applied at start).
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -106,6 +133,8 @@ pub struct Store {
     sqlite_path: Option<PathBuf>,
     /// SQLite with `--sqlite-synchronous full`: the group fsync every commit waits for.
     wal_sync: Option<durability::WalSync>,
+    /// SQLite: the Reserve hot path's own connection (see [`direct`]).
+    direct: Option<direct::Direct>,
 }
 
 impl Store {
@@ -167,6 +196,12 @@ impl Store {
             .await
             .context("cannot migrate the SQLite database")?;
         let reader = connect(4).await?;
+        let direct = direct::Direct::open(path, &pragmas).with_context(|| {
+            format!(
+                "cannot open the SQLite database {} for the Reserve path",
+                path.display()
+            )
+        })?;
         spawn_checkpointer(reader.clone());
         Ok(Store {
             kind: DatabaseKind::Sqlite,
@@ -175,6 +210,7 @@ impl Store {
             _lock: Some(lock),
             sqlite_path: Some(path.to_path_buf()),
             wal_sync,
+            direct: Some(direct),
         })
     }
 
@@ -201,6 +237,7 @@ impl Store {
             _lock: None,
             sqlite_path: None,
             wal_sync: None,
+            direct: None,
         })
     }
 
@@ -216,11 +253,16 @@ impl Store {
 
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        match self.kind {
+        let gate = match &self.direct {
+            Some(direct) => Some(direct.gate().lock_owned().await),
+            None => None,
+        };
+        let inner = match self.kind {
             // IMMEDIATE takes the write lock at once rather than on the first write.
-            DatabaseKind::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
-            DatabaseKind::Postgres => self.writer.begin().await,
-        }
+            DatabaseKind::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            DatabaseKind::Postgres => self.writer.begin().await?,
+        };
+        Ok(Tx { inner, _gate: gate })
     }
 
     /// Makes every transaction committed so far durable (SQLite with `--sqlite-synchronous
@@ -233,9 +275,23 @@ impl Store {
         }
     }
 
+    /// Returns when no group fsync is running (at once on PostgreSQL and with `normal`), so a
+    /// Reserve batch ready meanwhile waits and grows instead of committing alone (see
+    /// [`durability`]). Bounded by [`SETTLE_AT_MOST`].
+    pub async fn settled(&self) {
+        if let Some(wal) = &self.wal_sync {
+            wal.settled(SETTLE_AT_MOST).await;
+        }
+    }
+
     /// The pool for reads.
     pub fn reader(&self) -> &AnyPool {
         &self.reader
+    }
+
+    /// SQLite: the Reserve hot path's connection (see [`direct`]). None on PostgreSQL.
+    pub fn direct(&self) -> Option<&direct::Direct> {
+        self.direct.as_ref()
     }
 
     /// The connection pools and their use now (metrics): SQLite's writer and readers, or
@@ -262,6 +318,10 @@ impl Store {
 
     /// Closes every connection (checkpointing SQLite's WAL).
     pub async fn close(&self) {
+        if let Some(direct) = &self.direct {
+            // Waits for a batch still running on it (the connection's mutex).
+            direct.close();
+        }
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -272,6 +332,9 @@ impl Store {
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 /// The WAL file is truncated back to this size after a checkpoint resets it.
 const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest a Reserve batch waits for a running fsync before it is decided anyway (an fsync takes
+/// about half a millisecond on a quiet disk; a stalled one must not hold Reserves back).
+const SETTLE_AT_MOST: Duration = Duration::from_millis(20);
 /// How often the background checkpointer runs.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -381,6 +444,57 @@ mod tests {
             Some(PathBuf::from("/tmp/x.db"))
         );
         assert_eq!(sqlite_path("postgres://u@h/db"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_through_sqlx_holds_the_hot_paths_write_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreOptions {
+            url: format!("sqlite://{}", dir.path().join("b.db").display()),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            sqlite_sync: SqliteSync::Full,
+        })
+        .await
+        .unwrap();
+        let direct = store.direct().expect("SQLite has the hot-path connection");
+        let gate = direct.gate();
+        assert!(gate.try_lock().is_ok(), "nobody writes yet");
+
+        let tx = store.begin().await.unwrap();
+        assert!(
+            gate.try_lock().is_err(),
+            "an open transaction holds the gate"
+        );
+        // The hot path waits for it instead of racing it for SQLite's lock.
+        let store = std::sync::Arc::new(store);
+        let waiting = {
+            let store = std::sync::Arc::clone(&store);
+            tokio::spawn(async move {
+                let direct = store.direct().unwrap();
+                direct
+                    .run(|tx| {
+                        let n: i64 =
+                            tx.query_row("SELECT COUNT(*) FROM offices", [], |r| r.get(0))?;
+                        Ok::<_, anyhow::Error>((n, false))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the hot path ran beside an open transaction"
+        );
+        tx.commit().await.unwrap();
+        let offices = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the hot path runs once the transaction has ended")
+            .unwrap()
+            .unwrap();
+        assert_eq!(offices, 0);
+        assert!(gate.try_lock().is_ok(), "both have ended");
+        store.close().await;
     }
 
     #[test]

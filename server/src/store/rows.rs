@@ -6,6 +6,36 @@ use std::collections::HashMap;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+/// Where the typed rows below read their columns: a sqlx row, or a row of the SQLite hot
+/// path's own connection (`store::direct`), so both decode through the same code.
+pub trait Columns {
+    /// The source's error type.
+    type Error;
+    /// A TEXT column.
+    fn text(&self, column: &str) -> Result<String, Self::Error>;
+    /// An integer column.
+    fn int(&self, column: &str) -> Result<i64, Self::Error>;
+    /// A BLOB/BYTEA column.
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, Self::Error>;
+    /// A 0/1 integer column.
+    fn flag(&self, column: &str) -> Result<bool, Self::Error> {
+        Ok(self.int(column)? != 0)
+    }
+}
+
+impl Columns for AnyRow {
+    type Error = sqlx::Error;
+    fn text(&self, column: &str) -> Result<String, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error> {
+        self.try_get(column)
+    }
+}
+
 /// `offices` row.
 #[derive(Debug, Clone)]
 pub struct OfficeRow {
@@ -24,24 +54,24 @@ pub struct OfficeRow {
     pub ledger_head: String,
 }
 
-const OFFICE_COLUMNS: &str = "office_id, name, time_zone, province_code, daily_cap, expected_next_supply_date, fallback_horizon_days, ikd_first_required, hold_ttl_secs, on_hand, held, ledger_seq, ledger_head";
+pub const OFFICE_COLUMNS: &str = "office_id, name, time_zone, province_code, daily_cap, expected_next_supply_date, fallback_horizon_days, ikd_first_required, hold_ttl_secs, on_hand, held, ledger_seq, ledger_head";
 
 impl OfficeRow {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+    pub fn from_row<R: Columns>(row: &R) -> Result<Self, R::Error> {
         Ok(OfficeRow {
-            office_id: row.try_get("office_id")?,
-            name: row.try_get("name")?,
-            time_zone: row.try_get("time_zone")?,
-            province_code: row.try_get("province_code")?,
-            daily_cap: row.try_get("daily_cap")?,
-            expected_next_supply_date: row.try_get("expected_next_supply_date")?,
-            fallback_horizon_days: row.try_get("fallback_horizon_days")?,
-            ikd_first_required: row.try_get::<i64, _>("ikd_first_required")? != 0,
-            hold_ttl_secs: row.try_get("hold_ttl_secs")?,
-            on_hand: row.try_get("on_hand")?,
-            held: row.try_get("held")?,
-            ledger_seq: row.try_get("ledger_seq")?,
-            ledger_head: row.try_get("ledger_head")?,
+            office_id: row.text("office_id")?,
+            name: row.text("name")?,
+            time_zone: row.text("time_zone")?,
+            province_code: row.text("province_code")?,
+            daily_cap: row.int("daily_cap")?,
+            expected_next_supply_date: row.text("expected_next_supply_date")?,
+            fallback_horizon_days: row.int("fallback_horizon_days")?,
+            ikd_first_required: row.flag("ikd_first_required")?,
+            hold_ttl_secs: row.int("hold_ttl_secs")?,
+            on_hand: row.int("on_hand")?,
+            held: row.int("held")?,
+            ledger_seq: row.int("ledger_seq")?,
+            ledger_head: row.text("ledger_head")?,
         })
     }
 
@@ -131,21 +161,21 @@ pub struct ServicePointRow {
     pub policy: Vec<u8>,
 }
 
-const SERVICE_POINT_COLUMNS: &str =
+pub const SERVICE_POINT_COLUMNS: &str =
     "office_id, service_point_id, name, kind, service_days, holidays, quota_mode, weight, policy";
 
 impl ServicePointRow {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+    pub fn from_row<R: Columns>(row: &R) -> Result<Self, R::Error> {
         Ok(ServicePointRow {
-            office_id: row.try_get("office_id")?,
-            service_point_id: row.try_get("service_point_id")?,
-            name: row.try_get("name")?,
-            kind: row.try_get("kind")?,
-            service_days: row.try_get("service_days")?,
-            holidays: row.try_get("holidays")?,
-            quota_mode: row.try_get("quota_mode")?,
-            weight: row.try_get("weight")?,
-            policy: row.try_get("policy")?,
+            office_id: row.text("office_id")?,
+            service_point_id: row.text("service_point_id")?,
+            name: row.text("name")?,
+            kind: row.int("kind")?,
+            service_days: row.text("service_days")?,
+            holidays: row.text("holidays")?,
+            quota_mode: row.int("quota_mode")?,
+            weight: row.int("weight")?,
+            policy: row.bytes("policy")?,
         })
     }
 }
@@ -234,18 +264,20 @@ pub struct QuotaDayRow {
     pub supply_overdue: bool,
 }
 
+pub const QUOTA_DAY_COLUMNS: &str = "office_id, service_point_id, local_date, quota, held, committed, priority_used, closed, supply_overdue";
+
 impl QuotaDayRow {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+    pub fn from_row<R: Columns>(row: &R) -> Result<Self, R::Error> {
         Ok(QuotaDayRow {
-            office_id: row.try_get("office_id")?,
-            service_point_id: row.try_get("service_point_id")?,
-            local_date: row.try_get("local_date")?,
-            quota: row.try_get("quota")?,
-            held: row.try_get("held")?,
-            committed: row.try_get("committed")?,
-            priority_used: row.try_get("priority_used")?,
-            closed: row.try_get::<i64, _>("closed")? != 0,
-            supply_overdue: row.try_get::<i64, _>("supply_overdue")? != 0,
+            office_id: row.text("office_id")?,
+            service_point_id: row.text("service_point_id")?,
+            local_date: row.text("local_date")?,
+            quota: row.int("quota")?,
+            held: row.int("held")?,
+            committed: row.int("committed")?,
+            priority_used: row.int("priority_used")?,
+            closed: row.flag("closed")?,
+            supply_overdue: row.flag("supply_overdue")?,
         })
     }
 
@@ -264,7 +296,7 @@ pub async fn quota_day(
     lock: &str,
 ) -> Result<Option<QuotaDayRow>, sqlx::Error> {
     let sql = format!(
-        "SELECT office_id, service_point_id, local_date, quota, held, committed, priority_used, closed, supply_overdue FROM quota_days WHERE office_id = $1 AND service_point_id = $2 AND local_date = $3{lock}"
+        "SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = $1 AND service_point_id = $2 AND local_date = $3{lock}"
     );
     let row = sqlx::query(&sql)
         .bind(office_id)
@@ -313,13 +345,14 @@ pub async fn quota_days_of_office(
     office_id: &str,
     local_date: &str,
 ) -> Result<Vec<QuotaDayRow>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT office_id, service_point_id, local_date, quota, held, committed, priority_used, closed, supply_overdue FROM quota_days WHERE office_id = $1 AND local_date = $2",
-    )
-    .bind(office_id)
-    .bind(local_date)
-    .fetch_all(conn)
-    .await?;
+    let sql = format!(
+        "SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = $1 AND local_date = $2"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(office_id)
+        .bind(local_date)
+        .fetch_all(conn)
+        .await?;
     rows.iter().map(QuotaDayRow::from_row).collect()
 }
 
@@ -344,27 +377,27 @@ pub struct ReservationRow {
     pub spoiled_count: i64,
 }
 
-const RESERVATION_COLUMNS: &str = "reservation_id, office_id, office_seq, service_point_id, counter_id, local_date, nik_hash, masked_nik, reason, priority, ikd_status, state, created_ms, expires_ms, committed_ms, spoiled_count";
+pub const RESERVATION_COLUMNS: &str = "reservation_id, office_id, office_seq, service_point_id, counter_id, local_date, nik_hash, masked_nik, reason, priority, ikd_status, state, created_ms, expires_ms, committed_ms, spoiled_count";
 
 impl ReservationRow {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+    pub fn from_row<R: Columns>(row: &R) -> Result<Self, R::Error> {
         Ok(ReservationRow {
-            reservation_id: row.try_get("reservation_id")?,
-            office_id: row.try_get("office_id")?,
-            office_seq: row.try_get("office_seq")?,
-            service_point_id: row.try_get("service_point_id")?,
-            counter_id: row.try_get("counter_id")?,
-            local_date: row.try_get("local_date")?,
-            nik_hash: row.try_get("nik_hash")?,
-            masked_nik: row.try_get("masked_nik")?,
-            reason: row.try_get("reason")?,
-            priority: row.try_get::<i64, _>("priority")? != 0,
-            ikd_status: row.try_get("ikd_status")?,
-            state: row.try_get("state")?,
-            created_ms: row.try_get("created_ms")?,
-            expires_ms: row.try_get("expires_ms")?,
-            committed_ms: row.try_get("committed_ms")?,
-            spoiled_count: row.try_get("spoiled_count")?,
+            reservation_id: row.text("reservation_id")?,
+            office_id: row.text("office_id")?,
+            office_seq: row.int("office_seq")?,
+            service_point_id: row.text("service_point_id")?,
+            counter_id: row.text("counter_id")?,
+            local_date: row.text("local_date")?,
+            nik_hash: row.text("nik_hash")?,
+            masked_nik: row.text("masked_nik")?,
+            reason: row.int("reason")?,
+            priority: row.flag("priority")?,
+            ikd_status: row.int("ikd_status")?,
+            state: row.text("state")?,
+            created_ms: row.int("created_ms")?,
+            expires_ms: row.int("expires_ms")?,
+            committed_ms: row.int("committed_ms")?,
+            spoiled_count: row.int("spoiled_count")?,
         })
     }
 }
@@ -632,6 +665,16 @@ pub struct StoredAnswer {
     pub response: Vec<u8>,
 }
 
+impl StoredAnswer {
+    pub fn from_row<R: Columns>(row: &R) -> Result<Self, R::Error> {
+        Ok(StoredAnswer {
+            method: row.text("method")?,
+            fingerprint: row.text("fingerprint")?,
+            response: row.bytes("response")?,
+        })
+    }
+}
+
 /// Looks up the answer stored for a request id.
 pub async fn stored_answer(
     conn: &mut AnyConnection,
@@ -642,14 +685,7 @@ pub async fn stored_answer(
             .bind(request_id)
             .fetch_optional(conn)
             .await?;
-    row.map(|r| {
-        Ok(StoredAnswer {
-            method: r.try_get("method")?,
-            fingerprint: r.try_get("fingerprint")?,
-            response: r.try_get("response")?,
-        })
-    })
-    .transpose()
+    row.as_ref().map(StoredAnswer::from_row).transpose()
 }
 
 /// Stores the answer to a mutating call.
@@ -943,16 +979,7 @@ pub async fn stored_answers(
     })
     .await?;
     rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get("request_id")?,
-                StoredAnswer {
-                    method: r.try_get("method")?,
-                    fingerprint: r.try_get("fingerprint")?,
-                    response: r.try_get("response")?,
-                },
-            ))
-        })
+        .map(|r| Ok((r.try_get("request_id")?, StoredAnswer::from_row(r)?)))
         .collect()
 }
 

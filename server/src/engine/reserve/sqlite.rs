@@ -1,0 +1,251 @@
+//! A Reserve batch on SQLite, run whole on the hot path's own connection (`store::direct`): its
+//! reads, its decisions (the same [`decide_batch`] as the general path) and its writes, on one
+//! blocking thread, with prepared statements and no hop to another thread per statement or row.
+//!
+//! It covers the steady state of a busy day. A batch that needs more (the office or one of its
+//! service points is unknown, a service point's quota row for today does not exist yet, holds
+//! of the office are due to expire) writes nothing here and goes to the general path, which
+//! creates the quota row, releases the holds or answers NOT_FOUND; the batches after it come
+//! back here.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use blangko_proto::v1::IkdStatus;
+use rusqlite::Connection;
+
+use super::{
+    BatchAnswers, BatchState, IDEMPOTENCY_COLUMNS, Job, PointState, decide_batch, point_ids,
+};
+use crate::engine::ledger::{self, LEDGER_COLUMNS};
+use crate::engine::{Engine, EngineError, EngineResult, QUEUE_REPORT_TTL_MS, policy_of, zone_of};
+use crate::store::direct::{self, execute, numbered, query, query_optional};
+use crate::store::rows::{
+    self, Columns, OFFICE_COLUMNS, OfficeRow, QUOTA_DAY_COLUMNS, QuotaDayRow, RESERVATION_COLUMNS,
+    RESERVATION_INSERT_COLUMNS, ReservationRow, SERVICE_POINT_COLUMNS, ServicePointRow,
+    StoredAnswer, Value,
+};
+
+impl From<rusqlite::Error> for EngineError {
+    fn from(err: rusqlite::Error) -> Self {
+        EngineError::Database(direct::to_sqlx(err))
+    }
+}
+
+/// The statements of a batch, written once.
+struct Statements {
+    office: String,
+    due_hold: &'static str,
+    quota_days: String,
+    stored_answer: &'static str,
+    live_reservation: String,
+    ikd_activated: &'static str,
+    service_point: String,
+    waiting: &'static str,
+    counts_by_reason: &'static str,
+    insert_ledger: String,
+    insert_reservation: String,
+    insert_answer: String,
+}
+
+static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
+    office: format!("SELECT {OFFICE_COLUMNS} FROM offices WHERE office_id = ?1"),
+    due_hold: "SELECT 1 FROM reservations WHERE state = 'HELD' AND expires_ms <= ?1 AND office_id = ?2 LIMIT 1",
+    quota_days: format!(
+        "SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = ?1 AND local_date = ?2"
+    ),
+    stored_answer: "SELECT method, fingerprint, response FROM idempotency WHERE request_id = ?1",
+    // Named, as in the general path: the planner might otherwise take reservations_due.
+    live_reservation: format!(
+        "SELECT {RESERVATION_COLUMNS} FROM reservations INDEXED BY reservations_one_live_per_nik_day WHERE nik_hash = ?1 AND local_date = ?2 AND state IN ('HELD', 'COMMITTED')"
+    ),
+    ikd_activated: "SELECT 1 FROM ikd_activations WHERE nik_hash = ?1",
+    service_point: format!(
+        "SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = ?1 AND service_point_id = ?2"
+    ),
+    waiting: "SELECT service_point_id, CAST(COALESCE(SUM(waiting), 0) AS BIGINT) AS n FROM queue_reports WHERE office_id = ?1 AND reported_ms > ?2 GROUP BY service_point_id",
+    counts_by_reason: "SELECT reason, COUNT(*) AS n FROM reservations WHERE office_id = ?1 AND service_point_id = ?2 AND local_date = ?3 AND state IN ('HELD', 'COMMITTED') GROUP BY reason",
+    insert_ledger: insert_one("ledger", &LEDGER_COLUMNS),
+    insert_reservation: insert_one("reservations", &RESERVATION_INSERT_COLUMNS),
+    insert_answer: insert_one("idempotency", &IDEMPOTENCY_COLUMNS),
+});
+
+/// `INSERT INTO table (a, b, ...) VALUES (?1, ?2, ...)`: one row, prepared once and run per row
+/// (on this connection a run is a function call, so multi-row statements would gain nothing).
+fn insert_one(table: &str, columns: &[&str]) -> String {
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    format!(
+        "INSERT INTO {table} ({}) VALUES ({})",
+        columns.join(", "),
+        placeholders.join(", ")
+    )
+}
+
+fn text(value: &str) -> Value {
+    Value::Text(value.to_string())
+}
+
+impl Engine {
+    /// Decides a batch on SQLite's hot-path connection. None: not SQLite, or the batch needs the
+    /// general path (nothing was written).
+    pub(super) async fn reserve_batch_sqlite(
+        &self,
+        office_id: &str,
+        jobs: &[Job],
+    ) -> Option<EngineResult<BatchAnswers>> {
+        let connection = self.store.direct()?;
+        let now = self.clock.now_ms();
+        let decided = connection
+            .run(|tx| {
+                let decided = decide(tx, office_id, jobs, now)?;
+                let commit = decided.is_some();
+                Ok::<_, EngineError>((decided, commit))
+            })
+            .await;
+        decided.transpose()
+    }
+}
+
+/// The batch in one transaction: None when it needs the general path (nothing written).
+fn decide(
+    conn: &Connection,
+    office_id: &str,
+    jobs: &[Job],
+    now: i64,
+) -> EngineResult<Option<BatchAnswers>> {
+    let Some(office) = query_optional(conn, &SQL.office, &[text(office_id)], |r| {
+        OfficeRow::from_row(r)
+    })?
+    else {
+        return Ok(None);
+    };
+    // Due holds are released (with their ledger entries) by the general path first.
+    let due = query_optional(
+        conn,
+        SQL.due_hold,
+        &[Value::Int(now), text(office_id)],
+        |_| Ok(()),
+    )?;
+    if due.is_some() {
+        return Ok(None);
+    }
+    let zone = zone_of(&office)?;
+    let date = crate::domain::calendar::format_local_date(zone.local_date(now));
+
+    // Everything the decisions read: the office's quota rows today, then one probe per Reserve
+    // for a stored answer and for a live reservation of its NIK.
+    let mut quota_days: HashMap<String, QuotaDayRow> = query(
+        conn,
+        &SQL.quota_days,
+        &[text(office_id), text(&date)],
+        |r| QuotaDayRow::from_row(r),
+    )?
+    .into_iter()
+    .map(|q| (q.service_point_id.clone(), q))
+    .collect();
+    let office_used = quota_days.values().map(QuotaDayRow::used).sum();
+    let mut answers = HashMap::new();
+    let mut live = HashMap::new();
+    let mut activated = HashSet::new();
+    for Job { cmd, nik_hash, .. } in jobs {
+        if let Some(answer) =
+            query_optional(conn, SQL.stored_answer, &[text(&cmd.request_id)], |r| {
+                StoredAnswer::from_row(r)
+            })?
+        {
+            answers.insert(cmd.request_id.clone(), answer);
+        }
+        if let Some(r) = query_optional(
+            conn,
+            &SQL.live_reservation,
+            &[text(nik_hash), text(&date)],
+            |r| ReservationRow::from_row(r),
+        )? {
+            live.insert(nik_hash.clone(), r);
+        }
+        if office.ikd_first_required
+            && cmd.ikd_status == IkdStatus::NotActive as i32
+            && query_optional(conn, SQL.ikd_activated, &[text(nik_hash)], |_| Ok(()))?.is_some()
+        {
+            activated.insert(nik_hash.clone());
+        }
+    }
+    let waiting: HashMap<String, i64> = query(
+        conn,
+        SQL.waiting,
+        &[text(office_id), Value::Int(now - QUEUE_REPORT_TTL_MS)],
+        |r| Ok((r.text("service_point_id")?, r.int("n")?)),
+    )?
+    .into_iter()
+    .collect();
+
+    let mut state = BatchState::new(office, zone, now, office_used, answers, live, activated);
+    for id in point_ids(jobs.iter().map(|j| &j.cmd)) {
+        let Some(sp) = query_optional(
+            conn,
+            &SQL.service_point,
+            &[text(office_id), text(id)],
+            |r| ServicePointRow::from_row(r),
+        )?
+        else {
+            return Ok(None);
+        };
+        // The first transaction of the day computes the quota row (general path).
+        let Some(qd) = quota_days.remove(id) else {
+            return Ok(None);
+        };
+        let policy = policy_of(&sp)?;
+        let by_reason = if policy.reason_caps.is_empty() {
+            HashMap::new()
+        } else {
+            query(
+                conn,
+                SQL.counts_by_reason,
+                &[text(office_id), text(id), text(&state.date)],
+                |r| Ok((r.int("reason")?, r.int("n")?)),
+            )?
+            .into_iter()
+            .collect()
+        };
+        let waiting = waiting.get(id).copied().unwrap_or(0);
+        state.points.insert(
+            id.to_string(),
+            Ok(PointState::new(&sp, policy, qd, waiting, by_reason)),
+        );
+    }
+
+    let answers = decide_batch(
+        &mut state,
+        jobs.iter().map(|j| (&j.cmd, j.nik_hash.as_str())),
+    )?;
+    write(conn, office_id, &mut state)?;
+    Ok(Some((answers, state.changed)))
+}
+
+/// The batch's writes, in the order of the general path's.
+fn write(conn: &Connection, office_id: &str, state: &mut BatchState) -> EngineResult<()> {
+    for row in ledger::entry_rows(&state.ledger) {
+        execute(conn, &SQL.insert_ledger, &row)?;
+    }
+    for row in state.reservation_rows() {
+        execute(conn, &SQL.insert_reservation, &row)?;
+    }
+    for row in std::mem::take(&mut state.new_answers) {
+        execute(conn, &SQL.insert_answer, &row)?;
+    }
+    for (cause, referrals) in &state.referrals {
+        let (sql, values) = rows::ikd_referrals_upsert(office_id, &state.date, *cause, *referrals);
+        execute(conn, &numbered(sql), &values)?;
+    }
+    for point in state.points.values().filter_map(|p| p.as_ref().ok()) {
+        if point.dirty {
+            let (sql, values) = rows::quota_day_update(&point.qd);
+            execute(conn, &numbered(sql), &values)?;
+        }
+    }
+    if state.changed {
+        let (sql, values) = rows::office_stock_update(&state.office);
+        execute(conn, &numbered(sql), &values)?;
+    }
+    Ok(())
+}

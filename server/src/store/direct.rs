@@ -1,0 +1,329 @@
+//! The SQLite connection of the Reserve hot path: a connection of its own (rusqlite), on which a
+//! whole Reserve batch (its reads, its decisions and its writes) runs on one blocking thread.
+//!
+//! Why: through sqlx every statement, and every row it returns, is a message to and from the
+//! connection's worker thread. A batch of 30 Reserves spent most of its time in those hops
+//! (about 1 ms plus 137 µs per Reserve on the single writer's path, see BENCHMARKS.md), and the
+//! single writer is what every Reserve of the server waits for. Here a statement is a function
+//! call, prepared once and cached.
+//!
+//! Why the quota stays exact: one write gate (an async mutex) is held by every write transaction
+//! of the process, on this connection ([`Direct::run`]) and through sqlx's one writer connection
+//! ([`super::Store::begin`]), from before it begins until after it has committed or rolled back.
+//! Write transactions stay serialized as before; SQLite's own write lock (`BEGIN IMMEDIATE`) is
+//! the second line of defence.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags, Statement};
+
+use super::rows::{Columns, Value};
+
+/// Prepared statements kept per connection: the batch uses about twenty distinct ones.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+/// The hot path's own connection to the SQLite file, and the write gate.
+pub struct Direct {
+    /// None once closed. A std mutex: the gate already serializes its users, and it is never
+    /// held across an `.await`.
+    conn: Mutex<Option<Connection>>,
+    /// Held by every write transaction of the process, on this connection or through sqlx
+    /// ([`super::Store::begin`]), for its whole length.
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Direct {
+    /// Opens the database file (already created and migrated) with the pragmas the other
+    /// connections run with.
+    pub fn open(path: &Path, pragmas: &str) -> anyhow::Result<Direct> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.execute_batch(pragmas)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+        Ok(Direct {
+            conn: Mutex::new(Some(conn)),
+            gate: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// The write gate, for the transactions through sqlx.
+    pub fn gate(&self) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(&self.gate)
+    }
+
+    /// Runs `work` in one IMMEDIATE transaction on this connection, holding the write gate.
+    /// `work` returns whether to commit: `Ok((value, true))` commits, `Ok((value, false))` rolls
+    /// back (nothing was written), an error rolls back.
+    ///
+    /// The work runs on the calling task's thread: a batch is a millisecond or two of CPU-bound
+    /// work, and handing it to another thread (and waking the caller again) cost more than a
+    /// third of that on two busy cores.
+    pub async fn run<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        E: From<sqlx::Error> + From<rusqlite::Error>,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, bool), E>,
+    {
+        let _gate = self.gate.lock().await;
+        // A panic inside `work` rolls its transaction back (Transaction's drop) before the
+        // mutex is poisoned, so the connection is still sound.
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(conn) = guard.as_mut() else {
+            return Err(E::from(sqlx::Error::PoolClosed));
+        };
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (value, commit) = work(&tx)?;
+        if commit {
+            tx.commit()?;
+        } else {
+            tx.rollback()?;
+        }
+        Ok(value)
+    }
+
+    /// Closes the connection (later [`Direct::run`] calls fail with PoolClosed).
+    pub fn close(&self) {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(Err((_, err))) = conn.map(Connection::close) {
+            tracing::warn!(error = %err, "closing the SQLite hot-path connection failed");
+        }
+    }
+}
+
+/// A cached prepared statement with `values` bound to `?1..?n` in order.
+fn bound<'c>(
+    conn: &'c Connection,
+    sql: &str,
+    values: &[Value],
+) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    bind(&mut statement, values)?;
+    Ok(statement)
+}
+
+fn bind(statement: &mut Statement<'_>, values: &[Value]) -> rusqlite::Result<()> {
+    for (i, value) in values.iter().enumerate() {
+        match value {
+            Value::Int(v) => statement.raw_bind_parameter(i + 1, v)?,
+            Value::Text(v) => statement.raw_bind_parameter(i + 1, v.as_str())?,
+            Value::Bytes(v) => statement.raw_bind_parameter(i + 1, v.as_slice())?,
+        }
+    }
+    Ok(())
+}
+
+/// Runs a write statement; returns the rows it changed.
+pub fn execute(conn: &Connection, sql: &str, values: &[Value]) -> rusqlite::Result<usize> {
+    bound(conn, sql, values)?.raw_execute()
+}
+
+/// Runs a query and maps each row.
+pub fn query<T>(
+    conn: &Connection,
+    sql: &str,
+    values: &[Value],
+    mut map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut statement = bound(conn, sql, values)?;
+    let mut rows = statement.raw_query();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(map(row)?);
+    }
+    Ok(out)
+}
+
+/// Runs a query for at most one row.
+pub fn query_optional<T>(
+    conn: &Connection,
+    sql: &str,
+    values: &[Value],
+    map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    let mut statement = bound(conn, sql, values)?;
+    let mut rows = statement.raw_query();
+    rows.next()?.map(map).transpose()
+}
+
+/// The statement text with sqlx's `$n` placeholders written as SQLite's numbered `?n`, so a
+/// statement shared with the sqlx code path binds by number here too (`$n` would be a *named*
+/// parameter to SQLite, numbered by first appearance).
+pub fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        let placeholder = c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit());
+        out.push(if placeholder { '?' } else { c });
+    }
+    out
+}
+
+impl Columns for rusqlite::Row<'_> {
+    type Error = rusqlite::Error;
+    fn text(&self, column: &str) -> rusqlite::Result<String> {
+        self.get(column)
+    }
+    fn int(&self, column: &str) -> rusqlite::Result<i64> {
+        self.get(column)
+    }
+    fn bytes(&self, column: &str) -> rusqlite::Result<Vec<u8>> {
+        self.get(column)
+    }
+}
+
+/// An error of the hot path's connection, as a sqlx database error, so callers see one kind of
+/// database failure whichever connection failed.
+#[derive(Debug)]
+pub struct DirectError {
+    message: String,
+    code: Option<String>,
+    source: rusqlite::Error,
+}
+
+impl From<rusqlite::Error> for DirectError {
+    fn from(source: rusqlite::Error) -> Self {
+        let code = source.sqlite_error().map(|e| e.extended_code.to_string());
+        DirectError {
+            message: source.to_string(),
+            code,
+            source,
+        }
+    }
+}
+
+impl std::fmt::Display for DirectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for DirectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl sqlx::error::DatabaseError for DirectError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+    fn code(&self) -> Option<Cow<'_, str>> {
+        self.code.as_deref().map(Cow::Borrowed)
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        match self.source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                match self.source.sqlite_error().map(|e| e.extended_code) {
+                    Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+                    | Some(rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                        sqlx::error::ErrorKind::UniqueViolation
+                    }
+                    Some(rusqlite::ffi::SQLITE_CONSTRAINT_CHECK) => {
+                        sqlx::error::ErrorKind::CheckViolation
+                    }
+                    Some(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY) => {
+                        sqlx::error::ErrorKind::ForeignKeyViolation
+                    }
+                    Some(rusqlite::ffi::SQLITE_CONSTRAINT_NOTNULL) => {
+                        sqlx::error::ErrorKind::NotNullViolation
+                    }
+                    _ => sqlx::error::ErrorKind::Other,
+                }
+            }
+            _ => sqlx::error::ErrorKind::Other,
+        }
+    }
+}
+
+/// A rusqlite error as a sqlx one.
+pub fn to_sqlx(err: rusqlite::Error) -> sqlx::Error {
+    sqlx::Error::Database(Box::new(DirectError::from(err)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_statements_bind_by_number() {
+        assert_eq!(
+            numbered("UPDATE t SET a = $1 WHERE b = $2 AND c = $12"),
+            "UPDATE t SET a = ?1 WHERE b = ?2 AND c = ?12"
+        );
+        assert_eq!(numbered("SELECT '$x', $3"), "SELECT '$x', ?3");
+    }
+
+    #[test]
+    fn rows_decode_and_errors_keep_their_kind() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id TEXT PRIMARY KEY, n BIGINT NOT NULL, b BLOB NOT NULL, CHECK (n >= 0));",
+        )
+        .unwrap();
+        let row = [
+            Value::Text("a".into()),
+            Value::Int(7),
+            Value::Bytes(vec![1, 2]),
+        ];
+        assert_eq!(
+            execute(&conn, "INSERT INTO t (id, n, b) VALUES (?1, ?2, ?3)", &row).unwrap(),
+            1
+        );
+        let got = query(
+            &conn,
+            "SELECT id, n, b FROM t WHERE n = ?1",
+            &[Value::Int(7)],
+            |r| Ok((r.text("id")?, r.int("n")?, r.bytes("b")?, r.flag("n")?)),
+        )
+        .unwrap();
+        assert_eq!(got, vec![("a".to_string(), 7, vec![1, 2], true)]);
+        assert!(
+            query_optional(
+                &conn,
+                "SELECT id FROM t WHERE n = ?1",
+                &[Value::Int(8)],
+                |r| r.text("id")
+            )
+            .unwrap()
+            .is_none()
+        );
+
+        let duplicate = execute(&conn, "INSERT INTO t (id, n, b) VALUES (?1, ?2, ?3)", &row)
+            .map_err(to_sqlx)
+            .unwrap_err();
+        let sqlx::Error::Database(db) = &duplicate else {
+            panic!("{duplicate:?}")
+        };
+        assert_eq!(db.kind(), sqlx::error::ErrorKind::UniqueViolation);
+        assert!(db.message().contains("UNIQUE"), "{}", db.message());
+
+        let negative = [
+            Value::Text("b".into()),
+            Value::Int(-1),
+            Value::Bytes(Vec::new()),
+        ];
+        let broken = execute(
+            &conn,
+            "INSERT INTO t (id, n, b) VALUES (?1, ?2, ?3)",
+            &negative,
+        )
+        .map_err(to_sqlx)
+        .unwrap_err();
+        let sqlx::Error::Database(db) = &broken else {
+            panic!("{broken:?}")
+        };
+        assert_eq!(db.kind(), sqlx::error::ErrorKind::CheckViolation);
+    }
+}

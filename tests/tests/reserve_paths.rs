@@ -1,0 +1,250 @@
+//! SQLite decides Reserve batches on its hot-path connection (`store::direct`) and sends to the
+//! general path only the batches that need it: the first of a day at a service point (which
+//! computes the day's quota row), one that finds holds due (which releases them first), and one
+//! naming an unknown service point. An operator sees which in `blangko_reserve_batches`; the
+//! answers are the same either way, and the ledger stays one intact chain across both.
+
+use std::sync::Arc;
+
+use blangko_e2e::fixtures::{self, reserve_request};
+use blangko_e2e::scrape::count;
+use blangko_e2e::{TestDatabase, TestServer};
+use blangko_proto::v1::counter_service_client::CounterServiceClient;
+use blangko_proto::v1::reserve_response::Outcome;
+use blangko_proto::v1::*;
+use blangko_server::clock::ManualClock;
+use tonic::transport::Channel;
+
+/// Tuesday 2026-12-01 08:00 WIB.
+const TUESDAY_8AM_WIB_MS: i64 = 1_796_086_800_000;
+const MINUTE_MS: i64 = 60_000;
+
+/// The batches decided so far on each path, as the metrics endpoint shows them.
+async fn batches(server: &TestServer) -> anyhow::Result<(f64, f64)> {
+    let text = server.scrape_metrics().await?;
+    Ok((
+        count(
+            &text,
+            "blangko_reserve_batches_total",
+            &[("path", "direct")],
+        ),
+        count(
+            &text,
+            "blangko_reserve_batches_total",
+            &[("path", "general")],
+        ),
+    ))
+}
+
+async fn send(
+    counter: &mut CounterServiceClient<Channel>,
+    request: ReserveRequest,
+) -> anyhow::Result<Outcome> {
+    counter
+        .reserve(request)
+        .await?
+        .into_inner()
+        .outcome
+        .ok_or_else(|| anyhow::anyhow!("no outcome"))
+}
+
+fn reservation(outcome: Outcome) -> anyhow::Result<Reservation> {
+    match outcome {
+        Outcome::Reservation(r) => Ok(r),
+        other => anyhow::bail!("expected a reservation, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_steady_state_runs_on_the_hot_path_and_the_rest_on_the_general_one()
+-> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+    let server = TestServer::start_with_clock(
+        db,
+        &["--metrics-listen", "127.0.0.1:0"],
+        Arc::new(clock.clone()),
+    )
+    .await?;
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    // Quota 3 at the MPP, 3 at the kecamatan desk, 10 blanks.
+    fixtures::office_with_point(&mut stock, "3275", "mpp", 3, 10).await?;
+    fixtures::service_point(&mut stock, "3275", "kec", fixtures::fixed(3)).await?;
+    assert_eq!(batches(&server).await?, (0.0, 0.0));
+
+    // The day's first Reserve at the MPP computes its quota row: general path.
+    let first = reservation(send(&mut counter, reserve_request("3275", "mpp", 1)).await?)?;
+    assert_eq!(batches(&server).await?, (0.0, 1.0));
+
+    // From then on the hot path: a new applicant, a retry of that call, and the same applicant
+    // under a new request id (the one blank a day is the one already held).
+    let second_request = reserve_request("3275", "mpp", 2);
+    let second = reservation(send(&mut counter, second_request.clone()).await?)?;
+    assert!(!second.replayed);
+    let retried = reservation(send(&mut counter, second_request).await?)?;
+    assert!(retried.replayed);
+    assert_eq!(retried.reservation_id, second.reservation_id);
+    let again = reservation(send(&mut counter, reserve_request("3275", "mpp", 2)).await?)?;
+    assert_eq!(again.reservation_id, second.reservation_id);
+    assert_eq!(batches(&server).await?, (3.0, 1.0));
+
+    // The third blank, then the quota is exhausted: an IKD referral, still on the hot path.
+    reservation(send(&mut counter, reserve_request("3275", "mpp", 3)).await?)?;
+    match send(&mut counter, reserve_request("3275", "mpp", 4)).await? {
+        Outcome::IkdReferral(referral) => {
+            assert_eq!(referral.cause(), ReferralCause::QuotaExhausted);
+            assert!(!referral.message_indonesian.is_empty());
+        }
+        other => anyhow::bail!("expected a referral, got {other:?}"),
+    }
+    assert_eq!(batches(&server).await?, (5.0, 1.0));
+
+    // The kecamatan desk's first Reserve of the day: general again. The MPP applicant is
+    // refused there, whichever path decides.
+    let elsewhere = counter
+        .reserve(reserve_request("3275", "kec", 1))
+        .await
+        .expect_err("one blank a day, across service points");
+    assert_eq!(elsewhere.code(), tonic::Code::FailedPrecondition);
+    let elsewhere = counter
+        .reserve(reserve_request("3275", "kec", 2))
+        .await
+        .expect_err("one blank a day, across service points");
+    assert_eq!(elsewhere.code(), tonic::Code::FailedPrecondition);
+    reservation(send(&mut counter, reserve_request("3275", "kec", 5)).await?)?;
+    assert_eq!(batches(&server).await?, (7.0, 2.0));
+
+    // An unknown service point: NOT_FOUND, from the general path.
+    let unknown = counter
+        .reserve(reserve_request("3275", "nowhere", 6))
+        .await
+        .expect_err("unknown service point");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert_eq!(batches(&server).await?, (7.0, 3.0));
+
+    // 31 minutes on, every hold has run out: the general path releases them and reserves.
+    clock.advance_ms(31 * MINUTE_MS);
+    let after = reservation(send(&mut counter, reserve_request("3275", "mpp", 7)).await?)?;
+    assert_eq!(batches(&server).await?, (7.0, 4.0));
+    let held = stock
+        .get_stock(GetStockRequest {
+            office_id: "3275".into(),
+        })
+        .await?
+        .into_inner()
+        .stock
+        .unwrap_or_default()
+        .held;
+    assert_eq!(
+        held, 1,
+        "only the reservation made after the expiry is held"
+    );
+    let expired = counter
+        .list_reservations(ListReservationsRequest {
+            office_id: "3275".into(),
+            state: ReservationState::Expired as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .reservations;
+    assert_eq!(expired.len(), 4, "{expired:?}");
+    assert!(
+        expired
+            .iter()
+            .any(|r| r.reservation_id == first.reservation_id)
+    );
+    assert_ne!(after.reservation_id, first.reservation_id);
+
+    // The next one is back on the hot path, and the ledger is one intact chain throughout.
+    reservation(send(&mut counter, reserve_request("3275", "mpp", 8)).await?)?;
+    assert_eq!(batches(&server).await?, (8.0, 4.0));
+    let verified = stock
+        .verify_ledger(VerifyLedgerRequest {
+            office_id: "3275".into(),
+            published_head_hash: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert!(verified.intact, "{verified:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_both_connections_never_overlap() -> anyhow::Result<()> {
+    // Reserves (hot path) and commits and cancels (sqlx) at once on one office, so that the two
+    // connections' write transactions alternate all the time: every call succeeds, the stock,
+    // the quota and the ledger chain add up.
+    let db = TestDatabase::sqlite().await?;
+    let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+    let server = TestServer::start_with_clock(db, &[], Arc::new(clock)).await?;
+    let mut stock = server.stock_client().await?;
+    fixtures::office_with_point(&mut stock, "3275", "mpp", 400, 400).await?;
+    let counter = server.counter_client().await?;
+    let mut tasks = Vec::new();
+    for worker in 0..8u32 {
+        let mut counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut kept = 0u32;
+            for i in 0..25u32 {
+                let n = worker * 1000 + i;
+                let r = reservation(send(&mut counter, reserve_request("3275", "mpp", n)).await?)?;
+                if i % 2 == 0 {
+                    counter
+                        .commit_reservation(CommitReservationRequest {
+                            request_id: fixtures::rid(),
+                            reservation_id: r.reservation_id,
+                        })
+                        .await?;
+                    kept += 1;
+                } else {
+                    counter
+                        .cancel_reservation(CancelReservationRequest {
+                            request_id: fixtures::rid(),
+                            reservation_id: r.reservation_id,
+                            note: String::new(),
+                        })
+                        .await?;
+                }
+            }
+            anyhow::Ok(kept)
+        }));
+    }
+    let mut committed = 0;
+    for task in tasks {
+        committed += task.await??;
+    }
+    assert_eq!(committed, 8 * 13);
+    let level = stock
+        .get_stock(GetStockRequest {
+            office_id: "3275".into(),
+        })
+        .await?
+        .into_inner()
+        .stock
+        .unwrap_or_default();
+    assert_eq!(level.held, 0);
+    assert_eq!(level.on_hand, 400 - committed);
+    let quota = counter
+        .clone()
+        .get_quota(GetQuotaRequest {
+            office_id: "3275".into(),
+            service_point_id: "mpp".into(),
+        })
+        .await?
+        .into_inner()
+        .quota
+        .unwrap_or_default();
+    assert_eq!(quota.committed, committed);
+    assert_eq!(quota.held, 0);
+    let verified = stock
+        .verify_ledger(VerifyLedgerRequest {
+            office_id: "3275".into(),
+            published_head_hash: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert!(verified.intact, "{verified:?}");
+    Ok(())
+}
