@@ -337,7 +337,7 @@ const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 const SETTLE_AT_MOST: Duration = Duration::from_millis(20);
 /// How often the background checkpointer runs. Each checkpoint ends with an fsync of the database
 /// file that the group fsync of the WAL then waits behind, so the slowest Reserves are the ones
-/// answered after a large checkpoint: at 100 ms they are a tenth of what they are at 500 ms (p99
+/// answered after a large checkpoint, and at 100 ms each is a fifth of one at 500 ms (p99
 /// at 64 Reserves in flight 13.8-14.8 ms against 15.8-17.1 ms, same throughput; 25 ms cut it to
 /// 10.9-13.3 ms but cost a tenth of the throughput; BENCHMARKS.md).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
