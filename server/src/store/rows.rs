@@ -499,14 +499,15 @@ pub async fn due_holds(
     rows.iter().map(ReservationRow::from_row).collect()
 }
 
-/// Offices that have at least one hold due by `now_ms` (bounded).
+/// Offices that have at least one hold due by `now_ms` (bounded), in id order: one probe of
+/// `reservations_held_by_office_expiry` per office.
 pub async fn offices_with_due_holds(
     conn: &mut AnyConnection,
     now_ms: i64,
     limit: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT DISTINCT office_id FROM reservations WHERE state = 'HELD' AND expires_ms <= $1 LIMIT $2",
+        "SELECT o.office_id FROM offices o WHERE EXISTS (SELECT 1 FROM reservations r WHERE r.state = 'HELD' AND r.office_id = o.office_id AND r.expires_ms <= $1) ORDER BY o.office_id LIMIT $2",
     )
     .bind(now_ms)
     .bind(limit)
@@ -993,7 +994,7 @@ pub async fn live_reservations_of_niks(
     let rows = fetch_for_keys(conn, Some(local_date), nik_hashes, |date, keys| {
         // Both planners are told which index to take, so the lookup stays a search of the
         // NIK/day index even before the table has statistics (a fresh or fast-growing table):
-        // SQLite by name (otherwise it preferred reservations_due (state = ?) and scanned every
+        // SQLite by name (otherwise it preferred the former reservations_due (state = ?) and scanned every
         // held reservation); PostgreSQL by one LIMIT 1 subquery per hash, each an index probe
         // (without statistics, both an IN list and a plain join from the list of hashes were
         // planned as a scan of the whole day's part of the index).

@@ -55,7 +55,7 @@ static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
         "SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = ?1 AND local_date = ?2"
     ),
     stored_answer: "SELECT method, fingerprint, response FROM idempotency WHERE request_id = ?1",
-    // Named, as in the general path: the planner might otherwise take reservations_due.
+    // Named, as in the general path: the planner once took an index on state instead.
     live_reservation: format!(
         "SELECT {RESERVATION_COLUMNS} FROM reservations INDEXED BY reservations_one_live_per_nik_day WHERE nik_hash = ?1 AND local_date = ?2 AND state IN ('HELD', 'COMMITTED')"
     ),
