@@ -166,3 +166,33 @@ pub async fn all_reservations(
         token = page.next_page_token;
     }
 }
+
+/// An office's stock level (GetStock).
+pub async fn stock_level(
+    stock: &mut StockServiceClient<Channel>,
+    office_id: &str,
+) -> anyhow::Result<StockLevel> {
+    stock
+        .get_stock(GetStockRequest {
+            office_id: office_id.into(),
+        })
+        .await?
+        .into_inner()
+        .stock
+        .ok_or_else(|| anyhow::anyhow!("no stock in answer"))
+}
+
+/// Whether an office's ledger verifies as one intact hash chain (VerifyLedger).
+pub async fn ledger_intact(
+    stock: &mut StockServiceClient<Channel>,
+    office_id: &str,
+) -> anyhow::Result<bool> {
+    let answer = stock
+        .verify_ledger(VerifyLedgerRequest {
+            office_id: office_id.into(),
+            published_head_hash: String::new(),
+        })
+        .await?
+        .into_inner();
+    Ok(answer.intact)
+}

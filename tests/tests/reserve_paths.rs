@@ -48,6 +48,17 @@ async fn send(
         .ok_or_else(|| anyhow::anyhow!("no outcome"))
 }
 
+/// The status code of a Reserve that must fail.
+async fn refusal(
+    counter: &mut CounterServiceClient<Channel>,
+    request: ReserveRequest,
+) -> anyhow::Result<tonic::Code> {
+    match counter.reserve(request).await {
+        Ok(answer) => anyhow::bail!("expected an error, got {:?}", answer.into_inner()),
+        Err(status) => Ok(status.code()),
+    }
+}
+
 fn reservation(outcome: Outcome) -> anyhow::Result<Reservation> {
     match outcome {
         Outcome::Reservation(r) => Ok(r),
@@ -102,40 +113,23 @@ async fn the_steady_state_runs_on_the_hot_path_and_the_rest_on_the_general_one()
 
     // The kecamatan desk's first Reserve of the day: general again. The MPP applicant is
     // refused there, whichever path decides.
-    let elsewhere = counter
-        .reserve(reserve_request("3275", "kec", 1))
-        .await
-        .expect_err("one blank a day, across service points");
-    assert_eq!(elsewhere.code(), tonic::Code::FailedPrecondition);
-    let elsewhere = counter
-        .reserve(reserve_request("3275", "kec", 2))
-        .await
-        .expect_err("one blank a day, across service points");
-    assert_eq!(elsewhere.code(), tonic::Code::FailedPrecondition);
+    for n in [1, 2] {
+        let code = refusal(&mut counter, reserve_request("3275", "kec", n)).await?;
+        assert_eq!(code, tonic::Code::FailedPrecondition, "one blank a day");
+    }
     reservation(send(&mut counter, reserve_request("3275", "kec", 5)).await?)?;
     assert_eq!(batches(&server).await?, (7.0, 2.0));
 
     // An unknown service point: NOT_FOUND, from the general path.
-    let unknown = counter
-        .reserve(reserve_request("3275", "nowhere", 6))
-        .await
-        .expect_err("unknown service point");
-    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let code = refusal(&mut counter, reserve_request("3275", "nowhere", 6)).await?;
+    assert_eq!(code, tonic::Code::NotFound);
     assert_eq!(batches(&server).await?, (7.0, 3.0));
 
     // 31 minutes on, every hold has run out: the general path releases them and reserves.
     clock.advance_ms(31 * MINUTE_MS);
     let after = reservation(send(&mut counter, reserve_request("3275", "mpp", 7)).await?)?;
     assert_eq!(batches(&server).await?, (7.0, 4.0));
-    let held = stock
-        .get_stock(GetStockRequest {
-            office_id: "3275".into(),
-        })
-        .await?
-        .into_inner()
-        .stock
-        .unwrap_or_default()
-        .held;
+    let held = fixtures::stock_level(&mut stock, "3275").await?.held;
     assert_eq!(
         held, 1,
         "only the reservation made after the expiry is held"
@@ -160,14 +154,7 @@ async fn the_steady_state_runs_on_the_hot_path_and_the_rest_on_the_general_one()
     // The next one is back on the hot path, and the ledger is one intact chain throughout.
     reservation(send(&mut counter, reserve_request("3275", "mpp", 8)).await?)?;
     assert_eq!(batches(&server).await?, (8.0, 4.0));
-    let verified = stock
-        .verify_ledger(VerifyLedgerRequest {
-            office_id: "3275".into(),
-            published_head_hash: String::new(),
-        })
-        .await?
-        .into_inner();
-    assert!(verified.intact, "{verified:?}");
+    assert!(fixtures::ledger_intact(&mut stock, "3275").await?);
     Ok(())
 }
 
@@ -216,14 +203,7 @@ async fn writes_through_both_connections_never_overlap() -> anyhow::Result<()> {
         committed += task.await??;
     }
     assert_eq!(committed, 8 * 13);
-    let level = stock
-        .get_stock(GetStockRequest {
-            office_id: "3275".into(),
-        })
-        .await?
-        .into_inner()
-        .stock
-        .unwrap_or_default();
+    let level = fixtures::stock_level(&mut stock, "3275").await?;
     assert_eq!(level.held, 0);
     assert_eq!(level.on_hand, 400 - committed);
     let quota = counter
@@ -238,13 +218,6 @@ async fn writes_through_both_connections_never_overlap() -> anyhow::Result<()> {
         .unwrap_or_default();
     assert_eq!(quota.committed, committed);
     assert_eq!(quota.held, 0);
-    let verified = stock
-        .verify_ledger(VerifyLedgerRequest {
-            office_id: "3275".into(),
-            published_head_hash: String::new(),
-        })
-        .await?
-        .into_inner();
-    assert!(verified.intact, "{verified:?}");
+    assert!(fixtures::ledger_intact(&mut stock, "3275").await?);
     Ok(())
 }

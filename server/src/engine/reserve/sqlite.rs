@@ -1,6 +1,7 @@
 //! A Reserve batch on SQLite, run whole on the hot path's own connection (`store::direct`): its
-//! reads, its decisions (the same [`decide_batch`] as the general path) and its writes, on one
-//! blocking thread, with prepared statements and no hop to another thread per statement or row.
+//! reads, its decisions (the same [`decide_batch`] as the general path) and its writes, on the
+//! office's batch worker, with prepared statements and no hop to another thread per statement or
+//! row.
 //!
 //! It covers the steady state of a busy day. A batch that needs more (the office or one of its
 //! service points is unknown, a service point's quota row for today does not exist yet, holds
@@ -94,9 +95,11 @@ impl Engine {
         jobs: &[Job],
     ) -> Option<EngineResult<BatchAnswers>> {
         let connection = self.store.direct()?;
-        let now = self.clock.now_ms();
         let decided = connection
             .run(|tx| {
+                // The time once the write gate is held, as the general path reads it under the
+                // office lock.
+                let now = self.clock.now_ms();
                 let decided = decide(tx, office_id, jobs, now)?;
                 let commit = decided.is_some();
                 Ok::<_, EngineError>((decided, commit))
