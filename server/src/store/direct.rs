@@ -43,6 +43,11 @@ impl Direct {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.execute_batch(pragmas)?;
+        // Never wait for SQLite's write lock here: inside the process the gate serializes the
+        // writers, so a lock held by someone else (another program on the file) is the only
+        // wait, and it would block the batch worker's thread. [`Direct::run`] says so instead,
+        // and the batch takes the general path, which waits on sqlx's own thread.
+        conn.busy_timeout(std::time::Duration::ZERO)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         Ok(Direct {
             conn: Mutex::new(Some(conn)),
@@ -57,12 +62,13 @@ impl Direct {
 
     /// Runs `work` in one IMMEDIATE transaction on this connection, holding the write gate.
     /// `work` returns whether to commit: `Ok((value, true))` commits, `Ok((value, false))` rolls
-    /// back (nothing was written), an error rolls back.
+    /// back (nothing was written), an error rolls back. `Ok(None)`: the database was locked by
+    /// a connection outside the gate (another program), and `work` did not run.
     ///
     /// The work runs on the calling task's thread: a batch is a millisecond or two of CPU-bound
     /// work, and handing it to another thread (and waking the caller again) cost more than a
     /// third of that on two busy cores.
-    pub async fn run<T, E, F>(&self, work: F) -> Result<T, E>
+    pub async fn run<T, E, F>(&self, work: F) -> Result<Option<T>, E>
     where
         E: From<sqlx::Error> + From<rusqlite::Error>,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, bool), E>,
@@ -74,14 +80,20 @@ impl Direct {
         let Some(conn) = guard.as_mut() else {
             return Err(E::from(sqlx::Error::PoolClosed));
         };
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(err) if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                return Ok(None);
+            }
+            Err(err) => return Err(E::from(err)),
+        };
         let (value, commit) = work(&tx)?;
         if commit {
             tx.commit()?;
         } else {
             tx.rollback()?;
         }
-        Ok(value)
+        Ok(Some(value))
     }
 
     /// Closes the connection (later [`Direct::run`] calls fail with PoolClosed).

@@ -496,8 +496,30 @@ mod tests {
             .expect("the hot path runs once the transaction has ended")
             .unwrap()
             .unwrap();
-        assert_eq!(offices, 0);
+        assert_eq!(offices, Some(0));
         assert!(gate.try_lock().is_ok(), "both have ended");
+
+        // Another program holding the write lock: the hot path does not wait for it, it says so.
+        let url = format!("sqlite://{}", dir.path().join("b.db").display());
+        let mut other = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let locked = tokio::time::timeout(
+            Duration::from_secs(1),
+            store
+                .direct()
+                .unwrap()
+                .run(|_| Ok::<_, anyhow::Error>(((), true))),
+        )
+        .await
+        .expect("the hot path does not wait for another program's lock")
+        .unwrap();
+        assert!(locked.is_none());
+        sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
         store.close().await;
     }
 

@@ -7,7 +7,8 @@
 //! service points is unknown, a service point's quota row for today does not exist yet, holds
 //! of the office are due to expire) writes nothing here and goes to the general path, which
 //! creates the quota row, releases the holds or answers NOT_FOUND; the batches after it come
-//! back here.
+//! back here. So does a batch that finds the database locked by another program: the general
+//! path waits for it (bounded by the busy time-out and the request time-out) on sqlx's thread.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
@@ -105,7 +106,8 @@ impl Engine {
                 Ok::<_, EngineError>((decided, commit))
             })
             .await;
-        decided.transpose()
+        // Ok(None) twice over: locked from outside the process, or the batch needs the general path.
+        decided.map(Option::flatten).transpose()
     }
 }
 
