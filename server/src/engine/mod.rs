@@ -1,6 +1,7 @@
 //! The engine: every operation of the API as one database transaction over the store, applying
 //! the pure rules of `domain`. Files:
-//! - `reserve.rs`: Reserve (the hot path);
+//! - `reserve.rs`: Reserve (the hot path), with `reserve/sqlite.rs`: a batch run whole on SQLite's
+//!   hot-path connection;
 //! - `holds.rs`: commit, cancel, spoiled blanks, IKD activation, hold expiry;
 //! - `stock.rs`: offices, service points, shipments, transfers, stock-takes, quota policies;
 //! - `queries.rs`: snapshots, stock levels, listings (read-only);

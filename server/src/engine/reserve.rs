@@ -211,7 +211,7 @@ impl Engine {
     /// [`Engine::answer_batch`] answers them once the commit is durable.
     pub(crate) async fn run_batch(&self, office_id: &str, jobs: Vec<Job>) -> DecidedBatch {
         // SQLite: the whole batch on the hot path's own connection, unless it needs what only
-        // the general path below does (see `reserve_sqlite`).
+        // the general path below does (see `reserve/sqlite.rs`).
         if let Some(outcome) = self.reserve_batch_sqlite(office_id, &jobs).await {
             self.metrics.record_reserve_batch("direct");
             return DecidedBatch {

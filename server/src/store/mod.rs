@@ -2,8 +2,10 @@
 //! driver. The few places where the two engines differ are named by [`DatabaseKind`].
 //!
 //! Concurrency model, the reason the quota is exact:
-//! - SQLite: one process owns the file (an exclusive lock file refuses a second server), and all
-//!   writes go through ONE connection, so write transactions are serialized; readers use WAL.
+//! - SQLite: one process owns the file (an exclusive lock file refuses a second server), and one
+//!   write gate is held by every write transaction, whether it runs through sqlx's ONE writer
+//!   connection or on the Reserve hot path's own connection ([`direct`]), so write transactions
+//!   are serialized; readers use WAL.
 //! - PostgreSQL: every mutating transaction first locks its office row (`SELECT ... FOR UPDATE`),
 //!   so decisions about one office serialize across connections and replicas, while different
 //!   offices proceed in parallel. The one-blank-per-NIK rule across offices is a unique index.
