@@ -279,7 +279,7 @@ impl Store {
 
     /// Returns when no group fsync is running (at once on PostgreSQL and with `normal`), so a
     /// Reserve batch ready meanwhile waits and grows instead of committing alone (see
-    /// [`durability`]). Bounded by [`SETTLE_AT_MOST`].
+    /// [`durability`]). Bounded by `SETTLE_AT_MOST`.
     pub async fn settled(&self) {
         if let Some(wal) = &self.wal_sync {
             wal.settled(SETTLE_AT_MOST).await;
