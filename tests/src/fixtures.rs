@@ -196,3 +196,20 @@ pub async fn ledger_intact(
         .into_inner();
     Ok(answer.intact)
 }
+
+/// A service point's quota snapshot now (GetQuota).
+pub async fn quota_snapshot(
+    counter: &mut blangko_proto::v1::counter_service_client::CounterServiceClient<Channel>,
+    office_id: &str,
+    service_point_id: &str,
+) -> anyhow::Result<QuotaSnapshot> {
+    counter
+        .get_quota(GetQuotaRequest {
+            office_id: office_id.into(),
+            service_point_id: service_point_id.into(),
+        })
+        .await?
+        .into_inner()
+        .quota
+        .ok_or_else(|| anyhow::anyhow!("no quota in answer"))
+}

@@ -206,16 +206,7 @@ async fn writes_through_both_connections_never_overlap() -> anyhow::Result<()> {
     let level = fixtures::stock_level(&mut stock, "3275").await?;
     assert_eq!(level.held, 0);
     assert_eq!(level.on_hand, 400 - committed);
-    let quota = counter
-        .clone()
-        .get_quota(GetQuotaRequest {
-            office_id: "3275".into(),
-            service_point_id: "mpp".into(),
-        })
-        .await?
-        .into_inner()
-        .quota
-        .unwrap_or_default();
+    let quota = fixtures::quota_snapshot(&mut counter.clone(), "3275", "mpp").await?;
     assert_eq!(quota.committed, committed);
     assert_eq!(quota.held, 0);
     assert!(fixtures::ledger_intact(&mut stock, "3275").await?);

@@ -876,10 +876,16 @@ fn renumber(sql: &str, offset: usize) -> String {
     out
 }
 
+/// The statement of [`quota_day_update`].
+pub const QUOTA_DAY_UPDATE: &str = "UPDATE quota_days SET quota = $1, held = $2, committed = $3, priority_used = $4 WHERE office_id = $5 AND service_point_id = $6 AND local_date = $7";
+
+/// The statement of [`office_stock_update`].
+pub const OFFICE_STOCK_UPDATE: &str = "UPDATE offices SET on_hand = $1, held = $2, ledger_seq = $3, ledger_head = $4 WHERE office_id = $5";
+
 /// The UPDATE of [`update_quota_day`], with its values.
 pub fn quota_day_update(q: &QuotaDayRow) -> (&'static str, Vec<Value>) {
     (
-        "UPDATE quota_days SET quota = $1, held = $2, committed = $3, priority_used = $4 WHERE office_id = $5 AND service_point_id = $6 AND local_date = $7",
+        QUOTA_DAY_UPDATE,
         vec![
             Value::Int(q.quota),
             Value::Int(q.held),
@@ -895,7 +901,7 @@ pub fn quota_day_update(q: &QuotaDayRow) -> (&'static str, Vec<Value>) {
 /// The UPDATE of [`update_office_stock`], with its values.
 pub fn office_stock_update(office: &OfficeRow) -> (&'static str, Vec<Value>) {
     (
-        "UPDATE offices SET on_hand = $1, held = $2, ledger_seq = $3, ledger_head = $4 WHERE office_id = $5",
+        OFFICE_STOCK_UPDATE,
         vec![
             Value::Int(office.on_hand),
             Value::Int(office.held),
@@ -1094,7 +1100,7 @@ pub fn reservation_values(r: &ReservationRow) -> Vec<Value> {
 }
 
 /// The upsert that counts IKD referrals of a cause at an office on a local day.
-const IKD_REFERRALS_UPSERT: &str = "INSERT INTO ikd_referral_days (office_id, local_date, cause, referrals) VALUES ($1, $2, $3, $4)
+pub const IKD_REFERRALS_UPSERT: &str = "INSERT INTO ikd_referral_days (office_id, local_date, cause, referrals) VALUES ($1, $2, $3, $4)
          ON CONFLICT (office_id, local_date, cause) DO UPDATE SET referrals = ikd_referral_days.referrals + excluded.referrals";
 
 /// Counts `referrals` more IKD referrals of `cause` at an office on a local day (the daily stock

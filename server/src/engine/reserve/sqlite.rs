@@ -48,6 +48,9 @@ struct Statements {
     insert_ledger: String,
     insert_reservation: String,
     insert_answer: String,
+    add_referrals: String,
+    update_quota_day: String,
+    update_office_stock: String,
 }
 
 static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
@@ -70,6 +73,10 @@ static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
     insert_ledger: insert_one("ledger", &LEDGER_COLUMNS),
     insert_reservation: insert_one("reservations", &RESERVATION_INSERT_COLUMNS),
     insert_answer: insert_one("idempotency", &IDEMPOTENCY_COLUMNS),
+    // Shared with the general path, written once with SQLite's numbered placeholders.
+    add_referrals: numbered(rows::IKD_REFERRALS_UPSERT),
+    update_quota_day: numbered(rows::QUOTA_DAY_UPDATE),
+    update_office_stock: numbered(rows::OFFICE_STOCK_UPDATE),
 });
 
 /// `INSERT INTO table (a, b, ...) VALUES (?1, ?2, ...)`: one row, prepared once and run per row
@@ -239,18 +246,18 @@ fn write(conn: &Connection, office_id: &str, state: &mut BatchState) -> EngineRe
         execute(conn, &SQL.insert_answer, &row)?;
     }
     for (cause, referrals) in &state.referrals {
-        let (sql, values) = rows::ikd_referrals_upsert(office_id, &state.date, *cause, *referrals);
-        execute(conn, &numbered(sql), &values)?;
+        let (_, values) = rows::ikd_referrals_upsert(office_id, &state.date, *cause, *referrals);
+        execute(conn, &SQL.add_referrals, &values)?;
     }
     for point in state.points.values().filter_map(|p| p.as_ref().ok()) {
         if point.dirty {
-            let (sql, values) = rows::quota_day_update(&point.qd);
-            execute(conn, &numbered(sql), &values)?;
+            let (_, values) = rows::quota_day_update(&point.qd);
+            execute(conn, &SQL.update_quota_day, &values)?;
         }
     }
     if state.changed {
-        let (sql, values) = rows::office_stock_update(&state.office);
-        execute(conn, &numbered(sql), &values)?;
+        let (_, values) = rows::office_stock_update(&state.office);
+        execute(conn, &SQL.update_office_stock, &values)?;
     }
     Ok(())
 }
