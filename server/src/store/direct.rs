@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, Statement};
 
+use super::checkpoint::WalState;
 use super::rows::{Columns, Value};
 
 /// Prepared statements kept per connection: the batch uses about twenty distinct ones.
@@ -94,6 +95,24 @@ impl Direct {
             tx.rollback()?;
         }
         Ok(Some(value))
+    }
+
+    /// A PASSIVE checkpoint on this connection with the write gate held, so no commit lands
+    /// while it runs and, when no reader holds older frames, it completes (see
+    /// `store::checkpoint`). Runs on the calling task's thread, like [`Direct::run`].
+    pub async fn checkpoint(&self) -> rusqlite::Result<WalState> {
+        let _gate = self.gate.lock().await;
+        let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(conn) = guard.as_ref() else {
+            return Err(rusqlite::Error::InvalidQuery);
+        };
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok(WalState {
+                busy: row.get::<_, i64>(0)? != 0,
+                frames: row.get(1)?,
+                copied: row.get(2)?,
+            })
+        })
     }
 
     /// Closes the connection (later [`Direct::run`] calls fail with PoolClosed).

@@ -11,12 +11,14 @@
 //!   offices proceed in parallel. The one-blank-per-NIK rule across offices is a unique index.
 
 pub mod backup;
+pub mod checkpoint;
 pub mod direct;
 pub mod durability;
 pub mod rows;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -136,7 +138,7 @@ pub struct Store {
     /// SQLite with `--sqlite-synchronous full`: the group fsync every commit waits for.
     wal_sync: Option<durability::WalSync>,
     /// SQLite: the Reserve hot path's own connection (see [`direct`]).
-    direct: Option<direct::Direct>,
+    direct: Option<Arc<direct::Direct>>,
 }
 
 impl Store {
@@ -168,10 +170,10 @@ impl Store {
             SqliteSync::Full => Some(durability::WalSync::new(path)),
             SqliteSync::Normal => None,
         };
-        // Checkpoints (copying the WAL into the database file, with two fsyncs) run on a reader
-        // connection in the background (`spawn_checkpointer`), not inside a Reserve batch's
-        // COMMIT; the writer's own automatic checkpoint stays as a bound on the WAL's size
-        // should the background one fall behind.
+        // Checkpoints (copying the WAL into the database file, with two fsyncs) run in the
+        // background (`checkpoint`), not inside a Reserve batch's COMMIT; the writer's own
+        // automatic checkpoint stays as a bound on the WAL's size should the background one
+        // fall behind.
         let pragmas = format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;"
         );
@@ -204,7 +206,8 @@ impl Store {
                 path.display()
             )
         })?;
-        spawn_checkpointer(reader.clone());
+        let direct = Arc::new(direct);
+        checkpoint::spawn(reader.clone(), Arc::clone(&direct), path.to_path_buf());
         Ok(Store {
             kind: DatabaseKind::Sqlite,
             writer,
@@ -293,7 +296,7 @@ impl Store {
 
     /// SQLite: the Reserve hot path's connection (see [`direct`]). None on PostgreSQL.
     pub fn direct(&self) -> Option<&direct::Direct> {
-        self.direct.as_ref()
+        self.direct.as_deref()
     }
 
     /// The connection pools and their use now (metrics): SQLite's writer and readers, or
@@ -337,38 +340,6 @@ const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 /// Longest a Reserve batch waits for a running fsync before it is decided anyway (an fsync takes
 /// about half a millisecond on a quiet disk; a stalled one must not hold Reserves back).
 const SETTLE_AT_MOST: Duration = Duration::from_millis(20);
-/// How often the background checkpointer runs. Each checkpoint ends with an fsync of the database
-/// file that the group fsync of the WAL then waits behind, so the slowest Reserves are the ones
-/// answered after a large checkpoint, and at 100 ms each is a fifth of one at 500 ms (p99
-/// at 64 Reserves in flight 13.8-14.8 ms against 15.8-17.1 ms, same throughput; 25 ms cut it to
-/// 10.9-13.3 ms but cost a tenth of the throughput; BENCHMARKS.md).
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Checkpoints SQLite's WAL every [`CHECKPOINT_INTERVAL`] on a reader connection (PASSIVE: it
-/// never waits for the writer or for readers), so that the copy into the database file and its
-/// fsyncs happen beside the writer rather than inside one of its commits. Ends when the pool
-/// closes.
-fn spawn_checkpointer(reader: AnyPool) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if reader.is_closed() {
-                break;
-            }
-            if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&reader)
-                .await
-            {
-                if reader.is_closed() {
-                    break;
-                }
-                tracing::warn!(error = %err, "background WAL checkpoint failed; the writer's automatic checkpoint still bounds the WAL");
-            }
-        }
-    });
-}
 
 /// The file path of a `sqlite:` URL, if it is one.
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {

@@ -1,0 +1,184 @@
+//! SQLite's background checkpoint: copying the WAL into the database file beside the writer,
+//! so that it happens neither inside a Reserve batch's COMMIT nor all at once.
+//!
+//! A PASSIVE checkpoint never waits for the writer, but a busy writer appends while it copies.
+//! Such a checkpoint is never complete, and SQLite then neither fsyncs the database file nor lets
+//! the WAL start again from its beginning. The WAL grew to the writer's automatic-checkpoint
+//! bound (`WRITER_AUTOCHECKPOINT_PAGES`, 64 MiB), where one COMMIT checkpointed inline and had to
+//! fsync every database page the background checkpoints had written since the last complete one:
+//! 10-25 ms every third of a second at 64 Reserves in flight, which was the Reserve tail
+//! (BENCHMARKS.md).
+//!
+//! So each tick:
+//! 1. copies the bulk on a reader connection and fsyncs the database file itself, a few rounds
+//!    while the writer goes on (each round has only what was committed during the one before);
+//! 2. copies the last few frames on the hot path's connection with the write gate held
+//!    ([`super::direct::Direct::checkpoint`]). Nothing is committed meanwhile, so the checkpoint
+//!    is complete, SQLite fsyncs the few pages it wrote, and the next write transaction restarts
+//!    the WAL. The gate is held for that short pass only.
+//!
+//! Safety is SQLite's own: every pass is an ordinary PASSIVE checkpoint (the WAL is fsynced
+//! before frames are copied, the database file after a complete checkpoint), and the extra fsync
+//! of the database file in step 1 only makes earlier pages durable sooner.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{AnyPool, Row};
+
+use super::direct::Direct;
+
+/// How often the background checkpoint runs. At 100 ms it copies about 20 MiB at 20,000
+/// Reserves a second; its rounds beside the writer take most of that.
+pub const INTERVAL: Duration = Duration::from_millis(100);
+/// Most rounds beside the writer before the gated pass.
+const ROUNDS: usize = 4;
+/// A round that copied at most this many frames (4 KiB each) ends the rounds: the gated pass
+/// then has about as many or fewer to copy.
+const GATED_FRAMES: i64 = 128;
+
+/// What a PASSIVE checkpoint reported.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WalState {
+    /// Another checkpoint was running: this one did nothing.
+    pub busy: bool,
+    /// Frames in the WAL when it began.
+    pub frames: i64,
+    /// Of those, the frames that are in the database file.
+    pub copied: i64,
+}
+
+/// Runs the checkpoint every [`INTERVAL`] until the reader pool closes.
+pub fn spawn(reader: AnyPool, direct: Arc<Direct>, database: PathBuf) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = WalState::default();
+        loop {
+            tick.tick().await;
+            if reader.is_closed() {
+                break;
+            }
+            if let Err(err) = checkpoint(&reader, &direct, &database, &mut last).await {
+                if reader.is_closed() {
+                    break;
+                }
+                tracing::warn!(error = %err, "background WAL checkpoint failed; the writer's automatic checkpoint still bounds the WAL");
+            }
+        }
+    });
+}
+
+async fn passive(reader: &AnyPool) -> Result<WalState, sqlx::Error> {
+    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(reader)
+        .await?;
+    Ok(WalState {
+        busy: row.try_get::<i64, _>(0)? != 0,
+        frames: row.try_get(1)?,
+        copied: row.try_get(2)?,
+    })
+}
+
+/// One tick (see the module comment). `last` is what the previous pass reported: a WAL that has
+/// not changed since needs nothing.
+async fn checkpoint(
+    reader: &AnyPool,
+    direct: &Direct,
+    database: &Path,
+    last: &mut WalState,
+) -> anyhow::Result<()> {
+    for _ in 0..ROUNDS {
+        let now = passive(reader).await?;
+        let before = std::mem::replace(last, now);
+        if now.busy || now.frames <= 0 || now == before {
+            // Another checkpoint ran, the WAL is empty, or nothing was written since.
+            return Ok(());
+        }
+        if now.copied < now.frames {
+            // A reader's snapshot holds frames back: the checkpoint cannot complete now.
+            return Ok(());
+        }
+        // What this round copied: the frames after the last round's, or all of them when the
+        // WAL has restarted since.
+        let fresh = if now.frames >= before.frames {
+            now.frames - before.frames
+        } else {
+            now.frames
+        };
+        let file = database.to_path_buf();
+        tokio::task::spawn_blocking(move || std::fs::File::open(file)?.sync_data()).await??;
+        if fresh <= GATED_FRAMES {
+            break;
+        }
+    }
+    *last = direct.checkpoint().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::super::{SqliteSync, Store, StoreOptions};
+
+    /// Under a busy writer (a commit every 2 ms, each longer than a PASSIVE checkpoint leaves
+    /// alone), the WAL still starts again from its beginning: it stays near what is written
+    /// between two checkpoints instead of growing to the writer's automatic-checkpoint bound
+    /// (64 MiB), where a COMMIT would checkpoint it inline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_restarts_under_a_busy_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let store = Store::open(&StoreOptions {
+            url: format!("sqlite://{}", path.display()),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            sqlite_sync: SqliteSync::Full,
+        })
+        .await
+        .unwrap();
+        let direct = store.direct().unwrap();
+        direct
+            .run(|tx| {
+                tx.execute_batch(
+                    "CREATE TABLE scratch (k BLOB NOT NULL, v BLOB NOT NULL); CREATE INDEX scratch_k ON scratch (k);",
+                )?;
+                Ok::<_, anyhow::Error>(((), true))
+            })
+            .await
+            .unwrap();
+        // Each commit: 40 rows of 1 KiB under random keys, so about 50 pages of 4 KiB.
+        let wal = dir.path().join("b.db-wal");
+        let started = Instant::now();
+        let (mut commits, mut largest) = (0u64, 0u64);
+        while started.elapsed() < Duration::from_secs(3) {
+            direct
+                .run(|tx| {
+                    let mut insert =
+                        tx.prepare_cached("INSERT INTO scratch (k, v) VALUES (?1, ?2)")?;
+                    for _ in 0..40 {
+                        let key: [u8; 16] = rand::random();
+                        insert.execute(rusqlite::params![key.as_slice(), vec![7u8; 1024]])?;
+                    }
+                    Ok::<_, anyhow::Error>(((), true))
+                })
+                .await
+                .unwrap();
+            commits += 1;
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let written = commits * 50 * 4096;
+        assert!(
+            written > 2 * 64 * 1024 * 1024,
+            "the load wrote too little to tell ({written} bytes in {commits} commits)"
+        );
+        assert!(
+            largest < 32 * 1024 * 1024,
+            "the WAL grew to {largest} bytes while {written} bytes were committed"
+        );
+        store.close().await;
+    }
+}
