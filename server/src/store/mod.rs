@@ -5,7 +5,8 @@
 //! - SQLite: one process owns the file (an exclusive lock file refuses a second server), and one
 //!   write gate is held by every write transaction, whether it runs through sqlx's ONE writer
 //!   connection or on the Reserve hot path's own connection ([`direct`]), so write transactions
-//!   are serialized; readers use WAL.
+//!   are serialized; readers use WAL. The background checkpoint's last pass of each tick holds
+//!   the gate too, so that it completes and the WAL restarts ([`checkpoint`]).
 //! - PostgreSQL: every mutating transaction first locks its office row (`SELECT ... FOR UPDATE`),
 //!   so decisions about one office serialize across connections and replicas, while different
 //!   offices proceed in parallel. The one-blank-per-NIK rule across offices is a unique index.
