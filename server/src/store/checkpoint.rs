@@ -10,8 +10,9 @@
 //! (BENCHMARKS.md).
 //!
 //! So each tick:
-//! 1. copies the bulk on a reader connection and fsyncs the database file itself, a few rounds
-//!    while the writer goes on (each round has only what was committed during the one before);
+//! 1. copies the bulk on a reader connection and fsyncs the database file itself (through the
+//!    store's one handle on it, [`DatabaseFile`]), a few rounds while the writer goes on (each
+//!    round has only what was committed during the one before);
 //! 2. copies the last few frames on the hot path's connection with the write gate held
 //!    ([`super::direct::Direct::checkpoint`]). Nothing is committed meanwhile, so the checkpoint
 //!    is complete, SQLite fsyncs the few pages it wrote, and the next write transaction restarts
@@ -21,13 +22,13 @@
 //! before frames are copied, the database file after a complete checkpoint), and the extra fsync
 //! of the database file in step 1 only makes earlier pages durable sooner.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{AnyPool, Row};
 
 use super::direct::Direct;
+use super::durability::DatabaseFile;
 
 /// How often the background checkpoint runs. At 100 ms it copies about 20 MiB at 20,000
 /// Reserves a second; its rounds beside the writer take most of that.
@@ -50,7 +51,7 @@ pub struct WalState {
 }
 
 /// Runs the checkpoint every [`INTERVAL`] until the reader pool closes.
-pub fn spawn(reader: AnyPool, direct: Arc<Direct>, database: PathBuf) {
+pub fn spawn(reader: AnyPool, direct: Arc<Direct>, database: DatabaseFile) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -86,7 +87,7 @@ async fn passive(reader: &AnyPool) -> Result<WalState, sqlx::Error> {
 async fn checkpoint(
     reader: &AnyPool,
     direct: &Direct,
-    database: &Path,
+    database: &DatabaseFile,
     last: &mut WalState,
 ) -> anyhow::Result<()> {
     for _ in 0..ROUNDS {
@@ -107,13 +108,14 @@ async fn checkpoint(
         } else {
             now.frames
         };
-        let file = database.to_path_buf();
-        tokio::task::spawn_blocking(move || std::fs::File::open(file)?.sync_data()).await??;
+        database.sync().await?;
         if fresh <= GATED_FRAMES {
             break;
         }
     }
-    *last = direct.checkpoint().await?;
+    if let Some(now) = direct.checkpoint().await? {
+        *last = now;
+    }
     Ok(())
 }
 

@@ -99,19 +99,20 @@ impl Direct {
 
     /// A PASSIVE checkpoint on this connection with the write gate held, so no commit lands
     /// while it runs and, when no reader holds older frames, it completes (see
-    /// `store::checkpoint`). Runs on the calling task's thread, like [`Direct::run`].
-    pub async fn checkpoint(&self) -> rusqlite::Result<WalState> {
+    /// `store::checkpoint`). Runs on the calling task's thread, like [`Direct::run`]. None once
+    /// the connection is closed.
+    pub async fn checkpoint(&self) -> rusqlite::Result<Option<WalState>> {
         let _gate = self.gate.lock().await;
         let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let Some(conn) = guard.as_ref() else {
-            return Err(rusqlite::Error::InvalidQuery);
+            return Ok(None);
         };
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            Ok(WalState {
+            Ok(Some(WalState {
                 busy: row.get::<_, i64>(0)? != 0,
                 frames: row.get(1)?,
                 copied: row.get(2)?,
-            })
+            }))
         })
     }
 

@@ -23,14 +23,41 @@
 //! costs less (a page that several Reserves change is written to the WAL once per commit):
 //! about a fifth less server CPU per Reserve at 64 calls in flight (BENCHMARKS.md).
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+/// The database file, opened once for the store's whole life, for the fsyncs the store does
+/// itself ([`WalSync`] when there is no WAL, the background checkpoint).
+///
+/// The file must not be opened and closed again beside SQLite: closing any descriptor of a file
+/// drops every POSIX advisory lock the process holds on it, SQLite's own locks included (SQLite's
+/// "How To Corrupt An SQLite Database File", 2.2). A WAL file carries no such locks, so it may
+/// be opened for each fsync.
+#[derive(Debug, Clone)]
+pub struct DatabaseFile(Arc<File>);
+
+impl DatabaseFile {
+    /// Opens the (existing) database file.
+    pub fn open(path: &Path) -> std::io::Result<DatabaseFile> {
+        Ok(DatabaseFile(Arc::new(File::open(path)?)))
+    }
+
+    /// fsyncs the database file on a blocking thread.
+    pub async fn sync(&self) -> std::io::Result<()> {
+        let file = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(std::io::Error::other)?
+    }
+}
 
 /// Coalesces fsyncs of one SQLite database's WAL.
 #[derive(Debug)]
 pub struct WalSync {
-    database: PathBuf,
+    database: DatabaseFile,
     wal: PathBuf,
     /// Tickets handed out: one per commit that asked to be made durable.
     requested: AtomicU64,
@@ -55,12 +82,13 @@ impl Drop for Syncing<'_> {
 }
 
 impl WalSync {
-    /// Syncs the WAL of the SQLite database at `database` (`<database>-wal`).
-    pub fn new(database: &Path) -> WalSync {
-        let mut wal = database.as_os_str().to_owned();
+    /// Syncs the WAL of the SQLite database at `path` (`<path>-wal`), or `database` (the same
+    /// file, opened) when there is no WAL.
+    pub fn new(path: &Path, database: DatabaseFile) -> WalSync {
+        let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         WalSync {
-            database: database.to_path_buf(),
+            database,
             wal: PathBuf::from(wal),
             requested: AtomicU64::new(0),
             durable: tokio::sync::Mutex::new(0),
@@ -82,7 +110,7 @@ impl WalSync {
         // Every ticket handed out so far belongs to a commit that already finished, so the fsync
         // about to begin covers all of them.
         let covered = self.requested.load(Ordering::SeqCst);
-        let database = self.database.clone();
+        let database = Arc::clone(&self.database.0);
         let wal = self.wal.clone();
         self.syncing.store(true, Ordering::SeqCst);
         let running = Syncing(self);
@@ -109,13 +137,11 @@ impl WalSync {
     }
 }
 
-fn fsync_wal(wal: &Path, database: &Path) -> std::io::Result<()> {
-    match std::fs::File::open(wal) {
+fn fsync_wal(wal: &Path, database: &File) -> std::io::Result<()> {
+    match File::open(wal) {
         Ok(file) => file.sync_data(),
         // No WAL: its frames were checkpointed into the database file (see the module comment).
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::File::open(database)?.sync_data()
-        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => database.sync_data(),
         Err(err) => Err(err),
     }
 }
@@ -131,7 +157,7 @@ mod tests {
         let db = dir.path().join("x.db");
         std::fs::write(&db, b"db").unwrap();
         std::fs::write(dir.path().join("x.db-wal"), b"wal").unwrap();
-        let sync = Arc::new(WalSync::new(&db));
+        let sync = Arc::new(WalSync::new(&db, DatabaseFile::open(&db).unwrap()));
 
         // One caller alone: one fsync.
         sync.sync().await.unwrap();
@@ -161,7 +187,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("x.db");
         std::fs::write(&db, b"db").unwrap();
-        let sync = Arc::new(WalSync::new(&db));
+        let sync = Arc::new(WalSync::new(&db, DatabaseFile::open(&db).unwrap()));
         // Idle: no wait at all, even with a long bound.
         tokio::time::timeout(
             Duration::from_secs(5),
@@ -193,11 +219,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("x.db");
         std::fs::write(&db, b"db").unwrap();
-        let sync = WalSync::new(&db);
+        let sync = WalSync::new(&db, DatabaseFile::open(&db).unwrap());
         sync.sync().await.unwrap();
         assert_eq!(sync.fsyncs(), 1);
-        // Neither file: the error reaches the caller (who then fails the request).
-        let gone = WalSync::new(&dir.path().join("missing.db"));
-        assert!(gone.sync().await.is_err());
+        // A WAL that cannot be opened (here: a symbolic link to itself) fails the sync, and the
+        // error reaches the caller (who then fails the request).
+        std::os::unix::fs::symlink("x.db-wal", dir.path().join("x.db-wal")).unwrap();
+        assert!(sync.sync().await.is_err());
     }
 }

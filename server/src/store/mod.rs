@@ -140,6 +140,9 @@ pub struct Store {
     wal_sync: Option<durability::WalSync>,
     /// SQLite: the Reserve hot path's own connection (see [`direct`]).
     direct: Option<Arc<direct::Direct>>,
+    /// SQLite: the database file, open until the store is dropped (see
+    /// [`durability::DatabaseFile`]). Last, so it is closed after the connections.
+    _database_file: Option<durability::DatabaseFile>,
 }
 
 impl Store {
@@ -167,10 +170,6 @@ impl Store {
         let url = format!("sqlite://{}?mode=rwc", path.display());
         // Both settings run the connections with synchronous = NORMAL (no fsync inside COMMIT);
         // FULL adds the group fsync of the WAL that every commit waits for (see `durability`).
-        let wal_sync = match options.sqlite_sync {
-            SqliteSync::Full => Some(durability::WalSync::new(path)),
-            SqliteSync::Normal => None,
-        };
         // Checkpoints (copying the WAL into the database file, with two fsyncs) run in the
         // background (`checkpoint`), not inside a Reserve batch's COMMIT; the writer's own
         // automatic checkpoint stays as a bound on the WAL's size should the background one
@@ -201,6 +200,12 @@ impl Store {
             .await
             .context("cannot migrate the SQLite database")?;
         let reader = connect(4).await?;
+        let database_file = durability::DatabaseFile::open(path)
+            .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
+        let wal_sync = match options.sqlite_sync {
+            SqliteSync::Full => Some(durability::WalSync::new(path, database_file.clone())),
+            SqliteSync::Normal => None,
+        };
         let direct = direct::Direct::open(path, &pragmas).with_context(|| {
             format!(
                 "cannot open the SQLite database {} for the Reserve path",
@@ -208,7 +213,7 @@ impl Store {
             )
         })?;
         let direct = Arc::new(direct);
-        checkpoint::spawn(reader.clone(), Arc::clone(&direct), path.to_path_buf());
+        checkpoint::spawn(reader.clone(), Arc::clone(&direct), database_file.clone());
         Ok(Store {
             kind: DatabaseKind::Sqlite,
             writer,
@@ -217,6 +222,7 @@ impl Store {
             sqlite_path: Some(path.to_path_buf()),
             wal_sync,
             direct: Some(direct),
+            _database_file: Some(database_file),
         })
     }
 
@@ -244,6 +250,7 @@ impl Store {
             sqlite_path: None,
             wal_sync: None,
             direct: None,
+            _database_file: None,
         })
     }
 
