@@ -444,7 +444,13 @@ mod tests {
         .unwrap();
         let direct = store.direct().expect("SQLite has the hot-path connection");
         let gate = direct.gate();
-        assert!(gate.try_lock().is_ok(), "nobody writes yet");
+        // Free: nobody writes yet (the background checkpoint takes it only for a moment).
+        let free = |gate: std::sync::Arc<tokio::sync::Mutex<()>>| async move {
+            tokio::time::timeout(Duration::from_secs(1), gate.lock_owned())
+                .await
+                .is_ok()
+        };
+        assert!(free(gate.clone()).await, "nobody writes yet");
 
         let tx = store.begin().await.unwrap();
         assert!(
@@ -478,7 +484,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(offices, Some(0));
-        assert!(gate.try_lock().is_ok(), "both have ended");
+        assert!(free(gate.clone()).await, "both have ended");
 
         // Another program holding the write lock: the hot path does not wait for it, it says so.
         let url = format!("sqlite://{}", dir.path().join("b.db").display());
