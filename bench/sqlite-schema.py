@@ -54,7 +54,7 @@ VARIANTS = {
     "page_size 1024": dict(pragmas=["PRAGMA page_size = 1024"]),
     "page_size 2048": dict(pragmas=["PRAGMA page_size = 2048"]),
     "WITHOUT ROWID ledger+idempotency": dict(without_rowid=True),
-    "no reservations_by_office_seq": dict(drop_index="reservations_by_office_seq"),
+    "no reservations_by_office_day": dict(drop_index="reservations_by_office_day"),
     "cache_size 64 MiB": dict(pragmas=["PRAGMA cache_size = -65536"]),
     "mmap_size 256 MiB": dict(pragmas=["PRAGMA mmap_size = 268435456"]),
     "time-ordered request ids": dict(request_id=time_ordered_request_id),
