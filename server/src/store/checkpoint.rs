@@ -25,10 +25,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{AnyPool, Row};
+use sqlx::AnyPool;
 
 use super::direct::Direct;
 use super::durability::DatabaseFile;
+use super::rows::Columns;
 
 /// How often the background checkpoint runs. At 100 ms it copies about 20 MiB at 20,000
 /// Reserves a second; its rounds beside the writer take most of that.
@@ -48,6 +49,20 @@ pub struct WalState {
     pub frames: i64,
     /// Of those, the frames that are in the database file.
     pub copied: i64,
+}
+
+/// The checkpoint both connections run: the reader pool's rounds and the hot path's gated pass.
+pub const PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
+
+impl WalState {
+    /// From the row [`PASSIVE`] returns, on either connection.
+    pub fn from_row<R: Columns>(row: &R) -> Result<WalState, R::Error> {
+        Ok(WalState {
+            busy: row.flag("busy")?,
+            frames: row.int("log")?,
+            copied: row.int("checkpointed")?,
+        })
+    }
 }
 
 /// Runs the checkpoint every [`INTERVAL`] until the reader pool closes.
@@ -72,14 +87,8 @@ pub fn spawn(reader: AnyPool, direct: Arc<Direct>, database: DatabaseFile) {
 }
 
 async fn passive(reader: &AnyPool) -> Result<WalState, sqlx::Error> {
-    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-        .fetch_one(reader)
-        .await?;
-    Ok(WalState {
-        busy: row.try_get::<i64, _>(0)? != 0,
-        frames: row.try_get(1)?,
-        copied: row.try_get(2)?,
-    })
+    let row = sqlx::query(PASSIVE).fetch_one(reader).await?;
+    WalState::from_row(&row)
 }
 
 /// One tick (see the module comment). `last` is what the previous pass reported: a WAL that has

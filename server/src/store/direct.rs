@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, Statement};
 
-use super::checkpoint::WalState;
+use super::checkpoint::{self, WalState};
 use super::rows::{Columns, Value};
 
 /// Prepared statements kept per connection: the batch uses about twenty distinct ones.
@@ -107,13 +107,8 @@ impl Direct {
         let Some(conn) = guard.as_ref() else {
             return Ok(None);
         };
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            Ok(Some(WalState {
-                busy: row.get::<_, i64>(0)? != 0,
-                frames: row.get(1)?,
-                copied: row.get(2)?,
-            }))
-        })
+        conn.query_row(checkpoint::PASSIVE, [], |row| WalState::from_row(row))
+            .map(Some)
     }
 
     /// Closes the connection (later [`Direct::run`] calls fail with PoolClosed).
