@@ -132,6 +132,10 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
             };
             // While the last batch's fsync runs, the next one grows (see `store::durability`).
             engine.store.settled().await;
+            // The fsync that just ended woke this worker before the answers it made durable
+            // were handed out, so their calls wait in this thread's run queue; the batch below
+            // holds the thread for about half a millisecond. Let them go out first.
+            tokio::task::yield_now().await;
             let mut jobs = vec![first];
             jobs.extend(drain(&mut receiver, engine.batcher.max_batch - 1));
             let decided = engine.run_batch(&office_id, jobs).await;
