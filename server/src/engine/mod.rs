@@ -273,6 +273,54 @@ pub(crate) async fn compute_quota_day(
     sp: &ServicePointRow,
     today: NaiveDate,
 ) -> EngineResult<QuotaDayRow> {
+    let paced = if paced_on(sp, today)? {
+        let siblings = rows::service_points_of(conn, &office.office_id).await?;
+        let date = format_local_date(today);
+        let days = rows::quota_days_of_office(conn, &office.office_id, &date).await?;
+        Some(PacedFigures::of(&siblings, &days))
+    } else {
+        None
+    };
+    quota_day_from(office, sp, today, paced)
+}
+
+/// Whether a service point's quota on `day` is paced on the office's stock, so that computing
+/// its quota row needs [`PacedFigures`].
+pub(crate) fn paced_on(sp: &ServicePointRow, day: NaiveDate) -> EngineResult<bool> {
+    let policy = policy_of(sp)?;
+    Ok(policy.mode == QuotaMode::Paced as i32 && calendar_of(sp).is_service_day(day))
+}
+
+/// What a PACED quota is shared out by, read from the office's rows.
+pub(crate) struct PacedFigures {
+    /// The weights of the office's PACED service points, summed.
+    total_weight: u64,
+    /// Held plus committed today over the office.
+    used_today: i64,
+}
+
+impl PacedFigures {
+    /// From the office's service points and its quota rows of the day.
+    pub(crate) fn of(siblings: &[ServicePointRow], days: &[QuotaDayRow]) -> PacedFigures {
+        PacedFigures {
+            total_weight: siblings
+                .iter()
+                .filter(|s| s.quota_mode == QuotaMode::Paced as i64)
+                .map(|s| s.weight.max(0) as u64)
+                .sum(),
+            used_today: days.iter().map(|q| q.used()).sum(),
+        }
+    }
+}
+
+/// A service point's quota row for `today` as it would be created, from figures in hand (`paced`
+/// is required when [`paced_on`] says so).
+pub(crate) fn quota_day_from(
+    office: &OfficeRow,
+    sp: &ServicePointRow,
+    today: NaiveDate,
+    paced: Option<PacedFigures>,
+) -> EngineResult<QuotaDayRow> {
     let policy = policy_of(sp)?;
     let calendar = calendar_of(sp);
     let closed = !calendar.is_service_day(today);
@@ -280,26 +328,19 @@ pub(crate) async fn compute_quota_day(
     let quota = if closed {
         0
     } else if policy.mode == QuotaMode::Paced as i32 {
+        let Some(paced) = paced else {
+            return Err(EngineError::Internal(
+                "a paced quota was computed without the office's figures".into(),
+            ));
+        };
         let expected = parse_local_date(&office.expected_next_supply_date).ok();
         let horizon = office.fallback_horizon_days.max(1) as u32;
         let (days, overdue) = quota::days_left(&calendar, today, expected, horizon);
         supply_overdue = overdue;
-        let siblings = rows::service_points_of(conn, &office.office_id).await?;
-        let total_weight: u64 = siblings
-            .iter()
-            .filter(|s| s.quota_mode == QuotaMode::Paced as i64)
-            .map(|s| s.weight.max(0) as u64)
-            .sum();
         // The stock at the start of the day: what is available now plus what the office has
         // already handed out today, so the service point touched last is not paced on less.
-        let date = format_local_date(today);
-        let used_today: i64 = rows::quota_days_of_office(conn, &office.office_id, &date)
-            .await?
-            .iter()
-            .map(|q| q.used())
-            .sum();
-        let stock = (office.available() + used_today).max(0) as u64;
-        quota::paced_quota(stock, policy.weight, total_weight, days) as i64
+        let stock = (office.available() + paced.used_today).max(0) as u64;
+        quota::paced_quota(stock, policy.weight, paced.total_weight, days) as i64
     } else {
         i64::from(policy.fixed_daily_quota)
     };

@@ -1,6 +1,8 @@
 //! Read-only operations: quota snapshots, stock levels and listings. None of them writes, so a
 //! GetQuota never creates a day's quota row (it computes what the row would be).
 
+mod sqlite;
+
 use blangko_proto::v1::{
     LedgerEntry, QuotaMode, QuotaPolicy, QuotaSnapshot, Reservation, ReservationState, StockLevel,
 };
@@ -221,6 +223,13 @@ impl Engine {
         office_id: &str,
         service_point_id: &str,
     ) -> EngineResult<QuotaSnapshot> {
+        // SQLite: on a read connection of its own, unless it needs what only the path below does
+        // (see `queries/sqlite.rs`).
+        if let Some(snapshot) = self.quota_snapshot_sqlite(office_id, service_point_id)? {
+            self.metrics.record_quota_read("direct");
+            return Ok(snapshot);
+        }
+        self.metrics.record_quota_read("general");
         let mut conn = self.store.reader().acquire().await?;
         let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
         let sp = Self::service_point_or_not_found(&mut conn, office_id, service_point_id).await?;

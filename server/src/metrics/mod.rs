@@ -48,10 +48,10 @@ pub struct CauseLabels {
     pub cause: &'static str,
 }
 
-/// Labels of the Reserve batch counter.
+/// Labels of the counters by path (Reserve batches, quota reads).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BatchPathLabels {
-    /// `direct` (SQLite's hot-path connection) or `general` (the sqlx transaction).
+pub struct PathLabels {
+    /// `direct` (SQLite, a connection of the server's own) or `general` (through sqlx).
     pub path: &'static str,
 }
 
@@ -78,7 +78,9 @@ pub struct Metrics {
     /// IKD activations recorded.
     ikd_activations: Counter,
     /// Reserve batches decided, by the path that decided them.
-    reserve_batches: Family<BatchPathLabels, Counter>,
+    reserve_batches: Family<PathLabels, Counter>,
+    /// Quota snapshots read (GetQuota, WatchQuota), by the path that read them.
+    quota_reads: Family<PathLabels, Counter>,
     /// Sweeper passes that ran.
     sweeper_runs: Counter,
     /// Sweeper passes that failed.
@@ -109,6 +111,7 @@ impl Metrics {
             ikd_referrals: Family::default(),
             ikd_activations: Counter::default(),
             reserve_batches: Family::default(),
+            quota_reads: Family::default(),
             sweeper_runs: Counter::default(),
             sweeper_failures: Counter::default(),
             sweeper_holds_expired: Counter::default(),
@@ -166,8 +169,13 @@ impl Metrics {
     /// One Reserve batch decided on `path` (`direct` or `general`).
     pub fn record_reserve_batch(&self, path: &'static str) {
         self.reserve_batches
-            .get_or_create(&BatchPathLabels { path })
+            .get_or_create(&PathLabels { path })
             .inc();
+    }
+
+    /// One quota snapshot read on `path` (`direct` or `general`).
+    pub fn record_quota_read(&self, path: &'static str) {
+        self.quota_reads.get_or_create(&PathLabels { path }).inc();
     }
 
     /// One IKD activation recorded.
@@ -229,6 +237,11 @@ impl Metrics {
             "blangko_reserve_batches",
             "Reserve batches (one transaction each) by path: direct (SQLite, the whole batch on the hot-path connection) or general (the first batch of a day at a service point, batches that release due holds, PostgreSQL)",
             self.reserve_batches.clone(),
+        );
+        registry.register(
+            "blangko_quota_reads",
+            "Quota snapshots read (GetQuota, WatchQuota) by path: direct (SQLite, on a read connection of the server's own) or general (a service point's first read of a day, unknown offices or service points, no free read connection, PostgreSQL)",
+            self.quota_reads.clone(),
         );
         registry.register(
             "blangko_sweeper_runs",

@@ -1,5 +1,6 @@
-//! The SQLite connection of the Reserve hot path: a connection of its own (rusqlite), on which a
-//! whole Reserve batch (its reads, its decisions and its writes) runs on one blocking thread.
+//! SQLite connections of the server's own (rusqlite), beside sqlx's: the Reserve hot path's
+//! connection ([`Direct`]), on which a whole Reserve batch (its reads, its decisions and its
+//! writes) runs on one thread, and a few read connections ([`Reads`]) for GetQuota.
 //!
 //! Why: through sqlx every statement, and every row it returns, is a message to and from the
 //! connection's worker thread. A batch of 30 Reserves spent most of its time in those hops
@@ -14,7 +15,8 @@
 //! the second line of defence.
 
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, Statement};
@@ -114,9 +116,175 @@ impl Direct {
     /// Closes the connection (later [`Direct::run`] calls fail with PoolClosed).
     pub fn close(&self) {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(Err((_, err))) = conn.map(Connection::close) {
-            tracing::warn!(error = %err, "closing the SQLite hot-path connection failed");
+        if let Some(conn) = conn {
+            close_connection(conn, "hot path");
         }
+    }
+}
+
+/// Most connections of [`Reads`]. A read runs on the calling thread and never across an
+/// `.await`, so it needs a connection only while a thread runs it: the tokio workers (one per
+/// core) and a few to spare. A read that finds none free goes through sqlx.
+pub const MAX_READ_CONNECTIONS: usize = 4;
+
+/// Connections of their own (rusqlite) for the busiest reads, GetQuota and WatchQuota's
+/// refreshes: a read's few statements run in one read transaction, as function calls on the
+/// calling thread. Through sqlx each statement, and each row it returns, is a message to a
+/// connection's thread and back: about 100 µs of server CPU per GetQuota (BENCHMARKS.md).
+///
+/// They only read (`PRAGMA query_only`), and a read transaction holds no lock a writer waits
+/// for in WAL mode. Opened when first needed, at most [`MAX_READ_CONNECTIONS`].
+pub struct Reads {
+    path: PathBuf,
+    pragmas: String,
+    /// The free connections; None once closed.
+    idle: Mutex<Option<Vec<Connection>>>,
+    /// Connections open, free or in use.
+    open: AtomicUsize,
+}
+
+/// A connection of [`Reads`] in use; back to the free ones when dropped (closed instead once
+/// the store is closed).
+struct Lease<'r> {
+    reads: &'r Reads,
+    conn: Option<Connection>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let mut idle = self.reads.idle.lock().unwrap_or_else(|p| p.into_inner());
+        match idle.as_mut() {
+            Some(free) => free.push(conn),
+            None => {
+                drop(idle);
+                self.reads.open.fetch_sub(1, Ordering::SeqCst);
+                close_connection(conn, "read");
+            }
+        }
+    }
+}
+
+impl Reads {
+    /// Read connections to the database file at `path` (already created and migrated), each
+    /// opened with `pragmas` when first needed.
+    pub fn new(path: &Path, pragmas: &str) -> Reads {
+        Reads {
+            path: path.to_path_buf(),
+            pragmas: pragmas.to_string(),
+            idle: Mutex::new(Some(Vec::new())),
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `work` in one read transaction, so every statement sees the same committed state.
+    /// `Ok(None)`: no connection is free, the store is closed, or the database is busy (a
+    /// connection outside the process is recovering the WAL, say); `work` did not run, and the
+    /// caller reads through sqlx, which waits on its own thread.
+    pub fn read<T, E>(
+        &self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
+    ) -> Result<Option<T>, E>
+    where
+        E: From<rusqlite::Error>,
+    {
+        let Some(mut lease) = self.lease()? else {
+            return Ok(None);
+        };
+        let Some(conn) = lease.conn.as_mut() else {
+            return Ok(None);
+        };
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
+        // The read transaction (its snapshot of the WAL) begins with the first read; begin it
+        // here, so that a busy database is the caller's cue and not an error from `work`.
+        match tx.query_row("PRAGMA schema_version", [], |row| row.get::<_, i64>(0)) {
+            Ok(_) => {}
+            Err(err) if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                return Ok(None);
+            }
+            Err(err) => return Err(E::from(err)),
+        }
+        let value = work(&tx)?;
+        // Nothing to keep: ending the read transaction releases its snapshot.
+        tx.commit()?;
+        Ok(Some(value))
+    }
+
+    /// A free connection, a new one while fewer than the most are open, or None.
+    fn lease(&self) -> rusqlite::Result<Option<Lease<'_>>> {
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(free) = idle.as_mut() else {
+                return Ok(None);
+            };
+            if let Some(conn) = free.pop() {
+                return Ok(Some(Lease {
+                    reads: self,
+                    conn: Some(conn),
+                }));
+            }
+            let reserved = self
+                .open
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < MAX_READ_CONNECTIONS).then_some(n + 1)
+                })
+                .is_ok();
+            if !reserved {
+                return Ok(None);
+            }
+        }
+        // Opened outside the lock; the count above already holds its place.
+        match self.open_connection() {
+            Ok(conn) => Ok(Some(Lease {
+                reads: self,
+                conn: Some(conn),
+            })),
+            Err(err) => {
+                self.open.fetch_sub(1, Ordering::SeqCst);
+                Err(err)
+            }
+        }
+    }
+
+    fn open_connection(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.execute_batch(&self.pragmas)?;
+        conn.execute_batch("PRAGMA query_only = ON;")?;
+        // Never wait here: the wait would hold a tokio worker thread; see [`Reads::read`].
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+        Ok(conn)
+    }
+
+    /// Closes the free connections; those in use close when their read ends, and no read
+    /// starts after this.
+    pub fn close(&self) {
+        let free = self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        for conn in free {
+            self.open.fetch_sub(1, Ordering::SeqCst);
+            close_connection(conn, "read");
+        }
+    }
+
+    /// Connections open now (free or in use).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+fn close_connection(conn: Connection, which: &str) {
+    if let Err((_, err)) = conn.close() {
+        tracing::warn!(error = %err, connection = which, "closing an SQLite connection failed");
     }
 }
 
@@ -282,6 +450,69 @@ pub fn to_sqlx(err: rusqlite::Error) -> sqlx::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file with one table of `n` rows, in WAL mode, and the connection that wrote it.
+    fn database(dir: &Path, n: i64) -> (PathBuf, Connection) {
+        let path = dir.join("r.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n BIGINT NOT NULL);")
+            .unwrap();
+        for i in 0..n {
+            execute(&conn, "INSERT INTO t (n) VALUES (?1)", &[Value::Int(i)]).unwrap();
+        }
+        (path, conn)
+    }
+
+    fn count(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
+        tx.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+    }
+
+    #[test]
+    fn reads_see_what_was_committed_and_never_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer) = database(dir.path(), 3);
+        let reads = Reads::new(&path, "PRAGMA busy_timeout = 5000;");
+        assert_eq!(reads.read(count).unwrap(), Some(3));
+        execute(&writer, "INSERT INTO t (n) VALUES (?1)", &[Value::Int(9)]).unwrap();
+        assert_eq!(reads.read(count).unwrap(), Some(4));
+        // One connection served both reads: it went back to the free ones after each.
+        assert_eq!(reads.open_connections(), 1);
+
+        let write = reads.read(|tx| tx.execute("DELETE FROM t", []));
+        let err = write.unwrap_err();
+        assert!(err.to_string().contains("readonly"), "{err}");
+        assert_eq!(reads.read(count).unwrap(), Some(4), "nothing was deleted");
+    }
+
+    #[test]
+    fn reads_use_at_most_the_bounded_connections_and_none_after_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _writer) = database(dir.path(), 1);
+        let reads = Reads::new(&path, "");
+
+        // Reads nested inside one another each hold a connection: the one past the bound is
+        // told to go elsewhere (None) instead of waiting or opening more.
+        fn nested(reads: &Reads, depth: usize) -> rusqlite::Result<Option<usize>> {
+            reads
+                .read(|_| nested(reads, depth + 1))
+                .map(|inner| match inner {
+                    Some(deepest) => deepest,
+                    None => Some(depth),
+                })
+        }
+        assert_eq!(nested(&reads, 0).unwrap(), Some(MAX_READ_CONNECTIONS));
+        assert_eq!(reads.open_connections(), MAX_READ_CONNECTIONS);
+
+        // Closed while a read runs: that read ends normally, its connection closes after it,
+        // and no read starts afterwards.
+        let during = reads.read(|tx| {
+            reads.close();
+            count(tx)
+        });
+        assert_eq!(during.unwrap(), Some(1));
+        assert_eq!(reads.open_connections(), 0);
+        assert_eq!(reads.read(count).unwrap(), None);
+    }
 
     #[test]
     fn shared_statements_bind_by_number() {

@@ -140,6 +140,8 @@ pub struct Store {
     wal_sync: Option<durability::WalSync>,
     /// SQLite: the Reserve hot path's own connection (see [`direct`]).
     direct: Option<Arc<direct::Direct>>,
+    /// SQLite: read connections of their own for GetQuota (see [`direct::Reads`]).
+    reads: Option<direct::Reads>,
     /// SQLite: the database file, open until the store is dropped (see
     /// [`durability::DatabaseFile`]). Last, so it is closed after the connections.
     _database_file: Option<durability::DatabaseFile>,
@@ -213,6 +215,7 @@ impl Store {
             )
         })?;
         let direct = Arc::new(direct);
+        let reads = direct::Reads::new(path, &pragmas);
         checkpoint::spawn(reader.clone(), Arc::clone(&direct), database_file.clone());
         Ok(Store {
             kind: DatabaseKind::Sqlite,
@@ -222,6 +225,7 @@ impl Store {
             sqlite_path: Some(path.to_path_buf()),
             wal_sync,
             direct: Some(direct),
+            reads: Some(reads),
             _database_file: Some(database_file),
         })
     }
@@ -250,6 +254,7 @@ impl Store {
             sqlite_path: None,
             wal_sync: None,
             direct: None,
+            reads: None,
             _database_file: None,
         })
     }
@@ -307,6 +312,11 @@ impl Store {
         self.direct.as_deref()
     }
 
+    /// SQLite: the read connections of GetQuota (see [`direct::Reads`]). None on PostgreSQL.
+    pub fn reads(&self) -> Option<&direct::Reads> {
+        self.reads.as_ref()
+    }
+
     /// The connection pools and their use now (metrics): SQLite's writer and readers, or
     /// PostgreSQL's one shared pool.
     pub fn pool_stats(&self) -> Vec<(&'static str, PoolStats)> {
@@ -334,6 +344,9 @@ impl Store {
         if let Some(direct) = &self.direct {
             // Waits for a batch still running on it (the connection's mutex).
             direct.close();
+        }
+        if let Some(reads) = &self.reads {
+            reads.close();
         }
         self.reader.close().await;
         self.writer.close().await;

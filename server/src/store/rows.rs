@@ -2,6 +2,7 @@
 //! runs on, so the same code serves a write transaction and the read pool.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -87,7 +88,7 @@ pub async fn office(
     office_id: &str,
     lock: &str,
 ) -> Result<Option<OfficeRow>, sqlx::Error> {
-    let sql = format!("SELECT {OFFICE_COLUMNS} FROM offices WHERE office_id = $1{lock}");
+    let sql = format!("{}{lock}", *OFFICE_BY_ID);
     let row = sqlx::query(&sql)
         .bind(office_id)
         .fetch_optional(conn)
@@ -186,10 +187,7 @@ pub async fn service_point(
     office_id: &str,
     service_point_id: &str,
 ) -> Result<Option<ServicePointRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = $1 AND service_point_id = $2"
-    );
-    let row = sqlx::query(&sql)
+    let row = sqlx::query(&SERVICE_POINT_BY_ID)
         .bind(office_id)
         .bind(service_point_id)
         .fetch_optional(conn)
@@ -202,10 +200,10 @@ pub async fn service_points_of(
     conn: &mut AnyConnection,
     office_id: &str,
 ) -> Result<Vec<ServicePointRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = $1 ORDER BY service_point_id"
-    );
-    let rows = sqlx::query(&sql).bind(office_id).fetch_all(conn).await?;
+    let rows = sqlx::query(&SERVICE_POINTS_OF_OFFICE)
+        .bind(office_id)
+        .fetch_all(conn)
+        .await?;
     rows.iter().map(ServicePointRow::from_row).collect()
 }
 
@@ -295,9 +293,7 @@ pub async fn quota_day(
     local_date: &str,
     lock: &str,
 ) -> Result<Option<QuotaDayRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = $1 AND service_point_id = $2 AND local_date = $3{lock}"
-    );
+    let sql = format!("{}{lock}", *QUOTA_DAY_BY_ID);
     let row = sqlx::query(&sql)
         .bind(office_id)
         .bind(service_point_id)
@@ -345,10 +341,7 @@ pub async fn quota_days_of_office(
     office_id: &str,
     local_date: &str,
 ) -> Result<Vec<QuotaDayRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = $1 AND local_date = $2"
-    );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query(&QUOTA_DAYS_OF_OFFICE)
         .bind(office_id)
         .bind(local_date)
         .fetch_all(conn)
@@ -602,17 +595,49 @@ pub async fn office_used_and_waiting(
     local_date: &str,
     since_ms: i64,
 ) -> Result<(i64, i64), sqlx::Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {OFFICE_USED} AS used, (SELECT CAST(COALESCE(SUM(waiting), 0) AS BIGINT) FROM queue_reports WHERE office_id = $1 AND service_point_id = $3 AND reported_ms > $4) AS waiting"
-    ))
-    .bind(office_id)
-    .bind(local_date)
-    .bind(service_point_id)
-    .bind(since_ms)
-    .fetch_one(conn)
-    .await?;
+    let row = sqlx::query(&OFFICE_USED_AND_WAITING)
+        .bind(office_id)
+        .bind(local_date)
+        .bind(service_point_id)
+        .bind(since_ms)
+        .fetch_one(conn)
+        .await?;
     Ok((row.try_get("used")?, row.try_get("waiting")?))
 }
+
+/// One office by id (`$1`). The statements below are shared by sqlx's connections and
+/// SQLite's own (`store::direct`, written there with numbered placeholders).
+pub static OFFICE_BY_ID: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {OFFICE_COLUMNS} FROM offices WHERE office_id = $1"));
+/// One service point by office (`$1`) and id (`$2`).
+pub static SERVICE_POINT_BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = $1 AND service_point_id = $2"
+    )
+});
+/// One quota row by office (`$1`), service point (`$2`) and local date (`$3`).
+pub static QUOTA_DAY_BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = $1 AND service_point_id = $2 AND local_date = $3"
+    )
+});
+/// Every service point of an office (`$1`), by id.
+pub static SERVICE_POINTS_OF_OFFICE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = $1 ORDER BY service_point_id"
+    )
+});
+/// The quota rows of an office (`$1`) on a local date (`$2`).
+pub static QUOTA_DAYS_OF_OFFICE: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = $1 AND local_date = $2")
+});
+/// An office's use on a day (`used`) and the applicants waiting at one of its service points
+/// (`waiting`): office `$1`, local date `$2`, service point `$3`, queue reports newer than `$4`.
+pub static OFFICE_USED_AND_WAITING: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {OFFICE_USED} AS used, (SELECT CAST(COALESCE(SUM(waiting), 0) AS BIGINT) FROM queue_reports WHERE office_id = $1 AND service_point_id = $3 AND reported_ms > $4) AS waiting"
+    )
+});
 
 /// The office's use on a day as a scalar subquery, with `$1` the office and `$2` the local date.
 const OFFICE_USED: &str = "(SELECT CAST(COALESCE(SUM(held + committed), 0) AS BIGINT) FROM quota_days WHERE office_id = $1 AND local_date = $2)";

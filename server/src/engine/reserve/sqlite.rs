@@ -23,9 +23,8 @@ use crate::engine::ledger::{self, LEDGER_COLUMNS};
 use crate::engine::{Engine, EngineError, EngineResult, QUEUE_REPORT_TTL_MS, policy_of, zone_of};
 use crate::store::direct::{self, execute, numbered, query, query_optional};
 use crate::store::rows::{
-    self, Columns, OFFICE_COLUMNS, OfficeRow, QUOTA_DAY_COLUMNS, QuotaDayRow, RESERVATION_COLUMNS,
-    RESERVATION_INSERT_COLUMNS, ReservationRow, SERVICE_POINT_COLUMNS, ServicePointRow,
-    StoredAnswer, Value,
+    self, Columns, OfficeRow, QuotaDayRow, RESERVATION_COLUMNS, RESERVATION_INSERT_COLUMNS,
+    ReservationRow, ServicePointRow, StoredAnswer, Value,
 };
 
 impl From<rusqlite::Error> for EngineError {
@@ -54,20 +53,16 @@ struct Statements {
 }
 
 static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
-    office: format!("SELECT {OFFICE_COLUMNS} FROM offices WHERE office_id = ?1"),
+    office: numbered(&rows::OFFICE_BY_ID),
     due_hold: "SELECT 1 FROM reservations WHERE state = 'HELD' AND expires_ms <= ?1 AND office_id = ?2 LIMIT 1",
-    quota_days: format!(
-        "SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = ?1 AND local_date = ?2"
-    ),
+    quota_days: numbered(&rows::QUOTA_DAYS_OF_OFFICE),
     stored_answer: "SELECT method, fingerprint, response FROM idempotency WHERE request_id = ?1",
     // Named, as in the general path: the planner once took an index on state instead.
     live_reservation: format!(
         "SELECT {RESERVATION_COLUMNS} FROM reservations INDEXED BY reservations_one_live_per_nik_day WHERE nik_hash = ?1 AND local_date = ?2 AND state IN ('HELD', 'COMMITTED')"
     ),
     ikd_activated: "SELECT 1 FROM ikd_activations WHERE nik_hash = ?1",
-    service_point: format!(
-        "SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = ?1 AND service_point_id = ?2"
-    ),
+    service_point: numbered(&rows::SERVICE_POINT_BY_ID),
     waiting: "SELECT service_point_id, CAST(COALESCE(SUM(waiting), 0) AS BIGINT) AS n FROM queue_reports WHERE office_id = ?1 AND reported_ms > ?2 GROUP BY service_point_id",
     counts_by_reason: "SELECT reason, COUNT(*) AS n FROM reservations WHERE office_id = ?1 AND service_point_id = ?2 AND local_date = ?3 AND state IN ('HELD', 'COMMITTED') GROUP BY reason",
     insert_ledger: insert_one("ledger", &LEDGER_COLUMNS),

@@ -1,0 +1,130 @@
+//! SQLite answers GetQuota on read connections of the server's own (`store::direct::Reads`),
+//! also for a service point whose quota row for today does not exist yet (it computes what the
+//! row would be, as the general path does), and sends an unknown office or service point to the
+//! general path, which answers NOT_FOUND. An operator sees which in `blangko_quota_reads`. The
+//! snapshots are the same either way: the same morning on PostgreSQL, where every read takes the
+//! general path, shows the same figures.
+
+use std::sync::Arc;
+
+use blangko_e2e::fixtures::{self, reserve_request};
+use blangko_e2e::postgres::skip_postgres;
+use blangko_e2e::scrape::count;
+use blangko_e2e::{Backend, TestDatabase, TestServer};
+use blangko_proto::v1::reserve_response::Outcome;
+use blangko_proto::v1::*;
+use blangko_server::clock::ManualClock;
+
+/// Tuesday 2026-12-01 08:00 WIB.
+const TUESDAY_8AM_WIB_MS: i64 = 1_796_086_800_000;
+
+/// The quota snapshots read so far on each path (direct, general), as the metrics show them.
+async fn reads(server: &TestServer) -> anyhow::Result<(f64, f64)> {
+    let text = server.scrape_metrics().await?;
+    let on = |path| count(&text, "blangko_quota_reads_total", &[("path", path)]);
+    Ok((on("direct"), on("general")))
+}
+
+fn paced(weight: u32) -> QuotaPolicy {
+    QuotaPolicy {
+        mode: QuotaMode::Paced as i32,
+        weight,
+        ..QuotaPolicy::default()
+    }
+}
+
+/// One office's morning: two PACED service points (weights 3 and 2) and a FIXED one, 500 blanks
+/// until the supply of 8 December; GetQuota for each before any Reserve, then a queue report and
+/// three Reserves, then GetQuota again. Returns the server and the six GetQuota snapshots.
+async fn morning(db: Arc<TestDatabase>) -> anyhow::Result<(TestServer, Vec<QuotaSnapshot>)> {
+    let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+    let server = TestServer::start_with_clock(
+        db,
+        &["--metrics-listen", "127.0.0.1:0"],
+        Arc::new(clock.clone()),
+    )
+    .await?;
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    fixtures::office(&mut stock, "3275", |o| {
+        o.expected_next_supply_date = "2026-12-08".into()
+    })
+    .await?;
+    fixtures::service_point(&mut stock, "3275", "utara", paced(3)).await?;
+    fixtures::service_point(&mut stock, "3275", "timur", paced(2)).await?;
+    fixtures::service_point(&mut stock, "3275", "mpp", fixtures::fixed(4)).await?;
+    fixtures::ship(&mut stock, "3275", 500).await?;
+
+    let points = ["utara", "timur", "mpp"];
+    let mut snapshots = Vec::new();
+    for point in points {
+        snapshots.push(fixtures::quota_snapshot(&mut counter, "3275", point).await?);
+    }
+    counter
+        .report_queue(ReportQueueRequest {
+            office_id: "3275".into(),
+            service_point_id: "mpp".into(),
+            counter_id: "loket-1".into(),
+            waiting: 6,
+        })
+        .await?;
+    for (point, n) in [("mpp", 1), ("mpp", 2), ("utara", 3)] {
+        let outcome = counter
+            .reserve(reserve_request("3275", point, n))
+            .await?
+            .into_inner()
+            .outcome;
+        anyhow::ensure!(
+            matches!(outcome, Some(Outcome::Reservation(_))),
+            "{outcome:?}"
+        );
+    }
+    for point in points {
+        snapshots.push(fixtures::quota_snapshot(&mut counter, "3275", point).await?);
+    }
+    Ok((server, snapshots))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_quota_reads_on_its_own_connections_with_the_figures_of_the_general_path()
+-> anyhow::Result<()> {
+    let (server, snapshots) = morning(TestDatabase::sqlite().await?).await?;
+    // Every snapshot, before the day's rows existed and after, on the read connections: the six
+    // GetQuota calls and the one ReportQueue answered with.
+    assert_eq!(reads(&server).await?, (7.0, 0.0));
+
+    // 500 blanks over the 7 service days before the supply (the points serve every day), shared
+    // 3:2, and the FIXED 4.
+    let quotas: Vec<u32> = snapshots.iter().map(|s| s.quota).collect();
+    assert_eq!(quotas, [500 * 3 / 5 / 7, 500 * 2 / 5 / 7, 4, 42, 28, 4]);
+    let mpp = &snapshots[5];
+    assert_eq!((mpp.held, mpp.remaining, mpp.waiting), (2, 2, 6));
+    assert_eq!(mpp.office_used_today, 3);
+    assert_eq!(mpp.available, 497);
+    assert_eq!(snapshots[3].held, 1, "utara");
+    assert_eq!(snapshots[4].held, 0, "timur");
+    assert!(snapshots.iter().all(|s| s.local_date == "2026-12-01"));
+
+    // Unknown office or service point: NOT_FOUND, from the general path.
+    let mut counter = server.counter_client().await?;
+    for (office, point) in [("3276", "mpp"), ("3275", "nowhere")] {
+        let status = counter
+            .get_quota(GetQuotaRequest {
+                office_id: office.into(),
+                service_point_id: point.into(),
+            })
+            .await
+            .expect_err("unknown");
+        assert_eq!(status.code(), tonic::Code::NotFound, "{office}/{point}");
+    }
+    assert_eq!(reads(&server).await?, (7.0, 2.0));
+
+    // The same morning on PostgreSQL: the general path, the same snapshots.
+    if !skip_postgres() {
+        let (pg_server, pg_snapshots) =
+            morning(TestDatabase::new(Backend::Postgres).await?).await?;
+        assert_eq!(reads(&pg_server).await?, (0.0, 7.0));
+        assert_eq!(pg_snapshots, snapshots);
+    }
+    Ok(())
+}
