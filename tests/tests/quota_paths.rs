@@ -6,11 +6,12 @@
 //! general path, shows the same figures.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use blangko_e2e::fixtures::{self, reserve_request};
 use blangko_e2e::postgres::skip_postgres;
 use blangko_e2e::scrape::count;
-use blangko_e2e::{Backend, TestDatabase, TestServer};
+use blangko_e2e::{Backend, TestDatabase, TestServer, on_each_backend};
 use blangko_proto::v1::reserve_response::Outcome;
 use blangko_proto::v1::*;
 use blangko_server::clock::ManualClock;
@@ -127,4 +128,108 @@ async fn get_quota_reads_on_its_own_connections_with_the_figures_of_the_general_
         assert_eq!(pg_snapshots, snapshots);
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyhow::Result<()> {
+    // Two service points of one office, Reserves at both while GetQuota and GetStock read: each
+    // answer combines rows read in one transaction (SQLite's read connections, or the general
+    // path's read-only transaction on PostgreSQL), so its figures are of one moment. Before,
+    // GetQuota read the office row and the office's use in separate statements, and under load
+    // `available` and `office_used_today` disagreed.
+    on_each_backend(|db| async move {
+        let backend = db.backend;
+        let server = TestServer::start_with_clock(
+            db,
+            &["--metrics-listen", "127.0.0.1:0"],
+            Arc::new(ManualClock::at(TUESDAY_8AM_WIB_MS)),
+        )
+        .await?;
+        let mut stock = server.stock_client().await?;
+        fixtures::office_with_point(&mut stock, "3275", "mpp", 120, 1000).await?;
+        fixtures::service_point(&mut stock, "3275", "kec", fixtures::fixed(120)).await?;
+        let counter = server.counter_client().await?;
+
+        let done = Arc::new(AtomicBool::new(false));
+        let mut reserving = Vec::new();
+        for worker in 0..6u32 {
+            let mut counter = counter.clone();
+            reserving.push(tokio::spawn(async move {
+                for i in 0..30u32 {
+                    let point = if i % 2 == 0 { "mpp" } else { "kec" };
+                    let request = reserve_request("3275", point, worker * 100 + i);
+                    counter.reserve(request).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        let quota_reader = {
+            let mut counter = counter.clone();
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut snapshots = Vec::new();
+                // Bounded: the Reserves above end well before this many reads.
+                for _ in 0..5_000 {
+                    if done.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    snapshots.push(fixtures::quota_snapshot(&mut counter, "3275", "mpp").await?);
+                }
+                anyhow::Ok(snapshots)
+            })
+        };
+        let stock_reader = {
+            let mut stock = stock.clone();
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut levels = Vec::new();
+                for _ in 0..5_000 {
+                    if done.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    levels.push(fixtures::stock_level(&mut stock, "3275").await?);
+                }
+                anyhow::Ok(levels)
+            })
+        };
+        for task in reserving {
+            task.await??;
+        }
+        done.store(true, Ordering::SeqCst);
+
+        let snapshots = quota_reader.await??;
+        assert!(
+            !snapshots.is_empty(),
+            "no snapshot was read during the Reserves"
+        );
+        for s in &snapshots {
+            let used = s.held + s.committed;
+            assert!(used <= s.quota, "{s:?}");
+            assert_eq!(s.remaining, s.quota - used, "{s:?}");
+            assert!(s.office_used_today >= used, "{s:?}");
+            // Nothing was committed: every blank in use today is held, and held is what the
+            // office row takes off its stock.
+            assert_eq!(s.available, 1000 - s.office_used_today, "{s:?}");
+        }
+        let levels = stock_reader.await??;
+        assert!(
+            !levels.is_empty(),
+            "no stock level was read during the Reserves"
+        );
+        for l in &levels {
+            assert_eq!(l.today_used, l.held, "{l:?}");
+            assert_eq!(l.available, l.on_hand - l.held, "{l:?}");
+        }
+
+        let last = fixtures::quota_snapshot(&mut counter.clone(), "3275", "mpp").await?;
+        assert_eq!((last.held, last.office_used_today), (90, 180));
+        let (direct, general) = reads(&server).await?;
+        let read = snapshots.len() as f64 + 1.0;
+        match backend {
+            Backend::Sqlite => assert_eq!((direct, general), (read, 0.0)),
+            Backend::Postgres => assert_eq!((direct, general), (0.0, read)),
+        }
+        Ok(())
+    })
+    .await
 }

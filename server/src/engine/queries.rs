@@ -230,10 +230,14 @@ impl Engine {
             return Ok(snapshot);
         }
         self.metrics.record_quota_read("general");
-        let mut conn = self.store.reader().acquire().await?;
-        let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
-        let sp = Self::service_point_or_not_found(&mut conn, office_id, service_point_id).await?;
-        self.quota_snapshot_of(&mut conn, &office, &sp).await
+        // One transaction, so that the rows a snapshot combines are of one moment.
+        let mut tx = self.store.begin_read().await?;
+        let conn: &mut AnyConnection = &mut tx;
+        let office = Self::office_or_not_found(conn, office_id, "").await?;
+        let sp = Self::service_point_or_not_found(conn, office_id, service_point_id).await?;
+        let snapshot = self.quota_snapshot_of(conn, &office, &sp).await?;
+        tx.commit().await?;
+        Ok(snapshot)
     }
 
     /// Today's snapshot of a loaded service point, read on `conn` (GetQuota, metrics).
@@ -260,9 +264,13 @@ impl Engine {
 
     /// One office's stock level.
     pub async fn get_stock(&self, office_id: &str) -> EngineResult<StockLevel> {
-        let mut conn = self.store.reader().acquire().await?;
-        let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
-        self.stock_level(&mut conn, &office).await
+        // One transaction: the office row and its quota rows of the day of one moment.
+        let mut tx = self.store.begin_read().await?;
+        let conn: &mut AnyConnection = &mut tx;
+        let office = Self::office_or_not_found(conn, office_id, "").await?;
+        let level = self.stock_level(conn, &office).await?;
+        tx.commit().await?;
+        Ok(level)
     }
 
     /// The stock level of a loaded office.

@@ -283,6 +283,21 @@ impl Store {
         Ok(Tx { inner, _gate: gate })
     }
 
+    /// A read-only transaction on the reader pool whose statements all see one moment, for reads
+    /// made of several statements (a quota snapshot, a stock level). PostgreSQL: REPEATABLE READ,
+    /// one snapshot for the whole transaction (READ COMMITTED would take one per statement).
+    /// SQLite: a deferred transaction reads one snapshot of the WAL from its first read on.
+    pub async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.kind {
+            DatabaseKind::Sqlite => self.reader.begin().await,
+            DatabaseKind::Postgres => {
+                self.reader
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+            }
+        }
+    }
+
     /// Makes every transaction committed so far durable (SQLite with `--sqlite-synchronous
     /// full`: the group fsync of the WAL; PostgreSQL's COMMIT is durable by itself; SQLite with
     /// `normal` promises only to survive a process crash). Call it after COMMIT, before answering.
