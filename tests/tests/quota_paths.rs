@@ -132,7 +132,8 @@ async fn get_quota_reads_on_its_own_connections_with_the_figures_of_the_general_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyhow::Result<()> {
-    // Two service points of one office, Reserves at both while GetQuota and GetStock read: each
+    // Two service points of one office, Reserves at both while GetQuota, GetStock and ListStock
+    // read: each
     // answer combines rows read in one transaction (SQLite's read connections, or the general
     // path's read-only transaction on PostgreSQL), so its figures are of one moment. Before,
     // GetQuota read the office row and the office's use in separate statements, and under load
@@ -183,11 +184,20 @@ async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyh
             let done = Arc::clone(&done);
             tokio::spawn(async move {
                 let mut levels = Vec::new();
-                for _ in 0..5_000 {
+                for i in 0..5_000 {
                     if done.load(Ordering::SeqCst) {
                         break;
                     }
-                    levels.push(fixtures::stock_level(&mut stock, "3275").await?);
+                    if i % 2 == 0 {
+                        levels.push(fixtures::stock_level(&mut stock, "3275").await?);
+                    } else {
+                        // ListStock: the same level, for agencies reading across offices.
+                        let page = stock
+                            .list_stock(ListStockRequest::default())
+                            .await?
+                            .into_inner();
+                        levels.extend(page.stocks);
+                    }
                 }
                 anyhow::Ok(levels)
             })

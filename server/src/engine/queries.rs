@@ -338,14 +338,17 @@ impl Engine {
         after: &str,
         page_size: u32,
     ) -> EngineResult<(Vec<StockLevel>, String)> {
-        let mut conn = self.store.reader().acquire().await?;
+        // One transaction: every office of the page as of one moment, as GetStock reads one.
+        let mut tx = self.store.begin_read().await?;
+        let conn: &mut AnyConnection = &mut tx;
         let offices =
-            rows::offices_page(&mut conn, province_code, after, i64::from(page_size) + 1).await?;
+            rows::offices_page(conn, province_code, after, i64::from(page_size) + 1).await?;
         let more = offices.len() > page_size as usize;
         let mut stocks = Vec::with_capacity(offices.len().min(page_size as usize));
         for office in offices.iter().take(page_size as usize) {
-            stocks.push(self.stock_level(&mut conn, office).await?);
+            stocks.push(self.stock_level(conn, office).await?);
         }
+        tx.commit().await?;
         let next = if more {
             stocks
                 .last()

@@ -12,11 +12,10 @@ use std::collections::HashMap;
 
 use blangko_proto::v1::{GetStockReportResponse, LedgerEntryKind, StockReportDay};
 use chrono::NaiveDate;
-use sqlx::{Acquire, Row};
+use sqlx::Row;
 
 use super::{Engine, EngineError, EngineResult, FieldViolation, zone_of};
 use crate::domain::calendar::format_local_date;
-use crate::store::DatabaseKind;
 use crate::store::rows;
 
 /// Most days in one report (a leap year): the report's work and answer size stay bounded.
@@ -46,14 +45,8 @@ impl Engine {
         from: NaiveDate,
         to: NaiveDate,
     ) -> EngineResult<GetStockReportResponse> {
-        let mut pooled = self.store.reader().acquire().await?;
-        let mut tx = pooled.begin().await?;
-        if self.store.kind() == DatabaseKind::Postgres {
-            // One snapshot for every query below, so the figures add up even while counters work.
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
-                .await?;
-        }
+        // One snapshot for every query below, so the figures add up even while counters work.
+        let mut tx = self.store.begin_read().await?;
         let conn: &mut sqlx::AnyConnection = &mut tx;
         let office = Self::office_or_not_found(conn, office_id, "").await?;
         let zone = zone_of(&office)?;
