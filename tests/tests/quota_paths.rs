@@ -130,6 +130,23 @@ async fn get_quota_reads_on_its_own_connections_with_the_figures_of_the_general_
     Ok(())
 }
 
+/// Runs `read` (with its round number) until `done`, collecting what it read. Bounded: the
+/// Reserves it runs beside end well before this many rounds.
+async fn read_until<T, F, Fut>(done: Arc<AtomicBool>, mut read: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<T>>>,
+{
+    let mut all = Vec::new();
+    for round in 0..5_000 {
+        if done.load(Ordering::SeqCst) {
+            break;
+        }
+        all.extend(read(round).await?);
+    }
+    Ok(all)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyhow::Result<()> {
     // Two service points of one office, Reserves at both while GetQuota, GetStock and ListStock
@@ -165,42 +182,30 @@ async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyh
             }));
         }
         let quota_reader = {
-            let mut counter = counter.clone();
-            let done = Arc::clone(&done);
-            tokio::spawn(async move {
-                let mut snapshots = Vec::new();
-                // Bounded: the Reserves above end well before this many reads.
-                for _ in 0..5_000 {
-                    if done.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    snapshots.push(fixtures::quota_snapshot(&mut counter, "3275", "mpp").await?);
+            let counter = counter.clone();
+            tokio::spawn(read_until(Arc::clone(&done), move |_| {
+                let mut counter = counter.clone();
+                async move {
+                    Ok(vec![
+                        fixtures::quota_snapshot(&mut counter, "3275", "mpp").await?,
+                    ])
                 }
-                anyhow::Ok(snapshots)
-            })
+            }))
         };
         let stock_reader = {
-            let mut stock = stock.clone();
-            let done = Arc::clone(&done);
-            tokio::spawn(async move {
-                let mut levels = Vec::new();
-                for i in 0..5_000 {
-                    if done.load(Ordering::SeqCst) {
-                        break;
-                    }
+            let stock = stock.clone();
+            tokio::spawn(read_until(Arc::clone(&done), move |i| {
+                let mut stock = stock.clone();
+                async move {
                     if i % 2 == 0 {
-                        levels.push(fixtures::stock_level(&mut stock, "3275").await?);
+                        Ok(vec![fixtures::stock_level(&mut stock, "3275").await?])
                     } else {
                         // ListStock: the same level, for agencies reading across offices.
-                        let page = stock
-                            .list_stock(ListStockRequest::default())
-                            .await?
-                            .into_inner();
-                        levels.extend(page.stocks);
+                        let page = stock.list_stock(ListStockRequest::default()).await?;
+                        Ok(page.into_inner().stocks)
                     }
                 }
-                anyhow::Ok(levels)
-            })
+            }))
         };
         for task in reserving {
             task.await??;
