@@ -149,20 +149,22 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyhow::Result<()> {
-    // Two service points of one office, Reserves at both while GetQuota, GetStock and ListStock
-    // read: each
+    // Two service points of one office, Reserves at both while GetQuota, GetStock, ListStock
+    // and the metrics endpoint read: each
     // answer combines rows read in one transaction (SQLite's read connections, or the general
     // path's read-only transaction on PostgreSQL), so its figures are of one moment. Before,
     // GetQuota read the office row and the office's use in separate statements, and under load
     // `available` and `office_used_today` disagreed.
     on_each_backend(|db| async move {
         let backend = db.backend;
-        let server = TestServer::start_with_clock(
-            db,
-            &["--metrics-listen", "127.0.0.1:0"],
-            Arc::new(ManualClock::at(TUESDAY_8AM_WIB_MS)),
-        )
-        .await?;
+        let server = Arc::new(
+            TestServer::start_with_clock(
+                db,
+                &["--metrics-listen", "127.0.0.1:0"],
+                Arc::new(ManualClock::at(TUESDAY_8AM_WIB_MS)),
+            )
+            .await?,
+        );
         let mut stock = server.stock_client().await?;
         fixtures::office_with_point(&mut stock, "3275", "mpp", 120, 1000).await?;
         fixtures::service_point(&mut stock, "3275", "kec", fixtures::fixed(120)).await?;
@@ -207,6 +209,13 @@ async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyh
                 }
             }))
         };
+        let metrics_reader = {
+            let server = Arc::clone(&server);
+            tokio::spawn(read_until(Arc::clone(&done), move |_| {
+                let server = Arc::clone(&server);
+                async move { Ok(vec![server.scrape_metrics().await?]) }
+            }))
+        };
         for task in reserving {
             task.await??;
         }
@@ -234,6 +243,26 @@ async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyh
         for l in &levels {
             assert_eq!(l.today_used, l.held, "{l:?}");
             assert_eq!(l.available, l.on_hand - l.held, "{l:?}");
+        }
+
+        // The gauges of a scrape: the office's held blanks are its service points' holds.
+        let scrapes = metrics_reader.await??;
+        assert!(!scrapes.is_empty(), "no scrape during the Reserves");
+        for text in &scrapes {
+            let office = [("office", "3275")];
+            let held = count(text, "blangko_stock_held", &office);
+            let points: f64 = ["mpp", "kec"]
+                .iter()
+                .map(|p| {
+                    let labels = [("office", "3275"), ("service_point", *p)];
+                    count(text, "blangko_service_point_held_today", &labels)
+                })
+                .sum();
+            assert_eq!(held, points, "a scrape mixed two moments");
+            assert_eq!(
+                count(text, "blangko_stock_available", &office),
+                1000.0 - held
+            );
         }
 
         let last = fixtures::quota_snapshot(&mut counter.clone(), "3275", "mpp").await?;

@@ -9,6 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use sqlx::AnyConnection;
+
 use crate::engine::{Engine, EngineResult};
 use crate::store::rows;
 
@@ -71,14 +73,25 @@ pub async fn register(
     let point_remaining = PointGauge::default();
     let truncated = Gauge::<i64>::default();
 
-    let mut conn = engine.store.reader().acquire().await?;
-    let offices = rows::offices_page(&mut conn, "", "", MAX_EXPORTED_OFFICES as i64 + 1).await?;
+    let offices = {
+        let mut conn = engine.store.reader().acquire().await?;
+        rows::offices_page(&mut conn, "", "", MAX_EXPORTED_OFFICES as i64 + 1).await?
+    };
     if offices.len() > MAX_EXPORTED_OFFICES {
         truncated.set(1);
     }
     let mut points_left = MAX_EXPORTED_SERVICE_POINTS;
-    for office in offices.iter().take(MAX_EXPORTED_OFFICES) {
-        let level = engine.stock_level(&mut conn, office).await?;
+    for listed in offices.iter().take(MAX_EXPORTED_OFFICES) {
+        // Each office in a read-only transaction of its own, its row read again inside it, so
+        // that its gauges are of one moment (as GetStock's answer is); one office at a time, so
+        // no snapshot is held for the whole scrape.
+        let mut tx = engine.store.begin_read().await?;
+        let conn: &mut AnyConnection = &mut tx;
+        let Some(office) = rows::office(conn, &listed.office_id, "").await? else {
+            continue;
+        };
+        let office = &office;
+        let level = engine.stock_level(conn, office).await?;
         let labels = OfficeLabels {
             office: office.office_id.clone(),
         };
@@ -96,13 +109,13 @@ pub async fn register(
         if level.has_days_of_cover {
             cover.get_or_create(&labels).set(level.days_of_cover);
         }
-        for sp in rows::service_points_of(&mut conn, &office.office_id).await? {
+        for sp in rows::service_points_of(conn, &office.office_id).await? {
             if points_left == 0 {
                 truncated.set(1);
                 break;
             }
             points_left -= 1;
-            let snapshot = engine.quota_snapshot_of(&mut conn, office, &sp).await?;
+            let snapshot = engine.quota_snapshot_of(conn, office, &sp).await?;
             let labels = PointLabels {
                 office: office.office_id.clone(),
                 service_point: sp.service_point_id.clone(),
@@ -120,8 +133,8 @@ pub async fn register(
                 .get_or_create(&labels)
                 .set(i64::from(snapshot.remaining));
         }
+        tx.commit().await?;
     }
-    drop(conn);
 
     registry.register(
         "blangko_stock_on_hand",
