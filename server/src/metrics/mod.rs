@@ -79,7 +79,7 @@ pub struct Metrics {
     ikd_activations: Counter,
     /// Reserve batches decided, by the path that decided them.
     reserve_batches: Family<PathLabels, Counter>,
-    /// Quota snapshots read (GetQuota, WatchQuota), by the path that read them.
+    /// Quota snapshots read (GetQuota, WatchQuota, ReportQueue), by the path that read them.
     quota_reads: Family<PathLabels, Counter>,
     /// Sweeper passes that ran.
     sweeper_runs: Counter,
@@ -240,7 +240,7 @@ impl Metrics {
         );
         registry.register(
             "blangko_quota_reads",
-            "Quota snapshots read (GetQuota, WatchQuota) by path: direct (SQLite, on a read connection of the server's own) or general (a service point's first read of a day, unknown offices or service points, no free read connection, PostgreSQL)",
+            "Quota snapshots read (GetQuota, WatchQuota, ReportQueue) by path: direct (SQLite, on a read connection of the server's own) or general (unknown offices or service points, no free read connection, PostgreSQL)",
             self.quota_reads.clone(),
         );
         registry.register(

@@ -132,7 +132,7 @@ async fn checkpoint(
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::super::{SqliteSync, Store, StoreOptions};
+    use super::super::{Store, StoreOptions};
 
     /// Under a busy writer (a commit every 2 ms, each longer than a PASSIVE checkpoint leaves
     /// alone), the WAL still starts again from its beginning: it stays near what is written
@@ -142,14 +142,9 @@ mod tests {
     async fn the_wal_restarts_under_a_busy_writer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.db");
-        let store = Store::open(&StoreOptions {
-            url: format!("sqlite://{}", path.display()),
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(5),
-            sqlite_sync: SqliteSync::Full,
-        })
-        .await
-        .unwrap();
+        let store = Store::open(&StoreOptions::sqlite_for_tests(&path))
+            .await
+            .unwrap();
         let direct = store.direct().unwrap();
         direct
             .run(|tx| {

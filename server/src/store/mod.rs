@@ -114,6 +114,19 @@ pub struct StoreOptions {
     pub sqlite_sync: SqliteSync,
 }
 
+#[cfg(test)]
+impl StoreOptions {
+    /// The store's own tests: an SQLite file at `path`, synchronous FULL.
+    pub(crate) fn sqlite_for_tests(path: &Path) -> StoreOptions {
+        StoreOptions {
+            url: format!("sqlite://{}", path.display()),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            sqlite_sync: SqliteSync::Full,
+        }
+    }
+}
+
 /// How much of a connection pool is in use.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolStats {
@@ -462,14 +475,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_transaction_through_sqlx_holds_the_hot_paths_write_gate() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreOptions {
-            url: format!("sqlite://{}", dir.path().join("b.db").display()),
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(5),
-            sqlite_sync: SqliteSync::Full,
-        })
-        .await
-        .unwrap();
+        let store = Store::open(&StoreOptions::sqlite_for_tests(&dir.path().join("b.db")))
+            .await
+            .unwrap();
         let direct = store.direct().expect("SQLite has the hot-path connection");
         let gate = direct.gate();
         // Free: nobody writes yet (the background checkpoint takes it only for a moment).

@@ -747,6 +747,13 @@ pub enum Value {
     Bytes(Vec<u8>),
 }
 
+impl Value {
+    /// A text value.
+    pub fn text(value: &str) -> Value {
+        Value::Text(value.to_string())
+    }
+}
+
 /// Most bound parameters in one statement (SQLite's limit is 32,766, PostgreSQL's 65,535).
 const MAX_PARAMS_PER_STATEMENT: usize = 4000;
 

@@ -58,10 +58,6 @@ impl Engine {
     }
 }
 
-fn text(value: &str) -> Value {
-    Value::Text(value.to_string())
-}
-
 /// The snapshot as the general path builds it (`Engine::quota_snapshot_of`), or None when it
 /// needs the general path.
 fn snapshot(
@@ -70,13 +66,13 @@ fn snapshot(
     service_point_id: &str,
     now: i64,
 ) -> EngineResult<Option<QuotaSnapshot>> {
-    let Some(office) = query_optional(conn, &SQL.office, &[text(office_id)], |r| {
+    let Some(office) = query_optional(conn, &SQL.office, &[Value::text(office_id)], |r| {
         OfficeRow::from_row(r)
     })?
     else {
         return Ok(None);
     };
-    let point = [text(office_id), text(service_point_id)];
+    let point = [Value::text(office_id), Value::text(service_point_id)];
     let Some(sp) = query_optional(conn, &SQL.service_point, &point, |r| {
         ServicePointRow::from_row(r)
     })?
@@ -86,12 +82,16 @@ fn snapshot(
     let zone = zone_of(&office)?;
     let today = zone.local_date(now);
     let date = format_local_date(today);
-    let day = [text(office_id), text(service_point_id), text(&date)];
+    let day = [
+        Value::text(office_id),
+        Value::text(service_point_id),
+        Value::text(&date),
+    ];
     let qd = match query_optional(conn, &SQL.quota_day, &day, |r| QuotaDayRow::from_row(r))? {
         Some(qd) => qd,
         None => {
             let paced = if paced_on(&sp, today)? {
-                let office_day = [text(office_id), text(&date)];
+                let office_day = [Value::text(office_id), Value::text(&date)];
                 let siblings = query(conn, &SQL.service_points_of_office, &office_day[..1], |r| {
                     ServicePointRow::from_row(r)
                 })?;
@@ -108,9 +108,9 @@ fn snapshot(
     let policy = policy_of(&sp)?;
     let since = now - QUEUE_REPORT_TTL_MS;
     let figures = [
-        text(office_id),
-        text(&date),
-        text(service_point_id),
+        Value::text(office_id),
+        Value::text(&date),
+        Value::text(service_point_id),
         Value::Int(since),
     ];
     let extras = query_optional(conn, &SQL.used_and_waiting, &figures, |r| {

@@ -85,10 +85,6 @@ fn insert_one(table: &str, columns: &[&str]) -> String {
     )
 }
 
-fn text(value: &str) -> Value {
-    Value::Text(value.to_string())
-}
-
 impl Engine {
     /// Decides a batch on SQLite's hot-path connection. None: not SQLite, or the batch needs the
     /// general path (nothing was written).
@@ -120,7 +116,7 @@ fn decide(
     jobs: &[Job],
     now: i64,
 ) -> EngineResult<Option<BatchAnswers>> {
-    let Some(office) = query_optional(conn, &SQL.office, &[text(office_id)], |r| {
+    let Some(office) = query_optional(conn, &SQL.office, &[Value::text(office_id)], |r| {
         OfficeRow::from_row(r)
     })?
     else {
@@ -130,7 +126,7 @@ fn decide(
     let due = query_optional(
         conn,
         SQL.due_hold,
-        &[Value::Int(now), text(office_id)],
+        &[Value::Int(now), Value::text(office_id)],
         |_| Ok(()),
     )?;
     if due.is_some() {
@@ -144,7 +140,7 @@ fn decide(
     let mut quota_days: HashMap<String, QuotaDayRow> = query(
         conn,
         &SQL.quota_days,
-        &[text(office_id), text(&date)],
+        &[Value::text(office_id), Value::text(&date)],
         |r| QuotaDayRow::from_row(r),
     )?
     .into_iter()
@@ -155,24 +151,31 @@ fn decide(
     let mut live = HashMap::new();
     let mut activated = HashSet::new();
     for Job { cmd, nik_hash, .. } in jobs {
-        if let Some(answer) =
-            query_optional(conn, SQL.stored_answer, &[text(&cmd.request_id)], |r| {
-                StoredAnswer::from_row(r)
-            })?
-        {
+        if let Some(answer) = query_optional(
+            conn,
+            SQL.stored_answer,
+            &[Value::text(&cmd.request_id)],
+            |r| StoredAnswer::from_row(r),
+        )? {
             answers.insert(cmd.request_id.clone(), answer);
         }
         if let Some(r) = query_optional(
             conn,
             &SQL.live_reservation,
-            &[text(nik_hash), text(&date)],
+            &[Value::text(nik_hash), Value::text(&date)],
             |r| ReservationRow::from_row(r),
         )? {
             live.insert(nik_hash.clone(), r);
         }
         if office.ikd_first_required
             && cmd.ikd_status == IkdStatus::NotActive as i32
-            && query_optional(conn, SQL.ikd_activated, &[text(nik_hash)], |_| Ok(()))?.is_some()
+            && query_optional(
+                conn,
+                SQL.ikd_activated,
+                &[Value::text(nik_hash)],
+                |_| Ok(()),
+            )?
+            .is_some()
         {
             activated.insert(nik_hash.clone());
         }
@@ -180,7 +183,10 @@ fn decide(
     let waiting: HashMap<String, i64> = query(
         conn,
         SQL.waiting,
-        &[text(office_id), Value::Int(now - QUEUE_REPORT_TTL_MS)],
+        &[
+            Value::text(office_id),
+            Value::Int(now - QUEUE_REPORT_TTL_MS),
+        ],
         |r| Ok((r.text("service_point_id")?, r.int("n")?)),
     )?
     .into_iter()
@@ -191,7 +197,7 @@ fn decide(
         let Some(sp) = query_optional(
             conn,
             &SQL.service_point,
-            &[text(office_id), text(id)],
+            &[Value::text(office_id), Value::text(id)],
             |r| ServicePointRow::from_row(r),
         )?
         else {
@@ -208,7 +214,11 @@ fn decide(
             query(
                 conn,
                 SQL.counts_by_reason,
-                &[text(office_id), text(id), text(&state.date)],
+                &[
+                    Value::text(office_id),
+                    Value::text(id),
+                    Value::text(&state.date),
+                ],
                 |r| Ok((r.int("reason")?, r.int("n")?)),
             )?
             .into_iter()
