@@ -9,7 +9,10 @@
 #      100 Reserves must be acknowledged as reservations, the rest referred to IKD, none over;
 #   3. bench/ghz.sh with a few hundred calls per scenario (ghz installed with `go install` when
 #      missing): by reflection and by proto file, every status must be OK, then the same
-#      over-issue check.
+#      over-issue check;
+#   4. bench/sqlite-schema.py, a few batches per variant;
+#   5. bench/instructions.sh, one second per phase under callgrind (valgrind installed with
+#      apt-get when missing): the tool still counts, and its runs keep the invariant.
 #
 #   bash .ci/load-smoke.sh
 set -euo pipefail
@@ -66,4 +69,12 @@ echo "--- 3. bench/ghz.sh"
 OUT="$work/ghz" bash bench/ghz.sh 300 16
 echo "--- 4. bench/sqlite-schema.py (a few batches per variant: the tool still runs on the schema)"
 python3 bench/sqlite-schema.py --prefill 5 --rounds 1 --batches 5
+echo "--- 5. bench/instructions.sh (one round of one second per phase under callgrind)"
+if ! command -v valgrind > /dev/null; then
+  echo "installing valgrind with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq valgrind > /dev/null
+fi
+bash bench/instructions.sh 1 1
 echo "load smoke OK"
