@@ -343,6 +343,34 @@ pub fn query_optional<T>(
     rows.next()?.map(map).transpose()
 }
 
+/// One cached statement run many times, for a batch's rows or its per-Reserve probes: looked up
+/// in the connection's statement cache once (hashing the SQL text) instead of once per run.
+pub struct Prepared<'c>(rusqlite::CachedStatement<'c>);
+
+impl<'c> Prepared<'c> {
+    /// The cached statement for `sql`.
+    pub fn new(conn: &'c Connection, sql: &str) -> rusqlite::Result<Prepared<'c>> {
+        Ok(Prepared(conn.prepare_cached(sql)?))
+    }
+
+    /// Runs it as a write with `values` bound to `?1..?n`; returns the rows it changed.
+    pub fn execute(&mut self, values: &[Value]) -> rusqlite::Result<usize> {
+        bind(&mut self.0, values)?;
+        self.0.raw_execute()
+    }
+
+    /// Runs it as a query for at most one row.
+    pub fn query_optional<T>(
+        &mut self,
+        values: &[Value],
+        map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<Option<T>> {
+        bind(&mut self.0, values)?;
+        let mut rows = self.0.raw_query();
+        rows.next()?.map(map).transpose()
+    }
+}
+
 /// The statement text with sqlx's `$n` placeholders written as SQLite's numbered `?n`, so a
 /// statement shared with the sqlx code path binds by number here too (`$n` would be a *named*
 /// parameter to SQLite, numbered by first appearance).

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::engine::ledger::{self, LEDGER_COLUMNS};
 use crate::engine::{Engine, EngineError, EngineResult, QUEUE_REPORT_TTL_MS, policy_of, zone_of};
-use crate::store::direct::{self, execute, numbered, query, query_optional};
+use crate::store::direct::{self, Prepared, execute, numbered, query, query_optional};
 use crate::store::rows::{
     self, Columns, OfficeRow, QuotaDayRow, RESERVATION_COLUMNS, RESERVATION_INSERT_COLUMNS,
     ReservationRow, ServicePointRow, StoredAnswer, Value,
@@ -150,32 +150,33 @@ fn decide(
     let mut answers = HashMap::new();
     let mut live = HashMap::new();
     let mut activated = HashSet::new();
+    let mut stored_answer = Prepared::new(conn, SQL.stored_answer)?;
+    let mut live_reservation = Prepared::new(conn, &SQL.live_reservation)?;
+    let mut ikd_activated = if office.ikd_first_required {
+        Some(Prepared::new(conn, SQL.ikd_activated)?)
+    } else {
+        None
+    };
     for Job { cmd, nik_hash, .. } in jobs {
-        if let Some(answer) = query_optional(
-            conn,
-            SQL.stored_answer,
-            &[Value::text(&cmd.request_id)],
-            |r| StoredAnswer::from_row(r),
-        )? {
+        if let Some(answer) = stored_answer
+            .query_optional(&[Value::text(&cmd.request_id)], |r| {
+                StoredAnswer::from_row(r)
+            })?
+        {
             answers.insert(cmd.request_id.clone(), answer);
         }
-        if let Some(r) = query_optional(
-            conn,
-            &SQL.live_reservation,
-            &[Value::text(nik_hash), Value::text(&date)],
-            |r| ReservationRow::from_row(r),
-        )? {
+        if let Some(r) = live_reservation
+            .query_optional(&[Value::text(nik_hash), Value::text(&date)], |r| {
+                ReservationRow::from_row(r)
+            })?
+        {
             live.insert(nik_hash.clone(), r);
         }
-        if office.ikd_first_required
+        if let Some(ikd_activated) = ikd_activated.as_mut()
             && cmd.ikd_status == IkdStatus::NotActive as i32
-            && query_optional(
-                conn,
-                SQL.ikd_activated,
-                &[Value::text(nik_hash)],
-                |_| Ok(()),
-            )?
-            .is_some()
+            && ikd_activated
+                .query_optional(&[Value::text(nik_hash)], |_| Ok(()))?
+                .is_some()
         {
             activated.insert(nik_hash.clone());
         }
@@ -241,14 +242,18 @@ fn decide(
 
 /// The batch's writes, in the order of the general path's.
 fn write(conn: &Connection, office_id: &str, state: &mut BatchState) -> EngineResult<()> {
+    // Each statement looked up once for all of its rows.
+    let mut insert = Prepared::new(conn, &SQL.insert_ledger)?;
     for row in ledger::entry_rows(&state.ledger) {
-        execute(conn, &SQL.insert_ledger, &row)?;
+        insert.execute(&row)?;
     }
+    let mut insert = Prepared::new(conn, &SQL.insert_reservation)?;
     for row in state.reservation_rows() {
-        execute(conn, &SQL.insert_reservation, &row)?;
+        insert.execute(&row)?;
     }
+    let mut insert = Prepared::new(conn, &SQL.insert_answer)?;
     for row in std::mem::take(&mut state.new_answers) {
-        execute(conn, &SQL.insert_answer, &row)?;
+        insert.execute(&row)?;
     }
     for (cause, referrals) in &state.referrals {
         let (_, values) = rows::ikd_referrals_upsert(office_id, &state.date, *cause, *referrals);
