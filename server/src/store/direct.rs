@@ -513,6 +513,31 @@ mod tests {
     }
 
     #[test]
+    fn a_prepared_statement_runs_again_with_each_row_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_path, conn) = database(dir.path(), 0);
+        let mut insert = Prepared::new(&conn, "INSERT INTO t (n) VALUES (?1)").unwrap();
+        for n in [7, 8, 9] {
+            assert_eq!(insert.execute(&[Value::Int(n)]).unwrap(), 1);
+        }
+        let mut probe = Prepared::new(&conn, "SELECT n FROM t WHERE n = ?1").unwrap();
+        let found: Vec<Option<i64>> = [9, 5, 7]
+            .into_iter()
+            .map(|n| {
+                probe
+                    .query_optional(&[Value::Int(n)], |r| r.get(0))
+                    .unwrap()
+            })
+            .collect();
+        // Each run sees its own values, not the first run's, and a miss does not stick.
+        assert_eq!(found, vec![Some(9), None, Some(7)]);
+        let total: i64 = conn
+            .query_row("SELECT SUM(n) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(total, 24);
+    }
+
+    #[test]
     fn reads_use_at_most_the_bounded_connections_and_none_after_close() {
         let dir = tempfile::tempdir().unwrap();
         let (path, _writer) = database(dir.path(), 1);
