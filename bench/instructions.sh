@@ -8,14 +8,16 @@
 # Environment: SERVER (the blangko-server binary; default target/release/blangko-server, built
 # when missing), BENCH (the blangko-bench binary; likewise), SERVICE_POINTS (default 16),
 # CONCURRENCY (default 64), TOP (functions of the Reserve profile to list; default 0), PROFILE
-# (a path: the last round's Reserve profile is copied there, for callgrind_annotate or
+# (a path: the last round's longer Reserve profile is copied there, for callgrind_annotate or
 # kcachegrind).
 #
 # The server runs under callgrind on a fresh SQLite file, with instrumentation off until a
-# phase starts. After one warm-up run of every phase, each round measures each phase alone:
-# counters zeroed, instrumentation on, blangko-bench for SECONDS, instrumentation off, counters
-# dumped. Instructions per call = the dump's total / the calls blangko-bench counted. Every
-# Reserve run uses NIKs of its own (--nik-offset), so every Reserve makes a new reservation.
+# phase starts. After one warm-up run of every phase, each round measures each phase alone,
+# twice: counters zeroed, instrumentation on, blangko-bench for SECONDS (then for twice as
+# long), instrumentation off, counters dumped. Both runs pay the same set-up, connections and
+# invariant check, so instructions per call = the difference of the two totals / the difference
+# of the calls blangko-bench counted. Every run uses NIKs of its own (--nik-offset), so every
+# Reserve makes a new reservation.
 #
 # What it counts and what it does not:
 # - user-space instructions of the whole server process (every thread: gRPC, the Reserve batch
@@ -59,8 +61,8 @@ echo "server under callgrind: $addr (pid $pid); $seconds s per phase, $concurren
 
 # One run of blangko-bench; prints its output, fails on an error or a broken invariant.
 run_bench() {
-  local phase=$1 offset=$2 out
-  out=$("$bench" --server "http://$addr" --seconds "$seconds" --concurrency "$concurrency" \
+  local phase=$1 secs=$2 offset=$3 out
+  out=$("$bench" --server "http://$addr" --seconds "$secs" --concurrency "$concurrency" \
     --service-points "$service_points" --phases "$phase" --nik-offset "$offset" 2>&1) || {
     echo "$out" >&2
     return 1
@@ -69,28 +71,41 @@ run_bench() {
   echo "$out"
 }
 
-# Warm-up: connections, statement caches, the first quota rows of the day.
-run_bench "$phases" 0 > /dev/null
-
-declare -A sum_per_call
+# One instrumented run of one phase: sets $calls (the phase's calls), $total (the server's
+# instructions over the whole run) and $file (its profile).
 dump=0
-printf '%-8s %5s %9s %14s %12s\n' phase round calls instructions "per call"
+measure() {
+  local phase=$1 secs=$2 offset=$3 out
+  callgrind_control -z "$pid" &> /dev/null
+  callgrind_control -i on "$pid" &> /dev/null
+  out=$(run_bench "$phase" "$secs" "$offset")
+  callgrind_control -i off "$pid" &> /dev/null
+  dump=$((dump + 1))
+  callgrind_control -d "$phase-$dump" "$pid" &> /dev/null
+  file="$work/callgrind.out.$dump"
+  for _ in $(seq 1 100); do [[ -s "$file" ]] && break; sleep 0.1; done
+  calls=$(awk -v p="$phase" '$1 == p { for (i = 1; i <= NF; i++) if ($i == "ok") print $(i + 1) }' <<< "$out")
+  total=$(callgrind_annotate "$file" 2> /dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  [[ -n "$calls" && "$calls" -gt 0 && -n "$total" ]] || { echo "no figures for $phase: $out" >&2; exit 1; }
+}
+
+# Warm-up: connections, statement caches, the first quota rows of the day.
+run_bench "$phases" "$seconds" 0 > /dev/null
+
+# Each run also sets up the bench offices, connects and checks the invariant at the end. A run
+# of SECONDS and one of twice as long do that alike, so the instructions per call are the
+# difference between the two runs over the difference in calls.
+declare -A sum_per_call
+printf '%-8s %5s %11s %11s %12s\n' phase round "calls (1x)" "calls (2x)" "per call"
 for round in $(seq 1 "$rounds"); do
   for phase in ${phases//,/ }; do
-    callgrind_control -z "$pid" &> /dev/null
-    callgrind_control -i on "$pid" &> /dev/null
-    out=$(run_bench "$phase" $((round * 10000000)))
-    callgrind_control -i off "$pid" &> /dev/null
-    dump=$((dump + 1))
-    callgrind_control -d "$phase-$round" "$pid" &> /dev/null
-    file="$work/callgrind.out.$dump"
-    for _ in $(seq 1 100); do [[ -s "$file" ]] && break; sleep 0.1; done
-    calls=$(awk -v p="$phase" '$1 == p { for (i = 1; i <= NF; i++) if ($i == "ok") print $(i + 1) }' <<< "$out")
-    total=$(callgrind_annotate "$file" 2> /dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
-    [[ -n "$calls" && "$calls" -gt 0 && -n "$total" ]] || { echo "no figures for $phase: $out" >&2; exit 1; }
-    per_call=$((total / calls))
+    measure "$phase" "$seconds" $((round * 10000000))
+    short_calls=$calls short_total=$total
+    measure "$phase" "$(awk -v s="$seconds" 'BEGIN { print 2 * s }')" $((round * 10000000 + 5000000))
+    (( calls > short_calls )) || { echo "$phase: the longer run made no more calls" >&2; exit 1; }
+    per_call=$(( (total - short_total) / (calls - short_calls) ))
     sum_per_call[$phase]=$(( ${sum_per_call[$phase]:-0} + per_call ))
-    printf '%-8s %5d %9d %14d %12d\n' "$phase" "$round" "$calls" "$total" "$per_call"
+    printf '%-8s %5d %11d %11d %12d\n' "$phase" "$round" "$short_calls" "$calls" "$per_call"
     if [[ "$phase" == reserve && -n "${PROFILE:-}" && "$round" == "$rounds" ]]; then
       cp "$file" "$PROFILE"
     fi
