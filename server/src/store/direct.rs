@@ -17,12 +17,12 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use rusqlite::{Connection, OpenFlags, Statement};
 
 use super::checkpoint::{self, WalState};
-use super::rows::{Columns, Value};
+use super::rows::{self, Columns, Value};
 
 /// Prepared statements kept per connection: the batch uses about twenty distinct ones.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
@@ -288,17 +288,6 @@ fn close_connection(conn: Connection, which: &str) {
     }
 }
 
-/// A cached prepared statement with `values` bound to `?1..?n` in order.
-fn bound<'c>(
-    conn: &'c Connection,
-    sql: &str,
-    values: &[Value],
-) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
-    let mut statement = conn.prepare_cached(sql)?;
-    bind(&mut statement, values)?;
-    Ok(statement)
-}
-
 fn bind(statement: &mut Statement<'_>, values: &[Value]) -> rusqlite::Result<()> {
     for (i, value) in values.iter().enumerate() {
         match value {
@@ -312,7 +301,7 @@ fn bind(statement: &mut Statement<'_>, values: &[Value]) -> rusqlite::Result<()>
 
 /// Runs a write statement; returns the rows it changed.
 pub fn execute(conn: &Connection, sql: &str, values: &[Value]) -> rusqlite::Result<usize> {
-    bound(conn, sql, values)?.raw_execute()
+    Prepared::new(conn, sql)?.execute(values)
 }
 
 /// Runs a query and maps each row.
@@ -320,15 +309,9 @@ pub fn query<T>(
     conn: &Connection,
     sql: &str,
     values: &[Value],
-    mut map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<Vec<T>> {
-    let mut statement = bound(conn, sql, values)?;
-    let mut rows = statement.raw_query();
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(map(row)?);
-    }
-    Ok(out)
+    Prepared::new(conn, sql)?.query(values, map)
 }
 
 /// Runs a query for at most one row.
@@ -338,9 +321,7 @@ pub fn query_optional<T>(
     values: &[Value],
     map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<Option<T>> {
-    let mut statement = bound(conn, sql, values)?;
-    let mut rows = statement.raw_query();
-    rows.next()?.map(map).transpose()
+    Prepared::new(conn, sql)?.query_optional(values, map)
 }
 
 /// One cached statement run many times, for a batch's rows or its per-Reserve probes: looked up
@@ -359,6 +340,21 @@ impl<'c> Prepared<'c> {
         self.0.raw_execute()
     }
 
+    /// Runs it as a query with `values` bound, and maps each row.
+    pub fn query<T>(
+        &mut self,
+        values: &[Value],
+        mut map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<Vec<T>> {
+        bind(&mut self.0, values)?;
+        let mut rows = self.0.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(map(row)?);
+        }
+        Ok(out)
+    }
+
     /// Runs it as a query for at most one row.
     pub fn query_optional<T>(
         &mut self,
@@ -369,6 +365,40 @@ impl<'c> Prepared<'c> {
         let mut rows = self.0.raw_query();
         rows.next()?.map(map).transpose()
     }
+}
+
+/// The read statements shared with sqlx's path (`rows`), with numbered placeholders, written
+/// once for every module that runs them here.
+pub struct SharedSql {
+    /// [`rows::OFFICE_BY_ID`].
+    pub office: String,
+    /// [`rows::SERVICE_POINT_BY_ID`].
+    pub service_point: String,
+    /// [`rows::QUOTA_DAY_BY_ID`].
+    pub quota_day: String,
+    /// [`rows::SERVICE_POINTS_OF_OFFICE`].
+    pub service_points_of_office: String,
+    /// [`rows::QUOTA_DAYS_OF_OFFICE`].
+    pub quota_days_of_office: String,
+    /// [`rows::OFFICE_USED_AND_WAITING`].
+    pub office_used_and_waiting: String,
+}
+
+/// See [`SharedSql`].
+pub static SHARED_SQL: LazyLock<SharedSql> = LazyLock::new(|| SharedSql {
+    office: numbered(&rows::OFFICE_BY_ID),
+    service_point: numbered(&rows::SERVICE_POINT_BY_ID),
+    quota_day: numbered(&rows::QUOTA_DAY_BY_ID),
+    service_points_of_office: numbered(&rows::SERVICE_POINTS_OF_OFFICE),
+    quota_days_of_office: numbered(&rows::QUOTA_DAYS_OF_OFFICE),
+    office_used_and_waiting: numbered(&rows::OFFICE_USED_AND_WAITING),
+});
+
+/// One office by id, as `rows::office` reads it through sqlx (without a lock).
+pub fn office(conn: &Connection, office_id: &str) -> rusqlite::Result<Option<rows::OfficeRow>> {
+    query_optional(conn, &SHARED_SQL.office, &[Value::text(office_id)], |r| {
+        rows::OfficeRow::from_row(r)
+    })
 }
 
 /// The statement text with sqlx's `$n` placeholders written as SQLite's numbered `?n`, so a

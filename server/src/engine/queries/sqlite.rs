@@ -6,8 +6,6 @@
 //! general path does (a read writes nothing). An unknown office or service point (NOT_FOUND), no
 //! free read connection or a busy database: None, and the general path answers.
 
-use std::sync::LazyLock;
-
 use blangko_proto::v1::QuotaSnapshot;
 use rusqlite::Connection;
 
@@ -17,27 +15,8 @@ use crate::engine::{
     Engine, EngineError, EngineResult, PacedFigures, QUEUE_REPORT_TTL_MS, paced_on, policy_of,
     quota_day_from, zone_of,
 };
-use crate::store::direct::{numbered, query, query_optional};
-use crate::store::rows::{self, Columns, OfficeRow, QuotaDayRow, ServicePointRow, Value};
-
-/// The statements of a snapshot, written once (shared with the general path, see `rows`).
-struct Statements {
-    office: String,
-    service_point: String,
-    quota_day: String,
-    used_and_waiting: String,
-    service_points_of_office: String,
-    quota_days_of_office: String,
-}
-
-static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
-    office: numbered(&rows::OFFICE_BY_ID),
-    service_point: numbered(&rows::SERVICE_POINT_BY_ID),
-    quota_day: numbered(&rows::QUOTA_DAY_BY_ID),
-    used_and_waiting: numbered(&rows::OFFICE_USED_AND_WAITING),
-    service_points_of_office: numbered(&rows::SERVICE_POINTS_OF_OFFICE),
-    quota_days_of_office: numbered(&rows::QUOTA_DAYS_OF_OFFICE),
-});
+use crate::store::direct::{self, SHARED_SQL as SQL, query, query_optional};
+use crate::store::rows::{Columns, QuotaDayRow, ServicePointRow, Value};
 
 impl Engine {
     /// Today's snapshot of a service point from SQLite's read connections. None: not SQLite, or
@@ -66,10 +45,7 @@ fn snapshot(
     service_point_id: &str,
     now: i64,
 ) -> EngineResult<Option<QuotaSnapshot>> {
-    let Some(office) = query_optional(conn, &SQL.office, &[Value::text(office_id)], |r| {
-        OfficeRow::from_row(r)
-    })?
-    else {
+    let Some(office) = direct::office(conn, office_id)? else {
         return Ok(None);
     };
     let point = [Value::text(office_id), Value::text(service_point_id)];
@@ -113,7 +89,7 @@ fn snapshot(
         Value::text(service_point_id),
         Value::Int(since),
     ];
-    let extras = query_optional(conn, &SQL.used_and_waiting, &figures, |r| {
+    let extras = query_optional(conn, &SQL.office_used_and_waiting, &figures, |r| {
         Ok(SnapshotExtras {
             office_used: r.int("used")?,
             waiting: r.int("waiting")?,

@@ -21,10 +21,10 @@ use super::{
 };
 use crate::engine::ledger::{self, LEDGER_COLUMNS};
 use crate::engine::{Engine, EngineError, EngineResult, QUEUE_REPORT_TTL_MS, policy_of, zone_of};
-use crate::store::direct::{self, Prepared, execute, numbered, query, query_optional};
+use crate::store::direct::{self, Prepared, SHARED_SQL, execute, numbered, query, query_optional};
 use crate::store::rows::{
-    self, Columns, OfficeRow, QuotaDayRow, RESERVATION_COLUMNS, RESERVATION_INSERT_COLUMNS,
-    ReservationRow, ServicePointRow, StoredAnswer, Value,
+    self, Columns, QuotaDayRow, RESERVATION_COLUMNS, RESERVATION_INSERT_COLUMNS, ReservationRow,
+    ServicePointRow, StoredAnswer, Value,
 };
 
 impl From<rusqlite::Error> for EngineError {
@@ -33,15 +33,12 @@ impl From<rusqlite::Error> for EngineError {
     }
 }
 
-/// The statements of a batch, written once.
+/// The statements of a batch, written once (those shared with GetQuota are in `SHARED_SQL`).
 struct Statements {
-    office: String,
     due_hold: &'static str,
-    quota_days: String,
     stored_answer: &'static str,
     live_reservation: String,
     ikd_activated: &'static str,
-    service_point: String,
     waiting: &'static str,
     counts_by_reason: &'static str,
     insert_ledger: String,
@@ -53,16 +50,13 @@ struct Statements {
 }
 
 static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
-    office: numbered(&rows::OFFICE_BY_ID),
     due_hold: "SELECT 1 FROM reservations WHERE state = 'HELD' AND expires_ms <= ?1 AND office_id = ?2 LIMIT 1",
-    quota_days: numbered(&rows::QUOTA_DAYS_OF_OFFICE),
     stored_answer: "SELECT method, fingerprint, response FROM idempotency WHERE request_id = ?1",
     // Named, as in the general path: the planner once took an index on state instead.
     live_reservation: format!(
         "SELECT {RESERVATION_COLUMNS} FROM reservations INDEXED BY reservations_one_live_per_nik_day WHERE nik_hash = ?1 AND local_date = ?2 AND state IN ('HELD', 'COMMITTED')"
     ),
     ikd_activated: "SELECT 1 FROM ikd_activations WHERE nik_hash = ?1",
-    service_point: numbered(&rows::SERVICE_POINT_BY_ID),
     waiting: "SELECT service_point_id, CAST(COALESCE(SUM(waiting), 0) AS BIGINT) AS n FROM queue_reports WHERE office_id = ?1 AND reported_ms > ?2 GROUP BY service_point_id",
     counts_by_reason: "SELECT reason, COUNT(*) AS n FROM reservations WHERE office_id = ?1 AND service_point_id = ?2 AND local_date = ?3 AND state IN ('HELD', 'COMMITTED') GROUP BY reason",
     insert_ledger: insert_one("ledger", &LEDGER_COLUMNS),
@@ -116,10 +110,7 @@ fn decide(
     jobs: &[Job],
     now: i64,
 ) -> EngineResult<Option<BatchAnswers>> {
-    let Some(office) = query_optional(conn, &SQL.office, &[Value::text(office_id)], |r| {
-        OfficeRow::from_row(r)
-    })?
-    else {
+    let Some(office) = direct::office(conn, office_id)? else {
         return Ok(None);
     };
     // Due holds are released (with their ledger entries) by the general path first.
@@ -139,7 +130,7 @@ fn decide(
     // for a stored answer and for a live reservation of its NIK.
     let mut quota_days: HashMap<String, QuotaDayRow> = query(
         conn,
-        &SQL.quota_days,
+        &SHARED_SQL.quota_days_of_office,
         &[Value::text(office_id), Value::text(&date)],
         |r| QuotaDayRow::from_row(r),
     )?
@@ -197,7 +188,7 @@ fn decide(
     for id in point_ids(jobs.iter().map(|j| &j.cmd)) {
         let Some(sp) = query_optional(
             conn,
-            &SQL.service_point,
+            &SHARED_SQL.service_point,
             &[Value::text(office_id), Value::text(id)],
             |r| ServicePointRow::from_row(r),
         )?
