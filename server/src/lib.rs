@@ -33,3 +33,27 @@ pub mod nik_key;
 pub mod overload;
 pub mod store;
 pub mod telemetry;
+
+/// Lower-case hex of `bytes`, the same text as `hex::encode`, without its iterator of `char`s
+/// (about 1% of a Reserve's server CPU under `perf`: each Reserve writes four such strings, the
+/// NIK hash, its request's fingerprint, its ledger entry's hash and its reservation id).
+pub(crate) fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for &byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lower_hex_writes_what_hex_encode_writes() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::lower_hex(&all), hex::encode(&all));
+        assert_eq!(super::lower_hex(&[]), "");
+        assert_eq!(super::lower_hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
+}

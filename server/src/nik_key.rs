@@ -82,7 +82,7 @@ impl NikKey {
         for part in parts {
             mac.update(part);
         }
-        hex::encode(mac.finalize().into_bytes())
+        crate::lower_hex(&mac.finalize().into_bytes())
     }
 }
 

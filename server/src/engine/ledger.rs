@@ -191,7 +191,7 @@ pub fn entry_hash(e: &LedgerEntry, recorded_ms: i64, local_date: &str) -> String
     field(e.counterpart_office_id.as_bytes());
     field(e.note.as_bytes());
     field(e.masked_nik.as_bytes());
-    hex::encode(h.finalize())
+    crate::lower_hex(&h.finalize())
 }
 
 /// A stored ledger row: the wire entry plus what the hash covers but the wire does not show.

@@ -261,7 +261,7 @@ pub(crate) fn new_reservation_id(now_ms: i64) -> String {
     format!(
         "R{:012x}{}",
         now_ms.max(0) & 0xffff_ffff_ffff,
-        hex::encode(bytes)
+        crate::lower_hex(&bytes)
     )
 }
 
