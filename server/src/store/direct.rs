@@ -525,6 +525,23 @@ mod tests {
         tx.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
     }
 
+    /// `.cargo/config.toml` builds the bundled SQLite with SQLITE_DEFAULT_MEMSTATUS=0; a build
+    /// that lost the setting (another config, a system SQLite) fails here, not in a benchmark.
+    #[test]
+    fn the_bundled_sqlite_keeps_no_memory_statistics() {
+        let conn = Connection::open_in_memory().unwrap();
+        let mut options = conn.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = options
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "compile options: {options:?}"
+        );
+    }
+
     #[test]
     fn reads_see_what_was_committed_and_never_write() {
         let dir = tempfile::tempdir().unwrap();
