@@ -52,7 +52,7 @@ impl NikKey {
                 .with_context(|| format!("bad NIK key file {}", path.display())),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && create => {
                 let key = NikKey::generate();
-                write_private(path, hex::encode(key.key).as_bytes())?;
+                write_private(path, crate::lower_hex(&key.key).as_bytes())?;
                 tracing::info!(path = %path.display(), "generated a new NIK hashing key");
                 Ok(key)
             }

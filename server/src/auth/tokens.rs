@@ -52,13 +52,13 @@ pub struct TokenTable {
 
 /// The hex SHA-256 of a token.
 pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    crate::lower_hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// A fresh random token.
 pub fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
-    format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
+    format!("{TOKEN_PREFIX}{}", crate::lower_hex(&bytes))
 }
 
 fn valid_name(name: &str) -> bool {
