@@ -263,6 +263,79 @@ async fn a_service_point_id_that_could_be_a_nik_is_refused() -> anyhow::Result<(
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_lists_are_refused_whole_and_errors_list_a_bounded_number_of_fields()
+-> anyhow::Result<()> {
+    // A list near the 4 MiB message limit must not be checked entry by entry (a duplicate check
+    // per entry was quadratic and held a worker for hours), nor make one violation per entry.
+    let server = TestServer::start().await?;
+    let mut stock = server.stock_client().await?;
+    fixtures::office(&mut stock, "3275", |_| {}).await?;
+    let point = |holidays: Vec<String>, policy: QuotaPolicy| UpsertServicePointRequest {
+        request_id: rid(),
+        service_point: Some(ServicePoint {
+            office_id: "3275".into(),
+            service_point_id: "mpp".into(),
+            name: "Mal Pelayanan Publik".into(),
+            kind: ServicePointKind::MainOffice as i32,
+            service_days: vec![1; 200_000],
+            holidays,
+            policy: Some(policy),
+        }),
+    };
+    let mut huge = fixtures::fixed(5);
+    huge.priority_reasons = (1..=600_000).collect();
+    huge.reason_caps = vec![ReasonCap::default(); 9];
+    let err = stock
+        .upsert_service_point(point(vec![String::new(); 100_000], huge))
+        .await
+        .expect_err("oversized lists");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let violations = blangko_e2e::field_violations(&err);
+    let fields: Vec<&str> = violations.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        fields,
+        vec![
+            "service_point.service_days",
+            "service_point.holidays",
+            "service_point.policy.priority_reasons",
+            "service_point.policy.reason_caps",
+        ]
+    );
+    assert!(
+        violations[2].1.contains("at most 16 entries, got 600000"),
+        "{violations:?}"
+    );
+    // Within the limits, every bad entry is named, up to 32 violations; the last says how many
+    // more there were.
+    let err = stock
+        .upsert_service_point(point(vec![String::new(); 64], fixtures::fixed(5)))
+        .await
+        .expect_err("64 empty holidays and 200,000 weekdays");
+    let violations = blangko_e2e::field_violations(&err);
+    assert_eq!(violations.len(), 32, "{violations:?}");
+    assert_eq!(violations[0].0, "service_point.service_days");
+    assert_eq!(violations[1].0, "service_point.holidays[0]");
+    assert!(
+        violations[31]
+            .1
+            .ends_with("(and 33 more violations, not listed: at most 32 are)"),
+        "{:?}",
+        violations[31]
+    );
+    // Nothing was recorded, and the server still answers at once.
+    let mut counter = server.counter_client().await?;
+    let listed = counter
+        .get_quota(GetQuotaRequest {
+            office_id: "3275".into(),
+            service_point_id: "mpp".into(),
+        })
+        .await
+        .expect_err("no such service point");
+    assert_eq!(listed.code(), tonic::Code::NotFound);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stock_across_offices_pages_by_office_and_filters_by_province() -> anyhow::Result<()> {
     on_each_backend(|db| async move {

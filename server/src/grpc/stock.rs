@@ -61,15 +61,11 @@ pub fn check_policy(c: &mut Checker, prefix: &str, p: &QuotaPolicy) {
             validate::MAX_WEIGHT,
         );
     }
-    let mut seen = Vec::new();
-    for (i, r) in p.priority_reasons.iter().enumerate() {
-        let field = format!("{prefix}.priority_reasons[{i}]");
-        c.enumeration::<Reason>(&field, *r, false);
-        if seen.contains(r) {
-            c.fail(&field, "is listed twice");
-        }
-        seen.push(*r);
-    }
+    check_reasons(
+        c,
+        &format!("{prefix}.priority_reasons"),
+        &p.priority_reasons,
+    );
     c.range(
         &format!("{prefix}.priority_share_percent"),
         p.priority_share_percent,
@@ -80,11 +76,9 @@ pub fn check_policy(c: &mut Checker, prefix: &str, p: &QuotaPolicy) {
         &format!("{prefix}.priority_release_local_time"),
         &p.priority_release_local_time,
     );
-    if p.reason_caps.len() > validate::MAX_REASON_CAPS {
-        c.fail(
-            &format!("{prefix}.reason_caps"),
-            format!("at most {} caps", validate::MAX_REASON_CAPS),
-        );
+    let caps_field = format!("{prefix}.reason_caps");
+    if !c.at_most(&caps_field, &p.reason_caps, validate::MAX_REASON_CAPS) {
+        return;
     }
     for (i, cap) in p.reason_caps.iter().enumerate() {
         let field = format!("{prefix}.reason_caps[{i}]");
@@ -92,21 +86,28 @@ pub fn check_policy(c: &mut Checker, prefix: &str, p: &QuotaPolicy) {
         if cap.reasons.is_empty() {
             c.fail(&format!("{field}.reasons"), "must name at least one reason");
         }
-        let mut seen = Vec::new();
-        for (j, r) in cap.reasons.iter().enumerate() {
-            let f = format!("{field}.reasons[{j}]");
-            c.enumeration::<Reason>(&f, *r, false);
-            if seen.contains(r) {
-                c.fail(&f, "is listed twice");
-            }
-            seen.push(*r);
-        }
+        check_reasons(c, &format!("{field}.reasons"), &cap.reasons);
         c.range(
             &format!("{field}.daily_cap"),
             cap.daily_cap,
             0,
             validate::MAX_DAILY_QUOTA,
         );
+    }
+}
+
+/// A list of distinct known reasons, at most [`validate::MAX_LISTED_REASONS`] long (a longer list
+/// is refused as a whole, without a violation per entry).
+fn check_reasons(c: &mut Checker, field: &str, reasons: &[i32]) {
+    if !c.at_most(field, reasons, validate::MAX_LISTED_REASONS) {
+        return;
+    }
+    for (i, r) in reasons.iter().enumerate() {
+        let entry = format!("{field}[{i}]");
+        c.enumeration::<Reason>(&entry, *r, false);
+        if reasons[..i].contains(r) {
+            c.fail(&entry, "is listed twice");
+        }
     }
 }
 
@@ -205,7 +206,16 @@ impl StockService for StockApi {
         c.text("service_point.name", &sp.name, validate::MAX_NAME_CHARS);
         c.enumeration::<ServicePointKind>("service_point.kind", sp.kind, false);
         let mut days = ['0'; 7];
-        for (i, d) in sp.service_days.iter().enumerate() {
+        let days_listed = if c.at_most(
+            "service_point.service_days",
+            &sp.service_days,
+            validate::MAX_SERVICE_DAYS,
+        ) {
+            sp.service_days.as_slice()
+        } else {
+            &[]
+        };
+        for (i, d) in days_listed.iter().enumerate() {
             let field = format!("service_point.service_days[{i}]");
             c.enumeration::<Weekday>(&field, *d, false);
             if (1..=7).contains(d) {
@@ -215,14 +225,17 @@ impl StockService for StockApi {
         if sp.service_days.is_empty() {
             days = ['1', '1', '1', '1', '1', '0', '0'];
         }
-        if sp.holidays.len() > validate::MAX_HOLIDAYS {
-            c.fail(
-                "service_point.holidays",
-                format!("at most {}", validate::MAX_HOLIDAYS),
-            );
-        }
+        let holidays_listed = if c.at_most(
+            "service_point.holidays",
+            &sp.holidays,
+            validate::MAX_HOLIDAYS,
+        ) {
+            sp.holidays.as_slice()
+        } else {
+            &[]
+        };
         let mut holidays = Vec::new();
-        for (i, h) in sp.holidays.iter().enumerate() {
+        for (i, h) in holidays_listed.iter().enumerate() {
             let field = format!("service_point.holidays[{i}]");
             if h.is_empty() {
                 c.fail(&field, "must be a date YYYY-MM-DD");

@@ -35,11 +35,20 @@ pub const MAX_HOLD_TTL_SECS: u32 = 86_400;
 pub const MAX_HORIZON_DAYS: u32 = 60;
 /// Longest queue a counter may report.
 pub const MAX_WAITING: u32 = 100_000;
+/// Most entries in a list of reasons (priority reasons, a cap's reasons): more than there are
+/// reasons, so a longer list can only repeat one or name one that does not exist.
+pub const MAX_LISTED_REASONS: usize = 16;
+/// Most entries in a service point's list of weekdays.
+pub const MAX_SERVICE_DAYS: usize = 7;
+/// Most field violations one error lists; the last one says how many more there were.
+pub const MAX_VIOLATIONS: usize = 32;
 
-/// Collects field violations.
+/// Collects field violations (at most [`MAX_VIOLATIONS`] of them).
 #[derive(Default)]
 pub struct Checker {
     violations: Vec<FieldViolation>,
+    /// Violations past the limit, counted but not kept.
+    dropped: usize,
 }
 
 impl Checker {
@@ -48,19 +57,43 @@ impl Checker {
         Checker::default()
     }
 
-    /// Records a violation.
+    /// Records a violation; past [`MAX_VIOLATIONS`] it is only counted.
     pub fn fail(&mut self, field: &str, description: impl Into<String>) {
-        self.violations
-            .push(FieldViolation::new(field, description));
+        if self.violations.len() < MAX_VIOLATIONS {
+            self.violations
+                .push(FieldViolation::new(field, description));
+        } else {
+            self.dropped += 1;
+        }
     }
 
     /// Ok when nothing was recorded.
-    pub fn finish(self) -> Result<(), EngineError> {
+    pub fn finish(mut self) -> Result<(), EngineError> {
         if self.violations.is_empty() {
-            Ok(())
-        } else {
-            Err(EngineError::Invalid(self.violations))
+            return Ok(());
         }
+        if self.dropped > 0 {
+            let dropped = self.dropped;
+            if let Some(last) = self.violations.last_mut() {
+                last.description.push_str(&format!(
+                    " (and {dropped} more violations, not listed: at most {MAX_VIOLATIONS} are)"
+                ));
+            }
+        }
+        Err(EngineError::Invalid(self.violations))
+    }
+
+    /// A repeated field of at most `max` entries. False (and one violation) when it is longer:
+    /// its entries are then not checked one by one.
+    pub fn at_most<T>(&mut self, field: &str, list: &[T], max: usize) -> bool {
+        if list.len() > max {
+            self.fail(
+                field,
+                format!("must have at most {max} entries, got {}", list.len()),
+            );
+            return false;
+        }
+        true
     }
 
     /// A required text of 1..=max characters without control characters.
