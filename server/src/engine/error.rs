@@ -53,6 +53,10 @@ pub enum EngineError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database busy or unreachable, met by another call of the same batch (that call keeps
+    /// the source error): UNAVAILABLE with RetryInfo, as for the first call.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// A broken invariant or corrupt stored data: a bug, reported as INTERNAL.
     #[error("internal error: {0}")]
     Internal(String),
@@ -76,6 +80,51 @@ impl EngineError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, EngineError::Database(err) if crate::store::is_retryable(err))
     }
+
+    /// The failure of a whole batch, once for each of its `calls`: every call gets the same
+    /// status class (a busy database is UNAVAILABLE for all of them, so that clients retry), and
+    /// the first keeps the source error.
+    pub fn for_each_call(self, calls: usize) -> Vec<EngineError> {
+        let mut answers: Vec<EngineError> = (1..calls).map(|_| self.same_for_another()).collect();
+        if calls > 0 {
+            answers.insert(0, self);
+        }
+        answers
+    }
+
+    fn same_for_another(&self) -> EngineError {
+        match self {
+            EngineError::Invalid(violations) => EngineError::Invalid(violations.clone()),
+            EngineError::NotFound { kind, id } => EngineError::NotFound {
+                kind,
+                id: id.clone(),
+            },
+            EngineError::FailedPrecondition { reason, message } => {
+                EngineError::FailedPrecondition {
+                    reason,
+                    message: message.clone(),
+                }
+            }
+            EngineError::AlreadyExists { reason, message } => EngineError::AlreadyExists {
+                reason,
+                message: message.clone(),
+            },
+            EngineError::Database(err) if is_unavailable(err) => {
+                EngineError::Unavailable(err.to_string())
+            }
+            EngineError::Database(err) => EngineError::Internal(format!("database error: {err}")),
+            EngineError::Unavailable(text) => EngineError::Unavailable(text.clone()),
+            EngineError::Internal(text) => EngineError::Internal(text.clone()),
+        }
+    }
+}
+
+/// A database failure that waiting may cure: no free connection, the pool closing, I/O.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+    )
 }
 
 /// Engine result.

@@ -32,7 +32,7 @@ use chrono::NaiveDate;
 use prost::Message;
 use sqlx::AnyConnection;
 
-pub use error::{EngineError, EngineResult, FieldViolation};
+pub use error::{EngineError, EngineResult, FieldViolation, is_unavailable};
 
 use crate::clock::Clock;
 use crate::domain::calendar::{OfficeZone, ServiceCalendar, format_local_date, parse_local_date};

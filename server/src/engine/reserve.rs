@@ -262,23 +262,9 @@ impl Engine {
                 }
             }
             Err(err) => {
-                let text = err.to_string();
-                tracing::warn!(office = %office_id, error = %text, "reservation batch failed");
-                let not_found = match &err {
-                    EngineError::NotFound { kind, id } => Some((*kind, id.clone())),
-                    _ => None,
-                };
-                let mut first = Some(err);
-                for job in jobs {
-                    let e = match (&not_found, first.take()) {
-                        (Some((kind, id)), _) => EngineError::NotFound {
-                            kind,
-                            id: id.clone(),
-                        },
-                        (None, Some(e)) => e,
-                        // The same failure for the others (only the first keeps the source).
-                        (None, None) => EngineError::Internal(text.clone()),
-                    };
+                tracing::warn!(office = %office_id, error = %err, "reservation batch failed");
+                let answers = err.for_each_call(jobs.len());
+                for (job, e) in jobs.into_iter().zip(answers) {
                     let _ = job.reply.send(Err(e));
                 }
             }

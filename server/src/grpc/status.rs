@@ -41,6 +41,10 @@ impl From<EngineError> for Status {
                 ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
             ),
             EngineError::Database(db) => database_status(&db),
+            EngineError::Unavailable(text) => {
+                tracing::debug!(error = %text, "database unavailable (shared by a batch)");
+                unavailable()
+            }
             EngineError::Internal(message) => {
                 tracing::error!(%message, "internal error");
                 Status::internal("internal error; the operators have the details in the server log")
@@ -52,20 +56,22 @@ impl From<EngineError> for Status {
 /// A database failure: UNAVAILABLE with RetryInfo when waiting may help (no free connection, the
 /// database unreachable), INTERNAL otherwise. The database's own text goes to the log only.
 fn database_status(err: &sqlx::Error) -> Status {
-    match err {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            tracing::warn!(error = %err, "database unavailable");
-            Status::with_error_details(
-                Code::Unavailable,
-                "the database is busy or unreachable; retry with the same request_id",
-                ErrorDetails::with_retry_info(Some(Duration::from_millis(200))),
-            )
-        }
-        other => {
-            tracing::error!(error = %other, "database error");
-            Status::internal("database error; the operators have the details in the server log")
-        }
+    if crate::engine::is_unavailable(err) {
+        tracing::warn!(error = %err, "database unavailable");
+        unavailable()
+    } else {
+        tracing::error!(error = %err, "database error");
+        Status::internal("database error; the operators have the details in the server log")
     }
+}
+
+/// UNAVAILABLE with a retry hint: the database is busy or unreachable.
+fn unavailable() -> Status {
+    Status::with_error_details(
+        Code::Unavailable,
+        "the database is busy or unreachable; retry with the same request_id",
+        ErrorDetails::with_retry_info(Some(Duration::from_millis(200))),
+    )
 }
 
 fn describe(violations: &[crate::engine::FieldViolation]) -> String {
@@ -107,4 +113,56 @@ pub fn timed_out(timeout: Duration) -> Status {
         ),
         ErrorDetails::with_error_info(REQUEST_TIMEOUT, ERROR_DOMAIN, HashMap::new()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What each call of a failed batch of three gets.
+    fn codes_of_a_batch_failing_with(err: EngineError) -> Vec<(Code, bool)> {
+        err.for_each_call(3)
+            .into_iter()
+            .map(Status::from)
+            .map(|s| (s.code(), s.get_details_retry_info().is_some()))
+            .collect()
+    }
+
+    #[test]
+    fn every_call_of_a_batch_that_met_a_busy_database_is_told_to_retry() {
+        // Clients retry UNAVAILABLE only: the other calls of the batch must not get INTERNAL.
+        for err in [sqlx::Error::PoolTimedOut, sqlx::Error::PoolClosed] {
+            assert_eq!(
+                codes_of_a_batch_failing_with(EngineError::Database(err)),
+                vec![(Code::Unavailable, true); 3]
+            );
+        }
+        let io = std::io::Error::other("disk gone");
+        assert_eq!(
+            codes_of_a_batch_failing_with(EngineError::Database(sqlx::Error::Io(io))),
+            vec![(Code::Unavailable, true); 3]
+        );
+    }
+
+    #[test]
+    fn every_call_of_a_failed_batch_gets_the_same_status_class() {
+        let not_found = EngineError::NotFound {
+            kind: "office",
+            id: "3275".into(),
+        };
+        assert_eq!(
+            codes_of_a_batch_failing_with(not_found),
+            vec![(Code::NotFound, false); 3]
+        );
+        let broken = EngineError::Database(sqlx::Error::RowNotFound);
+        assert_eq!(
+            codes_of_a_batch_failing_with(broken),
+            vec![(Code::Internal, false); 3]
+        );
+        assert!(
+            EngineError::Internal("x".into())
+                .for_each_call(0)
+                .is_empty()
+        );
+    }
 }
