@@ -451,3 +451,78 @@ async fn a_call_past_the_request_timeout_gets_deadline_exceeded_and_its_retry_on
     })
     .await
 }
+
+/// The next snapshot of a watch stream, within 10 s.
+async fn next_quota(
+    stream: &mut tonic::Streaming<WatchQuotaResponse>,
+) -> anyhow::Result<QuotaSnapshot> {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("no snapshot within 10 s"))?
+        .transpose()?
+        .and_then(|w| w.quota)
+        .ok_or_else(|| anyhow::anyhow!("the stream ended"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_max_watchers_a_stream_is_refused_with_retry_info_and_a_freed_slot_serves_again()
+-> anyhow::Result<()> {
+    let server =
+        TestServer::start_on(TestDatabase::sqlite().await?, &["--max-watchers", "2"]).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "mpp", QUOTA, 100).await?;
+    let mut counter = server.counter_client().await?;
+    let watch = || WatchQuotaRequest {
+        office_id: "3275".into(),
+        service_point_id: "mpp".into(),
+    };
+    let mut first = counter.watch_quota(watch()).await?.into_inner();
+    next_quota(&mut first).await?;
+    let mut second = counter.watch_quota(watch()).await?.into_inner();
+    next_quota(&mut second).await?;
+    let refused = counter
+        .watch_quota(watch())
+        .await
+        .expect_err("a third stream past --max-watchers 2");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(error_reason(&refused).as_deref(), Some("TOO_MANY_WATCHERS"));
+    let retry = refused
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .ok_or_else(|| anyhow::anyhow!("no RetryInfo delay: {refused:?}"))?;
+    assert!(retry > Duration::ZERO);
+
+    // Streams closed and opened again, many times over: each new stream still hears of a
+    // change (its service point's refresher must not have left with the old streams).
+    drop(first);
+    let mut n = 0;
+    for round in 0..20 {
+        drop(second);
+        let mut stream = loop {
+            // The server notices a closed stream a moment later: its slot is free by then.
+            match counter.watch_quota(watch()).await {
+                Ok(s) => break s.into_inner(),
+                Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let before = next_quota(&mut stream).await?.held;
+        if round % 4 == 0 {
+            counter.reserve(reserve_request("3275", "mpp", n)).await?;
+            n += 1;
+            let mut held = before;
+            while held <= before {
+                held = next_quota(&mut stream).await?.held;
+            }
+            assert_eq!(held, n, "round {round}");
+        }
+        second = stream;
+    }
+    Ok(())
+}

@@ -53,6 +53,17 @@ pub enum EngineError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A bounded resource of this server is full (it sheds the call): RESOURCE_EXHAUSTED with
+    /// ErrorInfo `reason` and RetryInfo `retry_after`.
+    #[error("{message}")]
+    Exhausted {
+        /// Machine-readable reason, e.g. "TOO_MANY_WATCHERS".
+        reason: &'static str,
+        /// For people.
+        message: String,
+        /// When trying again may succeed.
+        retry_after: std::time::Duration,
+    },
     /// The database busy or unreachable, met by another call of the same batch (that call keeps
     /// the source error): UNAVAILABLE with RetryInfo, as for the first call.
     #[error("database unavailable: {0}")]
@@ -108,6 +119,15 @@ impl EngineError {
             EngineError::AlreadyExists { reason, message } => EngineError::AlreadyExists {
                 reason,
                 message: message.clone(),
+            },
+            EngineError::Exhausted {
+                reason,
+                message,
+                retry_after,
+            } => EngineError::Exhausted {
+                reason,
+                message: message.clone(),
+                retry_after: *retry_after,
             },
             EngineError::Database(err) if is_unavailable(err) => {
                 EngineError::Unavailable(err.to_string())

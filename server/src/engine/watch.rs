@@ -50,10 +50,7 @@ impl WatchHub {
 
     /// Watchers connected now.
     pub fn watcher_count(&self) -> usize {
-        self.lock()
-            .values()
-            .map(|c| c.sender.receiver_count())
-            .sum()
+        count(&self.lock())
     }
 
     /// Marks every watched service point of `office_id` as changed.
@@ -73,6 +70,13 @@ impl WatchHub {
     }
 }
 
+fn count(channels: &HashMap<Key, Channel>) -> usize {
+    channels.values().map(|c| c.sender.receiver_count()).sum()
+}
+
+/// How long a watcher refused for the limit is told to wait before it tries again.
+pub const WATCHERS_FULL_RETRY: Duration = Duration::from_secs(5);
+
 impl Engine {
     /// Subscribes to a service point's snapshots; the receiver holds the current one at once.
     pub async fn watch_quota(
@@ -82,17 +86,19 @@ impl Engine {
     ) -> EngineResult<watch::Receiver<Option<QuotaSnapshot>>> {
         // The first snapshot also proves that the office and service point exist.
         let first = self.get_quota(office_id, service_point_id).await?;
-        if self.hub.watcher_count() >= self.hub.max_watchers {
-            return Err(EngineError::FailedPrecondition {
+        let key = (office_id.to_string(), service_point_id.to_string());
+        // Counted and subscribed under one lock, so that concurrent calls cannot pass the limit.
+        let mut channels = self.hub.lock();
+        if count(&channels) >= self.hub.max_watchers {
+            return Err(EngineError::Exhausted {
                 reason: "TOO_MANY_WATCHERS",
                 message: format!(
                     "this server already serves {} quota watchers; try another replica or later",
                     self.hub.max_watchers
                 ),
+                retry_after: WATCHERS_FULL_RETRY,
             });
         }
-        let key = (office_id.to_string(), service_point_id.to_string());
-        let mut channels = self.hub.lock();
         if let Some(channel) = channels.get(&key) {
             return Ok(channel.sender.subscribe());
         }
@@ -120,7 +126,18 @@ impl Engine {
         loop {
             tokio::select! {
                 _ = dirty.notified() => {}
-                _ = sender.closed() => break,
+                _ = sender.closed() => {
+                    // The last watcher left. A new one may have subscribed since (through the
+                    // map, under its lock): then this channel still needs its refresher.
+                    let mut channels = self.hub.lock();
+                    if sender.receiver_count() > 0 {
+                        continue;
+                    }
+                    if channels.get(&key).is_some_and(|c| c.sender.same_channel(&sender)) {
+                        channels.remove(&key);
+                    }
+                    return;
+                }
             }
             match self.get_quota(&key.0, &key.1).await {
                 Ok(snapshot) => {
@@ -131,13 +148,6 @@ impl Engine {
                 }
             }
             tokio::time::sleep(REFRESH_INTERVAL).await;
-        }
-        let mut channels = self.hub.lock();
-        if channels
-            .get(&key)
-            .is_some_and(|c| c.sender.receiver_count() == 0)
-        {
-            channels.remove(&key);
         }
     }
 }
