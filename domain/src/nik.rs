@@ -145,6 +145,43 @@ pub fn mask_digits(nik16: &str) -> String {
     }
 }
 
+/// True when `text` has a run of [`NIK_DIGITS`] or more ASCII digits: it could hold a NIK.
+pub fn has_nik_run(text: &str) -> bool {
+    let mut run = 0;
+    text.bytes().any(|b| {
+        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+        run >= NIK_DIGITS
+    })
+}
+
+/// `text` with every run of [`NIK_DIGITS`] or more ASCII digits turned into as many stars, for
+/// echoing a caller's free text (a request id, say) that might hold a NIK.
+pub fn mask_nik_runs(text: &str) -> std::borrow::Cow<'_, str> {
+    if !has_nik_run(text) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut digits = String::new();
+    let flush = |digits: &mut String, out: &mut String| {
+        if digits.len() >= NIK_DIGITS {
+            out.extend(std::iter::repeat_n('*', digits.len()));
+        } else {
+            out.push_str(digits);
+        }
+        digits.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            flush(&mut digits, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut digits, &mut out);
+    std::borrow::Cow::Owned(out)
+}
+
 /// The birth date encoded in `ddmmyy` (6 ASCII digits), or None if it is not a real date.
 ///
 /// Women have 40 added to the day. The two-digit year takes the latest century that does not
@@ -174,6 +211,27 @@ fn birth_date(ddmmyy: &str, today: NaiveDate) -> Option<NaiveDate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_of_sixteen_digits_are_found_and_masked_and_shorter_ones_kept() {
+        assert!(has_nik_run("pemohon 3275014101900001 pergi"));
+        assert!(has_nik_run("32750141019000012"));
+        assert!(!has_nik_run("327501-4101900001"));
+        assert!(!has_nik_run("nota 470/123/2026 telp 081234567890"));
+        assert_eq!(
+            mask_nik_runs("q-3275-mpp-20261129-3275014101900001"),
+            "q-3275-mpp-20261129-****************"
+        );
+        assert_eq!(
+            mask_nik_runs("a32750141019000012b1"),
+            "a*****************b1"
+        );
+        assert_eq!(mask_nik_runs("3275014101900001"), "*".repeat(16));
+        assert!(matches!(
+            mask_nik_runs("py-4f1c-2026"),
+            std::borrow::Cow::Borrowed("py-4f1c-2026")
+        ));
+    }
 
     fn date(y: i32, m: u32, d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, d).expect("test date")

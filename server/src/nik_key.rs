@@ -73,6 +73,18 @@ impl NikKey {
         self.mac(&[b"req\0", method.as_bytes(), b"\0", encoded_request])
     }
 
+    /// The form in which a caller's request id is stored and looked up: the id itself, unless it
+    /// holds a run of 16 or more digits (it could hold a NIK). Such an id is kept as `#` and its
+    /// keyed hash instead, so that no NIK is stored even when a client builds its request ids
+    /// from one, and retries still find their first answer.
+    pub fn request_key(&self, request_id: String) -> String {
+        if crate::domain::nik::has_nik_run(&request_id) {
+            format!("#{}", self.mac(&[b"request-id\0", request_id.as_bytes()]))
+        } else {
+            request_id
+        }
+    }
+
     fn mac(&self, parts: &[&[u8]]) -> String {
         // HMAC accepts keys of any length, so this cannot fail for our 32-byte key.
         let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(&self.key) {
@@ -114,6 +126,19 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_that_could_hold_a_nik_are_kept_as_a_keyed_hash() {
+        let key = NikKey::generate();
+        let plain = "py-4f1c2a9e-7d3b-4c1e-9a2f-0123456789ab".to_string();
+        assert_eq!(key.request_key(plain.clone()), plain);
+        let with_nik = "q-3275-mpp-3275014101900001".to_string();
+        let stored = key.request_key(with_nik.clone());
+        assert!(stored.starts_with('#') && stored.len() == 65, "{stored}");
+        assert!(!stored.contains("3275014101900001"));
+        assert_eq!(key.request_key(with_nik.clone()), stored, "a retry finds it");
+        assert_ne!(NikKey::generate().request_key(with_nik), stored, "keyed");
+    }
 
     #[test]
     fn the_same_key_gives_the_same_hash_and_another_key_another() {

@@ -312,3 +312,97 @@ async fn nik_hashes_are_purged_after_the_retention_period_and_the_counts_stay() 
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nik_typed_into_a_request_id_a_note_or_an_id_is_neither_stored_nor_echoed()
+-> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let dir = db.dir.path().to_path_buf();
+    let mut server = TestServer::spawn_process_on(db.clone(), &["--log", "debug"]).await?;
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    office_with_point(&mut stock, "3275", "main", 8, 100).await?;
+    let applicant = nik(7);
+    let other = nik(8);
+    let niks = vec![applicant.clone(), other.clone()];
+
+    // A client that builds its request ids from the NIK: served, and its retry replays.
+    let mut request = reserve_request("3275", "main", 7);
+    request.request_id = format!("q-3275-main-{applicant}");
+    let first = reservation_of(counter.reserve(request.clone()).await?.into_inner())?;
+    let again = reservation_of(counter.reserve(request.clone()).await?.into_inner())?;
+    assert_eq!(again.reservation_id, first.reservation_id);
+    assert!(again.replayed);
+    // The same id for another applicant: ALREADY_EXISTS, without either NIK in it.
+    let mut reused = request.clone();
+    reused.nik = other.clone();
+    let mut errors = vec![
+        counter
+            .reserve(reused)
+            .await
+            .expect_err("a request id used for another applicant"),
+    ];
+    assert_eq!(
+        errors[0].code(),
+        tonic::Code::AlreadyExists,
+        "{:?}",
+        errors[0]
+    );
+
+    // A NIK in a note that the ledger would keep: refused, naming the field.
+    let refused = counter
+        .cancel_reservation(CancelReservationRequest {
+            request_id: rid(),
+            reservation_id: first.reservation_id.clone(),
+            note: format!("pemohon {other} minta batal"),
+        })
+        .await
+        .expect_err("a NIK in the note");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let fields: Vec<String> = blangko_e2e::field_violations(&refused)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    assert_eq!(fields, vec!["note"]);
+    errors.push(refused);
+    // A NIK typed where a reservation id goes: NOT_FOUND, the id not echoed.
+    let not_found = counter
+        .commit_reservation(CommitReservationRequest {
+            request_id: rid(),
+            reservation_id: other.clone(),
+        })
+        .await
+        .expect_err("no such reservation");
+    assert_eq!(not_found.code(), tonic::Code::NotFound, "{not_found:?}");
+    errors.push(not_found);
+    for status in &errors {
+        for n in &niks {
+            assert!(!status.message().contains(n.as_str()), "{status:?}");
+            assert!(!format!("{:?}", status.details()).contains(n.as_str()));
+        }
+    }
+    // The hold is still there, uncancelled.
+    let listed = counter
+        .list_reservations(ListReservationsRequest {
+            office_id: "3275".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(listed.reservations.len(), 1);
+    assert_eq!(listed.reservations[0].state(), ReservationState::Held);
+
+    let leaks = files_containing(&dir, &niks)?;
+    for line in server
+        .log()
+        .lines()
+        .filter(|l| niks.iter().any(|n| l.contains(n.as_str())))
+    {
+        println!("LEAK {line}");
+    }
+    assert!(leaks.is_empty(), "NIK found while running: {leaks:?}");
+    assert!(server.stop().await?);
+    let leaks = files_containing(&dir, &niks)?;
+    assert!(leaks.is_empty(), "NIK found after stop: {leaks:?}");
+    Ok(())
+}

@@ -11,7 +11,7 @@ use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
 use super::validate::{self, Checker};
-use super::{allow_on_reservation, allow_role, fingerprint, nik_today};
+use super::{allow_on_reservation, allow_role, fingerprint, nik_today, request_key};
 use crate::auth::layer::caller;
 use crate::auth::{Rpc, Scope};
 use crate::engine::Engine;
@@ -49,7 +49,7 @@ impl CounterApi {
         let nik = check_reserve(&r, nik_today(&self.engine))?;
         let cmd = ReserveCommand {
             fingerprint: fingerprint(&self.engine, "Reserve", &r),
-            request_id: r.request_id,
+            request_id: request_key(&self.engine, r.request_id),
             office_id: r.office_id,
             service_point_id: r.service_point_id,
             counter_id: r.counter_id,
@@ -108,7 +108,12 @@ impl CounterService for CounterApi {
         let fp = fingerprint(&self.engine, "CommitReservation", &r);
         Ok(Response::new(
             self.engine
-                .commit(&r.request_id, &r.reservation_id, &principal, &fp)
+                .commit(
+                    &request_key(&self.engine, r.request_id),
+                    &r.reservation_id,
+                    &principal,
+                    &fp,
+                )
                 .await?,
         ))
     }
@@ -123,7 +128,7 @@ impl CounterService for CounterApi {
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         c.id("reservation_id", &r.reservation_id, validate::MAX_ID_CHARS);
-        c.optional_text("note", &r.note, validate::MAX_NOTE_CHARS);
+        c.ledger_text("note", &r.note, validate::MAX_NOTE_CHARS, true);
         c.finish()?;
         allow_on_reservation(
             &self.engine,
@@ -136,7 +141,13 @@ impl CounterService for CounterApi {
         let fp = fingerprint(&self.engine, "CancelReservation", &r);
         Ok(Response::new(
             self.engine
-                .cancel(&r.request_id, &r.reservation_id, &r.note, &principal, &fp)
+                .cancel(
+                    &request_key(&self.engine, r.request_id.clone()),
+                    &r.reservation_id,
+                    &r.note,
+                    &principal,
+                    &fp,
+                )
                 .await?,
         ))
     }
@@ -156,12 +167,13 @@ impl CounterService for CounterApi {
             c.id("reservation_id", &r.reservation_id, validate::MAX_ID_CHARS);
         }
         c.enumeration::<SpoilageReason>("reason", r.reason, false);
-        c.optional_text(
+        c.ledger_text(
             "destruction_report_reference",
             &r.destruction_report_reference,
             validate::MAX_REFERENCE_CHARS,
+            true,
         );
-        c.optional_text("note", &r.note, validate::MAX_NOTE_CHARS);
+        c.ledger_text("note", &r.note, validate::MAX_NOTE_CHARS, true);
         c.finish()?;
         if !r.reservation_id.is_empty() {
             allow_on_reservation(
@@ -175,7 +187,7 @@ impl CounterService for CounterApi {
         let principal = who.name;
         let cmd = SpoilCommand {
             fingerprint: fingerprint(&self.engine, "ReportSpoiledBlank", &r),
-            request_id: r.request_id,
+            request_id: request_key(&self.engine, r.request_id),
             office_id: r.office_id,
             reservation_id: r.reservation_id,
             reason: r.reason,
@@ -213,7 +225,7 @@ impl CounterService for CounterApi {
         };
         let cmd = IkdActivationCommand {
             fingerprint: fingerprint(&self.engine, "RecordIkdActivation", &r),
-            request_id: r.request_id,
+            request_id: request_key(&self.engine, r.request_id),
             office_id: r.office_id,
             service_point_id: r.service_point_id,
             counter_id: r.counter_id,

@@ -19,6 +19,11 @@ pub fn fingerprint<M: Message>(engine: &Arc<Engine>, method: &str, message: &M) 
     engine.nik_key.fingerprint(method, &message.encode_to_vec())
 }
 
+/// A request's `request_id` as the engine stores it (see [`crate::nik_key::NikKey::request_key`]).
+pub fn request_key(engine: &Engine, request_id: String) -> String {
+    engine.nik_key.request_key(request_id)
+}
+
 /// The latest local date anywhere in Indonesia (WIT), the "today" a NIK's birth date may not pass.
 pub fn nik_today(engine: &Engine) -> chrono::NaiveDate {
     crate::domain::calendar::OfficeZone::Wit.local_date(engine.clock.now_ms())

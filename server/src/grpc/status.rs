@@ -25,11 +25,15 @@ impl From<EngineError> for Status {
                 );
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
-            EngineError::NotFound { kind, id } => Status::with_error_details(
-                Code::NotFound,
-                format!("{kind} '{id}' not found"),
-                ErrorDetails::with_resource_info(kind, id, "", "no such resource"),
-            ),
+            EngineError::NotFound { kind, id } => {
+                // The id comes from the caller: a NIK typed into it is not echoed.
+                let id = crate::domain::nik::mask_nik_runs(&id).into_owned();
+                Status::with_error_details(
+                    Code::NotFound,
+                    format!("{kind} '{id}' not found"),
+                    ErrorDetails::with_resource_info(kind, id, "", "no such resource"),
+                )
+            }
             EngineError::FailedPrecondition { reason, message } => Status::with_error_details(
                 Code::FailedPrecondition,
                 message,

@@ -35,7 +35,7 @@ impl StockApi {
 
     fn meta<M: Message>(&self, method: &str, request_id: &str, principal: String, m: &M) -> Meta {
         Meta {
-            request_id: request_id.to_string(),
+            request_id: self.engine.nik_key.request_key(request_id.to_string()),
             principal,
             fingerprint: fingerprint(&self.engine, method, m),
         }
@@ -279,8 +279,13 @@ impl StockService for StockApi {
         c.request_id(&r.request_id);
         c.office_id("office_id", &r.office_id);
         c.range("quantity", r.quantity, 1, validate::MAX_MOVEMENT);
-        c.text("reference", &r.reference, validate::MAX_REFERENCE_CHARS);
-        c.optional_text("note", &r.note, validate::MAX_NOTE_CHARS);
+        c.ledger_text(
+            "reference",
+            &r.reference,
+            validate::MAX_REFERENCE_CHARS,
+            false,
+        );
+        c.ledger_text("note", &r.note, validate::MAX_NOTE_CHARS, true);
         c.finish()?;
         let meta = self.meta("RecordShipment", &r.request_id, principal, &r);
         Ok(Response::new(
@@ -306,8 +311,13 @@ impl StockService for StockApi {
             c.fail("to_office_id", "must differ from from_office_id");
         }
         c.range("quantity", r.quantity, 1, validate::MAX_MOVEMENT);
-        c.optional_text("reference", &r.reference, validate::MAX_REFERENCE_CHARS);
-        c.optional_text("note", &r.note, validate::MAX_NOTE_CHARS);
+        c.ledger_text(
+            "reference",
+            &r.reference,
+            validate::MAX_REFERENCE_CHARS,
+            true,
+        );
+        c.ledger_text("note", &r.note, validate::MAX_NOTE_CHARS, true);
         c.finish()?;
         let meta = self.meta("TransferStock", &r.request_id, principal, &r);
         Ok(Response::new(
@@ -342,7 +352,7 @@ impl StockService for StockApi {
             0,
             validate::MAX_COUNTED,
         );
-        c.text("note", &r.note, validate::MAX_NOTE_CHARS);
+        c.ledger_text("note", &r.note, validate::MAX_NOTE_CHARS, false);
         c.finish()?;
         let meta = self.meta("AdjustStock", &r.request_id, principal, &r);
         Ok(Response::new(

@@ -140,16 +140,28 @@ impl Checker {
     /// An id that is published (metrics labels, logs, the public notice) must not look like a
     /// NIK: no run of 16 or more digits.
     pub fn not_nik_shaped(&mut self, field: &str, value: &str) {
-        let mut run = 0;
-        for b in value.bytes() {
-            run = if b.is_ascii_digit() { run + 1 } else { 0 };
-            if run >= 16 {
-                self.fail(
-                    field,
-                    "must not contain 16 or more digits in a row (it could be a NIK, and this id is published in metrics and logs)",
-                );
-                return;
-            }
+        if crate::domain::nik::has_nik_run(value) {
+            self.fail(
+                field,
+                "must not contain 16 or more digits in a row (it could be a NIK, and this id is published in metrics and logs)",
+            );
+        }
+    }
+
+    /// A note or reference kept in the ledger (for good: the hash chain cannot be rewritten) and
+    /// shown to agencies: 0..=max characters, and no run of 16 or more digits, which could be a
+    /// NIK. Required unless `optional`.
+    pub fn ledger_text(&mut self, field: &str, value: &str, max: usize, optional: bool) {
+        if optional {
+            self.optional_text(field, value, max);
+        } else {
+            self.text(field, value, max);
+        }
+        if crate::domain::nik::has_nik_run(value) {
+            self.fail(
+                field,
+                "must not contain 16 or more digits in a row (it could be a NIK, and the ledger keeps this text for good); write the masked NIK or the reservation id instead",
+            );
         }
     }
 
