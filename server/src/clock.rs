@@ -25,7 +25,9 @@ impl SystemClock {
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        chrono::Utc::now().timestamp_millis() + self.offset_ms
+        chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_add(self.offset_ms)
     }
 }
 

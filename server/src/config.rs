@@ -93,11 +93,13 @@ pub struct Config {
 
     /// Shift the server's clock by this many seconds (drills and tests of a later hour or day;
     /// leave 0 in production).
+    /// At most ten years either way ([`MAX_CLOCK_OFFSET_SECS`]).
     #[arg(
         long,
         env = "BLANGKO_CLOCK_OFFSET_SECS",
         default_value_t = 0,
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = clap::value_parser!(i64).range(-MAX_CLOCK_OFFSET_SECS..=MAX_CLOCK_OFFSET_SECS)
     )]
     pub clock_offset_secs: i64,
 
@@ -238,6 +240,10 @@ impl Config {
         Config::parse_from(["blangko-server"])
     }
 }
+
+/// The largest shift `--clock-offset-secs` allows either way: ten years (3,653 days). Past
+/// year 9999 the server could not write a local date at all.
+pub const MAX_CLOCK_OFFSET_SECS: i64 = 3_653 * 86_400;
 
 /// Most WatchQuota streams `--max-watchers` may allow.
 pub const MAX_WATCHERS_LIMIT: usize = 100_000;

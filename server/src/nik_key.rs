@@ -136,7 +136,11 @@ mod tests {
         let stored = key.request_key(with_nik.clone());
         assert!(stored.starts_with('#') && stored.len() == 65, "{stored}");
         assert!(!stored.contains("3275014101900001"));
-        assert_eq!(key.request_key(with_nik.clone()), stored, "a retry finds it");
+        assert_eq!(
+            key.request_key(with_nik.clone()),
+            stored,
+            "a retry finds it"
+        );
         assert_ne!(NikKey::generate().request_key(with_nik), stored, "keyed");
     }
 

@@ -196,6 +196,27 @@ async fn help_explains_every_flag_and_its_environment_variable() -> anyhow::Resu
 }
 
 #[tokio::test]
+async fn a_clock_offset_past_ten_years_is_refused_before_anything_starts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    for offset in ["9223372036854775", "-315619201"] {
+        let output = tokio::process::Command::new(server_bin())
+            .args(["--listen", "127.0.0.1:0", "--clock-offset-secs", offset])
+            .env_remove("BLANGKO_DATABASE_URL")
+            .current_dir(dir.path())
+            .output()
+            .await?;
+        assert_eq!(output.status.code(), Some(2), "{offset}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--clock-offset-secs"), "{stderr}");
+        assert!(
+            !dir.path().join("blangko.db").exists(),
+            "nothing was created"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn zero_setup_start_creates_and_migrates_blangko_db_in_the_working_directory()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -489,6 +489,25 @@ async fn queue_reports_forecast_each_counters_share_of_what_is_left() -> anyhow:
             .await
             .expect_err("bounded");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+        // Invented counter ids cannot swell the queue without bound: 256 counters report (two
+        // already have), the next new one is refused, and a known one still reports.
+        for i in 3..=256 {
+            counter
+                .report_queue(report(&format!("loket-{i}"), 100))
+                .await?;
+        }
+        let full = counter
+            .report_queue(report("loket-257", 100))
+            .await
+            .expect_err("a 257th counter");
+        assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
+        assert_eq!(error_reason(&full).as_deref(), Some("TOO_MANY_COUNTERS"));
+        let known = counter
+            .report_queue(report("loket-2", 15))
+            .await?
+            .into_inner();
+        assert_eq!(known.quota.unwrap_or_default().waiting, 35 + 15 + 254 * 100);
         Ok(())
     })
     .await

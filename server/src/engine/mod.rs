@@ -49,6 +49,8 @@ pub const MAX_ATTEMPTS: u32 = 4;
 pub const EXPIRY_BATCH: i64 = 500;
 /// A counter's queue report counts for this long after its last refresh (DESIGN rule 12).
 pub const QUEUE_REPORT_TTL_MS: i64 = 120_000;
+/// Most counters of one service point whose queue reports count at once.
+pub const MAX_COUNTERS_PER_POINT: i64 = 256;
 /// The default priority release time, when a policy gives none.
 pub const DEFAULT_RELEASE_TIME: &str = "12:00";
 /// Service days of history for the mean daily use behind "days of cover".

@@ -119,16 +119,16 @@ pub(crate) fn snapshot_from(
         office_id: office.office_id.clone(),
         service_point_id: qd.service_point_id.clone(),
         local_date: qd.local_date.clone(),
-        quota: qd.quota as u32,
-        held: qd.held as u32,
-        committed: qd.committed as u32,
-        remaining: remaining as u32,
-        remaining_non_priority: remaining_non_priority as u32,
-        on_hand: office.on_hand as u32,
-        available: office.available().max(0) as u32,
-        office_daily_cap: office.daily_cap as u32,
-        office_used_today: input.office_used as u32,
-        waiting: extras.waiting.max(0) as u32,
+        quota: count(qd.quota),
+        held: count(qd.held),
+        committed: count(qd.committed),
+        remaining: count(remaining),
+        remaining_non_priority: count(remaining_non_priority),
+        on_hand: count(office.on_hand),
+        available: count(office.available()),
+        office_daily_cap: count(office.daily_cap),
+        office_used_today: count(input.office_used),
+        waiting: count(extras.waiting),
         mode: if policy.mode == QuotaMode::Paced as i32 {
             QuotaMode::Paced as i32
         } else {
@@ -314,12 +314,12 @@ impl Engine {
             office_id: office.office_id.clone(),
             office_name: office.name.clone(),
             province_code: office.province_code.clone(),
-            on_hand: office.on_hand as u32,
-            held: office.held as u32,
-            available: office.available().max(0) as u32,
-            today_quota: today_quota as u32,
-            today_used: today_used as u32,
-            today_committed: today_committed as u32,
+            on_hand: count(office.on_hand),
+            held: count(office.held),
+            available: count(office.available()),
+            today_quota: count(today_quota),
+            today_used: count(today_used),
+            today_committed: count(today_committed),
             mean_daily_use: mean,
             days_of_cover: cover.unwrap_or(0.0),
             has_days_of_cover: cover.is_some(),
@@ -428,5 +428,24 @@ impl Engine {
                 .collect(),
             next,
         ))
+    }
+}
+
+/// A stored count as a proto count: never negative, and a count past `u32::MAX` shows as
+/// `u32::MAX` instead of wrapping to a small number.
+fn count(value: impl Into<i128>) -> u32 {
+    u32::try_from(value.into().max(0)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_past_u32_saturate_and_negative_ones_are_zero() {
+        assert_eq!(count(7i64), 7);
+        assert_eq!(count(-3i64), 0);
+        assert_eq!(count(4_294_967_296_i64), u32::MAX, "not wrapped to 0");
+        assert_eq!(count(u64::MAX), u32::MAX);
     }
 }

@@ -13,7 +13,8 @@ use super::ledger::{self, GENESIS_HASH, NewEntry};
 use super::queries::snapshot;
 use super::reserve::check_quota_invariant;
 use super::{
-    Engine, EngineError, EngineResult, QUEUE_REPORT_TTL_MS, calendar_of, decode_answer, zone_of,
+    Engine, EngineError, EngineResult, MAX_COUNTERS_PER_POINT, QUEUE_REPORT_TTL_MS, calendar_of,
+    decode_answer, zone_of,
 };
 use crate::domain::calendar::format_local_date;
 use crate::domain::forecast::forecast;
@@ -510,6 +511,28 @@ impl Engine {
             Self::office_or_not_found(conn, office_id, "").await?;
             Self::service_point_or_not_found(conn, office_id, service_point_id).await?;
             let now = self.clock.now_ms();
+            // A bounded number of counters per service point, so that invented counter ids
+            // cannot inflate the queue that every counter's forecast divides by.
+            let others: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM queue_reports WHERE office_id = $1 AND service_point_id = $2 \
+                 AND reported_ms >= $3 AND counter_id <> $4",
+            )
+            .bind(office_id)
+            .bind(service_point_id)
+            .bind(now - QUEUE_REPORT_TTL_MS)
+            .bind(counter_id)
+            .fetch_one(&mut *conn)
+            .await?;
+            if others >= MAX_COUNTERS_PER_POINT {
+                return Err(EngineError::Exhausted {
+                    reason: "TOO_MANY_COUNTERS",
+                    message: format!(
+                        "service point {office_id}/{service_point_id} already has {MAX_COUNTERS_PER_POINT} counters reporting their queues; a report expires {} s after it was sent",
+                        QUEUE_REPORT_TTL_MS / 1000
+                    ),
+                    retry_after: std::time::Duration::from_millis(QUEUE_REPORT_TTL_MS as u64),
+                });
+            }
             rows::upsert_queue_report(
                 conn,
                 office_id,
