@@ -116,7 +116,9 @@ async fn server_info_reports_version_database_and_uptime() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn sigterm_ends_open_streams_and_exits_zero_within_the_drain_time() -> anyhow::Result<()> {
-    let mut server = TestServer::spawn_process(&["--drain-timeout-secs", "5"]).await?;
+    // A long drain time: an open stream that held the shutdown would show as a wait of a minute,
+    // far above the bound below, which a slow machine still meets with room to spare.
+    let mut server = TestServer::spawn_process(&["--drain-timeout-secs", "60"]).await?;
     let mut stock = server.stock_client().await?;
     office_with_point(&mut stock, "3275", "main", 10, 10).await?;
     let mut counter = server.counter_client().await?;
@@ -135,7 +137,10 @@ async fn sigterm_ends_open_streams_and_exits_zero_within_the_drain_time() -> any
 
     let (exit, took) = server.terminate().await?;
     assert!(exit.success(), "exit status {exit:?}\n{}", server.log());
-    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "shutdown took {took:?}: the open stream held it"
+    );
     // The open stream ended (cleanly or with a transport error), it did not hang.
     let rest = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(item) = stream.next().await {
