@@ -80,7 +80,7 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
     /// Phases to run, comma separated: health, quota, reserve.
-    #[arg(long, value_delimiter = ',', default_value = "health,quota,reserve")]
+    #[arg(long, value_delimiter = ',', default_value = "health,quota,reserve", value_parser = ["health", "quota", "reserve"])]
     phases: Vec<String>,
 }
 
@@ -308,6 +308,7 @@ async fn one_call(
                 .await?;
             Ok(None)
         }
+        // "reserve": `--phases` accepts only the three names.
         _ => {
             let n = nik_counter.fetch_add(1, Ordering::Relaxed);
             let office = office_id((n % u64::from(args.offices)) as u32);

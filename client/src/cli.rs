@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use blangko_proto::v1::{IkdStatus, Reason, SpoilageReason};
-use clap::builder::FalseyValueParser;
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, Subcommand};
 
 use crate::commands::report::ReportFormat;
@@ -78,7 +78,7 @@ pub struct Cli {
     pub lang: Lang,
 
     /// Machine output: one JSON object per result on stdout.
-    #[arg(long, env = "BLANGKO_JSON", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new(), global = true)]
+    #[arg(long, env = "BLANGKO_JSON", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new(), global = true)]
     pub json: bool,
 
     /// Time-out of one call on one server, in seconds.
@@ -295,7 +295,7 @@ pub struct QueueArgs {
     #[arg(long, env = "BLANGKO_RESULTS")]
     pub results: Option<PathBuf>,
     /// Show the forecast and tell the applicants beyond the cut-off, but reserve nothing.
-    #[arg(long, env = "BLANGKO_FORECAST_ONLY", action = ArgAction::SetTrue, value_parser = FalseyValueParser::new())]
+    #[arg(long, env = "BLANGKO_FORECAST_ONLY", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub forecast_only: bool,
     /// Wait this many milliseconds between two applicants (0: as fast as the server answers).
     #[arg(long, env = "BLANGKO_PACE_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]

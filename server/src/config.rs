@@ -60,7 +60,7 @@ pub struct Config {
 
     /// Seed demonstration offices on start (Kota Bekasi 3275, Kabupaten Bandung 3204, Kabupaten
     /// Pandeglang 3601) unless they exist.
-    #[arg(long, env = "BLANGKO_DEMO")]
+    #[arg(long, env = "BLANGKO_DEMO", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: bool,
 
     /// Longest time, in seconds, that shutdown waits for calls in flight before it exits.
@@ -111,7 +111,7 @@ pub struct Config {
 
     /// Serve without authentication on a non-loopback address (never in production: anyone who
     /// reaches the port may do everything).
-    #[arg(long, env = "BLANGKO_INSECURE_NO_AUTH")]
+    #[arg(long, env = "BLANGKO_INSECURE_NO_AUTH", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_no_auth: bool,
 
     /// TLS certificate chain (PEM). With --tls-key the server speaks only TLS.

@@ -2,7 +2,8 @@
 //!
 //! Where: `BLANGKO_TEST_DATABASE_URL` (a server the user runs; the URL's user must be allowed to
 //! create databases) or, when it is not set, a throwaway cluster started once per test binary
-//! from the installed PostgreSQL binaries (`/usr/lib/postgresql/*/bin`, or `pg_ctl` on PATH).
+//! from the installed PostgreSQL binaries (the newest `/usr/lib/postgresql/*/bin`, the Debian and
+//! Ubuntu layout).
 //! PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user and is
 //! run through `runuser`. It cannot bind port 0, so a free port is picked first. A watchdog stops
 //! the cluster when the test process ends.

@@ -217,6 +217,20 @@ async fn status_shows_health_version_and_quota_in_both_languages_and_json() -> a
     let bare = client(&[url], &["status"], None).await?;
     assert_eq!(bare.code, 0, "{bare:?}");
     assert!(!bare.stdout.contains("Kuota"), "{bare:?}");
+
+    // BLANGKO_JSON=1 is --json; a value that is no boolean is refused, not taken as "on".
+    let mut with_env = command(&[url], &["status"]);
+    with_env.env("BLANGKO_JSON", "1");
+    let output = with_env.output().await?;
+    assert_eq!(output.status.code(), Some(0));
+    let line = String::from_utf8_lossy(&output.stdout).into_owned();
+    let env_json: serde_json::Value = serde_json::from_str(line.trim())?;
+    assert_eq!(env_json["servers"][0]["health"], "SERVING");
+    let mut bad = command(&[url], &["status"]);
+    bad.env("BLANGKO_JSON", "maybe");
+    let output = bad.output().await?;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--json"));
     Ok(())
 }
 

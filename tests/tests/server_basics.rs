@@ -222,6 +222,50 @@ async fn a_clock_offset_past_ten_years_is_refused_before_anything_starts() -> an
 }
 
 #[tokio::test]
+async fn boolean_environment_variables_take_1_yes_and_on_and_refuse_anything_else()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let refused = tokio::process::Command::new(server_bin())
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("BLANGKO_DATABASE_URL")
+        .env("BLANGKO_INSECURE_NO_AUTH", "maybe")
+        .current_dir(dir.path())
+        .output()
+        .await?;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--insecure-no-auth"));
+    for yes in ["1", "yes", "on"] {
+        let dir = tempfile::tempdir()?;
+        let mut child = tokio::process::Command::new(server_bin())
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("BLANGKO_DATABASE_URL")
+            .env("BLANGKO_DEMO", yes)
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("stderr"))?;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+        let seeded = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("demo data seeded") {
+                    return Ok::<_, anyhow::Error>(true);
+                }
+            }
+            Ok(false)
+        })
+        .await??;
+        assert!(seeded, "BLANGKO_DEMO={yes} did not seed the demo offices");
+        child.start_kill()?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn zero_setup_start_creates_and_migrates_blangko_db_in_the_working_directory()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
