@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use blangko_domain::nik::{has_nik_run, mask_nik_runs};
 use blangko_proto::v1::{IkdStatus, QuotaSnapshot, Reason, reserve_response::Outcome};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -282,6 +283,18 @@ pub fn parse_queue<R: Read>(input: R, today: NaiveDate) -> Result<ParsedQueue, F
         };
         let cell = |i: usize| record.get(i).unwrap_or("");
         let ticket = cell(columns.ticket).to_string();
+        if has_nik_run(&ticket) {
+            // A NIK in the ticket column (columns in another order): it must not reach the
+            // screen, the results file or a request id.
+            parsed.bad.push(bad(
+                line,
+                &mask_nik_runs(&ticket),
+                "ticket",
+                "nomor tiket berisi 16 angka atau lebih berturut-turut (mungkin NIK): periksa urutan kolom",
+                "the ticket holds 16 or more digits in a row (it could be a NIK): check the column order",
+            ));
+            continue;
+        }
         if !ticket_ok(&ticket) {
             parsed.bad.push(bad(
                 line,
@@ -326,7 +339,7 @@ pub fn parse_queue<R: Read>(input: R, today: NaiveDate) -> Result<ParsedQueue, F
             continue;
         }
         let Some(reason) = vocab::parse_reason(cell(columns.reason)) else {
-            let given = cell(columns.reason);
+            let given = mask_nik_runs(cell(columns.reason));
             parsed.bad.push(bad(
                 line,
                 &ticket,
@@ -338,6 +351,7 @@ pub fn parse_queue<R: Read>(input: R, today: NaiveDate) -> Result<ParsedQueue, F
         };
         let ikd_text = columns.ikd.map(cell).unwrap_or("");
         let Some(ikd) = vocab::parse_ikd(ikd_text) else {
+            let ikd_text = mask_nik_runs(ikd_text);
             parsed.bad.push(bad(
                 line,
                 &ticket,
@@ -1145,6 +1159,27 @@ mod tests {
             9,
             "every data line is accounted for"
         );
+    }
+
+    #[test]
+    fn a_nik_in_the_ticket_reason_or_ikd_column_is_refused_and_never_echoed() {
+        // Unknown column names: the documented order ticket, nik, reason, ikd is assumed, but
+        // this file has the NIK first.
+        let parsed = parse(
+            "kolom1,kolom2,kolom3,kolom4\n\
+             3275014101900001,A001,perekaman-baru,aktif\n\
+             A002,3275014101900002,3275014101900012,aktif\n\
+             A003,3275014101900003,hilang,3275014101900013\n",
+        );
+        assert!(parsed.rows.is_empty(), "{parsed:?}");
+        let fields: Vec<&str> = parsed.bad.iter().map(|b| b.field.as_str()).collect();
+        assert_eq!(fields, ["ticket", "reason", "ikd"]);
+        assert!(parsed.bad[0].problem_en.contains("check the column order"));
+        let shown = format!("{:?}", parsed.bad);
+        for nik in ["3275014101900001", "3275014101900012", "3275014101900013"] {
+            assert!(!shown.contains(nik), "{shown}");
+        }
+        assert_eq!(parsed.bad[0].ticket, "*".repeat(16));
     }
 
     #[test]
