@@ -191,6 +191,7 @@ pub async fn ledger_intact(
         .verify_ledger(VerifyLedgerRequest {
             office_id: office_id.into(),
             published_head_hash: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();

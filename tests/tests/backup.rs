@@ -168,6 +168,7 @@ async fn an_online_backup_is_consistent_and_serves_while_the_original_goes_on() 
         .verify_ledger(VerifyLedgerRequest {
             office_id: "3275".into(),
             published_head_hash: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -20,6 +20,7 @@ async fn verify(
         .verify_ledger(VerifyLedgerRequest {
             office_id: office_id.into(),
             published_head_hash: published.into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -76,6 +77,40 @@ async fn verification_finds_an_edited_row_a_deleted_entry_and_a_rewritten_chain(
             .into_inner();
         assert!(all.intact);
         assert_eq!(all.chains.len(), 2);
+        assert!(all.next_page_token.is_empty(), "{all:?}");
+        // Every office's chain, a page of offices at a time (a national deployment has hundreds).
+        let mut token = String::new();
+        let mut paged = Vec::new();
+        for _ in 0..3 {
+            let page = stock
+                .verify_ledger(VerifyLedgerRequest {
+                    page_size: 1,
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            assert!(page.intact && page.chains.len() == 1, "{page:?}");
+            paged.extend(page.chains.into_iter().map(|c| c.office_id));
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        let all_ids: Vec<String> = all.chains.iter().map(|c| c.office_id.clone()).collect();
+        assert_eq!(paged, all_ids);
+        let too_many = stock
+            .verify_ledger(VerifyLedgerRequest {
+                page_size: 11,
+                ..Default::default()
+            })
+            .await
+            .expect_err("at most 10 offices per call");
+        assert_eq!(
+            blangko_e2e::field_violations(&too_many)[0].0,
+            "page_size",
+            "{too_many:?}"
+        );
 
         let url = match db.sqlite_file() {
             Some(path) => format!("sqlite://{}", path.display()),
@@ -156,6 +191,7 @@ async fn verification_finds_an_edited_row_a_deleted_entry_and_a_rewritten_chain(
             .verify_ledger(VerifyLedgerRequest {
                 office_id: "3275".into(),
                 published_head_hash: "xyz".into(),
+                ..Default::default()
             })
             .await
             .expect_err("bad hash");

@@ -88,22 +88,42 @@ pub async fn run(term: &Terminal, out: Out, verify: bool) -> ExitCode {
 }
 
 async fn run_verify(term: &Terminal, out: Out, office: String) -> ExitCode {
-    let request = VerifyLedgerRequest {
-        office_id: office,
-        published_head_hash: String::new(),
-    };
-    let answer = match term
-        .conn
-        .stock(|mut c| {
-            let request = request.clone();
-            async move { c.verify_ledger(request).await }
-        })
-        .await
-    {
-        Ok(answer) => answer,
-        Err(error) => return crate::error::Failure::from(error).exit(&out),
-    };
-    for chain in &answer.chains {
+    // Without an office: every office, a page of them per call.
+    let mut intact = true;
+    let mut page_token = String::new();
+    loop {
+        let request = VerifyLedgerRequest {
+            office_id: office.clone(),
+            page_token: page_token.clone(),
+            ..Default::default()
+        };
+        let answer = match term
+            .conn
+            .stock(|mut c| {
+                let request = request.clone();
+                async move { c.verify_ledger(request).await }
+            })
+            .await
+        {
+            Ok(answer) => answer,
+            Err(error) => return crate::error::Failure::from(error).exit(&out),
+        };
+        print_chains(&out, &answer.chains);
+        intact &= answer.intact;
+        if answer.next_page_token.is_empty() {
+            break;
+        }
+        page_token = answer.next_page_token;
+    }
+    if intact {
+        ExitCode::from(EXIT_OK)
+    } else {
+        ExitCode::from(EXIT_ERROR)
+    }
+}
+
+fn print_chains(out: &Out, chains: &[blangko_proto::v1::LedgerChainVerification]) {
+    for chain in chains {
         if out.json {
             out.json(&json!({
                 "office_id": chain.office_id,
@@ -134,10 +154,5 @@ async fn run_verify(term: &Terminal, out: Out, office: String) -> ExitCode {
                 chain.problem
             ));
         }
-    }
-    if answer.intact {
-        ExitCode::from(EXIT_OK)
-    } else {
-        ExitCode::from(EXIT_ERROR)
     }
 }

@@ -18,40 +18,47 @@ use crate::store::rows::{self, OfficeRow};
 
 /// Entries read per query while verifying.
 pub const VERIFY_PAGE: i64 = 1000;
-/// Offices read per query when verifying every chain.
-const OFFICE_PAGE: i64 = 200;
+/// Most offices' chains one call verifies when it asks for every office.
+pub const MAX_VERIFY_OFFICES: u32 = 10;
 
 impl Engine {
-    /// Verifies `office_id`'s chain, or every office's when it is empty. `published_head_hash`
-    /// (only with an office) must still be in the chain.
+    /// Verifies `office_id`'s chain. `published_head_hash` must still be in the chain.
     pub async fn verify_ledger(
         &self,
         office_id: &str,
         published_head_hash: &str,
-    ) -> EngineResult<Vec<LedgerChainVerification>> {
+    ) -> EngineResult<LedgerChainVerification> {
         let mut conn = self.store.reader().acquire().await?;
-        if !office_id.is_empty() {
-            let office = rows::office(&mut conn, office_id, "")
-                .await?
-                .ok_or_else(|| EngineError::NotFound {
-                    kind: "office",
-                    id: office_id.to_string(),
-                })?;
-            return Ok(vec![
-                verify_chain(&mut conn, &office, published_head_hash).await?,
-            ]);
+        let office = rows::office(&mut conn, office_id, "")
+            .await?
+            .ok_or_else(|| EngineError::NotFound {
+                kind: "office",
+                id: office_id.to_string(),
+            })?;
+        verify_chain(&mut conn, &office, published_head_hash).await
+    }
+
+    /// Verifies the chains of the next `limit` offices after `after` (by office id), and gives
+    /// the token of the page after them (empty after the last office).
+    pub async fn verify_ledgers_page(
+        &self,
+        after: &str,
+        limit: u32,
+    ) -> EngineResult<(Vec<LedgerChainVerification>, String)> {
+        let mut conn = self.store.reader().acquire().await?;
+        // One more than asked: tells whether another page follows.
+        let mut offices = rows::offices_page(&mut conn, "", after, i64::from(limit) + 1).await?;
+        let more = offices.len() > limit as usize;
+        offices.truncate(limit as usize);
+        let mut reports = Vec::with_capacity(offices.len());
+        for office in &offices {
+            reports.push(verify_chain(&mut conn, office, "").await?);
         }
-        let mut reports = Vec::new();
-        let mut after = String::new();
-        loop {
-            let offices = rows::offices_page(&mut conn, "", &after, OFFICE_PAGE).await?;
-            let Some(last) = offices.last() else { break };
-            after = last.office_id.clone();
-            for office in &offices {
-                reports.push(verify_chain(&mut conn, office, "").await?);
-            }
-        }
-        Ok(reports)
+        let next = match offices.last() {
+            Some(last) if more => last.office_id.clone(),
+            _ => String::new(),
+        };
+        Ok((reports, next))
     }
 }
 

@@ -496,8 +496,25 @@ impl StockService for StockApi {
         };
         who.allow(Rpc::VerifyLedger, scope)?;
         let mut c = Checker::new();
+        let limit = page_size(
+            &mut c,
+            "page_size",
+            r.page_size,
+            crate::engine::verify::MAX_VERIFY_OFFICES,
+        );
         if !r.office_id.is_empty() {
             c.office_id("office_id", &r.office_id);
+            if r.page_size != 0 {
+                c.fail(
+                    "page_size",
+                    "only without office_id (one office is one chain)",
+                );
+            }
+            if !r.page_token.is_empty() {
+                c.fail("page_token", "only without office_id");
+            }
+        } else if !r.page_token.is_empty() {
+            c.office_id("page_token", &r.page_token);
         }
         if !r.published_head_hash.is_empty() {
             if r.office_id.is_empty() {
@@ -510,10 +527,17 @@ impl StockService for StockApi {
             }
         }
         c.finish()?;
-        let chains = self
-            .engine
-            .verify_ledger(&r.office_id, &r.published_head_hash.to_ascii_lowercase())
-            .await?;
+        let (chains, next_page_token) = if r.office_id.is_empty() {
+            self.engine
+                .verify_ledgers_page(&r.page_token, limit)
+                .await?
+        } else {
+            let chain = self
+                .engine
+                .verify_ledger(&r.office_id, &r.published_head_hash.to_ascii_lowercase())
+                .await?;
+            (vec![chain], String::new())
+        };
         for chain in chains.iter().filter(|c| !c.intact) {
             tracing::warn!(
                 office_id = %chain.office_id,
@@ -523,7 +547,11 @@ impl StockService for StockApi {
             );
         }
         let intact = chains.iter().all(|c| c.intact);
-        Ok(Response::new(VerifyLedgerResponse { chains, intact }))
+        Ok(Response::new(VerifyLedgerResponse {
+            chains,
+            intact,
+            next_page_token,
+        }))
     }
 
     async fn get_stock_report(
