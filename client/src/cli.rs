@@ -235,12 +235,32 @@ pub enum Command {
     },
 }
 
+/// A NIK as the officer typed it. Its `Debug` shows the masked form only, so that no debug print
+/// of the parsed arguments shows the NIK.
+#[derive(Clone)]
+pub struct TypedNik(pub String);
+
+impl std::str::FromStr for TypedNik {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(TypedNik(text.to_string()))
+    }
+}
+
+impl std::fmt::Debug for TypedNik {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", crate::nik::mask(&self.0))
+    }
+}
+
 /// Arguments of `reserve`.
 #[derive(Debug, clap::Args)]
 pub struct ReserveArgs {
-    /// The applicant's NIK (16 digits; spaces, dots and dashes are ignored).
+    /// The applicant's NIK (16 digits; spaces, dots and dashes are ignored). On a shared machine
+    /// prefer BLANGKO_NIK or the interactive mode: other local users can read a command line.
     #[arg(long, env = "BLANGKO_NIK", hide_env_values = true)]
-    pub nik: String,
+    pub nik: TypedNik,
     /// new-recording, first-time-voter, region-split, data-change, vulnerable, lost, damaged
     /// (or 1-7, or the Indonesian names: perekaman-baru, pemilih-pemula, ...).
     #[arg(long, env = "BLANGKO_REASON", value_parser = parse_reason_arg)]
@@ -306,6 +326,22 @@ pub struct QueueArgs {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn a_debug_print_of_the_parsed_arguments_shows_the_nik_masked() {
+        let cli = Cli::try_parse_from([
+            "blangko-counter",
+            "reserve",
+            "--nik",
+            "3275014101900001",
+            "--reason",
+            "lost",
+        ])
+        .expect("valid arguments");
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("3275014101900001"), "{shown}");
+        assert!(shown.contains("327501******0001"), "{shown}");
+    }
 
     #[test]
     fn the_cli_is_consistent() {

@@ -38,7 +38,7 @@ const MAX_TICKET_LEN: usize = 32;
 const REPORT_REFRESH: Duration = Duration::from_secs(30);
 
 /// One applicant of the queue file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct QueueRow {
     /// The line in the file (1-based; the header is line 1).
     pub line: u64,
@@ -50,6 +50,18 @@ pub struct QueueRow {
     pub reason: Reason,
     /// The officer's IKD check, if the file has an `ikd` column.
     pub ikd: IkdStatus,
+}
+
+impl std::fmt::Debug for QueueRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueRow")
+            .field("line", &self.line)
+            .field("ticket", &self.ticket)
+            .field("nik", &nik::mask(&self.nik))
+            .field("reason", &self.reason)
+            .field("ikd", &self.ikd)
+            .finish()
+    }
 }
 
 /// A row that cannot be used, with its line number.

@@ -67,7 +67,10 @@ pub async fn run(term: &Terminal, out: Out, args: &ReserveArgs) -> ExitCode {
         .clone()
         .unwrap_or_else(|| random_request_id("r"));
     let ikd = args.ikd.unwrap_or(IkdStatus::Unspecified);
-    match term.reserve(&args.nik, args.reason, ikd, &request_id).await {
+    match term
+        .reserve(&args.nik.0, args.reason, ikd, &request_id)
+        .await
+    {
         Ok(response) => ExitCode::from(print_outcome(&response, &out)),
         Err(failure) => failure.exit(&out),
     }
