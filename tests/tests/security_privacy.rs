@@ -406,3 +406,53 @@ async fn a_nik_typed_into_a_request_id_a_note_or_an_id_is_neither_stored_nor_ech
     assert!(leaks.is_empty(), "NIK found after stop: {leaks:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_past_retention_is_purged_in_chunks_and_nothing_is_missed() -> anyhow::Result<()>
+{
+    // More reservations than one purge chunk (500) across two offices: all purged, in short
+    // transactions, and a second purge finds nothing.
+    const PER_OFFICE: u32 = 700;
+    let server = TestServer::start().await?;
+    let engine = server
+        .engine()
+        .ok_or_else(|| anyhow::anyhow!("in-process"))?;
+    let mut stock = server.stock_client().await?;
+    for office in ["3275", "3204"] {
+        office_with_point(&mut stock, office, "main", 10_000, 10_000).await?;
+    }
+    let counter = server.counter_client().await?;
+    let calls = (0..2 * PER_OFFICE).map(|n| {
+        let mut counter = counter.clone();
+        let office = if n % 2 == 0 { "3275" } else { "3204" };
+        async move { counter.reserve(reserve_request(office, "main", n)).await }
+    });
+    for answer in futures::future::join_all(calls).await {
+        reservation_of(answer?.into_inner())?;
+    }
+    let now = engine.clock.now_ms();
+    let purged = engine.purge_nik_hashes(now + 402 * 86_400_000, 400).await?;
+    assert_eq!(purged.reservations, u64::from(2 * PER_OFFICE));
+    // The stored answers of the Reserves and of the six set-up calls (offices, points, shipments).
+    assert_eq!(purged.answers, u64::from(2 * PER_OFFICE) + 6, "{purged:?}");
+    let url = format!(
+        "sqlite://{}",
+        server
+            .db
+            .sqlite_file()
+            .ok_or_else(|| anyhow::anyhow!("SQLite"))?
+            .display()
+    );
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await?;
+    let kept: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM reservations WHERE nik_hash NOT LIKE 'purged:%'")
+            .fetch_one(&pool)
+            .await?
+            .try_get("n")?;
+    assert_eq!(kept, 0, "every NIK hash past retention is gone");
+    let again = engine.purge_nik_hashes(now + 402 * 86_400_000, 400).await?;
+    assert_eq!(again, Default::default());
+    pool.close().await;
+    Ok(())
+}

@@ -72,6 +72,9 @@ pub struct Engine {
     pub started_ms: i64,
     /// Counters and histograms for the metrics endpoint (shared with the layers in front).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The local date before which every reservation's NIK hash is purged already (found by the
+    /// last complete retention purge), so that the next one reads only the days since.
+    pub(crate) purged_before: std::sync::Mutex<Option<String>>,
 }
 
 impl Engine {
@@ -101,6 +104,7 @@ impl Engine {
             batcher: batch::Batcher::default(),
             started_ms,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            purged_before: std::sync::Mutex::new(None),
         }
     }
 

@@ -4,13 +4,25 @@
 //! hashes of requests that carried NIKs) are dropped. The reservations themselves, the daily
 //! quota counts and the ledger stay: the counts are kept, the link to a person is not.
 
+//!
+//! The purge runs beside the service day, so it never holds the database's write lock for long:
+//! it finds what to purge with short reads on the reader pool ([`PURGE_CHUNK`] rows each, along
+//! an index for reservations), and changes it by key in short write transactions of at most
+//! that many rows. A database that has never been purged, or a retention period cut from 400 to
+//! 30 days, is worked off chunk by chunk between the Reserve batches. Reservations are read per
+//! office along `reservations_by_office_day`, from the day the last complete purge reached, so
+//! an hourly purge reads only the days that have come past the retention period since.
+
 use chrono::Duration;
+use sqlx::Row;
 
 use super::{Engine, EngineResult};
 use crate::domain::calendar::{OfficeZone, format_local_date};
 
 /// The prefix of a purged reservation's `nik_hash` (never a hex HMAC, so it matches no NIK).
 pub const PURGED_PREFIX: &str = "purged:";
+/// Most rows one read of the purge returns, and one of its write transactions changes.
+pub const PURGE_CHUNK: i64 = 500;
 
 /// What one purge removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -32,27 +44,49 @@ impl Engine {
         let cutoff_date = OfficeZone::Wib.local_date(now_ms) - Duration::days(days);
         let cutoff_date = format_local_date(cutoff_date);
         let cutoff_ms = now_ms.saturating_sub(days.saturating_mul(86_400_000));
-        let mut tx = self.begin().await?;
-        let reservations = sqlx::query(
-            "UPDATE reservations SET nik_hash = $1 || reservation_id
-             WHERE local_date < $2 AND nik_hash NOT LIKE 'purged:%'",
-        )
-        .bind(PURGED_PREFIX)
-        .bind(&cutoff_date)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let ikd_activations = sqlx::query("DELETE FROM ikd_activations WHERE activated_ms < $1")
-            .bind(cutoff_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let answers = sqlx::query("DELETE FROM idempotency WHERE created_ms < $1")
-            .bind(cutoff_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        self.commit_durably(tx).await?;
+        let from = self
+            .purged_before
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default();
+        let mut reservations = 0;
+        let mut after_office = String::new();
+        loop {
+            let offices: Vec<String> = {
+                let mut conn = self.store.reader().acquire().await?;
+                sqlx::query_scalar(
+                    "SELECT office_id FROM offices WHERE office_id > $1 ORDER BY office_id LIMIT $2",
+                )
+                .bind(&after_office)
+                .bind(PURGE_CHUNK)
+                .fetch_all(&mut *conn)
+                .await?
+            };
+            let Some(last) = offices.last() else { break };
+            after_office = last.clone();
+            for office_id in &offices {
+                reservations += self
+                    .purge_office_reservations(office_id, &from, &cutoff_date)
+                    .await?;
+            }
+        }
+        // Every reservation before the cutoff is purged now: the next purge starts there.
+        *self.purged_before.lock().unwrap_or_else(|p| p.into_inner()) = Some(cutoff_date.max(from));
+        let ikd_activations = self
+            .purge_chunks(
+                "SELECT nik_hash FROM ikd_activations WHERE activated_ms < $1 LIMIT $2",
+                "DELETE FROM ikd_activations WHERE nik_hash = $1",
+                cutoff_ms,
+            )
+            .await?;
+        let answers = self
+            .purge_chunks(
+                "SELECT request_id FROM idempotency WHERE created_ms < $1 LIMIT $2",
+                "DELETE FROM idempotency WHERE request_id = $1",
+                cutoff_ms,
+            )
+            .await?;
         let purged = Purged {
             reservations,
             ikd_activations,
@@ -68,5 +102,95 @@ impl Engine {
             );
         }
         Ok(purged)
+    }
+    /// Purges the NIK hashes of `office_id`'s reservations of local days from `from` up to
+    /// `before` (excluded), a chunk at a time.
+    async fn purge_office_reservations(
+        &self,
+        office_id: &str,
+        from: &str,
+        before: &str,
+    ) -> EngineResult<u64> {
+        let mut purged = 0;
+        // Where the next read starts: (local_date, office_seq), past the last row read.
+        let (mut date, mut seq) = (from.to_string(), i64::MIN);
+        loop {
+            let rows = {
+                let mut conn = self.store.reader().acquire().await?;
+                sqlx::query(
+                    "SELECT reservation_id, local_date, office_seq, nik_hash FROM reservations \
+                     WHERE office_id = $1 AND local_date < $2 AND (local_date, office_seq) > ($3, $4) \
+                     ORDER BY local_date, office_seq LIMIT $5",
+                )
+                .bind(office_id)
+                .bind(before)
+                .bind(&date)
+                .bind(seq)
+                .bind(PURGE_CHUNK)
+                .fetch_all(&mut *conn)
+                .await?
+            };
+            let Some(last) = rows.last() else {
+                return Ok(purged);
+            };
+            date = last.try_get("local_date")?;
+            seq = last.try_get("office_seq")?;
+            let mut ids = Vec::new();
+            for row in &rows {
+                let hash: String = row.try_get("nik_hash")?;
+                if !hash.starts_with(PURGED_PREFIX) {
+                    ids.push(row.try_get::<String, _>("reservation_id")?);
+                }
+            }
+            if !ids.is_empty() {
+                let mut tx = self.begin().await?;
+                for id in &ids {
+                    purged += sqlx::query(
+                        "UPDATE reservations SET nik_hash = $1 || reservation_id \
+                         WHERE reservation_id = $2 AND nik_hash NOT LIKE 'purged:%'",
+                    )
+                    .bind(PURGED_PREFIX)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                }
+                self.commit_durably(tx).await?;
+            }
+            if (rows.len() as i64) < PURGE_CHUNK {
+                return Ok(purged);
+            }
+        }
+    }
+
+    /// Deletes, a chunk at a time, the rows that `find` (bound to `cutoff_ms` and the chunk size,
+    /// giving one key per row) names, by `delete` (bound to one key).
+    async fn purge_chunks(&self, find: &str, delete: &str, cutoff_ms: i64) -> EngineResult<u64> {
+        let mut deleted = 0;
+        loop {
+            let keys: Vec<String> = {
+                let mut conn = self.store.reader().acquire().await?;
+                sqlx::query_scalar(find)
+                    .bind(cutoff_ms)
+                    .bind(PURGE_CHUNK)
+                    .fetch_all(&mut *conn)
+                    .await?
+            };
+            if keys.is_empty() {
+                return Ok(deleted);
+            }
+            let mut tx = self.begin().await?;
+            for key in &keys {
+                deleted += sqlx::query(delete)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            self.commit_durably(tx).await?;
+            if (keys.len() as i64) < PURGE_CHUNK {
+                return Ok(deleted);
+            }
+        }
     }
 }
