@@ -432,3 +432,35 @@ async fn an_ikd_first_office_refers_until_the_activation_is_recorded() -> anyhow
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_office_that_cannot_be_swept_does_not_stop_the_sweep_of_the_others() -> anyhow::Result<()>
+{
+    let db = TestDatabase::sqlite().await?;
+    let (server, clock) = server_at(db.clone()).await?;
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    for (n, office) in ["3204", "3275"].into_iter().enumerate() {
+        office_with_point(&mut stock, office, "main", 5, 10).await?;
+        let answer = counter
+            .reserve(reserve_request(office, "main", n as u32))
+            .await?
+            .into_inner();
+        assert!(matches!(answer.outcome, Some(Outcome::Reservation(_))));
+    }
+    // 3204, swept first (by office id), now has a hold whose quota row is gone: its expiry fails.
+    let file = db.sqlite_file().ok_or_else(|| anyhow::anyhow!("SQLite"))?;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
+    sqlx::query("DELETE FROM quota_days WHERE office_id = '3204'")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    clock.advance_ms(31 * MINUTE_MS);
+    let engine = server
+        .engine()
+        .ok_or_else(|| anyhow::anyhow!("in-process"))?;
+    assert_eq!(engine.sweep_once().await?, 1, "3275's hold expired");
+    assert_eq!(stock_of(&server).await?.held, 0);
+    Ok(())
+}

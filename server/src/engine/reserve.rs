@@ -496,7 +496,12 @@ impl Engine {
     ) -> EngineResult<Option<Vec<u8>>> {
         match rows::stored_answer(conn, request_id).await? {
             None => Ok(None),
-            Some(a) if a.method == method && a.fingerprint == fingerprint => Ok(Some(a.response)),
+            Some(a) if a.method == method && a.fingerprint == fingerprint => {
+                // The first call may have committed this answer without its fsync having ended
+                // yet (a retry after a time-out): the answer goes out only once it is durable.
+                self.store.sync().await?;
+                Ok(Some(a.response))
+            }
             Some(a) => Err(request_id_reused(request_id, &a.method)),
         }
     }

@@ -21,7 +21,14 @@ impl Engine {
         };
         let mut total = 0;
         for office in offices {
-            total += self.expire_office(&office).await?;
+            // One office that cannot be swept (a broken row, say) must not keep the offices
+            // after it from being swept: its error is logged, and the sweep goes on.
+            match self.expire_office(&office).await {
+                Ok(n) => total += n,
+                Err(err) => {
+                    tracing::warn!(office = %office, error = %err, "cannot expire this office's due holds; the sweep goes on with the others")
+                }
+            }
         }
         Ok(total)
     }
