@@ -254,6 +254,50 @@ async fn a_commit_after_expiry_takes_a_slot_again_or_fails_expired() -> anyhow::
             (9, 1),
             "b's failed commit took nothing"
         );
+
+        // A reason-group cap: d's group slot went to e while d's hold had run out, so d's late
+        // commit fails although the quota (10) has room.
+        let mut capped = fixtures::fixed(10);
+        capped.reason_caps = vec![ReasonCap {
+            name: "perubahan data".into(),
+            reasons: vec![Reason::DataChange as i32],
+            daily_cap: 3,
+        }];
+        stock
+            .set_quota_policy(SetQuotaPolicyRequest {
+                request_id: rid(),
+                office_id: "3275".into(),
+                service_point_id: "main".into(),
+                policy: Some(capped),
+                todays_quota: Some(10),
+            })
+            .await?;
+        // The group's live reservations now: a (committed) and c (held). d takes the third place.
+        let d = reserve(&mut counter, 4)
+            .await?
+            .map_err(|_| anyhow::anyhow!("d"))?;
+        clock.advance_ms(40 * MINUTE_MS);
+        let _e = reserve(&mut counter, 5)
+            .await?
+            .map_err(|_| anyhow::anyhow!("e takes the place c and d left"))?;
+        let _f = reserve(&mut counter, 6)
+            .await?
+            .map_err(|_| anyhow::anyhow!("f takes the other"))?;
+        let err = commit(&mut counter, &d.reservation_id)
+            .await
+            .expect_err("the cap is full");
+        assert_eq!(error_reason(&err).as_deref(), Some("RESERVATION_EXPIRED"));
+        let live = counter
+            .get_quota(GetQuotaRequest {
+                office_id: "3275".into(),
+                service_point_id: "main".into(),
+            })
+            .await?
+            .into_inner()
+            .quota
+            .unwrap_or_default();
+        // a (committed) and the holds e and f: the group stays at its cap of 3.
+        assert_eq!((live.held, live.committed), (2, 1));
         Ok(())
     })
     .await

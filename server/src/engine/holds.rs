@@ -203,9 +203,22 @@ impl Engine {
                     return Err(expired_err("the applicant holds another blank today"));
                 }
                 let is_priority = priority_reasons(&policy).contains(&(r.reason as i32));
-                let input =
+                let mut input =
                     admission_input(conn, &office, &policy, &qd, zone, today, now, is_priority)
                         .await?;
+                // The reason-group caps too, as for a Reserve: the slot this hold had may have
+                // gone to another applicant of the same group meanwhile.
+                if !policy.reason_caps.is_empty() {
+                    let by_reason = rows::live_counts_by_reason(
+                        conn,
+                        &r.office_id,
+                        &r.service_point_id,
+                        &r.local_date,
+                    )
+                    .await?;
+                    input.reason_caps =
+                        super::reserve::cap_uses(&policy, r.reason as i32, &by_reason);
+                }
                 if quota::decide(&input).is_err() {
                     return Err(expired_err("no slot or blank is free now"));
                 }

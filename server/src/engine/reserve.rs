@@ -757,20 +757,33 @@ fn admission(
         is_priority,
         state.office_used,
     );
-    for cap in &point.policy.reason_caps {
-        if cap.reasons.contains(&cmd.reason) {
+    input.reason_caps = cap_uses(&point.policy, cmd.reason, &point.by_reason);
+    Ok(quota::decide(&input).err().map(ReferralKind::from))
+}
+
+/// The reason-group caps of `policy` that count `reason`, each with its use today
+/// (`by_reason`: live reservations of the service point's day per reason).
+pub(crate) fn cap_uses(
+    policy: &QuotaPolicy,
+    reason: i32,
+    by_reason: &HashMap<i64, i64>,
+) -> Vec<CapUse> {
+    policy
+        .reason_caps
+        .iter()
+        .filter(|cap| cap.reasons.contains(&reason))
+        .map(|cap| {
             let used: i64 = cap
                 .reasons
                 .iter()
-                .map(|r| point.by_reason.get(&i64::from(*r)).copied().unwrap_or(0))
+                .map(|r| by_reason.get(&i64::from(*r)).copied().unwrap_or(0))
                 .sum();
-            input.reason_caps.push(CapUse {
+            CapUse {
                 cap: u64::from(cap.daily_cap),
                 used: used.max(0) as u64,
-            });
-        }
-    }
-    Ok(quota::decide(&input).err().map(ReferralKind::from))
+            }
+        })
+        .collect()
 }
 
 /// Asserts the quota invariant before writing a quota day (the database checks it too).
