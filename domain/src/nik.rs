@@ -154,6 +154,31 @@ pub fn has_nik_run(text: &str) -> bool {
     })
 }
 
+/// True when free text holds a NIK: a stretch of digits, with the spaces, dots and dashes people
+/// type inside a NIK, that has exactly [`NIK_DIGITS`] digits and is a valid NIK by
+/// [`Nik::parse`]. Longer numbers (an 18-digit pallet code, a random reference) and shorter
+/// ones (a phone number) are not NIKs.
+pub fn holds_a_nik(text: &str, today: NaiveDate) -> bool {
+    let mut stretch = String::new();
+    let mut found = false;
+    let mut check = |stretch: &mut String| {
+        let digits = stretch.bytes().filter(u8::is_ascii_digit).count();
+        if digits == NIK_DIGITS && Nik::parse(stretch, today).is_ok() {
+            found = true;
+        }
+        stretch.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() || (matches!(c, ' ' | '.' | '-') && !stretch.is_empty()) {
+            stretch.push(c);
+        } else {
+            check(&mut stretch);
+        }
+    }
+    check(&mut stretch);
+    found
+}
+
 /// `text` with every run of [`NIK_DIGITS`] or more ASCII digits turned into as many stars, for
 /// echoing a caller's free text (a request id, say) that might hold a NIK.
 pub fn mask_nik_runs(text: &str) -> std::borrow::Cow<'_, str> {
@@ -211,6 +236,25 @@ fn birth_date(ddmmyy: &str, today: NaiveDate) -> Option<NaiveDate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nik_is_found_in_free_text_with_or_without_separators_and_other_numbers_are_not() {
+        let today = date(2026, 12, 1);
+        assert!(holds_a_nik("pemohon 3275014101900001 pergi", today));
+        assert!(holds_a_nik("NIK 3275 0141 0190 0001.", today));
+        assert!(holds_a_nik("nik=3275.01.410190.0001", today));
+        assert!(
+            !holds_a_nik("BENCH-12345678901234567890", today),
+            "20 digits"
+        );
+        assert!(!holds_a_nik("SSCC 003456789012345675", today), "18 digits");
+        assert!(!holds_a_nik("telp 0812-3456-7890, BA-2026/117", today));
+        assert!(!holds_a_nik("3275017201900001", today), "day 72 is no date");
+        assert!(
+            !holds_a_nik("periode 2026-12-01 - 2026-12-31", today),
+            "no province 20"
+        );
+    }
 
     #[test]
     fn runs_of_sixteen_digits_are_found_and_masked_and_shorter_ones_kept() {

@@ -365,6 +365,30 @@ async fn a_nik_typed_into_a_request_id_a_note_or_an_id_is_neither_stored_nor_ech
         .collect();
     assert_eq!(fields, vec!["note"]);
     errors.push(refused);
+    // The same NIK typed with spaces, in a shipment's note: refused too. A long number that is no
+    // NIK (an 18-digit pallet code) is a fine reference.
+    let spaced = other
+        .as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let shipment = |note: String| RecordShipmentRequest {
+        request_id: rid(),
+        office_id: "3275".into(),
+        quantity: 10,
+        reference: "SSCC 003456789012345675".into(),
+        note,
+    };
+    let refused = stock
+        .record_shipment(shipment(format!("untuk pemohon {spaced}")))
+        .await
+        .expect_err("a spaced NIK in the note");
+    assert_eq!(blangko_e2e::field_violations(&refused)[0].0, "note");
+    errors.push(refused);
+    stock
+        .record_shipment(shipment("kiriman kedua".into()))
+        .await?;
     // A NIK typed where a reservation id goes: NOT_FOUND, the id not echoed.
     let not_found = counter
         .commit_reservation(CommitReservationRequest {

@@ -8,8 +8,8 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::counter::page_size;
-use super::fingerprint;
 use super::validate::{self, Checker};
+use super::{fingerprint, nik_today};
 use crate::auth::layer::caller;
 use crate::auth::{Rpc, Scope};
 use crate::engine::Engine;
@@ -284,8 +284,15 @@ impl StockService for StockApi {
             &r.reference,
             validate::MAX_REFERENCE_CHARS,
             false,
+            nik_today(&self.engine),
         );
-        c.ledger_text("note", &r.note, validate::MAX_NOTE_CHARS, true);
+        c.ledger_text(
+            "note",
+            &r.note,
+            validate::MAX_NOTE_CHARS,
+            true,
+            nik_today(&self.engine),
+        );
         c.finish()?;
         let meta = self.meta("RecordShipment", &r.request_id, principal, &r);
         Ok(Response::new(
@@ -316,8 +323,15 @@ impl StockService for StockApi {
             &r.reference,
             validate::MAX_REFERENCE_CHARS,
             true,
+            nik_today(&self.engine),
         );
-        c.ledger_text("note", &r.note, validate::MAX_NOTE_CHARS, true);
+        c.ledger_text(
+            "note",
+            &r.note,
+            validate::MAX_NOTE_CHARS,
+            true,
+            nik_today(&self.engine),
+        );
         c.finish()?;
         let meta = self.meta("TransferStock", &r.request_id, principal, &r);
         Ok(Response::new(
@@ -352,7 +366,13 @@ impl StockService for StockApi {
             0,
             validate::MAX_COUNTED,
         );
-        c.ledger_text("note", &r.note, validate::MAX_NOTE_CHARS, false);
+        c.ledger_text(
+            "note",
+            &r.note,
+            validate::MAX_NOTE_CHARS,
+            false,
+            nik_today(&self.engine),
+        );
         c.finish()?;
         let meta = self.meta("AdjustStock", &r.request_id, principal, &r);
         Ok(Response::new(

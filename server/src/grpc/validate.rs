@@ -149,18 +149,26 @@ impl Checker {
     }
 
     /// A note or reference kept in the ledger (for good: the hash chain cannot be rewritten) and
-    /// shown to agencies: 0..=max characters, and no run of 16 or more digits, which could be a
-    /// NIK. Required unless `optional`.
-    pub fn ledger_text(&mut self, field: &str, value: &str, max: usize, optional: bool) {
+    /// shown to agencies: 0..=max characters, and no NIK in it
+    /// ([`crate::domain::nik::holds_a_nik`]: 16 digits that make a valid NIK, separators
+    /// allowed). Required unless `optional`.
+    pub fn ledger_text(
+        &mut self,
+        field: &str,
+        value: &str,
+        max: usize,
+        optional: bool,
+        today: NaiveDate,
+    ) {
         if optional {
             self.optional_text(field, value, max);
         } else {
             self.text(field, value, max);
         }
-        if crate::domain::nik::has_nik_run(value) {
+        if crate::domain::nik::holds_a_nik(value, today) {
             self.fail(
                 field,
-                "must not contain 16 or more digits in a row (it could be a NIK, and the ledger keeps this text for good); write the masked NIK or the reservation id instead",
+                "must not contain a NIK (the ledger keeps this text for good); write the masked NIK or the reservation id instead",
             );
         }
     }
