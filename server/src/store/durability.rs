@@ -69,6 +69,10 @@ pub struct WalSync {
     syncing: AtomicBool,
     /// Told when an fsync ends.
     ended: tokio::sync::Notify,
+    /// An fsync failed. The kernel reports a writeback error once, so a later fsync may succeed
+    /// although those pages never reached the disk: from then on no commit is called durable,
+    /// until a restart lets SQLite recover from what the files hold.
+    failed: AtomicBool,
 }
 
 /// Marks an fsync as running for as long as it lives (also when the caller stops waiting).
@@ -95,6 +99,7 @@ impl WalSync {
             fsyncs: AtomicU64::new(0),
             syncing: AtomicBool::new(false),
             ended: tokio::sync::Notify::new(),
+            failed: AtomicBool::new(false),
         }
     }
 
@@ -103,6 +108,11 @@ impl WalSync {
     pub async fn sync(&self) -> std::io::Result<()> {
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let mut durable = self.durable.lock().await;
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other(
+                "an earlier fsync of the database failed, so nothing since is known durable; restart the server",
+            ));
+        }
         if *durable >= ticket {
             // An fsync that began after our commit has finished meanwhile.
             return Ok(());
@@ -116,7 +126,11 @@ impl WalSync {
         let running = Syncing(self);
         let synced = tokio::task::spawn_blocking(move || fsync_wal(&wal, &database)).await;
         drop(running);
-        synced.map_err(std::io::Error::other)??;
+        if let Err(err) = synced.map_err(std::io::Error::other).and_then(|r| r) {
+            self.failed.store(true, Ordering::SeqCst);
+            tracing::error!(error = %err, wal = %self.wal.display(), "fsync of the database failed: no commit is called durable any more; restart the server (SQLite recovers from the files)");
+            return Err(err);
+        }
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         *durable = covered;
         Ok(())
@@ -150,6 +164,24 @@ fn fsync_wal(wal: &Path, database: &File) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn after_a_failed_fsync_no_commit_is_called_durable_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("x.db");
+        std::fs::write(&db, b"db").unwrap();
+        let wal = dir.path().join("x.db-wal");
+        // A WAL that cannot be opened (a symbolic link to itself): the fsync fails.
+        std::os::unix::fs::symlink(&wal, &wal).unwrap();
+        let sync = WalSync::new(&db, DatabaseFile::open(&db).unwrap());
+        assert!(sync.sync().await.is_err());
+        // The file is fine again, and an fsync would succeed: still no durable answer.
+        std::fs::remove_file(&wal).unwrap();
+        std::fs::write(&wal, b"wal").unwrap();
+        let err = sync.sync().await.expect_err("failed for good");
+        assert!(err.to_string().contains("restart the server"), "{err}");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_commits_share_fsyncs_and_each_waits_for_one() {
