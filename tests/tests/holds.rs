@@ -508,3 +508,66 @@ async fn an_office_that_cannot_be_swept_does_not_stop_the_sweep_of_the_others() 
     assert_eq!(stock_of(&server).await?.held, 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_that_ran_out_earmarks_no_blank_for_a_spoiled_one_before_the_sweeper_comes()
+-> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 5, 2).await?;
+        let mut counter = server.counter_client().await?;
+        // a at 08:00, b at 08:20; at 08:35 a's 30-minute hold has run out, b's has not, and no
+        // Reserve or sweep has released a yet.
+        reserve(&mut counter, 1)
+            .await?
+            .map_err(|_| anyhow::anyhow!("a"))?;
+        clock.advance_ms(20 * MINUTE_MS);
+        let b = reserve(&mut counter, 2)
+            .await?
+            .map_err(|_| anyhow::anyhow!("b"))?;
+        clock.advance_ms(15 * MINUTE_MS);
+        // b's blank is spoiled: a's blank is free, so b keeps its hold for the reprint.
+        let answer = counter
+            .report_spoiled_blank(ReportSpoiledBlankRequest {
+                request_id: rid(),
+                office_id: "3275".into(),
+                reservation_id: b.reservation_id.clone(),
+                reason: SpoilageReason::Misprint as i32,
+                destruction_report_reference: "BA-02/2026".into(),
+                note: String::new(),
+            })
+            .await?
+            .into_inner();
+        assert!(answer.ikd_referral.is_none(), "{answer:?}");
+        let held = answer.reservation.unwrap_or_default();
+        assert_eq!(
+            (held.state(), held.spoiled_count),
+            (ReservationState::Held, 1)
+        );
+        let s = stock_of(&server).await?;
+        assert_eq!((s.on_hand, s.held, s.available), (1, 1, 0));
+
+        // A transfer sees the same: 3204's one blank was held by c, whose hold has run out.
+        office_with_point(&mut stock, "3204", "main", 5, 1).await?;
+        fixtures::office(&mut stock, "3216", |_| {}).await?;
+        let c = counter
+            .reserve(reserve_request("3204", "main", 3))
+            .await?
+            .into_inner();
+        assert!(matches!(c.outcome, Some(Outcome::Reservation(_))));
+        clock.advance_ms(31 * MINUTE_MS);
+        stock
+            .transfer_stock(TransferStockRequest {
+                request_id: rid(),
+                from_office_id: "3204".into(),
+                to_office_id: "3216".into(),
+                quantity: 1,
+                reference: "PINJAM-02".into(),
+                note: String::new(),
+            })
+            .await?;
+        Ok(())
+    })
+    .await
+}

@@ -494,6 +494,8 @@ impl Engine {
             return Ok(response);
         }
         let now = self.clock.now_ms();
+        // Holds that ran out earmark no blank any more, whether or not the sweeper came by.
+        self.expire_due_in_tx(conn, &mut office, now).await?;
         let zone = zone_of(&office)?;
         let today = zone.local_date(now);
         let date = format_local_date(today);

@@ -329,6 +329,9 @@ impl Engine {
                 {
                     return decode_answer(&stored);
                 }
+                // Holds that ran out earmark no blank any more, whether or not the sweeper came.
+                let (now, _) = self.today_of(&from)?;
+                self.expire_due_in_tx(conn, &mut from, now).await?;
                 if from.available() < i64::from(quantity) {
                     return Err(EngineError::FailedPrecondition {
                         reason: "INSUFFICIENT_STOCK",
