@@ -571,3 +571,58 @@ async fn a_hold_that_ran_out_earmarks_no_blank_for_a_spoiled_one_before_the_swee
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listing_begun_before_midnight_pages_through_its_day_after_it() -> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, clock) = server_at(db).await?;
+        // 23:58 WIB.
+        clock.advance_ms(15 * 60 * MINUTE_MS + 58 * MINUTE_MS);
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 10, 10).await?;
+        let mut counter = server.counter_client().await?;
+        for n in 1..=3 {
+            reserve(&mut counter, n)
+                .await?
+                .map_err(|_| anyhow::anyhow!("reserve {n}"))?;
+        }
+        let list = |page_token: String| ListReservationsRequest {
+            office_id: "3275".into(),
+            page_size: 2,
+            page_token,
+            ..Default::default()
+        };
+        let first = counter
+            .list_reservations(list(String::new()))
+            .await?
+            .into_inner();
+        assert_eq!(first.reservations.len(), 2);
+        assert!(
+            first.next_page_token.starts_with("2026-12-01:"),
+            "{first:?}"
+        );
+        // Past midnight: the next page is still of Tuesday's listing.
+        clock.advance_ms(5 * MINUTE_MS);
+        let second = counter
+            .list_reservations(list(first.next_page_token.clone()))
+            .await?
+            .into_inner();
+        assert_eq!(second.reservations.len(), 1, "{second:?}");
+        assert_eq!(second.reservations[0].local_date, "2026-12-01");
+        assert!(second.next_page_token.is_empty());
+        // A token of Tuesday's listing does not page another day's.
+        let mut other_day = list(first.next_page_token);
+        other_day.local_date = "2026-12-02".into();
+        let err = counter
+            .list_reservations(other_day)
+            .await
+            .expect_err("a token of another day");
+        assert_eq!(
+            blangko_e2e::field_violations(&err)[0].0,
+            "page_token",
+            "{err:?}"
+        );
+        Ok(())
+    })
+    .await
+}

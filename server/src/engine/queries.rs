@@ -391,12 +391,13 @@ impl Engine {
         local_date: Option<NaiveDate>,
         before_seq: Option<i64>,
         page_size: u32,
-    ) -> EngineResult<(Vec<Reservation>, Option<i64>)> {
+    ) -> EngineResult<(Vec<Reservation>, Option<(NaiveDate, i64)>)> {
         let mut conn = self.store.reader().acquire().await?;
         let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
         let zone = zone_of(&office)?;
         let now = self.clock.now_ms();
-        let date = format_local_date(local_date.unwrap_or_else(|| zone.local_date(now)));
+        let day = local_date.unwrap_or_else(|| zone.local_date(now));
+        let date = format_local_date(day);
         let state_text = match state {
             ReservationState::Unspecified => "",
             ReservationState::Held => "HELD",
@@ -417,8 +418,9 @@ impl Engine {
         .await?;
         let more = rows.len() > page_size as usize;
         let page: Vec<_> = rows.into_iter().take(page_size as usize).collect();
+        // The next page is of the same day, even when the office's midnight passes meanwhile.
         let next = if more {
-            page.last().map(|r| r.office_seq)
+            page.last().map(|r| (day, r.office_seq))
         } else {
             None
         };

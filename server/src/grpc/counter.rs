@@ -14,6 +14,7 @@ use super::validate::{self, Checker};
 use super::{allow_on_reservation, allow_role, fingerprint, nik_today, request_key};
 use crate::auth::layer::caller;
 use crate::auth::{Rpc, Scope};
+use crate::domain::calendar::{format_local_date, parse_local_date};
 use crate::engine::Engine;
 use crate::engine::holds::{IkdActivationCommand, SpoilCommand};
 use crate::engine::queries::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
@@ -278,13 +279,23 @@ impl CounterService for CounterApi {
             c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
         }
         c.enumeration::<ReservationState>("state", r.state, true);
-        let date = c.optional_date("local_date", &r.local_date);
+        let mut date = c.optional_date("local_date", &r.local_date);
         let size = page_size(&mut c, "page_size", r.page_size, MAX_PAGE_SIZE);
         let before = if r.page_token.is_empty() {
             None
         } else {
             match parse_reservation_token(&r.page_token) {
-                Some(t) => Some(t),
+                Some((day, seq)) => {
+                    match (day, date) {
+                        (Some(day), Some(asked)) if day != asked => {
+                            c.fail("page_token", "belongs to a listing of another local_date")
+                        }
+                        // The token's day: a listing of "today" stays on the day it began.
+                        (Some(day), _) => date = Some(day),
+                        (None, _) => {}
+                    }
+                    Some(seq)
+                }
                 None => {
                     c.fail("page_token", "is not a token this server issued");
                     None
@@ -307,7 +318,9 @@ impl CounterService for CounterApi {
             .await?;
         Ok(Response::new(ListReservationsResponse {
             reservations,
-            next_page_token: next.map(|seq| seq.to_string()).unwrap_or_default(),
+            next_page_token: next
+                .map(|(day, seq)| format!("{}:{seq}", format_local_date(day)))
+                .unwrap_or_default(),
         }))
     }
 
@@ -410,6 +423,13 @@ pub fn check_reserve(
     nik.ok_or_else(|| crate::engine::EngineError::Internal("validated NIK missing".into()))
 }
 
-fn parse_reservation_token(token: &str) -> Option<i64> {
-    token.parse().ok().filter(|seq: &i64| *seq > 0)
+/// A ListReservations page token: `YYYY-MM-DD:SEQ` (the listing's day and the last office
+/// sequence number given), or a bare `SEQ` from servers before the day was in it.
+fn parse_reservation_token(token: &str) -> Option<(Option<chrono::NaiveDate>, i64)> {
+    let (day, seq) = match token.split_once(':') {
+        Some((day, seq)) => (Some(parse_local_date(day).ok()?), seq),
+        None => (None, token),
+    };
+    let seq = seq.parse().ok().filter(|seq: &i64| *seq > 0)?;
+    Some((day, seq))
 }
