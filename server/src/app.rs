@@ -69,6 +69,7 @@ impl Application {
         })
         .await?;
         let nik_key = load_nik_key(&config, &store)?;
+        check_nik_key(&store, &nik_key, config.nik_key_changed).await?;
         let engine = Engine::shared(
             store,
             clock,
@@ -433,6 +434,44 @@ async fn run_retention(
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// Refuses a NIK key other than the one the database's NIKs were hashed with (its fingerprint is
+/// stored by the first server to start), unless `changed` says the change is deliberate.
+async fn check_nik_key(store: &Store, key: &NikKey, changed: bool) -> anyhow::Result<()> {
+    let fingerprint = key.check_fingerprint();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut tx = store.begin().await?;
+    sqlx::query(
+        "INSERT INTO nik_key_check (id, fingerprint, set_ms) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&fingerprint)
+    .bind(now_ms)
+    .execute(&mut *tx)
+    .await?;
+    let stored: String = sqlx::query_scalar("SELECT fingerprint FROM nik_key_check WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await?;
+    if stored != fingerprint {
+        if !changed {
+            anyhow::bail!(
+                "this database's NIKs were hashed with another NIK key (check {}…, this key's {}…):                  give every replica the key the database was started with (--nik-key-file or                  BLANGKO_NIK_KEY), or, to change the key on purpose after the service day, start                  once with --nik-key-changed (README, \"The NIK key\")",
+                &stored[..stored.len().min(12)],
+                &fingerprint[..12]
+            );
+        }
+        sqlx::query("UPDATE nik_key_check SET fingerprint = $1, set_ms = $2 WHERE id = 1")
+            .bind(&fingerprint)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        tracing::warn!(
+            "the NIK key was changed (--nik-key-changed): NIKs reserved or activated before no longer match"
+        );
+    }
+    tx.commit().await?;
+    store.sync().await?;
+    Ok(())
 }
 
 /// The NIK key: from the configured file, or (SQLite only) generated beside the database.

@@ -127,6 +127,12 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Accept a NIK key other than the one this database's NIKs were hashed with, and remember
+    /// it from now on (a deliberate key change after the service day; README, "The NIK key").
+    /// Without it the server refuses to start on another key.
+    #[arg(long, env = "BLANGKO_NIK_KEY_CHANGED", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub nik_key_changed: bool,
+
     /// Days a reservation's NIK hash (and an IKD activation's) is kept; older ones are purged,
     /// the counts and the ledger stay. 0 keeps them forever.
     #[arg(long, env = "BLANGKO_NIK_RETENTION_DAYS", default_value_t = 400, value_parser = clap::value_parser!(u32).range(0..=36_500))]

@@ -73,6 +73,11 @@ impl NikKey {
         self.mac(&[b"req\0", method.as_bytes(), b"\0", encoded_request])
     }
 
+    /// A keyed hash of a fixed text: tells this key from another without revealing it.
+    pub fn check_fingerprint(&self) -> String {
+        self.mac(&[b"key-check\0"])
+    }
+
     /// The form in which a caller's request id is stored and looked up: the id itself, unless it
     /// holds a run of 16 or more digits (it could hold a NIK). Such an id is kept as `#` and its
     /// keyed hash instead, so that no NIK is stored even when a client builds its request ids

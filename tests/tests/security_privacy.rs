@@ -480,3 +480,61 @@ async fn a_backlog_past_retention_is_purged_in_chunks_and_nothing_is_missed() ->
     pool.close().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_refuses_another_nik_key_unless_told_the_change_is_deliberate()
+-> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let mut first = TestServer::spawn_process_on(db.clone(), &[]).await?;
+        let mut stock = first.stock_client().await?;
+        let mut counter = first.counter_client().await?;
+        office_with_point(&mut stock, "3275", "main", 5, 10).await?;
+        reservation_of(
+            counter
+                .reserve(reserve_request("3275", "main", 1))
+                .await?
+                .into_inner(),
+        )?;
+        // Another key in the file (a second replica given the wrong one, a restore beside the
+        // wrong key): the server does not start, and says why.
+        let key: [u8; 32] = rand::random();
+        let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&db.nik_key_file, &key_hex)?;
+        // One SQLite file serves one process: there the first server stops first. A PostgreSQL
+        // replica is refused while the first one runs.
+        let sqlite = db.sqlite_file().is_some();
+        if sqlite {
+            assert!(first.stop().await?);
+        }
+        let refused = TestServer::spawn_process_on(db.clone(), &[]).await;
+        let err = match refused {
+            Ok(_) => anyhow::bail!("a server started with another NIK key"),
+            Err(err) => format!("{err:#}"),
+        };
+        assert!(err.contains("hashed with another NIK key"), "{err}");
+        assert!(err.contains("--nik-key-changed"), "{err}");
+        if !sqlite {
+            // The first replica (the right key) goes on serving meanwhile.
+            counter
+                .get_quota(GetQuotaRequest {
+                    office_id: "3275".into(),
+                    service_point_id: "main".into(),
+                })
+                .await?;
+            assert!(first.stop().await?);
+        }
+        // Told the change is deliberate: it starts, and from then on the new key is the one.
+        let mut changed = TestServer::spawn_process_on(db.clone(), &["--nik-key-changed"]).await?;
+        assert!(
+            changed.log().contains("the NIK key was changed"),
+            "{}",
+            changed.log()
+        );
+        assert!(changed.stop().await?);
+        let mut again = TestServer::spawn_process_on(db.clone(), &[]).await?;
+        again.stock_client().await?;
+        assert!(again.stop().await?);
+        Ok(())
+    })
+    .await
+}
