@@ -287,15 +287,7 @@ async fn a_commit_after_expiry_takes_a_slot_again_or_fails_expired() -> anyhow::
             .await
             .expect_err("the cap is full");
         assert_eq!(error_reason(&err).as_deref(), Some("RESERVATION_EXPIRED"));
-        let live = counter
-            .get_quota(GetQuotaRequest {
-                office_id: "3275".into(),
-                service_point_id: "main".into(),
-            })
-            .await?
-            .into_inner()
-            .quota
-            .unwrap_or_default();
+        let live = fixtures::quota_snapshot(&mut counter, "3275", "main").await?;
         // a (committed) and the holds e and f: the group stays at its cap of 3.
         assert_eq!((live.held, live.committed), (2, 1));
         Ok(())

@@ -189,16 +189,30 @@ async fn a_full_day_at_debug_level_leaves_no_nik_in_logs_database_or_wal() -> an
     // Let the sweeper run at least once at debug level.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // While running: the database, its WAL and shared-memory files, the log.
-    let leaks = files_containing(&dir, &all)?;
-    assert!(leaks.is_empty(), "NIK found while running: {leaks:?}");
     assert!(server.log().contains("DEBUG"), "the log ran at debug level");
-    let wal = dir.join("blangko.db-wal");
-    assert!(wal.exists(), "the WAL was scanned");
+    assert!(dir.join("blangko.db-wal").exists(), "the WAL is scanned");
+    no_nik_in_files_while_running_and_after_stop(&dir, &all, &mut server).await
+}
 
-    // After a clean stop (WAL checkpointed into the database file).
+/// No NIK of `niks` in any file under `dir` (the database, its WAL and shared-memory files, the
+/// server's log) while `server` runs, nor after a clean stop (the WAL checkpointed into the
+/// database file). A log line that holds one is printed.
+async fn no_nik_in_files_while_running_and_after_stop(
+    dir: &Path,
+    niks: &[String],
+    server: &mut TestServer,
+) -> anyhow::Result<()> {
+    let leaks = files_containing(dir, niks)?;
+    for line in server
+        .log()
+        .lines()
+        .filter(|l| niks.iter().any(|n| l.contains(n.as_str())))
+    {
+        println!("LEAK {line}");
+    }
+    assert!(leaks.is_empty(), "NIK found while running: {leaks:?}");
     assert!(server.stop().await?);
-    let leaks = files_containing(&dir, &all)?;
+    let leaks = files_containing(dir, niks)?;
     assert!(leaks.is_empty(), "NIK found after stop: {leaks:?}");
     Ok(())
 }
@@ -406,29 +420,11 @@ async fn a_nik_typed_into_a_request_id_a_note_or_an_id_is_neither_stored_nor_ech
         }
     }
     // The hold is still there, uncancelled.
-    let listed = counter
-        .list_reservations(ListReservationsRequest {
-            office_id: "3275".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    assert_eq!(listed.reservations.len(), 1);
-    assert_eq!(listed.reservations[0].state(), ReservationState::Held);
+    let listed = fixtures::all_reservations(&mut counter, "3275").await?;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state(), ReservationState::Held);
 
-    let leaks = files_containing(&dir, &niks)?;
-    for line in server
-        .log()
-        .lines()
-        .filter(|l| niks.iter().any(|n| l.contains(n.as_str())))
-    {
-        println!("LEAK {line}");
-    }
-    assert!(leaks.is_empty(), "NIK found while running: {leaks:?}");
-    assert!(server.stop().await?);
-    let leaks = files_containing(&dir, &niks)?;
-    assert!(leaks.is_empty(), "NIK found after stop: {leaks:?}");
-    Ok(())
+    no_nik_in_files_while_running_and_after_stop(&dir, &niks, &mut server).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -515,12 +511,7 @@ async fn a_server_refuses_another_nik_key_unless_told_the_change_is_deliberate()
         assert!(err.contains("--nik-key-changed"), "{err}");
         if !sqlite {
             // The first replica (the right key) goes on serving meanwhile.
-            counter
-                .get_quota(GetQuotaRequest {
-                    office_id: "3275".into(),
-                    service_point_id: "main".into(),
-                })
-                .await?;
+            fixtures::quota_snapshot(&mut counter, "3275", "main").await?;
             assert!(first.stop().await?);
         }
         // Told the change is deliberate: it starts, and from then on the new key is the one.

@@ -129,13 +129,7 @@ impl CounterService for CounterApi {
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         c.id("reservation_id", &r.reservation_id, validate::MAX_ID_CHARS);
-        c.ledger_text(
-            "note",
-            &r.note,
-            validate::MAX_NOTE_CHARS,
-            true,
-            nik_today(&self.engine),
-        );
+        c.ledger_note(&r.note, nik_today(&self.engine));
         c.finish()?;
         allow_on_reservation(
             &self.engine,
@@ -174,20 +168,13 @@ impl CounterService for CounterApi {
             c.id("reservation_id", &r.reservation_id, validate::MAX_ID_CHARS);
         }
         c.enumeration::<SpoilageReason>("reason", r.reason, false);
-        c.ledger_text(
+        c.ledger_reference(
             "destruction_report_reference",
             &r.destruction_report_reference,
-            validate::MAX_REFERENCE_CHARS,
             true,
             nik_today(&self.engine),
         );
-        c.ledger_text(
-            "note",
-            &r.note,
-            validate::MAX_NOTE_CHARS,
-            true,
-            nik_today(&self.engine),
-        );
+        c.ledger_note(&r.note, nik_today(&self.engine));
         c.finish()?;
         if !r.reservation_id.is_empty() {
             allow_on_reservation(

@@ -279,20 +279,8 @@ impl StockService for StockApi {
         c.request_id(&r.request_id);
         c.office_id("office_id", &r.office_id);
         c.range("quantity", r.quantity, 1, validate::MAX_MOVEMENT);
-        c.ledger_text(
-            "reference",
-            &r.reference,
-            validate::MAX_REFERENCE_CHARS,
-            false,
-            nik_today(&self.engine),
-        );
-        c.ledger_text(
-            "note",
-            &r.note,
-            validate::MAX_NOTE_CHARS,
-            true,
-            nik_today(&self.engine),
-        );
+        c.ledger_reference("reference", &r.reference, false, nik_today(&self.engine));
+        c.ledger_note(&r.note, nik_today(&self.engine));
         c.finish()?;
         let meta = self.meta("RecordShipment", &r.request_id, principal, &r);
         Ok(Response::new(
@@ -318,20 +306,8 @@ impl StockService for StockApi {
             c.fail("to_office_id", "must differ from from_office_id");
         }
         c.range("quantity", r.quantity, 1, validate::MAX_MOVEMENT);
-        c.ledger_text(
-            "reference",
-            &r.reference,
-            validate::MAX_REFERENCE_CHARS,
-            true,
-            nik_today(&self.engine),
-        );
-        c.ledger_text(
-            "note",
-            &r.note,
-            validate::MAX_NOTE_CHARS,
-            true,
-            nik_today(&self.engine),
-        );
+        c.ledger_reference("reference", &r.reference, true, nik_today(&self.engine));
+        c.ledger_note(&r.note, nik_today(&self.engine));
         c.finish()?;
         let meta = self.meta("TransferStock", &r.request_id, principal, &r);
         Ok(Response::new(

@@ -148,6 +148,18 @@ impl Checker {
         }
     }
 
+    /// An optional free-text note kept in the ledger ([`Checker::ledger_text`], at most
+    /// [`MAX_NOTE_CHARS`]).
+    pub fn ledger_note(&mut self, value: &str, today: NaiveDate) {
+        self.ledger_text("note", value, MAX_NOTE_CHARS, true, today);
+    }
+
+    /// A document reference kept in the ledger ([`Checker::ledger_text`], at most
+    /// [`MAX_REFERENCE_CHARS`]).
+    pub fn ledger_reference(&mut self, field: &str, value: &str, optional: bool, today: NaiveDate) {
+        self.ledger_text(field, value, MAX_REFERENCE_CHARS, optional, today);
+    }
+
     /// A note or reference kept in the ledger (for good: the hash chain cannot be rewritten) and
     /// shown to agencies: 0..=max characters, and no NIK in it
     /// ([`crate::domain::nik::holds_a_nik`]: 16 digits that make a valid NIK, separators
