@@ -168,7 +168,7 @@ impl Engine {
     async fn purge_chunks(&self, find: &str, delete: &str, cutoff_ms: i64) -> EngineResult<u64> {
         let mut deleted = 0;
         loop {
-            let keys: Vec<String> = {
+            let mut keys: Vec<String> = {
                 let mut conn = self.store.reader().acquire().await?;
                 sqlx::query_scalar(find)
                     .bind(cutoff_ms)
@@ -179,6 +179,9 @@ impl Engine {
             if keys.is_empty() {
                 return Ok(deleted);
             }
+            // In key order, so that two replicas purging at once take their row locks in the
+            // same order (no deadlock between them).
+            keys.sort_unstable();
             let mut tx = self.begin().await?;
             for key in &keys {
                 deleted += sqlx::query(delete)
