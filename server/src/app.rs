@@ -456,8 +456,8 @@ async fn check_nik_key(store: &Store, key: &NikKey, changed: bool) -> anyhow::Re
         if !changed {
             anyhow::bail!(
                 "this database's NIKs were hashed with another NIK key (check {}…, this key's {}…):                  give every replica the key the database was started with (--nik-key-file or                  BLANGKO_NIK_KEY), or, to change the key on purpose after the service day, start                  once with --nik-key-changed (README, \"The NIK key\")",
-                &stored[..stored.len().min(12)],
-                &fingerprint[..12]
+                stored.chars().take(12).collect::<String>(),
+                fingerprint.chars().take(12).collect::<String>()
             );
         }
         sqlx::query("UPDATE nik_key_check SET fingerprint = $1, set_ms = $2 WHERE id = 1")
