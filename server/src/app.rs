@@ -455,7 +455,10 @@ async fn check_nik_key(store: &Store, key: &NikKey, changed: bool) -> anyhow::Re
     if stored != fingerprint {
         if !changed {
             anyhow::bail!(
-                "this database's NIKs were hashed with another NIK key (check {}…, this key's {}…):                  give every replica the key the database was started with (--nik-key-file or                  BLANGKO_NIK_KEY), or, to change the key on purpose after the service day, start                  once with --nik-key-changed (README, \"The NIK key\")",
+                "this database's NIKs were hashed with another NIK key (check {}…, this key's {}…): \
+                 give every replica the key the database was started with (--nik-key-file or \
+                 BLANGKO_NIK_KEY), or, to change the key on purpose after the service day, start \
+                 once with --nik-key-changed (README, \"The NIK key\")",
                 stored.chars().take(12).collect::<String>(),
                 fingerprint.chars().take(12).collect::<String>()
             );

@@ -42,14 +42,9 @@ pub fn accepted_request_id(value: &[u8]) -> Option<&str> {
     if !value.iter().all(|b| (0x21..=0x7e).contains(b)) {
         return None;
     }
-    let mut digits = 0;
-    for b in value {
-        digits = if b.is_ascii_digit() { digits + 1 } else { 0 };
-        if digits >= 16 {
-            return None;
-        }
-    }
-    std::str::from_utf8(value).ok()
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|id| !crate::domain::nik::has_nik_run(id))
 }
 
 /// A fresh request id: `srv-` and three groups of 8 hex characters of randomness (groups, so

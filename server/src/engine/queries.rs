@@ -341,22 +341,13 @@ impl Engine {
         // One transaction: every office of the page as of one moment, as GetStock reads one.
         let mut tx = self.store.begin_read().await?;
         let conn: &mut AnyConnection = &mut tx;
-        let offices =
-            rows::offices_page(conn, province_code, after, i64::from(page_size) + 1).await?;
-        let more = offices.len() > page_size as usize;
-        let mut stocks = Vec::with_capacity(offices.len().min(page_size as usize));
-        for office in offices.iter().take(page_size as usize) {
+        let (offices, next) =
+            rows::offices_page_and_next(conn, province_code, after, page_size).await?;
+        let mut stocks = Vec::with_capacity(offices.len());
+        for office in &offices {
             stocks.push(self.stock_level(conn, office).await?);
         }
         tx.commit().await?;
-        let next = if more {
-            stocks
-                .last()
-                .map(|s| s.office_id.clone())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
         Ok((stocks, next))
     }
 

@@ -3,7 +3,6 @@
 //! IKD activations are deleted, and stored idempotency answers (whose fingerprints are keyed
 //! hashes of requests that carried NIKs) are dropped. The reservations themselves, the daily
 //! quota counts and the ledger stay: the counts are kept, the link to a person is not.
-
 //!
 //! The purge runs beside the service day, so it never holds the database's write lock for long:
 //! it finds what to purge with short reads on the reader pool ([`PURGE_CHUNK`] rows each, along
@@ -18,6 +17,7 @@ use sqlx::Row;
 
 use super::{Engine, EngineResult};
 use crate::domain::calendar::{OfficeZone, format_local_date};
+use crate::store::rows;
 
 /// The prefix of a purged reservation's `nik_hash` (never a hex HMAC, so it matches no NIK).
 pub const PURGED_PREFIX: &str = "purged:";
@@ -53,23 +53,20 @@ impl Engine {
         let mut reservations = 0;
         let mut after_office = String::new();
         loop {
-            let offices: Vec<String> = {
+            let (offices, next) = {
                 let mut conn = self.store.reader().acquire().await?;
-                sqlx::query_scalar(
-                    "SELECT office_id FROM offices WHERE office_id > $1 ORDER BY office_id LIMIT $2",
-                )
-                .bind(&after_office)
-                .bind(PURGE_CHUNK)
-                .fetch_all(&mut *conn)
-                .await?
+                rows::offices_page_and_next(&mut conn, "", &after_office, PURGE_CHUNK as u32)
+                    .await?
             };
-            let Some(last) = offices.last() else { break };
-            after_office = last.clone();
-            for office_id in &offices {
+            for office in &offices {
                 reservations += self
-                    .purge_office_reservations(office_id, &from, &cutoff_date)
+                    .purge_office_reservations(&office.office_id, &from, &cutoff_date)
                     .await?;
             }
+            if next.is_empty() {
+                break;
+            }
+            after_office = next;
         }
         // Every reservation before the cutoff is purged now: the next purge starts there.
         *self.purged_before.lock().unwrap_or_else(|p| p.into_inner()) = Some(cutoff_date.max(from));
@@ -103,6 +100,7 @@ impl Engine {
         }
         Ok(purged)
     }
+
     /// Purges the NIK hashes of `office_id`'s reservations of local days from `from` up to
     /// `before` (excluded), a chunk at a time.
     async fn purge_office_reservations(
@@ -142,21 +140,15 @@ impl Engine {
                     ids.push(row.try_get::<String, _>("reservation_id")?);
                 }
             }
-            if !ids.is_empty() {
-                let mut tx = self.begin().await?;
-                for id in &ids {
-                    purged += sqlx::query(
-                        "UPDATE reservations SET nik_hash = $1 || reservation_id \
-                         WHERE reservation_id = $2 AND nik_hash NOT LIKE 'purged:%'",
-                    )
-                    .bind(PURGED_PREFIX)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                }
-                self.commit_durably(tx).await?;
-            }
+            purged += self
+                .write_by_keys(
+                    &format!(
+                        "UPDATE reservations SET nik_hash = '{PURGED_PREFIX}' || reservation_id \
+                         WHERE reservation_id = $1 AND nik_hash NOT LIKE '{PURGED_PREFIX}%'"
+                    ),
+                    ids,
+                )
+                .await?;
             if (rows.len() as i64) < PURGE_CHUNK {
                 return Ok(purged);
             }
@@ -168,7 +160,7 @@ impl Engine {
     async fn purge_chunks(&self, find: &str, delete: &str, cutoff_ms: i64) -> EngineResult<u64> {
         let mut deleted = 0;
         loop {
-            let mut keys: Vec<String> = {
+            let keys: Vec<String> = {
                 let mut conn = self.store.reader().acquire().await?;
                 sqlx::query_scalar(find)
                     .bind(cutoff_ms)
@@ -176,24 +168,32 @@ impl Engine {
                     .fetch_all(&mut *conn)
                     .await?
             };
-            if keys.is_empty() {
-                return Ok(deleted);
-            }
-            // In key order, so that two replicas purging at once take their row locks in the
-            // same order (no deadlock between them).
-            keys.sort_unstable();
-            let mut tx = self.begin().await?;
-            for key in &keys {
-                deleted += sqlx::query(delete)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            }
-            self.commit_durably(tx).await?;
-            if (keys.len() as i64) < PURGE_CHUNK {
+            let found = keys.len() as i64;
+            deleted += self.write_by_keys(delete, keys).await?;
+            if found < PURGE_CHUNK {
                 return Ok(deleted);
             }
         }
+    }
+
+    /// Runs `statement` (its one parameter a key) for each of `keys`, in one short write
+    /// transaction, and gives the rows it changed. In key order, so that two replicas purging at
+    /// once take their row locks in the same order (no deadlock between them).
+    async fn write_by_keys(&self, statement: &str, mut keys: Vec<String>) -> EngineResult<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        keys.sort_unstable();
+        let mut changed = 0;
+        let mut tx = self.begin().await?;
+        for key in &keys {
+            changed += sqlx::query(statement)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        self.commit_durably(tx).await?;
+        Ok(changed)
     }
 }

@@ -330,7 +330,7 @@ impl Engine {
                     return decode_answer(&stored);
                 }
                 // Holds that ran out earmark no blank any more, whether or not the sweeper came.
-                let (now, _) = self.today_of(&from)?;
+                let (now, from_date) = self.today_of(&from)?;
                 self.expire_due_in_tx(conn, &mut from, now).await?;
                 if from.available() < i64::from(quantity) {
                     return Err(EngineError::FailedPrecondition {
@@ -343,7 +343,6 @@ impl Engine {
                         ),
                     });
                 }
-                let (now, from_date) = self.today_of(&from)?;
                 let (_, to_date) = self.today_of(&to)?;
                 let mut out = NewEntry::of(LedgerEntryKind::TransferOut);
                 out.on_hand_delta = -i64::from(quantity);

@@ -46,18 +46,11 @@ impl Engine {
         limit: u32,
     ) -> EngineResult<(Vec<LedgerChainVerification>, String)> {
         let mut conn = self.store.reader().acquire().await?;
-        // One more than asked: tells whether another page follows.
-        let mut offices = rows::offices_page(&mut conn, "", after, i64::from(limit) + 1).await?;
-        let more = offices.len() > limit as usize;
-        offices.truncate(limit as usize);
+        let (offices, next) = rows::offices_page_and_next(&mut conn, "", after, limit).await?;
         let mut reports = Vec::with_capacity(offices.len());
         for office in &offices {
             reports.push(verify_chain(&mut conn, office, "").await?);
         }
-        let next = match offices.last() {
-            Some(last) if more => last.office_id.clone(),
-            _ => String::new(),
-        };
         Ok((reports, next))
     }
 }

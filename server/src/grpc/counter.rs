@@ -143,7 +143,7 @@ impl CounterService for CounterApi {
         Ok(Response::new(
             self.engine
                 .cancel(
-                    &request_key(&self.engine, r.request_id.clone()),
+                    &request_key(&self.engine, r.request_id),
                     &r.reservation_id,
                     &r.note,
                     &principal,
@@ -268,27 +268,25 @@ impl CounterService for CounterApi {
         c.enumeration::<ReservationState>("state", r.state, true);
         let mut date = c.optional_date("local_date", &r.local_date);
         let size = page_size(&mut c, "page_size", r.page_size, MAX_PAGE_SIZE);
-        let before = if r.page_token.is_empty() {
+        let token = if r.page_token.is_empty() {
             None
         } else {
-            match parse_reservation_token(&r.page_token) {
-                Some((day, seq)) => {
-                    match (day, date) {
-                        (Some(day), Some(asked)) if day != asked => {
-                            c.fail("page_token", "belongs to a listing of another local_date")
-                        }
-                        // The token's day: a listing of "today" stays on the day it began.
-                        (Some(day), _) => date = Some(day),
-                        (None, _) => {}
-                    }
-                    Some(seq)
-                }
-                None => {
-                    c.fail("page_token", "is not a token this server issued");
-                    None
-                }
+            let token = parse_reservation_token(&r.page_token);
+            if token.is_none() {
+                c.fail("page_token", "is not a token this server issued");
             }
+            token
         };
+        // The token's day: a listing of "today" stays on the day it began.
+        if let Some((Some(day), _)) = token {
+            match date {
+                Some(asked) if asked != day => {
+                    c.fail("page_token", "belongs to a listing of another local_date")
+                }
+                _ => date = Some(day),
+            }
+        }
+        let before = token.map(|(_, seq)| seq);
         c.finish()?;
         let state = ReservationState::try_from(r.state).unwrap_or(ReservationState::Unspecified);
         let (reservations, next) = self

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::counter::page_size;
 use super::validate::{self, Checker};
-use super::{fingerprint, nik_today};
+use super::{fingerprint, nik_today, request_key};
 use crate::auth::layer::caller;
 use crate::auth::{Rpc, Scope};
 use crate::engine::Engine;
@@ -35,7 +35,7 @@ impl StockApi {
 
     fn meta<M: Message>(&self, method: &str, request_id: &str, principal: String, m: &M) -> Meta {
         Meta {
-            request_id: self.engine.nik_key.request_key(request_id.to_string()),
+            request_id: request_key(&self.engine, request_id.to_string()),
             principal,
             fingerprint: fingerprint(&self.engine, method, m),
         }
@@ -76,11 +76,12 @@ pub fn check_policy(c: &mut Checker, prefix: &str, p: &QuotaPolicy) {
         &format!("{prefix}.priority_release_local_time"),
         &p.priority_release_local_time,
     );
-    let caps_field = format!("{prefix}.reason_caps");
-    if !c.at_most(&caps_field, &p.reason_caps, validate::MAX_REASON_CAPS) {
-        return;
-    }
-    for (i, cap) in p.reason_caps.iter().enumerate() {
+    let caps = c.listed(
+        &format!("{prefix}.reason_caps"),
+        &p.reason_caps,
+        validate::MAX_REASON_CAPS,
+    );
+    for (i, cap) in caps.iter().enumerate() {
         let field = format!("{prefix}.reason_caps[{i}]");
         c.text(&format!("{field}.name"), &cap.name, validate::MAX_ID_CHARS);
         if cap.reasons.is_empty() {
@@ -99,9 +100,7 @@ pub fn check_policy(c: &mut Checker, prefix: &str, p: &QuotaPolicy) {
 /// A list of distinct known reasons, at most [`validate::MAX_LISTED_REASONS`] long (a longer list
 /// is refused as a whole, without a violation per entry).
 fn check_reasons(c: &mut Checker, field: &str, reasons: &[i32]) {
-    if !c.at_most(field, reasons, validate::MAX_LISTED_REASONS) {
-        return;
-    }
+    let reasons = c.listed(field, reasons, validate::MAX_LISTED_REASONS);
     for (i, r) in reasons.iter().enumerate() {
         let entry = format!("{field}[{i}]");
         c.enumeration::<Reason>(&entry, *r, false);
@@ -206,15 +205,11 @@ impl StockService for StockApi {
         c.text("service_point.name", &sp.name, validate::MAX_NAME_CHARS);
         c.enumeration::<ServicePointKind>("service_point.kind", sp.kind, false);
         let mut days = ['0'; 7];
-        let days_listed = if c.at_most(
+        let days_listed = c.listed(
             "service_point.service_days",
             &sp.service_days,
             validate::MAX_SERVICE_DAYS,
-        ) {
-            sp.service_days.as_slice()
-        } else {
-            &[]
-        };
+        );
         for (i, d) in days_listed.iter().enumerate() {
             let field = format!("service_point.service_days[{i}]");
             c.enumeration::<Weekday>(&field, *d, false);
@@ -225,15 +220,11 @@ impl StockService for StockApi {
         if sp.service_days.is_empty() {
             days = ['1', '1', '1', '1', '1', '0', '0'];
         }
-        let holidays_listed = if c.at_most(
+        let holidays_listed = c.listed(
             "service_point.holidays",
             &sp.holidays,
             validate::MAX_HOLIDAYS,
-        ) {
-            sp.holidays.as_slice()
-        } else {
-            &[]
-        };
+        );
         let mut holidays = Vec::new();
         for (i, h) in holidays_listed.iter().enumerate() {
             let field = format!("service_point.holidays[{i}]");

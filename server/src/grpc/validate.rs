@@ -83,17 +83,17 @@ impl Checker {
         Err(EngineError::Invalid(self.violations))
     }
 
-    /// A repeated field of at most `max` entries. False (and one violation) when it is longer:
-    /// its entries are then not checked one by one.
-    pub fn at_most<T>(&mut self, field: &str, list: &[T], max: usize) -> bool {
+    /// The entries of a repeated field of at most `max` entries, to check one by one; none (and
+    /// one violation) when it is longer.
+    pub fn listed<'a, T>(&mut self, field: &str, list: &'a [T], max: usize) -> &'a [T] {
         if list.len() > max {
             self.fail(
                 field,
                 format!("must have at most {max} entries, got {}", list.len()),
             );
-            return false;
+            return &[];
         }
-        true
+        list
     }
 
     /// A required text of 1..=max characters without control characters.

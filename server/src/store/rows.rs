@@ -115,6 +115,25 @@ pub async fn offices_page(
     rows.iter().map(OfficeRow::from_row).collect()
 }
 
+/// A page of at most `limit` offices after `after` (by id), and the token of the next page: the
+/// page's last office id when more follow, empty after the last office.
+pub async fn offices_page_and_next(
+    conn: &mut AnyConnection,
+    province_code: &str,
+    after: &str,
+    limit: u32,
+) -> Result<(Vec<OfficeRow>, String), sqlx::Error> {
+    // One more than asked: tells whether another page follows.
+    let mut offices = offices_page(conn, province_code, after, i64::from(limit) + 1).await?;
+    let more = offices.len() > limit as usize;
+    offices.truncate(limit as usize);
+    let next = match offices.last() {
+        Some(last) if more => last.office_id.clone(),
+        _ => String::new(),
+    };
+    Ok((offices, next))
+}
+
 /// Sets an office's stock levels and ledger head after a movement.
 pub async fn update_office_stock(
     conn: &mut AnyConnection,
