@@ -119,9 +119,10 @@ enum Round {
     Skipped,
     /// Every frame was in the database file already: nothing was committed since the last pass.
     UpToDate,
-    /// It copied frames and fsynced the database file. `left`: about what the gated pass would
-    /// copy now (the frames committed since the last pass, which is about what was committed
-    /// while this round ran, plus any it could not copy).
+    /// The WAL changed since the last pass: it copied what it could and fsynced the database
+    /// file when that was anything. `left`: about what the gated pass would copy now (the
+    /// frames committed since the last pass, which is about what was committed while this
+    /// round ran, plus any it could not copy).
     Copied { left: i64 },
 }
 
@@ -145,13 +146,17 @@ async fn round(
             Round::Skipped
         });
     }
-    // The frames committed since the last pass, or all of them when the WAL has restarted since.
-    let fresh = if now.frames >= before.frames {
-        now.frames - before.frames
+    // The frames committed and copied since the last pass, or all of them when the WAL has
+    // restarted since.
+    let (fresh, copied) = if now.frames >= before.frames {
+        (now.frames - before.frames, now.copied - before.copied)
     } else {
-        now.frames
+        (now.frames, now.copied)
     };
-    database.sync().await?;
+    // Nothing new copied: a reader holds back what was committed, and there is nothing to sync.
+    if copied > 0 {
+        database.sync().await?;
+    }
     Ok(Round::Copied {
         left: fresh + (now.frames - now.copied),
     })
