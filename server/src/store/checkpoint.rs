@@ -187,8 +187,9 @@ async fn checkpoint(
             Round::UpToDate => break,
             // Frames it could not copy were 15-80 in the runs measured, about one batch's
             // commit: most likely one that was ending as the round began, its read lock still
-            // held for a moment. The gated pass, with no transaction open, copies them. A reader that really holds them also holds back
-            // the gated pass, which then copies nothing and costs a moment of the gate.
+            // held for a moment. The gated pass, with no transaction open, copies them. A
+            // reader that really holds them also holds back the gated pass, which then copies
+            // nothing and costs a moment of the gate.
             Round::Copied { left } => {
                 *gated = false;
                 if left <= GATED_FRAMES {
