@@ -97,6 +97,8 @@ pub fn spawn(reader: AnyPool, direct: Arc<Direct>, database: DatabaseFile) {
                     .map(|round| gated &= round == Round::UpToDate)
             };
             if let Err(err) = done {
+                // Whatever the failed pass left, the next tick must not take it for gated.
+                gated = false;
                 if reader.is_closed() {
                     break;
                 }
@@ -135,8 +137,12 @@ async fn round(
     last: &mut WalState,
 ) -> anyhow::Result<Round> {
     let now = passive(reader).await?;
+    if now.busy {
+        // Another checkpoint ran: its figures (-1) say nothing of the WAL.
+        return Ok(Round::Skipped);
+    }
     let before = std::mem::replace(last, now);
-    if now.busy || now.frames <= 0 {
+    if now.frames <= 0 {
         return Ok(Round::Skipped);
     }
     if now == before {
@@ -147,8 +153,8 @@ async fn round(
         });
     }
     // The frames committed and copied since the last pass, or all of them when the WAL has
-    // restarted since.
-    let (fresh, copied) = if now.frames >= before.frames {
+    // restarted since (fewer frames, or fewer copied, than the last pass saw).
+    let (fresh, copied) = if now.frames >= before.frames && now.copied >= before.copied {
         (now.frames - before.frames, now.copied - before.copied)
     } else {
         (now.frames, now.copied)
@@ -180,15 +186,15 @@ async fn checkpoint(
             // Everything is copied, but SQLite starts the WAL again only at a commit whose
             // transaction began after the checkpoint completed, and only if no reader holds a
             // snapshot in the WAL then. Such ticks used to skip their gated pass, and in some of
-            // them the WAL did not start again: it grew by a whole interval's frames, one step
-            // of about 10 MiB (BENCHMARKS.md). The gated pass is needed unless it already ran on
-            // this very WAL.
+            // them the WAL did not start again: it grew on through the next interval (4,721 to
+            // 11,007 frames in one logged case; BENCHMARKS.md). The gated pass is needed unless
+            // it already ran on this very WAL.
             Round::UpToDate if *gated => return Ok(()),
             Round::UpToDate => break,
             // Frames it could not copy were 15-80 in the runs measured, about one batch's
             // commit: most likely one that was ending as the round began, its read lock still
-            // held for a moment. The gated pass, with no transaction open, copies them. A
-            // reader that really holds them also holds back the gated pass, which then copies
+            // held for a moment. The gated pass, with no write transaction open, copies them.
+            // A reader that really holds them also holds back the gated pass, which then copies
             // nothing and costs a moment of the gate.
             Round::Copied { left } => {
                 *gated = false;
@@ -198,7 +204,9 @@ async fn checkpoint(
             }
         }
     }
-    if let Some(now) = direct.checkpoint().await? {
+    if let Some(now) = direct.checkpoint().await?
+        && !now.busy
+    {
         *last = now;
         *gated = true;
     }
@@ -297,6 +305,10 @@ mod tests {
             })
         };
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            !tick.is_finished(),
+            "the tick ended without waiting for the gate (no gated pass)"
+        );
         go.send(()).unwrap();
         batch.join().unwrap().unwrap().unwrap();
         tick.await.unwrap().unwrap();
