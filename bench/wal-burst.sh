@@ -31,6 +31,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$wo
 
 for run in $(seq 1 "$runs"); do
   db="$work/run$run.db"
+  rm -f "$work/server.out" "$work/server.err"
   "$server" --listen 127.0.0.1:0 --database "sqlite:$db" --log warn \
     > "$work/server.out" 2> "$work/server.err" &
   server_pid=$!
@@ -54,13 +55,13 @@ for run in $(seq 1 "$runs"); do
   }
   kill "$sampler" 2> /dev/null || true
   wait "$sampler" 2> /dev/null || true
-  kill "$server_pid"
+  kill "$server_pid" 2> /dev/null || echo "the server had already stopped" >&2
   wait "$server_pid" 2> /dev/null || true
   grep -q "invariant held" <<< "$out" || { echo "$out" >&2; exit 1; }
 
   peak=$(sort -n "$work/wal-sizes" | tail -1)
   echo "run $run of $runs, $seconds s, $concurrency in flight, $service_points service points"
-  grep -E '^reserve|peak RSS' <<< "$out"
+  grep -E '^reserve|peak RSS' <<< "$out" || { echo "$out" >&2; exit 1; }
   awk -v b="$peak" 'BEGIN { printf "WAL peak %.1f MiB\n", b / 1048576 }'
   rm -f "$db" "$db-wal" "$db-shm" "$db.nikkey"
 done
