@@ -75,6 +75,7 @@ impl Application {
             clock,
             nik_key,
             config.max_watchers,
+            Duration::from_millis(config.watch_refresh_ms),
             config.reserve_batch_size as usize,
         );
         if config.demo {

@@ -75,6 +75,11 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_MAX_WATCHERS", default_value_t = 10_000, value_parser = max_watchers)]
     pub max_watchers: usize,
 
+    /// Shortest time in milliseconds between two WatchQuota snapshots of one service point during
+    /// a burst of changes; a change after a quiet moment goes out at once.
+    #[arg(long, env = "BLANGKO_WATCH_REFRESH_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(20..=10_000))]
+    pub watch_refresh_ms: u64,
+
     /// Most Reserves of one office decided in one transaction (group commit); 1 turns batching off.
     #[arg(long, env = "BLANGKO_RESERVE_BATCH_SIZE", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub reserve_batch_size: u32,

@@ -191,12 +191,35 @@ async fn help_explains_every_flag_and_its_environment_variable() -> anyhow::Resu
         ("--nik-key-file", "BLANGKO_NIK_KEY_FILE"),
         ("--demo", "BLANGKO_DEMO"),
         ("--drain-timeout-secs", "BLANGKO_DRAIN_TIMEOUT_SECS"),
+        ("--watch-refresh-ms", "BLANGKO_WATCH_REFRESH_MS"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(env), "{env} missing from --help");
     }
     assert!(help.contains("127.0.0.1:50051"));
     assert!(help.contains("sqlite:blangko.db"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_watch_refresh_outside_20_ms_to_10_s_is_refused_before_anything_starts()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    for refresh in ["0", "19", "10001", "fast"] {
+        let output = tokio::process::Command::new(server_bin())
+            .args(["--listen", "127.0.0.1:0", "--watch-refresh-ms", refresh])
+            .env_remove("BLANGKO_DATABASE_URL")
+            .current_dir(dir.path())
+            .output()
+            .await?;
+        assert_eq!(output.status.code(), Some(2), "{refresh}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--watch-refresh-ms"), "{stderr}");
+        assert!(
+            !dir.path().join("blangko.db").exists(),
+            "nothing was created"
+        );
+    }
     Ok(())
 }
 

@@ -558,6 +558,47 @@ async fn a_watcher_gets_a_snapshot_at_once_and_after_each_change() -> anyhow::Re
     .await
 }
 
+/// `--watch-refresh-ms`: the first change after a quiet moment goes out at once, the next one no
+/// sooner than the refresh interval after it, and it shows the latest state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_gets_changes_at_most_once_per_refresh_interval() -> anyhow::Result<()> {
+    const REFRESH: Duration = Duration::from_secs(2);
+    let server = TestServer::start_on(
+        blangko_e2e::TestDatabase::sqlite().await?,
+        &["--watch-refresh-ms", "2000"],
+    )
+    .await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 5, 100).await?;
+    let mut watch = server
+        .counter_client()
+        .await?
+        .watch_quota(WatchQuotaRequest {
+            office_id: "3275".into(),
+            service_point_id: "main".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(next_snapshot(&mut watch).await?.held, 0);
+    let mut counter = server.counter_client().await?;
+    counter.reserve(reserve_request("3275", "main", 1)).await?;
+    let first = next_snapshot(&mut watch).await?;
+    let first_at = std::time::Instant::now();
+    assert_eq!(first.held, 1, "the first change, at once");
+    counter.reserve(reserve_request("3275", "main", 2)).await?;
+    counter.reserve(reserve_request("3275", "main", 3)).await?;
+    let second = next_snapshot(&mut watch).await?;
+    let gap = first_at.elapsed();
+    assert_eq!(second.held, 3, "the next snapshot shows the latest state");
+    // The server waits REFRESH after sending the first; only a late first arrival could
+    // shorten the gap seen here, and not by half of it.
+    assert!(
+        gap >= REFRESH / 2,
+        "the second snapshot came {gap:?} after the first"
+    );
+    Ok(())
+}
+
 async fn next_snapshot(
     w: &mut tonic::Streaming<WatchQuotaResponse>,
 ) -> anyhow::Result<QuotaSnapshot> {

@@ -84,9 +84,11 @@ impl Engine {
         clock: Arc<dyn Clock>,
         nik_key: NikKey,
         max_watchers: usize,
+        watch_refresh: std::time::Duration,
         reserve_batch_size: usize,
     ) -> Arc<Self> {
         let mut engine = Self::new(store, clock, nik_key, max_watchers);
+        engine.hub = watch::WatchHub::new(max_watchers, watch_refresh);
         engine.batcher = batch::Batcher::new(reserve_batch_size);
         let engine = Arc::new(engine);
         engine.batcher.attach(&engine);
@@ -100,7 +102,7 @@ impl Engine {
             store,
             clock,
             nik_key,
-            hub: watch::WatchHub::new(max_watchers),
+            hub: watch::WatchHub::new(max_watchers, watch::DEFAULT_REFRESH_INTERVAL),
             batcher: batch::Batcher::default(),
             started_ms,
             metrics: Arc::new(crate::metrics::Metrics::new()),

@@ -3,7 +3,7 @@
 //! One `tokio::sync::watch` channel per watched service point holds only the LATEST snapshot, so
 //! a slow watcher skips to the newest one and the server never buffers without bound. A change
 //! marks the office's channels dirty; one refresher task per channel re-reads the snapshot, at
-//! most once per [`REFRESH_INTERVAL`], so a burst of Reserves costs a handful of reads, not one
+//! most once per refresh interval (`--watch-refresh-ms`, [`DEFAULT_REFRESH_INTERVAL`]), so a burst of Reserves costs a handful of reads, not one
 //! per Reserve per watcher.
 
 use std::collections::HashMap;
@@ -15,11 +15,11 @@ use tokio::sync::{Notify, watch};
 
 use super::{Engine, EngineError, EngineResult};
 
-/// Shortest time between two refreshes of one channel: a change after a quiet moment goes out at
+/// Default shortest time between two refreshes of one channel: a change after a quiet moment goes out at
 /// once, and under a burst a watcher gets at most five snapshots a second, often enough for a
 /// counter screen or a queue board. At 20 ms, 1,000 watchers of one office took about 48,000
 /// stream messages a second from the same two cores as the Reserves (BENCHMARKS.md).
-pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 
 type Key = (String, String);
 
@@ -34,14 +34,17 @@ pub struct WatchHub {
     /// Most watched streams at once over all service points (each costs a receiver and, per
     /// service point, one task).
     max_watchers: usize,
+    /// Shortest time between two refreshes of one channel.
+    refresh: Duration,
 }
 
 impl WatchHub {
     /// An empty hub.
-    pub fn new(max_watchers: usize) -> Self {
+    pub fn new(max_watchers: usize, refresh: Duration) -> Self {
         WatchHub {
             channels: Mutex::new(HashMap::new()),
             max_watchers,
+            refresh,
         }
     }
 
@@ -150,7 +153,7 @@ impl Engine {
                     tracing::warn!(office = %key.0, service_point = %key.1, error = %err, "cannot refresh a watched quota")
                 }
             }
-            tokio::time::sleep(REFRESH_INTERVAL).await;
+            tokio::time::sleep(self.hub.refresh).await;
         }
     }
 }
