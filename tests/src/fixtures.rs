@@ -214,3 +214,18 @@ pub async fn quota_snapshot(
         .quota
         .ok_or_else(|| anyhow::anyhow!("no quota in answer"))
 }
+
+/// Opens a WatchQuota stream on a service point.
+pub async fn watch_quota(
+    counter: &mut blangko_proto::v1::counter_service_client::CounterServiceClient<Channel>,
+    office_id: &str,
+    service_point_id: &str,
+) -> anyhow::Result<tonic::Streaming<WatchQuotaResponse>> {
+    Ok(counter
+        .watch_quota(WatchQuotaRequest {
+            office_id: office_id.into(),
+            service_point_id: service_point_id.into(),
+        })
+        .await?
+        .into_inner())
+}

@@ -195,15 +195,8 @@ async fn a_watcher_on_one_replica_sees_reserves_made_through_another() -> anyhow
     };
     let mut stock = servers[0].stock_client().await?;
     office_with_point(&mut stock, "3275", "main", 20, 100).await?;
-    let mut watch = servers[0]
-        .counter_client()
-        .await?
-        .watch_quota(WatchQuotaRequest {
-            office_id: "3275".into(),
-            service_point_id: "main".into(),
-        })
-        .await?
-        .into_inner();
+    let mut watch =
+        fixtures::watch_quota(&mut servers[0].counter_client().await?, "3275", "main").await?;
     let first = watch
         .next()
         .await

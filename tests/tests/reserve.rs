@@ -72,15 +72,8 @@ async fn six_hundred_concurrent_reserves_get_exactly_the_quota_of_137() -> anyho
         office_with_point(&mut stock, "3275", "main", 137, 1000).await?;
 
         // A watcher records every snapshot it sees during the burst.
-        let mut watch = server
-            .counter_client()
-            .await?
-            .watch_quota(WatchQuotaRequest {
-                office_id: "3275".into(),
-                service_point_id: "main".into(),
-            })
-            .await?
-            .into_inner();
+        let mut watch =
+            fixtures::watch_quota(&mut server.counter_client().await?, "3275", "main").await?;
         let burst_over = Arc::new(AtomicBool::new(false));
         let watcher = {
             let burst_over = burst_over.clone();

@@ -201,20 +201,20 @@ async fn help_explains_every_flag_and_its_environment_variable() -> anyhow::Resu
     Ok(())
 }
 
-#[tokio::test]
-async fn a_watch_refresh_outside_20_ms_to_10_s_is_refused_before_anything_starts()
--> anyhow::Result<()> {
+/// Starts the server with `flag` set to each of `values` in an empty directory: each start must
+/// exit 2 (a usage error) naming the flag, before any database is created.
+async fn refused_before_anything_starts(flag: &str, values: &[&str]) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    for refresh in ["0", "19", "10001", "fast"] {
+    for value in values {
         let output = tokio::process::Command::new(server_bin())
-            .args(["--listen", "127.0.0.1:0", "--watch-refresh-ms", refresh])
+            .args(["--listen", "127.0.0.1:0", flag, value])
             .env_remove("BLANGKO_DATABASE_URL")
             .current_dir(dir.path())
             .output()
             .await?;
-        assert_eq!(output.status.code(), Some(2), "{refresh}");
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("--watch-refresh-ms"), "{stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
         assert!(
             !dir.path().join("blangko.db").exists(),
             "nothing was created"
@@ -224,24 +224,14 @@ async fn a_watch_refresh_outside_20_ms_to_10_s_is_refused_before_anything_starts
 }
 
 #[tokio::test]
+async fn a_watch_refresh_outside_20_ms_to_10_s_is_refused_before_anything_starts()
+-> anyhow::Result<()> {
+    refused_before_anything_starts("--watch-refresh-ms", &["0", "19", "10001", "fast"]).await
+}
+
+#[tokio::test]
 async fn a_clock_offset_past_ten_years_is_refused_before_anything_starts() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    for offset in ["9223372036854775", "-315619201"] {
-        let output = tokio::process::Command::new(server_bin())
-            .args(["--listen", "127.0.0.1:0", "--clock-offset-secs", offset])
-            .env_remove("BLANGKO_DATABASE_URL")
-            .current_dir(dir.path())
-            .output()
-            .await?;
-        assert_eq!(output.status.code(), Some(2), "{offset}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("--clock-offset-secs"), "{stderr}");
-        assert!(
-            !dir.path().join("blangko.db").exists(),
-            "nothing was created"
-        );
-    }
-    Ok(())
+    refused_before_anything_starts("--clock-offset-secs", &["9223372036854775", "-315619201"]).await
 }
 
 #[tokio::test]

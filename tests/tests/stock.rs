@@ -519,15 +519,8 @@ async fn a_watcher_gets_a_snapshot_at_once_and_after_each_change() -> anyhow::Re
         let server = TestServer::start_on(db, &[]).await?;
         let mut stock = server.stock_client().await?;
         office_with_point(&mut stock, "3275", "main", 5, 100).await?;
-        let mut watch = server
-            .counter_client()
-            .await?
-            .watch_quota(WatchQuotaRequest {
-                office_id: "3275".into(),
-                service_point_id: "main".into(),
-            })
-            .await?
-            .into_inner();
+        let mut watch =
+            fixtures::watch_quota(&mut server.counter_client().await?, "3275", "main").await?;
         assert_eq!(next_snapshot(&mut watch).await?.remaining, 5);
         let mut counter = server.counter_client().await?;
         counter.reserve(reserve_request("3275", "main", 1)).await?;
@@ -570,15 +563,8 @@ async fn a_watcher_gets_changes_at_most_once_per_refresh_interval() -> anyhow::R
     .await?;
     let mut stock = server.stock_client().await?;
     office_with_point(&mut stock, "3275", "main", 5, 100).await?;
-    let mut watch = server
-        .counter_client()
-        .await?
-        .watch_quota(WatchQuotaRequest {
-            office_id: "3275".into(),
-            service_point_id: "main".into(),
-        })
-        .await?
-        .into_inner();
+    let mut watch =
+        fixtures::watch_quota(&mut server.counter_client().await?, "3275", "main").await?;
     assert_eq!(next_snapshot(&mut watch).await?.held, 0);
     let mut counter = server.counter_client().await?;
     counter.reserve(reserve_request("3275", "main", 1)).await?;
