@@ -77,7 +77,7 @@ pub struct Config {
 
     /// Shortest time in milliseconds between two WatchQuota snapshots of one service point during
     /// a burst of changes; a change after a quiet moment goes out at once.
-    #[arg(long, env = "BLANGKO_WATCH_REFRESH_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(20..=10_000))]
+    #[arg(long, env = "BLANGKO_WATCH_REFRESH_MS", default_value_t = crate::engine::watch::DEFAULT_REFRESH_MS, value_parser = clap::value_parser!(u64).range(20..=10_000))]
     pub watch_refresh_ms: u64,
 
     /// Most Reserves of one office decided in one transaction (group commit); 1 turns batching off.

@@ -87,8 +87,7 @@ impl Engine {
         watch_refresh: std::time::Duration,
         reserve_batch_size: usize,
     ) -> Arc<Self> {
-        let mut engine = Self::new(store, clock, nik_key, max_watchers);
-        engine.hub = watch::WatchHub::new(max_watchers, watch_refresh);
+        let mut engine = Self::new(store, clock, nik_key, max_watchers, watch_refresh);
         engine.batcher = batch::Batcher::new(reserve_batch_size);
         let engine = Arc::new(engine);
         engine.batcher.attach(&engine);
@@ -96,13 +95,19 @@ impl Engine {
     }
 
     /// An engine over an open store.
-    pub fn new(store: Store, clock: Arc<dyn Clock>, nik_key: NikKey, max_watchers: usize) -> Self {
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        nik_key: NikKey,
+        max_watchers: usize,
+        watch_refresh: std::time::Duration,
+    ) -> Self {
         let started_ms = clock.now_ms();
         Engine {
             store,
             clock,
             nik_key,
-            hub: watch::WatchHub::new(max_watchers, watch::DEFAULT_REFRESH_INTERVAL),
+            hub: watch::WatchHub::new(max_watchers, watch_refresh),
             batcher: batch::Batcher::default(),
             started_ms,
             metrics: Arc::new(crate::metrics::Metrics::new()),

@@ -3,8 +3,8 @@
 //! One `tokio::sync::watch` channel per watched service point holds only the LATEST snapshot, so
 //! a slow watcher skips to the newest one and the server never buffers without bound. A change
 //! marks the office's channels dirty; one refresher task per channel re-reads the snapshot, at
-//! most once per refresh interval (`--watch-refresh-ms`, [`DEFAULT_REFRESH_INTERVAL`]), so a burst of Reserves costs a handful of reads, not one
-//! per Reserve per watcher.
+//! most once per refresh interval (`--watch-refresh-ms`, [`DEFAULT_REFRESH_MS`]), so a burst of
+//! Reserves costs a handful of reads, not one per Reserve per watcher.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,11 +15,12 @@ use tokio::sync::{Notify, watch};
 
 use super::{Engine, EngineError, EngineResult};
 
-/// Default shortest time between two refreshes of one channel: a change after a quiet moment goes out at
-/// once, and under a burst a watcher gets at most five snapshots a second, often enough for a
-/// counter screen or a queue board. At 20 ms, 1,000 watchers of one office took about 48,000
-/// stream messages a second from the same two cores as the Reserves (BENCHMARKS.md).
-pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+/// Default shortest time, in milliseconds, between two refreshes of one channel
+/// (`--watch-refresh-ms`): a change after a quiet moment goes out at once, and under a burst a
+/// watcher gets at most five snapshots a second, often enough for a counter screen or a queue
+/// board. At 20 ms, 1,000 watchers of one office took about 48,000 stream messages a second from
+/// the same two cores as the Reserves (BENCHMARKS.md).
+pub const DEFAULT_REFRESH_MS: u64 = 200;
 
 type Key = (String, String);
 

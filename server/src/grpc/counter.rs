@@ -168,13 +168,14 @@ impl CounterService for CounterApi {
             c.id("reservation_id", &r.reservation_id, validate::MAX_ID_CHARS);
         }
         c.enumeration::<SpoilageReason>("reason", r.reason, false);
+        let today = nik_today(&self.engine);
         c.ledger_reference(
             "destruction_report_reference",
             &r.destruction_report_reference,
             true,
-            nik_today(&self.engine),
+            today,
         );
-        c.ledger_note(&r.note, nik_today(&self.engine));
+        c.ledger_note(&r.note, today);
         c.finish()?;
         if !r.reservation_id.is_empty() {
             allow_on_reservation(

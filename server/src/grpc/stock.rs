@@ -270,8 +270,9 @@ impl StockService for StockApi {
         c.request_id(&r.request_id);
         c.office_id("office_id", &r.office_id);
         c.range("quantity", r.quantity, 1, validate::MAX_MOVEMENT);
-        c.ledger_reference("reference", &r.reference, false, nik_today(&self.engine));
-        c.ledger_note(&r.note, nik_today(&self.engine));
+        let today = nik_today(&self.engine);
+        c.ledger_reference("reference", &r.reference, false, today);
+        c.ledger_note(&r.note, today);
         c.finish()?;
         let meta = self.meta("RecordShipment", &r.request_id, principal, &r);
         Ok(Response::new(
@@ -297,8 +298,9 @@ impl StockService for StockApi {
             c.fail("to_office_id", "must differ from from_office_id");
         }
         c.range("quantity", r.quantity, 1, validate::MAX_MOVEMENT);
-        c.ledger_reference("reference", &r.reference, true, nik_today(&self.engine));
-        c.ledger_note(&r.note, nik_today(&self.engine));
+        let today = nik_today(&self.engine);
+        c.ledger_reference("reference", &r.reference, true, today);
+        c.ledger_note(&r.note, today);
         c.finish()?;
         let meta = self.meta("TransferStock", &r.request_id, principal, &r);
         Ok(Response::new(

@@ -230,8 +230,7 @@ mod tests {
     /// A Reserve batch that began reading while a round copied the WAL commits after the frames
     /// it saw, so that commit does not start the WAL again. When the tick's next round then
     /// finds nothing new to copy, the gated pass must still run: without it the WAL went on
-    /// growing until the next tick (a step of about 10 MiB under load). With it, the next
-    /// commit starts the WAL again.
+    /// growing until the next tick. With it, the next commit starts the WAL again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_tick_with_nothing_left_to_copy_still_lets_the_wal_start_again() {
         let dir = tempfile::tempdir().unwrap();
