@@ -341,3 +341,62 @@ async fn the_report_adds_up_day_by_day_as_table_csv_and_svg() -> anyhow::Result<
     })
     .await
 }
+
+/// A shipment recorded at 23:30 WIB on 1 December, after which the office moves to WIT (UTC+9):
+/// its ledger entry keeps the local date it was recorded on (1 December), while the report cuts
+/// days in the office's zone now, where that instant is 01:30 on 2 December. The report reads
+/// the ledger by stored local date, widened by a day, then by the instant: the shipment is
+/// counted once, on 2 December.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_counts_on_the_day_of_the_office_zone_after_the_zone_changed() -> anyhow::Result<()>
+{
+    on_each_backend(|db: Arc<TestDatabase>| async move {
+        let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+        let server = TestServer::start_with_clock(db, &[], Arc::new(clock.clone())).await?;
+        let mut stock = server.stock_client().await?;
+        office(&mut stock, "3275", |_| {}).await?;
+        clock.advance_ms(15 * HOUR_MS + HOUR_MS / 2);
+        ship(&mut stock, "3275", 7).await?;
+        office(&mut stock, "3275", |o| o.time_zone = "Asia/Jayapura".into()).await?;
+
+        let report = |from: &str, to: &str| GetStockReportRequest {
+            office_id: "3275".into(),
+            from_date: from.into(),
+            to_date: to.into(),
+        };
+        let days = stock
+            .get_stock_report(report("2026-12-01", "2026-12-02"))
+            .await?
+            .into_inner();
+        assert_eq!(days.time_zone, "Asia/Jayapura");
+        let figures: Vec<(&str, u64, u64, u64)> = days
+            .days
+            .iter()
+            .map(|d| {
+                (
+                    d.local_date.as_str(),
+                    d.opening_on_hand,
+                    d.received,
+                    d.closing_on_hand,
+                )
+            })
+            .collect();
+        assert_eq!(
+            figures,
+            [("2026-12-01", 0, 0, 0), ("2026-12-02", 0, 7, 7)],
+            "{days:?}"
+        );
+        assert!(days.reconciled, "{days:?}");
+
+        // The one day alone: the window starts on the entry's stored date only with the margin.
+        let one = stock
+            .get_stock_report(report("2026-12-02", "2026-12-02"))
+            .await?
+            .into_inner();
+        assert_eq!(one.days.len(), 1);
+        assert_eq!((one.days[0].received, one.days[0].closing_on_hand), (7, 7));
+        assert!(one.reconciled, "{one:?}");
+        Ok(())
+    })
+    .await
+}

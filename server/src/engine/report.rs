@@ -24,6 +24,16 @@ pub const MAX_REPORT_DAYS: i64 = 366;
 /// Milliseconds in a day (office zones have fixed offsets, no DST).
 const DAY_MS: i64 = 86_400_000;
 
+/// How far, in days, a ledger entry's stored `local_date` may lie from the day its
+/// `recorded_ms` falls on in the office's zone now. The stored date was computed in the zone the
+/// office had when the entry was recorded; office zones are UTC+7 to UTC+9 (`OfficeZone`), at
+/// most 2 hours apart, so it is off by one day at most (a unit test checks this against every
+/// pair of zones). The report's ledger queries take the entries of its days widened by this
+/// margin through the `ledger_by_day` index, then cut them exactly by `recorded_ms`: a report of
+/// a few days reads those days, not the office's whole ledger (BENCHMARKS.md, "The stock report
+/// on a year of ledger").
+const ZONE_MARGIN_DAYS: u64 = 1;
+
 /// One day's sums, before they become a row.
 #[derive(Default, Clone, Copy)]
 struct Sums {
@@ -57,6 +67,16 @@ impl Engine {
         let start_ms = zone.start_of_day_ms(from);
         let end_ms = zone.start_of_day_ms(to) + DAY_MS;
         let first_index = (start_ms + offset_ms).div_euclid(DAY_MS);
+        let margin = chrono::Days::new(ZONE_MARGIN_DAYS);
+        let (Some(first_date), Some(last_date)) =
+            (from.checked_sub_days(margin), to.checked_add_days(margin))
+        else {
+            return Err(EngineError::Internal(format!(
+                "the report's days {from}..{to} cannot be widened by {ZONE_MARGIN_DAYS} days"
+            )));
+        };
+        let first_date = format_local_date(first_date);
+        let last_date = format_local_date(last_date);
 
         // The balance before the first day: the last entry recorded before it began.
         let opening: i64 = sqlx::query(
@@ -89,8 +109,8 @@ impl Engine {
         let sums_sql = format!(
             "SELECT (recorded_ms + $1) / {DAY_MS} AS day_index, kind,
                     CAST(SUM(on_hand_delta) AS BIGINT) AS delta, CAST(COUNT(*) AS BIGINT) AS entries
-             FROM ledger WHERE office_id = $2 AND recorded_ms >= $3 AND recorded_ms < $4
-               AND kind IN ({kind_list})
+             FROM ledger WHERE office_id = $2 AND local_date >= $5 AND local_date <= $6
+               AND recorded_ms >= $3 AND recorded_ms < $4 AND kind IN ({kind_list})
              GROUP BY (recorded_ms + $1) / {DAY_MS}, kind"
         );
         let mut sums: HashMap<i64, Sums> = HashMap::new();
@@ -99,6 +119,8 @@ impl Engine {
             .bind(office_id)
             .bind(start_ms)
             .bind(end_ms)
+            .bind(&first_date)
+            .bind(&last_date)
             .fetch_all(&mut *conn)
             .await?
         {
@@ -128,6 +150,8 @@ impl Engine {
             offset_ms,
             start_ms,
             end_ms,
+            first_date: &first_date,
+            last_date: &last_date,
         };
         let closing_of = window.balance_per_day(conn, "MAX", "on_hand_after").await?;
         let opening_of = window
@@ -195,12 +219,15 @@ impl Engine {
     }
 }
 
-/// An office's ledger over a range of local days (`offset_ms` turns unix ms into local ms).
+/// An office's ledger over a range of local days (`offset_ms` turns unix ms into local ms;
+/// `first_date..=last_date` are the stored local dates, widened by [`ZONE_MARGIN_DAYS`]).
 struct DayWindow<'a> {
     office_id: &'a str,
     offset_ms: i64,
     start_ms: i64,
     end_ms: i64,
+    first_date: &'a str,
+    last_date: &'a str,
 }
 
 impl DayWindow<'_> {
@@ -215,7 +242,8 @@ impl DayWindow<'_> {
         let sql = format!(
             "SELECT (recorded_ms + $1) / {DAY_MS} AS day_index, CAST({balance} AS BIGINT) AS balance
              FROM ledger WHERE office_id = $2 AND seq IN (
-                 SELECT {first_or_last}(seq) FROM ledger WHERE office_id = $2 AND recorded_ms >= $3 AND recorded_ms < $4
+                 SELECT {first_or_last}(seq) FROM ledger WHERE office_id = $2
+                   AND local_date >= $5 AND local_date <= $6 AND recorded_ms >= $3 AND recorded_ms < $4
                  GROUP BY (recorded_ms + $1) / {DAY_MS})"
         );
         let mut out = HashMap::new();
@@ -224,6 +252,8 @@ impl DayWindow<'_> {
             .bind(self.office_id)
             .bind(self.start_ms)
             .bind(self.end_ms)
+            .bind(self.first_date)
+            .bind(self.last_date)
             .fetch_all(&mut *conn)
             .await?
         {
@@ -270,6 +300,30 @@ mod tests {
 
     fn d(s: &str) -> NaiveDate {
         crate::domain::calendar::parse_local_date(s).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_stored_local_date_is_within_the_margin_of_every_other_zone() {
+        use crate::domain::calendar::OfficeZone;
+        let zones = [OfficeZone::Wib, OfficeZone::Wita, OfficeZone::Wit];
+        let margin_ms = ZONE_MARGIN_DAYS as i64 * DAY_MS;
+        for recorded in zones {
+            for now in zones {
+                // Two offsets less than a day apart put one instant on the same or an adjacent
+                // local day; the margin must cover that for every pair.
+                let apart_ms = (i64::from(recorded.utc_offset_secs())
+                    - i64::from(now.utc_offset_secs()))
+                .abs()
+                    * 1000;
+                assert!(apart_ms < margin_ms, "{recorded:?} and {now:?}");
+            }
+        }
+        // The list above is every zone: a new one fails to compile here until it is added.
+        for zone in zones {
+            match zone {
+                OfficeZone::Wib | OfficeZone::Wita | OfficeZone::Wit => {}
+            }
+        }
     }
 
     #[test]
