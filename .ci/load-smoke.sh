@@ -12,7 +12,9 @@
 #      over-issue check;
 #   4. bench/sqlite-schema.py, a few batches per variant;
 #   5. bench/instructions.sh, one second per phase under callgrind (valgrind installed with
-#      apt-get when missing): the tool still counts, and its runs keep the invariant.
+#      apt-get when missing): the tool still counts, and its runs keep the invariant;
+#   6. bench/stock-report.sh on a few days of ledger: every report call OK, the year's report
+#      reconciles.
 #
 #   bash .ci/load-smoke.sh
 set -euo pipefail
@@ -77,4 +79,7 @@ if ! command -v valgrind > /dev/null; then
   apt-get install -y -qq valgrind > /dev/null
 fi
 bash bench/instructions.sh 1 1
+echo "--- 6. bench/stock-report.sh (5 days of 21 entries, 2 calls per range)"
+cargo build --release --locked -q -p blangko-counter
+ROUNDS=1 bash bench/stock-report.sh 5 21 2
 echo "load smoke OK"
