@@ -80,6 +80,5 @@ if ! command -v valgrind > /dev/null; then
 fi
 bash bench/instructions.sh 1 1
 echo "--- 6. bench/stock-report.sh (5 days of 21 entries, 2 calls per range)"
-cargo build --release --locked -q -p blangko-counter
 ROUNDS=1 bash bench/stock-report.sh 5 21 2
 echo "load smoke OK"

@@ -12,8 +12,9 @@
 #
 # A server makes the schema and office 3201 on a fresh SQLite file and stops. Python's sqlite3
 # then writes the ledger straight into the file: per past local day one shipment, and Reserve
-# and Commit entries in pairs (one printed blank each), each with its running balance, so every
-# report reconciles. Each round starts every build in turn on a copy of that file and calls
+# and Commit entries in pairs (one printed blank each), each with its running on-hand balance,
+# so every report reconciles. Only what the report reads is real: the entries carry no hashes
+# and no held balance, so a ledger check (VerifyLedger) of that file would fail. Each round starts every build in turn on a copy of that file and calls
 # GetStockReport CALLS times per range, one call at a time, with ghz; the script prints ghz's
 # mean and p95 per range and build, and fails when a call is not OK or when the year's report,
 # run with blangko-counter as a supervisor would, does not reconcile. Loopback only; every run is bounded by a call count.
@@ -32,18 +33,24 @@ if [[ ! -x "$ghz" ]]; then
   ghz="$(go env GOPATH)/bin/ghz"
 fi
 [[ -n "${SERVERS:-}" ]] || cargo build --release --locked -q -p blangko-server
-counter=${COUNTER:-target/release/blangko-counter}
-[[ -x "$counter" ]] || cargo build --release --locked -q -p blangko-counter
+if [[ -n "${COUNTER:-}" ]]; then
+  counter=$COUNTER
+  [[ -x "$counter" ]] || { echo "COUNTER=$counter is not an executable" >&2; exit 1; }
+else
+  counter=target/release/blangko-counter
+  [[ -x "$counter" ]] || cargo build --release --locked -q -p blangko-counter
+fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # Starts $1 on $2; sets addr and pid.
 start() {
+  : > "$work/server.out"
   "$1" --listen 127.0.0.1:0 --database "sqlite:$2" --log warn > "$work/server.out" 2> "$work/server.err" &
   pid=$!
   addr=
   for _ in $(seq 1 100); do
-    addr=$(awk '/listening/ {print $NF}' "$work/server.out" 2>/dev/null)
+    addr=$(awk '/listening/ {print $NF}' "$work/server.out" 2>/dev/null || true)
     [[ -n "$addr" ]] && break
     sleep 0.1
   done
@@ -89,6 +96,7 @@ for d in range(today - days, today):
     db.executemany("INSERT INTO ledger VALUES (" + ", ".join("?" * 18) + ")", rows)
 db.execute("UPDATE offices SET ledger_seq = ?, on_hand = ? WHERE office_id = '3201'", (seq, on_hand))
 db.commit()
+db.close()
 print(f"ledger: {seq} entries over {days} days")
 EOF
 

@@ -346,16 +346,18 @@ async fn the_report_adds_up_day_by_day_as_table_csv_and_svg() -> anyhow::Result<
 /// its ledger entry keeps the local date it was recorded on (1 December), while the report cuts
 /// days in the office's zone now, where that instant is 01:30 on 2 December. The report reads
 /// the ledger by stored local date, widened by a day, then by the instant: the shipment is
-/// counted once, on 2 December.
+/// counted once, on 2 December. The office's ledger starts five days earlier, so the reports
+/// below read their days through the index, not the whole ledger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_counts_on_the_day_of_the_office_zone_after_the_zone_changed() -> anyhow::Result<()>
 {
     on_each_backend(|db: Arc<TestDatabase>| async move {
-        let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+        let clock = ManualClock::at(TUESDAY_8AM_WIB_MS - 5 * DAY_MS);
         let server = TestServer::start_with_clock(db, &[], Arc::new(clock.clone())).await?;
         let mut stock = server.stock_client().await?;
         office(&mut stock, "3275", |_| {}).await?;
-        clock.advance_ms(15 * HOUR_MS + HOUR_MS / 2);
+        ship(&mut stock, "3275", 3).await?;
+        clock.advance_ms(5 * DAY_MS + 15 * HOUR_MS + HOUR_MS / 2);
         ship(&mut stock, "3275", 7).await?;
         office(&mut stock, "3275", |o| o.time_zone = "Asia/Jayapura".into()).await?;
 
@@ -383,7 +385,7 @@ async fn an_entry_counts_on_the_day_of_the_office_zone_after_the_zone_changed() 
             .collect();
         assert_eq!(
             figures,
-            [("2026-12-01", 0, 0, 0), ("2026-12-02", 0, 7, 7)],
+            [("2026-12-01", 3, 0, 3), ("2026-12-02", 3, 7, 10)],
             "{days:?}"
         );
         assert!(days.reconciled, "{days:?}");
@@ -394,7 +396,55 @@ async fn an_entry_counts_on_the_day_of_the_office_zone_after_the_zone_changed() 
             .await?
             .into_inner();
         assert_eq!(one.days.len(), 1);
-        assert_eq!((one.days[0].received, one.days[0].closing_on_hand), (7, 7));
+        assert_eq!((one.days[0].received, one.days[0].closing_on_hand), (7, 10));
+        assert!(one.reconciled, "{one:?}");
+        Ok(())
+    })
+    .await
+}
+
+/// The longest hold (24 hours) made at 23:59 WIB on 1 December and printed just before it runs
+/// out, after the office moved to WIT: the Commit entry carries the reservation's day (1
+/// December), while its instant is 01:58 WIT on 3 December. The report of 3 December alone
+/// counts the print there: its window reaches two days back for such entries. The office's
+/// ledger starts five days earlier, so the report reads its days through the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_printed_a_day_later_in_another_zone_counts_on_the_day_it_was_printed()
+-> anyhow::Result<()> {
+    on_each_backend(|db: Arc<TestDatabase>| async move {
+        let clock = ManualClock::at(TUESDAY_8AM_WIB_MS - 5 * DAY_MS);
+        let server = TestServer::start_with_clock(db, &[], Arc::new(clock.clone())).await?;
+        let mut stock = server.stock_client().await?;
+        let mut counter = server.counter_client().await?;
+        office_with_point(&mut stock, "3275", "main", 2, 10).await?;
+        office(&mut stock, "3275", |o| o.hold_ttl_secs = 86_400).await?;
+        clock.advance_ms(5 * DAY_MS + 15 * HOUR_MS + 59 * 60_000); // 23:59 WIB, 1 December
+        let id = held(&mut counter, 0).await?;
+        office(&mut stock, "3275", |o| {
+            o.time_zone = "Asia/Jayapura".into();
+            o.hold_ttl_secs = 86_400;
+        })
+        .await?;
+        clock.advance_ms(DAY_MS - 60_000); // 23:58 WIB 2 December = 01:58 WIT 3 December
+        counter.commit_reservation(commit(&id)).await?;
+
+        let one = stock
+            .get_stock_report(GetStockReportRequest {
+                office_id: "3275".into(),
+                from_date: "2026-12-03".into(),
+                to_date: "2026-12-03".into(),
+            })
+            .await?
+            .into_inner();
+        let day = one
+            .days
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no day in {one:?}"))?;
+        assert_eq!(
+            (day.opening_on_hand, day.printed, day.closing_on_hand),
+            (10, 1, 9),
+            "{one:?}"
+        );
         assert!(one.reconciled, "{one:?}");
         Ok(())
     })

@@ -25,14 +25,25 @@ pub const MAX_REPORT_DAYS: i64 = 366;
 const DAY_MS: i64 = 86_400_000;
 
 /// How far, in days, a ledger entry's stored `local_date` may lie from the day its
-/// `recorded_ms` falls on in the office's zone now. The stored date was computed in the zone the
-/// office had when the entry was recorded; office zones are UTC+7 to UTC+9 (`OfficeZone`), at
-/// most 2 hours apart, so it is off by one day at most (a unit test checks this against every
-/// pair of zones). The report's ledger queries take the entries of its days widened by this
-/// margin through the `ledger_by_day` index, then cut them exactly by `recorded_ms`: a report of
-/// a few days reads those days, not the office's whole ledger (BENCHMARKS.md, "The stock report
-/// on a year of ledger").
-const ZONE_MARGIN_DAYS: u64 = 1;
+/// `recorded_ms` falls on in the office's zone now, either way: the stored date was computed in
+/// the zone the office had when the entry was recorded, and office zones are UTC+7 to UTC+9
+/// (`OfficeZone`), at most 2 hours apart, so one day at most (a unit test checks every pair).
+const ZONE_SHIFT_DAYS: u64 = 1;
+
+/// How many days a Commit entry's stored `local_date` may lie before the day of its
+/// `recorded_ms` in the same zone: it carries the reservation's day, and a hold is committed at
+/// most its time-to-live after it was made (later it is retaken, and only on its own day), so at
+/// most `MAX_HOLD_TTL_SECS` rounded up to whole days. Every other entry carries the day of its
+/// own `recorded_ms`.
+const HOLD_LAG_DAYS: u64 = (crate::grpc::validate::MAX_HOLD_TTL_SECS as u64).div_ceil(86_400);
+
+/// The report's ledger queries take the entries whose stored dates lie in its days widened by
+/// these margins (earlier by [`HOLD_LAG_DAYS`] and [`ZONE_SHIFT_DAYS`], later by
+/// [`ZONE_SHIFT_DAYS`]) through the `ledger_by_day` index, then cut them exactly by
+/// `recorded_ms`: a report of a few days reads those days, not the office's whole ledger
+/// (BENCHMARKS.md, "The stock report on a year of ledger").
+const MARGIN_BEFORE_DAYS: u64 = HOLD_LAG_DAYS + ZONE_SHIFT_DAYS;
+const MARGIN_AFTER_DAYS: u64 = ZONE_SHIFT_DAYS;
 
 /// One day's sums, before they become a row.
 #[derive(Default, Clone, Copy)]
@@ -67,16 +78,32 @@ impl Engine {
         let start_ms = zone.start_of_day_ms(from);
         let end_ms = zone.start_of_day_ms(to) + DAY_MS;
         let first_index = (start_ms + offset_ms).div_euclid(DAY_MS);
-        let margin = chrono::Days::new(ZONE_MARGIN_DAYS);
-        let (Some(first_date), Some(last_date)) =
-            (from.checked_sub_days(margin), to.checked_add_days(margin))
-        else {
+        let (Some(first_date), Some(last_date)) = (
+            from.checked_sub_days(chrono::Days::new(MARGIN_BEFORE_DAYS)),
+            to.checked_add_days(chrono::Days::new(MARGIN_AFTER_DAYS)),
+        ) else {
             return Err(EngineError::Internal(format!(
-                "the report's days {from}..{to} cannot be widened by {ZONE_MARGIN_DAYS} days"
+                "the report's days {from}..{to} cannot be widened by its margins"
             )));
         };
         let first_date = format_local_date(first_date);
         let last_date = format_local_date(last_date);
+        // When the widened days reach back to the office's earliest stored date, the report
+        // covers its whole ledger, and reading the table in order is cheaper than through the
+        // index (`ledger_by_day` gives that date at once).
+        let first_stored: Option<String> =
+            sqlx::query("SELECT MIN(local_date) AS first_date FROM ledger WHERE office_id = $1")
+                .bind(office_id)
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get("first_date")?;
+        let dates = match first_stored {
+            Some(first) if first_date.as_str() > first.as_str() => {
+                Some((first_date.as_str(), last_date.as_str()))
+            }
+            _ => None,
+        };
+        let dates_sql = dates_condition(dates);
 
         // The balance before the first day: the last entry recorded before it began.
         let opening: i64 = sqlx::query(
@@ -109,21 +136,17 @@ impl Engine {
         let sums_sql = format!(
             "SELECT (recorded_ms + $1) / {DAY_MS} AS day_index, kind,
                     CAST(SUM(on_hand_delta) AS BIGINT) AS delta, CAST(COUNT(*) AS BIGINT) AS entries
-             FROM ledger WHERE office_id = $2 AND local_date >= $5 AND local_date <= $6
+             FROM ledger WHERE office_id = $2 {dates_sql}
                AND recorded_ms >= $3 AND recorded_ms < $4 AND kind IN ({kind_list})
              GROUP BY (recorded_ms + $1) / {DAY_MS}, kind"
         );
         let mut sums: HashMap<i64, Sums> = HashMap::new();
-        for r in sqlx::query(&sums_sql)
+        let sums_query = sqlx::query(&sums_sql)
             .bind(offset_ms)
             .bind(office_id)
             .bind(start_ms)
-            .bind(end_ms)
-            .bind(&first_date)
-            .bind(&last_date)
-            .fetch_all(&mut *conn)
-            .await?
-        {
+            .bind(end_ms);
+        for r in bind_dates(sums_query, dates).fetch_all(&mut *conn).await? {
             let day: i64 = r.try_get("day_index")?;
             let kind: i64 = r.try_get("kind")?;
             let delta: i64 = r.try_get("delta")?;
@@ -150,8 +173,7 @@ impl Engine {
             offset_ms,
             start_ms,
             end_ms,
-            first_date: &first_date,
-            last_date: &last_date,
+            dates,
         };
         let closing_of = window.balance_per_day(conn, "MAX", "on_hand_after").await?;
         let opening_of = window
@@ -220,14 +242,34 @@ impl Engine {
 }
 
 /// An office's ledger over a range of local days (`offset_ms` turns unix ms into local ms;
-/// `first_date..=last_date` are the stored local dates, widened by [`ZONE_MARGIN_DAYS`]).
+/// `dates`, when the report does not cover the whole ledger: the first and last stored local
+/// dates to read, the report's days widened by the margins).
 struct DayWindow<'a> {
     office_id: &'a str,
     offset_ms: i64,
     start_ms: i64,
     end_ms: i64,
-    first_date: &'a str,
-    last_date: &'a str,
+    dates: Option<(&'a str, &'a str)>,
+}
+
+/// The condition on the stored local date (`$5`, `$6`) that lets a query read a few days through
+/// `ledger_by_day`, or nothing when the whole ledger is read.
+fn dates_condition(dates: Option<(&str, &str)>) -> &'static str {
+    match dates {
+        Some(_) => "AND local_date >= $5 AND local_date <= $6",
+        None => "",
+    }
+}
+
+/// Binds the dates [`dates_condition`] names, if any.
+fn bind_dates<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    dates: Option<(&'q str, &'q str)>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    match dates {
+        Some((first, last)) => query.bind(first).bind(last),
+        None => query,
+    }
 }
 
 impl DayWindow<'_> {
@@ -239,24 +281,21 @@ impl DayWindow<'_> {
         first_or_last: &str,
         balance: &str,
     ) -> EngineResult<HashMap<i64, i64>> {
+        let dates = dates_condition(self.dates);
         let sql = format!(
             "SELECT (recorded_ms + $1) / {DAY_MS} AS day_index, CAST({balance} AS BIGINT) AS balance
              FROM ledger WHERE office_id = $2 AND seq IN (
                  SELECT {first_or_last}(seq) FROM ledger WHERE office_id = $2
-                   AND local_date >= $5 AND local_date <= $6 AND recorded_ms >= $3 AND recorded_ms < $4
+                   {dates} AND recorded_ms >= $3 AND recorded_ms < $4
                  GROUP BY (recorded_ms + $1) / {DAY_MS})"
         );
         let mut out = HashMap::new();
-        for r in sqlx::query(&sql)
+        let query = sqlx::query(&sql)
             .bind(self.offset_ms)
             .bind(self.office_id)
             .bind(self.start_ms)
-            .bind(self.end_ms)
-            .bind(self.first_date)
-            .bind(self.last_date)
-            .fetch_all(&mut *conn)
-            .await?
-        {
+            .bind(self.end_ms);
+        for r in bind_dates(query, self.dates).fetch_all(&mut *conn).await? {
             out.insert(r.try_get("day_index")?, r.try_get("balance")?);
         }
         Ok(out)
@@ -303,10 +342,10 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_local_date_is_within_the_margin_of_every_other_zone() {
+    fn a_stored_local_date_is_within_the_margins() {
         use crate::domain::calendar::OfficeZone;
         let zones = [OfficeZone::Wib, OfficeZone::Wita, OfficeZone::Wit];
-        let margin_ms = ZONE_MARGIN_DAYS as i64 * DAY_MS;
+        let margin_ms = ZONE_SHIFT_DAYS as i64 * DAY_MS;
         for recorded in zones {
             for now in zones {
                 // Two offsets less than a day apart put one instant on the same or an adjacent

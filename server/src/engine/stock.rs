@@ -343,7 +343,8 @@ impl Engine {
                         ),
                     });
                 }
-                let (_, to_date) = self.today_of(&to)?;
+                // The receiving office's day at the same instant as both entries' recorded_ms.
+                let to_date = format_local_date(zone_of(&to)?.local_date(now));
                 let mut out = NewEntry::of(LedgerEntryKind::TransferOut);
                 out.on_hand_delta = -i64::from(quantity);
                 out.reference = reference.to_string();
