@@ -103,7 +103,14 @@ impl Engine {
             }
             _ => None,
         };
-        let dates_sql = dates_condition(dates);
+        // The day-by-day queries below read the ledger through this window.
+        let window = DayWindow {
+            office_id,
+            offset_ms,
+            start_ms,
+            end_ms,
+            dates,
+        };
 
         // The balance before the first day: the last entry recorded before it began.
         let opening: i64 = sqlx::query(
@@ -136,17 +143,13 @@ impl Engine {
         let sums_sql = format!(
             "SELECT (recorded_ms + $1) / {DAY_MS} AS day_index, kind,
                     CAST(SUM(on_hand_delta) AS BIGINT) AS delta, CAST(COUNT(*) AS BIGINT) AS entries
-             FROM ledger WHERE office_id = $2 {dates_sql}
+             FROM ledger WHERE office_id = $2 {dates}
                AND recorded_ms >= $3 AND recorded_ms < $4 AND kind IN ({kind_list})
-             GROUP BY (recorded_ms + $1) / {DAY_MS}, kind"
+             GROUP BY (recorded_ms + $1) / {DAY_MS}, kind",
+            dates = window.dates_sql()
         );
         let mut sums: HashMap<i64, Sums> = HashMap::new();
-        let sums_query = sqlx::query(&sums_sql)
-            .bind(offset_ms)
-            .bind(office_id)
-            .bind(start_ms)
-            .bind(end_ms);
-        for r in bind_dates(sums_query, dates).fetch_all(&mut *conn).await? {
+        for r in window.fetch(conn, &sums_sql).await? {
             let day: i64 = r.try_get("day_index")?;
             let kind: i64 = r.try_get("kind")?;
             let delta: i64 = r.try_get("delta")?;
@@ -168,13 +171,6 @@ impl Engine {
         // it. And the balance at its start, from its first entry alone (its balance after, minus
         // its own change): so that "each day opens where the day before closed" is checked
         // against the ledger, not assumed.
-        let window = DayWindow {
-            office_id,
-            offset_ms,
-            start_ms,
-            end_ms,
-            dates,
-        };
         let closing_of = window.balance_per_day(conn, "MAX", "on_hand_after").await?;
         let opening_of = window
             .balance_per_day(conn, "MIN", "on_hand_after - on_hand_delta")
@@ -252,27 +248,35 @@ struct DayWindow<'a> {
     dates: Option<(&'a str, &'a str)>,
 }
 
-/// The condition on the stored local date (`$5`, `$6`) that lets a query read a few days through
-/// `ledger_by_day`, or nothing when the whole ledger is read.
-fn dates_condition(dates: Option<(&str, &str)>) -> &'static str {
-    match dates {
-        Some(_) => "AND local_date >= $5 AND local_date <= $6",
-        None => "",
-    }
-}
-
-/// Binds the dates [`dates_condition`] names, if any.
-fn bind_dates<'q>(
-    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    dates: Option<(&'q str, &'q str)>,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    match dates {
-        Some((first, last)) => query.bind(first).bind(last),
-        None => query,
-    }
-}
-
 impl DayWindow<'_> {
+    /// The condition on the stored local date (`$5`, `$6`) that lets a query read a few days
+    /// through `ledger_by_day`, or nothing when the whole ledger is read.
+    fn dates_sql(&self) -> &'static str {
+        match self.dates {
+            Some(_) => "AND local_date >= $5 AND local_date <= $6",
+            None => "",
+        }
+    }
+
+    /// Runs `sql`, a query over the window: `$1` the zone's offset, `$2` the office, `$3..$4` the
+    /// instants, and `$5..$6` the stored dates where it includes [`DayWindow::dates_sql`].
+    async fn fetch(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        sql: &str,
+    ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+        let query = sqlx::query(sql)
+            .bind(self.offset_ms)
+            .bind(self.office_id)
+            .bind(self.start_ms)
+            .bind(self.end_ms);
+        let query = match self.dates {
+            Some((first, last)) => query.bind(first).bind(last),
+            None => query,
+        };
+        query.fetch_all(conn).await
+    }
+
     /// `balance` (an expression over one ledger row) of the first (`MIN`) or last (`MAX`) entry
     /// of each local day that has entries, by day index.
     async fn balance_per_day(
@@ -281,7 +285,7 @@ impl DayWindow<'_> {
         first_or_last: &str,
         balance: &str,
     ) -> EngineResult<HashMap<i64, i64>> {
-        let dates = dates_condition(self.dates);
+        let dates = self.dates_sql();
         let sql = format!(
             "SELECT (recorded_ms + $1) / {DAY_MS} AS day_index, CAST({balance} AS BIGINT) AS balance
              FROM ledger WHERE office_id = $2 AND seq IN (
@@ -290,12 +294,7 @@ impl DayWindow<'_> {
                  GROUP BY (recorded_ms + $1) / {DAY_MS})"
         );
         let mut out = HashMap::new();
-        let query = sqlx::query(&sql)
-            .bind(self.offset_ms)
-            .bind(self.office_id)
-            .bind(self.start_ms)
-            .bind(self.end_ms);
-        for r in bind_dates(query, self.dates).fetch_all(&mut *conn).await? {
+        for r in self.fetch(conn, &sql).await? {
             out.insert(r.try_get("day_index")?, r.try_get("balance")?);
         }
         Ok(out)

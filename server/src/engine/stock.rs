@@ -80,8 +80,7 @@ impl Engine {
 
     fn today_of(&self, office: &OfficeRow) -> EngineResult<(i64, String)> {
         let now = self.clock.now_ms();
-        let zone = zone_of(office)?;
-        Ok((now, format_local_date(zone.local_date(now))))
+        Ok((now, date_at(office, now)?))
     }
 
     /// Creates or updates an office (settings only; stock changes only by movements).
@@ -344,7 +343,7 @@ impl Engine {
                     });
                 }
                 // The receiving office's day at the same instant as both entries' recorded_ms.
-                let to_date = format_local_date(zone_of(&to)?.local_date(now));
+                let to_date = date_at(&to, now)?;
                 let mut out = NewEntry::of(LedgerEntryKind::TransferOut);
                 out.on_hand_delta = -i64::from(quantity);
                 out.reference = reference.to_string();
@@ -576,4 +575,9 @@ fn describe_office(o: &OfficeRow) -> String {
         o.ikd_first_required,
         o.hold_ttl_secs
     )
+}
+
+/// The office's local date at the instant `now_ms`, as the ledger stores it.
+fn date_at(office: &OfficeRow, now_ms: i64) -> EngineResult<String> {
+    Ok(format_local_date(zone_of(office)?.local_date(now_ms)))
 }
