@@ -23,12 +23,38 @@ use blangko_proto::v1::reserve_response::Outcome;
 use blangko_proto::v1::stock_service_client::StockServiceClient;
 use blangko_proto::v1::*;
 use clap::Parser;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// Most calls in flight the closed loop allows.
 const MAX_CONCURRENCY: usize = 4096;
 /// Longest phase.
 const MAX_SECONDS: f64 = 600.0;
+/// Most offices: ids 3201 + i must stay in a known province (32 to 36).
+const MAX_OFFICES: u32 = 499;
+
+/// A channel that sends the bearer token (`--token`) with every call.
+type Ch = InterceptedService<Channel, Token>;
+
+/// Adds `authorization: Bearer <token>` to every call when a token was given.
+#[derive(Clone)]
+struct Token(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Token {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,12 +92,21 @@ struct Args {
     /// Daily quota of each service point (large by default, so the quota does not stop Reserve).
     #[arg(long, default_value_t = 100_000)]
     quota: u32,
-    /// First NIK serial used (use a different one on each run against the same database).
+    /// First NIK serial used (use a different one on each run against the same database: a NIK
+    /// reserved before is answered with its earlier reservation, which this tool counts as an
+    /// unexpected answer).
     #[arg(long, default_value_t = 0)]
     nik_offset: u64,
     /// Only check the quota invariant of the bench offices (no set-up, no load).
     #[arg(long)]
     check_only: bool,
+    /// With --check-only: the reservations (held plus committed) the bench service points must
+    /// hold today in all, e.g. the Reserves another load tool had answered with a reservation.
+    #[arg(long, requires = "check_only")]
+    expect_issued: Option<u64>,
+    /// Bearer token sent with every call (a server started with --token-file requires one).
+    #[arg(long, env = "BLANGKO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// WatchQuota streams to hold open (spread over the bench service points) through all
     /// phases; each must deliver its first snapshot and stay open to the end.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
@@ -89,11 +124,56 @@ struct Args {
 struct Sample {
     micros: Vec<u64>,
     errors: u64,
+    /// Reserves answered with a new reservation.
     reserved: u64,
+    /// Reserves answered with an IKD referral.
     referred: u64,
+    /// Reserves answered with an earlier answer (a NIK reserved before this run): unexpected,
+    /// since every call of a run uses a NIK and a request_id of its own.
+    replayed: u64,
+    /// When the last call ended.
+    last_end: Option<Instant>,
 }
 
 impl Sample {
+    /// Counts one call's answer and when it ended.
+    fn record(&mut self, answer: Answer, micros: u64, ended: Instant) {
+        self.micros.push(micros);
+        match answer {
+            Answer::Other => {}
+            Answer::Reserved => self.reserved += 1,
+            Answer::Referred => self.referred += 1,
+            Answer::Replayed => self.replayed += 1,
+        }
+        self.last_end = self.last_end.max(Some(ended));
+    }
+
+    /// A failed call: counted, and the first few statuses printed.
+    fn fail(&mut self, status: &tonic::Status) {
+        self.errors += 1;
+        if self.errors <= 3 {
+            eprintln!(
+                "unexpected status: {:?} {}",
+                status.code(),
+                status.message()
+            );
+        }
+    }
+
+    fn merge(&mut self, other: Sample) {
+        self.micros.extend(other.micros);
+        self.errors += other.errors;
+        self.reserved += other.reserved;
+        self.referred += other.referred;
+        self.replayed += other.replayed;
+        self.last_end = self.last_end.max(other.last_end);
+    }
+
+    /// Unexpected outcomes: failed calls and replayed answers.
+    fn unexpected(&self) -> bool {
+        self.errors > 0 || self.replayed > 0
+    }
+
     fn percentile(&self, p: f64) -> f64 {
         if self.micros.is_empty() {
             return 0.0;
@@ -105,10 +185,27 @@ impl Sample {
     }
 }
 
+/// What one call was answered.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    /// Health/Check, GetQuota.
+    Other,
+    Reserved,
+    Referred,
+    Replayed,
+}
+
+/// Where the calls go: the bench offices and their service points.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    offices: u32,
+    service_points: u32,
+}
+
 #[derive(Clone)]
 struct Clients {
-    counter: Vec<CounterServiceClient<Channel>>,
-    health: Vec<tonic_health::pb::health_client::HealthClient<Channel>>,
+    counter: Vec<CounterServiceClient<Ch>>,
+    health: Vec<tonic_health::pb::health_client::HealthClient<Ch>>,
 }
 
 #[tokio::main]
@@ -123,19 +220,26 @@ async fn main() -> anyhow::Result<()> {
         "--seconds must be in (0, {MAX_SECONDS}]"
     );
     anyhow::ensure!(
-        (1..=1000).contains(&args.offices) && (1..=64).contains(&args.service_points),
-        "--offices 1..=1000, --service-points 1..=64"
+        (1..=MAX_OFFICES).contains(&args.offices) && (1..=64).contains(&args.service_points),
+        "--offices 1..={MAX_OFFICES}, --service-points 1..=64"
     );
+    let token = Token(match args.token.as_deref() {
+        Some(t) if !t.is_empty() => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("the token contains characters that cannot be sent in a header")?,
+        ),
+        _ => None,
+    });
     let mut channels = Vec::new();
     for url in &args.servers {
         for _ in 0..args.connections.max(1) {
-            channels.push(
-                Endpoint::from_shared(url.clone())?
-                    .connect_timeout(Duration::from_secs(5))
-                    .connect()
-                    .await
-                    .with_context(|| format!("cannot connect to {url}"))?,
-            );
+            let channel = Endpoint::from_shared(url.clone())?
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {url}"))?;
+            channels.push(InterceptedService::new(channel, token.clone()));
         }
     }
     let clients = Clients {
@@ -150,11 +254,27 @@ async fn main() -> anyhow::Result<()> {
             .map(tonic_health::pb::health_client::HealthClient::new)
             .collect(),
     };
+    let layout = Layout {
+        offices: args.offices,
+        service_points: args.service_points,
+    };
+    let mut counter = CounterServiceClient::new(channels[0].clone());
     if args.check_only {
-        let over =
-            check_invariant(&mut CounterServiceClient::new(channels[0].clone()), &args).await?;
-        anyhow::ensure!(over == 0, "{over} service point(s) over quota");
+        let totals = check_invariant(&mut counter, layout).await?;
+        anyhow::ensure!(
+            totals.over == 0,
+            "{} service point(s) over quota",
+            totals.over
+        );
         println!("invariant held: held + committed <= quota on every service point");
+        if let Some(expected) = args.expect_issued {
+            anyhow::ensure!(
+                totals.issued == expected,
+                "the bench service points hold {} reservations today, expected {expected}",
+                totals.issued
+            );
+            println!("reservations today: {expected}, as expected");
+        }
         return Ok(());
     }
     let mut stock = StockServiceClient::new(channels[0].clone());
@@ -169,25 +289,35 @@ async fn main() -> anyhow::Result<()> {
         args.service_points
     );
     let watchers = open_watchers(&clients, &args).await?;
+    let before = check_invariant(&mut counter, layout).await?;
     let nik_counter = Arc::new(AtomicU64::new(args.nik_offset));
     let mut throughput = Vec::new();
     let mut failed = false;
+    let mut reserved = 0;
     for phase in &args.phases {
         let cpu = CpuUse::start(args.server_pid);
-        let sample = closed_loop(&clients, &args, phase, nik_counter.clone()).await?;
+        let sample = closed_loop(&clients, &args, layout, phase, nik_counter.clone()).await?;
         let rps = sample.micros.len() as f64 / args.seconds;
         report(&format!("{phase} (closed loop)"), &sample, rps);
         cpu.report(sample.micros.len() as u64);
-        failed |= sample.errors > 0;
+        failed |= sample.unexpected();
+        reserved += sample.reserved;
         throughput.push((phase.clone(), rps));
         if args.rate > 0.0 {
-            let sample = open_loop(&clients, &args, phase, nik_counter.clone()).await?;
+            let start = Instant::now();
+            let sample = open_loop(&clients, &args, layout, phase, nik_counter.clone()).await?;
+            // Calls answered over the time until the last answer: below the arrival rate when
+            // the server fell behind.
+            let elapsed = sample
+                .last_end
+                .map_or(args.seconds, |end| end.duration_since(start).as_secs_f64());
             report(
                 &format!("{phase} (open loop, {} /s)", args.rate),
                 &sample,
-                sample.micros.len() as f64 / args.seconds,
+                sample.micros.len() as f64 / elapsed.max(f64::EPSILON),
             );
-            failed |= sample.errors > 0;
+            failed |= sample.unexpected();
+            reserved += sample.reserved;
         }
     }
     if let Some((_, health)) = throughput.iter().find(|(p, _)| p == "health") {
@@ -203,9 +333,23 @@ async fn main() -> anyhow::Result<()> {
     if let Some(pid) = args.server_pid {
         print_server_memory(pid);
     }
-    let over = check_invariant(&mut CounterServiceClient::new(channels[0].clone()), &args).await?;
-    if over > 0 || failed {
-        println!("FAILED: {over} service point(s) over quota; unexpected statuses: {failed}");
+    let after = check_invariant(&mut counter, layout).await?;
+    // Every reservation acknowledged to this run, and no other, is on the server's counters
+    // (holds last a day, so none expired meanwhile). A run across the office's midnight starts
+    // a new day's counters: then only the quota invariant is checked.
+    let counted = if after.dates == before.dates {
+        let issued = after.issued.saturating_sub(before.issued);
+        println!("reservations acknowledged {reserved}, on the server's counters {issued}");
+        issued == reserved
+    } else {
+        println!("the office day changed during the run: the counts of two days are not compared");
+        true
+    };
+    if after.over > 0 || failed || !counted {
+        println!(
+            "FAILED: {} service point(s) over quota; unexpected statuses or replayed answers: {failed}; counters match the answers: {counted}",
+            after.over
+        );
         std::process::exit(1);
     }
     println!(
@@ -218,7 +362,7 @@ fn office_id(i: u32) -> String {
     format!("{}", 3201 + i)
 }
 
-async fn setup(stock: &mut StockServiceClient<Channel>, args: &Args) -> anyhow::Result<()> {
+async fn setup(stock: &mut StockServiceClient<Ch>, args: &Args) -> anyhow::Result<()> {
     let all_days: Vec<i32> = (1..=7).collect();
     for i in 0..args.offices {
         let office = office_id(i);
@@ -278,11 +422,11 @@ fn nik(n: u64) -> String {
 
 async fn one_call(
     clients: &Clients,
-    args: &Args,
+    layout: Layout,
     phase: &str,
     i: u64,
     nik_counter: &AtomicU64,
-) -> Result<Option<bool>, tonic::Status> {
+) -> Result<Answer, tonic::Status> {
     let k = (i as usize) % clients.counter.len();
     match phase {
         "health" => {
@@ -292,27 +436,27 @@ async fn one_call(
                     service: String::new(),
                 })
                 .await?;
-            Ok(None)
+            Ok(Answer::Other)
         }
         "quota" => {
-            let office = office_id((i % u64::from(args.offices)) as u32);
+            let office = office_id((i % u64::from(layout.offices)) as u32);
             clients.counter[k]
                 .clone()
                 .get_quota(GetQuotaRequest {
                     office_id: office,
                     service_point_id: format!(
                         "sp{}",
-                        (i / u64::from(args.offices)) % u64::from(args.service_points)
+                        (i / u64::from(layout.offices)) % u64::from(layout.service_points)
                     ),
                 })
                 .await?;
-            Ok(None)
+            Ok(Answer::Other)
         }
         // "reserve": `--phases` accepts only the three names.
         _ => {
             let n = nik_counter.fetch_add(1, Ordering::Relaxed);
-            let office = office_id((n % u64::from(args.offices)) as u32);
-            let sp = (n / u64::from(args.offices)) % u64::from(args.service_points);
+            let office = office_id((n % u64::from(layout.offices)) as u32);
+            let sp = (n / u64::from(layout.offices)) % u64::from(layout.service_points);
             let answer = clients.counter[k]
                 .clone()
                 .reserve(ReserveRequest {
@@ -326,10 +470,17 @@ async fn one_call(
                 })
                 .await?
                 .into_inner();
-            Ok(Some(matches!(
-                answer.outcome,
-                Some(Outcome::Reservation(_))
-            )))
+            Ok(match answer.outcome {
+                Some(Outcome::Reservation(r)) if r.replayed => Answer::Replayed,
+                Some(Outcome::Reservation(_)) => Answer::Reserved,
+                Some(Outcome::IkdReferral(r)) if r.replayed => Answer::Replayed,
+                Some(Outcome::IkdReferral(_)) => Answer::Referred,
+                None => {
+                    return Err(tonic::Status::internal(
+                        "a Reserve answer without an outcome",
+                    ));
+                }
+            })
         }
     }
 }
@@ -337,6 +488,7 @@ async fn one_call(
 async fn closed_loop(
     clients: &Clients,
     args: &Args,
+    layout: Layout,
     phase: &str,
     nik_counter: Arc<AtomicU64>,
 ) -> anyhow::Result<Sample> {
@@ -348,37 +500,17 @@ async fn closed_loop(
         let args_phase = phase.to_string();
         let issued = issued.clone();
         let nik_counter = nik_counter.clone();
-        let offices = args.offices;
-        let sps = args.service_points;
         tasks.push(tokio::spawn(async move {
-            let local_args = Args {
-                offices,
-                service_points: sps,
-                ..Args::parse_from(["blangko-bench"])
-            };
             let mut s = Sample::default();
             while Instant::now() < deadline {
                 let i = issued.fetch_add(1, Ordering::Relaxed);
                 let start = Instant::now();
-                match one_call(&clients, &local_args, &args_phase, i, &nik_counter).await {
-                    Ok(r) => {
-                        s.micros.push(start.elapsed().as_micros() as u64);
-                        match r {
-                            Some(true) => s.reserved += 1,
-                            Some(false) => s.referred += 1,
-                            None => {}
-                        }
+                match one_call(&clients, layout, &args_phase, i, &nik_counter).await {
+                    Ok(answer) => {
+                        let ended = Instant::now();
+                        s.record(answer, (ended - start).as_micros() as u64, ended);
                     }
-                    Err(status) => {
-                        s.errors += 1;
-                        if s.errors <= 3 {
-                            eprintln!(
-                                "unexpected status: {:?} {}",
-                                status.code(),
-                                status.message()
-                            );
-                        }
-                    }
+                    Err(status) => s.fail(&status),
                 }
             }
             s
@@ -386,11 +518,7 @@ async fn closed_loop(
     }
     let mut all = Sample::default();
     for t in tasks {
-        let s = t.await?;
-        all.micros.extend(s.micros);
-        all.errors += s.errors;
-        all.reserved += s.reserved;
-        all.referred += s.referred;
+        all.merge(t.await?);
     }
     Ok(all)
 }
@@ -398,6 +526,7 @@ async fn closed_loop(
 async fn open_loop(
     clients: &Clients,
     args: &Args,
+    layout: Layout,
     phase: &str,
     nik_counter: Arc<AtomicU64>,
 ) -> anyhow::Result<Sample> {
@@ -405,8 +534,6 @@ async fn open_loop(
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(total as usize);
-    let offices = args.offices;
-    let sps = args.service_points;
     for i in 0..total {
         // Arrivals follow the schedule, whatever the server's speed: latency is measured from the
         // scheduled arrival, so queueing delay counts.
@@ -416,29 +543,16 @@ async fn open_loop(
         let phase = phase.to_string();
         let nik_counter = nik_counter.clone();
         tasks.push(tokio::spawn(async move {
-            let local_args = Args {
-                offices,
-                service_points: sps,
-                ..Args::parse_from(["blangko-bench"])
-            };
-            let r = one_call(&clients, &local_args, &phase, i, &nik_counter).await;
-            (due.elapsed().as_micros() as u64, r)
+            let r = one_call(&clients, layout, &phase, i, &nik_counter).await;
+            let ended = Instant::now();
+            ((ended - due).as_micros() as u64, ended, r)
         }));
     }
     let mut s = Sample::default();
     for t in tasks {
-        let (micros, r) = t.await?;
-        match r {
-            Ok(Some(true)) => {
-                s.reserved += 1;
-                s.micros.push(micros)
-            }
-            Ok(Some(false)) => {
-                s.referred += 1;
-                s.micros.push(micros)
-            }
-            Ok(None) => s.micros.push(micros),
-            Err(_) => s.errors += 1,
+        match t.await? {
+            (micros, ended, Ok(answer)) => s.record(answer, micros, ended),
+            (_, _, Err(status)) => s.fail(&status),
         }
     }
     Ok(s)
@@ -452,21 +566,43 @@ fn report(name: &str, s: &Sample, rps: f64) {
         s.percentile(99.9),
         s.micros.len(),
         s.errors,
-        if s.reserved + s.referred > 0 {
-            format!("  reserved {}  referred {}", s.reserved, s.referred)
-        } else {
-            String::new()
-        }
+        reserve_answers(s)
     );
 }
 
+/// What the bench service points hold today.
+#[derive(Debug, Default)]
+struct Totals {
+    /// Service points with held + committed above their quota.
+    over: u32,
+    /// Held plus committed over all of them.
+    issued: u64,
+    /// The office-local days of the snapshots.
+    dates: std::collections::BTreeSet<String>,
+}
+
+/// The Reserve answers of a phase, for its report line (empty for other phases).
+fn reserve_answers(s: &Sample) -> String {
+    if s.reserved + s.referred + s.replayed == 0 {
+        return String::new();
+    }
+    let mut line = format!("  reserved {}  referred {}", s.reserved, s.referred);
+    if s.replayed > 0 {
+        line += &format!(
+            "  REPLAYED {} (NIKs reserved before this run: use a fresh database or another --nik-offset)",
+            s.replayed
+        );
+    }
+    line
+}
+
 async fn check_invariant(
-    counter: &mut CounterServiceClient<Channel>,
-    args: &Args,
-) -> anyhow::Result<u32> {
-    let mut over = 0;
-    for i in 0..args.offices {
-        for sp in 0..args.service_points {
+    counter: &mut CounterServiceClient<Ch>,
+    layout: Layout,
+) -> anyhow::Result<Totals> {
+    let mut totals = Totals::default();
+    for i in 0..layout.offices {
+        for sp in 0..layout.service_points {
             let q = counter
                 .get_quota(GetQuotaRequest {
                     office_id: office_id(i),
@@ -475,17 +611,21 @@ async fn check_invariant(
                 .await?
                 .into_inner()
                 .quota
-                .unwrap_or_default();
+                .with_context(|| {
+                    format!("GetQuota of {}/sp{sp} answered no snapshot", office_id(i))
+                })?;
             if q.held + q.committed > q.quota {
-                over += 1;
+                totals.over += 1;
                 println!(
                     "OVER QUOTA: {} {}: {} + {} > {}",
                     q.office_id, q.service_point_id, q.held, q.committed, q.quota
                 );
             }
+            totals.issued += u64::from(q.held) + u64::from(q.committed);
+            totals.dates.insert(q.local_date);
         }
     }
-    Ok(over)
+    Ok(totals)
 }
 
 /// The WatchQuota streams held open during the run.
