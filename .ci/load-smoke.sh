@@ -5,8 +5,10 @@
 #
 #   1. blangko-bench, closed loop (Health/Check, GetQuota, Reserve) and open loop (fixed arrival
 #      rate), on a fresh SQLite file: any non-OK status or held + committed > quota fails it;
-#   2. blangko-bench against a small quota (4 service points x 25) on another fresh file: exactly
-#      100 Reserves must be acknowledged as reservations, the rest referred to IKD, none over;
+#   2. blangko-bench against a small quota (4 service points x 5) on another fresh file: exactly
+#      20 Reserves must be acknowledged as reservations, the rest referred to IKD, none over (the
+#      quota is small so that any machine makes more calls in 2 s than it allows); then a second
+#      run with the same NIKs must fail, naming the Reserves answered with earlier reservations;
 #   3. bench/ghz.sh with a few hundred calls per scenario (ghz installed with `go install` when
 #      missing): by reflection and by proto file, every status must be OK, then the same
 #      over-issue check;
@@ -55,17 +57,29 @@ if [[ $(grep -c 'server [0-9]* µs/call' "$work/throughput.txt") -ne 3 ]]; then
   exit 1
 fi
 
-echo "--- 2. blangko-bench: quota exhausted (4 service points x 25)"
+echo "--- 2. blangko-bench: quota exhausted (4 service points x 5)"
 start_server exhausted
 target/release/blangko-bench --server "http://$addr" --seconds 2 --concurrency 32 \
-  --service-points 4 --quota 25 --phases reserve | tee "$work/exhausted.txt"
+  --service-points 4 --quota 5 --phases reserve | tee "$work/exhausted.txt"
 reserved=$(grep -oE 'reserved [0-9]+' "$work/exhausted.txt" | awk '{s += $2} END {print s + 0}')
 referred=$(grep -oE 'referred [0-9]+' "$work/exhausted.txt" | awk '{s += $2} END {print s + 0}')
-if [[ "$reserved" -ne 100 || "$referred" -eq 0 ]]; then
-  echo "expected exactly 100 reservations and some IKD referrals, got reserved $reserved, referred $referred"
+if [[ "$reserved" -ne 20 || "$referred" -eq 0 ]]; then
+  echo "expected exactly 20 reservations and some IKD referrals, got reserved $reserved, referred $referred"
   exit 1
 fi
-echo "quota exact: 100 reserved, $referred referred to IKD"
+echo "quota exact: 20 reserved, $referred referred to IKD"
+if target/release/blangko-bench --server "http://$addr" --seconds 1 --concurrency 8 \
+  --service-points 4 --quota 5 --phases reserve > "$work/replayed.txt" 2>&1; then
+  cat "$work/replayed.txt"
+  echo "a run whose NIKs had been reserved before passed"
+  exit 1
+fi
+grep -q "REPLAYED" "$work/replayed.txt" || {
+  cat "$work/replayed.txt"
+  echo "expected the run to name its replayed answers"
+  exit 1
+}
+echo "a second run with the same NIKs fails: $(grep -oE 'REPLAYED [0-9]+' "$work/replayed.txt")"
 
 echo "--- 3. bench/ghz.sh"
 OUT="$work/ghz" bash bench/ghz.sh 300 16

@@ -5,18 +5,29 @@
 # Environment: GHZ (path to ghz; installed with `go install` when missing), BLANGKO_TOKEN (sent
 # as a bearer token when set), OUT (directory for ghz's JSON reports; default bench/out).
 #
-# Scenarios, each by reflection AND by proto file:
+# Scenarios, each by reflection AND by proto file (proto/ for the contract, bench/proto/ for the
+# standard grpc.health.v1 file):
 #   health   grpc.health.v1.Health/Check
 #   quota    blangko.v1.CounterService/GetQuota
-#   reserve  blangko.v1.CounterService/Reserve, every call a distinct NIK and request_id
+#   reserve  blangko.v1.CounterService/Reserve, every call a distinct NIK and request_id (the
+#            reflection run and the proto run use NIKs of different birth months, so both make
+#            new reservations)
 # ghz exits 0 even when calls fail, so this script reads each JSON report and fails on any status
-# other than OK, and checks afterwards that no service point holds more than its quota.
+# other than OK. Afterwards no service point may hold more than its quota, and the office must
+# hold exactly as many reservations as the two Reserve scenarios made calls: an OK answer that
+# replayed an earlier reservation, or one that was lost, fails the script.
 # Loopback only; every run is bounded by a call count (-n), so no call is cut off mid-flight by a
 # duration limit (ghz reports such calls as errors).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 calls=${1:-5000}
 concurrency=${2:-64}
+# Distinct NIKs per scenario: serial 0001-9999 times birth day 01-28.
+max_calls=279972
+if ! [[ $calls =~ ^[0-9]+$ ]] || (( calls < 1 || calls > max_calls )); then
+  echo "CALLS must be 1..$max_calls (each Reserve needs a NIK of its own)"
+  exit 2
+fi
 out=${OUT:-bench/out}
 mkdir -p "$out"
 
@@ -54,8 +65,11 @@ done
 grpc_setup blangko.v1.StockService/RecordShipment \
   '{"request_id":"ghz-ship-{{.UUID}}","office_id":"3201","quantity":1000000,"reference":"GHZ-{{.UUID}}"}'
 
-# Each Reserve: a distinct NIK from the request number (serial 0001-9999, birth day 01-28).
-reserve_data='{"request_id":"ghz-{{.UUID}}","office_id":"3201","service_point_id":"sp{{mod .RequestNumber 16}}","counter_id":"ghz","nik":"320101{{printf `%02d` (add (mod (div .RequestNumber 9999) 28) 1)}}0190{{printf `%04d` (add (mod .RequestNumber 9999) 1)}}","reason":"REASON_DATA_CHANGE","ikd_status":"IKD_STATUS_ACTIVE"}'
+# Each Reserve: a distinct NIK from the request number (serial 0001-9999, birth day 01-28) and
+# the scenario's birth month (MM, born in 1990), and a request_id of its own.
+reserve_data() { # request-id prefix, birth month
+  echo '{"request_id":"'"$1"'-{{.UUID}}","office_id":"3201","service_point_id":"sp{{mod .RequestNumber 16}}","counter_id":"ghz","nik":"320101{{printf `%02d` (add (mod (div .RequestNumber 9999) 28) 1)}}'"$2"'90{{printf `%04d` (add (mod .RequestNumber 9999) 1)}}","reason":"REASON_DATA_CHANGE","ikd_status":"IKD_STATUS_ACTIVE"}'
+}
 
 failures=0
 run() { # name source(reflection|proto) call data
@@ -63,7 +77,11 @@ run() { # name source(reflection|proto) call data
   local report="$out/$name-$source.json"
   local how=()
   # By proto file: ghz compiles the contract itself instead of asking the server.
-  [[ $source == proto ]] && how=(--import-paths proto --proto blangko/v1/counter_service.proto)
+  if [[ $source == proto && $call == grpc.health.* ]]; then
+    how=(--import-paths bench/proto --proto grpc/health/v1/health.proto)
+  elif [[ $source == proto ]]; then
+    how=(--import-paths proto --proto blangko/v1/counter_service.proto)
+  fi
   "$ghz" --insecure "${auth[@]}" "${how[@]}" --call "$call" -d "$data" -n "$calls" -c "$concurrency" \
     --connections 4 -O json -o "$report" "$addr"
   python3 - "$report" "$name ($source)" <<'PY' || failures=$((failures + 1))
@@ -79,16 +97,18 @@ if bad or not codes:
 PY
 }
 run health reflection grpc.health.v1.Health/Check '{"service":""}'
+run health proto grpc.health.v1.Health/Check '{"service":""}'
 run quota reflection blangko.v1.CounterService/GetQuota '{"office_id":"3201","service_point_id":"sp0"}'
 run quota proto blangko.v1.CounterService/GetQuota '{"office_id":"3201","service_point_id":"sp1"}'
-run reserve reflection blangko.v1.CounterService/Reserve "$reserve_data"
-run reserve proto blangko.v1.CounterService/Reserve "${reserve_data//ghz-/ghzp-}"
+run reserve reflection blangko.v1.CounterService/Reserve "$(reserve_data ghz 01)"
+run reserve proto blangko.v1.CounterService/Reserve "$(reserve_data ghzp 02)"
 
-# Over-issue check: no service point above its quota (the load generator's own check, on the
-# same office and service-point names).
+# Over-issue check: no service point above its quota, and every OK Reserve a new reservation
+# (the quota is far above the load, so each call was answered with one). The load generator's
+# own check, on the same office and service-point names; it sends BLANGKO_TOKEN when set.
 cargo build --release --locked -q -p blangko-bench
 target/release/blangko-bench --server "http://$addr" --offices 1 --service-points 16 --check-only \
-  || failures=$((failures + 1))
+  --expect-issued $((2 * calls)) || failures=$((failures + 1))
 if [[ $failures -gt 0 ]]; then
   echo "ghz: $failures scenario(s) with unexpected statuses or over-issue"
   exit 1
