@@ -32,6 +32,9 @@ use tonic::transport::{Channel, Endpoint};
 const MAX_CONCURRENCY: usize = 4096;
 /// Longest phase.
 const MAX_SECONDS: f64 = 600.0;
+/// The server's default limit of concurrent streams per connection
+/// (`--max-streams-per-connection`): streams past it wait in the client for a free one.
+const SERVER_STREAMS_PER_CONNECTION: usize = 256;
 /// Most offices: ids 3201 + i must stay in a known province (32 to 36).
 const MAX_OFFICES: u32 = 499;
 
@@ -231,6 +234,17 @@ async fn main() -> anyhow::Result<()> {
         ),
         _ => None,
     });
+    // Watchers and calls in flight share the connections; past the server's stream limit the
+    // calls would queue in this process, and their latency would be the client's.
+    let connections = args.servers.len() * args.connections.max(1);
+    let streams = (args.watchers as usize + args.concurrency).div_ceil(connections);
+    if streams > SERVER_STREAMS_PER_CONNECTION {
+        println!(
+            "warning: {streams} streams per connection (watchers and calls in flight over {connections} connections), above a server's default limit of {SERVER_STREAMS_PER_CONNECTION}: calls may wait in this client; give --connections {} or more",
+            (args.watchers as usize + args.concurrency)
+                .div_ceil(SERVER_STREAMS_PER_CONNECTION * args.servers.len())
+        );
+    }
     let mut channels = Vec::new();
     for url in &args.servers {
         for _ in 0..args.connections.max(1) {
