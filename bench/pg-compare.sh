@@ -5,6 +5,10 @@
 #
 # Usage: bench/pg-compare.sh POSTGRES_URL [SECONDS] [CONCURRENCY] [BATCH_SIZE]
 #   POSTGRES_URL  a database the script may fill (e.g. postgres://bench:bench@127.0.0.1/bench)
+# Environment: NIK_KEY_FILE, the key the replicas hash NIKs with (default
+# ~/.cache/blangko/pg-compare.nikkey, created on the first run). The database remembers the key
+# it was first used with and the servers refuse another, so every run on one database needs the
+# same key file.
 # Builds the release binaries first. Talks to 127.0.0.1 only; every loop is bounded.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,11 +21,15 @@ command -v pgbench >/dev/null || PATH="$PATH:$(ls -d /usr/lib/postgresql/*/bin |
 cargo build --release --locked -q -p blangko-server -p blangko-bench
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/nik.key"
+key=${NIK_KEY_FILE:-$HOME/.cache/blangko/pg-compare.nikkey}
+if [[ ! -s "$key" ]]; then
+  mkdir -p "$(dirname "$key")"
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$key")
+fi
 
 # Two replicas on free ports (port 0: each prints the address it chose).
 for r in a b; do
-  target/release/blangko-server --listen 127.0.0.1:0 --database "$url" --nik-key-file "$work/nik.key" \
+  target/release/blangko-server --listen 127.0.0.1:0 --database "$url" --nik-key-file "$key" \
     --log warn --reserve-batch-size "$batch" > "$work/$r.out" 2> "$work/$r.err" &
 done
 for r in a b; do
@@ -29,6 +37,11 @@ for r in a b; do
 done
 a=$(awk '/listening/ {print $NF}' "$work/a.out")
 b=$(awk '/listening/ {print $NF}' "$work/b.out")
+if [[ -z "$a" || -z "$b" ]]; then
+  cat "$work/a.err" "$work/b.err"
+  echo "a replica did not start (NIK_KEY_FILE: $key)"
+  exit 1
+fi
 echo "replicas: $a $b (reserve batch size $batch)"
 
 echo "--- blangko: Reserve over two replicas, one office (hot quota rows), concurrency $concurrency"
