@@ -8,8 +8,10 @@
 //!   queueing delay shows instead of hiding behind a slowed-down client;
 //!
 //! for Reserve, GetQuota and grpc.health.v1 Health/Check, and prints throughput and
-//! p50/p99/p99.9. Afterwards it checks the quota invariant on every service point it used and
-//! counts statuses: any unexpected status or over-issue makes it exit 1. It never fails on a
+//! p50/p99/p99.9. Afterwards it checks the quota invariant on every service point it used, and
+//! that the server's held and committed counts grew by exactly the reservations it acknowledged.
+//! Any unexpected status, a Reserve answered with an earlier reservation (a NIK reserved before
+//! the run), an over-issue or a count that does not match makes it exit 1. It never fails on a
 //! timing.
 #![forbid(unsafe_code)]
 
@@ -96,8 +98,8 @@ struct Args {
     #[arg(long, default_value_t = 100_000)]
     quota: u32,
     /// First NIK serial used (use a different one on each run against the same database: a NIK
-    /// reserved before is answered with its earlier reservation, which this tool counts as an
-    /// unexpected answer).
+    /// reserved before is answered with its earlier reservation at the same service point, or
+    /// refused as reserved elsewhere at another, and this tool counts both as unexpected).
     #[arg(long, default_value_t = 0)]
     nik_offset: u64,
     /// Only check the quota invariant of the bench offices (no set-up, no load).
@@ -155,8 +157,14 @@ impl Sample {
     fn fail(&mut self, status: &tonic::Status) {
         self.errors += 1;
         if self.errors <= 3 {
+            // A NIK reserved before this run, at another service point or office.
+            let hint = if status.code() == tonic::Code::FailedPrecondition {
+                " (a NIK reserved before this run? use a fresh database or another --nik-offset)"
+            } else {
+                ""
+            };
             eprintln!(
-                "unexpected status: {:?} {}",
+                "unexpected status: {:?} {}{hint}",
                 status.code(),
                 status.message()
             );
@@ -235,7 +243,8 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     });
     // Watchers and calls in flight share the connections; past the server's stream limit the
-    // calls would queue in this process, and their latency would be the client's.
+    // calls would queue in this process, and their latency would be the client's. (The open
+    // loop's calls in flight come on top, as many as its rate and the server's latency make.)
     let connections = args.servers.len() * args.connections.max(1);
     let streams = (args.watchers as usize + args.concurrency).div_ceil(connections);
     if streams > SERVER_STREAMS_PER_CONNECTION {
@@ -352,9 +361,10 @@ async fn main() -> anyhow::Result<()> {
     // (holds last a day, so none expired meanwhile). A run across the office's midnight starts
     // a new day's counters: then only the quota invariant is checked.
     let counted = if after.dates == before.dates {
-        let issued = after.issued.saturating_sub(before.issued);
+        // Signed: counters that fell are a mismatch too.
+        let issued = after.issued as i128 - before.issued as i128;
         println!("reservations acknowledged {reserved}, on the server's counters {issued}");
-        issued == reserved
+        issued == i128::from(reserved)
     } else {
         println!("the office day changed during the run: the counts of two days are not compared");
         true
