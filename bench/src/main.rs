@@ -20,13 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use blangko_counter::connect::CallMetadata;
 use blangko_proto::v1::counter_service_client::CounterServiceClient;
 use blangko_proto::v1::reserve_response::Outcome;
 use blangko_proto::v1::stock_service_client::StockServiceClient;
 use blangko_proto::v1::*;
 use clap::Parser;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -41,25 +40,7 @@ const SERVER_STREAMS_PER_CONNECTION: usize = 256;
 const MAX_OFFICES: u32 = 499;
 
 /// A channel that sends the bearer token (`--token`) with every call.
-type Ch = InterceptedService<Channel, Token>;
-
-/// Adds `authorization: Bearer <token>` to every call when a token was given.
-#[derive(Clone)]
-struct Token(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Token {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
+type Ch = InterceptedService<Channel, CallMetadata>;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -234,14 +215,7 @@ async fn main() -> anyhow::Result<()> {
         (1..=MAX_OFFICES).contains(&args.offices) && (1..=64).contains(&args.service_points),
         "--offices 1..={MAX_OFFICES}, --service-points 1..=64"
     );
-    let token = Token(match args.token.as_deref() {
-        Some(t) if !t.is_empty() => Some(
-            format!("Bearer {t}")
-                .parse()
-                .context("the token contains characters that cannot be sent in a header")?,
-        ),
-        _ => None,
-    });
+    let token = CallMetadata::bearer(args.token.as_deref())?;
     // Watchers and calls in flight share the connections; past the server's stream limit the
     // calls would queue in this process, and their latency would be the client's. (The open
     // loop's calls in flight come on top, as many as its rate and the server's latency make.)

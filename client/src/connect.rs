@@ -160,6 +160,28 @@ pub struct CallMetadata {
     timeout: Option<Duration>,
 }
 
+impl CallMetadata {
+    /// Only the bearer token, no per-call deadline: for tools that bound their calls themselves
+    /// (the load generator, the end-to-end tests). None or an empty token sends no header.
+    pub fn bearer(token: Option<&str>) -> Result<CallMetadata, ConnectError> {
+        Ok(CallMetadata {
+            authorization: authorization(token)?,
+            timeout: None,
+        })
+    }
+}
+
+/// `authorization: Bearer <token>` as a header value; None for no (or an empty) token.
+fn authorization(token: Option<&str>) -> Result<Option<MetadataValue<Ascii>>, ConnectError> {
+    match token {
+        Some(token) if !token.is_empty() => format!("Bearer {token}")
+            .parse::<MetadataValue<Ascii>>()
+            .map(Some)
+            .map_err(|_| ConnectError::BadToken),
+        _ => Ok(None),
+    }
+}
+
 impl Interceptor for CallMetadata {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.authorization {
@@ -334,14 +356,7 @@ impl Connection {
                 down_until: Mutex::new(None),
             });
         }
-        let authorization = match &options.token {
-            Some(token) if !token.is_empty() => Some(
-                format!("Bearer {token}")
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| ConnectError::BadToken)?,
-            ),
-            _ => None,
-        };
+        let authorization = authorization(options.token.as_deref())?;
         Ok(Connection {
             inner: Arc::new(Inner {
                 targets,

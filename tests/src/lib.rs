@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use blangko_counter::connect::CallMetadata;
 use blangko_proto::v1::counter_service_client::CounterServiceClient;
 use blangko_proto::v1::stock_service_client::StockServiceClient;
 use blangko_server::app::Application;
@@ -25,8 +26,6 @@ use blangko_server::config::Config;
 use blangko_server::engine::Engine;
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
@@ -337,7 +336,7 @@ impl TestServer {
     ) -> anyhow::Result<CounterServiceClient<AuthedChannel>> {
         Ok(CounterServiceClient::with_interceptor(
             self.channel().await?,
-            Bearer::new(token)?,
+            CallMetadata::bearer(token)?,
         ))
     }
 
@@ -348,7 +347,7 @@ impl TestServer {
     ) -> anyhow::Result<StockServiceClient<AuthedChannel>> {
         Ok(StockServiceClient::with_interceptor(
             self.channel().await?,
-            Bearer::new(token)?,
+            CallMetadata::bearer(token)?,
         ))
     }
 
@@ -500,35 +499,7 @@ impl Drop for TestServer {
 }
 
 /// A channel whose calls carry a bearer token.
-pub type AuthedChannel = InterceptedService<Channel, Bearer>;
-
-/// Adds `authorization: Bearer <token>` to every call (nothing when there is no token).
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Bearer {
-    /// The interceptor for `token`.
-    pub fn new(token: Option<&str>) -> anyhow::Result<Bearer> {
-        Ok(Bearer(match token {
-            Some(t) => Some(format!("Bearer {t}").parse()?),
-            None => None,
-        }))
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
+pub type AuthedChannel = InterceptedService<Channel, CallMetadata>;
 
 /// A token file for a test: principals added through the server's own `token add` code.
 pub struct TestTokens {
