@@ -220,12 +220,12 @@ async fn main() -> anyhow::Result<()> {
     // calls would queue in this process, and their latency would be the client's. (The open
     // loop's calls in flight come on top, as many as its rate and the server's latency make.)
     let connections = args.servers.len() * args.connections.max(1);
-    let streams = (args.watchers as usize + args.concurrency).div_ceil(connections);
+    let all_streams = args.watchers as usize + args.concurrency;
+    let streams = all_streams.div_ceil(connections);
     if streams > SERVER_STREAMS_PER_CONNECTION {
         println!(
             "warning: {streams} streams per connection (watchers and calls in flight over {connections} connections), above a server's default limit of {SERVER_STREAMS_PER_CONNECTION}: calls may wait in this client; give --connections {} or more",
-            (args.watchers as usize + args.concurrency)
-                .div_ceil(SERVER_STREAMS_PER_CONNECTION * args.servers.len())
+            all_streams.div_ceil(SERVER_STREAMS_PER_CONNECTION * args.servers.len())
         );
     }
     let mut channels = Vec::new();

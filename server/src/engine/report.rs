@@ -35,7 +35,8 @@ const ZONE_SHIFT_DAYS: u64 = 1;
 /// most its time-to-live after it was made (later it is retaken, and only on its own day), so at
 /// most `MAX_HOLD_TTL_SECS` rounded up to whole days. Every other entry carries the day of its
 /// own `recorded_ms`.
-const HOLD_LAG_DAYS: u64 = (crate::grpc::validate::MAX_HOLD_TTL_SECS as u64).div_ceil(86_400);
+const HOLD_LAG_DAYS: u64 =
+    (crate::grpc::validate::MAX_HOLD_TTL_SECS as u64).div_ceil((DAY_MS / 1000) as u64);
 
 /// The report's ledger queries take the entries whose stored dates lie in its days widened by
 /// these margins (earlier by [`HOLD_LAG_DAYS`] and [`ZONE_SHIFT_DAYS`], later by
