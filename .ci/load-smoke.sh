@@ -6,9 +6,11 @@
 #   1. blangko-bench, closed loop (Health/Check, GetQuota, Reserve) and open loop (fixed arrival
 #      rate), on a fresh SQLite file: any non-OK status or held + committed > quota fails it;
 #   2. blangko-bench against a small quota (4 service points x 5) on another fresh file: exactly
-#      20 Reserves must be acknowledged as reservations, the rest referred to IKD, none over (the
-#      quota is small so that any machine makes more calls in 2 s than it allows); then a second
-#      run with the same NIKs must fail, naming the Reserves answered with earlier reservations;
+#      20 Reserves must be acknowledged as reservations, the rest referred to IKD for the exhausted
+#      quota, none over (the quota is small so that any machine makes more calls in 2 s than it
+#      allows); then a second run with the same NIKs must fail, naming the Reserves answered with
+#      earlier reservations; then blangko-bench's disk probe for one second: it prints its fsync
+#      figures and leaves no file behind;
 #   3. bench/ghz.sh with a few hundred calls per scenario (ghz installed with `go install` when
 #      missing): by reflection and by proto file, every status must be OK, then the same
 #      over-issue check;
@@ -67,6 +69,12 @@ if [[ "$reserved" -ne 20 || "$referred" -eq 0 ]]; then
   echo "expected exactly 20 reservations and some IKD referrals, got reserved $reserved, referred $referred"
   exit 1
 fi
+# The referrals name their cause: the quota, not the stock (the bench ships more than the quota).
+if ! grep -q "REFERRAL_CAUSE_QUOTA_EXHAUSTED" "$work/exhausted.txt" \
+  || grep -q "REFERRAL_CAUSE_OUT_OF_STOCK" "$work/exhausted.txt"; then
+  echo "expected every referral to name the exhausted quota as its cause"
+  exit 1
+fi
 echo "quota exact: 20 reserved, $referred referred to IKD"
 if target/release/blangko-bench --server "http://$addr" --seconds 1 --concurrency 8 \
   --service-points 4 --quota 5 --phases reserve > "$work/replayed.txt" 2>&1; then
@@ -80,6 +88,16 @@ grep -q "REPLAYED" "$work/replayed.txt" || {
   exit 1
 }
 echo "a second run with the same NIKs fails: $(grep -oE 'REPLAYED [0-9]+' "$work/replayed.txt")"
+mkdir "$work/disk"
+target/release/blangko-bench --disk-probe "$work/disk" --seconds 1 | tee "$work/disk.txt"
+grep -qE '^disk probe .*: [1-9][0-9]* fsyncs of 256 KiB writes .* max [0-9.]+ ms' "$work/disk.txt" || {
+  echo "expected the disk probe's fsync figures"
+  exit 1
+}
+if [[ -n "$(ls -A "$work/disk")" ]]; then
+  echo "the disk probe left a file behind: $(ls -A "$work/disk")"
+  exit 1
+fi
 
 echo "--- 3. bench/ghz.sh"
 OUT="$work/ghz" bash bench/ghz.sh 300 16

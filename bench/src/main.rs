@@ -13,6 +13,9 @@
 //! Any unexpected status, a Reserve answered with an earlier reservation (a NIK reserved before
 //! the run), an over-issue or a count that does not match makes it exit 1. It never fails on a
 //! timing.
+//!
+//! `--disk-probe DIR` measures the disk instead: the latency of `fdatasync` after each write, the
+//! wait under every acknowledged Reserve on SQLite.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -100,6 +103,15 @@ struct Args {
     /// The server's process id (same machine): its peak and current RSS are printed at the end.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Measure the disk instead of a server: for --seconds, write --disk-probe-kib to a file in
+    /// this directory and fsync it (`fdatasync`, as the server's group commit does), then print
+    /// the fsync latencies and remove the file. No server is needed.
+    #[arg(long, value_name = "DIR")]
+    disk_probe: Option<std::path::PathBuf>,
+    /// KiB written before each fsync of the disk probe (the default is about what one Reserve
+    /// batch adds to SQLite's WAL at 64 calls in flight).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(4..=4096))]
+    disk_probe_kib: u32,
     /// Phases to run, comma separated: health, quota, reserve.
     #[arg(long, value_delimiter = ',', default_value = "health,quota,reserve", value_parser = ["health", "quota", "reserve"])]
     phases: Vec<String>,
@@ -114,6 +126,8 @@ struct Sample {
     reserved: u64,
     /// Reserves answered with an IKD referral.
     referred: u64,
+    /// The referrals by cause (`ReferralCause` wire values, counts).
+    referred_by: std::collections::BTreeMap<i32, u64>,
     /// Reserves answered with an earlier answer (a NIK reserved before this run): unexpected,
     /// since every call of a run uses a NIK and a request_id of its own.
     replayed: u64,
@@ -128,7 +142,10 @@ impl Sample {
         match answer {
             Answer::Other => {}
             Answer::Reserved => self.reserved += 1,
-            Answer::Referred => self.referred += 1,
+            Answer::Referred(cause) => {
+                self.referred += 1;
+                *self.referred_by.entry(cause).or_insert(0) += 1;
+            }
             Answer::Replayed => self.replayed += 1,
         }
         self.last_end = self.last_end.max(Some(ended));
@@ -157,6 +174,9 @@ impl Sample {
         self.errors += other.errors;
         self.reserved += other.reserved;
         self.referred += other.referred;
+        for (cause, n) in other.referred_by {
+            *self.referred_by.entry(cause).or_insert(0) += n;
+        }
         self.replayed += other.replayed;
         self.last_end = self.last_end.max(other.last_end);
     }
@@ -183,7 +203,8 @@ enum Answer {
     /// Health/Check, GetQuota.
     Other,
     Reserved,
-    Referred,
+    /// Referred to IKD, with the cause's wire value.
+    Referred(i32),
     Replayed,
 }
 
@@ -215,6 +236,10 @@ async fn main() -> anyhow::Result<()> {
         (1..=MAX_OFFICES).contains(&args.offices) && (1..=64).contains(&args.service_points),
         "--offices 1..={MAX_OFFICES}, --service-points 1..=64"
     );
+    if let Some(dir) = &args.disk_probe {
+        let (dir, seconds, kib) = (dir.clone(), args.seconds, args.disk_probe_kib);
+        return tokio::task::spawn_blocking(move || disk_probe(&dir, seconds, kib)).await?;
+    }
     let token = CallMetadata::bearer(args.token.as_deref())?;
     // Watchers and calls in flight share the connections; past the server's stream limit the
     // calls would queue in this process, and their latency would be the client's. (The open
@@ -356,6 +381,61 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The disk probe's file wraps around at this size, so a long probe stays bounded.
+const PROBE_FILE_BYTES: u64 = 64 << 20;
+
+/// Removes the disk probe's file however the probe ends.
+struct ProbeFile(std::path::PathBuf);
+
+impl Drop for ProbeFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes `kib` KiB and fsyncs (`fdatasync`) in a loop for `seconds`, as a Reserve batch's
+/// group commit does, and prints the fsync latencies: every acknowledged Reserve waits for one,
+/// so the disk's fsync tail is a floor under the Reserve tail.
+fn disk_probe(dir: &std::path::Path, seconds: f64, kib: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(format!(".blangko-disk-probe-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let _remove = ProbeFile(path);
+    let block = vec![0x5a_u8; kib as usize * 1024];
+    let mut sample = Sample::default();
+    let mut offset = 0_u64;
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds {
+        file.write_all_at(&block, offset)?;
+        offset = (offset + block.len() as u64) % PROBE_FILE_BYTES;
+        let began = Instant::now();
+        file.sync_data()?;
+        let ended = Instant::now();
+        sample.record(
+            Answer::Other,
+            ended.duration_since(began).as_micros() as u64,
+            ended,
+        );
+    }
+    let over = |ms: u64| sample.micros.iter().filter(|&&m| m > ms * 1000).count();
+    println!(
+        "disk probe {}: {} fsyncs of {kib} KiB writes in {seconds} s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  over 10 ms {}  over 100 ms {}",
+        dir.display(),
+        sample.micros.len(),
+        sample.percentile(50.0),
+        sample.percentile(99.0),
+        sample.percentile(99.9),
+        sample.percentile(100.0),
+        over(10),
+        over(100),
+    );
+    Ok(())
+}
+
 fn office_id(i: u32) -> String {
     format!("{}", 3201 + i)
 }
@@ -396,17 +476,37 @@ async fn setup(stock: &mut StockServiceClient<Ch>, args: &Args) -> anyhow::Resul
                 })
                 .await?;
         }
-        stock
-            .record_shipment(RecordShipmentRequest {
-                request_id: format!("bench-ship-{office}-{}", rand::random::<u32>()),
-                office_id: office.clone(),
-                quantity: 1_000_000,
-                reference: format!("BENCH-{}", rand::random::<u64>()),
-                note: String::new(),
-            })
-            .await?;
+        // Enough blanks for the whole day's quota of the office's bench service points, so that
+        // stock does not stop a long run before the quota does.
+        for quantity in shipments(args.quota, args.service_points) {
+            stock
+                .record_shipment(RecordShipmentRequest {
+                    request_id: format!("bench-ship-{office}-{}", rand::random::<u32>()),
+                    office_id: office.clone(),
+                    quantity,
+                    reference: format!("BENCH-{}", rand::random::<u64>()),
+                    note: String::new(),
+                })
+                .await?;
+        }
     }
     Ok(())
+}
+
+/// The largest shipment the server records (the contract's bound on a stock movement).
+const MAX_SHIPMENT: u32 = 1_000_000;
+
+/// The shipments (each at most [`MAX_SHIPMENT`]) that cover one day's quota of `points` service
+/// points of `quota` each, and at least one full shipment: the stock runs out after the quota.
+fn shipments(quota: u32, points: u32) -> Vec<u32> {
+    let mut left = (u64::from(quota) * u64::from(points)).max(u64::from(MAX_SHIPMENT));
+    let mut lots = Vec::new();
+    while left > 0 {
+        let lot = left.min(u64::from(MAX_SHIPMENT));
+        lots.push(lot as u32);
+        left -= lot;
+    }
+    lots
 }
 
 /// A valid NIK for serial `n`: province 32, regency 01, a birth date varied with n.
@@ -472,7 +572,7 @@ async fn one_call(
                 Some(Outcome::Reservation(r)) if r.replayed => Answer::Replayed,
                 Some(Outcome::Reservation(_)) => Answer::Reserved,
                 Some(Outcome::IkdReferral(r)) if r.replayed => Answer::Replayed,
-                Some(Outcome::IkdReferral(_)) => Answer::Referred,
+                Some(Outcome::IkdReferral(r)) => Answer::Referred(r.cause),
                 None => {
                     return Err(tonic::Status::internal(
                         "a Reserve answer without an outcome",
@@ -585,6 +685,22 @@ fn reserve_answers(s: &Sample) -> String {
         return String::new();
     }
     let mut line = format!("  reserved {}  referred {}", s.reserved, s.referred);
+    if !s.referred_by.is_empty() {
+        // Which limit stopped them: with the default quota, a referral means the figure is not
+        // Reserve throughput alone (e.g. the office ran out of stock).
+        let causes: Vec<String> = s
+            .referred_by
+            .iter()
+            .map(|(cause, n)| {
+                let name = ReferralCause::try_from(*cause).map_or_else(
+                    |_| format!("cause {cause}"),
+                    |c| c.as_str_name().to_string(),
+                );
+                format!("{name} {n}")
+            })
+            .collect();
+        line += &format!(" ({})", causes.join(", "));
+    }
     if s.replayed > 0 {
         line += &format!(
             "  REPLAYED {} (NIKs reserved before this run: use a fresh database or another --nik-offset)",
@@ -822,5 +938,38 @@ fn print_server_memory(pid: u32) {
             );
         }
         Err(err) => println!("server memory: cannot read /proc/{pid}/status: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipments_cover_the_day_in_lots_the_server_accepts() {
+        // The default layout: 16 x 100,000 = 1,600,000 blanks, in two lots.
+        assert_eq!(shipments(100_000, 16), vec![1_000_000, 600_000]);
+        // A small quota: one full shipment, so the quota is what runs out.
+        assert_eq!(shipments(5, 4), vec![1_000_000]);
+        // The largest layout the flags allow: 64 x 100,000, no lot above the bound.
+        let lots = shipments(100_000, 64);
+        assert_eq!(lots.iter().map(|&l| u64::from(l)).sum::<u64>(), 6_400_000);
+        assert!(lots.iter().all(|&l| (1..=MAX_SHIPMENT).contains(&l)));
+    }
+
+    #[test]
+    fn the_disk_probe_measures_and_leaves_nothing_behind() {
+        let dir = std::env::temp_dir().join(format!("blangko-probe-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        disk_probe(&dir, 0.2, 4).unwrap();
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "probe file left"
+        );
+        // A directory that does not exist is an error naming the file, not a panic.
+        let err = disk_probe(&dir.join("missing"), 0.1, 4).unwrap_err();
+        assert!(err.to_string().contains("cannot create"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
