@@ -9,7 +9,8 @@
 #      20 Reserves must be acknowledged as reservations, the rest referred to IKD for the exhausted
 #      quota, none over (the quota is small so that any machine makes more calls in 2 s than it
 #      allows); then a second run with the same NIKs must fail, naming the Reserves answered with
-#      earlier reservations; then blangko-bench's disk probe for one second: it prints its fsync
+#      earlier reservations; then the count check of --check-only (exact count, and the
+#      count skipped when the start day is not today); then blangko-bench's disk probe for one second: it prints its fsync
 #      figures and leaves no file behind;
 #   3. bench/ghz.sh with a few hundred calls per scenario (ghz installed with `go install` when
 #      missing): by reflection and by proto file, every status must be OK, then the same
@@ -88,6 +89,19 @@ grep -q "REPLAYED" "$work/replayed.txt" || {
   exit 1
 }
 echo "a second run with the same NIKs fails: $(grep -oE 'REPLAYED [0-9]+' "$work/replayed.txt")"
+# The count check another load tool relies on (bench/ghz.sh): 20 held today passes, 21 fails,
+# and a start day other than the service points' day skips the count (a run across midnight).
+check=(target/release/blangko-bench --server "http://$addr" --service-points 4 --check-only)
+today=$(TZ=Asia/Jakarta date +%F)
+"${check[@]}" --expect-issued 20 --expect-date "$today" > /dev/null
+if "${check[@]}" --expect-issued 21 --expect-date "$today" > /dev/null 2>&1; then
+  echo "a count check expecting 21 reservations passed where 20 are held"
+  exit 1
+fi
+"${check[@]}" --expect-issued 21 --expect-date 2000-01-01 | grep -q "office day changed" || {
+  echo "expected a start day other than today to skip the count, saying so"
+  exit 1
+}
 mkdir "$work/disk"
 target/release/blangko-bench --disk-probe "$work/disk" --seconds 1 | tee "$work/disk.txt"
 grep -qE '^disk probe .*: [1-9][0-9]* fsyncs of 256 KiB writes .* max [0-9.]+ ms' "$work/disk.txt" || {
