@@ -96,8 +96,8 @@ struct Args {
     /// With --expect-issued: the office-local day (YYYY-MM-DD) the load began on. When the
     /// service points are on another day by now (the run crossed the office's midnight), the
     /// count is not compared, since the reservations are split over two days.
-    #[arg(long, requires = "expect_issued")]
-    expect_date: Option<String>,
+    #[arg(long, requires = "expect_issued", value_parser = parse_day)]
+    expect_date: Option<chrono::NaiveDate>,
     /// Bearer token sent with every call (a server started with --token-file requires one).
     #[arg(long, env = "BLANGKO_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -111,7 +111,7 @@ struct Args {
     /// Measure the disk instead of a server: for --seconds, write --disk-probe-kib to a file in
     /// this directory and fsync it (`fdatasync`, as the server's group commit does), then print
     /// the fsync latencies and remove the file. No server is needed.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["check_only", "watchers", "rate"])]
     disk_probe: Option<std::path::PathBuf>,
     /// KiB written before each fsync of the disk probe (the default is about what one Reserve
     /// batch adds to SQLite's WAL at 64 calls in flight).
@@ -294,14 +294,14 @@ async fn main() -> anyhow::Result<()> {
             totals.over
         );
         println!("invariant held: held + committed <= quota on every service point");
-        let day_changed = args
-            .expect_date
-            .as_ref()
-            .is_some_and(|day| totals.dates.len() != 1 || !totals.dates.contains(day));
-        if day_changed {
+        // The day the server keeps the counters under, for a script's later --expect-date.
+        if let [day] = Vec::from_iter(&totals.dates)[..] {
+            println!("office day: {day}");
+        }
+        if day_after(args.expect_date, &totals.dates)? {
             println!(
                 "the office day changed since {} (now {:?}): the reservations of two days are not compared",
-                args.expect_date.as_deref().unwrap_or_default(),
+                args.expect_date.map(|d| d.to_string()).unwrap_or_default(),
                 totals.dates
             );
         } else if let Some(expected) = args.expect_issued {
@@ -396,17 +396,41 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The disk probe's file wraps around at this size, so a long probe stays bounded.
-const PROBE_FILE_BYTES: u64 = 64 << 20;
+/// A day as the server writes it, `YYYY-MM-DD`.
+fn parse_day(text: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .filter(|d| d.format("%Y-%m-%d").to_string() == text)
+        .ok_or_else(|| format!("'{text}' is not a day written YYYY-MM-DD"))
+}
 
-/// Removes the disk probe's file however the probe ends.
-struct ProbeFile(std::path::PathBuf);
-
-impl Drop for ProbeFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+/// Whether the service points' day (`dates`, from their snapshots) is the day after `start`, the
+/// day a load began (a run across the office's midnight); false when it is `start` itself or no
+/// day was given; an error for any other day, which is a wrong `--expect-date` rather than a
+/// midnight.
+fn day_after(
+    start: Option<chrono::NaiveDate>,
+    dates: &std::collections::BTreeSet<String>,
+) -> anyhow::Result<bool> {
+    let Some(start) = start else {
+        return Ok(false);
+    };
+    let is = |day: Option<chrono::NaiveDate>| {
+        day.is_some_and(|d| dates.iter().all(|date| *date == d.to_string()))
+    };
+    if is(Some(start)) {
+        Ok(false)
+    } else if is(start.succ_opt()) {
+        Ok(true)
+    } else {
+        anyhow::bail!(
+            "the bench service points are on {dates:?}, neither {start} (--expect-date) nor the day after"
+        )
     }
 }
+
+/// The disk probe's file wraps around at this size, so a long probe stays bounded.
+const PROBE_FILE_BYTES: u64 = 64 << 20;
 
 /// Writes `kib` KiB and fsyncs (`fdatasync`) in a loop for `seconds`, as a Reserve batch's
 /// group commit does, and prints the fsync latencies: every acknowledged Reserve waits for one,
@@ -419,7 +443,9 @@ fn disk_probe(dir: &std::path::Path, seconds: f64, kib: u32) -> anyhow::Result<(
         .create_new(true)
         .open(&path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    let _remove = ProbeFile(path);
+    // Removed at once: the open file stays writable, and nothing is left behind however the
+    // probe ends (an interrupt included).
+    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
     let block = vec![0x5a_u8; kib as usize * 1024];
     let mut sample = Sample::default();
     let mut offset = 0_u64;
@@ -970,6 +996,21 @@ mod tests {
         let lots = shipments(100_000, 64);
         assert_eq!(lots.iter().map(|&l| u64::from(l)).sum::<u64>(), 6_400_000);
         assert!(lots.iter().all(|&l| (1..=MAX_SHIPMENT).contains(&l)));
+    }
+
+    #[test]
+    fn a_start_day_skips_the_count_only_for_the_next_day() {
+        let dates = |days: &[&str]| days.iter().map(|d| d.to_string()).collect();
+        let start = Some(parse_day("2026-12-31").unwrap());
+        assert!(!day_after(start, &dates(&["2026-12-31"])).unwrap());
+        assert!(day_after(start, &dates(&["2027-01-01"])).unwrap());
+        // Any other day, or service points on two days, is an error, not a skipped check.
+        assert!(day_after(start, &dates(&["2026-12-30"])).is_err());
+        assert!(day_after(start, &dates(&["2026-12-31", "2027-01-01"])).is_err());
+        assert!(!day_after(None, &dates(&["2000-01-01"])).unwrap());
+        for bad in ["2026-2-01", "2026-02-30", "02/12/2026", ""] {
+            assert!(parse_day(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
