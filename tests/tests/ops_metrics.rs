@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use blangko_e2e::fixtures::{self, nik, reserve_request, rid};
 use blangko_e2e::scrape::{count, value};
-use blangko_e2e::{TestServer, on_each_backend};
+use blangko_e2e::{Backend, TestServer, on_each_backend};
 use blangko_proto::v1::reserve_response::Outcome;
 use blangko_proto::v1::*;
 use blangko_server::clock::ManualClock;
@@ -32,6 +32,7 @@ fn has_sixteen_digit_run(text: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_count_what_was_done_and_gauges_match_the_api() -> anyhow::Result<()> {
     on_each_backend(|db| async move {
+        let backend = db.backend;
         let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
         let server = TestServer::start_with_clock(
             db,
@@ -173,6 +174,13 @@ async fn metrics_count_what_was_done_and_gauges_match_the_api() -> anyhow::Resul
             Some(9.0)
         );
         assert_eq!(count(&text, "blangko_load_shed_total", &[]), 0.0);
+        // SQLite's group fsync: each of the first four reservations, made one after another,
+        // waited for one of its own. PostgreSQL's COMMIT is durable by itself: no such metric.
+        let fsyncs = value(&text, "blangko_sqlite_wal_fsync_seconds_count", &[]);
+        match backend {
+            Backend::Sqlite => assert!(fsyncs.is_some_and(|n| n >= 4.0), "{fsyncs:?}\n{text}"),
+            Backend::Postgres => assert_eq!(fsyncs, None, "{text}"),
+        }
         assert_eq!(
             value(&text, "blangko_requests_in_flight_limit", &[]),
             Some(1024.0)

@@ -45,6 +45,13 @@ impl MetricsState {
         let _one_at_a_time = self.scrape_lock.lock().await;
         let mut registry = Registry::default();
         self.engine.metrics.register(&mut registry);
+        if let Some(latency) = self.engine.store.wal_fsync_latency() {
+            registry.register(
+                "blangko_sqlite_wal_fsync_seconds",
+                "Group fsyncs of SQLite's WAL (--sqlite-synchronous full) by how long they took; every acknowledged Reserve waits for one, so a slow or stalling disk shows here first",
+                latency,
+            );
+        }
         let process = ProcessFigures {
             in_flight: self.budget.in_flight() as i64,
             max_in_flight: self.budget.max() as i64,

@@ -27,7 +27,15 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+/// The buckets of the fsync latency histogram: 100 µs up to about 3.3 s (a disk that stalls
+/// for hundreds of milliseconds shows in the top buckets).
+fn fsync_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
+}
 
 /// The database file, opened once for the store's whole life, for the fsyncs the store does
 /// itself ([`WalSync`] when there is no WAL, the background checkpoint).
@@ -65,6 +73,9 @@ pub struct WalSync {
     durable: tokio::sync::Mutex<u64>,
     /// fsyncs done (for tests and metrics).
     fsyncs: AtomicU64,
+    /// How long each fsync took, as the commits waiting for it saw it (the metrics endpoint's
+    /// `blangko_sqlite_wal_fsync_seconds`).
+    latency: Histogram,
     /// Whether an fsync runs now.
     syncing: AtomicBool,
     /// Told when an fsync ends.
@@ -97,6 +108,7 @@ impl WalSync {
             requested: AtomicU64::new(0),
             durable: tokio::sync::Mutex::new(0),
             fsyncs: AtomicU64::new(0),
+            latency: fsync_histogram(),
             syncing: AtomicBool::new(false),
             ended: tokio::sync::Notify::new(),
             failed: AtomicBool::new(false),
@@ -124,7 +136,9 @@ impl WalSync {
         let wal = self.wal.clone();
         self.syncing.store(true, Ordering::SeqCst);
         let running = Syncing(self);
+        let began = Instant::now();
         let synced = tokio::task::spawn_blocking(move || fsync_wal(&wal, &database)).await;
+        self.latency.observe(began.elapsed().as_secs_f64());
         drop(running);
         if let Err(err) = synced.map_err(std::io::Error::other).and_then(|r| r) {
             self.failed.store(true, Ordering::SeqCst);
@@ -148,6 +162,11 @@ impl WalSync {
     /// How many fsyncs have been done.
     pub fn fsyncs(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// The fsync latency histogram (a clone shares it), for the metrics endpoint.
+    pub fn latency(&self) -> Histogram {
+        self.latency.clone()
     }
 }
 
@@ -207,6 +226,15 @@ mod tests {
         }
         let fsyncs = sync.fsyncs();
         assert!(fsyncs >= 2, "each caller needs an fsync after its call");
+        // The metric counts each fsync once, not each caller.
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("wal_fsync_seconds", "fsyncs", sync.latency());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(&format!("wal_fsync_seconds_count {fsyncs}\n")),
+            "{text}"
+        );
         assert!(
             fsyncs < 201,
             "200 concurrent callers must share fsyncs, got {fsyncs}"

@@ -321,6 +321,12 @@ impl Store {
         }
     }
 
+    /// The latency histogram of the group fsync of SQLite's WAL (None on PostgreSQL and with
+    /// `--sqlite-synchronous normal`, which make no such fsync).
+    pub fn wal_fsync_latency(&self) -> Option<prometheus_client::metrics::histogram::Histogram> {
+        self.wal_sync.as_ref().map(durability::WalSync::latency)
+    }
+
     /// Returns when no group fsync is running (at once on PostgreSQL and with `normal`), so a
     /// Reserve batch ready meanwhile waits and grows instead of committing alone (see
     /// [`durability`]). Bounded by `SETTLE_AT_MOST`.
