@@ -8,7 +8,8 @@
 # Environment: NIK_KEY_FILE, the key the replicas hash NIKs with (default
 # ~/.cache/blangko/pg-compare.nikkey, created on the first run). The database remembers the key
 # it was first used with and the servers refuse another, so every run on one database needs the
-# same key file.
+# same key file. SERVER, the blangko-server binary of the replicas (default
+# target/release/blangko-server), to compare builds on one database.
 # Builds the release binaries first. Talks to 127.0.0.1 only; every loop is bounded.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,6 +20,8 @@ batch=${4:-128}
 command -v pgbench >/dev/null || PATH="$PATH:$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)"
 
 cargo build --release --locked -q -p blangko-server -p blangko-bench
+server=${SERVER:-target/release/blangko-server}
+[[ -x "$server" ]] || { echo "SERVER=$server is not an executable"; exit 2; }
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 key=${NIK_KEY_FILE:-$HOME/.cache/blangko/pg-compare.nikkey}
@@ -34,7 +37,7 @@ echo $((offset + ${seconds%.*} * 100000 + 100000)) > "$counter"
 
 # Two replicas on free ports (port 0: each prints the address it chose).
 for r in a b; do
-  target/release/blangko-server --listen 127.0.0.1:0 --database "$url" --nik-key-file "$key" \
+  "$server" --listen 127.0.0.1:0 --database "$url" --nik-key-file "$key" \
     --log warn --reserve-batch-size "$batch" > "$work/$r.out" 2> "$work/$r.err" &
 done
 for r in a b; do
