@@ -286,34 +286,51 @@ impl Engine {
         let date = format_local_date(today);
         let expired = self.expire_due_in_tx(conn, &mut office, now).await?;
 
-        // Everything the decisions read, fetched once for the whole batch.
-        let quota_days = rows::quota_days_of_office(conn, office_id, &date).await?;
-        let office_used: i64 = quota_days.iter().map(|q| q.used()).sum();
+        // Everything the decisions read, fetched once for the whole batch (on PostgreSQL in one
+        // round trip): the office's quota rows today, stored answers, live reservations of the
+        // NIKs, IKD activations, the service points and their queues.
         let request_ids: Vec<&str> = jobs.iter().map(|j| j.cmd.request_id.as_str()).collect();
-        let answers = rows::stored_answers(conn, &request_ids).await?;
         let nik_hashes: Vec<&str> = jobs.iter().map(|j| j.nik_hash.as_str()).collect();
-        let live = rows::live_reservations_of_niks(conn, &nik_hashes, &date).await?;
-        let activated = if office.ikd_first_required {
-            let not_active: Vec<&str> = jobs
-                .iter()
+        let not_active: Vec<&str> = if office.ikd_first_required {
+            jobs.iter()
                 .filter(|j| j.cmd.ikd_status == IkdStatus::NotActive as i32)
                 .map(|j| j.nik_hash.as_str())
-                .collect();
-            rows::ikd_activated_among(conn, &not_active).await?
+                .collect()
         } else {
-            Default::default()
+            Vec::new()
         };
-        let mut state = BatchState::new(office, zone, now, office_used, answers, live, activated);
-        state.changed = expired > 0;
-        // The batch's service points, their quota rows today and their queues: three reads.
         let point_ids = point_ids(jobs.iter().map(|j| &j.cmd));
-        let mut service_points = rows::service_points_among(conn, office_id, &point_ids).await?;
-        let mut quota_days: HashMap<String, QuotaDayRow> = quota_days
+        let reads = rows::batch_reads(
+            conn,
+            &rows::BatchKeys {
+                office_id,
+                local_date: &date,
+                since_ms: now - super::QUEUE_REPORT_TTL_MS,
+                request_ids: &request_ids,
+                nik_hashes: &nik_hashes,
+                point_ids: &point_ids,
+                ikd_nik_hashes: &not_active,
+            },
+        )
+        .await?;
+        let office_used: i64 = reads.quota_days.iter().map(|q| q.used()).sum();
+        let mut state = BatchState::new(
+            office,
+            zone,
+            now,
+            office_used,
+            reads.answers,
+            reads.live,
+            reads.activated,
+        );
+        state.changed = expired > 0;
+        let mut service_points = reads.service_points;
+        let mut quota_days: HashMap<String, QuotaDayRow> = reads
+            .quota_days
             .into_iter()
             .map(|q| (q.service_point_id.clone(), q))
             .collect();
-        let waiting =
-            rows::waiting_by_point(conn, office_id, now - super::QUEUE_REPORT_TTL_MS).await?;
+        let waiting = reads.waiting;
         for id in point_ids {
             let point = match service_points.remove(id) {
                 None => Err(EngineError::NotFound {
