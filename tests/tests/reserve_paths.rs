@@ -212,3 +212,57 @@ async fn writes_through_both_connections_never_overlap() -> anyhow::Result<()> {
     assert!(fixtures::ledger_intact(&mut stock, "3275").await?);
     Ok(())
 }
+
+/// The PostgreSQL Reserve batch reads its rows as JSON, where BYTEA (the service point's policy,
+/// a stored answer) comes in the connection's `bytea_output` format. A database whose default is
+/// `escape` still reserves, replays and refers: the server sets hex on its own connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reserves_whatever_the_database_says_bytea_looks_like() -> anyhow::Result<()> {
+    if blangko_e2e::postgres::skip_postgres() {
+        return Ok(());
+    }
+    let db = TestDatabase::new(blangko_e2e::Backend::Postgres).await?;
+    {
+        use sqlx::{Connection, Row};
+        let mut conn = sqlx::PgConnection::connect(&db.url).await?;
+        let name: String = sqlx::query("SELECT current_database()")
+            .fetch_one(&mut conn)
+            .await?
+            .try_get(0)?;
+        sqlx::query(&format!(
+            "ALTER DATABASE \"{name}\" SET bytea_output = 'escape'"
+        ))
+        .execute(&mut conn)
+        .await?;
+    }
+    let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+    let server = TestServer::start_with_clock(db, &[], Arc::new(clock)).await?;
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    fixtures::office_with_point(&mut stock, "3275", "mpp", 1, 10).await?;
+    let first = reserve_request("3275", "mpp", 1);
+    let reserved = counter.reserve(first.clone()).await?.into_inner();
+    assert!(
+        matches!(&reserved.outcome, Some(Outcome::Reservation(r)) if !r.replayed),
+        "{reserved:?}"
+    );
+    // The same request again: the stored answer (BYTEA) read back through the batch's JSON.
+    let again = counter.reserve(first).await?.into_inner();
+    let (Some(Outcome::Reservation(a)), Some(Outcome::Reservation(b))) =
+        (&reserved.outcome, &again.outcome)
+    else {
+        panic!("not two reservations: {again:?}");
+    };
+    assert!(b.replayed);
+    assert_eq!(a.reservation_id, b.reservation_id);
+    // The quota of 1 is used: the next applicant is referred to IKD.
+    let next = counter
+        .reserve(reserve_request("3275", "mpp", 2))
+        .await?
+        .into_inner();
+    assert!(
+        matches!(next.outcome, Some(Outcome::IkdReferral(_))),
+        "{next:?}"
+    );
+    Ok(())
+}

@@ -247,6 +247,14 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            // The Reserve batch reads rows as JSON (`rows::batch_reads`), where BYTEA comes in
+            // this setting's format: hex, whatever the database's default says.
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute("SET bytea_output = 'hex'").await?;
+                    Ok(())
+                })
+            })
             .connect(&options.url)
             .await
             .with_context(|| {

@@ -1338,6 +1338,14 @@ pub async fn batch_reads(
     })
 }
 
+/// The parts of [`batch_reads_postgres`], as its `part` column numbers them.
+const PART_QUOTA_DAYS: i32 = 0;
+const PART_ANSWERS: i32 = 1;
+const PART_LIVE: i32 = 2;
+const PART_SERVICE_POINTS: i32 = 3;
+const PART_WAITING: i32 = 4;
+const PART_ACTIVATED: i32 = 5;
+
 /// [`batch_reads`] as one PostgreSQL statement: a `UNION ALL` of the same queries, each row
 /// tagged with its part and carried as `row_to_json` text.
 async fn batch_reads_postgres(
@@ -1359,22 +1367,32 @@ async fn batch_reads_postgres(
         .join(", ");
     let points = list(keys.point_ids.len());
     let ikd = list(keys.ikd_nik_hashes.len());
-    let mut parts = vec![
-        format!("SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = $1 AND local_date = $2"),
-        format!("SELECT request_id, method, fingerprint, response FROM idempotency WHERE request_id IN ({answers})"),
+    // (part number, query); a part whose key list is empty is left out (it has no rows).
+    let mut parts = vec![(
+        PART_QUOTA_DAYS,
+        format!(
+            "SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = $1 AND local_date = $2"
+        ),
+    )];
+    if !keys.request_ids.is_empty() {
+        parts.push((PART_ANSWERS, format!("SELECT request_id, method, fingerprint, response FROM idempotency WHERE request_id IN ({answers})")));
+    }
+    if !keys.nik_hashes.is_empty() {
         // One index probe per hash, as in `live_reservations_of_niks`.
-        format!("SELECT r.* FROM (VALUES {niks}) AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = $2 AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r"),
-        format!("SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = $1 AND service_point_id IN ({points})"),
-        "SELECT service_point_id, CAST(COALESCE(SUM(waiting), 0) AS BIGINT) AS n FROM queue_reports WHERE office_id = $1 AND reported_ms > $3 GROUP BY service_point_id".to_string(),
-    ];
+        parts.push((PART_LIVE, format!("SELECT r.* FROM (VALUES {niks}) AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = $2 AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r")));
+    }
+    if !keys.point_ids.is_empty() {
+        parts.push((PART_SERVICE_POINTS, format!("SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = $1 AND service_point_id IN ({points})")));
+    }
+    parts.push((PART_WAITING, "SELECT service_point_id, CAST(COALESCE(SUM(waiting), 0) AS BIGINT) AS n FROM queue_reports WHERE office_id = $1 AND reported_ms > $3 GROUP BY service_point_id".to_string()));
     if !keys.ikd_nik_hashes.is_empty() {
-        parts.push(format!(
-            "SELECT nik_hash FROM ikd_activations WHERE nik_hash IN ({ikd})"
+        parts.push((
+            PART_ACTIVATED,
+            format!("SELECT nik_hash FROM ikd_activations WHERE nik_hash IN ({ikd})"),
         ));
     }
     let sql = parts
         .iter()
-        .enumerate()
         .map(|(i, part)| {
             format!("SELECT {i} AS part, row_to_json(t)::text AS body FROM ({part}) AS t")
         })
@@ -1398,28 +1416,29 @@ async fn batch_reads_postgres(
         let part: i32 = row.try_get("part")?;
         let body = JsonRow::parse(&row.try_get::<String, _>("body")?)?;
         match part {
-            0 => reads.quota_days.push(QuotaDayRow::from_row(&body)?),
-            1 => {
+            PART_QUOTA_DAYS => reads.quota_days.push(QuotaDayRow::from_row(&body)?),
+            PART_ANSWERS => {
                 reads
                     .answers
                     .insert(body.text("request_id")?, StoredAnswer::from_row(&body)?);
             }
-            2 => {
+            PART_LIVE => {
                 let r = ReservationRow::from_row(&body)?;
                 reads.live.insert(r.nik_hash.clone(), r);
             }
-            3 => {
+            PART_SERVICE_POINTS => {
                 let sp = ServicePointRow::from_row(&body)?;
                 reads.service_points.insert(sp.service_point_id.clone(), sp);
             }
-            4 => {
+            PART_WAITING => {
                 reads
                     .waiting
                     .insert(body.text("service_point_id")?, body.int("n")?);
             }
-            _ => {
+            PART_ACTIVATED => {
                 reads.activated.insert(body.text("nik_hash")?);
             }
+            other => return Err(json_error(format!("a batch read of unknown part {other}"))),
         }
     }
     Ok(reads)
