@@ -1065,15 +1065,21 @@ pub async fn live_reservations_of_niks(
                 .map(|k| format!("({k})"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            format!(
-                "SELECT r.* FROM (VALUES {values}) AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = {date} AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r"
-            )
+            live_by_nik_postgres(&values, date)
         }
     })
     .await?;
     rows.iter()
         .map(|r| ReservationRow::from_row(r).map(|row| (row.nik_hash.clone(), row)))
         .collect()
+}
+
+/// PostgreSQL: the live reservation of each hash in `values` (`($n), ($m), ...`) on the day
+/// `date` (a placeholder), as one `LIMIT 1` index probe per hash.
+fn live_by_nik_postgres(values: &str, date: &str) -> String {
+    format!(
+        "SELECT r.* FROM (VALUES {values}) AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = {date} AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r"
+    )
 }
 
 /// Which of these NIK hashes have a recorded IKD activation.
@@ -1379,7 +1385,7 @@ async fn batch_reads_postgres(
     }
     if !keys.nik_hashes.is_empty() {
         // One index probe per hash, as in `live_reservations_of_niks`.
-        parts.push((PART_LIVE, format!("SELECT r.* FROM (VALUES {niks}) AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = $2 AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r")));
+        parts.push((PART_LIVE, live_by_nik_postgres(&niks, "$2")));
     }
     if !keys.point_ids.is_empty() {
         parts.push((PART_SERVICE_POINTS, format!("SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = $1 AND service_point_id IN ({points})")));
