@@ -618,3 +618,70 @@ async fn a_listing_begun_before_midnight_pages_through_its_day_after_it() -> any
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reserves_at_once_at_an_ikd_first_office_each_see_their_own_activation_and_the_queue()
+-> anyhow::Result<()> {
+    // Eight applicants at once (so that Reserves share batches): the four with a recorded IKD
+    // activation are reserved, the four without are referred, and every answer counts the queue
+    // the counter reported.
+    on_each_backend(|db| async move {
+        let (server, _clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        fixtures::office(&mut stock, "3275", |o| o.ikd_first_required = true).await?;
+        fixtures::service_point(&mut stock, "3275", "main", fixtures::fixed(20)).await?;
+        fixtures::ship(&mut stock, "3275", 20).await?;
+        let mut counter = server.counter_client().await?;
+        for n in 1..=4 {
+            counter
+                .record_ikd_activation(RecordIkdActivationRequest {
+                    request_id: rid(),
+                    office_id: "3275".into(),
+                    service_point_id: "main".into(),
+                    counter_id: "loket-1".into(),
+                    nik: fixtures::nik(n),
+                })
+                .await?;
+        }
+        counter
+            .report_queue(ReportQueueRequest {
+                office_id: "3275".into(),
+                service_point_id: "main".into(),
+                counter_id: "loket-1".into(),
+                waiting: 7,
+            })
+            .await?;
+        let calls: Vec<_> = (1..=8)
+            .map(|n| {
+                let mut counter = counter.clone();
+                tokio::spawn(async move {
+                    let answer = counter
+                        .reserve(ReserveRequest {
+                            ikd_status: IkdStatus::NotActive as i32,
+                            ..reserve_request("3275", "main", n)
+                        })
+                        .await?
+                        .into_inner();
+                    anyhow::Ok((n, answer))
+                })
+            })
+            .collect();
+        for call in calls {
+            let (n, answer) = call.await??;
+            let activated = n <= 4;
+            match &answer.outcome {
+                Some(Outcome::Reservation(_)) => assert!(activated, "NIK {n} reserved"),
+                Some(Outcome::IkdReferral(r)) => {
+                    assert!(!activated, "NIK {n} referred");
+                    assert_eq!(r.cause(), ReferralCause::IkdRequired);
+                }
+                None => anyhow::bail!("no outcome for NIK {n}"),
+            }
+            assert_eq!(answer.quota.map(|q| q.waiting), Some(7), "NIK {n}");
+        }
+        let q = fixtures::quota_snapshot(&mut counter, "3275", "main").await?;
+        assert_eq!(q.held, 4);
+        Ok(())
+    })
+    .await
+}
