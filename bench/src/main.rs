@@ -129,9 +129,7 @@ struct Sample {
     errors: u64,
     /// Reserves answered with a new reservation.
     reserved: u64,
-    /// Reserves answered with an IKD referral.
-    referred: u64,
-    /// The referrals by cause (`ReferralCause` wire values, counts).
+    /// Reserves answered with an IKD referral, by cause (`ReferralCause` wire values, counts).
     referred_by: std::collections::BTreeMap<i32, u64>,
     /// Reserves answered with an earlier answer (a NIK reserved before this run): unexpected,
     /// since every call of a run uses a NIK and a request_id of its own.
@@ -147,10 +145,7 @@ impl Sample {
         match answer {
             Answer::Other => {}
             Answer::Reserved => self.reserved += 1,
-            Answer::Referred(cause) => {
-                self.referred += 1;
-                *self.referred_by.entry(cause).or_insert(0) += 1;
-            }
+            Answer::Referred(cause) => *self.referred_by.entry(cause).or_insert(0) += 1,
             Answer::Replayed => self.replayed += 1,
         }
         self.last_end = self.last_end.max(Some(ended));
@@ -178,12 +173,16 @@ impl Sample {
         self.micros.extend(other.micros);
         self.errors += other.errors;
         self.reserved += other.reserved;
-        self.referred += other.referred;
         for (cause, n) in other.referred_by {
             *self.referred_by.entry(cause).or_insert(0) += n;
         }
         self.replayed += other.replayed;
         self.last_end = self.last_end.max(other.last_end);
+    }
+
+    /// Reserves answered with an IKD referral, whatever the cause.
+    fn referred(&self) -> u64 {
+        self.referred_by.values().sum()
     }
 
     /// Unexpected outcomes: failed calls and replayed answers.
@@ -722,10 +721,10 @@ struct Totals {
 
 /// The Reserve answers of a phase, for its report line (empty for other phases).
 fn reserve_answers(s: &Sample) -> String {
-    if s.reserved + s.referred + s.replayed == 0 {
+    if s.reserved + s.referred() + s.replayed == 0 {
         return String::new();
     }
-    let mut line = format!("  reserved {}  referred {}", s.reserved, s.referred);
+    let mut line = format!("  reserved {}  referred {}", s.reserved, s.referred());
     if !s.referred_by.is_empty() {
         // Which limit stopped them: with the default quota, a referral means the figure is not
         // Reserve throughput alone (e.g. the office ran out of stock).

@@ -142,6 +142,31 @@ pub fn reserve_request(office_id: &str, service_point_id: &str, n: u32) -> Reser
     }
 }
 
+/// A RecordIkdActivation request from counter `loket-1` for `nik(n)`, with a fresh request id.
+pub fn ikd_activation(
+    office_id: &str,
+    service_point_id: &str,
+    n: u32,
+) -> RecordIkdActivationRequest {
+    RecordIkdActivationRequest {
+        request_id: rid(),
+        office_id: office_id.into(),
+        service_point_id: service_point_id.into(),
+        counter_id: "loket-1".into(),
+        nik: nik(n),
+    }
+}
+
+/// Counter `loket-1`'s queue report: `waiting` applicants.
+pub fn queue_report(office_id: &str, service_point_id: &str, waiting: u32) -> ReportQueueRequest {
+    ReportQueueRequest {
+        office_id: office_id.into(),
+        service_point_id: service_point_id.into(),
+        counter_id: "loket-1".into(),
+        waiting,
+    }
+}
+
 /// Every reservation of an office on its local today, all pages.
 pub async fn all_reservations(
     counter: &mut blangko_proto::v1::counter_service_client::CounterServiceClient<Channel>,

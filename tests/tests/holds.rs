@@ -433,13 +433,7 @@ async fn an_ikd_first_office_refers_until_the_activation_is_recorded() -> anyhow
         assert_eq!(referral.cause(), ReferralCause::IkdRequired);
         assert!(referral.next_quota_at.is_none());
         counter
-            .record_ikd_activation(RecordIkdActivationRequest {
-                request_id: rid(),
-                office_id: "3275".into(),
-                service_point_id: "main".into(),
-                counter_id: "loket-1".into(),
-                nik: fixtures::nik(1),
-            })
+            .record_ikd_activation(fixtures::ikd_activation("3275", "main", 1))
             .await?;
         let b = counter
             .reserve(request(1, IkdStatus::NotActive))
@@ -634,22 +628,11 @@ async fn reserves_at_once_at_an_ikd_first_office_each_see_their_own_activation_a
         let mut counter = server.counter_client().await?;
         for n in 1..=4 {
             counter
-                .record_ikd_activation(RecordIkdActivationRequest {
-                    request_id: rid(),
-                    office_id: "3275".into(),
-                    service_point_id: "main".into(),
-                    counter_id: "loket-1".into(),
-                    nik: fixtures::nik(n),
-                })
+                .record_ikd_activation(fixtures::ikd_activation("3275", "main", n))
                 .await?;
         }
         counter
-            .report_queue(ReportQueueRequest {
-                office_id: "3275".into(),
-                service_point_id: "main".into(),
-                counter_id: "loket-1".into(),
-                waiting: 7,
-            })
+            .report_queue(fixtures::queue_report("3275", "main", 7))
             .await?;
         let calls: Vec<_> = (1..=8)
             .map(|n| {

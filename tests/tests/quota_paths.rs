@@ -62,12 +62,7 @@ async fn morning(db: Arc<TestDatabase>) -> anyhow::Result<(TestServer, Vec<Quota
         snapshots.push(fixtures::quota_snapshot(&mut counter, "3275", point).await?);
     }
     counter
-        .report_queue(ReportQueueRequest {
-            office_id: "3275".into(),
-            service_point_id: "mpp".into(),
-            counter_id: "loket-1".into(),
-            waiting: 6,
-        })
+        .report_queue(fixtures::queue_report("3275", "mpp", 6))
         .await?;
     for (point, n) in [("mpp", 1), ("mpp", 2), ("utara", 3)] {
         let outcome = counter

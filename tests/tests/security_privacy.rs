@@ -152,12 +152,7 @@ async fn a_full_day_at_debug_level_leaves_no_nik_in_logs_database_or_wal() -> an
         }
     }
     counter
-        .report_queue(ReportQueueRequest {
-            office_id: "3275".into(),
-            service_point_id: "main".into(),
-            counter_id: "loket-1".into(),
-            waiting: 4,
-        })
+        .report_queue(fixtures::queue_report("3275", "main", 4))
         .await?;
     let listed = counter
         .list_reservations(ListReservationsRequest {
@@ -241,13 +236,7 @@ async fn nik_hashes_are_purged_after_the_retention_period_and_the_counts_stay() 
             })
             .await?;
         counter
-            .record_ikd_activation(RecordIkdActivationRequest {
-                request_id: rid(),
-                office_id: "3275".into(),
-                service_point_id: "main".into(),
-                counter_id: "loket-1".into(),
-                nik: nik(2),
-            })
+            .record_ikd_activation(fixtures::ikd_activation("3275", "main", 2))
             .await?;
         let quota_before = counter
             .get_quota(GetQuotaRequest {

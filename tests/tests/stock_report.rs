@@ -131,13 +131,7 @@ async fn three_days(server: &TestServer, clock: &ManualClock) -> anyhow::Result<
     counter.commit_reservation(commit(&b)).await?;
     counter.report_spoiled_blank(spoil("")).await?;
     counter
-        .record_ikd_activation(RecordIkdActivationRequest {
-            request_id: rid(),
-            office_id: "3275".into(),
-            service_point_id: "main".into(),
-            counter_id: "loket-1".into(),
-            nik: blangko_e2e::fixtures::nik(2),
-        })
+        .record_ikd_activation(blangko_e2e::fixtures::ikd_activation("3275", "main", 2))
         .await?;
     transfer(&mut stock, "3275", "3204", 10).await?;
 

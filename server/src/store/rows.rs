@@ -1060,12 +1060,7 @@ pub async fn live_reservations_of_niks(
                 "SELECT {RESERVATION_COLUMNS} FROM reservations INDEXED BY reservations_one_live_per_nik_day WHERE local_date = {date} AND state IN ('HELD', 'COMMITTED') AND nik_hash IN ({keys})"
             )
         } else {
-            let values = keys
-                .split(", ")
-                .map(|k| format!("({k})"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            live_by_nik_postgres(&values, date)
+            live_by_nik_postgres(keys, date)
         }
     })
     .await?;
@@ -1074,9 +1069,14 @@ pub async fn live_reservations_of_niks(
         .collect()
 }
 
-/// PostgreSQL: the live reservation of each hash in `values` (`($n), ($m), ...`) on the day
-/// `date` (a placeholder), as one `LIMIT 1` index probe per hash.
-fn live_by_nik_postgres(values: &str, date: &str) -> String {
+/// PostgreSQL: the live reservation of each hash of `keys` (placeholders `$n, $m, ...`) on the
+/// day `date` (a placeholder), as one `LIMIT 1` index probe per hash.
+fn live_by_nik_postgres(keys: &str, date: &str) -> String {
+    let values = keys
+        .split(", ")
+        .map(|k| format!("({k})"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "SELECT r.* FROM (VALUES {values}) AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = {date} AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r"
     )
@@ -1195,47 +1195,6 @@ pub async fn ikd_referrals_between(
     rows.iter()
         .map(|r| Ok((r.try_get("local_date")?, r.try_get("referrals")?)))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn combined_statements_number_their_parameters_after_the_earlier_ones() {
-        assert_eq!(
-            renumber("UPDATE t SET a = $1 WHERE b = $2 AND c = $12", 3),
-            "UPDATE t SET a = $4 WHERE b = $5 AND c = $15"
-        );
-        let mut write = CombinedWrite::default();
-        write.insert(
-            "t",
-            &["a", "b"],
-            vec![
-                vec![Value::Int(1), Value::Text("x".into())],
-                vec![Value::Int(2), Value::Text("y".into())],
-            ],
-        );
-        write.statement(
-            "UPDATE u SET n = $1 WHERE id = $2",
-            vec![Value::Int(7), Value::Int(8)],
-        );
-        assert_eq!(
-            write.parts,
-            vec![
-                "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)".to_string(),
-                "UPDATE u SET n = $5 WHERE id = $6".to_string(),
-            ]
-        );
-        assert_eq!(write.values.len(), 6);
-        assert!(CombinedWrite::fits(write.values.len()));
-    }
-
-    #[test]
-    fn sqlite_placeholders_are_anonymous() {
-        assert_eq!(placeholders(true, 5, 3), "?, ?, ?");
-        assert_eq!(placeholders(false, 5, 3), "$5, $6, $7");
-    }
 }
 
 /// A row read as JSON (PostgreSQL's `row_to_json`), by column name like a database row, so one
@@ -1366,11 +1325,7 @@ async fn batch_reads_postgres(
         text
     };
     let answers = list(keys.request_ids.len());
-    let niks = list(keys.nik_hashes.len())
-        .split(", ")
-        .map(|k| format!("({k})"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let niks = list(keys.nik_hashes.len());
     let points = list(keys.point_ids.len());
     let ikd = list(keys.ikd_nik_hashes.len());
     // (part number, query); a part whose key list is empty is left out (it has no rows).
@@ -1451,8 +1406,44 @@ async fn batch_reads_postgres(
 }
 
 #[cfg(test)]
-mod json_row_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn combined_statements_number_their_parameters_after_the_earlier_ones() {
+        assert_eq!(
+            renumber("UPDATE t SET a = $1 WHERE b = $2 AND c = $12", 3),
+            "UPDATE t SET a = $4 WHERE b = $5 AND c = $15"
+        );
+        let mut write = CombinedWrite::default();
+        write.insert(
+            "t",
+            &["a", "b"],
+            vec![
+                vec![Value::Int(1), Value::Text("x".into())],
+                vec![Value::Int(2), Value::Text("y".into())],
+            ],
+        );
+        write.statement(
+            "UPDATE u SET n = $1 WHERE id = $2",
+            vec![Value::Int(7), Value::Int(8)],
+        );
+        assert_eq!(
+            write.parts,
+            vec![
+                "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)".to_string(),
+                "UPDATE u SET n = $5 WHERE id = $6".to_string(),
+            ]
+        );
+        assert_eq!(write.values.len(), 6);
+        assert!(CombinedWrite::fits(write.values.len()));
+    }
+
+    #[test]
+    fn sqlite_placeholders_are_anonymous() {
+        assert_eq!(placeholders(true, 5, 3), "?, ?, ?");
+        assert_eq!(placeholders(false, 5, 3), "$5, $6, $7");
+    }
 
     #[test]
     fn a_json_row_reads_like_a_database_row() {
