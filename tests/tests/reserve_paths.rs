@@ -266,3 +266,134 @@ async fn postgres_reserves_whatever_the_database_says_bytea_looks_like() -> anyh
     );
     Ok(())
 }
+
+/// The PostgreSQL batch reads its rows in one statement up to 4,000 parameters, and past that
+/// (a batch of 1,024 Reserves at an IKD-first office with many service points) one statement
+/// per read. Both must find the same rows: the quota rows, stored answers, live reservations,
+/// IKD activations, service points and queues that the Reserves before them recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_batch_reads_agree_below_and_past_the_parameter_limit() -> anyhow::Result<()> {
+    use blangko_server::store::rows::{BatchKeys, BatchReads, batch_reads};
+    use sqlx::{Connection, Row};
+    use std::collections::BTreeSet;
+
+    if blangko_e2e::postgres::skip_postgres() {
+        return Ok(());
+    }
+    let db = TestDatabase::new(blangko_e2e::Backend::Postgres).await?;
+    let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+    let server = TestServer::start_with_clock(db, &[], Arc::new(clock)).await?;
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    fixtures::office_with_point(&mut stock, "3275", "mpp", 100, 100).await?;
+    let mut request_ids = Vec::new();
+    for n in 1..=3 {
+        let request = reserve_request("3275", "mpp", n);
+        request_ids.push(request.request_id.clone());
+        let answer = counter.reserve(request).await?.into_inner();
+        assert!(
+            matches!(answer.outcome, Some(Outcome::Reservation(_))),
+            "{answer:?}"
+        );
+    }
+    for n in 11..=12 {
+        counter
+            .record_ikd_activation(fixtures::ikd_activation("3275", "mpp", n))
+            .await?;
+    }
+    counter
+        .report_queue(fixtures::queue_report("3275", "mpp", 7))
+        .await?;
+
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&server.db.url).await?;
+    sqlx::query("SET bytea_output = 'hex'")
+        .execute(&mut conn)
+        .await?;
+    let mut reserved = Vec::new();
+    let mut activated = Vec::new();
+    for (table, into) in [
+        ("reservations", &mut reserved),
+        ("ikd_activations", &mut activated),
+    ] {
+        let sql = format!("SELECT nik_hash FROM {table} ORDER BY nik_hash");
+        for row in sqlx::query(&sql).fetch_all(&mut conn).await? {
+            let hash: String = row.try_get(0)?;
+            into.push(hash);
+        }
+    }
+    assert_eq!((reserved.len(), activated.len()), (3, 2));
+    let date: String = sqlx::query("SELECT local_date FROM quota_days")
+        .fetch_one(&mut conn)
+        .await?
+        .try_get(0)?;
+
+    // Keys the database does not hold pad the lists past the limit.
+    let padded = |real: &[String], prefix: &str, n: usize| -> Vec<String> {
+        let mut keys = real.to_vec();
+        keys.extend((0..n).map(|i| format!("{prefix}-{i:04}")));
+        keys
+    };
+    let small = [
+        request_ids.clone(),
+        reserved.clone(),
+        vec!["mpp".to_string()],
+        activated.clone(),
+    ];
+    let large = [
+        padded(&request_ids, "unknown-request", 1021),
+        padded(&reserved, "unknown-nik", 1021),
+        padded(&["mpp".to_string()], "unknown-point", 1023),
+        padded(&activated, "unknown-ikd", 1022),
+    ];
+    let parameters = 3 + large.iter().map(Vec::len).sum::<usize>();
+    assert!(parameters > 4000, "{parameters}");
+
+    let since_ms = TUESDAY_8AM_WIB_MS - 10 * MINUTE_MS;
+    let mut found = Vec::new();
+    for lists in [&small, &large] {
+        let refs: Vec<Vec<&str>> = lists
+            .iter()
+            .map(|l| l.iter().map(String::as_str).collect())
+            .collect();
+        let reads: BatchReads = batch_reads(
+            &mut conn,
+            &BatchKeys {
+                office_id: "3275",
+                local_date: &date,
+                since_ms,
+                request_ids: &refs[0],
+                nik_hashes: &refs[1],
+                point_ids: &refs[2],
+                ikd_nik_hashes: &refs[3],
+            },
+        )
+        .await?;
+        let keys = |it: Vec<&String>| it.into_iter().cloned().collect::<BTreeSet<_>>();
+        found.push((
+            reads
+                .quota_days
+                .iter()
+                .map(|q| (q.service_point_id.clone(), q.used()))
+                .collect::<Vec<_>>(),
+            keys(reads.answers.keys().collect()),
+            keys(reads.live.keys().collect()),
+            reads.activated.iter().cloned().collect::<BTreeSet<_>>(),
+            keys(reads.service_points.keys().collect()),
+            reads.waiting.clone().into_iter().collect::<Vec<_>>(),
+        ));
+    }
+    let (quota_days, answers, live, ikd, points, waiting) = &found[0];
+    assert_eq!(quota_days, &vec![("mpp".to_string(), 3)]);
+    assert_eq!(
+        answers,
+        &request_ids.iter().cloned().collect::<BTreeSet<_>>()
+    );
+    assert_eq!(live, &reserved.iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(ikd, &activated.iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(points, &BTreeSet::from(["mpp".to_string()]));
+    assert_eq!(waiting, &vec![("mpp".to_string(), 7)]);
+    assert_eq!(found[0], found[1], "the two paths read different rows");
+    conn.close().await?;
+    Ok(())
+}
