@@ -275,7 +275,7 @@ async fn postgres_reserves_whatever_the_database_says_bytea_looks_like() -> anyh
 async fn postgres_batch_reads_agree_below_and_past_the_parameter_limit() -> anyhow::Result<()> {
     use blangko_server::store::rows::{BatchKeys, BatchReads, batch_reads};
     use sqlx::{Connection, Row};
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
     if blangko_e2e::postgres::skip_postgres() {
         return Ok(());
@@ -318,8 +318,7 @@ async fn postgres_batch_reads_agree_below_and_past_the_parameter_limit() -> anyh
     ] {
         let sql = format!("SELECT nik_hash FROM {table} ORDER BY nik_hash");
         for row in sqlx::query(&sql).fetch_all(&mut conn).await? {
-            let hash: String = row.try_get(0)?;
-            into.push(hash);
+            into.push(row.try_get(0)?);
         }
     }
     assert_eq!((reserved.len(), activated.len()), (3, 2));
@@ -369,30 +368,27 @@ async fn postgres_batch_reads_agree_below_and_past_the_parameter_limit() -> anyh
             },
         )
         .await?;
-        let keys = |it: Vec<&String>| it.into_iter().cloned().collect::<BTreeSet<_>>();
         found.push((
             reads
                 .quota_days
                 .iter()
                 .map(|q| (q.service_point_id.clone(), q.used()))
                 .collect::<Vec<_>>(),
-            keys(reads.answers.keys().collect()),
-            keys(reads.live.keys().collect()),
-            reads.activated.iter().cloned().collect::<BTreeSet<_>>(),
-            keys(reads.service_points.keys().collect()),
-            reads.waiting.clone().into_iter().collect::<Vec<_>>(),
+            reads.answers.into_keys().collect::<BTreeSet<_>>(),
+            reads.live.into_keys().collect::<BTreeSet<_>>(),
+            reads.activated.into_iter().collect::<BTreeSet<_>>(),
+            reads.service_points.into_keys().collect::<BTreeSet<_>>(),
+            reads.waiting.into_iter().collect::<BTreeMap<_, _>>(),
         ));
     }
+    let set = |keys: &[String]| keys.iter().cloned().collect::<BTreeSet<_>>();
     let (quota_days, answers, live, ikd, points, waiting) = &found[0];
     assert_eq!(quota_days, &vec![("mpp".to_string(), 3)]);
-    assert_eq!(
-        answers,
-        &request_ids.iter().cloned().collect::<BTreeSet<_>>()
-    );
-    assert_eq!(live, &reserved.iter().cloned().collect::<BTreeSet<_>>());
-    assert_eq!(ikd, &activated.iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(answers, &set(&request_ids));
+    assert_eq!(live, &set(&reserved));
+    assert_eq!(ikd, &set(&activated));
     assert_eq!(points, &BTreeSet::from(["mpp".to_string()]));
-    assert_eq!(waiting, &vec![("mpp".to_string(), 7)]);
+    assert_eq!(waiting, &BTreeMap::from([("mpp".to_string(), 7)]));
     assert_eq!(found[0], found[1], "the two paths read different rows");
     conn.close().await?;
     Ok(())
