@@ -405,22 +405,13 @@ impl Engine {
 
     /// The batch's writes as ONE PostgreSQL statement (data-modifying CTEs), ending with the
     /// NOTIFY to the other replicas: one round trip while the office row is locked instead of
-    /// one per table. A batch past the parameter limit goes through [`Engine::write_batch`].
+    /// one per table, in a statement whose text does not change with the batch's size.
     async fn write_batch_combined(
         &self,
         conn: &mut AnyConnection,
         office_id: &str,
         state: &mut BatchState,
     ) -> EngineResult<()> {
-        // Past PostgreSQL's parameter limit (a batch far above the default size): per table.
-        let rows_parameters = state.ledger.len() * ledger::LEDGER_COLUMNS.len()
-            + state.reservations.len() * rows::RESERVATION_INSERT_COLUMNS.len()
-            + state.new_answers.len() * IDEMPOTENCY_COLUMNS.len();
-        // The referral counts, the quota days, the office and the NOTIFY: a few each.
-        let other_parameters = 8 * (state.referrals.len() + state.points.len() + 2);
-        if !rows::CombinedWrite::fits(rows_parameters + other_parameters) {
-            return self.write_batch(conn, office_id, state).await;
-        }
         let mut write = rows::CombinedWrite::default();
         write.insert(
             "ledger",
@@ -437,17 +428,28 @@ impl Engine {
             &IDEMPOTENCY_COLUMNS,
             std::mem::take(&mut state.new_answers),
         );
-        for (cause, referrals) in &state.referrals {
-            let (sql, values) =
-                rows::ikd_referrals_upsert(office_id, &state.date, *cause, *referrals);
-            write.statement(sql, values);
-        }
-        for point in state.points.values().filter_map(|p| p.as_ref().ok()) {
-            if point.dirty {
-                let (sql, values) = rows::quota_day_update(&point.qd);
-                write.statement(sql, values);
-            }
-        }
+        write.rows(
+            rows::IKD_REFERRALS_UPSERT_ROWS,
+            &rows::IKD_REFERRALS_COLUMNS,
+            state
+                .referrals
+                .iter()
+                .map(|(cause, referrals)| {
+                    rows::ikd_referrals_upsert(office_id, &state.date, *cause, *referrals).1
+                })
+                .collect(),
+        );
+        write.rows(
+            rows::QUOTA_DAY_UPDATE_ROWS,
+            &rows::QUOTA_DAY_UPDATE_COLUMNS,
+            state
+                .points
+                .values()
+                .filter_map(|p| p.as_ref().ok())
+                .filter(|point| point.dirty)
+                .map(|point| rows::quota_day_update(&point.qd).1)
+                .collect(),
+        );
         if state.changed {
             let (sql, values) = rows::office_stock_update(&state.office);
             write.statement(sql, values);

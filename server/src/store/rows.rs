@@ -838,13 +838,17 @@ async fn execute_built(
     Ok(())
 }
 
-/// Most parameters in one combined PostgreSQL statement (its protocol allows 65,535).
-const MAX_COMBINED_PARAMS: usize = 60_000;
-
 /// Several writes sent to PostgreSQL as ONE statement: each an INSERT or UPDATE in a
 /// data-modifying CTE (`WITH w0 AS (INSERT ...), w1 AS (UPDATE ...) SELECT ...`), so a Reserve
 /// batch pays one round trip for its writes instead of one per table while it holds the office
 /// lock. Every part is executed and checked as on its own (constraints, unique violations).
+///
+/// Rows travel as one array parameter per column (`unnest($1::text[], $2::bigint[], ...)`), not
+/// as one placeholder per value: the statement's text then depends on which parts a batch has,
+/// not on how many rows each has, so each connection parses it once and keeps it prepared, and
+/// PostgreSQL can keep its plan. With a placeholder per value, nearly every batch was a new
+/// statement: parsed, described (one more round trip) and planned again under the office lock
+/// (BENCHMARKS.md, "PostgreSQL: statements whose text does not change with the batch").
 #[derive(Default)]
 pub struct CombinedWrite {
     parts: Vec<String>,
@@ -854,31 +858,50 @@ pub struct CombinedWrite {
 impl CombinedWrite {
     /// A multi-row INSERT of `rows` into `table` (nothing when `rows` is empty).
     pub fn insert(&mut self, table: &str, columns: &[&str], rows: Vec<Vec<Value>>) {
-        if rows.is_empty() {
+        let template = format!(
+            "INSERT INTO {table} ({}) SELECT * FROM {{rows}}",
+            columns.join(", ")
+        );
+        self.rows(&template, columns, rows);
+    }
+
+    /// `template` with `{rows}` replaced by `rows` as a relation `u(columns...)`, each column one
+    /// array parameter (nothing when `rows` is empty). Every row has `columns.len()` values, and
+    /// the first row's values name the columns' types.
+    pub fn rows(&mut self, template: &str, columns: &[&str], rows: Vec<Vec<Value>>) {
+        let Some(first) = rows.first() else {
             return;
-        }
-        let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
+        };
+        let types: Vec<&str> = first.iter().map(Value::postgres_type).collect();
+        let mut arrays = vec![String::from("{"); columns.len()];
         for (i, row) in rows.into_iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
+            debug_assert_eq!(row.len(), columns.len(), "a row of {template}");
+            for (array, value) in arrays.iter_mut().zip(row) {
+                if i > 0 {
+                    array.push(',');
+                }
+                value.push_array_element(array);
             }
-            sql.push('(');
-            sql.push_str(&placeholders(false, self.values.len() + 1, row.len()));
-            sql.push(')');
-            self.values.extend(row);
         }
-        self.parts.push(sql);
+        let first_parameter = self.values.len() + 1;
+        let unnest = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("${}::{t}[]", first_parameter + i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let relation = format!("unnest({unnest}) AS u({})", columns.join(", "));
+        self.parts.push(template.replace("{rows}", &relation));
+        self.values.extend(arrays.into_iter().map(|mut array| {
+            array.push('}');
+            Value::Text(array)
+        }));
     }
 
     /// One statement written with `$1..$n` for `values`.
     pub fn statement(&mut self, sql: &str, values: Vec<Value>) {
         self.parts.push(renumber(sql, self.values.len()));
         self.values.extend(values);
-    }
-
-    /// Whether a combined statement of `parameters` stays within PostgreSQL's limit.
-    pub fn fits(parameters: usize) -> bool {
-        parameters <= MAX_COMBINED_PARAMS
     }
 
     /// Sends it all as one statement whose main part is `final_select` (written with `$1..$n`
@@ -908,6 +931,56 @@ impl CombinedWrite {
     }
 }
 
+impl Value {
+    /// The PostgreSQL type of an array of such values.
+    fn postgres_type(&self) -> &'static str {
+        match self {
+            Value::Int(_) => "bigint",
+            Value::Text(_) => "text",
+            Value::Bytes(_) => "bytea",
+        }
+    }
+
+    /// Appends this value as an element of a PostgreSQL array literal: an integer as digits; a
+    /// text double-quoted, with `"` and `\` escaped by a backslash (so commas, braces, spaces
+    /// and the word NULL stay text); bytes as a quoted `\x` and hex digits.
+    fn push_array_element(self, array: &mut String) {
+        match self {
+            Value::Int(v) => array.push_str(&v.to_string()),
+            Value::Text(v) => push_quoted_element(array, &v),
+            Value::Bytes(v) => {
+                array.push_str("\"\\\\x");
+                array.push_str(&hex::encode(v));
+                array.push('"');
+            }
+        }
+    }
+}
+
+fn push_quoted_element(array: &mut String, text: &str) {
+    array.push('"');
+    for c in text.chars() {
+        if matches!(c, '"' | '\\') {
+            array.push('\\');
+        }
+        array.push(c);
+    }
+    array.push('"');
+}
+
+/// A PostgreSQL `text[]` literal of `items`, bound as one parameter and cast (`$n::text[]`).
+pub fn postgres_text_array(items: &[&str]) -> String {
+    let mut array = String::from("{");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            array.push(',');
+        }
+        push_quoted_element(&mut array, item);
+    }
+    array.push('}');
+    array
+}
+
 /// `sql` with every `$n` placeholder shifted by `offset`.
 fn renumber(sql: &str, offset: usize) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
@@ -929,6 +1002,21 @@ fn renumber(sql: &str, offset: usize) -> String {
 
 /// The statement of [`quota_day_update`].
 pub const QUOTA_DAY_UPDATE: &str = "UPDATE quota_days SET quota = $1, held = $2, committed = $3, priority_used = $4 WHERE office_id = $5 AND service_point_id = $6 AND local_date = $7";
+
+/// [`QUOTA_DAY_UPDATE`] for many rows at once in a [`CombinedWrite::rows`]: its values, in
+/// [`QUOTA_DAY_UPDATE_COLUMNS`] order, are those of [`quota_day_update`].
+pub const QUOTA_DAY_UPDATE_ROWS: &str = "UPDATE quota_days AS q SET quota = u.quota, held = u.held, committed = u.committed, priority_used = u.priority_used FROM {rows} WHERE q.office_id = u.office_id AND q.service_point_id = u.service_point_id AND q.local_date = u.local_date";
+
+/// The columns of [`QUOTA_DAY_UPDATE_ROWS`], in the order of [`quota_day_update`]'s values.
+pub const QUOTA_DAY_UPDATE_COLUMNS: [&str; 7] = [
+    "quota",
+    "held",
+    "committed",
+    "priority_used",
+    "office_id",
+    "service_point_id",
+    "local_date",
+];
 
 /// The statement of [`office_stock_update`].
 pub const OFFICE_STOCK_UPDATE: &str = "UPDATE offices SET on_hand = $1, held = $2, ledger_seq = $3, ledger_head = $4 WHERE office_id = $5";
@@ -1160,6 +1248,14 @@ pub fn reservation_values(r: &ReservationRow) -> Vec<Value> {
 pub const IKD_REFERRALS_UPSERT: &str = "INSERT INTO ikd_referral_days (office_id, local_date, cause, referrals) VALUES ($1, $2, $3, $4)
          ON CONFLICT (office_id, local_date, cause) DO UPDATE SET referrals = ikd_referral_days.referrals + excluded.referrals";
 
+/// [`IKD_REFERRALS_UPSERT`] for many rows at once in a [`CombinedWrite::rows`] (one row per
+/// cause, so no two rows meet the same conflict); values as [`ikd_referrals_upsert`]'s.
+pub const IKD_REFERRALS_UPSERT_ROWS: &str = "INSERT INTO ikd_referral_days (office_id, local_date, cause, referrals) SELECT * FROM {rows}
+         ON CONFLICT (office_id, local_date, cause) DO UPDATE SET referrals = ikd_referral_days.referrals + excluded.referrals";
+
+/// The columns of [`IKD_REFERRALS_UPSERT_ROWS`].
+pub const IKD_REFERRALS_COLUMNS: [&str; 4] = ["office_id", "local_date", "cause", "referrals"];
+
 /// Counts `referrals` more IKD referrals of `cause` at an office on a local day (the daily stock
 /// report reads them back with [`ikd_referrals_between`]).
 pub async fn add_ikd_referrals(
@@ -1276,19 +1372,24 @@ pub struct BatchKeys<'a> {
 
 /// The reads of a Reserve batch. On PostgreSQL they are ONE statement (its parts' rows as JSON),
 /// so the office's row lock is held for one round trip of reads instead of five or six; on
-/// SQLite (no network) and for a batch past the parameter limit, one statement each.
+/// SQLite (no network), one statement each ([`batch_reads_separately`]).
 pub async fn batch_reads(
     conn: &mut AnyConnection,
     keys: &BatchKeys<'_>,
 ) -> Result<BatchReads, sqlx::Error> {
-    let parameters = 3
-        + keys.request_ids.len()
-        + keys.nik_hashes.len()
-        + keys.point_ids.len()
-        + keys.ikd_nik_hashes.len();
-    if !is_sqlite(conn) && parameters <= MAX_PARAMS_PER_STATEMENT {
-        return batch_reads_postgres(conn, keys).await;
+    if is_sqlite(conn) {
+        batch_reads_separately(conn, keys).await
+    } else {
+        batch_reads_postgres(conn, keys).await
     }
+}
+
+/// The reads of [`batch_reads`], one statement each (SQLite's way; on PostgreSQL too, for a
+/// test that compares the two).
+pub async fn batch_reads_separately(
+    conn: &mut AnyConnection,
+    keys: &BatchKeys<'_>,
+) -> Result<BatchReads, sqlx::Error> {
     Ok(BatchReads {
         quota_days: quota_days_of_office(conn, keys.office_id, keys.local_date).await?,
         answers: stored_answers(conn, keys.request_ids).await?,
@@ -1312,66 +1413,64 @@ const PART_WAITING: i32 = 4;
 const PART_ACTIVATED: i32 = 5;
 
 /// [`batch_reads`] as one PostgreSQL statement: a `UNION ALL` of the same queries, each row
-/// tagged with its part and carried as `row_to_json` text.
+/// tagged with its part and carried as `row_to_json` text. Each key list is ONE `text[]`
+/// parameter, so the text is the same for every batch: prepared once per connection, its plan
+/// kept, where a placeholder per key made nearly every batch a statement to parse and plan again
+/// (and no parameter limit to fall back from). An empty list reads nothing.
+static BATCH_READS_POSTGRES: LazyLock<String> = LazyLock::new(|| {
+    // $1 office, $2 local date, $3 since; $4 request ids, $5 NIK hashes, $6 service point ids,
+    // $7 NIK hashes whose IKD activation matters.
+    [
+        (
+            PART_QUOTA_DAYS,
+            format!(
+                "SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = $1 AND local_date = $2"
+            ),
+        ),
+        (
+            PART_ANSWERS,
+            "SELECT request_id, method, fingerprint, response FROM idempotency WHERE request_id = ANY($4::text[])".to_string(),
+        ),
+        (
+            // One index probe per hash, as in `live_reservations_of_niks`.
+            PART_LIVE,
+            format!(
+                "SELECT r.* FROM unnest($5::text[]) AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = $2 AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r"
+            ),
+        ),
+        (
+            PART_SERVICE_POINTS,
+            format!(
+                "SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = $1 AND service_point_id = ANY($6::text[])"
+            ),
+        ),
+        (
+            PART_WAITING,
+            "SELECT service_point_id, CAST(COALESCE(SUM(waiting), 0) AS BIGINT) AS n FROM queue_reports WHERE office_id = $1 AND reported_ms > $3 GROUP BY service_point_id".to_string(),
+        ),
+        (
+            PART_ACTIVATED,
+            "SELECT nik_hash FROM ikd_activations WHERE nik_hash = ANY($7::text[])".to_string(),
+        ),
+    ]
+    .iter()
+    .map(|(i, part)| format!("SELECT {i} AS part, row_to_json(t)::text AS body FROM ({part}) AS t"))
+    .collect::<Vec<_>>()
+    .join(" UNION ALL ")
+});
+
 async fn batch_reads_postgres(
     conn: &mut AnyConnection,
     keys: &BatchKeys<'_>,
 ) -> Result<BatchReads, sqlx::Error> {
-    // $1 office, $2 local date, $3 since; then the key lists in order.
-    let mut next = 4;
-    let mut list = |n: usize| {
-        let text = placeholders(false, next, n);
-        next += n;
-        text
-    };
-    let answers = list(keys.request_ids.len());
-    let niks = list(keys.nik_hashes.len());
-    let points = list(keys.point_ids.len());
-    let ikd = list(keys.ikd_nik_hashes.len());
-    // (part number, query); a part whose key list is empty is left out (it has no rows).
-    let mut parts = vec![(
-        PART_QUOTA_DAYS,
-        format!(
-            "SELECT {QUOTA_DAY_COLUMNS} FROM quota_days WHERE office_id = $1 AND local_date = $2"
-        ),
-    )];
-    if !keys.request_ids.is_empty() {
-        parts.push((PART_ANSWERS, format!("SELECT request_id, method, fingerprint, response FROM idempotency WHERE request_id IN ({answers})")));
-    }
-    if !keys.nik_hashes.is_empty() {
-        // One index probe per hash, as in `live_reservations_of_niks`.
-        parts.push((PART_LIVE, live_by_nik_postgres(&niks, "$2")));
-    }
-    if !keys.point_ids.is_empty() {
-        parts.push((PART_SERVICE_POINTS, format!("SELECT {SERVICE_POINT_COLUMNS} FROM service_points WHERE office_id = $1 AND service_point_id IN ({points})")));
-    }
-    parts.push((PART_WAITING, "SELECT service_point_id, CAST(COALESCE(SUM(waiting), 0) AS BIGINT) AS n FROM queue_reports WHERE office_id = $1 AND reported_ms > $3 GROUP BY service_point_id".to_string()));
-    if !keys.ikd_nik_hashes.is_empty() {
-        parts.push((
-            PART_ACTIVATED,
-            format!("SELECT nik_hash FROM ikd_activations WHERE nik_hash IN ({ikd})"),
-        ));
-    }
-    let sql = parts
-        .iter()
-        .map(|(i, part)| {
-            format!("SELECT {i} AS part, row_to_json(t)::text AS body FROM ({part}) AS t")
-        })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    let mut query = sqlx::query(&sql)
+    let query = sqlx::query(BATCH_READS_POSTGRES.as_str())
         .bind(keys.office_id)
         .bind(keys.local_date)
-        .bind(keys.since_ms);
-    for key in keys
-        .request_ids
-        .iter()
-        .chain(keys.nik_hashes)
-        .chain(keys.point_ids)
-        .chain(keys.ikd_nik_hashes)
-    {
-        query = query.bind(*key);
-    }
+        .bind(keys.since_ms)
+        .bind(postgres_text_array(keys.request_ids))
+        .bind(postgres_text_array(keys.nik_hashes))
+        .bind(postgres_text_array(keys.point_ids))
+        .bind(postgres_text_array(keys.ikd_nik_hashes));
     let mut reads = BatchReads::default();
     for row in query.fetch_all(&mut *conn).await? {
         let part: i32 = row.try_get("part")?;
@@ -1418,12 +1517,21 @@ mod tests {
         let mut write = CombinedWrite::default();
         write.insert(
             "t",
-            &["a", "b"],
+            &["a", "b", "c"],
             vec![
-                vec![Value::Int(1), Value::Text("x".into())],
-                vec![Value::Int(2), Value::Text("y".into())],
+                vec![
+                    Value::Int(1),
+                    Value::Text("x".into()),
+                    Value::Bytes(vec![0x0a]),
+                ],
+                vec![
+                    Value::Int(-2),
+                    Value::Text("y".into()),
+                    Value::Bytes(vec![]),
+                ],
             ],
         );
+        write.insert("empty", &["a"], Vec::new());
         write.statement(
             "UPDATE u SET n = $1 WHERE id = $2",
             vec![Value::Int(7), Value::Int(8)],
@@ -1431,12 +1539,29 @@ mod tests {
         assert_eq!(
             write.parts,
             vec![
-                "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)".to_string(),
-                "UPDATE u SET n = $5 WHERE id = $6".to_string(),
+                "INSERT INTO t (a, b, c) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[]) AS u(a, b, c)".to_string(),
+                "UPDATE u SET n = $4 WHERE id = $5".to_string(),
             ]
         );
-        assert_eq!(write.values.len(), 6);
-        assert!(CombinedWrite::fits(write.values.len()));
+        let texts: Vec<&str> = write
+            .values
+            .iter()
+            .filter_map(|v| match v {
+                Value::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts, [r#"{1,-2}"#, r#"{"x","y"}"#, r#"{"\\x0a","\\x"}"#]);
+        assert_eq!(write.values.len(), 5);
+    }
+
+    #[test]
+    fn array_literals_keep_every_text_as_it_is() {
+        assert_eq!(postgres_text_array(&[]), "{}");
+        assert_eq!(
+            postgres_text_array(&[r#"a"b"#, r"c\d", "e,{f} g", "NULL"]),
+            r#"{"a\"b","c\\d","e,{f} g","NULL"}"#
+        );
     }
 
     #[test]
