@@ -274,7 +274,7 @@ async fn postgres_reserves_whatever_the_database_says_bytea_looks_like() -> anyh
 /// lists of over a thousand keys, and for request ids that an array literal must quote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_batch_reads_agree_in_one_statement_and_separately() -> anyhow::Result<()> {
-    use blangko_server::store::rows::{BatchKeys, BatchReads, batch_reads, batch_reads_separately};
+    use blangko_server::store::rows::{BatchKeys, batch_reads, batch_reads_separately};
     use sqlx::{Connection, Row};
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -372,7 +372,6 @@ async fn postgres_batch_reads_agree_in_one_statement_and_separately() -> anyhow:
             batch_reads(&mut conn, &keys).await?,
             batch_reads_separately(&mut conn, &keys).await?,
         ] {
-            let reads: BatchReads = reads;
             found.push((
                 reads
                     .quota_days

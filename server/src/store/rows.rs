@@ -1148,7 +1148,12 @@ pub async fn live_reservations_of_niks(
                 "SELECT {RESERVATION_COLUMNS} FROM reservations INDEXED BY reservations_one_live_per_nik_day WHERE local_date = {date} AND state IN ('HELD', 'COMMITTED') AND nik_hash IN ({keys})"
             )
         } else {
-            live_by_nik_postgres(keys, date)
+            let values = keys
+                .split(", ")
+                .map(|k| format!("({k})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            live_by_nik_postgres(&format!("(VALUES {values})"), date)
         }
     })
     .await?;
@@ -1157,16 +1162,12 @@ pub async fn live_reservations_of_niks(
         .collect()
 }
 
-/// PostgreSQL: the live reservation of each hash of `keys` (placeholders `$n, $m, ...`) on the
-/// day `date` (a placeholder), as one `LIMIT 1` index probe per hash.
-fn live_by_nik_postgres(keys: &str, date: &str) -> String {
-    let values = keys
-        .split(", ")
-        .map(|k| format!("({k})"))
-        .collect::<Vec<_>>()
-        .join(", ");
+/// PostgreSQL: the live reservation of each hash of `hashes` (a relation of one column, e.g.
+/// `(VALUES ($3), ($4))` or `unnest($5::text[])`) on the day `date` (a placeholder), as one
+/// `LIMIT 1` index probe per hash.
+fn live_by_nik_postgres(hashes: &str, date: &str) -> String {
     format!(
-        "SELECT r.* FROM (VALUES {values}) AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = {date} AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r"
+        "SELECT r.* FROM {hashes} AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = {date} AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r"
     )
 }
 
@@ -1434,9 +1435,7 @@ static BATCH_READS_POSTGRES: LazyLock<String> = LazyLock::new(|| {
         (
             // One index probe per hash, as in `live_reservations_of_niks`.
             PART_LIVE,
-            format!(
-                "SELECT r.* FROM unnest($5::text[]) AS batch(h) CROSS JOIN LATERAL (SELECT {RESERVATION_COLUMNS} FROM reservations WHERE nik_hash = batch.h AND local_date = $2 AND state IN ('HELD', 'COMMITTED') LIMIT 1) AS r"
-            ),
+            live_by_nik_postgres("unnest($5::text[])", "$2"),
         ),
         (
             PART_SERVICE_POINTS,
