@@ -403,3 +403,92 @@ async fn postgres_batch_reads_agree_in_one_statement_and_separately() -> anyhow:
     conn.close().await?;
     Ok(())
 }
+
+/// A Reserve batch on PostgreSQL can wait for its office's row lock (another replica's batch, a
+/// supervisor's stock-take). Reserves queued meanwhile join that batch once it holds the lock,
+/// instead of waiting for a turn of their own: one transaction for all of them, every one
+/// answered, the quota counted exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reserves_queued_during_the_lock_wait_join_the_waiting_batch() -> anyhow::Result<()>
+{
+    use sqlx::{Connection, Row};
+
+    if blangko_e2e::postgres::skip_postgres() {
+        return Ok(());
+    }
+    const QUEUED: u32 = 7;
+    let db = TestDatabase::new(blangko_e2e::Backend::Postgres).await?;
+    let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+    let server =
+        TestServer::start_with_clock(db, &["--metrics-listen", "127.0.0.1:0"], Arc::new(clock))
+            .await?;
+    let mut stock = server.stock_client().await?;
+    fixtures::office_with_point(&mut stock, "3275", "mpp", 100, 100).await?;
+    let before = batches(&server).await?;
+
+    // Another transaction holds the office row, as another replica's batch would.
+    sqlx::any::install_default_drivers();
+    let mut holder = sqlx::AnyConnection::connect(&server.db.url).await?;
+    let mut watcher = sqlx::AnyConnection::connect(&server.db.url).await?;
+    sqlx::query("BEGIN").execute(&mut holder).await?;
+    sqlx::query("SELECT office_id FROM offices WHERE office_id = '3275' FOR UPDATE")
+        .fetch_all(&mut holder)
+        .await?;
+
+    let counter = server.counter_client().await?;
+    let call = |n: u32| {
+        let mut counter = counter.clone();
+        tokio::spawn(async move { send(&mut counter, reserve_request("3275", "mpp", n)).await })
+    };
+    let first = call(1);
+    // The first Reserve's batch is now waiting for the lock (bounded: 10 s).
+    let mut waiting = false;
+    for _ in 0..200 {
+        let n: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'",
+        )
+        .fetch_one(&mut watcher)
+        .await?
+        .try_get(0)?;
+        if n > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        waiting,
+        "the first batch never waited for the office's row lock"
+    );
+    let queued: Vec<_> = (2..=QUEUED + 1).map(call).collect();
+    // Give the queued calls time to reach the office's queue; the lock is still held.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sqlx::query("ROLLBACK").execute(&mut holder).await?;
+
+    let mut niks = std::collections::BTreeSet::new();
+    for task in std::iter::once(first).chain(queued) {
+        niks.insert(reservation(task.await??)?.masked_nik);
+    }
+    assert_eq!(
+        niks.len(),
+        QUEUED as usize + 1,
+        "one reservation per applicant"
+    );
+    let after = batches(&server).await?;
+    assert_eq!(
+        after.1 - before.1,
+        1.0,
+        "every Reserve decided in the batch that waited for the lock"
+    );
+    let text = server.scrape_metrics().await?;
+    assert_eq!(
+        count(&text, "blangko_reserve_top_ups_total", &[]),
+        f64::from(QUEUED)
+    );
+    let snapshot = fixtures::quota_snapshot(&mut counter.clone(), "3275", "mpp").await?;
+    assert_eq!(snapshot.held + snapshot.committed, QUEUED + 1);
+    assert_eq!(snapshot.remaining, 100 - (QUEUED + 1));
+    holder.close().await?;
+    watcher.close().await?;
+    Ok(())
+}

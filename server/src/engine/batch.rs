@@ -65,7 +65,7 @@ impl Batcher {
         else {
             // No shared engine (not attached): decide this Reserve alone, inline.
             let office = job.cmd.office_id.clone();
-            let decided = engine.run_batch(&office, vec![job]).await;
+            let decided = engine.run_batch(&office, vec![job], TopUp::none()).await;
             engine.answer_batch(decided).await;
             return Ok(());
         };
@@ -122,7 +122,7 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
                         // Anything that slipped in before the close is still answered.
                         let rest = drain(&mut receiver, usize::MAX);
                         if !rest.is_empty() {
-                            let decided = engine.run_batch(&office_id, rest).await;
+                            let decided = engine.run_batch(&office_id, rest, TopUp::none()).await;
                             engine.answer_batch(decided).await;
                         }
                         break;
@@ -138,7 +138,10 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
             tokio::task::yield_now().await;
             let mut jobs = vec![first];
             jobs.extend(drain(&mut receiver, engine.batcher.max_batch - 1));
-            let decided = engine.run_batch(&office_id, jobs).await;
+            // Reserves that arrive while the batch waits for its office's row lock join it once
+            // the lock is held (see `TopUp`).
+            let top_up = TopUp::from(&mut receiver, engine.batcher.max_batch);
+            let decided = engine.run_batch(&office_id, jobs, top_up).await;
             // Answered once durable, while this worker decides the next batch (pipelining: the
             // fsync of one batch overlaps the transaction of the next).
             let answering = Arc::clone(&engine);
@@ -146,6 +149,46 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
         }
     });
     sender
+}
+
+/// Where a batch takes more of its office's queued Reserves once it holds the office's row lock,
+/// up to the batch size. On PostgreSQL a batch can wait milliseconds for the lock while another
+/// replica's batch holds it; whatever was queued meanwhile is decided in this transaction, not
+/// one lock turn later, so the lock's turns carry more Reserves each.
+pub(crate) struct TopUp<'a> {
+    receiver: Option<&'a mut mpsc::Receiver<Job>>,
+    max_batch: usize,
+}
+
+impl<'a> TopUp<'a> {
+    /// No queue to take from (a batch of fixed jobs).
+    pub(crate) fn none() -> TopUp<'static> {
+        TopUp {
+            receiver: None,
+            max_batch: 0,
+        }
+    }
+
+    /// The office's queue, for batches of at most `max_batch`.
+    fn from(receiver: &'a mut mpsc::Receiver<Job>, max_batch: usize) -> TopUp<'a> {
+        TopUp {
+            receiver: Some(receiver),
+            max_batch,
+        }
+    }
+
+    /// Adds what is queued to `jobs`, up to the batch size; how many were added.
+    pub(crate) fn take(&mut self, jobs: &mut Vec<Job>) -> usize {
+        match self.receiver.as_deref_mut() {
+            Some(receiver) if jobs.len() < self.max_batch => {
+                let more = drain(receiver, self.max_batch - jobs.len());
+                let added = more.len();
+                jobs.extend(more);
+                added
+            }
+            _ => 0,
+        }
+    }
 }
 
 fn drain(receiver: &mut mpsc::Receiver<Job>, max: usize) -> Vec<Job> {

@@ -14,6 +14,7 @@ use chrono::NaiveDate;
 use prost::Message;
 use sqlx::AnyConnection;
 
+use super::batch::TopUp;
 use super::ledger::{self, NewEntry};
 use super::queries::{SnapshotExtras, admission_figures, snapshot_from};
 use super::{
@@ -209,25 +210,36 @@ impl Engine {
     /// durable). A lost race (PostgreSQL) retries the whole batch; any other failure of the
     /// transaction fails every Reserve of the batch (callers retry with the same request_id).
     /// [`Engine::answer_batch`] answers them once the commit is durable.
-    pub(crate) async fn run_batch(&self, office_id: &str, jobs: Vec<Job>) -> DecidedBatch {
+    ///
+    /// `top_up`: more queued Reserves of the office, taken into the batch once the general path
+    /// holds the office's row lock (the SQLite hot path does not wait for a lock: it ignores it).
+    pub(crate) async fn run_batch(
+        &self,
+        office_id: &str,
+        mut jobs: Vec<Job>,
+        mut top_up: TopUp<'_>,
+    ) -> DecidedBatch {
         // SQLite: the whole batch on the hot path's own connection, unless it needs what only
         // the general path below does (see `reserve/sqlite.rs`).
         if let Some(outcome) = self.reserve_batch_sqlite(office_id, &jobs).await {
-            self.metrics.record_reserve_batch("direct");
+            self.metrics.record_reserve_batch("direct", jobs.len());
             return DecidedBatch {
                 office_id: office_id.to_string(),
                 jobs,
                 outcome,
             };
         }
-        self.metrics.record_reserve_batch("general");
         let mut attempt = 1;
         let outcome = loop {
-            match self.reserve_batch_once(office_id, &jobs).await {
+            match self
+                .reserve_batch_once(office_id, &mut jobs, &mut top_up)
+                .await
+            {
                 Err(err) if err.is_retryable() && attempt < super::MAX_ATTEMPTS => attempt += 1,
                 other => break other,
             }
         };
+        self.metrics.record_reserve_batch("general", jobs.len());
         DecidedBatch {
             office_id: office_id.to_string(),
             jobs,
@@ -274,12 +286,18 @@ impl Engine {
     async fn reserve_batch_once(
         &self,
         office_id: &str,
-        jobs: &[Job],
+        jobs: &mut Vec<Job>,
+        top_up: &mut TopUp<'_>,
     ) -> EngineResult<BatchAnswers> {
         let lock = self.store.for_update();
         let mut tx = self.begin().await?;
         let conn: &mut AnyConnection = &mut tx;
         let mut office = Self::office_or_not_found(conn, office_id, lock).await?;
+        let added = top_up.take(jobs);
+        if added > 0 {
+            self.metrics.record_reserve_top_up(added);
+        }
+        let jobs: &[Job] = jobs;
         let zone = zone_of(&office)?;
         let now = self.clock.now_ms();
         let today = zone.local_date(now);

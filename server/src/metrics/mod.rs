@@ -79,6 +79,10 @@ pub struct Metrics {
     ikd_activations: Counter,
     /// Reserve batches decided, by the path that decided them.
     reserve_batches: Family<PathLabels, Counter>,
+    /// Reserves per batch (one transaction each).
+    reserve_batch_size: Histogram,
+    /// Reserves that joined a batch once it held its office's row lock (queued while it waited).
+    reserve_top_ups: Counter,
     /// Quota snapshots read (GetQuota, WatchQuota, ReportQueue), by the path that read them.
     quota_reads: Family<PathLabels, Counter>,
     /// Sweeper passes that ran.
@@ -111,6 +115,8 @@ impl Metrics {
             ikd_referrals: Family::default(),
             ikd_activations: Counter::default(),
             reserve_batches: Family::default(),
+            reserve_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            reserve_top_ups: Counter::default(),
             quota_reads: Family::default(),
             sweeper_runs: Counter::default(),
             sweeper_failures: Counter::default(),
@@ -166,11 +172,17 @@ impl Metrics {
             .inc();
     }
 
-    /// One Reserve batch decided on `path` (`direct` or `general`).
-    pub fn record_reserve_batch(&self, path: &'static str) {
+    /// One Reserve batch of `size` Reserves decided on `path` (`direct` or `general`).
+    pub fn record_reserve_batch(&self, path: &'static str, size: usize) {
         self.reserve_batches
             .get_or_create(&PathLabels { path })
             .inc();
+        self.reserve_batch_size.observe(size as f64);
+    }
+
+    /// `n` Reserves joined a batch once it held its office's row lock.
+    pub fn record_reserve_top_up(&self, n: usize) {
+        self.reserve_top_ups.inc_by(n as u64);
     }
 
     /// One quota snapshot read on `path` (`direct` or `general`).
@@ -237,6 +249,16 @@ impl Metrics {
             "blangko_reserve_batches",
             "Reserve batches (one transaction each) by path: direct (SQLite, the whole batch on the hot-path connection) or general (the first batch of a day at a service point, batches that release due holds, PostgreSQL)",
             self.reserve_batches.clone(),
+        );
+        registry.register(
+            "blangko_reserve_batch_size",
+            "Reserves per batch (one transaction each), on either path, counted once per decided batch (a retried batch once)",
+            self.reserve_batch_size.clone(),
+        );
+        registry.register(
+            "blangko_reserve_top_ups",
+            "Reserves that joined a batch once it held its office's row lock, having been queued while the batch waited for it (general path)",
+            self.reserve_top_ups.clone(),
         );
         registry.register(
             "blangko_quota_reads",
