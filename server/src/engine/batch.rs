@@ -136,11 +136,11 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
             // were handed out, so their calls wait in this thread's run queue; the batch below
             // holds the thread for about half a millisecond. Let them go out first.
             tokio::task::yield_now().await;
+            let mut top_up = TopUp::from(&mut receiver, engine.batcher.max_batch);
             let mut jobs = vec![first];
-            jobs.extend(drain(&mut receiver, engine.batcher.max_batch - 1));
+            top_up.take(&mut jobs);
             // Reserves that arrive while the batch waits for its office's row lock join it once
-            // the lock is held (see `TopUp`).
-            let top_up = TopUp::from(&mut receiver, engine.batcher.max_batch);
+            // the lock is held (the same `TopUp`, again).
             let decided = engine.run_batch(&office_id, jobs, top_up).await;
             // Answered once durable, while this worker decides the next batch (pipelining: the
             // fsync of one batch overlaps the transaction of the next).
@@ -179,15 +179,13 @@ impl<'a> TopUp<'a> {
 
     /// Adds what is queued to `jobs`, up to the batch size; how many were added.
     pub(crate) fn take(&mut self, jobs: &mut Vec<Job>) -> usize {
-        match self.receiver.as_deref_mut() {
-            Some(receiver) if jobs.len() < self.max_batch => {
-                let more = drain(receiver, self.max_batch - jobs.len());
-                let added = more.len();
-                jobs.extend(more);
-                added
-            }
-            _ => 0,
-        }
+        let Some(receiver) = self.receiver.as_deref_mut() else {
+            return 0;
+        };
+        let more = drain(receiver, self.max_batch.saturating_sub(jobs.len()));
+        let added = more.len();
+        jobs.extend(more);
+        added
     }
 }
 
