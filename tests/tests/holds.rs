@@ -141,11 +141,14 @@ async fn cancels_and_expiries_return_slots_that_later_reserves_take() -> anyhow:
         assert_eq!(stock_of(&server).await?.held, 2);
 
         // 31 minutes later both holds (b, c) have expired: a Reserve takes a slot at once,
-        // without waiting for the sweeper.
+        // without waiting for the sweeper, even b's applicant's own: a new reservation, not
+        // the lapsed one.
         clock.advance_ms(31 * MINUTE_MS);
-        let d = reserve(&mut counter, 4)
+        let d = reserve(&mut counter, 2)
             .await?
             .map_err(|_| anyhow::anyhow!("d after expiry"))?;
+        assert_ne!(d.reservation_id, b.reservation_id);
+        assert_eq!(d.state(), ReservationState::Held);
         let e = reserve(&mut counter, 5)
             .await?
             .map_err(|_| anyhow::anyhow!("e after expiry"))?;

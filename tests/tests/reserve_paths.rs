@@ -270,7 +270,7 @@ async fn postgres_reserves_whatever_the_database_says_bytea_looks_like() -> anyh
 /// The PostgreSQL batch reads its rows in one statement, each key list one array parameter;
 /// the separate reads (SQLite's way) take one statement each, with a placeholder per key. Both
 /// must find the same rows: the quota rows, stored answers, live reservations, IKD activations,
-/// service points and queues that the Reserves before them recorded, for a small batch and for
+/// service points, queues and due holds that the Reserves before them recorded, for a small batch and for
 /// lists of over a thousand keys, and for request ids that an array literal must quote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_batch_reads_agree_in_one_statement_and_separately() -> anyhow::Result<()> {
@@ -283,11 +283,12 @@ async fn postgres_batch_reads_agree_in_one_statement_and_separately() -> anyhow:
     }
     let db = TestDatabase::new(blangko_e2e::Backend::Postgres).await?;
     let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
-    let server = TestServer::start_with_clock(db, &[], Arc::new(clock)).await?;
+    let server = TestServer::start_with_clock(db, &[], Arc::new(clock.clone())).await?;
     let mut stock = server.stock_client().await?;
     let mut counter = server.counter_client().await?;
     fixtures::office_with_point(&mut stock, "3275", "mpp", 100, 100).await?;
     let mut request_ids = Vec::new();
+    let mut held = Vec::new();
     // Request ids are free text: quotes, backslashes, commas, braces, spaces and the word NULL
     // must reach the database as they are.
     let odd_ids = [r#"kiosk "A"\\2,{x} 1"#, "NULL", r"\"];
@@ -296,10 +297,12 @@ async fn postgres_batch_reads_agree_in_one_statement_and_separately() -> anyhow:
         request.request_id = format!("{}-{n}", odd_ids[n as usize - 1]);
         request_ids.push(request.request_id.clone());
         let answer = counter.reserve(request).await?.into_inner();
-        assert!(
-            matches!(answer.outcome, Some(Outcome::Reservation(_))),
-            "{answer:?}"
-        );
+        let Some(Outcome::Reservation(r)) = answer.outcome else {
+            anyhow::bail!("not reserved: {answer:?}");
+        };
+        held.push(r.reservation_id);
+        // A minute apart, so the holds run out one after another.
+        clock.advance_ms(MINUTE_MS);
     }
     for n in 11..=12 {
         counter
@@ -367,6 +370,9 @@ async fn postgres_batch_reads_agree_in_one_statement_and_separately() -> anyhow:
             nik_hashes: &refs[1],
             point_ids: &refs[2],
             ikd_nik_hashes: &refs[3],
+            // The holds run out 30 minutes after they were made: a day later, all three are due.
+            due_by_ms: TUESDAY_8AM_WIB_MS + 24 * 60 * MINUTE_MS,
+            due_limit: 2,
         };
         for reads in [
             batch_reads(&mut conn, &keys).await?,
@@ -383,17 +389,24 @@ async fn postgres_batch_reads_agree_in_one_statement_and_separately() -> anyhow:
                 reads.activated.into_iter().collect::<BTreeSet<_>>(),
                 reads.service_points.into_keys().collect::<BTreeSet<_>>(),
                 reads.waiting.into_iter().collect::<BTreeMap<_, _>>(),
+                reads
+                    .due
+                    .into_iter()
+                    .map(|r| r.reservation_id)
+                    .collect::<Vec<_>>(),
             ));
         }
     }
     let set = |keys: &[String]| keys.iter().cloned().collect::<BTreeSet<_>>();
-    let (quota_days, answers, live, ikd, points, waiting) = &found[0];
+    let (quota_days, answers, live, ikd, points, waiting, due) = &found[0];
     assert_eq!(quota_days, &vec![("mpp".to_string(), 3)]);
     assert_eq!(answers, &set(&request_ids));
     assert_eq!(live, &set(&reserved));
     assert_eq!(ikd, &set(&activated));
     assert_eq!(points, &BTreeSet::from(["mpp".to_string()]));
     assert_eq!(waiting, &BTreeMap::from([("mpp".to_string(), 7)]));
+    // Two due holds (the limit), the earliest first: the first two Reserves'.
+    assert_eq!(due, &held[..2]);
     for (i, other) in found.iter().enumerate().skip(1) {
         assert_eq!(
             &found[0], other,

@@ -424,8 +424,20 @@ impl Engine {
         office: &mut OfficeRow,
         now: i64,
     ) -> EngineResult<usize> {
-        let principal = SYSTEM_PRINCIPAL;
         let due = rows::due_holds(conn, &office.office_id, now, EXPIRY_BATCH).await?;
+        self.expire_holds_in_tx(conn, office, due, now).await
+    }
+
+    /// Releases `due`, holds of `office` that ran out by `now`, read under the office lock (a
+    /// Reserve batch reads them with its other rows); as [`Self::expire_due_in_tx`] otherwise.
+    pub(crate) async fn expire_holds_in_tx(
+        &self,
+        conn: &mut AnyConnection,
+        office: &mut OfficeRow,
+        due: Vec<ReservationRow>,
+        now: i64,
+    ) -> EngineResult<usize> {
+        let principal = SYSTEM_PRINCIPAL;
         let count = due.len();
         for mut r in due {
             self.release_hold(conn, office, &mut r, State::Expired, now, principal)

@@ -18,7 +18,7 @@ use super::batch::TopUp;
 use super::ledger::{self, NewEntry};
 use super::queries::{SnapshotExtras, admission_figures, snapshot_from};
 use super::{
-    Engine, EngineError, EngineResult, calendar_of, new_reservation_id, policy_of,
+    EXPIRY_BATCH, Engine, EngineError, EngineResult, calendar_of, new_reservation_id, policy_of,
     priority_reasons, release_at_ms, reservation_to_proto, timestamp, zone_of,
 };
 use crate::domain::calendar::{OfficeZone, ServiceCalendar, format_local_date, parse_local_date};
@@ -302,11 +302,10 @@ impl Engine {
         let now = self.clock.now_ms();
         let today = zone.local_date(now);
         let date = format_local_date(today);
-        let expired = self.expire_due_in_tx(conn, &mut office, now).await?;
 
         // Everything the decisions read, fetched once for the whole batch (on PostgreSQL in one
         // round trip): the office's quota rows today, stored answers, live reservations of the
-        // NIKs, IKD activations, the service points and their queues.
+        // NIKs, IKD activations, the service points and their queues, and the holds now due.
         let request_ids: Vec<&str> = jobs.iter().map(|j| j.cmd.request_id.as_str()).collect();
         let nik_hashes: Vec<&str> = jobs.iter().map(|j| j.nik_hash.as_str()).collect();
         let not_active: Vec<&str> = if office.ikd_first_required {
@@ -318,19 +317,27 @@ impl Engine {
             Vec::new()
         };
         let point_ids = point_ids(jobs.iter().map(|j| &j.cmd));
-        let reads = rows::batch_reads(
-            conn,
-            &rows::BatchKeys {
-                office_id,
-                local_date: &date,
-                since_ms: now - super::QUEUE_REPORT_TTL_MS,
-                request_ids: &request_ids,
-                nik_hashes: &nik_hashes,
-                point_ids: &point_ids,
-                ikd_nik_hashes: &not_active,
-            },
-        )
-        .await?;
+        let mut keys = rows::BatchKeys {
+            office_id,
+            local_date: &date,
+            since_ms: now - super::QUEUE_REPORT_TTL_MS,
+            request_ids: &request_ids,
+            nik_hashes: &nik_hashes,
+            point_ids: &point_ids,
+            ikd_nik_hashes: &not_active,
+            due_by_ms: now,
+            due_limit: EXPIRY_BATCH,
+        };
+        let mut reads = rows::batch_reads(conn, &keys).await?;
+        let due = std::mem::take(&mut reads.due);
+        let expired = due.len();
+        if expired > 0 {
+            self.expire_holds_in_tx(conn, &mut office, due, now).await?;
+            // The expiries changed quota rows and maybe a NIK's live reservation: read again.
+            // Holds past the first EXPIRY_BATCH wait for the next batch or the sweeper.
+            keys.due_limit = 0;
+            reads = rows::batch_reads(conn, &keys).await?;
+        }
         let office_used: i64 = reads.quota_days.iter().map(|q| q.used()).sum();
         let mut state = BatchState::new(
             office,

@@ -1356,6 +1356,9 @@ pub struct BatchReads {
     pub service_points: HashMap<String, ServicePointRow>,
     /// Applicants waiting per service point (queue reports newer than `since_ms`).
     pub waiting: HashMap<String, i64>,
+    /// The office's HELD reservations whose hold ran out by `BatchKeys::due_by_ms`, at most
+    /// `BatchKeys::due_limit` of them, earliest first (as [`due_holds`] reads them).
+    pub due: Vec<ReservationRow>,
 }
 
 /// The keys of a batch's reads.
@@ -1369,6 +1372,10 @@ pub struct BatchKeys<'a> {
     pub point_ids: &'a [&'a str],
     /// The NIKs whose IKD activation matters (empty when the office does not require IKD).
     pub ikd_nik_hashes: &'a [&'a str],
+    /// Holds that ran out by this time are due.
+    pub due_by_ms: i64,
+    /// How many due holds to read (0: none).
+    pub due_limit: i64,
 }
 
 /// The reads of a Reserve batch. On PostgreSQL they are ONE statement (its parts' rows as JSON),
@@ -1402,6 +1409,11 @@ pub async fn batch_reads_separately(
         },
         service_points: service_points_among(conn, keys.office_id, keys.point_ids).await?,
         waiting: waiting_by_point(conn, keys.office_id, keys.since_ms).await?,
+        due: if keys.due_limit > 0 {
+            due_holds(conn, keys.office_id, keys.due_by_ms, keys.due_limit).await?
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -1412,6 +1424,7 @@ const PART_LIVE: i32 = 2;
 const PART_SERVICE_POINTS: i32 = 3;
 const PART_WAITING: i32 = 4;
 const PART_ACTIVATED: i32 = 5;
+const PART_DUE: i32 = 6;
 
 /// [`batch_reads`] as one PostgreSQL statement: a `UNION ALL` of the same queries, each row
 /// tagged with its part and carried as `row_to_json` text. Each key list is ONE `text[]`
@@ -1420,7 +1433,7 @@ const PART_ACTIVATED: i32 = 5;
 /// (and no parameter limit to fall back from). An empty list reads nothing.
 static BATCH_READS_POSTGRES: LazyLock<String> = LazyLock::new(|| {
     // $1 office, $2 local date, $3 since; $4 request ids, $5 NIK hashes, $6 service point ids,
-    // $7 NIK hashes whose IKD activation matters.
+    // $7 NIK hashes whose IKD activation matters; $8 due by, $9 how many due holds.
     [
         (
             PART_QUOTA_DAYS,
@@ -1451,6 +1464,13 @@ static BATCH_READS_POSTGRES: LazyLock<String> = LazyLock::new(|| {
             PART_ACTIVATED,
             "SELECT nik_hash FROM ikd_activations WHERE nik_hash = ANY($7::text[])".to_string(),
         ),
+        (
+            // As `due_holds`: a probe of the partial index `reservations_held_by_office_expiry`.
+            PART_DUE,
+            format!(
+                "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE state = 'HELD' AND expires_ms <= $8 AND office_id = $1 ORDER BY expires_ms LIMIT $9"
+            ),
+        ),
     ]
     .iter()
     .map(|(i, part)| format!("SELECT {i} AS part, row_to_json(t)::text AS body FROM ({part}) AS t"))
@@ -1469,7 +1489,9 @@ async fn batch_reads_postgres(
         .bind(postgres_text_array(keys.request_ids))
         .bind(postgres_text_array(keys.nik_hashes))
         .bind(postgres_text_array(keys.point_ids))
-        .bind(postgres_text_array(keys.ikd_nik_hashes));
+        .bind(postgres_text_array(keys.ikd_nik_hashes))
+        .bind(keys.due_by_ms)
+        .bind(keys.due_limit);
     let mut reads = BatchReads::default();
     for row in query.fetch_all(&mut *conn).await? {
         let part: i32 = row.try_get("part")?;
@@ -1497,9 +1519,12 @@ async fn batch_reads_postgres(
             PART_ACTIVATED => {
                 reads.activated.insert(body.text("nik_hash")?);
             }
+            PART_DUE => reads.due.push(ReservationRow::from_row(&body)?),
             other => return Err(json_error(format!("a batch read of unknown part {other}"))),
         }
     }
+    // A UNION ALL keeps no order of its parts' rows.
+    reads.due.sort_by_key(|r| r.expires_ms);
     Ok(reads)
 }
 
