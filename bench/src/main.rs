@@ -494,6 +494,7 @@ async fn setup(stock: &mut StockServiceClient<Ch>, args: &Args) -> anyhow::Resul
                     hold_ttl_secs: 86_400,
                     ..Office::default()
                 }),
+                update_mask: None,
             })
             .await?;
         for sp in 0..args.service_points {

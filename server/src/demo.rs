@@ -85,7 +85,7 @@ pub async fn seed(engine: &Engine) -> anyhow::Result<()> {
     let mut bekasi = office("3275", "Kota Bekasi", 0);
     bekasi.expected_next_supply_date = String::new();
     engine
-        .upsert_office(&meta("demo-office-3275"), &bekasi)
+        .upsert_office(&meta("demo-office-3275"), &bekasi, None)
         .await
         .map_err(err)?;
     for (id, name, kind, weight) in [
@@ -137,6 +137,7 @@ pub async fn seed(engine: &Engine) -> anyhow::Result<()> {
         .upsert_office(
             &meta("demo-office-3204"),
             &office("3204", "Kabupaten Bandung", 0),
+            None,
         )
         .await
         .map_err(err)?;
@@ -162,6 +163,7 @@ pub async fn seed(engine: &Engine) -> anyhow::Result<()> {
         .upsert_office(
             &meta("demo-office-3601"),
             &office("3601", "Kabupaten Pandeglang", 200),
+            None,
         )
         .await
         .map_err(err)?;

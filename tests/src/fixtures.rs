@@ -60,6 +60,7 @@ pub async fn office(
         .upsert_office(UpsertOfficeRequest {
             request_id: rid(),
             office: Some(office),
+            update_mask: None,
         })
         .await?
         .into_inner();

@@ -138,6 +138,7 @@ fn upsert_office(office_id: &str) -> UpsertOfficeRequest {
             time_zone: "Asia/Jakarta".into(),
             ..Office::default()
         }),
+        update_mask: None,
     }
 }
 

@@ -400,6 +400,7 @@ async fn setup(
                 name: "Kota Bekasi".into(),
                 ..Default::default()
             }),
+            update_mask: None,
         })
         .await?;
     stock

@@ -249,6 +249,7 @@ async fn auditors_export_the_ledger_as_json_lines_and_verify_it_with_the_counter
                 name: "Kota Bekasi".into(),
                 ..Default::default()
             }),
+            update_mask: None,
         })
         .await?;
     for quantity in [500, 250] {

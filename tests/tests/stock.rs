@@ -595,3 +595,191 @@ async fn next_snapshot(
         .map(|r| r.quota.unwrap_or_default())
         .map_err(anyhow::Error::from)
 }
+
+/// An UpsertOffice with an update mask changes only the settings it names: a supervisor who
+/// moves the next-supply date does not reset the office's zone, cap, IKD rule or hold time. A
+/// named zero value still means its default; the fields it does not name are neither taken nor
+/// checked; bad paths are refused field by field; an office that does not exist yet is created
+/// from the named settings and the defaults, and only when the mask names its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_office_update_with_a_mask_changes_only_the_settings_it_names() -> anyhow::Result<()> {
+    use blangko_e2e::field_violations;
+    use prost_types::FieldMask;
+
+    async fn upsert(
+        stock: &mut blangko_proto::v1::stock_service_client::StockServiceClient<
+            tonic::transport::Channel,
+        >,
+        office: Office,
+        paths: &[&str],
+    ) -> Result<Office, tonic::Status> {
+        let answer = stock
+            .upsert_office(UpsertOfficeRequest {
+                request_id: rid(),
+                office: Some(office),
+                update_mask: Some(FieldMask {
+                    paths: paths.iter().map(|p| p.to_string()).collect(),
+                }),
+            })
+            .await?
+            .into_inner();
+        Ok(answer.office.unwrap_or_default())
+    }
+    let only_id = |id: &str| Office {
+        office_id: id.into(),
+        ..Office::default()
+    };
+
+    on_each_backend(|db| async move {
+        let server = TestServer::start_on(db, &[]).await?;
+        let mut stock = server.stock_client().await?;
+        let created = fixtures::office(&mut stock, "9171", |o| {
+            o.name = "Kota Jayapura".into();
+            o.time_zone = "Asia/Jayapura".into();
+            o.daily_cap = 200;
+            o.expected_next_supply_date = "2027-01-15".into();
+            o.fallback_horizon_days = 20;
+            o.ikd_first_required = true;
+            o.hold_ttl_secs = 600;
+        })
+        .await?;
+
+        // Only the date moves; the request's empty name and zone and zero cap are not taken.
+        let moved = Office {
+            expected_next_supply_date: "2027-02-01".into(),
+            ..only_id("9171")
+        };
+        let updated = upsert(&mut stock, moved, &["expected_next_supply_date"]).await?;
+        let want = Office {
+            expected_next_supply_date: "2027-02-01".into(),
+            ..created.clone()
+        };
+        assert_eq!(updated, want);
+        // Named zero values: the IKD rule off, the date cleared, the hold back to its default.
+        let zeros = ["ikd_first_required", "expected_next_supply_date", "hold_ttl_secs"];
+        let updated = upsert(&mut stock, only_id("9171"), &zeros).await?;
+        let want = Office {
+            ikd_first_required: false,
+            expected_next_supply_date: String::new(),
+            hold_ttl_secs: 1800,
+            ..created.clone()
+        };
+        assert_eq!(updated, want);
+        // The ledger says which settings the change named.
+        let entries = stock
+            .list_ledger_entries(ListLedgerEntriesRequest {
+                office_id: "9171".into(),
+                kind: LedgerEntryKind::PolicyChange as i32,
+                page_size: 0,
+                page_token: String::new(),
+            })
+            .await?
+            .into_inner()
+            .entries;
+        let notes: Vec<&str> = entries.iter().map(|e| e.note.as_str()).collect();
+        assert!(
+            notes.iter().any(|n| n.starts_with(
+                "office settings changed (ikd_first_required, expected_next_supply_date, hold_ttl_secs): name 'Kota Jayapura', zone Asia/Jayapura, daily cap 200"
+            )),
+            "{notes:?}"
+        );
+
+        // Only the named settings are checked: a bad cap is refused, the empty name, the
+        // unknown zone and the over-long hold that the mask leaves out are not looked at.
+        let bad = Office {
+            time_zone: "Mars/Olympus".into(),
+            daily_cap: 100_001,
+            hold_ttl_secs: 999_999,
+            ..only_id("9171")
+        };
+        let err = upsert(&mut stock, bad, &["daily_cap"])
+            .await
+            .expect_err("cap above the limit");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let fields: Vec<String> = field_violations(&err).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, ["office.daily_cap"]);
+        // Paths that are not settings, or named twice, are refused one by one.
+        let err = upsert(
+            &mut stock,
+            only_id("9171"),
+            &["stock", "name", "name", "province_code"],
+        )
+        .await
+        .expect_err("bad paths");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let violations = field_violations(&err);
+        let fields: Vec<&str> = violations.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "update_mask.paths[0]",
+                "update_mask.paths[2]",
+                "update_mask.paths[3]",
+                "office.name"
+            ],
+            "{violations:?}"
+        );
+        assert!(violations[1].1.contains("twice"), "{violations:?}");
+        // Nothing of the refused calls was stored.
+        let renamed = Office {
+            name: "Kota Jayapura (Papua)".into(),
+            ..only_id("9171")
+        };
+        let updated = upsert(&mut stock, renamed, &["name"]).await?;
+        assert_eq!(
+            updated,
+            Office {
+                name: "Kota Jayapura (Papua)".into(),
+                ..want.clone()
+            }
+        );
+
+        // A new office from a mask: the mask must name the name; then the settings it leaves
+        // out take their defaults, whatever the request carried in them.
+        let new_office = Office {
+            name: "Kabupaten Jayapura".into(),
+            time_zone: "Asia/Jayapura".into(),
+            daily_cap: 50,
+            ..only_id("9103")
+        };
+        let err = upsert(&mut stock, new_office.clone(), &["daily_cap"])
+            .await
+            .expect_err("no name for a new office");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let violations = field_violations(&err);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].0, "update_mask");
+        let missing = stock
+            .get_stock(GetStockRequest {
+                office_id: "9103".into(),
+            })
+            .await
+            .expect_err("not created");
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        let made = upsert(&mut stock, new_office, &["name", "daily_cap"]).await?;
+        assert_eq!(
+            made,
+            Office {
+                office_id: "9103".into(),
+                name: "Kabupaten Jayapura".into(),
+                time_zone: "Asia/Jakarta".into(),
+                province_code: "91".into(),
+                daily_cap: 50,
+                expected_next_supply_date: String::new(),
+                fallback_horizon_days: 10,
+                ikd_first_required: false,
+                hold_ttl_secs: 1800,
+            }
+        );
+
+        // Without a mask the office is replaced as sent, as before: the empty zone is the
+        // default zone.
+        let replaced = fixtures::office(&mut stock, "9171", |o| o.time_zone = String::new()).await?;
+        assert_eq!(
+            (replaced.time_zone.as_str(), replaced.daily_cap),
+            ("Asia/Jakarta", 0)
+        );
+        Ok(())
+    })
+    .await
+}

@@ -31,6 +31,127 @@ pub struct Meta {
     pub fingerprint: String,
 }
 
+/// The settings of an office that UpsertOffice's `update_mask` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfficeField {
+    Name,
+    TimeZone,
+    DailyCap,
+    ExpectedNextSupplyDate,
+    FallbackHorizonDays,
+    IkdFirstRequired,
+    HoldTtlSecs,
+}
+
+impl OfficeField {
+    /// Every setting, in the proto's field order.
+    pub const ALL: [OfficeField; 7] = [
+        OfficeField::Name,
+        OfficeField::TimeZone,
+        OfficeField::DailyCap,
+        OfficeField::ExpectedNextSupplyDate,
+        OfficeField::FallbackHorizonDays,
+        OfficeField::IkdFirstRequired,
+        OfficeField::HoldTtlSecs,
+    ];
+
+    /// The field's name in `blangko.v1.Office`, as a mask path.
+    pub fn path(self) -> &'static str {
+        match self {
+            OfficeField::Name => "name",
+            OfficeField::TimeZone => "time_zone",
+            OfficeField::DailyCap => "daily_cap",
+            OfficeField::ExpectedNextSupplyDate => "expected_next_supply_date",
+            OfficeField::FallbackHorizonDays => "fallback_horizon_days",
+            OfficeField::IkdFirstRequired => "ikd_first_required",
+            OfficeField::HoldTtlSecs => "hold_ttl_secs",
+        }
+    }
+
+    /// The setting a mask path names.
+    pub fn from_path(path: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.path() == path)
+    }
+
+    /// Copies this setting from a request's office into a row.
+    fn set(self, row: &mut OfficeRow, from: &Office) {
+        match self {
+            OfficeField::Name => row.name = from.name.clone(),
+            OfficeField::TimeZone => row.time_zone = from.time_zone.clone(),
+            OfficeField::DailyCap => row.daily_cap = i64::from(from.daily_cap),
+            OfficeField::ExpectedNextSupplyDate => {
+                row.expected_next_supply_date = from.expected_next_supply_date.clone();
+            }
+            OfficeField::FallbackHorizonDays => {
+                row.fallback_horizon_days = i64::from(from.fallback_horizon_days);
+            }
+            OfficeField::IkdFirstRequired => row.ikd_first_required = from.ikd_first_required,
+            OfficeField::HoldTtlSecs => row.hold_ttl_secs = i64::from(from.hold_ttl_secs),
+        }
+    }
+}
+
+/// The office with the defaults the proto documents for zero values.
+pub fn office_with_defaults(mut office: Office) -> Office {
+    if office.time_zone.is_empty() {
+        office.time_zone = "Asia/Jakarta".into();
+    }
+    if office.fallback_horizon_days == 0 {
+        office.fallback_horizon_days = 10;
+    }
+    if office.hold_ttl_secs == 0 {
+        office.hold_ttl_secs = 1800;
+    }
+    office
+}
+
+/// The settings an UpsertOffice stores: all of `office`'s (no mask), or the named ones over the
+/// stored office's, or over the defaults when there is none yet (then the name must be named).
+fn office_settings(
+    office: &Office,
+    mask: Option<&[OfficeField]>,
+    existing: Option<&OfficeRow>,
+) -> EngineResult<OfficeRow> {
+    let new_row = |o: &Office| OfficeRow {
+        office_id: o.office_id.clone(),
+        name: o.name.clone(),
+        time_zone: o.time_zone.clone(),
+        province_code: o.office_id.chars().take(2).collect(),
+        daily_cap: i64::from(o.daily_cap),
+        expected_next_supply_date: o.expected_next_supply_date.clone(),
+        fallback_horizon_days: i64::from(o.fallback_horizon_days),
+        ikd_first_required: o.ikd_first_required,
+        hold_ttl_secs: i64::from(o.hold_ttl_secs),
+        on_hand: 0,
+        held: 0,
+        ledger_seq: 0,
+        ledger_head: GENESIS_HASH.to_string(),
+    };
+    let Some(fields) = mask else {
+        return Ok(new_row(office));
+    };
+    let mut row = match existing {
+        Some(stored) => stored.clone(),
+        None if !fields.contains(&OfficeField::Name) => {
+            return Err(EngineError::invalid(
+                "update_mask",
+                format!(
+                    "office {} does not exist yet: to create it, the mask must name \"name\"",
+                    office.office_id
+                ),
+            ));
+        }
+        None => new_row(&office_with_defaults(Office {
+            office_id: office.office_id.clone(),
+            ..Office::default()
+        })),
+    };
+    for field in fields {
+        field.set(&mut row, office);
+    }
+    Ok(row)
+}
+
 /// The wire form of an office row.
 pub(crate) fn office_to_proto(o: &OfficeRow) -> Office {
     Office {
@@ -83,11 +204,13 @@ impl Engine {
         Ok((now, date_at(office, now)?))
     }
 
-    /// Creates or updates an office (settings only; stock changes only by movements).
+    /// Creates or updates an office (settings only; stock changes only by movements): every
+    /// setting of `office` (defaults already applied), or only those `mask` names.
     pub async fn upsert_office(
         &self,
         meta: &Meta,
         office: &Office,
+        mask: Option<&[OfficeField]>,
     ) -> EngineResult<UpsertOfficeResponse> {
         let response = self
             .with_retry(|| async {
@@ -101,27 +224,21 @@ impl Engine {
                 }
                 let existing =
                     rows::office(conn, &office.office_id, self.store.for_update()).await?;
-                let row = OfficeRow {
-                    office_id: office.office_id.clone(),
-                    name: office.name.clone(),
-                    time_zone: office.time_zone.clone(),
-                    province_code: office.office_id.chars().take(2).collect(),
-                    daily_cap: i64::from(office.daily_cap),
-                    expected_next_supply_date: office.expected_next_supply_date.clone(),
-                    fallback_horizon_days: i64::from(office.fallback_horizon_days),
-                    ikd_first_required: office.ikd_first_required,
-                    hold_ttl_secs: i64::from(office.hold_ttl_secs),
-                    on_hand: 0,
-                    held: 0,
-                    ledger_seq: 0,
-                    ledger_head: GENESIS_HASH.to_string(),
-                };
+                let row = office_settings(office, mask, existing.as_ref())?;
                 rows::upsert_office(conn, &row).await?;
                 let mut stored = Self::office_or_not_found(conn, &office.office_id, "").await?;
                 let (now, date) = self.today_of(&stored)?;
                 let mut entry = NewEntry::of(LedgerEntryKind::PolicyChange);
                 entry.note = if existing.is_some() {
-                    format!("office settings changed: {}", describe_office(&stored))
+                    let named = mask.map(|fields| {
+                        let paths: Vec<&str> = fields.iter().map(|f| f.path()).collect();
+                        format!(" ({})", paths.join(", "))
+                    });
+                    format!(
+                        "office settings changed{}: {}",
+                        named.unwrap_or_default(),
+                        describe_office(&stored)
+                    )
                 } else {
                     format!("office created: {}", describe_office(&stored))
                 };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use blangko_proto::v1::stock_service_server::StockService;
 use blangko_proto::v1::*;
 use prost::Message;
+use prost_types::FieldMask;
 use tonic::{Request, Response, Status};
 
 use super::counter::page_size;
@@ -14,7 +15,7 @@ use crate::auth::layer::caller;
 use crate::auth::{Rpc, Scope};
 use crate::engine::Engine;
 use crate::engine::queries::{MAX_LEDGER_PAGE_SIZE, MAX_PAGE_SIZE};
-use crate::engine::stock::Meta;
+use crate::engine::stock::{Meta, OfficeField, office_with_defaults};
 use crate::store::rows::ServicePointRow;
 
 /// The StockService implementation.
@@ -110,6 +111,33 @@ fn check_reasons(c: &mut Checker, field: &str, reasons: &[i32]) {
     }
 }
 
+/// The settings an UpsertOffice mask names (None: no mask, all of them), each known and named once.
+fn office_mask(c: &mut Checker, mask: Option<&FieldMask>) -> Option<Vec<OfficeField>> {
+    let paths = c.listed("update_mask.paths", &mask?.paths, OfficeField::ALL.len());
+    if paths.is_empty() {
+        return None;
+    }
+    let mut fields = Vec::with_capacity(paths.len());
+    for (i, path) in paths.iter().enumerate() {
+        let entry = format!("update_mask.paths[{i}]");
+        match OfficeField::from_path(path) {
+            Some(field) if fields.contains(&field) => c.fail(&entry, "is listed twice"),
+            Some(field) => fields.push(field),
+            None => {
+                let known: Vec<&str> = OfficeField::ALL.iter().map(|f| f.path()).collect();
+                c.fail(
+                    &entry,
+                    format!(
+                        "{path:?} is not a setting of an office; one of: {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    Some(fields)
+}
+
 #[tonic::async_trait]
 impl StockService for StockApi {
     async fn upsert_office(
@@ -133,45 +161,51 @@ impl StockService for StockApi {
             return Err(Status::internal("unreachable: office missing"));
         };
         c.office_id("office.office_id", &office.office_id);
-        c.text("office.name", &office.name, validate::MAX_NAME_CHARS);
-        c.zone("office.time_zone", &office.time_zone);
-        c.optional_date(
-            "office.expected_next_supply_date",
-            &office.expected_next_supply_date,
-        );
-        c.range(
-            "office.daily_cap",
-            office.daily_cap,
-            0,
-            validate::MAX_DAILY_QUOTA,
-        );
-        c.range(
-            "office.fallback_horizon_days",
-            office.fallback_horizon_days,
-            0,
-            validate::MAX_HORIZON_DAYS,
-        );
-        c.range(
-            "office.hold_ttl_secs",
-            office.hold_ttl_secs,
-            0,
-            validate::MAX_HOLD_TTL_SECS,
-        );
+        let mask = office_mask(&mut c, r.update_mask.as_ref());
+        let named = |field| mask.as_ref().is_none_or(|m| m.contains(&field));
+        if named(OfficeField::Name) {
+            c.text("office.name", &office.name, validate::MAX_NAME_CHARS);
+        }
+        if named(OfficeField::TimeZone) {
+            c.zone("office.time_zone", &office.time_zone);
+        }
+        if named(OfficeField::ExpectedNextSupplyDate) {
+            c.optional_date(
+                "office.expected_next_supply_date",
+                &office.expected_next_supply_date,
+            );
+        }
+        if named(OfficeField::DailyCap) {
+            c.range(
+                "office.daily_cap",
+                office.daily_cap,
+                0,
+                validate::MAX_DAILY_QUOTA,
+            );
+        }
+        if named(OfficeField::FallbackHorizonDays) {
+            c.range(
+                "office.fallback_horizon_days",
+                office.fallback_horizon_days,
+                0,
+                validate::MAX_HORIZON_DAYS,
+            );
+        }
+        if named(OfficeField::HoldTtlSecs) {
+            c.range(
+                "office.hold_ttl_secs",
+                office.hold_ttl_secs,
+                0,
+                validate::MAX_HOLD_TTL_SECS,
+            );
+        }
         c.finish()?;
-        let mut office = office;
-        // Defaults the proto documents for zero values.
-        if office.time_zone.is_empty() {
-            office.time_zone = "Asia/Jakarta".into();
-        }
-        if office.fallback_horizon_days == 0 {
-            office.fallback_horizon_days = 10;
-        }
-        if office.hold_ttl_secs == 0 {
-            office.hold_ttl_secs = 1800;
-        }
+        let office = office_with_defaults(office);
         let meta = self.meta("UpsertOffice", &r.request_id, principal, &r);
         Ok(Response::new(
-            self.engine.upsert_office(&meta, &office).await?,
+            self.engine
+                .upsert_office(&meta, &office, mask.as_deref())
+                .await?,
         ))
     }
 
