@@ -720,6 +720,13 @@ async fn an_office_update_with_a_mask_changes_only_the_settings_it_names() -> an
             "{violations:?}"
         );
         assert!(violations[1].1.contains("twice"), "{violations:?}");
+        // More paths than there are settings: one violation, for the list.
+        let eight = ["name"; 8];
+        let err = upsert(&mut stock, only_id("9171"), &eight)
+            .await
+            .expect_err("too many paths");
+        let fields: Vec<String> = field_violations(&err).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, ["update_mask.paths"]);
         // Nothing of the refused calls was stored.
         let renamed = Office {
             name: "Kota Jayapura (Papua)".into(),
@@ -782,4 +789,108 @@ async fn an_office_update_with_a_mask_changes_only_the_settings_it_names() -> an
         Ok(())
     })
     .await
+}
+
+/// Two UpsertOffice calls that create the same office at once (two supervisors, two replicas):
+/// on PostgreSQL neither sees the other's row until it commits. A masked call that finds the
+/// office created meanwhile updates only the settings it names, keeping the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_masked_creation_that_meets_another_keeps_what_the_other_set()
+-> anyhow::Result<()> {
+    use blangko_e2e::{TestDatabase, TestServer};
+    use sqlx::{Connection, Row};
+
+    if blangko_e2e::postgres::skip_postgres() {
+        return Ok(());
+    }
+    let db = TestDatabase::new(blangko_e2e::Backend::Postgres).await?;
+    let server = TestServer::start_on(db, &[]).await?;
+    let stock = server.stock_client().await?;
+
+    // The other call's office, inserted and not committed yet.
+    sqlx::any::install_default_drivers();
+    let mut other = sqlx::AnyConnection::connect(&server.db.url).await?;
+    let mut watcher = sqlx::AnyConnection::connect(&server.db.url).await?;
+    sqlx::query("BEGIN").execute(&mut other).await?;
+    sqlx::query(
+        "INSERT INTO offices (office_id, name, time_zone, province_code, daily_cap, expected_next_supply_date, fallback_horizon_days, ikd_first_required, hold_ttl_secs, on_hand, held, ledger_seq, ledger_head) VALUES ('9103', 'Kabupaten Jayapura', 'Asia/Jayapura', '91', 50, '', 10, 1, 1800, 0, 0, 0, $1)",
+    )
+    .bind(blangko_server::engine::ledger::GENESIS_HASH)
+    .execute(&mut other)
+    .await?;
+
+    let call = tokio::spawn({
+        let mut stock = stock.clone();
+        async move {
+            stock
+                .upsert_office(UpsertOfficeRequest {
+                    request_id: rid(),
+                    office: Some(Office {
+                        office_id: "9103".into(),
+                        name: "Kab. Jayapura".into(),
+                        hold_ttl_secs: 600,
+                        ..Office::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["name".into(), "hold_ttl_secs".into()],
+                    }),
+                })
+                .await
+        }
+    });
+    // The masked call's insert now waits for the other transaction (bounded: 10 s).
+    let mut waiting = false;
+    for _ in 0..200 {
+        let n: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO offices%'",
+        )
+        .fetch_one(&mut watcher)
+        .await?
+        .try_get(0)?;
+        if n > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waiting, "the masked creation never met the other's row");
+    sqlx::query("COMMIT").execute(&mut other).await?;
+
+    let office = call.await??.into_inner().office.unwrap_or_default();
+    assert_eq!(
+        office,
+        Office {
+            office_id: "9103".into(),
+            name: "Kab. Jayapura".into(),
+            time_zone: "Asia/Jayapura".into(),
+            province_code: "91".into(),
+            daily_cap: 50,
+            expected_next_supply_date: String::new(),
+            fallback_horizon_days: 10,
+            ikd_first_required: true,
+            hold_ttl_secs: 600,
+        }
+    );
+    let notes: Vec<String> = stock
+        .clone()
+        .list_ledger_entries(ListLedgerEntriesRequest {
+            office_id: "9103".into(),
+            kind: LedgerEntryKind::PolicyChange as i32,
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| e.note)
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].starts_with("office settings changed (name, hold_ttl_secs)"),
+        "{notes:?}"
+    );
+    other.close().await?;
+    watcher.close().await?;
+    Ok(())
 }

@@ -222,10 +222,26 @@ impl Engine {
                 {
                     return decode_answer(&stored);
                 }
-                let existing =
-                    rows::office(conn, &office.office_id, self.store.for_update()).await?;
-                let row = office_settings(office, mask, existing.as_ref())?;
-                rows::upsert_office(conn, &row).await?;
+                let lock = self.store.for_update();
+                let mut existing = rows::office(conn, &office.office_id, lock).await?;
+                if existing.is_none() {
+                    let row = office_settings(office, mask, None)?;
+                    if !rows::insert_office(conn, &row).await? {
+                        // Created by another call since the read (PostgreSQL: FOR UPDATE finds
+                        // no row to lock): update it instead, so a mask keeps what that call set.
+                        existing = rows::office(conn, &office.office_id, lock).await?;
+                        if existing.is_none() {
+                            return Err(EngineError::Internal(format!(
+                                "office {} neither inserted nor found",
+                                office.office_id
+                            )));
+                        }
+                    }
+                }
+                if let Some(stored) = &existing {
+                    let row = office_settings(office, mask, Some(stored))?;
+                    rows::update_office_settings(conn, &row).await?;
+                }
                 let mut stored = Self::office_or_not_found(conn, &office.office_id, "").await?;
                 let (now, date) = self.today_of(&stored)?;
                 let mut entry = NewEntry::of(LedgerEntryKind::PolicyChange);

@@ -113,10 +113,12 @@ fn check_reasons(c: &mut Checker, field: &str, reasons: &[i32]) {
 
 /// The settings an UpsertOffice mask names (None: no mask, all of them), each known and named once.
 fn office_mask(c: &mut Checker, mask: Option<&FieldMask>) -> Option<Vec<OfficeField>> {
-    let paths = c.listed("update_mask.paths", &mask?.paths, OfficeField::ALL.len());
+    let paths = &mask?.paths;
     if paths.is_empty() {
         return None;
     }
+    // Past the limit: refused, with no violations for the settings the mask did not name.
+    let paths = c.listed("update_mask.paths", paths, OfficeField::ALL.len());
     let mut fields = Vec::with_capacity(paths.len());
     for (i, path) in paths.iter().enumerate() {
         let entry = format!("update_mask.paths[{i}]");

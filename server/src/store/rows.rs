@@ -142,12 +142,13 @@ pub async fn update_office_stock(
     execute_built(conn, office_stock_update(office)).await
 }
 
-/// Inserts or updates an office's settings (never its stock or ledger).
-pub async fn upsert_office(conn: &mut AnyConnection, o: &OfficeRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Inserts a new office (no stock, an empty ledger), unless one with its id exists: false then.
+/// On PostgreSQL an insert of the same id by a transaction still open waits for its end.
+pub async fn insert_office(conn: &mut AnyConnection, o: &OfficeRow) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
         "INSERT INTO offices (office_id, name, time_zone, province_code, daily_cap, expected_next_supply_date, fallback_horizon_days, ikd_first_required, hold_ttl_secs, on_hand, held, ledger_seq, ledger_head)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, 0, 0, $10)
-         ON CONFLICT (office_id) DO UPDATE SET name = $2, time_zone = $3, daily_cap = $5, expected_next_supply_date = $6, fallback_horizon_days = $7, ikd_first_required = $8, hold_ttl_secs = $9",
+         ON CONFLICT (office_id) DO NOTHING",
     )
     .bind(&o.office_id)
     .bind(&o.name)
@@ -159,6 +160,27 @@ pub async fn upsert_office(conn: &mut AnyConnection, o: &OfficeRow) -> Result<()
     .bind(i64::from(o.ikd_first_required))
     .bind(o.hold_ttl_secs)
     .bind(&o.ledger_head)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Writes an office's settings (its stock and ledger columns are left as they are).
+pub async fn update_office_settings(
+    conn: &mut AnyConnection,
+    o: &OfficeRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE offices SET name = $1, time_zone = $2, daily_cap = $3, expected_next_supply_date = $4, fallback_horizon_days = $5, ikd_first_required = $6, hold_ttl_secs = $7 WHERE office_id = $8",
+    )
+    .bind(&o.name)
+    .bind(&o.time_zone)
+    .bind(o.daily_cap)
+    .bind(&o.expected_next_supply_date)
+    .bind(o.fallback_horizon_days)
+    .bind(i64::from(o.ikd_first_required))
+    .bind(o.hold_ttl_secs)
+    .bind(&o.office_id)
     .execute(conn)
     .await?;
     Ok(())
