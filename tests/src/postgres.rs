@@ -241,6 +241,26 @@ to run without PostgreSQL set BLANGKO_SKIP_POSTGRES=1",
     Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }
 
+/// Waits, for at most 10 s, until a session waits for a lock in a statement matching
+/// `query_like` (a LIKE pattern over `pg_stat_activity.query`); false if none did by then.
+pub async fn lock_waited(conn: &mut sqlx::AnyConnection, query_like: &str) -> anyhow::Result<bool> {
+    use sqlx::Row;
+    for _ in 0..200 {
+        let n: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
+        )
+        .bind(query_like)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+        if n > 0 {
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::replace_database;

@@ -424,7 +424,7 @@ async fn postgres_batch_reads_agree_in_one_statement_and_separately() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reserves_queued_during_the_lock_wait_join_the_waiting_batch() -> anyhow::Result<()>
 {
-    use sqlx::{Connection, Row};
+    use sqlx::Connection;
 
     if blangko_e2e::postgres::skip_postgres() {
         return Ok(());
@@ -454,23 +454,9 @@ async fn postgres_reserves_queued_during_the_lock_wait_join_the_waiting_batch() 
         tokio::spawn(async move { send(&mut counter, reserve_request("3275", "mpp", n)).await })
     };
     let first = call(1);
-    // The first Reserve's batch is now waiting for the lock (bounded: 10 s).
-    let mut waiting = false;
-    for _ in 0..200 {
-        let n: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'",
-        )
-        .fetch_one(&mut watcher)
-        .await?
-        .try_get(0)?;
-        if n > 0 {
-            waiting = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // The first Reserve's batch is now waiting for the lock.
     assert!(
-        waiting,
+        blangko_e2e::postgres::lock_waited(&mut watcher, "%FOR UPDATE%").await?,
         "the first batch never waited for the office's row lock"
     );
     let queued: Vec<_> = (2..=QUEUED + 1).map(call).collect();

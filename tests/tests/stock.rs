@@ -798,7 +798,7 @@ async fn an_office_update_with_a_mask_changes_only_the_settings_it_names() -> an
 async fn postgres_a_masked_creation_that_meets_another_keeps_what_the_other_set()
 -> anyhow::Result<()> {
     use blangko_e2e::{TestDatabase, TestServer};
-    use sqlx::{Connection, Row};
+    use sqlx::Connection;
 
     if blangko_e2e::postgres::skip_postgres() {
         return Ok(());
@@ -838,22 +838,11 @@ async fn postgres_a_masked_creation_that_meets_another_keeps_what_the_other_set(
                 .await
         }
     });
-    // The masked call's insert now waits for the other transaction (bounded: 10 s).
-    let mut waiting = false;
-    for _ in 0..200 {
-        let n: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO offices%'",
-        )
-        .fetch_one(&mut watcher)
-        .await?
-        .try_get(0)?;
-        if n > 0 {
-            waiting = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(waiting, "the masked creation never met the other's row");
+    // The masked call's insert now waits for the other transaction.
+    assert!(
+        blangko_e2e::postgres::lock_waited(&mut watcher, "INSERT INTO offices%").await?,
+        "the masked creation never met the other's row"
+    );
     sqlx::query("COMMIT").execute(&mut other).await?;
 
     let office = call.await??.into_inner().office.unwrap_or_default();
