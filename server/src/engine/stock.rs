@@ -229,13 +229,8 @@ impl Engine {
                     if !rows::insert_office(conn, &row).await? {
                         // Created by another call since the read (PostgreSQL: FOR UPDATE finds
                         // no row to lock): update it instead, so a mask keeps what that call set.
-                        existing = rows::office(conn, &office.office_id, lock).await?;
-                        if existing.is_none() {
-                            return Err(EngineError::Internal(format!(
-                                "office {} neither inserted nor found",
-                                office.office_id
-                            )));
-                        }
+                        existing =
+                            Some(Self::office_or_not_found(conn, &office.office_id, lock).await?);
                     }
                 }
                 if let Some(stored) = &existing {

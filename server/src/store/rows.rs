@@ -514,6 +514,14 @@ pub async fn update_reservation(
     Ok(())
 }
 
+/// The HELD reservations of office `office` whose hold ran out by `due_by`, earliest first, at
+/// most `limit` (all three placeholders): a probe of `reservations_held_by_office_expiry`.
+fn due_holds_sql(due_by: &str, office: &str, limit: &str) -> String {
+    format!(
+        "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE state = 'HELD' AND expires_ms <= {due_by} AND office_id = {office} ORDER BY expires_ms LIMIT {limit}"
+    )
+}
+
 /// HELD reservations of an office whose hold ran out by `now_ms` (bounded batch).
 pub async fn due_holds(
     conn: &mut AnyConnection,
@@ -521,9 +529,7 @@ pub async fn due_holds(
     now_ms: i64,
     limit: i64,
 ) -> Result<Vec<ReservationRow>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE state = 'HELD' AND expires_ms <= $1 AND office_id = $2 ORDER BY expires_ms LIMIT $3"
-    );
+    let sql = due_holds_sql("$1", "$2", "$3");
     let rows = sqlx::query(&sql)
         .bind(now_ms)
         .bind(office_id)
@@ -1486,13 +1492,7 @@ static BATCH_READS_POSTGRES: LazyLock<String> = LazyLock::new(|| {
             PART_ACTIVATED,
             "SELECT nik_hash FROM ikd_activations WHERE nik_hash = ANY($7::text[])".to_string(),
         ),
-        (
-            // As `due_holds`: a probe of the partial index `reservations_held_by_office_expiry`.
-            PART_DUE,
-            format!(
-                "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE state = 'HELD' AND expires_ms <= $8 AND office_id = $1 ORDER BY expires_ms LIMIT $9"
-            ),
-        ),
+        (PART_DUE, due_holds_sql("$8", "$1", "$9")),
     ]
     .iter()
     .map(|(i, part)| format!("SELECT {i} AS part, row_to_json(t)::text AS body FROM ({part}) AS t"))
