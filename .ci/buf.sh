@@ -2,7 +2,8 @@
 # Protobuf contract checks for proto/blangko/v1/*.proto, configured by buf.yaml at the repo root:
 #   1. installs the pinned buf CLI (npm package @bufbuild/buf) into .ci/tools if it is not there;
 #   2. buf lint      (STANDARD rules);
-#   3. buf breaking  (FILE rules) against the previous commit (HEAD~1, or $BUF_AGAINST_REF).
+#   3. buf breaking  (FILE rules) against every commit that changed proto/blangko, and HEAD~1
+#      (or $BUF_AGAINST_REF).
 # Usable on its own: `bash .ci/buf.sh` from anywhere inside the repository.
 set -euo pipefail
 
@@ -42,35 +43,49 @@ if ! "$buf" lint; then
 fi
 echo "buf.sh: buf lint OK"
 
-# --- 3. breaking-change check against the previous commit ---------------------------------
-# The previous commit must exist (a one-commit or shallow clone has none) and must have the
-# protos; otherwise there is nothing to compare against and the check is skipped with a note.
+# --- 3. breaking-change check against every earlier version of the contract -----------------
+# CI runs once for a whole submission, which may hold several commits: a check against HEAD~1
+# alone would miss a field removed or renumbered in any commit but the last. So the contract is
+# checked against each commit that changed proto/blangko (the first one is the published v1),
+# and against HEAD~1 (or $BUF_AGAINST_REF) when that is not among them. A shallow clone lacks
+# the history: the check is skipped with a note.
+if [[ "$(git rev-parse --is-shallow-repository)" == "true" ]]; then
+  echo "buf.sh: NOTE: shallow clone, the contract's history is not available: buf breaking skipped"
+  exit 0
+fi
 against_ref="${BUF_AGAINST_REF:-HEAD~1}"
-if ! git rev-parse --verify --quiet "${against_ref}^{commit}" >/dev/null; then
-  if [[ "$(git rev-parse --is-shallow-repository)" == "true" ]]; then
-    echo "buf.sh: NOTE: shallow clone, $against_ref is not available: buf breaking skipped"
-  else
-    echo "buf.sh: NOTE: no commit $against_ref (only one commit?): buf breaking skipped"
+mapfile -t versions < <(git log --format=%H -- proto/blangko)
+if against_commit="$(git rev-parse --verify --quiet "${against_ref}^{commit}")" &&
+  git cat-file -e "${against_commit}:proto/blangko" 2>/dev/null &&
+  [[ " ${versions[*]} " != *" ${against_commit} "* ]]; then
+  versions+=("$against_commit")
+fi
+if [[ ${#versions[@]} -eq 0 ]]; then
+  echo "buf.sh: NOTE: no commit has proto/blangko yet: buf breaking skipped"
+  exit 0
+fi
+
+failed=()
+for commit in "${versions[@]}"; do
+  short="$(git rev-parse --short "$commit")"
+  # buf clones the repository to read the commit: deep enough to reach it.
+  depth=$(($(git rev-list --count "${commit}..HEAD") + 1))
+  against_args=(--against ".git#ref=${commit},depth=${depth}")
+  # A commit without buf.yaml would be read as one module rooted at the repository root, so its
+  # imports ("blangko/v1/common.proto") would not resolve: read it with today's buf.yaml.
+  if ! git cat-file -e "${commit}:buf.yaml" 2>/dev/null; then
+    against_args+=(--against-config buf.yaml)
   fi
-  exit 0
-fi
-if ! git cat-file -e "${against_ref}:proto/blangko" 2>/dev/null; then
-  echo "buf.sh: NOTE: $against_ref has no proto/blangko directory: buf breaking skipped"
-  exit 0
-fi
-
-against_short="$(git rev-parse --short "${against_ref}^{commit}")"
-against_args=(--against ".git#ref=${against_ref}")
-# A previous commit without buf.yaml would be read as one module rooted at the repository root,
-# so its imports ("blangko/v1/common.proto") would not resolve: read it with today's buf.yaml.
-if ! git cat-file -e "${against_ref}:buf.yaml" 2>/dev/null; then
-  against_args+=(--against-config buf.yaml)
-fi
-
-echo "buf.sh: buf breaking ${against_args[*]} ($against_ref = $against_short)"
-if ! "$buf" breaking "${against_args[@]}"; then
-  echo "buf.sh: FAILED: breaking change(s) to the protobuf contract since $against_short (see above)." >&2
+  if "$buf" breaking "${against_args[@]}"; then
+    echo "buf.sh: buf breaking against $short OK"
+  else
+    echo "buf.sh: buf breaking against $short FAILED (see above)" >&2
+    failed+=("$short")
+  fi
+done
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "buf.sh: FAILED: breaking change(s) to the protobuf contract since ${failed[*]}." >&2
   echo "buf.sh: blangko.v1 is a published contract: add new fields/RPCs instead, and 'reserved' removed ones." >&2
   exit 1
 fi
-echo "buf.sh: buf breaking OK (no breaking change since $against_short)"
+echo "buf.sh: buf breaking OK (no breaking change against any of the ${#versions[@]} earlier versions of the contract)"
