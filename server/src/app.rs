@@ -69,7 +69,7 @@ impl Application {
         })
         .await?;
         let nik_key = load_nik_key(&config, &store)?;
-        check_nik_key(&store, &nik_key, config.nik_key_changed).await?;
+        check_nik_key(&store, &nik_key, config.nik_key_changed, clock.now_ms()).await?;
         let engine = Engine::shared(
             store,
             clock,
@@ -438,10 +438,15 @@ async fn run_retention(
 }
 
 /// Refuses a NIK key other than the one the database's NIKs were hashed with (its fingerprint is
-/// stored by the first server to start), unless `changed` says the change is deliberate.
-async fn check_nik_key(store: &Store, key: &NikKey, changed: bool) -> anyhow::Result<()> {
+/// stored by the first server to start), unless `changed` says the change is deliberate. `now_ms`
+/// (the server's clock, `--clock-offset-secs` included) stamps when the fingerprint was set.
+async fn check_nik_key(
+    store: &Store,
+    key: &NikKey,
+    changed: bool,
+    now_ms: i64,
+) -> anyhow::Result<()> {
     let fingerprint = key.check_fingerprint();
-    let now_ms = chrono::Utc::now().timestamp_millis();
     let mut tx = store.begin().await?;
     sqlx::query(
         "INSERT INTO nik_key_check (id, fingerprint, set_ms) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",

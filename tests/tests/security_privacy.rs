@@ -504,17 +504,43 @@ async fn a_server_refuses_another_nik_key_unless_told_the_change_is_deliberate()
             assert!(first.stop().await?);
         }
         // Told the change is deliberate: it starts, and from then on the new key is the one.
-        let mut changed = TestServer::spawn_process_on(db.clone(), &["--nik-key-changed"]).await?;
+        // Its clock runs a day ahead (a drill): the change is stamped with the server's time.
+        let before_ms = unix_ms();
+        let mut changed = TestServer::spawn_process_on(
+            db.clone(),
+            &["--nik-key-changed", "--clock-offset-secs", "86400"],
+        )
+        .await?;
         assert!(
             changed.log().contains("the NIK key was changed"),
             "{}",
             changed.log()
         );
         assert!(changed.stop().await?);
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url).await?;
+        let set_ms: i64 = sqlx::query("SELECT set_ms FROM nik_key_check WHERE id = 1")
+            .fetch_one(&mut conn)
+            .await?
+            .try_get("set_ms")?;
+        sqlx::Connection::close(conn).await?;
+        let after_ms = unix_ms();
+        assert!(
+            (before_ms + 86_400_000..=after_ms + 86_400_000).contains(&set_ms),
+            "the key change is stamped {set_ms}, not by the server's clock (a day after {before_ms})"
+        );
         let mut again = TestServer::spawn_process_on(db.clone(), &[]).await?;
         again.stock_client().await?;
         assert!(again.stop().await?);
         Ok(())
     })
     .await
+}
+
+/// The wall clock in unix milliseconds.
+fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
