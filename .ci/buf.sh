@@ -2,8 +2,8 @@
 # Protobuf contract checks for proto/blangko/v1/*.proto, configured by buf.yaml at the repo root:
 #   1. installs the pinned buf CLI (npm package @bufbuild/buf) into .ci/tools if it is not there;
 #   2. buf lint      (STANDARD rules);
-#   3. buf breaking  (FILE rules) against every commit that changed proto/blangko, and HEAD~1
-#      (or $BUF_AGAINST_REF).
+#   3. buf breaking  (FILE rules) against every commit that changed proto/blangko (and against
+#      $BUF_AGAINST_REF too, when set: a ref outside this history, say another branch's release).
 # Usable on its own: `bash .ci/buf.sh` from anywhere inside the repository.
 set -euo pipefail
 
@@ -46,19 +46,16 @@ echo "buf.sh: buf lint OK"
 # --- 3. breaking-change check against every earlier version of the contract -----------------
 # CI runs once for a whole submission, which may hold several commits: a check against HEAD~1
 # alone would miss a field removed or renumbered in any commit but the last. So the contract is
-# checked against each commit that changed proto/blangko (the first one is the published v1),
-# and against HEAD~1 (or $BUF_AGAINST_REF) when that is not among them. A shallow clone lacks
-# the history: the check is skipped with a note.
+# checked against each commit that changed proto/blangko (the first one is the published v1);
+# any other commit holds the same protos as one of those. A shallow clone lacks the history: the
+# check is skipped with a note.
 if [[ "$(git rev-parse --is-shallow-repository)" == "true" ]]; then
   echo "buf.sh: NOTE: shallow clone, the contract's history is not available: buf breaking skipped"
   exit 0
 fi
-against_ref="${BUF_AGAINST_REF:-HEAD~1}"
 mapfile -t versions < <(git log --format=%H -- proto/blangko)
-if against_commit="$(git rev-parse --verify --quiet "${against_ref}^{commit}")" &&
-  git cat-file -e "${against_commit}:proto/blangko" 2>/dev/null &&
-  [[ " ${versions[*]} " != *" ${against_commit} "* ]]; then
-  versions+=("$against_commit")
+if [[ -n "${BUF_AGAINST_REF:-}" ]]; then
+  versions+=("$(git rev-parse --verify "${BUF_AGAINST_REF}^{commit}")")
 fi
 if [[ ${#versions[@]} -eq 0 ]]; then
   echo "buf.sh: NOTE: no commit has proto/blangko yet: buf breaking skipped"

@@ -9,6 +9,7 @@ use blangko_e2e::fixtures::{self, nik, office_with_point, reserve_request, rid};
 use blangko_e2e::{TestDatabase, TestServer, on_each_backend};
 use blangko_proto::v1::reserve_response::Outcome;
 use blangko_proto::v1::*;
+use blangko_server::clock::{Clock, SystemClock};
 use sqlx::Row;
 
 /// Every file under `dir` (recursively) whose bytes contain one of `niks`, with the NIK found.
@@ -505,7 +506,8 @@ async fn a_server_refuses_another_nik_key_unless_told_the_change_is_deliberate()
         }
         // Told the change is deliberate: it starts, and from then on the new key is the one.
         // Its clock runs a day ahead (a drill): the change is stamped with the server's time.
-        let before_ms = unix_ms();
+        let day_ahead = SystemClock::with_offset_ms(86_400_000);
+        let before_ms = day_ahead.now_ms();
         let mut changed = TestServer::spawn_process_on(
             db.clone(),
             &["--nik-key-changed", "--clock-offset-secs", "86400"],
@@ -524,10 +526,10 @@ async fn a_server_refuses_another_nik_key_unless_told_the_change_is_deliberate()
             .await?
             .try_get("set_ms")?;
         sqlx::Connection::close(conn).await?;
-        let after_ms = unix_ms();
+        let after_ms = day_ahead.now_ms();
         assert!(
-            (before_ms + 86_400_000..=after_ms + 86_400_000).contains(&set_ms),
-            "the key change is stamped {set_ms}, not by the server's clock (a day after {before_ms})"
+            (before_ms..=after_ms).contains(&set_ms),
+            "the key change is stamped {set_ms}, not by the server's clock (a day ahead: {before_ms})"
         );
         let mut again = TestServer::spawn_process_on(db.clone(), &[]).await?;
         again.stock_client().await?;
@@ -535,12 +537,4 @@ async fn a_server_refuses_another_nik_key_unless_told_the_change_is_deliberate()
         Ok(())
     })
     .await
-}
-
-/// The wall clock in unix milliseconds.
-fn unix_ms() -> i64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
