@@ -66,6 +66,10 @@ impl Application {
             max_connections: config.db_max_connections,
             acquire_timeout: Duration::from_secs(config.db_acquire_timeout_secs),
             sqlite_sync: config.sqlite_synchronous,
+            journal: crate::store::journal::Limits {
+                max_reservations: config.reserve_journal_max,
+                fold_after_pause: Duration::from_millis(config.reserve_journal_pause_ms),
+            },
         })
         .await?;
         let nik_key = load_nik_key(&config, &store)?;

@@ -84,6 +84,16 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_RESERVE_BATCH_SIZE", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub reserve_batch_size: u32,
 
+    /// SQLite: most reservations a burst's Reserve batches may leave in the Reserve journal
+    /// (their rows reach their tables when the burst pauses); 0 turns the journal off.
+    #[arg(long, env = "BLANGKO_RESERVE_JOURNAL_MAX", default_value_t = crate::store::journal::DEFAULT_MAX_PENDING_RESERVATIONS, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    pub reserve_journal_max: u64,
+
+    /// SQLite: milliseconds an office's Reserves must pause before the Reserve journal is
+    /// folded into its tables (reads and other calls fold it before they run in any case).
+    #[arg(long, env = "BLANGKO_RESERVE_JOURNAL_PAUSE_MS", default_value_t = crate::store::journal::DEFAULT_FOLD_AFTER_PAUSE_MS, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub reserve_journal_pause_ms: u64,
+
     /// Most database connections (PostgreSQL; SQLite uses one writer and four readers).
     #[arg(long, env = "BLANGKO_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,

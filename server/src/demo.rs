@@ -74,7 +74,7 @@ fn fixed(n: u32) -> QuotaPolicy {
 /// Seeds the demo offices unless Kota Bekasi (3275) already exists.
 pub async fn seed(engine: &Engine) -> anyhow::Result<()> {
     {
-        let mut conn = engine.store.reader().acquire().await?;
+        let mut conn = engine.store.reader().await?.acquire().await?;
         if rows::office(&mut conn, "3275", "").await?.is_some() {
             tracing::info!("demo data already present");
             return Ok(());

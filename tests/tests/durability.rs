@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blangko_e2e::fixtures::{self, office_with_point, reserve_request, rid};
+use blangko_e2e::scrape::count;
 use blangko_e2e::{TestDatabase, TestServer};
 use blangko_proto::v1::reserve_response::Outcome;
 use blangko_proto::v1::*;
@@ -134,5 +135,115 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() -> anyhow::Result<()> {
         "every printed card left the stock once"
     );
     assert_eq!(q.available, 1000 - printed - held);
+    Ok(())
+}
+
+/// Sends one Reserve per request, all at once over several connections; the answers in order.
+async fn burst(
+    server: &TestServer,
+    requests: &[ReserveRequest],
+) -> anyhow::Result<Vec<Reservation>> {
+    const CONNECTIONS: usize = 8;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(server.counter_client().await?);
+    }
+    let mut tasks = Vec::new();
+    for (i, request) in requests.iter().enumerate() {
+        let mut client = clients[i % CONNECTIONS].clone();
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move { client.reserve(request).await }));
+    }
+    let mut reservations = Vec::new();
+    for task in tasks {
+        match task.await??.into_inner().outcome {
+            Some(Outcome::Reservation(r)) => reservations.push(r),
+            other => anyhow::bail!("expected a reservation, got {other:?}"),
+        }
+    }
+    Ok(reservations)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_left_in_the_reserve_journal_is_seen_at_once_and_survives_sigkill()
+-> anyhow::Result<()> {
+    const BURST: u32 = 160;
+    let db = TestDatabase::sqlite().await?;
+    // An hour's pause before the journal is folded by itself: only what reads and Reserves
+    // need, and the next start, fold it here.
+    let args = [
+        "--reserve-journal-pause-ms",
+        "3600000",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let mut server = TestServer::spawn_process_on(db.clone(), &args).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 1000, 1000).await?;
+    office_with_point(&mut stock, "3204", "main", 10, 10).await?;
+
+    // A burst: its batches are written to the journal.
+    let first: Vec<ReserveRequest> = (0..BURST)
+        .map(|n| reserve_request("3275", "main", n))
+        .collect();
+    let reserved = burst(&server, &first).await?;
+    let mut counter = server.counter_client().await?;
+    // Straight after it, with nothing read in between: a retry finds its first answer, and the
+    // same person is refused at another office.
+    let again = counter.reserve(first[5].clone()).await?.into_inner();
+    let Some(Outcome::Reservation(r)) = again.outcome else {
+        anyhow::bail!("the retry got {:?}", again.outcome);
+    };
+    assert_eq!(r.reservation_id, reserved[5].reservation_id);
+    assert!(r.replayed, "the retry is marked replayed");
+    let elsewhere = counter
+        .reserve(reserve_request("3204", "main", 6))
+        .await
+        .expect_err("a second blank for the same person");
+    assert_eq!(
+        blangko_e2e::error_reason(&elsewhere).as_deref(),
+        Some("ALREADY_RESERVED_ELSEWHERE")
+    );
+    let text = server.scrape_metrics().await?;
+    let batches = count(&text, "blangko_reserve_journal_batches_total", &[]);
+    assert!(batches >= 1.0, "the burst used the journal: {batches}");
+
+    // A second burst, and the process killed before anything reads or folds it.
+    let second: Vec<ReserveRequest> = (1000..1000 + BURST)
+        .map(|n| reserve_request("3275", "main", n))
+        .collect();
+    let reserved_second = burst(&server, &second).await?;
+    server.kill();
+    server.wait_killed().await;
+
+    let server = TestServer::spawn_process_on(db, &args).await?;
+    let text = server.scrape_metrics().await?;
+    let folded = count(&text, "blangko_reserve_journal_folded_total", &[]);
+    assert!(
+        folded >= 1.0,
+        "the start folded what the killed process left in the journal: {folded}"
+    );
+    let mut counter = server.counter_client().await?;
+    let found = fixtures::all_reservations(&mut counter, "3275").await?;
+    let ids: HashSet<&str> = found.iter().map(|r| r.reservation_id.as_str()).collect();
+    for r in reserved.iter().chain(&reserved_second) {
+        assert!(
+            ids.contains(r.reservation_id.as_str()),
+            "acknowledged reservation {} lost",
+            r.reservation_id
+        );
+    }
+    assert_eq!(found.len(), 2 * BURST as usize);
+    let q = fixtures::quota_snapshot(&mut counter, "3275", "main").await?;
+    assert_eq!((q.held, q.committed), (2 * BURST, 0));
+    let mut stock = server.stock_client().await?;
+    assert!(fixtures::ledger_intact(&mut stock, "3275").await?);
+    // The stored answers came back too: a retry of the second burst replays.
+    let again = counter.reserve(second[7].clone()).await?.into_inner();
+    let Some(Outcome::Reservation(r)) = again.outcome else {
+        anyhow::bail!("the retry got {:?}", again.outcome);
+    };
+    assert_eq!(r.reservation_id, reserved_second[7].reservation_id);
+    assert!(r.replayed);
     Ok(())
 }

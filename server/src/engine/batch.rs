@@ -104,9 +104,22 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
     let own = sender.clone();
     tokio::spawn(async move {
         loop {
-            let first = match tokio::time::timeout(IDLE_EXIT, receiver.recv()).await {
+            // While the Reserve journal (SQLite) holds rows, a pause of this office's Reserves
+            // is the time to fold them into their tables, a chunk at a time, so that Reserves
+            // arriving meanwhile wait for one chunk at most.
+            let journal_pending = engine.store.journal_pending() > 0;
+            let pause = engine.store.journal_fold_after_pause();
+            let wait = if journal_pending { pause } else { IDLE_EXIT };
+            let first = match tokio::time::timeout(wait, receiver.recv()).await {
                 Ok(Some(job)) => job,
                 Ok(None) => break,
+                Err(_) if journal_pending => {
+                    if let Err(err) = engine.store.fold_journal_chunk().await {
+                        tracing::warn!(error = %err, "cannot fold the Reserve journal now; reads fold it before they read");
+                        tokio::time::sleep(pause).await;
+                    }
+                    continue;
+                }
                 Err(_) => {
                     // Idle: leave, unless work arrived while we decided to.
                     let leaving = {

@@ -359,7 +359,7 @@ impl Engine {
         after_seq: i64,
         page_size: u32,
     ) -> EngineResult<(Vec<LedgerEntry>, i64)> {
-        let mut conn = self.store.reader().acquire().await?;
+        let mut conn = self.store.reader().await?.acquire().await?;
         Self::office_or_not_found(&mut conn, office_id, "").await?;
         let entries =
             ledger::entries_after(&mut conn, office_id, kind, after_seq, i64::from(page_size))
@@ -383,7 +383,7 @@ impl Engine {
         before_seq: Option<i64>,
         page_size: u32,
     ) -> EngineResult<(Vec<Reservation>, Option<(NaiveDate, i64)>)> {
-        let mut conn = self.store.reader().acquire().await?;
+        let mut conn = self.store.reader().await?.acquire().await?;
         let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
         let zone = zone_of(&office)?;
         let now = self.clock.now_ms();

@@ -54,7 +54,7 @@ impl Engine {
         let mut after_office = String::new();
         loop {
             let (offices, next) = {
-                let mut conn = self.store.reader().acquire().await?;
+                let mut conn = self.store.reader().await?.acquire().await?;
                 rows::offices_page_and_next(&mut conn, "", &after_office, PURGE_CHUNK as u32)
                     .await?
             };
@@ -114,7 +114,7 @@ impl Engine {
         let (mut date, mut seq) = (from.to_string(), i64::MIN);
         loop {
             let rows = {
-                let mut conn = self.store.reader().acquire().await?;
+                let mut conn = self.store.reader().await?.acquire().await?;
                 sqlx::query(
                     "SELECT reservation_id, local_date, office_seq, nik_hash FROM reservations \
                      WHERE office_id = $1 AND local_date < $2 AND (local_date, office_seq) > ($3, $4) \
@@ -161,7 +161,7 @@ impl Engine {
         let mut deleted = 0;
         loop {
             let keys: Vec<String> = {
-                let mut conn = self.store.reader().acquire().await?;
+                let mut conn = self.store.reader().await?.acquire().await?;
                 sqlx::query_scalar(find)
                     .bind(cutoff_ms)
                     .bind(PURGE_CHUNK)

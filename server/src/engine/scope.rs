@@ -10,7 +10,7 @@ impl Engine {
         &self,
         reservation_id: &str,
     ) -> EngineResult<Option<(String, String)>> {
-        let mut conn = self.store.reader().acquire().await?;
+        let mut conn = self.store.reader().await?.acquire().await?;
         Ok(rows::reservation(&mut conn, reservation_id)
             .await?
             .map(|r| (r.office_id, r.service_point_id)))

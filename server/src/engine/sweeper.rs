@@ -16,7 +16,12 @@ impl Engine {
     pub async fn sweep_once(&self) -> anyhow::Result<usize> {
         let now = self.clock.now_ms();
         let offices = {
-            let mut conn = self.store.reader().acquire().await?;
+            let mut conn = self
+                .store
+                .reader_for_due_holds(now)
+                .await?
+                .acquire()
+                .await?;
             rows::offices_with_due_holds(&mut conn, now, OFFICES_PER_SWEEP).await?
         };
         let mut total = 0;

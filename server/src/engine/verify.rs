@@ -28,7 +28,7 @@ impl Engine {
         office_id: &str,
         published_head_hash: &str,
     ) -> EngineResult<LedgerChainVerification> {
-        let mut conn = self.store.reader().acquire().await?;
+        let mut conn = self.store.reader().await?.acquire().await?;
         let office = rows::office(&mut conn, office_id, "")
             .await?
             .ok_or_else(|| EngineError::NotFound {
@@ -45,7 +45,7 @@ impl Engine {
         after: &str,
         limit: u32,
     ) -> EngineResult<(Vec<LedgerChainVerification>, String)> {
-        let mut conn = self.store.reader().acquire().await?;
+        let mut conn = self.store.reader().await?.acquire().await?;
         let (offices, next) = rows::offices_page_and_next(&mut conn, "", after, limit).await?;
         let mut reports = Vec::with_capacity(offices.len());
         for office in &offices {

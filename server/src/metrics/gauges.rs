@@ -61,6 +61,8 @@ pub async fn register(
     process: &ProcessFigures,
     registry: &mut Registry,
 ) -> EngineResult<()> {
+    // Read before the database reads below, which fold the Reserve journal first.
+    journal_figures(engine, registry);
     let on_hand = OfficeGauge::default();
     let held = OfficeGauge::default();
     let available = OfficeGauge::default();
@@ -74,7 +76,7 @@ pub async fn register(
     let truncated = Gauge::<i64>::default();
 
     let offices = {
-        let mut conn = engine.store.reader().acquire().await?;
+        let mut conn = engine.store.reader().await?.acquire().await?;
         rows::offices_page(&mut conn, "", "", MAX_EXPORTED_OFFICES as i64 + 1).await?
     };
     if offices.len() > MAX_EXPORTED_OFFICES {
@@ -239,4 +241,33 @@ pub async fn register(
         max,
     );
     Ok(())
+}
+
+/// The Reserve journal's figures (SQLite; absent on PostgreSQL, which has no journal).
+fn journal_figures(engine: &Engine, registry: &mut Registry) {
+    let Some(direct) = engine.store.direct() else {
+        return;
+    };
+    let journal = direct.journal();
+    let pending = Gauge::<i64>::default();
+    pending.set(i64::try_from(journal.pending()).unwrap_or(i64::MAX));
+    registry.register(
+        "blangko_reserve_journal_pending",
+        "Reservations in the Reserve journal, not yet folded into their tables (this scrape folds them next)",
+        pending,
+    );
+    let batches = prometheus_client::metrics::counter::Counter::<u64>::default();
+    batches.inc_by(journal.journaled_batches());
+    registry.register(
+        "blangko_reserve_journal_batches",
+        "Reserve batches written as one journal row since the start",
+        batches,
+    );
+    let folded = prometheus_client::metrics::counter::Counter::<u64>::default();
+    folded.inc_by(journal.folded());
+    registry.register(
+        "blangko_reserve_journal_folded",
+        "Reservations folded from the Reserve journal into their tables since the start",
+        folded,
+    );
 }

@@ -22,10 +22,27 @@ use std::sync::{Arc, LazyLock, Mutex};
 use rusqlite::{Connection, OpenFlags, Statement};
 
 use super::checkpoint::{self, WalState};
+use super::journal::{self, Change, Journal};
 use super::rows::{self, Columns, Value};
 
 /// Prepared statements kept per connection: the batch uses about twenty distinct ones.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+/// An error of a transaction on this connection, as sqlx's error type (which rusqlite's lacks
+/// a conversion into).
+struct StoreError(sqlx::Error);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        StoreError(err)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        StoreError(to_sqlx(err))
+    }
+}
 
 /// The hot path's own connection to the SQLite file, and the write gate.
 pub struct Direct {
@@ -35,12 +52,15 @@ pub struct Direct {
     /// Held by every write transaction of the process, on this connection or through sqlx
     /// ([`super::Store::begin`]), for its whole length.
     gate: Arc<tokio::sync::Mutex<()>>,
+    /// The Reserve journal's state in memory (see [`journal`]); its table is changed on this
+    /// connection only.
+    journal: Journal,
 }
 
 impl Direct {
     /// Opens the database file (already created and migrated) with the pragmas the other
     /// connections run with.
-    pub fn open(path: &Path, pragmas: &str) -> anyhow::Result<Direct> {
+    pub fn open(path: &Path, pragmas: &str, limits: journal::Limits) -> anyhow::Result<Direct> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -52,10 +72,18 @@ impl Direct {
         // and the batch takes the general path, which waits on sqlx's own thread.
         conn.busy_timeout(std::time::Duration::ZERO)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+        let journal = Journal::new(limits);
+        journal.load(&conn)?;
         Ok(Direct {
             conn: Mutex::new(Some(conn)),
             gate: Arc::new(tokio::sync::Mutex::new(())),
+            journal,
         })
+    }
+
+    /// The Reserve journal's state.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     /// The write gate, for the transactions through sqlx.
@@ -76,7 +104,27 @@ impl Direct {
         E: From<sqlx::Error> + From<rusqlite::Error>,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<(T, bool), E>,
     {
+        self.run_journaled(|tx, _, _| work(tx)).await
+    }
+
+    /// [`Direct::run`], with the Reserve journal: `work` records in the [`Change`] what it did
+    /// to the journal table, and the journal's state in memory takes it on once the transaction
+    /// has committed, before the write gate opens.
+    pub async fn run_journaled<T, E, F>(&self, work: F) -> Result<Option<T>, E>
+    where
+        E: From<sqlx::Error> + From<rusqlite::Error>,
+        F: FnOnce(&rusqlite::Transaction<'_>, &Journal, &mut Change) -> Result<(T, bool), E>,
+    {
         let _gate = self.gate.lock().await;
+        self.run_holding_gate(work)
+    }
+
+    /// The body of [`Direct::run_journaled`], for a caller that holds the write gate already.
+    fn run_holding_gate<T, E, F>(&self, work: F) -> Result<Option<T>, E>
+    where
+        E: From<sqlx::Error> + From<rusqlite::Error>,
+        F: FnOnce(&rusqlite::Transaction<'_>, &Journal, &mut Change) -> Result<(T, bool), E>,
+    {
         // A panic inside `work` rolls its transaction back (Transaction's drop) before the
         // mutex is poisoned, so the connection is still sound.
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -90,13 +138,52 @@ impl Direct {
             }
             Err(err) => return Err(E::from(err)),
         };
-        let (value, commit) = work(&tx)?;
+        let mut change = Change::default();
+        let (value, commit) = work(&tx, &self.journal, &mut change)?;
         if commit {
             tx.commit()?;
+            self.journal.committed(change);
         } else {
             tx.rollback()?;
         }
         Ok(Some(value))
+    }
+
+    /// Folds the Reserve journal into its tables: all of it (`chunk` None), in one transaction,
+    /// or one chunk of about `chunk` reservations. Takes the write gate, unless `gate_held`
+    /// says the caller holds it. Returns whether the journal is empty now; `Ok(None)`: the
+    /// database was locked from outside the process, and nothing was folded.
+    pub async fn fold(&self, chunk: Option<u64>) -> Result<Option<bool>, sqlx::Error> {
+        if self.journal.pending() == 0 {
+            return Ok(Some(true));
+        }
+        let _gate = self.gate.lock().await;
+        self.fold_holding_gate(chunk)
+    }
+
+    /// [`Direct::fold`] for a caller that holds the write gate.
+    pub(super) fn fold_holding_gate(
+        &self,
+        chunk: Option<u64>,
+    ) -> Result<Option<bool>, sqlx::Error> {
+        if self.journal.pending() == 0 {
+            return Ok(Some(true));
+        }
+        let started = std::time::Instant::now();
+        let before = self.journal.pending();
+        let emptied = self
+            .run_holding_gate(|tx, journal, change| {
+                journal.fold(tx, chunk, change)?;
+                Ok::<_, StoreError>((change.emptied(), true))
+            })
+            .map_err(|StoreError(err)| err)?;
+        tracing::debug!(
+            folded = before.saturating_sub(self.journal.pending()),
+            left = self.journal.pending(),
+            ms = started.elapsed().as_millis() as u64,
+            "Reserve journal folded"
+        );
+        Ok(emptied)
     }
 
     /// A PASSIVE checkpoint on this connection with the write gate held, so no commit lands

@@ -15,6 +15,7 @@ pub mod backup;
 pub mod checkpoint;
 pub mod direct;
 pub mod durability;
+pub mod journal;
 pub mod rows;
 
 use std::path::{Path, PathBuf};
@@ -112,6 +113,8 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// SQLite durability.
     pub sqlite_sync: SqliteSync,
+    /// SQLite: the Reserve journal's bounds.
+    pub journal: journal::Limits,
 }
 
 #[cfg(test)]
@@ -123,6 +126,7 @@ impl StoreOptions {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(5),
             sqlite_sync: SqliteSync::Full,
+            journal: journal::Limits::default(),
         }
     }
 }
@@ -221,13 +225,30 @@ impl Store {
             SqliteSync::Full => Some(durability::WalSync::new(path, database_file.clone())),
             SqliteSync::Normal => None,
         };
-        let direct = direct::Direct::open(path, &pragmas).with_context(|| {
+        let direct = direct::Direct::open(path, &pragmas, options.journal).with_context(|| {
             format!(
                 "cannot open the SQLite database {} for the Reserve path",
                 path.display()
             )
         })?;
         let direct = Arc::new(direct);
+        // What a crash left in the Reserve journal goes into its tables before anything runs.
+        if direct.journal().pending() > 0 {
+            let pending = direct.journal().pending();
+            match direct
+                .fold(None)
+                .await
+                .context("cannot fold the Reserve journal")?
+            {
+                Some(true) => tracing::info!(
+                    reservations = pending,
+                    "Reserve journal left by the last run folded into its tables"
+                ),
+                _ => anyhow::bail!(
+                    "cannot fold the Reserve journal: the database is locked by another program"
+                ),
+            }
+        }
         let reads = direct::Reads::new(path, &pragmas);
         checkpoint::spawn(reader.clone(), Arc::clone(&direct), database_file.clone());
         Ok(Store {
@@ -293,7 +314,12 @@ impl Store {
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         let gate = match &self.direct {
-            Some(direct) => Some(direct.gate().lock_owned().await),
+            Some(direct) => {
+                let gate = direct.gate().lock_owned().await;
+                // Only Reserve batches work beside an unfolded journal (see `journal`).
+                fold_or_busy(direct.fold_holding_gate(None))?;
+                Some(gate)
+            }
             None => None,
         };
         let inner = match self.kind {
@@ -309,6 +335,7 @@ impl Store {
     /// one snapshot for the whole transaction (READ COMMITTED would take one per statement).
     /// SQLite: a deferred transaction reads one snapshot of the WAL from its first read on.
     pub async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        self.fold_journal().await?;
         match self.kind {
             DatabaseKind::Sqlite => self.reader.begin().await,
             DatabaseKind::Postgres => {
@@ -344,9 +371,56 @@ impl Store {
         }
     }
 
-    /// The pool for reads.
-    pub fn reader(&self) -> &AnyPool {
-        &self.reader
+    /// The pool for reads, once the Reserve journal (SQLite) is folded into its tables, so that
+    /// the reads see every reservation, stored answer and ledger entry committed before.
+    pub async fn reader(&self) -> Result<&AnyPool, sqlx::Error> {
+        self.fold_journal().await?;
+        Ok(&self.reader)
+    }
+
+    /// The pool for reads of due holds at `now_ms` (the sweeper): the Reserve journal is folded
+    /// first only when a hold in it may be due, so a sweep during a burst leaves it be.
+    pub async fn reader_for_due_holds(&self, now_ms: i64) -> Result<&AnyPool, sqlx::Error> {
+        if let Some(direct) = &self.direct
+            && direct.journal().may_hold_due(now_ms)
+        {
+            fold_or_busy(direct.fold(None).await)?;
+        }
+        Ok(&self.reader)
+    }
+
+    /// Folds the Reserve journal into its tables (SQLite; nothing to do on PostgreSQL or when it
+    /// is empty).
+    pub async fn fold_journal(&self) -> Result<(), sqlx::Error> {
+        match &self.direct {
+            Some(direct) => fold_or_busy(direct.fold(None).await),
+            None => Ok(()),
+        }
+    }
+
+    /// Folds one chunk of the Reserve journal, letting Reserves go between chunks; whether it
+    /// is empty now (true on PostgreSQL).
+    pub async fn fold_journal_chunk(&self) -> Result<bool, sqlx::Error> {
+        match &self.direct {
+            Some(direct) => Ok(direct
+                .fold(Some(journal::FOLD_CHUNK))
+                .await?
+                .unwrap_or(false)),
+            None => Ok(true),
+        }
+    }
+
+    /// How long an office's Reserves must pause before its worker folds a chunk of the Reserve
+    /// journal.
+    pub fn journal_fold_after_pause(&self) -> Duration {
+        self.direct
+            .as_ref()
+            .map_or(Duration::MAX, |d| d.journal().limits().fold_after_pause)
+    }
+
+    /// Reservations waiting in the Reserve journal (0 on PostgreSQL).
+    pub fn journal_pending(&self) -> u64 {
+        self.direct.as_ref().map_or(0, |d| d.journal().pending())
     }
 
     /// SQLite: the Reserve hot path's connection (see [`direct`]). None on PostgreSQL.
@@ -384,6 +458,11 @@ impl Store {
     /// Closes every connection (checkpointing SQLite's WAL).
     pub async fn close(&self) {
         if let Some(direct) = &self.direct {
+            // A journal left here would be folded at the next start; folding it now leaves the
+            // file whole for other programs (backups, sqlite3).
+            if let Err(err) = fold_or_busy(direct.fold(None).await) {
+                tracing::warn!(error = %err, "cannot fold the Reserve journal before closing; the next start folds it");
+            }
             // Waits for a batch still running on it (the connection's mutex).
             direct.close();
         }
@@ -392,6 +471,15 @@ impl Store {
         }
         self.reader.close().await;
         self.writer.close().await;
+    }
+}
+
+/// A fold's answer as the callers above need it: the database locked by another program leaves
+/// the journal unfolded, and a transaction or read must not go on without it (retryable).
+fn fold_or_busy(folded: Result<Option<bool>, sqlx::Error>) -> Result<(), sqlx::Error> {
+    match folded? {
+        Some(_) => Ok(()),
+        None => Err(sqlx::Error::PoolTimedOut),
     }
 }
 

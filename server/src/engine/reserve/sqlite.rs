@@ -22,6 +22,7 @@ use super::{
 use crate::engine::ledger::{self, LEDGER_COLUMNS};
 use crate::engine::{Engine, EngineError, EngineResult, QUEUE_REPORT_TTL_MS, policy_of, zone_of};
 use crate::store::direct::{self, Prepared, SHARED_SQL, execute, numbered, query, query_optional};
+use crate::store::journal::{self, Change, Journal};
 use crate::store::rows::{
     self, Columns, QuotaDayRow, RESERVATION_COLUMNS, RESERVATION_INSERT_COLUMNS, ReservationRow,
     ServicePointRow, StoredAnswer, Value,
@@ -89,11 +90,11 @@ impl Engine {
     ) -> Option<EngineResult<BatchAnswers>> {
         let connection = self.store.direct()?;
         let decided = connection
-            .run(|tx| {
+            .run_journaled(|tx, journal, change| {
                 // The time once the write gate is held, as the general path reads it under the
                 // office lock.
                 let now = self.clock.now_ms();
-                let decided = decide(tx, office_id, jobs, now)?;
+                let decided = decide(tx, Journaled { journal, change }, office_id, jobs, now)?;
                 let commit = decided.is_some();
                 Ok::<_, EngineError>((decided, commit))
             })
@@ -103,9 +104,35 @@ impl Engine {
     }
 }
 
+/// The Reserve journal as a batch's transaction sees it (see `store::journal`).
+struct Journaled<'t> {
+    journal: &'t Journal,
+    change: &'t mut Change,
+}
+
+impl Journaled<'_> {
+    /// Reservations in the journal as this transaction leaves it so far.
+    fn pending(&self) -> u64 {
+        if self.change.emptied() {
+            0
+        } else {
+            self.journal.pending().saturating_sub(self.change.folded())
+        }
+    }
+
+    /// Folds the whole journal into its tables in this transaction, unless it is empty.
+    fn fold_all(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if self.pending() > 0 {
+            self.journal.fold(conn, None, self.change)?;
+        }
+        Ok(())
+    }
+}
+
 /// The batch in one transaction: None when it needs the general path (nothing written).
 fn decide(
     conn: &Connection,
+    mut journaled: Journaled<'_>,
     office_id: &str,
     jobs: &[Job],
     now: i64,
@@ -113,6 +140,15 @@ fn decide(
     let Some(office) = direct::office(conn, office_id)? else {
         return Ok(None);
     };
+    // The reads below see the tables: a request id or NIK of this batch that may wait in the
+    // journal, or a hold in it that may be due, is folded into them first.
+    if journaled.journal.must_fold_for(
+        jobs.iter().map(|j| j.cmd.request_id.as_str()),
+        jobs.iter().map(|j| j.nik_hash.as_str()),
+        now,
+    ) {
+        journaled.fold_all(conn)?;
+    }
     // Due holds are released (with their ledger entries) by the general path first.
     let due = query_optional(
         conn,
@@ -203,6 +239,8 @@ fn decide(
         let by_reason = if policy.reason_caps.is_empty() {
             HashMap::new()
         } else {
+            // Counted from the reservations table, which must hold them all.
+            journaled.fold_all(conn)?;
             query(
                 conn,
                 SQL.counts_by_reason,
@@ -227,24 +265,87 @@ fn decide(
         &mut state,
         jobs.iter().map(|j| (&j.cmd, j.nik_hash.as_str())),
     )?;
-    write(conn, office_id, &mut state)?;
+    write(conn, journaled, office_id, jobs, &mut state)?;
     Ok(Some((answers, state.changed)))
 }
 
-/// The batch's writes, in the order of the general path's.
-fn write(conn: &Connection, office_id: &str, state: &mut BatchState) -> EngineResult<()> {
-    // Each statement looked up once for all of its rows.
-    let mut insert = Prepared::new(conn, &SQL.insert_ledger)?;
-    for row in ledger::entry_rows(&state.ledger) {
-        insert.execute(&row)?;
+/// The batch's writes, in the order of the general path's. A burst's batch (at least
+/// `JOURNAL_FROM_BATCH` Reserves) writes its ledger entries, reservations and stored answers as
+/// one journal row while the journal has room; past its bound, a chunk of it is folded first and
+/// the batch writes its rows into their tables.
+fn write(
+    conn: &Connection,
+    journaled: Journaled<'_>,
+    office_id: &str,
+    jobs: &[Job],
+    state: &mut BatchState,
+) -> EngineResult<()> {
+    let reservations = state.reservations.len() as u64;
+    let burst = jobs.len() >= journal::JOURNAL_FROM_BATCH;
+    let on = journaled.journal.limits().max_reservations > 0;
+    if burst
+        && on
+        && !journaled
+            .journal
+            .has_room(journaled.pending(), reservations)
+    {
+        journaled
+            .journal
+            .fold(conn, Some(journal::FOLD_CHUNK), journaled.change)?;
     }
-    let mut insert = Prepared::new(conn, &SQL.insert_reservation)?;
-    for row in state.reservation_rows() {
-        insert.execute(&row)?;
-    }
-    let mut insert = Prepared::new(conn, &SQL.insert_answer)?;
-    for row in std::mem::take(&mut state.new_answers) {
-        insert.execute(&row)?;
+    if burst
+        && on
+        && journaled
+            .journal
+            .has_room(journaled.pending(), reservations)
+    {
+        let entry = journal::Entry {
+            request_ids: jobs.iter().map(|j| j.cmd.request_id.clone()).collect(),
+            nik_hashes: state
+                .reservations
+                .iter()
+                .map(|r| r.nik_hash.clone())
+                .collect(),
+            min_expires_ms: state
+                .reservations
+                .iter()
+                .map(|r| r.expires_ms)
+                .min()
+                .unwrap_or(i64::MAX),
+            reservations,
+            sections: vec![
+                journal::Section {
+                    table: "ledger",
+                    columns: &LEDGER_COLUMNS,
+                    rows: ledger::entry_rows(&state.ledger),
+                },
+                journal::Section {
+                    table: "reservations",
+                    columns: &RESERVATION_INSERT_COLUMNS,
+                    rows: state.reservation_rows(),
+                },
+                journal::Section {
+                    table: "idempotency",
+                    columns: &IDEMPOTENCY_COLUMNS,
+                    rows: std::mem::take(&mut state.new_answers),
+                },
+            ],
+        };
+        journaled.journal.append(conn, entry, journaled.change)?;
+    } else {
+        // Each statement looked up once for all of its rows.
+        let mut insert = Prepared::new(conn, &SQL.insert_ledger)?;
+        for row in ledger::entry_rows(&state.ledger) {
+            insert.execute(&row)?;
+        }
+        let mut insert = Prepared::new(conn, &SQL.insert_reservation)?;
+        for row in state.reservation_rows() {
+            insert.execute(&row)?;
+        }
+        let mut insert = Prepared::new(conn, &SQL.insert_answer)?;
+        for row in std::mem::take(&mut state.new_answers) {
+            insert.execute(&row)?;
+        }
     }
     for (cause, referrals) in &state.referrals {
         let (_, values) = rows::ikd_referrals_upsert(office_id, &state.date, *cause, *referrals);

@@ -1,0 +1,654 @@
+//! The Reserve journal (SQLite): under a burst, a Reserve batch writes its new rows (ledger
+//! entries, reservations, stored answers) as ONE journal row, in the same transaction as its
+//! quota and stock updates, and the rows reach their tables later, when the burst pauses
+//! ("folding"). Writing those rows into their tables costs about ten B-tree inserts per Reserve,
+//! one of them on a random page of the NIK index; the journal row is one append per batch at the
+//! end of its table (BENCHMARKS.md, "The Reserve journal").
+//!
+//! Why nothing is lost or decided twice:
+//! - The journal row is committed, and made durable by the same group fsync, in the transaction
+//!   that decides the batch: a crash leaves either the whole batch (quota, stock and journal row)
+//!   or none of it. Opening the store folds whatever a crash left ([`super::Store::open`]).
+//! - Quota rows and the office row (stock, ledger head) are written at once, as before: every
+//!   count a decision reads is always current.
+//! - What the journal holds but the tables do not yet show: a reservation per NIK, a stored answer
+//!   per request id, a ledger entry. The journal keeps in memory a fingerprint of every such NIK
+//!   hash and request id, and the earliest expiry of its holds. A Reserve batch that meets a
+//!   fingerprint, a due hold, or a cap per reason (which counts reservations) folds the journal
+//!   first, in its own transaction, and then reads the tables as usual. Every other transaction,
+//!   and every read of those tables, folds it first too ([`super::Store::begin`],
+//!   [`super::Store::reader`]): only Reserve batches ever see an unfolded journal.
+//! - A fingerprint is 64 bits of a fixed SipHash: a collision only folds the journal once more.
+//! - The in-memory state changes only after the transaction that changed the journal table has
+//!   committed, while the write gate is still held, so no transaction ever sees one without the
+//!   other.
+//!
+//! Bounds: at most [`Limits::max_reservations`] reservations wait in the journal; past it a
+//! batch folds [`FOLD_CHUNK`] of them before it writes its own rows straight into their tables.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::Connection;
+
+use super::direct::{Prepared, execute, query};
+use super::rows::Value;
+
+/// A batch of at least this many Reserves is journaled (when the journal is empty): a smaller
+/// one is no burst, and its rows go straight into their tables, as they always did.
+pub const JOURNAL_FROM_BATCH: usize = 8;
+/// Default for the most reservations waiting in the journal (`--reserve-journal-max`). At about
+/// 1 KB a reservation in the journal table and 32 bytes of fingerprints in memory, that is about
+/// 128 MB of file and 8 MiB of memory; folding it all takes several seconds of one core, and
+/// that is the longest a read made right after such a burst waits.
+pub const DEFAULT_MAX_PENDING_RESERVATIONS: u64 = 131_072;
+/// Default for how long an office's Reserves pause before its worker folds a chunk of the
+/// journal (`--reserve-journal-pause-ms`): longer than any gap in a burst's closed loop of calls.
+pub const DEFAULT_FOLD_AFTER_PAUSE_MS: u64 = 20;
+
+/// The journal's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most reservations waiting in the journal; 0 turns it off.
+    pub max_reservations: u64,
+    /// How long an office's Reserves pause before its worker folds a chunk.
+    pub fold_after_pause: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_reservations: DEFAULT_MAX_PENDING_RESERVATIONS,
+            fold_after_pause: std::time::Duration::from_millis(DEFAULT_FOLD_AFTER_PAUSE_MS),
+        }
+    }
+}
+/// Most reservations folded in one transaction by the folds that let Reserves go between them
+/// (after a pause, and past the bound): about 10-20 ms of the write gate.
+pub const FOLD_CHUNK: u64 = 512;
+
+/// The tables a journal row may carry rows for (a row naming any other is refused when folded).
+const TABLES: [&str; 3] = ["ledger", "reservations", "idempotency"];
+/// The first byte of every journal row: the format's version.
+const FORMAT: u8 = 1;
+
+/// Rows for one table, with the columns they fill, in order.
+pub struct Section {
+    /// One of [`TABLES`].
+    pub table: &'static str,
+    /// The columns, in the order of each row's values.
+    pub columns: &'static [&'static str],
+    /// The rows.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// One batch's rows, and what the journal must remember of them until they are folded.
+pub struct Entry {
+    /// The rows, table by table, in the order they are inserted when folded.
+    pub sections: Vec<Section>,
+    /// The request ids whose answers the entry stores.
+    pub request_ids: Vec<String>,
+    /// The NIK hashes of the reservations it makes.
+    pub nik_hashes: Vec<String>,
+    /// The earliest expiry of its holds (i64::MAX: none).
+    pub min_expires_ms: i64,
+    /// Reservations it makes.
+    pub reservations: u64,
+}
+
+/// What a transaction did to the journal table, for [`Journal::committed`] once it has committed.
+#[derive(Default)]
+pub struct Change {
+    appended: Option<Appended>,
+    folded: u64,
+    emptied: bool,
+}
+
+struct Appended {
+    fingerprints: Vec<u64>,
+    min_expires_ms: i64,
+    reservations: u64,
+}
+
+impl Change {
+    /// Whether the transaction folded the whole journal.
+    pub fn emptied(&self) -> bool {
+        self.emptied
+    }
+
+    /// Reservations the transaction folded.
+    pub fn folded(&self) -> u64 {
+        self.folded
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Fingerprints of the NIK hashes and request ids in the journal (kept until it is empty).
+    fingerprints: HashSet<u64>,
+    /// The earliest expiry of a hold in the journal (i64::MAX: none; kept until it is empty).
+    min_expires_ms: i64,
+}
+
+/// The journal's state in memory (see the module comment).
+pub struct Journal {
+    limits: Limits,
+    state: Mutex<State>,
+    /// Reservations in the journal table now.
+    pending: AtomicU64,
+    /// Batches journaled, and reservations folded, since the start (metrics and tests).
+    journaled_batches: AtomicU64,
+    folded: AtomicU64,
+}
+
+impl Journal {
+    /// An empty journal with these bounds.
+    pub fn new(limits: Limits) -> Self {
+        Journal {
+            limits,
+            state: Mutex::new(State {
+                fingerprints: HashSet::new(),
+                min_expires_ms: i64::MAX,
+            }),
+            pending: AtomicU64::new(0),
+            journaled_batches: AtomicU64::new(0),
+            folded: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The fingerprint of a NIK hash or request id (kinds apart, so the two never meet).
+fn fingerprint(kind: u8, key: &str) -> u64 {
+    // SipHash with fixed keys: the same in every process, which nothing relies on.
+    #[allow(deprecated)]
+    let mut hasher = std::hash::SipHasher::new();
+    kind.hash(&mut hasher);
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+const NIK: u8 = 1;
+const REQUEST: u8 = 2;
+
+impl Journal {
+    /// Its bounds.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Whether `reservations` more fit in the journal beside `pending`.
+    pub fn has_room(&self, pending: u64, reservations: u64) -> bool {
+        pending + reservations <= self.limits.max_reservations
+    }
+
+    /// Reservations waiting in the journal now.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Batches journaled since the start.
+    pub fn journaled_batches(&self) -> u64 {
+        self.journaled_batches.load(Ordering::SeqCst)
+    }
+
+    /// Reservations folded into their tables since the start.
+    pub fn folded(&self) -> u64 {
+        self.folded.load(Ordering::SeqCst)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Only whole updates happen under this lock: a poisoned state is still sound.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a Reserve batch must fold the journal before it reads: one of its request ids or
+    /// NIK hashes may be in it, or one of its holds may be due at `now_ms`.
+    pub fn must_fold_for<'a>(
+        &self,
+        request_ids: impl IntoIterator<Item = &'a str>,
+        nik_hashes: impl IntoIterator<Item = &'a str>,
+        now_ms: i64,
+    ) -> bool {
+        if self.pending() == 0 {
+            return false;
+        }
+        let state = self.state();
+        state.min_expires_ms <= now_ms
+            || request_ids
+                .into_iter()
+                .any(|id| state.fingerprints.contains(&fingerprint(REQUEST, id)))
+            || nik_hashes
+                .into_iter()
+                .any(|h| state.fingerprints.contains(&fingerprint(NIK, h)))
+    }
+
+    /// Whether a hold in the journal may be due at `now_ms` (the sweeper folds only then).
+    pub fn may_hold_due(&self, now_ms: i64) -> bool {
+        self.pending() > 0 && self.state().min_expires_ms <= now_ms
+    }
+
+    /// Appends `entry` as one journal row, in the caller's transaction.
+    pub fn append(
+        &self,
+        conn: &Connection,
+        entry: Entry,
+        change: &mut Change,
+    ) -> rusqlite::Result<()> {
+        let body = encode(&entry.sections);
+        execute(
+            conn,
+            "INSERT INTO reserve_journal (body, reservations) VALUES (?1, ?2)",
+            &[
+                Value::Bytes(body),
+                Value::Int(i64::try_from(entry.reservations).unwrap_or(i64::MAX)),
+            ],
+        )?;
+        let mut fingerprints: Vec<u64> = entry
+            .request_ids
+            .iter()
+            .map(|id| fingerprint(REQUEST, id))
+            .collect();
+        fingerprints.extend(entry.nik_hashes.iter().map(|h| fingerprint(NIK, h)));
+        change.appended = Some(Appended {
+            fingerprints,
+            min_expires_ms: entry.min_expires_ms,
+            reservations: entry.reservations,
+        });
+        Ok(())
+    }
+
+    /// Folds journal rows into their tables, oldest first, in the caller's transaction: all of
+    /// them (`limit` None) or about `limit` reservations' worth (whole rows, at least one).
+    pub fn fold(
+        &self,
+        conn: &Connection,
+        limit: Option<u64>,
+        change: &mut Change,
+    ) -> rusqlite::Result<()> {
+        let mut taken: u64 = 0;
+        let mut last_seq = None;
+        let mut select = Prepared::new(
+            conn,
+            "SELECT seq, body, reservations FROM reserve_journal WHERE seq > ?1 ORDER BY seq LIMIT 16",
+        )?;
+        loop {
+            let rows = select.query(&[Value::Int(last_seq.unwrap_or(0))], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })?;
+            if rows.is_empty() {
+                break;
+            }
+            for (seq, body, reservations) in rows {
+                insert_rows(conn, &body)?;
+                taken += u64::try_from(reservations).unwrap_or(0);
+                last_seq = Some(seq);
+                if limit.is_some_and(|limit| taken >= limit) {
+                    break;
+                }
+            }
+            if limit.is_some_and(|limit| taken >= limit) {
+                break;
+            }
+        }
+        let Some(last_seq) = last_seq else {
+            change.emptied = true;
+            return Ok(());
+        };
+        execute(
+            conn,
+            "DELETE FROM reserve_journal WHERE seq <= ?1",
+            &[Value::Int(last_seq)],
+        )?;
+        let left = query(conn, "SELECT 1 FROM reserve_journal LIMIT 1", &[], |_| {
+            Ok(())
+        })?;
+        change.folded += taken;
+        change.emptied = left.is_empty();
+        Ok(())
+    }
+
+    /// Applies what a committed transaction did to the journal table. Call it after COMMIT and
+    /// before the write gate opens.
+    pub fn committed(&self, change: Change) {
+        if change.folded > 0 || change.emptied {
+            self.folded.fetch_add(change.folded, Ordering::SeqCst);
+            let _ = self
+                .pending
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    Some(n.saturating_sub(change.folded))
+                });
+            if change.emptied {
+                let mut state = self.state();
+                state.fingerprints.clear();
+                state.fingerprints.shrink_to(1024);
+                state.min_expires_ms = i64::MAX;
+                self.pending.store(0, Ordering::SeqCst);
+            }
+        }
+        if let Some(appended) = change.appended {
+            let mut state = self.state();
+            state.fingerprints.extend(appended.fingerprints);
+            state.min_expires_ms = state.min_expires_ms.min(appended.min_expires_ms);
+            drop(state);
+            self.pending
+                .fetch_add(appended.reservations, Ordering::SeqCst);
+            self.journaled_batches.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// At open: the reservations a journal table left by an earlier process holds.
+    pub fn load(&self, conn: &Connection) -> rusqlite::Result<()> {
+        let pending: i64 = conn.query_row(
+            "SELECT COALESCE(SUM(reservations), 0) FROM reserve_journal",
+            [],
+            |row| row.get(0),
+        )?;
+        self.pending
+            .store(u64::try_from(pending).unwrap_or(0), Ordering::SeqCst);
+        // Nothing is known of its keys: every Reserve batch folds it first, until it is empty.
+        if pending > 0 {
+            self.state().min_expires_ms = i64::MIN;
+        }
+        Ok(())
+    }
+}
+
+/// Inserts the rows of one journal row into their tables.
+fn insert_rows(conn: &Connection, body: &[u8]) -> rusqlite::Result<()> {
+    for (table, columns, rows) in decode(body).map_err(corrupt)? {
+        if !TABLES.contains(&table.as_str())
+            || columns
+                .iter()
+                .any(|c| c.is_empty() || !c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        {
+            return Err(corrupt(format!("a journal row names table {table:?}")));
+        }
+        let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
+            columns.join(", "),
+            placeholders.join(", ")
+        );
+        let mut insert = Prepared::new(conn, &sql)?;
+        for row in rows {
+            if row.len() != columns.len() {
+                return Err(corrupt(format!(
+                    "a journal row for {table} has a short row"
+                )));
+            }
+            insert.execute(&row)?;
+        }
+    }
+    Ok(())
+}
+
+fn corrupt(why: String) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(format!("corrupt Reserve journal: {why}").into())
+}
+
+/// The journal row's bytes: the format byte, then per section its table, its columns and its
+/// rows, every string and byte string length-prefixed (u32, little-endian).
+pub fn encode(sections: &[Section]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        1 + sections
+            .iter()
+            .map(|s| 64 + s.rows.len() * 256)
+            .sum::<usize>(),
+    );
+    out.push(FORMAT);
+    put_len(&mut out, sections.len());
+    for section in sections {
+        put_bytes(&mut out, section.table.as_bytes());
+        put_len(&mut out, section.columns.len());
+        for column in section.columns {
+            put_bytes(&mut out, column.as_bytes());
+        }
+        put_len(&mut out, section.rows.len());
+        for row in &section.rows {
+            for value in row {
+                match value {
+                    Value::Int(v) => {
+                        out.push(0);
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                    Value::Text(v) => {
+                        out.push(1);
+                        put_bytes(&mut out, v.as_bytes());
+                    }
+                    Value::Bytes(v) => {
+                        out.push(2);
+                        put_bytes(&mut out, v);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_len(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+/// A decoded section: table, columns, rows.
+type Decoded = (String, Vec<String>, Vec<Vec<Value>>);
+
+/// The sections of a journal row; an error names what is wrong (never a panic on bad bytes).
+pub fn decode(body: &[u8]) -> Result<Vec<Decoded>, String> {
+    let mut input = Reader(body);
+    if input.byte()? != FORMAT {
+        return Err("unknown format".into());
+    }
+    let sections = input.len()?;
+    let mut out = Vec::new();
+    for _ in 0..sections {
+        let table = input.text()?;
+        let width = input.len()?;
+        let columns = (0..width)
+            .map(|_| input.text())
+            .collect::<Result<Vec<_>, _>>()?;
+        let count = input.len()?;
+        let mut rows = Vec::new();
+        for _ in 0..count {
+            let mut row = Vec::with_capacity(width);
+            for _ in 0..width {
+                row.push(match input.byte()? {
+                    0 => Value::Int(i64::from_le_bytes(
+                        input.take(8)?.try_into().map_err(|_| "short integer")?,
+                    )),
+                    1 => Value::Text(input.text()?),
+                    2 => Value::Bytes(input.bytes()?.to_vec()),
+                    other => return Err(format!("unknown value tag {other}")),
+                });
+            }
+            rows.push(row);
+        }
+        out.push((table, columns, rows));
+    }
+    if !input.0.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    Ok(out)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("truncated".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn len(&mut self) -> Result<usize, String> {
+        let bytes: [u8; 4] = self.take(4)?.try_into().map_err(|_| "short length")?;
+        Ok(u32::from_le_bytes(bytes) as usize)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let n = self.len()?;
+        self.take(n)
+    }
+
+    fn text(&mut self) -> Result<String, String> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "text is not UTF-8".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sections() -> Vec<Section> {
+        vec![
+            Section {
+                table: "ledger",
+                columns: &["office_id", "seq"],
+                rows: vec![
+                    vec![Value::text("3275"), Value::Int(-7)],
+                    vec![Value::text(""), Value::Int(i64::MAX)],
+                ],
+            },
+            Section {
+                table: "idempotency",
+                columns: &["request_id", "response"],
+                rows: vec![vec![Value::text("é-1"), Value::Bytes(vec![0, 255, 7])]],
+            },
+        ]
+    }
+
+    #[test]
+    fn a_journal_row_decodes_to_what_was_encoded() {
+        let decoded = decode(&encode(&sections())).unwrap();
+        assert_eq!(decoded.len(), 2);
+        assert_eq!(decoded[0].0, "ledger");
+        assert_eq!(decoded[0].1, vec!["office_id", "seq"]);
+        assert!(matches!(&decoded[0].2[0][0], Value::Text(t) if t == "3275"));
+        assert!(matches!(decoded[0].2[0][1], Value::Int(-7)));
+        assert!(matches!(decoded[0].2[1][1], Value::Int(i64::MAX)));
+        assert_eq!(decoded[1].0, "idempotency");
+        assert!(matches!(&decoded[1].2[0][0], Value::Text(t) if t == "é-1"));
+        assert!(matches!(&decoded[1].2[0][1], Value::Bytes(b) if b == &[0, 255, 7]));
+    }
+
+    #[test]
+    fn damaged_journal_rows_are_refused_not_misread() {
+        let body = encode(&sections());
+        for cut in 0..body.len() {
+            assert!(decode(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = body.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer).unwrap_err(), "trailing bytes");
+        let mut other = body;
+        other[0] = 9;
+        assert_eq!(decode(&other).unwrap_err(), "unknown format");
+    }
+
+    #[test]
+    fn fingerprints_of_nik_hashes_and_request_ids_never_meet() {
+        assert_ne!(fingerprint(NIK, "abc"), fingerprint(REQUEST, "abc"));
+        assert_eq!(fingerprint(NIK, "abc"), fingerprint(NIK, "abc"));
+    }
+
+    #[test]
+    fn a_journal_is_folded_into_its_tables_and_forgets_its_keys_once_empty() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE reserve_journal (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, reservations BIGINT NOT NULL);
+             CREATE TABLE ledger (office_id TEXT, seq BIGINT);
+             CREATE TABLE idempotency (request_id TEXT, response BLOB);",
+        )
+        .unwrap();
+        let journal = Journal::new(Limits::default());
+        for n in 0..3 {
+            let mut change = Change::default();
+            let entry = Entry {
+                sections: sections(),
+                request_ids: vec![format!("r{n}")],
+                nik_hashes: vec![format!("n{n}")],
+                min_expires_ms: 1_000 + n,
+                reservations: 2,
+            };
+            journal.append(&conn, entry, &mut change).unwrap();
+            journal.committed(change);
+        }
+        assert_eq!(journal.pending(), 6);
+        assert!(journal.must_fold_for(["r1"], [], 0));
+        assert!(journal.must_fold_for([], ["n2"], 0));
+        assert!(!journal.must_fold_for(["n1"], ["r1"], 0), "kinds apart");
+        assert!(journal.must_fold_for([], [], 1_000), "a hold due");
+        assert!(!journal.may_hold_due(999));
+
+        // A chunk of 3 takes whole rows: two of them.
+        let mut change = Change::default();
+        journal.fold(&conn, Some(3), &mut change).unwrap();
+        assert!(!change.emptied());
+        journal.committed(change);
+        assert_eq!(journal.pending(), 2);
+        let ledger: i64 = conn
+            .query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ledger, 4);
+
+        let mut change = Change::default();
+        journal.fold(&conn, None, &mut change).unwrap();
+        assert!(change.emptied());
+        journal.committed(change);
+        assert_eq!(journal.pending(), 0);
+        assert_eq!(journal.folded(), 6);
+        assert!(!journal.must_fold_for(["r1"], ["n2"], i64::MAX));
+        let answers: i64 = conn
+            .query_row("SELECT COUNT(*) FROM idempotency", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(answers, 3);
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM reserve_journal", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn a_journal_row_naming_another_table_is_refused() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE reserve_journal (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, reservations BIGINT NOT NULL);
+             CREATE TABLE offices (office_id TEXT);",
+        )
+        .unwrap();
+        let body = encode(&[Section {
+            table: "offices",
+            columns: &["office_id"],
+            rows: vec![vec![Value::text("x")]],
+        }]);
+        conn.execute(
+            "INSERT INTO reserve_journal (body, reservations) VALUES (?1, 1)",
+            [body],
+        )
+        .unwrap();
+        let journal = Journal::new(Limits::default());
+        journal.load(&conn).unwrap();
+        let err = journal
+            .fold(&conn, None, &mut Change::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("corrupt Reserve journal"), "{err}");
+    }
+}
