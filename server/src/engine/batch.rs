@@ -114,9 +114,19 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
                 Ok(Some(job)) => job,
                 Ok(None) => break,
                 Err(_) if journal_pending => {
-                    if let Err(err) = engine.store.fold_journal_chunk().await {
-                        tracing::warn!(error = %err, "cannot fold the Reserve journal now; reads fold it before they read");
-                        tokio::time::sleep(pause).await;
+                    // Chunk after chunk while no Reserve of this office waits; the write gate
+                    // is fair, so another office's batch goes between two chunks.
+                    loop {
+                        match engine.store.fold_journal_chunk().await {
+                            Ok(true) => break,
+                            Ok(false) if receiver.is_empty() => {}
+                            Ok(false) => break,
+                            Err(err) => {
+                                tracing::warn!(error = %err, "cannot fold the Reserve journal now; reads fold it before they read");
+                                tokio::time::sleep(pause).await;
+                                break;
+                            }
+                        }
                     }
                     continue;
                 }

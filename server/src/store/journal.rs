@@ -36,9 +36,9 @@ use rusqlite::Connection;
 use super::direct::{Prepared, execute, query};
 use super::rows::Value;
 
-/// A batch of at least this many Reserves is journaled (when the journal is empty): a smaller
-/// one is no burst, and its rows go straight into their tables, as they always did.
-pub const JOURNAL_FROM_BATCH: usize = 8;
+/// A batch of at least this many Reserves is journaled: a Reserve decided alone is no burst, and
+/// its rows go straight into their tables, as they always did.
+pub const JOURNAL_FROM_BATCH: usize = 2;
 /// Default for the most reservations waiting in the journal (`--reserve-journal-max`). At about
 /// 1 KB a reservation in the journal table and 32 bytes of fingerprints in memory, that is about
 /// 128 MB of file and 8 MiB of memory; folding it all takes several seconds of one core, and

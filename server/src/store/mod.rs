@@ -402,10 +402,11 @@ impl Store {
     /// is empty now (true on PostgreSQL).
     pub async fn fold_journal_chunk(&self) -> Result<bool, sqlx::Error> {
         match &self.direct {
-            Some(direct) => Ok(direct
+            // Locked by another program: an error, so the caller waits before it tries again.
+            Some(direct) => direct
                 .fold(Some(journal::FOLD_CHUNK))
                 .await?
-                .unwrap_or(false)),
+                .ok_or(sqlx::Error::PoolTimedOut),
             None => Ok(true),
         }
     }
