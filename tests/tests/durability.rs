@@ -189,15 +189,17 @@ async fn a_burst_left_in_the_reserve_journal_is_seen_at_once_and_survives_sigkil
     let reserved = burst(&server, &first).await?;
     let mut counter = server.counter_client().await?;
     // Straight after it, with nothing read in between: a retry finds its first answer, and the
-    // same person is refused at another office.
-    let again = counter.reserve(first[5].clone()).await?.into_inner();
+    // same person is refused at another office. Both are among the last of the burst, which
+    // were decided in large batches (the first may be decided alone, without the journal).
+    let last = BURST as usize - 1;
+    let again = counter.reserve(first[last].clone()).await?.into_inner();
     let Some(Outcome::Reservation(r)) = again.outcome else {
         anyhow::bail!("the retry got {:?}", again.outcome);
     };
-    assert_eq!(r.reservation_id, reserved[5].reservation_id);
+    assert_eq!(r.reservation_id, reserved[last].reservation_id);
     assert!(r.replayed, "the retry is marked replayed");
     let elsewhere = counter
-        .reserve(reserve_request("3204", "main", 6))
+        .reserve(reserve_request("3204", "main", BURST - 2))
         .await
         .expect_err("a second blank for the same person");
     assert_eq!(
@@ -207,6 +209,12 @@ async fn a_burst_left_in_the_reserve_journal_is_seen_at_once_and_survives_sigkil
     let text = server.scrape_metrics().await?;
     let batches = count(&text, "blangko_reserve_journal_batches_total", &[]);
     assert!(batches >= 1.0, "the burst used the journal: {batches}");
+    // Read before the scrape's own reads fold: the retry and the refusal folded it.
+    let folded = count(&text, "blangko_reserve_journal_folded_total", &[]);
+    assert!(
+        folded >= 1.0,
+        "the retry folded the journal first: {folded}"
+    );
 
     // A second burst, and the process killed before anything reads or folds it.
     let second: Vec<ReserveRequest> = (1000..1000 + BURST)
@@ -245,5 +253,63 @@ async fn a_burst_left_in_the_reserve_journal_is_seen_at_once_and_survives_sigkil
     };
     assert_eq!(r.reservation_id, reserved_second[7].reservation_id);
     assert!(r.replayed);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_that_was_all_referred_to_ikd_keeps_its_answers() -> anyhow::Result<()> {
+    // The day's quota is gone before the burst, so its journal rows hold stored answers and no
+    // reservation at all; those answers must still be found and kept.
+    let db = TestDatabase::sqlite().await?;
+    let args = ["--reserve-journal-pause-ms", "3600000"];
+    let mut server = TestServer::spawn_process_on(db.clone(), &args).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 3, 100).await?;
+    let mut counter = server.counter_client().await?;
+    for n in 0..3 {
+        counter.reserve(reserve_request("3275", "main", n)).await?;
+    }
+    let requests: Vec<ReserveRequest> = (100..160)
+        .map(|n| reserve_request("3275", "main", n))
+        .collect();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(server.counter_client().await?);
+    }
+    let mut tasks = Vec::new();
+    for (i, request) in requests.iter().enumerate() {
+        let mut client = clients[i % clients.len()].clone();
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move { client.reserve(request).await }));
+    }
+    for task in tasks {
+        let outcome = task.await??.into_inner().outcome;
+        assert!(
+            matches!(&outcome, Some(Outcome::IkdReferral(r)) if r.cause() == ReferralCause::QuotaExhausted),
+            "{outcome:?}"
+        );
+    }
+    let last = requests.len() - 1;
+    let again = counter.reserve(requests[last].clone()).await?.into_inner();
+    let Some(Outcome::IkdReferral(r)) = again.outcome else {
+        anyhow::bail!("the retry got {:?}", again.outcome);
+    };
+    assert!(r.replayed, "the retry finds the referral it was given");
+
+    // Killed and started again: the other answers were kept as well.
+    server.kill();
+    server.wait_killed().await;
+    let server = TestServer::spawn_process_on(db, &args).await?;
+    let mut counter = server.counter_client().await?;
+    let again = counter
+        .reserve(requests[last - 1].clone())
+        .await?
+        .into_inner();
+    let Some(Outcome::IkdReferral(r)) = again.outcome else {
+        anyhow::bail!("the retry got {:?}", again.outcome);
+    };
+    assert!(r.replayed, "an answer of the burst survived the restart");
+    let q = fixtures::quota_snapshot(&mut counter, "3275", "main").await?;
+    assert_eq!((q.held, q.remaining), (3, 0));
     Ok(())
 }

@@ -107,7 +107,7 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
             // While the Reserve journal (SQLite) holds rows, a pause of this office's Reserves
             // is the time to fold them into their tables, a chunk at a time, so that Reserves
             // arriving meanwhile wait for one chunk at most.
-            let journal_pending = engine.store.journal_pending() > 0;
+            let journal_pending = engine.store.journal_has_rows();
             let pause = engine.store.journal_fold_after_pause();
             let wait = if journal_pending { pause } else { IDLE_EXIT };
             let first = match tokio::time::timeout(wait, receiver.recv()).await {

@@ -634,15 +634,11 @@ fn decide_one(
             Outcome::IkdReferral(referral)
         }
         None => {
-            // Work on copies; they replace the batch's state only once all is built.
+            // Everything that can refuse comes first: the quota invariant with one more hold,
+            // then the ledger chain's stock checks (which change the office row only when they
+            // pass). The batch's state changes only after both.
             let is_priority = priority_reasons(&point.policy).contains(&cmd.reason);
-            let mut qd = point.qd.clone();
-            let mut office = state.office.clone();
-            qd.held += 1;
-            if is_priority {
-                qd.priority_used += 1;
-            }
-            check_quota_invariant(&qd)?;
+            quota_invariant_with(&point.qd, 1)?;
             let reservation_id = new_reservation_id(state.now);
             let masked_nik = cmd.nik.masked();
             let mut entry = NewEntry::of(LedgerEntryKind::Reserve);
@@ -650,7 +646,14 @@ fn decide_one(
             entry.service_point_id = cmd.service_point_id.clone();
             entry.reservation_id = reservation_id.clone();
             entry.masked_nik = masked_nik.clone();
-            let stored = ledger::chain(&mut office, entry, &cmd.principal, state.now, &state.date)?;
+            let stored = ledger::chain(
+                &mut state.office,
+                entry,
+                &cmd.principal,
+                state.now,
+                &state.date,
+            )?;
+            let office = &state.office;
             let reservation = ReservationRow {
                 reservation_id,
                 office_id: cmd.office_id.clone(),
@@ -671,13 +674,15 @@ fn decide_one(
             };
             let proto = reservation_to_proto(&reservation, false);
             state.ledger.push(stored);
-            state.office = office;
             state.office_used += 1;
             state.changed = true;
             state.live.insert(nik_hash.to_string(), reservation.clone());
             state.reservations.push(reservation);
             if let Some(Ok(point)) = state.points.get_mut(&cmd.service_point_id) {
-                point.qd = qd;
+                point.qd.held += 1;
+                if is_priority {
+                    point.qd.priority_used += 1;
+                }
                 point.dirty = true;
                 *point.by_reason.entry(i64::from(cmd.reason)).or_insert(0) += 1;
             }
@@ -832,10 +837,16 @@ pub(crate) fn cap_uses(
 
 /// Asserts the quota invariant before writing a quota day (the database checks it too).
 pub(crate) fn check_quota_invariant(qd: &QuotaDayRow) -> EngineResult<()> {
-    if qd.held < 0 || qd.committed < 0 || qd.held + qd.committed > qd.quota {
+    quota_invariant_with(qd, 0)
+}
+
+/// [`check_quota_invariant`] of `qd` with `more_held` more holds, without changing it.
+fn quota_invariant_with(qd: &QuotaDayRow, more_held: i64) -> EngineResult<()> {
+    let held = qd.held + more_held;
+    if held < 0 || qd.committed < 0 || held + qd.committed > qd.quota {
         return Err(EngineError::Internal(format!(
             "quota invariant broken at {}/{} on {}: held {} + committed {} > quota {}",
-            qd.office_id, qd.service_point_id, qd.local_date, qd.held, qd.committed, qd.quota
+            qd.office_id, qd.service_point_id, qd.local_date, held, qd.committed, qd.quota
         )));
     }
     Ok(())

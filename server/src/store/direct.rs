@@ -150,11 +150,10 @@ impl Direct {
     }
 
     /// Folds the Reserve journal into its tables: all of it (`chunk` None), in one transaction,
-    /// or one chunk of about `chunk` reservations. Takes the write gate, unless `gate_held`
-    /// says the caller holds it. Returns whether the journal is empty now; `Ok(None)`: the
+    /// or one chunk of about `chunk` reservations. Takes the write gate. Returns whether the journal is empty now; `Ok(None)`: the
     /// database was locked from outside the process, and nothing was folded.
     pub async fn fold(&self, chunk: Option<u64>) -> Result<Option<bool>, sqlx::Error> {
-        if self.journal.pending() == 0 {
+        if self.journal.is_empty() {
             return Ok(Some(true));
         }
         let _gate = self.gate.lock().await;
@@ -166,7 +165,7 @@ impl Direct {
         &self,
         chunk: Option<u64>,
     ) -> Result<Option<bool>, sqlx::Error> {
-        if self.journal.pending() == 0 {
+        if self.journal.is_empty() {
             return Ok(Some(true));
         }
         let started = std::time::Instant::now();

@@ -18,7 +18,7 @@
 //!   first, in its own transaction, and then reads the tables as usual. Every other transaction,
 //!   and every read of those tables, folds it first too ([`super::Store::begin`],
 //!   [`super::Store::reader`]): only Reserve batches ever see an unfolded journal.
-//! - A fingerprint is 64 bits of a fixed SipHash: a collision only folds the journal once more.
+//! - A fingerprint is 64 bits of FNV-1a: a collision only folds the journal once more.
 //! - The in-memory state changes only after the transaction that changed the journal table has
 //!   committed, while the write gate is still held, so no transaction ever sees one without the
 //!   other.
@@ -27,7 +27,6 @@
 //! batch folds [`FOLD_CHUNK`] of them before it writes its own rows straight into their tables.
 
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -102,7 +101,9 @@ pub struct Entry {
 #[derive(Default)]
 pub struct Change {
     appended: Option<Appended>,
+    /// Reservations, and journal rows, folded.
     folded: u64,
+    folded_rows: u64,
     emptied: bool,
 }
 
@@ -136,8 +137,11 @@ struct State {
 pub struct Journal {
     limits: Limits,
     state: Mutex<State>,
-    /// Reservations in the journal table now.
+    /// Reservations in the journal table now (for its bound and the metrics).
     pending: AtomicU64,
+    /// Rows in the journal table now: whether there is anything to fold at all (a batch whose
+    /// Reserves were all referred to IKD makes a row of stored answers and no reservation).
+    rows: AtomicU64,
     /// Batches journaled, and reservations folded, since the start (metrics and tests).
     journaled_batches: AtomicU64,
     folded: AtomicU64,
@@ -153,20 +157,24 @@ impl Journal {
                 min_expires_ms: i64::MAX,
             }),
             pending: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
             journaled_batches: AtomicU64::new(0),
             folded: AtomicU64::new(0),
         }
     }
 }
 
-/// The fingerprint of a NIK hash or request id (kinds apart, so the two never meet).
+/// The fingerprint of a NIK hash or request id (kinds apart, so the two never meet): 64-bit
+/// FNV-1a over the kind and the key. A NIK hash is already a keyed hash, and a request id is the
+/// caller's own: a collision (made on purpose or not) only folds the journal once more.
 fn fingerprint(kind: u8, key: &str) -> u64 {
-    // SipHash with fixed keys: the same in every process, which nothing relies on.
-    #[allow(deprecated)]
-    let mut hasher = std::hash::SipHasher::new();
-    kind.hash(&mut hasher);
-    key.hash(&mut hasher);
-    hasher.finish()
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = (OFFSET ^ u64::from(kind)).wrapping_mul(PRIME);
+    for &byte in key.as_bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+    }
+    hash
 }
 
 const NIK: u8 = 1;
@@ -186,6 +194,11 @@ impl Journal {
     /// Reservations waiting in the journal now.
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Whether the journal table holds no row: nothing to fold.
+    pub fn is_empty(&self) -> bool {
+        self.rows.load(Ordering::SeqCst) == 0
     }
 
     /// Batches journaled since the start.
@@ -211,7 +224,7 @@ impl Journal {
         nik_hashes: impl IntoIterator<Item = &'a str>,
         now_ms: i64,
     ) -> bool {
-        if self.pending() == 0 {
+        if self.is_empty() {
             return false;
         }
         let state = self.state();
@@ -226,7 +239,7 @@ impl Journal {
 
     /// Whether a hold in the journal may be due at `now_ms` (the sweeper folds only then).
     pub fn may_hold_due(&self, now_ms: i64) -> bool {
-        self.pending() > 0 && self.state().min_expires_ms <= now_ms
+        !self.is_empty() && self.state().min_expires_ms <= now_ms
     }
 
     /// Appends `entry` as one journal row, in the caller's transaction.
@@ -260,7 +273,8 @@ impl Journal {
     }
 
     /// Folds journal rows into their tables, oldest first, in the caller's transaction: all of
-    /// them (`limit` None) or about `limit` reservations' worth (whole rows, at least one).
+    /// them (`limit` None) or about `limit` reservations' worth (whole rows, at least one; a row
+    /// without reservations counts as one).
     pub fn fold(
         &self,
         conn: &Connection,
@@ -268,6 +282,8 @@ impl Journal {
         change: &mut Change,
     ) -> rusqlite::Result<()> {
         let mut taken: u64 = 0;
+        let mut weight: u64 = 0;
+        let mut rows_taken: u64 = 0;
         let mut last_seq = None;
         let mut select = Prepared::new(
             conn,
@@ -285,14 +301,17 @@ impl Journal {
                 break;
             }
             for (seq, body, reservations) in rows {
-                insert_rows(conn, &body)?;
-                taken += u64::try_from(reservations).unwrap_or(0);
+                insert_rows(conn, &body).map_err(|err| in_row(seq, err))?;
+                let reservations = u64::try_from(reservations).unwrap_or(0);
+                taken += reservations;
+                weight += reservations.max(1);
+                rows_taken += 1;
                 last_seq = Some(seq);
-                if limit.is_some_and(|limit| taken >= limit) {
+                if limit.is_some_and(|limit| weight >= limit) {
                     break;
                 }
             }
-            if limit.is_some_and(|limit| taken >= limit) {
+            if limit.is_some_and(|limit| weight >= limit) {
                 break;
             }
         }
@@ -309,6 +328,7 @@ impl Journal {
             Ok(())
         })?;
         change.folded += taken;
+        change.folded_rows += rows_taken;
         change.emptied = left.is_empty();
         Ok(())
     }
@@ -316,19 +336,23 @@ impl Journal {
     /// Applies what a committed transaction did to the journal table. Call it after COMMIT and
     /// before the write gate opens.
     pub fn committed(&self, change: Change) {
-        if change.folded > 0 || change.emptied {
+        if change.folded_rows > 0 || change.emptied {
             self.folded.fetch_add(change.folded, Ordering::SeqCst);
-            let _ = self
-                .pending
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                    Some(n.saturating_sub(change.folded))
+            for (count, by) in [
+                (&self.pending, change.folded),
+                (&self.rows, change.folded_rows),
+            ] {
+                let _ = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    Some(n.saturating_sub(by))
                 });
+            }
             if change.emptied {
                 let mut state = self.state();
                 state.fingerprints.clear();
                 state.fingerprints.shrink_to(1024);
                 state.min_expires_ms = i64::MAX;
                 self.pending.store(0, Ordering::SeqCst);
+                self.rows.store(0, Ordering::SeqCst);
             }
         }
         if let Some(appended) = change.appended {
@@ -338,21 +362,24 @@ impl Journal {
             drop(state);
             self.pending
                 .fetch_add(appended.reservations, Ordering::SeqCst);
+            self.rows.fetch_add(1, Ordering::SeqCst);
             self.journaled_batches.fetch_add(1, Ordering::SeqCst);
         }
     }
 
-    /// At open: the reservations a journal table left by an earlier process holds.
+    /// At open: the rows and reservations a journal table left by an earlier process holds.
     pub fn load(&self, conn: &Connection) -> rusqlite::Result<()> {
-        let pending: i64 = conn.query_row(
-            "SELECT COALESCE(SUM(reservations), 0) FROM reserve_journal",
+        let (rows, pending): (i64, i64) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(reservations), 0) FROM reserve_journal",
             [],
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
         self.pending
             .store(u64::try_from(pending).unwrap_or(0), Ordering::SeqCst);
+        self.rows
+            .store(u64::try_from(rows).unwrap_or(0), Ordering::SeqCst);
         // Nothing is known of its keys: every Reserve batch folds it first, until it is empty.
-        if pending > 0 {
+        if rows > 0 {
             self.state().min_expires_ms = i64::MIN;
         }
         Ok(())
@@ -386,6 +413,13 @@ fn insert_rows(conn: &Connection, body: &[u8]) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A fold's error, naming the journal row it could not fold (for whoever has to look at it).
+fn in_row(seq: i64, err: rusqlite::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(
+        format!("cannot fold Reserve journal row {seq}: {err}").into(),
+    )
 }
 
 fn corrupt(why: String) -> rusqlite::Error {
@@ -627,6 +661,57 @@ mod tests {
     }
 
     #[test]
+    fn a_row_without_reservations_is_still_folded() {
+        // A burst whose Reserves were all referred to IKD: stored answers, no reservation.
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE reserve_journal (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, reservations BIGINT NOT NULL);
+             CREATE TABLE idempotency (request_id TEXT, response BLOB);",
+        )
+        .unwrap();
+        let journal = Journal::new(Limits::default());
+        let mut change = Change::default();
+        let entry = Entry {
+            sections: vec![Section {
+                table: "idempotency",
+                columns: &["request_id", "response"],
+                rows: vec![vec![Value::text("r1"), Value::Bytes(vec![1])]],
+            }],
+            request_ids: vec!["r1".into()],
+            nik_hashes: vec![],
+            min_expires_ms: i64::MAX,
+            reservations: 0,
+        };
+        journal.append(&conn, entry, &mut change).unwrap();
+        journal.committed(change);
+        assert_eq!(journal.pending(), 0);
+        assert!(!journal.is_empty(), "a row to fold");
+        assert!(
+            journal.must_fold_for(["r1"], [], 0),
+            "its retry folds it first"
+        );
+
+        // A journal left by another process is known by its rows, too.
+        let reopened = Journal::new(Limits::default());
+        reopened.load(&conn).unwrap();
+        assert!(!reopened.is_empty());
+        assert!(
+            reopened.must_fold_for([], [], 0),
+            "nothing is known of its keys"
+        );
+
+        let mut change = Change::default();
+        journal.fold(&conn, Some(FOLD_CHUNK), &mut change).unwrap();
+        assert!(change.emptied());
+        journal.committed(change);
+        assert!(journal.is_empty());
+        let answers: i64 = conn
+            .query_row("SELECT COUNT(*) FROM idempotency", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(answers, 1);
+    }
+
+    #[test]
     fn a_journal_row_naming_another_table_is_refused() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
@@ -650,5 +735,6 @@ mod tests {
             .fold(&conn, None, &mut Change::default())
             .unwrap_err();
         assert!(err.to_string().contains("corrupt Reserve journal"), "{err}");
+        assert!(err.to_string().contains("row 1"), "{err}");
     }
 }

@@ -233,7 +233,7 @@ impl Store {
         })?;
         let direct = Arc::new(direct);
         // What a crash left in the Reserve journal goes into its tables before anything runs.
-        if direct.journal().pending() > 0 {
+        if !direct.journal().is_empty() {
             let pending = direct.journal().pending();
             match direct
                 .fold(None)
@@ -419,9 +419,11 @@ impl Store {
             .map_or(Duration::MAX, |d| d.journal().limits().fold_after_pause)
     }
 
-    /// Reservations waiting in the Reserve journal (0 on PostgreSQL).
-    pub fn journal_pending(&self) -> u64 {
-        self.direct.as_ref().map_or(0, |d| d.journal().pending())
+    /// Whether the Reserve journal holds rows to fold (never on PostgreSQL).
+    pub fn journal_has_rows(&self) -> bool {
+        self.direct
+            .as_ref()
+            .is_some_and(|d| !d.journal().is_empty())
     }
 
     /// SQLite: the Reserve hot path's connection (see [`direct`]). None on PostgreSQL.

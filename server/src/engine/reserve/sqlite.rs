@@ -122,7 +122,7 @@ impl Journaled<'_> {
 
     /// Folds the whole journal into its tables in this transaction, unless it is empty.
     fn fold_all(&mut self, conn: &Connection) -> rusqlite::Result<()> {
-        if self.pending() > 0 {
+        if !self.change.emptied() && !self.journal.is_empty() {
             self.journal.fold(conn, None, self.change)?;
         }
         Ok(())
@@ -221,14 +221,33 @@ fn decide(
     .collect();
 
     let mut state = BatchState::new(office, zone, now, office_used, answers, live, activated);
-    for id in point_ids(jobs.iter().map(|j| &j.cmd)) {
-        let Some(sp) = query_optional(
+    let ids = point_ids(jobs.iter().map(|j| &j.cmd));
+    // A burst spreads over the office's service points: one statement reads them all (a batch
+    // over 16 points read them with 16) unless the batch names only one.
+    let mut points: HashMap<String, ServicePointRow> = if ids.len() > 1 {
+        query(
             conn,
-            &SHARED_SQL.service_point,
-            &[Value::text(office_id), Value::text(id)],
+            &SHARED_SQL.service_points_of_office,
+            &[Value::text(office_id)],
             |r| ServicePointRow::from_row(r),
         )?
-        else {
+        .into_iter()
+        .map(|sp| (sp.service_point_id.clone(), sp))
+        .collect()
+    } else {
+        HashMap::new()
+    };
+    for id in ids {
+        let sp = match points.remove(id) {
+            Some(sp) => Some(sp),
+            None => query_optional(
+                conn,
+                &SHARED_SQL.service_point,
+                &[Value::text(office_id), Value::text(id)],
+                |r| ServicePointRow::from_row(r),
+            )?,
+        };
+        let Some(sp) = sp else {
             return Ok(None);
         };
         // The first transaction of the day computes the quota row (general path).
