@@ -256,18 +256,20 @@ fn journal_figures(engine: &Engine, registry: &mut Registry) {
         "Reservations in the Reserve journal, not yet folded into their tables (this scrape folds them next)",
         pending,
     );
-    let batches = prometheus_client::metrics::counter::Counter::<u64>::default();
-    batches.inc_by(journal.journaled_batches());
-    registry.register(
-        "blangko_reserve_journal_batches",
-        "Reserve batches written as one journal row since the start",
-        batches,
-    );
-    let folded = prometheus_client::metrics::counter::Counter::<u64>::default();
-    folded.inc_by(journal.folded());
-    registry.register(
-        "blangko_reserve_journal_folded",
-        "Reservations folded from the Reserve journal into their tables since the start",
-        folded,
-    );
+    for (name, help, value) in [
+        (
+            "blangko_reserve_journal_batches",
+            "Reserve batches written as one journal row since the start",
+            journal.journaled_batches(),
+        ),
+        (
+            "blangko_reserve_journal_folded",
+            "Reservations folded from the Reserve journal into their tables since the start",
+            journal.folded(),
+        ),
+    ] {
+        let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    }
 }

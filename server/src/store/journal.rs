@@ -23,8 +23,8 @@
 //!   committed, while the write gate is still held, so no transaction ever sees one without the
 //!   other.
 //!
-//! Bounds: at most [`Limits::max_reservations`] reservations wait in the journal; past it a
-//! batch folds [`FOLD_CHUNK`] of them before it writes its own rows straight into their tables.
+//! Bounds: at most [`Limits::max_reservations`] reservations wait in the journal; at the bound a
+//! burst's batch first folds the oldest rows, about as many reservations as it makes.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -40,8 +40,9 @@ use super::rows::Value;
 pub const JOURNAL_FROM_BATCH: usize = 2;
 /// Default for the most reservations waiting in the journal (`--reserve-journal-max`). At about
 /// 1 KB a reservation in the journal table and 32 bytes of fingerprints in memory, that is about
-/// 128 MB of file and 8 MiB of memory; folding it all takes several seconds of one core, and
-/// that is the longest a read made right after such a burst waits.
+/// 128 MB of file and 8 MiB of memory; folding it all in one transaction takes about 2 s of one
+/// core (1.8 s for 113,000 in BENCHMARKS.md), the longest a read made right after such a burst
+/// waits.
 pub const DEFAULT_MAX_PENDING_RESERVATIONS: u64 = 131_072;
 /// Default for how long an office's Reserves pause before its worker folds a chunk of the
 /// journal (`--reserve-journal-pause-ms`): longer than any gap in a burst's closed loop of calls.
@@ -551,6 +552,23 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    /// An in-memory database with the journal table and `tables` (SQL).
+    fn database(tables: &str) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE reserve_journal (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, reservations BIGINT NOT NULL);",
+        )
+        .unwrap();
+        conn.execute_batch(tables).unwrap();
+        conn
+    }
+
+    /// Rows of `table`.
+    fn count(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
     fn sections() -> Vec<Section> {
         vec![
             Section {
@@ -605,13 +623,10 @@ mod tests {
 
     #[test]
     fn a_journal_is_folded_into_its_tables_and_forgets_its_keys_once_empty() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE reserve_journal (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, reservations BIGINT NOT NULL);
-             CREATE TABLE ledger (office_id TEXT, seq BIGINT);
+        let conn = database(
+            "CREATE TABLE ledger (office_id TEXT, seq BIGINT);
              CREATE TABLE idempotency (request_id TEXT, response BLOB);",
-        )
-        .unwrap();
+        );
         let journal = Journal::new(Limits::default());
         for n in 0..3 {
             let mut change = Change::default();
@@ -638,9 +653,7 @@ mod tests {
         assert!(!change.emptied());
         journal.committed(change);
         assert_eq!(journal.pending(), 2);
-        let ledger: i64 = conn
-            .query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))
-            .unwrap();
+        let ledger = count(&conn, "ledger");
         assert_eq!(ledger, 4);
 
         let mut change = Change::default();
@@ -650,25 +663,16 @@ mod tests {
         assert_eq!(journal.pending(), 0);
         assert_eq!(journal.folded(), 6);
         assert!(!journal.must_fold_for(["r1"], ["n2"], i64::MAX));
-        let answers: i64 = conn
-            .query_row("SELECT COUNT(*) FROM idempotency", [], |r| r.get(0))
-            .unwrap();
+        let answers = count(&conn, "idempotency");
         assert_eq!(answers, 3);
-        let left: i64 = conn
-            .query_row("SELECT COUNT(*) FROM reserve_journal", [], |r| r.get(0))
-            .unwrap();
+        let left = count(&conn, "reserve_journal");
         assert_eq!(left, 0);
     }
 
     #[test]
     fn a_row_without_reservations_is_still_folded() {
         // A burst whose Reserves were all referred to IKD: stored answers, no reservation.
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE reserve_journal (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, reservations BIGINT NOT NULL);
-             CREATE TABLE idempotency (request_id TEXT, response BLOB);",
-        )
-        .unwrap();
+        let conn = database("CREATE TABLE idempotency (request_id TEXT, response BLOB);");
         let journal = Journal::new(Limits::default());
         let mut change = Change::default();
         let entry = Entry {
@@ -705,20 +709,13 @@ mod tests {
         assert!(change.emptied());
         journal.committed(change);
         assert!(journal.is_empty());
-        let answers: i64 = conn
-            .query_row("SELECT COUNT(*) FROM idempotency", [], |r| r.get(0))
-            .unwrap();
+        let answers = count(&conn, "idempotency");
         assert_eq!(answers, 1);
     }
 
     #[test]
     fn a_journal_row_naming_another_table_is_refused() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE reserve_journal (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, reservations BIGINT NOT NULL);
-             CREATE TABLE offices (office_id TEXT);",
-        )
-        .unwrap();
+        let conn = database("CREATE TABLE offices (office_id TEXT);");
         let body = encode(&[Section {
             table: "offices",
             columns: &["office_id"],

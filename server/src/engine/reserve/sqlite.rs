@@ -290,8 +290,11 @@ fn decide(
 
 /// The batch's writes, in the order of the general path's. A burst's batch (at least
 /// `JOURNAL_FROM_BATCH` Reserves) writes its ledger entries, reservations and stored answers as
-/// one journal row while the journal has room; past its bound, a chunk of it is folded first and
-/// the batch writes its rows into their tables.
+/// one journal row while the journal has room. At its bound, the batch first folds the oldest
+/// rows, about as many reservations as it makes, so a burst that outlasts the bound keeps the
+/// journal full but no fuller, and each batch pays for about its own rows (a fixed chunk of 512
+/// stalled one batch in twenty for tens of milliseconds: p99 20 ms against 10 ms without the
+/// journal in a 30 s burst, BENCHMARKS.md).
 fn write(
     conn: &Connection,
     journaled: Journaled<'_>,
@@ -310,7 +313,7 @@ fn write(
     {
         journaled
             .journal
-            .fold(conn, Some(journal::FOLD_CHUNK), journaled.change)?;
+            .fold(conn, Some(reservations.max(1)), journaled.change)?;
     }
     if burst
         && on
