@@ -19,6 +19,9 @@ pub const DEFAULT_MAX_BATCH: usize = 128;
 pub const QUEUE_CAPACITY: usize = 4096;
 /// How long an office's worker waits for work before it ends.
 pub const IDLE_EXIT: Duration = Duration::from_secs(30);
+/// How long an office's worker waits before it tries again to fold the Reserve journal after a
+/// fold failed.
+pub const FOLD_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The offices' queues.
 pub struct Batcher {
@@ -122,8 +125,10 @@ fn spawn_worker(engine: &Arc<Engine>, office_id: String) -> mpsc::Sender<Job> {
                             Ok(false) if receiver.is_empty() => {}
                             Ok(false) => break,
                             Err(err) => {
+                                // Locked by another program, or a row that cannot be folded
+                                // (the error names it): try again later, not in a tight loop.
                                 tracing::warn!(error = %err, "cannot fold the Reserve journal now; reads fold it before they read");
-                                tokio::time::sleep(pause).await;
+                                tokio::time::sleep(FOLD_RETRY_AFTER).await;
                                 break;
                             }
                         }

@@ -23,6 +23,10 @@
 //!   committed, while the write gate is still held, so no transaction ever sees one without the
 //!   other.
 //!
+//! Migrations: a journal row names the columns of its rows, so a migration that adds a column with
+//! a default to `ledger`, `reservations` or `idempotency` folds as before; one that renames or
+//! drops such a column must fold the journal first (migrations run before the start folds it).
+//!
 //! Bounds: at most [`Limits::max_reservations`] reservations wait in the journal; at the bound a
 //! burst's batch first folds the oldest rows, about as many reservations as it makes.
 
