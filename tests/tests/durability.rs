@@ -138,11 +138,11 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends one Reserve per request, all at once over several connections; the answers in order.
-async fn burst(
+/// Sends one Reserve per request, all at once over several connections; the outcomes in order.
+async fn send_all(
     server: &TestServer,
     requests: &[ReserveRequest],
-) -> anyhow::Result<Vec<Reservation>> {
+) -> anyhow::Result<Vec<Option<Outcome>>> {
     const CONNECTIONS: usize = 8;
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -154,14 +154,26 @@ async fn burst(
         let request = request.clone();
         tasks.push(tokio::spawn(async move { client.reserve(request).await }));
     }
-    let mut reservations = Vec::new();
+    let mut outcomes = Vec::new();
     for task in tasks {
-        match task.await??.into_inner().outcome {
-            Some(Outcome::Reservation(r)) => reservations.push(r),
-            other => anyhow::bail!("expected a reservation, got {other:?}"),
-        }
+        outcomes.push(task.await??.into_inner().outcome);
     }
-    Ok(reservations)
+    Ok(outcomes)
+}
+
+/// [`send_all`], each answer a reservation.
+async fn burst(
+    server: &TestServer,
+    requests: &[ReserveRequest],
+) -> anyhow::Result<Vec<Reservation>> {
+    send_all(server, requests)
+        .await?
+        .into_iter()
+        .map(|outcome| match outcome {
+            Some(Outcome::Reservation(r)) => Ok(r),
+            other => anyhow::bail!("expected a reservation, got {other:?}"),
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -272,18 +284,7 @@ async fn a_burst_that_was_all_referred_to_ikd_keeps_its_answers() -> anyhow::Res
     let requests: Vec<ReserveRequest> = (100..160)
         .map(|n| reserve_request("3275", "main", n))
         .collect();
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        clients.push(server.counter_client().await?);
-    }
-    let mut tasks = Vec::new();
-    for (i, request) in requests.iter().enumerate() {
-        let mut client = clients[i % clients.len()].clone();
-        let request = request.clone();
-        tasks.push(tokio::spawn(async move { client.reserve(request).await }));
-    }
-    for task in tasks {
-        let outcome = task.await??.into_inner().outcome;
+    for outcome in send_all(&server, &requests).await? {
         assert!(
             matches!(&outcome, Some(Outcome::IkdReferral(r)) if r.cause() == ReferralCause::QuotaExhausted),
             "{outcome:?}"

@@ -150,23 +150,21 @@ impl Direct {
     }
 
     /// Folds the Reserve journal into its tables: all of it (`chunk` None), in one transaction,
-    /// or one chunk of about `chunk` reservations. Takes the write gate. Returns whether the journal is empty now; `Ok(None)`: the
-    /// database was locked from outside the process, and nothing was folded.
-    pub async fn fold(&self, chunk: Option<u64>) -> Result<Option<bool>, sqlx::Error> {
+    /// or one chunk of about `chunk` reservations. Takes the write gate. Returns whether the
+    /// journal is empty now. The database locked by another program is an error (retryable):
+    /// nothing was folded, and a transaction or read must not go on without it.
+    pub async fn fold(&self, chunk: Option<u64>) -> Result<bool, sqlx::Error> {
         if self.journal.is_empty() {
-            return Ok(Some(true));
+            return Ok(true);
         }
         let _gate = self.gate.lock().await;
         self.fold_holding_gate(chunk)
     }
 
     /// [`Direct::fold`] for a caller that holds the write gate.
-    pub(super) fn fold_holding_gate(
-        &self,
-        chunk: Option<u64>,
-    ) -> Result<Option<bool>, sqlx::Error> {
+    pub(super) fn fold_holding_gate(&self, chunk: Option<u64>) -> Result<bool, sqlx::Error> {
         if self.journal.is_empty() {
-            return Ok(Some(true));
+            return Ok(true);
         }
         let started = std::time::Instant::now();
         let before = self.journal.pending();
@@ -175,7 +173,8 @@ impl Direct {
                 journal.fold(tx, chunk, change)?;
                 Ok::<_, StoreError>((change.emptied(), true))
             })
-            .map_err(|StoreError(err)| err)?;
+            .map_err(|StoreError(err)| err)?
+            .ok_or(sqlx::Error::PoolTimedOut)?;
         tracing::debug!(
             folded = before.saturating_sub(self.journal.pending()),
             left = self.journal.pending(),

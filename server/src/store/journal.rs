@@ -69,6 +69,7 @@ impl Default for Limits {
         }
     }
 }
+
 /// Most reservations folded in one transaction by the folds that let Reserves go between them
 /// (after a pause, and past the bound): about 10-20 ms of the write gate.
 pub const FOLD_CHUNK: u64 = 512;
@@ -89,13 +90,13 @@ pub struct Section {
 }
 
 /// One batch's rows, and what the journal must remember of them until they are folded.
-pub struct Entry {
+pub struct Entry<'a> {
     /// The rows, table by table, in the order they are inserted when folded.
     pub sections: Vec<Section>,
     /// The request ids whose answers the entry stores.
-    pub request_ids: Vec<String>,
+    pub request_ids: Vec<&'a str>,
     /// The NIK hashes of the reservations it makes.
-    pub nik_hashes: Vec<String>,
+    pub nik_hashes: Vec<&'a str>,
     /// The earliest expiry of its holds (i64::MAX: none).
     pub min_expires_ms: i64,
     /// Reservations it makes.
@@ -191,9 +192,9 @@ impl Journal {
         self.limits
     }
 
-    /// Whether `reservations` more fit in the journal beside `pending`.
+    /// Whether `reservations` more fit in the journal beside `pending` (never when it is off).
     pub fn has_room(&self, pending: u64, reservations: u64) -> bool {
-        pending + reservations <= self.limits.max_reservations
+        self.limits.max_reservations > 0 && pending + reservations <= self.limits.max_reservations
     }
 
     /// Reservations waiting in the journal now.
@@ -251,7 +252,7 @@ impl Journal {
     pub fn append(
         &self,
         conn: &Connection,
-        entry: Entry,
+        entry: Entry<'_>,
         change: &mut Change,
     ) -> rusqlite::Result<()> {
         let body = encode(&entry.sections);
@@ -290,35 +291,29 @@ impl Journal {
         let mut weight: u64 = 0;
         let mut rows_taken: u64 = 0;
         let mut last_seq = None;
-        let mut select = Prepared::new(
+        // One row at a time (a row holds a whole batch), oldest first.
+        let mut next = Prepared::new(
             conn,
-            "SELECT seq, body, reservations FROM reserve_journal WHERE seq > ?1 ORDER BY seq LIMIT 16",
+            "SELECT seq, body, reservations FROM reserve_journal WHERE seq > ?1 ORDER BY seq LIMIT 1",
         )?;
-        loop {
-            let rows = select.query(&[Value::Int(last_seq.unwrap_or(0))], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, Vec<u8>>(1)?,
-                    row.get::<_, i64>(2)?,
-                ))
-            })?;
-            if rows.is_empty() {
+        while limit.is_none_or(|limit| weight < limit) {
+            let Some((seq, body, reservations)) =
+                next.query_optional(&[Value::Int(last_seq.unwrap_or(0))], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })?
+            else {
                 break;
-            }
-            for (seq, body, reservations) in rows {
-                insert_rows(conn, &body).map_err(|err| in_row(seq, err))?;
-                let reservations = u64::try_from(reservations).unwrap_or(0);
-                taken += reservations;
-                weight += reservations.max(1);
-                rows_taken += 1;
-                last_seq = Some(seq);
-                if limit.is_some_and(|limit| weight >= limit) {
-                    break;
-                }
-            }
-            if limit.is_some_and(|limit| weight >= limit) {
-                break;
-            }
+            };
+            insert_rows(conn, &body).map_err(|err| in_row(seq, err))?;
+            let reservations = u64::try_from(reservations).unwrap_or(0);
+            taken += reservations;
+            weight += reservations.max(1);
+            rows_taken += 1;
+            last_seq = Some(seq);
         }
         let Some(last_seq) = last_seq else {
             change.emptied = true;
@@ -633,11 +628,12 @@ mod tests {
         );
         let journal = Journal::new(Limits::default());
         for n in 0..3 {
+            let (request_id, nik_hash) = (format!("r{n}"), format!("n{n}"));
             let mut change = Change::default();
             let entry = Entry {
                 sections: sections(),
-                request_ids: vec![format!("r{n}")],
-                nik_hashes: vec![format!("n{n}")],
+                request_ids: vec![&request_id],
+                nik_hashes: vec![&nik_hash],
                 min_expires_ms: 1_000 + n,
                 reservations: 2,
             };
@@ -685,7 +681,7 @@ mod tests {
                 columns: &["request_id", "response"],
                 rows: vec![vec![Value::text("r1"), Value::Bytes(vec![1])]],
             }],
-            request_ids: vec!["r1".into()],
+            request_ids: vec!["r1"],
             nik_hashes: vec![],
             min_expires_ms: i64::MAX,
             reservations: 0,

@@ -235,19 +235,14 @@ impl Store {
         // What a crash left in the Reserve journal goes into its tables before anything runs.
         if !direct.journal().is_empty() {
             let pending = direct.journal().pending();
-            match direct
+            direct
                 .fold(None)
                 .await
-                .context("cannot fold the Reserve journal")?
-            {
-                Some(true) => tracing::info!(
-                    reservations = pending,
-                    "Reserve journal left by the last run folded into its tables"
-                ),
-                _ => anyhow::bail!(
-                    "cannot fold the Reserve journal: the database is locked by another program"
-                ),
-            }
+                .context("cannot fold the Reserve journal left by the last run")?;
+            tracing::info!(
+                reservations = pending,
+                "Reserve journal left by the last run folded into its tables"
+            );
         }
         let reads = direct::Reads::new(path, &pragmas);
         checkpoint::spawn(reader.clone(), Arc::clone(&direct), database_file.clone());
@@ -317,7 +312,7 @@ impl Store {
             Some(direct) => {
                 let gate = direct.gate().lock_owned().await;
                 // Only Reserve batches work beside an unfolded journal (see `journal`).
-                fold_or_busy(direct.fold_holding_gate(None))?;
+                direct.fold_holding_gate(None)?;
                 Some(gate)
             }
             None => None,
@@ -384,7 +379,7 @@ impl Store {
         if let Some(direct) = &self.direct
             && direct.journal().may_hold_due(now_ms)
         {
-            fold_or_busy(direct.fold(None).await)?;
+            direct.fold(None).await?;
         }
         Ok(&self.reader)
     }
@@ -393,7 +388,7 @@ impl Store {
     /// is empty).
     pub async fn fold_journal(&self) -> Result<(), sqlx::Error> {
         match &self.direct {
-            Some(direct) => fold_or_busy(direct.fold(None).await),
+            Some(direct) => direct.fold(None).await.map(drop),
             None => Ok(()),
         }
     }
@@ -402,11 +397,7 @@ impl Store {
     /// is empty now (true on PostgreSQL).
     pub async fn fold_journal_chunk(&self) -> Result<bool, sqlx::Error> {
         match &self.direct {
-            // Locked by another program: an error, so the caller waits before it tries again.
-            Some(direct) => direct
-                .fold(Some(journal::FOLD_CHUNK))
-                .await?
-                .ok_or(sqlx::Error::PoolTimedOut),
+            Some(direct) => direct.fold(Some(journal::FOLD_CHUNK)).await,
             None => Ok(true),
         }
     }
@@ -463,7 +454,7 @@ impl Store {
         if let Some(direct) = &self.direct {
             // A journal left here would be folded at the next start; folding it now leaves the
             // file whole for other programs (backups, sqlite3).
-            if let Err(err) = fold_or_busy(direct.fold(None).await) {
+            if let Err(err) = direct.fold(None).await {
                 tracing::warn!(error = %err, "cannot fold the Reserve journal before closing; the next start folds it");
             }
             // Waits for a batch still running on it (the connection's mutex).
@@ -474,15 +465,6 @@ impl Store {
         }
         self.reader.close().await;
         self.writer.close().await;
-    }
-}
-
-/// A fold's answer as the callers above need it: the database locked by another program leaves
-/// the journal unfolded, and a transaction or read must not go on without it (retryable).
-fn fold_or_busy(folded: Result<Option<bool>, sqlx::Error>) -> Result<(), sqlx::Error> {
-    match folded? {
-        Some(_) => Ok(()),
-        None => Err(sqlx::Error::PoolTimedOut),
     }
 }
 

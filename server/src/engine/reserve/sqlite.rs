@@ -127,6 +127,29 @@ impl Journaled<'_> {
         }
         Ok(())
     }
+
+    /// Whether a batch of `batch` Reserves making `reservations` writes its rows as a journal
+    /// row: a burst's batch (at least `JOURNAL_FROM_BATCH`) while the journal has room. At its
+    /// bound the batch first folds the oldest rows, about as many reservations as it makes, so a
+    /// burst that outlasts the bound keeps the journal full but no fuller, and each batch pays
+    /// for about its own rows (a fixed chunk of 512 stalled one batch in twenty for tens of
+    /// milliseconds: p99 20 ms against 10 ms without the journal in a 30 s burst,
+    /// BENCHMARKS.md).
+    fn takes(
+        &mut self,
+        conn: &Connection,
+        batch: usize,
+        reservations: u64,
+    ) -> rusqlite::Result<bool> {
+        if batch < journal::JOURNAL_FROM_BATCH || self.journal.limits().max_reservations == 0 {
+            return Ok(false);
+        }
+        if !self.journal.has_room(self.pending(), reservations) && !self.journal.is_empty() {
+            self.journal
+                .fold(conn, Some(reservations.max(1)), self.change)?;
+        }
+        Ok(self.journal.has_room(self.pending(), reservations))
+    }
 }
 
 /// The batch in one transaction: None when it needs the general path (nothing written).
@@ -288,45 +311,24 @@ fn decide(
     Ok(Some((answers, state.changed)))
 }
 
-/// The batch's writes, in the order of the general path's. A burst's batch (at least
-/// `JOURNAL_FROM_BATCH` Reserves) writes its ledger entries, reservations and stored answers as
-/// one journal row while the journal has room. At its bound, the batch first folds the oldest
-/// rows, about as many reservations as it makes, so a burst that outlasts the bound keeps the
-/// journal full but no fuller, and each batch pays for about its own rows (a fixed chunk of 512
-/// stalled one batch in twenty for tens of milliseconds: p99 20 ms against 10 ms without the
-/// journal in a 30 s burst, BENCHMARKS.md).
+/// The batch's writes, in the order of the general path's: its ledger entries, reservations and
+/// stored answers as one journal row when the journal takes them ([`Journaled::takes`]), else
+/// into their tables.
 fn write(
     conn: &Connection,
-    journaled: Journaled<'_>,
+    mut journaled: Journaled<'_>,
     office_id: &str,
     jobs: &[Job],
     state: &mut BatchState,
 ) -> EngineResult<()> {
     let reservations = state.reservations.len() as u64;
-    let burst = jobs.len() >= journal::JOURNAL_FROM_BATCH;
-    let on = journaled.journal.limits().max_reservations > 0;
-    if burst
-        && on
-        && !journaled
-            .journal
-            .has_room(journaled.pending(), reservations)
-    {
-        journaled
-            .journal
-            .fold(conn, Some(reservations.max(1)), journaled.change)?;
-    }
-    if burst
-        && on
-        && journaled
-            .journal
-            .has_room(journaled.pending(), reservations)
-    {
+    if journaled.takes(conn, jobs.len(), reservations)? {
         let entry = journal::Entry {
-            request_ids: jobs.iter().map(|j| j.cmd.request_id.clone()).collect(),
+            request_ids: jobs.iter().map(|j| j.cmd.request_id.as_str()).collect(),
             nik_hashes: state
                 .reservations
                 .iter()
-                .map(|r| r.nik_hash.clone())
+                .map(|r| r.nik_hash.as_str())
                 .collect(),
             min_expires_ms: state
                 .reservations
