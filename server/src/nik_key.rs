@@ -20,6 +20,9 @@ pub const KEY_LEN: usize = 32;
 #[derive(Clone)]
 pub struct NikKey {
     key: [u8; KEY_LEN],
+    /// HMAC-SHA-256 with the key already absorbed: each hash clones it instead of keying a new
+    /// one (two of a short message's four SHA-256 blocks, on every Reserve twice).
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for NikKey {
@@ -35,14 +38,21 @@ impl NikKey {
         let key: [u8; KEY_LEN] = bytes
             .try_into()
             .map_err(|_| anyhow::anyhow!("the NIK key must be 64 hex characters (32 bytes)"))?;
-        Ok(NikKey { key })
+        Ok(NikKey::new(key))
+    }
+
+    fn new(key: [u8; KEY_LEN]) -> NikKey {
+        // HMAC accepts keys of any length, so this cannot fail for our 32-byte key.
+        let keyed = match <Hmac<Sha256> as Mac>::new_from_slice(&key) {
+            Ok(mac) => mac,
+            Err(_) => unreachable!("HMAC-SHA-256 takes keys of any length"),
+        };
+        NikKey { key, keyed }
     }
 
     /// A fresh random key.
     pub fn generate() -> NikKey {
-        NikKey {
-            key: rand::random(),
-        }
+        NikKey::new(rand::random())
     }
 
     /// Reads the key file, or creates it (mode 0600) when `create` is true and it is missing.
@@ -91,11 +101,7 @@ impl NikKey {
     }
 
     fn mac(&self, parts: &[&[u8]]) -> String {
-        // HMAC accepts keys of any length, so this cannot fail for our 32-byte key.
-        let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(&self.key) {
-            Ok(mac) => mac,
-            Err(_) => unreachable!("HMAC-SHA-256 takes keys of any length"),
-        };
+        let mut mac = self.keyed.clone();
         for part in parts {
             mac.update(part);
         }
@@ -131,6 +137,42 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_is_hmac_sha256_of_its_parts_so_stored_hashes_stay_valid() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        let mut key = [0u8; KEY_LEN];
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"what do ya want for nothing?");
+        assert_eq!(
+            crate::lower_hex(&mac.finalize().into_bytes()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // The keyed state the key keeps gives what a fresh HMAC of the same parts gives, for
+        // every hash it makes (a NIK's hash is stored: it must not change between versions).
+        key[..4].copy_from_slice(b"Jefe");
+        let key = NikKey::from_hex(&crate::lower_hex(&key)).unwrap();
+        let fresh = |parts: &[&[u8]]| {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.key).unwrap();
+            for part in parts {
+                mac.update(part);
+            }
+            crate::lower_hex(&mac.finalize().into_bytes())
+        };
+        assert_eq!(
+            key.hash_nik("3275014101900001"),
+            fresh(&[b"nik\0", b"3275014101900001"])
+        );
+        assert_eq!(
+            key.fingerprint("Reserve", b"abc"),
+            fresh(&[b"req\0Reserve\0abc"])
+        );
+        assert_eq!(
+            key.hash_nik("x"),
+            key.hash_nik("x"),
+            "the state is not used up"
+        );
+    }
 
     #[test]
     fn request_ids_that_could_hold_a_nik_are_kept_as_a_keyed_hash() {

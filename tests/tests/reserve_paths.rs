@@ -213,6 +213,81 @@ async fn writes_through_both_connections_never_overlap() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The hot path keeps an office's rows (the office, its service points, today's quota rows)
+/// from one batch to the next. A change by anything else must reach the very next Reserve: a
+/// stock operation through the API (sqlx's connection) and another program writing the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_reserve_sees_what_others_changed_since_the_last_batch() -> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+    let server = TestServer::start_with_clock(
+        db.clone(),
+        &["--metrics-listen", "127.0.0.1:0"],
+        Arc::new(clock),
+    )
+    .await?;
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    fixtures::office_with_point(&mut stock, "3275", "mpp", 10, 10).await?;
+    // The first Reserve makes the quota row (general path), the next two are the hot path's.
+    for n in 1..=3 {
+        reservation(send(&mut counter, reserve_request("3275", "mpp", n)).await?)?;
+    }
+    assert_eq!(batches(&server).await?, (2.0, 1.0));
+
+    // Another program lowers today's quota to what is used: the next Reserve is refused.
+    let file = db.sqlite_file().ok_or_else(|| anyhow::anyhow!("SQLite"))?;
+    sqlx::any::install_default_drivers();
+    let other = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
+    sqlx::query("UPDATE quota_days SET quota = 3 WHERE office_id = '3275'")
+        .execute(&other)
+        .await?;
+    match send(&mut counter, reserve_request("3275", "mpp", 4)).await? {
+        Outcome::IkdReferral(referral) => {
+            assert_eq!(referral.cause(), ReferralCause::QuotaExhausted);
+        }
+        other => anyhow::bail!("the quota another program set was not seen: {other:?}"),
+    }
+    assert_eq!(
+        fixtures::quota_snapshot(&mut counter, "3275", "mpp")
+            .await?
+            .held,
+        3
+    );
+    sqlx::query("UPDATE quota_days SET quota = 10 WHERE office_id = '3275'")
+        .execute(&other)
+        .await?;
+    other.close().await;
+    reservation(send(&mut counter, reserve_request("3275", "mpp", 5)).await?)?;
+
+    // Through the API: a stock-take finds 5 blanks of 10, 4 of them held, so one is left.
+    stock
+        .adjust_stock(AdjustStockRequest {
+            request_id: fixtures::rid(),
+            office_id: "3275".into(),
+            counted_on_hand: 5,
+            note: "stock opname: 5 hilang".into(),
+        })
+        .await?;
+    reservation(send(&mut counter, reserve_request("3275", "mpp", 6)).await?)?;
+    match send(&mut counter, reserve_request("3275", "mpp", 7)).await? {
+        Outcome::IkdReferral(referral) => {
+            assert_eq!(referral.cause(), ReferralCause::OutOfStock);
+        }
+        other => anyhow::bail!("the stock written off through the API was not seen: {other:?}"),
+    }
+    let level = fixtures::stock_level(&mut stock, "3275").await?;
+    assert_eq!((level.on_hand, level.held, level.available), (5, 5, 0));
+    let (direct, general) = batches(&server).await?;
+    assert_eq!(
+        general, 1.0,
+        "every Reserve after the first ran on the hot path"
+    );
+    assert_eq!(direct, 6.0);
+    assert!(fixtures::ledger_intact(&mut stock, "3275").await?);
+    Ok(())
+}
+
 /// The PostgreSQL Reserve batch reads its rows as JSON, where BYTEA (the service point's policy,
 /// a stored answer) comes in the connection's `bytea_output` format. A database whose default is
 /// `escape` still reserves, replays and refers: the server sets hex on its own connections.

@@ -75,6 +75,8 @@ pub struct Engine {
     /// The local date before which every reservation's NIK hash is purged already (found by the
     /// last complete retention purge), so that the next one reads only the days since.
     pub(crate) purged_before: std::sync::Mutex<Option<String>>,
+    /// The offices' rows the SQLite hot path keeps between Reserve batches.
+    pub(crate) kept_offices: reserve::KeptOffices,
 }
 
 impl Engine {
@@ -112,6 +114,7 @@ impl Engine {
             started_ms,
             metrics: Arc::new(crate::metrics::Metrics::new()),
             purged_before: std::sync::Mutex::new(None),
+            kept_offices: reserve::KeptOffices::default(),
         }
     }
 

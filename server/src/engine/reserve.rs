@@ -4,7 +4,10 @@
 
 mod sqlite;
 
+pub(crate) use sqlite::KeptOffices;
+
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use blangko_proto::v1::{
     IkdReferral, IkdStatus, LedgerEntryKind, QuotaPolicy, QuotaSnapshot, ReferralCause,
@@ -83,10 +86,30 @@ pub(crate) struct DecidedBatch {
 /// holds), so that watchers are told.
 pub(crate) type BatchAnswers = (Vec<EngineResult<ReserveResponse>>, bool);
 
-/// A service point touched by the batch, with its quota row kept in memory until the end.
-struct PointState {
+/// A service point's settings as a batch decides with them, parsed once from its row: its
+/// policy, its calendar and the reasons that may use its priority share. The SQLite hot path
+/// keeps them between batches (`reserve/sqlite.rs`), shared.
+pub(crate) struct PointConfig {
     policy: QuotaPolicy,
     calendar: ServiceCalendar,
+    priority: Vec<i32>,
+}
+
+impl PointConfig {
+    /// The settings of a service point's row (a stored policy that no longer decodes: INTERNAL).
+    pub(crate) fn of(sp: &rows::ServicePointRow) -> EngineResult<PointConfig> {
+        let policy = policy_of(sp)?;
+        Ok(PointConfig {
+            calendar: calendar_of(sp),
+            priority: priority_reasons(&policy),
+            policy,
+        })
+    }
+}
+
+/// A service point touched by the batch, with its quota row kept in memory until the end.
+struct PointState {
+    config: Arc<PointConfig>,
     qd: QuotaDayRow,
     waiting: i64,
     /// Live reservations today per reason (loaded only when the policy caps reasons).
@@ -97,15 +120,13 @@ struct PointState {
 impl PointState {
     /// A service point as the batch found it.
     fn new(
-        sp: &rows::ServicePointRow,
-        policy: QuotaPolicy,
+        config: Arc<PointConfig>,
         qd: QuotaDayRow,
         waiting: i64,
         by_reason: HashMap<i64, i64>,
     ) -> PointState {
         PointState {
-            calendar: calendar_of(sp),
-            policy,
+            config,
             qd,
             waiting,
             by_reason,
@@ -126,15 +147,19 @@ struct BatchState {
     /// Held plus committed today over the office (kept up to date in memory).
     office_used: i64,
     points: HashMap<String, EngineResult<PointState>>,
-    /// Answers already stored, by request id (prefetched), and those given in this batch.
+    /// Answers already stored, by request id (prefetched).
     answers: HashMap<String, rows::StoredAnswer>,
-    /// Live reservations of the batch's NIKs (prefetched), plus those made in this batch.
+    /// The answers given in this batch ([`BatchState::new_answers`]), by request id.
+    given: HashMap<String, usize>,
+    /// Live reservations of the batch's NIKs (prefetched).
     live: HashMap<String, ReservationRow>,
+    /// The reservations made in this batch ([`BatchState::reservations`]), by NIK hash.
+    made: HashMap<String, usize>,
     /// NIKs with a recorded IKD activation (prefetched where the office requires IKD first).
     activated: std::collections::HashSet<String>,
     ledger: Vec<ledger::StoredEntry>,
     reservations: Vec<ReservationRow>,
-    new_answers: Vec<Vec<rows::Value>>,
+    new_answers: Vec<NewAnswer>,
     changed: bool,
     /// IKD referrals given in this batch, by cause (counted for the daily stock report).
     referrals: HashMap<i32, i64>,
@@ -161,7 +186,9 @@ impl BatchState {
             office_used,
             points: HashMap::new(),
             answers,
+            given: HashMap::new(),
             live,
+            made: HashMap::new(),
             activated,
             ledger: Vec::new(),
             reservations: Vec::new(),
@@ -169,6 +196,48 @@ impl BatchState {
             changed: false,
             referrals: HashMap::new(),
         }
+    }
+
+    /// The answer stored or given in this batch for a request id: method, fingerprint, bytes.
+    fn answer(&self, request_id: &str) -> Option<(&str, &str, &[u8])> {
+        if let Some(&i) = self.given.get(request_id) {
+            let a = &self.new_answers[i];
+            return Some((RESERVE, &a.fingerprint, &a.response));
+        }
+        self.answers.get(request_id).map(|a| {
+            (
+                a.method.as_str(),
+                a.fingerprint.as_str(),
+                a.response.as_slice(),
+            )
+        })
+    }
+
+    /// The live reservation of a NIK today: found by the batch's reads, or made in this batch.
+    fn live_of(&self, nik_hash: &str) -> Option<&ReservationRow> {
+        match self.made.get(nik_hash) {
+            Some(&i) => self.reservations.get(i),
+            None => self.live.get(nik_hash),
+        }
+    }
+
+    /// The answers given in this batch as `idempotency` rows (in [`IDEMPOTENCY_COLUMNS`]
+    /// order), taken out of the batch: they are written once.
+    fn take_answer_rows(&mut self) -> Vec<Vec<rows::Value>> {
+        self.given.clear();
+        let now = self.now;
+        std::mem::take(&mut self.new_answers)
+            .into_iter()
+            .map(|a| {
+                vec![
+                    rows::Value::Text(a.request_id),
+                    rows::Value::Text(RESERVE.to_string()),
+                    rows::Value::Text(a.fingerprint),
+                    rows::Value::Bytes(a.response),
+                    rows::Value::Int(now),
+                ]
+            })
+            .collect()
     }
 
     /// The batch's new reservations as `reservations` rows, in insert-column order.
@@ -410,7 +479,7 @@ impl Engine {
             conn,
             "idempotency",
             &IDEMPOTENCY_COLUMNS,
-            std::mem::take(&mut state.new_answers),
+            state.take_answer_rows(),
         )
         .await?;
         for (cause, referrals) in &state.referrals {
@@ -451,7 +520,7 @@ impl Engine {
         write.insert(
             "idempotency",
             &IDEMPOTENCY_COLUMNS,
-            std::mem::take(&mut state.new_answers),
+            state.take_answer_rows(),
         );
         write.rows(
             rows::IKD_REFERRALS_UPSERT_ROWS,
@@ -521,13 +590,13 @@ impl Engine {
                 .await?
             }
         };
-        let policy = policy_of(&sp)?;
-        let by_reason = if policy.reason_caps.is_empty() {
+        let config = Arc::new(PointConfig::of(&sp)?);
+        let by_reason = if config.policy.reason_caps.is_empty() {
             HashMap::new()
         } else {
             rows::live_counts_by_reason(conn, office_id, &sp.service_point_id, &state.date).await?
         };
-        Ok(PointState::new(&sp, policy, qd, waiting, by_reason))
+        Ok(PointState::new(config, qd, waiting, by_reason))
     }
 
     /// The answer stored for `request_id`, if any; ALREADY_EXISTS if it was for other content.
@@ -574,11 +643,11 @@ fn decide_one(
     nik_hash: &str,
 ) -> EngineResult<ReserveResponse> {
     // The same request id again (stored earlier, or earlier in this batch).
-    if let Some(stored) = state.answers.get(&cmd.request_id) {
-        if stored.method != RESERVE || stored.fingerprint != cmd.fingerprint {
-            return Err(request_id_reused(&cmd.request_id, &stored.method));
+    if let Some((method, fingerprint, bytes)) = state.answer(&cmd.request_id) {
+        if method != RESERVE || fingerprint != cmd.fingerprint {
+            return Err(request_id_reused(&cmd.request_id, method));
         }
-        let mut response: ReserveResponse = super::decode_answer(&stored.response)?;
+        let mut response: ReserveResponse = super::decode_answer(bytes)?;
         match response.outcome.as_mut() {
             Some(Outcome::Reservation(r)) => r.replayed = true,
             Some(Outcome::IkdReferral(r)) => r.replayed = true,
@@ -599,7 +668,7 @@ fn decide_one(
     };
 
     // One person, one blank a day (rule 7).
-    if let Some(existing) = state.live.get(nik_hash) {
+    if let Some(existing) = state.live_of(nik_hash) {
         if existing.office_id != cmd.office_id || existing.service_point_id != cmd.service_point_id
         {
             return Err(EngineError::FailedPrecondition {
@@ -626,9 +695,9 @@ fn decide_one(
                 state.today,
                 state.now,
                 &state.office,
-                &point.policy,
+                &point.config.policy,
                 &point.qd,
-                &point.calendar,
+                &point.config.calendar,
             );
             *state.referrals.entry(referral.cause).or_insert(0) += 1;
             Outcome::IkdReferral(referral)
@@ -637,7 +706,7 @@ fn decide_one(
             // Everything that can refuse comes first: the quota invariant with one more hold,
             // then the ledger chain's stock checks (which change the office row only when they
             // pass). The batch's state changes only after both.
-            let is_priority = priority_reasons(&point.policy).contains(&cmd.reason);
+            let is_priority = point.config.priority.contains(&cmd.reason);
             quota_invariant_with(&point.qd, 1)?;
             let reservation_id = new_reservation_id(state.now);
             let masked_nik = cmd.nik.masked();
@@ -676,7 +745,9 @@ fn decide_one(
             state.ledger.push(stored);
             state.office_used += 1;
             state.changed = true;
-            state.live.insert(nik_hash.to_string(), reservation.clone());
+            state
+                .made
+                .insert(nik_hash.to_string(), state.reservations.len());
             state.reservations.push(reservation);
             if let Some(Ok(point)) = state.points.get_mut(&cmd.service_point_id) {
                 point.qd.held += 1;
@@ -741,31 +812,31 @@ fn request_id_reused(request_id: &str, method: &str) -> EngineError {
     }
 }
 
+/// An answer given in the batch, kept for its end (and for a repeat of its request id in the
+/// batch).
+struct NewAnswer {
+    request_id: String,
+    fingerprint: String,
+    response: Vec<u8>,
+}
+
 /// Keeps an answer for the end of the batch (and for a repeat of its request id in the batch).
 fn record_answer(state: &mut BatchState, cmd: &ReserveCommand, response: &ReserveResponse) {
-    let bytes = response.encode_to_vec();
-    state.new_answers.push(vec![
-        rows::Value::Text(cmd.request_id.clone()),
-        rows::Value::Text(RESERVE.to_string()),
-        rows::Value::Text(cmd.fingerprint.clone()),
-        rows::Value::Bytes(bytes.clone()),
-        rows::Value::Int(state.now),
-    ]);
-    state.answers.insert(
-        cmd.request_id.clone(),
-        rows::StoredAnswer {
-            method: RESERVE.to_string(),
-            fingerprint: cmd.fingerprint.clone(),
-            response: bytes,
-        },
-    );
+    state
+        .given
+        .insert(cmd.request_id.clone(), state.new_answers.len());
+    state.new_answers.push(NewAnswer {
+        request_id: cmd.request_id.clone(),
+        fingerprint: cmd.fingerprint.clone(),
+        response: response.encode_to_vec(),
+    });
 }
 
 /// The snapshot of a service point from the batch's state.
 fn batch_snapshot(state: &BatchState, point: &PointState) -> EngineResult<QuotaSnapshot> {
     snapshot_from(
         &state.office,
-        &point.policy,
+        &point.config.policy,
         &point.qd,
         state.zone,
         state.now,
@@ -795,10 +866,10 @@ fn admission(
             return Ok(Some(ReferralKind::IkdRequired));
         }
     }
-    let is_priority = priority_reasons(&point.policy).contains(&cmd.reason);
+    let is_priority = point.config.priority.contains(&cmd.reason);
     let mut input = admission_figures(
         &state.office,
-        &point.policy,
+        &point.config.policy,
         &point.qd,
         state.zone,
         state.today,
@@ -806,7 +877,7 @@ fn admission(
         is_priority,
         state.office_used,
     );
-    input.reason_caps = cap_uses(&point.policy, cmd.reason, &point.by_reason);
+    input.reason_caps = cap_uses(&point.config.policy, cmd.reason, &point.by_reason);
     Ok(quota::decide(&input).err().map(ReferralKind::from))
 }
 

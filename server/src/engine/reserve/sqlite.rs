@@ -11,16 +11,18 @@
 //! path waits for it (bounded by the busy time-out and the request time-out) on sqlx's thread.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use blangko_proto::v1::IkdStatus;
 use rusqlite::Connection;
 
 use super::{
-    BatchAnswers, BatchState, IDEMPOTENCY_COLUMNS, Job, PointState, decide_batch, point_ids,
+    BatchAnswers, BatchState, IDEMPOTENCY_COLUMNS, Job, PointConfig, PointState, decide_batch,
+    point_ids,
 };
+use crate::domain::calendar::OfficeZone;
 use crate::engine::ledger::{self, LEDGER_COLUMNS};
-use crate::engine::{Engine, EngineError, EngineResult, QUEUE_REPORT_TTL_MS, policy_of, zone_of};
+use crate::engine::{Engine, EngineError, EngineResult, QUEUE_REPORT_TTL_MS, zone_of};
 use crate::store::direct::{self, Prepared, SHARED_SQL, execute, numbered, query, query_optional};
 use crate::store::journal::{self, Change, Journal};
 use crate::store::rows::{
@@ -80,6 +82,147 @@ fn insert_one(table: &str, columns: &[&str]) -> String {
     )
 }
 
+/// Offices whose rows the hot path keeps between batches, at most this many (past it, the
+/// least recently used office is forgotten and read again from the database when its next
+/// batch comes).
+pub const MAX_KEPT_OFFICES: usize = 1024;
+
+/// What the hot path keeps of an office between two of its batches: the office row, its service
+/// points' settings (parsed) and today's quota rows, as the last batch's COMMIT left them. A
+/// burst's batch then reads none of them again (with 16 service points that was about a tenth
+/// of a batch's server CPU, BENCHMARKS.md).
+///
+/// Why they cannot be stale: they are used only when SQLite's `PRAGMA data_version`, read inside
+/// the batch's own write transaction, is the one the rows were kept under. It changes whenever
+/// another connection commits (the general path, the stock service, the sweeper, another
+/// program on the file) and never for this connection's own commits, and this connection
+/// writes none of these rows but in the Reserve batches that keep them (its journal folds touch
+/// other tables). A batch takes its office's entry out, and only a batch that committed puts
+/// one back, after its COMMIT: a failed or rolled-back batch leaves nothing behind.
+pub(crate) struct KeptOffices {
+    offices: std::sync::Mutex<KeptMap>,
+}
+
+#[derive(Default)]
+struct KeptMap {
+    rows: HashMap<String, OfficeRows>,
+    /// Bumped at every put: the entry with the lowest mark is the least recently used.
+    mark: u64,
+}
+
+impl Default for KeptOffices {
+    fn default() -> Self {
+        KeptOffices {
+            offices: std::sync::Mutex::new(KeptMap::default()),
+        }
+    }
+}
+
+impl KeptOffices {
+    fn map(&self) -> std::sync::MutexGuard<'_, KeptMap> {
+        // Whole entries only are inserted and removed under this lock: a poisoned map is sound.
+        self.offices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The office's entry, taken out, when it was kept under `data_version` and for the day of
+    /// `now`; else None (and the entry is gone).
+    fn take(&self, office_id: &str, data_version: i64, now: i64) -> Option<OfficeRows> {
+        let rows = self.map().rows.remove(office_id)?;
+        let today = crate::domain::calendar::format_local_date(rows.zone.local_date(now));
+        (rows.data_version == data_version && rows.date == today).then_some(rows)
+    }
+
+    /// Keeps an office's rows after its batch committed.
+    fn put(&self, rows: OfficeRows) {
+        let mut map = self.map();
+        map.mark += 1;
+        let mut rows = rows;
+        rows.mark = map.mark;
+        if map.rows.len() >= MAX_KEPT_OFFICES && !map.rows.contains_key(&rows.office.office_id) {
+            let oldest = map
+                .rows
+                .iter()
+                .min_by_key(|(_, r)| r.mark)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                map.rows.remove(&oldest);
+            }
+        }
+        map.rows.insert(rows.office.office_id.clone(), rows);
+    }
+
+    /// How many offices are kept (for tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map().rows.len()
+    }
+}
+
+/// An office's rows as a batch reads them (see [`KeptOffices`]).
+struct OfficeRows {
+    /// `PRAGMA data_version` in the transaction that read or wrote them.
+    data_version: i64,
+    /// For [`KeptOffices`]' eviction.
+    mark: u64,
+    office: rows::OfficeRow,
+    zone: OfficeZone,
+    /// The office-local day of `quota_days`.
+    date: String,
+    /// Every service point of the office.
+    points: HashMap<String, Arc<PointConfig>>,
+    /// The office's quota rows of `date`, by service point (a point without one today has none).
+    quota_days: HashMap<String, QuotaDayRow>,
+}
+
+impl OfficeRows {
+    /// Reads an office's rows for the day of `now`; None when the office does not exist.
+    fn read(
+        conn: &Connection,
+        office_id: &str,
+        data_version: i64,
+        now: i64,
+    ) -> EngineResult<Option<OfficeRows>> {
+        let Some(office) = direct::office(conn, office_id)? else {
+            return Ok(None);
+        };
+        let zone = zone_of(&office)?;
+        let date = crate::domain::calendar::format_local_date(zone.local_date(now));
+        let quota_days = query(
+            conn,
+            &SHARED_SQL.quota_days_of_office,
+            &[Value::text(office_id), Value::text(&date)],
+            |r| QuotaDayRow::from_row(r),
+        )?
+        .into_iter()
+        .map(|q| (q.service_point_id.clone(), q))
+        .collect();
+        let mut points = HashMap::new();
+        for sp in query(
+            conn,
+            &SHARED_SQL.service_points_of_office,
+            &[Value::text(office_id)],
+            |r| ServicePointRow::from_row(r),
+        )? {
+            points.insert(sp.service_point_id.clone(), Arc::new(PointConfig::of(&sp)?));
+        }
+        Ok(Some(OfficeRows {
+            data_version,
+            mark: 0,
+            office,
+            zone,
+            date,
+            points,
+            quota_days,
+        }))
+    }
+}
+
+/// SQLite's count of commits by other connections, as this transaction sees the database.
+fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))
+}
+
 impl Engine {
     /// Decides a batch on SQLite's hot-path connection. None: not SQLite, or the batch needs the
     /// general path (nothing was written).
@@ -94,16 +237,33 @@ impl Engine {
                 // The time once the write gate is held, as the general path reads it under the
                 // office lock.
                 let now = self.clock.now_ms();
-                let decided = decide(tx, Journaled { journal, change }, office_id, jobs, now)?;
+                let version = data_version(tx)?;
+                let kept = self.kept_offices.take(office_id, version, now);
+                let decided = decide(
+                    tx,
+                    Journaled { journal, change },
+                    office_id,
+                    kept,
+                    version,
+                    jobs,
+                    now,
+                )?;
                 let commit = decided.is_some();
                 Ok::<_, EngineError>((decided, commit))
             })
             .await;
         // Ok(None) twice over: locked from outside the process, or the batch needs the general path.
-        decided.map(Option::flatten).transpose()
+        match decided {
+            Ok(Some(Some((answers, rows)))) => {
+                // Committed: the rows as this batch left them serve the office's next batch.
+                self.kept_offices.put(rows);
+                Some(Ok(answers))
+            }
+            Ok(_) => None,
+            Err(err) => Some(Err(err)),
+        }
     }
 }
-
 /// The Reserve journal as a batch's transaction sees it (see `store::journal`).
 struct Journaled<'t> {
     journal: &'t Journal,
@@ -152,17 +312,33 @@ impl Journaled<'_> {
     }
 }
 
-/// The batch in one transaction: None when it needs the general path (nothing written).
+/// The batch in one transaction: None when it needs the general path (nothing written). With
+/// its answers, the office's rows as the batch leaves them (see [`KeptOffices`]): `kept` when
+/// the last batch's are still current, else read here.
 fn decide(
     conn: &Connection,
     mut journaled: Journaled<'_>,
     office_id: &str,
+    kept: Option<OfficeRows>,
+    data_version: i64,
     jobs: &[Job],
     now: i64,
-) -> EngineResult<Option<BatchAnswers>> {
-    let Some(office) = direct::office(conn, office_id)? else {
-        return Ok(None);
+) -> EngineResult<Option<(BatchAnswers, OfficeRows)>> {
+    let rows = match kept {
+        Some(rows) => rows,
+        None => match OfficeRows::read(conn, office_id, data_version, now)? {
+            Some(rows) => rows,
+            None => return Ok(None),
+        },
     };
+    let OfficeRows {
+        office,
+        zone,
+        date,
+        points,
+        mut quota_days,
+        ..
+    } = rows;
     // The reads below see the tables: a request id or NIK of this batch that may wait in the
     // journal, or a hold in it that may be due, is folded into them first.
     if journaled.journal.must_fold_for(
@@ -182,20 +358,9 @@ fn decide(
     if due.is_some() {
         return Ok(None);
     }
-    let zone = zone_of(&office)?;
-    let date = crate::domain::calendar::format_local_date(zone.local_date(now));
 
-    // Everything the decisions read: the office's quota rows today, then one probe per Reserve
-    // for a stored answer and for a live reservation of its NIK.
-    let mut quota_days: HashMap<String, QuotaDayRow> = query(
-        conn,
-        &SHARED_SQL.quota_days_of_office,
-        &[Value::text(office_id), Value::text(&date)],
-        |r| QuotaDayRow::from_row(r),
-    )?
-    .into_iter()
-    .map(|q| (q.service_point_id.clone(), q))
-    .collect();
+    // Everything else the decisions read: one probe per Reserve for a stored answer and for a
+    // live reservation of its NIK.
     let office_used = quota_days.values().map(QuotaDayRow::used).sum();
     let mut answers = HashMap::new();
     let mut live = HashMap::new();
@@ -244,41 +409,16 @@ fn decide(
     .collect();
 
     let mut state = BatchState::new(office, zone, now, office_used, answers, live, activated);
-    let ids = point_ids(jobs.iter().map(|j| &j.cmd));
-    // A burst spreads over the office's service points: one statement reads them all (a batch
-    // over 16 points read them with 16) unless the batch names only one.
-    let mut points: HashMap<String, ServicePointRow> = if ids.len() > 1 {
-        query(
-            conn,
-            &SHARED_SQL.service_points_of_office,
-            &[Value::text(office_id)],
-            |r| ServicePointRow::from_row(r),
-        )?
-        .into_iter()
-        .map(|sp| (sp.service_point_id.clone(), sp))
-        .collect()
-    } else {
-        HashMap::new()
-    };
-    for id in ids {
-        let sp = match points.remove(id) {
-            Some(sp) => Some(sp),
-            None => query_optional(
-                conn,
-                &SHARED_SQL.service_point,
-                &[Value::text(office_id), Value::text(id)],
-                |r| ServicePointRow::from_row(r),
-            )?,
-        };
-        let Some(sp) = sp else {
+    for id in point_ids(jobs.iter().map(|j| &j.cmd)) {
+        // An unknown service point: the general path answers NOT_FOUND.
+        let Some(config) = points.get(id) else {
             return Ok(None);
         };
         // The first transaction of the day computes the quota row (general path).
         let Some(qd) = quota_days.remove(id) else {
             return Ok(None);
         };
-        let policy = policy_of(&sp)?;
-        let by_reason = if policy.reason_caps.is_empty() {
+        let by_reason = if config.policy.reason_caps.is_empty() {
             HashMap::new()
         } else {
             // Counted from the reservations table, which must hold them all.
@@ -286,11 +426,7 @@ fn decide(
             query(
                 conn,
                 SQL.counts_by_reason,
-                &[
-                    Value::text(office_id),
-                    Value::text(id),
-                    Value::text(&state.date),
-                ],
+                &[Value::text(office_id), Value::text(id), Value::text(&date)],
                 |r| Ok((r.int("reason")?, r.int("n")?)),
             )?
             .into_iter()
@@ -299,7 +435,7 @@ fn decide(
         let waiting = waiting.get(id).copied().unwrap_or(0);
         state.points.insert(
             id.to_string(),
-            Ok(PointState::new(&sp, policy, qd, waiting, by_reason)),
+            Ok(PointState::new(Arc::clone(config), qd, waiting, by_reason)),
         );
     }
 
@@ -308,7 +444,22 @@ fn decide(
         jobs.iter().map(|j| (&j.cmd, j.nik_hash.as_str())),
     )?;
     write(conn, journaled, office_id, jobs, &mut state)?;
-    Ok(Some((answers, state.changed)))
+    // The office's rows as this transaction leaves them.
+    for (id, point) in state.points {
+        if let Ok(point) = point {
+            quota_days.insert(id, point.qd);
+        }
+    }
+    let rows = OfficeRows {
+        data_version,
+        mark: 0,
+        office: state.office,
+        zone,
+        date,
+        points,
+        quota_days,
+    };
+    Ok(Some(((answers, state.changed), rows)))
 }
 
 /// The batch's writes, in the order of the general path's: its ledger entries, reservations and
@@ -323,6 +474,7 @@ fn write(
 ) -> EngineResult<()> {
     let reservations = state.reservations.len() as u64;
     if journaled.takes(conn, jobs.len(), reservations)? {
+        let answers = state.take_answer_rows();
         let entry = journal::Entry {
             request_ids: jobs.iter().map(|j| j.cmd.request_id.as_str()).collect(),
             nik_hashes: state
@@ -351,7 +503,7 @@ fn write(
                 journal::Section {
                     table: "idempotency",
                     columns: &IDEMPOTENCY_COLUMNS,
-                    rows: std::mem::take(&mut state.new_answers),
+                    rows: answers,
                 },
             ],
         };
@@ -367,7 +519,7 @@ fn write(
             insert.execute(&row)?;
         }
         let mut insert = Prepared::new(conn, &SQL.insert_answer)?;
-        for row in std::mem::take(&mut state.new_answers) {
+        for row in state.take_answer_rows() {
             insert.execute(&row)?;
         }
     }
@@ -386,4 +538,73 @@ fn write(
         execute(conn, &SQL.update_office_stock, &values)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows_of(office_id: &str, data_version: i64, date: &str) -> OfficeRows {
+        OfficeRows {
+            data_version,
+            mark: 0,
+            office: rows::OfficeRow {
+                office_id: office_id.to_string(),
+                name: office_id.to_string(),
+                time_zone: "Asia/Jakarta".into(),
+                province_code: "32".into(),
+                daily_cap: 0,
+                expected_next_supply_date: String::new(),
+                fallback_horizon_days: 30,
+                ikd_first_required: false,
+                hold_ttl_secs: 1800,
+                on_hand: 10,
+                held: 0,
+                ledger_seq: 0,
+                ledger_head: String::new(),
+            },
+            zone: OfficeZone::Wib,
+            date: date.to_string(),
+            points: HashMap::new(),
+            quota_days: HashMap::new(),
+        }
+    }
+
+    /// Tuesday 2026-12-01 08:00 WIB.
+    const TUESDAY_8AM_WIB_MS: i64 = 1_796_086_800_000;
+
+    #[test]
+    fn kept_rows_serve_only_the_same_data_version_and_day_and_only_once() {
+        let kept = KeptOffices::default();
+        kept.put(rows_of("3275", 7, "2026-12-01"));
+        // Another connection committed since: gone, not served.
+        assert!(kept.take("3275", 8, TUESDAY_8AM_WIB_MS).is_none());
+        assert!(
+            kept.take("3275", 7, TUESDAY_8AM_WIB_MS).is_none(),
+            "taken out"
+        );
+        // The next day: its quota rows are not these.
+        kept.put(rows_of("3275", 7, "2026-12-01"));
+        let next_day = TUESDAY_8AM_WIB_MS + 16 * 3_600_000;
+        assert!(kept.take("3275", 7, next_day).is_none());
+        // The same version and day: served once; a batch that fails puts nothing back.
+        kept.put(rows_of("3275", 7, "2026-12-01"));
+        assert!(kept.take("3275", 7, TUESDAY_8AM_WIB_MS).is_some());
+        assert!(kept.take("3275", 7, TUESDAY_8AM_WIB_MS).is_none());
+    }
+
+    #[test]
+    fn at_most_max_kept_offices_are_kept_and_the_least_recent_goes_first() {
+        let kept = KeptOffices::default();
+        for i in 0..MAX_KEPT_OFFICES {
+            kept.put(rows_of(&format!("o{i}"), 1, "2026-12-01"));
+        }
+        // o0 is used again, so o1 is now the least recently used.
+        kept.put(rows_of("o0", 1, "2026-12-01"));
+        kept.put(rows_of("new", 1, "2026-12-01"));
+        assert_eq!(kept.len(), MAX_KEPT_OFFICES);
+        assert!(kept.take("o1", 1, TUESDAY_8AM_WIB_MS).is_none(), "evicted");
+        assert!(kept.take("o0", 1, TUESDAY_8AM_WIB_MS).is_some());
+        assert!(kept.take("new", 1, TUESDAY_8AM_WIB_MS).is_some());
+    }
 }
