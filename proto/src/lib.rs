@@ -11,6 +11,59 @@ pub mod v1 {
     tonic::include_proto!("blangko.v1");
 }
 
+/// The codec of every `blangko.v1` client and server: prost's, with smaller buffers.
+///
+/// tonic gives each call an 8 KiB buffer to decode its request into and another to encode its
+/// answer into. A `blangko.v1` message is a few hundred bytes, and in glibc's malloc a block of
+/// 8 KiB is a "large" one: each such allocation first consolidates the freed small blocks,
+/// which a busy server has many of. That was about 2% of the server's CPU per Reserve
+/// (BENCHMARKS.md). With 512-byte buffers (a small block) a message that does not fit makes the
+/// buffer grow by 512 bytes at a time, as tonic grows any buffer.
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::ProstCodec;
+
+    /// The buffer each call starts with, for decoding and for encoding (tonic's default: 8 KiB).
+    pub const BUFFER_BYTES: usize = 512;
+    /// tonic's default: a stream hands on what it encoded once it holds 32 KiB.
+    pub const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
+
+    /// [`ProstCodec`] with [`BUFFER_BYTES`] buffers.
+    #[derive(Debug, Clone)]
+    pub struct BlangkoCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for BlangkoCodec<T, U> {
+        fn default() -> Self {
+            BlangkoCodec(PhantomData)
+        }
+    }
+
+    fn settings() -> BufferSettings {
+        BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
+    }
+
+    impl<T, U> Codec for BlangkoCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = <ProstCodec<T, U> as Codec>::Encoder;
+        type Decoder = <ProstCodec<T, U> as Codec>::Decoder;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstCodec::<T, U>::raw_encoder(settings())
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstCodec::<T, U>::raw_decoder(settings())
+        }
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every `blangko.v1` file (and its imports), for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("blangko_v1_descriptor");
 

@@ -257,14 +257,14 @@ impl Engine {
     /// commit paid once per batch instead of once per applicant, and every decision still sees
     /// the effect of the ones before it.
     #[tracing::instrument(skip_all, fields(office = %cmd.office_id, service_point = %crate::domain::nik::mask_nik_runs(&cmd.service_point_id), nik = %cmd.nik.masked()))]
-    pub async fn reserve(&self, cmd: &ReserveCommand) -> EngineResult<ReserveResponse> {
+    pub async fn reserve(&self, cmd: ReserveCommand) -> EngineResult<ReserveResponse> {
         let nik_hash = self.nik_key.hash_nik(cmd.nik.as_str());
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.batcher
             .submit(
                 self,
                 Job {
-                    cmd: cmd.clone(),
+                    cmd,
                     nik_hash,
                     reply,
                 },
@@ -316,23 +316,59 @@ impl Engine {
         }
     }
 
-    /// Answers a decided batch once its commit is durable. The office's worker does not wait for
-    /// this: it decides the next batch while the disk syncs this one (see `store::durability`).
+    /// Answers a decided batch once its commit is durable, waiting for that on this task.
     pub(crate) async fn answer_batch(&self, batch: DecidedBatch) {
+        let durable = match &batch.outcome {
+            Ok(_) => self.store.sync().await.map_err(EngineError::from),
+            Err(_) => Ok(()),
+        };
+        self.deliver(batch, durable);
+    }
+
+    /// Answers a decided batch once its commit is durable, without waiting for it: on SQLite
+    /// the group fsync's thread answers right after the fsync that covers the batch
+    /// (`store::durability`); elsewhere a task waits for it. The office's worker decides the
+    /// next batch meanwhile (pipelining: the fsync of one batch overlaps the transaction of the
+    /// next).
+    pub(crate) fn answer_when_durable(self: &Arc<Self>, batch: DecidedBatch) {
+        if batch.outcome.is_err() {
+            // Nothing was committed: the errors go out at once.
+            self.deliver(batch, Ok(()));
+            return;
+        }
+        let engine = Arc::clone(self);
+        let done: crate::store::durability::AfterSync = Box::new(move |durable| {
+            engine.deliver(
+                batch,
+                durable.map_err(|e| EngineError::from(sqlx::Error::Io(e))),
+            );
+        });
+        if let Err(done) = self.store.after_sync(done) {
+            // No fsync thread (PostgreSQL, or SQLite without the group fsync), or it has too
+            // much waiting: a task waits for the commit to be durable.
+            let store = Arc::clone(self);
+            tokio::spawn(async move {
+                let durable = store.store.sync().await;
+                done(durable.map_err(|e| match e {
+                    sqlx::Error::Io(e) => e,
+                    other => std::io::Error::other(other.to_string()),
+                }));
+            });
+        }
+    }
+
+    /// Answers a batch's calls: its answers when it committed and `durable` says the commit is
+    /// durable, else the error for each. Quick and never blocking (it may run on the group
+    /// fsync's thread).
+    fn deliver(&self, batch: DecidedBatch, durable: EngineResult<()>) {
         let DecidedBatch {
             office_id,
             jobs,
             outcome,
         } = batch;
-        let outcome = match outcome {
-            Ok(decided) => match self.store.sync().await {
-                Ok(()) => Ok(decided),
-                // Committed but not known durable: no answer may claim it. A retry with the same
-                // request_id gets the stored answer.
-                Err(err) => Err(EngineError::from(err)),
-            },
-            Err(err) => Err(err),
-        };
+        // Committed but not known durable: no answer may claim it. A retry with the same
+        // request_id gets the stored answer.
+        let outcome = durable.and(outcome);
         match outcome {
             Ok((answers, changed)) => {
                 if changed {

@@ -59,7 +59,7 @@ impl CounterApi {
             ikd_status: r.ikd_status,
             principal,
         };
-        Ok(self.engine.reserve(&cmd).await?)
+        Ok(self.engine.reserve(cmd).await?)
     }
 }
 

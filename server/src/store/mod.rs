@@ -154,7 +154,7 @@ pub struct Store {
     /// The SQLite database file, for backups and the NIK key's default place.
     sqlite_path: Option<PathBuf>,
     /// SQLite with `--sqlite-synchronous full`: the group fsync every commit waits for.
-    wal_sync: Option<durability::WalSync>,
+    wal_sync: Option<Arc<durability::WalSync>>,
     /// SQLite: the Reserve hot path's own connection (see [`direct`]).
     direct: Option<Arc<direct::Direct>>,
     /// SQLite: read connections of their own for GetQuota (see [`direct::Reads`]).
@@ -222,7 +222,12 @@ impl Store {
         let database_file = durability::DatabaseFile::open(path)
             .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
         let wal_sync = match options.sqlite_sync {
-            SqliteSync::Full => Some(durability::WalSync::new(path, database_file.clone())),
+            SqliteSync::Full => {
+                let wal = Arc::new(durability::WalSync::new(path, database_file.clone()));
+                wal.start_syncer()
+                    .context("cannot start the thread that fsyncs the database")?;
+                Some(wal)
+            }
             SqliteSync::Normal => None,
         };
         let direct = direct::Direct::open(path, &pragmas, options.journal).with_context(|| {
@@ -351,10 +356,21 @@ impl Store {
         }
     }
 
+    /// Runs `done` once every transaction committed so far is durable, on the group fsync's own
+    /// thread (see [`durability::WalSync::after_sync`]). `Err(done)`: there is no such thread
+    /// (PostgreSQL, `--sqlite-synchronous normal`) or it has too much waiting; the caller then
+    /// waits with [`Store::sync`].
+    pub fn after_sync(&self, done: durability::AfterSync) -> Result<(), durability::AfterSync> {
+        match &self.wal_sync {
+            Some(wal) => wal.after_sync(done),
+            None => Err(done),
+        }
+    }
+
     /// The latency histogram of the group fsync of SQLite's WAL (None on PostgreSQL and with
     /// `--sqlite-synchronous normal`, which make no such fsync).
     pub fn wal_fsync_latency(&self) -> Option<prometheus_client::metrics::histogram::Histogram> {
-        self.wal_sync.as_ref().map(durability::WalSync::latency)
+        self.wal_sync.as_deref().map(durability::WalSync::latency)
     }
 
     /// Returns when no group fsync is running (at once on PostgreSQL and with `normal`), so a
