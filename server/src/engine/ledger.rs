@@ -6,7 +6,7 @@ use blangko_proto::v1::{LedgerEntry, LedgerEntryKind};
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 
-use crate::store::rows::OfficeRow;
+use crate::store::rows::{OfficeRow, ValueRef};
 
 /// The previous hash of an office's first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -138,33 +138,36 @@ pub async fn insert_entries(
 
 /// The `ledger` rows of entries, in [`LEDGER_COLUMNS`] order.
 pub fn entry_rows(entries: &[StoredEntry]) -> Vec<Vec<crate::store::rows::Value>> {
-    use crate::store::rows::Value::{Int, Text};
     entries
         .iter()
-        .map(|s| {
-            let e = &s.entry;
-            vec![
-                Text(e.office_id.clone()),
-                Int(e.sequence as i64),
-                Int(i64::from(e.kind)),
-                Int(s.recorded_ms),
-                Text(s.local_date.clone()),
-                Text(e.principal.clone()),
-                Int(e.on_hand_delta),
-                Int(e.held_delta),
-                Int(e.on_hand_after as i64),
-                Int(e.held_after as i64),
-                Text(e.service_point_id.clone()),
-                Text(e.reservation_id.clone()),
-                Text(e.reference.clone()),
-                Text(e.counterpart_office_id.clone()),
-                Text(e.note.clone()),
-                Text(e.masked_nik.clone()),
-                Text(e.previous_hash.clone()),
-                Text(e.hash.clone()),
-            ]
-        })
+        .map(|s| Vec::from(entry_refs(s).map(ValueRef::to_value)))
         .collect()
+}
+
+/// A stored entry's values, borrowed, in [`LEDGER_COLUMNS`] order.
+pub fn entry_refs(s: &StoredEntry) -> [ValueRef<'_>; 18] {
+    use ValueRef::{Int, Text};
+    let e = &s.entry;
+    [
+        Text(&e.office_id),
+        Int(e.sequence as i64),
+        Int(i64::from(e.kind)),
+        Int(s.recorded_ms),
+        Text(&s.local_date),
+        Text(&e.principal),
+        Int(e.on_hand_delta),
+        Int(e.held_delta),
+        Int(e.on_hand_after as i64),
+        Int(e.held_after as i64),
+        Text(&e.service_point_id),
+        Text(&e.reservation_id),
+        Text(&e.reference),
+        Text(&e.counterpart_office_id),
+        Text(&e.note),
+        Text(&e.masked_nik),
+        Text(&e.previous_hash),
+        Text(&e.hash),
+    ]
 }
 
 /// The hash of an entry: SHA-256 over its previous hash and all its fields.

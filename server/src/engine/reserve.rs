@@ -240,6 +240,23 @@ impl BatchState {
             .collect()
     }
 
+    /// The answers given in this batch as `idempotency` rows, borrowed.
+    fn answer_refs(&self) -> Vec<Vec<rows::ValueRef<'_>>> {
+        use rows::ValueRef::{Bytes, Int, Text};
+        self.new_answers
+            .iter()
+            .map(|a| {
+                vec![
+                    Text(&a.request_id),
+                    Text(RESERVE),
+                    Text(&a.fingerprint),
+                    Bytes(&a.response),
+                    Int(self.now),
+                ]
+            })
+            .collect()
+    }
+
     /// The batch's new reservations as `reservations` rows, in insert-column order.
     fn reservation_rows(&self) -> Vec<Vec<rows::Value>> {
         self.reservations

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OpenFlags, Statement};
 
 use super::checkpoint::{self, WalState};
 use super::journal::{self, Change, Journal};
-use super::rows::{self, Columns, Value};
+use super::rows::{self, Columns, Value, ValueRef};
 
 /// Prepared statements kept per connection: the batch uses about twenty distinct ones.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
@@ -373,12 +373,30 @@ fn close_connection(conn: Connection, which: &str) {
     }
 }
 
-fn bind(statement: &mut Statement<'_>, values: &[Value]) -> rusqlite::Result<()> {
+/// A statement parameter: a [`Value`], or one borrowed ([`ValueRef`]).
+pub trait Param {
+    /// The value, borrowed.
+    fn param(&self) -> ValueRef<'_>;
+}
+
+impl Param for Value {
+    fn param(&self) -> ValueRef<'_> {
+        self.as_ref()
+    }
+}
+
+impl Param for ValueRef<'_> {
+    fn param(&self) -> ValueRef<'_> {
+        *self
+    }
+}
+
+fn bind<P: Param>(statement: &mut Statement<'_>, values: &[P]) -> rusqlite::Result<()> {
     for (i, value) in values.iter().enumerate() {
-        match value {
-            Value::Int(v) => statement.raw_bind_parameter(i + 1, v)?,
-            Value::Text(v) => statement.raw_bind_parameter(i + 1, v.as_str())?,
-            Value::Bytes(v) => statement.raw_bind_parameter(i + 1, v.as_slice())?,
+        match value.param() {
+            ValueRef::Int(v) => statement.raw_bind_parameter(i + 1, v)?,
+            ValueRef::Text(v) => statement.raw_bind_parameter(i + 1, v)?,
+            ValueRef::Bytes(v) => statement.raw_bind_parameter(i + 1, v)?,
         }
     }
     Ok(())
@@ -420,7 +438,7 @@ impl<'c> Prepared<'c> {
     }
 
     /// Runs it as a write with `values` bound to `?1..?n`; returns the rows it changed.
-    pub fn execute(&mut self, values: &[Value]) -> rusqlite::Result<usize> {
+    pub fn execute<P: Param>(&mut self, values: &[P]) -> rusqlite::Result<usize> {
         bind(&mut self.0, values)?;
         self.0.raw_execute()
     }

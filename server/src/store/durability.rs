@@ -425,16 +425,29 @@ mod tests {
         assert_eq!(sync.fsyncs(), 1, "one fsync before the one answer");
         assert!(after_syncs(&sync, 200).into_iter().all(|ok| ok));
         let fsyncs = sync.fsyncs();
-        assert!(fsyncs >= 2, "each callback comes after an fsync that began after it");
-        assert!(fsyncs < 201, "200 queued callbacks share fsyncs, got {fsyncs}");
-        assert!(!sync.syncing.load(Ordering::SeqCst), "settled after the round");
+        assert!(
+            fsyncs >= 2,
+            "each callback comes after an fsync that began after it"
+        );
+        assert!(
+            fsyncs < 201,
+            "200 queued callbacks share fsyncs, got {fsyncs}"
+        );
+        assert!(
+            !sync.syncing.load(Ordering::SeqCst),
+            "settled after the round"
+        );
 
         // A failed fsync: the callbacks are told, and so is every one after (as `sync`).
         std::fs::remove_file(dir.path().join("x.db-wal")).unwrap();
         std::os::unix::fs::symlink("x.db-wal", dir.path().join("x.db-wal")).unwrap();
         assert_eq!(after_syncs(&sync, 3), vec![false; 3]);
         std::fs::remove_file(dir.path().join("x.db-wal")).unwrap();
-        assert_eq!(after_syncs(&sync, 1), vec![false], "nothing is durable after a failure");
+        assert_eq!(
+            after_syncs(&sync, 1),
+            vec![false],
+            "nothing is durable after a failure"
+        );
     }
 
     #[tokio::test]

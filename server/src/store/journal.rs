@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::Connection;
 
 use super::direct::{Prepared, execute, query};
-use super::rows::Value;
+use super::rows::{Value, ValueRef};
 
 /// A batch of at least this many Reserves is journaled: a Reserve decided alone is no burst, and
 /// its rows go straight into their tables, as they always did.
@@ -79,20 +79,21 @@ const TABLES: [&str; 3] = ["ledger", "reservations", "idempotency"];
 /// The first byte of every journal row: the format's version.
 const FORMAT: u8 = 1;
 
-/// Rows for one table, with the columns they fill, in order.
-pub struct Section {
+/// Rows for one table, with the columns they fill, in order: borrowed from the batch that
+/// makes them, since they are only encoded.
+pub struct Section<'a> {
     /// One of [`TABLES`].
     pub table: &'static str,
     /// The columns, in the order of each row's values.
     pub columns: &'static [&'static str],
-    /// The rows.
-    pub rows: Vec<Vec<Value>>,
+    /// The rows, each as many values as `columns`.
+    pub rows: Vec<Vec<ValueRef<'a>>>,
 }
 
 /// One batch's rows, and what the journal must remember of them until they are folded.
 pub struct Entry<'a> {
     /// The rows, table by table, in the order they are inserted when folded.
-    pub sections: Vec<Section>,
+    pub sections: Vec<Section<'a>>,
     /// The request ids whose answers the entry stores.
     pub request_ids: Vec<&'a str>,
     /// The NIK hashes of the reservations it makes.
@@ -428,7 +429,7 @@ fn corrupt(why: String) -> rusqlite::Error {
 
 /// The journal row's bytes: the format byte, then per section its table, its columns and its
 /// rows, every string and byte string length-prefixed (u32, little-endian).
-pub fn encode(sections: &[Section]) -> Vec<u8> {
+pub fn encode(sections: &[Section<'_>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         1 + sections
             .iter()
@@ -446,16 +447,16 @@ pub fn encode(sections: &[Section]) -> Vec<u8> {
         put_len(&mut out, section.rows.len());
         for row in &section.rows {
             for value in row {
-                match value {
-                    Value::Int(v) => {
+                match *value {
+                    ValueRef::Int(v) => {
                         out.push(0);
                         out.extend_from_slice(&v.to_le_bytes());
                     }
-                    Value::Text(v) => {
+                    ValueRef::Text(v) => {
                         out.push(1);
                         put_bytes(&mut out, v.as_bytes());
                     }
-                    Value::Bytes(v) => {
+                    ValueRef::Bytes(v) => {
                         out.push(2);
                         put_bytes(&mut out, v);
                     }
@@ -568,20 +569,20 @@ mod tests {
             .unwrap()
     }
 
-    fn sections() -> Vec<Section> {
+    fn sections() -> Vec<Section<'static>> {
         vec![
             Section {
                 table: "ledger",
                 columns: &["office_id", "seq"],
                 rows: vec![
-                    vec![Value::text("3275"), Value::Int(-7)],
-                    vec![Value::text(""), Value::Int(i64::MAX)],
+                    vec![ValueRef::Text("3275"), ValueRef::Int(-7)],
+                    vec![ValueRef::Text(""), ValueRef::Int(i64::MAX)],
                 ],
             },
             Section {
                 table: "idempotency",
                 columns: &["request_id", "response"],
-                rows: vec![vec![Value::text("é-1"), Value::Bytes(vec![0, 255, 7])]],
+                rows: vec![vec![ValueRef::Text("é-1"), ValueRef::Bytes(&[0, 255, 7])]],
             },
         ]
     }
@@ -679,7 +680,7 @@ mod tests {
             sections: vec![Section {
                 table: "idempotency",
                 columns: &["request_id", "response"],
-                rows: vec![vec![Value::text("r1"), Value::Bytes(vec![1])]],
+                rows: vec![vec![ValueRef::Text("r1"), ValueRef::Bytes(&[1])]],
             }],
             request_ids: vec!["r1"],
             nik_hashes: vec![],
@@ -719,7 +720,7 @@ mod tests {
         let body = encode(&[Section {
             table: "offices",
             columns: &["office_id"],
-            rows: vec![vec![Value::text("x")]],
+            rows: vec![vec![ValueRef::Text("x")]],
         }]);
         conn.execute(
             "INSERT INTO reserve_journal (body, reservations) VALUES (?1, 1)",

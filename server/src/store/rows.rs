@@ -799,6 +799,38 @@ impl Value {
     pub fn text(value: &str) -> Value {
         Value::Text(value.to_string())
     }
+
+    /// The value, borrowed.
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Int(v) => ValueRef::Int(*v),
+            Value::Text(v) => ValueRef::Text(v),
+            Value::Bytes(v) => ValueRef::Bytes(v),
+        }
+    }
+}
+
+/// A [`Value`] borrowed from the row it belongs to: the Reserve hot path writes a batch's rows
+/// (into their tables or into the Reserve journal) without copying their texts first.
+#[derive(Debug, Clone, Copy)]
+pub enum ValueRef<'a> {
+    /// An integer.
+    Int(i64),
+    /// A text.
+    Text(&'a str),
+    /// Bytes.
+    Bytes(&'a [u8]),
+}
+
+impl ValueRef<'_> {
+    /// The value, owned.
+    pub fn to_value(self) -> Value {
+        match self {
+            ValueRef::Int(v) => Value::Int(v),
+            ValueRef::Text(v) => Value::Text(v.to_string()),
+            ValueRef::Bytes(v) => Value::Bytes(v.to_vec()),
+        }
+    }
 }
 
 /// Most bound parameters in one statement (SQLite's limit is 32,766, PostgreSQL's 65,535).
@@ -1253,23 +1285,28 @@ pub const RESERVATION_INSERT_COLUMNS: [&str; 16] = [
 
 /// A reservation as values for [`insert_many`].
 pub fn reservation_values(r: &ReservationRow) -> Vec<Value> {
-    vec![
-        Value::Text(r.reservation_id.clone()),
-        Value::Text(r.office_id.clone()),
-        Value::Int(r.office_seq),
-        Value::Text(r.service_point_id.clone()),
-        Value::Text(r.counter_id.clone()),
-        Value::Text(r.local_date.clone()),
-        Value::Text(r.nik_hash.clone()),
-        Value::Text(r.masked_nik.clone()),
-        Value::Int(r.reason),
-        Value::Int(i64::from(r.priority)),
-        Value::Int(r.ikd_status),
-        Value::Text(r.state.clone()),
-        Value::Int(r.created_ms),
-        Value::Int(r.expires_ms),
-        Value::Int(r.committed_ms),
-        Value::Int(r.spoiled_count),
+    Vec::from(reservation_refs(r).map(ValueRef::to_value))
+}
+
+/// A reservation's values, borrowed, in [`RESERVATION_INSERT_COLUMNS`] order.
+pub fn reservation_refs(r: &ReservationRow) -> [ValueRef<'_>; 16] {
+    [
+        ValueRef::Text(&r.reservation_id),
+        ValueRef::Text(&r.office_id),
+        ValueRef::Int(r.office_seq),
+        ValueRef::Text(&r.service_point_id),
+        ValueRef::Text(&r.counter_id),
+        ValueRef::Text(&r.local_date),
+        ValueRef::Text(&r.nik_hash),
+        ValueRef::Text(&r.masked_nik),
+        ValueRef::Int(r.reason),
+        ValueRef::Int(i64::from(r.priority)),
+        ValueRef::Int(r.ikd_status),
+        ValueRef::Text(&r.state),
+        ValueRef::Int(r.created_ms),
+        ValueRef::Int(r.expires_ms),
+        ValueRef::Int(r.committed_ms),
+        ValueRef::Int(r.spoiled_count),
     ]
 }
 

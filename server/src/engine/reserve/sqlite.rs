@@ -474,7 +474,6 @@ fn write(
 ) -> EngineResult<()> {
     let reservations = state.reservations.len() as u64;
     if journaled.takes(conn, jobs.len(), reservations)? {
-        let answers = state.take_answer_rows();
         let entry = journal::Entry {
             request_ids: jobs.iter().map(|j| j.cmd.request_id.as_str()).collect(),
             nik_hashes: state
@@ -493,17 +492,25 @@ fn write(
                 journal::Section {
                     table: "ledger",
                     columns: &LEDGER_COLUMNS,
-                    rows: ledger::entry_rows(&state.ledger),
+                    rows: state
+                        .ledger
+                        .iter()
+                        .map(|e| Vec::from(ledger::entry_refs(e)))
+                        .collect(),
                 },
                 journal::Section {
                     table: "reservations",
                     columns: &RESERVATION_INSERT_COLUMNS,
-                    rows: state.reservation_rows(),
+                    rows: state
+                        .reservations
+                        .iter()
+                        .map(|r| Vec::from(rows::reservation_refs(r)))
+                        .collect(),
                 },
                 journal::Section {
                     table: "idempotency",
                     columns: &IDEMPOTENCY_COLUMNS,
-                    rows: answers,
+                    rows: state.answer_refs(),
                 },
             ],
         };
@@ -511,15 +518,15 @@ fn write(
     } else {
         // Each statement looked up once for all of its rows.
         let mut insert = Prepared::new(conn, &SQL.insert_ledger)?;
-        for row in ledger::entry_rows(&state.ledger) {
-            insert.execute(&row)?;
+        for entry in &state.ledger {
+            insert.execute(&ledger::entry_refs(entry))?;
         }
         let mut insert = Prepared::new(conn, &SQL.insert_reservation)?;
-        for row in state.reservation_rows() {
-            insert.execute(&row)?;
+        for reservation in &state.reservations {
+            insert.execute(&rows::reservation_refs(reservation))?;
         }
         let mut insert = Prepared::new(conn, &SQL.insert_answer)?;
-        for row in state.take_answer_rows() {
+        for row in state.answer_refs() {
             insert.execute(&row)?;
         }
     }
