@@ -221,26 +221,21 @@ impl BatchState {
         }
     }
 
-    /// The answers given in this batch as `idempotency` rows (in [`IDEMPOTENCY_COLUMNS`]
-    /// order), taken out of the batch: they are written once.
+    /// The answers given in this batch as `idempotency` rows, owned, taken out of the batch:
+    /// they are written once.
     fn take_answer_rows(&mut self) -> Vec<Vec<rows::Value>> {
-        self.given.clear();
-        let now = self.now;
-        std::mem::take(&mut self.new_answers)
+        let rows = self
+            .answer_refs()
             .into_iter()
-            .map(|a| {
-                vec![
-                    rows::Value::Text(a.request_id),
-                    rows::Value::Text(RESERVE.to_string()),
-                    rows::Value::Text(a.fingerprint),
-                    rows::Value::Bytes(a.response),
-                    rows::Value::Int(now),
-                ]
-            })
-            .collect()
+            .map(|row| row.into_iter().map(rows::ValueRef::to_value).collect())
+            .collect();
+        self.given.clear();
+        self.new_answers.clear();
+        rows
     }
 
-    /// The answers given in this batch as `idempotency` rows, borrowed.
+    /// The answers given in this batch as `idempotency` rows (in [`IDEMPOTENCY_COLUMNS`]
+    /// order), borrowed.
     fn answer_refs(&self) -> Vec<Vec<rows::ValueRef<'_>>> {
         use rows::ValueRef::{Bytes, Int, Text};
         self.new_answers
@@ -363,9 +358,9 @@ impl Engine {
         if let Err(done) = self.store.after_sync(done) {
             // No fsync thread (PostgreSQL, or SQLite without the group fsync), or it has too
             // much waiting: a task waits for the commit to be durable.
-            let store = Arc::clone(self);
+            let engine = Arc::clone(self);
             tokio::spawn(async move {
-                let durable = store.store.sync().await;
+                let durable = engine.store.sync().await;
                 done(durable.map_err(|e| match e {
                     sqlx::Error::Io(e) => e,
                     other => std::io::Error::other(other.to_string()),

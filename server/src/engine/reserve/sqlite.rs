@@ -99,6 +99,7 @@ pub const MAX_KEPT_OFFICES: usize = 1024;
 /// writes none of these rows but in the Reserve batches that keep them (its journal folds touch
 /// other tables). A batch takes its office's entry out, and only a batch that committed puts
 /// one back, after its COMMIT: a failed or rolled-back batch leaves nothing behind.
+#[derive(Default)]
 pub(crate) struct KeptOffices {
     offices: std::sync::Mutex<KeptMap>,
 }
@@ -108,14 +109,6 @@ struct KeptMap {
     rows: HashMap<String, OfficeRows>,
     /// Bumped at every put: the entry with the lowest mark is the least recently used.
     mark: u64,
-}
-
-impl Default for KeptOffices {
-    fn default() -> Self {
-        KeptOffices {
-            offices: std::sync::Mutex::new(KeptMap::default()),
-        }
-    }
 }
 
 impl KeptOffices {
@@ -133,10 +126,9 @@ impl KeptOffices {
     }
 
     /// Keeps an office's rows after its batch committed.
-    fn put(&self, rows: OfficeRows) {
+    fn put(&self, mut rows: OfficeRows) {
         let mut map = self.map();
         map.mark += 1;
-        let mut rows = rows;
         rows.mark = map.mark;
         if map.rows.len() >= MAX_KEPT_OFFICES && !map.rows.contains_key(&rows.office.office_id) {
             let oldest = map
