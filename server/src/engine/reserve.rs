@@ -339,9 +339,8 @@ impl Engine {
 
     /// Answers a decided batch once its commit is durable, without waiting for it: on SQLite
     /// the group fsync's thread answers right after the fsync that covers the batch
-    /// (`store::durability`); elsewhere a task waits for it. The office's worker decides the
-    /// next batch meanwhile (pipelining: the fsync of one batch overlaps the transaction of the
-    /// next).
+    /// ([`crate::store::Store::when_durable`]). The office's worker decides the next batch
+    /// meanwhile (pipelining: the fsync of one batch overlaps the transaction of the next).
     pub(crate) fn answer_when_durable(self: &Arc<Self>, batch: DecidedBatch) {
         if batch.outcome.is_err() {
             // Nothing was committed: the errors go out at once.
@@ -349,24 +348,12 @@ impl Engine {
             return;
         }
         let engine = Arc::clone(self);
-        let done: crate::store::durability::AfterSync = Box::new(move |durable| {
+        self.store.when_durable(Box::new(move |durable| {
             engine.deliver(
                 batch,
                 durable.map_err(|e| EngineError::from(sqlx::Error::Io(e))),
             );
-        });
-        if let Err(done) = self.store.after_sync(done) {
-            // No fsync thread (PostgreSQL, or SQLite without the group fsync), or it has too
-            // much waiting: a task waits for the commit to be durable.
-            let engine = Arc::clone(self);
-            tokio::spawn(async move {
-                let durable = engine.store.sync().await;
-                done(durable.map_err(|e| match e {
-                    sqlx::Error::Io(e) => e,
-                    other => std::io::Error::other(other.to_string()),
-                }));
-            });
-        }
+        }));
     }
 
     /// Answers a batch's calls: its answers when it committed and `durable` says the commit is

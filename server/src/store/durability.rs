@@ -168,17 +168,46 @@ impl WalSync {
     /// unless one that began after it has ended meanwhile). Blocks the calling thread.
     fn sync_blocking(&self, ticket: u64) -> std::io::Result<Option<Syncing<'_>>> {
         let mut durable = self.durable.blocking_lock();
+        let Some(covered) = self.to_cover(*durable, ticket)? else {
+            return Ok(None);
+        };
+        let running = self.begin_fsync();
+        let began = Instant::now();
+        let synced = fsync_wal(&self.wal, &self.database.0);
+        self.fsync_ended(&mut durable, covered, began, synced)?;
+        // Still "syncing" for `settled` until the callbacks have run (the guard's drop).
+        Ok(Some(running))
+    }
+
+    /// With the `durable` lock held, before an fsync for `ticket`: the error of an earlier
+    /// failed fsync, None when `ticket` is durable already (an fsync that began after its
+    /// commit has ended), else the tickets the fsync about to begin covers: every ticket handed
+    /// out so far belongs to a commit that already finished.
+    fn to_cover(&self, durable: u64, ticket: u64) -> std::io::Result<Option<u64>> {
         if self.failed.load(Ordering::SeqCst) {
             return Err(failed_before());
         }
-        if *durable >= ticket {
+        if durable >= ticket {
             return Ok(None);
         }
-        let covered = self.requested.load(Ordering::SeqCst);
+        Ok(Some(self.requested.load(Ordering::SeqCst)))
+    }
+
+    /// Marks an fsync as running, for [`WalSync::settled`], until the guard is dropped.
+    fn begin_fsync(&self) -> Syncing<'_> {
         self.syncing.store(true, Ordering::SeqCst);
-        let running = Syncing(self);
-        let began = Instant::now();
-        let synced = fsync_wal(&self.wal, &self.database.0);
+        Syncing(self)
+    }
+
+    /// With the `durable` lock held, after an fsync that began at `began`: records its latency
+    /// and either the tickets it `covered` or its failure (for good, see `failed`).
+    fn fsync_ended(
+        &self,
+        durable: &mut u64,
+        covered: u64,
+        began: Instant,
+        synced: std::io::Result<()>,
+    ) -> std::io::Result<()> {
         self.latency.observe(began.elapsed().as_secs_f64());
         if let Err(err) = synced {
             self.failed.store(true, Ordering::SeqCst);
@@ -187,8 +216,7 @@ impl WalSync {
         }
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         *durable = covered;
-        // Still "syncing" for `settled` until the callbacks have run (the guard's drop).
-        Ok(Some(running))
+        Ok(())
     }
 
     /// Returns once everything committed before this call is on disk. Call it after COMMIT
@@ -196,32 +224,17 @@ impl WalSync {
     pub async fn sync(&self) -> std::io::Result<()> {
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let mut durable = self.durable.lock().await;
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(failed_before());
-        }
-        if *durable >= ticket {
-            // An fsync that began after our commit has finished meanwhile.
+        let Some(covered) = self.to_cover(*durable, ticket)? else {
             return Ok(());
-        }
-        // Every ticket handed out so far belongs to a commit that already finished, so the fsync
-        // about to begin covers all of them.
-        let covered = self.requested.load(Ordering::SeqCst);
+        };
         let database = Arc::clone(&self.database.0);
         let wal = self.wal.clone();
-        self.syncing.store(true, Ordering::SeqCst);
-        let running = Syncing(self);
+        let running = self.begin_fsync();
         let began = Instant::now();
         let synced = tokio::task::spawn_blocking(move || fsync_wal(&wal, &database)).await;
-        self.latency.observe(began.elapsed().as_secs_f64());
         drop(running);
-        if let Err(err) = synced.map_err(std::io::Error::other).and_then(|r| r) {
-            self.failed.store(true, Ordering::SeqCst);
-            tracing::error!(error = %err, wal = %self.wal.display(), "fsync of the database failed: no commit is called durable any more; restart the server (SQLite recovers from the files)");
-            return Err(err);
-        }
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        *durable = covered;
-        Ok(())
+        let synced = synced.map_err(std::io::Error::other).and_then(|r| r);
+        self.fsync_ended(&mut durable, covered, began, synced)
     }
 
     /// Returns when no fsync is running (at once when none is), or after `at_most`.

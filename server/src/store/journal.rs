@@ -491,21 +491,12 @@ pub fn encode(sections: &[Section<'_>]) -> Vec<u8> {
 /// The 32 bytes of a text of exactly 64 lowercase hexadecimal digits (anything else: None, and
 /// it is kept as text, so every text decodes to exactly itself).
 fn hex_256(text: &str) -> Option<[u8; 32]> {
-    fn digit(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            _ => None,
-        }
-    }
-    let text = text.as_bytes();
-    if text.len() != 64 {
+    // `hex` reads upper case too, which would come back lower case: lower case only.
+    if text.len() != 64 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     let mut out = [0u8; 32];
-    for (i, pair) in text.chunks_exact(2).enumerate() {
-        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 

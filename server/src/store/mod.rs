@@ -356,14 +356,20 @@ impl Store {
         }
     }
 
-    /// Runs `done` once every transaction committed so far is durable, on the group fsync's own
-    /// thread (see [`durability::WalSync::after_sync`]). `Err(done)`: there is no such thread
-    /// (PostgreSQL, `--sqlite-synchronous normal`) or it has too much waiting; the caller then
-    /// waits with [`Store::sync`].
-    pub fn after_sync(&self, done: durability::AfterSync) -> Result<(), durability::AfterSync> {
-        match &self.wal_sync {
-            Some(wal) => wal.after_sync(done),
-            None => Err(done),
+    /// Runs `done` once every transaction committed so far is durable, without a task waiting
+    /// for it where it can: on SQLite with the group fsync, on the fsync's own thread right after
+    /// the fsync that covers it (see [`durability::WalSync::after_sync`]), or on a task that
+    /// waits for [`Store::sync`] when that thread has too much waiting; at once where COMMIT is
+    /// as durable as it gets (PostgreSQL, `--sqlite-synchronous normal`). Call it within the
+    /// tokio runtime.
+    pub fn when_durable(&self, done: durability::AfterSync) {
+        let Some(wal) = &self.wal_sync else {
+            done(Ok(()));
+            return;
+        };
+        if let Err(done) = wal.after_sync(done) {
+            let wal = Arc::clone(wal);
+            tokio::spawn(async move { done(wal.sync().await) });
         }
     }
 
