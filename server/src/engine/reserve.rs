@@ -56,14 +56,42 @@ pub struct ReserveCommand {
 /// The method name idempotency records carry.
 pub const RESERVE: &str = "Reserve";
 
+/// A map that lives for one batch and is looked up a few times per Reserve (its service points,
+/// the answers and reservations it made so far): hashed with foldhash, seeded per map, instead
+/// of SipHash. Its keys come from the batch's requests, and a batch holds at most
+/// `--reserve-batch-size` of them, so a flood of colliding keys stays that small.
+type BatchMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One Reserve waiting in an office's batch.
 pub(crate) struct Job {
+    /// The validated request and its NIK's keyed hash, shared with the call that waits for the
+    /// answer ([`Engine::reserve`]). The thread that answers the batch (the group fsync's) lets
+    /// go of it right after the answer, so the call most often frees the texts on its own
+    /// thread, not that thread before its next answer; and a queued Reserve is a pointer, not
+    /// a few hundred bytes moved into the queue and the batch.
+    pub request: Arc<Submitted>,
+    /// Where the answer goes.
+    pub reply: tokio::sync::oneshot::Sender<EngineResult<ReserveResponse>>,
+}
+
+/// A Reserve as its batch reads it.
+pub(crate) struct Submitted {
     /// The validated request.
     pub cmd: ReserveCommand,
     /// The keyed hash of its NIK.
     pub nik_hash: String,
-    /// Where the answer goes.
-    pub reply: tokio::sync::oneshot::Sender<EngineResult<ReserveResponse>>,
+}
+
+impl Job {
+    /// The validated request.
+    pub(crate) fn cmd(&self) -> &ReserveCommand {
+        &self.request.cmd
+    }
+
+    /// The keyed hash of its NIK.
+    pub(crate) fn nik_hash(&self) -> &str {
+        &self.request.nik_hash
+    }
 }
 
 /// The columns of the `idempotency` rows a batch writes.
@@ -146,15 +174,15 @@ struct BatchState {
     date: String,
     /// Held plus committed today over the office (kept up to date in memory).
     office_used: i64,
-    points: HashMap<String, EngineResult<PointState>>,
+    points: BatchMap<String, EngineResult<PointState>>,
     /// Answers already stored, by request id (prefetched).
     answers: HashMap<String, rows::StoredAnswer>,
     /// The answers given in this batch ([`BatchState::new_answers`]), by request id.
-    given: HashMap<String, usize>,
+    given: BatchMap<String, usize>,
     /// Live reservations of the batch's NIKs (prefetched).
     live: HashMap<String, ReservationRow>,
     /// The reservations made in this batch ([`BatchState::reservations`]), by NIK hash.
-    made: HashMap<String, usize>,
+    made: BatchMap<String, usize>,
     /// NIKs with a recorded IKD activation (prefetched where the office requires IKD first).
     activated: std::collections::HashSet<String>,
     ledger: Vec<ledger::StoredEntry>,
@@ -184,11 +212,11 @@ impl BatchState {
             today,
             date: format_local_date(today),
             office_used,
-            points: HashMap::new(),
+            points: BatchMap::default(),
             answers,
-            given: HashMap::new(),
+            given: BatchMap::default(),
             live,
-            made: HashMap::new(),
+            made: BatchMap::default(),
             activated,
             ledger: Vec::new(),
             reservations: Vec::new(),
@@ -271,20 +299,23 @@ impl Engine {
     #[tracing::instrument(skip_all, fields(office = %cmd.office_id, service_point = %crate::domain::nik::mask_nik_runs(&cmd.service_point_id), nik = %cmd.nik.masked()))]
     pub async fn reserve(&self, cmd: ReserveCommand) -> EngineResult<ReserveResponse> {
         let nik_hash = self.nik_key.hash_nik(cmd.nik.as_str());
+        let request = Arc::new(Submitted { cmd, nik_hash });
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.batcher
             .submit(
                 self,
                 Job {
-                    cmd,
-                    nik_hash,
+                    request: Arc::clone(&request),
                     reply,
                 },
             )
             .await?;
-        answer.await.map_err(|_| {
+        let answer = answer.await.map_err(|_| {
             EngineError::Internal("the reservation batch ended without an answer".into())
-        })?
+        })?;
+        // The request's last holder, most often: freed here, on this call's thread.
+        drop(request);
+        answer
     }
 
     /// Decides a batch of Reserves of one office in one transaction (committed, not yet known
@@ -410,17 +441,17 @@ impl Engine {
         // Everything the decisions read, fetched once for the whole batch (on PostgreSQL in one
         // round trip): the office's quota rows today, stored answers, live reservations of the
         // NIKs, IKD activations, the service points and their queues, and the holds now due.
-        let request_ids: Vec<&str> = jobs.iter().map(|j| j.cmd.request_id.as_str()).collect();
-        let nik_hashes: Vec<&str> = jobs.iter().map(|j| j.nik_hash.as_str()).collect();
+        let request_ids: Vec<&str> = jobs.iter().map(|j| j.cmd().request_id.as_str()).collect();
+        let nik_hashes: Vec<&str> = jobs.iter().map(Job::nik_hash).collect();
         let not_active: Vec<&str> = if office.ikd_first_required {
             jobs.iter()
-                .filter(|j| j.cmd.ikd_status == IkdStatus::NotActive as i32)
-                .map(|j| j.nik_hash.as_str())
+                .filter(|j| j.cmd().ikd_status == IkdStatus::NotActive as i32)
+                .map(Job::nik_hash)
                 .collect()
         } else {
             Vec::new()
         };
-        let point_ids = point_ids(jobs.iter().map(|j| &j.cmd));
+        let point_ids = point_ids(jobs.iter().map(Job::cmd));
         let mut keys = rows::BatchKeys {
             office_id,
             local_date: &date,
@@ -478,10 +509,7 @@ impl Engine {
             state.points.insert(id.to_string(), point);
         }
 
-        let answers = decide_batch(
-            &mut state,
-            jobs.iter().map(|j| (&j.cmd, j.nik_hash.as_str())),
-        )?;
+        let answers = decide_batch(&mut state, jobs.iter().map(|j| (j.cmd(), j.nik_hash())))?;
 
         // The writes: a few multi-row statements for the whole batch.
         if self.store.kind() == crate::store::DatabaseKind::Postgres {

@@ -444,9 +444,9 @@ impl<'c> Prepared<'c> {
     }
 
     /// Runs it as a query with `values` bound, and maps each row.
-    pub fn query<T>(
+    pub fn query<T, P: Param>(
         &mut self,
-        values: &[Value],
+        values: &[P],
         mut map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<Vec<T>> {
         bind(&mut self.0, values)?;
@@ -459,9 +459,9 @@ impl<'c> Prepared<'c> {
     }
 
     /// Runs it as a query for at most one row.
-    pub fn query_optional<T>(
+    pub fn query_optional<T, P: Param>(
         &mut self,
-        values: &[Value],
+        values: &[P],
         map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<Option<T>> {
         bind(&mut self.0, values)?;

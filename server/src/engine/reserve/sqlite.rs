@@ -27,7 +27,7 @@ use crate::store::direct::{self, Prepared, SHARED_SQL, execute, numbered, query,
 use crate::store::journal::{self, Change, Journal};
 use crate::store::rows::{
     self, Columns, QuotaDayRow, RESERVATION_COLUMNS, RESERVATION_INSERT_COLUMNS, ReservationRow,
-    ServicePointRow, StoredAnswer, Value,
+    ServicePointRow, StoredAnswer, Value, ValueRef,
 };
 
 impl From<rusqlite::Error> for EngineError {
@@ -334,8 +334,8 @@ fn decide(
     // The reads below see the tables: a request id or NIK of this batch that may wait in the
     // journal, or a hold in it that may be due, is folded into them first.
     if journaled.journal.must_fold_for(
-        jobs.iter().map(|j| j.cmd.request_id.as_str()),
-        jobs.iter().map(|j| j.nik_hash.as_str()),
+        jobs.iter().map(|j| j.cmd().request_id.as_str()),
+        jobs.iter().map(Job::nik_hash),
         now,
     ) {
         journaled.fold_all(conn)?;
@@ -364,28 +364,29 @@ fn decide(
     } else {
         None
     };
-    for Job { cmd, nik_hash, .. } in jobs {
+    for job in jobs {
+        let (cmd, nik_hash) = (job.cmd(), job.nik_hash());
         if let Some(answer) = stored_answer
-            .query_optional(&[Value::text(&cmd.request_id)], |r| {
+            .query_optional(&[ValueRef::Text(&cmd.request_id)], |r| {
                 StoredAnswer::from_row(r)
             })?
         {
             answers.insert(cmd.request_id.clone(), answer);
         }
         if let Some(r) = live_reservation
-            .query_optional(&[Value::text(nik_hash), Value::text(&date)], |r| {
+            .query_optional(&[ValueRef::Text(nik_hash), ValueRef::Text(&date)], |r| {
                 ReservationRow::from_row(r)
             })?
         {
-            live.insert(nik_hash.clone(), r);
+            live.insert(nik_hash.to_string(), r);
         }
         if let Some(ikd_activated) = ikd_activated.as_mut()
             && cmd.ikd_status == IkdStatus::NotActive as i32
             && ikd_activated
-                .query_optional(&[Value::text(nik_hash)], |_| Ok(()))?
+                .query_optional(&[ValueRef::Text(nik_hash)], |_| Ok(()))?
                 .is_some()
         {
-            activated.insert(nik_hash.clone());
+            activated.insert(nik_hash.to_string());
         }
     }
     let waiting: HashMap<String, i64> = query(
@@ -401,7 +402,7 @@ fn decide(
     .collect();
 
     let mut state = BatchState::new(office, zone, now, office_used, answers, live, activated);
-    for id in point_ids(jobs.iter().map(|j| &j.cmd)) {
+    for id in point_ids(jobs.iter().map(Job::cmd)) {
         // An unknown service point: the general path answers NOT_FOUND.
         let Some(config) = points.get(id) else {
             return Ok(None);
@@ -431,10 +432,7 @@ fn decide(
         );
     }
 
-    let answers = decide_batch(
-        &mut state,
-        jobs.iter().map(|j| (&j.cmd, j.nik_hash.as_str())),
-    )?;
+    let answers = decide_batch(&mut state, jobs.iter().map(|j| (j.cmd(), j.nik_hash())))?;
     write(conn, journaled, office_id, jobs, &mut state)?;
     // The office's rows as this transaction leaves them.
     for (id, point) in state.points {
@@ -467,7 +465,7 @@ fn write(
     let reservations = state.reservations.len() as u64;
     if journaled.takes(conn, jobs.len(), reservations)? {
         let entry = journal::Entry {
-            request_ids: jobs.iter().map(|j| j.cmd.request_id.as_str()).collect(),
+            request_ids: jobs.iter().map(|j| j.cmd().request_id.as_str()).collect(),
             nik_hashes: state
                 .reservations
                 .iter()
