@@ -5,6 +5,8 @@
 #
 #   1. blangko-bench, closed loop (Health/Check, GetQuota, Reserve) and open loop (fixed arrival
 #      rate), on a fresh SQLite file: any non-OK status or held + committed > quota fails it;
+#      then two rounds of Health/Check and Reserve in turn (--rounds), with each round's ratio
+#      and their median;
 #   2. blangko-bench against a small quota (4 service points x 5) on another fresh file: exactly
 #      20 Reserves must be acknowledged as reservations, the rest referred to IKD for the exhausted
 #      quota, none over (the quota is small so that any machine makes more calls in 2 s than it
@@ -59,6 +61,18 @@ if [[ $(grep -c 'server [0-9]* µs/call' "$work/throughput.txt") -ne 3 ]]; then
   echo "expected a CPU line with the server's time per call after each of the three phases"
   exit 1
 fi
+
+# Rounds: the phases in turn, each round's ratio and their median, the invariant after all of
+# them (the Reserve journal folded between rounds).
+target/release/blangko-bench --server "http://$addr" --seconds 1 --concurrency 16 \
+  --service-points 16 --phases health,reserve --rounds 2 --nik-offset 50000000 \
+  | tee "$work/rounds.txt"
+grep -qE '^ratio reserve/health throughput by round: [0-9.]+ [0-9.]+$' "$work/rounds.txt" \
+  && grep -qE '^ratio reserve/health throughput: [0-9.]+ \(median of 2 rounds\)$' "$work/rounds.txt" \
+  && [[ $(grep -c '^reserve (closed loop, round [12])' "$work/rounds.txt") -eq 2 ]] || {
+  echo "expected two rounds of Reserve, each round's ratio and their median"
+  exit 1
+}
 
 echo "--- 2. blangko-bench: quota exhausted (4 service points x 5)"
 start_server exhausted

@@ -36,6 +36,11 @@ use tonic::transport::{Channel, Endpoint};
 const MAX_CONCURRENCY: usize = 4096;
 /// Longest phase.
 const MAX_SECONDS: f64 = 600.0;
+/// Most rounds of the phases (`--rounds`).
+const MAX_ROUNDS: u32 = 50;
+/// Longest wait for the server's fold of its Reserve journal between two rounds (a fold of a
+/// few hundred thousand reservations takes seconds).
+const FOLD_WAIT: Duration = Duration::from_secs(120);
 /// The server's default limit of concurrent streams per connection
 /// (`--max-streams-per-connection`): streams past it wait in the client for a free one.
 const SERVER_STREAMS_PER_CONNECTION: usize = 256;
@@ -120,6 +125,13 @@ struct Args {
     /// Phases to run, comma separated: health, quota, reserve.
     #[arg(long, value_delimiter = ',', default_value = "health,quota,reserve", value_parser = ["health", "quota", "reserve"])]
     phases: Vec<String>,
+    /// Runs the phases this many times in turn (health, reserve, health, reserve, ...), each for
+    /// --seconds, and prints each round's ratios and their median. On a shared machine, whose
+    /// speed drifts over tens of seconds, phases side by side in time compare better than one
+    /// long phase of each. After a Reserve phase the next waits until the server has folded its
+    /// Reserve journal (SQLite), so that work lands in neither phase.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_ROUNDS as i64))]
+    rounds: u32,
 }
 
 /// Latencies of one phase, in microseconds.
@@ -327,42 +339,51 @@ async fn main() -> anyhow::Result<()> {
     let watchers = open_watchers(&clients, &args).await?;
     let before = check_invariant(&mut counter, layout).await?;
     let nik_counter = Arc::new(AtomicU64::new(args.nik_offset));
-    let mut throughput = Vec::new();
+    // Closed-loop throughput of each phase, one entry per round.
+    let mut throughput: Vec<(String, Vec<f64>)> = args
+        .phases
+        .iter()
+        .map(|p| (p.clone(), Vec::new()))
+        .collect();
     let mut failed = false;
     let mut reserved = 0;
-    for phase in &args.phases {
-        let cpu = CpuUse::start(args.server_pid);
-        let sample = closed_loop(&clients, &args, layout, phase, nik_counter.clone()).await?;
-        let rps = sample.micros.len() as f64 / args.seconds;
-        report(&format!("{phase} (closed loop)"), &sample, rps);
-        cpu.report(sample.micros.len() as u64);
-        failed |= sample.unexpected();
-        reserved += sample.reserved;
-        throughput.push((phase.clone(), rps));
-        if args.rate > 0.0 {
-            let start = Instant::now();
-            let sample = open_loop(&clients, &args, layout, phase, nik_counter.clone()).await?;
-            // Calls answered over the time until the last answer: below the arrival rate when
-            // the server fell behind.
-            let elapsed = sample
-                .last_end
-                .map_or(args.seconds, |end| end.duration_since(start).as_secs_f64());
-            report(
-                &format!("{phase} (open loop, {} /s)", args.rate),
-                &sample,
-                sample.micros.len() as f64 / elapsed.max(f64::EPSILON),
-            );
+    for round in 1..=args.rounds {
+        let suffix = if args.rounds > 1 {
+            format!(", round {round}")
+        } else {
+            String::new()
+        };
+        for (phase, rates) in throughput.iter_mut() {
+            let cpu = CpuUse::start(args.server_pid);
+            let sample = closed_loop(&clients, &args, layout, phase, nik_counter.clone()).await?;
+            let rps = sample.micros.len() as f64 / args.seconds;
+            report(&format!("{phase} (closed loop{suffix})"), &sample, rps);
+            cpu.report(sample.micros.len() as u64);
             failed |= sample.unexpected();
             reserved += sample.reserved;
-        }
-    }
-    if let Some((_, health)) = throughput.iter().find(|(p, _)| p == "health") {
-        for (phase, rps) in &throughput {
-            if phase != "health" && *health > 0.0 {
-                println!("ratio {phase}/health throughput: {:.3}", rps / health);
+            rates.push(rps);
+            if args.rate > 0.0 {
+                let start = Instant::now();
+                let sample = open_loop(&clients, &args, layout, phase, nik_counter.clone()).await?;
+                // Calls answered over the time until the last answer: below the arrival rate
+                // when the server fell behind.
+                let elapsed = sample
+                    .last_end
+                    .map_or(args.seconds, |end| end.duration_since(start).as_secs_f64());
+                report(
+                    &format!("{phase} (open loop, {} /s{suffix})", args.rate),
+                    &sample,
+                    sample.micros.len() as f64 / elapsed.max(f64::EPSILON),
+                );
+                failed |= sample.unexpected();
+                reserved += sample.reserved;
+            }
+            if args.rounds > 1 && phase == "reserve" {
+                fold_wait(&mut counter, layout).await?;
             }
         }
     }
+    print_ratios(&throughput);
     if let Some(w) = watchers {
         failed |= !w.report();
     }
@@ -392,6 +413,73 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "invariant held: held + committed <= quota on every service point; no unexpected status"
     );
+    Ok(())
+}
+
+/// Prints each phase's throughput against Health/Check's: for one round, the ratio; for more,
+/// each round's ratio (the phases of one round ran side by side) and their median, which the
+/// "ratio ...:" line then gives.
+fn print_ratios(throughput: &[(String, Vec<f64>)]) {
+    let Some((_, health)) = throughput.iter().find(|(p, _)| p == "health") else {
+        return;
+    };
+    for (phase, rates) in throughput {
+        if phase == "health" {
+            continue;
+        }
+        let ratios: Vec<f64> = rates
+            .iter()
+            .zip(health)
+            .filter(|(_, h)| **h > 0.0)
+            .map(|(r, h)| r / h)
+            .collect();
+        let Some(median) = median(&ratios) else {
+            continue;
+        };
+        if ratios.len() > 1 {
+            let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+            println!(
+                "ratio {phase}/health throughput by round: {}",
+                each.join(" ")
+            );
+            println!(
+                "ratio {phase}/health throughput: {median:.3} (median of {} rounds)",
+                ratios.len()
+            );
+        } else {
+            println!("ratio {phase}/health throughput: {median:.3}");
+        }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); None when empty.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+/// Waits until the server has folded its Reserve journal (SQLite; at once on PostgreSQL): a
+/// ListReservations call reads the tables, and the server folds the journal before any such
+/// read. Bounded by FOLD_WAIT.
+async fn fold_wait(counter: &mut CounterServiceClient<Ch>, layout: Layout) -> anyhow::Result<()> {
+    for office in 0..layout.offices {
+        let mut request = tonic::Request::new(ListReservationsRequest {
+            office_id: office_id(office),
+            page_size: 1,
+            ..Default::default()
+        });
+        request.set_timeout(FOLD_WAIT);
+        counter
+            .list_reservations(request)
+            .await
+            .context("waiting for the server to fold its Reserve journal")?;
+    }
     Ok(())
 }
 
@@ -996,6 +1084,16 @@ mod tests {
         let lots = shipments(100_000, 64);
         assert_eq!(lots.iter().map(|&l| u64::from(l)).sum::<u64>(), 6_400_000);
         assert!(lots.iter().all(|&l| (1..=MAX_SHIPMENT).contains(&l)));
+    }
+
+    #[test]
+    fn the_median_of_the_rounds_ratios() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[0.4]), Some(0.4));
+        // Odd: the middle one, whatever the order.
+        assert_eq!(median(&[0.55, 0.41, 0.47]), Some(0.47));
+        // Even: the mean of the middle two.
+        assert_eq!(median(&[0.5, 0.4, 0.6, 0.3]), Some(0.45));
     }
 
     #[test]
