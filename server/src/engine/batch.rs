@@ -69,7 +69,7 @@ impl Batcher {
             // No shared engine (not attached): decide this Reserve alone, inline. Boxed: a
             // batch's future is kilobytes, and every Reserve's future would carry room for it
             // (and copy it when the call's future is boxed) although a server never comes here.
-            let office = job.cmd().office_id.clone();
+            let office = job.cmd.office_id.clone();
             Box::pin(async {
                 let decided = engine.run_batch(&office, vec![job], TopUp::none()).await;
                 engine.answer_batch(decided).await;
@@ -82,8 +82,8 @@ impl Batcher {
             let sender = {
                 let mut queues = self.queues();
                 queues
-                    .entry(job.cmd().office_id.clone())
-                    .or_insert_with(|| spawn_worker(&shared, job.cmd().office_id.clone()))
+                    .entry(job.cmd.office_id.clone())
+                    .or_insert_with(|| spawn_worker(&shared, job.cmd.office_id.clone()))
                     .clone()
             };
             match sender.send(job).await {
@@ -92,10 +92,10 @@ impl Batcher {
                     job = returned;
                     let mut queues = self.queues();
                     if queues
-                        .get(&job.cmd().office_id)
+                        .get(&job.cmd.office_id)
                         .is_some_and(|s| s.same_channel(&sender))
                     {
-                        queues.remove(&job.cmd().office_id);
+                        queues.remove(&job.cmd.office_id);
                     }
                 }
             }

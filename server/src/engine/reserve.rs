@@ -64,34 +64,12 @@ type BatchMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One Reserve waiting in an office's batch.
 pub(crate) struct Job {
-    /// The validated request and its NIK's keyed hash, shared with the call that waits for the
-    /// answer ([`Engine::reserve`]). The thread that answers the batch (the group fsync's) lets
-    /// go of it right after the answer, so the call most often frees the texts on its own
-    /// thread, not that thread before its next answer; and a queued Reserve is a pointer, not
-    /// a few hundred bytes moved into the queue and the batch.
-    pub request: Arc<Submitted>,
-    /// Where the answer goes.
-    pub reply: tokio::sync::oneshot::Sender<EngineResult<ReserveResponse>>,
-}
-
-/// A Reserve as its batch reads it.
-pub(crate) struct Submitted {
     /// The validated request.
     pub cmd: ReserveCommand,
     /// The keyed hash of its NIK.
     pub nik_hash: String,
-}
-
-impl Job {
-    /// The validated request.
-    pub(crate) fn cmd(&self) -> &ReserveCommand {
-        &self.request.cmd
-    }
-
-    /// The keyed hash of its NIK.
-    pub(crate) fn nik_hash(&self) -> &str {
-        &self.request.nik_hash
-    }
+    /// Where the answer goes.
+    pub reply: tokio::sync::oneshot::Sender<EngineResult<ReserveResponse>>,
 }
 
 /// The columns of the `idempotency` rows a batch writes.
@@ -299,23 +277,20 @@ impl Engine {
     #[tracing::instrument(skip_all, fields(office = %cmd.office_id, service_point = %crate::domain::nik::mask_nik_runs(&cmd.service_point_id), nik = %cmd.nik.masked()))]
     pub async fn reserve(&self, cmd: ReserveCommand) -> EngineResult<ReserveResponse> {
         let nik_hash = self.nik_key.hash_nik(cmd.nik.as_str());
-        let request = Arc::new(Submitted { cmd, nik_hash });
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.batcher
             .submit(
                 self,
                 Job {
-                    request: Arc::clone(&request),
+                    cmd,
+                    nik_hash,
                     reply,
                 },
             )
             .await?;
-        let answer = answer.await.map_err(|_| {
+        answer.await.map_err(|_| {
             EngineError::Internal("the reservation batch ended without an answer".into())
-        })?;
-        // The request's last holder, most often: freed here, on this call's thread.
-        drop(request);
-        answer
+        })?
     }
 
     /// Decides a batch of Reserves of one office in one transaction (committed, not yet known
@@ -441,17 +416,17 @@ impl Engine {
         // Everything the decisions read, fetched once for the whole batch (on PostgreSQL in one
         // round trip): the office's quota rows today, stored answers, live reservations of the
         // NIKs, IKD activations, the service points and their queues, and the holds now due.
-        let request_ids: Vec<&str> = jobs.iter().map(|j| j.cmd().request_id.as_str()).collect();
-        let nik_hashes: Vec<&str> = jobs.iter().map(Job::nik_hash).collect();
+        let request_ids: Vec<&str> = jobs.iter().map(|j| j.cmd.request_id.as_str()).collect();
+        let nik_hashes: Vec<&str> = jobs.iter().map(|j| j.nik_hash.as_str()).collect();
         let not_active: Vec<&str> = if office.ikd_first_required {
             jobs.iter()
-                .filter(|j| j.cmd().ikd_status == IkdStatus::NotActive as i32)
-                .map(Job::nik_hash)
+                .filter(|j| j.cmd.ikd_status == IkdStatus::NotActive as i32)
+                .map(|j| j.nik_hash.as_str())
                 .collect()
         } else {
             Vec::new()
         };
-        let point_ids = point_ids(jobs.iter().map(Job::cmd));
+        let point_ids = point_ids(jobs.iter().map(|j| &j.cmd));
         let mut keys = rows::BatchKeys {
             office_id,
             local_date: &date,
@@ -509,7 +484,10 @@ impl Engine {
             state.points.insert(id.to_string(), point);
         }
 
-        let answers = decide_batch(&mut state, jobs.iter().map(|j| (j.cmd(), j.nik_hash())))?;
+        let answers = decide_batch(
+            &mut state,
+            jobs.iter().map(|j| (&j.cmd, j.nik_hash.as_str())),
+        )?;
 
         // The writes: a few multi-row statements for the whole batch.
         if self.store.kind() == crate::store::DatabaseKind::Postgres {

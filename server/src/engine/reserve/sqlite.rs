@@ -334,8 +334,8 @@ fn decide(
     // The reads below see the tables: a request id or NIK of this batch that may wait in the
     // journal, or a hold in it that may be due, is folded into them first.
     if journaled.journal.must_fold_for(
-        jobs.iter().map(|j| j.cmd().request_id.as_str()),
-        jobs.iter().map(Job::nik_hash),
+        jobs.iter().map(|j| j.cmd.request_id.as_str()),
+        jobs.iter().map(|j| j.nik_hash.as_str()),
         now,
     ) {
         journaled.fold_all(conn)?;
@@ -364,8 +364,7 @@ fn decide(
     } else {
         None
     };
-    for job in jobs {
-        let (cmd, nik_hash) = (job.cmd(), job.nik_hash());
+    for Job { cmd, nik_hash, .. } in jobs {
         if let Some(answer) = stored_answer
             .query_optional(&[ValueRef::Text(&cmd.request_id)], |r| {
                 StoredAnswer::from_row(r)
@@ -378,7 +377,7 @@ fn decide(
                 ReservationRow::from_row(r)
             })?
         {
-            live.insert(nik_hash.to_string(), r);
+            live.insert(nik_hash.clone(), r);
         }
         if let Some(ikd_activated) = ikd_activated.as_mut()
             && cmd.ikd_status == IkdStatus::NotActive as i32
@@ -386,7 +385,7 @@ fn decide(
                 .query_optional(&[ValueRef::Text(nik_hash)], |_| Ok(()))?
                 .is_some()
         {
-            activated.insert(nik_hash.to_string());
+            activated.insert(nik_hash.clone());
         }
     }
     let waiting: HashMap<String, i64> = query(
@@ -402,7 +401,7 @@ fn decide(
     .collect();
 
     let mut state = BatchState::new(office, zone, now, office_used, answers, live, activated);
-    for id in point_ids(jobs.iter().map(Job::cmd)) {
+    for id in point_ids(jobs.iter().map(|j| &j.cmd)) {
         // An unknown service point: the general path answers NOT_FOUND.
         let Some(config) = points.get(id) else {
             return Ok(None);
@@ -432,7 +431,10 @@ fn decide(
         );
     }
 
-    let answers = decide_batch(&mut state, jobs.iter().map(|j| (j.cmd(), j.nik_hash())))?;
+    let answers = decide_batch(
+        &mut state,
+        jobs.iter().map(|j| (&j.cmd, j.nik_hash.as_str())),
+    )?;
     write(conn, journaled, office_id, jobs, &mut state)?;
     // The office's rows as this transaction leaves them.
     for (id, point) in state.points {
@@ -465,7 +467,7 @@ fn write(
     let reservations = state.reservations.len() as u64;
     if journaled.takes(conn, jobs.len(), reservations)? {
         let entry = journal::Entry {
-            request_ids: jobs.iter().map(|j| j.cmd().request_id.as_str()).collect(),
+            request_ids: jobs.iter().map(|j| j.cmd.request_id.as_str()).collect(),
             nik_hashes: state
                 .reservations
                 .iter()
