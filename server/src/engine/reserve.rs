@@ -57,9 +57,9 @@ pub struct ReserveCommand {
 pub const RESERVE: &str = "Reserve";
 
 /// A map that lives for one batch and is looked up a few times per Reserve (its service points,
-/// the answers and reservations it made so far): hashed with foldhash, seeded per map, instead
-/// of SipHash. Its keys come from the batch's requests, and a batch holds at most
-/// `--reserve-batch-size` of them, so a flood of colliding keys stays that small.
+/// the answers and reservations it made so far): hashed with foldhash instead of SipHash. It is
+/// seeded per map, so a caller cannot choose keys that collide, and it holds at most
+/// `--reserve-batch-size` keys.
 type BatchMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One Reserve waiting in an office's batch.
@@ -227,17 +227,12 @@ impl BatchState {
         }
     }
 
-    /// The answers given in this batch as `idempotency` rows, owned, taken out of the batch:
-    /// they are written once.
-    fn take_answer_rows(&mut self) -> Vec<Vec<rows::Value>> {
-        let rows = self
-            .answer_refs()
+    /// The answers given in this batch as `idempotency` rows, owned.
+    fn answer_rows(&self) -> Vec<Vec<rows::Value>> {
+        self.answer_refs()
             .into_iter()
             .map(|row| row.into_iter().map(rows::ValueRef::to_value).collect())
-            .collect();
-        self.given.clear();
-        self.new_answers.clear();
-        rows
+            .collect()
     }
 
     /// The answers given in this batch as `idempotency` rows (in [`IDEMPOTENCY_COLUMNS`]
@@ -491,10 +486,9 @@ impl Engine {
 
         // The writes: a few multi-row statements for the whole batch.
         if self.store.kind() == crate::store::DatabaseKind::Postgres {
-            self.write_batch_combined(conn, office_id, &mut state)
-                .await?;
+            self.write_batch_combined(conn, office_id, &state).await?;
         } else {
-            self.write_batch(conn, office_id, &mut state).await?;
+            self.write_batch(conn, office_id, &state).await?;
         }
         tx.commit().await?;
         Ok((answers, state.changed))
@@ -506,7 +500,7 @@ impl Engine {
         &self,
         conn: &mut AnyConnection,
         office_id: &str,
-        state: &mut BatchState,
+        state: &BatchState,
     ) -> EngineResult<()> {
         ledger::insert_entries(conn, &state.ledger).await?;
         rows::insert_many(
@@ -520,7 +514,7 @@ impl Engine {
             conn,
             "idempotency",
             &IDEMPOTENCY_COLUMNS,
-            state.take_answer_rows(),
+            state.answer_rows(),
         )
         .await?;
         for (cause, referrals) in &state.referrals {
@@ -545,7 +539,7 @@ impl Engine {
         &self,
         conn: &mut AnyConnection,
         office_id: &str,
-        state: &mut BatchState,
+        state: &BatchState,
     ) -> EngineResult<()> {
         let mut write = rows::CombinedWrite::default();
         write.insert(
@@ -558,11 +552,7 @@ impl Engine {
             &rows::RESERVATION_INSERT_COLUMNS,
             state.reservation_rows(),
         );
-        write.insert(
-            "idempotency",
-            &IDEMPOTENCY_COLUMNS,
-            state.take_answer_rows(),
-        );
+        write.insert("idempotency", &IDEMPOTENCY_COLUMNS, state.answer_rows());
         write.rows(
             rows::IKD_REFERRALS_UPSERT_ROWS,
             &rows::IKD_REFERRALS_COLUMNS,
