@@ -144,7 +144,7 @@ impl PointState {
 /// What a batch holds for one office for the length of its transaction. Everything a decision
 /// reads is fetched once per batch (a few statements), decided in memory, and written at the
 /// end with multi-row statements: group commit.
-struct BatchState {
+struct BatchState<'a> {
     office: OfficeRow,
     zone: OfficeZone,
     now: i64,
@@ -155,23 +155,24 @@ struct BatchState {
     points: BatchMap<String, EngineResult<PointState>>,
     /// Answers already stored, by request id (prefetched).
     answers: HashMap<String, rows::StoredAnswer>,
-    /// The answers given in this batch ([`BatchState::new_answers`]), by request id.
-    given: BatchMap<String, usize>,
+    /// The answers given in this batch ([`BatchState::new_answers`]), by request id (borrowed
+    /// from the batch's Reserves, like the other keys the decisions add).
+    given: BatchMap<&'a str, usize>,
     /// Live reservations of the batch's NIKs (prefetched).
     live: HashMap<String, ReservationRow>,
     /// The reservations made in this batch ([`BatchState::reservations`]), by NIK hash.
-    made: BatchMap<String, usize>,
+    made: BatchMap<&'a str, usize>,
     /// NIKs with a recorded IKD activation (prefetched where the office requires IKD first).
     activated: std::collections::HashSet<String>,
     ledger: Vec<ledger::StoredEntry>,
     reservations: Vec<ReservationRow>,
-    new_answers: Vec<NewAnswer>,
+    new_answers: Vec<NewAnswer<'a>>,
     changed: bool,
     /// IKD referrals given in this batch, by cause (counted for the daily stock report).
     referrals: HashMap<i32, i64>,
 }
 
-impl BatchState {
+impl<'a> BatchState<'a> {
     /// The state of a batch before its decisions, from what it read.
     fn new(
         office: OfficeRow,
@@ -181,7 +182,7 @@ impl BatchState {
         answers: HashMap<String, rows::StoredAnswer>,
         live: HashMap<String, ReservationRow>,
         activated: std::collections::HashSet<String>,
-    ) -> BatchState {
+    ) -> BatchState<'a> {
         let today = zone.local_date(now);
         BatchState {
             office,
@@ -208,7 +209,7 @@ impl BatchState {
     fn answer(&self, request_id: &str) -> Option<(&str, &str, &[u8])> {
         if let Some(&i) = self.given.get(request_id) {
             let a = &self.new_answers[i];
-            return Some((RESERVE, &a.fingerprint, &a.response));
+            return Some((RESERVE, a.fingerprint, &a.response));
         }
         self.answers.get(request_id).map(|a| {
             (
@@ -243,9 +244,9 @@ impl BatchState {
             .iter()
             .map(|a| {
                 vec![
-                    Text(&a.request_id),
+                    Text(a.request_id),
                     Text(RESERVE),
-                    Text(&a.fingerprint),
+                    Text(a.fingerprint),
                     Bytes(&a.response),
                     Int(self.now),
                 ]
@@ -500,7 +501,7 @@ impl Engine {
         &self,
         conn: &mut AnyConnection,
         office_id: &str,
-        state: &BatchState,
+        state: &BatchState<'_>,
     ) -> EngineResult<()> {
         ledger::insert_entries(conn, &state.ledger).await?;
         rows::insert_many(
@@ -539,7 +540,7 @@ impl Engine {
         &self,
         conn: &mut AnyConnection,
         office_id: &str,
-        state: &BatchState,
+        state: &BatchState<'_>,
     ) -> EngineResult<()> {
         let mut write = rows::CombinedWrite::default();
         write.insert(
@@ -602,7 +603,7 @@ impl Engine {
     async fn load_point(
         &self,
         conn: &mut AnyConnection,
-        state: &BatchState,
+        state: &BatchState<'_>,
         sp: rows::ServicePointRow,
         qd: Option<QuotaDayRow>,
         waiting: i64,
@@ -668,10 +669,10 @@ impl Engine {
 }
 
 /// One Reserve of the batch, decided in memory. An error leaves the batch state untouched.
-fn decide_one(
-    state: &mut BatchState,
-    cmd: &ReserveCommand,
-    nik_hash: &str,
+fn decide_one<'a>(
+    state: &mut BatchState<'a>,
+    cmd: &'a ReserveCommand,
+    nik_hash: &'a str,
 ) -> EngineResult<ReserveResponse> {
     // The same request id again (stored earlier, or earlier in this batch).
     if let Some((method, fingerprint, bytes)) = state.answer(&cmd.request_id) {
@@ -776,9 +777,7 @@ fn decide_one(
             state.ledger.push(stored);
             state.office_used += 1;
             state.changed = true;
-            state
-                .made
-                .insert(nik_hash.to_string(), state.reservations.len());
+            state.made.insert(nik_hash, state.reservations.len());
             state.reservations.push(reservation);
             if let Some(Ok(point)) = state.points.get_mut(&cmd.service_point_id) {
                 point.qd.held += 1;
@@ -815,7 +814,7 @@ fn point_ids<'a>(cmds: impl Iterator<Item = &'a ReserveCommand>) -> Vec<&'a str>
 /// The decisions of a batch, in arrival order, in memory; then the quota invariant of every
 /// quota row they changed, checked before anything is written.
 fn decide_batch<'a>(
-    state: &mut BatchState,
+    state: &mut BatchState<'a>,
     jobs: impl Iterator<Item = (&'a ReserveCommand, &'a str)>,
 ) -> EngineResult<Vec<EngineResult<ReserveResponse>>> {
     let answers = jobs
@@ -845,26 +844,28 @@ fn request_id_reused(request_id: &str, method: &str) -> EngineError {
 
 /// An answer given in the batch, kept for its end (and for a repeat of its request id in the
 /// batch).
-struct NewAnswer {
-    request_id: String,
-    fingerprint: String,
+struct NewAnswer<'a> {
+    request_id: &'a str,
+    fingerprint: &'a str,
     response: Vec<u8>,
 }
 
 /// Keeps an answer for the end of the batch (and for a repeat of its request id in the batch).
-fn record_answer(state: &mut BatchState, cmd: &ReserveCommand, response: &ReserveResponse) {
-    state
-        .given
-        .insert(cmd.request_id.clone(), state.new_answers.len());
+fn record_answer<'a>(
+    state: &mut BatchState<'a>,
+    cmd: &'a ReserveCommand,
+    response: &ReserveResponse,
+) {
+    state.given.insert(&cmd.request_id, state.new_answers.len());
     state.new_answers.push(NewAnswer {
-        request_id: cmd.request_id.clone(),
-        fingerprint: cmd.fingerprint.clone(),
+        request_id: &cmd.request_id,
+        fingerprint: &cmd.fingerprint,
         response: response.encode_to_vec(),
     });
 }
 
 /// The snapshot of a service point from the batch's state.
-fn batch_snapshot(state: &BatchState, point: &PointState) -> EngineResult<QuotaSnapshot> {
+fn batch_snapshot(state: &BatchState<'_>, point: &PointState) -> EngineResult<QuotaSnapshot> {
     snapshot_from(
         &state.office,
         &point.config.policy,
@@ -880,7 +881,7 @@ fn batch_snapshot(state: &BatchState, point: &PointState) -> EngineResult<QuotaS
 
 /// Decides whether the applicant may have a blank: None admits, Some names the referral.
 fn admission(
-    state: &BatchState,
+    state: &BatchState<'_>,
     point: &PointState,
     cmd: &ReserveCommand,
     nik_hash: &str,

@@ -462,7 +462,7 @@ fn write(
     mut journaled: Journaled<'_>,
     office_id: &str,
     jobs: &[Job],
-    state: &mut BatchState,
+    state: &mut BatchState<'_>,
 ) -> EngineResult<()> {
     let reservations = state.reservations.len() as u64;
     if journaled.takes(conn, jobs.len(), reservations)? {
