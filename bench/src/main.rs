@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use blangko_counter::connect::CallMetadata;
 use blangko_proto::v1::counter_service_client::CounterServiceClient;
-use blangko_proto::v1::reserve_response::Outcome;
 use blangko_proto::v1::stock_service_client::StockServiceClient;
 use blangko_proto::v1::*;
 use clap::Parser;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -234,6 +234,8 @@ struct Layout {
 #[derive(Clone)]
 struct Clients {
     counter: Vec<CounterServiceClient<Ch>>,
+    /// Reserve on the same connections, read as a [`ReserveAnswer`].
+    reserve: Vec<tonic::client::Grpc<Ch>>,
     health: Vec<tonic_health::pb::health_client::HealthClient<Ch>>,
 }
 
@@ -285,6 +287,11 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .cloned()
             .map(CounterServiceClient::new)
+            .collect(),
+        reserve: channels
+            .iter()
+            .cloned()
+            .map(tonic::client::Grpc::new)
             .collect(),
         health: channels
             .iter()
@@ -684,24 +691,21 @@ async fn one_call(
             let n = nik_counter.fetch_add(1, Ordering::Relaxed);
             let office = office_id((n % u64::from(layout.offices)) as u32);
             let sp = (n / u64::from(layout.offices)) % u64::from(layout.service_points);
-            let answer = clients.counter[k]
-                .clone()
-                .reserve(ReserveRequest {
-                    request_id: format!("bench-{n}-{:08x}", rand::random::<u32>()),
-                    office_id: office,
-                    service_point_id: format!("sp{sp}"),
-                    counter_id: "bench".into(),
-                    nik: nik(n),
-                    reason: Reason::DataChange as i32,
-                    ikd_status: IkdStatus::Active as i32,
-                })
-                .await?
-                .into_inner();
+            let request = ReserveRequest {
+                request_id: format!("bench-{n}-{:08x}", rand::random::<u32>()),
+                office_id: office,
+                service_point_id: format!("sp{sp}"),
+                counter_id: "bench".into(),
+                nik: nik(n),
+                reason: Reason::DataChange as i32,
+                ikd_status: IkdStatus::Active as i32,
+            };
+            let answer = reserve(clients.reserve[k].clone(), request).await?;
             Ok(match answer.outcome {
-                Some(Outcome::Reservation(r)) if r.replayed => Answer::Replayed,
-                Some(Outcome::Reservation(_)) => Answer::Reserved,
-                Some(Outcome::IkdReferral(r)) if r.replayed => Answer::Replayed,
-                Some(Outcome::IkdReferral(r)) => Answer::Referred(r.cause),
+                Some(Seen::Reservation(r)) if r.replayed => Answer::Replayed,
+                Some(Seen::Reservation(_)) => Answer::Reserved,
+                Some(Seen::IkdReferral(r)) if r.replayed => Answer::Replayed,
+                Some(Seen::IkdReferral(r)) => Answer::Referred(r.cause),
                 None => {
                     return Err(tonic::Status::internal(
                         "a Reserve answer without an outcome",
@@ -710,6 +714,62 @@ async fn one_call(
             })
         }
     }
+}
+
+/// What the load generator reads of a Reserve answer: the outcome, whether it was replayed, and
+/// a referral's cause. The same bytes as `ReserveResponse` on the wire; its other fields are
+/// skipped while decoding instead of being built as strings nobody reads. The generator shares
+/// the cores with the server, and decoding the whole answer cost it about 8,000 instructions per
+/// Reserve (callgrind on blangko-bench, BENCHMARKS.md).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReserveAnswer {
+    /// `ReserveResponse.outcome`.
+    #[prost(oneof = "Seen", tags = "1, 2")]
+    outcome: Option<Seen>,
+}
+
+/// `ReserveResponse.outcome`, as much of it as is read.
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum Seen {
+    /// `Reservation`: field 13, `replayed`.
+    #[prost(message, tag = "1")]
+    Reservation(ReservationSeen),
+    /// `IkdReferral`: field 1, `cause`, and field 7, `replayed`.
+    #[prost(message, tag = "2")]
+    IkdReferral(ReferralSeen),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReservationSeen {
+    #[prost(bool, tag = "13")]
+    replayed: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReferralSeen {
+    #[prost(int32, tag = "1")]
+    cause: i32,
+    #[prost(bool, tag = "7")]
+    replayed: bool,
+}
+
+/// CounterService/Reserve, as the generated client calls it (same path, codec and connection),
+/// with the answer read as a [`ReserveAnswer`].
+async fn reserve(
+    mut grpc: tonic::client::Grpc<Ch>,
+    request: ReserveRequest,
+) -> Result<ReserveAnswer, tonic::Status> {
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
+    let mut request = tonic::Request::new(request);
+    request.extensions_mut().insert(tonic::GrpcMethod::new(
+        "blangko.v1.CounterService",
+        "Reserve",
+    ));
+    let codec = blangko_proto::codec::BlangkoCodec::<ReserveRequest, ReserveAnswer>::default();
+    let path = PathAndQuery::from_static("/blangko.v1.CounterService/Reserve");
+    Ok(grpc.unary(request, path, codec).await?.into_inner())
 }
 
 async fn closed_loop(
@@ -1084,6 +1144,80 @@ mod tests {
         let lots = shipments(100_000, 64);
         assert_eq!(lots.iter().map(|&l| u64::from(l)).sum::<u64>(), 6_400_000);
         assert!(lots.iter().all(|&l| (1..=MAX_SHIPMENT).contains(&l)));
+    }
+
+    #[test]
+    fn a_reserve_answer_reads_the_outcome_replayed_and_cause_of_a_whole_response() {
+        use blangko_proto::v1::reserve_response::Outcome;
+        use prost::Message;
+        let quota = Some(QuotaSnapshot {
+            office_id: "3201".into(),
+            service_point_id: "sp3".into(),
+            local_date: "2026-12-06".into(),
+            quota: 100,
+            held: 7,
+            ..Default::default()
+        });
+        let reservation = |replayed| ReserveResponse {
+            outcome: Some(Outcome::Reservation(Reservation {
+                reservation_id: "r-1".into(),
+                office_id: "3201".into(),
+                service_point_id: "sp3".into(),
+                counter_id: "bench".into(),
+                local_date: "2026-12-06".into(),
+                state: ReservationState::Held as i32,
+                reason: Reason::DataChange as i32,
+                masked_nik: "3201**********0001".into(),
+                created_at: Some(prost_types::Timestamp {
+                    seconds: 1,
+                    nanos: 2,
+                }),
+                expires_at: Some(prost_types::Timestamp {
+                    seconds: 3,
+                    nanos: 4,
+                }),
+                committed_at: None,
+                spoiled_count: 2,
+                replayed,
+            })),
+            quota: quota.clone(),
+        };
+        let referral = |replayed| ReserveResponse {
+            outcome: Some(Outcome::IkdReferral(IkdReferral {
+                cause: ReferralCause::QuotaExhausted as i32,
+                message_indonesian: "Kuota hari ini habis".into(),
+                message_english: "Today's quota is used up".into(),
+                activation_steps_indonesian: vec!["Unduh IKD".into()],
+                activation_steps_english: vec!["Install IKD".into()],
+                next_quota_at: Some(prost_types::Timestamp {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                replayed,
+            })),
+            quota: quota.clone(),
+        };
+        let read = |response: ReserveResponse| {
+            ReserveAnswer::decode(response.encode_to_vec().as_slice()).unwrap()
+        };
+        for replayed in [false, true] {
+            assert_eq!(
+                read(reservation(replayed)).outcome,
+                Some(Seen::Reservation(ReservationSeen { replayed }))
+            );
+            assert_eq!(
+                read(referral(replayed)).outcome,
+                Some(Seen::IkdReferral(ReferralSeen {
+                    cause: ReferralCause::QuotaExhausted as i32,
+                    replayed
+                }))
+            );
+        }
+        let none = ReserveResponse {
+            outcome: None,
+            quota,
+        };
+        assert_eq!(read(none).outcome, None);
     }
 
     #[test]
