@@ -269,6 +269,94 @@ async fn a_burst_left_in_the_reserve_journal_is_seen_at_once_and_survives_sigkil
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stock_quota_and_metrics_count_a_burst_still_in_the_journal_and_leave_it_there()
+-> anyhow::Result<()> {
+    // What supervisors, agencies and the metrics scrape read during a burst: exact counts,
+    // without folding the Reserve journal (a fold holds every Reserve of the server back).
+    const BURST: u32 = 160;
+    let db = TestDatabase::sqlite().await?;
+    let args = [
+        "--reserve-journal-pause-ms",
+        "3600000",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let server = TestServer::spawn_process_on(db, &args).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 1000, 1000).await?;
+    let requests: Vec<ReserveRequest> = (0..BURST)
+        .map(|n| reserve_request("3275", "main", n))
+        .collect();
+    burst(&server, &requests).await?;
+
+    let office = [("office", "3275")];
+    let point = [("office", "3275"), ("service_point", "main")];
+    let text = server.scrape_metrics().await?;
+    let pending = count(&text, "blangko_reserve_journal_pending", &[]);
+    assert!(pending >= 2.0, "the burst waits in the journal: {pending}");
+    assert_eq!(
+        count(&text, "blangko_service_point_held_today", &point),
+        f64::from(BURST)
+    );
+    assert_eq!(
+        count(&text, "blangko_stock_held", &office),
+        f64::from(BURST)
+    );
+    assert_eq!(count(&text, "blangko_stock_on_hand", &office), 1000.0);
+    let level = stock
+        .get_stock(GetStockRequest {
+            office_id: "3275".into(),
+        })
+        .await?
+        .into_inner()
+        .stock
+        .ok_or_else(|| anyhow::anyhow!("GetStock answered no stock level"))?;
+    assert_eq!(
+        (level.on_hand, level.held, level.available, level.today_used),
+        (1000, BURST, 1000 - BURST, BURST)
+    );
+    let listed = stock
+        .list_stock(ListStockRequest {
+            province_code: "32".into(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner();
+    let listed: Vec<(&str, u32)> = listed
+        .stocks
+        .iter()
+        .map(|s| (s.office_id.as_str(), s.held))
+        .collect();
+    assert_eq!(listed, [("3275", BURST)]);
+    let mut counter = server.counter_client().await?;
+    let quota = fixtures::quota_snapshot(&mut counter, "3275", "main").await?;
+    assert_eq!((quota.held, quota.remaining), (BURST, 1000 - BURST));
+
+    // None of these folded the journal: it holds what it held.
+    let text = server.scrape_metrics().await?;
+    assert_eq!(
+        count(&text, "blangko_reserve_journal_pending", &[]),
+        pending
+    );
+    assert_eq!(
+        count(&text, "blangko_reserve_journal_folded_total", &[]),
+        0.0
+    );
+
+    // A listing folds it first and finds every reservation; the counts stay as they were.
+    let found = fixtures::all_reservations(&mut counter, "3275").await?;
+    assert_eq!(found.len(), BURST as usize);
+    let text = server.scrape_metrics().await?;
+    assert_eq!(count(&text, "blangko_reserve_journal_pending", &[]), 0.0);
+    assert_eq!(
+        count(&text, "blangko_service_point_held_today", &point),
+        f64::from(BURST)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_that_was_all_referred_to_ikd_keeps_its_answers() -> anyhow::Result<()> {
     // The day's quota is gone before the burst, so its journal rows hold stored answers and no
     // reservation at all; those answers must still be found and kept.

@@ -230,8 +230,9 @@ impl Engine {
             return Ok(snapshot);
         }
         self.metrics.record_quota_read("general");
-        // One transaction, so that the rows a snapshot combines are of one moment.
-        let mut tx = self.store.begin_read().await?;
+        // One transaction, so that the rows a snapshot combines are of one moment. A snapshot
+        // reads only what Reserve batches keep in place: no fold of the Reserve journal.
+        let mut tx = self.store.begin_read_without_fold().await?;
         let conn: &mut AnyConnection = &mut tx;
         let office = Self::office_or_not_found(conn, office_id, "").await?;
         let sp = Self::service_point_or_not_found(conn, office_id, service_point_id).await?;
@@ -264,8 +265,9 @@ impl Engine {
 
     /// One office's stock level.
     pub async fn get_stock(&self, office_id: &str) -> EngineResult<StockLevel> {
-        // One transaction: the office row and its quota rows of the day of one moment.
-        let mut tx = self.store.begin_read().await?;
+        // One transaction: the office row and its quota rows of the day of one moment. A stock
+        // level reads only what Reserve batches keep in place: no fold of the Reserve journal.
+        let mut tx = self.store.begin_read_without_fold().await?;
         let conn: &mut AnyConnection = &mut tx;
         let office = Self::office_or_not_found(conn, office_id, "").await?;
         let level = self.stock_level(conn, &office).await?;
@@ -338,8 +340,9 @@ impl Engine {
         after: &str,
         page_size: u32,
     ) -> EngineResult<(Vec<StockLevel>, String)> {
-        // One transaction: every office of the page as of one moment, as GetStock reads one.
-        let mut tx = self.store.begin_read().await?;
+        // One transaction: every office of the page as of one moment, as GetStock reads one
+        // (without a fold of the Reserve journal, likewise).
+        let mut tx = self.store.begin_read_without_fold().await?;
         let conn: &mut AnyConnection = &mut tx;
         let (offices, next) =
             rows::offices_page_and_next(conn, province_code, after, page_size).await?;

@@ -61,7 +61,9 @@ pub async fn register(
     process: &ProcessFigures,
     registry: &mut Registry,
 ) -> EngineResult<()> {
-    // Read before the database reads below, which fold the Reserve journal first.
+    // The journal's figures, then the counts Reserve batches keep in place, read without a fold
+    // of the Reserve journal (see `Store::begin_read_without_fold`): a scrape during a burst
+    // leaves the journal as it is.
     journal_figures(engine, registry);
     let on_hand = OfficeGauge::default();
     let held = OfficeGauge::default();
@@ -76,7 +78,7 @@ pub async fn register(
     let truncated = Gauge::<i64>::default();
 
     let offices = {
-        let mut conn = engine.store.reader().await?.acquire().await?;
+        let mut conn = engine.store.reader_without_fold().acquire().await?;
         rows::offices_page(&mut conn, "", "", MAX_EXPORTED_OFFICES as i64 + 1).await?
     };
     if offices.len() > MAX_EXPORTED_OFFICES {
@@ -87,7 +89,7 @@ pub async fn register(
         // Each office in a read-only transaction of its own, its row read again inside it, so
         // that its gauges are of one moment (as GetStock's answer is); one office at a time, so
         // no snapshot is held for the whole scrape.
-        let mut tx = engine.store.begin_read().await?;
+        let mut tx = engine.store.begin_read_without_fold().await?;
         let conn: &mut AnyConnection = &mut tx;
         let Some(office) = rows::office(conn, &listed.office_id, "").await? else {
             continue;
@@ -253,7 +255,7 @@ fn journal_figures(engine: &Engine, registry: &mut Registry) {
     pending.set(i64::try_from(journal.pending()).unwrap_or(i64::MAX));
     registry.register(
         "blangko_reserve_journal_pending",
-        "Reservations in the Reserve journal, not yet folded into their tables (this scrape folds them next)",
+        "Reservations in the Reserve journal, not yet folded into their tables",
         pending,
     );
     for (name, help, value) in [

@@ -336,6 +336,23 @@ impl Store {
     /// SQLite: a deferred transaction reads one snapshot of the WAL from its first read on.
     pub async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         self.fold_journal().await?;
+        self.begin_read_without_fold().await
+    }
+
+    /// [`Store::begin_read`] without folding the Reserve journal first: only for reads of the
+    /// counts a Reserve batch keeps in place, never of the rows it may leave in the journal.
+    ///
+    /// A journal row holds a batch's ledger entries (all of kind RESERVE, of the batch's day),
+    /// reservations and stored answers (`journal::TABLES`); the same transaction updates the
+    /// office's stock counts and ledger head, the quota rows and nothing else. So offices,
+    /// service points, quota rows, queue reports, and ledger entries of other kinds or of past
+    /// days are complete without a fold: what GetQuota, GetStock, ListStock and the metrics
+    /// scrape read. Folding first made each of those calls during a burst hold the write gate for
+    /// the whole fold, and every Reserve wait behind it (with a metrics scrape every second,
+    /// Reserve's p99.9 was 523 ms: BENCHMARKS.md).
+    pub async fn begin_read_without_fold(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self.kind {
             DatabaseKind::Sqlite => self.reader.begin().await,
             DatabaseKind::Postgres => {
@@ -393,6 +410,12 @@ impl Store {
     pub async fn reader(&self) -> Result<&AnyPool, sqlx::Error> {
         self.fold_journal().await?;
         Ok(&self.reader)
+    }
+
+    /// The pool for reads of what a Reserve batch keeps in place only, without folding the
+    /// Reserve journal first (see [`Store::begin_read_without_fold`]).
+    pub fn reader_without_fold(&self) -> &AnyPool {
+        &self.reader
     }
 
     /// The pool for reads of due holds at `now_ms` (the sweeper): the Reserve journal is folded
