@@ -730,7 +730,7 @@ mod tests {
 
     #[test]
     fn only_64_lower_case_hex_digits_are_packed_and_they_decode_as_hex_does() {
-        // Every ASCII character in every position of the hash's first pair.
+        // Every ASCII character as the hash's first, second and last digit.
         for ch in (0u8..128).map(char::from) {
             for at in [0, 1, 63] {
                 let mut text: Vec<char> = HASH.chars().collect();

@@ -342,14 +342,14 @@ impl Store {
     /// [`Store::begin_read`] without folding the Reserve journal first: only for reads of the
     /// counts a Reserve batch keeps in place, never of the rows it may leave in the journal.
     ///
-    /// A journal row holds a batch's ledger entries (all of kind RESERVE, of the batch's day),
-    /// reservations and stored answers (`journal::TABLES`); the same transaction updates the
-    /// office's stock counts and ledger head, the quota rows and nothing else. So offices,
-    /// service points, quota rows, queue reports, and ledger entries of other kinds or of past
-    /// days are complete without a fold: what GetQuota, GetStock, ListStock and the metrics
-    /// scrape read. Folding first made each of those calls during a burst hold the write gate for
-    /// the whole fold, and every Reserve wait behind it (with a metrics scrape every second,
-    /// Reserve's p99.9 was 523 ms: BENCHMARKS.md).
+    /// A journal row holds a batch's ledger entries (all of kind RESERVE), reservations and
+    /// stored answers (`journal::TABLES`); the same transaction updates in place the office's
+    /// stock counts and ledger head, the quota rows and the day's count of IKD referrals. So
+    /// offices, service points, quota rows, queue reports, and ledger entries of other kinds
+    /// (the days of cover count COMMIT and SPOILED) are complete without a fold: what GetQuota,
+    /// GetStock, ListStock and the metrics scrape read. Folding first made each of those calls
+    /// during a burst hold the write gate for the whole fold, and every Reserve wait behind it
+    /// (with a metrics scrape every second, Reserve's p99.9 was 394-524 ms: BENCHMARKS.md).
     pub async fn begin_read_without_fold(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
