@@ -176,19 +176,21 @@ async fn burst(
         .collect()
 }
 
+/// An hour's pause before the Reserve journal is folded by itself (only what reads and Reserves
+/// need, and the next start, fold it), and the metrics endpoint on a port of its own.
+const JOURNAL_KEPT_AND_METRICS: [&str; 4] = [
+    "--reserve-journal-pause-ms",
+    "3600000",
+    "--metrics-listen",
+    "127.0.0.1:0",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_left_in_the_reserve_journal_is_seen_at_once_and_survives_sigkill()
 -> anyhow::Result<()> {
     const BURST: u32 = 160;
     let db = TestDatabase::sqlite().await?;
-    // An hour's pause before the journal is folded by itself: only what reads and Reserves
-    // need, and the next start, fold it here.
-    let args = [
-        "--reserve-journal-pause-ms",
-        "3600000",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ];
+    let args = JOURNAL_KEPT_AND_METRICS;
     let mut server = TestServer::spawn_process_on(db.clone(), &args).await?;
     let mut stock = server.stock_client().await?;
     office_with_point(&mut stock, "3275", "main", 1000, 1000).await?;
@@ -275,13 +277,7 @@ async fn stock_quota_and_metrics_count_a_burst_still_in_the_journal_and_leave_it
     // without folding the Reserve journal (a fold holds every Reserve of the server back).
     const BURST: u32 = 160;
     let db = TestDatabase::sqlite().await?;
-    let args = [
-        "--reserve-journal-pause-ms",
-        "3600000",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ];
-    let server = TestServer::spawn_process_on(db, &args).await?;
+    let server = TestServer::spawn_process_on(db, &JOURNAL_KEPT_AND_METRICS).await?;
     let mut stock = server.stock_client().await?;
     office_with_point(&mut stock, "3275", "main", 1000, 1000).await?;
     let requests: Vec<ReserveRequest> = (0..BURST)
