@@ -422,7 +422,7 @@ impl Engine {
         } else {
             Vec::new()
         };
-        let point_ids = point_ids(jobs.iter().map(|j| &j.cmd));
+        let point_ids = point_ids(jobs);
         let mut keys = rows::BatchKeys {
             office_id,
             local_date: &date,
@@ -480,10 +480,7 @@ impl Engine {
             state.points.insert(id.to_string(), point);
         }
 
-        let answers = decide_batch(
-            &mut state,
-            jobs.iter().map(|j| (&j.cmd, j.nik_hash.as_str())),
-        )?;
+        let answers = decide_batch(&mut state, jobs)?;
 
         // The writes: a few multi-row statements for the whole batch.
         if self.store.kind() == crate::store::DatabaseKind::Postgres {
@@ -804,8 +801,11 @@ fn decide_one<'a>(
 }
 
 /// The distinct service points of a batch's Reserves, sorted.
-fn point_ids<'a>(cmds: impl Iterator<Item = &'a ReserveCommand>) -> Vec<&'a str> {
-    let mut ids: Vec<&str> = cmds.map(|c| c.service_point_id.as_str()).collect();
+fn point_ids(jobs: &[Job]) -> Vec<&str> {
+    let mut ids: Vec<&str> = jobs
+        .iter()
+        .map(|j| j.cmd.service_point_id.as_str())
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     ids
@@ -815,10 +815,11 @@ fn point_ids<'a>(cmds: impl Iterator<Item = &'a ReserveCommand>) -> Vec<&'a str>
 /// quota row they changed, checked before anything is written.
 fn decide_batch<'a>(
     state: &mut BatchState<'a>,
-    jobs: impl Iterator<Item = (&'a ReserveCommand, &'a str)>,
+    jobs: &'a [Job],
 ) -> EngineResult<Vec<EngineResult<ReserveResponse>>> {
     let answers = jobs
-        .map(|(cmd, nik_hash)| decide_one(state, cmd, nik_hash))
+        .iter()
+        .map(|job| decide_one(state, &job.cmd, &job.nik_hash))
         .collect();
     for point in state
         .points

@@ -401,7 +401,7 @@ fn decide(
     .collect();
 
     let mut state = BatchState::new(office, zone, now, office_used, answers, live, activated);
-    for id in point_ids(jobs.iter().map(|j| &j.cmd)) {
+    for id in point_ids(jobs) {
         // An unknown service point: the general path answers NOT_FOUND.
         let Some(config) = points.get(id) else {
             return Ok(None);
@@ -431,11 +431,8 @@ fn decide(
         );
     }
 
-    let answers = decide_batch(
-        &mut state,
-        jobs.iter().map(|j| (&j.cmd, j.nik_hash.as_str())),
-    )?;
-    write(conn, journaled, office_id, jobs, &mut state)?;
+    let answers = decide_batch(&mut state, jobs)?;
+    write(conn, journaled, office_id, jobs, &state)?;
     // The office's rows as this transaction leaves them.
     for (id, point) in state.points {
         if let Ok(point) = point {
@@ -462,7 +459,7 @@ fn write(
     mut journaled: Journaled<'_>,
     office_id: &str,
     jobs: &[Job],
-    state: &mut BatchState<'_>,
+    state: &BatchState<'_>,
 ) -> EngineResult<()> {
     let reservations = state.reservations.len() as u64;
     if journaled.takes(conn, jobs.len(), reservations)? {
