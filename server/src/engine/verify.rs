@@ -28,14 +28,17 @@ impl Engine {
         office_id: &str,
         published_head_hash: &str,
     ) -> EngineResult<LedgerChainVerification> {
-        let mut conn = self.store.reader().await?.acquire().await?;
-        let office = rows::office(&mut conn, office_id, "")
-            .await?
-            .ok_or_else(|| EngineError::NotFound {
-                kind: "office",
-                id: office_id.to_string(),
-            })?;
-        verify_chain(&mut conn, &office, published_head_hash).await
+        // One snapshot: the head read first and the entries paged after it.
+        let mut tx = self.store.begin_read().await?;
+        let conn: &mut sqlx::AnyConnection = &mut tx;
+        let office =
+            rows::office(conn, office_id, "")
+                .await?
+                .ok_or_else(|| EngineError::NotFound {
+                    kind: "office",
+                    id: office_id.to_string(),
+                })?;
+        verify_chain(conn, &office, published_head_hash).await
     }
 
     /// Verifies the chains of the next `limit` offices after `after` (by office id), and gives
@@ -45,11 +48,12 @@ impl Engine {
         after: &str,
         limit: u32,
     ) -> EngineResult<(Vec<LedgerChainVerification>, String)> {
-        let mut conn = self.store.reader().await?.acquire().await?;
-        let (offices, next) = rows::offices_page_and_next(&mut conn, "", after, limit).await?;
+        let mut tx = self.store.begin_read().await?;
+        let conn: &mut sqlx::AnyConnection = &mut tx;
+        let (offices, next) = rows::offices_page_and_next(conn, "", after, limit).await?;
         let mut reports = Vec::with_capacity(offices.len());
         for office in &offices {
-            reports.push(verify_chain(&mut conn, office, "").await?);
+            reports.push(verify_chain(conn, office, "").await?);
         }
         Ok((reports, next))
     }

@@ -17,7 +17,10 @@
 //!   fingerprint, a due hold, or a cap per reason (which counts reservations) folds the journal
 //!   first, in its own transaction, and then reads the tables as usual. Every other transaction,
 //!   and every read of those tables, folds it first too ([`super::Store::begin`],
-//!   [`super::Store::reader`]): only Reserve batches ever see an unfolded journal.
+//!   [`super::Store::reader`]): only Reserve batches ever see an unfolded journal. A read that
+//!   compares those tables with the counts kept in place (a ledger verification, a stock report)
+//!   takes its snapshot with the write gate still held after the fold
+//!   ([`super::Store::begin_read`]).
 //! - A fingerprint is 64 bits of FNV-1a: a collision only folds the journal once more.
 //! - The in-memory state changes only after the transaction that changed the journal table has
 //!   committed, while the write gate is still held, so no transaction ever sees one without the
@@ -217,6 +220,11 @@ impl Journal {
     /// Reservations waiting in the journal now.
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Rows in the journal table now (one per journaled batch).
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::SeqCst)
     }
 
     /// Whether the journal table holds no row: nothing to fold.
