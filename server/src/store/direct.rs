@@ -162,19 +162,26 @@ impl Direct {
     }
 
     /// [`Direct::fold`] for a caller that holds the write gate.
+    ///
+    /// A fold is milliseconds of work per chunk, and the whole journal after a long burst is a
+    /// second or more: it runs off the runtime's thread ([`off_the_runtime`]). Inline, the tasks
+    /// queued on that thread waited for it (a task just woken there cannot be taken by another
+    /// thread), and a counter's listing during a burst held some Reserves for the whole fold:
+    /// p99.9 400-600 ms (BENCHMARKS.md).
     pub(super) fn fold_holding_gate(&self, chunk: Option<u64>) -> Result<bool, sqlx::Error> {
         if self.journal.is_empty() {
             return Ok(true);
         }
         let started = std::time::Instant::now();
         let before = self.journal.pending();
-        let emptied = self
-            .run_holding_gate(|tx, journal, change| {
+        let emptied = off_the_runtime(|| {
+            self.run_holding_gate(|tx, journal, change| {
                 journal.fold(tx, chunk, change)?;
                 Ok::<_, StoreError>((change.emptied(), true))
             })
-            .map_err(|StoreError(err)| err)?
-            .ok_or(sqlx::Error::PoolTimedOut)?;
+        })
+        .map_err(|StoreError(err)| err)?
+        .ok_or(sqlx::Error::PoolTimedOut)?;
         tracing::debug!(
             folded = before.saturating_sub(self.journal.pending()),
             left = self.journal.pending(),
@@ -204,6 +211,16 @@ impl Direct {
         if let Some(conn) = conn {
             close_connection(conn, "hot path");
         }
+    }
+}
+
+/// Runs `work`, a blocking call of milliseconds or more, so that the other tasks of the tokio
+/// thread that calls it go on: on a multi-threaded runtime the thread first hands its queue of
+/// tasks to another (`block_in_place`); elsewhere (a current-thread runtime, or none) inline.
+fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 

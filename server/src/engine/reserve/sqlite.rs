@@ -224,6 +224,19 @@ impl Engine {
         jobs: &[Job],
     ) -> Option<EngineResult<BatchAnswers>> {
         let connection = self.store.direct()?;
+        // A Reserve that may be in the journal already (a retry, the same person again) or a
+        // hold in it that may be due makes the batch fold the journal first. Most of it is
+        // folded here, a chunk at a time with the write gate open between chunks, so that the
+        // batch's transaction folds one chunk at most; other offices' batches go on meanwhile.
+        // A failure here is met again, and reported, by the batch's own fold.
+        if connection.journal().must_fold_for(
+            jobs.iter().map(|j| j.cmd.request_id.as_str()),
+            jobs.iter().map(|j| j.nik_hash.as_str()),
+            self.clock.now_ms(),
+        ) && let Err(err) = self.store.fold_journal_most().await
+        {
+            tracing::debug!(error = %err, "the Reserve journal was not folded before the batch");
+        }
         let decided = connection
             .run_journaled(|tx, journal, change| {
                 // The time once the write gate is held, as the general path reads it under the
