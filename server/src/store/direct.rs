@@ -167,7 +167,7 @@ impl Direct {
     /// second or more: it runs off the runtime's thread ([`off_the_runtime`]). Inline, the tasks
     /// queued on that thread waited for it (a task just woken there cannot be taken by another
     /// thread), and a counter's listing during a burst held some Reserves for the whole fold:
-    /// p99.9 400-600 ms (BENCHMARKS.md).
+    /// p99.9 350-632 ms (BENCHMARKS.md).
     pub(super) fn fold_holding_gate(&self, chunk: Option<u64>) -> Result<bool, sqlx::Error> {
         if self.journal.is_empty() {
             return Ok(true);

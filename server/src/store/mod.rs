@@ -558,8 +558,8 @@ impl Store {
 
 /// Reservations per transaction when a read or a write folds the Reserve journal during a burst
 /// ([`fold_most`]): about 3-5 ms of the write gate each. A counter listing its holds every
-/// second of a load-test burst: Reserve p99.9 28-36 ms with 256, 24-27 ms with 128 (the
-/// listing then took 1.7-2.2 s instead of 1.4-1.7 s), 52-65 ms with 512 (BENCHMARKS.md).
+/// second of a load-test burst: Reserve p99.9 28-45 ms with 256, 24-27 ms with 128 (but the
+/// listing took 1.2-2.2 s instead of 1.1-1.7 s), 52-65 ms with 512 (BENCHMARKS.md).
 const FOLD_MOST_CHUNK: u64 = 256;
 
 /// Folds the Reserve journal down to at most [`FOLD_MOST_CHUNK`] reservations' worth (and
