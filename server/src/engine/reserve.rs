@@ -576,8 +576,6 @@ impl Engine {
         if state.changed {
             let (sql, values) = rows::office_stock_update(&state.office);
             write.statement(sql, values);
-        }
-        if state.changed {
             write
                 .execute(
                     conn,
