@@ -33,7 +33,7 @@
 //! Bounds: at most [`Limits::max_reservations`] reservations wait in the journal; at the bound a
 //! burst's batch first folds the oldest rows, about as many reservations as it makes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -126,13 +126,25 @@ pub struct Change {
     /// Reservations, and journal rows, folded.
     folded: u64,
     folded_rows: u64,
+    /// The last journal row folded (rows are folded oldest first).
+    folded_through: Option<i64>,
     emptied: bool,
 }
 
 struct Appended {
-    fingerprints: Vec<u64>,
-    min_expires_ms: i64,
+    keys: RowKeys,
     reservations: u64,
+}
+
+/// What the journal remembers of one of its rows until it is folded.
+struct RowKeys {
+    /// The row's `seq`.
+    seq: i64,
+    /// Fingerprints of its request ids and NIK hashes.
+    fingerprints: Vec<u64>,
+    /// The earliest expiry of its holds (i64::MAX: none; i64::MIN: not known, so every Reserve
+    /// batch folds first).
+    min_expires_ms: i64,
 }
 
 impl Change {
@@ -149,14 +161,71 @@ impl Change {
 
 #[derive(Default)]
 struct State {
-    /// Fingerprints of the NIK hashes and request ids in the journal (kept until it is empty).
-    /// Hashed with foldhash, seeded per set, rather than SipHash: a request id is the caller's
+    /// Fingerprints of the NIK hashes and request ids in the journal, each with the number of
+    /// its rows that hold it: a fingerprint leaves when the last of them is folded. Before, they
+    /// were kept until the journal was empty, which a burst longer than the journal's bound
+    /// never lets happen (its batches fold the oldest rows as they append): the set grew by
+    /// two fingerprints a Reserve for as long as the burst lasted.
+    /// Hashed with foldhash, seeded per map, rather than SipHash: a request id is the caller's
     /// own text, and a seed the caller cannot know still keeps crafted ids from piling into one
     /// bucket; SipHash of every fingerprint (and again at each growth of a set of a burst's
     /// 200,000) was about 1% of a Reserve's server CPU under `perf`.
-    fingerprints: HashSet<u64, foldhash::fast::RandomState>,
-    /// The earliest expiry of a hold in the journal (i64::MAX: none; kept until it is empty).
+    fingerprints: HashMap<u64, u32, foldhash::fast::RandomState>,
+    /// The rows in the journal, oldest first, with what they hold.
+    rows: VecDeque<RowKeys>,
+    /// The earliest expiry of a hold in the journal's rows (i64::MAX: none).
     min_expires_ms: i64,
+}
+
+impl State {
+    /// Forgets the rows up to `seq` (folded), and their fingerprints.
+    fn folded_through(&mut self, seq: i64) {
+        let mut earliest_left = false;
+        while let Some(row) = self.rows.front()
+            && row.seq <= seq
+        {
+            let Some(row) = self.rows.pop_front() else {
+                break;
+            };
+            earliest_left |= row.min_expires_ms <= self.min_expires_ms;
+            for fingerprint in row.fingerprints {
+                if let std::collections::hash_map::Entry::Occupied(mut held) =
+                    self.fingerprints.entry(fingerprint)
+                {
+                    *held.get_mut() -= 1;
+                    if *held.get() == 0 {
+                        held.remove();
+                    }
+                }
+            }
+        }
+        if earliest_left {
+            self.min_expires_ms = self
+                .rows
+                .iter()
+                .map(|row| row.min_expires_ms)
+                .min()
+                .unwrap_or(i64::MAX);
+        }
+    }
+
+    /// Remembers a row just appended.
+    fn appended(&mut self, keys: RowKeys) {
+        for fingerprint in &keys.fingerprints {
+            *self.fingerprints.entry(*fingerprint).or_insert(0) += 1;
+        }
+        self.min_expires_ms = self.min_expires_ms.min(keys.min_expires_ms);
+        self.rows.push_back(keys);
+    }
+
+    /// Forgets everything: the journal is empty.
+    fn emptied(&mut self) {
+        self.fingerprints.clear();
+        self.fingerprints.shrink_to(1024);
+        self.rows.clear();
+        self.rows.shrink_to(256);
+        self.min_expires_ms = i64::MAX;
+    }
 }
 
 /// The journal's state in memory (see the module comment).
@@ -179,7 +248,8 @@ impl Journal {
         Journal {
             limits,
             state: Mutex::new(State {
-                fingerprints: HashSet::default(),
+                fingerprints: HashMap::default(),
+                rows: VecDeque::new(),
                 min_expires_ms: i64::MAX,
             }),
             pending: AtomicU64::new(0),
@@ -262,10 +332,10 @@ impl Journal {
         state.min_expires_ms <= now_ms
             || request_ids
                 .into_iter()
-                .any(|id| state.fingerprints.contains(&fingerprint(REQUEST, id)))
+                .any(|id| state.fingerprints.contains_key(&fingerprint(REQUEST, id)))
             || nik_hashes
                 .into_iter()
-                .any(|h| state.fingerprints.contains(&fingerprint(NIK, h)))
+                .any(|h| state.fingerprints.contains_key(&fingerprint(NIK, h)))
     }
 
     /// Whether a hold in the journal may be due at `now_ms` (the sweeper folds only then).
@@ -296,8 +366,11 @@ impl Journal {
             .collect();
         fingerprints.extend(entry.nik_hashes.iter().map(|h| fingerprint(NIK, h)));
         change.appended = Some(Appended {
-            fingerprints,
-            min_expires_ms: entry.min_expires_ms,
+            keys: RowKeys {
+                seq: conn.last_insert_rowid(),
+                fingerprints,
+                min_expires_ms: entry.min_expires_ms,
+            },
             reservations: entry.reservations,
         });
         Ok(())
@@ -354,6 +427,7 @@ impl Journal {
         })?;
         change.folded += taken;
         change.folded_rows += rows_taken;
+        change.folded_through = Some(last_seq);
         change.emptied = left.is_empty();
         Ok(())
     }
@@ -372,19 +446,15 @@ impl Journal {
                 });
             }
             if change.emptied {
-                let mut state = self.state();
-                state.fingerprints.clear();
-                state.fingerprints.shrink_to(1024);
-                state.min_expires_ms = i64::MAX;
+                self.state().emptied();
                 self.pending.store(0, Ordering::SeqCst);
                 self.rows.store(0, Ordering::SeqCst);
+            } else if let Some(seq) = change.folded_through {
+                self.state().folded_through(seq);
             }
         }
         if let Some(appended) = change.appended {
-            let mut state = self.state();
-            state.fingerprints.extend(appended.fingerprints);
-            state.min_expires_ms = state.min_expires_ms.min(appended.min_expires_ms);
-            drop(state);
+            self.state().appended(appended.keys);
             self.pending
                 .fetch_add(appended.reservations, Ordering::SeqCst);
             self.rows.fetch_add(1, Ordering::SeqCst);
@@ -394,18 +464,23 @@ impl Journal {
 
     /// At open: the rows and reservations a journal table left by an earlier process holds.
     pub fn load(&self, conn: &Connection) -> rusqlite::Result<()> {
-        let (rows, pending): (i64, i64) = conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(reservations), 0) FROM reserve_journal",
+        let (rows, pending, last): (i64, i64, i64) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(reservations), 0), COALESCE(MAX(seq), 0) FROM reserve_journal",
             [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )?;
         self.pending
             .store(u64::try_from(pending).unwrap_or(0), Ordering::SeqCst);
         self.rows
             .store(u64::try_from(rows).unwrap_or(0), Ordering::SeqCst);
-        // Nothing is known of its keys: every Reserve batch folds it first, until it is empty.
+        // Nothing is known of its keys: every Reserve batch folds first, until its last row is
+        // folded.
         if rows > 0 {
-            self.state().min_expires_ms = i64::MIN;
+            self.state().appended(RowKeys {
+                seq: last,
+                fingerprints: Vec::new(),
+                min_expires_ms: i64::MIN,
+            });
         }
         Ok(())
     }
@@ -921,6 +996,102 @@ mod tests {
         assert!(journal.is_empty());
         let answers = count(&conn, "idempotency");
         assert_eq!(answers, 1);
+    }
+
+    /// Appends one row holding request `request` and NIK hash `nik`, with a hold expiring at
+    /// `expires_ms`, and commits it.
+    fn append_one(
+        conn: &Connection,
+        journal: &Journal,
+        request: &'static str,
+        nik: &'static str,
+        expires_ms: i64,
+    ) {
+        let mut change = Change::default();
+        let entry = Entry {
+            sections: vec![Section {
+                table: "idempotency",
+                columns: &["request_id", "response"],
+                rows: vec![vec![ValueRef::Text(request), ValueRef::Bytes(&[1])]],
+            }],
+            request_ids: vec![request],
+            nik_hashes: vec![nik],
+            min_expires_ms: expires_ms,
+            reservations: 1,
+        };
+        journal.append(conn, entry, &mut change).unwrap();
+        journal.committed(change);
+    }
+
+    #[test]
+    fn a_folded_row_is_forgotten_though_the_journal_never_empties() {
+        // A burst past the journal's bound: each batch folds the oldest rows as it appends, so
+        // the journal is never empty. What the folded rows held must not force folds, nor stay
+        // in memory.
+        let conn = database("CREATE TABLE idempotency (request_id TEXT, response BLOB);");
+        let journal = Journal::new(Limits::default());
+        const REQUESTS: [&str; 4] = ["r0", "r1", "r2", "r3"];
+        const NIKS: [&str; 4] = ["n0", "n1", "n2", "n3"];
+        // r1 and n1 appear in two rows (a key seen twice must stay until both are folded).
+        append_one(&conn, &journal, REQUESTS[0], NIKS[0], 1_000);
+        append_one(&conn, &journal, REQUESTS[1], NIKS[1], 5_000);
+        append_one(&conn, &journal, REQUESTS[1], NIKS[1], 9_000);
+        append_one(&conn, &journal, REQUESTS[2], NIKS[2], i64::MAX);
+        assert!(journal.may_hold_due(1_000), "row 1's hold");
+
+        let fold = |limit: u64| {
+            let mut change = Change::default();
+            journal.fold(&conn, Some(limit), &mut change).unwrap();
+            assert!(!change.emptied());
+            journal.committed(change);
+        };
+        fold(2);
+        assert!(
+            !journal.must_fold_for([REQUESTS[0]], [NIKS[0]], 0),
+            "row 1 is folded"
+        );
+        assert!(
+            journal.must_fold_for([REQUESTS[1]], [], 0),
+            "row 3 still holds r1"
+        );
+        assert!(
+            journal.must_fold_for([], [NIKS[1]], 0),
+            "row 3 still holds n1"
+        );
+        assert!(
+            !journal.may_hold_due(8_999),
+            "the earliest hold left is row 3's"
+        );
+        assert!(journal.may_hold_due(9_000));
+        assert_eq!(journal.state().fingerprints.len(), 4);
+
+        fold(1);
+        assert!(!journal.must_fold_for([REQUESTS[1]], [NIKS[1]], 0));
+        assert!(journal.must_fold_for([REQUESTS[2]], [], 0));
+        assert!(!journal.may_hold_due(i64::MAX - 1), "no hold left");
+        append_one(&conn, &journal, REQUESTS[3], NIKS[3], i64::MAX);
+        assert_eq!(
+            journal.state().fingerprints.len(),
+            4,
+            "rows 4 and 5's keys only"
+        );
+        assert_eq!(journal.state().rows.len(), 2);
+        assert_eq!(journal.pending(), 2);
+
+        // A journal left by another process: nothing is known of its keys until its last row
+        // is folded, and then the keys of rows appended since are all it holds.
+        let reopened = Journal::new(Limits::default());
+        reopened.load(&conn).unwrap();
+        assert!(reopened.must_fold_for([], [], 0));
+        append_one(&conn, &reopened, "r9", "n9", i64::MAX);
+        let mut change = Change::default();
+        reopened.fold(&conn, Some(2), &mut change).unwrap();
+        reopened.committed(change);
+        assert!(
+            !reopened.must_fold_for(["r0"], ["n0"], 0),
+            "the old rows are folded"
+        );
+        assert!(reopened.must_fold_for(["r9"], [], 0), "the new row is not");
     }
 
     #[test]
