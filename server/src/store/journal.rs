@@ -173,21 +173,28 @@ struct State {
     fingerprints: HashMap<u64, u32, foldhash::fast::RandomState>,
     /// The rows in the journal, oldest first, with what they hold.
     rows: VecDeque<RowKeys>,
-    /// The earliest expiry of a hold in the journal's rows (i64::MAX: none).
-    min_expires_ms: i64,
+    /// The earliest expiry of a hold in the journal's rows, as the rows that may still hold it:
+    /// (seq, earliest expiry) with expiries rising, front first. A row whose earliest expiry is
+    /// no earlier than a later row's can never be the earliest again and is not kept. The front
+    /// is the earliest; folding the oldest rows takes from the front, so no fold looks at every
+    /// row (a burst past the journal's bound folds the oldest row with every batch).
+    earliest: VecDeque<(i64, i64)>,
 }
 
 impl State {
     /// Forgets the rows up to `seq` (folded), and their fingerprints.
     fn folded_through(&mut self, seq: i64) {
-        let mut earliest_left = false;
+        while let Some(&(row, _)) = self.earliest.front()
+            && row <= seq
+        {
+            self.earliest.pop_front();
+        }
         while let Some(row) = self.rows.front()
             && row.seq <= seq
         {
             let Some(row) = self.rows.pop_front() else {
                 break;
             };
-            earliest_left |= row.min_expires_ms <= self.min_expires_ms;
             for fingerprint in row.fingerprints {
                 if let std::collections::hash_map::Entry::Occupied(mut held) =
                     self.fingerprints.entry(fingerprint)
@@ -199,14 +206,13 @@ impl State {
                 }
             }
         }
-        if earliest_left {
-            self.min_expires_ms = self
-                .rows
-                .iter()
-                .map(|row| row.min_expires_ms)
-                .min()
-                .unwrap_or(i64::MAX);
-        }
+    }
+
+    /// The earliest expiry of a hold in the journal (i64::MAX: none).
+    fn min_expires_ms(&self) -> i64 {
+        self.earliest
+            .front()
+            .map_or(i64::MAX, |&(_, expires)| expires)
     }
 
     /// Remembers a row just appended.
@@ -214,7 +220,14 @@ impl State {
         for fingerprint in &keys.fingerprints {
             *self.fingerprints.entry(*fingerprint).or_insert(0) += 1;
         }
-        self.min_expires_ms = self.min_expires_ms.min(keys.min_expires_ms);
+        if keys.min_expires_ms != i64::MAX {
+            while let Some(&(_, expires)) = self.earliest.back()
+                && expires >= keys.min_expires_ms
+            {
+                self.earliest.pop_back();
+            }
+            self.earliest.push_back((keys.seq, keys.min_expires_ms));
+        }
         self.rows.push_back(keys);
     }
 
@@ -224,7 +237,8 @@ impl State {
         self.fingerprints.shrink_to(1024);
         self.rows.clear();
         self.rows.shrink_to(256);
-        self.min_expires_ms = i64::MAX;
+        self.earliest.clear();
+        self.earliest.shrink_to(256);
     }
 }
 
@@ -250,7 +264,7 @@ impl Journal {
             state: Mutex::new(State {
                 fingerprints: HashMap::default(),
                 rows: VecDeque::new(),
-                min_expires_ms: i64::MAX,
+                earliest: VecDeque::new(),
             }),
             pending: AtomicU64::new(0),
             rows: AtomicU64::new(0),
@@ -329,7 +343,7 @@ impl Journal {
             return false;
         }
         let state = self.state();
-        state.min_expires_ms <= now_ms
+        state.min_expires_ms() <= now_ms
             || request_ids
                 .into_iter()
                 .any(|id| state.fingerprints.contains_key(&fingerprint(REQUEST, id)))
@@ -340,7 +354,7 @@ impl Journal {
 
     /// Whether a hold in the journal may be due at `now_ms` (the sweeper folds only then).
     pub fn may_hold_due(&self, now_ms: i64) -> bool {
-        !self.is_empty() && self.state().min_expires_ms <= now_ms
+        !self.is_empty() && self.state().min_expires_ms() <= now_ms
     }
 
     /// Appends `entry` as one journal row, in the caller's transaction.
@@ -1078,6 +1092,16 @@ mod tests {
         assert_eq!(journal.state().rows.len(), 2);
         assert_eq!(journal.pending(), 2);
 
+        // A later row may hold an earlier expiry (another office's shorter holds).
+        append_one(&conn, &journal, "r4", "n4", 20_000);
+        append_one(&conn, &journal, "r5", "n5", 12_000);
+        assert!(journal.may_hold_due(12_000) && !journal.may_hold_due(11_999));
+        fold(3);
+        assert!(
+            journal.may_hold_due(12_000),
+            "the later row's hold is still in the journal"
+        );
+
         // A journal left by another process: nothing is known of its keys until its last row
         // is folded, and then the keys of rows appended since are all it holds.
         let reopened = Journal::new(Limits::default());
@@ -1085,7 +1109,7 @@ mod tests {
         assert!(reopened.must_fold_for([], [], 0));
         append_one(&conn, &reopened, "r9", "n9", i64::MAX);
         let mut change = Change::default();
-        reopened.fold(&conn, Some(2), &mut change).unwrap();
+        reopened.fold(&conn, Some(1), &mut change).unwrap();
         reopened.committed(change);
         assert!(
             !reopened.must_fold_for(["r0"], ["n0"], 0),
