@@ -6,7 +6,7 @@
 # Usage: bench/instructions.sh [SECONDS] [ROUNDS] [PHASES]
 #   (defaults: 3 seconds per phase, 2 rounds, phases health,quota,reserve)
 # Environment: SERVER (the blangko-server binary; default target/release/blangko-server, built
-# when missing), SERVER_ARGS (more flags for the server, e.g. `--reserve-journal-max 0`), BENCH (the blangko-bench binary; likewise), SERVICE_POINTS (default 16),
+# when missing), SERVER_ARGS (more flags for the server, e.g. `--reserve-journal-max 0`), BENCH (the blangko-bench binary; likewise), COUNTER (the blangko-counter binary; likewise), SERVICE_POINTS (default 16),
 # CONCURRENCY (default 64), TOP (functions of the Reserve profile to list; default 0), PROFILE
 # (a path: the last round's longer Reserve profile is copied there, for callgrind_annotate or
 # kcachegrind).
@@ -37,24 +37,22 @@ concurrency=${CONCURRENCY:-64}
 top=${TOP:-0}
 server=${SERVER:-target/release/blangko-server}
 bench=${BENCH:-target/release/blangko-bench}
+counter=${COUNTER:-target/release/blangko-counter}
 
 command -v valgrind > /dev/null || {
   echo "valgrind is missing (Debian: apt-get install valgrind)" >&2
   exit 1
 }
-if [[ ! -x "$server" || ! -x "$bench" ]]; then
-  cargo build --release --locked -q -p blangko-server -p blangko-bench
+if [[ ! -x "$server" || ! -x "$bench" || ! -x "$counter" ]]; then
+  cargo build --release --locked -q -p blangko-server -p blangko-bench -p blangko-counter
 fi
 
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-# The metrics endpoint: a scrape reads the database, which first folds the Reserve journal into
-# its tables, so each measured run pays for the rows it left there (see fold_journal below).
-metrics_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out" \
   "$server" --listen 127.0.0.1:0 --database "sqlite:$work/bench.db" --log warn \
-  --metrics-listen "127.0.0.1:$metrics_port" ${SERVER_ARGS:-} \
+  ${SERVER_ARGS:-} \
   > "$work/server.out" 2> "$work/server.err" &
 # Under valgrind the server takes a few seconds to start.
 for _ in $(seq 1 300); do grep -q listening "$work/server.out" 2>/dev/null && break; sleep 0.1; done
@@ -65,10 +63,13 @@ pid=$(pgrep -f -- "--callgrind-out-file=$work/callgrind.out" | head -1)
 echo "server under callgrind: $addr (pid $pid); $seconds s per phase, $concurrency in flight, $service_points service points"
 
 # Folds what the Reserve journal holds (SQLite's Reserve batches of a burst leave their rows there
-# until the office pauses): a scrape of the metrics endpoint reads the database, and every read
-# folds the journal first. Without it the rows a run leaves are folded during the next run.
+# until the office pauses), so that each measured run pays for the rows it left: a listing of a
+# counter's holds folds the journal first (a metrics scrape no longer does), and this counter has
+# none. Without it the rows a run leaves were folded during the next run's set-up, and the
+# figures came out negative.
 fold_journal() {
-  curl -s -o /dev/null --max-time 600 "http://127.0.0.1:$metrics_port/metrics"
+  timeout 600 "$counter" --server "http://$addr" --office 3201 --service-point sp0 \
+    --counter instructions-fold holds > /dev/null
 }
 
 # One run of blangko-bench; prints its output, fails on an error or a broken invariant.
