@@ -342,7 +342,9 @@ impl Store {
     /// with the write gate held throughout: a Reserve batch committed between them would show in
     /// the counts it keeps in place (an office's ledger head and stock, the quota rows) but not in
     /// the rows it left in the journal, and a verification would find the chain cut short of the
-    /// head (a false "entry missing"), a report figures that do not add up.
+    /// head (a false "entry missing"), a report figures that do not add up. It takes the write
+    /// gate for a moment, so it must not be called with a write transaction ([`Store::begin`])
+    /// open on the same task.
     pub async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         let Some(direct) = &self.direct else {
             return self.begin_read_without_fold().await;
