@@ -33,7 +33,7 @@
 //! Bounds: at most [`Limits::max_reservations`] reservations wait in the journal; at the bound a
 //! burst's batch first folds the oldest rows, about as many reservations as it makes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -136,7 +136,7 @@ struct Appended {
     reservations: u64,
 }
 
-/// What the journal remembers of one of its rows until it is folded.
+/// What the journal remembers of a row it appends until the row is folded.
 struct RowKeys {
     /// The row's `seq`.
     seq: i64,
@@ -161,8 +161,8 @@ impl Change {
 
 #[derive(Default)]
 struct State {
-    /// Fingerprints of the NIK hashes and request ids in the journal, each with the number of
-    /// its rows that hold it: a fingerprint leaves when the last of them is folded. Before, they
+    /// Fingerprints of the NIK hashes and request ids in the journal: a fingerprint leaves when
+    /// the last row that holds it is folded. Before, they
     /// were kept until the journal was empty, which a burst longer than the journal's bound
     /// never lets happen (its batches fold the oldest rows as they append): the set grew by
     /// two fingerprints a Reserve for as long as the burst lasted.
@@ -170,9 +170,15 @@ struct State {
     /// own text, and a seed the caller cannot know still keeps crafted ids from piling into one
     /// bucket; SipHash of every fingerprint (and again at each growth of a set of a burst's
     /// 200,000) was about 1% of a Reserve's server CPU under `perf`.
-    fingerprints: HashMap<u64, u32, foldhash::fast::RandomState>,
-    /// The rows in the journal, oldest first, with what they hold.
-    rows: VecDeque<RowKeys>,
+    fingerprints: HashSet<u64, foldhash::fast::RandomState>,
+    /// The fingerprints held by more than one row, with how many rows beyond the first (a
+    /// second row with the same key is rare: the first makes its batch fold it).
+    more: HashMap<u64, u32, foldhash::fast::RandomState>,
+    /// Every row's fingerprints, oldest row first, one after another (one queue rather than a
+    /// list per row: a burst's rows would be thousands of small allocations).
+    held: VecDeque<u64>,
+    /// The rows in the journal, oldest first: (seq, how many of `held` are its fingerprints).
+    rows: VecDeque<(i64, usize)>,
     /// The earliest expiry of a hold in the journal's rows, as the rows that may still hold it:
     /// (seq, earliest expiry) with expiries rising, front first. A row whose earliest expiry is
     /// no earlier than a later row's can never be the earliest again and is not kept. The front
@@ -189,19 +195,21 @@ impl State {
         {
             self.earliest.pop_front();
         }
-        while let Some(row) = self.rows.front()
-            && row.seq <= seq
+        while let Some(&(row, count)) = self.rows.front()
+            && row <= seq
         {
-            let Some(row) = self.rows.pop_front() else {
-                break;
-            };
-            for fingerprint in row.fingerprints {
-                if let std::collections::hash_map::Entry::Occupied(mut held) =
-                    self.fingerprints.entry(fingerprint)
-                {
-                    *held.get_mut() -= 1;
-                    if *held.get() == 0 {
-                        held.remove();
+            self.rows.pop_front();
+            for _ in 0..count {
+                let Some(fingerprint) = self.held.pop_front() else {
+                    break;
+                };
+                match self.more.get_mut(&fingerprint) {
+                    Some(more) if *more > 1 => *more -= 1,
+                    Some(_) => {
+                        self.more.remove(&fingerprint);
+                    }
+                    None => {
+                        self.fingerprints.remove(&fingerprint);
                     }
                 }
             }
@@ -217,8 +225,10 @@ impl State {
 
     /// Remembers a row just appended.
     fn appended(&mut self, keys: RowKeys) {
-        for fingerprint in &keys.fingerprints {
-            *self.fingerprints.entry(*fingerprint).or_insert(0) += 1;
+        for &fingerprint in &keys.fingerprints {
+            if !self.fingerprints.insert(fingerprint) {
+                *self.more.entry(fingerprint).or_insert(0) += 1;
+            }
         }
         if keys.min_expires_ms != i64::MAX {
             while let Some(&(_, expires)) = self.earliest.back()
@@ -228,13 +238,18 @@ impl State {
             }
             self.earliest.push_back((keys.seq, keys.min_expires_ms));
         }
-        self.rows.push_back(keys);
+        self.rows.push_back((keys.seq, keys.fingerprints.len()));
+        self.held.extend(keys.fingerprints);
     }
 
     /// Forgets everything: the journal is empty.
     fn emptied(&mut self) {
         self.fingerprints.clear();
         self.fingerprints.shrink_to(1024);
+        self.more.clear();
+        self.more.shrink_to(16);
+        self.held.clear();
+        self.held.shrink_to(1024);
         self.rows.clear();
         self.rows.shrink_to(256);
         self.earliest.clear();
@@ -262,7 +277,9 @@ impl Journal {
         Journal {
             limits,
             state: Mutex::new(State {
-                fingerprints: HashMap::default(),
+                fingerprints: HashSet::default(),
+                more: HashMap::default(),
+                held: VecDeque::new(),
                 rows: VecDeque::new(),
                 earliest: VecDeque::new(),
             }),
@@ -346,10 +363,10 @@ impl Journal {
         state.min_expires_ms() <= now_ms
             || request_ids
                 .into_iter()
-                .any(|id| state.fingerprints.contains_key(&fingerprint(REQUEST, id)))
+                .any(|id| state.fingerprints.contains(&fingerprint(REQUEST, id)))
             || nik_hashes
                 .into_iter()
-                .any(|h| state.fingerprints.contains_key(&fingerprint(NIK, h)))
+                .any(|h| state.fingerprints.contains(&fingerprint(NIK, h)))
     }
 
     /// Whether a hold in the journal may be due at `now_ms` (the sweeper folds only then).
@@ -1052,6 +1069,7 @@ mod tests {
         append_one(&conn, &journal, REQUESTS[1], NIKS[1], 9_000);
         append_one(&conn, &journal, REQUESTS[2], NIKS[2], i64::MAX);
         assert!(journal.may_hold_due(1_000), "row 1's hold");
+        assert_eq!(journal.state().more.len(), 2, "r1 and n1 are in two rows");
 
         let fold = |limit: u64| {
             let mut change = Change::default();
@@ -1090,6 +1108,11 @@ mod tests {
             "rows 4 and 5's keys only"
         );
         assert_eq!(journal.state().rows.len(), 2);
+        assert_eq!(journal.state().held.len(), 4);
+        assert!(
+            journal.state().more.is_empty(),
+            "r1 and n1 left with their last row"
+        );
         assert_eq!(journal.pending(), 2);
 
         // A later row may hold an earlier expiry (another office's shorter holds).
