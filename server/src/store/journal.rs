@@ -162,11 +162,10 @@ impl Change {
 #[derive(Default)]
 struct State {
     /// Fingerprints of the NIK hashes and request ids in the journal: a fingerprint leaves when
-    /// the last row that holds it is folded. Before, they
-    /// were kept until the journal was empty, which a burst longer than the journal's bound
-    /// never lets happen (its batches fold the oldest rows as they append): the set grew by
-    /// two fingerprints a Reserve for as long as the burst lasted.
-    /// Hashed with foldhash, seeded per map, rather than SipHash: a request id is the caller's
+    /// the last row that holds it is folded. (Kept until the journal was empty, they grew by two
+    /// a Reserve for as long as a burst past the journal's bound lasted: its batches fold the
+    /// oldest rows as they append, so the journal is never empty.)
+    /// Hashed with foldhash, seeded per set, rather than SipHash: a request id is the caller's
     /// own text, and a seed the caller cannot know still keeps crafted ids from piling into one
     /// bucket; SipHash of every fingerprint (and again at each growth of a set of a burst's
     /// 200,000) was about 1% of a Reserve's server CPU under `perf`.
