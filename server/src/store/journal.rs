@@ -77,6 +77,14 @@ impl Default for Limits {
 /// (after a pause, and past the bound): about 10-20 ms of the write gate.
 pub const FOLD_CHUNK: u64 = 512;
 
+/// Reservations per transaction when a read or a write folds the journal during a burst
+/// (`store::fold_most`), and the most a Reserve batch folds in its own transaction (a longer
+/// fold is done first, a chunk at a time): about 3-5 ms of the write gate each. A counter listing
+/// its holds every second of a load-test burst: Reserve p99.9 28-45 ms with 256, 24-27 ms with
+/// 128 (but the listing took 1.2-2.2 s instead of 1.1-1.7 s), 52-65 ms with 512
+/// (BENCHMARKS.md).
+pub const FOLD_BESIDE_RESERVES: u64 = 256;
+
 /// The tables a journal row may carry rows for (a row naming any other is refused when folded).
 const TABLES: [&str; 3] = ["ledger", "reservations", "idempotency"];
 /// The first byte of every journal row: the format's version. Rows of format 1 (fixed-width
@@ -322,9 +330,10 @@ impl Journal {
         self.pending.load(Ordering::SeqCst)
     }
 
-    /// Rows in the journal table now (one per journaled batch).
-    pub fn rows(&self) -> u64 {
-        self.rows.load(Ordering::SeqCst)
+    /// What folding the whole journal now would take, in reservations' worth (a row without
+    /// reservations counts as one), as the folds with a `limit` count it.
+    pub fn weight(&self) -> u64 {
+        self.pending().max(self.rows.load(Ordering::SeqCst))
     }
 
     /// Whether the journal table holds no row: nothing to fold.

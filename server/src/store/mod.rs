@@ -558,27 +558,21 @@ impl Store {
     }
 }
 
-/// Reservations per transaction when a read or a write folds the Reserve journal during a burst
-/// ([`fold_most`]): about 3-5 ms of the write gate each. A counter listing its holds every
-/// second of a load-test burst: Reserve p99.9 28-45 ms with 256, 24-27 ms with 128 (but the
-/// listing took 1.2-2.2 s instead of 1.1-1.7 s), 52-65 ms with 512 (BENCHMARKS.md).
-const FOLD_MOST_CHUNK: u64 = 256;
-
-/// Folds the Reserve journal down to at most [`FOLD_MOST_CHUNK`] reservations' worth (and
-/// as many rows), a chunk per transaction, the write gate open between chunks so that Reserve
+/// Folds the Reserve journal down to at most [`journal::FOLD_BESIDE_RESERVES`] reservations'
+/// worth, a chunk per transaction, the write gate open between chunks so that Reserve
 /// batches go on; the caller folds the rest. Bounded: twice as many chunks as the journal held
 /// when it began, plus one. A burst adds rows meanwhile, but fewer than a chunk's fold takes
 /// off (a reservation folds in about 15 µs), so the bound is reached only when folding cannot
 /// keep up, and then the caller folds the rest in one.
 async fn fold_most(direct: &direct::Direct) -> Result<(), sqlx::Error> {
     let journal = direct.journal();
-    let weight = || journal.pending().max(journal.rows());
-    let rounds = (weight() / FOLD_MOST_CHUNK).saturating_mul(2) + 1;
+    let chunk = journal::FOLD_BESIDE_RESERVES;
+    let rounds = (journal.weight() / chunk).saturating_mul(2) + 1;
     for _ in 0..rounds {
-        if weight() <= FOLD_MOST_CHUNK {
+        if journal.weight() <= chunk {
             break;
         }
-        direct.fold(Some(FOLD_MOST_CHUNK)).await?;
+        direct.fold(Some(chunk)).await?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! path waits for it (bounded by the busy time-out and the request time-out) on sqlx's thread.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use blangko_proto::v1::IkdStatus;
@@ -224,39 +225,20 @@ impl Engine {
         jobs: &[Job],
     ) -> Option<EngineResult<BatchAnswers>> {
         let connection = self.store.direct()?;
-        // A Reserve that may be in the journal already (a retry, the same person again) or a
-        // hold in it that may be due makes the batch fold the journal first. Most of it is
-        // folded here, a chunk at a time with the write gate open between chunks, so that the
-        // batch's transaction folds one chunk at most; other offices' batches go on meanwhile.
-        // A failure here is met again, and reported, by the batch's own fold.
-        if connection.journal().must_fold_for(
-            jobs.iter().map(|j| j.cmd.request_id.as_str()),
-            jobs.iter().map(|j| j.nik_hash.as_str()),
-            self.clock.now_ms(),
-        ) && let Err(err) = self.store.fold_journal_most().await
-        {
-            tracing::debug!(error = %err, "the Reserve journal was not folded before the batch");
-        }
-        let decided = connection
-            .run_journaled(|tx, journal, change| {
-                // The time once the write gate is held, as the general path reads it under the
-                // office lock.
-                let now = self.clock.now_ms();
-                let version = data_version(tx)?;
-                let kept = self.kept_offices.take(office_id, version, now);
-                let decided = decide(
-                    tx,
-                    Journaled { journal, change },
-                    office_id,
-                    kept,
-                    version,
-                    jobs,
-                    now,
-                )?;
-                let commit = decided.is_some();
-                Ok::<_, EngineError>((decided, commit))
-            })
+        let long_fold = AtomicBool::new(false);
+        let mut decided = self
+            .decide_on(connection, office_id, jobs, Some(&long_fold))
             .await;
+        if long_fold.load(Ordering::Relaxed) {
+            // The batch must fold the journal first (a retry, or the same person again, during
+            // a burst), and more than a chunk of it: rolled back, it folds most of it here, the
+            // write gate open between chunks so that other offices' batches go on, and runs
+            // again. A failure here is met again, and reported, by the batch's own fold.
+            if let Err(err) = self.store.fold_journal_most().await {
+                tracing::debug!(error = %err, "the Reserve journal was not folded before the batch");
+            }
+            decided = self.decide_on(connection, office_id, jobs, None).await;
+        }
         // Ok(None) twice over: locked from outside the process, or the batch needs the general path.
         match decided {
             Ok(Some(Some((answers, rows)))) => {
@@ -268,11 +250,51 @@ impl Engine {
             Err(err) => Some(Err(err)),
         }
     }
+
+    /// The batch in one transaction on the hot path's connection (see [`decide`]); with
+    /// `long_fold`, a batch that would have to fold more than a chunk of the journal first sets
+    /// it and decides nothing.
+    async fn decide_on(
+        &self,
+        connection: &direct::Direct,
+        office_id: &str,
+        jobs: &[Job],
+        long_fold: Option<&AtomicBool>,
+    ) -> EngineResult<Option<Option<(BatchAnswers, OfficeRows)>>> {
+        connection
+            .run_journaled(|tx, journal, change| {
+                // The time once the write gate is held, as the general path reads it under the
+                // office lock.
+                let now = self.clock.now_ms();
+                let version = data_version(tx)?;
+                let kept = self.kept_offices.take(office_id, version, now);
+                let decided = decide(
+                    tx,
+                    Journaled {
+                        journal,
+                        change,
+                        long_fold,
+                    },
+                    office_id,
+                    kept,
+                    version,
+                    jobs,
+                    now,
+                )?;
+                let commit = decided.is_some();
+                Ok::<_, EngineError>((decided, commit))
+            })
+            .await
+    }
 }
 /// The Reserve journal as a batch's transaction sees it (see `store::journal`).
 struct Journaled<'t> {
     journal: &'t Journal,
     change: &'t mut Change,
+    /// Set instead of folding more than [`journal::FOLD_BESIDE_RESERVES`] in the batch's
+    /// transaction (its caller folds it in chunks and runs the batch again); None: fold here
+    /// whatever it takes.
+    long_fold: Option<&'t AtomicBool>,
 }
 
 impl Journaled<'_> {
@@ -351,6 +373,12 @@ fn decide(
         jobs.iter().map(|j| j.nik_hash.as_str()),
         now,
     ) {
+        if let Some(long_fold) = journaled.long_fold
+            && journaled.journal.weight() > journal::FOLD_BESIDE_RESERVES
+        {
+            long_fold.store(true, Ordering::Relaxed);
+            return Ok(None);
+        }
         journaled.fold_all(conn)?;
     }
     // Due holds are released (with their ledger entries) by the general path first.
