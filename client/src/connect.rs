@@ -2,9 +2,10 @@
 //! round-robin over them, failover to the next endpoint, a time-out per call, and bounded
 //! exponential backoff with jitter between rounds.
 //!
-//! Only UNAVAILABLE and DEADLINE_EXCEEDED are retried, always with the very same request (so the
-//! same `request_id`: the server replays its first answer). Every other status, INVALID_ARGUMENT
-//! above all, goes straight back to the caller.
+//! Only UNAVAILABLE, DEADLINE_EXCEEDED and a connection that broke before the server answered are
+//! retried, always with the very same request (so the same `request_id`: the server replays its
+//! first answer). Every status the server itself answered, INVALID_ARGUMENT above all, goes
+//! straight back to the caller.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -256,6 +257,20 @@ pub fn round_delay(backoff: Duration, server_hint: Option<Duration>) -> Duration
 pub fn is_retryable(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
         || is_server_deadline(status)
+        || is_broken_call(status)
+}
+
+/// A status made on this side because the connection broke before the server answered: a
+/// replica killed or restarted in the middle of a call, a network reset. tonic then gives
+/// UNKNOWN ("transport error"), or INTERNAL or CANCELLED for an HTTP/2 reset, and keeps the
+/// transport's error as the status's source; a status the server answered (read from its
+/// trailers) has no source. The call may or may not have been done: the same request is safe
+/// to send again, here or to another server.
+fn is_broken_call(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unknown | Code::Internal | Code::Cancelled
+    ) && std::error::Error::source(status).is_some()
 }
 
 /// A tonic server answers CANCELLED "Timeout expired" when the call's `grpc-timeout` ran out on
@@ -681,7 +696,7 @@ mod tests {
     }
 
     #[test]
-    fn only_unavailable_and_deadline_are_retried() {
+    fn only_unavailable_deadline_and_a_broken_connection_are_retried() {
         assert!(is_retryable(&Status::unavailable("down")));
         assert!(is_retryable(&Status::deadline_exceeded("slow")));
         assert!(is_retryable(&Status::cancelled("Timeout expired")));
@@ -693,12 +708,20 @@ mod tests {
             Status::resource_exhausted("shed"),
             Status::internal("bug"),
             Status::cancelled("cancelled"),
+            Status::unknown("the server's own UNKNOWN"),
         ] {
             assert!(
                 !is_retryable(&status),
                 "{:?} must not be retried",
                 status.code()
             );
+        }
+        // The same codes made here from a transport failure (tonic keeps it as the source).
+        let broken = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        for code in [Code::Unknown, Code::Internal, Code::Cancelled] {
+            let mut status = Status::new(code, "transport error");
+            status.set_source(std::sync::Arc::new(broken()));
+            assert!(is_retryable(&status), "{code:?} from a broken connection");
         }
     }
 

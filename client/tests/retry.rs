@@ -1,6 +1,6 @@
 //! The client's retry and failover rules against a scripted fake server: what is retried (only
-//! UNAVAILABLE and DEADLINE_EXCEEDED, always with the same request_id), what is not, how calls
-//! are spread over endpoints, and the bearer token.
+//! UNAVAILABLE, DEADLINE_EXCEEDED and a connection dropped before the answer, always with the
+//! same request_id), what is not, how calls are spread over endpoints, and the bearer token.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -286,5 +286,57 @@ async fn the_token_is_sent_as_bearer_metadata() -> anyhow::Result<()> {
     let seen = fake.seen();
     assert_eq!(seen[0].1.as_deref(), Some("Bearer s3cret"));
     assert_eq!(seen[1].1, None);
+    Ok(())
+}
+
+/// An endpoint that accepts each connection, reads what the client sends until a request has
+/// arrived (the HTTP/2 preface, settings, and the call's headers and message), and then drops
+/// the connection without a word: a replica killed in the middle of a call.
+async fn dropper() -> anyhow::Result<(SocketAddr, Arc<Mutex<usize>>)> {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let dropped = Arc::new(Mutex::new(0usize));
+    let count = Arc::clone(&dropped);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = 0;
+                // The preface and settings are about 60 bytes; a Reserve's headers and message
+                // bring it past 150.
+                while got < 150 {
+                    match tokio::time::timeout(Duration::from_secs(2), socket.read(&mut buf)).await
+                    {
+                        Ok(Ok(n)) if n > 0 => got += n,
+                        _ => break,
+                    }
+                }
+                if let Ok(mut c) = count.lock() {
+                    *c += 1;
+                }
+                drop(socket);
+            });
+        }
+    });
+    Ok((addr, dropped))
+}
+
+#[tokio::test]
+async fn a_connection_dropped_in_the_middle_of_a_call_fails_over_with_the_same_request_id()
+-> anyhow::Result<()> {
+    let (addr_dead, dropped) = dropper().await?;
+    let well = Fake::default();
+    let addr_well = serve(well.clone()).await?;
+    let term = terminal(&[addr_dead, addr_well], Duration::from_secs(2), None)?;
+    let answer = reserve(&term, "drop-1").await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert!(
+        *dropped.lock().unwrap() >= 1,
+        "the first endpoint took the call"
+    );
+    let ids: Vec<String> = well.seen().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["drop-1"]);
     Ok(())
 }
