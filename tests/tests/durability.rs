@@ -271,6 +271,55 @@ async fn a_burst_left_in_the_reserve_journal_is_seen_at_once_and_survives_sigkil
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_reserve_never_overtakes_the_journal_in_the_ledger_table() -> anyhow::Result<()> {
+    // A listing folds the journal and then reads the ledger table, page by page. The table must
+    // be the start of the chain whenever it is read: an entry written straight into it while
+    // older ones still wait in the journal is a gap in the listing, and its page token moves
+    // past the entries folded later, for good.
+    const BURST: u32 = 200;
+    let db = TestDatabase::sqlite().await?;
+    let server = TestServer::spawn_process_on(db.clone(), &JOURNAL_KEPT_AND_METRICS).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 1000, 1000).await?;
+    let requests: Vec<ReserveRequest> = (0..BURST)
+        .map(|n| reserve_request("3275", "main", n))
+        .collect();
+    burst(&server, &requests).await?;
+    let pending = count(
+        &server.scrape_metrics().await?,
+        "blangko_reserve_journal_pending",
+        &[],
+    );
+    assert!(pending >= 1.0, "the burst waits in the journal: {pending}");
+    // One Reserve alone, a batch of one, while the journal holds the burst.
+    let mut counter = server.counter_client().await?;
+    let lone = counter
+        .reserve(reserve_request("3275", "main", 5000))
+        .await?
+        .into_inner();
+    assert!(matches!(lone.outcome, Some(Outcome::Reservation(_))));
+
+    // The file as another program (or a listing between its fold and its read) sees it.
+    let file = db.sqlite_file().ok_or_else(|| anyhow::anyhow!("SQLite"))?;
+    sqlx::any::install_default_drivers();
+    let other = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
+    let seqs: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM ledger WHERE office_id = '3275' ORDER BY seq")
+            .fetch_all(&other)
+            .await?;
+    other.close().await;
+    let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+    assert_eq!(seqs, expected, "the ledger table has a gap");
+
+    // And every entry is there once the journal is folded (a listing folds it).
+    let mut stock = server.stock_client().await?;
+    assert!(fixtures::ledger_intact(&mut stock, "3275").await?);
+    let found = fixtures::all_reservations(&mut counter, "3275").await?;
+    assert_eq!(found.len(), BURST as usize + 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stock_quota_and_metrics_count_a_burst_still_in_the_journal_and_leave_it_there()
 -> anyhow::Result<()> {
     // What supervisors, agencies and the metrics scrape read during a burst: exact counts,

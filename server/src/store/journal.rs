@@ -43,7 +43,8 @@ use super::direct::{Prepared, execute, query};
 use super::rows::{Value, ValueRef};
 
 /// A batch of at least this many Reserves is journaled: a Reserve decided alone is no burst, and
-/// its rows go straight into their tables, as they always did.
+/// its rows go straight into their tables, as they always did (unless the journal holds rows:
+/// a write never overtakes journaled ones).
 pub const JOURNAL_FROM_BATCH: usize = 2;
 /// Default for the most reservations waiting in the journal (`--reserve-journal-max`). At about
 /// 1 KB a reservation in the journal table and 32 bytes of fingerprints in memory, that is about

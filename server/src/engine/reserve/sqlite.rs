@@ -316,26 +316,40 @@ impl Journaled<'_> {
     }
 
     /// Whether a batch of `batch` Reserves making `reservations` writes its rows as a journal
-    /// row: a burst's batch (at least `JOURNAL_FROM_BATCH`) while the journal has room. At its
-    /// bound the batch first folds the oldest rows, about as many reservations as it makes, so a
-    /// burst that outlasts the bound keeps the journal full but no fuller, and each batch pays
-    /// for about its own rows (a fixed chunk of 512 stalled one batch in twenty for tens of
-    /// milliseconds: p99 20 ms against 10 ms without the journal in a 30 s burst,
-    /// BENCHMARKS.md).
+    /// row: a burst's batch (at least `JOURNAL_FROM_BATCH`) while the journal has room, and any
+    /// batch while the journal holds rows. At its bound the batch first folds the oldest rows,
+    /// about as many reservations as it makes, so a burst that outlasts the bound keeps the
+    /// journal full but no fuller, and each batch pays for about its own rows (a fixed chunk of
+    /// 512 stalled one batch in twenty for tens of milliseconds: p99 20 ms against 10 ms without
+    /// the journal in a 30 s burst, BENCHMARKS.md).
+    ///
+    /// A batch whose rows go straight into their tables never overtakes journaled ones: a
+    /// listing that folded the journal and then reads its table would otherwise see ledger
+    /// entry 103 before 101 and 102 were folded, and its page token would move past them for
+    /// good. So while the journal holds rows, a lone Reserve is journaled too, and a batch the
+    /// journal has no room for folds it all first.
     fn takes(
         &mut self,
         conn: &Connection,
         batch: usize,
         reservations: u64,
     ) -> rusqlite::Result<bool> {
-        if batch < journal::JOURNAL_FROM_BATCH || self.journal.limits().max_reservations == 0 {
+        let empty = self.change.emptied() || self.journal.is_empty();
+        if self.journal.limits().max_reservations == 0
+            || (batch < journal::JOURNAL_FROM_BATCH && empty)
+        {
+            self.fold_all(conn)?;
             return Ok(false);
         }
-        if !self.journal.has_room(self.pending(), reservations) && !self.journal.is_empty() {
+        if !self.journal.has_room(self.pending(), reservations) && !empty {
             self.journal
                 .fold(conn, Some(reservations.max(1)), self.change)?;
         }
-        Ok(self.journal.has_room(self.pending(), reservations))
+        if self.journal.has_room(self.pending(), reservations) {
+            return Ok(true);
+        }
+        self.fold_all(conn)?;
+        Ok(false)
     }
 }
 
