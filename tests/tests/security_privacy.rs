@@ -393,6 +393,29 @@ async fn a_nik_typed_into_a_request_id_a_note_or_an_id_is_neither_stored_nor_ech
     stock
         .record_shipment(shipment("kiriman kedua".into()))
         .await?;
+    // A NIK typed as the counter (or two fields swapped by a client): refused, naming the field;
+    // the counter's id is kept with every reservation and in the ledger's notes.
+    let mut swapped = reserve_request("3275", "main", 8);
+    swapped.counter_id = other.clone();
+    let refused = counter
+        .reserve(swapped)
+        .await
+        .expect_err("a NIK as the counter");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(blangko_e2e::field_violations(&refused)[0].0, "counter_id");
+    errors.push(refused);
+    let refused = counter
+        .record_ikd_activation(RecordIkdActivationRequest {
+            request_id: rid(),
+            office_id: "3275".into(),
+            service_point_id: "main".into(),
+            counter_id: format!("loket-{other}"),
+            nik: other.clone(),
+        })
+        .await
+        .expect_err("a NIK in the counter's id");
+    assert_eq!(blangko_e2e::field_violations(&refused)[0].0, "counter_id");
+    errors.push(refused);
     // A NIK typed where a reservation id goes: NOT_FOUND, the id not echoed.
     let not_found = counter
         .commit_reservation(CommitReservationRequest {

@@ -219,7 +219,7 @@ impl CounterService for CounterApi {
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         c.service_point_ref(&r.office_id, &r.service_point_id);
-        c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
+        c.counter_id(&r.counter_id);
         let nik = c.nik("nik", &r.nik, nik_today(&self.engine));
         c.finish()?;
         let Some(nik) = nik else {
@@ -264,7 +264,7 @@ impl CounterService for CounterApi {
             );
         }
         if !r.counter_id.is_empty() {
-            c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
+            c.counter_id(&r.counter_id);
         }
         c.enumeration::<ReservationState>("state", r.state, true);
         let mut date = c.optional_date("local_date", &r.local_date);
@@ -376,7 +376,7 @@ impl CounterService for CounterApi {
         )?;
         let mut c = Checker::new();
         c.service_point_ref(&r.office_id, &r.service_point_id);
-        c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
+        c.counter_id(&r.counter_id);
         c.range("waiting", r.waiting, 0, validate::MAX_WAITING);
         c.finish()?;
         Ok(Response::new(
@@ -401,7 +401,7 @@ pub fn check_reserve(
         &r.service_point_id,
         validate::MAX_ID_CHARS,
     );
-    c.id("counter_id", &r.counter_id, validate::MAX_ID_CHARS);
+    c.counter_id(&r.counter_id);
     let nik = c.nik("nik", &r.nik, today);
     c.enumeration::<Reason>("reason", r.reason, false);
     c.enumeration::<IkdStatus>("ikd_status", r.ikd_status, true);

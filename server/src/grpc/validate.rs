@@ -137,6 +137,19 @@ impl Checker {
         }
     }
 
+    /// A counter's id: an [`Checker::id`] that does not look like a NIK either. It is kept
+    /// with every reservation and in the ledger's notes (for good), so a NIK typed into it, or
+    /// a client that swapped two fields, would be stored in clear.
+    pub fn counter_id(&mut self, value: &str) {
+        self.id("counter_id", value, MAX_ID_CHARS);
+        if crate::domain::nik::has_nik_run(value) {
+            self.fail(
+                "counter_id",
+                "must not contain 16 or more digits in a row (it could be a NIK, and the counter's id is kept with every reservation and in the ledger)",
+            );
+        }
+    }
+
     /// An id that is published (metrics labels, logs, the public notice) must not look like a
     /// NIK: no run of 16 or more digits.
     pub fn not_nik_shaped(&mut self, field: &str, value: &str) {
