@@ -304,6 +304,30 @@ async fn a_closed_day_refers_with_the_next_service_day() -> anyhow::Result<()> {
             closed.message_indonesian
         );
         assert!(quota(&server, "3275", "main").await?.closed);
+
+        // The supervisor opens the counter this Sunday after all: today's quota set to 5 opens
+        // the day (the refusal above already made today's row, closed).
+        let opened = stock
+            .set_quota_policy(SetQuotaPolicyRequest {
+                request_id: rid(),
+                office_id: "3275".into(),
+                service_point_id: "main".into(),
+                policy: Some(fixtures::fixed(10)),
+                todays_quota: Some(5),
+            })
+            .await?
+            .into_inner()
+            .quota
+            .unwrap_or_default();
+        assert_eq!(
+            (opened.closed, opened.quota, opened.remaining),
+            (false, 5, 5)
+        );
+        try_reserve(&mut counter, "3275", "main", 2, Reason::DataChange)
+            .await?
+            .map_err(|r| anyhow::anyhow!("still refused: {r:?}"))?;
+        let q = quota(&server, "3275", "main").await?;
+        assert_eq!((q.closed, q.held, q.remaining), (false, 1, 4));
         Ok(())
     })
     .await

@@ -606,6 +606,13 @@ impl Engine {
                     qd.quota = i64::from(q);
                     check_quota_invariant(&qd)?;
                     rows::update_quota_day(conn, &qd).await?;
+                    // A quota set for today on a day computed closed (not a service day, a
+                    // holiday) opens it: the supervisor decided to serve today after all.
+                    if qd.closed && q > 0 {
+                        qd.closed = false;
+                        rows::open_quota_day(conn, &qd).await?;
+                        note = format!("{note}; opened today (not a service day by its calendar)");
+                    }
                 }
                 let mut entry = NewEntry::of(LedgerEntryKind::PolicyChange);
                 entry.service_point_id = service_point_id.to_string();

@@ -368,6 +368,21 @@ pub async fn insert_quota_day(
     Ok(())
 }
 
+/// Opens a quota day that was computed closed (not a service day, or a holiday): a supervisor
+/// set today's quota on it.
+pub async fn open_quota_day(conn: &mut AnyConnection, q: &QuotaDayRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE quota_days SET closed = $1 WHERE office_id = $2 AND service_point_id = $3 AND local_date = $4",
+    )
+    .bind(0_i64)
+    .bind(&q.office_id)
+    .bind(&q.service_point_id)
+    .bind(&q.local_date)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Writes a quota day's counters and quota.
 pub async fn update_quota_day(
     conn: &mut AnyConnection,
