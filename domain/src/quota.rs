@@ -132,6 +132,20 @@ pub fn decide(input: &AdmissionInput) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Whether a non-priority Reserve refused as [`Refusal::QuotaExhausted`] is held back only by
+/// the share kept for priority reasons until the release time: the service point has free slots,
+/// the office cap has room and there are blanks, so it opens at the release time today. When the
+/// office cap (or the whole quota) is what is used up, it does not.
+pub fn kept_for_priority_until_release(input: &AdmissionInput) -> bool {
+    !input.closed
+        && input.before_release
+        && !input.is_priority
+        && input.available > 0
+        && service_point_room(input, false) == 0
+        && service_point_room(input, true) > 0
+        && office_room(input) > 0
+}
+
 /// How many more Reserves could succeed now for a priority / a non-priority reason (ignoring
 /// reason caps): min(quota room, office cap room, available), saturating at 0; (0, 0) when closed.
 pub fn remaining(input: &AdmissionInput) -> (u64, u64) {
@@ -348,6 +362,39 @@ mod tests {
         input.priority_used = 9;
         assert_eq!(remaining(&input), (1, 0));
         assert_eq!(decide(&input), Err(Refusal::QuotaExhausted));
+    }
+
+    #[test]
+    fn only_the_priority_share_opens_at_the_release_time() {
+        // Q = 30, P = 10 before release, 20 non-priority used: the share is what refuses.
+        let mut input = open_point();
+        input.priority_reserved = 10;
+        input.before_release = true;
+        input.used = 20;
+        assert_eq!(decide(&input), Err(Refusal::QuotaExhausted));
+        assert!(kept_for_priority_until_release(&input));
+        // The office cap is used up as well: the release opens nothing.
+        input.office_cap = Some(200);
+        input.office_used = 200;
+        assert_eq!(decide(&input), Err(Refusal::QuotaExhausted));
+        assert!(!kept_for_priority_until_release(&input));
+        // Without a share, a cap refusal with free service point slots is not the share either.
+        input.priority_reserved = 0;
+        input.used = 5;
+        assert_eq!(decide(&input), Err(Refusal::QuotaExhausted));
+        assert!(!kept_for_priority_until_release(&input));
+        // The whole quota used up; after the release; a priority reason: never.
+        let mut full = open_point();
+        full.priority_reserved = 10;
+        full.before_release = true;
+        full.used = 30;
+        assert!(!kept_for_priority_until_release(&full));
+        full.used = 20;
+        full.before_release = false;
+        assert!(!kept_for_priority_until_release(&full));
+        full.before_release = true;
+        full.is_priority = true;
+        assert!(!kept_for_priority_until_release(&full));
     }
 
     #[test]

@@ -179,6 +179,12 @@ async fn the_office_cap_bounds_all_service_points_together() -> anyhow::Result<(
             .await?
             .expect_err("office cap of 3");
         assert_eq!(capped.cause(), ReferralCause::QuotaExhausted);
+        // The cap, not the priority share, is what ran out: the applicant is told the next
+        // service day (Wednesday 00:00 WIB), not the release time at 12:00 today.
+        assert_eq!(
+            capped.next_quota_at.unwrap_or_default().seconds * 1000,
+            TUESDAY_8AM_WIB_MS + 16 * HOUR_MS
+        );
         let q = quota(&server, "3601", "mpp").await?;
         assert_eq!(
             (

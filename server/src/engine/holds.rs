@@ -590,12 +590,12 @@ impl Engine {
                 let policy = policy_of(&sp)?;
                 let referral = referral(
                     ReferralKind::OutOfStock,
+                    false,
                     zone,
                     today,
                     now,
                     &office,
                     &policy,
-                    &qd,
                     &calendar_of(&sp),
                 );
                 rows::add_ikd_referrals(conn, &office.office_id, &date, referral.cause, 1).await?;

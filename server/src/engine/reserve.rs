@@ -715,15 +715,15 @@ fn decide_one<'a>(
     }
 
     let outcome = match admission(state, point, cmd, nik_hash)? {
-        Some(cause) => {
+        Some((cause, opens_at_release)) => {
             let referral = referral(
                 cause,
+                opens_at_release,
                 state.zone,
                 state.today,
                 state.now,
                 &state.office,
                 &point.config.policy,
-                &point.qd,
                 &point.config.calendar,
             );
             *state.referrals.entry(referral.cause).or_insert(0) += 1;
@@ -884,7 +884,7 @@ fn admission(
     point: &PointState,
     cmd: &ReserveCommand,
     nik_hash: &str,
-) -> EngineResult<Option<ReferralKind>> {
+) -> EngineResult<Option<(ReferralKind, bool)>> {
     // IKD first (rule 8): the office requires an active IKD, an exemption, or a recorded activation.
     if state.office.ikd_first_required {
         if cmd.ikd_status == IkdStatus::Unspecified as i32 {
@@ -894,7 +894,7 @@ fn admission(
             ));
         }
         if cmd.ikd_status == IkdStatus::NotActive as i32 && !state.activated.contains(nik_hash) {
-            return Ok(Some(ReferralKind::IkdRequired));
+            return Ok(Some((ReferralKind::IkdRequired, false)));
         }
     }
     let is_priority = point.config.priority.contains(&cmd.reason);
@@ -909,7 +909,12 @@ fn admission(
         state.office_used,
     );
     input.reason_caps = cap_uses(&point.config.policy, cmd.reason, &point.by_reason);
-    Ok(quota::decide(&input).err().map(ReferralKind::from))
+    Ok(quota::decide(&input).err().map(|refusal| {
+        (
+            ReferralKind::from(refusal),
+            quota::kept_for_priority_until_release(&input),
+        )
+    }))
 }
 
 /// The reason-group caps of `policy` that count `reason`, each with its use today
@@ -954,16 +959,18 @@ fn quota_invariant_with(qd: &QuotaDayRow, more_held: i64) -> EngineResult<()> {
     Ok(())
 }
 
-/// The IKD referral for a refusal, with when quota opens again.
+/// The IKD referral for a refusal, with when quota opens again. `opens_at_release`: a
+/// QuotaExhausted that only the share kept for priority reasons caused
+/// ([`quota::kept_for_priority_until_release`]), which opens at the release time today.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn referral(
     kind: ReferralKind,
+    opens_at_release: bool,
     zone: OfficeZone,
     today: NaiveDate,
     now: i64,
     office: &OfficeRow,
     policy: &QuotaPolicy,
-    qd: &QuotaDayRow,
     calendar: &ServiceCalendar,
 ) -> IkdReferral {
     let next_day = calendar
@@ -973,7 +980,7 @@ pub(crate) fn referral(
     let next_ms = match kind {
         ReferralKind::IkdRequired => None,
         // The priority share is what stopped a non-priority reason: it opens at the release time.
-        ReferralKind::QuotaExhausted if qd.used() < qd.quota && now < release => Some(release),
+        ReferralKind::QuotaExhausted if opens_at_release && now < release => Some(release),
         // No blanks: the next supply, when one is expected after today.
         ReferralKind::OutOfStock => parse_local_date(&office.expected_next_supply_date)
             .ok()
