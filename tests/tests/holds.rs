@@ -671,3 +671,72 @@ async fn reserves_at_once_at_an_ikd_first_office_each_see_their_own_activation_a
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counters_reporting_at_once_over_yesterdays_reports_all_succeed() -> anyhow::Result<()> {
+    // 08:00: every counter's queue report is yesterday's, and they all report at the same
+    // moment, at several offices. Each report is answered (on PostgreSQL a report once also
+    // deleted every expired one, of every office, after writing its own: two reports could wait
+    // on each other's rows, and one got a deadlock as INTERNAL). The expired rows go with the
+    // sweeper.
+    const OFFICES: [&str; 6] = ["3275", "3204", "3601", "3171", "3273", "3216"];
+    const COUNTERS: u32 = 2;
+    on_each_backend(|db| async move {
+        let (server, clock) = server_at(db.clone()).await?;
+        let mut stock = server.stock_client().await?;
+        for office in OFFICES {
+            office_with_point(&mut stock, office, "main", 100, 100).await?;
+        }
+        let counter = server.counter_client().await?;
+        let report = |office: &str, c: u32, waiting: u32| ReportQueueRequest {
+            counter_id: format!("loket-{c}"),
+            ..fixtures::queue_report(office, "main", waiting)
+        };
+        let all_at_once = |waiting: u32| {
+            let calls: Vec<_> = OFFICES
+                .iter()
+                .flat_map(|office| (1..=COUNTERS).map(move |c| (*office, c)))
+                .map(|(office, c)| {
+                    let mut counter = counter.clone();
+                    let request = report(office, c, waiting);
+                    tokio::spawn(async move { counter.report_queue(request).await })
+                })
+                .collect();
+            async move {
+                for call in calls {
+                    call.await??;
+                }
+                anyhow::Ok(())
+            }
+        };
+        for day in 0..8 {
+            all_at_once(3 + day).await?;
+            clock.advance_ms(24 * 60 * MINUTE_MS);
+        }
+        all_at_once(3).await?;
+        let q = fixtures::quota_snapshot(&mut counter.clone(), "3275", "main").await?;
+        assert_eq!(q.waiting, 3 * COUNTERS);
+
+        // One counter goes on reporting, the others stop: 21 minutes after their last report
+        // the sweeper deletes their rows.
+        clock.advance_ms(10 * MINUTE_MS);
+        counter.clone().report_queue(report("3275", 1, 2)).await?;
+        clock.advance_ms(11 * MINUTE_MS);
+        let engine = server
+            .engine()
+            .ok_or_else(|| anyhow::anyhow!("in-process"))?;
+        engine.sweep_once().await?;
+        sqlx::any::install_default_drivers();
+        let other = sqlx::AnyPool::connect(&db.url).await?;
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue_reports")
+            .fetch_one(&other)
+            .await?;
+        other.close().await;
+        assert_eq!(
+            rows, 1,
+            "the expired reports are gone, the recent one stays"
+        );
+        Ok(())
+    })
+    .await
+}

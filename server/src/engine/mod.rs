@@ -49,6 +49,9 @@ pub const MAX_ATTEMPTS: u32 = 4;
 pub const EXPIRY_BATCH: i64 = 500;
 /// A counter's queue report counts for this long after its last refresh (DESIGN rule 12).
 pub const QUEUE_REPORT_TTL_MS: i64 = 120_000;
+/// A queue report this old is deleted by the sweeper (it stopped counting long before): the
+/// table keeps about one row per counter that reported lately.
+pub const QUEUE_REPORT_KEEP_MS: i64 = 10 * QUEUE_REPORT_TTL_MS;
 /// Most counters of one service point whose queue reports count at once.
 pub const MAX_COUNTERS_PER_POINT: i64 = 256;
 /// The default priority release time, when a policy gives none.

@@ -642,7 +642,11 @@ impl Engine {
         counter_id: &str,
         waiting: u32,
     ) -> EngineResult<ReportQueueResponse> {
-        {
+        // One row per counter, upserted; long-expired rows are the sweeper's to delete. (This
+        // transaction once deleted them too, from every office: on PostgreSQL two counters
+        // reporting over yesterday's rows at 08:00 each locked their own row and then waited
+        // for the other's, and one got a deadlock as INTERNAL.)
+        self.with_retry(|| async {
             let mut tx = self.begin().await?;
             let conn: &mut AnyConnection = &mut tx;
             Self::office_or_not_found(conn, office_id, "").await?;
@@ -679,14 +683,11 @@ impl Engine {
                 now,
             )
             .await?;
-            // Drop reports long expired, so the table stays small.
-            sqlx::query("DELETE FROM queue_reports WHERE reported_ms < $1")
-                .bind(now - 10 * QUEUE_REPORT_TTL_MS)
-                .execute(&mut *conn)
-                .await?;
             self.announce_in_tx(conn, office_id).await?;
             self.commit_durably(tx).await?;
-        }
+            Ok(())
+        })
+        .await?;
         self.hub.office_changed(office_id);
         let quota = self.get_quota(office_id, service_point_id).await?;
         let total = u64::from(quota.waiting).max(u64::from(waiting));

@@ -24,6 +24,11 @@ impl Engine {
                 .await?;
             rows::offices_with_due_holds(&mut conn, now, OFFICES_PER_SWEEP).await?
         };
+        // Queue reports long expired (a counter that stopped reporting), so the table stays
+        // small; a failure here only leaves them for the next sweep.
+        if let Err(err) = self.drop_stale_queue_reports(now).await {
+            tracing::debug!(error = %err, "cannot drop stale queue reports now; the next sweep tries again");
+        }
         let mut total = 0;
         for office in offices {
             // One office that cannot be swept (a broken row, say) must not keep the offices
@@ -36,6 +41,32 @@ impl Engine {
             }
         }
         Ok(total)
+    }
+
+    /// Deletes the queue reports older than [`super::QUEUE_REPORT_KEEP_MS`], when a read finds
+    /// any (a write transaction only then). On its own, in a short transaction that locks nothing
+    /// but the rows it deletes, never beside a counter's report. Returns how many.
+    pub async fn drop_stale_queue_reports(&self, now: i64) -> anyhow::Result<u64> {
+        let before = now - super::QUEUE_REPORT_KEEP_MS;
+        let any: Option<i64> = {
+            // Queue reports are never in the Reserve journal: nothing to fold for this read.
+            let mut conn = self.store.reader_without_fold().acquire().await?;
+            sqlx::query_scalar("SELECT 1 FROM queue_reports WHERE reported_ms < $1 LIMIT 1")
+                .bind(before)
+                .fetch_optional(&mut *conn)
+                .await?
+        };
+        if any.is_none() {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        let deleted = sqlx::query("DELETE FROM queue_reports WHERE reported_ms < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        self.commit_durably(tx).await?;
+        Ok(deleted)
     }
 
     /// Sweeps every `interval` until `shutdown` fires.
