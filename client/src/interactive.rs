@@ -117,7 +117,8 @@ struct Screen {
     out: Out,
     shared: Arc<Shared>,
     input: Input,
-    /// The last reservation made here, the default for `c`, `x` and `rusak`.
+    /// The current applicant's reservation, the default for `c`, `x` and `rusak` (cleared when
+    /// the next applicant starts).
     last_reservation: Option<String>,
 }
 
@@ -337,6 +338,10 @@ impl Screen {
     /// Next applicant: NIK, reason, IKD check, Reserve; on IKD_REQUIRED, record the activation
     /// and retry in one step.
     async fn next_applicant(&mut self) {
+        // c, x and rusak without an id act on this applicant's reservation only: never on the
+        // one before, whose card may be printing (a reflexive x after this applicant's referral
+        // would cancel it).
+        self.last_reservation = None;
         let Some(nik) = self.ask_nik().await else {
             return;
         };
@@ -394,8 +399,8 @@ impl Screen {
             None => {
                 if self.last_reservation.is_none() {
                     self.say(self.out.t(
-                        "Sebutkan ID pemesanan (belum ada pemesanan di sesi ini).",
-                        "Give the reservation id (none made in this session yet).",
+                        "Sebutkan ID pemesanan (pemohon ini belum punya pemesanan; lihat: hold).",
+                        "Give the reservation id (this applicant has no reservation; see: holds).",
                     ));
                 }
                 self.last_reservation.clone()

@@ -1270,6 +1270,7 @@ async fn the_interactive_counter_is_driven_through_stdin() -> anyhow::Result<()>
          {}\n\
          2\n\
          a\n\
+         x\n\
          hold\n\
          bogus\n\
          keluar\n",
@@ -1291,6 +1292,8 @@ async fn the_interactive_counter_is_driven_through_stdin() -> anyhow::Result<()>
         "DITAHAN ",
         "DICETAK ",
         "RUJUK KE AKTIVASI IKD: kuota blangko hari ini sudah habis (QUOTA_EXHAUSTED)",
+        // x after this applicant's referral: not the previous applicant's reservation.
+        "Sebutkan ID pemesanan (pemohon ini belum punya pemesanan; lihat: hold).",
         "Tidak ada pemesanan yang ditahan.",
         "Perintah tidak dikenal; ketik bantuan.",
         "Sampai jumpa.",
