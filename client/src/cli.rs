@@ -174,6 +174,10 @@ pub enum Command {
         /// Free text.
         #[arg(long, env = "BLANGKO_NOTE")]
         note: Option<String>,
+        /// Idempotency key (default: a fresh random one). When a report got no answer, it is
+        /// printed: run the command again with it, and the blank is not written off twice.
+        #[arg(long, env = "BLANGKO_REQUEST_ID")]
+        request_id: Option<String>,
     },
 
     /// This counter's open holds today, with the time left on each.

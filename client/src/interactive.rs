@@ -12,14 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blangko_proto::v1::reserve_response::Outcome;
-use blangko_proto::v1::{IkdStatus, QuotaSnapshot, Reason, ReferralCause};
+use blangko_proto::v1::{IkdStatus, QuotaSnapshot, Reason, ReferralCause, SpoilageReason};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::commands::reserve::print_outcome;
 use crate::commands::watch::follow;
 use crate::connect::random_request_id;
-use crate::error::EXIT_OK;
+use crate::error::{EXIT_OK, Failure};
 use crate::forecast::{expected_served, total_with_mine};
 use crate::nik;
 use crate::output::{Lang, Out, reservation_json, reservation_line, snapshot_line};
@@ -120,6 +120,9 @@ struct Screen {
     /// The current applicant's reservation, the default for `c`, `x` and `rusak` (cleared when
     /// the next applicant starts).
     last_reservation: Option<String>,
+    /// A spoiled-blank report that got no answer (reservation id, reason, its request id): the
+    /// same report typed again reuses the id, so the blank is not written off twice.
+    unanswered_spoiled: Option<(String, SpoilageReason, String)>,
 }
 
 fn help_text(lang: Lang) -> &'static str {
@@ -459,7 +462,13 @@ impl Screen {
             return;
         };
         let Some(id) = self.target(id) else { return };
-        match self.term.spoiled(&id, reason, "", "").await {
+        let request_id = match self.unanswered_spoiled.take() {
+            Some((same_id, same_reason, request_id)) if same_id == id && same_reason == reason => {
+                request_id
+            }
+            _ => Terminal::new_spoiled_request_id(),
+        };
+        match self.term.spoiled(&id, reason, "", "", &request_id).await {
             Ok(answer) => {
                 if self.out.json {
                     self.out.json(&json!({
@@ -486,7 +495,16 @@ impl Screen {
                     }
                 }
             }
-            Err(failure) => failure.report(&self.out),
+            Err(failure) => {
+                failure.report(&self.out);
+                if matches!(failure, Failure::NoServer { .. }) {
+                    self.say(self.out.t(
+                        "Laporan ini mungkin sudah tercatat: ketik perintah yang sama lagi saat server menjawab; blangko tidak akan tercatat rusak dua kali.",
+                        "This report may have been recorded: type the same command again once a server answers; the blank will not be written off twice.",
+                    ));
+                    self.unanswered_spoiled = Some((id, reason, request_id));
+                }
+            }
         }
     }
 
@@ -609,6 +627,7 @@ pub async fn run_counter(term: &Terminal, out: Out, waiting: u32) -> ExitCode {
         shared,
         input: Input::start(out),
         last_reservation: None,
+        unanswered_spoiled: None,
     };
     screen.say(&format!(
         "== blangko-counter · {} {counter} · {office}/{service_point} · {local_date} ({}) ==",

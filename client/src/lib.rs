@@ -86,6 +86,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             reason,
             report,
             note,
+            request_id,
         } => {
             commands::reservation::spoiled(
                 &term,
@@ -94,6 +95,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 *reason,
                 report.as_deref().unwrap_or(""),
                 note.as_deref().unwrap_or(""),
+                request_id.as_deref(),
             )
             .await
         }

@@ -60,6 +60,11 @@ pub fn check_request_id(id: &str) -> Result<(), Failure> {
 }
 
 impl Terminal {
+    /// A new request id for a spoiled-blank report.
+    pub fn new_spoiled_request_id() -> String {
+        random_request_id("s")
+    }
+
     /// A terminal over `conn` for `id`.
     pub fn new(conn: Connection, id: Identity) -> Terminal {
         Terminal { conn, id }
@@ -173,16 +178,21 @@ impl Terminal {
             .await?)
     }
 
-    /// Records a spoiled blank, on a held reservation or (empty id) found in stock.
+    /// Records a spoiled blank, on a held reservation or (empty id) found in stock. Unlike a
+    /// Reserve (one per NIK a day) or a commit, a spoilage is not the same twice by its content:
+    /// a second report with a new `request_id` writes off a second blank. So a caller that got no
+    /// answer sends the same `request_id` again ([`Terminal::new_spoiled_request_id`]).
     pub async fn spoiled(
         &self,
         reservation_id: &str,
         reason: SpoilageReason,
         report: &str,
         note: &str,
+        request_id: &str,
     ) -> Result<ReportSpoiledBlankResponse, Failure> {
+        check_request_id(request_id)?;
         let request = ReportSpoiledBlankRequest {
-            request_id: random_request_id("s"),
+            request_id: request_id.to_string(),
             office_id: self.office()?.to_string(),
             reservation_id: reservation_id.to_string(),
             reason: reason as i32,

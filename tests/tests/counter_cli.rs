@@ -284,6 +284,38 @@ async fn an_unreachable_server_is_one_clear_line_and_exit_1() -> anyhow::Result<
     let value = json.one_json()?;
     assert_eq!(value["servers"][0]["reachable"], false);
     assert_eq!(value["error"]["code"], "UNAVAILABLE");
+
+    // A spoiled-blank report without an answer may have been recorded: the officer is given the
+    // request id that makes running it again safe.
+    let spoiled_args = |json: bool| {
+        let mut args = vec!["--retries", "0", "--office", "3275"];
+        if json {
+            args.push("--json");
+        }
+        args.extend(["spoiled", "--reason", "misprint"]);
+        args
+    };
+    let spoiled = client(&[&dead], &spoiled_args(false), None).await?;
+    assert_eq!(spoiled.code, 1, "{spoiled:?}");
+    let lines: Vec<&str> = spoiled.stderr.trim().lines().collect();
+    assert!(
+        lines[0].starts_with("Tidak ada server yang menjawab"),
+        "{spoiled:?}"
+    );
+    assert!(
+        lines[1].starts_with("Laporan blangko rusak mungkin sudah tercatat.")
+            && lines[1].contains("--request-id s-"),
+        "{spoiled:?}"
+    );
+    let json = client(&[&dead], &spoiled_args(true), None).await?;
+    let value = json.one_json()?;
+    assert_eq!(value["error"]["code"], "UNAVAILABLE");
+    assert!(
+        value["error"]["request_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("s-")),
+        "{value}"
+    );
     Ok(())
 }
 
@@ -736,6 +768,25 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
             .stdout
             .starts_with("Spoiled blank recorded (OTHER)"),
         "{spoiled_en:?}"
+    );
+    // The same report run again with its request id (after an answer that never came) writes
+    // off one blank, not two.
+    let twice = [
+        "--json",
+        "spoiled",
+        "--reason",
+        "storage",
+        "--request-id",
+        "s-ulang-1",
+    ];
+    let first = run_as(url, &twice).await?.one_json()?;
+    let again = run_as(url, &twice).await?.one_json()?;
+    assert_eq!(first["outcome"], "spoiled_recorded", "{first}");
+    assert_eq!(again["outcome"], "spoiled_recorded", "{again}");
+    assert_eq!(first["on_hand"], 95, "100 - 1 printed - 4 spoiled: {first}");
+    assert_eq!(
+        again["on_hand"], 95,
+        "the repeat is the same report: {again}"
     );
 
     let q = quota(&server).await?;

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use blangko_proto::v1::{QuotaSnapshot, Reservation, SpoilageReason};
 use serde_json::json;
 
-use crate::error::{EXIT_OK, EXIT_REFERRED};
+use crate::error::{EXIT_OK, EXIT_REFERRED, Failure};
 use crate::output::{
-    Out, referral_json, referral_lines, reservation_json, reservation_line, snapshot_json,
+    Lang, Out, referral_json, referral_lines, reservation_json, reservation_line, snapshot_json,
 };
 use crate::terminal::Terminal;
 use crate::vocab;
@@ -73,6 +73,7 @@ pub async fn cancel(term: &Terminal, out: Out, reservation_id: &str, note: &str)
 
 /// Runs `spoiled [ID] --reason R [--report REF]`. Exit 3 when the reservation had to be
 /// cancelled for lack of a blank (the applicant is referred to IKD).
+#[allow(clippy::too_many_arguments)]
 pub async fn spoiled(
     term: &Terminal,
     out: Out,
@@ -80,10 +81,29 @@ pub async fn spoiled(
     reason: SpoilageReason,
     report: &str,
     note: &str,
+    request_id: Option<&str>,
 ) -> ExitCode {
-    let answer = match term.spoiled(reservation_id, reason, report, note).await {
+    let request_id = request_id.map_or_else(Terminal::new_spoiled_request_id, str::to_string);
+    let answer = match term
+        .spoiled(reservation_id, reason, report, note, &request_id)
+        .await
+    {
         Ok(answer) => answer,
-        Err(failure) => return failure.exit(&out),
+        Err(failure) => {
+            // No server answered: the report may have been recorded all the same. Its request
+            // id is what makes running it again safe.
+            if out.json {
+                let mut value = failure.json();
+                value["error"]["request_id"] = json!(request_id);
+                out.json(&value);
+            } else {
+                failure.report(&out);
+                if matches!(failure, Failure::NoServer { .. }) {
+                    out.notice(&unanswered_spoiled_hint(&request_id, out.lang));
+                }
+            }
+            return ExitCode::from(failure.exit_code());
+        }
     };
     if out.json {
         out.json(&json!({
@@ -118,4 +138,16 @@ pub async fn spoiled(
     } else {
         EXIT_OK
     })
+}
+
+/// What the officer reads when a spoiled-blank report got no answer: it may be recorded, and
+/// the same request id makes running it again safe.
+pub fn unanswered_spoiled_hint(request_id: &str, lang: Lang) -> String {
+    format!(
+        "{} --request-id {request_id}",
+        lang.t(
+            "Laporan blangko rusak mungkin sudah tercatat. Ulangi perintah yang sama dengan",
+            "The spoiled blank may have been recorded. Run the same command again with",
+        )
+    )
 }
