@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use blangko_domain::nik::{has_nik_run, mask_nik_runs};
+use blangko_domain::nik::{has_nik_stretch, mask_nik_stretches};
 use blangko_proto::v1::{IkdStatus, QuotaSnapshot, Reason, reserve_response::Outcome};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -295,15 +295,15 @@ pub fn parse_queue<R: Read>(input: R, today: NaiveDate) -> Result<ParsedQueue, F
         };
         let cell = |i: usize| record.get(i).unwrap_or("");
         let ticket = cell(columns.ticket).to_string();
-        if has_nik_run(&ticket) {
-            // A NIK in the ticket column (columns in another order): it must not reach the
-            // screen, the results file or a request id.
+        if has_nik_stretch(&ticket) {
+            // A NIK in the ticket column (columns in another order), typed with or without
+            // separators: it must not reach the screen, the results file or a request id.
             parsed.bad.push(bad(
                 line,
-                &mask_nik_runs(&ticket),
+                &mask_nik_stretches(&ticket),
                 "ticket",
-                "nomor tiket berisi 16 angka atau lebih berturut-turut (mungkin NIK): periksa urutan kolom",
-                "the ticket holds 16 or more digits in a row (it could be a NIK): check the column order",
+                "nomor tiket berisi 16 angka atau lebih (mungkin NIK): periksa urutan kolom",
+                "the ticket holds 16 or more digits (it could be a NIK): check the column order",
             ));
             continue;
         }
@@ -351,7 +351,7 @@ pub fn parse_queue<R: Read>(input: R, today: NaiveDate) -> Result<ParsedQueue, F
             continue;
         }
         let Some(reason) = vocab::parse_reason(cell(columns.reason)) else {
-            let given = mask_nik_runs(cell(columns.reason));
+            let given = mask_nik_stretches(cell(columns.reason));
             parsed.bad.push(bad(
                 line,
                 &ticket,
@@ -363,7 +363,7 @@ pub fn parse_queue<R: Read>(input: R, today: NaiveDate) -> Result<ParsedQueue, F
         };
         let ikd_text = columns.ikd.map(cell).unwrap_or("");
         let Some(ikd) = vocab::parse_ikd(ikd_text) else {
-            let ikd_text = mask_nik_runs(ikd_text);
+            let ikd_text = mask_nik_stretches(ikd_text);
             parsed.bad.push(bad(
                 line,
                 &ticket,
@@ -1192,6 +1192,23 @@ mod tests {
             assert!(!shown.contains(nik), "{shown}");
         }
         assert_eq!(parsed.bad[0].ticket, "*".repeat(16));
+
+        // The same with the NIK typed with dashes, dots or slashes: refused and masked too.
+        let parsed = parse(
+            "kolom1,kolom2,kolom3,kolom4\n\
+             3275-0141-0190-0001,A001,perekaman-baru,aktif\n\
+             3275.0141.0190.0002,A002,perekaman-baru,aktif\n\
+             A003,3275014101900003,3275-0141-0190-0013,aktif\n\
+             A004,3275014101900004,hilang,327501/410190/0014\n",
+        );
+        assert!(parsed.rows.is_empty(), "{parsed:?}");
+        let fields: Vec<&str> = parsed.bad.iter().map(|b| b.field.as_str()).collect();
+        assert_eq!(fields, ["ticket", "ticket", "reason", "ikd"]);
+        assert_eq!(parsed.bad[0].ticket, "****-****-****-****");
+        let shown = format!("{:?}", parsed.bad);
+        for digits in ["3275", "0141", "0190", "0001", "0002", "0013", "0014", "410190"] {
+            assert!(!shown.contains(digits), "{digits} in {shown}");
+        }
     }
 
     #[test]

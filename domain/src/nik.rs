@@ -207,6 +207,58 @@ pub fn mask_nik_runs(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// True when `text` has a stretch of digits, with the spaces, dots, dashes and slashes people
+/// type inside a NIK, that holds [`NIK_DIGITS`] or more digits: it could hold a NIK however it
+/// was typed (`3275-0141-0190-0001`). Stricter than [`has_nik_run`], for text from a file that
+/// is echoed on screen and kept in results (a queue file's ticket column).
+pub fn has_nik_stretch(text: &str) -> bool {
+    nik_stretches(text).next().is_some()
+}
+
+/// `text` with every digit of each stretch that [`has_nik_stretch`] finds turned into a star.
+pub fn mask_nik_stretches(text: &str) -> std::borrow::Cow<'_, str> {
+    let stretches: Vec<std::ops::Range<usize>> = nik_stretches(text).collect();
+    if stretches.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    for (i, c) in text.char_indices() {
+        if c.is_ascii_digit() && stretches.iter().any(|r| r.contains(&i)) {
+            out.push('*');
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The byte ranges of the stretches of digits and in-NIK separators that hold at least
+/// [`NIK_DIGITS`] digits.
+fn nik_stretches(text: &str) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < bytes.len() {
+            if !bytes[at].is_ascii_digit() {
+                at += 1;
+                continue;
+            }
+            let start = at;
+            let mut digits = 0;
+            while at < bytes.len()
+                && (bytes[at].is_ascii_digit() || matches!(bytes[at], b' ' | b'.' | b'-' | b'/'))
+            {
+                digits += usize::from(bytes[at].is_ascii_digit());
+                at += 1;
+            }
+            if digits >= NIK_DIGITS {
+                return Some(start..at);
+            }
+        }
+        None
+    })
+}
+
 /// The birth date encoded in `ddmmyy` (6 ASCII digits), or None if it is not a real date.
 ///
 /// Women have 40 added to the day. The two-digit year takes the latest century that does not
@@ -449,6 +501,40 @@ mod tests {
         assert!(is_known_province("32"));
         for bad in ["011", "032", "3", "", "3a", "+3", " 32"] {
             assert!(!is_known_province(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_nik_typed_with_separators_is_found_and_masked() {
+        for text in [
+            "3275-0141-0190-0001",
+            "3275.0141.0190.0001",
+            "3275 0141 0190 0001",
+            "327501/410190/0001",
+            "3275014101900001",
+            "tiket 3275-0141-0190-0001 ok",
+        ] {
+            assert!(has_nik_stretch(text), "{text}");
+            let masked = mask_nik_stretches(text);
+            assert_eq!(
+                masked.bytes().filter(u8::is_ascii_digit).count(),
+                0,
+                "{text} -> {masked}"
+            );
+        }
+        assert_eq!(
+            mask_nik_stretches("A-3275-0141-0190-0001-x"),
+            "A-****-****-****-****-x"
+        );
+        for text in [
+            "A017",
+            "2026-12-06",
+            "B-0001/2026",
+            "loket 12, antrean 345",
+            "",
+        ] {
+            assert!(!has_nik_stretch(text), "{text}");
+            assert_eq!(mask_nik_stretches(text), text);
         }
     }
 }
