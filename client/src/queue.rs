@@ -1206,7 +1206,9 @@ mod tests {
         assert_eq!(fields, ["ticket", "ticket", "reason", "ikd"]);
         assert_eq!(parsed.bad[0].ticket, "****-****-****-****");
         let shown = format!("{:?}", parsed.bad);
-        for digits in ["3275", "0141", "0190", "0001", "0002", "0013", "0014", "410190"] {
+        for digits in [
+            "3275", "0141", "0190", "0001", "0002", "0013", "0014", "410190",
+        ] {
             assert!(!shown.contains(digits), "{digits} in {shown}");
         }
     }

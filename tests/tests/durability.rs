@@ -320,6 +320,59 @@ async fn a_lone_reserve_never_overtakes_the_journal_in_the_ledger_table() -> any
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reason_cap_holds_while_a_burst_fills_the_journal() -> anyhow::Result<()> {
+    // A service point with a cap on reprints (lost, damaged) counts its reprints from the
+    // reservations table, so its batch must see the journal folded. With a burst of another
+    // office in the journal (more than a chunk), the batch leaves that fold to its caller, in
+    // chunks, and runs again: the cap still counts every reprint.
+    const BURST: u32 = 600;
+    let db = TestDatabase::sqlite().await?;
+    let server = TestServer::spawn_process_on(db, &JOURNAL_KEPT_AND_METRICS).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3204", "main", 1000, 1000).await?;
+    fixtures::office(&mut stock, "3275", |_| {}).await?;
+    let capped = QuotaPolicy {
+        reason_caps: vec![ReasonCap {
+            name: "cetak-ulang".into(),
+            reasons: vec![Reason::Lost as i32, Reason::Damaged as i32],
+            daily_cap: 2,
+        }],
+        ..fixtures::fixed(100)
+    };
+    fixtures::service_point(&mut stock, "3275", "capped", capped).await?;
+    fixtures::ship(&mut stock, "3275", 100).await?;
+    let mut counter = server.counter_client().await?;
+    let reprint = |n: u32| ReserveRequest {
+        reason: Reason::Lost as i32,
+        ..reserve_request("3275", "capped", 5000 + n)
+    };
+    // One reprint before the burst.
+    let first = counter.reserve(reprint(0)).await?.into_inner();
+    assert!(matches!(first.outcome, Some(Outcome::Reservation(_))));
+    let requests: Vec<ReserveRequest> = (0..BURST)
+        .map(|n| reserve_request("3204", "main", n))
+        .collect();
+    burst(&server, &requests).await?;
+    let pending = count(
+        &server.scrape_metrics().await?,
+        "blangko_reserve_journal_pending",
+        &[],
+    );
+    assert!(pending > 256.0, "more than a chunk waits: {pending}");
+    let second = counter.reserve(reprint(1)).await?.into_inner();
+    assert!(matches!(second.outcome, Some(Outcome::Reservation(_))));
+    let third = counter.reserve(reprint(2)).await?.into_inner();
+    let Some(Outcome::IkdReferral(refused)) = third.outcome else {
+        anyhow::bail!("a third reprint past the cap of 2: {:?}", third.outcome);
+    };
+    assert_eq!(refused.cause(), ReferralCause::ReasonCapReached);
+    // The burst is all there.
+    let found = fixtures::all_reservations(&mut counter, "3204").await?;
+    assert_eq!(found.len(), BURST as usize);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stock_quota_and_metrics_count_a_burst_still_in_the_journal_and_leave_it_there()
 -> anyhow::Result<()> {
     // What supervisors, agencies and the metrics scrape read during a burst: exact counts,

@@ -315,6 +315,23 @@ impl Journaled<'_> {
         Ok(())
     }
 
+    /// [`Journaled::fold_all`] when that is at most [`journal::FOLD_BESIDE_RESERVES`], or when
+    /// the caller gave no `long_fold`. Past it, sets `long_fold` and returns false: the batch
+    /// decides nothing, and its caller folds the journal in chunks, off the tokio thread and with
+    /// the write gate open between them, and runs it again (a fold of a full journal here would
+    /// hold every office's Reserves for seconds).
+    fn fold_all_or_defer(&mut self, conn: &Connection) -> rusqlite::Result<bool> {
+        if let Some(long_fold) = self.long_fold
+            && !self.change.emptied()
+            && self.journal.weight() > journal::FOLD_BESIDE_RESERVES
+        {
+            long_fold.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        self.fold_all(conn)?;
+        Ok(true)
+    }
+
     /// Whether a batch of `batch` Reserves making `reservations` writes its rows as a journal
     /// row: a burst's batch (at least `JOURNAL_FROM_BATCH`) while the journal has room, and any
     /// batch while the journal holds rows. At its bound the batch first folds the oldest rows,
@@ -386,14 +403,9 @@ fn decide(
         jobs.iter().map(|j| j.cmd.request_id.as_str()),
         jobs.iter().map(|j| j.nik_hash.as_str()),
         now,
-    ) {
-        if let Some(long_fold) = journaled.long_fold
-            && journaled.journal.weight() > journal::FOLD_BESIDE_RESERVES
-        {
-            long_fold.store(true, Ordering::Relaxed);
-            return Ok(None);
-        }
-        journaled.fold_all(conn)?;
+    ) && !journaled.fold_all_or_defer(conn)?
+    {
+        return Ok(None);
     }
     // Due holds are released (with their ledger entries) by the general path first.
     let due = query_optional(
@@ -469,7 +481,9 @@ fn decide(
             HashMap::new()
         } else {
             // Counted from the reservations table, which must hold them all.
-            journaled.fold_all(conn)?;
+            if !journaled.fold_all_or_defer(conn)? {
+                return Ok(None);
+            }
             query(
                 conn,
                 SQL.counts_by_reason,
