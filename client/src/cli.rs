@@ -196,8 +196,9 @@ pub enum Command {
     /// names (ticket/tiket/no, nik, reason/alasan, ikd); `,` `;` and tab separators are accepted.
     ///
     /// After a crash or a dropped connection, run the same command again: request ids are derived
-    /// from office, service point, local date and ticket (q-3275-mpp-20261129-A017), so nobody is
-    /// reserved twice, and tickets already handled today are skipped.
+    /// from office, service point, counter, local date and ticket
+    /// (q-3275-mpp-loket-1-20261129-A017), so nobody is reserved twice, and tickets already
+    /// handled today are skipped.
     ///
     /// Exit 0 when every row was handled, 2 when some rows were invalid, 1 when the run stopped early.
     Queue(QueueArgs),

@@ -583,22 +583,25 @@ pub fn random_request_id(prefix: &str) -> String {
     fit_request_id(id)
 }
 
-/// The request id of a queue ticket: the same office, service point, local date and ticket give
-/// the same id on every run, so a re-run after a crash can never reserve twice. Readable
-/// (`q-3275-mpp-20261129-A017`) when it fits in 64 characters, else hashed.
+/// The request id of a queue ticket: the same office, service point, counter, local date and
+/// ticket give the same id on every run, so a re-run after a crash can never reserve twice. The
+/// counter is in it because two counters of a service point may number their tickets alike
+/// (each its own 1, 2, 3): without it the second counter's ticket 1 got REQUEST_ID_REUSED.
+/// Readable (`q-3275-mpp-loket-1-20261129-A017`) when it fits in 64 characters, else hashed.
 pub fn queue_request_id(
     office: &str,
     service_point: &str,
+    counter: &str,
     local_date: &str,
     ticket: &str,
 ) -> String {
     let date: String = local_date.chars().filter(|c| c.is_ascii_digit()).collect();
-    let readable = format!("q-{office}-{service_point}-{date}-{ticket}");
+    let readable = format!("q-{office}-{service_point}-{counter}-{date}-{ticket}");
     if readable.len() <= MAX_REQUEST_ID_LEN && readable.is_ascii() {
         return readable;
     }
     let mut hasher = Sha256::new();
-    for part in [office, service_point, local_date, ticket] {
+    for part in [office, service_point, counter, local_date, ticket] {
         hasher.update(part.as_bytes());
         hasher.update([0u8]);
     }
@@ -727,25 +730,27 @@ mod tests {
 
     #[test]
     fn queue_request_ids_are_stable_readable_and_short() {
-        let id = queue_request_id("3275", "mpp", "2026-11-29", "A017");
-        assert_eq!(id, "q-3275-mpp-20261129-A017");
-        assert_eq!(id, queue_request_id("3275", "mpp", "2026-11-29", "A017"));
-        assert_ne!(id, queue_request_id("3275", "mpp", "2026-11-30", "A017"));
-        assert_ne!(id, queue_request_id("3275", "kec-1", "2026-11-29", "A017"));
-        assert_ne!(id, queue_request_id("3204", "mpp", "2026-11-29", "A017"));
+        let q = |sp: &str, counter: &str, date: &str, ticket: &str| {
+            queue_request_id("3275", sp, counter, date, ticket)
+        };
+        let id = q("mpp", "loket-1", "2026-11-29", "A017");
+        assert_eq!(id, "q-3275-mpp-loket-1-20261129-A017");
+        assert_eq!(id, q("mpp", "loket-1", "2026-11-29", "A017"));
+        assert_ne!(id, q("mpp", "loket-1", "2026-11-30", "A017"));
+        assert_ne!(id, q("kec-1", "loket-1", "2026-11-29", "A017"));
+        assert_ne!(id, q("mpp", "loket-2", "2026-11-29", "A017"));
+        assert_ne!(
+            id,
+            queue_request_id("3204", "mpp", "loket-1", "2026-11-29", "A017")
+        );
 
         let long_sp = "kecamatan-bekasi-utara-pelayanan-keliling-sekolah-menengah-atas";
-        let long = queue_request_id("3275", long_sp, "2026-11-29", "A017");
+        let long = q(long_sp, "loket-1", "2026-11-29", "A017");
         assert!(long.len() <= MAX_REQUEST_ID_LEN, "{long}");
         assert!(long.starts_with("q-3275-20261129-"), "{long}");
-        assert_eq!(
-            long,
-            queue_request_id("3275", long_sp, "2026-11-29", "A017")
-        );
-        assert_ne!(
-            long,
-            queue_request_id("3275", long_sp, "2026-11-29", "A018")
-        );
+        assert_eq!(long, q(long_sp, "loket-1", "2026-11-29", "A017"));
+        assert_ne!(long, q(long_sp, "loket-1", "2026-11-29", "A018"));
+        assert_ne!(long, q(long_sp, "loket-2", "2026-11-29", "A017"));
     }
 
     #[test]

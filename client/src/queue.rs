@@ -3,8 +3,8 @@
 //! journal a re-run resumes from.
 //!
 //! Re-running is always safe: each ticket's request id is derived from office, service point,
-//! local date and ticket ([`crate::connect::queue_request_id`]), so the server answers a repeated
-//! ticket with its first answer and never reserves twice.
+//! counter, local date and ticket ([`crate::connect::queue_request_id`]), so the server answers a
+//! repeated ticket with its first answer and never reserves twice.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -646,6 +646,8 @@ struct Run<'a> {
     local_date: String,
     office: String,
     service_point: String,
+    /// This counter: two counters of a service point may number their tickets alike.
+    counter: String,
     tally: Tally,
     /// The waiting count last reported to the server.
     last_reported: u32,
@@ -755,6 +757,7 @@ impl Run<'_> {
         let request_id = queue_request_id(
             &self.office,
             &self.service_point,
+            &self.counter,
             &self.local_date,
             &row.ticket,
         );
@@ -863,7 +866,7 @@ pub async fn run_queue(term: &Terminal, out: Out, options: &QueueOptions) -> Exi
 async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> Result<u8, Failure> {
     let office = term.office()?.to_string();
     let service_point = term.service_point()?.to_string();
-    term.counter()?;
+    let counter = term.counter()?.to_string();
     let file = File::open(&options.file)
         .map_err(|e| local_failure(&options.file, "cannot read queue file", e))?;
     let today = out.zone.now().date_naive();
@@ -900,6 +903,7 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
         local_date: local_date.clone(),
         office,
         service_point,
+        counter,
         tally: Tally::default(),
         last_reported: 0,
         last_report_at: Instant::now(),
@@ -1275,7 +1279,7 @@ mod tests {
                 replayed: false,
                 cause: String::new(),
                 detail: "a, \"quoted\" detail".to_string(),
-                request_id: "q-3275-mpp-20261129-A001".to_string(),
+                request_id: "q-3275-mpp-loket-1-20261129-A001".to_string(),
             };
             {
                 let (mut file, earlier) = match ResultsFile::open(&path) {

@@ -1688,3 +1688,46 @@ async fn a_queue_stopped_by_a_dead_server_resumes_after_the_restart() -> anyhow:
     assert_eq!(text.matches(",ikd_forecast,").count(), 2, "{text}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_counters_numbering_their_tickets_alike_reserve_everyone() -> anyhow::Result<()> {
+    // Loket 1 and loket 2 of one service point each number their own queue 1, 2, 3, ... with
+    // different applicants: ticket 1 of loket 2 is not a repeat of ticket 1 of loket 1.
+    let server = server_with(20, 100).await?;
+    let url = server.url.clone();
+    let dir = tempfile::tempdir()?;
+    let mut runs = Vec::new();
+    for (counter, first_nik) in [("loket-1", 1), ("loket-2", 11)] {
+        let mut text = String::from("ticket,nik,reason\n");
+        for ticket in 1..=4 {
+            text.push_str(&format!(
+                "{ticket},{},new-recording\n",
+                nik(first_nik + ticket)
+            ));
+        }
+        let file = dir.path().join(format!("{counter}.csv"));
+        std::fs::write(&file, text)?;
+        let file_arg = file.display().to_string();
+        let args = [
+            "--office",
+            "3275",
+            "--service-point",
+            "mpp",
+            "--counter",
+            counter,
+            "queue",
+            &file_arg,
+        ];
+        let run = client(&[&url], &args, None).await?;
+        assert_eq!(run.code, 0, "{counter}: {run:?}");
+        runs.push(run);
+    }
+    assert!(
+        runs[1].stdout.contains("Selesai: 4 dipesan (0 ulang)"),
+        "{:?}",
+        runs[1]
+    );
+    let q = quota(&server).await?;
+    assert_eq!(q.held, 8, "{q:?}");
+    Ok(())
+}
