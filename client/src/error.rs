@@ -198,6 +198,36 @@ impl Failure {
         }
     }
 
+    /// What the officer reads when a spoiled-blank report on a reservation was refused. The
+    /// blank in hand is spoiled either way: when the reservation is no longer held (expired,
+    /// cancelled, printed), the generic advice ("do NOT print") is beside the point, and what to
+    /// do is to record the blank as spoiled from stock.
+    pub fn human_for_spoiled(&self, lang: Lang) -> String {
+        if let Failure::Server {
+            code,
+            message,
+            reason: Some(reason),
+            ..
+        } = self
+            && matches!(
+                reason.as_str(),
+                "RESERVATION_EXPIRED"
+                    | "RESERVATION_CANCELLED"
+                    | "RESERVATION_COMMITTED"
+                    | "RESERVATION_NOT_HELD"
+            )
+        {
+            return format!(
+                "{}: {message} [{code}/{reason}]",
+                lang.t(
+                    "Blangko rusak BELUM tercatat: pemesanan ini tidak ditahan lagi. Catat blangko itu sebagai rusak dari stok (spoiled tanpa ID pemesanan)",
+                    "The spoiled blank is NOT recorded: this reservation is no longer held. Record the blank as spoiled from stock (spoiled without a reservation id)",
+                )
+            );
+        }
+        self.human(lang)
+    }
+
     /// The machine shape: `{"error": {...}}`.
     pub fn json(&self) -> Value {
         let error = match self {
@@ -283,6 +313,32 @@ fn explain_reason(reason: &str, lang: Lang) -> Option<&'static str> {
 mod tests {
     use super::*;
     use tonic_types::{ErrorDetails, StatusExt};
+
+    #[test]
+    fn a_refused_spoiled_report_says_to_record_the_blank_from_stock() {
+        let expired = Failure::Server {
+            code: "FAILED_PRECONDITION".into(),
+            message: "cannot record a spoiled blank on this reservation: expired".into(),
+            reason: Some("RESERVATION_EXPIRED".into()),
+            resource: None,
+        };
+        let id = expired.human_for_spoiled(Lang::Id);
+        assert!(id.starts_with("Blangko rusak BELUM tercatat"), "{id}");
+        assert!(!id.contains("JANGAN cetak"), "{id}");
+        assert!(
+            expired
+                .human_for_spoiled(Lang::En)
+                .contains("Record the blank as spoiled from stock")
+        );
+        // Other refusals read as everywhere else.
+        let limit = Failure::Server {
+            code: "FAILED_PRECONDITION".into(),
+            message: "limit".into(),
+            reason: Some("SPOILAGE_LIMIT_REACHED".into()),
+            resource: None,
+        };
+        assert_eq!(limit.human_for_spoiled(Lang::Id), limit.human(Lang::Id));
+    }
 
     #[test]
     fn bad_request_details_become_field_violations() {

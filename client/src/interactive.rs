@@ -496,7 +496,11 @@ impl Screen {
                 }
             }
             Err(failure) => {
-                failure.report(&self.out);
+                if self.out.json {
+                    failure.report(&self.out);
+                } else {
+                    self.out.notice(&failure.human_for_spoiled(self.out.lang));
+                }
                 if matches!(failure, Failure::NoServer { .. }) {
                     self.say(self.out.t(
                         "Laporan ini mungkin sudah tercatat: ketik perintah yang sama lagi saat server menjawab; blangko tidak akan tercatat rusak dua kali.",

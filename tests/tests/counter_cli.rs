@@ -725,6 +725,16 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
         refused_json.one_json()?["error"]["reason"],
         "RESERVATION_CANCELLED"
     );
+    // A spoiled blank reported on the cancelled reservation: not recorded, and the officer is
+    // told to record it from stock (not "do not print": the blank is spoiled already).
+    let late = run_as(url, &["spoiled", &ids[1], "--reason", "misprint"]).await?;
+    assert_eq!(late.code, 1, "{late:?}");
+    assert!(
+        late.stderr.starts_with("Blangko rusak BELUM tercatat")
+            && late.stderr.contains("spoiled tanpa ID pemesanan")
+            && !late.stderr.contains("JANGAN cetak"),
+        "{late:?}"
+    );
     let unknown = run_as(url, &["--lang", "en", "commit", "no-such-reservation"]).await?;
     assert_eq!(unknown.code, 1, "{unknown:?}");
     assert!(unknown.stderr.contains("NOT_FOUND"), "{unknown:?}");

@@ -97,7 +97,7 @@ pub async fn spoiled(
                 value["error"]["request_id"] = json!(request_id);
                 out.json(&value);
             } else {
-                failure.report(&out);
+                out.notice(&failure.human_for_spoiled(out.lang));
                 if matches!(failure, Failure::NoServer { .. }) {
                     out.notice(&unanswered_spoiled_hint(&request_id, out.lang));
                 }
