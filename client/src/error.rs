@@ -55,6 +55,9 @@ pub enum Failure {
         reason: Option<String>,
         /// The ResourceInfo name for NOT_FOUND.
         resource: Option<String>,
+        /// The RetryInfo delay, when the server asked to be called again later (at most
+        /// [`crate::connect::retry_hint`]'s bound).
+        retry_after: Option<std::time::Duration>,
     },
     /// Something local went wrong (a file, the terminal). Exit code 1.
     Local(String),
@@ -89,6 +92,7 @@ impl From<Status> for Failure {
             resource: status
                 .get_details_resource_info()
                 .map(|info| format!("{} {}", info.resource_type, info.resource_name)),
+            retry_after: crate::connect::retry_hint(&status),
         }
     }
 }
@@ -172,6 +176,7 @@ impl Failure {
                 message,
                 reason,
                 resource,
+                ..
             } => {
                 let explained = reason.as_deref().and_then(|r| explain_reason(r, lang));
                 let mut text = match (explained, code.as_str()) {
@@ -249,6 +254,7 @@ impl Failure {
                 message,
                 reason,
                 resource,
+                ..
             } => json!({
                 "code": code,
                 "message": message,
@@ -321,6 +327,7 @@ mod tests {
             message: "cannot record a spoiled blank on this reservation: expired".into(),
             reason: Some("RESERVATION_EXPIRED".into()),
             resource: None,
+            retry_after: None,
         };
         let id = expired.human_for_spoiled(Lang::Id);
         assert!(id.starts_with("Blangko rusak BELUM tercatat"), "{id}");
@@ -336,6 +343,7 @@ mod tests {
             message: "limit".into(),
             reason: Some("SPOILAGE_LIMIT_REACHED".into()),
             resource: None,
+            retry_after: None,
         };
         assert_eq!(limit.human_for_spoiled(Lang::Id), limit.human(Lang::Id));
     }

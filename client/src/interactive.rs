@@ -595,7 +595,7 @@ pub async fn run_counter(term: &Terminal, out: Out, waiting: u32) -> ExitCode {
         let term = term.clone();
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let _ = follow(
+            let followed = follow(
                 &term,
                 u32::MAX,
                 |snapshot| {
@@ -605,6 +605,18 @@ pub async fn run_counter(term: &Terminal, out: Out, waiting: u32) -> ExitCode {
                 |_, _| {},
             )
             .await;
+            // Refused for good (the service point gone, say): the screen's quota is then only
+            // refreshed with the queue report, and the officer is told.
+            if let Err(failure) = followed {
+                out.notice(&format!(
+                    "{} {}",
+                    out.t(
+                        "Kuota langsung tidak diperbarui lagi (hanya tiap 60 detik):",
+                        "The live quota no longer updates (only every 60 seconds):",
+                    ),
+                    failure.human(out.lang)
+                ));
+            }
         })
     };
     // Keep the queue report alive.

@@ -1741,3 +1741,48 @@ async fn two_counters_numbering_their_tickets_alike_reserve_everyone() -> anyhow
     assert_eq!(q.held, 8, "{q:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_waits_for_a_watcher_slot_when_the_server_is_full() -> anyhow::Result<()> {
+    // A server with one watcher slot, taken: `watch` is refused with TOO_MANY_WATCHERS and a
+    // RetryInfo of 5 s. It waits that long and connects again (once the slot is free) instead of
+    // giving up at once.
+    let server =
+        TestServer::start_on(TestDatabase::sqlite().await?, &["--max-watchers", "1"]).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "mpp", 10, 100).await?;
+    let mut other = server.counter_client().await?;
+    let mut taken = other
+        .watch_quota(WatchQuotaRequest {
+            office_id: "3275".into(),
+            service_point_id: "mpp".into(),
+        })
+        .await?
+        .into_inner();
+    taken.message().await?;
+    let args = who(&["--json", "watch", "--max-updates", "1", "--for", "30"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let watch = command(&[&server.url], &refs)
+        .stdin(Stdio::null())
+        .spawn()?;
+    // The slot frees a moment after the refusal.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(taken);
+    let out = tokio::time::timeout(Duration::from_secs(40), watch.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Server belum bisa melayani; mencoba lagi dalam")
+            && stderr.contains("TOO_MANY_WATCHERS"),
+        "the refusal is shown: {stderr}"
+    );
+    let v: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())?;
+    assert_eq!(v["quota"]["remaining"], 10, "{v}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "it waited the server's RetryInfo delay: {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

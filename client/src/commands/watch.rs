@@ -22,8 +22,9 @@ fn content(q: &QuotaSnapshot) -> QuotaSnapshot {
 }
 
 /// Follows the quota and calls `on_change` for every changed snapshot until it returns false.
-/// Reconnects after a stream error or end; gives up after `max_reconnects` failures in a row.
-/// `on_notice` gets the reconnect messages.
+/// Reconnects after a stream error or end, or a refusal with a RetryInfo delay (after at least
+/// that delay); gives up after `max_reconnects` failures in a row. `on_notice` gets the
+/// reconnect messages.
 pub async fn follow<F, N>(
     term: &Terminal,
     max_reconnects: u32,
@@ -65,13 +66,25 @@ where
                 }
             },
             Err(failure @ Failure::BadInput { .. }) => return Err(failure),
+            // The server asked to be called again later (TOO_MANY_WATCHERS: its watcher
+            // slots are full): a reconnect, after at least the delay it gave.
+            Err(
+                failure @ Failure::Server {
+                    retry_after: Some(_),
+                    ..
+                },
+            ) => failure,
             Err(failure @ Failure::Server { .. }) => return Err(failure),
             Err(failure) => failure,
         };
         if failures >= max_reconnects {
             return Err(failure);
         }
-        let delay = backoff.delay(failures, &mut rand::rng());
+        let asked = match &failure {
+            Failure::Server { retry_after, .. } => retry_after.unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        let delay = backoff.delay(failures, &mut rand::rng()).max(asked);
         failures += 1;
         on_notice(&failure, delay);
         tokio::time::sleep(delay).await;
@@ -102,12 +115,25 @@ pub async fn run(term: &Terminal, out: Out, args: &WatchArgs) -> ExitCode {
             max_updates.is_none_or(|max| shown < max)
         },
         |failure, delay| {
-            out.notice(&format!(
-                "{} {} ms: {}",
+            let what = if matches!(
+                failure,
+                Failure::Server {
+                    retry_after: Some(_),
+                    ..
+                }
+            ) {
+                out.t(
+                    "Server belum bisa melayani; mencoba lagi dalam",
+                    "The server cannot take it yet; trying again in",
+                )
+            } else {
                 out.t(
                     "Koneksi terputus; menyambung ulang dalam",
-                    "Connection lost; reconnecting in"
-                ),
+                    "Connection lost; reconnecting in",
+                )
+            };
+            out.notice(&format!(
+                "{what} {} ms: {}",
                 delay.as_millis(),
                 failure.human(out.lang)
             ));
