@@ -58,6 +58,9 @@ pub enum Failure {
         /// The RetryInfo delay, when the server asked to be called again later (at most
         /// [`crate::connect::retry_hint`]'s bound).
         retry_after: Option<std::time::Duration>,
+        /// The call's id in the server's log (its `x-request-id` answer metadata): what an
+        /// operator looks for when the server failed.
+        call_id: Option<String>,
     },
     /// Something local went wrong (a file, the terminal). Exit code 1.
     Local(String),
@@ -93,6 +96,12 @@ impl From<Status> for Failure {
                 .get_details_resource_info()
                 .map(|info| format!("{} {}", info.resource_type, info.resource_name)),
             retry_after: crate::connect::retry_hint(&status),
+            call_id: status
+                .metadata()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|id| !id.is_empty() && id.len() <= 128)
+                .map(str::to_string),
         }
     }
 }
@@ -176,6 +185,7 @@ impl Failure {
                 message,
                 reason,
                 resource,
+                call_id,
                 ..
             } => {
                 let explained = reason.as_deref().and_then(|r| explain_reason(r, lang));
@@ -197,7 +207,16 @@ impl Failure {
                     Some(reason) => format!("{code}/{reason}"),
                     None => code.clone(),
                 };
-                format!("{text}: {message} [{code_reason}]")
+                match call_id {
+                    // A failure of the server itself: the id the operators find in its log.
+                    Some(id) if matches!(code.as_str(), "INTERNAL" | "UNKNOWN" | "DATA_LOSS") => {
+                        format!(
+                            "{text}: {message} [{code_reason}] ({} {id})",
+                            lang.t("ID untuk operator:", "id for the operators:")
+                        )
+                    }
+                    _ => format!("{text}: {message} [{code_reason}]"),
+                }
             }
             Failure::Local(message) => format!("{} {message}", lang.t("Galat:", "Error:")),
         }
@@ -254,12 +273,14 @@ impl Failure {
                 message,
                 reason,
                 resource,
+                call_id,
                 ..
             } => json!({
                 "code": code,
                 "message": message,
                 "reason": reason,
                 "resource": resource,
+                "call_id": call_id,
             }),
             Failure::Local(message) => json!({"code": "LOCAL", "message": message}),
         };
@@ -328,6 +349,7 @@ mod tests {
             reason: Some("RESERVATION_EXPIRED".into()),
             resource: None,
             retry_after: None,
+            call_id: None,
         };
         let id = expired.human_for_spoiled(Lang::Id);
         assert!(id.starts_with("Blangko rusak BELUM tercatat"), "{id}");
@@ -344,8 +366,33 @@ mod tests {
             reason: Some("SPOILAGE_LIMIT_REACHED".into()),
             resource: None,
             retry_after: None,
+            call_id: None,
         };
         assert_eq!(limit.human_for_spoiled(Lang::Id), limit.human(Lang::Id));
+    }
+
+    #[test]
+    fn a_server_failure_shows_the_id_the_operators_find_in_its_log() {
+        let mut status =
+            Status::internal("internal error; the operators have the details in the server log");
+        status
+            .metadata_mut()
+            .insert("x-request-id", "srv-0192ab".parse().unwrap());
+        let failure = Failure::from(status);
+        let line = failure.human(Lang::Id);
+        assert!(
+            line.ends_with("[INTERNAL] (ID untuk operator: srv-0192ab)"),
+            "{line}"
+        );
+        assert_eq!(failure.json()["error"]["call_id"], "srv-0192ab");
+        // A refusal (not a failure of the server) reads as before; JSON still has the id.
+        let mut status = Status::not_found("reservation 'x' not found");
+        status
+            .metadata_mut()
+            .insert("x-request-id", "srv-0192ac".parse().unwrap());
+        let failure = Failure::from(status);
+        assert!(!failure.human(Lang::Id).contains("srv-0192ac"));
+        assert_eq!(failure.json()["error"]["call_id"], "srv-0192ac");
     }
 
     #[test]

@@ -738,6 +738,15 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
     let unknown = run_as(url, &["--lang", "en", "commit", "no-such-reservation"]).await?;
     assert_eq!(unknown.code, 1, "{unknown:?}");
     assert!(unknown.stderr.contains("NOT_FOUND"), "{unknown:?}");
+    // The call's id in the server's log comes back with the error, for the operators.
+    let unknown_json = run_as(url, &["--json", "commit", "no-such-reservation"]).await?;
+    let v = unknown_json.one_json()?;
+    assert!(
+        v["error"]["call_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("srv-")),
+        "{v}"
+    );
 
     // spoiled on the held one: one more blank leaves the stock, the hold keeps its slot.
     let spoiled = run_as(
