@@ -11,6 +11,11 @@
 //! - [`forecast`]: the queue forecast rule and ticket ranges.
 //! - [`output`]: texts in Bahasa Indonesia and English, local times, the JSON shapes.
 //! - [`error`]: failures and exit codes; [`nik`]: masking and checks; [`vocab`]: enum words.
+
+// A `Failure` is made once per failed command and carries what the officer is shown (the
+// server's message, reason, retry delay, the call's id): its size does not matter on that path,
+// and boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
 #![forbid(unsafe_code)]
 
 pub mod cli;
