@@ -289,9 +289,15 @@ impl Engine {
         let today_quota: i64 = days.iter().map(|q| q.quota).sum();
         let today_used: i64 = days.iter().map(|q| q.used()).sum();
         let today_committed: i64 = days.iter().map(|q| q.committed).sum();
-        // Mean daily use over the office's last service days (Monday to Friday).
-        let history =
-            ServiceCalendar::monday_to_friday().previous_service_days(today, COVER_HISTORY_DAYS);
+        // Mean daily use over the office's last service days: the days any of its service points
+        // serves (an MPP open on Saturdays counts its Saturdays; Monday to Friday for an office
+        // without service points yet).
+        let calendars: Vec<ServiceCalendar> = rows::service_points_of(conn, &office.office_id)
+            .await?
+            .iter()
+            .map(super::calendar_of)
+            .collect();
+        let history = office_service_days(&calendars, today, COVER_HISTORY_DAYS);
         let (mean, cover) = match history.last() {
             Some(oldest) => {
                 let used =
@@ -433,9 +439,57 @@ fn count(value: impl Into<i128>) -> u32 {
     u32::try_from(value.into().max(0)).unwrap_or(u32::MAX)
 }
 
+/// The last `n` days before `today` on which any of `calendars` serves (Monday to Friday when
+/// there is none), newest first, as [`ServiceCalendar::previous_service_days`] gives them.
+fn office_service_days(
+    calendars: &[ServiceCalendar],
+    today: NaiveDate,
+    n: usize,
+) -> Vec<NaiveDate> {
+    if calendars.is_empty() {
+        return ServiceCalendar::monday_to_friday().previous_service_days(today, n);
+    }
+    let mut days: Vec<NaiveDate> = calendars
+        .iter()
+        .flat_map(|c| c.previous_service_days(today, n))
+        .collect();
+    days.sort_unstable_by(|a, b| b.cmp(a));
+    days.dedup();
+    days.truncate(n);
+    days
+}
+
 #[cfg(test)]
 mod tests {
-    use super::count;
+    use super::{NaiveDate, ServiceCalendar, count, office_service_days};
+
+    #[test]
+    fn the_office_serves_on_the_days_any_service_point_serves() {
+        let day = |d: u32| NaiveDate::from_ymd_opt(2026, 12, d).expect("date");
+        // Monday 7 December 2026; the week before runs Monday 30 Nov to Sunday 6 Dec.
+        let today = day(7);
+        let weekdays = ServiceCalendar::monday_to_friday();
+        let mut mpp = ServiceCalendar::monday_to_friday();
+        mpp.weekdays[5] = true; // the MPP also opens on Saturdays
+        assert_eq!(
+            office_service_days(std::slice::from_ref(&weekdays), today, 6),
+            [
+                day(4),
+                day(3),
+                day(2),
+                day(1),
+                NaiveDate::from_ymd_opt(2026, 11, 30).expect("date"),
+                NaiveDate::from_ymd_opt(2026, 11, 27).expect("date")
+            ]
+        );
+        // With the MPP, Saturday 5 December is a service day of the office.
+        assert_eq!(
+            office_service_days(&[weekdays.clone(), mpp], today, 3),
+            [day(5), day(4), day(3)]
+        );
+        // No service point yet: Monday to Friday.
+        assert_eq!(office_service_days(&[], today, 2), [day(4), day(3)]);
+    }
 
     #[test]
     fn counts_past_u32_saturate_and_negative_ones_are_zero() {
