@@ -143,7 +143,9 @@ impl Application {
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let health_reporter = tonic_health::server::HealthReporter::new();
+        // Its Watch streams end once the server drains (after NOT_SERVING).
+        let health_service = crate::grpc::health::service(&health_reporter, stop_rx.clone());
         health_reporter
             .set_serving::<CounterServiceServer<CounterApi>>()
             .await;

@@ -134,6 +134,19 @@ async fn sigterm_ends_open_streams_and_exits_zero_within_the_drain_time() -> any
         .await
         .ok_or_else(|| anyhow::anyhow!("no snapshot"))??;
     assert_eq!(first.quota.map(|q| q.quota), Some(10));
+    // A client-side health check's Watch stream: it sees NOT_SERVING, then it ends.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await?);
+    let mut health_watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner();
+    let serving = health_watch
+        .next()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no health status"))??;
+    assert_eq!(serving.status(), ServingStatus::Serving);
 
     let (exit, took) = server.terminate().await?;
     assert!(exit.success(), "exit status {exit:?}\n{}", server.log());
@@ -154,7 +167,21 @@ async fn sigterm_ends_open_streams_and_exits_zero_within_the_drain_time() -> any
         rest.is_ok(),
         "the WatchQuota stream was not ended by shutdown"
     );
+    let mut statuses = Vec::new();
+    let health_rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(item)) = health_watch.next().await {
+            statuses.push(item.status());
+        }
+    })
+    .await;
+    assert!(health_rest.is_ok(), "the health Watch stream was not ended");
+    assert_eq!(statuses, [ServingStatus::NotServing]);
     assert!(server.log().contains("draining"));
+    assert!(
+        !server.log().contains("drain time-out reached"),
+        "nothing held the drain: {}",
+        server.log()
+    );
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! rules live here.
 
 pub mod counter;
+pub mod health;
 pub mod status;
 pub mod stock;
 pub mod validate;
