@@ -175,8 +175,9 @@ pub enum Command {
         #[arg(long, env = "BLANGKO_NOTE")]
         note: Option<String>,
         /// Idempotency key (default: a fresh random one). When a report got no answer, it is
-        /// printed: run the command again with it, and the blank is not written off twice.
-        #[arg(long, env = "BLANGKO_REQUEST_ID")]
+        /// printed: run the command again with it, and the blank is not written off twice. (No
+        /// environment variable: an exported id would make a second, real report a replay.)
+        #[arg(long)]
         request_id: Option<String>,
     },
 

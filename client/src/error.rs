@@ -244,8 +244,8 @@ impl Failure {
             return format!(
                 "{}: {message} [{code}/{reason}]",
                 lang.t(
-                    "Blangko rusak BELUM tercatat: pemesanan ini tidak ditahan lagi. Catat blangko itu sebagai rusak dari stok (spoiled tanpa ID pemesanan)",
-                    "The spoiled blank is NOT recorded: this reservation is no longer held. Record the blank as spoiled from stock (spoiled without a reservation id)",
+                    "Blangko rusak BELUM tercatat: pemesanan ini tidak ditahan lagi. Catat blangko itu sebagai rusak dari stok: blangko-counter spoiled --reason ALASAN, tanpa ID pemesanan",
+                    "The spoiled blank is NOT recorded: this reservation is no longer held. Record the blank as spoiled from stock: blangko-counter spoiled --reason REASON, without a reservation id",
                 )
             );
         }

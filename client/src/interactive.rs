@@ -121,7 +121,8 @@ struct Screen {
     /// the next applicant starts).
     last_reservation: Option<String>,
     /// A spoiled-blank report that got no answer (reservation id, reason, its request id): the
-    /// same report typed again reuses the id, so the blank is not written off twice.
+    /// same report typed as the next command reuses the id, so the blank is not written off
+    /// twice.
     unanswered_spoiled: Option<(String, SpoilageReason, String)>,
 }
 
@@ -341,13 +342,13 @@ impl Screen {
     /// Next applicant: NIK, reason, IKD check, Reserve; on IKD_REQUIRED, record the activation
     /// and retry in one step.
     async fn next_applicant(&mut self) {
-        // c, x and rusak without an id act on this applicant's reservation only: never on the
-        // one before, whose card may be printing (a reflexive x after this applicant's referral
-        // would cancel it).
-        self.last_reservation = None;
         let Some(nik) = self.ask_nik().await else {
             return;
         };
+        // c, x and rusak without an id act on this applicant's reservation only: never on the
+        // one before, whose card may be printing (a reflexive x after this applicant's referral
+        // would cancel it). Cleared once a new NIK is given, so an Enter too many keeps it.
+        self.last_reservation = None;
         let Some(reason) = self.ask_reason().await else {
             return;
         };
@@ -445,7 +446,13 @@ impl Screen {
         }
     }
 
-    async fn spoiled(&mut self, words: &[&str]) {
+    /// `rusak`: `unanswered` is the report the command just before this one sent without an
+    /// answer; the same report typed again reuses its request id (and only right after it).
+    async fn spoiled(
+        &mut self,
+        words: &[&str],
+        unanswered: Option<(String, SpoilageReason, String)>,
+    ) {
         let mut reason = None;
         let mut id = None;
         for word in words {
@@ -462,8 +469,15 @@ impl Screen {
             return;
         };
         let Some(id) = self.target(id) else { return };
-        let request_id = match self.unanswered_spoiled.take() {
+        let request_id = match unanswered {
             Some((same_id, same_reason, request_id)) if same_id == id && same_reason == reason => {
+                self.say(&format!(
+                    "{} {request_id})",
+                    self.out.t(
+                        "Mengulang laporan sebelumnya yang belum terjawab (ID",
+                        "Sending the earlier unanswered report again (id",
+                    )
+                ));
                 request_id
             }
             _ => Terminal::new_spoiled_request_id(),
@@ -503,8 +517,8 @@ impl Screen {
                 }
                 if matches!(failure, Failure::NoServer { .. }) {
                     self.say(self.out.t(
-                        "Laporan ini mungkin sudah tercatat: ketik perintah yang sama lagi saat server menjawab; blangko tidak akan tercatat rusak dua kali.",
-                        "This report may have been recorded: type the same command again once a server answers; the blank will not be written off twice.",
+                        "Laporan ini mungkin sudah tercatat: ketik perintah yang sama lagi sebagai perintah berikutnya saat server menjawab; blangko tidak akan tercatat rusak dua kali.",
+                        "This report may have been recorded: type the same command again, as the next command, once a server answers; the blank will not be written off twice.",
                     ));
                     self.unanswered_spoiled = Some((id, reason, request_id));
                 }
@@ -541,6 +555,8 @@ impl Screen {
 
     /// One command line; false to quit.
     async fn command(&mut self, line: &str) -> bool {
+        // An unanswered spoiled report is offered again to the very next command only.
+        let unanswered = self.unanswered_spoiled.take();
         let words: Vec<&str> = line.split_whitespace().collect();
         let command = words.first().map(|w| w.to_lowercase()).unwrap_or_default();
         let rest = words.get(1..).unwrap_or(&[]);
@@ -560,7 +576,7 @@ impl Screen {
             }
             "c" | "commit" | "cetak" => self.commit(rest.first().copied()).await,
             "x" | "cancel" | "batal" => self.cancel(rest.first().copied()).await,
-            "rusak" | "spoiled" | "s" => self.spoiled(rest).await,
+            "rusak" | "spoiled" | "s" => self.spoiled(rest, unanswered).await,
             "h" | "hold" | "holds" => self.holds().await,
             "kuota" | "quota" | "status" => self.show_quota().await,
             "?" | "help" | "bantuan" => self.say(help_text(self.out.lang)),
@@ -611,8 +627,8 @@ pub async fn run_counter(term: &Terminal, out: Out, waiting: u32) -> ExitCode {
                 out.notice(&format!(
                     "{} {}",
                     out.t(
-                        "Kuota langsung tidak diperbarui lagi (hanya tiap 60 detik):",
-                        "The live quota no longer updates (only every 60 seconds):",
+                        "Tampilan kuota tidak lagi diperbarui seketika; kini hanya tiap 60 detik:",
+                        "The quota on screen no longer updates at once; now only every 60 seconds:",
                     ),
                     failure.human(out.lang)
                 ));

@@ -144,6 +144,7 @@ pub fn kept_for_priority_until_release(input: &AdmissionInput) -> bool {
         && service_point_room(input, false) == 0
         && service_point_room(input, true) > 0
         && office_room(input) > 0
+        && input.reason_caps.iter().all(|c| c.used < c.cap)
 }
 
 /// How many more Reserves could succeed now for a priority / a non-priority reason (ignoring
@@ -378,6 +379,13 @@ mod tests {
         input.office_used = 200;
         assert_eq!(decide(&input), Err(Refusal::QuotaExhausted));
         assert!(!kept_for_priority_until_release(&input));
+        // The applicant's reason cap is used up too: 12:00 opens nothing for them.
+        input.office_used = 0;
+        input.reason_caps = vec![CapUse { used: 2, cap: 2 }];
+        assert_eq!(decide(&input), Err(Refusal::QuotaExhausted));
+        assert!(!kept_for_priority_until_release(&input));
+        input.reason_caps.clear();
+        input.office_used = 200;
         // Without a share, a cap refusal with free service point slots is not the share either.
         input.priority_reserved = 0;
         input.used = 5;

@@ -731,7 +731,9 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
     assert_eq!(late.code, 1, "{late:?}");
     assert!(
         late.stderr.starts_with("Blangko rusak BELUM tercatat")
-            && late.stderr.contains("spoiled tanpa ID pemesanan")
+            && late
+                .stderr
+                .contains("blangko-counter spoiled --reason ALASAN, tanpa ID pemesanan")
             && !late.stderr.contains("JANGAN cetak"),
         "{late:?}"
     );

@@ -234,7 +234,10 @@ async fn a_burst_left_in_the_reserve_journal_is_seen_at_once_and_survives_sigkil
     let second: Vec<ReserveRequest> = (1000..1000 + BURST)
         .map(|n| reserve_request("3275", "main", n))
         .collect();
-    let reserved_second = burst(&server, &second).await?;
+    let mut reserved_second = Vec::new();
+    for wave in second.chunks(16) {
+        reserved_second.extend(burst(&server, wave).await?);
+    }
     server.kill();
     server.wait_killed().await;
 
@@ -369,6 +372,83 @@ async fn a_reason_cap_holds_while_a_burst_fills_the_journal() -> anyhow::Result<
     // The burst is all there.
     let found = fixtures::all_reservations(&mut counter, "3204").await?;
     assert_eq!(found.len(), BURST as usize);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bursts_past_a_small_journal_bound_keep_every_answer_and_the_ledger_in_order()
+-> anyhow::Result<()> {
+    // A journal bound of 40 reservations: every batch of a burst first folds the oldest rows to
+    // make room. The first burst ends in referrals (its quota is 100 of 300), so the rows a later
+    // batch folds first include rows of referrals alone, which free no room: it folds on until
+    // its own reservations fit, never all of the journal and never writing past it.
+    const BURST: u32 = 300;
+    let db = TestDatabase::sqlite().await?;
+    let args = [
+        "--reserve-journal-pause-ms",
+        "3600000",
+        "--reserve-journal-max",
+        "40",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let server = TestServer::spawn_process_on(db.clone(), &args).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 100, 2000).await?;
+    fixtures::service_point(&mut stock, "3275", "mpp", fixtures::fixed(1000)).await?;
+    let first: Vec<ReserveRequest> = (0..BURST)
+        .map(|n| reserve_request("3275", "main", n))
+        .collect();
+    // In waves of 16, so that batches are smaller than the bound and the journal fills up.
+    let mut outcomes = Vec::new();
+    for wave in first.chunks(16) {
+        outcomes.extend(send_all(&server, wave).await?);
+    }
+    let reserved = outcomes
+        .iter()
+        .filter(|o| matches!(o, Some(Outcome::Reservation(_))))
+        .count();
+    assert_eq!(reserved, 100, "the quota of main");
+    let second: Vec<ReserveRequest> = (1000..1000 + BURST)
+        .map(|n| reserve_request("3275", "mpp", n))
+        .collect();
+    let reserved_second = burst(&server, &second).await?;
+    let pending = count(
+        &server.scrape_metrics().await?,
+        "blangko_reserve_journal_pending",
+        &[],
+    );
+    assert!(pending <= 40.0, "the bound holds: {pending}");
+
+    // The ledger table is the start of the chain (nothing written past the journal).
+    let file = db.sqlite_file().ok_or_else(|| anyhow::anyhow!("SQLite"))?;
+    sqlx::any::install_default_drivers();
+    let other = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
+    let seqs: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM ledger WHERE office_id = '3275' ORDER BY seq")
+            .fetch_all(&other)
+            .await?;
+    other.close().await;
+    let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+    assert_eq!(seqs, expected, "the ledger table has a gap");
+
+    // Every answer is kept: retries replay them, referrals included.
+    let mut counter = server.counter_client().await?;
+    for request in [&first[0], &first[BURST as usize - 1], &second[5]] {
+        let again = counter.reserve(request.clone()).await?.into_inner();
+        let replayed = match again.outcome {
+            Some(Outcome::Reservation(r)) => r.replayed,
+            Some(Outcome::IkdReferral(r)) => r.replayed,
+            None => false,
+        };
+        assert!(replayed, "{} was not replayed", request.request_id);
+    }
+    let found = fixtures::all_reservations(&mut counter, "3275").await?;
+    assert_eq!(found.len(), 100 + reserved_second.len());
+    let main = fixtures::quota_snapshot(&mut counter, "3275", "main").await?;
+    let mpp = fixtures::quota_snapshot(&mut counter, "3275", "mpp").await?;
+    assert_eq!((main.held, mpp.held), (100, BURST));
+    assert!(fixtures::ledger_intact(&mut stock, "3275").await?);
     Ok(())
 }
 

@@ -409,7 +409,8 @@ async fn a_nik_typed_into_a_request_id_a_note_or_an_id_is_neither_stored_nor_ech
             request_id: rid(),
             office_id: "3275".into(),
             service_point_id: "main".into(),
-            counter_id: format!("loket-{other}"),
+            // Typed with dashes: still a NIK.
+            counter_id: format!("loket-{}", spaced.replace(' ', "-")),
             nik: other.clone(),
         })
         .await

@@ -142,10 +142,11 @@ impl Checker {
     /// a client that swapped two fields, would be stored in clear.
     pub fn counter_id(&mut self, value: &str) {
         self.id("counter_id", value, MAX_ID_CHARS);
-        if crate::domain::nik::has_nik_run(value) {
+        // 16 digits in a row, or typed with dashes or dots (which an id may contain).
+        if crate::domain::nik::has_nik_stretch(value) {
             self.fail(
                 "counter_id",
-                "must not contain 16 or more digits in a row (it could be a NIK, and the counter's id is kept with every reservation and in the ledger)",
+                "must not contain 16 or more digits, in a row or split by dashes or dots (it could be a NIK, and the counter's id is kept with every reservation and in the ledger)",
             );
         }
     }

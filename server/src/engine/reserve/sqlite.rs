@@ -343,8 +343,8 @@ impl Journaled<'_> {
     /// A batch whose rows go straight into their tables never overtakes journaled ones: a
     /// listing that folded the journal and then reads its table would otherwise see ledger
     /// entry 103 before 101 and 102 were folded, and its page token would move past them for
-    /// good. So while the journal holds rows, a lone Reserve is journaled too, and a batch the
-    /// journal has no room for folds it all first.
+    /// good. So while the journal holds rows, a lone Reserve is journaled too, and a batch
+    /// larger than the whole bound finds the journal emptied first.
     fn takes(
         &mut self,
         conn: &Connection,
@@ -358,15 +358,20 @@ impl Journaled<'_> {
             self.fold_all(conn)?;
             return Ok(false);
         }
-        if !self.journal.has_room(self.pending(), reservations) && !empty {
-            self.journal
-                .fold(conn, Some(reservations.max(1)), self.change)?;
+        if !empty {
+            // At the bound: fold the oldest rows until this batch's reservations fit, about as
+            // many as it makes. Rows of referrals alone free no room, so it may take more than
+            // one fold; each folds at least one row, or finds the journal empty.
+            while !self.journal.has_room(self.pending(), reservations) && !self.change.emptied() {
+                let need = (self.pending() + reservations)
+                    .saturating_sub(self.journal.limits().max_reservations)
+                    .max(1);
+                self.journal.fold(conn, Some(need), self.change)?;
+            }
         }
-        if self.journal.has_room(self.pending(), reservations) {
-            return Ok(true);
-        }
-        self.fold_all(conn)?;
-        Ok(false)
+        // No room only for a batch larger than the whole bound, and then the journal was
+        // emptied above: its rows go straight into their tables behind everything journaled.
+        Ok(self.journal.has_room(self.pending(), reservations))
     }
 }
 
