@@ -155,27 +155,48 @@ pub fn has_nik_run(text: &str) -> bool {
 }
 
 /// True when free text holds a NIK: a stretch of digits, with the spaces, dots and dashes people
-/// type inside a NIK, that has exactly [`NIK_DIGITS`] digits and is a valid NIK by
-/// [`Nik::parse`]. Longer numbers (an 18-digit pallet code, a random reference) and shorter
-/// ones (a phone number) are not NIKs.
+/// type inside a NIK, in which some run of whole digit groups has exactly [`NIK_DIGITS`] digits
+/// and is a valid NIK by [`Nik::parse`]. So a NIK is found beside a date or a count typed in the
+/// same stretch (`01.12.2026 3275014101900001`, `3275014101900001 - 2 lembar`), while longer
+/// numbers (an 18-digit pallet code) and shorter ones (a phone number) are not NIKs.
 pub fn holds_a_nik(text: &str, today: NaiveDate) -> bool {
-    let mut stretch = String::new();
+    let mut groups: Vec<String> = Vec::new();
+    let mut group = String::new();
     let mut found = false;
-    let mut check = |stretch: &mut String| {
-        let digits = stretch.bytes().filter(u8::is_ascii_digit).count();
-        if digits == NIK_DIGITS && Nik::parse(stretch, today).is_ok() {
-            found = true;
+    let mut check = |groups: &mut Vec<String>| {
+        for start in 0..groups.len() {
+            let mut digits = String::new();
+            for g in &groups[start..] {
+                digits.push_str(g);
+                if digits.len() >= NIK_DIGITS {
+                    break;
+                }
+            }
+            if digits.len() == NIK_DIGITS && Nik::parse(&digits, today).is_ok() {
+                found = true;
+            }
         }
-        stretch.clear();
+        groups.clear();
     };
     for c in text.chars() {
-        if c.is_ascii_digit() || (matches!(c, ' ' | '.' | '-') && !stretch.is_empty()) {
-            stretch.push(c);
+        if c.is_ascii_digit() {
+            group.push(c);
+        } else if matches!(c, ' ' | '.' | '-') && !(group.is_empty() && groups.is_empty()) {
+            // A separator inside the stretch: it ends a group.
+            if !group.is_empty() {
+                groups.push(std::mem::take(&mut group));
+            }
         } else {
-            check(&mut stretch);
+            if !group.is_empty() {
+                groups.push(std::mem::take(&mut group));
+            }
+            check(&mut groups);
         }
     }
-    check(&mut stretch);
+    if !group.is_empty() {
+        groups.push(group);
+    }
+    check(&mut groups);
     found
 }
 
@@ -306,6 +327,11 @@ mod tests {
             !holds_a_nik("periode 2026-12-01 - 2026-12-31", today),
             "no province 20"
         );
+        // A NIK beside a date or a count typed in the same stretch.
+        assert!(holds_a_nik("tgl 01.12.2026 3275014101900001 rusak", today));
+        assert!(holds_a_nik("3275014101900001 - 2 lembar", today));
+        assert!(holds_a_nik("BA 17 3275014101900001", today));
+        assert!(holds_a_nik("BA 17 3275 0141 0190 0001 - 2", today));
     }
 
     #[test]

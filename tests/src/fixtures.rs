@@ -69,6 +69,30 @@ pub async fn office(
         .ok_or_else(|| anyhow::anyhow!("no office in answer"))
 }
 
+/// Creates (or updates) a service point named `name`, FIXED 10, on the default service days.
+pub async fn service_point_named(
+    stock: &mut StockServiceClient<Channel>,
+    office_id: &str,
+    service_point_id: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    stock
+        .upsert_service_point(UpsertServicePointRequest {
+            request_id: rid(),
+            service_point: Some(ServicePoint {
+                office_id: office_id.into(),
+                service_point_id: service_point_id.into(),
+                name: name.into(),
+                kind: ServicePointKind::MainOffice as i32,
+                service_days: vec![],
+                holidays: vec![],
+                policy: Some(fixed(10)),
+            }),
+        })
+        .await?;
+    Ok(())
+}
+
 /// Creates (or updates) a service point serving every day with `policy`.
 pub async fn service_point(
     stock: &mut StockServiceClient<Channel>,

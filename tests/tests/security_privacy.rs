@@ -393,6 +393,30 @@ async fn a_nik_typed_into_a_request_id_a_note_or_an_id_is_neither_stored_nor_ech
     stock
         .record_shipment(shipment("kiriman kedua".into()))
         .await?;
+    // A NIK beside a date in the same note, and in a service point's name (which the ledger's
+    // note of the change repeats): refused.
+    let refused = counter
+        .cancel_reservation(CancelReservationRequest {
+            request_id: rid(),
+            reservation_id: first.reservation_id.clone(),
+            note: format!("tgl 01.12.2026 {other} minta batal"),
+        })
+        .await
+        .expect_err("a NIK beside a date");
+    assert_eq!(blangko_e2e::field_violations(&refused)[0].0, "note");
+    errors.push(refused);
+    let refused =
+        fixtures::service_point_named(&mut stock, "3275", "loket-9", &format!("Loket {other}"))
+            .await
+            .expect_err("a NIK in a name");
+    let refused = refused
+        .downcast::<tonic::Status>()
+        .map_err(|e| anyhow::anyhow!("not a status: {e}"))?;
+    assert_eq!(
+        blangko_e2e::field_violations(&refused)[0].0,
+        "service_point.name"
+    );
+    errors.push(refused);
     // A NIK typed as the counter (or two fields swapped by a client): refused, naming the field;
     // the counter's id is kept with every reservation and in the ledger's notes.
     let mut swapped = reserve_request("3275", "main", 8);

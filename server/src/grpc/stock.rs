@@ -166,7 +166,14 @@ impl StockService for StockApi {
         let mask = office_mask(&mut c, r.update_mask.as_ref());
         let named = |field| mask.as_ref().is_none_or(|m| m.contains(&field));
         if named(OfficeField::Name) {
-            c.text("office.name", &office.name, validate::MAX_NAME_CHARS);
+            // The name goes into the ledger's note of the change, kept for good: no NIK in it.
+            c.ledger_text(
+                "office.name",
+                &office.name,
+                validate::MAX_NAME_CHARS,
+                false,
+                nik_today(&self.engine),
+            );
         }
         if named(OfficeField::TimeZone) {
             c.zone("office.time_zone", &office.time_zone);
@@ -238,7 +245,14 @@ impl StockService for StockApi {
             validate::MAX_ID_CHARS,
         );
         c.not_nik_shaped("service_point.service_point_id", &sp.service_point_id);
-        c.text("service_point.name", &sp.name, validate::MAX_NAME_CHARS);
+        // The name goes into the ledger's note of the change, kept for good: no NIK in it.
+        c.ledger_text(
+            "service_point.name",
+            &sp.name,
+            validate::MAX_NAME_CHARS,
+            false,
+            nik_today(&self.engine),
+        );
         c.enumeration::<ServicePointKind>("service_point.kind", sp.kind, false);
         let mut days = ['0'; 7];
         let days_listed = c.listed(
