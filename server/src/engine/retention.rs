@@ -73,14 +73,16 @@ impl Engine {
         let ikd_activations = self
             .purge_chunks(
                 "SELECT nik_hash FROM ikd_activations WHERE activated_ms < $1 LIMIT $2",
-                "DELETE FROM ikd_activations WHERE nik_hash = $1",
+                // The date again: an activation recorded anew since the read (the same person
+                // activating again) is kept.
+                "DELETE FROM ikd_activations WHERE nik_hash = $1 AND activated_ms < $2",
                 cutoff_ms,
             )
             .await?;
         let answers = self
             .purge_chunks(
                 "SELECT request_id FROM idempotency WHERE created_ms < $1 LIMIT $2",
-                "DELETE FROM idempotency WHERE request_id = $1",
+                "DELETE FROM idempotency WHERE request_id = $1 AND created_ms < $2",
                 cutoff_ms,
             )
             .await?;
@@ -147,6 +149,7 @@ impl Engine {
                          WHERE reservation_id = $1 AND nik_hash NOT LIKE '{PURGED_PREFIX}%'"
                     ),
                     ids,
+                    None,
                 )
                 .await?;
             if (rows.len() as i64) < PURGE_CHUNK {
@@ -156,7 +159,8 @@ impl Engine {
     }
 
     /// Deletes, a chunk at a time, the rows that `find` (bound to `cutoff_ms` and the chunk size,
-    /// giving one key per row) names, by `delete` (bound to one key).
+    /// giving one key per row) names, by `delete` (bound to one key and `cutoff_ms`, so that a
+    /// row changed since the read is checked again).
     async fn purge_chunks(&self, find: &str, delete: &str, cutoff_ms: i64) -> EngineResult<u64> {
         let mut deleted = 0;
         loop {
@@ -169,17 +173,22 @@ impl Engine {
                     .await?
             };
             let found = keys.len() as i64;
-            deleted += self.write_by_keys(delete, keys).await?;
+            deleted += self.write_by_keys(delete, keys, Some(cutoff_ms)).await?;
             if found < PURGE_CHUNK {
                 return Ok(deleted);
             }
         }
     }
 
-    /// Runs `statement` (its one parameter a key) for each of `keys`, in one short write
-    /// transaction, and gives the rows it changed. In key order, so that two replicas purging at
-    /// once take their row locks in the same order (no deadlock between them).
-    async fn write_by_keys(&self, statement: &str, mut keys: Vec<String>) -> EngineResult<u64> {
+    /// Runs `statement` (its parameters a key and, when given, `also`) for each of `keys`, in one
+    /// short write transaction, and gives the rows it changed. In key order, so that two replicas
+    /// purging at once take their row locks in the same order (no deadlock between them).
+    async fn write_by_keys(
+        &self,
+        statement: &str,
+        mut keys: Vec<String>,
+        also: Option<i64>,
+    ) -> EngineResult<u64> {
         if keys.is_empty() {
             return Ok(0);
         }
@@ -187,11 +196,11 @@ impl Engine {
         let mut changed = 0;
         let mut tx = self.begin().await?;
         for key in &keys {
-            changed += sqlx::query(statement)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let mut query = sqlx::query(statement).bind(key);
+            if let Some(also) = also {
+                query = query.bind(also);
+            }
+            changed += query.execute(&mut *tx).await?.rows_affected();
         }
         self.commit_durably(tx).await?;
         Ok(changed)
