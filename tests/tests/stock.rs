@@ -883,3 +883,39 @@ async fn postgres_a_masked_creation_that_meets_another_keeps_what_the_other_set(
     watcher.close().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_quota_turns_over_at_local_midnight_with_no_write() -> anyhow::Result<()> {
+    // The server's clock runs 4 s before midnight WIB. A counter screen left open overnight gets
+    // the new day's snapshot at midnight by itself, with no Reserve or report to trigger it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    const DAY_MS: i64 = 86_400_000;
+    const WIB_MS: i64 = 7 * 3_600_000;
+    let next_midnight_wib = ((now + WIB_MS) / DAY_MS + 1) * DAY_MS - WIB_MS;
+    let clock = blangko_server::clock::SystemClock::with_offset_ms(next_midnight_wib - 4_000 - now);
+    let server = TestServer::start_with_clock(
+        blangko_e2e::TestDatabase::sqlite().await?,
+        &[],
+        std::sync::Arc::new(clock),
+    )
+    .await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 5, 100).await?;
+    let mut watch =
+        fixtures::watch_quota(&mut server.counter_client().await?, "3275", "main").await?;
+    let before = next_snapshot(&mut watch).await?;
+    let after = tokio::time::timeout(Duration::from_secs(30), watch.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("no snapshot after midnight"))?
+        .ok_or_else(|| anyhow::anyhow!("stream ended"))??
+        .quota
+        .unwrap_or_default();
+    assert_ne!(
+        after.local_date, before.local_date,
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.local_date > before.local_date);
+    Ok(())
+}

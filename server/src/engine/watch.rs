@@ -119,6 +119,9 @@ impl Engine {
             },
         );
         drop(channels);
+        // A change committed between the first read and the channel's insert found no channel
+        // to tell: one more read once the refresher runs covers it.
+        dirty.notify_one();
         let engine = Arc::clone(self);
         tokio::spawn(async move { engine.refresh_loop(key, sender, dirty).await });
         Ok(receiver)
@@ -131,8 +134,19 @@ impl Engine {
         dirty: Arc<Notify>,
     ) {
         loop {
+            // Some figures change with time alone, with no write to tell the hub: the day at
+            // local midnight, the non-priority room at the release time, the waiting count as
+            // queue reports expire. The snapshot is read again at the next of those moments.
+            let due = sender.borrow().as_ref().map(|s| self.next_timed_change(s));
+            let timed = async move {
+                match due {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = dirty.notified() => {}
+                _ = timed => {}
                 _ = sender.closed() => {
                     // The last watcher left. A new one may have subscribed since (through the
                     // map, under its lock): then this channel still needs its refresher.
@@ -148,13 +162,72 @@ impl Engine {
             }
             match self.get_quota(&key.0, &key.1).await {
                 Ok(snapshot) => {
-                    sender.send_replace(Some(snapshot));
+                    // Sent only when a figure changed (a read that finds the same figures, its
+                    // time apart, tells watchers nothing); only a send waits out the interval.
+                    let changed = sender.send_if_modified(|current| {
+                        if current.as_ref().is_some_and(|c| same_figures(c, &snapshot)) {
+                            false
+                        } else {
+                            *current = Some(snapshot);
+                            true
+                        }
+                    });
+                    if !changed {
+                        continue;
+                    }
                 }
                 Err(err) => {
-                    tracing::warn!(office = %key.0, service_point = %key.1, error = %err, "cannot refresh a watched quota")
+                    tracing::warn!(office = %key.0, service_point = %key.1, error = %err, "cannot refresh a watched quota; trying again");
+                    // Not lost: read again after the pause below.
+                    dirty.notify_one();
                 }
             }
             tokio::time::sleep(self.hub.refresh).await;
         }
     }
+
+    /// How long until `snapshot`'s figures change with time alone: the next of its local
+    /// midnight, its priority release time (when still ahead), and, while counters report a
+    /// queue, the moment a report may expire. At least [`MIN_TIMED_REFRESH`], at most
+    /// [`MAX_TIMED_REFRESH`] (so a clock that moved is caught up within that).
+    fn next_timed_change(&self, snapshot: &QuotaSnapshot) -> Duration {
+        let now = self.clock.now_ms();
+        let ms = |t: &Option<prost_types::Timestamp>| {
+            t.as_ref()
+                .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
+        };
+        let mut next = [
+            ms(&snapshot.next_reset_at),
+            ms(&snapshot.priority_release_at),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t > now)
+        .map(|t| t - now)
+        .min()
+        .unwrap_or(i64::MAX);
+        if snapshot.waiting > 0 {
+            next = next.min(super::QUEUE_REPORT_TTL_MS / 4);
+        }
+        Duration::from_millis(next.clamp(
+            MIN_TIMED_REFRESH.as_millis() as i64,
+            MAX_TIMED_REFRESH.as_millis() as i64,
+        ) as u64)
+    }
 }
+
+/// Whether two snapshots show the same figures (their read times apart).
+fn same_figures(a: &QuotaSnapshot, b: &QuotaSnapshot) -> bool {
+    QuotaSnapshot {
+        as_of: None,
+        ..a.clone()
+    } == QuotaSnapshot {
+        as_of: None,
+        ..b.clone()
+    }
+}
+
+/// The shortest wait [`Engine::next_timed_change`] gives (a moment just past midnight).
+const MIN_TIMED_REFRESH: Duration = Duration::from_millis(200);
+/// The longest wait [`Engine::next_timed_change`] gives.
+const MAX_TIMED_REFRESH: Duration = Duration::from_secs(3600);
