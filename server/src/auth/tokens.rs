@@ -325,6 +325,7 @@ pub fn add_to_file(
     office: Option<&str>,
     service_points: Option<&str>,
 ) -> anyhow::Result<String> {
+    let _edit = lock_for_edit(path)?;
     let mut table = read_or_empty(path)?;
     let token = new_token();
     let line = format!(
@@ -342,6 +343,7 @@ pub fn add_to_file(
 
 /// `token revoke`: removes the principal `name`; false when there was none.
 pub fn revoke_in_file(path: &Path, name: &str) -> anyhow::Result<bool> {
+    let _edit = lock_for_edit(path)?;
     let table = TokenTable::load(path)?;
     let mut kept = TokenTable::default();
     let mut found = false;
@@ -366,8 +368,28 @@ fn read_or_empty(path: &Path) -> anyhow::Result<TokenTable> {
     }
 }
 
-/// Writes `text` to a temporary file (mode 0600) beside `path`, then renames it over `path`, so
-/// a server reloading at the same moment reads either the old file or the new one.
+/// An exclusive lock on `<path>.lock`, held while a `token` command reads, changes and replaces
+/// the file: two edits at once (a revoke beside a provisioning script's add) would otherwise each
+/// write back what they read, and one would undo the other (a revoked token back in force).
+fn lock_for_edit(path: &Path) -> anyhow::Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    file.lock()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    Ok(file)
+}
+
+/// Writes `text` to a temporary file beside `path`, then renames it over `path`, so a server
+/// reloading at the same moment reads either the old file or the new one. A new file gets mode
+/// 0600; a file that exists keeps its mode and (when this process may set it) its owner, so a
+/// file an operator made readable to the server's user stays readable after an edit.
 fn write_private_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(format!(".tmp{}", std::process::id()));
@@ -382,6 +404,14 @@ fn write_private_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut file = options
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
+    #[cfg(unix)]
+    if let Ok(existing) = std::fs::metadata(path) {
+        use std::os::unix::fs::MetadataExt;
+        file.set_permissions(existing.permissions())
+            .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
+        // Only root may give a file away; anyone else keeps their own (as before).
+        let _ = std::os::unix::fs::fchown(&file, Some(existing.uid()), Some(existing.gid()));
+    }
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
@@ -391,6 +421,43 @@ fn write_private_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn an_edit_keeps_the_mode_an_operator_gave_the_file_and_edits_wait_for_each_other() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.txt");
+        add_to_file(&path, "ops", Role::Admin, None, None).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600, "a new file is private");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        add_to_file(&path, "loket-1", Role::Counter, Some("3275"), None).unwrap();
+        assert_eq!(mode(&path), 0o644, "kept after an add");
+        assert!(revoke_in_file(&path, "ops").unwrap());
+        assert_eq!(mode(&path), 0o644, "kept after a revoke");
+        // Eight adds at once: every one of them is in the file.
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    add_to_file(
+                        &path,
+                        &format!("loket-{}", 10 + i),
+                        Role::Counter,
+                        Some("3275"),
+                        None,
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        let table = TokenTable::load(&path).unwrap();
+        assert_eq!(table.lines.len(), 9, "loket-1 and the eight");
+    }
 
     #[test]
     fn a_file_round_trips_and_tokens_map_to_principals() {
