@@ -142,6 +142,12 @@ async fn an_online_backup_is_consistent_and_serves_while_the_original_goes_on() 
     );
     #[cfg(unix)]
     assert_eq!(mode_of(&backup_key)?, 0o600);
+    // Only the backup and its key are left: the copy's working file took the backup's name.
+    let mut left: Vec<String> = std::fs::read_dir(db.dir.path().join("backup"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    left.sort();
+    assert_eq!(left, ["blangko-copy.db", "blangko-copy.db.nikkey"]);
 
     // The original kept serving and lost nothing.
     let original = all_reservations(&mut counter, "3275").await?;

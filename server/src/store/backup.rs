@@ -84,20 +84,33 @@ pub async fn backup(
         );
     }
 
-    // A copy that fails half-way is removed (the target did not exist before: checked above), so
-    // that a second attempt is not refused for a file that is no backup.
-    let (ledger_entries, offices) = match copy_and_check(&source, to).await {
-        Ok(figures) => figures,
-        Err(err) => {
-            let _ = std::fs::remove_file(to);
-            return Err(err);
-        }
-    };
-    // SQLite does not fsync what VACUUM INTO writes: make the copy and its directory entry
-    // durable before saying the backup exists.
-    std::fs::File::open(to)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync the backup {}", to.display()))?;
+    // The copy is written under a name of its own and takes the backup's name only once it is
+    // checked and durable: a backup killed, or cut by a power loss, half-way never leaves a
+    // partial file under the name a rotation or an off-site job picks up. A copy that fails is
+    // removed, so that a second attempt is not refused for a file that is no backup.
+    let mut partial_name = to.as_os_str().to_owned();
+    partial_name.push(format!(".partial-{}", std::process::id()));
+    let partial = PathBuf::from(partial_name);
+    let _ = std::fs::remove_file(&partial);
+    let copied = async {
+        let figures = copy_and_check(&source, &partial).await?;
+        // SQLite does not fsync what VACUUM INTO writes: make the copy durable first.
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot sync the backup {}", partial.display()))?;
+        // A hard link, not a rename: it fails if `to` appeared meanwhile (never overwritten).
+        std::fs::hard_link(&partial, to).with_context(|| {
+            format!(
+                "cannot name the backup {} (does it exist now?)",
+                to.display()
+            )
+        })?;
+        anyhow::Ok(figures)
+    }
+    .await;
+    let _ = std::fs::remove_file(&partial);
+    let (ledger_entries, offices) = copied?;
+    // The backup's directory entry, durable before saying the backup exists.
     if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
