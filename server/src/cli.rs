@@ -13,6 +13,16 @@ use crate::config::{Command, Config, TokenCommand};
 /// shutdown, 1 with a one-line reason when it cannot start. With a subcommand (`token …`) it
 /// runs that instead and exits.
 pub async fn run(config: Config) -> ExitCode {
+    // SIGHUP reloads the token file once the server serves. Its default is to end the process:
+    // from here on tokio's handler takes it, so a SIGHUP sent while the server starts (its
+    // migrations, a journal fold), to a server without a token file, or to `backup` or `token`
+    // (`pkill -HUP blangko-server` reaches them too) is ignored instead of killing it.
+    #[cfg(unix)]
+    if let Err(err) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        eprintln!(
+            "blangko-server: cannot take SIGHUP over ({err}); a SIGHUP would end this process"
+        );
+    }
     let result = match &config.command {
         Some(Command::Token(cmd)) => token_command(&config, cmd),
         Some(Command::Backup { to }) => backup_command(&config, to).await,

@@ -340,3 +340,25 @@ async fn zero_setup_start_creates_and_migrates_blangko_db_in_the_working_directo
     child.start_kill()?;
     Ok(())
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_sighup_never_kills_a_server_without_a_token_file() -> anyhow::Result<()> {
+    // SIGHUP reloads tokens; a server without a token file (or one still starting) has nothing
+    // to reload, and the signal's default would end it.
+    let server = TestServer::spawn_process(&[]).await?;
+    let pid = server
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("not a process"))?;
+    for _ in 0..3 {
+        let status = tokio::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -HUP failed");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 10, 10).await?;
+    Ok(())
+}
