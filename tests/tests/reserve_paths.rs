@@ -267,6 +267,7 @@ async fn the_next_reserve_sees_what_others_changed_since_the_last_batch() -> any
             office_id: "3275".into(),
             counted_on_hand: 5,
             note: "stock opname: 5 hilang".into(),
+            counted_as_of_seq: None,
         })
         .await?;
     reservation(send(&mut counter, reserve_request("3275", "mpp", 6)).await?)?;

@@ -335,6 +335,7 @@ async fn call(
                 office_id: office_id.into(),
                 counted_on_hand: 50_000,
                 note: "stock-take".into(),
+                counted_as_of_seq: None,
             })
             .await
             .map(drop),

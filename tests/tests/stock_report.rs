@@ -147,6 +147,7 @@ async fn three_days(server: &TestServer, clock: &ManualClock) -> anyhow::Result<
             office_id: "3275".into(),
             counted_on_hand: 88,
             note: "stock opname: two blanks missing".into(),
+            counted_as_of_seq: None,
         })
         .await?;
     held(&mut counter, 4).await?;

@@ -335,6 +335,7 @@ impl Engine {
             supply_overdue: expected.is_none_or(|d| d <= today),
             local_date: date,
             ledger_head_hash: office.ledger_head.clone(),
+            ledger_seq: office.ledger_seq.max(0) as u64,
             as_of: Some(timestamp(now)),
         })
     }

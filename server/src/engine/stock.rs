@@ -514,13 +514,16 @@ impl Engine {
         Ok(response)
     }
 
-    /// A stock-take: on_hand becomes the counted number.
+    /// A stock-take: the difference between the counted number and the stock as of
+    /// `as_of_seq` (the ledger's newest entry when the count began; None: now) is booked, so
+    /// blanks that moved during the count stay recorded.
     pub async fn adjust_stock(
         &self,
         meta: &Meta,
         office_id: &str,
         counted: u32,
         note: &str,
+        as_of_seq: Option<u64>,
     ) -> EngineResult<AdjustStockResponse> {
         let response = self
             .with_retry(|| async {
@@ -534,18 +537,53 @@ impl Engine {
                 }
                 let (now, date) = self.today_of(&office)?;
                 self.expire_due_in_tx(conn, &mut office, now).await?;
-                if i64::from(counted) < office.held {
+                // The stock the count is compared with: at the entry the count began, or now.
+                let (at_count, note) = match as_of_seq {
+                    None => (office.on_hand, note.to_string()),
+                    Some(seq) => {
+                        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+                        if seq > office.ledger_seq {
+                            return Err(EngineError::invalid(
+                                "counted_as_of_seq",
+                                format!(
+                                    "is past the newest ledger entry of the office ({})",
+                                    office.ledger_seq
+                                ),
+                            ));
+                        }
+                        let at = if seq == 0 {
+                            0
+                        } else {
+                            sqlx::query_scalar::<_, i64>(
+                                "SELECT on_hand_after FROM ledger WHERE office_id = $1 AND seq = $2",
+                            )
+                            .bind(office_id)
+                            .bind(seq)
+                            .fetch_optional(&mut *conn)
+                            .await?
+                            .ok_or_else(|| {
+                                EngineError::Internal(format!(
+                                    "ledger entry {seq} of office {office_id} is missing"
+                                ))
+                            })?
+                        };
+                        (at, format!("{note} (counted as of ledger entry {seq})"))
+                    }
+                };
+                let on_hand_delta = i64::from(counted) - at_count;
+                if office.on_hand + on_hand_delta < office.held {
                     return Err(EngineError::FailedPrecondition {
                         reason: "COUNT_BELOW_HELD",
                         message: format!(
-                            "counted {counted} blanks, but {} are held by live reservations; finish or cancel those holds first",
+                            "counted {counted} blanks, which leaves {} on hand, but {} are held by live reservations; finish or cancel those holds first",
+                            office.on_hand + on_hand_delta,
                             office.held
                         ),
                     });
                 }
                 let mut entry = NewEntry::of(LedgerEntryKind::StockTake);
-                entry.on_hand_delta = i64::from(counted) - office.on_hand;
-                entry.note = note.to_string();
+                entry.on_hand_delta = on_hand_delta;
+                entry.note = note;
                 let e = ledger::append(conn, &mut office, entry, &meta.principal, now, &date).await?;
                 rows::update_office_stock(conn, &office).await?;
                 let response = AdjustStockResponse {

@@ -396,7 +396,13 @@ impl StockService for StockApi {
         let meta = self.meta("AdjustStock", &r.request_id, principal, &r);
         Ok(Response::new(
             self.engine
-                .adjust_stock(&meta, &r.office_id, r.counted_on_hand, &r.note)
+                .adjust_stock(
+                    &meta,
+                    &r.office_id,
+                    r.counted_on_hand,
+                    &r.note,
+                    r.counted_as_of_seq,
+                )
                 .await?,
         ))
     }
