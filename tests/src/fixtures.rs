@@ -69,28 +69,14 @@ pub async fn office(
         .ok_or_else(|| anyhow::anyhow!("no office in answer"))
 }
 
-/// Creates (or updates) a service point named `name`, FIXED 10, on the default service days.
+/// Creates (or updates) a service point named `name`, FIXED 10, serving every day.
 pub async fn service_point_named(
     stock: &mut StockServiceClient<Channel>,
     office_id: &str,
     service_point_id: &str,
     name: &str,
 ) -> anyhow::Result<()> {
-    stock
-        .upsert_service_point(UpsertServicePointRequest {
-            request_id: rid(),
-            service_point: Some(ServicePoint {
-                office_id: office_id.into(),
-                service_point_id: service_point_id.into(),
-                name: name.into(),
-                kind: ServicePointKind::MainOffice as i32,
-                service_days: vec![],
-                holidays: vec![],
-                policy: Some(fixed(10)),
-            }),
-        })
-        .await?;
-    Ok(())
+    upsert_point(stock, office_id, service_point_id, name, fixed(10)).await
 }
 
 /// Creates (or updates) a service point serving every day with `policy`.
@@ -100,13 +86,24 @@ pub async fn service_point(
     service_point_id: &str,
     policy: QuotaPolicy,
 ) -> anyhow::Result<()> {
+    let name = format!("Loket {service_point_id}");
+    upsert_point(stock, office_id, service_point_id, &name, policy).await
+}
+
+async fn upsert_point(
+    stock: &mut StockServiceClient<Channel>,
+    office_id: &str,
+    service_point_id: &str,
+    name: &str,
+    policy: QuotaPolicy,
+) -> anyhow::Result<()> {
     stock
         .upsert_service_point(UpsertServicePointRequest {
             request_id: rid(),
             service_point: Some(ServicePoint {
                 office_id: office_id.into(),
                 service_point_id: service_point_id.into(),
-                name: format!("Loket {service_point_id}"),
+                name: name.into(),
                 kind: ServicePointKind::MainOffice as i32,
                 service_days: EVERY_DAY.iter().map(|d| *d as i32).collect(),
                 holidays: vec![],

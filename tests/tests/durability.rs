@@ -176,6 +176,23 @@ async fn burst(
         .collect()
 }
 
+/// The office's ledger table, read from the SQLite file as another program would, holds the
+/// start of its chain: entries 1, 2, 3, ... with no gap (journaled entries come after them).
+async fn assert_ledger_table_has_no_gap(db: &TestDatabase, office_id: &str) -> anyhow::Result<()> {
+    let file = db.sqlite_file().ok_or_else(|| anyhow::anyhow!("SQLite"))?;
+    sqlx::any::install_default_drivers();
+    let other = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
+    let seqs: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM ledger WHERE office_id = $1 ORDER BY seq")
+            .bind(office_id)
+            .fetch_all(&other)
+            .await?;
+    other.close().await;
+    let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+    anyhow::ensure!(seqs == expected, "the ledger table has a gap: {seqs:?}");
+    Ok(())
+}
+
 /// An hour's pause before the Reserve journal is folded by itself (only what reads and Reserves
 /// need, and the next start, fold it), and the metrics endpoint on a port of its own.
 const JOURNAL_KEPT_AND_METRICS: [&str; 4] = [
@@ -303,16 +320,7 @@ async fn a_lone_reserve_never_overtakes_the_journal_in_the_ledger_table() -> any
     assert!(matches!(lone.outcome, Some(Outcome::Reservation(_))));
 
     // The file as another program (or a listing between its fold and its read) sees it.
-    let file = db.sqlite_file().ok_or_else(|| anyhow::anyhow!("SQLite"))?;
-    sqlx::any::install_default_drivers();
-    let other = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
-    let seqs: Vec<i64> =
-        sqlx::query_scalar("SELECT seq FROM ledger WHERE office_id = '3275' ORDER BY seq")
-            .fetch_all(&other)
-            .await?;
-    other.close().await;
-    let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
-    assert_eq!(seqs, expected, "the ledger table has a gap");
+    assert_ledger_table_has_no_gap(&db, "3275").await?;
 
     // And every entry is there once the journal is folded (a listing folds it).
     let mut stock = server.stock_client().await?;
@@ -421,16 +429,7 @@ async fn bursts_past_a_small_journal_bound_keep_every_answer_and_the_ledger_in_o
     assert!(pending <= 40.0, "the bound holds: {pending}");
 
     // The ledger table is the start of the chain (nothing written past the journal).
-    let file = db.sqlite_file().ok_or_else(|| anyhow::anyhow!("SQLite"))?;
-    sqlx::any::install_default_drivers();
-    let other = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
-    let seqs: Vec<i64> =
-        sqlx::query_scalar("SELECT seq FROM ledger WHERE office_id = '3275' ORDER BY seq")
-            .fetch_all(&other)
-            .await?;
-    other.close().await;
-    let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
-    assert_eq!(seqs, expected, "the ledger table has a gap");
+    assert_ledger_table_has_no_gap(&db, "3275").await?;
 
     // Every answer is kept: retries replay them, referrals included.
     let mut counter = server.counter_client().await?;
