@@ -40,6 +40,13 @@ if ! command -v go >/dev/null 2>&1; then
   apt_install golang-go
   export GOTOOLCHAIN=auto
 fi
+# Go fetches the toolchain go.mod names (GOTOOLCHAIN) from 1.21 on; an older go (Debian
+# bookworm's is 1.19) cannot read go.mod's `go 1.26.0` line at all. Say so plainly.
+go_minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
+if ! [[ $go_minor =~ ^[0-9]+$ ]] || (( go_minor < 21 )); then
+  echo "examples.sh: $(go version) is too old for examples/go (go.mod needs go 1.26.0, which Go 1.21 or newer fetches by itself): install Go 1.21 or newer (e.g. bookworm-backports' golang) and run again" >&2
+  exit 1
+fi
 echo "examples.sh: $(python3 --version), $(go version), $(cargo --version 2>/dev/null || echo 'no cargo')"
 
 # --- the examples against a live server ----------------------------------------------------------------

@@ -29,6 +29,11 @@ if ! [[ $calls =~ ^[0-9]+$ ]] || (( calls < 1 || calls > max_calls )); then
   echo "CALLS must be 1..$max_calls (each Reserve needs a NIK of its own)"
   exit 2
 fi
+# ghz opens 4 connections below, and refuses fewer calls in flight than connections.
+if ! [[ $concurrency =~ ^[0-9]+$ ]] || (( concurrency < 4 || concurrency > 10000 )); then
+  echo "CONCURRENCY must be 4..10000 (ghz spreads the calls over 4 connections)"
+  exit 2
+fi
 out=${OUT:-bench/out}
 mkdir -p "$out"
 
@@ -43,7 +48,10 @@ fi
 cargo build --release --locked -q -p blangko-server
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-target/release/blangko-server --listen 127.0.0.1:0 --database "sqlite:$work/bench.db" --log warn \
+# Without the shell's BLANGKO_* settings (a token file, a database URL, ...): this server is the
+# script's own, on a fresh file, open to the calls below.
+env $(env | awk -F= '/^BLANGKO_/ {print "-u " $1}') \
+  target/release/blangko-server --listen 127.0.0.1:0 --database "sqlite:$work/bench.db" --log warn \
   > "$work/server.out" 2> "$work/server.err" &
 for _ in $(seq 1 100); do grep -q listening "$work/server.out" 2>/dev/null && break; sleep 0.1; done
 addr=$(awk '/listening/ {print $NF}' "$work/server.out")
@@ -55,7 +63,14 @@ auth=()
 
 # A bench office: 16 service points serving every day with a quota far above the load.
 grpc_setup() {
-  "$ghz" --insecure "${auth[@]}" --call "$1" -d "$2" -n 1 -c 1 "$addr" > /dev/null
+  # ghz exits 0 even when the call fails: its one status must be OK.
+  "$ghz" --insecure "${auth[@]}" --call "$1" -d "$2" -n 1 -c 1 -O json -o "$work/setup.json" "$addr"
+  python3 - "$work/setup.json" "$1" <<'PY'
+import json, sys
+codes = json.load(open(sys.argv[1])).get("statusCodeDistribution", {})
+if codes != {"OK": 1}:
+    sys.exit(f"set-up call {sys.argv[2]} failed: {codes}")
+PY
 }
 grpc_setup blangko.v1.StockService/UpsertOffice \
   '{"request_id":"ghz-office-{{.UUID}}","office":{"office_id":"3201","name":"Bench","time_zone":"Asia/Jakarta","hold_ttl_secs":86400}}'

@@ -43,7 +43,7 @@ fn required<'a>(value: &'a Option<String>, option: &str, env: &str) -> Result<&'
         Some(v) if !v.is_empty() => Ok(v),
         _ => Err(Failure::bad_field(
             option.trim_start_matches('-'),
-            format!("{option} (or {env}) is required"),
+            format!("{option} (or {env}) is required / {option} (atau {env}) wajib diisi"),
         )),
     }
 }
@@ -53,7 +53,9 @@ pub fn check_request_id(id: &str) -> Result<(), Failure> {
     if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
         return Err(Failure::bad_field(
             "request_id",
-            format!("must be 1..={MAX_REQUEST_ID_LEN} characters"),
+            format!(
+                "must be 1..={MAX_REQUEST_ID_LEN} characters / harus 1..={MAX_REQUEST_ID_LEN} karakter"
+            ),
         ));
     }
     Ok(())
