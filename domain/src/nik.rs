@@ -154,50 +154,29 @@ pub fn has_nik_run(text: &str) -> bool {
     })
 }
 
-/// True when free text holds a NIK: a stretch of digits, with the spaces, dots and dashes people
-/// type inside a NIK, in which some run of whole digit groups has exactly [`NIK_DIGITS`] digits
-/// and is a valid NIK by [`Nik::parse`]. So a NIK is found beside a date or a count typed in the
-/// same stretch (`01.12.2026 3275014101900001`, `3275014101900001 - 2 lembar`), while longer
-/// numbers (an 18-digit pallet code) and shorter ones (a phone number) are not NIKs.
+/// True when free text holds a NIK: a stretch of digits, with the spaces, dots, dashes and
+/// slashes people type inside a NIK ([`has_nik_stretch`]), in which some run of whole digit
+/// groups has exactly [`NIK_DIGITS`] digits and is a valid NIK by [`Nik::parse`]. So a NIK is
+/// found beside a date or a count typed in the same stretch (`01.12.2026 3275014101900001`,
+/// `3275014101900001 - 2 lembar`), while longer numbers (an 18-digit pallet code) and shorter
+/// ones (a phone number) are not NIKs.
 pub fn holds_a_nik(text: &str, today: NaiveDate) -> bool {
-    let mut groups: Vec<String> = Vec::new();
-    let mut group = String::new();
-    let mut found = false;
-    let mut check = |groups: &mut Vec<String>| {
-        for start in 0..groups.len() {
-            let mut digits = String::new();
-            for g in &groups[start..] {
-                digits.push_str(g);
+    nik_stretches(text).any(|stretch| {
+        let groups: Vec<&str> = text[stretch]
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|g| !g.is_empty())
+            .collect();
+        (0..groups.len()).any(|start| {
+            let mut digits = String::with_capacity(NIK_DIGITS);
+            for group in &groups[start..] {
+                digits.push_str(group);
                 if digits.len() >= NIK_DIGITS {
                     break;
                 }
             }
-            if digits.len() == NIK_DIGITS && Nik::parse(&digits, today).is_ok() {
-                found = true;
-            }
-        }
-        groups.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            group.push(c);
-        } else if matches!(c, ' ' | '.' | '-') && !(group.is_empty() && groups.is_empty()) {
-            // A separator inside the stretch: it ends a group.
-            if !group.is_empty() {
-                groups.push(std::mem::take(&mut group));
-            }
-        } else {
-            if !group.is_empty() {
-                groups.push(std::mem::take(&mut group));
-            }
-            check(&mut groups);
-        }
-    }
-    if !group.is_empty() {
-        groups.push(group);
-    }
-    check(&mut groups);
-    found
+            digits.len() == NIK_DIGITS && Nik::parse(&digits, today).is_ok()
+        })
+    })
 }
 
 /// `text` with every run of [`NIK_DIGITS`] or more ASCII digits turned into as many stars, for

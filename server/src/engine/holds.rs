@@ -593,7 +593,6 @@ impl Engine {
                     false,
                     zone,
                     today,
-                    now,
                     &office,
                     &policy,
                     &calendar_of(&sp),

@@ -255,6 +255,29 @@ pub async fn entries_after(
         .collect()
 }
 
+/// The office's blanks on hand right after ledger entry `seq` (0: before the first entry).
+pub async fn on_hand_after(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    seq: i64,
+) -> Result<i64, crate::engine::EngineError> {
+    if seq == 0 {
+        return Ok(0);
+    }
+    sqlx::query_scalar::<_, i64>(
+        "SELECT on_hand_after FROM ledger WHERE office_id = $1 AND seq = $2",
+    )
+    .bind(office_id)
+    .bind(seq)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| {
+        crate::engine::EngineError::Internal(format!(
+            "ledger entry {seq} of office {office_id} is missing"
+        ))
+    })
+}
+
 /// Blanks used (printed plus spoiled) per local date of an office since `from_date` (inclusive)
 /// and before `until_date` (exclusive).
 pub async fn daily_use(

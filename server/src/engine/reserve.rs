@@ -721,7 +721,6 @@ fn decide_one<'a>(
                 opens_at_release,
                 state.zone,
                 state.today,
-                state.now,
                 &state.office,
                 &point.config.policy,
                 &point.config.calendar,
@@ -960,15 +959,13 @@ fn quota_invariant_with(qd: &QuotaDayRow, more_held: i64) -> EngineResult<()> {
 }
 
 /// The IKD referral for a refusal, with when quota opens again. `opens_at_release`: a
-/// QuotaExhausted that only the share kept for priority reasons caused
+/// QuotaExhausted that only the share kept for priority reasons caused, before the release time
 /// ([`quota::kept_for_priority_until_release`]), which opens at the release time today.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn referral(
     kind: ReferralKind,
     opens_at_release: bool,
     zone: OfficeZone,
     today: NaiveDate,
-    now: i64,
     office: &OfficeRow,
     policy: &QuotaPolicy,
     calendar: &ServiceCalendar,
@@ -980,7 +977,7 @@ pub(crate) fn referral(
     let next_ms = match kind {
         ReferralKind::IkdRequired => None,
         // The priority share is what stopped a non-priority reason: it opens at the release time.
-        ReferralKind::QuotaExhausted if opens_at_release && now < release => Some(release),
+        ReferralKind::QuotaExhausted if opens_at_release => Some(release),
         // No blanks: the next supply, when one is expected after today.
         ReferralKind::OutOfStock => parse_local_date(&office.expected_next_supply_date)
             .ok()

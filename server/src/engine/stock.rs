@@ -551,22 +551,7 @@ impl Engine {
                                 ),
                             ));
                         }
-                        let at = if seq == 0 {
-                            0
-                        } else {
-                            sqlx::query_scalar::<_, i64>(
-                                "SELECT on_hand_after FROM ledger WHERE office_id = $1 AND seq = $2",
-                            )
-                            .bind(office_id)
-                            .bind(seq)
-                            .fetch_optional(&mut *conn)
-                            .await?
-                            .ok_or_else(|| {
-                                EngineError::Internal(format!(
-                                    "ledger entry {seq} of office {office_id} is missing"
-                                ))
-                            })?
-                        };
+                        let at = ledger::on_hand_after(conn, office_id, seq).await?;
                         (at, format!("{note} (counted as of ledger entry {seq})"))
                     }
                 };

@@ -164,13 +164,16 @@ impl Engine {
                 Ok(snapshot) => {
                     // Sent only when a figure changed (a read that finds the same figures, its
                     // time apart, tells watchers nothing); only a send waits out the interval.
+                    let mut snapshot = snapshot;
                     let changed = sender.send_if_modified(|current| {
-                        if current.as_ref().is_some_and(|c| same_figures(c, &snapshot)) {
-                            false
-                        } else {
-                            *current = Some(snapshot);
-                            true
+                        if current
+                            .as_mut()
+                            .is_some_and(|c| same_figures(c, &mut snapshot))
+                        {
+                            return false;
                         }
+                        *current = Some(snapshot);
+                        true
                     });
                     if !changed {
                         continue;
@@ -216,15 +219,13 @@ impl Engine {
     }
 }
 
-/// Whether two snapshots show the same figures (their read times apart).
-fn same_figures(a: &QuotaSnapshot, b: &QuotaSnapshot) -> bool {
-    QuotaSnapshot {
-        as_of: None,
-        ..a.clone()
-    } == QuotaSnapshot {
-        as_of: None,
-        ..b.clone()
-    }
+/// Whether two snapshots show the same figures (their read times apart). Compared with their
+/// `as_of` set aside for the moment, so neither is copied.
+fn same_figures(a: &mut QuotaSnapshot, b: &mut QuotaSnapshot) -> bool {
+    let (a_read, b_read) = (a.as_of.take(), b.as_of.take());
+    let same = a == b;
+    (a.as_of, b.as_of) = (a_read, b_read);
+    same
 }
 
 /// The shortest wait [`Engine::next_timed_change`] gives (a moment just past midnight).

@@ -59,6 +59,8 @@ impl Health for DrainingHealth {
 }
 
 /// A stream that, once `stopped` has completed, yields what `inner` has ready and then ends.
+/// (`take_until`, which ends WatchQuota streams, would end it before the NOT_SERVING it has
+/// ready.)
 pub struct UntilDrained<S> {
     inner: S,
     stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
