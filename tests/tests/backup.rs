@@ -2,7 +2,8 @@
 //! commits keep flowing while the backup is taken; afterwards a server started on the copy
 //! serves, its ledger verifies, its held and committed counts match its own reservations, and
 //! the copied NIK key still recognises an applicant; the original server kept serving throughout
-//! and lost nothing. The backup refuses to overwrite a file and refuses PostgreSQL.
+//! and lost nothing. The backup refuses a NIK key other than the database's, to overwrite a
+//! file, and PostgreSQL.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +39,15 @@ async fn server_command(args: &[&str]) -> anyhow::Result<(i32, String, String)> 
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     ))
+}
+
+/// The names in a directory, sorted.
+fn names_in(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    Ok(names)
 }
 
 #[cfg(unix)]
@@ -143,11 +153,10 @@ async fn an_online_backup_is_consistent_and_serves_while_the_original_goes_on() 
     #[cfg(unix)]
     assert_eq!(mode_of(&backup_key)?, 0o600);
     // Only the backup and its key are left: the copy's working file took the backup's name.
-    let mut left: Vec<String> = std::fs::read_dir(db.dir.path().join("backup"))?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    left.sort();
-    assert_eq!(left, ["blangko-copy.db", "blangko-copy.db.nikkey"]);
+    assert_eq!(
+        names_in(&db.dir.path().join("backup"))?,
+        ["blangko-copy.db", "blangko-copy.db.nikkey"]
+    );
 
     // The original kept serving and lost nothing.
     let original = all_reservations(&mut counter, "3275").await?;
@@ -226,6 +235,32 @@ async fn an_online_backup_is_consistent_and_serves_while_the_original_goes_on() 
         }
         other => anyhow::bail!("expected the same reservation again, got {other:?}"),
     }
+
+    // A key other than the database's: refused, and nothing is left under the backup's name
+    // (nor a working file, nor a key beside it; the server on the copy has its files there too).
+    let other_key = db.dir.path().join("other.nikkey");
+    std::fs::write(&other_key, "ab".repeat(32))?;
+    let wrong = db.dir.path().join("backup").join("wrong-key.db");
+    let (code, said, err) = server_command(&[
+        "backup",
+        "--database",
+        &database_arg,
+        "--nik-key-file",
+        &other_key.display().to_string(),
+        "--to",
+        &wrong.display().to_string(),
+    ])
+    .await?;
+    assert_eq!(code, 1, "{said}{err}");
+    assert!(
+        err.contains("is not the key this database's NIKs were hashed with"),
+        "{err}"
+    );
+    let left: Vec<String> = names_in(&db.dir.path().join("backup"))?
+        .into_iter()
+        .filter(|name| name.starts_with("wrong-key"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
     // Never overwrites, and never PostgreSQL.
     let size_before = std::fs::metadata(&backup_file)?.len();

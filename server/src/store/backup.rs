@@ -7,7 +7,11 @@
 //! (`<db>.lock`) and writes nothing to the source. A backup without the NIK key is useless for
 //! the one-person-one-blank rule (stored NIK hashes could not be matched again), so the key file
 //! is copied beside the backup as `<backup>.nikkey` with mode 0600 — where a server started on the
-//! backup looks for it by default. PostgreSQL is refused with a pointer to its own tools.
+//! backup looks for it by default. The key is checked against the fingerprint the database
+//! keeps of the key its NIKs were hashed with (`nik_key_check`): a backup with the wrong key
+//! would look complete, yet a server started on it refuses to start (or, with
+//! `--nik-key-changed`, no longer knows who holds a blank). PostgreSQL is refused with a pointer
+//! to its own tools.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +19,7 @@ use anyhow::{Context, bail};
 use sqlx::{Connection, Row};
 
 use super::sqlite_path;
-use crate::nik_key::default_key_path;
+use crate::nik_key::{NikKey, default_key_path};
 
 /// How long the copy's connection waits for a lock the server holds briefly (e.g. a checkpoint).
 const BUSY_TIMEOUT_MS: u32 = 5_000;
@@ -83,6 +87,23 @@ pub async fn backup(
             key_from.display()
         );
     }
+    // The key the copy goes with, read before anything is written: its fingerprint must be the
+    // one the database keeps.
+    let key = if key_in_environment {
+        let hex = std::env::var("BLANGKO_NIK_KEY").unwrap_or_default();
+        NikKey::from_hex(&hex).context("BLANGKO_NIK_KEY")?
+    } else {
+        NikKey::load_or_create(&key_from, false)?
+    };
+    let key_source = if key_in_environment {
+        "BLANGKO_NIK_KEY".to_string()
+    } else {
+        key_from.display().to_string()
+    };
+    let key_check = KeyCheck {
+        fingerprint: key.check_fingerprint(),
+        source: &key_source,
+    };
 
     // The copy is written under a name of its own and takes the backup's name only once it is
     // checked and durable: a backup killed, or cut by a power loss, half-way never leaves a
@@ -93,7 +114,7 @@ pub async fn backup(
     let partial = PathBuf::from(partial_name);
     let _ = std::fs::remove_file(&partial);
     let copied = async {
-        let figures = copy_and_check(&source, &partial).await?;
+        let figures = copy_and_check(&source, &partial, &key_check).await?;
         // SQLite does not fsync what VACUUM INTO writes: make the copy durable first.
         std::fs::File::open(&partial)
             .and_then(|f| f.sync_all())
@@ -138,10 +159,20 @@ pub fn key_path_beside(backup: &Path) -> PathBuf {
     default_key_path(backup)
 }
 
-/// Copies the key to a new file readable by its owner only.
+/// The NIK key a backup goes with: the fingerprint the copy's `nik_key_check` must hold, and
+/// where the key came from (for the message when it does not).
+struct KeyCheck<'a> {
+    fingerprint: String,
+    source: &'a str,
+}
+
 /// `VACUUM INTO` the copy over a read-only connection of its own, then SQLite's integrity check
-/// of the copy; returns its ledger entries and offices.
-async fn copy_and_check(source: &Path, to: &Path) -> anyhow::Result<(i64, i64)> {
+/// of the copy and its NIK key fingerprint; returns its ledger entries and offices.
+async fn copy_and_check(
+    source: &Path,
+    to: &Path,
+    key: &KeyCheck<'_>,
+) -> anyhow::Result<(i64, i64)> {
     // Read-only, no lock file: the running server keeps its exclusive lock and its writer.
     let url = format!("sqlite://{}?mode=ro", source.display());
     let mut conn = sqlx::sqlite::SqliteConnection::connect(&url)
@@ -175,6 +206,23 @@ async fn copy_and_check(source: &Path, to: &Path) -> anyhow::Result<(i64, i64)> 
             to.display()
         );
     }
+    // No row: no server has started on this database yet, so no NIK was hashed with any key.
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT fingerprint FROM nik_key_check WHERE id = 1")
+            .fetch_optional(&mut copy)
+            .await?;
+    if let Some(stored) = stored
+        && stored != key.fingerprint
+    {
+        bail!(
+            "the NIK key from {} is not the key this database's NIKs were hashed with (check {}…, \
+             this key's {}…): a backup with it could not be used. Give the key the server runs \
+             with (--nik-key-file, or BLANGKO_NIK_KEY); no backup was written",
+            key.source,
+            stored.chars().take(12).collect::<String>(),
+            key.fingerprint.chars().take(12).collect::<String>()
+        );
+    }
     let ledger_entries: i64 = sqlx::query("SELECT COUNT(*) FROM ledger")
         .fetch_one(&mut copy)
         .await?
@@ -187,6 +235,7 @@ async fn copy_and_check(source: &Path, to: &Path) -> anyhow::Result<(i64, i64)> 
     Ok((ledger_entries, offices))
 }
 
+/// Copies the key to a new file readable by its owner only.
 fn copy_key(from: &Path, to: &Path) -> anyhow::Result<()> {
     let key = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
     crate::nik_key::write_private(to, &key)
