@@ -62,11 +62,27 @@ pub enum Failure {
         /// operator looks for when the server failed.
         call_id: Option<String>,
     },
-    /// Something local went wrong (a file, the terminal). Exit code 1.
-    Local(String),
+    /// Something local went wrong (a file, the terminal), said in both languages (a system's
+    /// own error text inside them stays as the system gives it). Exit code 1.
+    Local {
+        /// For counter staff (`--lang id`, the default).
+        indonesian: String,
+        /// For `--lang en`, and the message of `--json`.
+        english: String,
+    },
 }
 
 pub use blangko_proto::code_name;
+
+impl Failure {
+    /// A local failure, in Bahasa Indonesia and in English.
+    pub fn local(indonesian: impl Into<String>, english: impl Into<String>) -> Failure {
+        Failure::Local {
+            indonesian: indonesian.into(),
+            english: english.into(),
+        }
+    }
+}
 
 impl From<Status> for Failure {
     fn from(status: Status) -> Failure {
@@ -218,7 +234,14 @@ impl Failure {
                     _ => format!("{text}: {message} [{code_reason}]"),
                 }
             }
-            Failure::Local(message) => format!("{} {message}", lang.t("Galat:", "Error:")),
+            Failure::Local {
+                indonesian,
+                english,
+            } => format!(
+                "{} {}",
+                lang.t("Galat:", "Error:"),
+                lang.t(indonesian, english)
+            ),
         }
     }
 
@@ -282,7 +305,10 @@ impl Failure {
                 "resource": resource,
                 "call_id": call_id,
             }),
-            Failure::Local(message) => json!({"code": "LOCAL", "message": message}),
+            Failure::Local {
+                indonesian,
+                english,
+            } => json!({"code": "LOCAL", "message": english, "message_indonesian": indonesian}),
         };
         json!({ "error": error })
     }

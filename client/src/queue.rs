@@ -222,7 +222,12 @@ pub fn parse_queue<R: Read>(input: R, today: NaiveDate) -> Result<ParsedQueue, F
     input
         .take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| Failure::Local(format!("cannot read queue file: {e}")))?;
+        .map_err(|e| {
+            Failure::local(
+                format!("berkas antrean tidak terbaca: {e}"),
+                format!("cannot read queue file: {e}"),
+            )
+        })?;
     if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
         return Err(Failure::bad_field(
             "file",
@@ -485,8 +490,30 @@ pub struct ResultsFile {
     has_header: bool,
 }
 
-fn local_failure(path: &Path, what: &str, error: impl std::fmt::Display) -> Failure {
-    Failure::Local(format!("{what} {}: {error}", path.display()))
+/// What went wrong with the queue or results file (`path`), in both languages.
+fn local_failure(path: &Path, what: FileStep, error: impl std::fmt::Display) -> Failure {
+    let (indonesian, english) = match what {
+        FileStep::ReadQueue => ("berkas antrean tidak terbaca", "cannot read queue file"),
+        FileStep::OpenResults => ("berkas hasil tidak bisa dibuka", "cannot open results file"),
+        FileStep::ReadResults => ("berkas hasil tidak terbaca", "cannot read results file"),
+        FileStep::WriteResults => (
+            "berkas hasil tidak bisa ditulis",
+            "cannot write results file",
+        ),
+    };
+    Failure::local(
+        format!("{indonesian} {}: {error}", path.display()),
+        format!("{english} {}: {error}", path.display()),
+    )
+}
+
+/// What the counter was doing with a file when it failed.
+#[derive(Debug, Clone, Copy)]
+enum FileStep {
+    ReadQueue,
+    OpenResults,
+    ReadResults,
+    WriteResults,
 }
 
 impl ResultsFile {
@@ -498,10 +525,10 @@ impl ResultsFile {
             .read(true)
             .append(true)
             .open(path)
-            .map_err(|e| local_failure(path, "cannot open results file", e))?;
+            .map_err(|e| local_failure(path, FileStep::OpenResults, e))?;
         let mut text = String::new();
         file.read_to_string(&mut text)
-            .map_err(|e| local_failure(path, "cannot read results file", e))?;
+            .map_err(|e| local_failure(path, FileStep::ReadResults, e))?;
         let records = match format {
             ResultsFormat::Csv => csv::ReaderBuilder::new()
                 .has_headers(true)
@@ -519,7 +546,7 @@ impl ResultsFile {
         // A crash may have left half a line: start the next one on a line of its own.
         if !text.is_empty() && !text.ends_with('\n') {
             file.write_all(b"\n")
-                .map_err(|e| local_failure(path, "cannot write results file", e))?;
+                .map_err(|e| local_failure(path, FileStep::WriteResults, e))?;
         }
         let _ = file.seek(SeekFrom::End(0));
         let has_header = format == ResultsFormat::Csv && !text.trim().is_empty();
@@ -548,15 +575,15 @@ impl ResultsFile {
                     .from_writer(Vec::new());
                 writer
                     .serialize(record)
-                    .map_err(|e| local_failure(&self.path, "cannot write results file", e))?;
+                    .map_err(|e| local_failure(&self.path, FileStep::WriteResults, e))?;
                 self.has_header = true;
                 writer
                     .into_inner()
-                    .map_err(|e| local_failure(&self.path, "cannot write results file", e))?
+                    .map_err(|e| local_failure(&self.path, FileStep::WriteResults, e))?
             }
             ResultsFormat::JsonLines => {
                 let mut line = serde_json::to_vec(record)
-                    .map_err(|e| local_failure(&self.path, "cannot write results file", e))?;
+                    .map_err(|e| local_failure(&self.path, FileStep::WriteResults, e))?;
                 line.push(b'\n');
                 line
             }
@@ -564,7 +591,7 @@ impl ResultsFile {
         self.file
             .write_all(&bytes)
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| local_failure(&self.path, "cannot write results file", e))
+            .map_err(|e| local_failure(&self.path, FileStep::WriteResults, e))
     }
 }
 
@@ -868,7 +895,7 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
     let service_point = term.service_point()?.to_string();
     let counter = term.counter()?.to_string();
     let file = File::open(&options.file)
-        .map_err(|e| local_failure(&options.file, "cannot read queue file", e))?;
+        .map_err(|e| local_failure(&options.file, FileStep::ReadQueue, e))?;
     let today = out.zone.now().date_naive();
     let parsed = parse_queue(file, today)?;
     let lang = out.lang;

@@ -112,9 +112,12 @@ impl Terminal {
                 async move { c.get_quota(request).await }
             })
             .await?;
-        response
-            .quota
-            .ok_or_else(|| Failure::Local("the server sent no quota snapshot".to_string()))
+        response.quota.ok_or_else(|| {
+            Failure::local(
+                "server tidak mengirim angka kuota",
+                "the server sent no quota snapshot",
+            )
+        })
     }
 
     /// Reserves a blank for one applicant. `request_id` makes retries and re-runs safe: the same

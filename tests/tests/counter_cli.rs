@@ -991,6 +991,34 @@ async fn queue_human_output_in_both_languages_and_bad_rows_with_line_numbers() -
     assert_eq!(csv.matches(",ikd_forecast,").count(), 3, "{csv}");
     assert_eq!(csv.matches(",invalid,").count(), 2, "{csv}");
     assert_eq!(reservations(&server).await?.len(), 5);
+
+    // A queue file that is not there: said in the officer's language, and both in JSON.
+    let missing = dir.path().join("tidak-ada.csv").display().to_string();
+    let id = run_as(url, &["queue", &missing]).await?;
+    assert_eq!(id.code, 1, "{id:?}");
+    assert!(
+        id.stderr
+            .contains(&format!("Galat: berkas antrean tidak terbaca {missing}: ")),
+        "{id:?}"
+    );
+    let en = run_as(url, &["--lang", "en", "queue", &missing]).await?;
+    assert!(
+        en.stderr
+            .contains(&format!("Error: cannot read queue file {missing}: ")),
+        "{en:?}"
+    );
+    let json = run_as(url, &["--json", "queue", &missing]).await?;
+    let error: Value = serde_json::from_str(json.stdout.trim())?;
+    assert_eq!(error["error"]["code"], "LOCAL", "{json:?}");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("cannot read queue file"), "{json:?}");
+    let indonesian = error["error"]["message_indonesian"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        indonesian.starts_with("berkas antrean tidak terbaca"),
+        "{json:?}"
+    );
     Ok(())
 }
 

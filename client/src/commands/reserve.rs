@@ -54,7 +54,11 @@ pub fn print_outcome(response: &ReserveResponse, out: &Out) -> u8 {
             EXIT_REFERRED
         }
         None => {
-            Failure::Local("the server answered without an outcome".to_string()).report(out);
+            Failure::local(
+                "server menjawab tanpa hasil (tidak ada reservasi atau rujukan IKD)",
+                "the server answered without an outcome",
+            )
+            .report(out);
             EXIT_ERROR
         }
     }

@@ -60,7 +60,10 @@ where
                         }
                     }
                     Ok(None) => {
-                        break Failure::Local("the server closed the stream".to_string());
+                        break Failure::local(
+                            "server menutup aliran data kuota",
+                            "the server closed the stream",
+                        );
                     }
                     Err(status) => break Failure::from(status),
                 }
