@@ -334,6 +334,9 @@ async fn spoiled_blanks_leave_the_stock_and_the_hold_keeps_its_slot() -> anyhow:
             error_reason(&err).as_deref(),
             Some("SPOILAGE_LIMIT_REACHED")
         );
+        // Three spoiled blanks took no quota: one applicant, one slot.
+        let live = fixtures::quota_snapshot(&mut counter, "3275", "main").await?;
+        assert_eq!((live.held, live.committed, live.remaining), (1, 0, 4));
         let q = commit(&mut counter, &r.reservation_id)
             .await?
             .quota
@@ -343,7 +346,11 @@ async fn spoiled_blanks_leave_the_stock_and_the_hold_keeps_its_slot() -> anyhow:
             (1, 6),
             "3 spoiled + 1 printed left the stock"
         );
-        assert_eq!(q.quota, 5, "spoiled blanks never count against the quota");
+        assert_eq!(
+            (q.held, q.remaining),
+            (0, 4),
+            "spoiled blanks never count against the quota"
+        );
 
         // A defective blank found in stock, without a reservation.
         let found = counter.report_spoiled_blank(spoil("")).await?.into_inner();
@@ -546,7 +553,7 @@ async fn a_hold_that_ran_out_earmarks_no_blank_for_a_spoiled_one_before_the_swee
             .into_inner();
         assert!(matches!(c.outcome, Some(Outcome::Reservation(_))));
         clock.advance_ms(31 * MINUTE_MS);
-        stock
+        let moved = stock
             .transfer_stock(TransferStockRequest {
                 request_id: rid(),
                 from_office_id: "3204".into(),
@@ -555,7 +562,15 @@ async fn a_hold_that_ran_out_earmarks_no_blank_for_a_spoiled_one_before_the_swee
                 reference: "PINJAM-02".into(),
                 note: String::new(),
             })
-            .await?;
+            .await?
+            .into_inner();
+        let from = moved.from_stock.unwrap_or_default();
+        assert_eq!((from.on_hand, from.held, from.available), (0, 0, 0));
+        assert_eq!(moved.to_stock.unwrap_or_default().on_hand, 1);
+        // c's hold was released with the transfer, not left HELD beside an empty stock.
+        let c_now = fixtures::all_reservations(&mut counter, "3204").await?;
+        assert_eq!(c_now.len(), 1);
+        assert_eq!(c_now[0].state(), ReservationState::Expired);
         Ok(())
     })
     .await

@@ -117,7 +117,8 @@ async fn killing_one_replica_mid_burst_loses_nothing_and_the_others_keep_serving
             let acked = acked.clone();
             let base = (w as u32 * 3 + k) * 100;
             workers.push(tokio::spawn(async move {
-                let mut errors = 0;
+                // The failed calls, up to the fourth (then this counter gives up).
+                let mut errors = Vec::new();
                 for i in 0..100u32 {
                     match client
                         .reserve(reserve_request("3275", "main", base + i))
@@ -130,14 +131,15 @@ async fn killing_one_replica_mid_burst_loses_nothing_and_the_others_keep_serving
                                 a.insert(r.reservation_id);
                             }
                         }
-                        Err(_) => {
-                            errors += 1;
-                            if errors > 3 {
-                                return;
+                        Err(status) => {
+                            errors.push(status);
+                            if errors.len() > 3 {
+                                break;
                             }
                         }
                     }
                 }
+                errors
             }));
         }
     }
@@ -147,10 +149,22 @@ async fn killing_one_replica_mid_burst_loses_nothing_and_the_others_keep_serving
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert!(
+        acked.lock().map(|a| a.len()).unwrap_or(0) >= 30,
+        "the burst was under way when replica 2 was killed"
+    );
+    assert!(
+        workers[6..].iter().any(|w| !w.is_finished()),
+        "replica 2's counters were still calling when it was killed"
+    );
     servers[2].kill();
     servers[2].wait_killed().await;
-    for w in workers {
-        let _ = w.await;
+    for (n, w) in workers.into_iter().enumerate() {
+        let errors = w.await?;
+        // Counters 0–5 call replicas 0 and 1, which were never touched.
+        if n < 6 {
+            assert!(errors.is_empty(), "counter {n} failed: {errors:?}");
+        }
     }
     // The surviving replicas still serve and agree on every acknowledged reservation.
     let mut counter = servers[1].counter_client().await?;
@@ -178,13 +192,21 @@ async fn killing_one_replica_mid_burst_loses_nothing_and_the_others_keep_serving
         .unwrap_or_default();
     assert!(q.held + q.committed <= 150, "quota exceeded: {q:?}");
     assert_eq!(q.held as usize, found.len(), "counters agree with the rows");
-    // And a fresh Reserve through replica 0 works (or is referred because the quota is full).
+    // 600 applicants through replicas 0 and 1 alone used up the quota of 150: a fresh Reserve
+    // through replica 0 is decided, and referred to IKD for that.
+    assert_eq!(q.held, 150, "{q:?}");
     let after = servers[0]
         .counter_client()
         .await?
         .reserve(reserve_request("3275", "main", 9999))
-        .await?;
-    assert!(after.into_inner().outcome.is_some());
+        .await?
+        .into_inner();
+    match after.outcome {
+        Some(Outcome::IkdReferral(referral)) => {
+            assert_eq!(referral.cause(), ReferralCause::QuotaExhausted);
+        }
+        other => anyhow::bail!("expected an IKD referral (quota used up), got {other:?}"),
+    }
     Ok(())
 }
 
