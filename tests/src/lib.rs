@@ -240,13 +240,35 @@ impl TestServer {
         db: Arc<TestDatabase>,
         extra_args: &[&str],
     ) -> anyhow::Result<TestServer> {
+        Self::spawn_process_keyed(db, extra_args, true).await
+    }
+
+    /// The real binary as a child process on `db`, with extra flags and without the harness's
+    /// `--nik-key-file`: the server finds its NIK key where it looks by default (SQLite:
+    /// beside the database named in `extra_args`), as an operator's restore does.
+    pub async fn spawn_process_with_default_key(
+        db: Arc<TestDatabase>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<TestServer> {
+        Self::spawn_process_keyed(db, extra_args, false).await
+    }
+
+    async fn spawn_process_keyed(
+        db: Arc<TestDatabase>,
+        extra_args: &[&str],
+        harness_key: bool,
+    ) -> anyhow::Result<TestServer> {
         let log_file = db
             .dir
             .path()
             .join(format!("server-{}.log", rand::random::<u32>()));
         let log = std::fs::File::create(&log_file)?;
         let mut child = tokio::process::Command::new(server_bin())
-            .args(server_args(&db, extra_args))
+            .args(if harness_key {
+                server_args(&db, extra_args)
+            } else {
+                server_args_without_key(&db, extra_args)
+            })
             .env_remove("BLANGKO_NIK_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -562,12 +584,19 @@ impl TestTokens {
 
 fn server_args(db: &TestDatabase, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
+        "--nik-key-file".into(),
+        db.nik_key_file.display().to_string(),
+    ];
+    args.extend(server_args_without_key(db, extra));
+    args
+}
+
+fn server_args_without_key(db: &TestDatabase, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--database".into(),
         db.url.clone(),
-        "--nik-key-file".into(),
-        db.nik_key_file.display().to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     args

@@ -165,18 +165,12 @@ async fn an_online_backup_is_consistent_and_serves_while_the_original_goes_on() 
         .reserve(reserve_request("3275", "main", applicants))
         .await?;
 
-    // A server on the copy (its own lock file, the copied key found by default).
+    // A server on the copy (its own lock file, the copied key found by default: no
+    // --nik-key-file, as an operator's restore).
     let copy_database = format!("sqlite:{backup_arg}");
-    let copy = TestServer::spawn_process_on(
-        db.clone(),
-        &[
-            "--database",
-            &copy_database,
-            "--nik-key-file",
-            &backup_key.display().to_string(),
-        ],
-    )
-    .await?;
+    let copy =
+        TestServer::spawn_process_with_default_key(db.clone(), &["--database", &copy_database])
+            .await?;
     let mut copy_stock = copy.stock_client().await?;
     let mut copy_counter = copy.counter_client().await?;
     let verified = copy_stock
