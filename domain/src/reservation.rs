@@ -65,12 +65,15 @@ pub enum CommitStep {
 /// What a CancelReservation must do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelStep {
-    /// HELD (even if overdue) -> CANCELLED, returns slot and blank.
+    /// A live HELD -> CANCELLED, returns slot and blank.
     Cancel,
     /// Already CANCELLED: answer OK again.
     Replay,
     /// EXPIRED: slot and blank already went back; answer OK unchanged.
     AlreadyExpired,
+    /// HELD past its expiry, not yet swept: it ends as EXPIRED, as the sweeper would end it,
+    /// and the answer is the one for EXPIRED (the sweeper's timing must not matter).
+    Overdue,
 }
 
 /// A transition the current state does not allow.
@@ -109,9 +112,14 @@ pub fn on_commit(
 }
 
 /// The step for a CancelReservation; Committed -> Err(Committed).
-pub fn on_cancel(state: State) -> Result<CancelStep, TransitionError> {
+pub fn on_cancel(
+    state: State,
+    now_ms: i64,
+    expires_at_ms: i64,
+) -> Result<CancelStep, TransitionError> {
     match state {
-        State::Held => Ok(CancelStep::Cancel),
+        State::Held if now_ms < expires_at_ms => Ok(CancelStep::Cancel),
+        State::Held => Ok(CancelStep::Overdue),
         State::Cancelled => Ok(CancelStep::Replay),
         State::Expired => Ok(CancelStep::AlreadyExpired),
         State::Committed => Err(TransitionError::Committed),
@@ -199,10 +207,26 @@ mod tests {
 
     #[test]
     fn cancel_transitions() {
-        assert_eq!(on_cancel(State::Held), Ok(CancelStep::Cancel));
-        assert_eq!(on_cancel(State::Cancelled), Ok(CancelStep::Replay));
-        assert_eq!(on_cancel(State::Expired), Ok(CancelStep::AlreadyExpired));
-        assert_eq!(on_cancel(State::Committed), Err(TransitionError::Committed));
+        assert_eq!(
+            on_cancel(State::Held, LIVE, EXPIRES),
+            Ok(CancelStep::Cancel)
+        );
+        assert_eq!(
+            on_cancel(State::Held, EXPIRES, EXPIRES),
+            Ok(CancelStep::Overdue)
+        );
+        assert_eq!(
+            on_cancel(State::Cancelled, LIVE, EXPIRES),
+            Ok(CancelStep::Replay)
+        );
+        assert_eq!(
+            on_cancel(State::Expired, LIVE, EXPIRES),
+            Ok(CancelStep::AlreadyExpired)
+        );
+        assert_eq!(
+            on_cancel(State::Committed, LIVE, EXPIRES),
+            Err(TransitionError::Committed)
+        );
     }
 
     #[test]

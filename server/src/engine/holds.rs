@@ -304,7 +304,7 @@ impl Engine {
             return Ok((response, None));
         }
         let now = self.clock.now_ms();
-        let step = machine::on_cancel(state_of(&r)?).map_err(|_| EngineError::FailedPrecondition {
+        let step = machine::on_cancel(state_of(&r)?, now, r.expires_ms).map_err(|_| EngineError::FailedPrecondition {
             reason: "RESERVATION_COMMITTED",
             message: "the card was already printed; a printed card cannot be cancelled (report a spoiled blank instead)".into(),
         })?;
@@ -325,6 +325,18 @@ impl Engine {
                 )
                 .await?;
                 false
+            }
+            CancelStep::Overdue => {
+                self.release_hold(
+                    conn,
+                    &mut office,
+                    &mut r,
+                    State::Expired,
+                    now,
+                    SYSTEM_PRINCIPAL,
+                )
+                .await?;
+                true
             }
             CancelStep::Replay | CancelStep::AlreadyExpired => true,
         };
