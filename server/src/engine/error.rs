@@ -139,12 +139,15 @@ impl EngineError {
     }
 }
 
-/// A database failure that waiting may cure: no free connection, the pool closing, I/O.
+/// A database failure that waiting may cure: no free connection, the pool closing, I/O, or a
+/// transaction that lost a race with others (PostgreSQL: serialization failure, deadlock, a
+/// unique key taken meanwhile) every time the engine tried it. The transaction was rolled back,
+/// so the caller may send the same call again (with the same request_id).
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     matches!(
         err,
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-    )
+    ) || crate::store::is_retryable(err)
 }
 
 /// Engine result.

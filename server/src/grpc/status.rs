@@ -157,6 +157,59 @@ mod tests {
         );
     }
 
+    /// A PostgreSQL error with its SQLSTATE, as sqlx gives it.
+    #[derive(Debug)]
+    struct PgCode(&'static str);
+
+    impl std::fmt::Display for PgCode {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for PgCode {}
+
+    impl sqlx::error::DatabaseError for PgCode {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(std::borrow::Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn a_race_lost_on_every_try_is_retried_by_the_client_not_reported_internal() {
+        // Serialization failure, deadlock, a unique key taken meanwhile: rolled back, so the same
+        // call may be sent again; clients retry UNAVAILABLE.
+        for code in ["40001", "40P01", "23505"] {
+            let lost = EngineError::Database(sqlx::Error::Database(Box::new(PgCode(code))));
+            assert_eq!(
+                codes_of_a_batch_failing_with(lost),
+                vec![(Code::Unavailable, true); 3],
+                "{code}"
+            );
+        }
+        // Any other database error stays INTERNAL (a constraint the engine broke is a bug).
+        let check = EngineError::Database(sqlx::Error::Database(Box::new(PgCode("23514"))));
+        assert_eq!(
+            codes_of_a_batch_failing_with(check),
+            vec![(Code::Internal, false); 3]
+        );
+    }
+
     #[test]
     fn every_call_of_a_failed_batch_gets_the_same_status_class() {
         let not_found = EngineError::NotFound {
