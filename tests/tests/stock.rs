@@ -787,6 +787,20 @@ async fn an_office_update_with_a_mask_changes_only_the_settings_it_names() -> an
             "{violations:?}"
         );
         assert!(violations[1].1.contains("twice"), "{violations:?}");
+        assert!(
+            violations[0]
+                .1
+                .starts_with("is not a setting of an office; one of: name, "),
+            "{violations:?}"
+        );
+        // An unknown path is not echoed back, however long: the answer stays small.
+        let long = "\u{1}".repeat(300_000);
+        let err = upsert(&mut stock, only_id("9171"), &[long.as_str()])
+            .await
+            .expect_err("an unknown, long path");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().len() < 1_000, "{}", err.message().len());
+        assert!(err.details().len() < 1_000, "{}", err.details().len());
         // More paths than there are settings: one violation, for the list.
         let eight = ["name"; 8];
         let err = upsert(&mut stock, only_id("9171"), &eight)

@@ -127,10 +127,12 @@ fn office_mask(c: &mut Checker, mask: Option<&FieldMask>) -> Option<Vec<OfficeFi
             Some(field) => fields.push(field),
             None => {
                 let known: Vec<&str> = OfficeField::ALL.iter().map(|f| f.path()).collect();
+                // The path is not echoed: it is the caller's text, of any length (its index
+                // in the field name says which it was).
                 c.fail(
                     &entry,
                     format!(
-                        "{path:?} is not a setting of an office; one of: {}",
+                        "is not a setting of an office; one of: {}",
                         known.join(", ")
                     ),
                 );
