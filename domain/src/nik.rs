@@ -145,15 +145,6 @@ pub fn mask_digits(nik16: &str) -> String {
     }
 }
 
-/// True when `text` has a run of [`NIK_DIGITS`] or more ASCII digits: it could hold a NIK.
-pub fn has_nik_run(text: &str) -> bool {
-    let mut run = 0;
-    text.bytes().any(|b| {
-        run = if b.is_ascii_digit() { run + 1 } else { 0 };
-        run >= NIK_DIGITS
-    })
-}
-
 /// True when free text holds a NIK: a stretch of digits, with the spaces, dots, dashes and
 /// slashes people type inside a NIK ([`has_nik_stretch`]), in which some run of whole digit
 /// groups has exactly [`NIK_DIGITS`] digits and is a valid NIK by [`Nik::parse`]. So a NIK is
@@ -179,38 +170,10 @@ pub fn holds_a_nik(text: &str, today: NaiveDate) -> bool {
     })
 }
 
-/// `text` with every run of [`NIK_DIGITS`] or more ASCII digits turned into as many stars, for
-/// echoing a caller's free text (a request id, say) that might hold a NIK.
-pub fn mask_nik_runs(text: &str) -> std::borrow::Cow<'_, str> {
-    if !has_nik_run(text) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut digits = String::new();
-    let flush = |digits: &mut String, out: &mut String| {
-        if digits.len() >= NIK_DIGITS {
-            out.extend(std::iter::repeat_n('*', digits.len()));
-        } else {
-            out.push_str(digits);
-        }
-        digits.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-        } else {
-            flush(&mut digits, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut digits, &mut out);
-    std::borrow::Cow::Owned(out)
-}
-
 /// True when `text` has a stretch of digits, with the spaces, dots, dashes and slashes people
 /// type inside a NIK, that holds [`NIK_DIGITS`] or more digits: it could hold a NIK however it
-/// was typed (`3275-0141-0190-0001`). Stricter than [`has_nik_run`], for text from a file that
-/// is echoed on screen and kept in results (a queue file's ticket column).
+/// was typed (`3275-0141-0190-0001`). For ids and other text that is stored, logged or echoed
+/// (request ids, counter and service point ids, a queue file's ticket column).
 pub fn has_nik_stretch(text: &str) -> bool {
     nik_stretches(text).next().is_some()
 }
@@ -314,22 +277,28 @@ mod tests {
     }
 
     #[test]
-    fn runs_of_sixteen_digits_are_found_and_masked_and_shorter_ones_kept() {
-        assert!(has_nik_run("pemohon 3275014101900001 pergi"));
-        assert!(has_nik_run("32750141019000012"));
-        assert!(!has_nik_run("327501-4101900001"));
-        assert!(!has_nik_run("nota 470/123/2026 telp 081234567890"));
+    fn sixteen_digits_in_a_row_or_split_are_found_and_masked_and_fewer_kept() {
+        assert!(has_nik_stretch("pemohon 3275014101900001 pergi"));
+        assert!(has_nik_stretch("32750141019000012"));
+        assert!(has_nik_stretch("327501-4101900001"));
+        assert!(has_nik_stretch("id-3275.0141.0190.0001"));
+        assert!(!has_nik_stretch("nota 470/123/2026 telp 081234567890"));
+        assert!(!has_nik_stretch("srv-12345678_12345678_12345678"));
         assert_eq!(
-            mask_nik_runs("q-3275-mpp-20261129-3275014101900001"),
-            "q-3275-mpp-20261129-****************"
+            mask_nik_stretches("q-3275-mpp-3275014101900001"),
+            "q-3275-mpp-****************"
         );
         assert_eq!(
-            mask_nik_runs("a32750141019000012b1"),
+            mask_nik_stretches("r-3275-0141-0190-0001-x"),
+            "r-****-****-****-****-x"
+        );
+        assert_eq!(
+            mask_nik_stretches("a32750141019000012b1"),
             "a*****************b1"
         );
-        assert_eq!(mask_nik_runs("3275014101900001"), "*".repeat(16));
+        assert_eq!(mask_nik_stretches("3275014101900001"), "*".repeat(16));
         assert!(matches!(
-            mask_nik_runs("py-4f1c-2026"),
+            mask_nik_stretches("py-4f1c-2026"),
             std::borrow::Cow::Borrowed("py-4f1c-2026")
         ));
     }

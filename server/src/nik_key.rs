@@ -89,11 +89,12 @@ impl NikKey {
     }
 
     /// The form in which a caller's request id is stored and looked up: the id itself, unless it
-    /// holds a run of 16 or more digits (it could hold a NIK). Such an id is kept as `#` and its
+    /// holds 16 or more digits, in a row or split by the separators people type inside a NIK
+    /// (`3275-0141-0190-0001`: it could hold a NIK). Such an id is kept as `#` and its
     /// keyed hash instead, so that no NIK is stored even when a client builds its request ids
     /// from one, and retries still find their first answer.
     pub fn request_key(&self, request_id: String) -> String {
-        if crate::domain::nik::has_nik_run(&request_id) {
+        if crate::domain::nik::has_nik_stretch(&request_id) {
             format!("#{}", self.mac(&[b"request-id\0", request_id.as_bytes()]))
         } else {
             request_id
@@ -189,6 +190,9 @@ mod tests {
             "a retry finds it"
         );
         assert_ne!(NikKey::generate().request_key(with_nik), stored, "keyed");
+        // Typed with separators, as a NIK usually is.
+        let split = key.request_key("q-3275-0141-0190-0001".to_string());
+        assert!(split.starts_with('#') && !split.contains("0141"), "{split}");
     }
 
     #[test]

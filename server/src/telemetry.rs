@@ -34,7 +34,7 @@ pub const MAX_REQUEST_ID_CHARS: usize = 128;
 pub const RPC_TARGET: &str = "blangko_server::rpc";
 
 /// The caller's request id when it is acceptable: bounded, printable ASCII, no spaces, and no
-/// run of 16 digits (which could be a NIK).
+/// 16 digits in a row or split by dots, dashes or slashes (which could be a NIK).
 pub fn accepted_request_id(value: &[u8]) -> Option<&str> {
     if value.is_empty() || value.len() > MAX_REQUEST_ID_CHARS {
         return None;
@@ -44,14 +44,14 @@ pub fn accepted_request_id(value: &[u8]) -> Option<&str> {
     }
     std::str::from_utf8(value)
         .ok()
-        .filter(|id| !crate::domain::nik::has_nik_run(id))
+        .filter(|id| !crate::domain::nik::has_nik_stretch(id))
 }
 
-/// A fresh request id: `srv-` and three groups of 8 hex characters of randomness (groups, so
-/// no id is mistaken for a NIK's 16 digits).
+/// A fresh request id: `srv-` and three groups of 8 hex characters of randomness, joined by
+/// `_`, which no NIK is typed with: two groups of digits alone never read as a NIK's 16 digits.
 pub fn new_request_id() -> String {
     let [a, b, c]: [u32; 3] = rand::random();
-    format!("srv-{a:08x}-{b:08x}-{c:08x}")
+    format!("srv-{a:08x}_{b:08x}_{c:08x}")
 }
 
 /// Records the office and service point of the current call in its span (handlers call this
@@ -73,8 +73,8 @@ pub fn record_outcome(outcome: &'static str) {
     tracing::Span::current().record("outcome", outcome);
 }
 
-/// A service point id fit for the log: 1 to 64 letters, digits, '-', '_' or '.', without a
-/// run of 16 digits.
+/// A service point id fit for the log: 1 to 64 letters, digits, '-', '_' or '.', without 16
+/// digits in a row or split by dots or dashes.
 fn is_loggable_id(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= crate::grpc::validate::MAX_ID_CHARS
@@ -298,12 +298,17 @@ mod tests {
         assert!(accepted_request_id(&[b'a'; 128]).is_some());
         assert_eq!(accepted_request_id(b"id-3275014101900001"), None);
         assert!(accepted_request_id(b"id-327501410190000").is_some());
+        assert_eq!(accepted_request_id(b"id-3275.0141.0190.0001"), None);
+        assert_eq!(accepted_request_id(b"3275-0141-0190-0001"), None);
     }
 
     #[test]
     fn generated_ids_are_acceptable_ids() {
         let id = new_request_id();
         assert_eq!(accepted_request_id(id.as_bytes()), Some(id.as_str()));
+        // Even when every hex digit drawn is a decimal one.
+        let digits = "srv-12345678_90123456_78901234";
+        assert_eq!(accepted_request_id(digits.as_bytes()), Some(digits));
         assert_ne!(new_request_id(), id);
     }
 }

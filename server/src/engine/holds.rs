@@ -100,7 +100,7 @@ impl Engine {
     }
 
     /// Commits a reservation: the card is printed.
-    #[tracing::instrument(skip_all, fields(reservation = %crate::domain::nik::mask_nik_runs(reservation_id)))]
+    #[tracing::instrument(skip_all, fields(reservation = %crate::domain::nik::mask_nik_stretches(reservation_id)))]
     pub async fn commit(
         &self,
         request_id: &str,
@@ -262,7 +262,7 @@ impl Engine {
     }
 
     /// Cancels a held reservation.
-    #[tracing::instrument(skip_all, fields(reservation = %crate::domain::nik::mask_nik_runs(reservation_id)))]
+    #[tracing::instrument(skip_all, fields(reservation = %crate::domain::nik::mask_nik_stretches(reservation_id)))]
     pub async fn cancel(
         &self,
         request_id: &str,
@@ -486,7 +486,7 @@ impl Engine {
     }
 
     /// Records a spoiled blank.
-    #[tracing::instrument(skip_all, fields(office = %cmd.office_id, reservation = %crate::domain::nik::mask_nik_runs(&cmd.reservation_id)))]
+    #[tracing::instrument(skip_all, fields(office = %cmd.office_id, reservation = %crate::domain::nik::mask_nik_stretches(&cmd.reservation_id)))]
     pub async fn report_spoiled(
         &self,
         cmd: &SpoilCommand,

@@ -270,7 +270,7 @@ impl Engine {
     /// that locks the office row once (group commit): under a burst the lock is taken and the
     /// commit paid once per batch instead of once per applicant, and every decision still sees
     /// the effect of the ones before it.
-    #[tracing::instrument(skip_all, fields(office = %cmd.office_id, service_point = %crate::domain::nik::mask_nik_runs(&cmd.service_point_id), nik = %cmd.nik.masked()))]
+    #[tracing::instrument(skip_all, fields(office = %cmd.office_id, service_point = %crate::domain::nik::mask_nik_stretches(&cmd.service_point_id), nik = %cmd.nik.masked()))]
     pub async fn reserve(&self, cmd: ReserveCommand) -> EngineResult<ReserveResponse> {
         let nik_hash = self.nik_key.hash_nik(cmd.nik.as_str());
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -831,7 +831,7 @@ fn decide_batch<'a>(
 
 /// ALREADY_EXISTS for a request id used before for other content.
 fn request_id_reused(request_id: &str, method: &str) -> EngineError {
-    let request_id = crate::domain::nik::mask_nik_runs(request_id);
+    let request_id = crate::domain::nik::mask_nik_stretches(request_id);
     EngineError::AlreadyExists {
         reason: "REQUEST_ID_REUSED",
         message: format!(

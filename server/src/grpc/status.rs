@@ -27,7 +27,7 @@ impl From<EngineError> for Status {
             }
             EngineError::NotFound { kind, id } => {
                 // The id comes from the caller: a NIK typed into it is not echoed.
-                let id = crate::domain::nik::mask_nik_runs(&id).into_owned();
+                let id = crate::domain::nik::mask_nik_stretches(&id).into_owned();
                 Status::with_error_details(
                     Code::NotFound,
                     format!("{kind} '{id}' not found"),

@@ -152,12 +152,12 @@ impl Checker {
     }
 
     /// An id that is published (metrics labels, logs, the public notice) must not look like a
-    /// NIK: no run of 16 or more digits.
+    /// NIK: no 16 or more digits, in a row or split by dashes or dots (which an id may contain).
     pub fn not_nik_shaped(&mut self, field: &str, value: &str) {
-        if crate::domain::nik::has_nik_run(value) {
+        if crate::domain::nik::has_nik_stretch(value) {
             self.fail(
                 field,
-                "must not contain 16 or more digits in a row (it could be a NIK, and this id is published in metrics and logs)",
+                "must not contain 16 or more digits, in a row or split by dashes or dots (it could be a NIK, and this id is published in metrics and logs)",
             );
         }
     }
