@@ -65,6 +65,7 @@ impl Application {
             url: config.database.clone(),
             max_connections: config.db_max_connections,
             acquire_timeout: Duration::from_secs(config.db_acquire_timeout_secs),
+            lock_timeout: Duration::from_secs(config.db_lock_timeout_secs),
             sqlite_sync: config.sqlite_synchronous,
             journal: crate::store::journal::Limits {
                 max_reservations: config.reserve_journal_max,

@@ -102,6 +102,14 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub db_acquire_timeout_secs: u64,
 
+    /// PostgreSQL: seconds a statement waits for a row lock (an office's, held by another
+    /// replica's transaction) before the call fails with UNAVAILABLE, which clients retry. Normal
+    /// waits are milliseconds; a lock held longer means a transaction is stuck (a replica cut off
+    /// mid-transaction), and without this bound every call of that office would wait for it,
+    /// holding a connection each, until the pool ran dry.
+    #[arg(long, env = "BLANGKO_DB_LOCK_TIMEOUT_SECS", default_value_t = crate::store::DEFAULT_LOCK_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub db_lock_timeout_secs: u64,
+
     /// SQLite durability: "full" survives power loss; "normal" survives a process crash only.
     #[arg(long, env = "BLANGKO_SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Full)]
     pub sqlite_synchronous: SqliteSync,

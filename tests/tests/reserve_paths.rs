@@ -567,3 +567,49 @@ async fn postgres_reserves_queued_during_the_lock_wait_join_the_waiting_batch() 
     watcher.close().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_lock_held_past_the_lock_timeout_answers_unavailable_and_the_retry_reserves()
+-> anyhow::Result<()> {
+    use sqlx::Connection;
+    use tonic_types::StatusExt;
+
+    if blangko_e2e::postgres::skip_postgres() {
+        return Ok(());
+    }
+    let db = TestDatabase::new(blangko_e2e::Backend::Postgres).await?;
+    let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+    let server =
+        TestServer::start_with_clock(db, &["--db-lock-timeout-secs", "1"], Arc::new(clock)).await?;
+    let mut stock = server.stock_client().await?;
+    fixtures::office_with_point(&mut stock, "3275", "mpp", 100, 100).await?;
+
+    // A transaction stuck while it holds the office row (a replica cut off mid-transaction).
+    sqlx::any::install_default_drivers();
+    let mut holder = sqlx::AnyConnection::connect(&server.db.url).await?;
+    sqlx::query("BEGIN").execute(&mut holder).await?;
+    sqlx::query("SELECT office_id FROM offices WHERE office_id = '3275' FOR UPDATE")
+        .fetch_all(&mut holder)
+        .await?;
+
+    let mut counter = server.counter_client().await?;
+    let request = reserve_request("3275", "mpp", 1);
+    let refused = counter
+        .reserve(request.clone())
+        .await
+        .expect_err("the office's row is locked past the lock time-out");
+    // UNAVAILABLE with a delay: what clients retry, with the same request_id.
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.get_details_retry_info().is_some(), "{refused:?}");
+    // Other offices were never held up: their calls have connections.
+    fixtures::office_with_point(&mut stock, "3204", "mpp", 10, 10).await?;
+    reservation(send(&mut counter, reserve_request("3204", "mpp", 2)).await?)?;
+
+    sqlx::query("ROLLBACK").execute(&mut holder).await?;
+    holder.close().await?;
+    let reserved = reservation(send(&mut counter, request).await?)?;
+    assert!(!reserved.replayed, "the refused call had done nothing");
+    let snapshot = fixtures::quota_snapshot(&mut counter, "3275", "mpp").await?;
+    assert_eq!((snapshot.held, snapshot.remaining), (1, 99));
+    Ok(())
+}

@@ -139,15 +139,18 @@ impl EngineError {
     }
 }
 
-/// A database failure that waiting may cure: no free connection, the pool closing, I/O, or a
+/// A database failure that waiting may cure: no free connection, the pool closing, I/O, a
 /// transaction that lost a race with others (PostgreSQL: serialization failure, deadlock, a
-/// unique key taken meanwhile) every time the engine tried it. The transaction was rolled back,
-/// so the caller may send the same call again (with the same request_id).
+/// unique key taken meanwhile) every time the engine tried it, or PostgreSQL going away or
+/// holding a lock past `--db-lock-timeout-secs` ([`crate::store::is_transient`]). The
+/// transaction was rolled back, so the caller may send the same call again (with the same
+/// request_id).
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     matches!(
         err,
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
     ) || crate::store::is_retryable(err)
+        || crate::store::is_transient(err)
 }
 
 /// Engine result.

@@ -191,13 +191,23 @@ mod tests {
     }
 
     #[test]
-    fn a_race_lost_on_every_try_is_retried_by_the_client_not_reported_internal() {
+    fn a_lost_race_or_a_database_that_went_away_is_retried_by_the_client_not_reported_internal() {
         // Serialization failure, deadlock, a unique key taken meanwhile: rolled back, so the same
         // call may be sent again; clients retry UNAVAILABLE.
         for code in ["40001", "40P01", "23505"] {
             let lost = EngineError::Database(sqlx::Error::Database(Box::new(PgCode(code))));
             assert_eq!(
                 codes_of_a_batch_failing_with(lost),
+                vec![(Code::Unavailable, true); 3],
+                "{code}"
+            );
+        }
+        // PostgreSQL restarting or failing over, a lost connection, a lock held past
+        // --db-lock-timeout-secs: over once the database is back or the lock free.
+        for code in ["57P01", "57P02", "57P03", "08006", "08001", "55P03"] {
+            let gone = EngineError::Database(sqlx::Error::Database(Box::new(PgCode(code))));
+            assert_eq!(
+                codes_of_a_batch_failing_with(gone),
                 vec![(Code::Unavailable, true); 3],
                 "{code}"
             );

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
 /// A write transaction: sqlx's, and on SQLite the write gate it holds until it ends (see
 /// [`direct`]).
@@ -90,6 +90,20 @@ impl DatabaseKind {
     }
 }
 
+/// Default of `--db-lock-timeout-secs`: well under the request time-out, so that a call stuck
+/// behind a lock is told to retry before its client gives up on it.
+pub const DEFAULT_LOCK_TIMEOUT_SECS: u64 = 10;
+
+/// PostgreSQL: how long a session may sit idle inside a transaction before the database ends
+/// it. The server's own transactions never wait between statements; a session that does is a
+/// replica cut off mid-transaction, still holding its office's row lock, which the database
+/// then releases instead of keeping it until TCP notices (hours with the default keepalives).
+pub const IDLE_IN_TRANSACTION_TIMEOUT_SECS: u64 = 60;
+
+/// PostgreSQL: TCP keepalives of each session (seconds idle, seconds between probes, probes),
+/// so that the database notices a replica that vanished without closing its connections.
+pub const TCP_KEEPALIVES: (u32, u32, u32) = (30, 10, 3);
+
 /// SQLite's `synchronous` setting: what an acknowledged write survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SqliteSync {
@@ -111,6 +125,8 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long a call may wait for a free connection.
     pub acquire_timeout: Duration,
+    /// PostgreSQL: how long a statement may wait for a lock (`lock_timeout`).
+    pub lock_timeout: Duration,
     /// SQLite durability.
     pub sqlite_sync: SqliteSync,
     /// SQLite: the Reserve journal's bounds.
@@ -125,6 +141,7 @@ impl StoreOptions {
             url: format!("sqlite://{}", path.display()),
             max_connections: 4,
             acquire_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(DEFAULT_LOCK_TIMEOUT_SECS),
             sqlite_sync: SqliteSync::Full,
             journal: journal::Limits::default(),
         }
@@ -265,14 +282,16 @@ impl Store {
     }
 
     async fn open_postgres(options: &StoreOptions) -> anyhow::Result<Store> {
+        let session = postgres_session_settings(options.lock_timeout);
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
-            // The Reserve batch reads rows as JSON (`rows::batch_reads`), where BYTEA comes in
-            // this setting's format: hex, whatever the database's default says.
-            .after_connect(|conn, _meta| {
+            .after_connect(move |conn, _meta| {
+                let session = session.clone();
                 Box::pin(async move {
-                    conn.execute("SET bytea_output = 'hex'").await?;
+                    for statement in session.iter() {
+                        conn.execute(statement.as_str()).await?;
+                    }
                     Ok(())
                 })
             })
@@ -284,10 +303,19 @@ impl Store {
                     redact_url(&options.url)
                 )
             })?;
+        // On a connection without the lock time-out: another replica may hold the migrations'
+        // advisory lock for as long as its migrations take. The connection is closed after.
+        let mut migrating = pool
+            .acquire()
+            .await
+            .context("cannot connect to PostgreSQL to migrate")?
+            .detach();
+        migrating.execute("SET lock_timeout = 0").await?;
         POSTGRES_MIGRATIONS
-            .run(&pool)
+            .run(&mut migrating)
             .await
             .context("cannot migrate the PostgreSQL database")?;
+        migrating.close().await?;
         Ok(Store {
             kind: DatabaseKind::Postgres,
             writer: pool.clone(),
@@ -638,16 +666,54 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// What every PostgreSQL session of the server sets when it connects.
+fn postgres_session_settings(lock_timeout: Duration) -> Arc<Vec<String>> {
+    let (idle, interval, count) = TCP_KEEPALIVES;
+    Arc::new(vec![
+        // The Reserve batch reads rows as JSON (`rows::batch_reads`), where BYTEA comes in this
+        // setting's format: hex, whatever the database's default says.
+        "SET bytea_output = 'hex'".to_string(),
+        format!("SET lock_timeout = {}", lock_timeout.as_millis()),
+        format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            IDLE_IN_TRANSACTION_TIMEOUT_SECS * 1000
+        ),
+        format!("SET tcp_keepalives_idle = {idle}"),
+        format!("SET tcp_keepalives_interval = {interval}"),
+        format!("SET tcp_keepalives_count = {count}"),
+    ])
+}
+
 /// Whether a database error is a conflict that a fresh attempt of the same transaction resolves
 /// (PostgreSQL: a unique violation by a concurrent transaction, a serialization failure or a
 /// deadlock).
 pub fn is_retryable(err: &sqlx::Error) -> bool {
+    matches!(
+        sqlx_state(err).as_deref(),
+        Some("23505") | Some("40001") | Some("40P01")
+    )
+}
+
+/// PostgreSQL failures that are over when the database is back or a stuck lock is released:
+/// a connection failure (class 08), the server shutting down or restarting, a session ended by
+/// an administrator or a failover (57P01–57P03), and a lock not granted within `lock_timeout`
+/// (55P03). Not retried inside the engine (the database needs seconds), but the caller may
+/// send the call again.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match sqlx_state(err).as_deref() {
+        Some(code) => {
+            code.len() == 5
+                && (code.starts_with("08") || matches!(code, "55P03" | "57P01" | "57P02" | "57P03"))
+        }
+        None => false,
+    }
+}
+
+/// The SQLSTATE (PostgreSQL) or result code (SQLite) of a database error.
+fn sqlx_state(err: &sqlx::Error) -> Option<std::borrow::Cow<'_, str>> {
     match err {
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
-            Some("23505") | Some("40001") | Some("40P01")
-        ),
-        _ => false,
+        sqlx::Error::Database(db) => db.code(),
+        _ => None,
     }
 }
 
