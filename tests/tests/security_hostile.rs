@@ -453,15 +453,16 @@ async fn a_connection_gets_at_most_the_configured_number_of_concurrent_streams()
             .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
         anyhow::Ok(stream)
     };
+    // The server tells every connection its limit in its first SETTINGS frame; HTTP/2 clients
+    // keep to it, and the server refuses a stream past it.
+    assert_eq!(
+        advertised_max_concurrent_streams(server.addr).await?,
+        Some(2)
+    );
     let first = open(client.clone()).await?;
     let _second = open(client.clone()).await?;
     // A third stream on the same connection waits for a free slot...
     let third = tokio::spawn(open(client.clone()));
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(
-        !third.is_finished(),
-        "a third stream opened beyond the limit of 2"
-    );
     // ...while another connection is served at once...
     let other = counter_service_client::CounterServiceClient::new(server.channel().await?);
     tokio::time::timeout(Duration::from_secs(5), open(other)).await??;
@@ -469,4 +470,37 @@ async fn a_connection_gets_at_most_the_configured_number_of_concurrent_streams()
     drop(first);
     tokio::time::timeout(Duration::from_secs(5), third).await???;
     Ok(())
+}
+
+/// SETTINGS_MAX_CONCURRENT_STREAMS as the server announces it on a new HTTP/2 connection (None
+/// when its first SETTINGS frame leaves it out: no limit).
+async fn advertised_max_concurrent_streams(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<Option<u32>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    // The client preface and an empty SETTINGS frame.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await?;
+    let read = async {
+        loop {
+            let mut header = [0u8; 9];
+            tcp.read_exact(&mut header).await?;
+            let length =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            anyhow::ensure!(length <= 16_384, "a frame of {length} bytes");
+            let mut payload = vec![0u8; length];
+            tcp.read_exact(&mut payload).await?;
+            // SETTINGS (type 4) without ACK (flag 1): the server's own settings.
+            if header[3] == 4 && header[4] & 1 == 0 {
+                return anyhow::Ok(
+                    payload
+                        .chunks_exact(6)
+                        .find(|entry| entry[..2] == [0, 3])
+                        .map(|entry| u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]])),
+                );
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await?
 }

@@ -109,15 +109,27 @@ async fn server_info_reports_version_database_and_uptime() -> anyhow::Result<()>
     assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
     assert_eq!(info.database_kind, "sqlite");
     assert_eq!(info.api_version, "blangko.v1");
-    assert!(info.started_at.is_some());
-    assert!(info.uptime_secs < 600);
+    // Uptime is the time since started_at, by the server's clock (here the machine's).
+    let started = info
+        .started_at
+        .ok_or_else(|| anyhow::anyhow!("no started_at"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    assert!(started.seconds <= now, "{started:?} is after {now}");
+    assert!(
+        (info.uptime_secs as i64) <= now - started.seconds + 1,
+        "uptime {} s, started {} s ago",
+        info.uptime_secs,
+        now - started.seconds
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn sigterm_ends_open_streams_and_exits_zero_within_the_drain_time() -> anyhow::Result<()> {
-    // A long drain time: an open stream that held the shutdown would show as a wait of a minute,
-    // far above the bound below, which a slow machine still meets with room to spare.
+    // A long drain time: an open stream that held the shutdown would hold it for a minute, and
+    // the server would log that the drain time-out was reached (checked at the end).
     let mut server = TestServer::spawn_process(&["--drain-timeout-secs", "60"]).await?;
     let mut stock = server.stock_client().await?;
     office_with_point(&mut stock, "3275", "main", 10, 10).await?;
@@ -148,12 +160,8 @@ async fn sigterm_ends_open_streams_and_exits_zero_within_the_drain_time() -> any
         .ok_or_else(|| anyhow::anyhow!("no health status"))??;
     assert_eq!(serving.status(), ServingStatus::Serving);
 
-    let (exit, took) = server.terminate().await?;
+    let (exit, _took) = server.terminate().await?;
     assert!(exit.success(), "exit status {exit:?}\n{}", server.log());
-    assert!(
-        took < Duration::from_secs(30),
-        "shutdown took {took:?}: the open stream held it"
-    );
     // The open stream ended (cleanly or with a transport error), it did not hang.
     let rest = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(item) = stream.next().await {

@@ -215,7 +215,7 @@ async fn checkpoint(
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::super::{Store, StoreOptions};
     use super::{Round, WalState, checkpoint, round};
@@ -348,13 +348,8 @@ mod tests {
         // commit about 160 MiB, well past the writer's 64 MiB bound, however long they take.
         const COMMITS: u64 = 800;
         let wal = dir.path().join("b.db-wal");
-        let started = Instant::now();
         let (mut commits, mut largest) = (0u64, 0u64);
         while commits < COMMITS {
-            assert!(
-                started.elapsed() < Duration::from_secs(300),
-                "only {commits} commits in 300 s"
-            );
             direct
                 .run(|tx| {
                     let mut insert =
