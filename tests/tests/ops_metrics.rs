@@ -297,11 +297,42 @@ async fn metrics_count_what_was_done_and_gauges_match_the_api() -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_off_unless_asked_for() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
-    assert!(server.metrics_addr.is_none());
-    let err = server.scrape_metrics().await.expect_err("no endpoint");
-    assert!(err.to_string().contains("--metrics-listen"), "{err}");
+    // The server process listens on its gRPC address alone; with --metrics-listen, on two.
+    for (flags, listening) in [(&[][..], 1), (&["--metrics-listen", "127.0.0.1:0"][..], 2)] {
+        let server =
+            TestServer::spawn_process_on(blangko_e2e::TestDatabase::sqlite().await?, flags).await?;
+        let pid = server.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+        assert_eq!(listening_sockets(pid)?, listening, "{flags:?}");
+    }
     Ok(())
+}
+
+/// How many TCP sockets the process `pid` holds in the LISTEN state (Linux: its descriptors
+/// that are sockets, looked up in the kernel's TCP tables).
+fn listening_sockets(pid: u32) -> anyhow::Result<usize> {
+    let mut inodes = std::collections::HashSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let target = std::fs::read_link(fd?.path())?;
+        if let Some(inode) = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+        {
+            inodes.insert(inode.to_string());
+        }
+    }
+    let mut listening = 0;
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))?;
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Field 3 is the state (0A: LISTEN), field 9 the socket's inode.
+            if fields.get(3) == Some(&"0A") && fields.get(9).is_some_and(|i| inodes.contains(*i)) {
+                listening += 1;
+            }
+        }
+    }
+    Ok(listening)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -493,6 +493,9 @@ async fn a_backlog_past_retention_is_purged_in_chunks_and_nothing_is_missed() ->
     assert_eq!(purged.reservations, u64::from(2 * PER_OFFICE));
     // The stored answers of the Reserves and of the six set-up calls (offices, points, shipments).
     assert_eq!(purged.answers, u64::from(2 * PER_OFFICE) + 6, "{purged:?}");
+    // In chunks of at most 500 rows, a transaction each: 700 = 500 + 200 at each office, and
+    // 1,406 answers = 500 + 500 + 406.
+    assert_eq!(purged.transactions, 2 * 2 + 3, "{purged:?}");
     let url = format!(
         "sqlite://{}",
         server

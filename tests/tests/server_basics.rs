@@ -219,18 +219,37 @@ async fn help_explains_every_flag_and_its_environment_variable() -> anyhow::Resu
         .await?;
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for (flag, env) in [
-        ("--listen", "BLANGKO_LISTEN"),
-        ("--database", "BLANGKO_DATABASE_URL"),
-        ("--log-format", "BLANGKO_LOG_FORMAT"),
-        ("--nik-key-file", "BLANGKO_NIK_KEY_FILE"),
-        ("--demo", "BLANGKO_DEMO"),
-        ("--drain-timeout-secs", "BLANGKO_DRAIN_TIMEOUT_SECS"),
-        ("--watch-refresh-ms", "BLANGKO_WATCH_REFRESH_MS"),
-    ] {
-        assert!(help.contains(flag), "{flag} missing from --help");
-        assert!(help.contains(env), "{env} missing from --help");
+    // Every serving option of the server, as its parser knows them, with its variable.
+    use clap::CommandFactory;
+    let command = blangko_server::config::Config::command();
+    let mut checked = 0;
+    for arg in command.get_arguments() {
+        let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
+            continue;
+        };
+        let env = env.to_string_lossy();
+        assert!(
+            help.contains(&format!("--{long}")),
+            "--{long} missing from --help"
+        );
+        assert!(
+            help.contains(env.as_ref()),
+            "{env} (of --{long}) missing from --help"
+        );
+        checked += 1;
     }
+    assert!(checked >= 25, "only {checked} options with a variable");
+    // And none without one (README: "every option also reads an environment variable").
+    let without: Vec<String> = command
+        .get_arguments()
+        .filter(|a| a.get_long().is_some() && a.get_env().is_none())
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .filter(|long| !matches!(long.as_str(), "help" | "version"))
+        .collect();
+    assert!(
+        without.is_empty(),
+        "options without a variable: {without:?}"
+    );
     assert!(help.contains("127.0.0.1:50051"));
     assert!(help.contains("sqlite:blangko.db"));
     Ok(())

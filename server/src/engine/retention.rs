@@ -33,6 +33,9 @@ pub struct Purged {
     pub ikd_activations: u64,
     /// Stored idempotency answers deleted.
     pub answers: u64,
+    /// The write transactions that did it, each of at most one chunk of rows
+    /// ([`PURGE_CHUNK`]): short, so that Reserves never wait behind the purge for long.
+    pub transactions: u64,
 }
 
 impl Engine {
@@ -50,6 +53,7 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .unwrap_or_default();
+        let transactions = std::sync::atomic::AtomicU64::new(0);
         let mut reservations = 0;
         let mut after_office = String::new();
         loop {
@@ -60,7 +64,12 @@ impl Engine {
             };
             for office in &offices {
                 reservations += self
-                    .purge_office_reservations(&office.office_id, &from, &cutoff_date)
+                    .purge_office_reservations(
+                        &office.office_id,
+                        &from,
+                        &cutoff_date,
+                        &transactions,
+                    )
                     .await?;
             }
             if next.is_empty() {
@@ -77,6 +86,7 @@ impl Engine {
                 // activating again) is kept.
                 "DELETE FROM ikd_activations WHERE nik_hash = $1 AND activated_ms < $2",
                 cutoff_ms,
+                &transactions,
             )
             .await?;
         let answers = self
@@ -84,18 +94,21 @@ impl Engine {
                 "SELECT request_id FROM idempotency WHERE created_ms < $1 LIMIT $2",
                 "DELETE FROM idempotency WHERE request_id = $1 AND created_ms < $2",
                 cutoff_ms,
+                &transactions,
             )
             .await?;
         let purged = Purged {
             reservations,
             ikd_activations,
             answers,
+            transactions: transactions.into_inner(),
         };
         if purged != Purged::default() {
             tracing::info!(
                 reservations,
                 ikd_activations,
                 answers,
+                transactions = purged.transactions,
                 retention_days,
                 "purged NIK hashes past retention"
             );
@@ -110,6 +123,7 @@ impl Engine {
         office_id: &str,
         from: &str,
         before: &str,
+        transactions: &std::sync::atomic::AtomicU64,
     ) -> EngineResult<u64> {
         let mut purged = 0;
         // Where the next read starts: (local_date, office_seq), past the last row read.
@@ -150,6 +164,7 @@ impl Engine {
                     ),
                     ids,
                     None,
+                    transactions,
                 )
                 .await?;
             if (rows.len() as i64) < PURGE_CHUNK {
@@ -161,7 +176,13 @@ impl Engine {
     /// Deletes, a chunk at a time, the rows that `find` (bound to `cutoff_ms` and the chunk size,
     /// giving one key per row) names, by `delete` (bound to one key and `cutoff_ms`, so that a
     /// row changed since the read is checked again).
-    async fn purge_chunks(&self, find: &str, delete: &str, cutoff_ms: i64) -> EngineResult<u64> {
+    async fn purge_chunks(
+        &self,
+        find: &str,
+        delete: &str,
+        cutoff_ms: i64,
+        transactions: &std::sync::atomic::AtomicU64,
+    ) -> EngineResult<u64> {
         let mut deleted = 0;
         loop {
             let keys: Vec<String> = {
@@ -173,7 +194,9 @@ impl Engine {
                     .await?
             };
             let found = keys.len() as i64;
-            deleted += self.write_by_keys(delete, keys, Some(cutoff_ms)).await?;
+            deleted += self
+                .write_by_keys(delete, keys, Some(cutoff_ms), transactions)
+                .await?;
             if found < PURGE_CHUNK {
                 return Ok(deleted);
             }
@@ -181,13 +204,15 @@ impl Engine {
     }
 
     /// Runs `statement` (its parameters a key and, when given, `also`) for each of `keys`, in one
-    /// short write transaction, and gives the rows it changed. In key order, so that two replicas
-    /// purging at once take their row locks in the same order (no deadlock between them).
+    /// short write transaction (counted in `transactions`), and gives the rows it changed. In
+    /// key order, so that two replicas purging at once take their row locks in the same order
+    /// (no deadlock between them).
     async fn write_by_keys(
         &self,
         statement: &str,
         mut keys: Vec<String>,
         also: Option<i64>,
+        transactions: &std::sync::atomic::AtomicU64,
     ) -> EngineResult<u64> {
         if keys.is_empty() {
             return Ok(0);
@@ -203,6 +228,7 @@ impl Engine {
             changed += query.execute(&mut *tx).await?.rows_affected();
         }
         self.commit_durably(tx).await?;
+        transactions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(changed)
     }
 }
