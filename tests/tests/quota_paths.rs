@@ -6,7 +6,7 @@
 //! general path, shows the same figures.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use blangko_e2e::fixtures::{self, reserve_request};
 use blangko_e2e::postgres::skip_postgres;
@@ -125,9 +125,14 @@ async fn get_quota_reads_on_its_own_connections_with_the_figures_of_the_general_
     Ok(())
 }
 
-/// Runs `read` (with its round number) until `done`, collecting what it read. Bounded: the
-/// Reserves it runs beside end well before this many rounds.
-async fn read_until<T, F, Fut>(done: Arc<AtomicBool>, mut read: F) -> anyhow::Result<Vec<T>>
+/// Runs `read` (with its round number) until `done`, collecting what it read and counting its
+/// finished rounds in `rounds`. Bounded: the Reserves it runs beside end well before this many
+/// rounds.
+async fn read_until<T, F, Fut>(
+    done: Arc<AtomicBool>,
+    rounds: Arc<AtomicUsize>,
+    mut read: F,
+) -> anyhow::Result<Vec<T>>
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Vec<T>>>,
@@ -138,8 +143,26 @@ where
             break;
         }
         all.extend(read(round).await?);
+        rounds.fetch_add(1, Ordering::SeqCst);
     }
     Ok(all)
+}
+
+/// Waits until each reader has finished two more rounds than now: the second began after this
+/// call. Bounded (30 s).
+async fn two_more_rounds_of(readers: &[Arc<AtomicUsize>]) -> anyhow::Result<()> {
+    let from: Vec<usize> = readers.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+    for _ in 0..3_000 {
+        if readers
+            .iter()
+            .zip(&from)
+            .all(|(r, from)| r.load(Ordering::SeqCst) >= from + 2)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("the readers did not read while the Reserves paused")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,11 +189,24 @@ async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyh
         let counter = server.counter_client().await?;
 
         let done = Arc::new(AtomicBool::new(false));
+        let rounds: [Arc<AtomicUsize>; 3] = Default::default();
+        // Half-way (90 of 180 Reserves), the workers wait until every reader has read then:
+        // whatever the machine's speed, some answers are of the storm's middle, not its end.
+        let half_way = Arc::new(tokio::sync::Barrier::new(6));
+        let go_on = Arc::new(tokio::sync::Barrier::new(6));
         let mut reserving = Vec::new();
         for worker in 0..6u32 {
             let mut counter = counter.clone();
+            let (half_way, go_on, readers) =
+                (Arc::clone(&half_way), Arc::clone(&go_on), rounds.clone());
             reserving.push(tokio::spawn(async move {
                 for i in 0..30u32 {
+                    if i == 15 {
+                        if half_way.wait().await.is_leader() {
+                            two_more_rounds_of(&readers).await?;
+                        }
+                        go_on.wait().await;
+                    }
                     let point = if i % 2 == 0 { "mpp" } else { "kec" };
                     let request = reserve_request("3275", point, worker * 100 + i);
                     counter.reserve(request).await?;
@@ -180,36 +216,48 @@ async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyh
         }
         let quota_reader = {
             let counter = counter.clone();
-            tokio::spawn(read_until(Arc::clone(&done), move |_| {
-                let mut counter = counter.clone();
-                async move {
-                    Ok(vec![
-                        fixtures::quota_snapshot(&mut counter, "3275", "mpp").await?,
-                    ])
-                }
-            }))
+            tokio::spawn(read_until(
+                Arc::clone(&done),
+                Arc::clone(&rounds[0]),
+                move |_| {
+                    let mut counter = counter.clone();
+                    async move {
+                        Ok(vec![
+                            fixtures::quota_snapshot(&mut counter, "3275", "mpp").await?,
+                        ])
+                    }
+                },
+            ))
         };
         let stock_reader = {
             let stock = stock.clone();
-            tokio::spawn(read_until(Arc::clone(&done), move |i| {
-                let mut stock = stock.clone();
-                async move {
-                    if i % 2 == 0 {
-                        Ok(vec![fixtures::stock_level(&mut stock, "3275").await?])
-                    } else {
-                        // ListStock: the same level, for agencies reading across offices.
-                        let page = stock.list_stock(ListStockRequest::default()).await?;
-                        Ok(page.into_inner().stocks)
+            tokio::spawn(read_until(
+                Arc::clone(&done),
+                Arc::clone(&rounds[1]),
+                move |i| {
+                    let mut stock = stock.clone();
+                    async move {
+                        if i % 2 == 0 {
+                            Ok(vec![fixtures::stock_level(&mut stock, "3275").await?])
+                        } else {
+                            // ListStock: the same level, for agencies reading across offices.
+                            let page = stock.list_stock(ListStockRequest::default()).await?;
+                            Ok(page.into_inner().stocks)
+                        }
                     }
-                }
-            }))
+                },
+            ))
         };
         let metrics_reader = {
             let server = Arc::clone(&server);
-            tokio::spawn(read_until(Arc::clone(&done), move |_| {
-                let server = Arc::clone(&server);
-                async move { Ok(vec![server.scrape_metrics().await?]) }
-            }))
+            tokio::spawn(read_until(
+                Arc::clone(&done),
+                Arc::clone(&rounds[2]),
+                move |_| {
+                    let server = Arc::clone(&server);
+                    async move { Ok(vec![server.scrape_metrics().await?]) }
+                },
+            ))
         };
         for task in reserving {
             task.await??;
@@ -218,8 +266,8 @@ async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyh
 
         let snapshots = quota_reader.await??;
         assert!(
-            !snapshots.is_empty(),
-            "no snapshot was read during the Reserves"
+            snapshots.iter().any(|s| s.office_used_today == 90),
+            "no snapshot was read half-way: {snapshots:?}"
         );
         for s in &snapshots {
             let used = s.held + s.committed;
@@ -232,8 +280,8 @@ async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyh
         }
         let levels = stock_reader.await??;
         assert!(
-            !levels.is_empty(),
-            "no stock level was read during the Reserves"
+            levels.iter().any(|l| l.today_used == 90),
+            "no stock level was read half-way: {levels:?}"
         );
         for l in &levels {
             assert_eq!(l.today_used, l.held, "{l:?}");
@@ -242,7 +290,12 @@ async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyh
 
         // The gauges of a scrape: the office's held blanks are its service points' holds.
         let scrapes = metrics_reader.await??;
-        assert!(!scrapes.is_empty(), "no scrape during the Reserves");
+        assert!(
+            scrapes
+                .iter()
+                .any(|text| count(text, "blangko_stock_held", &[("office", "3275")]) == 90.0),
+            "no scrape half-way"
+        );
         for text in &scrapes {
             let office = [("office", "3275")];
             let held = count(text, "blangko_stock_held", &office);
