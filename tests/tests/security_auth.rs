@@ -17,8 +17,10 @@ use tonic::Code;
 const OWN: &str = "3275";
 /// Another office.
 const OTHER: &str = "3204";
-/// A third office, the receiving end of transfers.
-const THIRD: &str = "3601";
+/// A third office, the receiving end of transfers (in the same province as the others).
+const THIRD: &str = "3216";
+/// An office of another province (Banten).
+const ELSEWHERE: &str = "3601";
 /// The service point every office has (and the counter token is limited to).
 const POINT: &str = "main";
 
@@ -460,7 +462,48 @@ async fn every_rpc_every_role_own_and_other_office_gets_the_expected_code() -> a
         failures.len(),
         failures.join("\n")
     );
+
+    // Lending to another province is the ministry's: the supervisor is refused, nothing moves,
+    // and an admin may.
+    setup_office(&mut admin, ELSEWHERE).await?;
+    let before = stock_of(&mut admin, ELSEWHERE).await?;
+    let lend = || TransferStockRequest {
+        request_id: rid(),
+        from_office_id: OWN.into(),
+        to_office_id: ELSEWHERE.into(),
+        quantity: 1,
+        reference: String::new(),
+        note: String::new(),
+    };
+    let mut supervisor = clients(&server, Some(tokens.token("supervisor"))).await?;
+    let refused = supervisor
+        .stock
+        .transfer_stock(lend())
+        .await
+        .expect_err("another province");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().contains("another province"),
+        "{refused:?}"
+    );
+    assert_eq!(stock_of(&mut admin, ELSEWHERE).await?, before);
+    admin.stock.transfer_stock(lend()).await?;
+    assert_eq!(stock_of(&mut admin, ELSEWHERE).await?, before + 1);
     Ok(())
+}
+
+/// The blanks on hand at `office`.
+async fn stock_of(who: &mut Clients, office: &str) -> anyhow::Result<u32> {
+    Ok(who
+        .stock
+        .get_stock(GetStockRequest {
+            office_id: office.into(),
+        })
+        .await?
+        .into_inner()
+        .stock
+        .unwrap_or_default()
+        .on_hand)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -228,6 +228,23 @@ impl Principal {
         Ok(())
     }
 
+    /// TransferStock's receiving end: a supervisor lends only to an office of its own province
+    /// (the province arranges lending between its regencies); a transfer to another province is
+    /// the ministry's, with an admin token. Called once both office ids are valid.
+    pub fn allow_transfer_to(
+        &self,
+        from_office_id: &str,
+        to_office_id: &str,
+    ) -> Result<(), Status> {
+        let province = |office: &str| office.get(..2).map(str::to_string);
+        if self.role == Role::Supervisor && province(from_office_id) != province(to_office_id) {
+            return Err(self.denied(
+                "a transfer to an office of another province is arranged by the ministry (an admin token)",
+            ));
+        }
+        Ok(())
+    }
+
     fn denied(&self, why: &str) -> Status {
         Status::permission_denied(format!(
             "'{}' ({} of office {}) may not do this: {why}",
@@ -300,5 +317,27 @@ mod tests {
             a.allow(Rpc::Reserve, Scope::ServicePoint("3275", "x"))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_supervisor_lends_within_its_province_and_an_admin_anywhere() {
+        let supervisor = Principal {
+            name: "kabid-3275".into(),
+            role: Role::Supervisor,
+            office_id: Some("3275".into()),
+            service_points: None,
+        };
+        assert!(supervisor.allow_transfer_to("3275", "3216").is_ok());
+        let refused = supervisor
+            .allow_transfer_to("3275", "3601")
+            .expect_err("Banten is another province");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let admin = Principal {
+            name: "ministry".into(),
+            role: Role::Admin,
+            office_id: None,
+            service_points: None,
+        };
+        assert!(admin.allow_transfer_to("3275", "3601").is_ok());
     }
 }

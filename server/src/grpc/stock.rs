@@ -341,7 +341,6 @@ impl StockService for StockApi {
         let who = caller(&request)?;
         let r = request.into_inner();
         who.allow(Rpc::TransferStock, Scope::Office(&r.from_office_id))?;
-        let principal = who.name;
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         c.office_id("from_office_id", &r.from_office_id);
@@ -354,6 +353,8 @@ impl StockService for StockApi {
         c.ledger_reference("reference", &r.reference, true, today);
         c.ledger_note(&r.note, today);
         c.finish()?;
+        who.allow_transfer_to(&r.from_office_id, &r.to_office_id)?;
+        let principal = who.name;
         let meta = self.meta("TransferStock", &r.request_id, principal, &r);
         Ok(Response::new(
             self.engine
