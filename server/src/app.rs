@@ -166,10 +166,14 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let counter =
-            CounterServiceServer::new(CounterApi::new(Arc::clone(&engine), stop_rx.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let counter = CounterServiceServer::new(CounterApi::new(
+            Arc::clone(&engine),
+            stop_rx.clone(),
+            Arc::clone(&auth),
+            config.max_watchers_per_caller,
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let stock = StockServiceServer::new(StockApi::new(Arc::clone(&engine)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

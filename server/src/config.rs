@@ -75,6 +75,12 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_MAX_WATCHERS", default_value_t = 10_000, value_parser = max_watchers)]
     pub max_watchers: usize,
 
+    /// Most WatchQuota streams one caller (one token's principal) may hold open at once, so that
+    /// one token cannot take the whole of `--max-watchers` from every other office. Not applied
+    /// without a token file (every caller is then the same anonymous one).
+    #[arg(long, env = "BLANGKO_MAX_WATCHERS_PER_CALLER", default_value_t = 500, value_parser = max_watchers)]
+    pub max_watchers_per_caller: usize,
+
     /// Shortest time in milliseconds between two WatchQuota snapshots of one service point during
     /// a burst of changes; a change after a quiet moment goes out at once.
     #[arg(long, env = "BLANGKO_WATCH_REFRESH_MS", default_value_t = crate::engine::watch::DEFAULT_REFRESH_MS, value_parser = clap::value_parser!(u64).range(20..=10_000))]

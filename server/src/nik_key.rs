@@ -88,17 +88,38 @@ impl NikKey {
         self.mac(&[b"key-check\0"])
     }
 
-    /// The form in which a caller's request id is stored and looked up: the id itself, unless it
-    /// holds 16 or more digits, in a row or split by the separators people type inside a NIK
-    /// (`3275-0141-0190-0001`: it could hold a NIK). Such an id is kept as `#` and its
-    /// keyed hash instead, so that no NIK is stored even when a client builds its request ids
-    /// from one, and retries still find their first answer.
-    pub fn request_key(&self, request_id: String) -> String {
-        if crate::domain::nik::has_nik_stretch(&request_id) {
-            format!("#{}", self.mac(&[b"request-id\0", request_id.as_bytes()]))
+    /// The form in which a caller's request id is stored and looked up: scoped to the caller
+    /// (`principal:request_id`), so that two agencies' clients that pick the same simple id
+    /// ("r1") never meet, and a retry, which comes from the same caller, still finds its first
+    /// answer. An id that holds 16 or more digits, in a row or split by the separators people
+    /// type inside a NIK (`3275-0141-0190-0001`: it could hold a NIK) is kept as `#` and a keyed
+    /// hash of the caller and the id instead, so that no NIK is stored even when a client
+    /// builds its request ids from one.
+    pub fn request_key(&self, principal: &str, request_id: &str) -> String {
+        if crate::domain::nik::has_nik_stretch(request_id) {
+            format!(
+                "#{}",
+                self.mac(&[
+                    b"request-id\0",
+                    principal.as_bytes(),
+                    b"\0",
+                    request_id.as_bytes()
+                ])
+            )
         } else {
-            request_id
+            format!("{principal}:{request_id}")
         }
+    }
+
+    /// The key an older server stored `key`'s request under, before keys were scoped to their
+    /// caller: the id alone (None for a hashed key, whose older form cannot be derived). Looked
+    /// up when the scoped key finds nothing, so that a retry across an upgrade (a rolling one
+    /// included) still finds its first answer until the retention purge removes those rows.
+    pub fn unscoped_request_key(key: &str) -> Option<&str> {
+        if key.starts_with('#') {
+            return None;
+        }
+        key.split_once(':').map(|(_, id)| id)
     }
 
     fn mac(&self, parts: &[&[u8]]) -> String {
@@ -176,22 +197,39 @@ mod tests {
     }
 
     #[test]
-    fn request_ids_that_could_hold_a_nik_are_kept_as_a_keyed_hash() {
+    fn request_ids_are_scoped_to_their_caller_and_those_that_could_hold_a_nik_are_hashed() {
         let key = NikKey::generate();
-        let plain = "py-4f1c2a9e-7d3b-4c1e-9a2f-0123456789ab".to_string();
-        assert_eq!(key.request_key(plain.clone()), plain);
-        let with_nik = "q-3275-mpp-3275014101900001".to_string();
-        let stored = key.request_key(with_nik.clone());
+        let plain = "py-4f1c2a9e-7d3b-4c1e-9a2f-0123456789ab";
+        assert_eq!(
+            key.request_key("loket-1", plain),
+            format!("loket-1:{plain}")
+        );
+        assert_ne!(
+            key.request_key("loket-1", "r1"),
+            key.request_key("dinas-x", "r1")
+        );
+        assert_eq!(
+            NikKey::unscoped_request_key(&key.request_key("loket-1", "a:b")),
+            Some("a:b")
+        );
+        let with_nik = "q-3275-mpp-3275014101900001";
+        let stored = key.request_key("loket-1", with_nik);
         assert!(stored.starts_with('#') && stored.len() == 65, "{stored}");
         assert!(!stored.contains("3275014101900001"));
+        assert_eq!(NikKey::unscoped_request_key(&stored), None);
         assert_eq!(
-            key.request_key(with_nik.clone()),
+            key.request_key("loket-1", with_nik),
             stored,
             "a retry finds it"
         );
-        assert_ne!(NikKey::generate().request_key(with_nik), stored, "keyed");
+        assert_ne!(key.request_key("loket-2", with_nik), stored, "scoped");
+        assert_ne!(
+            NikKey::generate().request_key("loket-1", with_nik),
+            stored,
+            "keyed"
+        );
         // Typed with separators, as a NIK usually is.
-        let split = key.request_key("q-3275-0141-0190-0001".to_string());
+        let split = key.request_key("loket-1", "q-3275-0141-0190-0001");
         assert!(split.starts_with('#') && !split.contains("0141"), "{split}");
     }
 

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use blangko_e2e::fixtures::{EVERY_DAY, fixed, nik, rid};
 use blangko_e2e::{AuthedChannel, TestDatabase, TestServer, TestTokens};
 use blangko_proto::v1::counter_service_client::CounterServiceClient;
@@ -747,5 +749,175 @@ async fn the_token_subcommand_adds_lists_and_revokes_and_keeps_only_hashes() -> 
     assert!(!out.status.success(), "revoking twice must fail");
     let out = server(&["list"]).await?;
     assert!(String::from_utf8(out.stdout)?.trim().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_ids_are_the_callers_own_and_an_older_servers_answers_still_count()
+-> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let mut tokens = TestTokens::new(&db);
+    tokens.add("spv-bekasi", "supervisor", Some(OWN), None)?;
+    tokens.add("spv-bandung", "supervisor", Some(OTHER), None)?;
+    tokens.add("admin", "admin", None, None)?;
+    let server = TestServer::start_on(db, &["--token-file", &tokens.arg()]).await?;
+    let mut admin = clients(&server, Some(tokens.token("admin"))).await?;
+    for office in [OWN, OTHER, THIRD] {
+        setup_office(&mut admin, office).await?;
+    }
+    let mut bekasi = clients(&server, Some(tokens.token("spv-bekasi"))).await?;
+    let mut bandung = clients(&server, Some(tokens.token("spv-bandung"))).await?;
+
+    // Two offices' integrations that both number their deliveries "r1": each is recorded.
+    let delivery = |office: &str| RecordShipmentRequest {
+        request_id: "r1".into(),
+        office_id: office.into(),
+        quantity: 100,
+        reference: format!("DO-{office}-1"),
+        note: String::new(),
+    };
+    bekasi.stock.record_shipment(delivery(OWN)).await?;
+    bandung.stock.record_shipment(delivery(OTHER)).await?;
+    assert_eq!(stock_of(&mut admin, OWN).await?, 10_100);
+    assert_eq!(stock_of(&mut admin, OTHER).await?, 10_100);
+    // A retry by the same caller gets its first answer; nothing is recorded twice.
+    bekasi.stock.record_shipment(delivery(OWN)).await?;
+    assert_eq!(stock_of(&mut admin, OWN).await?, 10_100);
+    // The same caller's id with other content is refused, naming only its own id.
+    let reused = bekasi
+        .stock
+        .record_shipment(RecordShipmentRequest {
+            quantity: 5,
+            ..delivery(OWN)
+        })
+        .await
+        .expect_err("r1 again, other content");
+    assert_eq!(reused.code(), Code::AlreadyExists);
+    assert!(reused.message().contains("spv-bekasi:r1"), "{reused:?}");
+
+    // An answer stored by an older server, under the id alone (as if before an upgrade): a
+    // retry of that transfer still gets it, and the blanks move once.
+    let transfer = TransferStockRequest {
+        request_id: "pinjam-7".into(),
+        from_office_id: OWN.into(),
+        to_office_id: THIRD.into(),
+        quantity: 3,
+        reference: "PINJAM-7".into(),
+        note: String::new(),
+    };
+    bekasi.stock.transfer_stock(transfer.clone()).await?;
+    assert_eq!(stock_of(&mut admin, THIRD).await?, 10_003);
+    let file = server
+        .db
+        .sqlite_file()
+        .ok_or_else(|| anyhow::anyhow!("SQLite"))?;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
+    let renamed = sqlx::query(
+        "UPDATE idempotency SET request_id = 'pinjam-7' WHERE request_id = 'spv-bekasi:pinjam-7'",
+    )
+    .execute(&pool)
+    .await?;
+    assert_eq!(renamed.rows_affected(), 1);
+    pool.close().await;
+    let again = bekasi.stock.transfer_stock(transfer).await?.into_inner();
+    assert_eq!(again.to_stock.unwrap_or_default().on_hand, 10_003);
+    assert_eq!(stock_of(&mut admin, THIRD).await?, 10_003);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_ends_when_its_token_is_revoked_and_one_caller_holds_a_bounded_number()
+-> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let mut tokens = TestTokens::new(&db);
+    tokens.add("loket-1", "counter", Some(OWN), None)?;
+    tokens.add("loket-2", "counter", Some(OWN), None)?;
+    tokens.add("admin", "admin", None, None)?;
+    let server = TestServer::start_on(
+        db,
+        &[
+            "--token-file",
+            &tokens.arg(),
+            "--max-watchers-per-caller",
+            "2",
+        ],
+    )
+    .await?;
+    let mut admin = clients(&server, Some(tokens.token("admin"))).await?;
+    setup_office(&mut admin, OWN).await?;
+    let watch = || WatchQuotaRequest {
+        office_id: OWN.into(),
+        service_point_id: POINT.into(),
+    };
+    let mut one = clients(&server, Some(tokens.token("loket-1"))).await?;
+    let mut first = one.counter.watch_quota(watch()).await?.into_inner();
+    first.message().await?.context("a first snapshot")?;
+    let second = one.counter.watch_quota(watch()).await?.into_inner();
+
+    // A third stream of the same caller is refused; another caller is not held back by it.
+    let refused = one
+        .counter
+        .watch_quota(watch())
+        .await
+        .expect_err("a third stream of one caller");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        blangko_e2e::error_reason(&refused).as_deref(),
+        Some("TOO_MANY_WATCHERS")
+    );
+    let mut two = clients(&server, Some(tokens.token("loket-2"))).await?;
+    let mut other = two.counter.watch_quota(watch()).await?.into_inner();
+    other.message().await?.context("a first snapshot")?;
+
+    // A stream closed gives its seat back (once the server has seen it go).
+    drop(second);
+    let mut reopened = None;
+    for _ in 0..200 {
+        match one.counter.watch_quota(watch()).await {
+            Ok(stream) => {
+                reopened = Some(stream.into_inner());
+                break;
+            }
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(status) => return Err(status.into()),
+        }
+    }
+    let mut reopened = reopened.context("the closed stream's seat never came back")?;
+    reopened.message().await?.context("a first snapshot")?;
+
+    // loket-1's token is revoked: at the reload its streams end, saying why; loket-2's go on.
+    tokens.revoke("loket-1")?;
+    server.reload_tokens()?;
+    for stream in [&mut first, &mut reopened] {
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .context("the revoked caller's stream did not end")?;
+        let status = end.expect_err("ended with a status");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    admin.counter.reserve(reserve(OWN, 1)).await?;
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let snapshot = other.message().await?.context("loket-2's stream ended")?;
+            if snapshot.quota.is_some_and(|q| q.held == 1) {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(seen, Ok(Ok(()))),
+        "loket-2 saw the Reserve: {seen:?}"
+    );
     Ok(())
 }

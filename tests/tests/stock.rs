@@ -298,7 +298,8 @@ async fn the_ledger_is_a_hash_chain_read_in_stable_pages() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_point_id_that_could_be_a_nik_is_refused() -> anyhow::Result<()> {
-    // Service point ids are published (metrics labels, logs): 16 digits in a row could be a NIK.
+    // Service point ids are published (metrics labels, logs): 16 digits, in a row or split as
+    // people type them, could be a NIK.
     let server = TestServer::start().await?;
     let mut stock = server.stock_client().await?;
     fixtures::office(&mut stock, "3275", |_| {}).await?;
@@ -323,10 +324,22 @@ async fn a_service_point_id_that_could_be_a_nik_is_refused() -> anyhow::Result<(
         fields,
         vec!["service_point.service_point_id", "service_point.name"]
     );
-    // In the id, digits broken up are fine (a NIK is 16 in a row); a name, which the ledger
-    // keeps, is checked like a note, so it does not repeat them here.
-    fixtures::service_point_named(&mut stock, "3275", "loket-327501-0101900001", "Loket MPP")
-        .await?;
+    // Split by a dash or dots it is still 16 digits, as a NIK is often typed: refused too.
+    for split in ["loket-327501-0101900001", "3275.0101.0190.0001"] {
+        let err = fixtures::service_point_named(&mut stock, "3275", split, "Loket MPP")
+            .await
+            .expect_err("a NIK-shaped id, split");
+        let status = err
+            .downcast_ref::<tonic::Status>()
+            .ok_or_else(|| anyhow::anyhow!("not a gRPC status: {err}"))?;
+        let fields: Vec<String> = blangko_e2e::field_violations(status)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(fields, vec!["service_point.service_point_id"], "{split}");
+    }
+    // Fewer digits are fine (a name, which the ledger keeps, is checked like a note).
+    fixtures::service_point_named(&mut stock, "3275", "loket-3275-mpp-01", "Loket MPP").await?;
     Ok(())
 }
 

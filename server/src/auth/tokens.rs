@@ -222,6 +222,8 @@ impl TokenTable {
 pub struct Authenticator {
     /// None: no token file, every caller is the anonymous admin.
     tokens: Option<TokenSource>,
+    /// Counts the reloads that took effect: open streams check their caller again on each.
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 struct TokenSource {
@@ -233,7 +235,10 @@ struct TokenSource {
 impl Authenticator {
     /// No authentication: every caller is "anonymous" with every right.
     pub fn open() -> Authenticator {
-        Authenticator { tokens: None }
+        Authenticator {
+            tokens: None,
+            reloads: tokio::sync::watch::channel(0).0,
+        }
     }
 
     /// Authentication by the token file at `path` (read now; an unreadable or bad file is an error).
@@ -244,6 +249,7 @@ impl Authenticator {
                 path: path.to_path_buf(),
                 table: RwLock::new(Arc::new(table)),
             }),
+            reloads: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -264,7 +270,22 @@ impl Authenticator {
             Ok(mut guard) => *guard = Arc::new(table),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(table),
         }
+        self.reloads.send_modify(|n| *n += 1);
         Ok(count)
+    }
+
+    /// Told after every reload that took effect.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
+    /// Whether the `authorization` header a call came with (None: it had none) still names
+    /// `principal`, with the same rights: false once its token was revoked, or its principal
+    /// changed role or scope.
+    pub fn still_admits(&self, authorization: Option<&str>, principal: &Principal) -> bool {
+        let header = authorization.map(Some);
+        self.authenticate_header(header)
+            .is_ok_and(|now| now == *principal)
     }
 
     fn current(&self) -> Option<Arc<TokenTable>> {

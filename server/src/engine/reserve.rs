@@ -626,7 +626,11 @@ impl Engine {
         Ok(PointState::new(config, qd, waiting, by_reason))
     }
 
-    /// The answer stored for `request_id`, if any; ALREADY_EXISTS if it was for other content.
+    /// The answer stored for `request_id` (a scoped key), if any; ALREADY_EXISTS if it was for
+    /// other content. An answer an older server stored under the id alone counts too
+    /// ([`crate::nik_key::NikKey::unscoped_request_key`]): a retry across an upgrade must not do
+    /// its work twice (a transfer, a spoiled blank). Reserve does not look there: its NIK's live
+    /// reservation answers a retry in any case.
     pub(crate) async fn stored_answer(
         &self,
         conn: &mut AnyConnection,
@@ -634,7 +638,13 @@ impl Engine {
         method: &str,
         fingerprint: &str,
     ) -> EngineResult<Option<Vec<u8>>> {
-        match rows::stored_answer(conn, request_id).await? {
+        let mut stored = rows::stored_answer(conn, request_id).await?;
+        if stored.is_none()
+            && let Some(unscoped) = crate::nik_key::NikKey::unscoped_request_key(request_id)
+        {
+            stored = rows::stored_answer(conn, unscoped).await?;
+        }
+        match stored {
             None => Ok(None),
             Some(a) if a.method == method && a.fingerprint == fingerprint => {
                 // The first call may have committed this answer without its fsync having ended

@@ -1,5 +1,6 @@
 //! CounterService: what counter terminals call.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::validate::{self, Checker};
 use super::{allow_on_reservation, allow_role, fingerprint, nik_today, request_key};
 use crate::auth::layer::caller;
+use crate::auth::tokens::Authenticator;
 use crate::auth::{Rpc, Scope};
 use crate::domain::calendar::{format_local_date, parse_local_date};
 use crate::engine::Engine;
@@ -26,12 +28,32 @@ pub struct CounterApi {
     engine: Arc<Engine>,
     /// Fires at shutdown so open WatchQuota streams end and the server can drain.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Who may call: a WatchQuota stream ends when a reload no longer admits its caller.
+    auth: Arc<Authenticator>,
+    /// The WatchQuota streams each caller holds open.
+    seats: Arc<WatcherSeats>,
 }
 
 impl CounterApi {
-    /// Handlers over `engine`; streams end when `shutdown` becomes true.
-    pub fn new(engine: Arc<Engine>, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
-        CounterApi { engine, shutdown }
+    /// Handlers over `engine`; streams end when `shutdown` becomes true, or when the token file
+    /// no longer admits their caller. With a token file, one caller holds at most
+    /// `max_watchers_per_caller` WatchQuota streams.
+    pub fn new(
+        engine: Arc<Engine>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        auth: Arc<Authenticator>,
+        max_watchers_per_caller: usize,
+    ) -> Self {
+        let limit = auth.is_enforcing().then_some(max_watchers_per_caller);
+        CounterApi {
+            engine,
+            shutdown,
+            auth,
+            seats: Arc::new(WatcherSeats {
+                held: std::sync::Mutex::new(HashMap::new()),
+                limit,
+            }),
+        }
     }
 
     /// Reserve, apart from counting its outcome.
@@ -50,7 +72,7 @@ impl CounterApi {
         let nik = check_reserve(&r, nik_today(&self.engine))?;
         let cmd = ReserveCommand {
             fingerprint: fingerprint(&self.engine, "Reserve", &r),
-            request_id: request_key(&self.engine, r.request_id),
+            request_id: request_key(&self.engine, &principal, &r.request_id),
             office_id: r.office_id,
             service_point_id: r.service_point_id,
             counter_id: r.counter_id,
@@ -74,6 +96,60 @@ pub fn page_size(c: &mut Checker, field: &str, value: u32, max: u32) -> u32 {
 }
 
 type WatchStreamOut = Pin<Box<dyn Stream<Item = Result<WatchQuotaResponse, Status>> + Send>>;
+
+/// The WatchQuota streams each caller holds open, bounded per caller (`--max-watchers-per-caller`).
+struct WatcherSeats {
+    held: std::sync::Mutex<HashMap<String, usize>>,
+    /// None: no bound (no token file: every caller is the same anonymous one).
+    limit: Option<usize>,
+}
+
+/// One open WatchQuota stream of a caller; gives its seat back when dropped.
+struct Seat {
+    seats: Arc<WatcherSeats>,
+    caller: String,
+}
+
+impl WatcherSeats {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        // Only whole increments and decrements happen under this lock.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A seat for `caller`, or RESOURCE_EXHAUSTED when it holds its limit already.
+    fn take(seats: &Arc<WatcherSeats>, caller: &str) -> Result<Seat, Status> {
+        let mut held = seats.held();
+        let n = held.entry(caller.to_string()).or_insert(0);
+        if let Some(limit) = seats.limit
+            && *n >= limit
+        {
+            return Err(Status::from(crate::engine::EngineError::Exhausted {
+                reason: "TOO_MANY_WATCHERS",
+                message: format!(
+                    "'{caller}' already holds {limit} quota watchers open (--max-watchers-per-caller); close one or try later"
+                ),
+                retry_after: crate::engine::watch::WATCHERS_FULL_RETRY,
+            }));
+        }
+        *n += 1;
+        Ok(Seat {
+            seats: Arc::clone(seats),
+            caller: caller.to_string(),
+        })
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut held = self.seats.held();
+        if let Some(n) = held.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.caller);
+            }
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl CounterService for CounterApi {
@@ -110,7 +186,7 @@ impl CounterService for CounterApi {
         Ok(Response::new(
             self.engine
                 .commit(
-                    &request_key(&self.engine, r.request_id),
+                    &request_key(&self.engine, &principal, &r.request_id),
                     &r.reservation_id,
                     &principal,
                     &fp,
@@ -143,7 +219,7 @@ impl CounterService for CounterApi {
         Ok(Response::new(
             self.engine
                 .cancel(
-                    &request_key(&self.engine, r.request_id),
+                    &request_key(&self.engine, &principal, &r.request_id),
                     &r.reservation_id,
                     &r.note,
                     &principal,
@@ -189,7 +265,7 @@ impl CounterService for CounterApi {
         let principal = who.name;
         let cmd = SpoilCommand {
             fingerprint: fingerprint(&self.engine, "ReportSpoiledBlank", &r),
-            request_id: request_key(&self.engine, r.request_id),
+            request_id: request_key(&self.engine, &principal, &r.request_id),
             office_id: r.office_id,
             reservation_id: r.reservation_id,
             reason: r.reason,
@@ -227,7 +303,7 @@ impl CounterService for CounterApi {
         };
         let cmd = IkdActivationCommand {
             fingerprint: fingerprint(&self.engine, "RecordIkdActivation", &r),
-            request_id: request_key(&self.engine, r.request_id),
+            request_id: request_key(&self.engine, &principal, &r.request_id),
             office_id: r.office_id,
             service_point_id: r.service_point_id,
             counter_id: r.counter_id,
@@ -338,6 +414,11 @@ impl CounterService for CounterApi {
         request: Request<WatchQuotaRequest>,
     ) -> Result<Response<Self::WatchQuotaStream>, Status> {
         let who = caller(&request)?;
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let r = request.into_inner();
         record_place(&r.office_id, &r.service_point_id);
         who.allow(
@@ -347,20 +428,52 @@ impl CounterService for CounterApi {
         let mut c = Checker::new();
         c.service_point_ref(&r.office_id, &r.service_point_id);
         c.finish()?;
+        let seat = WatcherSeats::take(&self.seats, &who.name)?;
         let receiver = self
             .engine
             .watch_quota(&r.office_id, &r.service_point_id)
             .await?;
         let mut shutdown = self.shutdown.clone();
+        let mut reloads = self.auth.reloads();
+        let auth = Arc::clone(&self.auth);
+        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let noticed = Arc::clone(&revoked);
         let ended = async move {
-            // Ends when the server shuts down (or the shutdown channel is gone).
-            let _ = shutdown.wait_for(|stopping| *stopping).await;
+            let stopping = shutdown.wait_for(|stopping| *stopping);
+            // After each reload of the token file: is the caller still who it was?
+            let dismissed = async {
+                while reloads.changed().await.is_ok() {
+                    if !auth.still_admits(authorization.as_deref(), &who) {
+                        noticed.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await
+            };
+            // Ends when the server shuts down (or the shutdown channel is gone), or the caller
+            // is no longer admitted.
+            tokio::select! {
+                _ = stopping => {}
+                () = dismissed => {}
+            }
         };
-        let stream = WatchStream::new(receiver).filter_map(|snapshot| {
+        let stream = WatchStream::new(receiver).filter_map(move |snapshot| {
+            // The stream holds its caller's seat until it is dropped.
+            let _seat = &seat;
             snapshot.map(|quota| Ok(WatchQuotaResponse { quota: Some(quota) }))
         });
         let stream = futures::StreamExt::take_until(stream, ended);
-        Ok(Response::new(Box::pin(stream)))
+        // A caller that lost its token is told why its stream ended.
+        let last = futures::stream::iter([()]).filter_map(move |()| {
+            revoked
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .then(|| {
+                    Err(Status::unauthenticated(
+                        "the token of this stream was revoked or its rights changed; open the stream again with a valid token",
+                    ))
+                })
+        });
+        Ok(Response::new(Box::pin(stream.chain(last))))
     }
 
     async fn report_queue(

@@ -20,9 +20,10 @@ pub fn fingerprint<M: Message>(engine: &Arc<Engine>, method: &str, message: &M) 
     engine.nik_key.fingerprint(method, &message.encode_to_vec())
 }
 
-/// A request's `request_id` as the engine stores it (see [`crate::nik_key::NikKey::request_key`]).
-pub fn request_key(engine: &Engine, request_id: String) -> String {
-    engine.nik_key.request_key(request_id)
+/// A request's `request_id` as the engine stores it, scoped to its caller (see
+/// [`crate::nik_key::NikKey::request_key`]).
+pub fn request_key(engine: &Engine, principal: &str, request_id: &str) -> String {
+    engine.nik_key.request_key(principal, request_id)
 }
 
 /// The latest local date anywhere in Indonesia (WIT), the "today" a NIK's birth date may not pass.

@@ -36,7 +36,7 @@ impl StockApi {
 
     fn meta<M: Message>(&self, method: &str, request_id: &str, principal: String, m: &M) -> Meta {
         Meta {
-            request_id: request_key(&self.engine, request_id.to_string()),
+            request_id: request_key(&self.engine, &principal, request_id),
             principal,
             fingerprint: fingerprint(&self.engine, method, m),
         }
