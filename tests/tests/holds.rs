@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use blangko_e2e::fixtures::{self, office_with_point, reserve_request, rid};
 use blangko_e2e::{TestDatabase, TestServer, error_reason, on_each_backend};
 use blangko_proto::v1::counter_service_client::CounterServiceClient;
@@ -773,6 +775,72 @@ async fn counters_reporting_at_once_over_yesterdays_reports_all_succeed() -> any
             rows, 1,
             "the expired reports are gone, the recent one stays"
         );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_run_out_at_another_office_is_released_at_once_for_the_applicants_next_reserve()
+-> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        use tonic_types::StatusExt;
+        // The sweeper's own ticks are an hour apart: only the Reserve below can wake it.
+        let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+        let server = TestServer::start_with_clock(
+            db,
+            &["--sweep-interval-secs", "3600"],
+            Arc::new(clock.clone()),
+        )
+        .await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3204", "main", 5, 10).await?;
+        office_with_point(&mut stock, "3275", "main", 5, 10).await?;
+        let mut counter = server.counter_client().await?;
+        let first = counter
+            .reserve(reserve_request("3204", "main", 7))
+            .await?
+            .into_inner();
+        let Some(Outcome::Reservation(first)) = first.outcome else {
+            anyhow::bail!("not reserved at 3204: {first:?}");
+        };
+        // 31 minutes later the hold at 3204 has run out; nothing at 3204 has released it.
+        clock.advance_ms(31 * MINUTE_MS);
+        let request = reserve_request("3275", "main", 7);
+        let wait = counter
+            .reserve(request.clone())
+            .await
+            .expect_err("the hold at 3204 is not released yet");
+        // Not "reserved elsewhere": retry in a moment.
+        assert_eq!(wait.code(), tonic::Code::Unavailable, "{wait:?}");
+        assert_eq!(
+            error_reason(&wait).as_deref(),
+            Some("EARLIER_HOLD_RELEASING")
+        );
+        assert!(wait.get_details_retry_info().is_some(), "{wait:?}");
+        // The sweeper was woken: the same request soon reserves.
+        let mut reserved = None;
+        for _ in 0..100 {
+            match counter.reserve(request.clone()).await {
+                Ok(answer) => {
+                    reserved = Some(answer.into_inner());
+                    break;
+                }
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+        let reserved = reserved.context("the hold at 3204 was never released")?;
+        assert!(
+            matches!(reserved.outcome, Some(Outcome::Reservation(ref r)) if !r.replayed),
+            "{reserved:?}"
+        );
+        let at_3204 = fixtures::all_reservations(&mut counter, "3204").await?;
+        assert_eq!(at_3204.len(), 1);
+        assert_eq!(at_3204[0].reservation_id, first.reservation_id);
+        assert_eq!(at_3204[0].state(), ReservationState::Expired);
         Ok(())
     })
     .await

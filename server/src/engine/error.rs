@@ -64,6 +64,18 @@ pub enum EngineError {
         /// When trying again may succeed.
         retry_after: std::time::Duration,
     },
+    /// Not now, soon: something the call waits for is under way (a hold at another office that
+    /// ran out is being released). UNAVAILABLE with ErrorInfo `reason` and RetryInfo
+    /// `retry_after`; nothing was done, so the same call (same request_id) may be sent again.
+    #[error("{message}")]
+    Retry {
+        /// Machine-readable reason, e.g. "EARLIER_HOLD_RELEASING".
+        reason: &'static str,
+        /// For people.
+        message: String,
+        /// When trying again should succeed.
+        retry_after: std::time::Duration,
+    },
     /// The database busy or unreachable, met by another call of the same batch (that call keeps
     /// the source error): UNAVAILABLE with RetryInfo, as for the first call.
     #[error("database unavailable: {0}")]
@@ -125,6 +137,15 @@ impl EngineError {
                 message,
                 retry_after,
             } => EngineError::Exhausted {
+                reason,
+                message: message.clone(),
+                retry_after: *retry_after,
+            },
+            EngineError::Retry {
+                reason,
+                message,
+                retry_after,
+            } => EngineError::Retry {
                 reason,
                 message: message.clone(),
                 retry_after: *retry_after,

@@ -80,6 +80,9 @@ pub struct Engine {
     pub(crate) purged_before: std::sync::Mutex<Option<String>>,
     /// The offices' rows the SQLite hot path keeps between Reserve batches.
     pub(crate) kept_offices: reserve::KeptOffices,
+    /// Wakes the sweeper before its next tick: a Reserve met a hold at another office that has
+    /// run out but was not released yet (see `reserve::decide_one`).
+    pub(crate) sweep_soon: tokio::sync::Notify,
 }
 
 impl Engine {
@@ -118,6 +121,7 @@ impl Engine {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             purged_before: std::sync::Mutex::new(None),
             kept_offices: reserve::KeptOffices::default(),
+            sweep_soon: tokio::sync::Notify::new(),
         }
     }
 

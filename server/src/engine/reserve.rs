@@ -56,6 +56,10 @@ pub struct ReserveCommand {
 /// The method name idempotency records carry.
 pub const RESERVE: &str = "Reserve";
 
+/// RetryInfo of a Reserve that met another office's hold which ran out but is not released
+/// yet: the sweeper, woken at once, releases it in about this time.
+pub const EARLIER_HOLD_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A map that lives for one batch and is looked up a few times per Reserve (its service points,
 /// the answers and reservations it made so far): hashed with foldhash instead of SipHash. It is
 /// seeded per map, so a caller cannot choose keys that collide, and it holds at most
@@ -170,6 +174,19 @@ struct BatchState<'a> {
     changed: bool,
     /// IKD referrals given in this batch, by cause (counted for the daily stock report).
     referrals: HashMap<i32, i64>,
+    /// Wakes the sweeper (`Engine::sweep_soon`) when a Reserve meets another office's hold that
+    /// ran out but is not released yet.
+    sweep_soon: &'a tokio::sync::Notify,
+}
+
+/// What a batch read for its Reserves before deciding them.
+struct Prefetched {
+    /// Answers already stored, by request id.
+    answers: HashMap<String, rows::StoredAnswer>,
+    /// Live reservations of the batch's NIKs.
+    live: HashMap<String, ReservationRow>,
+    /// NIKs with a recorded IKD activation (where the office requires IKD first).
+    activated: std::collections::HashSet<String>,
 }
 
 impl<'a> BatchState<'a> {
@@ -179,10 +196,14 @@ impl<'a> BatchState<'a> {
         zone: OfficeZone,
         now: i64,
         office_used: i64,
-        answers: HashMap<String, rows::StoredAnswer>,
-        live: HashMap<String, ReservationRow>,
-        activated: std::collections::HashSet<String>,
+        prefetched: Prefetched,
+        sweep_soon: &'a tokio::sync::Notify,
     ) -> BatchState<'a> {
+        let Prefetched {
+            answers,
+            live,
+            activated,
+        } = prefetched;
         let today = zone.local_date(now);
         BatchState {
             office,
@@ -202,6 +223,7 @@ impl<'a> BatchState<'a> {
             new_answers: Vec::new(),
             changed: false,
             referrals: HashMap::new(),
+            sweep_soon,
         }
     }
 
@@ -450,9 +472,12 @@ impl Engine {
             zone,
             now,
             office_used,
-            reads.answers,
-            reads.live,
-            reads.activated,
+            Prefetched {
+                answers: reads.answers,
+                live: reads.live,
+                activated: reads.activated,
+            },
+            &self.sweep_soon,
         );
         state.changed = expired > 0;
         let mut service_points = reads.service_points;
@@ -708,6 +733,20 @@ fn decide_one<'a>(
     if let Some(existing) = state.live_of(nik_hash) {
         if existing.office_id != cmd.office_id || existing.service_point_id != cmd.service_point_id
         {
+            // A hold elsewhere that has run out, which that office's batches or the sweeper have
+            // not released yet (a batch releases its own office's only): the applicant is free
+            // in a moment. The sweeper is woken now; until it has run, the Reserve is answered
+            // "retry", not "reserved elsewhere", so the answer does not hang on its timing.
+            if existing.state == crate::domain::reservation::State::Held.as_str()
+                && existing.expires_ms <= state.now
+            {
+                state.sweep_soon.notify_one();
+                return Err(EngineError::Retry {
+                    reason: "EARLIER_HOLD_RELEASING",
+                    message: "this applicant's hold at another office has just run out and is being released; send the same request again in a moment".into(),
+                    retry_after: EARLIER_HOLD_RETRY,
+                });
+            }
             return Err(EngineError::FailedPrecondition {
                 reason: "ALREADY_RESERVED_ELSEWHERE",
                 message: format!(

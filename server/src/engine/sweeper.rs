@@ -80,6 +80,7 @@ impl Engine {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
+                () = self.sweep_soon.notified() => {}
                 _ = shutdown.changed() => break,
             }
             if *shutdown.borrow() {

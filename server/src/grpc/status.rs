@@ -53,6 +53,15 @@ impl From<EngineError> for Status {
                 details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
+            EngineError::Retry {
+                reason,
+                message,
+                retry_after,
+            } => {
+                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+                details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+                Status::with_error_details(Code::Unavailable, message, details)
+            }
             EngineError::Database(db) => database_status(&db),
             EngineError::Unavailable(text) => {
                 tracing::debug!(error = %text, "database unavailable (shared by a batch)");

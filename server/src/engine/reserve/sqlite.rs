@@ -18,8 +18,8 @@ use blangko_proto::v1::IkdStatus;
 use rusqlite::Connection;
 
 use super::{
-    BatchAnswers, BatchState, IDEMPOTENCY_COLUMNS, Job, PointConfig, PointState, decide_batch,
-    point_ids,
+    BatchAnswers, BatchState, IDEMPOTENCY_COLUMNS, Job, PointConfig, PointState, Prefetched,
+    decide_batch, point_ids,
 };
 use crate::domain::calendar::OfficeZone;
 use crate::engine::ledger::{self, LEDGER_COLUMNS};
@@ -277,9 +277,12 @@ impl Engine {
                     },
                     office_id,
                     kept,
-                    version,
                     jobs,
-                    now,
+                    Turn {
+                        now,
+                        data_version: version,
+                        sweep_soon: &self.sweep_soon,
+                    },
                 )?;
                 let commit = decided.is_some();
                 Ok::<_, EngineError>((decided, commit))
@@ -375,6 +378,14 @@ impl Journaled<'_> {
     }
 }
 
+/// A batch's turn at the write gate: its time, the database's `data_version` as its
+/// transaction sees it, and the sweeper to wake (see `Engine::sweep_soon`).
+struct Turn<'t> {
+    now: i64,
+    data_version: i64,
+    sweep_soon: &'t tokio::sync::Notify,
+}
+
 /// The batch in one transaction: None when it needs the general path (nothing written). With
 /// its answers, the office's rows as the batch leaves them (see [`KeptOffices`]): `kept` when
 /// the last batch's are still current, else read here.
@@ -383,10 +394,12 @@ fn decide(
     mut journaled: Journaled<'_>,
     office_id: &str,
     kept: Option<OfficeRows>,
-    data_version: i64,
     jobs: &[Job],
-    now: i64,
+    turn: Turn<'_>,
 ) -> EngineResult<Option<(BatchAnswers, OfficeRows)>> {
+    let Turn {
+        now, data_version, ..
+    } = turn;
     let rows = match kept {
         Some(rows) => rows,
         None => match OfficeRows::read(conn, office_id, data_version, now)? {
@@ -472,7 +485,18 @@ fn decide(
     .into_iter()
     .collect();
 
-    let mut state = BatchState::new(office, zone, now, office_used, answers, live, activated);
+    let mut state = BatchState::new(
+        office,
+        zone,
+        now,
+        office_used,
+        Prefetched {
+            answers,
+            live,
+            activated,
+        },
+        turn.sweep_soon,
+    );
     for id in point_ids(jobs) {
         // An unknown service point: the general path answers NOT_FOUND.
         let Some(config) = points.get(id) else {
