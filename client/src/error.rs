@@ -357,6 +357,10 @@ fn explain_reason(reason: &str, lang: Lang) -> Option<&'static str> {
             "The request id was already used with other data",
         ),
         "INSUFFICIENT_STOCK" => lang.t("Stok tidak cukup", "Not enough stock"),
+        "EARLIER_HOLD_RELEASING" => lang.t(
+            "Masa tahan NIK ini di kantor lain baru habis dan sedang dilepas: ulangi sebentar lagi",
+            "This NIK's hold at another office has just run out and is being released: try again in a moment",
+        ),
         _ => return None,
     };
     Some(text)
@@ -366,6 +370,25 @@ fn explain_reason(reason: &str, lang: Lang) -> Option<&'static str> {
 mod tests {
     use super::*;
     use tonic_types::{ErrorDetails, StatusExt};
+
+    #[test]
+    fn a_hold_elsewhere_being_released_reads_as_try_again_soon() {
+        let wait = Failure::Server {
+            code: "UNAVAILABLE".into(),
+            message: "this applicant's hold at another office has just run out".into(),
+            reason: Some("EARLIER_HOLD_RELEASING".into()),
+            resource: None,
+            retry_after: None,
+            call_id: None,
+        };
+        let id = wait.human(Lang::Id);
+        assert!(id.contains("sedang dilepas: ulangi sebentar lagi"), "{id}");
+        assert!(
+            wait.human(Lang::En).contains("try again in a moment"),
+            "{}",
+            wait.human(Lang::En)
+        );
+    }
 
     #[test]
     fn a_refused_spoiled_report_says_to_record_the_blank_from_stock() {
