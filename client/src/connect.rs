@@ -252,6 +252,17 @@ pub fn round_delay(backoff: Duration, server_hint: Option<Duration>) -> Duration
     server_hint.map_or(backoff, |hint| backoff.max(hint))
 }
 
+/// A retryable status that a working server decided, with its reason (ErrorInfo), such as
+/// EARLIER_HOLD_RELEASING: the applicant's hold elsewhere is being released. Load shedding
+/// (OVERLOADED) counts as the server's trouble: another replica is tried first next time.
+fn is_decided_by_server(status: &Status) -> bool {
+    use tonic_types::StatusExt;
+    status.code() == Code::Unavailable
+        && status
+            .get_details_error_info()
+            .is_some_and(|info| !info.reason.is_empty() && info.reason != "OVERLOADED")
+}
+
 /// Whether a status is safe to retry with the same request: the call may not have happened, and
 /// if it did the server replays its answer for the same request_id.
 pub fn is_retryable(status: &Status) -> bool {
@@ -515,6 +526,10 @@ impl Connection {
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let mut last_failure = String::new();
+        // The last "not now" a server decided (an UNAVAILABLE with an ErrorInfo reason other
+        // than OVERLOADED: the server is up and said why), given back as it is when the retries
+        // run out, rather than "no server answered".
+        let mut last_decided: Option<Status> = None;
         // The longest RetryInfo delay the servers asked for in the last round.
         let mut server_hint: Option<Duration> = None;
         for round in 0..=self.inner.retries {
@@ -543,14 +558,23 @@ impl Connection {
                 if let Some(hint) = retry_hint(&status) {
                     server_hint = Some(server_hint.map_or(hint, |h| h.max(hint)));
                 }
-                self.mark(index, true);
                 last_failure = format!("{}: {}", target.url, one_line(status.message()));
+                if is_decided_by_server(&status) {
+                    // A healthy server: not put at the end of the order.
+                    last_decided = Some(status);
+                } else {
+                    self.mark(index, true);
+                    last_decided = None;
+                }
             }
         }
-        Err(CallError::NoServer {
-            servers: self.urls().join(", "),
-            detail: last_failure,
-        })
+        match last_decided {
+            Some(status) => Err(CallError::Status(status)),
+            None => Err(CallError::NoServer {
+                servers: self.urls().join(", "),
+                detail: last_failure,
+            }),
+        }
     }
 }
 

@@ -89,12 +89,12 @@ impl NikKey {
     }
 
     /// The form in which a caller's request id is stored and looked up: scoped to the caller
-    /// (`principal:request_id`), so that two agencies' clients that pick the same simple id
-    /// ("r1") never meet, and a retry, which comes from the same caller, still finds its first
-    /// answer. An id that holds 16 or more digits, in a row or split by the separators people
-    /// type inside a NIK (`3275-0141-0190-0001`: it could hold a NIK) is kept as `#` and a keyed
-    /// hash of the caller and the id instead, so that no NIK is stored even when a client
-    /// builds its request ids from one.
+    /// (its principal, [`SCOPE_SEPARATOR`], the id), so that two agencies' clients that pick the
+    /// same simple id ("r1") never meet, and a retry, which comes from the same caller, still
+    /// finds its first answer. An id that holds 16 or more digits, in a row or split by the
+    /// separators people type inside a NIK (`3275-0141-0190-0001`: it could hold a NIK) is kept
+    /// as `#` and a keyed hash of the caller and the id instead, so that no NIK is stored even
+    /// when a client builds its request ids from one.
     pub fn request_key(&self, principal: &str, request_id: &str) -> String {
         if crate::domain::nik::has_nik_stretch(request_id) {
             format!(
@@ -107,19 +107,27 @@ impl NikKey {
                 ])
             )
         } else {
-            format!("{principal}:{request_id}")
+            format!("{principal}{SCOPE_SEPARATOR}{request_id}")
         }
     }
 
     /// The key an older server stored `key`'s request under, before keys were scoped to their
-    /// caller: the id alone (None for a hashed key, whose older form cannot be derived). Looked
-    /// up when the scoped key finds nothing, so that a retry across an upgrade (a rolling one
-    /// included) still finds its first answer until the retention purge removes those rows.
+    /// caller: the id alone. None for a hashed key: its id is not kept, so its older form cannot
+    /// be derived (a retry of such an id across the upgrade is decided again). Looked up when
+    /// the scoped key finds nothing, so that a retry across an upgrade still finds its first
+    /// answer until the retention purge removes the old rows. It can never find a row this
+    /// server wrote: those all hold the separator, a control character no request id may hold.
     pub fn unscoped_request_key(key: &str) -> Option<&str> {
         if key.starts_with('#') {
             return None;
         }
-        key.split_once(':').map(|(_, id)| id)
+        key.split_once(SCOPE_SEPARATOR).map(|(_, id)| id)
+    }
+
+    /// The caller's own request id in a stored key, for messages: the id without its scope, or
+    /// `#…` for a hashed one.
+    pub fn shown_request_id(key: &str) -> &str {
+        key.split_once(SCOPE_SEPARATOR).map_or(key, |(_, id)| id)
     }
 
     fn mac(&self, parts: &[&[u8]]) -> String {
@@ -130,6 +138,11 @@ impl NikKey {
         crate::lower_hex(&mac.finalize().into_bytes())
     }
 }
+
+/// Between a request key's principal and the caller's id: the ASCII unit separator, a control
+/// character, which request ids may not contain (`validate::Checker::text`), so a scoped key
+/// never equals an id an older server stored unscoped.
+pub const SCOPE_SEPARATOR: char = '\u{1f}';
 
 /// Where a SQLite server keeps its generated key: `blangko.db` → `blangko.db.nikkey`.
 pub fn default_key_path(database_path: &Path) -> PathBuf {
@@ -202,8 +215,14 @@ mod tests {
         let plain = "py-4f1c2a9e-7d3b-4c1e-9a2f-0123456789ab";
         assert_eq!(
             key.request_key("loket-1", plain),
-            format!("loket-1:{plain}")
+            format!("loket-1\u{1f}{plain}")
         );
+        assert_eq!(
+            NikKey::shown_request_id(&key.request_key("loket-1", plain)),
+            plain
+        );
+        // A caller's id that spells another's scope is not that scope.
+        assert_eq!(NikKey::unscoped_request_key("loket-1:r1"), None);
         assert_ne!(
             key.request_key("loket-1", "r1"),
             key.request_key("dinas-x", "r1")

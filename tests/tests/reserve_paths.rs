@@ -372,7 +372,7 @@ async fn postgres_batch_reads_agree_in_one_statement_and_separately() -> anyhow:
         let mut request = reserve_request("3275", "mpp", n);
         request.request_id = format!("{}-{n}", odd_ids[n as usize - 1]);
         // As the server keys it: scoped to the caller (here the anonymous one).
-        request_ids.push(format!("anonymous:{}", request.request_id));
+        request_ids.push(format!("anonymous\u{1f}{}", request.request_id));
         let answer = counter.reserve(request).await?.into_inner();
         let Some(Outcome::Reservation(r)) = answer.outcome else {
             anyhow::bail!("not reserved: {answer:?}");

@@ -793,7 +793,17 @@ async fn request_ids_are_the_callers_own_and_an_older_servers_answers_still_coun
         .await
         .expect_err("r1 again, other content");
     assert_eq!(reused.code(), Code::AlreadyExists);
-    assert!(reused.message().contains("spv-bekasi:r1"), "{reused:?}");
+    assert!(reused.message().contains("request_id 'r1'"), "{reused:?}");
+    // An id that spells another caller's scope is just an id: no row of that caller is met.
+    bandung
+        .stock
+        .record_shipment(RecordShipmentRequest {
+            request_id: "spv-bekasi:r1".into(),
+            reference: format!("DO-{OTHER}-2"),
+            ..delivery(OTHER)
+        })
+        .await?;
+    assert_eq!(stock_of(&mut admin, OTHER).await?, 10_200);
 
     // An answer stored by an older server, under the id alone (as if before an upgrade): a
     // retry of that transfer still gets it, and the blanks move once.
@@ -813,11 +823,11 @@ async fn request_ids_are_the_callers_own_and_an_older_servers_answers_still_coun
         .ok_or_else(|| anyhow::anyhow!("SQLite"))?;
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
-    let renamed = sqlx::query(
-        "UPDATE idempotency SET request_id = 'pinjam-7' WHERE request_id = 'spv-bekasi:pinjam-7'",
-    )
-    .execute(&pool)
-    .await?;
+    let renamed =
+        sqlx::query("UPDATE idempotency SET request_id = 'pinjam-7' WHERE request_id = $1")
+            .bind("spv-bekasi\u{1f}pinjam-7")
+            .execute(&pool)
+            .await?;
     assert_eq!(renamed.rows_affected(), 1);
     pool.close().await;
     let again = bekasi.stock.transfer_stock(transfer).await?.into_inner();

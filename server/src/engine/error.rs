@@ -161,16 +161,17 @@ impl EngineError {
 }
 
 /// A database failure that waiting may cure: no free connection, the pool closing, I/O, a
-/// transaction that lost a race with others (PostgreSQL: serialization failure, deadlock, a
-/// unique key taken meanwhile) every time the engine tried it, or PostgreSQL going away or
-/// holding a lock past `--db-lock-timeout-secs` ([`crate::store::is_transient`]). The
-/// transaction was rolled back, so the caller may send the same call again (with the same
-/// request_id).
+/// transaction that lost a race with others (PostgreSQL: serialization failure, deadlock)
+/// every time the engine tried it, or PostgreSQL going away or holding a lock past
+/// `--db-lock-timeout-secs` ([`crate::store::is_transient`]). The transaction was rolled back,
+/// so the caller may send the same call again (with the same request_id). A unique key that
+/// was still taken after every try (23505) is not among them: a race that loses four times
+/// running is more likely a fault, which INTERNAL reports, than bad luck.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     matches!(
         err,
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-    ) || crate::store::is_retryable(err)
+    ) || crate::store::is_lost_race(err)
         || crate::store::is_transient(err)
 }
 

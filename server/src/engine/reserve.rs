@@ -60,6 +60,12 @@ pub const RESERVE: &str = "Reserve";
 /// yet: the sweeper, woken at once, releases it in about this time.
 pub const EARLIER_HOLD_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long after a hold elsewhere ran out a Reserve still answers "being released, retry"
+/// (EARLIER_HOLD_RELEASING); later, ALREADY_RESERVED_ELSEWHERE. The sweeper, woken by the first
+/// such Reserve, releases it within a pass; a hold still there after this long is one it cannot
+/// release, and retrying would not help.
+pub const EARLIER_HOLD_RELEASE_WINDOW_MS: i64 = 60_000;
+
 /// A map that lives for one batch and is looked up a few times per Reserve (its service points,
 /// the answers and reservations it made so far): hashed with foldhash instead of SipHash. It is
 /// seeded per map, so a caller cannot choose keys that collide, and it holds at most
@@ -737,8 +743,11 @@ fn decide_one<'a>(
             // not released yet (a batch releases its own office's only): the applicant is free
             // in a moment. The sweeper is woken now; until it has run, the Reserve is answered
             // "retry", not "reserved elsewhere", so the answer does not hang on its timing.
+            // Only just run out: a hold overdue for longer than that is one the sweeper cannot
+            // release (it fails on that office), and the applicant is told where it is.
             if existing.state == crate::domain::reservation::State::Held.as_str()
                 && existing.expires_ms <= state.now
+                && state.now - existing.expires_ms < EARLIER_HOLD_RELEASE_WINDOW_MS
             {
                 state.sweep_soon.notify_one();
                 return Err(EngineError::Retry {
@@ -880,7 +889,9 @@ fn decide_batch<'a>(
 
 /// ALREADY_EXISTS for a request id used before for other content.
 fn request_id_reused(request_id: &str, method: &str) -> EngineError {
-    let request_id = crate::domain::nik::mask_nik_stretches(request_id);
+    let request_id = crate::domain::nik::mask_nik_stretches(
+        crate::nik_key::NikKey::shown_request_id(request_id),
+    );
     EngineError::AlreadyExists {
         reason: "REQUEST_ID_REUSED",
         message: format!(

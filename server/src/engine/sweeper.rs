@@ -11,6 +11,9 @@ use crate::store::rows;
 /// Most offices handled per sweep (the rest in the next sweep).
 pub const OFFICES_PER_SWEEP: i64 = 100;
 
+/// The shortest time between two sweeper passes that Reserves asked for (`Engine::sweep_soon`).
+pub const SWEEP_SOON_GAP: Duration = Duration::from_millis(250);
+
 impl Engine {
     /// One sweep: expires the due holds of up to [`OFFICES_PER_SWEEP`] offices. Returns how many.
     pub async fn sweep_once(&self) -> anyhow::Result<usize> {
@@ -77,15 +80,21 @@ impl Engine {
     ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_pass = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                () = self.sweep_soon.notified() => {}
+                () = self.sweep_soon.notified() => {
+                    // Woken by Reserves that met a hold elsewhere which ran out: at most one
+                    // such pass per SWEEP_SOON_GAP, however many Reserves retry meanwhile.
+                    tokio::time::sleep_until(last_pass + SWEEP_SOON_GAP).await;
+                }
                 _ = shutdown.changed() => break,
             }
             if *shutdown.borrow() {
                 break;
             }
+            last_pass = tokio::time::Instant::now();
             match self.sweep_once().await {
                 Ok(expired) => self.metrics.record_sweep(Some(expired)),
                 Err(err) => {

@@ -15,7 +15,7 @@ use super::validate::{self, Checker};
 use super::{allow_on_reservation, allow_role, fingerprint, nik_today, request_key};
 use crate::auth::layer::caller;
 use crate::auth::tokens::Authenticator;
-use crate::auth::{Rpc, Scope};
+use crate::auth::{Role, Rpc, Scope};
 use crate::domain::calendar::{format_local_date, parse_local_date};
 use crate::engine::Engine;
 use crate::engine::holds::{IkdActivationCommand, SpoilCommand};
@@ -116,11 +116,13 @@ impl WatcherSeats {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A seat for `caller`, or RESOURCE_EXHAUSTED when it holds its limit already.
-    fn take(seats: &Arc<WatcherSeats>, caller: &str) -> Result<Seat, Status> {
+    /// A seat for `caller`, or RESOURCE_EXHAUSTED when it holds its limit already (`unbounded`:
+    /// counted, never refused).
+    fn take(seats: &Arc<WatcherSeats>, caller: &str, unbounded: bool) -> Result<Seat, Status> {
         let mut held = seats.held();
         let n = held.entry(caller.to_string()).or_insert(0);
         if let Some(limit) = seats.limit
+            && !unbounded
             && *n >= limit
         {
             return Err(Status::from(crate::engine::EngineError::Exhausted {
@@ -414,6 +416,11 @@ impl CounterService for CounterApi {
         request: Request<WatchQuotaRequest>,
     ) -> Result<Response<Self::WatchQuotaStream>, Status> {
         let who = caller(&request)?;
+        // Told of every token reload from now on; marked so that the caller is checked once
+        // more as soon as the stream runs (a reload between the layer's check and this line
+        // would otherwise go unseen until the next one).
+        let mut reloads = self.auth.reloads();
+        reloads.mark_changed();
         let authorization = request
             .metadata()
             .get("authorization")
@@ -428,13 +435,13 @@ impl CounterService for CounterApi {
         let mut c = Checker::new();
         c.service_point_ref(&r.office_id, &r.service_point_id);
         c.finish()?;
-        let seat = WatcherSeats::take(&self.seats, &who.name)?;
+        // Admins (the ministry's dashboards) are bound by --max-watchers alone.
+        let seat = WatcherSeats::take(&self.seats, &who.name, who.role == Role::Admin)?;
         let receiver = self
             .engine
             .watch_quota(&r.office_id, &r.service_point_id)
             .await?;
         let mut shutdown = self.shutdown.clone();
-        let mut reloads = self.auth.reloads();
         let auth = Arc::clone(&self.auth);
         let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let noticed = Arc::clone(&revoked);

@@ -694,6 +694,12 @@ pub fn is_retryable(err: &sqlx::Error) -> bool {
     )
 }
 
+/// A transaction that lost a race it may win next time: a serialization failure or a deadlock
+/// (PostgreSQL 40001, 40P01).
+pub fn is_lost_race(err: &sqlx::Error) -> bool {
+    matches!(sqlx_state(err).as_deref(), Some("40001") | Some("40P01"))
+}
+
 /// PostgreSQL failures that are over when the database is back or a stuck lock is released:
 /// a connection failure (class 08), the server shutting down or restarting, a session ended by
 /// an administrator or a failover (57P01–57P03), and a lock not granted within `lock_timeout`
