@@ -818,6 +818,93 @@ mod tests {
         ));
     }
 
+    /// A server that answers every call "not now": UNAVAILABLE with ErrorInfo
+    /// EARLIER_HOLD_RELEASING and a short RetryInfo, as blangko-server does for an applicant whose
+    /// hold at another office is being released.
+    #[derive(Clone)]
+    struct NotNow;
+
+    impl tonic::server::NamedService for NotNow {
+        const NAME: &'static str = "blangko.v1.CounterService";
+    }
+
+    impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for NotNow {
+        type Response = tonic::codegen::http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+            use tonic_types::{ErrorDetails, StatusExt};
+            let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(10)));
+            details.set_error_info(
+                "EARLIER_HOLD_RELEASING",
+                "blangko.v1",
+                std::collections::HashMap::new(),
+            );
+            let status = Status::with_error_details(
+                Code::Unavailable,
+                "the hold at another office is being released",
+                details,
+            );
+            std::future::ready(Ok(status.into_http()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_servers_not_now_is_given_back_with_its_reason_when_the_retries_run_out() {
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => panic!("{e}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        };
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(NotNow)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let options = ConnectOptions {
+            servers: vec![addr.to_string()],
+            call_timeout: Duration::from_secs(5),
+            token: None,
+            retries: 2,
+            tls: None,
+        };
+        let connection = match Connection::new(&options) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let result = connection
+            .counter(|mut client| async move {
+                client
+                    .get_quota(blangko_proto::v1::GetQuotaRequest::default())
+                    .await
+            })
+            .await;
+        server.abort();
+        // The server's own answer, with its reason: not "no server answered".
+        match result {
+            Err(CallError::Status(status)) => {
+                use tonic_types::StatusExt;
+                assert_eq!(status.code(), Code::Unavailable);
+                assert_eq!(
+                    status.get_details_error_info().map(|i| i.reason).as_deref(),
+                    Some("EARLIER_HOLD_RELEASING")
+                );
+            }
+            other => panic!("expected the server's status, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_dead_server_gives_one_no_server_error() {
         // Port 1 on loopback: nothing listens there, the connection is refused at once.

@@ -275,9 +275,10 @@ impl Failure {
         self.human(lang)
     }
 
-    /// The machine shape: `{"error": {...}}`.
+    /// The machine shape: `{"error": {...}}`, each with `code`, `message` (English, as the server
+    /// or the system said it) and `message_indonesian` (the line the counter shows staff).
     pub fn json(&self) -> Value {
-        let error = match self {
+        let mut error = match self {
             Failure::BadInput {
                 message,
                 violations,
@@ -305,11 +306,9 @@ impl Failure {
                 "resource": resource,
                 "call_id": call_id,
             }),
-            Failure::Local {
-                indonesian,
-                english,
-            } => json!({"code": "LOCAL", "message": english, "message_indonesian": indonesian}),
+            Failure::Local { english, .. } => json!({"code": "LOCAL", "message": english}),
         };
+        error["message_indonesian"] = Value::String(self.human(Lang::Id));
         json!({ "error": error })
     }
 

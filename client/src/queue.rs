@@ -490,20 +490,44 @@ pub struct ResultsFile {
     has_header: bool,
 }
 
-/// What went wrong with the queue or results file (`path`), in both languages.
-fn local_failure(path: &Path, what: FileStep, error: impl std::fmt::Display) -> Failure {
+/// What went wrong with the queue or results file (`path`), in both languages: the system's
+/// own text in English, its common cases said in Bahasa Indonesia.
+fn local_failure<E>(path: &Path, what: FileStep, error: E) -> Failure
+where
+    E: std::error::Error + 'static,
+{
+    let path = path.display();
     let (indonesian, english) = match what {
-        FileStep::ReadQueue => ("berkas antrean tidak terbaca", "cannot read queue file"),
-        FileStep::OpenResults => ("berkas hasil tidak bisa dibuka", "cannot open results file"),
-        FileStep::ReadResults => ("berkas hasil tidak terbaca", "cannot read results file"),
+        FileStep::ReadQueue => (
+            format!("berkas antrean {path} tidak terbaca"),
+            format!("cannot read queue file {path}"),
+        ),
+        FileStep::OpenResults => (
+            format!("berkas hasil {path} tidak bisa dibuka"),
+            format!("cannot open results file {path}"),
+        ),
+        FileStep::ReadResults => (
+            format!("berkas hasil {path} tidak terbaca"),
+            format!("cannot read results file {path}"),
+        ),
         FileStep::WriteResults => (
-            "berkas hasil tidak bisa ditulis",
-            "cannot write results file",
+            format!("berkas hasil {path} tidak bisa ditulis"),
+            format!("cannot write results file {path}"),
         ),
     };
+    let why = (&error as &(dyn std::error::Error + 'static))
+        .downcast_ref::<std::io::Error>()
+        .and_then(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Some("tidak ditemukan"),
+            std::io::ErrorKind::PermissionDenied => Some("tidak ada izin"),
+            std::io::ErrorKind::StorageFull => Some("disk penuh"),
+            std::io::ErrorKind::ReadOnlyFilesystem => Some("disk hanya bisa dibaca"),
+            _ => None,
+        })
+        .map_or_else(|| error.to_string(), str::to_string);
     Failure::local(
-        format!("{indonesian} {}: {error}", path.display()),
-        format!("{english} {}: {error}", path.display()),
+        format!("{indonesian}: {why}"),
+        format!("{english}: {error}"),
     )
 }
 
@@ -826,16 +850,27 @@ impl Run<'_> {
                 None => {
                     record.detail = "the server answered without an outcome".to_string();
                     self.tally.errors += 1;
-                    (response.quota, vec![record.detail.clone()])
+                    let shown = self.out.t(
+                        "server menjawab tanpa hasil (tidak ada pemesanan atau rujukan IKD)",
+                        "the server answered without an outcome",
+                    );
+                    (response.quota, vec![shown.to_string()])
                 }
             },
             // Only an answer about this row's own data lets the queue go on; anything else
             // (no server, a broken connection, an unknown office) stops the run for a re-run.
+            // So does an applicant whose hold at another office is still being released after
+            // the retries: a re-run reserves them.
             Err(failure)
                 if !matches!(failure, Failure::BadInput { .. })
                     && !matches!(
                         failure.code(),
                         Some("FAILED_PRECONDITION" | "ALREADY_EXISTS" | "OUT_OF_RANGE")
+                    )
+                    && !matches!(
+                        &failure,
+                        Failure::Server { reason: Some(reason), .. }
+                            if reason == "EARLIER_HOLD_RELEASING"
                     ) =>
             {
                 return Err(failure);

@@ -997,8 +997,9 @@ async fn queue_human_output_in_both_languages_and_bad_rows_with_line_numbers() -
     let id = run_as(url, &["queue", &missing]).await?;
     assert_eq!(id.code, 1, "{id:?}");
     assert!(
-        id.stderr
-            .contains(&format!("Galat: berkas antrean tidak terbaca {missing}: ")),
+        id.stderr.contains(&format!(
+            "Galat: berkas antrean {missing} tidak terbaca: tidak ditemukan"
+        )),
         "{id:?}"
     );
     let en = run_as(url, &["--lang", "en", "queue", &missing]).await?;
@@ -1016,7 +1017,7 @@ async fn queue_human_output_in_both_languages_and_bad_rows_with_line_numbers() -
         .as_str()
         .unwrap_or_default();
     assert!(
-        indonesian.starts_with("berkas antrean tidak terbaca"),
+        indonesian.starts_with("Galat: berkas antrean ") && indonesian.contains(" tidak terbaca"),
         "{json:?}"
     );
     Ok(())

@@ -55,7 +55,7 @@ pub fn print_outcome(response: &ReserveResponse, out: &Out) -> u8 {
         }
         None => {
             Failure::local(
-                "server menjawab tanpa hasil (tidak ada reservasi atau rujukan IKD)",
+                "server menjawab tanpa hasil (tidak ada pemesanan atau rujukan IKD)",
                 "the server answered without an outcome",
             )
             .report(out);
