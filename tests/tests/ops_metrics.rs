@@ -323,7 +323,10 @@ fn listening_sockets(pid: u32) -> anyhow::Result<usize> {
     }
     let mut listening = 0;
     for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))?;
+        // A kernel without IPv6 has no tcp6 table.
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             // Field 3 is the state (0A: LISTEN), field 9 the socket's inode.

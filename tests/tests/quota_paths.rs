@@ -202,10 +202,22 @@ async fn snapshots_read_during_a_storm_of_reserves_are_each_one_moment() -> anyh
             reserving.push(tokio::spawn(async move {
                 for i in 0..30u32 {
                     if i == 15 {
-                        if half_way.wait().await.is_leader() {
-                            two_more_rounds_of(&readers).await?;
-                        }
-                        go_on.wait().await;
+                        // Bounded waits: a worker that failed before the middle never comes,
+                        // and the others must fail, not wait for it for ever.
+                        let bound = std::time::Duration::from_secs(120);
+                        let arrived = tokio::time::timeout(bound, half_way.wait())
+                            .await
+                            .map_err(|_| anyhow::anyhow!("a worker never reached the middle"))?;
+                        let read = if arrived.is_leader() {
+                            two_more_rounds_of(&readers).await
+                        } else {
+                            Ok(())
+                        };
+                        // Every worker goes on, the leader too when the readers failed.
+                        tokio::time::timeout(bound, go_on.wait())
+                            .await
+                            .map_err(|_| anyhow::anyhow!("a worker never went on"))?;
+                        read?;
                     }
                     let point = if i % 2 == 0 { "mpp" } else { "kec" };
                     let request = reserve_request("3275", point, worker * 100 + i);
