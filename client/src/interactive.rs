@@ -16,7 +16,7 @@ use blangko_proto::v1::{IkdStatus, QuotaSnapshot, Reason, ReferralCause, Spoilag
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::commands::reserve::print_outcome;
+use crate::commands::reserve::{do_not_print, print_outcome};
 use crate::commands::watch::follow;
 use crate::connect::random_request_id;
 use crate::error::{EXIT_OK, Failure};
@@ -318,8 +318,16 @@ impl Screen {
         match self.term.reserve(nik, reason, ikd, &request_id).await {
             Ok(response) => {
                 self.shared.set_snapshot(response.quota.clone());
-                print_outcome(&response, &self.out);
+                let counter = self.term.counter().unwrap_or_default().to_string();
+                print_outcome(&response, &counter, &self.out);
                 match response.outcome {
+                    // The applicant's earlier reservation, printed already or another counter's:
+                    // not this screen's to print, commit or cancel (print_outcome said so).
+                    Some(Outcome::Reservation(reservation))
+                        if do_not_print(&reservation, &counter, &self.out).is_some() =>
+                    {
+                        None
+                    }
                     Some(Outcome::Reservation(reservation)) => {
                         self.last_reservation = Some(reservation.reservation_id);
                         self.say(self.out.t(

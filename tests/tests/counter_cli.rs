@@ -369,6 +369,34 @@ async fn reserve_prints_the_reservation_or_the_referral_with_exit_codes() -> any
     assert_eq!(v["reservation"]["state"], "HELD");
     assert_eq!(v["reservation"]["replayed"], true);
     assert_eq!(v["reservation"]["counter_id"], "loket-1");
+    // Its own hold: this counter prints it, no warning.
+    assert_eq!(v["do_not_print"], Value::Null, "{v}");
+    // The same applicant at the next counter of the service point: held for loket-1, so loket-2
+    // is told not to print it.
+    let next = client(
+        &[url],
+        &[
+            "--office",
+            "3275",
+            "--service-point",
+            "mpp",
+            "--counter",
+            "loket-2",
+            "reserve",
+            "--nik",
+            &n1,
+            "--reason",
+            "new-recording",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(next.code, 0, "{next:?}");
+    assert!(
+        next.stdout
+            .contains("Ditahan untuk loket loket-1: JANGAN cetak di sini"),
+        "{next:?}"
+    );
     assert!(
         v["reservation"]["expires_at"]
             .as_str()
@@ -671,6 +699,22 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
             .stdout
             .starts_with(&format!("COMMITTED {}", ids[0])),
         "{commit_again:?}"
+    );
+
+    // The printed applicant comes back to the counter: the answer is their printed reservation,
+    // and the officer is told not to print again.
+    let again = run_as(
+        url,
+        &["reserve", "--nik", &nik(1), "--reason", "data-change"],
+    )
+    .await?;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again.stdout.contains("SUDAH DICETAK pukul ")
+            && again
+                .stdout
+                .contains("JANGAN cetak lagi untuk NIK ini hari ini."),
+        "{again:?}"
     );
 
     let commit_json = run_as(url, &["--json", "commit", &ids[0]]).await?;

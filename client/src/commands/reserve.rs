@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use blangko_proto::v1::reserve_response::Outcome;
-use blangko_proto::v1::{IkdStatus, ReserveResponse};
+use blangko_proto::v1::{IkdStatus, Reservation, ReservationState, ReserveResponse};
 use serde_json::json;
 
 use crate::cli::ReserveArgs;
@@ -14,20 +14,56 @@ use crate::output::{
 };
 use crate::terminal::Terminal;
 
+/// When a Reserve's answer is the applicant's reservation made earlier (the same NIK again) and
+/// no card may be printed here for it: already printed today, or held for another counter. The
+/// words for the officer; None when this counter may print (its own hold, new or replayed).
+pub fn do_not_print(reservation: &Reservation, counter: &str, out: &Out) -> Option<String> {
+    if !reservation.replayed {
+        return None;
+    }
+    match reservation.state() {
+        ReservationState::Committed => Some(format!(
+            "{} {}: {}",
+            out.t("SUDAH DICETAK pukul", "ALREADY PRINTED at"),
+            out.zone.time(reservation.committed_at.as_ref()),
+            out.t(
+                "JANGAN cetak lagi untuk NIK ini hari ini.",
+                "do NOT print again for this NIK today.",
+            ),
+        )),
+        ReservationState::Held if reservation.counter_id != counter => Some(format!(
+            "{} {}: {}",
+            out.t("Ditahan untuk loket", "Held for counter"),
+            reservation.counter_id,
+            out.t(
+                "JANGAN cetak di sini; arahkan pemohon ke loket itu.",
+                "do NOT print here; send the applicant to that counter.",
+            ),
+        )),
+        _ => None,
+    }
+}
+
 /// Prints a Reserve answer (reservation or referral, and the quota after it) and gives its exit
-/// code. Shared with the interactive screen.
-pub fn print_outcome(response: &ReserveResponse, out: &Out) -> u8 {
+/// code. Shared with the interactive screen. `counter`: this terminal's counter, to warn when the
+/// answer is the applicant's earlier reservation that must not be printed here.
+pub fn print_outcome(response: &ReserveResponse, counter: &str, out: &Out) -> u8 {
     let quota = response.quota.as_ref();
     match &response.outcome {
         Some(Outcome::Reservation(reservation)) => {
+            let warning = do_not_print(reservation, counter, out);
             if out.json {
                 out.json(&json!({
                     "outcome": "reserved",
                     "reservation": reservation_json(reservation, out.zone),
                     "quota": quota.map(|q| snapshot_json(q, out.zone)),
+                    "do_not_print": warning,
                 }));
             } else {
                 out.line(&reservation_line(reservation, out));
+                if let Some(warning) = &warning {
+                    out.line(warning);
+                }
                 if let Some(q) = quota {
                     out.line(&format!(
                         "{} {}/{}",
@@ -75,7 +111,11 @@ pub async fn run(term: &Terminal, out: Out, args: &ReserveArgs) -> ExitCode {
         .reserve(&args.nik.0, args.reason, ikd, &request_id)
         .await
     {
-        Ok(response) => ExitCode::from(print_outcome(&response, &out)),
+        Ok(response) => ExitCode::from(print_outcome(
+            &response,
+            term.counter().unwrap_or_default(),
+            &out,
+        )),
         Err(failure) => failure.exit(&out),
     }
 }
