@@ -50,6 +50,10 @@ echo "buf.sh: buf lint OK"
 # any other commit holds the same protos as one of those. A shallow clone lacks the history: the
 # check is skipped with a note.
 if [[ "$(git rev-parse --is-shallow-repository)" == "true" ]]; then
+  if [[ "${CI:-}" == "true" ]]; then
+    echo "buf.sh: a shallow clone lacks the contract's history, and CI must check it: clone in full" >&2
+    exit 1
+  fi
   echo "buf.sh: NOTE: shallow clone, the contract's history is not available: buf breaking skipped"
   exit 0
 fi

@@ -248,6 +248,15 @@ fi
 echo "token required for office data, health open: OK"
 
 kill -TERM "$server_pid"
+# Bounded: a shutdown that hangs is what this step is here to catch, not to wait for.
+for _ in $(seq 1 300); do
+  kill -0 "$server_pid" 2>/dev/null || break
+  sleep 0.1
+done
+if kill -0 "$server_pid" 2>/dev/null; then
+  kill -KILL "$server_pid" 2>/dev/null || true
+  fail "the server did not exit within 30 s of SIGTERM"
+fi
 server_rc=0
 wait "$server_pid" || server_rc=$?
 server_pid=""

@@ -6,7 +6,7 @@
 # Usage: bench/instructions.sh [SECONDS] [ROUNDS] [PHASES]
 #   (defaults: 3 seconds per phase, 2 rounds, phases health,quota,reserve)
 # Environment: SERVER (the blangko-server binary; default target/release/blangko-server, built
-# when missing), SERVER_ARGS (more flags for the server, e.g. `--reserve-journal-max 0`), BENCH (the blangko-bench binary; likewise), COUNTER (the blangko-counter binary; likewise), SERVICE_POINTS (default 16),
+# from this source unless given), SERVER_ARGS (more flags for the server, e.g. `--reserve-journal-max 0`), BENCH (the blangko-bench binary; likewise), COUNTER (the blangko-counter binary; likewise), SERVICE_POINTS (default 16),
 # CONCURRENCY (default 64), TOP (functions of the Reserve profile to list; default 0), PROFILE
 # (a path: the last round's longer Reserve profile is copied there, for callgrind_annotate or
 # kcachegrind).
@@ -43,9 +43,14 @@ command -v valgrind > /dev/null || {
   echo "valgrind is missing (Debian: apt-get install valgrind)" >&2
   exit 1
 }
-if [[ ! -x "$server" || ! -x "$bench" || ! -x "$counter" ]]; then
+# The binaries not given are built (nothing to do when they are current): an old build left in
+# target/ would otherwise be measured as if it were this source.
+if [[ -z "${SERVER:-}" || -z "${BENCH:-}" || -z "${COUNTER:-}" ]]; then
   cargo build --release --locked -q -p blangko-server -p blangko-bench -p blangko-counter
 fi
+for binary in "$server" "$bench" "$counter"; do
+  [[ -x "$binary" ]] || { echo "$binary is not an executable" >&2; exit 1; }
+done
 
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT

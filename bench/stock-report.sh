@@ -6,9 +6,9 @@
 # Usage: bench/stock-report.sh [DAYS] [ENTRIES_PER_DAY] [CALLS]
 #   (defaults: 365 days of ledger, 1,500 entries a day, 20 reports of each range per build)
 # Environment: SERVERS (space-separated blangko-server binaries to compare; default
-# target/release/blangko-server, built when missing), ROUNDS (default 2), GHZ (path to ghz;
-# installed with `go install` when missing), COUNTER (the blangko-counter binary; default
-# target/release/blangko-counter, built when missing).
+# target/release/blangko-server, built from this source unless given), ROUNDS (default 2), GHZ
+# (path to ghz; installed with `go install` when missing), COUNTER (the blangko-counter binary;
+# default target/release/blangko-counter, built from this source unless given).
 #
 # A server makes the schema and office 3201 on a fresh SQLite file and stops. Python's sqlite3
 # then writes the ledger straight into the file: per past local day one shipment, and Reserve
@@ -38,7 +38,7 @@ if [[ -n "${COUNTER:-}" ]]; then
   [[ -x "$counter" ]] || { echo "COUNTER=$counter is not an executable" >&2; exit 1; }
 else
   counter=target/release/blangko-counter
-  [[ -x "$counter" ]] || cargo build --release --locked -q -p blangko-counter
+  cargo build --release --locked -q -p blangko-counter
 fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -7,7 +7,7 @@
 # Usage: bench/wal-burst.sh [SECONDS] [RUNS]
 #   (defaults: 30 seconds, 1 run; each run on a fresh database file)
 # Environment: SERVER (the blangko-server binary; default target/release/blangko-server, built
-# when missing), BENCH (the blangko-bench binary; likewise), SERVICE_POINTS (default 16),
+# from this source unless given), BENCH (the blangko-bench binary; likewise), SERVICE_POINTS (default 16),
 # CONCURRENCY (default 64).
 #
 # Prints blangko-bench's Reserve line and the WAL's peak size for each run. Fails when
@@ -22,9 +22,13 @@ concurrency=${CONCURRENCY:-64}
 server=${SERVER:-target/release/blangko-server}
 bench=${BENCH:-target/release/blangko-bench}
 
-if [[ ! -x "$server" || ! -x "$bench" ]]; then
+# The binaries not given are built (nothing to do when they are current), never an old build.
+if [[ -z "${SERVER:-}" || -z "${BENCH:-}" ]]; then
   cargo build --release --locked -q -p blangko-server -p blangko-bench
 fi
+for binary in "$server" "$bench"; do
+  [[ -x "$binary" ]] || { echo "$binary is not an executable" >&2; exit 1; }
+done
 
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT

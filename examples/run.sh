@@ -35,7 +35,7 @@ if [[ $# -eq 1 ]]; then
   server="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 else
   log "building the server (cargo build -p blangko-server)"
-  (cd "$repo" && cargo build -p blangko-server)
+  (cd "$repo" && cargo build --locked -p blangko-server)
   target_dir="$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
   server="$target_dir/debug/blangko-server"
