@@ -5,7 +5,7 @@
 //! current by a WatchQuota stream in the background; the counter's waiting count is reported to
 //! the server (ReportQueue) when it changes and refreshed before the server's 120 s expiry.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +34,9 @@ const REPORT_REFRESH: Duration = Duration::from_secs(60);
 
 /// The longest input line taken; anything longer is someone leaning on the keyboard.
 const MAX_LINE_LEN: usize = 1024;
+/// What the input thread sends for a line past [`MAX_LINE_LEN`] (a control character no typed
+/// line holds: the reader keeps only text up to the newline).
+const TOO_LONG: &str = "\u{0}too-long";
 
 /// What the background tasks share with the screen.
 #[derive(Default)]
@@ -77,15 +80,35 @@ impl Input {
         let (sender, lines) = mpsc::channel(INPUT_BUFFER_LINES);
         std::thread::spawn(move || {
             let stdin = std::io::stdin();
-            for line in stdin.lock().lines() {
-                let Ok(mut line) = line else { break };
-                if line.len() > MAX_LINE_LEN {
-                    let mut cut = MAX_LINE_LEN;
-                    while !line.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    line.truncate(cut);
+            let mut stdin = stdin.lock();
+            // A line is read up to MAX_LINE_LEN bytes and its newline; what is longer is read
+            // past and comes as TOO_LONG, never run cut short. Bytes that are not UTF-8 (a paste
+            // from a Latin-1 terminal) become U+FFFD instead of ending the screen.
+            let mut bytes = Vec::with_capacity(MAX_LINE_LEN + 1);
+            loop {
+                bytes.clear();
+                let limit = (MAX_LINE_LEN + 1) as u64;
+                match (&mut stdin).take(limit).read_until(b'\n', &mut bytes) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
                 }
+                let line = if bytes.len() > MAX_LINE_LEN && !bytes.ends_with(b"\n") {
+                    // Read past the rest of the line, a bounded chunk at a time.
+                    let mut rest = Vec::with_capacity(MAX_LINE_LEN);
+                    loop {
+                        rest.clear();
+                        match (&mut stdin).take(limit).read_until(b'\n', &mut rest) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) if rest.ends_with(b"\n") => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    TOO_LONG.to_string()
+                } else {
+                    String::from_utf8_lossy(&bytes)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string()
+                };
                 if sender.blocking_send(line).is_err() {
                     break;
                 }
@@ -106,8 +129,22 @@ impl Input {
             let _ = write!(stdout, "{prompt}");
             let _ = stdout.flush();
         }
-        let line = self.lines.recv().await?;
-        Some(line.trim().to_string())
+        loop {
+            let line = self.lines.recv().await?;
+            if line == TOO_LONG {
+                let text = self.out.t(
+                    "Baris terlalu panjang (lebih dari 1024 karakter): diabaikan, ketik lagi.",
+                    "Line too long (over 1024 characters): ignored, type it again.",
+                );
+                if self.out.json {
+                    eprintln!("{text}");
+                } else {
+                    println!("{text}");
+                }
+                continue;
+            }
+            return Some(line.trim().to_string());
+        }
     }
 }
 
@@ -439,6 +476,20 @@ impl Screen {
 
     async fn cancel(&mut self, given: Option<&str>) {
         let Some(id) = self.target(given) else { return };
+        // x sits beside c: a cancel of a card already printed would put a blank that is gone
+        // back into the stock. Asked, and only y cancels.
+        let prompt = format!(
+            "{} {id}? {} ",
+            self.out.t("Batalkan pemesanan", "Cancel reservation"),
+            self.out.t(
+                "Hanya jika kartu BELUM dicetak [y/T]:",
+                "Only if the card is NOT printed [y/N]:",
+            ),
+        );
+        if !self.yes(&prompt).await {
+            self.say(self.out.t("Tidak dibatalkan.", "Not cancelled."));
+            return;
+        }
         match self.term.cancel(&id, "cancelled at the counter").await {
             Ok(answer) => {
                 self.shared.set_snapshot(answer.quota.clone());

@@ -1496,6 +1496,42 @@ async fn the_interactive_counter_is_driven_through_stdin() -> anyhow::Result<()>
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interactive_x_asks_before_it_cancels_and_an_overlong_line_is_not_run()
+-> anyhow::Result<()> {
+    let server = server_with(5, 10).await?;
+    let url = server.url.as_str();
+    // Reserve; x answered "t" keeps the hold; an overlong line is refused whole (it would
+    // otherwise have been cut and run); x answered "y" cancels.
+    let long = format!("x {}", "9".repeat(2_000));
+    let script = format!("\n{}\n1\na\nx\nt\n{long}\nx\ny\nkeluar\n", nik(1));
+    let args = who(&["counter"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = client(&[url], &refs, Some(&script)).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = &run.stdout;
+    let expect = [
+        "DITAHAN ",
+        "Batalkan pemesanan ",
+        "Tidak dibatalkan.",
+        "Baris terlalu panjang (lebih dari 1024 karakter): diabaikan, ketik lagi.",
+        "Batalkan pemesanan ",
+        "DIBATALKAN ",
+        "Sampai jumpa.",
+    ];
+    let mut at = 0;
+    for text in expect {
+        let Some(found) = out[at..].find(text) else {
+            panic!("{text:?} missing (in order) from:\n{out}");
+        };
+        at += found + text.len();
+    }
+    let all = reservations(&server).await?;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].state(), ReservationState::Cancelled);
+    Ok(())
+}
+
 /// A tmux server of this test alone (its own socket), killed at the end.
 struct Tmux {
     socket: String,
