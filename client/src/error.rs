@@ -160,6 +160,17 @@ impl Failure {
         }
     }
 
+    /// Whether no answer came (no server, or the call timed out or broke): the call may or may
+    /// not have been done, and sending it again is safe.
+    pub fn unanswered(&self) -> bool {
+        matches!(self, Failure::NoServer { .. })
+            || matches!(
+                self,
+                Failure::Server { code, reason: None, .. }
+                    if code == "UNAVAILABLE" || code == "DEADLINE_EXCEEDED"
+            )
+    }
+
     /// The ErrorInfo reason, if the server gave one.
     pub fn reason(&self) -> Option<&str> {
         match self {
@@ -369,6 +380,31 @@ fn explain_reason(reason: &str, lang: Lang) -> Option<&'static str> {
 mod tests {
     use super::*;
     use tonic_types::{ErrorDetails, StatusExt};
+
+    #[test]
+    fn only_calls_left_without_a_decision_are_unanswered() {
+        let server = |code: &str, reason: Option<&str>| Failure::Server {
+            code: code.into(),
+            message: "m".into(),
+            reason: reason.map(str::to_string),
+            resource: None,
+            retry_after: None,
+            call_id: None,
+        };
+        assert!(
+            Failure::NoServer {
+                servers: "http://a".into(),
+                detail: "refused".into()
+            }
+            .unanswered()
+        );
+        assert!(server("UNAVAILABLE", None).unanswered());
+        assert!(server("DEADLINE_EXCEEDED", None).unanswered());
+        // Answers the server decided: not "send it again blind".
+        assert!(!server("UNAVAILABLE", Some("EARLIER_HOLD_RELEASING")).unanswered());
+        assert!(!server("FAILED_PRECONDITION", Some("RESERVATION_EXPIRED")).unanswered());
+        assert!(!Failure::local("x", "x").unanswered());
+    }
 
     #[test]
     fn a_hold_elsewhere_being_released_reads_as_try_again_soon() {

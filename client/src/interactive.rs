@@ -344,13 +344,14 @@ impl Screen {
         )
     }
 
-    /// Reserves and shows the answer; returns the referral cause, if referred.
+    /// Reserves and shows the answer; None when no decision came (an error), else the referral
+    /// cause, if referred.
     async fn reserve_once(
         &mut self,
         nik: &str,
         reason: Reason,
         ikd: IkdStatus,
-    ) -> Option<ReferralCause> {
+    ) -> Option<Option<ReferralCause>> {
         let request_id = random_request_id("r");
         match self.term.reserve(nik, reason, ikd, &request_id).await {
             Ok(response) => {
@@ -363,7 +364,7 @@ impl Screen {
                     Some(Outcome::Reservation(reservation))
                         if do_not_print(&reservation, &counter, &self.out).is_some() =>
                     {
-                        None
+                        Some(None)
                     }
                     Some(Outcome::Reservation(reservation)) => {
                         self.last_reservation = Some(reservation.reservation_id);
@@ -371,14 +372,20 @@ impl Screen {
                             "Setelah kartu dicetak ketik c; jika pemohon pergi ketik x.",
                             "Type c once the card is printed; x if the applicant left.",
                         ));
-                        None
+                        Some(None)
                     }
-                    Some(Outcome::IkdReferral(referral)) => Some(referral.cause()),
+                    Some(Outcome::IkdReferral(referral)) => Some(Some(referral.cause())),
                     None => None,
                 }
             }
             Err(failure) => {
                 failure.report(&self.out);
+                if failure.unanswered() {
+                    self.say(self.out.t(
+                        "Belum ada keputusan: JANGAN cetak. Tekan Enter dan masukkan NIK yang sama lagi (aman, tidak akan dobel).",
+                        "No decision yet: do NOT print. Press Enter and give the same NIK again (safe, never twice).",
+                    ));
+                }
                 None
             }
         }
@@ -400,8 +407,11 @@ impl Screen {
         let Some(ikd) = self.ask_ikd().await else {
             return;
         };
-        let cause = self.reserve_once(&nik, reason, ikd).await;
-        // One applicant less in the queue, whatever the outcome.
+        // No decision (an error): the same applicant is still waiting, and comes again.
+        let Some(cause) = self.reserve_once(&nik, reason, ikd).await else {
+            return;
+        };
+        // One applicant less in the queue, whatever the decision.
         let waiting = self.shared.waiting.load(Ordering::Relaxed);
         if waiting > 0 {
             self.shared.waiting.store(waiting - 1, Ordering::Relaxed);
@@ -470,7 +480,15 @@ impl Screen {
                     }
                 }
             }
-            Err(failure) => failure.report(&self.out),
+            Err(failure) => {
+                failure.report(&self.out);
+                if failure.unanswered() {
+                    self.say(self.out.t(
+                        "Cetak belum tercatat: ketik c lagi (aman, tidak tercatat dua kali).",
+                        "The print is not recorded yet: type c again (safe, never recorded twice).",
+                    ));
+                }
+            }
         }
     }
 
