@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blangko_proto::v1::reserve_response::Outcome;
-use blangko_proto::v1::{IkdStatus, QuotaSnapshot, Reason, ReferralCause, SpoilageReason};
+use blangko_proto::v1::{
+    IkdStatus, QuotaSnapshot, Reason, ReferralCause, ReservationState, SpoilageReason,
+};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -157,6 +159,10 @@ struct Screen {
     /// The current applicant's reservation, the default for `c`, `x` and `rusak` (cleared when
     /// the next applicant starts).
     last_reservation: Option<String>,
+    /// This counter's newest hold that was neither marked printed (c) nor cancelled (x): told
+    /// once when the next applicant starts or the screen closes, so a printed card whose c was
+    /// forgotten does not run out unnoticed (its blank would then count as still in stock).
+    open_hold: Option<String>,
     /// A spoiled-blank report that got no answer (reservation id, reason, its request id): the
     /// same report typed as the next command reuses the id, so the blank is not written off
     /// twice.
@@ -367,6 +373,9 @@ impl Screen {
                         Some(None)
                     }
                     Some(Outcome::Reservation(reservation)) => {
+                        if reservation.state() == ReservationState::Held {
+                            self.open_hold = Some(reservation.reservation_id.clone());
+                        }
                         self.last_reservation = Some(reservation.reservation_id);
                         self.say(self.out.t(
                             "Setelah kartu dicetak ketik c; jika pemohon pergi ketik x.",
@@ -394,6 +403,7 @@ impl Screen {
     /// Next applicant: NIK, reason, IKD check, Reserve; on IKD_REQUIRED, record the activation
     /// and retry in one step.
     async fn next_applicant(&mut self) {
+        self.remind_open_hold();
         let Some(nik) = self.ask_nik().await else {
             return;
         };
@@ -452,6 +462,27 @@ impl Screen {
         }
     }
 
+    /// Tells, once, of the newest hold that was neither marked printed nor cancelled.
+    fn remind_open_hold(&mut self) {
+        if let Some(id) = self.open_hold.take() {
+            self.say(&format!(
+                "{} {id} {} {id}.",
+                self.out.t("Perhatian: pemesanan", "Note: reservation"),
+                self.out.t(
+                    "belum ditandai dicetak (c) atau dibatalkan (x). Jika kartunya sudah dicetak, ketik c",
+                    "was neither marked printed (c) nor cancelled (x). If its card is printed, type c",
+                ),
+            ));
+        }
+    }
+
+    /// After c or x on `id` answered: no longer an open hold.
+    fn settled(&mut self, id: &str) {
+        if self.open_hold.as_deref() == Some(id) {
+            self.open_hold = None;
+        }
+    }
+
     fn target(&self, given: Option<&str>) -> Option<String> {
         match given {
             Some(id) => Some(id.to_string()),
@@ -471,6 +502,7 @@ impl Screen {
         let Some(id) = self.target(given) else { return };
         match self.term.commit(&id).await {
             Ok(answer) => {
+                self.settled(&id);
                 self.shared.set_snapshot(answer.quota.clone());
                 if let Some(r) = &answer.reservation {
                     if self.out.json {
@@ -510,6 +542,7 @@ impl Screen {
         }
         match self.term.cancel(&id, "cancelled at the counter").await {
             Ok(answer) => {
+                self.settled(&id);
                 self.shared.set_snapshot(answer.quota.clone());
                 if let Some(r) = &answer.reservation {
                     if self.out.json {
@@ -657,7 +690,11 @@ impl Screen {
             "h" | "hold" | "holds" => self.holds().await,
             "kuota" | "quota" | "status" => self.show_quota().await,
             "?" | "help" | "bantuan" => self.say(help_text(self.out.lang)),
-            "keluar" | "quit" | "exit" | "k" => return false,
+            // No one-letter alias: k is a slip away from kuota.
+            "keluar" | "quit" | "exit" => {
+                self.remind_open_hold();
+                return false;
+            }
             _ => self.say(self.out.t(
                 "Perintah tidak dikenal; ketik bantuan.",
                 "Unknown command; type help.",
@@ -736,6 +773,7 @@ pub async fn run_counter(term: &Terminal, out: Out, waiting: u32) -> ExitCode {
         shared,
         input: Input::start(out),
         last_reservation: None,
+        open_hold: None,
         unanswered_spoiled: None,
     };
     screen.say(&format!(

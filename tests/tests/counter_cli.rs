@@ -1529,6 +1529,27 @@ async fn the_interactive_x_asks_before_it_cancels_and_an_overlong_line_is_not_ru
     let all = reservations(&server).await?;
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0].state(), ReservationState::Cancelled);
+
+    // A hold left without c or x is recalled when the screen closes; k alone does not close it
+    // (a slip away from kuota).
+    let script = format!("\n{}\n1\na\nk\nkeluar\n", nik(2));
+    let run = client(&[url], &refs, Some(&script)).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = &run.stdout;
+    let expect = [
+        "DITAHAN ",
+        "Perintah tidak dikenal; ketik bantuan.",
+        "Perhatian: pemesanan ",
+        "belum ditandai dicetak (c) atau dibatalkan (x). Jika kartunya sudah dicetak, ketik c ",
+        "Sampai jumpa.",
+    ];
+    let mut at = 0;
+    for text in expect {
+        let Some(found) = out[at..].find(text) else {
+            panic!("{text:?} missing (in order) from:\n{out}");
+        };
+        at += found + text.len();
+    }
     Ok(())
 }
 
