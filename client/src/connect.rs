@@ -818,6 +818,32 @@ mod tests {
         ));
     }
 
+    /// One GetQuota through a connection to `server` with the given time-out and retries.
+    async fn get_quota_from(
+        server: &str,
+        call_timeout: Duration,
+        retries: u32,
+    ) -> Result<blangko_proto::v1::GetQuotaResponse, CallError> {
+        let options = ConnectOptions {
+            servers: vec![server.to_string()],
+            call_timeout,
+            token: None,
+            retries,
+            tls: None,
+        };
+        let connection = match Connection::new(&options) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        connection
+            .counter(|mut client| async move {
+                client
+                    .get_quota(blangko_proto::v1::GetQuotaRequest::default())
+                    .await
+            })
+            .await
+    }
+
     /// A server that answers every call "not now": UNAVAILABLE with ErrorInfo
     /// EARLIER_HOLD_RELEASING and a short RetryInfo, as blangko-server does for an applicant whose
     /// hold at another office is being released.
@@ -872,24 +898,7 @@ mod tests {
                 .add_service(NotNow)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        let options = ConnectOptions {
-            servers: vec![addr.to_string()],
-            call_timeout: Duration::from_secs(5),
-            token: None,
-            retries: 2,
-            tls: None,
-        };
-        let connection = match Connection::new(&options) {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
-        };
-        let result = connection
-            .counter(|mut client| async move {
-                client
-                    .get_quota(blangko_proto::v1::GetQuotaRequest::default())
-                    .await
-            })
-            .await;
+        let result = get_quota_from(&addr.to_string(), Duration::from_secs(5), 2).await;
         server.abort();
         // The server's own answer, with its reason: not "no server answered".
         match result {
@@ -908,24 +917,7 @@ mod tests {
     #[tokio::test]
     async fn a_dead_server_gives_one_no_server_error() {
         // Port 1 on loopback: nothing listens there, the connection is refused at once.
-        let options = ConnectOptions {
-            servers: vec!["127.0.0.1:1".to_string()],
-            call_timeout: Duration::from_millis(500),
-            token: None,
-            retries: 1,
-            tls: None,
-        };
-        let connection = match Connection::new(&options) {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
-        };
-        let result = connection
-            .counter(|mut client| async move {
-                client
-                    .get_quota(blangko_proto::v1::GetQuotaRequest::default())
-                    .await
-            })
-            .await;
+        let result = get_quota_from("127.0.0.1:1", Duration::from_millis(500), 1).await;
         match result {
             Err(CallError::NoServer { servers, detail }) => {
                 assert_eq!(servers, "http://127.0.0.1:1");

@@ -1443,13 +1443,7 @@ async fn the_interactive_counter_is_driven_through_stdin() -> anyhow::Result<()>
         "Perintah tidak dikenal; ketik bantuan.",
         "Sampai jumpa.",
     ];
-    let mut at = 0;
-    for text in expect {
-        let Some(found) = out[at..].find(text) else {
-            panic!("{text:?} missing (in order) from:\n{out}");
-        };
-        at += found + text.len();
-    }
+    assert_in_order(out, &expect);
     assert!(
         out.contains("[sisa kuota 0/1"),
         "the quota stays in view: {out}"
@@ -1505,9 +1499,7 @@ async fn the_interactive_x_asks_before_it_cancels_and_an_overlong_line_is_not_ru
     // otherwise have been cut and run); x answered "y" cancels.
     let long = format!("x {}", "9".repeat(2_000));
     let script = format!("\n{}\n1\na\nx\nt\n{long}\nx\ny\nkeluar\n", nik(1));
-    let args = who(&["counter"]);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = client(&[url], &refs, Some(&script)).await?;
+    let run = screen(url, &script).await?;
     assert_eq!(run.code, 0, "{run:?}");
     let out = &run.stdout;
     let expect = [
@@ -1519,13 +1511,7 @@ async fn the_interactive_x_asks_before_it_cancels_and_an_overlong_line_is_not_ru
         "DIBATALKAN ",
         "Sampai jumpa.",
     ];
-    let mut at = 0;
-    for text in expect {
-        let Some(found) = out[at..].find(text) else {
-            panic!("{text:?} missing (in order) from:\n{out}");
-        };
-        at += found + text.len();
-    }
+    assert_in_order(out, &expect);
     let all = reservations(&server).await?;
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0].state(), ReservationState::Cancelled);
@@ -1533,7 +1519,7 @@ async fn the_interactive_x_asks_before_it_cancels_and_an_overlong_line_is_not_ru
     // A hold left without c or x is recalled when the screen closes; k alone does not close it
     // (a slip away from kuota).
     let script = format!("\n{}\n1\na\nk\nkeluar\n", nik(2));
-    let run = client(&[url], &refs, Some(&script)).await?;
+    let run = screen(url, &script).await?;
     assert_eq!(run.code, 0, "{run:?}");
     let out = &run.stdout;
     let expect = [
@@ -1543,6 +1529,19 @@ async fn the_interactive_x_asks_before_it_cancels_and_an_overlong_line_is_not_ru
         "belum ditandai dicetak (c) atau dibatalkan (x). Jika kartunya sudah dicetak, ketik c ",
         "Sampai jumpa.",
     ];
+    assert_in_order(out, &expect);
+    Ok(())
+}
+
+/// The interactive screen of counter loket-1, fed `script` on stdin, to its end.
+async fn screen(url: &str, script: &str) -> anyhow::Result<Run> {
+    let args = who(&["counter"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    client(&[url], &refs, Some(script)).await
+}
+
+/// Asserts that every text of `expect` is in `out`, in this order.
+fn assert_in_order(out: &str, expect: &[&str]) {
     let mut at = 0;
     for text in expect {
         let Some(found) = out[at..].find(text) else {
@@ -1550,7 +1549,6 @@ async fn the_interactive_x_asks_before_it_cancels_and_an_overlong_line_is_not_ru
         };
         at += found + text.len();
     }
-    Ok(())
 }
 
 /// A tmux server of this test alone (its own socket), killed at the end.

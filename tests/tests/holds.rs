@@ -74,6 +74,23 @@ async fn cancel(
         .map(|r| r.into_inner())
 }
 
+/// Office 3275's ledger entries of one kind (the first page).
+async fn ledger_of(
+    stock: &mut blangko_proto::v1::stock_service_client::StockServiceClient<Channel>,
+    kind: LedgerEntryKind,
+) -> anyhow::Result<Vec<LedgerEntry>> {
+    Ok(stock
+        .list_ledger_entries(ListLedgerEntriesRequest {
+            office_id: "3275".into(),
+            kind: kind as i32,
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner()
+        .entries)
+}
+
 async fn stock_of(server: &TestServer) -> anyhow::Result<StockLevel> {
     Ok(server
         .stock_client()
@@ -207,16 +224,7 @@ async fn cancels_and_expiries_return_slots_that_later_reserves_take() -> anyhow:
         assert_eq!(engine.sweep_once().await?, 1);
         assert_eq!(stock_of(&server).await?.held, 0);
         // Expiries are time's doing: the ledger names "system", not whoever noticed them.
-        let expiries = stock
-            .list_ledger_entries(ListLedgerEntriesRequest {
-                office_id: "3275".into(),
-                kind: LedgerEntryKind::Expiry as i32,
-                page_size: 0,
-                page_token: String::new(),
-            })
-            .await?
-            .into_inner()
-            .entries;
+        let expiries = ledger_of(&mut stock, LedgerEntryKind::Expiry).await?;
         // b, c, d, e; and no CANCEL entry beside a's.
         assert_eq!(expiries.len(), 4);
         assert!(
@@ -224,16 +232,7 @@ async fn cancels_and_expiries_return_slots_that_later_reserves_take() -> anyhow:
                 .iter()
                 .all(|e| e.principal == "system" && e.held_delta == -1)
         );
-        let cancels = stock
-            .list_ledger_entries(ListLedgerEntriesRequest {
-                office_id: "3275".into(),
-                kind: LedgerEntryKind::Cancel as i32,
-                page_size: 0,
-                page_token: String::new(),
-            })
-            .await?
-            .into_inner()
-            .entries;
+        let cancels = ledger_of(&mut stock, LedgerEntryKind::Cancel).await?;
         assert_eq!(cancels.len(), 1, "{cancels:?}");
         assert_eq!(cancels[0].reservation_id, a.reservation_id);
         let _ = e;
@@ -794,13 +793,7 @@ async fn a_hold_run_out_at_another_office_is_released_at_once_for_the_applicants
     on_each_backend(|db| async move {
         use tonic_types::StatusExt;
         // The sweeper's own ticks are an hour apart: only the Reserve below can wake it.
-        let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
-        let server = TestServer::start_with_clock(
-            db,
-            &["--sweep-interval-secs", "3600"],
-            Arc::new(clock.clone()),
-        )
-        .await?;
+        let (server, clock) = server_at(db).await?;
         let mut stock = server.stock_client().await?;
         office_with_point(&mut stock, "3204", "main", 5, 10).await?;
         office_with_point(&mut stock, "3275", "main", 5, 10).await?;

@@ -48,20 +48,12 @@ impl From<EngineError> for Status {
                 reason,
                 message,
                 retry_after,
-            } => {
-                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
-                details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
-                Status::with_error_details(Code::ResourceExhausted, message, details)
-            }
+            } => retry_later(Code::ResourceExhausted, reason, message, retry_after),
             EngineError::Retry {
                 reason,
                 message,
                 retry_after,
-            } => {
-                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
-                details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
-                Status::with_error_details(Code::Unavailable, message, details)
-            }
+            } => retry_later(Code::Unavailable, reason, message, retry_after),
             EngineError::Database(db) => database_status(&db),
             EngineError::Unavailable(text) => {
                 tracing::debug!(error = %text, "database unavailable (shared by a batch)");
@@ -85,6 +77,13 @@ fn database_status(err: &sqlx::Error) -> Status {
         tracing::error!(error = %err, "database error");
         Status::internal("database error; the operators have the details in the server log")
     }
+}
+
+/// `code` with ErrorInfo `reason` and RetryInfo `retry_after`: not now, later.
+fn retry_later(code: Code, reason: &str, message: String, retry_after: Duration) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(code, message, details)
 }
 
 /// UNAVAILABLE with a retry hint: the database is busy or unreachable.
