@@ -77,7 +77,7 @@ pub struct Config {
 
     /// Most WatchQuota streams one caller (one token's principal) may hold open at once, so that
     /// one token cannot take the whole of `--max-watchers` from every other office. Not applied
-    /// without a token file (every caller is then the same anonymous one).
+    /// without a token file (every caller is then the same anonymous one), nor to admins.
     #[arg(long, env = "BLANGKO_MAX_WATCHERS_PER_CALLER", default_value_t = 500, value_parser = max_watchers)]
     pub max_watchers_per_caller: usize,
 
