@@ -879,6 +879,13 @@ async fn a_watch_ends_when_its_token_is_revoked_and_one_caller_holds_a_bounded_n
     let mut two = clients(&server, Some(tokens.token("loket-2"))).await?;
     let mut other = two.counter.watch_quota(watch()).await?.into_inner();
     other.message().await?.context("a first snapshot")?;
+    // Admins (the ministry's dashboards) are bound by --max-watchers alone.
+    let mut dashboards = Vec::new();
+    for _ in 0..3 {
+        let mut stream = admin.counter.watch_quota(watch()).await?.into_inner();
+        stream.message().await?.context("a first snapshot")?;
+        dashboards.push(stream);
+    }
 
     // A stream closed gives its seat back (once the server has seen it go).
     drop(second);
