@@ -884,7 +884,18 @@ impl Run<'_> {
                     RowOutcome::Error
                 };
                 record.detail = failure.human(Lang::En);
-                (None, vec![failure.human(self.out.lang)])
+                let mut lines = vec![failure.human(self.out.lang)];
+                // The ticket's request id is made from the office, service point, counter,
+                // date and ticket: REQUEST_ID_REUSED here means the ticket was already used
+                // today at this counter for another applicant (a second list that numbers its
+                // tickets from 1 again).
+                if failure.reason() == Some("REQUEST_ID_REUSED") {
+                    lines.push(self.out.t(
+                        "Nomor tiket ini sudah dipakai hari ini di loket ini untuk pemohon lain: beri nomor tiket yang unik (mis. awalan B) lalu jalankan lagi.",
+                        "This ticket number was used today at this counter for another applicant: give the ticket a unique number (e.g. a B prefix) and run again.",
+                    ).to_string());
+                }
+                (None, lines)
             }
         };
         self.results.append(&record)?;

@@ -1878,7 +1878,34 @@ async fn two_counters_numbering_their_tickets_alike_reserve_everyone() -> anyhow
     );
     let q = quota(&server).await?;
     assert_eq!(q.held, 8, "{q:?}");
+
+    // An afternoon list at loket 1 that numbers its tickets from 1 again: those tickets were
+    // used today for other applicants. Nobody is reserved on them, and the officer is told how
+    // to go on.
+    let afternoon = dir.path().join("loket-1-siang.csv");
+    std::fs::write(
+        &afternoon,
+        format!(
+            "ticket,nik,reason\n1,{},new-recording\n2,{},new-recording\n",
+            nik(31),
+            nik(32)
+        ),
+    )?;
+    let file_arg = afternoon.display().to_string();
+    let run = client(&[&url], &who_args(&["queue", &file_arg]), None).await?;
+    assert!(
+        run.stdout.contains(
+            "Nomor tiket ini sudah dipakai hari ini di loket ini untuk pemohon lain: beri nomor tiket yang unik"
+        ),
+        "{run:?}"
+    );
+    assert_eq!(quota(&server).await?.held, 8);
     Ok(())
+}
+
+/// `WHO` and `args`, as the borrowed slice `client` takes.
+fn who_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    WHO.iter().copied().chain(args.iter().copied()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
