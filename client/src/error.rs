@@ -278,8 +278,8 @@ impl Failure {
             return format!(
                 "{}: {message} [{code}/{reason}]",
                 lang.t(
-                    "Blangko rusak BELUM tercatat: pemesanan ini tidak ditahan lagi. Catat blangko itu sebagai rusak dari stok: blangko-counter spoiled --reason ALASAN, tanpa ID pemesanan",
-                    "The spoiled blank is NOT recorded: this reservation is no longer held. Record the blank as spoiled from stock: blangko-counter spoiled --reason REASON, without a reservation id",
+                    "Blangko rusak BELUM tercatat: pemesanan ini tidak ditahan lagi. Catat blangko itu sebagai rusak dari stok: di layar loket rusak stok ALASAN, atau blangko-counter spoiled --reason ALASAN tanpa ID pemesanan",
+                    "The spoiled blank is NOT recorded: this reservation is no longer held. Record the blank as spoiled from stock: on the counter screen spoiled stock REASON, or blangko-counter spoiled --reason REASON without a reservation id",
                 )
             );
         }

@@ -172,10 +172,10 @@ struct Screen {
 fn help_text(lang: Lang) -> &'static str {
     lang.t(
         "Perintah: [Enter] atau n = pemohon berikutnya · antrean N = jumlah yang menunggu di loket ini\n\
-         \x20         c [ID] = kartu sudah dicetak · x [ID] = batalkan · rusak [ID] ALASAN = blangko rusak\n\
+         \x20         c [ID] = kartu sudah dicetak · x [ID] = batalkan · rusak [ID|stok] ALASAN = blangko rusak\n\
          \x20         hold = pemesanan yang masih ditahan · kuota = kuota saat ini · bantuan · keluar",
         "Commands: [Enter] or n = next applicant · queue N = applicants waiting at this counter\n\
-         \x20         c [ID] = card printed (commit) · x [ID] = cancel · spoiled [ID] REASON = spoiled blank\n\
+         \x20         c [ID] = card printed (commit) · x [ID] = cancel · spoiled [ID|stock] REASON = spoiled blank\n\
          \x20         holds = open holds · quota = current quota · help · quit",
     )
 }
@@ -565,9 +565,13 @@ impl Screen {
     ) {
         let mut reason = None;
         let mut id = None;
+        // `rusak stok ALASAN`: a blank spoiled outside any reservation (found defective in
+        // stock, or printed on a hold that is no longer held).
+        let mut from_stock = false;
         for word in words {
             match vocab::parse_spoilage(word) {
                 Some(r) if reason.is_none() => reason = Some(r),
+                _ if matches!(word.to_lowercase().as_str(), "stok" | "stock") => from_stock = true,
                 _ => id = Some(*word),
             }
         }
@@ -578,7 +582,12 @@ impl Screen {
             ));
             return;
         };
-        let Some(id) = self.target(id) else { return };
+        let id = if from_stock {
+            String::new()
+        } else {
+            let Some(id) = self.target(id) else { return };
+            id
+        };
         let request_id = match unanswered {
             Some((same_id, same_reason, request_id)) if same_id == id && same_reason == reason => {
                 self.say(&format!(

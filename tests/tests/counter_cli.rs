@@ -1498,11 +1498,16 @@ async fn the_interactive_x_asks_before_it_cancels_and_an_overlong_line_is_not_ru
     // Reserve; x answered "t" keeps the hold; an overlong line is refused whole (it would
     // otherwise have been cut and run); x answered "y" cancels.
     let long = format!("x {}", "9".repeat(2_000));
-    let script = format!("\n{}\n1\na\nx\nt\n{long}\nx\ny\nkeluar\n", nik(1));
+    // First a blank found defective in stock, recorded outside any reservation.
+    let script = format!(
+        "rusak stok cacat-pabrik\n\n{}\n1\na\nx\nt\n{long}\nx\ny\nkeluar\n",
+        nik(1)
+    );
     let run = screen(url, &script).await?;
     assert_eq!(run.code, 0, "{run:?}");
     let out = &run.stdout;
     let expect = [
+        "Blangko rusak dicatat · tersedia 9",
         "DITAHAN ",
         "Batalkan pemesanan ",
         "Tidak dibatalkan.",
