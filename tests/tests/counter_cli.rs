@@ -777,7 +777,7 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
         late.stderr.starts_with("Blangko rusak BELUM tercatat")
             && late
                 .stderr
-                .contains("blangko-counter spoiled --reason ALASAN, tanpa ID pemesanan")
+                .contains("di layar loket rusak stok ALASAN, atau blangko-counter spoiled --reason ALASAN tanpa ID pemesanan")
             && !late.stderr.contains("JANGAN cetak"),
         "{late:?}"
     );
