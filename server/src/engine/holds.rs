@@ -177,15 +177,7 @@ impl Engine {
                 // The hold ran out. First release it (if the sweeper has not yet), then try to
                 // take a slot and a blank again, all in this transaction.
                 if r.state == State::Held.as_str() {
-                    self.release_hold(
-                        conn,
-                        &mut office,
-                        &mut r,
-                        State::Expired,
-                        now,
-                        SYSTEM_PRINCIPAL,
-                    )
-                    .await?;
+                    self.expire_hold(conn, &mut office, &mut r, now).await?;
                     qd = super::quota_day_for_update(conn, lock, &office, &sp, day).await?;
                 }
                 let today = zone.local_date(now);
@@ -327,15 +319,7 @@ impl Engine {
                 false
             }
             CancelStep::Overdue => {
-                self.release_hold(
-                    conn,
-                    &mut office,
-                    &mut r,
-                    State::Expired,
-                    now,
-                    SYSTEM_PRINCIPAL,
-                )
-                .await?;
+                self.expire_hold(conn, &mut office, &mut r, now).await?;
                 true
             }
             CancelStep::Replay | CancelStep::AlreadyExpired => true,
@@ -367,23 +351,25 @@ impl Engine {
         Ok((response, Some(office.office_id)))
     }
 
-    /// Ends a HELD reservation as `end` (CANCELLED or EXPIRED): its slot and blank return.
-    async fn release_hold(
+    /// Ends a HELD reservation that ran out as EXPIRED: time's doing, so the ledger names
+    /// `system`, not whoever noticed it (the sweeper, a batch, a late commit or cancel).
+    async fn expire_hold(
         &self,
         conn: &mut AnyConnection,
         office: &mut OfficeRow,
         r: &mut ReservationRow,
-        end: State,
         now: i64,
-        principal: &str,
     ) -> EngineResult<()> {
-        let note = if end == State::Expired {
-            "hold expired"
-        } else {
-            "cancelled"
-        };
-        self.release_hold_with_note(conn, office, r, end, now, principal, note)
-            .await
+        self.release_hold_with_note(
+            conn,
+            office,
+            r,
+            State::Expired,
+            now,
+            SYSTEM_PRINCIPAL,
+            "hold expired",
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -449,11 +435,9 @@ impl Engine {
         due: Vec<ReservationRow>,
         now: i64,
     ) -> EngineResult<usize> {
-        let principal = SYSTEM_PRINCIPAL;
         let count = due.len();
         for mut r in due {
-            self.release_hold(conn, office, &mut r, State::Expired, now, principal)
-                .await?;
+            self.expire_hold(conn, office, &mut r, now).await?;
         }
         if count > 0 {
             rows::update_office_stock(conn, office).await?;
