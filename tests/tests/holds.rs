@@ -330,6 +330,52 @@ async fn a_commit_after_expiry_takes_a_slot_again_or_fails_expired() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_commit_counts_the_slots_of_other_holds_that_ran_out_before_the_sweeper_came()
+-> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 2, 10).await?;
+        let mut counter = server.counter_client().await?;
+        // Quota 2: a at 08:00, b at 08:10. At 08:35 a's hold has run out; c's Reserve releases
+        // it and takes its slot.
+        let a = reserve(&mut counter, 1)
+            .await?
+            .map_err(|_| anyhow::anyhow!("a"))?;
+        clock.advance_ms(10 * MINUTE_MS);
+        let b = reserve(&mut counter, 2)
+            .await?
+            .map_err(|_| anyhow::anyhow!("b"))?;
+        clock.advance_ms(25 * MINUTE_MS);
+        let c = reserve(&mut counter, 3)
+            .await?
+            .map_err(|_| anyhow::anyhow!("c takes a's slot"))?;
+        // 08:45: b's hold ran out at 08:40, and no sweep or Reserve has released it. a's late
+        // commit takes b's slot: the answer must not wait for the sweeper.
+        clock.advance_ms(10 * MINUTE_MS);
+        let late = commit(&mut counter, &a.reservation_id).await?;
+        assert_eq!(
+            late.reservation.unwrap_or_default().state(),
+            ReservationState::Committed
+        );
+        let q = late.quota.unwrap_or_default();
+        assert_eq!((q.held, q.committed, q.remaining), (1, 1, 0));
+        let all = fixtures::all_reservations(&mut counter, "3275").await?;
+        let state_of = |id: &str| {
+            all.iter()
+                .find(|r| r.reservation_id == id)
+                .map(|r| r.state())
+        };
+        assert_eq!(state_of(&b.reservation_id), Some(ReservationState::Expired));
+        assert_eq!(state_of(&c.reservation_id), Some(ReservationState::Held));
+        let s = stock_of(&server).await?;
+        assert_eq!((s.on_hand, s.held, s.available), (9, 1, 8));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spoiled_blanks_leave_the_stock_and_the_hold_keeps_its_slot() -> anyhow::Result<()> {
     on_each_backend(|db| async move {
         let (server, _clock) = server_at(db).await?;

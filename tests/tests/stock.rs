@@ -475,6 +475,23 @@ async fn stock_across_offices_pages_by_office_and_filters_by_province() -> anyho
             all.stocks.iter().map(|s| u64::from(s.on_hand)).sum::<u64>(),
             2800
         );
+        // Nobody has reserved at 3275 today: its quota is still that of each of its service
+        // points, as GetQuota shows them (before, 0 until the first Reserve: the morning's
+        // public notice said so).
+        fixtures::service_point(&mut stock, "3275", "kec", fixtures::fixed(5)).await?;
+        let main = fixtures::quota_snapshot(&mut counter, "3275", "main").await?;
+        let kec = fixtures::quota_snapshot(&mut counter, "3275", "kec").await?;
+        let expected = if main.closed { 0 } else { 15 };
+        assert_eq!(main.quota + kec.quota, expected);
+        let bekasi = stock
+            .get_stock(GetStockRequest {
+                office_id: "3275".into(),
+            })
+            .await?
+            .into_inner()
+            .stock
+            .unwrap_or_default();
+        assert_eq!((bekasi.today_quota, bekasi.today_used), (expected, 0));
         Ok(())
     })
     .await

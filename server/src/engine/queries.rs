@@ -142,6 +142,36 @@ pub(crate) fn snapshot_from(
     })
 }
 
+/// Today's quota of an office, summed over all its service points: a point's stored row of the
+/// day, or, for a point no transaction has touched yet today, the quota its first one will
+/// store (as GetQuota shows it). Summing the stored rows alone gave 0 in the morning, before
+/// the first Reserve, which is when the daily notice is published.
+fn today_quota_of(
+    office: &OfficeRow,
+    points: &[ServicePointRow],
+    days: &[QuotaDayRow],
+    today: NaiveDate,
+) -> EngineResult<i64> {
+    let mut total = 0i64;
+    for sp in points {
+        let stored = days
+            .iter()
+            .find(|q| q.service_point_id == sp.service_point_id);
+        total += match stored {
+            Some(q) => q.quota,
+            None => {
+                let paced = if super::paced_on(sp, today)? {
+                    Some(super::PacedFigures::of(points, days))
+                } else {
+                    None
+                };
+                super::quota_day_from(office, sp, today, paced)?.quota
+            }
+        };
+    }
+    Ok(total)
+}
+
 /// Reads what a snapshot needs besides the quota and office rows.
 pub(crate) async fn snapshot_extras(
     conn: &mut AnyConnection,
@@ -286,17 +316,14 @@ impl Engine {
         let today = zone.local_date(now);
         let date = format_local_date(today);
         let days = rows::quota_days_of_office(conn, &office.office_id, &date).await?;
-        let today_quota: i64 = days.iter().map(|q| q.quota).sum();
+        let points = rows::service_points_of(conn, &office.office_id).await?;
+        let today_quota = today_quota_of(office, &points, &days, today)?;
         let today_used: i64 = days.iter().map(|q| q.used()).sum();
         let today_committed: i64 = days.iter().map(|q| q.committed).sum();
         // Mean daily use over the office's last service days: the days any of its service points
         // serves (an MPP open on Saturdays counts its Saturdays; Monday to Friday for an office
         // without service points yet).
-        let calendars: Vec<ServiceCalendar> = rows::service_points_of(conn, &office.office_id)
-            .await?
-            .iter()
-            .map(super::calendar_of)
-            .collect();
+        let calendars: Vec<ServiceCalendar> = points.iter().map(super::calendar_of).collect();
         let history = office_service_days(&calendars, today, COVER_HISTORY_DAYS);
         let (mean, cover) = match history.last() {
             Some(oldest) => {

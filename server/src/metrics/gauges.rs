@@ -157,7 +157,7 @@ pub async fn register(
     );
     registry.register(
         "blangko_office_quota_today",
-        "Today's quota summed over the office's service points that opened it (GetStock today_quota)",
+        "Today's quota summed over the office's service points, those not yet touched today included (GetStock today_quota)",
         office_quota,
     );
     registry.register(
