@@ -30,6 +30,12 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// How often the NIK retention purge runs.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// TCP keepalive on accepted connections: the first probe after this long without traffic...
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// ...then one probe this often...
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...and the connection is closed after this many unanswered probes.
+pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
 
 /// A built server: database open and migrated, socket bound, not yet serving.
 pub struct Application {
@@ -291,7 +297,14 @@ impl Application {
             // (HEADERS, then DATA) otherwise waits for the client's delayed ACK, up to 40 ms, on
             // every call of a client with few calls in flight (a counter terminal).
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    // A peer that vanished without closing (a counter PC switched off, a NAT
+                    // that dropped the flow), also before its TLS or HTTP/2 set-up ended, is
+                    // found and its connection closed after about 90 s instead of never.
+                    .with_keepalive(Some(TCP_KEEPALIVE_IDLE))
+                    .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+                    .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES)),
                 async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 },
@@ -321,6 +334,10 @@ impl Application {
             reloader.abort();
         }
         if let Some(retention) = retention {
+            // A pass can scan for long (every reservation past retention, after each start);
+            // each chunk is a transaction of its own, so stopping it loses nothing: the next
+            // pass finds what this one left.
+            retention.abort();
             let _ = retention.await;
         }
         if let Some(change_listener) = change_listener {
@@ -407,6 +424,15 @@ async fn reload_tokens_on_sighup(
                 return;
             }
         };
+        // A SIGHUP sent while the server was starting (after it read the token file, before
+        // this listener existed) was ignored: read the file once more now, so a token revoked
+        // meanwhile is not served until the next SIGHUP.
+        match auth.reload() {
+            Ok(principals) => tracing::debug!(principals, "token file read again after start"),
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "token file NOT read again after start; the tokens read at start stay valid")
+            }
+        }
         loop {
             tokio::select! {
                 got = hangup.recv() => {

@@ -175,7 +175,7 @@ impl TestServer {
         extra_args: &[&str],
         clock: Arc<dyn blangko_server::clock::Clock>,
     ) -> anyhow::Result<TestServer> {
-        Self::start_full(db, extra_args, clock, None).await
+        Self::start_full(db, extra_args, clock, None, || Ok(())).await
     }
 
     /// A server inside the test process on `db` with extra flags that include --tls-cert and
@@ -186,7 +186,18 @@ impl TestServer {
         client_tls: ClientTlsConfig,
     ) -> anyhow::Result<TestServer> {
         let clock = Arc::new(blangko_server::clock::SystemClock::default());
-        Self::start_full(db, extra_args, clock, Some(client_tls)).await
+        Self::start_full(db, extra_args, clock, Some(client_tls), || Ok(())).await
+    }
+
+    /// A server inside the test process on `db`; `between` runs after the server was built (its
+    /// database opened, its token file read) and before it starts serving.
+    pub async fn start_with_step_before_serving(
+        db: Arc<TestDatabase>,
+        extra_args: &[&str],
+        between: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<TestServer> {
+        let clock = Arc::new(blangko_server::clock::SystemClock::default());
+        Self::start_full(db, extra_args, clock, None, between).await
     }
 
     async fn start_full(
@@ -194,11 +205,13 @@ impl TestServer {
         extra_args: &[&str],
         clock: Arc<dyn blangko_server::clock::Clock>,
         client_tls: Option<ClientTlsConfig>,
+        between: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<TestServer> {
         let args = server_args(&db, extra_args);
         let config =
             Config::try_parse_from(std::iter::once("blangko-server".to_string()).chain(args))?;
         let app = Application::build_with_clock(config, clock).await?;
+        between()?;
         let addr = app.local_addr()?;
         let metrics_addr = app.metrics_addr()?;
         let engine = app.engine();

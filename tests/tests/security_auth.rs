@@ -645,6 +645,44 @@ async fn sighup_adds_and_revokes_tokens_without_a_restart_or_a_dropped_connectio
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_revoked_while_the_server_starts_is_refused_without_another_sighup()
+-> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let mut tokens = TestTokens::new(&db);
+    tokens.add("ops", "admin", None, None)?;
+    let leaked = tokens.add("leaked", "admin", None, None)?;
+    let ops_token = tokens.token("ops").to_string();
+    let file = tokens.arg();
+    // The server has read the file with both tokens; the operator revokes one (and sends a
+    // SIGHUP, which a starting server cannot act on) before it serves.
+    let server =
+        TestServer::start_with_step_before_serving(db, &["--token-file", &file], move || {
+            tokens.revoke("leaked")
+        })
+        .await?;
+    let get = || GetStockRequest {
+        office_id: OWN.into(),
+    };
+    let mut ops = clients(&server, Some(&ops_token)).await?;
+    let mut gone = clients(&server, Some(&leaked)).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match gone.stock.get_stock(get()).await {
+            Err(s) if s.code() == Code::Unauthenticated => break,
+            // Served before the re-read (NOT_FOUND: no such office yet) while the server
+            // starts; bounded.
+            Err(s) if s.code() == Code::NotFound && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => anyhow::bail!("the token revoked during start still works: {other:?}"),
+        }
+    }
+    let kept = ops.stock.get_stock(get()).await.map_err(|s| s.code());
+    assert_eq!(kept.map(drop), Err(Code::NotFound), "ops is still let in");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_file_only_loopback_is_allowed() -> anyhow::Result<()> {
     let db = TestDatabase::sqlite().await?;

@@ -390,3 +390,58 @@ async fn a_sighup_never_kills_a_server_without_a_token_file() -> anyhow::Result<
     office_with_point(&mut stock, "3275", "main", 10, 10).await?;
     Ok(())
 }
+
+/// The accepted connections of the server on `port` (IPv4, ESTABLISHED), from the kernel's
+/// table: (timer kind, ticks until it fires), `/proc/net/tcp`'s `tr` and `tm->when` fields.
+fn accepted_connection_timers(port: u16) -> anyhow::Result<Vec<(u8, u64)>> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    let mut timers = Vec::new();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state), Some(timer)) = (fields.get(1), fields.get(3), fields.get(5))
+        else {
+            continue;
+        };
+        let local_port = local
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        if local_port != Some(port) || *state != "01" {
+            continue;
+        }
+        let (kind, when) = timer
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("odd timer field {timer}"))?;
+        timers.push((
+            u8::from_str_radix(kind, 16)?,
+            u64::from_str_radix(when, 16)?,
+        ));
+    }
+    Ok(timers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_connections_carry_tcp_keepalive_so_a_vanished_peer_is_closed()
+-> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await?);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?;
+    // Idle now: the kernel's keepalive timer (kind 2) runs on the server's side of the
+    // connection, due in at most TCP_KEEPALIVE_IDLE (in ticks of 1/100 s).
+    let idle_ticks = blangko_server::app::TCP_KEEPALIVE_IDLE.as_secs() * 100;
+    let timers = accepted_connection_timers(server.addr.port())?;
+    anyhow::ensure!(
+        !timers.is_empty(),
+        "no accepted connection in /proc/net/tcp"
+    );
+    for (kind, when) in timers {
+        assert_eq!(kind, 2, "no keepalive timer on an accepted connection");
+        assert!(
+            when > 0 && when <= idle_ticks,
+            "keepalive due in {when} ticks, expected at most {idle_ticks}"
+        );
+    }
+    Ok(())
+}

@@ -115,15 +115,33 @@ impl Direct {
         E: From<sqlx::Error> + From<rusqlite::Error>,
         F: FnOnce(&rusqlite::Transaction<'_>, &Journal, &mut Change) -> Result<(T, bool), E>,
     {
-        let _gate = self.gate.lock().await;
-        self.run_holding_gate(work)
+        self.run_journaled_then(work, |_| {}).await
     }
 
-    /// The body of [`Direct::run_journaled`], for a caller that holds the write gate already.
-    fn run_holding_gate<T, E, F>(&self, work: F) -> Result<Option<T>, E>
+    /// [`Direct::run_journaled`], and `committed` runs on the value once the transaction has
+    /// committed, before the write gate opens (never after a rollback or an error): what it
+    /// records in memory is then in the same order as the commits.
+    pub async fn run_journaled_then<T, E, F, C>(
+        &self,
+        work: F,
+        committed: C,
+    ) -> Result<Option<T>, E>
     where
         E: From<sqlx::Error> + From<rusqlite::Error>,
         F: FnOnce(&rusqlite::Transaction<'_>, &Journal, &mut Change) -> Result<(T, bool), E>,
+        C: FnOnce(&mut T),
+    {
+        let _gate = self.gate.lock().await;
+        self.run_holding_gate(work, committed)
+    }
+
+    /// The body of [`Direct::run_journaled_then`], for a caller that holds the write gate
+    /// already.
+    fn run_holding_gate<T, E, F, C>(&self, work: F, committed: C) -> Result<Option<T>, E>
+    where
+        E: From<sqlx::Error> + From<rusqlite::Error>,
+        F: FnOnce(&rusqlite::Transaction<'_>, &Journal, &mut Change) -> Result<(T, bool), E>,
+        C: FnOnce(&mut T),
     {
         // A panic inside `work` rolls its transaction back (Transaction's drop) before the
         // mutex is poisoned, so the connection is still sound.
@@ -139,10 +157,11 @@ impl Direct {
             Err(err) => return Err(E::from(err)),
         };
         let mut change = Change::default();
-        let (value, commit) = work(&tx, &self.journal, &mut change)?;
+        let (mut value, commit) = work(&tx, &self.journal, &mut change)?;
         if commit {
             tx.commit()?;
             self.journal.committed(change);
+            committed(&mut value);
         } else {
             tx.rollback()?;
         }
@@ -175,10 +194,13 @@ impl Direct {
         let started = std::time::Instant::now();
         let before = self.journal.pending();
         let emptied = off_the_runtime(|| {
-            self.run_holding_gate(|tx, journal, change| {
-                journal.fold(tx, chunk, change)?;
-                Ok::<_, StoreError>((change.emptied(), true))
-            })
+            self.run_holding_gate(
+                |tx, journal, change| {
+                    journal.fold(tx, chunk, change)?;
+                    Ok::<_, StoreError>((change.emptied(), true))
+                },
+                |_| {},
+            )
         })
         .map_err(|StoreError(err)| err)?
         .ok_or(sqlx::Error::PoolTimedOut)?;
@@ -643,6 +665,67 @@ mod tests {
 
     fn count(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
         tx.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+    }
+
+    /// What a caller keeps in memory after a commit (the Reserve batch's office rows) is kept
+    /// in commit order: `committed` runs once the COMMIT is done and before the write gate
+    /// opens, and never for a rolled-back or failed transaction.
+    #[tokio::test]
+    async fn what_runs_after_a_commit_runs_before_the_write_gate_opens_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer) = database(dir.path(), 0);
+        writer
+            .execute_batch(
+                "CREATE TABLE reserve_journal (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, \
+                 reservations BIGINT NOT NULL);",
+            )
+            .unwrap();
+        let direct = Direct::open(
+            &path,
+            "PRAGMA journal_mode = WAL;",
+            journal::Limits::default(),
+        )
+        .unwrap();
+        let gate = direct.gate();
+        let insert = |commit: bool| {
+            move |tx: &rusqlite::Transaction<'_>, _: &Journal, _: &mut Change| {
+                execute(tx, "INSERT INTO t (n) VALUES (1)", &[])?;
+                Ok::<_, StoreError>((count(tx)?, commit))
+            }
+        };
+        let mut seen = Vec::new();
+        let value = direct
+            .run_journaled_then(insert(true), |n| {
+                let visible = writer
+                    .query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))
+                    .unwrap();
+                seen.push((*n, visible, gate.try_lock().is_err()));
+            })
+            .await
+            .map_err(|StoreError(e)| e)
+            .unwrap();
+        assert_eq!(value, Some(1));
+        assert_eq!(
+            seen,
+            vec![(1, 1, true)],
+            "(value, committed rows seen elsewhere, gate held)"
+        );
+        direct
+            .run_journaled_then(insert(false), |_| panic!("ran after a rollback"))
+            .await
+            .map_err(|StoreError(e)| e)
+            .unwrap();
+        let failed = direct
+            .run_journaled_then(
+                |tx, _, _| {
+                    execute(tx, "INSERT INTO missing (n) VALUES (1)", &[])?;
+                    Ok::<_, StoreError>(((), true))
+                },
+                |_| panic!("ran after an error"),
+            )
+            .await;
+        assert!(failed.is_err());
+        assert!(gate.try_lock().is_ok(), "the gate opens after each");
     }
 
     /// `.cargo/config.toml` builds the bundled SQLite with SQLITE_DEFAULT_MEMSTATUS=0; a build

@@ -99,7 +99,8 @@ pub const MAX_KEPT_OFFICES: usize = 1024;
 /// program on the file) and never for this connection's own commits, and this connection
 /// writes none of these rows but in the Reserve batches that keep them (its journal folds touch
 /// other tables). A batch takes its office's entry out, and only a batch that committed puts
-/// one back, after its COMMIT: a failed or rolled-back batch leaves nothing behind.
+/// one back, after its COMMIT and before the write gate opens (so entries are put in the order
+/// of the commits): a failed or rolled-back batch leaves nothing behind.
 #[derive(Default)]
 pub(crate) struct KeptOffices {
     offices: std::sync::Mutex<KeptMap>,
@@ -241,11 +242,7 @@ impl Engine {
         }
         // Ok(None) twice over: locked from outside the process, or the batch needs the general path.
         match decided {
-            Ok(Some(Some((answers, rows)))) => {
-                // Committed: the rows as this batch left them serve the office's next batch.
-                self.kept_offices.put(rows);
-                Some(Ok(answers))
-            }
+            Ok(Some(Some(answers))) => Some(Ok(answers)),
             Ok(_) => None,
             Err(err) => Some(Err(err)),
         }
@@ -260,34 +257,51 @@ impl Engine {
         office_id: &str,
         jobs: &[Job],
         long_fold: Option<&AtomicBool>,
-    ) -> EngineResult<Option<Option<(BatchAnswers, OfficeRows)>>> {
-        connection
-            .run_journaled(|tx, journal, change| {
-                // The time once the write gate is held, as the general path reads it under the
-                // office lock.
-                let now = self.clock.now_ms();
-                let version = data_version(tx)?;
-                let kept = self.kept_offices.take(office_id, version, now);
-                let decided = decide(
-                    tx,
-                    Journaled {
-                        journal,
-                        change,
-                        long_fold,
-                    },
-                    office_id,
-                    kept,
-                    jobs,
-                    Turn {
-                        now,
-                        data_version: version,
-                        sweep_soon: &self.sweep_soon,
-                    },
-                )?;
-                let commit = decided.is_some();
-                Ok::<_, EngineError>((decided, commit))
-            })
-            .await
+    ) -> EngineResult<Option<Option<BatchAnswers>>> {
+        let decided = connection
+            .run_journaled_then(
+                |tx, journal, change| {
+                    // The time once the write gate is held, as the general path reads it under the
+                    // office lock.
+                    let now = self.clock.now_ms();
+                    let version = data_version(tx)?;
+                    let kept = self.kept_offices.take(office_id, version, now);
+                    let decided = decide(
+                        tx,
+                        Journaled {
+                            journal,
+                            change,
+                            long_fold,
+                        },
+                        office_id,
+                        kept,
+                        jobs,
+                        Turn {
+                            now,
+                            data_version: version,
+                            sweep_soon: &self.sweep_soon,
+                        },
+                    )?;
+                    let commit = decided.is_some();
+                    Ok::<_, EngineError>((
+                        decided.map(|(answers, rows)| (answers, Some(rows))),
+                        commit,
+                    ))
+                },
+                |decided| {
+                    // Committed: the rows as this batch left them serve the office's next batch.
+                    // Kept before the write gate opens, so that rows kept by a batch that committed
+                    // earlier can never replace those of one that committed after it (two workers
+                    // of one office overlap when an idle one ends as a new one starts), which
+                    // `data_version` cannot tell apart: this connection's own commits leave it as
+                    // it is.
+                    if let Some(rows) = decided.as_mut().and_then(|(_, rows)| rows.take()) {
+                        self.kept_offices.put(rows);
+                    }
+                },
+            )
+            .await?;
+        Ok(decided.map(|d| d.map(|(answers, _)| answers)))
     }
 }
 /// The Reserve journal as a batch's transaction sees it (see `store::journal`).
