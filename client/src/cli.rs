@@ -15,7 +15,8 @@ Examples / Contoh:
   # Is the server up, and how much of today's quota is left?
   blangko-counter --office 3275 --service-point mpp status
 
-  # One applicant (exit 0 reserved, 3 referred to IKD, 2 bad input, 1 other error)
+  # One applicant (exit 0 reserved, 3 referred to IKD, 4 already printed or held for another
+  # counter: do not print here, 2 bad input, 1 other error)
   export BLANGKO_SERVER=http://10.1.2.3:50051,http://10.1.2.4:50051
   export BLANGKO_OFFICE=3275 BLANGKO_SERVICE_POINT=mpp BLANGKO_COUNTER=loket-3
   blangko-counter reserve --nik 3275014101900001 --reason new-recording --ikd not-active
@@ -139,7 +140,9 @@ pub enum Command {
     /// --service-point).
     Status,
 
-    /// Reserve a blank for one applicant (exit 0 reserved, 3 referred to IKD, 2 bad input).
+    /// Reserve a blank for one applicant (exit 0 reserved, 3 referred to IKD, 4 the applicant's
+    /// earlier reservation, already printed or held for another counter: do not print here, 2 bad
+    /// input).
     Reserve(ReserveArgs),
 
     /// Commit a reservation: the card was printed.
@@ -194,12 +197,16 @@ pub enum Command {
     /// by ticket number, to activate IKD. Then it reserves in queue order, keeps the forecast
     /// current from the live snapshot, and appends every outcome to the results file. Bad rows are
     /// reported with their line numbers, never skipped silently. Columns are found by their header
-    /// names (ticket/tiket/no, nik, reason/alasan, ikd); `,` `;` and tab separators are accepted.
+    /// names (ticket/tiket/antrean/antrian, or no/nomor when none of those is there; nik;
+    /// reason/alasan; ikd); `,` `;` and tab separators are accepted. An applicant already printed
+    /// today, or held for another counter, is recorded as do_not_print: no card is printed here.
     ///
     /// After a crash or a dropped connection, run the same command again: request ids are derived
     /// from office, service point, counter, local date and ticket
     /// (q-3275-mpp-loket-1-20261129-A017), so nobody is reserved twice, and tickets already
-    /// handled today are skipped.
+    /// handled today for the same applicant are skipped; a ticket number the results file shows
+    /// used today for another applicant is refused with its line number. A results file changed
+    /// by hand or by a spreadsheet stops the run (restore it: it says who was served or told).
     ///
     /// Exit 0 when every row was handled, 2 when some rows were invalid, 1 when the run stopped early.
     Queue(QueueArgs),

@@ -18,6 +18,9 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_BAD_INPUT: u8 = 2;
 /// Exit code: the applicant was referred to IKD activation.
 pub const EXIT_REFERRED: u8 = 3;
+/// Exit code: the answer is the applicant's earlier reservation, already printed or held for
+/// another counter: do not print a card here.
+pub const EXIT_DO_NOT_PRINT: u8 = 4;
 
 /// One invalid field, as the server's BadRequest (or our own check) names it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,6 +19,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::commands::reserve::do_not_print;
 use crate::connect::queue_request_id;
 use crate::error::{EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, Failure};
 use crate::forecast::{expected_served, ticket_ranges, total_with_mine};
@@ -115,8 +116,12 @@ fn column_of(header: &str) -> Option<&'static str> {
         .map(|c| if c == ' ' || c == '-' { '_' } else { c })
         .collect();
     match name.as_str() {
-        "ticket" | "ticket_number" | "tiket" | "no" | "nomor" | "no_antrean" | "nomor_antrean"
-        | "antrean" | "queue" | "number" => Some("ticket"),
+        "ticket" | "ticket_number" | "tiket" | "no_tiket" | "nomor_tiket" | "no_antrean"
+        | "nomor_antrean" | "antrean" | "no_antrian" | "nomor_antrian" | "antrian" | "queue"
+        | "queue_number" => Some("ticket"),
+        // A generic number column: the ticket only when no column names the ticket itself (an
+        // export's running row number "No" often comes first, before "Nomor Antrian").
+        "no" | "nomor" | "number" => Some("number"),
         "nik" => Some("nik"),
         "reason" | "alasan" => Some("reason"),
         "ikd" | "ikd_status" | "status_ikd" => Some("ikd"),
@@ -132,10 +137,19 @@ fn columns_from_header(header: &csv::StringRecord) -> Result<Columns, Failure> {
         }
     }
     if found.is_empty() {
-        if header
-            .iter()
-            .any(|cell| nik::normalize(cell).len() == nik::NIK_LEN)
-        {
+        // No known name: the first line may be an applicant rather than unknown column names
+        // (a NIK, even one mistyped, is a long run of digits; a reason or IKD word is data).
+        let looks_like_data = header.iter().any(|cell| {
+            let cell = cell.trim();
+            let digits = cell.chars().filter(char::is_ascii_digit).count();
+            let numeric = cell.chars().all(|c| c.is_ascii_digit());
+            digits >= 10
+                || nik::normalize(cell).len() == nik::NIK_LEN
+                || (!numeric && vocab::parse_reason(cell).is_some())
+                // Not the prompt's single letters (A, B, ...), which could name columns.
+                || (cell.len() >= 4 && vocab::parse_ikd(cell).is_some())
+        });
+        if looks_like_data {
             return Err(Failure::bad_field(
                 "line 1",
                 "the first line looks like an applicant, not a header row (ticket,nik,reason) / \
@@ -158,8 +172,17 @@ fn columns_from_header(header: &csv::StringRecord) -> Result<Columns, Failure> {
             )
         })
     };
+    let ticket = match found.get("ticket") {
+        Some(&i) => i,
+        None => need("number").map_err(|_| {
+            Failure::bad_field(
+                "header",
+                "the header row has no ticket column / kolom tiket (nomor antrean) tidak ada",
+            )
+        })?,
+    };
     Ok(Columns {
-        ticket: need("ticket")?,
+        ticket,
         nik: need("nik")?,
         reason: need("reason")?,
         ikd: found.get("ikd").copied(),
@@ -401,6 +424,9 @@ pub enum RowOutcome {
     IkdForecast,
     /// The server referred the applicant to IKD.
     IkdReferral,
+    /// The answer is the applicant's earlier reservation, already printed today or held for
+    /// another counter: no card is printed at this counter (`detail` says which).
+    DoNotPrint,
     /// The row (or the server) rejected the input.
     Invalid,
     /// Another error; a re-run tries again.
@@ -412,7 +438,10 @@ impl RowOutcome {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            RowOutcome::Reserved | RowOutcome::IkdForecast | RowOutcome::IkdReferral
+            RowOutcome::Reserved
+                | RowOutcome::IkdForecast
+                | RowOutcome::IkdReferral
+                | RowOutcome::DoNotPrint
         )
     }
 }
@@ -531,6 +560,67 @@ where
     )
 }
 
+/// The records of a results file's whole lines, or the first line that is not one (its number
+/// and why). Skipped: a header line met again (two runs that started the file at once), and a
+/// record cut short (fewer fields, or JSON that ends early): a crash tore it, and an older
+/// version of this program ended it with a newline instead of cutting it off.
+fn parse_results(text: &str, format: ResultsFormat) -> Result<Vec<ResultRecord>, (u64, String)> {
+    let mut records = Vec::new();
+    match format {
+        ResultsFormat::Csv => {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .flexible(true)
+                .from_reader(text.as_bytes());
+            let headers = reader.headers().map_err(|e| (1, e.to_string()))?.clone();
+            for row in reader.records() {
+                let row = row.map_err(|e| {
+                    let line = e.position().map_or(0, csv::Position::line);
+                    (line, e.to_string())
+                })?;
+                if row.iter().eq(headers.iter()) || row.len() < headers.len() {
+                    continue;
+                }
+                let line = row.position().map_or(0, csv::Position::line);
+                records.push(
+                    row.deserialize::<ResultRecord>(Some(&headers))
+                        .map_err(|e| (line, e.to_string()))?,
+                );
+            }
+        }
+        ResultsFormat::JsonLines => {
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<ResultRecord>(line) {
+                    Ok(record) => records.push(record),
+                    Err(e) if e.is_eof() => {}
+                    Err(e) => return Err((i as u64 + 1, e.to_string())),
+                }
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// A results file with a line that is no result: changed by hand or by a spreadsheet (which
+/// rewrites `false` as `FALSE`, dates and separators). Skipping it would forget who was served
+/// or told already, so the run stops and says what to do.
+fn unreadable_results(path: &Path, line: u64, why: &str) -> Failure {
+    let path = path.display();
+    Failure::local(
+        format!(
+            "berkas hasil {path} baris {line} bukan hasil antrean (diubah, mis. disimpan ulang oleh spreadsheet?): \
+             kembalikan berkas aslinya; tanpa itu antrean tidak tahu siapa yang sudah dilayani atau diberi tahu"
+        ),
+        format!(
+            "results file {path} line {line} is not a queue result ({why}; changed, e.g. saved again by a spreadsheet?): \
+             restore the original file; without it the queue cannot tell who was already served or told"
+        ),
+    )
+}
+
 /// What the counter was doing with a file when it failed.
 #[derive(Debug, Clone, Copy)]
 enum FileStep {
@@ -553,25 +643,17 @@ impl ResultsFile {
         let mut text = String::new();
         file.read_to_string(&mut text)
             .map_err(|e| local_failure(path, FileStep::ReadResults, e))?;
-        let records = match format {
-            ResultsFormat::Csv => csv::ReaderBuilder::new()
-                .has_headers(true)
-                .flexible(true)
-                .from_reader(text.as_bytes())
-                .deserialize::<ResultRecord>()
-                // A line torn by a crash is not a result: skip it.
-                .filter_map(Result::ok)
-                .collect(),
-            ResultsFormat::JsonLines => text
-                .lines()
-                .filter_map(|line| serde_json::from_str::<ResultRecord>(line).ok())
-                .collect(),
-        };
-        // A crash may have left half a line: start the next one on a line of its own.
-        if !text.is_empty() && !text.ends_with('\n') {
-            file.write_all(b"\n")
+        // Every record is one write that ends with its newline: text after the last newline is
+        // half a record a crash left. It is cut off, not kept: a CSV field torn inside its
+        // quotes would otherwise swallow every record appended after it.
+        let whole = text.rfind('\n').map_or(0, |i| i + 1);
+        if whole < text.len() {
+            file.set_len(whole as u64)
                 .map_err(|e| local_failure(path, FileStep::WriteResults, e))?;
+            text.truncate(whole);
         }
+        let records = parse_results(&text, format)
+            .map_err(|(line, why)| unreadable_results(path, line, &why))?;
         let _ = file.seek(SeekFrom::End(0));
         let has_header = format == ResultsFormat::Csv && !text.trim().is_empty();
         Ok((
@@ -684,6 +766,8 @@ struct Tally {
     replayed: u32,
     told_ikd: u32,
     referred: u32,
+    /// Answered with their earlier reservation, printed or held for another counter.
+    do_not_print: u32,
     invalid: u32,
     errors: u32,
     earlier: u32,
@@ -822,6 +906,7 @@ impl Run<'_> {
         let (snapshot, human): (Option<QuotaSnapshot>, Vec<String>) = match answer {
             Ok(response) => match response.outcome {
                 Some(Outcome::Reservation(reservation)) => {
+                    let warning = do_not_print(&reservation, &self.counter, &self.out);
                     record.outcome = RowOutcome::Reserved;
                     record.reservation_id = reservation.reservation_id.clone();
                     record.masked_nik = reservation.masked_nik.clone();
@@ -831,14 +916,29 @@ impl Run<'_> {
                         .as_str()
                         .unwrap_or("")
                         .to_string();
-                    self.tally.reserved += 1;
-                    if reservation.replayed {
-                        self.tally.replayed += 1;
+                    let mut lines = vec![reservation_line(&reservation, &self.out)];
+                    match warning {
+                        // The applicant was served elsewhere (or earlier): the worklist must not
+                        // show a blank to print at this counter.
+                        Some(warning) => {
+                            record.outcome = RowOutcome::DoNotPrint;
+                            let english = Out {
+                                lang: Lang::En,
+                                ..self.out
+                            };
+                            record.detail = do_not_print(&reservation, &self.counter, &english)
+                                .unwrap_or_default();
+                            self.tally.do_not_print += 1;
+                            lines.push(warning);
+                        }
+                        None => {
+                            self.tally.reserved += 1;
+                            if reservation.replayed {
+                                self.tally.replayed += 1;
+                            }
+                        }
                     }
-                    (
-                        response.quota,
-                        vec![reservation_line(&reservation, &self.out)],
-                    )
+                    (response.quota, lines)
                 }
                 Some(Outcome::IkdReferral(referral)) => {
                     record.outcome = RowOutcome::IkdReferral;
@@ -914,6 +1014,15 @@ impl Run<'_> {
     }
 }
 
+/// The summary's part for rows answered with an earlier reservation, when there are any.
+fn served_elsewhere(count: u32, words: &str) -> String {
+    if count == 0 {
+        String::new()
+    } else {
+        format!("{count} {words}, ")
+    }
+}
+
 /// Reports why the run stopped and how to resume; gives the exit code.
 fn stopped(failure: &Failure, out: &Out) -> u8 {
     failure.report(out);
@@ -958,11 +1067,47 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
         .into_iter()
         .filter(|r| r.local_date == local_date)
         .collect();
-    let done: HashSet<&str> = earlier
+    // A ticket is done when an earlier run today settled it for the same applicant (the NIK as
+    // the results file keeps it, masked). The same ticket settled for another applicant is not
+    // skipped: a second list of the day that numbers its tickets from 1 again, or a results
+    // file shared with another list, would otherwise leave its applicants unserved and untold.
+    let done: HashSet<(&str, &str)> = earlier
         .iter()
         .filter(|r| r.outcome.is_final())
-        .map(|r| r.ticket.as_str())
+        .map(|r| (r.ticket.as_str(), r.masked_nik.as_str()))
         .collect();
+    let settled_for: HashMap<&str, &ResultRecord> = earlier
+        .iter()
+        .filter(|r| r.outcome.is_final())
+        .map(|r| (r.ticket.as_str(), r))
+        .collect();
+    // Rows whose ticket an earlier run settled for someone else: refused by line number.
+    let mut parsed = parsed;
+    let (reused, rows): (Vec<QueueRow>, Vec<QueueRow>) = std::mem::take(&mut parsed.rows)
+        .into_iter()
+        .partition(|row| {
+            let mine = nik::mask(&row.nik);
+            !done.contains(&(row.ticket.as_str(), mine.as_str()))
+                && settled_for.contains_key(row.ticket.as_str())
+        });
+    parsed.rows = rows;
+    for row in reused {
+        let before = settled_for.get(row.ticket.as_str()).map_or(0, |r| r.line);
+        parsed.bad.push(BadRow {
+            line: row.line,
+            ticket: row.ticket.clone(),
+            field: "ticket".to_string(),
+            problem_id: format!(
+                "tiket {} sudah dipakai hari ini untuk pemohon lain (baris {before} pada proses sebelumnya); beri nomor tiket yang unik (mis. awalan B) atau pakai --results lain untuk daftar ini",
+                row.ticket
+            ),
+            problem_en: format!(
+                "ticket {} was used today for another applicant (line {before} in an earlier run); give it a unique number (e.g. a B prefix) or use another --results file for this list",
+                row.ticket
+            ),
+        });
+    }
+    parsed.bad.sort_by_key(|b| b.line);
     let invalid_seen: HashSet<(u64, &str)> = earlier
         .iter()
         .filter(|r| r.outcome == RowOutcome::Invalid)
@@ -1030,7 +1175,7 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
     let mut pending: Vec<QueueRow> = parsed
         .rows
         .iter()
-        .filter(|r| !done.contains(r.ticket.as_str()))
+        .filter(|r| !settled_for.contains_key(r.ticket.as_str()))
         .cloned()
         .collect();
     run.tally.earlier = u32::try_from(parsed.rows.len() - pending.len()).unwrap_or(u32::MAX);
@@ -1047,13 +1192,21 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
         });
     }
 
-    // A resumed run first settles the first pending ticket: it may be the one that was in flight
-    // when the earlier run died (reserved, but not yet in the results file). Its request id makes
-    // the server replay that answer instead of reserving again, and the forecast below is exact.
-    if !earlier.is_empty() && !options.forecast_only && !pending.is_empty() {
-        let first = pending.remove(0);
-        if let Err(failure) = run.reserve_row(&first).await {
-            return Ok(stopped(&failure, &out));
+    // A resumed run first settles the first pending ticket that the results file does not name
+    // at all: rows are reserved in queue order, so it is the one that may have been in flight
+    // when the earlier run died (reserved, but not yet recorded). Rows recorded with an error
+    // come before it and are not it. Its request id makes the server replay that answer instead
+    // of reserving again, and the forecast below is exact.
+    if !earlier.is_empty() && !options.forecast_only {
+        let recorded: HashSet<&str> = earlier.iter().map(|r| r.ticket.as_str()).collect();
+        if let Some(at) = pending
+            .iter()
+            .position(|r| !recorded.contains(r.ticket.as_str()))
+        {
+            let first = pending.remove(at);
+            if let Err(failure) = run.reserve_row(&first).await {
+                return Ok(stopped(&failure, &out));
+            }
         }
     }
 
@@ -1131,6 +1284,7 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
             "replayed": t.replayed,
             "told_ikd": t.told_ikd,
             "referred": t.referred,
+            "do_not_print": t.do_not_print,
             "invalid": t.invalid,
             "errors": t.errors,
             "earlier": t.earlier,
@@ -1139,13 +1293,17 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
     } else {
         out.line(&match lang {
             Lang::Id => format!(
-                "Selesai: {} dipesan ({} ulang), {} diberi tahu aktivasi IKD, {} dirujuk server, {} tidak valid, {} galat, {} dari proses sebelumnya. Hasil: {}",
-                t.reserved, t.replayed, t.told_ikd, t.referred, t.invalid, t.errors, t.earlier,
+                "Selesai: {} dipesan ({} ulang), {} diberi tahu aktivasi IKD, {} dirujuk server, {}{} tidak valid, {} galat, {} dari proses sebelumnya. Hasil: {}",
+                t.reserved, t.replayed, t.told_ikd, t.referred,
+                served_elsewhere(t.do_not_print, "sudah dilayani di loket lain atau sudah dicetak (JANGAN cetak)"),
+                t.invalid, t.errors, t.earlier,
                 run.results.path().display()
             ),
             Lang::En => format!(
-                "Done: {} reserved ({} replayed), {} told to activate IKD, {} referred by the server, {} invalid, {} errors, {} from an earlier run. Results: {}",
-                t.reserved, t.replayed, t.told_ikd, t.referred, t.invalid, t.errors, t.earlier,
+                "Done: {} reserved ({} replayed), {} told to activate IKD, {} referred by the server, {}{} invalid, {} errors, {} from an earlier run. Results: {}",
+                t.reserved, t.replayed, t.told_ikd, t.referred,
+                served_elsewhere(t.do_not_print, "already served at another counter or printed (do NOT print)"),
+                t.invalid, t.errors, t.earlier,
                 run.results.path().display()
             ),
         });
@@ -1330,6 +1488,85 @@ mod tests {
         let missing = parse_queue("ticket,nik\n1,3275014101900001\n".as_bytes(), today());
         assert!(matches!(missing, Err(Failure::BadInput { .. })));
         assert!(parse("").rows.is_empty());
+        // An export's running number comes first: the queue number is the ticket.
+        let export = parse(
+            "No,Nomor Antrian,Nama,NIK,Alasan\n1,A045,Budi,3275014101900001,hilang\n2,B012,Sari,3275014101900002,rusak\n",
+        );
+        let tickets: Vec<&str> = export.rows.iter().map(|r| r.ticket.as_str()).collect();
+        assert_eq!(tickets, ["A045", "B012"]);
+        // A generic number column alone is still the ticket.
+        assert_eq!(
+            parse("No,NIK,Alasan\n7,3275014101900001,hilang\n").rows[0].ticket,
+            "7"
+        );
+        // No header, and the first applicant's NIK one digit short: refused as data, not used
+        // up as a header row (that applicant would have been skipped without a word).
+        for first in [
+            "1,327501410190001,hilang\n",
+            "1,3275-0141-0190,baru\n",
+            "A1,x,rusak\n",
+        ] {
+            let text = format!("{first}2,3275014101900002,hilang\n");
+            let refused = parse_queue(text.as_bytes(), today());
+            assert!(matches!(refused, Err(Failure::BadInput { .. })), "{first}");
+        }
+        // Unknown names that are no data: the documented order.
+        assert_eq!(
+            parse("A,B,C\nT1,3275014101900001,hilang\n").rows[0].ticket,
+            "T1"
+        );
+    }
+
+    #[test]
+    fn a_results_file_with_a_line_that_is_no_result_stops_the_run() {
+        let dir = match tempfile::tempdir() {
+            Ok(dir) => dir,
+            Err(e) => panic!("{e}"),
+        };
+        // Saved again by a spreadsheet: `false` became `FALSE`.
+        let path = dir.path().join("r.csv");
+        let header = "local_date,line,ticket,masked_nik,reason,outcome,reservation_id,expires_at,replayed,cause,detail,request_id";
+        let good = "2026-11-29,2,A001,327501******0001,LOST,reserved,res-1,,false,,,q-1";
+        let edited = "2026-11-29,3,A002,327501******0002,LOST,reserved,res-2,,FALSE,,,q-2";
+        let write = |text: String| std::fs::write(&path, text).map_err(|e| panic!("{e}"));
+        let _ = write(format!("{header}\n{good}\n{edited}\n"));
+        match ResultsFile::open(&path) {
+            Err(Failure::Local { english, .. }) => {
+                assert!(
+                    english.contains("line 3 is not a queue result"),
+                    "{english}"
+                )
+            }
+            other => panic!("{:?}", other.map(|(_, r)| r)),
+        }
+        // A header written twice (two runs that started the file at once) and a record cut
+        // short by an older version's crash are no results, and no reason to stop.
+        let _ = write(format!(
+            "{header}\n{good}\n{header}\n2026-11-29,3,A0\n{good}\n"
+        ));
+        let (_, records) = match ResultsFile::open(&path) {
+            Ok(x) => x,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(records.len(), 2);
+        // JSON lines: an edited line stops the run; a line cut short does not.
+        let path = dir.path().join("r.jsonl");
+        let record = format!(
+            "{{\"local_date\":\"2026-11-29\",\"line\":2,\"ticket\":\"A001\",\"masked_nik\":\"327501******0001\",\"reason\":\"LOST\",\"outcome\":\"reserved\"}}"
+        );
+        let _ = std::fs::write(
+            &path,
+            format!("{record}\n{{\"local_date\":\"2026\n{record}\n"),
+        );
+        assert!(matches!(ResultsFile::open(&path), Ok((_, ref r)) if r.len() == 2));
+        let _ = std::fs::write(
+            &path,
+            format!("{record}\n{}\n", record.replace("reserved", "RESERVED")),
+        );
+        assert!(matches!(
+            ResultsFile::open(&path),
+            Err(Failure::Local { .. })
+        ));
     }
 
     #[test]
@@ -1362,9 +1599,11 @@ mod tests {
                 assert!(earlier.is_empty());
                 assert!(file.append(&record).is_ok());
             }
-            // A crash in the middle of the next line.
+            // A crash in the middle of the next line, inside a quoted field.
             if let Ok(mut f) = OpenOptions::new().append(true).open(&path) {
-                let _ = f.write_all(b"2026-11-29,3,A0");
+                let _ = f.write_all(
+                    b"2026-11-29,3,A0,x,LOST,ikd_referral,,,false,QUOTA,\"We are sorry, tod",
+                );
             }
             let (mut file, earlier) = match ResultsFile::open(&path) {
                 Ok(x) => x,
@@ -1382,6 +1621,11 @@ mod tests {
                 Err(e) => panic!("{e:?}"),
             };
             assert_eq!(again, vec![record.clone(), second], "{name}");
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                !text.contains("We are sorry"),
+                "the torn line was cut off: {text}"
+            );
         }
         let text = std::fs::read_to_string(dir.path().join("r.csv")).unwrap_or_default();
         assert!(

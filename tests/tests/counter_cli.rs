@@ -391,7 +391,8 @@ async fn reserve_prints_the_reservation_or_the_referral_with_exit_codes() -> any
         None,
     )
     .await?;
-    assert_eq!(next.code, 0, "{next:?}");
+    // Exit 4, not 0: a script that prints on success prints nothing here.
+    assert_eq!(next.code, 4, "{next:?}");
     assert!(
         next.stdout
             .contains("Ditahan untuk loket loket-1: JANGAN cetak di sini"),
@@ -708,7 +709,7 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
         &["reserve", "--nik", &nik(1), "--reason", "data-change"],
     )
     .await?;
-    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(again.code, 4, "{again:?}");
     assert!(
         again.stdout.contains("SUDAH DICETAK pukul ")
             && again
@@ -939,6 +940,261 @@ async fn queue_tells_tickets_beyond_the_quota_before_any_reserve() -> anyhow::Re
     assert_eq!((q.held, q.remaining), (20, 0));
     // The finished queue withdrew its report.
     assert_eq!(q.waiting, 0, "{q:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nik_typed_in_the_wrong_place_on_the_command_line_is_masked_in_the_error()
+-> anyhow::Result<()> {
+    let n = nik(7);
+    // No server is needed: the command line is refused before anything connects.
+    let url = "http://127.0.0.1:9";
+    for args in [
+        vec!["reserve", n.as_str(), "--reason", "lost"],
+        vec!["reserve", "--reason", n.as_str(), "--nik", "lost"],
+    ] {
+        let run = run_as(url, &args).await?;
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(!run.all().contains(&n), "NIK in clear: {run:?}");
+        // Masked where it stood, so the officer still sees which word was refused.
+        assert!(run.stderr.contains(&"*".repeat(16)), "{run:?}");
+    }
+    // Help still goes to stdout, exit 0.
+    let help = run_as(url, &["reserve", "--help"]).await?;
+    assert_eq!(help.code, 0, "{help:?}");
+    assert!(help.stdout.contains("--nik"), "{help:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_row_already_held_at_another_counter_is_marked_do_not_print() -> anyhow::Result<()>
+{
+    let server = server_with(20, 100).await?;
+    let url = server.url.as_str();
+    // Applicant 2 was served at loket-2's screen before loket-1's queue file reaches them.
+    let elsewhere = client(
+        &[url],
+        &[
+            "--office",
+            "3275",
+            "--service-point",
+            "mpp",
+            "--counter",
+            "loket-2",
+            "reserve",
+            "--nik",
+            &nik(2),
+            "--reason",
+            "new-recording",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(elsewhere.code, 0, "{elsewhere:?}");
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("antrean.csv");
+    std::fs::write(&file, queue_csv(3))?;
+    let results = dir.path().join("hasil.jsonl");
+    let file_arg = file.display().to_string();
+    let results_arg = results.display().to_string();
+    let run = run_as(
+        url,
+        &["--json", "queue", &file_arg, "--results", &results_arg],
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let events = run.json()?;
+    let rows: Vec<&Value> = events.iter().filter(|v| v["event"] == "row").collect();
+    let outcomes: Vec<&str> = rows
+        .iter()
+        .map(|v| v["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["reserved", "do_not_print", "reserved"],
+        "{run:?}"
+    );
+    assert!(
+        rows[1]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("Held for counter loket-2: do NOT print here")),
+        "{:?}",
+        rows[1]
+    );
+    let summary = events.last().context("no summary")?;
+    assert_eq!(
+        (
+            summary["reserved"].as_u64(),
+            summary["do_not_print"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "{summary}"
+    );
+    // The same in words, and a re-run leaves the row alone (loket-1 still holds no blank for it).
+    std::fs::remove_file(&results)?;
+    let human = run_as(url, &["queue", &file_arg, "--results", &results_arg]).await?;
+    assert!(
+        human
+            .stdout
+            .contains("Ditahan untuk loket loket-2: JANGAN cetak di sini"),
+        "{human:?}"
+    );
+    let again = run_as(
+        url,
+        &["--json", "queue", &file_arg, "--results", &results_arg],
+    )
+    .await?;
+    assert!(
+        !again.json()?.iter().any(|v| v["event"] == "row"),
+        "{again:?}"
+    );
+    let mine = reservations(&server).await?;
+    assert_eq!(mine.len(), 2, "loket-1 holds 1 and 3 only");
+    Ok(())
+}
+
+/// A queue file of `(ticket, NIK number)` rows, reason new-recording.
+fn queue_of(rows: &[(&str, u32)]) -> String {
+    let mut text = String::from("ticket,nik,reason\n");
+    for (ticket, n) in rows {
+        text.push_str(&format!("{ticket},{},new-recording\n", nik(*n)));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_list_that_numbers_its_tickets_again_is_refused_row_by_row_not_skipped()
+-> anyhow::Result<()> {
+    let server = server_with(20, 100).await?;
+    let url = server.url.as_str();
+    let dir = tempfile::tempdir()?;
+    let results = dir.path().join("hasil.jsonl");
+    let results_arg = results.display().to_string();
+    let morning = dir.path().join("pagi.csv");
+    std::fs::write(&morning, queue_of(&[("1", 1), ("2", 2)]))?;
+    let first = run_as(
+        url,
+        &[
+            "--json",
+            "queue",
+            &morning.display().to_string(),
+            "--results",
+            &results_arg,
+        ],
+    )
+    .await?;
+    assert_eq!(first.code, 0, "{first:?}");
+    // The afternoon list numbers from 1 again, with other applicants, into the same results
+    // file: before, both were skipped as "already handled" and nobody was told anything.
+    let afternoon = dir.path().join("siang.csv");
+    std::fs::write(&afternoon, queue_of(&[("1", 11), ("2", 12), ("3", 13)]))?;
+    let second = run_as(
+        url,
+        &[
+            "queue",
+            &afternoon.display().to_string(),
+            "--results",
+            &results_arg,
+        ],
+    )
+    .await?;
+    assert_eq!(second.code, 2, "invalid rows: {second:?}");
+    for (line, ticket) in [(2, 1), (3, 2)] {
+        assert!(
+            second.stderr.contains(&format!(
+                "Baris {line} (tiket {ticket}): ticket — tiket {ticket} sudah dipakai hari ini untuk pemohon lain"
+            )),
+            "{second:?}"
+        );
+    }
+    // Ticket 3 is new: reserved. Tickets 1 and 2 of this list were not sent to the server.
+    let mine = reservations(&server).await?;
+    let masked_niks: Vec<&str> = mine.iter().map(|r| r.masked_nik.as_str()).collect();
+    assert_eq!(mine.len(), 3, "{masked_niks:?}");
+    assert!(masked_niks.contains(&masked(13).as_str()));
+    assert!(!masked_niks.contains(&masked(11).as_str()));
+    assert_no_clear_nik(&second, [11, 12, 13]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_settles_the_ticket_that_was_in_flight_not_an_earlier_error_row()
+-> anyhow::Result<()> {
+    let server = server_with(2, 100).await?;
+    let url = server.url.as_str();
+    let date = quota(&server).await?.local_date;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("antrean.csv");
+    std::fs::write(&file, queue_of(&[("1", 1), ("2", 2), ("3", 3)]))?;
+    let results = dir.path().join("hasil.jsonl");
+    // The earlier run: ticket 1 got an error (recorded, not final); ticket 2's Reserve reached
+    // the server, and the run died before recording it.
+    std::fs::write(
+        &results,
+        format!(
+            "{{\"local_date\":\"{date}\",\"line\":2,\"ticket\":\"1\",\"masked_nik\":\"{}\",\"reason\":\"NEW_RECORDING\",\"outcome\":\"error\",\"detail\":\"the applicant holds a blank elsewhere\"}}\n",
+            masked(1)
+        ),
+    )?;
+    let digits: String = date.chars().filter(char::is_ascii_digit).collect();
+    let in_flight = run_as(
+        url,
+        &[
+            "reserve",
+            "--nik",
+            &nik(2),
+            "--reason",
+            "new-recording",
+            "--request-id",
+            &format!("q-3275-mpp-loket-1-{digits}-2"),
+        ],
+    )
+    .await?;
+    assert_eq!(in_flight.code, 0, "{in_flight:?}");
+    // Meanwhile another counter takes the last slot.
+    let other = client(
+        &[url],
+        &[
+            "--office",
+            "3275",
+            "--service-point",
+            "mpp",
+            "--counter",
+            "loket-2",
+            "reserve",
+            "--nik",
+            &nik(9),
+            "--reason",
+            "new-recording",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(other.code, 0, "{other:?}");
+
+    let resumed = run_as(
+        url,
+        &[
+            "--json",
+            "queue",
+            &file.display().to_string(),
+            "--results",
+            &results.display().to_string(),
+        ],
+    )
+    .await?;
+    let events = resumed.json()?;
+    let outcome_of = |ticket: &str| {
+        events
+            .iter()
+            .filter(|v| v["ticket"] == ticket && v["event"] != "forecast")
+            .map(|v| v["outcome"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    // Ticket 2 holds a blank: it is settled first (the server replays it), not told to go.
+    assert_eq!(outcome_of("2"), ["reserved"], "{resumed:?}");
+    assert_eq!(outcome_of("1"), ["ikd_forecast"], "{resumed:?}");
+    assert_eq!(outcome_of("3"), ["ikd_forecast"], "{resumed:?}");
     Ok(())
 }
 

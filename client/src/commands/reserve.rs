@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::cli::ReserveArgs;
 use crate::connect::random_request_id;
-use crate::error::{EXIT_ERROR, EXIT_OK, EXIT_REFERRED, Failure};
+use crate::error::{EXIT_DO_NOT_PRINT, EXIT_ERROR, EXIT_OK, EXIT_REFERRED, Failure};
 use crate::output::{
     Out, referral_json, referral_lines, reservation_json, reservation_line, snapshot_json,
 };
@@ -73,7 +73,12 @@ pub fn print_outcome(response: &ReserveResponse, counter: &str, out: &Out) -> u8
                     ));
                 }
             }
-            EXIT_OK
+            // A script that prints on exit 0 must not print this one.
+            if warning.is_some() {
+                EXIT_DO_NOT_PRINT
+            } else {
+                EXIT_OK
+            }
         }
         Some(Outcome::IkdReferral(referral)) => {
             if out.json {

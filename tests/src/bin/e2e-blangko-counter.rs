@@ -2,9 +2,7 @@
 //! tests can run it as a child process without a separate build step.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    blangko_counter::run(blangko_counter::Cli::parse()).await
+    blangko_counter::main().await
 }
