@@ -217,9 +217,11 @@ impl Application {
         });
 
         let change_listener = (engine.store.kind() == DatabaseKind::Postgres).then(|| {
-            tokio::spawn(
-                Arc::clone(&engine).run_change_listener(config.database.clone(), stop_rx.clone()),
-            )
+            tokio::spawn(Arc::clone(&engine).run_change_listener(
+                config.database.clone(),
+                Duration::from_secs(config.change_listener_probe_secs),
+                stop_rx.clone(),
+            ))
         });
 
         // The signal: health goes NOT_SERVING first (load balancers stop sending), then the

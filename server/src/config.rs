@@ -81,6 +81,13 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_MAX_WATCHERS_PER_CALLER", default_value_t = 500, value_parser = max_watchers)]
     pub max_watchers_per_caller: usize,
 
+    /// PostgreSQL: seconds without a change from other replicas after which the change listener
+    /// checks its connection (a query, answered within as long again); a connection that does not
+    /// answer (a database host gone without closing it, a failover behind one address) is
+    /// replaced and every watched snapshot refreshed.
+    #[arg(long, env = "BLANGKO_CHANGE_LISTENER_PROBE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub change_listener_probe_secs: u64,
+
     /// Shortest time in milliseconds between two WatchQuota snapshots of one service point during
     /// a burst of changes; a change after a quiet moment goes out at once.
     #[arg(long, env = "BLANGKO_WATCH_REFRESH_MS", default_value_t = crate::engine::watch::DEFAULT_REFRESH_MS, value_parser = clap::value_parser!(u64).range(20..=10_000))]

@@ -9,6 +9,7 @@
 
 pub mod fixtures;
 pub mod postgres;
+pub mod proxy;
 pub mod scrape;
 
 use std::net::SocketAddr;
@@ -253,7 +254,17 @@ impl TestServer {
         db: Arc<TestDatabase>,
         extra_args: &[&str],
     ) -> anyhow::Result<TestServer> {
-        Self::spawn_process_keyed(db, extra_args, true).await
+        Self::spawn_process_keyed(db, extra_args, true, None).await
+    }
+
+    /// [`TestServer::spawn_process_on`], connecting to `db` through `database_url` instead of
+    /// its own URL (a proxy in front of the same database, for failure tests).
+    pub async fn spawn_process_via(
+        db: Arc<TestDatabase>,
+        database_url: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<TestServer> {
+        Self::spawn_process_keyed(db, extra_args, true, Some(database_url)).await
     }
 
     /// The real binary as a child process on `db`, with extra flags and without the harness's
@@ -263,25 +274,33 @@ impl TestServer {
         db: Arc<TestDatabase>,
         extra_args: &[&str],
     ) -> anyhow::Result<TestServer> {
-        Self::spawn_process_keyed(db, extra_args, false).await
+        Self::spawn_process_keyed(db, extra_args, false, None).await
     }
 
     async fn spawn_process_keyed(
         db: Arc<TestDatabase>,
         extra_args: &[&str],
         harness_key: bool,
+        database_url: Option<&str>,
     ) -> anyhow::Result<TestServer> {
+        let mut args = if harness_key {
+            server_args(&db, extra_args)
+        } else {
+            server_args_without_key(&db, extra_args)
+        };
+        if let Some(url) = database_url
+            && let Some(at) = args.iter().position(|a| a == "--database")
+            && let Some(value) = args.get_mut(at + 1)
+        {
+            *value = url.to_string();
+        }
         let log_file = db
             .dir
             .path()
             .join(format!("server-{}.log", rand::random::<u32>()));
         let log = std::fs::File::create(&log_file)?;
         let mut child = tokio::process::Command::new(server_bin())
-            .args(if harness_key {
-                server_args(&db, extra_args)
-            } else {
-                server_args_without_key(&db, extra_args)
-            })
+            .args(args)
             .env_remove("BLANGKO_NIK_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -261,3 +261,78 @@ async fn a_watcher_on_one_replica_sees_reserves_made_through_another() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_still_sees_other_replicas_after_its_listener_connection_silently_dies()
+-> anyhow::Result<()> {
+    if skip_postgres() {
+        return Ok(());
+    }
+    let db = TestDatabase::new(Backend::Postgres).await?;
+    // postgres://user@host:port/name: replica A reaches the same database through a proxy.
+    let Some((target, via_proxy)) = (|| {
+        let rest = db.url.split_once('@')?.1;
+        let authority = rest.split_once('/')?.0;
+        Some((authority.to_string(), rest.to_string()))
+    })() else {
+        eprintln!("a database URL without host:port ({}): skipped", db.url);
+        return Ok(());
+    };
+    let proxy = blangko_e2e::proxy::FreezingProxy::start(target.clone(), b"LISTEN").await?;
+    let proxied = db.url.replace(
+        &via_proxy,
+        &via_proxy.replacen(&target, &format!("127.0.0.1:{}", proxy.port), 1),
+    );
+    let a =
+        TestServer::spawn_process_via(db.clone(), &proxied, &["--change-listener-probe-secs", "1"])
+            .await?;
+    let b = TestServer::spawn_process_on(db.clone(), &[]).await?;
+    office_with_point(&mut b.stock_client().await?, "3275", "main", 20, 100).await?;
+    let mut watch = fixtures::watch_quota(&mut a.counter_client().await?, "3275", "main").await?;
+    let first = watch
+        .next()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no snapshot"))??;
+    assert_eq!(first.quota.unwrap_or_default().held, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while proxy.marked() == 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "replica A's change listener never connected through the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The listener's connection goes silent, as when the database host loses power: no close,
+    // no error, nothing.
+    assert_eq!(proxy.freeze_marked(), 1);
+    let mut counter_b = b.counter_client().await?;
+    for n in 0..2 {
+        counter_b
+            .reserve(reserve_request("3275", "main", n))
+            .await?;
+    }
+    // Within a probe and its answer's wait (1 s each) and a reconnect, replica A's watcher is
+    // told (before, it waited for its next change for as long as the connection stayed silent).
+    let seen = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(s)) = watch.next().await {
+            if s.quota.unwrap_or_default().held == 2 {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        seen,
+        "replica A's watcher never saw replica B's holds: {}",
+        a.log()
+    );
+    assert!(
+        a.log()
+            .contains("change listener's connection did not answer"),
+        "{}",
+        a.log()
+    );
+    Ok(())
+}

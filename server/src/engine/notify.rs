@@ -17,10 +17,15 @@ pub const CHANNEL: &str = "blangko_office_changed";
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 impl Engine {
-    /// Listens for other replicas' changes until `shutdown` fires (PostgreSQL only).
+    /// Listens for other replicas' changes until `shutdown` fires (PostgreSQL only). After
+    /// `probe` without a notification it checks the connection with a query that must answer
+    /// within `probe` too: the listener only receives, and a connection whose peer vanished
+    /// without closing it (a host powered off, a failover behind one address) would otherwise
+    /// wait for ever while the other replicas' changes go unseen.
     pub async fn run_change_listener(
         self: Arc<Self>,
         database_url: String,
+        probe: Duration,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         loop {
@@ -44,13 +49,31 @@ impl Engine {
             loop {
                 tokio::select! {
                     _ = shutdown.changed() => return,
-                    received = listener.try_recv() => match received {
-                        Ok(Some(notification)) => self.hub.office_changed(notification.payload()),
+                    received = tokio::time::timeout(probe, listener.try_recv()) => match received {
+                        Ok(Ok(Some(notification))) => {
+                            self.hub.office_changed(notification.payload());
+                        }
                         // The connection dropped; PgListener reconnects on the next call.
-                        Ok(None) => self.hub.all_changed(),
-                        Err(err) => {
+                        Ok(Ok(None)) => self.hub.all_changed(),
+                        Ok(Err(err)) => {
                             tracing::warn!(error = %err, "change listener failed; reconnecting");
                             break;
+                        }
+                        // Quiet for `probe`: is anyone still there? (The wait just given up
+                        // read nothing: a notification is one small message, read whole.)
+                        Err(_) => {
+                            let answered = tokio::time::timeout(
+                                probe,
+                                sqlx::query("SELECT 1").execute(&mut listener),
+                            )
+                            .await;
+                            if !matches!(answered, Ok(Ok(_))) {
+                                tracing::warn!(
+                                    ?probe,
+                                    "change listener's connection did not answer; reconnecting"
+                                );
+                                break;
+                            }
                         }
                     },
                 }
