@@ -972,24 +972,7 @@ async fn a_queue_row_already_held_at_another_counter_is_marked_do_not_print() ->
     let server = server_with(20, 100).await?;
     let url = server.url.as_str();
     // Applicant 2 was served at loket-2's screen before loket-1's queue file reaches them.
-    let elsewhere = client(
-        &[url],
-        &[
-            "--office",
-            "3275",
-            "--service-point",
-            "mpp",
-            "--counter",
-            "loket-2",
-            "reserve",
-            "--nik",
-            &nik(2),
-            "--reason",
-            "new-recording",
-        ],
-        None,
-    )
-    .await?;
+    let elsewhere = reserve_at_loket_2(url, 2).await?;
     assert_eq!(elsewhere.code, 0, "{elsewhere:?}");
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("antrean.csv");
@@ -1051,6 +1034,29 @@ async fn a_queue_row_already_held_at_another_counter_is_marked_do_not_print() ->
     let mine = reservations(&server).await?;
     assert_eq!(mine.len(), 2, "loket-1 holds 1 and 3 only");
     Ok(())
+}
+
+/// `reserve` of applicant `n` at counter loket-2 of 3275/mpp (the tests' own counter is loket-1).
+async fn reserve_at_loket_2(url: &str, n: u32) -> anyhow::Result<Run> {
+    let nik = nik(n);
+    client(
+        &[url],
+        &[
+            "--office",
+            "3275",
+            "--service-point",
+            "mpp",
+            "--counter",
+            "loket-2",
+            "reserve",
+            "--nik",
+            &nik,
+            "--reason",
+            "new-recording",
+        ],
+        None,
+    )
+    .await
 }
 
 /// A queue file of `(ticket, NIK number)` rows, reason new-recording.
@@ -1152,24 +1158,7 @@ async fn a_resume_settles_the_ticket_that_was_in_flight_not_an_earlier_error_row
     .await?;
     assert_eq!(in_flight.code, 0, "{in_flight:?}");
     // Meanwhile another counter takes the last slot.
-    let other = client(
-        &[url],
-        &[
-            "--office",
-            "3275",
-            "--service-point",
-            "mpp",
-            "--counter",
-            "loket-2",
-            "reserve",
-            "--nik",
-            &nik(9),
-            "--reason",
-            "new-recording",
-        ],
-        None,
-    )
-    .await?;
+    let other = reserve_at_loket_2(url, 9).await?;
     assert_eq!(other.code, 0, "{other:?}");
 
     let resumed = run_as(

@@ -312,7 +312,12 @@ async fn metrics_are_off_unless_asked_for() -> anyhow::Result<()> {
 fn listening_sockets(pid: u32) -> anyhow::Result<usize> {
     let mut inodes = std::collections::HashSet::new();
     for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
-        let target = std::fs::read_link(fd?.path())?;
+        // A descriptor closed since the listing (a file the server opens for a moment) is gone.
+        let target = match std::fs::read_link(fd?.path()) {
+            Ok(target) => target,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
         if let Some(inode) = target
             .to_str()
             .and_then(|t| t.strip_prefix("socket:["))

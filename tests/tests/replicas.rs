@@ -225,6 +225,24 @@ async fn killing_one_replica_mid_burst_loses_nothing_and_the_others_keep_serving
     Ok(())
 }
 
+/// Whether a watch stream shows `held` holds within `limit`.
+async fn watch_until_held(
+    watch: &mut tonic::Streaming<WatchQuotaResponse>,
+    held: u32,
+    limit: Duration,
+) -> bool {
+    tokio::time::timeout(limit, async {
+        while let Some(Ok(s)) = watch.next().await {
+            if s.quota.unwrap_or_default().held == held {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_on_one_replica_sees_reserves_made_through_another() -> anyhow::Result<()> {
     let Some((_db, servers)) = three_replicas().await? else {
@@ -245,16 +263,7 @@ async fn a_watcher_on_one_replica_sees_reserves_made_through_another() -> anyhow
             .reserve(reserve_request("3275", "main", n))
             .await?;
     }
-    let seen = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(Ok(s)) = watch.next().await {
-            if s.quota.unwrap_or_default().held == 3 {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
+    let seen = watch_until_held(&mut watch, 3, Duration::from_secs(10)).await;
     assert!(
         seen,
         "replica A's watcher never saw replica B's three holds"
@@ -313,16 +322,7 @@ async fn a_watcher_still_sees_other_replicas_after_its_listener_connection_silen
     }
     // Within a probe and its answer's wait (1 s each) and a reconnect, replica A's watcher is
     // told (before, it waited for its next change for as long as the connection stayed silent).
-    let seen = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(Ok(s)) = watch.next().await {
-            if s.quota.unwrap_or_default().held == 2 {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
+    let seen = watch_until_held(&mut watch, 2, Duration::from_secs(20)).await;
     assert!(
         seen,
         "replica A's watcher never saw replica B's holds: {}",

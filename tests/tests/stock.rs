@@ -483,14 +483,7 @@ async fn stock_across_offices_pages_by_office_and_filters_by_province() -> anyho
         let kec = fixtures::quota_snapshot(&mut counter, "3275", "kec").await?;
         let expected = if main.closed { 0 } else { 15 };
         assert_eq!(main.quota + kec.quota, expected);
-        let bekasi = stock
-            .get_stock(GetStockRequest {
-                office_id: "3275".into(),
-            })
-            .await?
-            .into_inner()
-            .stock
-            .unwrap_or_default();
+        let bekasi = fixtures::stock_level(&mut stock, "3275").await?;
         assert_eq!((bekasi.today_quota, bekasi.today_used), (expected, 0));
         Ok(())
     })
