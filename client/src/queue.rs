@@ -1551,9 +1551,7 @@ mod tests {
         assert_eq!(records.len(), 2);
         // JSON lines: an edited line stops the run; a line cut short does not.
         let path = dir.path().join("r.jsonl");
-        let record = format!(
-            "{{\"local_date\":\"2026-11-29\",\"line\":2,\"ticket\":\"A001\",\"masked_nik\":\"327501******0001\",\"reason\":\"LOST\",\"outcome\":\"reserved\"}}"
-        );
+        let record = r#"{"local_date":"2026-11-29","line":2,"ticket":"A001","masked_nik":"327501******0001","reason":"LOST","outcome":"reserved"}"#;
         let _ = std::fs::write(
             &path,
             format!("{record}\n{{\"local_date\":\"2026\n{record}\n"),
