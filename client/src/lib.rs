@@ -42,7 +42,6 @@ pub use terminal::{Identity, Terminal};
 /// The JSON library of the `--json` shapes, for programs (and tests) that read them.
 pub use serde_json;
 
-/// Runs one parsed command line and gives the process exit code.
 /// The whole program: the command line of this process, parsed and run; its exit code.
 pub async fn main() -> ExitCode {
     use clap::Parser;
@@ -55,19 +54,22 @@ pub async fn main() -> ExitCode {
 /// Prints clap's answer to a command line it did not run (help, version, or an error) and gives
 /// its exit code. An error repeats the words it refused, and a NIK typed in the wrong place
 /// (`reserve 3275014101900001` without `--nik`) is one of them: it is masked, as everywhere else.
+/// Help and version (on stdout) are printed as they are: their example NIK is made up.
 fn refused(err: &clap::Error) -> ExitCode {
     use std::io::Write;
-    let text = blangko_domain::nik::mask_nik_stretches(&err.render().to_string()).into_owned();
+    let rendered = err.render().to_string();
     let written = if err.use_stderr() {
-        std::io::stderr().write_all(text.as_bytes())
+        let masked = blangko_domain::nik::mask_nik_stretches(&rendered);
+        std::io::stderr().write_all(masked.as_bytes())
     } else {
-        std::io::stdout().write_all(text.as_bytes())
+        std::io::stdout().write_all(rendered.as_bytes())
     };
     // A closed pipe (`| head`) is no reason for a different code.
     drop(written);
     ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2))
 }
 
+/// Runs one parsed command line and gives the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let out = Out {
         lang: cli.lang,

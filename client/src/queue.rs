@@ -612,11 +612,13 @@ fn unreadable_results(path: &Path, line: u64, why: &str) -> Failure {
     Failure::local(
         format!(
             "berkas hasil {path} baris {line} bukan hasil antrean (diubah, mis. disimpan ulang oleh spreadsheet?): \
-             kembalikan berkas aslinya; tanpa itu antrean tidak tahu siapa yang sudah dilayani atau diberi tahu"
+             kembalikan berkas aslinya. Bila tidak ada, jalankan dengan --results berkas baru: perkiraan lalu tidak tahu siapa yang sudah dilayani \
+             (tidak ada yang dipesan dua kali), jadi periksa dulu pemohon yang disuruh aktivasi IKD"
         ),
         format!(
             "results file {path} line {line} is not a queue result ({why}; changed, e.g. saved again by a spreadsheet?): \
-             restore the original file; without it the queue cannot tell who was already served or told"
+             restore the original file. If there is none, run with a new --results file: the forecast then does not know who was already served \
+             (nobody is reserved twice), so check the applicants it tells to activate IKD"
         ),
     )
 }
@@ -644,16 +646,30 @@ impl ResultsFile {
         file.read_to_string(&mut text)
             .map_err(|e| local_failure(path, FileStep::ReadResults, e))?;
         // Every record is one write that ends with its newline: text after the last newline is
-        // half a record a crash left. It is cut off, not kept: a CSV field torn inside its
-        // quotes would otherwise swallow every record appended after it.
+        // half a record a crash left, unless it reads as a whole record (a file saved by an
+        // editor that drops the last newline), which is kept and ended. Half a record is cut
+        // off, not kept: a CSV field torn inside its quotes would otherwise swallow every
+        // record appended after it.
         let whole = text.rfind('\n').map_or(0, |i| i + 1);
-        if whole < text.len() {
-            file.set_len(whole as u64)
-                .map_err(|e| local_failure(path, FileStep::WriteResults, e))?;
-            text.truncate(whole);
-        }
-        let records = parse_results(&text, format)
+        let mut records = parse_results(&text[..whole], format)
             .map_err(|(line, why)| unreadable_results(path, line, &why))?;
+        if whole < text.len() {
+            let mut ended = text.clone();
+            ended.push('\n');
+            match parse_results(&ended, format) {
+                Ok(more) if more.len() == records.len() + 1 => {
+                    file.write_all(b"\n")
+                        .map_err(|e| local_failure(path, FileStep::WriteResults, e))?;
+                    text = ended;
+                    records = more;
+                }
+                _ => {
+                    file.set_len(whole as u64)
+                        .map_err(|e| local_failure(path, FileStep::WriteResults, e))?;
+                    text.truncate(whole);
+                }
+            }
+        }
         let _ = file.seek(SeekFrom::End(0));
         let has_header = format == ResultsFormat::Csv && !text.trim().is_empty();
         Ok((
@@ -1557,6 +1573,13 @@ mod tests {
             format!("{record}\n{{\"local_date\":\"2026\n{record}\n"),
         );
         assert!(matches!(ResultsFile::open(&path), Ok((_, ref r)) if r.len() == 2));
+        // A whole last record whose newline an editor dropped is kept (and ended).
+        let _ = std::fs::write(&path, format!("{record}\n{record}"));
+        assert!(matches!(ResultsFile::open(&path), Ok((_, ref r)) if r.len() == 2));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap_or_default(),
+            format!("{record}\n{record}\n")
+        );
         let _ = std::fs::write(
             &path,
             format!("{record}\n{}\n", record.replace("reserved", "RESERVED")),

@@ -959,10 +959,16 @@ async fn a_nik_typed_in_the_wrong_place_on_the_command_line_is_masked_in_the_err
         // Masked where it stood, so the officer still sees which word was refused.
         assert!(run.stderr.contains(&"*".repeat(16)), "{run:?}");
     }
-    // Help still goes to stdout, exit 0.
+    // Help still goes to stdout, exit 0, its made-up example NIK as it is (to copy).
     let help = run_as(url, &["reserve", "--help"]).await?;
     assert_eq!(help.code, 0, "{help:?}");
     assert!(help.stdout.contains("--nik"), "{help:?}");
+    let top = run_as(url, &["--help"]).await?;
+    assert!(
+        top.stdout
+            .contains("reserve --nik 3275014101900001 --reason new-recording"),
+        "{top:?}"
+    );
     Ok(())
 }
 

@@ -62,11 +62,15 @@ impl Engine {
                         // Quiet for `probe`: is anyone still there? (The wait just given up
                         // read nothing: a notification is one small message, read whole.)
                         Err(_) => {
-                            let answered = tokio::time::timeout(
-                                probe,
-                                sqlx::query("SELECT 1").execute(&mut listener),
-                            )
-                            .await;
+                            let answered = tokio::select! {
+                                // A probe of a dead connection waits up to `probe`: shutdown
+                                // does not.
+                                _ = shutdown.changed() => return,
+                                answered = tokio::time::timeout(
+                                    probe,
+                                    sqlx::query("SELECT 1").execute(&mut listener),
+                                ) => answered,
+                            };
                             if !matches!(answered, Ok(Ok(_))) {
                                 tracing::warn!(
                                     ?probe,
