@@ -299,14 +299,20 @@ impl Application {
             // (HEADERS, then DATA) otherwise waits for the client's delayed ACK, up to 40 ms, on
             // every call of a client with few calls in flight (a counter terminal).
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    // A peer that vanished without closing (a counter PC switched off, a NAT
-                    // that dropped the flow), also before its TLS or HTTP/2 set-up ended, is
-                    // found and its connection closed after about 90 s instead of never.
-                    .with_keepalive(Some(TCP_KEEPALIVE_IDLE))
-                    .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
-                    .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES)),
+                crate::incoming::bounded(
+                    tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true))
+                        // A peer that vanished without closing (a counter PC switched off, a
+                        // NAT that dropped the flow) is found and its connection closed after
+                        // about 90 s instead of never.
+                        .with_keepalive(Some(TCP_KEEPALIVE_IDLE))
+                        .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+                        .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES)),
+                    crate::incoming::Limits {
+                        max_connections: config.max_connections,
+                        first_byte: Duration::from_secs(config.first_byte_timeout_secs),
+                    },
+                ),
                 async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 },

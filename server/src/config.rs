@@ -63,6 +63,16 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_DEMO", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: bool,
 
+    /// Most client connections open at once; one past it is closed as soon as it is accepted (the
+    /// client retries, or tries another replica). Keep it below the process's open-file limit.
+    #[arg(long, env = "BLANGKO_MAX_CONNECTIONS", default_value_t = crate::incoming::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Seconds a new connection may stay silent before it is closed (a gRPC client sends its
+    /// HTTP/2 preface, or TLS hello, at once).
+    #[arg(long, env = "BLANGKO_FIRST_BYTE_TIMEOUT_SECS", default_value_t = crate::incoming::DEFAULT_FIRST_BYTE_SECS, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub first_byte_timeout_secs: u64,
+
     /// Longest time, in seconds, that shutdown waits for calls in flight before it exits.
     #[arg(long, env = "BLANGKO_DRAIN_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub drain_timeout_secs: u64,

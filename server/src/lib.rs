@@ -28,6 +28,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod grpc;
+pub mod incoming;
 pub mod metrics;
 pub mod nik_key;
 pub mod overload;

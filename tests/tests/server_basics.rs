@@ -456,3 +456,83 @@ async fn accepted_connections_carry_tcp_keepalive_so_a_vanished_peer_is_closed()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Whether the server closes `stream` (end of stream or a reset) within `limit`, reading
+/// whatever it sends meanwhile (an HTTP/2 SETTINGS frame once the client has spoken).
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_the_bound_or_silent_past_its_first_byte_deadline_is_closed()
+-> anyhow::Result<()> {
+    let server = TestServer::spawn_process_on(
+        TestDatabase::sqlite().await?,
+        &["--max-connections", "2", "--first-byte-timeout-secs", "1"],
+    )
+    .await?;
+    // A connection that says nothing is closed after about a second...
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await?;
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10)).await,
+        "a silent connection stayed open"
+    );
+    // ...while a client that speaks goes on being served past that second.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await?);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?;
+    // Two open (the client's, and this one that sent its preface): a third is closed at once.
+    let mut second = tokio::net::TcpStream::connect(server.addr).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut second, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    let mut third = tokio::net::TcpStream::connect(server.addr).await?;
+    assert!(
+        closed_within(&mut third, Duration::from_millis(500)).await,
+        "a connection past --max-connections was kept"
+    );
+    // The first client still works; once the second closes, a new connection is served again.
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?;
+    drop(second);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let fresh = tonic_health::pb::health_client::HealthClient::new(
+            tonic::transport::Endpoint::from_shared(server.url.clone())?
+                .connect()
+                .await?,
+        )
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await;
+        match fresh {
+            Ok(_) => break,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => anyhow::bail!("no room after a connection closed: {status:?}"),
+        }
+    }
+    assert!(
+        server
+            .log()
+            .contains("connections refused: --max-connections are open"),
+        "{}",
+        server.log()
+    );
+    Ok(())
+}
