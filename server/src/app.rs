@@ -309,8 +309,10 @@ impl Application {
                         .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
                         .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES)),
                     crate::incoming::Limits {
-                        max_connections: config.max_connections,
-                        first_byte: Duration::from_secs(config.first_byte_timeout_secs),
+                        max_connections: crate::incoming::within_open_file_limit(
+                            config.max_connections,
+                        ),
+                        first_call: Duration::from_secs(config.first_call_timeout_secs),
                     },
                 ),
                 async move {
@@ -413,7 +415,11 @@ fn tls_config(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
     if let Some(ca) = &config.tls_client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
     }
-    Ok(Some(tls))
+    // A handshake that stops part way is given up at the first-call deadline, as a silent
+    // connection is (`incoming.rs`).
+    Ok(Some(tls.timeout(Duration::from_secs(
+        config.first_call_timeout_secs,
+    ))))
 }
 
 /// Re-reads the token file on every SIGHUP, without a restart or a dropped connection. A bad

@@ -68,10 +68,11 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_MAX_CONNECTIONS", default_value_t = crate::incoming::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
-    /// Seconds a new connection may stay silent before it is closed (a gRPC client sends its
-    /// HTTP/2 preface, or TLS hello, at once).
-    #[arg(long, env = "BLANGKO_FIRST_BYTE_TIMEOUT_SECS", default_value_t = crate::incoming::DEFAULT_FIRST_BYTE_SECS, value_parser = clap::value_parser!(u64).range(1..=300))]
-    pub first_byte_timeout_secs: u64,
+    /// Seconds a new connection may go without a call before it is closed: one that sends
+    /// nothing, stops part way through its TLS or HTTP/2 set-up, or sets up and never calls (a
+    /// gRPC channel connects again at its next call). Also bounds the TLS handshake.
+    #[arg(long, env = "BLANGKO_FIRST_CALL_TIMEOUT_SECS", default_value_t = crate::incoming::DEFAULT_FIRST_CALL_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub first_call_timeout_secs: u64,
 
     /// Longest time, in seconds, that shutdown waits for calls in flight before it exits.
     #[arg(long, env = "BLANGKO_DRAIN_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]

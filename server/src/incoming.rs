@@ -2,19 +2,22 @@
 //! - at most `max_connections` open at once: one past it is closed as soon as it is accepted
 //!   (the client sees the connection end and retries, or tries another replica), with a warning
 //!   in the log at most every [`WARN_EVERY`];
-//! - a connection that sends nothing within `first_byte` of being accepted is closed. A gRPC
-//!   client sends its HTTP/2 preface (or its TLS ClientHello) at once, so only a peer that
-//!   holds a socket open without using it meets this. Without it such a peer held a descriptor
-//!   and a task for ever, before any token was asked for.
+//! - a connection that has made no call within `first_call` of being accepted is closed: one
+//!   that sends nothing, or stops part way through its TLS or HTTP/2 set-up (neither has a
+//!   deadline of its own, and HTTP/2 keepalive starts after it), or sets up and never calls. A
+//!   gRPC client sets up and calls at once (a channel connects for its first call), and one
+//!   that connected early and waited is connected again by its channel at its next call, as
+//!   after any server's idle-connection limit. Without this a peer held a descriptor, a task
+//!   and a place among `max_connections` for ever, before any token was asked for.
 //!
-//! Connections that went quiet later are the TCP keepalive's and HTTP/2 keepalive's business
-//! (`app.rs`).
+//! After its first call a connection is bounded by TCP keepalive (a peer that vanished) and
+//! HTTP/2 keepalive (`app.rs`).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -22,12 +25,12 @@ use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
 /// Default for the most connections open at once (`--max-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
-/// Default for how long a new connection may stay silent (`--first-byte-timeout-secs`).
-pub const DEFAULT_FIRST_BYTE_SECS: u64 = 10;
+/// Default for how long a new connection may go without a call (`--first-call-timeout-secs`).
+pub const DEFAULT_FIRST_CALL_SECS: u64 = 30;
 /// Shortest time between two warnings about refused connections.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -36,8 +39,8 @@ pub const WARN_EVERY: Duration = Duration::from_secs(10);
 pub struct Limits {
     /// Most connections open at once.
     pub max_connections: u32,
-    /// How long a new connection may stay silent.
-    pub first_byte: Duration,
+    /// How long a new connection may go without a call.
+    pub first_call: Duration,
 }
 
 /// The connections of `incoming` within `limits` (see the module's comment). Accept errors pass
@@ -57,7 +60,8 @@ where
                 Ok(permit) => Some(Ok(Bounded {
                     inner: stream,
                     _permit: permit,
-                    first_byte: Some(Box::pin(tokio::time::sleep(limits.first_byte))),
+                    called: Arc::default(),
+                    deadline: Some(Box::pin(tokio::time::sleep(limits.first_call))),
                 })),
                 Err(_) => {
                     // Dropped here: closed at once.
@@ -94,20 +98,61 @@ impl Refused {
     }
 }
 
-/// An accepted connection holding its place among the `max_connections`, and closed if it
-/// stays silent past its first-byte deadline.
+/// An accepted connection holding its place among the `max_connections`, and closed if it has
+/// made no call by its first-call deadline.
 pub struct Bounded {
     inner: TcpStream,
     _permit: OwnedSemaphorePermit,
-    /// Until the first byte arrives; None after.
-    first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set by [`mark_called`] at the connection's first call.
+    called: Arc<AtomicBool>,
+    /// Until the first call; None after.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// What every call of a [`Bounded`] connection carries in its request extensions (tonic puts it
+/// there; over TLS inside a `TlsConnectInfo`).
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The addresses.
+    pub tcp: TcpConnectInfo,
+    called: Arc<AtomicBool>,
 }
 
 impl Connected for Bounded {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnectionInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        ConnectionInfo {
+            tcp: self.inner.connect_info(),
+            called: Arc::clone(&self.called),
+        }
+    }
+}
+
+/// Marks the connection a request came on as having made a call: its first-call deadline no
+/// longer applies. Called for every request, by the outermost layer.
+pub fn mark_called(extensions: &tonic::codegen::http::Extensions) {
+    let info = extensions.get::<ConnectionInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<ConnectionInfo>>()
+            .map(TlsConnectInfo::get_ref)
+    });
+    if let Some(info) = info
+        && !info.called.load(Ordering::Relaxed)
+    {
+        info.called.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Bounded {
+    /// Whether the first-call deadline has passed with no call (and drops it after a call).
+    fn out_of_time(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.called.load(Ordering::Relaxed) {
+            self.deadline = None;
+        }
+        self.deadline
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready())
     }
 }
 
@@ -117,29 +162,15 @@ impl AsyncRead for Bounded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        match polled {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                self.first_byte = None;
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => {
-                let expired = self
-                    .first_byte
-                    .as_mut()
-                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if expired {
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the connection sent nothing before its first-byte deadline",
-                    )))
-                } else {
-                    Poll::Pending
-                }
-            }
-            other => other,
+        // Checked on every read, not only when one waits: a peer that trickles a byte now and
+        // then without ever calling is out of time too.
+        if self.out_of_time(cx) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection made no call before its first-call deadline",
+            )));
         }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -170,5 +201,73 @@ impl AsyncWrite for Bounded {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Descriptors kept for everything but client connections: the database's files and
+/// connections, the metrics listener, the token, key and log files.
+pub const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// `max` within this process's open-file limit. Above it, accepting a connection fails (EMFILE)
+/// before the bound is reached, and the accept loop retries at once, busy: the bound is lowered
+/// to the limit less [`RESERVED_DESCRIPTORS`], with a warning that says how to allow more.
+pub fn within_open_file_limit(max: u32) -> u32 {
+    let Some(soft) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| open_file_limit(&text))
+    else {
+        return max;
+    };
+    let lowered = lowered_to(max, soft);
+    if lowered < max {
+        tracing::warn!(
+            max_connections = max,
+            open_file_limit = soft,
+            lowered,
+            "--max-connections is above the open-file limit less {RESERVED_DESCRIPTORS} descriptors kept for the rest: lowered; raise the limit (ulimit -n, systemd LimitNOFILE) to allow more"
+        );
+    }
+    lowered
+}
+
+/// The bound within a soft open-file limit of `soft`.
+fn lowered_to(max: u32, soft: u64) -> u32 {
+    let room = soft.saturating_sub(RESERVED_DESCRIPTORS).max(1);
+    u32::try_from(room).map_or(max, |room| max.min(room))
+}
+
+/// The soft limit on open files in the text of `/proc/self/limits` (None when unlimited or not
+/// found).
+fn open_file_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_stays_within_the_open_file_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max cpu time              unlimited            unlimited            seconds   \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(open_file_limit(limits), Some(1024));
+        assert_eq!(
+            open_file_limit(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            None
+        );
+        assert_eq!(open_file_limit(""), None);
+        // 1024 descriptors: 896 connections at most.
+        assert_eq!(lowered_to(4096, 1024), 896);
+        assert_eq!(lowered_to(500, 1024), 500);
+        assert_eq!(lowered_to(4096, 1_048_576), 4096);
+        assert_eq!(lowered_to(4096, 100), 1);
     }
 }

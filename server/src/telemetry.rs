@@ -132,6 +132,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        crate::incoming::mark_called(request.extensions());
         let started = Instant::now();
         let method = self.metrics.method_label(request.uri().path());
         let request_id = request

@@ -474,59 +474,69 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> b
     .unwrap_or(false)
 }
 
+/// The HTTP/2 client preface: what a gRPC client sends first on a plaintext connection.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_past_the_bound_or_silent_past_its_first_byte_deadline_is_closed()
+async fn a_connection_without_a_call_by_its_deadline_or_past_the_bound_is_closed()
 -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
     let server = TestServer::spawn_process_on(
         TestDatabase::sqlite().await?,
-        &["--max-connections", "2", "--first-byte-timeout-secs", "1"],
+        &["--max-connections", "3", "--first-call-timeout-secs", "1"],
     )
     .await?;
-    // A connection that says nothing is closed after about a second...
+    // Closed after about a second: a connection that says nothing, one that stops after a
+    // byte of its set-up, and one that sets HTTP/2 up and never calls.
     let mut silent = tokio::net::TcpStream::connect(server.addr).await?;
-    assert!(
-        closed_within(&mut silent, Duration::from_secs(10)).await,
-        "a silent connection stayed open"
-    );
-    // ...while a client that speaks goes on being served past that second.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await?);
-    health
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    health
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await?;
-    // Two open (the client's, and this one that sent its preface): a third is closed at once.
+    let mut one_byte = tokio::net::TcpStream::connect(server.addr).await?;
+    one_byte.write_all(&PREFACE[..1]).await?;
+    let mut set_up = tokio::net::TcpStream::connect(server.addr).await?;
+    set_up.write_all(PREFACE).await?;
+    set_up.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await?; // an empty SETTINGS frame
+    for (what, stream) in [
+        ("silent", &mut silent),
+        ("one byte", &mut one_byte),
+        ("set up, no call", &mut set_up),
+    ] {
+        assert!(
+            closed_within(stream, Duration::from_secs(10)).await,
+            "{what}: the connection stayed open"
+        );
+    }
+    // A client that calls keeps its connection past the deadline: its watch stream, opened
+    // before, is still open after (a closed connection would end it with an error).
+    let channel = server.channel().await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    watch.message().await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let still = tokio::time::timeout(Duration::from_millis(200), watch.message()).await;
+    assert!(still.is_err(), "the watch ended: {still:?}");
+    // Three open at most: the client's, and two raw ones; a fourth is closed at once.
     let mut second = tokio::net::TcpStream::connect(server.addr).await?;
-    tokio::io::AsyncWriteExt::write_all(&mut second, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    second.write_all(PREFACE).await?;
     let mut third = tokio::net::TcpStream::connect(server.addr).await?;
+    third.write_all(PREFACE).await?;
+    let mut fourth = tokio::net::TcpStream::connect(server.addr).await?;
     assert!(
-        closed_within(&mut third, Duration::from_millis(500)).await,
+        closed_within(&mut fourth, Duration::from_millis(500)).await,
         "a connection past --max-connections was kept"
     );
-    // The first client still works; once the second closes, a new connection is served again.
-    health
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await?;
-    drop(second);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let fresh = tonic_health::pb::health_client::HealthClient::new(
-            tonic::transport::Endpoint::from_shared(server.url.clone())?
-                .connect()
-                .await?,
-        )
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await;
-        match fresh {
-            Ok(_) => break,
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(status) => anyhow::bail!("no room after a connection closed: {status:?}"),
-        }
-    }
+    // Once the raw ones are closed by their deadline, there is room again.
+    assert!(closed_within(&mut second, Duration::from_secs(10)).await);
+    assert!(closed_within(&mut third, Duration::from_secs(10)).await);
+    let fresh = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(server.url.clone())?
+            .connect()
+            .await?,
+    )
+    .check(tonic_health::pb::HealthCheckRequest::default())
+    .await;
+    assert!(fresh.is_ok(), "no room after connections closed: {fresh:?}");
     assert!(
         server
             .log()
