@@ -311,6 +311,7 @@ impl Application {
                     crate::incoming::Limits {
                         max_connections: crate::incoming::within_open_file_limit(
                             config.max_connections,
+                            config.db_max_connections,
                         ),
                         first_call: Duration::from_secs(config.first_call_timeout_secs),
                     },

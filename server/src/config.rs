@@ -64,7 +64,8 @@ pub struct Config {
     pub demo: bool,
 
     /// Most client connections open at once; one past it is closed as soon as it is accepted (the
-    /// client retries, or tries another replica). Keep it below the process's open-file limit.
+    /// client retries, or tries another replica). Lowered at start, with a warning, to the
+    /// open-file limit less the database connections and 128 more descriptors (Linux).
     #[arg(long, env = "BLANGKO_MAX_CONNECTIONS", default_value_t = crate::incoming::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 

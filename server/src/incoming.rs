@@ -62,6 +62,7 @@ where
                     _permit: permit,
                     called: Arc::default(),
                     deadline: Some(Box::pin(tokio::time::sleep(limits.first_call))),
+                    in_grace: false,
                 })),
                 Err(_) => {
                     // Dropped here: closed at once.
@@ -107,6 +108,8 @@ pub struct Bounded {
     called: Arc<AtomicBool>,
     /// Until the first call; None after.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The deadline has passed once and [`GRACE`] runs.
+    in_grace: bool,
 }
 
 /// What every call of a [`Bounded`] connection carries in its request extensions (tonic puts it
@@ -145,16 +148,41 @@ pub fn mark_called(extensions: &tonic::codegen::http::Extensions) {
 }
 
 impl Bounded {
-    /// Whether the first-call deadline has passed with no call (and drops it after a call).
+    /// Whether the first-call deadline has passed with no call (and drops it after a call). At
+    /// the deadline it waits [`GRACE`] more first: a call whose request was read just before is
+    /// marked only when its own task first runs.
     fn out_of_time(&mut self, cx: &mut Context<'_>) -> bool {
         if self.called.load(Ordering::Relaxed) {
             self.deadline = None;
+            return false;
         }
-        self.deadline
-            .as_mut()
-            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready())
+        let Some(deadline) = self.deadline.as_mut() else {
+            return false;
+        };
+        if deadline.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if self.in_grace {
+            return true;
+        }
+        self.in_grace = true;
+        let again = tokio::time::Instant::now() + GRACE;
+        deadline.as_mut().reset(again);
+        // Registers the waker for the grace's end.
+        let _ = deadline.as_mut().poll(cx);
+        false
+    }
+
+    fn timed_out() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the connection made no call before its first-call deadline",
+        )
     }
 }
+
+/// How long past its first-call deadline a connection is given for a call read just before it.
+pub const GRACE: Duration = Duration::from_secs(1);
 
 impl AsyncRead for Bounded {
     fn poll_read(
@@ -165,10 +193,7 @@ impl AsyncRead for Bounded {
         // Checked on every read, not only when one waits: a peer that trickles a byte now and
         // then without ever calling is out of time too.
         if self.out_of_time(cx) {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the connection made no call before its first-call deadline",
-            )));
+            return Poll::Ready(Err(Bounded::timed_out()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
@@ -180,6 +205,10 @@ impl AsyncWrite for Bounded {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        // Also here: a peer that never reads stops the server's reads (its writes wait first).
+        if self.out_of_time(cx) {
+            return Poll::Ready(Err(Bounded::timed_out()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
@@ -188,6 +217,9 @@ impl AsyncWrite for Bounded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.out_of_time(cx) {
+            return Poll::Ready(Err(Bounded::timed_out()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -196,6 +228,9 @@ impl AsyncWrite for Bounded {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.out_of_time(cx) {
+            return Poll::Ready(Err(Bounded::timed_out()));
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -211,20 +246,20 @@ pub const RESERVED_DESCRIPTORS: u64 = 128;
 /// `max` within this process's open-file limit. Above it, accepting a connection fails (EMFILE)
 /// before the bound is reached, and the accept loop retries at once, busy: the bound is lowered
 /// to the limit less [`RESERVED_DESCRIPTORS`], with a warning that says how to allow more.
-pub fn within_open_file_limit(max: u32) -> u32 {
+pub fn within_open_file_limit(max: u32, database_connections: u32) -> u32 {
     let Some(soft) = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|text| open_file_limit(&text))
     else {
         return max;
     };
-    let lowered = lowered_to(max, soft);
+    let lowered = lowered_to(max, soft.saturating_sub(u64::from(database_connections)));
     if lowered < max {
         tracing::warn!(
             max_connections = max,
             open_file_limit = soft,
             lowered,
-            "--max-connections is above the open-file limit less {RESERVED_DESCRIPTORS} descriptors kept for the rest: lowered; raise the limit (ulimit -n, systemd LimitNOFILE) to allow more"
+            "--max-connections is above the open-file limit less the database connections and {RESERVED_DESCRIPTORS} descriptors kept for the rest: lowered; raise the limit (ulimit -n, systemd LimitNOFILE) to allow more"
         );
     }
     lowered
