@@ -25,7 +25,7 @@ use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Default for the most connections open at once (`--max-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
@@ -61,8 +61,7 @@ where
                     inner: stream,
                     _permit: permit,
                     called: Arc::default(),
-                    deadline: Some(Box::pin(tokio::time::sleep(limits.first_call))),
-                    in_grace: false,
+                    deadline: Some(Box::pin(tokio::time::sleep(limits.first_call + GRACE))),
                 })),
                 Err(_) => {
                     // Dropped here: closed at once.
@@ -106,14 +105,12 @@ pub struct Bounded {
     _permit: OwnedSemaphorePermit,
     /// Set by [`mark_called`] at the connection's first call.
     called: Arc<AtomicBool>,
-    /// Until the first call; None after.
+    /// Until the first call (`first_call` plus [`GRACE`]); None after.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The deadline has passed once and [`GRACE`] runs.
-    in_grace: bool,
 }
 
 /// What every call of a [`Bounded`] connection carries in its request extensions (tonic puts it
-/// there; over TLS inside a `TlsConnectInfo`).
+/// there, over TLS too, beside its `TlsConnectInfo`).
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     /// The addresses.
@@ -135,12 +132,7 @@ impl Connected for Bounded {
 /// Marks the connection a request came on as having made a call: its first-call deadline no
 /// longer applies. Called for every request, by the outermost layer.
 pub fn mark_called(extensions: &tonic::codegen::http::Extensions) {
-    let info = extensions.get::<ConnectionInfo>().or_else(|| {
-        extensions
-            .get::<TlsConnectInfo<ConnectionInfo>>()
-            .map(TlsConnectInfo::get_ref)
-    });
-    if let Some(info) = info
+    if let Some(info) = extensions.get::<ConnectionInfo>()
         && !info.called.load(Ordering::Relaxed)
     {
         info.called.store(true, Ordering::Relaxed);
@@ -148,29 +140,14 @@ pub fn mark_called(extensions: &tonic::codegen::http::Extensions) {
 }
 
 impl Bounded {
-    /// Whether the first-call deadline has passed with no call (and drops it after a call). At
-    /// the deadline it waits [`GRACE`] more first: a call whose request was read just before is
-    /// marked only when its own task first runs.
+    /// Whether the first-call deadline has passed with no call (and drops it after a call).
     fn out_of_time(&mut self, cx: &mut Context<'_>) -> bool {
         if self.called.load(Ordering::Relaxed) {
             self.deadline = None;
-            return false;
         }
-        let Some(deadline) = self.deadline.as_mut() else {
-            return false;
-        };
-        if deadline.as_mut().poll(cx).is_pending() {
-            return false;
-        }
-        if self.in_grace {
-            return true;
-        }
-        self.in_grace = true;
-        let again = tokio::time::Instant::now() + GRACE;
-        deadline.as_mut().reset(again);
-        // Registers the waker for the grace's end.
-        let _ = deadline.as_mut().poll(cx);
-        false
+        self.deadline
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready())
     }
 
     fn timed_out() -> io::Error {
@@ -181,7 +158,9 @@ impl Bounded {
     }
 }
 
-/// How long past its first-call deadline a connection is given for a call read just before it.
+/// Added to `--first-call-timeout-secs`. A call is marked when its own task first runs, a moment
+/// after its request was read: a first call read in the last instant before the deadline can
+/// still be cut (its client connects again and retries), and the second keeps that rare.
 pub const GRACE: Duration = Duration::from_secs(1);
 
 impl AsyncRead for Bounded {

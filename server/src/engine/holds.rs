@@ -179,18 +179,10 @@ impl Engine {
                 // slots, blanks and cap room they free count for this retake, and the sweeper's
                 // timing must not decide the answer. Then try to take a slot and a blank again,
                 // all in this transaction.
-                if self.expire_due_in_tx(conn, &mut office, now).await? > 0 {
-                    r = rows::reservation(conn, reservation_id)
-                        .await?
-                        .ok_or_else(|| EngineError::NotFound {
-                            kind: "reservation",
-                            id: reservation_id.to_string(),
-                        })?;
-                }
-                // Past the bound of one pass (EXPIRY_BATCH) this hold may still be HELD.
                 if r.state == State::Held.as_str() {
                     self.expire_hold(conn, &mut office, &mut r, now).await?;
                 }
+                self.expire_due_in_tx(conn, &mut office, now).await?;
                 qd = super::quota_day_for_update(conn, lock, &office, &sp, day).await?;
                 let today = zone.local_date(now);
                 let expired_err = |why: &str| EngineError::FailedPrecondition {

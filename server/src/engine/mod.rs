@@ -307,6 +307,18 @@ pub(crate) async fn compute_quota_day(
     quota_day_from(office, sp, today, paced)
 }
 
+/// [`compute_quota_day`] with the office's service points and quota rows of `today` in hand.
+pub(crate) fn quota_day_among(
+    office: &OfficeRow,
+    sp: &ServicePointRow,
+    today: NaiveDate,
+    siblings: &[ServicePointRow],
+    days: &[QuotaDayRow],
+) -> EngineResult<QuotaDayRow> {
+    let paced = paced_on(sp, today)?.then(|| PacedFigures::of(siblings, days));
+    quota_day_from(office, sp, today, paced)
+}
+
 /// Whether a service point's quota on `day` is paced on the office's stock, so that computing
 /// its quota row needs [`PacedFigures`].
 pub(crate) fn paced_on(sp: &ServicePointRow, day: NaiveDate) -> EngineResult<bool> {

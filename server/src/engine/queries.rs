@@ -159,14 +159,7 @@ fn today_quota_of(
             .find(|q| q.service_point_id == sp.service_point_id);
         total += match stored {
             Some(q) => q.quota,
-            None => {
-                let paced = if super::paced_on(sp, today)? {
-                    Some(super::PacedFigures::of(points, days))
-                } else {
-                    None
-                };
-                super::quota_day_from(office, sp, today, paced)?.quota
-            }
+            None => super::quota_day_among(office, sp, today, points, days)?.quota,
         };
     }
     Ok(total)
