@@ -14,7 +14,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use blangko_domain::nik::{has_nik_stretch, mask_nik_stretches};
-use blangko_proto::v1::{IkdStatus, QuotaSnapshot, Reason, reserve_response::Outcome};
+use blangko_proto::v1::{
+    IkdStatus, QuotaSnapshot, Reason, ReservationState, reserve_response::Outcome,
+};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -1051,6 +1053,89 @@ fn stopped(failure: &Failure, out: &Out) -> u8 {
     EXIT_ERROR
 }
 
+/// The lines of the `pending` rows that this counter's reservations of the day (held or printed,
+/// as the server lists them) account for, though `earlier` (the results file) does not name
+/// those reservations. The server shows only the masked NIK (the first six and last four
+/// digits), so a row matches on that and the reason, each reservation at most one row, the
+/// first in queue order. A false match (two applicants alike in those) only leaves one row out
+/// of the forecast: it is still reserved in its turn, and answered with a referral if the quota
+/// ran out before it.
+async fn served_unrecorded(
+    term: &Terminal,
+    local_date: &str,
+    earlier: &[ResultRecord],
+    pending: &[QueueRow],
+) -> Result<HashSet<u64>, Failure> {
+    if pending.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let recorded: HashSet<&str> = earlier
+        .iter()
+        .map(|r| r.reservation_id.as_str())
+        .filter(|id| !id.is_empty())
+        .collect();
+    let listed = term
+        .reservations_of_day(ReservationState::Unspecified, local_date)
+        .await?;
+    let mut unrecorded: HashMap<(String, i32), u32> = HashMap::new();
+    for reservation in listed.iter().filter(|r| {
+        matches!(
+            r.state(),
+            ReservationState::Held | ReservationState::Committed
+        ) && !recorded.contains(r.reservation_id.as_str())
+    }) {
+        *unrecorded
+            .entry((reservation.masked_nik.clone(), reservation.reason))
+            .or_default() += 1;
+    }
+    let mut known = HashSet::new();
+    for row in pending {
+        if unrecorded.is_empty() {
+            break;
+        }
+        let key = (nik::mask(&row.nik), row.reason as i32);
+        if let Some(count) = unrecorded.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                unrecorded.remove(&key);
+            }
+            known.insert(row.line);
+        }
+    }
+    Ok(known)
+}
+
+/// How many of `rows` still need a blank: those not in `known` (already served, see
+/// [`served_unrecorded`]).
+fn needing(rows: &[QueueRow], known: &HashSet<u64>) -> u32 {
+    let count = rows.iter().filter(|r| !known.contains(&r.line)).count();
+    u32::try_from(count).unwrap_or(u32::MAX)
+}
+
+/// Splits off the rows of `rows[from..]` past the first `served` that need a blank, to be told
+/// to activate IKD. Rows in `known` stay where they are: they take no quota.
+fn split_beyond(
+    rows: &mut Vec<QueueRow>,
+    from: usize,
+    served: u32,
+    known: &HashSet<u64>,
+) -> Vec<QueueRow> {
+    let mut keep = usize::try_from(served).unwrap_or(usize::MAX);
+    let tail = rows.split_off(from.min(rows.len()));
+    let mut beyond = Vec::new();
+    for row in tail {
+        if known.contains(&row.line) {
+            rows.push(row);
+        } else if keep > 0 {
+            keep -= 1;
+            rows.push(row);
+        } else {
+            beyond.push(row);
+        }
+    }
+    beyond
+}
+
 /// Runs a queue file: forecast, IKD notices for the applicants beyond the cut-off, reservations
 /// in queue order, results file. Exit code 0 when every row was handled, 2 when some rows were
 /// invalid, 1 when the run stopped early (re-run it to resume).
@@ -1208,6 +1293,28 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
         });
     }
 
+    // Applicants this counter already served today (held or printed) that the results file does
+    // not record: it was lost, or restored from an older copy. They take no quota when reached
+    // (the server answers them with their reservation), so they are left out of the forecast;
+    // otherwise applicants who already hold a blank would push the last ones to IKD.
+    let known = served_unrecorded(term, &local_date, &earlier, &pending).await?;
+    if !known.is_empty() {
+        if out.json {
+            out.json(&json!({"event": "served_unrecorded", "count": known.len()}));
+        } else {
+            out.line(&match lang {
+                Lang::Id => format!(
+                    "Menurut server, {} pemohon dalam daftar ini sudah mendapat blangko dari loket ini hari ini, tetapi tidak tercatat di berkas hasil: mereka tidak dihitung dalam perkiraan.",
+                    known.len()
+                ),
+                Lang::En => format!(
+                    "The server shows {} applicants on this list already served by this counter today that the results file does not record: they are left out of the forecast.",
+                    known.len()
+                ),
+            });
+        }
+    }
+
     // A resumed run first settles the first pending ticket that the results file does not name
     // at all: rows are reserved in queue order, so it is the one that may have been in flight
     // when the earlier run died (reserved, but not yet recorded). Rows recorded with an error
@@ -1226,13 +1333,11 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
         }
     }
 
-    let mut waiting = u32::try_from(pending.len()).unwrap_or(u32::MAX);
+    let mut waiting = needing(&pending, &known);
     let (served, quota) = run.report(waiting).await?;
     run.forecast_line(waiting, served, quota.as_ref());
-    let cut = usize::try_from(served)
-        .unwrap_or(usize::MAX)
-        .min(pending.len());
-    let beyond = pending.split_off(cut);
+    let beyond = split_beyond(&mut pending, 0, served, &known);
+    waiting = waiting.min(served);
     run.tell_ikd(&beyond)?;
 
     if options.forecast_only {
@@ -1256,28 +1361,31 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
             }
         };
         index += 1;
-        waiting = u32::try_from(pending.len() - index).unwrap_or(u32::MAX);
+        if !known.contains(&row.line) {
+            waiting = waiting.saturating_sub(1);
+        }
         progress.show(
             index,
             snapshot.as_ref().map(|q| q.remaining).unwrap_or(0),
             lang,
         );
-        if waiting == 0 {
+        if index == pending.len() {
             break;
         }
         // Keep the forecast current from the live snapshot: when other counters have taken
         // quota meanwhile, ask the server again and tell the new tail at once.
-        let shrinking = snapshot.as_ref().is_some_and(|q| {
-            let total = total_with_mine(q.waiting, run.last_reported, waiting);
-            expected_served(q.remaining, waiting, total) < waiting
-        });
-        if shrinking || run.last_report_at.elapsed() >= REPORT_REFRESH {
+        let shrinking = waiting > 0
+            && snapshot.as_ref().is_some_and(|q| {
+                let total = total_with_mine(q.waiting, run.last_reported, waiting);
+                expected_served(q.remaining, waiting, total) < waiting
+            });
+        if shrinking || (waiting > 0 && run.last_report_at.elapsed() >= REPORT_REFRESH) {
             let (served, quota) = run.report(waiting).await?;
             if served < waiting {
                 progress.clear();
                 run.forecast_line(waiting, served, quota.as_ref());
-                let keep = index + usize::try_from(served).unwrap_or(usize::MAX);
-                let beyond = pending.split_off(keep.min(pending.len()));
+                let beyond = split_beyond(&mut pending, index, served, &known);
+                waiting = served;
                 run.tell_ikd(&beyond)?;
             }
         }
@@ -1654,6 +1762,33 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("3275014101900001"), "no NIK in clear");
+    }
+
+    #[test]
+    fn the_cut_counts_only_rows_that_need_a_blank() {
+        let mut text = String::from("ticket,nik,reason\n");
+        for i in 1..=6 {
+            text.push_str(&format!("{i},3275014101900{:03},new-recording\n", i));
+        }
+        let rows = parse(&text).rows;
+        let tickets =
+            |rows: &[QueueRow]| -> Vec<String> { rows.iter().map(|r| r.ticket.clone()).collect() };
+        // Tickets 2 and 5 were served already (lines 3 and 6).
+        let known: HashSet<u64> = [3, 6].into();
+        assert_eq!(needing(&rows, &known), 4);
+        let mut pending = rows.clone();
+        let beyond = split_beyond(&mut pending, 0, 2, &known);
+        assert_eq!(tickets(&pending), ["1", "2", "3", "5"]);
+        assert_eq!(tickets(&beyond), ["4", "6"]);
+        // Later in the run (two rows done), one more slot is lost.
+        let beyond = split_beyond(&mut pending, 2, 0, &known);
+        assert_eq!(tickets(&pending), ["1", "2", "5"]);
+        assert_eq!(tickets(&beyond), ["3"]);
+        // With nothing known the cut is where it always was.
+        let mut pending = rows;
+        let beyond = split_beyond(&mut pending, 0, 4, &HashSet::new());
+        assert_eq!(tickets(&pending), ["1", "2", "3", "4"]);
+        assert_eq!(tickets(&beyond), ["5", "6"]);
     }
 
     #[test]

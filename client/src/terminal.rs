@@ -15,7 +15,8 @@ use tonic::Streaming;
 use crate::connect::{Connection, MAX_REQUEST_ID_LEN, random_request_id};
 use crate::error::Failure;
 
-/// ListReservations pages fetched at most for `holds` (500 per page): a counter never has more.
+/// ListReservations pages fetched at most for one counter's day (500 per page): a counter never
+/// has more.
 const MAX_HOLD_PAGES: usize = 10;
 
 /// Who is calling: the office, service point and counter given on the command line.
@@ -253,18 +254,30 @@ impl Terminal {
 
     /// This counter's HELD reservations today, newest first.
     pub async fn holds(&self) -> Result<Vec<Reservation>, Failure> {
+        self.reservations_of_day(ReservationState::Held, "").await
+    }
+
+    /// This counter's reservations of `local_date` ("YYYY-MM-DD"; empty for today, office-local)
+    /// in `state` (UNSPECIFIED for every state), newest first, at this service point when one
+    /// is given. At most [`MAX_HOLD_PAGES`] pages of 500: a counter never makes that many in a
+    /// day.
+    pub async fn reservations_of_day(
+        &self,
+        state: ReservationState,
+        local_date: &str,
+    ) -> Result<Vec<Reservation>, Failure> {
         let office = self.office()?.to_string();
         let counter = self.counter()?.to_string();
         let service_point = self.id.service_point.clone().unwrap_or_default();
-        let mut holds = Vec::new();
+        let mut found = Vec::new();
         let mut page_token = String::new();
         for _ in 0..MAX_HOLD_PAGES {
             let request = ListReservationsRequest {
                 office_id: office.clone(),
                 service_point_id: service_point.clone(),
                 counter_id: counter.clone(),
-                state: ReservationState::Held as i32,
-                local_date: String::new(),
+                state: state as i32,
+                local_date: local_date.to_string(),
                 page_size: 500,
                 page_token: page_token.clone(),
             };
@@ -275,13 +288,13 @@ impl Terminal {
                     async move { c.list_reservations(request).await }
                 })
                 .await?;
-            holds.extend(page.reservations);
+            found.extend(page.reservations);
             if page.next_page_token.is_empty() {
                 break;
             }
             page_token = page.next_page_token;
         }
-        Ok(holds)
+        Ok(found)
     }
 
     /// Opens a WatchQuota stream on the first endpoint that answers.

@@ -1194,6 +1194,194 @@ async fn a_resume_settles_the_ticket_that_was_in_flight_not_an_earlier_error_row
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_reserve_of_a_cancelled_hold_says_do_not_print_with_exit_4() -> anyhow::Result<()>
+{
+    let server = server_with(10, 100).await?;
+    let url = server.url.as_str();
+    let reserve = |lang: &'static str| {
+        let nik = nik(1);
+        async move {
+            run_as(
+                url,
+                &[
+                    "--lang",
+                    lang,
+                    "reserve",
+                    "--nik",
+                    &nik,
+                    "--reason",
+                    "data-change",
+                    "--request-id",
+                    "r-loket-1-pagi-017",
+                ],
+            )
+            .await
+        }
+    };
+    let first = reserve("id").await?;
+    assert_eq!(first.code, 0, "{first:?}");
+    let id = reservations(&server)
+        .await?
+        .first()
+        .map(|r| r.reservation_id.clone())
+        .context("no reservation")?;
+    let cancelled = run_as(url, &["cancel", &id]).await?;
+    assert_eq!(cancelled.code, 0, "{cancelled:?}");
+    // The answer was lost, the officer sends the same request again: no blank is held any more.
+    let again = reserve("id").await?;
+    assert_eq!(again.code, 4, "{again:?}");
+    assert!(
+        again
+            .stdout
+            .contains("SUDAH DIBATALKAN: JANGAN cetak; blangko ini tidak lagi ditahan."),
+        "{again:?}"
+    );
+    let english = reserve("en").await?;
+    assert_eq!(english.code, 4, "{english:?}");
+    assert!(
+        english
+            .stdout
+            .contains("ALREADY CANCELLED: do NOT print; no blank is held for it any more."),
+        "{english:?}"
+    );
+    assert_no_clear_nik(&english, [1]);
+    Ok(())
+}
+
+/// Tickets and their outcome events of a `--json` queue run, the forecast left out.
+fn outcomes_of(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|v| v["event"] == "row" || v["event"] == "ikd_forecast")
+        .map(|v| {
+            (
+                v["ticket"].as_str().unwrap_or("").to_string(),
+                v["outcome"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_results_file_does_not_send_applicants_who_hold_a_blank_to_ikd() -> anyhow::Result<()>
+{
+    // Quota 6 for a list of 6: the morning run served tickets 1 to 3, and ticket 2's card was
+    // printed. Then the results file was lost (a new laptop, a deleted folder).
+    let server = server_with(6, 100).await?;
+    let url = server.url.as_str();
+    let dir = tempfile::tempdir()?;
+    let morning = dir.path().join("pagi.csv");
+    std::fs::write(&morning, queue_csv(3))?;
+    let lost = dir.path().join("hilang.jsonl");
+    let first = run_as(
+        url,
+        &[
+            "--json",
+            "queue",
+            &morning.display().to_string(),
+            "--results",
+            &lost.display().to_string(),
+        ],
+    )
+    .await?;
+    assert_eq!(first.code, 0, "{first:?}");
+    let printed = first
+        .json()?
+        .into_iter()
+        .find(|v| v["event"] == "row" && v["ticket"] == "2")
+        .and_then(|v| v["reservation_id"].as_str().map(str::to_string))
+        .context("ticket 2 was not reserved")?;
+    let commit = run_as(url, &["commit", &printed]).await?;
+    assert_eq!(commit.code, 0, "{commit:?}");
+    std::fs::remove_file(&lost)?;
+
+    let file = dir.path().join("antrean.csv");
+    std::fs::write(&file, queue_csv(6))?;
+    let results = dir.path().join("hasil.jsonl");
+    let results_arg = results.display().to_string();
+    let file_arg = file.display().to_string();
+    // Forecast only: the three left need three of the three slots left; nobody is told to go.
+    let forecast = run_as(
+        url,
+        &[
+            "--json",
+            "queue",
+            &file_arg,
+            "--results",
+            &results_arg,
+            "--forecast-only",
+        ],
+    )
+    .await?;
+    assert_eq!(forecast.code, 0, "{forecast:?}");
+    let events = forecast.json()?;
+    let numbers = events
+        .iter()
+        .find(|v| v["event"] == "forecast")
+        .map(|v| (v["waiting"].as_u64(), v["expected_referred"].as_u64()));
+    assert_eq!(numbers, Some((Some(3), Some(0))), "{forecast:?}");
+    assert!(
+        events
+            .iter()
+            .any(|v| v["event"] == "served_unrecorded" && v["count"] == 3),
+        "{forecast:?}"
+    );
+    assert_eq!(outcomes_of(&events), [], "{forecast:?}");
+
+    // The run: tickets 1 and 3 get their own blank back, ticket 2 is not printed twice, and
+    // tickets 4 to 6 are served; nobody is sent to IKD.
+    let run = run_as(
+        url,
+        &["--json", "queue", &file_arg, "--results", &results_arg],
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let events = run.json()?;
+    let expect: Vec<(String, String)> = [
+        ("1", "reserved"),
+        ("2", "do_not_print"),
+        ("3", "reserved"),
+        ("4", "reserved"),
+        ("5", "reserved"),
+        ("6", "reserved"),
+    ]
+    .iter()
+    .map(|(t, o)| (t.to_string(), o.to_string()))
+    .collect();
+    assert_eq!(outcomes_of(&events), expect, "{run:?}");
+    let replayed: Vec<bool> = events
+        .iter()
+        .filter(|v| v["event"] == "row" && v["outcome"] == "reserved")
+        .map(|v| v["replayed"].as_bool().unwrap_or(false))
+        .collect();
+    assert_eq!(replayed, [true, true, false, false, false], "{run:?}");
+    let mine = reservations(&server).await?;
+    assert_eq!(mine.len(), 6, "one reservation per applicant: {mine:?}");
+    assert_eq!(quota(&server).await?.remaining, 0);
+    // The human words, in a run that has nothing left to do but says what the server knew.
+    std::fs::remove_file(&results)?;
+    let words = run_as(
+        url,
+        &[
+            "queue",
+            &file_arg,
+            "--results",
+            &results_arg,
+            "--forecast-only",
+        ],
+    )
+    .await?;
+    assert!(
+        words.stdout.contains(
+            "Menurut server, 6 pemohon dalam daftar ini sudah mendapat blangko dari loket ini hari ini"
+        ),
+        "{words:?}"
+    );
+    assert!(!words.stdout.contains("AKTIVASI IKD"), "{words:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_human_output_in_both_languages_and_bad_rows_with_line_numbers() -> anyhow::Result<()>
 {
     let server = server_with(5, 100).await?;

@@ -105,6 +105,64 @@ async fn stock_of(server: &TestServer) -> anyhow::Result<StockLevel> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_reserve_shows_its_reservation_as_it_is_now_printed_cancelled_or_run_out()
+-> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 5, 10).await?;
+        let mut counter = server.counter_client().await?;
+        let first = [1, 2, 3].map(|n| reserve_request("3275", "main", n));
+        let mut ids = Vec::new();
+        for request in &first {
+            match counter.reserve(request.clone()).await?.into_inner().outcome {
+                Some(Outcome::Reservation(r)) => ids.push(r.reservation_id),
+                other => anyhow::bail!("expected a reservation, got {other:?}"),
+            }
+        }
+        // The first card is printed, the second hold cancelled; the third runs out.
+        commit(&mut counter, &ids[0]).await?;
+        cancel(&mut counter, &ids[1]).await?;
+        clock.advance_ms(31 * MINUTE_MS);
+        let engine = server
+            .engine()
+            .ok_or_else(|| anyhow::anyhow!("in-process"))?;
+        assert_eq!(engine.sweep_once().await?, 1);
+        // A retry of each first call (a counter that lost the answer, a queue re-run) gets its
+        // reservation back as it is now, never as the hold it was: the counter must not print.
+        let mut states = Vec::new();
+        for (request, id) in first.iter().zip(&ids) {
+            let again = match counter.reserve(request.clone()).await?.into_inner().outcome {
+                Some(Outcome::Reservation(r)) => r,
+                other => anyhow::bail!("expected the reservation again, got {other:?}"),
+            };
+            assert_eq!(&again.reservation_id, id);
+            assert!(again.replayed, "{again:?}");
+            states.push((again.state(), again.committed_at.is_some()));
+        }
+        assert_eq!(
+            states,
+            [
+                (ReservationState::Committed, true),
+                (ReservationState::Cancelled, false),
+                (ReservationState::Expired, false),
+            ]
+        );
+        // The same applicant under a new request id: the printed card, too.
+        let printed = reserve(&mut counter, 1)
+            .await?
+            .map_err(|i| anyhow::anyhow!("{i:?}"))?;
+        assert_eq!(
+            (printed.reservation_id.as_str(), printed.state()),
+            (ids[0].as_str(), ReservationState::Committed)
+        );
+        assert_eq!(stock_of(&server).await?.held, 0, "nothing held again");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_commit_prints_the_card_once_and_the_blank_leaves_the_stock() -> anyhow::Result<()> {
     on_each_backend(|db| async move {
         let (server, _clock) = server_at(db).await?;

@@ -1,4 +1,5 @@
-//! `reserve`: one applicant. Exit 0 reserved, 3 referred to IKD, 2 bad input, 1 other errors.
+//! `reserve`: one applicant. Exit 0 reserved, 3 referred to IKD, 4 answered with a reservation
+//! that must not be printed here, 2 bad input, 1 other errors.
 
 use std::process::ExitCode;
 
@@ -15,8 +16,9 @@ use crate::output::{
 use crate::terminal::Terminal;
 
 /// When a Reserve's answer is the applicant's reservation made earlier (the same NIK again) and
-/// no card may be printed here for it: already printed today, or held for another counter. The
-/// words for the officer; None when this counter may print (its own hold, new or replayed).
+/// no card may be printed here for it: already printed today, held for another counter, or no
+/// longer held (cancelled, or run out: the server shows a replayed reservation as it is now).
+/// The words for the officer; None when this counter may print (its own hold, new or replayed).
 pub fn do_not_print(reservation: &Reservation, counter: &str, out: &Out) -> Option<String> {
     if !reservation.replayed {
         return None;
@@ -38,6 +40,18 @@ pub fn do_not_print(reservation: &Reservation, counter: &str, out: &Out) -> Opti
             out.t(
                 "JANGAN cetak di sini; arahkan pemohon ke loket itu.",
                 "do NOT print here; send the applicant to that counter.",
+            ),
+        )),
+        ReservationState::Cancelled | ReservationState::Expired => Some(format!(
+            "{}: {}",
+            if reservation.state() == ReservationState::Cancelled {
+                out.t("SUDAH DIBATALKAN", "ALREADY CANCELLED")
+            } else {
+                out.t("SUDAH KEDALUWARSA", "ALREADY EXPIRED")
+            },
+            out.t(
+                "JANGAN cetak; blangko ini tidak lagi ditahan. Pesan lagi untuk pemohon ini (permintaan baru).",
+                "do NOT print; no blank is held for it any more. Reserve again for this applicant (a new request).",
             ),
         )),
         _ => None,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use blangko_proto::v1::{
     IkdReferral, IkdStatus, LedgerEntryKind, QuotaPolicy, QuotaSnapshot, ReferralCause,
-    ReserveResponse, reserve_response::Outcome,
+    Reservation, ReserveResponse, reserve_response::Outcome,
 };
 use chrono::NaiveDate;
 use prost::Message;
@@ -312,9 +312,28 @@ impl Engine {
                 },
             )
             .await?;
-        answer.await.map_err(|_| {
+        let mut response = answer.await.map_err(|_| {
             EngineError::Internal("the reservation batch ended without an answer".into())
-        })?
+        })??;
+        if let Some(Outcome::Reservation(reservation)) = response.outcome.as_mut()
+            && reservation.replayed
+        {
+            self.refresh_replayed(reservation).await?;
+        }
+        Ok(response)
+    }
+
+    /// A replayed answer (a retry of the request id, or the applicant again) shows its
+    /// reservation as it is now, not as it was when first answered: a counter must not print
+    /// the card of a reservation that has since been printed, cancelled or let run out. A
+    /// reservation only just made in the Reserve journal (the applicant twice in one batch) is
+    /// not in the table yet and is answered as it is, held.
+    async fn refresh_replayed(&self, reservation: &mut Reservation) -> EngineResult<()> {
+        let mut conn = self.store.reader_without_fold().acquire().await?;
+        if let Some(row) = rows::reservation(&mut conn, &reservation.reservation_id).await? {
+            *reservation = reservation_to_proto(&row, true);
+        }
+        Ok(())
     }
 
     /// Decides a batch of Reserves of one office in one transaction (committed, not yet known
