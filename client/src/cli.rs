@@ -200,6 +200,8 @@ pub enum Command {
     /// names (ticket/tiket/antrean/antrian, or no/nomor when none of those is there; nik;
     /// reason/alasan; ikd); `,` `;` and tab separators are accepted. An applicant already printed
     /// today, or held for another counter, is recorded as do_not_print: no card is printed here.
+    /// Applicants who already hold a blank of the office today (the server is asked by NIK) are
+    /// left out of the forecast: they take no more quota.
     ///
     /// After a crash or a dropped connection, run the same command again: request ids are derived
     /// from office, service point, counter, local date and ticket
@@ -207,6 +209,8 @@ pub enum Command {
     /// handled today for the same applicant are skipped; a ticket number the results file shows
     /// used today for another applicant is refused with its line number. A results file changed
     /// by hand or by a spreadsheet stops the run (restore it: it says who was served or told).
+    /// Without it, a re-run still reserves nobody twice; a ticket whose hold was cancelled or ran
+    /// out since is reserved again.
     ///
     /// Exit 0 when every row was handled, 2 when some rows were invalid, 1 when the run stopped early.
     Queue(QueueArgs),

@@ -639,6 +639,22 @@ pub fn queue_request_id(
 }
 
 /// Cuts an id to [`MAX_REQUEST_ID_LEN`] characters (on a character boundary).
+/// The request id of a queue ticket's Reserve made again after the reservation its first id
+/// made (`after`) was cancelled or ran out: the server replays that first answer for ever, so the
+/// ticket needs a new id, and a re-run must derive the same one (it replays the first id, sees
+/// the same reservation, and so sends this id again instead of reserving twice).
+pub fn queue_retry_request_id(first: &str, after: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(first.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(after.as_bytes());
+    let digest = hex::encode(hasher.finalize());
+    let suffix = format!("-again-{}", &digest[..20]);
+    let keep = MAX_REQUEST_ID_LEN - suffix.len();
+    let prefix: String = first.chars().take(keep).collect();
+    format!("{prefix}{suffix}")
+}
+
 fn fit_request_id(id: String) -> String {
     if id.len() <= MAX_REQUEST_ID_LEN {
         return id;
@@ -775,6 +791,27 @@ mod tests {
         assert_eq!(long, q(long_sp, "loket-1", "2026-11-29", "A017"));
         assert_ne!(long, q(long_sp, "loket-1", "2026-11-29", "A018"));
         assert_ne!(long, q(long_sp, "loket-2", "2026-11-29", "A017"));
+    }
+
+    #[test]
+    fn a_ticket_reserving_again_gets_a_stable_id_of_its_own() {
+        let first = queue_request_id("3275", "mpp", "loket-1", "2026-11-29", "A017");
+        let again = queue_retry_request_id(&first, "R019abc");
+        assert_eq!(again, queue_retry_request_id(&first, "R019abc"));
+        assert_ne!(again, queue_retry_request_id(&first, "R019abd"));
+        assert_ne!(again, first);
+        assert!(
+            again.starts_with("q-3275-mpp-loket-1-20261129-A017-again-"),
+            "{again}"
+        );
+        let long = "q".repeat(MAX_REQUEST_ID_LEN);
+        let cut = queue_retry_request_id(&long, "R019abc");
+        assert_eq!(cut.len(), MAX_REQUEST_ID_LEN);
+        assert_ne!(cut, queue_retry_request_id(&long, "R019abd"));
+        // Again after again: each lapse gives the ticket a new id.
+        let twice = queue_retry_request_id(&again, "R01ffff");
+        assert_ne!(twice, again);
+        assert!(twice.len() <= MAX_REQUEST_ID_LEN);
     }
 
     #[test]

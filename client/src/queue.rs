@@ -22,12 +22,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::commands::reserve::do_not_print;
-use crate::connect::queue_request_id;
+use crate::connect::{queue_request_id, queue_retry_request_id};
 use crate::error::{EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, Failure};
 use crate::forecast::{expected_served, ticket_ranges, total_with_mine};
 use crate::nik;
 use crate::output::{Lang, Out, referral_lines, reservation_line, snapshot_line};
-use crate::terminal::Terminal;
+use crate::terminal::{MAX_LISTED_NIKS, Terminal};
 use crate::vocab;
 
 /// The most rows a queue file may have: far above a day at any counter, low enough to keep
@@ -36,6 +36,10 @@ pub const MAX_ROWS: usize = 100_000;
 
 /// The longest ticket number accepted.
 const MAX_TICKET_LEN: usize = 32;
+
+/// How many times one ticket reserves again after its earlier reservations were cancelled or ran
+/// out (see `Run::reserve_row`); past that the row is recorded as not to print.
+const MAX_RESERVE_AGAIN: usize = 3;
 
 /// How often the queue report is refreshed while reserving (reports expire after 120 s).
 const REPORT_REFRESH: Duration = Duration::from_secs(30);
@@ -907,17 +911,42 @@ impl Run<'_> {
 
     /// Reserves one row and records the answer. `Err` only for failures that stop the run.
     async fn reserve_row(&mut self, row: &QueueRow) -> Result<Option<QuotaSnapshot>, Failure> {
-        let request_id = queue_request_id(
+        let mut request_id = queue_request_id(
             &self.office,
             &self.service_point,
             &self.counter,
             &self.local_date,
             &row.ticket,
         );
-        let answer = self
+        let mut answer = self
             .term
             .reserve(&row.nik, row.reason, row.ikd, &request_id)
             .await;
+        // The ticket's reservation from an earlier run whose results are lost was cancelled or
+        // ran out since: its id only ever replays that, so the ticket reserves again under an id
+        // derived from it (the same on every re-run, so never twice).
+        for _ in 0..MAX_RESERVE_AGAIN {
+            let gone = match &answer {
+                Ok(response) => match &response.outcome {
+                    Some(Outcome::Reservation(r))
+                        if r.replayed
+                            && matches!(
+                                r.state(),
+                                ReservationState::Cancelled | ReservationState::Expired
+                            ) =>
+                    {
+                        r.reservation_id.clone()
+                    }
+                    _ => break,
+                },
+                Err(_) => break,
+            };
+            request_id = queue_retry_request_id(&request_id, &gone);
+            answer = self
+                .term
+                .reserve(&row.nik, row.reason, row.ikd, &request_id)
+                .await;
+        }
         let mut record = self.record(row, RowOutcome::Error);
         record.request_id = request_id;
         let zone = self.out.zone;
@@ -1053,60 +1082,60 @@ fn stopped(failure: &Failure, out: &Out) -> u8 {
     EXIT_ERROR
 }
 
-/// The lines of the `pending` rows that this counter's reservations of the day (held or printed,
-/// as the server lists them) account for, though `earlier` (the results file) does not name
-/// those reservations. The server shows only the masked NIK (the first six and last four
-/// digits), so a row matches on that and the reason, each reservation at most one row, the
-/// first in queue order. A false match (two applicants alike in those) only leaves one row out
-/// of the forecast: it is still reserved in its turn, and answered with a referral if the quota
-/// ran out before it.
-async fn served_unrecorded(
+/// The lines of the `pending` rows whose applicant already holds a blank of this office today
+/// (held or printed, at any service point or counter), as the server answers a listing by NIK.
+/// They take no more quota: their Reserve is answered with that reservation (or refused, when it
+/// is at another service point). Rows go in chunks of at most [`MAX_LISTED_NIKS`] whose masked
+/// NIKs differ, so each reservation listed (which shows only its masked NIK) names one row.
+async fn holding_already(
     term: &Terminal,
     local_date: &str,
-    earlier: &[ResultRecord],
     pending: &[QueueRow],
 ) -> Result<HashSet<u64>, Failure> {
-    if pending.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let recorded: HashSet<&str> = earlier
-        .iter()
-        .map(|r| r.reservation_id.as_str())
-        .filter(|id| !id.is_empty())
-        .collect();
-    let listed = term
-        .reservations_of_day(ReservationState::Unspecified, local_date)
-        .await?;
-    let mut unrecorded: HashMap<(String, i32), u32> = HashMap::new();
-    for reservation in listed.iter().filter(|r| {
-        matches!(
-            r.state(),
-            ReservationState::Held | ReservationState::Committed
-        ) && !recorded.contains(r.reservation_id.as_str())
-    }) {
-        *unrecorded
-            .entry((reservation.masked_nik.clone(), reservation.reason))
-            .or_default() += 1;
-    }
     let mut known = HashSet::new();
-    for row in pending {
-        if unrecorded.is_empty() {
-            break;
-        }
-        let key = (nik::mask(&row.nik), row.reason as i32);
-        if let Some(count) = unrecorded.get_mut(&key) {
-            *count -= 1;
-            if *count == 0 {
-                unrecorded.remove(&key);
+    let mut left: Vec<&QueueRow> = pending.iter().collect();
+    while !left.is_empty() {
+        let mut chunk: HashMap<String, &QueueRow> = HashMap::new();
+        let mut later = Vec::new();
+        for row in left {
+            let masked = nik::mask(&row.nik);
+            if chunk.len() < MAX_LISTED_NIKS && !chunk.contains_key(&masked) {
+                chunk.insert(masked, row);
+            } else {
+                later.push(row);
             }
-            known.insert(row.line);
         }
+        let niks: Vec<&str> = chunk.values().map(|row| row.nik.as_str()).collect();
+        let listed = term.reservations_of_niks(&niks, local_date).await?;
+        for reservation in listed.iter().filter(|r| {
+            matches!(
+                r.state(),
+                ReservationState::Held | ReservationState::Committed
+            )
+        }) {
+            if let Some(row) = chunk.get(&reservation.masked_nik) {
+                known.insert(row.line);
+            }
+        }
+        left = later;
     }
+    // The same applicant twice in the list: every row of theirs holds the blank.
+    let holding: HashSet<&str> = pending
+        .iter()
+        .filter(|r| known.contains(&r.line))
+        .map(|r| r.nik.as_str())
+        .collect();
+    known.extend(
+        pending
+            .iter()
+            .filter(|r| holding.contains(r.nik.as_str()))
+            .map(|r| r.line),
+    );
     Ok(known)
 }
 
 /// How many of `rows` still need a blank: those not in `known` (already served, see
-/// [`served_unrecorded`]).
+/// [`holding_already`]).
 fn needing(rows: &[QueueRow], known: &HashSet<u64>) -> u32 {
     let count = rows.iter().filter(|r| !known.contains(&r.line)).count();
     u32::try_from(count).unwrap_or(u32::MAX)
@@ -1293,22 +1322,22 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
         });
     }
 
-    // Applicants this counter already served today (held or printed) that the results file does
-    // not record: it was lost, or restored from an older copy. They take no quota when reached
-    // (the server answers them with their reservation), so they are left out of the forecast;
-    // otherwise applicants who already hold a blank would push the last ones to IKD.
-    let known = served_unrecorded(term, &local_date, &earlier, &pending).await?;
+    // Applicants who already hold a blank of this office today (served earlier at a counter,
+    // or by a run whose results file was lost): they take no quota when reached (the server
+    // answers them with their reservation), so they are left out of the forecast; otherwise
+    // they would push the last applicants in the list to IKD.
+    let known = holding_already(term, &local_date, &pending).await?;
     if !known.is_empty() {
         if out.json {
-            out.json(&json!({"event": "served_unrecorded", "count": known.len()}));
+            out.json(&json!({"event": "holding_already", "count": known.len()}));
         } else {
             out.line(&match lang {
                 Lang::Id => format!(
-                    "Menurut server, {} pemohon dalam daftar ini sudah mendapat blangko dari loket ini hari ini, tetapi tidak tercatat di berkas hasil: mereka tidak dihitung dalam perkiraan.",
+                    "{} pemohon dalam daftar ini sudah mendapat blangko hari ini (ditahan atau dicetak): mereka tidak dihitung dalam perkiraan.",
                     known.len()
                 ),
                 Lang::En => format!(
-                    "The server shows {} applicants on this list already served by this counter today that the results file does not record: they are left out of the forecast.",
+                    "{} applicants on this list already hold a blank today (held or printed): they are left out of the forecast.",
                     known.len()
                 ),
             });

@@ -15,9 +15,12 @@ use tonic::Streaming;
 use crate::connect::{Connection, MAX_REQUEST_ID_LEN, random_request_id};
 use crate::error::Failure;
 
-/// ListReservations pages fetched at most for one counter's day (500 per page): a counter never
-/// has more.
-const MAX_HOLD_PAGES: usize = 10;
+/// ListReservations pages fetched at most for one listing (500 per page): a counter's day, or
+/// the reservations of 500 applicants, never has more.
+const MAX_LIST_PAGES: usize = 10;
+
+/// The most NIKs one ListReservations may filter by (the server's bound).
+pub const MAX_LISTED_NIKS: usize = 500;
 
 /// Who is calling: the office, service point and counter given on the command line.
 #[derive(Debug, Clone, Default)]
@@ -252,35 +255,43 @@ impl Terminal {
             .await?)
     }
 
-    /// This counter's HELD reservations today, newest first.
+    /// This counter's HELD reservations today, newest first, at this service point when one is
+    /// given.
     pub async fn holds(&self) -> Result<Vec<Reservation>, Failure> {
-        self.reservations_of_day(ReservationState::Held, "").await
+        self.pages(ListReservationsRequest {
+            office_id: self.office()?.to_string(),
+            service_point_id: self.id.service_point.clone().unwrap_or_default(),
+            counter_id: self.counter()?.to_string(),
+            state: ReservationState::Held as i32,
+            ..ListReservationsRequest::default()
+        })
+        .await
     }
 
-    /// This counter's reservations of `local_date` ("YYYY-MM-DD"; empty for today, office-local)
-    /// in `state` (UNSPECIFIED for every state), newest first, at this service point when one
-    /// is given. At most [`MAX_HOLD_PAGES`] pages of 500: a counter never makes that many in a
-    /// day.
-    pub async fn reservations_of_day(
+    /// The reservations of these applicants (at most [`MAX_LISTED_NIKS`]) at this office on
+    /// `local_date` ("YYYY-MM-DD"), in every state, at any service point and counter.
+    pub async fn reservations_of_niks(
         &self,
-        state: ReservationState,
+        niks: &[&str],
         local_date: &str,
     ) -> Result<Vec<Reservation>, Failure> {
-        let office = self.office()?.to_string();
-        let counter = self.counter()?.to_string();
-        let service_point = self.id.service_point.clone().unwrap_or_default();
+        self.pages(ListReservationsRequest {
+            office_id: self.office()?.to_string(),
+            local_date: local_date.to_string(),
+            niks: niks.iter().map(|n| n.to_string()).collect(),
+            ..ListReservationsRequest::default()
+        })
+        .await
+    }
+
+    /// Every page of a listing, at most [`MAX_LIST_PAGES`] of 500.
+    async fn pages(&self, first: ListReservationsRequest) -> Result<Vec<Reservation>, Failure> {
         let mut found = Vec::new();
-        let mut page_token = String::new();
-        for _ in 0..MAX_HOLD_PAGES {
-            let request = ListReservationsRequest {
-                office_id: office.clone(),
-                service_point_id: service_point.clone(),
-                counter_id: counter.clone(),
-                state: state as i32,
-                local_date: local_date.to_string(),
-                page_size: 500,
-                page_token: page_token.clone(),
-            };
+        let mut request = ListReservationsRequest {
+            page_size: 500,
+            ..first
+        };
+        for _ in 0..MAX_LIST_PAGES {
             let page = self
                 .conn
                 .counter(|mut c| {
@@ -292,7 +303,7 @@ impl Terminal {
             if page.next_page_token.is_empty() {
                 break;
             }
-            page_token = page.next_page_token;
+            request.page_token = page.next_page_token;
         }
         Ok(found)
     }

@@ -1265,13 +1265,14 @@ fn outcomes_of(events: &[Value]) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_results_file_does_not_send_applicants_who_hold_a_blank_to_ikd() -> anyhow::Result<()>
 {
-    // Quota 6 for a list of 6: the morning run served tickets 1 to 3, and ticket 2's card was
-    // printed. Then the results file was lost (a new laptop, a deleted folder).
+    // Quota 6 for a list of 6: the morning run served tickets 1 to 4; ticket 2's card was
+    // printed and ticket 4's hold cancelled. Then the results file was lost (a new laptop, a
+    // deleted folder).
     let server = server_with(6, 100).await?;
     let url = server.url.as_str();
     let dir = tempfile::tempdir()?;
     let morning = dir.path().join("pagi.csv");
-    std::fs::write(&morning, queue_csv(3))?;
+    std::fs::write(&morning, queue_csv(4))?;
     let lost = dir.path().join("hilang.jsonl");
     let first = run_as(
         url,
@@ -1285,14 +1286,19 @@ async fn a_lost_results_file_does_not_send_applicants_who_hold_a_blank_to_ikd() 
     )
     .await?;
     assert_eq!(first.code, 0, "{first:?}");
-    let printed = first
-        .json()?
-        .into_iter()
-        .find(|v| v["event"] == "row" && v["ticket"] == "2")
-        .and_then(|v| v["reservation_id"].as_str().map(str::to_string))
-        .context("ticket 2 was not reserved")?;
-    let commit = run_as(url, &["commit", &printed]).await?;
+    let first_events = first.json()?;
+    let id_of = |ticket: &str| {
+        first_events
+            .iter()
+            .find(|v| v["event"] == "row" && v["ticket"] == ticket)
+            .and_then(|v| v["reservation_id"].as_str().map(str::to_string))
+            .with_context(|| format!("ticket {ticket} was not reserved"))
+    };
+    let commit = run_as(url, &["commit", &id_of("2")?]).await?;
     assert_eq!(commit.code, 0, "{commit:?}");
+    let cancelled = id_of("4")?;
+    let cancel = run_as(url, &["cancel", &cancelled]).await?;
+    assert_eq!(cancel.code, 0, "{cancel:?}");
     std::fs::remove_file(&lost)?;
 
     let file = dir.path().join("antrean.csv");
@@ -1300,7 +1306,7 @@ async fn a_lost_results_file_does_not_send_applicants_who_hold_a_blank_to_ikd() 
     let results = dir.path().join("hasil.jsonl");
     let results_arg = results.display().to_string();
     let file_arg = file.display().to_string();
-    // Forecast only: the three left need three of the three slots left; nobody is told to go.
+    // Forecast only: tickets 4 to 6 need the three slots left; nobody is told to go.
     let forecast = run_as(
         url,
         &[
@@ -1323,13 +1329,13 @@ async fn a_lost_results_file_does_not_send_applicants_who_hold_a_blank_to_ikd() 
     assert!(
         events
             .iter()
-            .any(|v| v["event"] == "served_unrecorded" && v["count"] == 3),
+            .any(|v| v["event"] == "holding_already" && v["count"] == 3),
         "{forecast:?}"
     );
     assert_eq!(outcomes_of(&events), [], "{forecast:?}");
 
-    // The run: tickets 1 and 3 get their own blank back, ticket 2 is not printed twice, and
-    // tickets 4 to 6 are served; nobody is sent to IKD.
+    // The run: tickets 1 and 3 get their own hold back, ticket 2 is not printed twice, ticket 4
+    // (cancelled) is reserved again, 5 and 6 are served; nobody is sent to IKD.
     let run = run_as(
         url,
         &["--json", "queue", &file_arg, "--results", &results_arg],
@@ -1349,16 +1355,61 @@ async fn a_lost_results_file_does_not_send_applicants_who_hold_a_blank_to_ikd() 
     .map(|(t, o)| (t.to_string(), o.to_string()))
     .collect();
     assert_eq!(outcomes_of(&events), expect, "{run:?}");
-    let replayed: Vec<bool> = events
-        .iter()
-        .filter(|v| v["event"] == "row" && v["outcome"] == "reserved")
-        .map(|v| v["replayed"].as_bool().unwrap_or(false))
-        .collect();
+    let replayed_and_id = |events: &[Value]| -> Vec<(bool, String)> {
+        events
+            .iter()
+            .filter(|v| v["event"] == "row" && v["outcome"] == "reserved")
+            .map(|v| {
+                (
+                    v["replayed"].as_bool().unwrap_or(false),
+                    v["reservation_id"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let reserved = replayed_and_id(&events);
+    let replayed: Vec<bool> = reserved.iter().map(|(r, _)| *r).collect();
     assert_eq!(replayed, [true, true, false, false, false], "{run:?}");
+    let again_for_4 = reserved[2].1.clone();
+    assert_ne!(again_for_4, cancelled, "ticket 4 holds a new blank");
     let mine = reservations(&server).await?;
-    assert_eq!(mine.len(), 6, "one reservation per applicant: {mine:?}");
+    let live = mine
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.state(),
+                ReservationState::Held | ReservationState::Committed
+            )
+        })
+        .count();
+    assert_eq!(
+        (mine.len(), live),
+        (7, 6),
+        "one blank per applicant: {mine:?}"
+    );
     assert_eq!(quota(&server).await?.remaining, 0);
-    // The human words, in a run that has nothing left to do but says what the server knew.
+
+    // Lost again: a re-run finds ticket 4's new hold through its first request id, and
+    // reserves nothing.
+    std::fs::remove_file(&results)?;
+    let rerun = run_as(
+        url,
+        &["--json", "queue", &file_arg, "--results", &results_arg],
+    )
+    .await?;
+    assert_eq!(rerun.code, 0, "{rerun:?}");
+    let events = rerun.json()?;
+    assert_eq!(outcomes_of(&events), expect, "{rerun:?}");
+    let reserved = replayed_and_id(&events);
+    assert!(reserved.iter().all(|(r, _)| *r), "{rerun:?}");
+    assert_eq!(reserved[2].1, again_for_4, "{rerun:?}");
+    assert_eq!(
+        reservations(&server).await?.len(),
+        7,
+        "nothing reserved twice"
+    );
+
+    // The human words, in a run that says what the server knew.
     std::fs::remove_file(&results)?;
     let words = run_as(
         url,
@@ -1373,7 +1424,7 @@ async fn a_lost_results_file_does_not_send_applicants_who_hold_a_blank_to_ikd() 
     .await?;
     assert!(
         words.stdout.contains(
-            "Menurut server, 6 pemohon dalam daftar ini sudah mendapat blangko dari loket ini hari ini"
+            "6 pemohon dalam daftar ini sudah mendapat blangko hari ini (ditahan atau dicetak)"
         ),
         "{words:?}"
     );

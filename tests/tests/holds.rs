@@ -163,6 +163,72 @@ async fn a_retried_reserve_shows_its_reservation_as_it_is_now_printed_cancelled_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reservations_listed_by_nik_are_those_applicants_only_and_bad_niks_are_named()
+-> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, _clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 10, 20).await?;
+        let mut counter = server.counter_client().await?;
+        let mut ids = Vec::new();
+        for n in 1..=4 {
+            let r = reserve(&mut counter, n)
+                .await?
+                .map_err(|i| anyhow::anyhow!("{i:?}"))?;
+            ids.push(r.reservation_id);
+        }
+        cancel(&mut counter, &ids[2]).await?;
+        let list = |niks: Vec<String>| ListReservationsRequest {
+            office_id: "3275".into(),
+            niks,
+            ..ListReservationsRequest::default()
+        };
+        // Applicants 1 and 3 (whose hold was cancelled), and one who never came.
+        let page = counter
+            .list_reservations(list(vec![
+                fixtures::nik(1),
+                fixtures::nik(3),
+                fixtures::nik(9),
+            ]))
+            .await?
+            .into_inner();
+        let mut found: Vec<(String, ReservationState)> = page
+            .reservations
+            .iter()
+            .map(|r| (r.reservation_id.clone(), r.state()))
+            .collect();
+        found.sort();
+        let mut expect = vec![
+            (ids[0].clone(), ReservationState::Held),
+            (ids[2].clone(), ReservationState::Cancelled),
+        ];
+        expect.sort();
+        assert_eq!(found, expect);
+        assert!(
+            page.reservations
+                .iter()
+                .all(|r| r.masked_nik.contains("******")),
+            "{page:?}"
+        );
+        // A malformed NIK is named by its place; more than 500 at once is refused.
+        let err = counter
+            .list_reservations(list(vec![fixtures::nik(1), "3275".into()]))
+            .await
+            .expect_err("a bad NIK");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(blangko_e2e::field_violations(&err)[0].0, "niks[1]");
+        assert!(!err.message().contains(&fixtures::nik(1)), "{err:?}");
+        let err = counter
+            .list_reservations(list(vec![fixtures::nik(1); 501]))
+            .await
+            .expect_err("too many");
+        assert_eq!(blangko_e2e::field_violations(&err)[0].0, "niks");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_commit_prints_the_card_once_and_the_blank_leaves_the_stock() -> anyhow::Result<()> {
     on_each_backend(|db| async move {
         let (server, _clock) = server_at(db).await?;

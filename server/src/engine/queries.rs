@@ -401,7 +401,7 @@ impl Engine {
         Ok((entries.into_iter().map(|e| e.entry).collect(), last))
     }
 
-    /// Reservations of an office, newest first.
+    /// Reservations of an office, newest first; only those of `nik_hashes` when it is not empty.
     #[allow(clippy::too_many_arguments)]
     pub async fn list_reservations(
         &self,
@@ -412,6 +412,7 @@ impl Engine {
         local_date: Option<NaiveDate>,
         before_seq: Option<i64>,
         page_size: u32,
+        nik_hashes: &[String],
     ) -> EngineResult<(Vec<Reservation>, Option<(NaiveDate, i64)>)> {
         let mut conn = self.store.reader().await?.acquire().await?;
         let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
@@ -435,6 +436,7 @@ impl Engine {
             &date,
             before_seq,
             i64::from(page_size) + 1,
+            nik_hashes,
         )
         .await?;
         let more = rows.len() > page_size as usize;

@@ -85,6 +85,9 @@ impl CounterApi {
     }
 }
 
+/// The most NIKs one ListReservations may filter by.
+const MAX_LISTED_NIKS: usize = 500;
+
 /// Parses a page size: 0 means the default; above the maximum is an error, not a silent cut.
 pub fn page_size(c: &mut Checker, field: &str, value: u32, max: u32) -> u32 {
     if value == 0 {
@@ -366,7 +369,28 @@ impl CounterService for CounterApi {
             }
         }
         let before = token.map(|(_, seq)| seq);
+        if r.niks.len() > MAX_LISTED_NIKS {
+            c.fail(
+                "niks",
+                format!(
+                    "has {} NIKs; at most {MAX_LISTED_NIKS} at once",
+                    r.niks.len()
+                ),
+            );
+        }
+        let today = nik_today(&self.engine);
+        let niks: Vec<_> = r
+            .niks
+            .iter()
+            .take(MAX_LISTED_NIKS)
+            .enumerate()
+            .filter_map(|(i, nik)| c.nik(&format!("niks[{i}]"), nik, today))
+            .collect();
         c.finish()?;
+        let nik_hashes: Vec<String> = niks
+            .iter()
+            .map(|nik| self.engine.nik_key.hash_nik(nik.as_str()))
+            .collect();
         let state = ReservationState::try_from(r.state).unwrap_or(ReservationState::Unspecified);
         let (reservations, next) = self
             .engine
@@ -378,6 +402,7 @@ impl CounterService for CounterApi {
                 date,
                 before,
                 size,
+                &nik_hashes,
             )
             .await?;
         Ok(Response::new(ListReservationsResponse {

@@ -469,7 +469,10 @@ impl Store {
     }
 
     /// The pool for reads of what a Reserve batch keeps in place only, without folding the
-    /// Reserve journal first (see [`Store::begin_read_without_fold`]).
+    /// Reserve journal first (see [`Store::begin_read_without_fold`]). Also for the current state
+    /// of a reservation a Reserve replayed (`Engine::refresh_replayed`): the batch that replayed
+    /// it folded the journal first when the reservation was in it, and a row in the table is never
+    /// older than the journal.
     pub fn reader_without_fold(&self) -> &AnyPool {
         &self.reader
     }
