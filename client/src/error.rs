@@ -264,6 +264,29 @@ impl Failure {
     /// cancelled, printed), the generic advice ("do NOT print") is beside the point, and what to
     /// do is to record the blank as spoiled from stock.
     pub fn human_for_spoiled(&self, lang: Lang) -> String {
+        // The same request id with other details (a note or report reference added on a
+        // retry): the first report was recorded, with the first details.
+        if self.reason() == Some("REQUEST_ID_REUSED") {
+            return format!(
+                "{} [{}]",
+                lang.t(
+                    "Laporan dengan ID permintaan ini SUDAH tercatat (dengan keterangan pertama): blangko ini sudah dicatat rusak. JANGAN laporkan lagi dengan ID baru.",
+                    "A report with this request id is ALREADY recorded (with its first details): this blank is written off. Do NOT report it again under a new id.",
+                ),
+                "ALREADY_EXISTS/REQUEST_ID_REUSED"
+            );
+        }
+        // Printed: the commit took the blank out of the stock already. A spoiled one on top
+        // would write off a second blank.
+        if self.reason() == Some("RESERVATION_COMMITTED") {
+            return format!(
+                "{} [FAILED_PRECONDITION/RESERVATION_COMMITTED]",
+                lang.t(
+                    "Blangko rusak BELUM tercatat: pemesanan ini sudah ditandai dicetak, jadi blangkonya sudah keluar dari stok. Jangan catat rusak dari stok untuk blangko yang sama; jika kartu dicetak ulang pada blangko lain, catat blangko yang rusak itu sebagai rusak dari stok (rusak stok ALASAN).",
+                    "The spoiled blank is NOT recorded: this reservation is marked printed, so its blank already left the stock. Do not record the same blank as spoiled from stock; if the card is reprinted on another blank, record the spoiled one from stock (spoiled stock REASON).",
+                )
+            );
+        }
         if let Failure::Server {
             code,
             message,
@@ -272,10 +295,7 @@ impl Failure {
         } = self
             && matches!(
                 reason.as_str(),
-                "RESERVATION_EXPIRED"
-                    | "RESERVATION_CANCELLED"
-                    | "RESERVATION_COMMITTED"
-                    | "RESERVATION_NOT_HELD"
+                "RESERVATION_EXPIRED" | "RESERVATION_CANCELLED" | "RESERVATION_NOT_HELD"
             )
         {
             return format!(
@@ -283,6 +303,26 @@ impl Failure {
                 lang.t(
                     "Blangko rusak BELUM tercatat: pemesanan ini tidak ditahan lagi. Catat blangko itu sebagai rusak dari stok: di layar loket rusak stok ALASAN, atau blangko-counter spoiled --reason ALASAN tanpa ID pemesanan",
                     "The spoiled blank is NOT recorded: this reservation is no longer held. Record the blank as spoiled from stock: on the counter screen spoiled stock REASON, or blangko-counter spoiled --reason REASON without a reservation id",
+                )
+            );
+        }
+        self.human(lang)
+    }
+
+    /// What the officer reads when marking a card printed was refused because the hold is gone
+    /// (cancelled, or run out with no slot or blank to take again): the card may be printed
+    /// already, and then a blank left the stock with no record.
+    pub fn human_for_commit(&self, lang: Lang) -> String {
+        if matches!(
+            self.reason(),
+            Some("RESERVATION_EXPIRED" | "RESERVATION_CANCELLED")
+        ) {
+            return format!(
+                "{} {}",
+                self.human(lang),
+                lang.t(
+                    "Cetak TIDAK tercatat. Jika kartunya sudah dicetak, blangko itu keluar tanpa catatan: beri tahu supervisor agar stok dikoreksi. Jika belum dicetak: JANGAN cetak.",
+                    "The print is NOT recorded. If the card is already printed, its blank left with no record: tell the supervisor so the stock is corrected. If not printed yet: do NOT print.",
                 )
             );
         }
@@ -456,6 +496,50 @@ mod tests {
             call_id: None,
         };
         assert_eq!(limit.human_for_spoiled(Lang::Id), limit.human(Lang::Id));
+    }
+
+    fn refused(code: &str, reason: &str) -> Failure {
+        Failure::Server {
+            code: code.into(),
+            message: "refused".into(),
+            reason: Some(reason.into()),
+            resource: None,
+            retry_after: None,
+            call_id: None,
+        }
+    }
+
+    #[test]
+    fn a_spoiled_report_refused_as_printed_or_as_a_reused_id_is_not_sent_again_as_new() {
+        // Printed already: the commit counted the blank; a spoiled one from stock for the same
+        // blank would write off two.
+        let printed =
+            refused("FAILED_PRECONDITION", "RESERVATION_COMMITTED").human_for_spoiled(Lang::Id);
+        assert!(printed.contains("sudah keluar dari stok"), "{printed}");
+        assert!(
+            printed.contains("Jangan catat rusak dari stok untuk blangko yang sama"),
+            "{printed}"
+        );
+        // The same request id with a note added: the first report stands.
+        let reused = refused("ALREADY_EXISTS", "REQUEST_ID_REUSED");
+        let en = reused.human_for_spoiled(Lang::En);
+        assert!(en.contains("ALREADY recorded"), "{en}");
+        assert!(en.contains("Do NOT report it again under a new id"), "{en}");
+        assert!(!reused.human_for_spoiled(Lang::Id).contains("data lain"));
+    }
+
+    #[test]
+    fn a_refused_commit_says_what_to_do_with_a_card_already_printed() {
+        for reason in ["RESERVATION_EXPIRED", "RESERVATION_CANCELLED"] {
+            let failure = refused("FAILED_PRECONDITION", reason);
+            let id = failure.human_for_commit(Lang::Id);
+            assert!(id.contains("Cetak TIDAK tercatat"), "{id}");
+            assert!(id.contains("beri tahu supervisor"), "{id}");
+            let en = failure.human_for_commit(Lang::En);
+            assert!(en.contains("If not printed yet: do NOT print"), "{en}");
+        }
+        let other = refused("NOT_FOUND", "");
+        assert_eq!(other.human_for_commit(Lang::Id), other.human(Lang::Id));
     }
 
     #[test]

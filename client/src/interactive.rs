@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::commands::reserve::{do_not_print, print_outcome};
 use crate::commands::watch::follow;
 use crate::connect::random_request_id;
-use crate::error::{EXIT_OK, Failure};
+use crate::error::EXIT_OK;
 use crate::forecast::{expected_served, total_with_mine};
 use crate::nik;
 use crate::output::{Lang, Out, reservation_json, reservation_line, snapshot_line};
@@ -163,10 +163,26 @@ struct Screen {
     /// once when the next applicant starts or the screen closes, so a printed card whose c was
     /// forgotten does not run out unnoticed (its blank would then count as still in stock).
     open_hold: Option<String>,
-    /// A spoiled-blank report that got no answer (reservation id, reason, its request id): the
-    /// same report typed as the next command reuses the id, so the blank is not written off
-    /// twice.
-    unanswered_spoiled: Option<(String, SpoilageReason, String)>,
+    /// Spoiled-blank reports that got no answer (reservation id, reason, their request id), at
+    /// most [`MAX_UNANSWERED`]: the same report typed again reuses its id, whatever came in
+    /// between, so the blank is not written off twice.
+    unanswered_spoiled: Vec<(String, SpoilageReason, String)>,
+    /// Reservations whose c got no answer, at most [`MAX_UNANSWERED`]: told at every next
+    /// applicant and at the end until a c is answered, so a printed card is not forgotten (its
+    /// hold would run out and its blank count as still in stock).
+    unconfirmed_prints: Vec<String>,
+}
+
+/// The most unanswered spoiled reports and unconfirmed prints the screen keeps.
+const MAX_UNANSWERED: usize = 16;
+
+/// Keeps `item` at the end of `list`, at most [`MAX_UNANSWERED`] long (the oldest goes).
+fn keep_last<T: PartialEq>(list: &mut Vec<T>, item: T) {
+    list.retain(|x| *x != item);
+    if list.len() >= MAX_UNANSWERED {
+        list.remove(0);
+    }
+    list.push(item);
 }
 
 fn help_text(lang: Lang) -> &'static str {
@@ -462,8 +478,30 @@ impl Screen {
         }
     }
 
-    /// Tells, once, of the newest hold that was neither marked printed nor cancelled.
+    /// Tells, once, of the newest hold that was neither marked printed nor cancelled, and of
+    /// every c that got no answer, until one does.
     fn remind_open_hold(&mut self) {
+        if !self.unconfirmed_prints.is_empty() {
+            let ids = self.unconfirmed_prints.join(", ");
+            self.say(&format!(
+                "{} {ids}: {}",
+                self.out.t(
+                    "Perhatian: cetak BELUM tercatat untuk",
+                    "Note: printing is NOT recorded yet for",
+                ),
+                self.out.t(
+                    "ketik c ID untuk masing-masing saat server menjawab (aman, tidak tercatat dua kali).",
+                    "type c ID for each once a server answers (safe, never recorded twice).",
+                ),
+            ));
+            if self
+                .open_hold
+                .as_ref()
+                .is_some_and(|id| self.unconfirmed_prints.contains(id))
+            {
+                self.open_hold = None;
+            }
+        }
         if let Some(id) = self.open_hold.take() {
             self.say(&format!(
                 "{} {id} {} {id}.",
@@ -500,7 +538,12 @@ impl Screen {
 
     async fn commit(&mut self, given: Option<&str>) {
         let Some(id) = self.target(given) else { return };
-        match self.term.commit(&id).await {
+        let answer = self.term.commit(&id).await;
+        // Any answer settles an unconfirmed print: recorded, or refused for good.
+        if !matches!(&answer, Err(failure) if failure.unanswered()) {
+            self.unconfirmed_prints.retain(|x| *x != id);
+        }
+        match answer {
             Ok(answer) => {
                 self.settled(&id);
                 self.shared.set_snapshot(answer.quota.clone());
@@ -513,12 +556,17 @@ impl Screen {
                 }
             }
             Err(failure) => {
-                failure.report(&self.out);
+                if self.out.json {
+                    failure.report(&self.out);
+                } else {
+                    self.out.notice(&failure.human_for_commit(self.out.lang));
+                }
                 if failure.unanswered() {
                     self.say(self.out.t(
                         "Cetak belum tercatat: ketik c lagi (aman, tidak tercatat dua kali).",
                         "The print is not recorded yet: type c again (safe, never recorded twice).",
                     ));
+                    keep_last(&mut self.unconfirmed_prints, id);
                 }
             }
         }
@@ -556,13 +604,9 @@ impl Screen {
         }
     }
 
-    /// `rusak`: `unanswered` is the report the command just before this one sent without an
-    /// answer; the same report typed again reuses its request id (and only right after it).
-    async fn spoiled(
-        &mut self,
-        words: &[&str],
-        unanswered: Option<(String, SpoilageReason, String)>,
-    ) {
+    /// `rusak`: the same report (reservation and reason) as one sent earlier without an answer
+    /// reuses that report's request id, whatever came in between.
+    async fn spoiled(&mut self, words: &[&str]) {
         let mut reason = None;
         let mut id = None;
         // `rusak stok ALASAN`: a blank spoiled outside any reservation (found defective in
@@ -588,8 +632,13 @@ impl Screen {
             let Some(id) = self.target(id) else { return };
             id
         };
-        let request_id = match unanswered {
-            Some((same_id, same_reason, request_id)) if same_id == id && same_reason == reason => {
+        let earlier = self
+            .unanswered_spoiled
+            .iter()
+            .position(|(same_id, same_reason, _)| *same_id == id && *same_reason == reason)
+            .map(|at| self.unanswered_spoiled.remove(at));
+        let request_id = match earlier {
+            Some((_, _, request_id)) => {
                 self.say(&format!(
                     "{} {request_id})",
                     self.out.t(
@@ -634,12 +683,12 @@ impl Screen {
                 } else {
                     self.out.notice(&failure.human_for_spoiled(self.out.lang));
                 }
-                if matches!(failure, Failure::NoServer { .. }) {
+                if failure.unanswered() {
                     self.say(self.out.t(
-                        "Laporan ini mungkin sudah tercatat: ketik perintah yang sama lagi sebagai perintah berikutnya saat server menjawab; blangko tidak akan tercatat rusak dua kali.",
-                        "This report may have been recorded: type the same command again, as the next command, once a server answers; the blank will not be written off twice.",
+                        "Laporan ini mungkin sudah tercatat: ketik perintah yang sama lagi saat server menjawab; blangko tidak akan tercatat rusak dua kali.",
+                        "This report may have been recorded: type the same command again once a server answers; the blank will not be written off twice.",
                     ));
-                    self.unanswered_spoiled = Some((id, reason, request_id));
+                    keep_last(&mut self.unanswered_spoiled, (id, reason, request_id));
                 }
             }
         }
@@ -674,8 +723,6 @@ impl Screen {
 
     /// One command line; false to quit.
     async fn command(&mut self, line: &str) -> bool {
-        // An unanswered spoiled report is offered again to the very next command only.
-        let unanswered = self.unanswered_spoiled.take();
         let words: Vec<&str> = line.split_whitespace().collect();
         let command = words.first().map(|w| w.to_lowercase()).unwrap_or_default();
         let rest = words.get(1..).unwrap_or(&[]);
@@ -695,7 +742,7 @@ impl Screen {
             }
             "c" | "commit" | "cetak" => self.commit(rest.first().copied()).await,
             "x" | "cancel" | "batal" => self.cancel(rest.first().copied()).await,
-            "rusak" | "spoiled" | "s" => self.spoiled(rest, unanswered).await,
+            "rusak" | "spoiled" | "s" => self.spoiled(rest).await,
             "h" | "hold" | "holds" => self.holds().await,
             "kuota" | "quota" | "status" => self.show_quota().await,
             "?" | "help" | "bantuan" => self.say(help_text(self.out.lang)),
@@ -783,7 +830,8 @@ pub async fn run_counter(term: &Terminal, out: Out, waiting: u32) -> ExitCode {
         input: Input::start(out),
         last_reservation: None,
         open_hold: None,
-        unanswered_spoiled: None,
+        unanswered_spoiled: Vec::new(),
+        unconfirmed_prints: Vec::new(),
     };
     screen.say(&format!(
         "== blangko-counter · {} {counter} · {office}/{service_point} · {local_date} ({}) ==",

@@ -313,10 +313,27 @@ pub fn reservation_line(r: &Reservation, out: &Out) -> String {
         ));
     }
     if r.replayed {
-        text.push_str(lang.t(
-            "  [sudah dipesan sebelumnya: jawaban yang sama]",
-            "  [already reserved earlier: same answer]",
-        ));
+        if r.state() == ReservationState::Held {
+            // The same hold again: its card may have been printed meanwhile (a c that got no
+            // answer, a colleague at this counter).
+            text.push_str(&format!(
+                "  [{} {}: {}]",
+                lang.t(
+                    "sudah dipesan sebelumnya pukul",
+                    "already reserved earlier at"
+                ),
+                out.zone.time(r.created_at.as_ref()),
+                lang.t(
+                    "jika kartunya sudah dicetak, tandai dicetak (c), jangan cetak lagi",
+                    "if its card is already printed, mark it printed (c), do not print again",
+                ),
+            ));
+        } else {
+            text.push_str(lang.t(
+                "  [sudah dipesan sebelumnya: jawaban yang sama]",
+                "  [already reserved earlier: same answer]",
+            ));
+        }
     }
     text
 }

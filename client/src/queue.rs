@@ -21,7 +21,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::commands::reserve::do_not_print;
+use crate::commands::reserve::{do_not_print, lapsed};
 use crate::connect::{queue_request_id, queue_retry_request_id};
 use crate::error::{EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, Failure};
 use crate::forecast::{expected_served, ticket_ranges, total_with_mine};
@@ -928,13 +928,7 @@ impl Run<'_> {
         for _ in 0..MAX_RESERVE_AGAIN {
             let gone = match &answer {
                 Ok(response) => match &response.outcome {
-                    Some(Outcome::Reservation(r))
-                        if r.replayed
-                            && matches!(
-                                r.state(),
-                                ReservationState::Cancelled | ReservationState::Expired
-                            ) =>
-                    {
+                    Some(Outcome::Reservation(r)) if r.replayed && lapsed(r) => {
                         r.reservation_id.clone()
                     }
                     _ => break,

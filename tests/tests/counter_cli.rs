@@ -355,9 +355,12 @@ async fn reserve_prints_the_reservation_or_the_referral_with_exit_codes() -> any
     assert_eq!(en.code, 0, "{en:?}");
     assert!(en.stdout.starts_with("HELD "), "{en:?}");
     assert!(en.stdout.contains("reason new recording"), "{en:?}");
+    // Its card may have been printed meanwhile: said, with what to do.
     assert!(
-        en.stdout
-            .contains("[already reserved earlier: same answer]"),
+        en.stdout.contains("[already reserved earlier at ")
+            && en.stdout.contains(
+                ": if its card is already printed, mark it printed (c), do not print again]"
+            ),
         "{en:?}"
     );
 
@@ -1245,6 +1248,28 @@ async fn a_retried_reserve_of_a_cancelled_hold_says_do_not_print_with_exit_4() -
         "{english:?}"
     );
     assert_no_clear_nik(&english, [1]);
+    // A script reading --json sees it too: not "reserved".
+    let json = run_as(
+        url,
+        &[
+            "--json",
+            "reserve",
+            "--nik",
+            &nik(1),
+            "--reason",
+            "data-change",
+            "--request-id",
+            "r-loket-1-pagi-017",
+        ],
+    )
+    .await?;
+    assert_eq!(json.code, 4, "{json:?}");
+    let v = json.one_json()?;
+    assert_eq!(
+        (v["outcome"].as_str(), v["reservation"]["state"].as_str()),
+        (Some("do_not_print"), Some("CANCELLED")),
+        "{v}"
+    );
     Ok(())
 }
 
@@ -1776,6 +1801,129 @@ async fn server_process_on(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits (at most 60 s) until `seen` holds `text`.
+async fn wait_for_text(seen: &Arc<std::sync::Mutex<String>>, text: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if seen
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .contains(text)
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {text:?} in {:?}",
+            seen.lock().map(|s| s.clone()).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_screen_keeps_an_unanswered_print_and_spoiled_report_until_a_server_answers()
+-> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = server_process_on(&db, port).await?;
+    office_with_point(&mut stock_at(&url).await?, "3275", "mpp", 10, 100).await?;
+    reserve_at(&url, 1).await?;
+    let mut counter =
+        blangko_proto::v1::counter_service_client::CounterServiceClient::connect(url.clone())
+            .await?;
+    let id = counter
+        .list_reservations(ListReservationsRequest {
+            office_id: "3275".into(),
+            ..ListReservationsRequest::default()
+        })
+        .await?
+        .into_inner()
+        .reservations
+        .first()
+        .map(|r| r.reservation_id.clone())
+        .context("no reservation")?;
+    drop(counter);
+
+    let args = who(&["--retries", "0", "--timeout", "2", "counter"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut screen = command(&[&url], &refs).stdin(Stdio::piped()).spawn()?;
+    let mut stdin = screen.stdin.take().context("no stdin")?;
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = Arc::clone(&seen);
+        let mut stdout = screen.stdout.take().context("no stdout")?;
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut text) = seen.lock() {
+                    text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        })
+    };
+    wait_for_text(&seen, "== blangko-counter").await?;
+
+    // The server goes away: the card is printed and its c gets no answer; a spoiled report
+    // gets none either. A look at the quota in between does not lose the report.
+    server.start_kill()?;
+    server.wait().await?;
+    stdin
+        .write_all(
+            format!("c {id}\nrusak {id} chip-gagal\nkuota\nrusak {id} chip-gagal\nn\n\n")
+                .as_bytes(),
+        )
+        .await?;
+    let reminder = format!("Perhatian: cetak BELUM tercatat untuk {id}: ketik c ID");
+    wait_for_text(&seen, &reminder).await?;
+    // Another applicant later: still told.
+    stdin.write_all(b"n\n\n").await?;
+    let told_twice = async {
+        loop {
+            if seen
+                .lock()
+                .map(|s| s.matches(&reminder).count())
+                .unwrap_or(0)
+                >= 2
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), told_twice)
+        .await
+        .context("the unconfirmed print was told once only")?;
+
+    // The server is back: c is answered, and nothing is told at the end.
+    let _back = server_process_on(&db, port).await?;
+    stdin
+        .write_all(format!("c {id}\nkeluar\n").as_bytes())
+        .await?;
+    stdin.shutdown().await?;
+    let status = tokio::time::timeout(RUN_TIMEOUT, screen.wait()).await??;
+    reader.await?;
+    let out = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(status.success(), "{status:?} {out}");
+    // The second rusak (after kuota) sent the first one's request id again.
+    assert_eq!(
+        out.matches("Mengulang laporan sebelumnya yang belum terjawab (ID")
+            .count(),
+        1,
+        "{out}"
+    );
+    let printed = out
+        .find(&format!("DICETAK {id}"))
+        .context("the print was not recorded")?;
+    assert!(!out[printed..].contains(&reminder), "{out}");
+    Ok(())
 }
 
 async fn stock_at(

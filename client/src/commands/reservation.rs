@@ -51,7 +51,14 @@ pub async fn commit(term: &Terminal, out: Out, reservation_id: &str) -> ExitCode
             );
             ExitCode::from(EXIT_OK)
         }
-        Err(failure) => failure.exit(&out),
+        Err(failure) => {
+            if out.json {
+                failure.report(&out);
+            } else {
+                out.notice(&failure.human_for_commit(out.lang));
+            }
+            ExitCode::from(failure.exit_code())
+        }
     }
 }
 

@@ -42,6 +42,16 @@ pub fn do_not_print(reservation: &Reservation, counter: &str, out: &Out) -> Opti
                 "do NOT print here; send the applicant to that counter.",
             ),
         )),
+        ReservationState::Held if lapsed(reservation) => {
+            Some(format!(
+                "{}: {}",
+                out.t("MASA TAHAN SUDAH HABIS", "THE HOLD HAS RUN OUT"),
+                out.t(
+                    "JANGAN cetak; pesan lagi untuk pemohon ini (permintaan baru).",
+                    "do NOT print; reserve again for this applicant (a new request).",
+                ),
+            ))
+        }
         ReservationState::Cancelled | ReservationState::Expired => Some(format!(
             "{}: {}",
             if reservation.state() == ReservationState::Cancelled {
@@ -58,6 +68,19 @@ pub fn do_not_print(reservation: &Reservation, counter: &str, out: &Out) -> Opti
     }
 }
 
+/// Whether no blank is held for this reservation any more: cancelled, run out, or held past its
+/// expiry (the server releases overdue holds in passes: a replay may show one not yet released).
+pub fn lapsed(reservation: &Reservation) -> bool {
+    match reservation.state() {
+        ReservationState::Cancelled | ReservationState::Expired => true,
+        ReservationState::Held => reservation
+            .expires_at
+            .as_ref()
+            .is_some_and(|at| at.seconds <= chrono::Utc::now().timestamp()),
+        _ => false,
+    }
+}
+
 /// Prints a Reserve answer (reservation or referral, and the quota after it) and gives its exit
 /// code. Shared with the interactive screen. `counter`: this terminal's counter, to warn when the
 /// answer is the applicant's earlier reservation that must not be printed here.
@@ -68,7 +91,8 @@ pub fn print_outcome(response: &ReserveResponse, counter: &str, out: &Out) -> u8
             let warning = do_not_print(reservation, counter, out);
             if out.json {
                 out.json(&json!({
-                    "outcome": "reserved",
+                    // A script that prints on "reserved" must not print this one.
+                    "outcome": if warning.is_some() { "do_not_print" } else { "reserved" },
                     "reservation": reservation_json(reservation, out.zone),
                     "quota": quota.map(|q| snapshot_json(q, out.zone)),
                     "do_not_print": warning,
