@@ -15,8 +15,8 @@ Examples / Contoh:
   # Is the server up, and how much of today's quota is left?
   blangko-counter --office 3275 --service-point mpp status
 
-  # One applicant (exit 0 reserved, 3 referred to IKD, 4 already printed or held for another
-  # counter: do not print here, 2 bad input, 1 other error)
+  # One applicant (exit 0 reserved, 3 referred to IKD, 4 already printed, held for another
+  # counter, or no longer held: do not print here, 2 bad input, 1 other error)
   export BLANGKO_SERVER=http://10.1.2.3:50051,http://10.1.2.4:50051
   export BLANGKO_OFFICE=3275 BLANGKO_SERVICE_POINT=mpp BLANGKO_COUNTER=loket-3
   blangko-counter reserve --nik 3275014101900001 --reason new-recording --ikd not-active
@@ -141,8 +141,8 @@ pub enum Command {
     Status,
 
     /// Reserve a blank for one applicant (exit 0 reserved, 3 referred to IKD, 4 the applicant's
-    /// earlier reservation, already printed or held for another counter: do not print here, 2 bad
-    /// input).
+    /// earlier reservation, already printed, held for another counter, or, for a request sent
+    /// again, cancelled or run out since: do not print here, 2 bad input).
     Reserve(ReserveArgs),
 
     /// Commit a reservation: the card was printed.

@@ -658,8 +658,15 @@ impl Screen {
                         "reservation": answer.reservation.as_ref().map(|r| reservation_json(r, self.out.zone)),
                         "on_hand": answer.on_hand,
                         "available": answer.available,
+                        "replayed": answer.replayed,
                     }));
                 } else {
+                    if answer.replayed {
+                        self.say(self.out.t(
+                            "Laporan ini sudah tercatat sebelumnya (sekali saja, blangko tidak dicatat dua kali); berikut keadaannya sekarang:",
+                            "This report was already recorded (once: the blank is not written off twice); here is how things are now:",
+                        ));
+                    }
                     self.say(&format!(
                         "{} · {} {}",
                         self.out
@@ -668,7 +675,10 @@ impl Screen {
                         answer.available
                     ));
                     if let Some(r) = &answer.reservation {
-                        self.say(&reservation_line(r, &self.out));
+                        self.say(&reservation_line(
+                            &crate::commands::reservation::as_it_is_now(r),
+                            &self.out,
+                        ));
                     }
                     if let Some(referral) = &answer.ikd_referral {
                         for line in crate::output::referral_lines(referral, &self.out) {

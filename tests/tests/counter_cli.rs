@@ -857,6 +857,17 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
         again["on_hand"], 95,
         "the repeat is the same report: {again}"
     );
+    assert_eq!(
+        (first["replayed"].as_bool(), again["replayed"].as_bool()),
+        (Some(false), Some(true))
+    );
+    let words = run_as(url, &twice[1..]).await?;
+    assert!(
+        words.stdout.starts_with(
+            "Laporan ini sudah tercatat sebelumnya (sekali saja, blangko tidak dicatat dua kali)"
+        ),
+        "{words:?}"
+    );
 
     let q = quota(&server).await?;
     assert_eq!((q.held, q.committed), (1, 1), "{q:?}");

@@ -229,6 +229,69 @@ async fn reservations_listed_by_nik_are_those_applicants_only_and_bad_niks_are_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeated_spoiled_report_or_ikd_activation_is_recorded_once_and_shown_as_it_is_now()
+-> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, _clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 5, 10).await?;
+        let mut counter = server.counter_client().await?;
+        let r = reserve(&mut counter, 1)
+            .await?
+            .map_err(|i| anyhow::anyhow!("{i:?}"))?;
+        let report = ReportSpoiledBlankRequest {
+            request_id: rid(),
+            office_id: "3275".into(),
+            reservation_id: r.reservation_id.clone(),
+            reason: SpoilageReason::ChipEncodingFailure as i32,
+            destruction_report_reference: String::new(),
+            note: String::new(),
+        };
+        let first = counter
+            .report_spoiled_blank(report.clone())
+            .await?
+            .into_inner();
+        assert!(!first.replayed);
+        assert_eq!(first.on_hand, 9);
+        // The reprint is done and marked printed; then the report is sent again (its answer
+        // had been lost): one blank written off, and the reservation shows as printed.
+        commit(&mut counter, &r.reservation_id).await?;
+        let again = counter.report_spoiled_blank(report).await?.into_inner();
+        assert!(again.replayed, "{again:?}");
+        let shown = again.reservation.unwrap_or_default();
+        assert_eq!(shown.state(), ReservationState::Committed);
+        assert_eq!(shown.spoiled_count, 1);
+        assert_eq!((again.on_hand, again.available), (8, 8), "the stock now");
+        assert_eq!(
+            stock_of(&server).await?.on_hand,
+            8,
+            "one spoiled, one printed"
+        );
+        assert_eq!(
+            ledger_of(&mut stock, LedgerEntryKind::Spoiled).await?.len(),
+            1
+        );
+
+        // An IKD activation sent again under a new request id (no answer came the first time):
+        // recorded once.
+        let first = counter
+            .record_ikd_activation(fixtures::ikd_activation("3275", "main", 2))
+            .await?
+            .into_inner();
+        let again = counter
+            .record_ikd_activation(fixtures::ikd_activation("3275", "main", 2))
+            .await?
+            .into_inner();
+        assert!(!first.replayed && again.replayed, "{first:?} {again:?}");
+        assert_eq!(first.activated_at, again.activated_at);
+        let activations = ledger_of(&mut stock, LedgerEntryKind::IkdActivation).await?;
+        assert_eq!(activations.len(), 1, "{activations:?}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_commit_prints_the_card_once_and_the_blank_leaves_the_stock() -> anyhow::Result<()> {
     on_each_backend(|db| async move {
         let (server, _clock) = server_at(db).await?;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use blangko_proto::v1::{QuotaSnapshot, Reservation, SpoilageReason};
 use serde_json::json;
 
-use crate::error::{EXIT_OK, EXIT_REFERRED, Failure};
+use crate::error::{EXIT_OK, EXIT_REFERRED};
 use crate::output::{
     Lang, Out, referral_json, referral_lines, reservation_json, reservation_line, snapshot_json,
 };
@@ -78,6 +78,15 @@ pub async fn cancel(term: &Terminal, out: Out, reservation_id: &str, note: &str)
     }
 }
 
+/// The reservation of a spoiled-blank answer, to show: a replayed report already says so once,
+/// and its reservation is shown as it is now, not as a Reserve answered again.
+pub fn as_it_is_now(reservation: &Reservation) -> Reservation {
+    Reservation {
+        replayed: false,
+        ..reservation.clone()
+    }
+}
+
 /// Runs `spoiled [ID] --reason R [--report REF]`. Exit 3 when the reservation had to be
 /// cancelled for lack of a blank (the applicant is referred to IKD).
 #[allow(clippy::too_many_arguments)]
@@ -105,7 +114,7 @@ pub async fn spoiled(
                 out.json(&value);
             } else {
                 out.notice(&failure.human_for_spoiled(out.lang));
-                if matches!(failure, Failure::NoServer { .. }) {
+                if failure.unanswered() {
                     out.notice(&unanswered_spoiled_hint(&request_id, out.lang));
                 }
             }
@@ -120,8 +129,15 @@ pub async fn spoiled(
             "referral": answer.ikd_referral.as_ref().map(|r| referral_json(r, out.zone)),
             "on_hand": answer.on_hand,
             "available": answer.available,
+            "replayed": answer.replayed,
         }));
     } else {
+        if answer.replayed {
+            out.line(out.t(
+                "Laporan ini sudah tercatat sebelumnya (sekali saja, blangko tidak dicatat dua kali); berikut keadaannya sekarang:",
+                "This report was already recorded (once: the blank is not written off twice); here is how things are now:",
+            ));
+        }
         out.line(&format!(
             "{} ({}) · {} {} · {} {}",
             out.t("Blangko rusak dicatat", "Spoiled blank recorded"),
@@ -132,7 +148,7 @@ pub async fn spoiled(
             answer.available
         ));
         if let Some(reservation) = &answer.reservation {
-            out.line(&reservation_line(reservation, &out));
+            out.line(&reservation_line(&as_it_is_now(reservation), &out));
         }
         if let Some(referral) = &answer.ikd_referral {
             for line in referral_lines(referral, &out) {

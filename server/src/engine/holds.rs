@@ -497,12 +497,20 @@ impl Engine {
             .await?
         {
             let mut response: ReportSpoiledBlankResponse = decode_answer(&stored)?;
+            response.replayed = true;
+            // As things are now: a reservation printed or cancelled since must not read as a
+            // hold to reprint on.
             if let Some(res) = response.reservation.as_mut() {
+                if let Some(row) = rows::reservation(conn, &res.reservation_id).await? {
+                    *res = reservation_to_proto(&row, true);
+                }
                 res.replayed = true;
             }
             if let Some(referral) = response.ikd_referral.as_mut() {
                 referral.replayed = true;
             }
+            response.on_hand = u32::try_from(office.on_hand.max(0)).unwrap_or(u32::MAX);
+            response.available = u32::try_from(office.available().max(0)).unwrap_or(u32::MAX);
             return Ok(response);
         }
         let now = self.clock.now_ms();
@@ -642,6 +650,30 @@ impl Engine {
             let now = self.clock.now_ms();
             let nik_hash = self.nik_key.hash_nik(cmd.nik.as_str());
             let masked = cmd.nik.masked();
+            let zone = zone_of(&office)?;
+            let today = zone.local_date(now);
+            // Already recorded here today (the officer sent it again under a new request id,
+            // after no answer came): the same activation, not a second one in the ledger.
+            let earlier: Option<(String, i64)> = sqlx::query_as(
+                "SELECT office_id, activated_ms FROM ikd_activations WHERE nik_hash = $1",
+            )
+            .bind(&nik_hash)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some((office_id, activated_ms)) = earlier
+                && office_id == cmd.office_id
+                && zone.local_date(activated_ms) == today
+            {
+                let response = RecordIkdActivationResponse {
+                    masked_nik: masked,
+                    activated_at: Some(timestamp(activated_ms)),
+                    replayed: true,
+                };
+                rows::store_answer(conn, &cmd.request_id, IKD, &cmd.fingerprint, &response.encode_to_vec(), now)
+                    .await?;
+                self.commit_durably(tx).await?;
+                return Ok(response);
+            }
             sqlx::query(
                 "INSERT INTO ikd_activations (nik_hash, office_id, masked_nik, activated_ms) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (nik_hash) DO UPDATE SET office_id = $2, activated_ms = $4",
@@ -652,8 +684,7 @@ impl Engine {
             .bind(now)
             .execute(&mut *conn)
             .await?;
-            let zone = zone_of(&office)?;
-            let date = format_local_date(zone.local_date(now));
+            let date = format_local_date(today);
             let mut entry = NewEntry::of(LedgerEntryKind::IkdActivation);
             entry.service_point_id = cmd.service_point_id.clone();
             entry.masked_nik = masked.clone();
