@@ -11,6 +11,54 @@ use blangko_proto::v1::*;
 use tokio_stream::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_older_servers_answer_for_other_content_under_the_same_id_does_not_refuse_a_call()
+-> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let server = TestServer::start_on(db.clone(), &[]).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 10, 500).await?;
+        // A server from before ids were scoped stored another agency's stock-take under the
+        // bare id "opname-1".
+        sqlx::any::install_default_drivers();
+        let other = sqlx::AnyPool::connect(&db.url).await?;
+        sqlx::query(
+            "INSERT INTO idempotency (request_id, method, fingerprint, response, created_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind("opname-1")
+        .bind("AdjustStock")
+        .bind("another agency's content")
+        .bind(Vec::<u8>::new())
+        .bind(1_i64)
+        .execute(&other)
+        .await?;
+        other.close().await;
+        // This caller's own first "opname-1" is done, not refused as a reused id.
+        let take = AdjustStockRequest {
+            request_id: "opname-1".into(),
+            office_id: "3275".into(),
+            counted_on_hand: 480,
+            note: "stock opname".into(),
+            counted_as_of_seq: None,
+        };
+        let done = stock.adjust_stock(take.clone()).await?.into_inner();
+        assert_eq!(get_stock(&mut stock, "3275").await?.on_hand, 480, "{done:?}");
+        // Its retry is its own answer again; other content under it is refused.
+        stock.adjust_stock(take.clone()).await?;
+        let err = stock
+            .adjust_stock(AdjustStockRequest {
+                counted_on_hand: 470,
+                ..take
+            })
+            .await
+            .expect_err("the id is this caller's now");
+        assert_eq!(error_reason(&err).as_deref(), Some("REQUEST_ID_REUSED"));
+        assert_eq!(get_stock(&mut stock, "3275").await?.on_hand, 480);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transfers_and_stock_takes_move_blanks_and_leave_ledger_entries() -> anyhow::Result<()> {
     on_each_backend(|db| async move {
         let server = TestServer::start_on(db, &[]).await?;

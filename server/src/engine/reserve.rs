@@ -677,7 +677,8 @@ impl Engine {
     }
 
     /// The answer stored for `request_id` (a scoped key), if any; ALREADY_EXISTS if it was for
-    /// other content. An answer an older server stored under the id alone counts too
+    /// other content. An answer an older server stored under the id alone counts too, when it is
+    /// for the same content (for other content it is taken for another caller's, and ignored)
     /// ([`crate::nik_key::NikKey::unscoped_request_key`]): a retry across an upgrade must not do
     /// its work twice (a transfer, a spoiled blank). Reserve does not look there: its NIK's live
     /// reservation answers a retry in any case.
@@ -689,10 +690,12 @@ impl Engine {
         fingerprint: &str,
     ) -> EngineResult<Option<Vec<u8>>> {
         let mut stored = rows::stored_answer(conn, request_id).await?;
+        let mut older_form = false;
         if stored.is_none()
             && let Some(unscoped) = crate::nik_key::NikKey::unscoped_request_key(request_id)
         {
             stored = rows::stored_answer(conn, unscoped).await?;
+            older_form = stored.is_some();
         }
         match stored {
             None => Ok(None),
@@ -702,6 +705,10 @@ impl Engine {
                 self.store.sync().await?;
                 Ok(Some(a.response))
             }
+            // An older server's answer for other content: most likely another caller's request
+            // that happened to use the same id (ids were not scoped then), not a reuse by this
+            // caller. It is not this request's answer, and does not refuse it.
+            Some(_) if older_form => Ok(None),
             Some(a) => Err(request_id_reused(request_id, &a.method)),
         }
     }
