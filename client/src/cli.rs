@@ -200,8 +200,8 @@ pub enum Command {
     /// names (ticket/tiket/antrean/antrian, or no/nomor when none of those is there; nik;
     /// reason/alasan; ikd); `,` `;` and tab separators are accepted. An applicant already printed
     /// today, or held for another counter, is recorded as do_not_print: no card is printed here.
-    /// Applicants who already hold a blank of the office today (the server is asked by NIK) are
-    /// left out of the forecast: they take no more quota.
+    /// Tickets an earlier run already served today (the server lists the reservations its
+    /// tickets' request ids made) are left out of the forecast: they take no more quota.
     ///
     /// After a crash or a dropped connection, run the same command again: request ids are derived
     /// from office, service point, counter, local date and ticket

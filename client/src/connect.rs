@@ -638,7 +638,6 @@ pub fn queue_request_id(
     fit_request_id(format!("q-{office_part}-{date}-{}", &digest[..32]))
 }
 
-/// Cuts an id to [`MAX_REQUEST_ID_LEN`] characters (on a character boundary).
 /// The request id of a queue ticket's Reserve made again after the reservation its first id
 /// made (`after`) was cancelled or ran out: the server replays that first answer for ever, so the
 /// ticket needs a new id, and a re-run must derive the same one (it replays the first id, sees
@@ -655,6 +654,7 @@ pub fn queue_retry_request_id(first: &str, after: &str) -> String {
     format!("{prefix}{suffix}")
 }
 
+/// Cuts an id to [`MAX_REQUEST_ID_LEN`] characters (on a character boundary).
 fn fit_request_id(id: String) -> String {
     if id.len() <= MAX_REQUEST_ID_LEN {
         return id;

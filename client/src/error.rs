@@ -264,14 +264,14 @@ impl Failure {
     /// cancelled, printed), the generic advice ("do NOT print") is beside the point, and what to
     /// do is to record the blank as spoiled from stock.
     pub fn human_for_spoiled(&self, lang: Lang) -> String {
-        // The same request id with other details (a note or report reference added on a
-        // retry): the first report was recorded, with the first details.
+        // The request id was used before with other details: the same blank's report with a
+        // note or reference added on a retry (recorded already), or another call.
         if self.reason() == Some("REQUEST_ID_REUSED") {
             return format!(
                 "{} [{}]",
                 lang.t(
-                    "Laporan dengan ID permintaan ini SUDAH tercatat (dengan keterangan pertama): blangko ini sudah dicatat rusak. JANGAN laporkan lagi dengan ID baru.",
-                    "A report with this request id is ALREADY recorded (with its first details): this blank is written off. Do NOT report it again under a new id.",
+                    "ID permintaan ini sudah dipakai untuk laporan dengan keterangan lain. Jika ini ulangan laporan blangko yang SAMA (catatan atau nomor berita acara ditambahkan): sudah tercatat, JANGAN laporkan lagi. Jika ini blangko LAIN: laporkan tanpa --request-id.",
+                    "This request id was used for a report with other details. If this repeats the report of the SAME blank (a note or report reference added): it is recorded already, do NOT report it again. If this is ANOTHER blank: report it without --request-id.",
                 ),
                 "ALREADY_EXISTS/REQUEST_ID_REUSED"
             );
@@ -523,8 +523,14 @@ mod tests {
         // The same request id with a note added: the first report stands.
         let reused = refused("ALREADY_EXISTS", "REQUEST_ID_REUSED");
         let en = reused.human_for_spoiled(Lang::En);
-        assert!(en.contains("ALREADY recorded"), "{en}");
-        assert!(en.contains("Do NOT report it again under a new id"), "{en}");
+        assert!(
+            en.contains("it is recorded already, do NOT report it again"),
+            "{en}"
+        );
+        assert!(
+            en.contains("If this is ANOTHER blank: report it without --request-id"),
+            "{en}"
+        );
         assert!(!reused.human_for_spoiled(Lang::Id).contains("data lain"));
     }
 

@@ -163,10 +163,11 @@ struct Screen {
     /// once when the next applicant starts or the screen closes, so a printed card whose c was
     /// forgotten does not run out unnoticed (its blank would then count as still in stock).
     open_hold: Option<String>,
-    /// Spoiled-blank reports that got no answer (reservation id, reason, their request id), at
-    /// most [`MAX_UNANSWERED`]: the same report typed again reuses its id, whatever came in
-    /// between, so the blank is not written off twice.
-    unanswered_spoiled: Vec<(String, SpoilageReason, String)>,
+    /// Spoiled-blank reports that got no answer, at most [`MAX_UNANSWERED`], each kept for
+    /// [`UNANSWERED_SPOILED_FOR`]: the same report (reservation and reason) typed again offers to
+    /// reuse its id, whatever came in between, so the blank is not written off twice; the
+    /// officer says whether it is the same blank (two blanks spoiled alike are two reports).
+    unanswered_spoiled: Vec<UnansweredSpoiled>,
     /// Reservations whose c got no answer, at most [`MAX_UNANSWERED`]: told at every next
     /// applicant and at the end until a c is answered, so a printed card is not forgotten (its
     /// hold would run out and its blank count as still in stock).
@@ -176,13 +177,26 @@ struct Screen {
 /// The most unanswered spoiled reports and unconfirmed prints the screen keeps.
 const MAX_UNANSWERED: usize = 16;
 
-/// Keeps `item` at the end of `list`, at most [`MAX_UNANSWERED`] long (the oldest goes).
-fn keep_last<T: PartialEq>(list: &mut Vec<T>, item: T) {
+/// How long an unanswered spoiled report is offered again.
+const UNANSWERED_SPOILED_FOR: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// A spoiled-blank report that got no answer.
+#[derive(Debug, Clone, PartialEq)]
+struct UnansweredSpoiled {
+    /// The reservation ("" for a blank from stock).
+    reservation_id: String,
+    reason: SpoilageReason,
+    request_id: String,
+    sent: std::time::Instant,
+}
+
+/// Keeps `item` at the end of `list`, at most [`MAX_UNANSWERED`] long; gives back the oldest
+/// when it had to go.
+fn keep_last<T: PartialEq>(list: &mut Vec<T>, item: T) -> Option<T> {
     list.retain(|x| *x != item);
-    if list.len() >= MAX_UNANSWERED {
-        list.remove(0);
-    }
+    let dropped = (list.len() >= MAX_UNANSWERED).then(|| list.remove(0));
     list.push(item);
+    dropped
 }
 
 fn help_text(lang: Lang) -> &'static str {
@@ -566,7 +580,19 @@ impl Screen {
                         "Cetak belum tercatat: ketik c lagi (aman, tidak tercatat dua kali).",
                         "The print is not recorded yet: type c again (safe, never recorded twice).",
                     ));
-                    keep_last(&mut self.unconfirmed_prints, id);
+                    if let Some(dropped) = keep_last(&mut self.unconfirmed_prints, id) {
+                        self.say(&format!(
+                            "{} {dropped}: {}",
+                            self.out.t(
+                                "Terlalu banyak cetak yang belum tercatat; tidak lagi diingatkan untuk",
+                                "Too many unrecorded prints; no longer reminded of",
+                            ),
+                            self.out.t(
+                                "catat sendiri (c ID) atau beri tahu supervisor.",
+                                "record it yourself (c ID) or tell the supervisor.",
+                            ),
+                        ));
+                    }
                 }
             }
         }
@@ -588,7 +614,13 @@ impl Screen {
             self.say(self.out.t("Tidak dibatalkan.", "Not cancelled."));
             return;
         }
-        match self.term.cancel(&id, "cancelled at the counter").await {
+        let answer = self.term.cancel(&id, "cancelled at the counter").await;
+        // Answered either way (cancelled, or refused as printed): not an unrecorded print any
+        // more.
+        if !matches!(&answer, Err(failure) if failure.unanswered()) {
+            self.unconfirmed_prints.retain(|x| *x != id);
+        }
+        match answer {
             Ok(answer) => {
                 self.settled(&id);
                 self.shared.set_snapshot(answer.quota.clone());
@@ -632,13 +664,27 @@ impl Screen {
             let Some(id) = self.target(id) else { return };
             id
         };
-        let earlier = self
+        self.unanswered_spoiled
+            .retain(|u| u.sent.elapsed() < UNANSWERED_SPOILED_FOR);
+        let mut earlier = None;
+        if let Some(at) = self
             .unanswered_spoiled
             .iter()
-            .position(|(same_id, same_reason, _)| *same_id == id && *same_reason == reason)
-            .map(|at| self.unanswered_spoiled.remove(at));
+            .position(|u| u.reservation_id == id && u.reason == reason)
+        {
+            let prompt = format!(
+                "{} ",
+                self.out.t(
+                    "Laporan rusak yang sama sebelumnya belum terjawab. Apakah ini blangko yang SAMA (kirim ulang laporan itu)? [y/T]:",
+                    "An earlier report like this got no answer. Is this the SAME blank (send that report again)? [y/N]:",
+                )
+            );
+            if self.yes(&prompt).await {
+                earlier = Some(self.unanswered_spoiled.remove(at));
+            }
+        }
         let request_id = match earlier {
-            Some((_, _, request_id)) => {
+            Some(UnansweredSpoiled { request_id, .. }) => {
                 self.say(&format!(
                     "{} {request_id})",
                     self.out.t(
@@ -698,7 +744,22 @@ impl Screen {
                         "Laporan ini mungkin sudah tercatat: ketik perintah yang sama lagi saat server menjawab; blangko tidak akan tercatat rusak dua kali.",
                         "This report may have been recorded: type the same command again once a server answers; the blank will not be written off twice.",
                     ));
-                    keep_last(&mut self.unanswered_spoiled, (id, reason, request_id));
+                    let unanswered = UnansweredSpoiled {
+                        reservation_id: id,
+                        reason,
+                        request_id,
+                        sent: std::time::Instant::now(),
+                    };
+                    if let Some(dropped) = keep_last(&mut self.unanswered_spoiled, unanswered) {
+                        self.say(&format!(
+                            "{} {}",
+                            self.out.t(
+                                "Terlalu banyak laporan rusak tanpa jawaban; tidak lagi diingat: ID permintaan",
+                                "Too many unanswered spoiled reports; no longer kept: request id",
+                            ),
+                            dropped.request_id
+                        ));
+                    }
                 }
             }
         }

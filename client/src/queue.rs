@@ -27,7 +27,7 @@ use crate::error::{EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, Failure};
 use crate::forecast::{expected_served, ticket_ranges, total_with_mine};
 use crate::nik;
 use crate::output::{Lang, Out, referral_lines, reservation_line, snapshot_line};
-use crate::terminal::{MAX_LISTED_NIKS, Terminal};
+use crate::terminal::{MAX_LISTED_REQUEST_IDS, Terminal};
 use crate::vocab;
 
 /// The most rows a queue file may have: far above a day at any counter, low enough to keep
@@ -909,15 +909,20 @@ impl Run<'_> {
         });
     }
 
-    /// Reserves one row and records the answer. `Err` only for failures that stop the run.
-    async fn reserve_row(&mut self, row: &QueueRow) -> Result<Option<QuotaSnapshot>, Failure> {
-        let mut request_id = queue_request_id(
+    /// The request id of a row's first Reserve.
+    fn request_id_of(&self, row: &QueueRow) -> String {
+        queue_request_id(
             &self.office,
             &self.service_point,
             &self.counter,
             &self.local_date,
             &row.ticket,
-        );
+        )
+    }
+
+    /// Reserves one row and records the answer. `Err` only for failures that stop the run.
+    async fn reserve_row(&mut self, row: &QueueRow) -> Result<Option<QuotaSnapshot>, Failure> {
+        let mut request_id = self.request_id_of(row);
         let mut answer = self
             .term
             .reserve(&row.nik, row.reason, row.ikd, &request_id)
@@ -925,10 +930,17 @@ impl Run<'_> {
         // The ticket's reservation from an earlier run whose results are lost was cancelled or
         // ran out since: its id only ever replays that, so the ticket reserves again under an id
         // derived from it (the same on every re-run, so never twice).
+        // The same reservation again under the new id means the server still holds it (this
+        // clock ran ahead of the server's): no further id is spent on it.
+        let mut last_gone: Option<String> = None;
         for _ in 0..MAX_RESERVE_AGAIN {
             let gone = match &answer {
                 Ok(response) => match &response.outcome {
-                    Some(Outcome::Reservation(r)) if r.replayed && lapsed(r) => {
+                    Some(Outcome::Reservation(r))
+                        if r.replayed
+                            && lapsed(r)
+                            && last_gone.as_deref() != Some(r.reservation_id.as_str()) =>
+                    {
                         r.reservation_id.clone()
                     }
                     _ => break,
@@ -936,6 +948,7 @@ impl Run<'_> {
                 Err(_) => break,
             };
             request_id = queue_retry_request_id(&request_id, &gone);
+            last_gone = Some(gone);
             answer = self
                 .term
                 .reserve(&row.nik, row.reason, row.ikd, &request_id)
@@ -957,7 +970,11 @@ impl Run<'_> {
                         .as_str()
                         .unwrap_or("")
                         .to_string();
-                    let mut lines = vec![reservation_line(&reservation, &self.out)];
+                    let shown = match &warning {
+                        Some(_) => crate::commands::reservation::as_it_is_now(&reservation),
+                        None => reservation.clone(),
+                    };
+                    let mut lines = vec![reservation_line(&shown, &self.out)];
                     match warning {
                         // The applicant was served elsewhere (or earlier): the worklist must not
                         // show a blank to print at this counter.
@@ -1076,60 +1093,59 @@ fn stopped(failure: &Failure, out: &Out) -> u8 {
     EXIT_ERROR
 }
 
-/// The lines of the `pending` rows whose applicant already holds a blank of this office today
-/// (held or printed, at any service point or counter), as the server answers a listing by NIK.
-/// They take no more quota: their Reserve is answered with that reservation (or refused, when it
-/// is at another service point). Rows go in chunks of at most [`MAX_LISTED_NIKS`] whose masked
-/// NIKs differ, so each reservation listed (which shows only its masked NIK) names one row.
-async fn holding_already(
-    term: &Terminal,
-    local_date: &str,
-    pending: &[QueueRow],
-) -> Result<HashSet<u64>, Failure> {
+/// The lines of the `pending` rows that an earlier run of this queue today already served (a
+/// hold or a printed card), as the server answers a listing by their tickets' request ids: they
+/// take no more quota (their Reserve replays that reservation). A ticket whose reservation was
+/// cancelled or ran out is followed to the id it reserves again under (`Run::reserve_row`), at
+/// most [`MAX_RESERVE_AGAIN`] times. Rows go in chunks of at most [`MAX_LISTED_REQUEST_IDS`]
+/// whose masked NIKs differ, so each reservation listed (which shows only its masked NIK) names
+/// one row of its chunk.
+async fn served_earlier(run: &Run<'_>, pending: &[QueueRow]) -> Result<HashSet<u64>, Failure> {
     let mut known = HashSet::new();
-    let mut left: Vec<&QueueRow> = pending.iter().collect();
-    while !left.is_empty() {
-        let mut chunk: HashMap<String, &QueueRow> = HashMap::new();
-        let mut later = Vec::new();
-        for row in left {
-            let masked = nik::mask(&row.nik);
-            if chunk.len() < MAX_LISTED_NIKS && !chunk.contains_key(&masked) {
-                chunk.insert(masked, row);
-            } else {
-                later.push(row);
-            }
-        }
-        let niks: Vec<&str> = chunk.values().map(|row| row.nik.as_str()).collect();
-        let listed = term.reservations_of_niks(&niks, local_date).await?;
-        for reservation in listed.iter().filter(|r| {
-            matches!(
-                r.state(),
-                ReservationState::Held | ReservationState::Committed
-            )
-        }) {
-            if let Some(row) = chunk.get(&reservation.masked_nik) {
-                known.insert(row.line);
-            }
-        }
-        left = later;
-    }
-    // The same applicant twice in the list: every row of theirs holds the blank.
-    let holding: HashSet<&str> = pending
+    let mut asking: Vec<(&QueueRow, String)> = pending
         .iter()
-        .filter(|r| known.contains(&r.line))
-        .map(|r| r.nik.as_str())
+        .map(|row| (row, run.request_id_of(row)))
         .collect();
-    known.extend(
-        pending
-            .iter()
-            .filter(|r| holding.contains(r.nik.as_str()))
-            .map(|r| r.line),
-    );
+    for _ in 0..=MAX_RESERVE_AGAIN {
+        let mut again = Vec::new();
+        while !asking.is_empty() {
+            let mut chunk: HashMap<String, (&QueueRow, String)> = HashMap::new();
+            let mut later = Vec::new();
+            for (row, id) in asking {
+                let masked = nik::mask(&row.nik);
+                if chunk.len() < MAX_LISTED_REQUEST_IDS && !chunk.contains_key(&masked) {
+                    chunk.insert(masked, (row, id));
+                } else {
+                    later.push((row, id));
+                }
+            }
+            let ids: Vec<&str> = chunk.values().map(|(_, id)| id.as_str()).collect();
+            let listed = run.term.reservations_made_by(&ids, &run.local_date).await?;
+            for reservation in &listed {
+                let Some((row, id)) = chunk.get(&reservation.masked_nik) else {
+                    continue;
+                };
+                if lapsed(reservation) {
+                    again.push((
+                        *row,
+                        queue_retry_request_id(id, &reservation.reservation_id),
+                    ));
+                } else if matches!(
+                    reservation.state(),
+                    ReservationState::Held | ReservationState::Committed
+                ) {
+                    known.insert(row.line);
+                }
+            }
+            asking = later;
+        }
+        asking = again;
+    }
     Ok(known)
 }
 
 /// How many of `rows` still need a blank: those not in `known` (already served, see
-/// [`holding_already`]).
+/// [`served_earlier`]).
 fn needing(rows: &[QueueRow], known: &HashSet<u64>) -> u32 {
     let count = rows.iter().filter(|r| !known.contains(&r.line)).count();
     u32::try_from(count).unwrap_or(u32::MAX)
@@ -1316,22 +1332,22 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
         });
     }
 
-    // Applicants who already hold a blank of this office today (served earlier at a counter,
-    // or by a run whose results file was lost): they take no quota when reached (the server
-    // answers them with their reservation), so they are left out of the forecast; otherwise
+    // Tickets an earlier run of this queue today already served, though the results file does
+    // not say so (it was lost, or restored from an older copy): they take no quota when reached
+    // (the server replays their reservation), so they are left out of the forecast; otherwise
     // they would push the last applicants in the list to IKD.
-    let known = holding_already(term, &local_date, &pending).await?;
+    let known = served_earlier(&run, &pending).await?;
     if !known.is_empty() {
         if out.json {
-            out.json(&json!({"event": "holding_already", "count": known.len()}));
+            out.json(&json!({"event": "served_earlier", "count": known.len()}));
         } else {
             out.line(&match lang {
                 Lang::Id => format!(
-                    "{} pemohon dalam daftar ini sudah mendapat blangko hari ini (ditahan atau dicetak): mereka tidak dihitung dalam perkiraan.",
+                    "Menurut server, {} tiket dalam daftar ini sudah dilayani hari ini oleh proses sebelumnya (ditahan atau dicetak): tidak dihitung dalam perkiraan.",
                     known.len()
                 ),
                 Lang::En => format!(
-                    "{} applicants on this list already hold a blank today (held or printed): they are left out of the forecast.",
+                    "The server shows {} tickets on this list already served today by an earlier run (held or printed): they are left out of the forecast.",
                     known.len()
                 ),
             });

@@ -16,11 +16,11 @@ use crate::connect::{Connection, MAX_REQUEST_ID_LEN, random_request_id};
 use crate::error::Failure;
 
 /// ListReservations pages fetched at most for one listing (500 per page): a counter's day, or
-/// the reservations of 500 applicants, never has more.
+/// the reservations of 500 request ids, never has more.
 const MAX_LIST_PAGES: usize = 10;
 
-/// The most NIKs one ListReservations may filter by (the server's bound).
-pub const MAX_LISTED_NIKS: usize = 500;
+/// The most request ids one ListReservations may filter by (the server's bound).
+pub const MAX_LISTED_REQUEST_IDS: usize = 500;
 
 /// Who is calling: the office, service point and counter given on the command line.
 #[derive(Debug, Clone, Default)]
@@ -268,17 +268,19 @@ impl Terminal {
         .await
     }
 
-    /// The reservations of these applicants (at most [`MAX_LISTED_NIKS`]) at this office on
-    /// `local_date` ("YYYY-MM-DD"), in every state, at any service point and counter.
-    pub async fn reservations_of_niks(
+    /// The reservations that this terminal's Reserve calls with these request ids (at most
+    /// [`MAX_LISTED_REQUEST_IDS`]) made at its service point on `local_date` ("YYYY-MM-DD"), as
+    /// they are now, in every state.
+    pub async fn reservations_made_by(
         &self,
-        niks: &[&str],
+        request_ids: &[&str],
         local_date: &str,
     ) -> Result<Vec<Reservation>, Failure> {
         self.pages(ListReservationsRequest {
             office_id: self.office()?.to_string(),
+            service_point_id: self.service_point()?.to_string(),
             local_date: local_date.to_string(),
-            niks: niks.iter().map(|n| n.to_string()).collect(),
+            request_ids: request_ids.iter().map(|id| id.to_string()).collect(),
             ..ListReservationsRequest::default()
         })
         .await

@@ -1284,6 +1284,74 @@ async fn a_retried_reserve_of_a_cancelled_hold_says_do_not_print_with_exit_4() -
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_runs_for_a_counter_kept_to_its_service_point_and_finds_only_its_own_calls()
+-> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    {
+        let mut setup = TestServer::start_on(Arc::clone(&db), &[]).await?;
+        office_with_point(&mut setup.stock_client().await?, "3275", "mpp", 3, 100).await?;
+        setup.stop().await?;
+    }
+    let mut tokens = blangko_e2e::TestTokens::new(&db);
+    let loket1 = tokens.add("loket-1", "counter", Some("3275"), Some("mpp"))?;
+    let loket9 = tokens.add("loket-9", "counter", Some("3275"), Some("mpp"))?;
+    let server = TestServer::start_on(Arc::clone(&db), &["--token-file", &tokens.arg()]).await?;
+    let url = server.url.as_str();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("antrean.csv");
+    std::fs::write(&file, queue_csv(2))?;
+    let file_arg = file.display().to_string();
+    let queue = |token: String, results: &'static str| {
+        let results = dir.path().join(results).display().to_string();
+        let file_arg = file_arg.clone();
+        async move {
+            run_as(
+                url,
+                &[
+                    "--token",
+                    &token,
+                    "--json",
+                    "queue",
+                    &file_arg,
+                    "--results",
+                    &results,
+                ],
+            )
+            .await
+        }
+    };
+    let first = queue(loket1.clone(), "a.jsonl").await?;
+    assert_eq!(first.code, 0, "{first:?}");
+    // Its results lost, loket-1 runs the list again: the server finds its two tickets.
+    let again = queue(loket1, "b.jsonl").await?;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again
+            .json()?
+            .iter()
+            .any(|v| v["event"] == "served_earlier" && v["count"] == 2),
+        "{again:?}"
+    );
+    // Another principal sending the same ticket ids finds none of them: ids are each caller's
+    // own. (Its Reserves then meet the applicants' holds at loket-1: do not print.)
+    let other = queue(loket9, "c.jsonl").await?;
+    let events = other.json()?;
+    assert!(
+        !events.iter().any(|v| v["event"] == "served_earlier"),
+        "{other:?}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .find(|v| v["event"] == "forecast")
+            .and_then(|v| v["waiting"].as_u64()),
+        Some(2),
+        "{other:?}"
+    );
+    Ok(())
+}
+
 /// Tickets and their outcome events of a `--json` queue run, the forecast left out.
 fn outcomes_of(events: &[Value]) -> Vec<(String, String)> {
     events
@@ -1365,7 +1433,7 @@ async fn a_lost_results_file_does_not_send_applicants_who_hold_a_blank_to_ikd() 
     assert!(
         events
             .iter()
-            .any(|v| v["event"] == "holding_already" && v["count"] == 3),
+            .any(|v| v["event"] == "served_earlier" && v["count"] == 3),
         "{forecast:?}"
     );
     assert_eq!(outcomes_of(&events), [], "{forecast:?}");
@@ -1460,7 +1528,7 @@ async fn a_lost_results_file_does_not_send_applicants_who_hold_a_blank_to_ikd() 
     .await?;
     assert!(
         words.stdout.contains(
-            "6 pemohon dalam daftar ini sudah mendapat blangko hari ini (ditahan atau dicetak)"
+            "Menurut server, 6 tiket dalam daftar ini sudah dilayani hari ini oleh proses sebelumnya"
         ),
         "{words:?}"
     );
@@ -1888,8 +1956,10 @@ async fn the_screen_keeps_an_unanswered_print_and_spoiled_report_until_a_server_
     server.wait().await?;
     stdin
         .write_all(
-            format!("c {id}\nrusak {id} chip-gagal\nkuota\nrusak {id} chip-gagal\nn\n\n")
-                .as_bytes(),
+            format!(
+                "c {id}\nrusak {id} chip-gagal\nkuota\nrusak {id} chip-gagal\ny\nrusak {id} chip-gagal\nt\nn\n\n"
+            )
+            .as_bytes(),
         )
         .await?;
     let reminder = format!("Perhatian: cetak BELUM tercatat untuk {id}: ketik c ID");
@@ -1923,7 +1993,13 @@ async fn the_screen_keeps_an_unanswered_print_and_spoiled_report_until_a_server_
     reader.await?;
     let out = seen.lock().map(|s| s.clone()).unwrap_or_default();
     assert!(status.success(), "{status:?} {out}");
-    // The second rusak (after kuota) sent the first one's request id again.
+    // The second rusak (after kuota), said to be the same blank, sent the first one's request
+    // id again; the third, another blank spoiled alike, did not.
+    assert_eq!(
+        out.matches("Apakah ini blangko yang SAMA").count(),
+        2,
+        "{out}"
+    );
     assert_eq!(
         out.matches("Mengulang laporan sebelumnya yang belum terjawab (ID")
             .count(),

@@ -163,32 +163,39 @@ async fn a_retried_reserve_shows_its_reservation_as_it_is_now_printed_cancelled_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reservations_listed_by_nik_are_those_applicants_only_and_bad_niks_are_named()
+async fn reservations_listed_by_request_id_are_those_the_callers_reserves_made()
 -> anyhow::Result<()> {
     on_each_backend(|db| async move {
         let (server, _clock) = server_at(db).await?;
         let mut stock = server.stock_client().await?;
-        office_with_point(&mut stock, "3275", "main", 10, 20).await?;
+        // Quota 4: the fifth applicant is referred to IKD.
+        office_with_point(&mut stock, "3275", "main", 4, 20).await?;
         let mut counter = server.counter_client().await?;
+        let requests: Vec<ReserveRequest> = (1..=5)
+            .map(|n| reserve_request("3275", "main", n))
+            .collect();
         let mut ids = Vec::new();
-        for n in 1..=4 {
-            let r = reserve(&mut counter, n)
-                .await?
-                .map_err(|i| anyhow::anyhow!("{i:?}"))?;
-            ids.push(r.reservation_id);
+        for request in &requests {
+            match counter.reserve(request.clone()).await?.into_inner().outcome {
+                Some(Outcome::Reservation(r)) => ids.push(r.reservation_id),
+                Some(Outcome::IkdReferral(_)) => {}
+                None => anyhow::bail!("no outcome"),
+            }
         }
+        assert_eq!(ids.len(), 4);
         cancel(&mut counter, &ids[2]).await?;
-        let list = |niks: Vec<String>| ListReservationsRequest {
+        let list = |request_ids: Vec<String>| ListReservationsRequest {
             office_id: "3275".into(),
-            niks,
+            request_ids,
             ..ListReservationsRequest::default()
         };
-        // Applicants 1 and 3 (whose hold was cancelled), and one who never came.
+        // Calls 1 and 3 (whose hold was cancelled since), the referred one, and one never sent.
         let page = counter
             .list_reservations(list(vec![
-                fixtures::nik(1),
-                fixtures::nik(3),
-                fixtures::nik(9),
+                requests[0].request_id.clone(),
+                requests[2].request_id.clone(),
+                requests[4].request_id.clone(),
+                "never-sent".into(),
             ]))
             .await?
             .into_inner();
@@ -204,25 +211,37 @@ async fn reservations_listed_by_nik_are_those_applicants_only_and_bad_niks_are_n
         ];
         expect.sort();
         assert_eq!(found, expect);
-        assert!(
-            page.reservations
-                .iter()
-                .all(|r| r.masked_nik.contains("******")),
-            "{page:?}"
-        );
-        // A malformed NIK is named by its place; more than 500 at once is refused.
+        // Ids that made nothing: an empty page, not every reservation.
+        let none = counter
+            .list_reservations(list(vec!["never-sent".into()]))
+            .await?
+            .into_inner();
+        assert!(none.reservations.is_empty(), "{none:?}");
+        // A malformed id is named by its place; more than 500 at once is refused.
         let err = counter
-            .list_reservations(list(vec![fixtures::nik(1), "3275".into()]))
+            .list_reservations(list(vec!["ok".into(), "x".repeat(65)]))
             .await
-            .expect_err("a bad NIK");
+            .expect_err("an overlong id");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert_eq!(blangko_e2e::field_violations(&err)[0].0, "niks[1]");
-        assert!(!err.message().contains(&fixtures::nik(1)), "{err:?}");
+        assert_eq!(blangko_e2e::field_violations(&err)[0].0, "request_ids[1]");
         let err = counter
-            .list_reservations(list(vec![fixtures::nik(1); 501]))
+            .list_reservations(list(vec!["r".into(); 501]))
             .await
             .expect_err("too many");
+        assert_eq!(blangko_e2e::field_violations(&err)[0].0, "request_ids");
+        // The withdrawn NIK filter is refused, never answered.
+        #[allow(deprecated)]
+        let by_nik = ListReservationsRequest {
+            office_id: "3275".into(),
+            niks: vec![fixtures::nik(1)],
+            ..ListReservationsRequest::default()
+        };
+        let err = counter
+            .list_reservations(by_nik)
+            .await
+            .expect_err("no NIK filter");
         assert_eq!(blangko_e2e::field_violations(&err)[0].0, "niks");
+        assert!(!err.message().contains(&fixtures::nik(1)), "{err:?}");
         Ok(())
     })
     .await

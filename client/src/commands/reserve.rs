@@ -98,7 +98,12 @@ pub fn print_outcome(response: &ReserveResponse, counter: &str, out: &Out) -> u8
                     "do_not_print": warning,
                 }));
             } else {
-                out.line(&reservation_line(reservation, out));
+                // Beside a warning, the line does not also say what to do with a replayed hold.
+                let shown = match &warning {
+                    Some(_) => crate::commands::reservation::as_it_is_now(reservation),
+                    None => reservation.clone(),
+                };
+                out.line(&reservation_line(&shown, out));
                 if let Some(warning) = &warning {
                     out.line(warning);
                 }

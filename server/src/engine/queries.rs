@@ -401,7 +401,8 @@ impl Engine {
         Ok((entries.into_iter().map(|e| e.entry).collect(), last))
     }
 
-    /// Reservations of an office, newest first; only those of `nik_hashes` when it is not empty.
+    /// Reservations of an office, newest first; only those the Reserve calls stored under
+    /// `made_by` (scoped request keys) made, when it is not empty.
     #[allow(clippy::too_many_arguments)]
     pub async fn list_reservations(
         &self,
@@ -412,9 +413,29 @@ impl Engine {
         local_date: Option<NaiveDate>,
         before_seq: Option<i64>,
         page_size: u32,
-        nik_hashes: &[String],
+        made_by: &[String],
     ) -> EngineResult<(Vec<Reservation>, Option<(NaiveDate, i64)>)> {
         let mut conn = self.store.reader().await?.acquire().await?;
+        // The reservations the stored answers of these Reserve calls name.
+        let mut made: Vec<String> = Vec::new();
+        if !made_by.is_empty() {
+            let keys: Vec<&str> = made_by.iter().map(String::as_str).collect();
+            for answer in rows::stored_answers(&mut conn, &keys).await?.into_values() {
+                if answer.method != super::reserve::RESERVE {
+                    continue;
+                }
+                let response: blangko_proto::v1::ReserveResponse =
+                    super::decode_answer(&answer.response)?;
+                if let Some(blangko_proto::v1::reserve_response::Outcome::Reservation(r)) =
+                    response.outcome
+                {
+                    made.push(r.reservation_id);
+                }
+            }
+            if made.is_empty() {
+                return Ok((Vec::new(), None));
+            }
+        }
         let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
         let zone = zone_of(&office)?;
         let now = self.clock.now_ms();
@@ -436,7 +457,7 @@ impl Engine {
             &date,
             before_seq,
             i64::from(page_size) + 1,
-            nik_hashes,
+            &made,
         )
         .await?;
         let more = rows.len() > page_size as usize;

@@ -85,8 +85,8 @@ impl CounterApi {
     }
 }
 
-/// The most NIKs one ListReservations may filter by.
-const MAX_LISTED_NIKS: usize = 500;
+/// The most request ids one ListReservations may filter by.
+const MAX_LISTED_REQUEST_IDS: usize = 500;
 
 /// Parses a page size: 0 means the default; above the maximum is an error, not a silent cut.
 pub fn page_size(c: &mut Checker, field: &str, value: u32, max: u32) -> u32 {
@@ -369,27 +369,40 @@ impl CounterService for CounterApi {
             }
         }
         let before = token.map(|(_, seq)| seq);
-        if r.niks.len() > MAX_LISTED_NIKS {
+        #[allow(deprecated)]
+        if !r.niks.is_empty() {
             c.fail(
                 "niks",
+                "is withdrawn: a filter by NIK would let a caller test NIKs against the office's reservations; filter by request_ids instead",
+            );
+        }
+        if r.request_ids.len() > MAX_LISTED_REQUEST_IDS {
+            c.fail(
+                "request_ids",
                 format!(
-                    "has {} NIKs; at most {MAX_LISTED_NIKS} at once",
-                    r.niks.len()
+                    "has {} ids; at most {MAX_LISTED_REQUEST_IDS} at once",
+                    r.request_ids.len()
                 ),
             );
         }
-        let today = nik_today(&self.engine);
-        let niks: Vec<_> = r
-            .niks
+        for (i, id) in r
+            .request_ids
             .iter()
-            .take(MAX_LISTED_NIKS)
+            .take(MAX_LISTED_REQUEST_IDS)
             .enumerate()
-            .filter_map(|(i, nik)| c.nik(&format!("niks[{i}]"), nik, today))
-            .collect();
+        {
+            c.text(
+                &format!("request_ids[{i}]"),
+                id,
+                validate::MAX_REQUEST_ID_CHARS,
+            );
+        }
         c.finish()?;
-        let nik_hashes: Vec<String> = niks
+        // The caller's own calls only: the keys their answers are stored under.
+        let made_by: Vec<String> = r
+            .request_ids
             .iter()
-            .map(|nik| self.engine.nik_key.hash_nik(nik.as_str()))
+            .map(|id| request_key(&self.engine, &who.name, id))
             .collect();
         let state = ReservationState::try_from(r.state).unwrap_or(ReservationState::Unspecified);
         let (reservations, next) = self
@@ -402,7 +415,7 @@ impl CounterService for CounterApi {
                 date,
                 before,
                 size,
-                &nik_hashes,
+                &made_by,
             )
             .await?;
         Ok(Response::new(ListReservationsResponse {

@@ -583,23 +583,23 @@ pub async fn reservations_page(
     local_date: &str,
     before_seq: Option<i64>,
     limit: i64,
-    nik_hashes: &[String],
+    reservation_ids: &[String],
 ) -> Result<Vec<ReservationRow>, sqlx::Error> {
-    // Only these applicants: one placeholder per hash ($8 on), bound like the rest.
-    let of_niks = if nik_hashes.is_empty() {
+    // Only these reservations: one placeholder per id ($8 on), bound like the rest.
+    let only = if reservation_ids.is_empty() {
         String::new()
     } else {
-        let list = (0..nik_hashes.len())
+        let list = (0..reservation_ids.len())
             .map(|i| format!("${}", i + 8))
             .collect::<Vec<_>>()
             .join(", ");
-        format!(" AND nik_hash IN ({list})")
+        format!(" AND reservation_id IN ({list})")
     };
     let sql = format!(
         "SELECT {RESERVATION_COLUMNS} FROM reservations
          WHERE office_id = $1 AND ($2 = '' OR service_point_id = $2) AND ($3 = '' OR counter_id = $3)
            AND ($4 = '' OR state = $4) AND local_date = $5
-           AND office_seq < $6{of_niks}
+           AND office_seq < $6{only}
          ORDER BY office_seq DESC LIMIT $7"
     );
     let mut query = sqlx::query(&sql)
@@ -610,8 +610,8 @@ pub async fn reservations_page(
         .bind(local_date)
         .bind(before_seq.unwrap_or(i64::MAX))
         .bind(limit);
-    for hash in nik_hashes {
-        query = query.bind(hash.as_str());
+    for id in reservation_ids {
+        query = query.bind(id.as_str());
     }
     let rows = query.fetch_all(conn).await?;
     rows.iter().map(ReservationRow::from_row).collect()
