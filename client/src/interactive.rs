@@ -741,8 +741,8 @@ impl Screen {
                 }
                 if failure.unanswered() {
                     self.say(self.out.t(
-                        "Laporan ini mungkin sudah tercatat: ketik perintah yang sama lagi saat server menjawab; blangko tidak akan tercatat rusak dua kali.",
-                        "This report may have been recorded: type the same command again once a server answers; the blank will not be written off twice.",
+                        "Laporan ini mungkin sudah tercatat: saat server menjawab (dalam 30 menit), ketik perintah yang sama lagi dan jawab y (blangko yang sama); blangko tidak akan tercatat rusak dua kali.",
+                        "This report may have been recorded: once a server answers (within 30 minutes), type the same command again and answer y (the same blank); the blank will not be written off twice.",
                     ));
                     let unanswered = UnansweredSpoiled {
                         reservation_id: id,

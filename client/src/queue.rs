@@ -930,8 +930,9 @@ impl Run<'_> {
         // The ticket's reservation from an earlier run whose results are lost was cancelled or
         // ran out since: its id only ever replays that, so the ticket reserves again under an id
         // derived from it (the same on every re-run, so never twice).
-        // The same reservation again under the new id means the server still holds it (this
-        // clock ran ahead of the server's): no further id is spent on it.
+        // The same reservation again under the new id, still held, means the server still holds
+        // it (this clock ran ahead of the server's): no further id is spent on it. Once the
+        // server has it cancelled or run out, the next id reserves.
         let mut last_gone: Option<String> = None;
         for _ in 0..MAX_RESERVE_AGAIN {
             let gone = match &answer {
@@ -939,7 +940,10 @@ impl Run<'_> {
                     Some(Outcome::Reservation(r))
                         if r.replayed
                             && lapsed(r)
-                            && last_gone.as_deref() != Some(r.reservation_id.as_str()) =>
+                            && (matches!(
+                                r.state(),
+                                ReservationState::Cancelled | ReservationState::Expired
+                            ) || last_gone.as_deref() != Some(r.reservation_id.as_str())) =>
                     {
                         r.reservation_id.clone()
                     }
@@ -1097,9 +1101,9 @@ fn stopped(failure: &Failure, out: &Out) -> u8 {
 /// hold or a printed card), as the server answers a listing by their tickets' request ids: they
 /// take no more quota (their Reserve replays that reservation). A ticket whose reservation was
 /// cancelled or ran out is followed to the id it reserves again under (`Run::reserve_row`), at
-/// most [`MAX_RESERVE_AGAIN`] times. Rows go in chunks of at most [`MAX_LISTED_REQUEST_IDS`]
-/// whose masked NIKs differ, so each reservation listed (which shows only its masked NIK) names
-/// one row of its chunk.
+/// most [`MAX_RESERVE_AGAIN`] times. A reservation counts for a row only when it is that row's
+/// applicant's (the same masked NIK): a ticket number used earlier today for someone else (a
+/// second list numbered from 1 again) does not make its new applicant served.
 async fn served_earlier(run: &Run<'_>, pending: &[QueueRow]) -> Result<HashSet<u64>, Failure> {
     let mut known = HashSet::new();
     let mut asking: Vec<(&QueueRow, String)> = pending
@@ -1108,27 +1112,22 @@ async fn served_earlier(run: &Run<'_>, pending: &[QueueRow]) -> Result<HashSet<u
         .collect();
     for _ in 0..=MAX_RESERVE_AGAIN {
         let mut again = Vec::new();
-        while !asking.is_empty() {
-            let mut chunk: HashMap<String, (&QueueRow, String)> = HashMap::new();
-            let mut later = Vec::new();
-            for (row, id) in asking {
-                let masked = nik::mask(&row.nik);
-                if chunk.len() < MAX_LISTED_REQUEST_IDS && !chunk.contains_key(&masked) {
-                    chunk.insert(masked, (row, id));
-                } else {
-                    later.push((row, id));
-                }
-            }
-            let ids: Vec<&str> = chunk.values().map(|(_, id)| id.as_str()).collect();
+        for chunk in asking.chunks(MAX_LISTED_REQUEST_IDS) {
+            let row_of: HashMap<&str, &QueueRow> =
+                chunk.iter().map(|(row, id)| (id.as_str(), *row)).collect();
+            let ids: Vec<&str> = chunk.iter().map(|(_, id)| id.as_str()).collect();
             let listed = run.term.reservations_made_by(&ids, &run.local_date).await?;
-            for reservation in &listed {
-                let Some((row, id)) = chunk.get(&reservation.masked_nik) else {
+            for (reservation, by) in &listed {
+                let Some(row) = row_of.get(by.as_str()) else {
                     continue;
                 };
+                if reservation.masked_nik != nik::mask(&row.nik) {
+                    continue;
+                }
                 if lapsed(reservation) {
                     again.push((
                         *row,
-                        queue_retry_request_id(id, &reservation.reservation_id),
+                        queue_retry_request_id(by, &reservation.reservation_id),
                     ));
                 } else if matches!(
                     reservation.state(),
@@ -1137,9 +1136,11 @@ async fn served_earlier(run: &Run<'_>, pending: &[QueueRow]) -> Result<HashSet<u
                     known.insert(row.line);
                 }
             }
-            asking = later;
         }
         asking = again;
+        if asking.is_empty() {
+            break;
+        }
     }
     Ok(known)
 }
@@ -1343,11 +1344,11 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
         } else {
             out.line(&match lang {
                 Lang::Id => format!(
-                    "Menurut server, {} tiket dalam daftar ini sudah dilayani hari ini oleh proses sebelumnya (ditahan atau dicetak): tidak dihitung dalam perkiraan.",
+                    "Menurut server, {} tiket dalam daftar ini sudah dijawab hari ini dengan blangko (ditahan atau dicetak) oleh proses sebelumnya: tidak dihitung dalam perkiraan.",
                     known.len()
                 ),
                 Lang::En => format!(
-                    "The server shows {} tickets on this list already served today by an earlier run (held or printed): they are left out of the forecast.",
+                    "The server shows {} tickets on this list already answered today with a blank (held or printed) by an earlier run: they are left out of the forecast.",
                     known.len()
                 ),
             });

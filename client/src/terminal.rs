@@ -258,24 +258,27 @@ impl Terminal {
     /// This counter's HELD reservations today, newest first, at this service point when one is
     /// given.
     pub async fn holds(&self) -> Result<Vec<Reservation>, Failure> {
-        self.pages(ListReservationsRequest {
-            office_id: self.office()?.to_string(),
-            service_point_id: self.id.service_point.clone().unwrap_or_default(),
-            counter_id: self.counter()?.to_string(),
-            state: ReservationState::Held as i32,
-            ..ListReservationsRequest::default()
-        })
-        .await
+        let listed = self
+            .pages(ListReservationsRequest {
+                office_id: self.office()?.to_string(),
+                service_point_id: self.id.service_point.clone().unwrap_or_default(),
+                counter_id: self.counter()?.to_string(),
+                state: ReservationState::Held as i32,
+                ..ListReservationsRequest::default()
+            })
+            .await?;
+        Ok(listed.into_iter().map(|(r, _)| r).collect())
     }
 
     /// The reservations that this terminal's Reserve calls with these request ids (at most
-    /// [`MAX_LISTED_REQUEST_IDS`]) made at its service point on `local_date` ("YYYY-MM-DD"), as
-    /// they are now, in every state.
+    /// [`MAX_LISTED_REQUEST_IDS`]) made or were answered with at its service point on
+    /// `local_date` ("YYYY-MM-DD"), as they are now, in every state, each with the request id of
+    /// its call.
     pub async fn reservations_made_by(
         &self,
         request_ids: &[&str],
         local_date: &str,
-    ) -> Result<Vec<Reservation>, Failure> {
+    ) -> Result<Vec<(Reservation, String)>, Failure> {
         self.pages(ListReservationsRequest {
             office_id: self.office()?.to_string(),
             service_point_id: self.service_point()?.to_string(),
@@ -286,8 +289,12 @@ impl Terminal {
         .await
     }
 
-    /// Every page of a listing, at most [`MAX_LIST_PAGES`] of 500.
-    async fn pages(&self, first: ListReservationsRequest) -> Result<Vec<Reservation>, Failure> {
+    /// Every page of a listing, at most [`MAX_LIST_PAGES`] of 500, each reservation with the
+    /// request id that made it (when the listing is by request id; else empty).
+    async fn pages(
+        &self,
+        first: ListReservationsRequest,
+    ) -> Result<Vec<(Reservation, String)>, Failure> {
         let mut found = Vec::new();
         let mut request = ListReservationsRequest {
             page_size: 500,
@@ -301,7 +308,12 @@ impl Terminal {
                     async move { c.list_reservations(request).await }
                 })
                 .await?;
-            found.extend(page.reservations);
+            let mut made_by = page.made_by.into_iter();
+            found.extend(
+                page.reservations
+                    .into_iter()
+                    .map(|r| (r, made_by.next().unwrap_or_default())),
+            );
             if page.next_page_token.is_empty() {
                 break;
             }

@@ -1290,7 +1290,7 @@ async fn a_queue_runs_for_a_counter_kept_to_its_service_point_and_finds_only_its
     let db = TestDatabase::sqlite().await?;
     {
         let mut setup = TestServer::start_on(Arc::clone(&db), &[]).await?;
-        office_with_point(&mut setup.stock_client().await?, "3275", "mpp", 3, 100).await?;
+        office_with_point(&mut setup.stock_client().await?, "3275", "mpp", 5, 100).await?;
         setup.stop().await?;
     }
     let mut tokens = blangko_e2e::TestTokens::new(&db);
@@ -1334,9 +1334,24 @@ async fn a_queue_runs_for_a_counter_kept_to_its_service_point_and_finds_only_its
         "{again:?}"
     );
     // Another principal sending the same ticket ids finds none of them: ids are each caller's
-    // own. (Its Reserves then meet the applicants' holds at loket-1: do not print.)
+    // own. Its Reserves (under the same counter id, loket-1) are then answered with the
+    // applicants' holds, replayed: nothing new is held.
     let other = queue(loket9, "c.jsonl").await?;
+    assert_eq!(other.code, 0, "{other:?}");
     let events = other.json()?;
+    let rows: Vec<(Option<&str>, Option<bool>)> = events
+        .iter()
+        .filter(|v| v["event"] == "row")
+        .map(|v| (v["outcome"].as_str(), v["replayed"].as_bool()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (Some("reserved"), Some(true)),
+            (Some("reserved"), Some(true))
+        ],
+        "{other:?}"
+    );
     assert!(
         !events.iter().any(|v| v["event"] == "served_earlier"),
         "{other:?}"
@@ -1528,7 +1543,7 @@ async fn a_lost_results_file_does_not_send_applicants_who_hold_a_blank_to_ikd() 
     .await?;
     assert!(
         words.stdout.contains(
-            "Menurut server, 6 tiket dalam daftar ini sudah dilayani hari ini oleh proses sebelumnya"
+            "Menurut server, 6 tiket dalam daftar ini sudah dijawab hari ini dengan blangko (ditahan atau dicetak)"
         ),
         "{words:?}"
     );

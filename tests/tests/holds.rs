@@ -211,6 +211,48 @@ async fn reservations_listed_by_request_id_are_those_the_callers_reserves_made()
         ];
         expect.sort();
         assert_eq!(found, expect);
+        // Each named with the call that made it; and a page at a time, the same.
+        let mut made_by: Vec<(String, String)> = page
+            .reservations
+            .iter()
+            .map(|r| r.reservation_id.clone())
+            .zip(page.made_by.iter().cloned())
+            .collect();
+        made_by.sort();
+        let mut expect_by = vec![
+            (ids[0].clone(), requests[0].request_id.clone()),
+            (ids[2].clone(), requests[2].request_id.clone()),
+        ];
+        expect_by.sort();
+        assert_eq!(made_by, expect_by);
+        let mut paged = Vec::new();
+        let mut token = String::new();
+        for _ in 0..5 {
+            let page = counter
+                .list_reservations(ListReservationsRequest {
+                    page_size: 1,
+                    page_token: token.clone(),
+                    ..list(vec![
+                        requests[0].request_id.clone(),
+                        requests[2].request_id.clone(),
+                    ])
+                })
+                .await?
+                .into_inner();
+            assert_eq!(page.reservations.len(), page.made_by.len());
+            paged.extend(
+                page.reservations
+                    .into_iter()
+                    .map(|r| r.reservation_id)
+                    .zip(page.made_by),
+            );
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        paged.sort();
+        assert_eq!(paged, expect_by);
         // Ids that made nothing: an empty page, not every reservation.
         let none = counter
             .list_reservations(list(vec!["never-sent".into()]))

@@ -3,6 +3,8 @@
 
 mod sqlite;
 
+use std::collections::HashMap;
+
 use blangko_proto::v1::{
     LedgerEntry, QuotaMode, QuotaPolicy, QuotaSnapshot, Reservation, ReservationState, StockLevel,
 };
@@ -413,14 +415,21 @@ impl Engine {
         local_date: Option<NaiveDate>,
         before_seq: Option<i64>,
         page_size: u32,
-        made_by: &[String],
-    ) -> EngineResult<(Vec<Reservation>, Option<(NaiveDate, i64)>)> {
+        made_by: &[(String, &str)],
+    ) -> EngineResult<ListedReservations> {
         let mut conn = self.store.reader().await?.acquire().await?;
-        // The reservations the stored answers of these Reserve calls name.
+        let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
+        // The reservations the stored answers of these Reserve calls name, each with the first
+        // call (in the caller's order) that named it.
         let mut made: Vec<String> = Vec::new();
+        let mut call_of: HashMap<String, &str> = HashMap::new();
         if !made_by.is_empty() {
-            let keys: Vec<&str> = made_by.iter().map(String::as_str).collect();
-            for answer in rows::stored_answers(&mut conn, &keys).await?.into_values() {
+            let keys: Vec<&str> = made_by.iter().map(|(key, _)| key.as_str()).collect();
+            let answers = rows::stored_answers(&mut conn, &keys).await?;
+            for (key, sent) in made_by {
+                let Some(answer) = answers.get(key) else {
+                    continue;
+                };
                 if answer.method != super::reserve::RESERVE {
                     continue;
                 }
@@ -428,15 +437,16 @@ impl Engine {
                     super::decode_answer(&answer.response)?;
                 if let Some(blangko_proto::v1::reserve_response::Outcome::Reservation(r)) =
                     response.outcome
+                    && !call_of.contains_key(&r.reservation_id)
                 {
+                    call_of.insert(r.reservation_id.clone(), sent);
                     made.push(r.reservation_id);
                 }
             }
             if made.is_empty() {
-                return Ok((Vec::new(), None));
+                return Ok(ListedReservations::default());
             }
         }
-        let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
         let zone = zone_of(&office)?;
         let now = self.clock.now_ms();
         let day = local_date.unwrap_or_else(|| zone.local_date(now));
@@ -468,13 +478,36 @@ impl Engine {
         } else {
             None
         };
-        Ok((
-            page.iter()
+        Ok(ListedReservations {
+            made_by: if made_by.is_empty() {
+                Vec::new()
+            } else {
+                page.iter()
+                    .map(|r| {
+                        call_of
+                            .get(&r.reservation_id)
+                            .map(|sent| sent.to_string())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            },
+            reservations: page
+                .iter()
                 .map(|r| reservation_to_proto(r, false))
                 .collect(),
             next,
-        ))
+        })
     }
+}
+
+/// A page of ListReservations.
+#[derive(Debug, Default)]
+pub struct ListedReservations {
+    pub reservations: Vec<Reservation>,
+    /// The next page's day and sequence; None on the last page.
+    pub next: Option<(NaiveDate, i64)>,
+    /// With a filter by request id: each reservation's call, in the same order.
+    pub made_by: Vec<String>,
 }
 
 /// A stored count as a proto count: never negative, and a count past `u32::MAX` shows as

@@ -399,13 +399,13 @@ impl CounterService for CounterApi {
         }
         c.finish()?;
         // The caller's own calls only: the keys their answers are stored under.
-        let made_by: Vec<String> = r
+        let made_by: Vec<(String, &str)> = r
             .request_ids
             .iter()
-            .map(|id| request_key(&self.engine, &who.name, id))
+            .map(|id| (request_key(&self.engine, &who.name, id), id.as_str()))
             .collect();
         let state = ReservationState::try_from(r.state).unwrap_or(ReservationState::Unspecified);
-        let (reservations, next) = self
+        let listed = self
             .engine
             .list_reservations(
                 &r.office_id,
@@ -419,10 +419,12 @@ impl CounterService for CounterApi {
             )
             .await?;
         Ok(Response::new(ListReservationsResponse {
-            reservations,
-            next_page_token: next
+            reservations: listed.reservations,
+            next_page_token: listed
+                .next
                 .map(|(day, seq)| format!("{}:{seq}", format_local_date(day)))
                 .unwrap_or_default(),
+            made_by: listed.made_by,
         }))
     }
 
