@@ -1337,7 +1337,15 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
     // not say so (it was lost, or restored from an older copy): they take no quota when reached
     // (the server replays their reservation), so they are left out of the forecast; otherwise
     // they would push the last applicants in the list to IKD.
-    let known = served_earlier(&run, &pending).await?;
+    let known = match served_earlier(&run, &pending).await {
+        Ok(known) => known,
+        // An older server: the forecast counts every pending ticket, as it always did.
+        Err(failure @ Failure::Local { .. }) => {
+            failure.report(&out);
+            HashSet::new()
+        }
+        Err(failure) => return Err(failure),
+    };
     if !known.is_empty() {
         if out.json {
             out.json(&json!({"event": "served_earlier", "count": known.len()}));

@@ -308,6 +308,14 @@ impl Terminal {
                     async move { c.list_reservations(request).await }
                 })
                 .await?;
+            // A server that predates the filter by request id lists everything, unnamed: not an
+            // answer to this question.
+            if !request.request_ids.is_empty() && page.made_by.len() != page.reservations.len() {
+                return Err(Failure::local(
+                    "server ini belum mendukung daftar menurut ID permintaan (perbarui server)",
+                    "this server does not list reservations by request id (update the server)",
+                ));
+            }
             let mut made_by = page.made_by.into_iter();
             found.extend(
                 page.reservations

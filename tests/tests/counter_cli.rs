@@ -1367,6 +1367,56 @@ async fn a_queue_runs_for_a_counter_kept_to_its_service_point_and_finds_only_its
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_number_used_for_someone_else_earlier_does_not_count_as_served()
+-> anyhow::Result<()> {
+    let server = server_with(4, 100).await?;
+    let url = server.url.as_str();
+    let dir = tempfile::tempdir()?;
+    let morning = dir.path().join("pagi.csv");
+    std::fs::write(&morning, queue_of(&[("1", 1), ("2", 2)]))?;
+    let served = run_as(
+        url,
+        &[
+            "--json",
+            "queue",
+            &morning.display().to_string(),
+            "--results",
+            &dir.path().join("pagi.jsonl").display().to_string(),
+        ],
+    )
+    .await?;
+    assert_eq!(served.code, 0, "{served:?}");
+    // The afternoon list numbers from 1 again, with other applicants, into a results file of
+    // its own: its tickets' ids name the morning's reservations, not its applicants'.
+    let afternoon = dir.path().join("siang.csv");
+    std::fs::write(&afternoon, queue_of(&[("1", 3), ("2", 4)]))?;
+    let forecast = run_as(
+        url,
+        &[
+            "--json",
+            "queue",
+            &afternoon.display().to_string(),
+            "--results",
+            &dir.path().join("siang.jsonl").display().to_string(),
+            "--forecast-only",
+        ],
+    )
+    .await?;
+    assert_eq!(forecast.code, 0, "{forecast:?}");
+    let events = forecast.json()?;
+    assert!(
+        !events.iter().any(|v| v["event"] == "served_earlier"),
+        "{forecast:?}"
+    );
+    let waiting = events
+        .iter()
+        .find(|v| v["event"] == "forecast")
+        .and_then(|v| v["waiting"].as_u64());
+    assert_eq!(waiting, Some(2), "both still need a blank: {forecast:?}");
+    Ok(())
+}
+
 /// Tickets and their outcome events of a `--json` queue run, the forecast left out.
 fn outcomes_of(events: &[Value]) -> Vec<(String, String)> {
     events

@@ -253,6 +253,38 @@ async fn reservations_listed_by_request_id_are_those_the_callers_reserves_made()
         }
         paged.sort();
         assert_eq!(paged, expect_by);
+        // An id with 16 digits in it is kept only as a hash, and still named as it was sent.
+        let digits = ReserveRequest {
+            request_id: "q-3275-01-02-20261201-0170000000001".into(),
+            ..reserve_request("3275", "main", 6)
+        };
+        cancel(&mut counter, &ids[1]).await?;
+        let sixth = match counter.reserve(digits.clone()).await?.into_inner().outcome {
+            Some(Outcome::Reservation(r)) => r.reservation_id,
+            other => anyhow::bail!("expected a reservation, got {other:?}"),
+        };
+        let named = counter
+            .list_reservations(list(vec![digits.request_id.clone()]))
+            .await?
+            .into_inner();
+        assert_eq!(
+            named
+                .reservations
+                .iter()
+                .map(|r| r.reservation_id.clone())
+                .zip(named.made_by.clone())
+                .collect::<Vec<_>>(),
+            [(sixth, digits.request_id.clone())]
+        );
+        // An unknown office is NOT_FOUND, filter or not.
+        let err = counter
+            .list_reservations(ListReservationsRequest {
+                office_id: "3204".into(),
+                ..list(vec!["never-sent".into()])
+            })
+            .await
+            .expect_err("unknown office");
+        assert_eq!(err.code(), tonic::Code::NotFound);
         // Ids that made nothing: an empty page, not every reservation.
         let none = counter
             .list_reservations(list(vec!["never-sent".into()]))
