@@ -11,6 +11,90 @@ use blangko_proto::v1::*;
 use tokio_stream::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_stock_and_settings_call_sent_again_says_it_is_a_repeat() -> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let server = TestServer::start_on(db, &[]).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3216", "main", 10, 0).await?;
+        let office = UpsertOfficeRequest {
+            request_id: rid(),
+            office: Some(Office {
+                office_id: "3275".into(),
+                name: "Disdukcapil Kota Bekasi".into(),
+                time_zone: "Asia/Jakarta".into(),
+                ..Office::default()
+            }),
+            update_mask: None,
+        };
+        let first = stock.upsert_office(office.clone()).await?.into_inner();
+        let again = stock.upsert_office(office).await?.into_inner();
+        assert_eq!((first.replayed, again.replayed), (false, true));
+        assert_eq!(first.office, again.office);
+
+        let point = UpsertServicePointRequest {
+            request_id: rid(),
+            service_point: Some(ServicePoint {
+                office_id: "3275".into(),
+                service_point_id: "mpp".into(),
+                name: "MPP".into(),
+                kind: ServicePointKind::MainOffice as i32,
+                service_days: (1..=7).collect(),
+                holidays: vec![],
+                policy: Some(fixtures::fixed(10)),
+            }),
+        };
+        let first = stock
+            .upsert_service_point(point.clone())
+            .await?
+            .into_inner();
+        let again = stock.upsert_service_point(point).await?.into_inner();
+        assert_eq!((first.replayed, again.replayed), (false, true));
+
+        fixtures::ship(&mut stock, "3275", 100).await?;
+        let transfer = TransferStockRequest {
+            request_id: rid(),
+            from_office_id: "3275".into(),
+            to_office_id: "3216".into(),
+            quantity: 10,
+            reference: "PINJAM-02".into(),
+            note: String::new(),
+        };
+        let first = stock.transfer_stock(transfer.clone()).await?.into_inner();
+        let again = stock.transfer_stock(transfer).await?.into_inner();
+        assert_eq!((first.replayed, again.replayed), (false, true));
+        assert_eq!(
+            get_stock(&mut stock, "3275").await?.on_hand,
+            90,
+            "moved once"
+        );
+
+        let take = AdjustStockRequest {
+            request_id: rid(),
+            office_id: "3275".into(),
+            counted_on_hand: 88,
+            note: "opname".into(),
+            counted_as_of_seq: None,
+        };
+        let first = stock.adjust_stock(take.clone()).await?.into_inner();
+        let again = stock.adjust_stock(take).await?.into_inner();
+        assert_eq!((first.replayed, again.replayed), (false, true));
+
+        let policy = SetQuotaPolicyRequest {
+            request_id: rid(),
+            office_id: "3275".into(),
+            service_point_id: "mpp".into(),
+            policy: Some(fixtures::fixed(20)),
+            todays_quota: None,
+        };
+        let first = stock.set_quota_policy(policy.clone()).await?.into_inner();
+        let again = stock.set_quota_policy(policy).await?.into_inner();
+        assert_eq!((first.replayed, again.replayed), (false, true));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_older_servers_answer_for_other_content_under_the_same_id_does_not_refuse_a_call()
 -> anyhow::Result<()> {
     on_each_backend(|db| async move {

@@ -220,7 +220,9 @@ impl Engine {
                     .stored_answer(conn, &meta.request_id, "UpsertOffice", &meta.fingerprint)
                     .await?
                 {
-                    return decode_answer(&stored);
+                    let mut answer: UpsertOfficeResponse = decode_answer(&stored)?;
+                    answer.replayed = true;
+                    return Ok(answer);
                 }
                 let lock = self.store.for_update();
                 let mut existing = rows::office(conn, &office.office_id, lock).await?;
@@ -258,6 +260,7 @@ impl Engine {
                 let response = UpsertOfficeResponse {
                     office: Some(office_to_proto(&stored)),
                     stock: Some(self.stock_level(conn, &stored).await?),
+                    replayed: false,
                 };
                 rows::store_answer(
                     conn,
@@ -296,7 +299,9 @@ impl Engine {
                     )
                     .await?
                 {
-                    return decode_answer(&stored);
+                    let mut answer: UpsertServicePointResponse = decode_answer(&stored)?;
+                    answer.replayed = true;
+                    return Ok(answer);
                 }
                 rows::upsert_service_point(conn, sp).await?;
                 let (now, date) = self.today_of(&office)?;
@@ -322,6 +327,7 @@ impl Engine {
                 let response = UpsertServicePointResponse {
                     service_point: Some(service_point_to_proto(sp)?),
                     quota: Some(snap),
+                    replayed: false,
                 };
                 rows::store_answer(
                     conn,
@@ -454,7 +460,9 @@ impl Engine {
                     .stored_answer(conn, &meta.request_id, "TransferStock", &meta.fingerprint)
                     .await?
                 {
-                    return decode_answer(&stored);
+                    let mut answer: TransferStockResponse = decode_answer(&stored)?;
+                    answer.replayed = true;
+                    return Ok(answer);
                 }
                 // Holds that ran out earmark no blank any more, whether or not the sweeper came.
                 let (now, from_date) = self.today_of(&from)?;
@@ -493,6 +501,7 @@ impl Engine {
                     in_entry: Some(in_entry),
                     from_stock: Some(self.stock_level(conn, &from).await?),
                     to_stock: Some(self.stock_level(conn, &to).await?),
+                    replayed: false,
                 };
                 rows::store_answer(
                     conn,
@@ -533,7 +542,9 @@ impl Engine {
                     .stored_answer(conn, &meta.request_id, "AdjustStock", &meta.fingerprint)
                     .await?
                 {
-                    return decode_answer(&stored);
+                    let mut answer: AdjustStockResponse = decode_answer(&stored)?;
+                    answer.replayed = true;
+                    return Ok(answer);
                 }
                 let (now, date) = self.today_of(&office)?;
                 self.expire_due_in_tx(conn, &mut office, now).await?;
@@ -574,6 +585,7 @@ impl Engine {
                 let response = AdjustStockResponse {
                     entry: Some(e),
                     stock: Some(self.stock_level(conn, &office).await?),
+                    replayed: false,
                 };
                 rows::store_answer(conn, &meta.request_id, "AdjustStock", &meta.fingerprint, &response.encode_to_vec(), now).await?;
                 self.announce_in_tx(conn, office_id).await?;
@@ -602,7 +614,9 @@ impl Engine {
                     .stored_answer(conn, &meta.request_id, "SetQuotaPolicy", &meta.fingerprint)
                     .await?
                 {
-                    return decode_answer(&stored);
+                    let mut answer: SetQuotaPolicyResponse = decode_answer(&stored)?;
+                    answer.replayed = true;
+                    return Ok(answer);
                 }
                 let mut sp = Self::service_point_or_not_found(conn, office_id, service_point_id).await?;
                 sp.policy = policy.encode_to_vec();
@@ -646,6 +660,7 @@ impl Engine {
                 let response = SetQuotaPolicyResponse {
                     policy: Some(policy.clone()),
                     quota: Some(snap),
+                    replayed: false,
                 };
                 rows::store_answer(conn, &meta.request_id, "SetQuotaPolicy", &meta.fingerprint, &response.encode_to_vec(), now).await?;
                 self.announce_in_tx(conn, office_id).await?;
