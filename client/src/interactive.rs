@@ -24,7 +24,9 @@ use crate::connect::random_request_id;
 use crate::error::EXIT_OK;
 use crate::forecast::{expected_served, total_with_mine};
 use crate::nik;
-use crate::output::{Lang, Out, reservation_json, reservation_line, snapshot_line};
+use crate::output::{
+    Lang, Out, reservation_json, reservation_line, reservation_state_line, snapshot_line,
+};
 use crate::terminal::Terminal;
 use crate::vocab;
 
@@ -721,10 +723,8 @@ impl Screen {
                         answer.available
                     ));
                     if let Some(r) = &answer.reservation {
-                        self.say(&reservation_line(
-                            &crate::commands::reservation::as_it_is_now(r),
-                            &self.out,
-                        ));
+                        // Said above when the report is a repeat: the reservation as it is now.
+                        self.say(&reservation_state_line(r, &self.out));
                     }
                     if let Some(referral) = &answer.ikd_referral {
                         for line in crate::output::referral_lines(referral, &self.out) {

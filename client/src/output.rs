@@ -272,8 +272,40 @@ pub fn snapshot_json(q: &QuotaSnapshot, zone: Zone) -> Value {
     })
 }
 
-/// One line for a reservation: id, state, masked NIK, reason, hold expiry and time left.
+/// One line for a reservation: id, state, masked NIK, reason, hold expiry and time left, and for
+/// a replayed Reserve answer what that means (see [`reservation_state_line`] for the line alone).
 pub fn reservation_line(r: &Reservation, out: &Out) -> String {
+    let mut text = reservation_state_line(r, out);
+    let lang = out.lang;
+    if r.replayed {
+        if r.state() == ReservationState::Held {
+            // The same hold again: its card may have been printed meanwhile (a c that got no
+            // answer, a colleague at this counter).
+            text.push_str(&format!(
+                "  [{} {}: {}]",
+                lang.t(
+                    "sudah dipesan sebelumnya pukul",
+                    "already reserved earlier at"
+                ),
+                out.zone.time(r.created_at.as_ref()),
+                lang.t(
+                    "jika kartunya sudah dicetak, tandai dicetak (c), jangan cetak lagi",
+                    "if its card is already printed, mark it printed (c), do not print again",
+                ),
+            ));
+        } else {
+            text.push_str(lang.t(
+                "  [sudah dipesan sebelumnya: jawaban yang sama]",
+                "  [already reserved earlier: same answer]",
+            ));
+        }
+    }
+    text
+}
+
+/// One line for a reservation, as it is: id, state, masked NIK, reason, hold expiry and time
+/// left (beside a do-not-print warning, or in an answer that says it is a repeat already).
+pub fn reservation_state_line(r: &Reservation, out: &Out) -> String {
     let lang = out.lang;
     let mut text = format!(
         "{} {}  NIK {}  {} {}",
@@ -311,29 +343,6 @@ pub fn reservation_line(r: &Reservation, out: &Out) -> String {
             lang.t("blangko rusak:", "spoiled blanks:"),
             r.spoiled_count
         ));
-    }
-    if r.replayed {
-        if r.state() == ReservationState::Held {
-            // The same hold again: its card may have been printed meanwhile (a c that got no
-            // answer, a colleague at this counter).
-            text.push_str(&format!(
-                "  [{} {}: {}]",
-                lang.t(
-                    "sudah dipesan sebelumnya pukul",
-                    "already reserved earlier at"
-                ),
-                out.zone.time(r.created_at.as_ref()),
-                lang.t(
-                    "jika kartunya sudah dicetak, tandai dicetak (c), jangan cetak lagi",
-                    "if its card is already printed, mark it printed (c), do not print again",
-                ),
-            ));
-        } else {
-            text.push_str(lang.t(
-                "  [sudah dipesan sebelumnya: jawaban yang sama]",
-                "  [already reserved earlier: same answer]",
-            ));
-        }
     }
     text
 }

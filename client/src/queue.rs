@@ -15,18 +15,18 @@ use std::time::{Duration, Instant};
 
 use blangko_domain::nik::{has_nik_stretch, mask_nik_stretches};
 use blangko_proto::v1::{
-    IkdStatus, QuotaSnapshot, Reason, ReservationState, reserve_response::Outcome,
+    IkdStatus, QuotaSnapshot, Reason, ReservationState, ReserveResponse, reserve_response::Outcome,
 };
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::commands::reserve::{do_not_print, lapsed};
+use crate::commands::reserve::{answer_line, do_not_print, lapsed};
 use crate::connect::{queue_request_id, queue_retry_request_id};
 use crate::error::{EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, Failure};
 use crate::forecast::{expected_served, ticket_ranges, total_with_mine};
 use crate::nik;
-use crate::output::{Lang, Out, referral_lines, reservation_line, snapshot_line};
+use crate::output::{Lang, Out, referral_lines, snapshot_line};
 use crate::terminal::{MAX_LISTED_REQUEST_IDS, Terminal};
 use crate::vocab;
 
@@ -935,21 +935,8 @@ impl Run<'_> {
         // server has it cancelled or run out, the next id reserves.
         let mut last_gone: Option<String> = None;
         for _ in 0..MAX_RESERVE_AGAIN {
-            let gone = match &answer {
-                Ok(response) => match &response.outcome {
-                    Some(Outcome::Reservation(r))
-                        if r.replayed
-                            && lapsed(r)
-                            && (matches!(
-                                r.state(),
-                                ReservationState::Cancelled | ReservationState::Expired
-                            ) || last_gone.as_deref() != Some(r.reservation_id.as_str())) =>
-                    {
-                        r.reservation_id.clone()
-                    }
-                    _ => break,
-                },
-                Err(_) => break,
+            let Some(gone) = gone_hold(&answer, last_gone.as_deref()) else {
+                break;
             };
             request_id = queue_retry_request_id(&request_id, &gone);
             last_gone = Some(gone);
@@ -974,11 +961,7 @@ impl Run<'_> {
                         .as_str()
                         .unwrap_or("")
                         .to_string();
-                    let shown = match &warning {
-                        Some(_) => crate::commands::reservation::as_it_is_now(&reservation),
-                        None => reservation.clone(),
-                    };
-                    let mut lines = vec![reservation_line(&shown, &self.out)];
+                    let mut lines = vec![answer_line(&reservation, warning.is_some(), &self.out)];
                     match warning {
                         // The applicant was served elsewhere (or earlier): the worklist must not
                         // show a blank to print at this counter.
@@ -1095,6 +1078,25 @@ fn stopped(failure: &Failure, out: &Out) -> u8 {
         ));
     }
     EXIT_ERROR
+}
+
+/// The reservation a replayed Reserve answer names when no blank is held for it any more, so the
+/// ticket reserves again; None otherwise. `last_gone`: the one the ticket's previous id named,
+/// which counts only once the server itself says it is cancelled or run out.
+fn gone_hold(answer: &Result<ReserveResponse, Failure>, last_gone: Option<&str>) -> Option<String> {
+    let Ok(ReserveResponse {
+        outcome: Some(Outcome::Reservation(r)),
+        ..
+    }) = answer
+    else {
+        return None;
+    };
+    let over = matches!(
+        r.state(),
+        ReservationState::Cancelled | ReservationState::Expired
+    );
+    (r.replayed && lapsed(r) && (over || last_gone != Some(r.reservation_id.as_str())))
+        .then(|| r.reservation_id.clone())
 }
 
 /// The lines of the `pending` rows that an earlier run of this queue today already served (a

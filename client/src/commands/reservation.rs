@@ -7,7 +7,8 @@ use serde_json::json;
 
 use crate::error::{EXIT_OK, EXIT_REFERRED};
 use crate::output::{
-    Lang, Out, referral_json, referral_lines, reservation_json, reservation_line, snapshot_json,
+    Lang, Out, referral_json, referral_lines, reservation_json, reservation_line,
+    reservation_state_line, snapshot_json,
 };
 use crate::terminal::Terminal;
 use crate::vocab;
@@ -78,15 +79,6 @@ pub async fn cancel(term: &Terminal, out: Out, reservation_id: &str, note: &str)
     }
 }
 
-/// The reservation of a spoiled-blank answer, to show: a replayed report already says so once,
-/// and its reservation is shown as it is now, not as a Reserve answered again.
-pub fn as_it_is_now(reservation: &Reservation) -> Reservation {
-    Reservation {
-        replayed: false,
-        ..reservation.clone()
-    }
-}
-
 /// Runs `spoiled [ID] --reason R [--report REF]`. Exit 3 when the reservation had to be
 /// cancelled for lack of a blank (the applicant is referred to IKD).
 #[allow(clippy::too_many_arguments)]
@@ -148,7 +140,8 @@ pub async fn spoiled(
             answer.available
         ));
         if let Some(reservation) = &answer.reservation {
-            out.line(&reservation_line(&as_it_is_now(reservation), &out));
+            // A replayed report says so once, above: the reservation as it is now.
+            out.line(&reservation_state_line(reservation, &out));
         }
         if let Some(referral) = &answer.ikd_referral {
             for line in referral_lines(referral, &out) {

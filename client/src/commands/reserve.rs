@@ -11,7 +11,8 @@ use crate::cli::ReserveArgs;
 use crate::connect::random_request_id;
 use crate::error::{EXIT_DO_NOT_PRINT, EXIT_ERROR, EXIT_OK, EXIT_REFERRED, Failure};
 use crate::output::{
-    Out, referral_json, referral_lines, reservation_json, reservation_line, snapshot_json,
+    Out, referral_json, referral_lines, reservation_json, reservation_line, reservation_state_line,
+    snapshot_json,
 };
 use crate::terminal::Terminal;
 
@@ -68,6 +69,16 @@ pub fn do_not_print(reservation: &Reservation, counter: &str, out: &Out) -> Opti
     }
 }
 
+/// The line for a Reserve answer's reservation: beside a do-not-print warning it does not also
+/// say what to do with a replayed hold.
+pub fn answer_line(reservation: &Reservation, warned: bool, out: &Out) -> String {
+    if warned {
+        reservation_state_line(reservation, out)
+    } else {
+        reservation_line(reservation, out)
+    }
+}
+
 /// Whether no blank is held for this reservation any more: cancelled, run out, or held past its
 /// expiry (the server releases overdue holds in passes: a replay may show one not yet released).
 pub fn lapsed(reservation: &Reservation) -> bool {
@@ -98,12 +109,7 @@ pub fn print_outcome(response: &ReserveResponse, counter: &str, out: &Out) -> u8
                     "do_not_print": warning,
                 }));
             } else {
-                // Beside a warning, the line does not also say what to do with a replayed hold.
-                let shown = match &warning {
-                    Some(_) => crate::commands::reservation::as_it_is_now(reservation),
-                    None => reservation.clone(),
-                };
-                out.line(&reservation_line(&shown, out));
+                out.line(&answer_line(reservation, warning.is_some(), out));
                 if let Some(warning) = &warning {
                     out.line(warning);
                 }

@@ -660,41 +660,37 @@ impl Engine {
             .bind(&nik_hash)
             .fetch_optional(&mut *conn)
             .await?;
-            if let Some((office_id, activated_ms)) = earlier
-                && office_id == cmd.office_id
-                && zone.local_date(activated_ms) == today
-            {
-                let response = RecordIkdActivationResponse {
-                    masked_nik: masked,
-                    activated_at: Some(timestamp(activated_ms)),
-                    replayed: true,
-                };
-                rows::store_answer(conn, &cmd.request_id, IKD, &cmd.fingerprint, &response.encode_to_vec(), now)
+            let earlier_today = earlier.and_then(|(office_id, activated_ms)| {
+                (office_id == cmd.office_id && zone.local_date(activated_ms) == today)
+                    .then_some(activated_ms)
+            });
+            let activated_ms = match earlier_today {
+                Some(activated_ms) => activated_ms,
+                None => {
+                    sqlx::query(
+                        "INSERT INTO ikd_activations (nik_hash, office_id, masked_nik, activated_ms) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (nik_hash) DO UPDATE SET office_id = $2, activated_ms = $4",
+                    )
+                    .bind(&nik_hash)
+                    .bind(&cmd.office_id)
+                    .bind(&masked)
+                    .bind(now)
+                    .execute(&mut *conn)
                     .await?;
-                self.commit_durably(tx).await?;
-                return Ok(response);
-            }
-            sqlx::query(
-                "INSERT INTO ikd_activations (nik_hash, office_id, masked_nik, activated_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (nik_hash) DO UPDATE SET office_id = $2, activated_ms = $4",
-            )
-            .bind(&nik_hash)
-            .bind(&cmd.office_id)
-            .bind(&masked)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            let date = format_local_date(today);
-            let mut entry = NewEntry::of(LedgerEntryKind::IkdActivation);
-            entry.service_point_id = cmd.service_point_id.clone();
-            entry.masked_nik = masked.clone();
-            entry.note = format!("IKD activated at counter {}", cmd.counter_id);
-            ledger::append(conn, &mut office, entry, &cmd.principal, now, &date).await?;
-            rows::update_office_stock(conn, &office).await?;
+                    let date = format_local_date(today);
+                    let mut entry = NewEntry::of(LedgerEntryKind::IkdActivation);
+                    entry.service_point_id = cmd.service_point_id.clone();
+                    entry.masked_nik = masked.clone();
+                    entry.note = format!("IKD activated at counter {}", cmd.counter_id);
+                    ledger::append(conn, &mut office, entry, &cmd.principal, now, &date).await?;
+                    rows::update_office_stock(conn, &office).await?;
+                    now
+                }
+            };
             let response = RecordIkdActivationResponse {
                 masked_nik: masked,
-                activated_at: Some(timestamp(now)),
-                replayed: false,
+                activated_at: Some(timestamp(activated_ms)),
+                replayed: earlier_today.is_some(),
             };
             rows::store_answer(conn, &cmd.request_id, IKD, &cmd.fingerprint, &response.encode_to_vec(), now)
                 .await?;

@@ -421,7 +421,6 @@ impl Engine {
         let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
         // The reservations the stored answers of these Reserve calls name, each with the first
         // call (in the caller's order) that named it.
-        let mut made: Vec<String> = Vec::new();
         let mut call_of: HashMap<String, &str> = HashMap::new();
         if !made_by.is_empty() {
             let keys: Vec<&str> = made_by.iter().map(|(key, _)| key.as_str()).collect();
@@ -437,16 +436,15 @@ impl Engine {
                     super::decode_answer(&answer.response)?;
                 if let Some(blangko_proto::v1::reserve_response::Outcome::Reservation(r)) =
                     response.outcome
-                    && !call_of.contains_key(&r.reservation_id)
                 {
-                    call_of.insert(r.reservation_id.clone(), sent);
-                    made.push(r.reservation_id);
+                    call_of.entry(r.reservation_id).or_insert(sent);
                 }
             }
-            if made.is_empty() {
+            if call_of.is_empty() {
                 return Ok(ListedReservations::default());
             }
         }
+        let made: Vec<String> = call_of.keys().cloned().collect();
         let zone = zone_of(&office)?;
         let now = self.clock.now_ms();
         let day = local_date.unwrap_or_else(|| zone.local_date(now));
