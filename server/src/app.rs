@@ -314,6 +314,8 @@ impl Application {
                             config.db_max_connections,
                         ),
                         first_call: Duration::from_secs(config.first_call_timeout_secs),
+                        idle: (config.idle_timeout_secs > 0)
+                            .then(|| Duration::from_secs(config.idle_timeout_secs)),
                     },
                 ),
                 async move {

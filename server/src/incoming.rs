@@ -10,14 +10,21 @@
 //!   after any server's idle-connection limit. Without this a peer held a descriptor, a task
 //!   and a place among `max_connections` for ever, before any token was asked for.
 //!
-//! After its first call a connection is bounded by TCP keepalive (a peer that vanished) and
+//! - a connection that has had no call in flight for `idle` (after its first call) is closed,
+//!   as gRPC's `MaxConnectionIdle` does: a client that made one call (a health check will do, no
+//!   token needed) and then kept its connection open did hold its place among
+//!   `max_connections` for ever, answering the server's HTTP/2 keepalive pings. A gRPC channel
+//!   connects again at its next call. A connection with a call in flight (a WatchQuota or
+//!   health `Watch` stream) is never idle.
+//!
+//! After its first call a connection is also bounded by TCP keepalive (a peer that vanished) and
 //! HTTP/2 keepalive (`app.rs`).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -31,6 +38,10 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
 /// Default for how long a new connection may go without a call (`--first-call-timeout-secs`).
 pub const DEFAULT_FIRST_CALL_SECS: u64 = 30;
+/// Default for how long a connection may go without a call in flight (`--idle-timeout-secs`):
+/// longer than a counter's pause between two applicants, so a busy counter keeps its
+/// connection.
+pub const DEFAULT_IDLE_SECS: u64 = 300;
 /// Shortest time between two warnings about refused connections.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -41,6 +52,9 @@ pub struct Limits {
     pub max_connections: u32,
     /// How long a new connection may go without a call.
     pub first_call: Duration,
+    /// How long a connection may go without a call in flight, after its first call; None: no
+    /// limit.
+    pub idle: Option<Duration>,
 }
 
 /// The connections of `incoming` within `limits` (see the module's comment). Accept errors pass
@@ -57,12 +71,7 @@ where
         let answer = match accepted {
             Err(err) => Some(Err(err)),
             Ok(stream) => match Arc::clone(&permits).try_acquire_owned() {
-                Ok(permit) => Some(Ok(Bounded {
-                    inner: stream,
-                    _permit: permit,
-                    called: Arc::default(),
-                    deadline: Some(Box::pin(tokio::time::sleep(limits.first_call + GRACE))),
-                })),
+                Ok(permit) => Some(Ok(Bounded::new(stream, permit, limits))),
                 Err(_) => {
                     // Dropped here: closed at once.
                     drop(stream);
@@ -99,23 +108,71 @@ impl Refused {
 }
 
 /// An accepted connection holding its place among the `max_connections`, and closed if it has
-/// made no call by its first-call deadline.
+/// made no call by its first-call deadline, or has had no call in flight for its idle limit.
 pub struct Bounded {
     inner: TcpStream,
     _permit: OwnedSemaphorePermit,
-    /// Set by [`mark_called`] at the connection's first call.
-    called: Arc<AtomicBool>,
-    /// Until the first call (`first_call` plus [`GRACE`]); None after.
+    /// Its calls, shared with them ([`mark_called`]).
+    activity: Arc<Activity>,
+    /// The first-call deadline (`first_call` plus [`GRACE`]), then the idle one; None when
+    /// neither applies any more (a call was made and there is no idle limit).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `deadline` has been polled since it was last set, so that it wakes the
+    /// connection's task when it passes: then only [`tokio::time::Sleep::is_elapsed`] is
+    /// looked at on each read and write.
+    armed: bool,
+    /// The first-call deadline.
+    first_call_by: Instant,
+    /// How long the connection may go without a call in flight.
+    idle: Option<Duration>,
+}
+
+/// What a connection and the calls made on it share.
+struct Activity {
+    /// When the connection was accepted: the origin of `idle_since_ms`.
+    accepted: Instant,
+    /// Set at the connection's first call.
+    called: AtomicBool,
+    /// Calls begun and not yet ended (their answer sent, or dropped).
+    in_flight: AtomicU32,
+    /// When the last call in flight ended, in milliseconds after `accepted`.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            accepted: Instant::now(),
+            called: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// When the connection last had a call in flight ended; None while one is in flight.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.accepted + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire)))
+    }
 }
 
 /// What every call of a [`Bounded`] connection carries in its request extensions (tonic puts it
 /// there, over TLS too, beside its `TlsConnectInfo`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectionInfo {
     /// The addresses.
     pub tcp: TcpConnectInfo,
-    called: Arc<AtomicBool>,
+    activity: Arc<Activity>,
+}
+
+impl std::fmt::Debug for ConnectionInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionInfo")
+            .field("tcp", &self.tcp)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Connected for Bounded {
@@ -124,36 +181,142 @@ impl Connected for Bounded {
     fn connect_info(&self) -> Self::ConnectInfo {
         ConnectionInfo {
             tcp: self.inner.connect_info(),
-            called: Arc::clone(&self.called),
+            activity: Arc::clone(&self.activity),
         }
     }
 }
 
-/// Marks the connection a request came on as having made a call: its first-call deadline no
-/// longer applies. Called for every request, by the outermost layer.
-pub fn mark_called(extensions: &tonic::codegen::http::Extensions) {
-    if let Some(info) = extensions.get::<ConnectionInfo>()
-        && !info.called.load(Ordering::Relaxed)
-    {
-        info.called.store(true, Ordering::Relaxed);
+/// A call in flight on its connection, from [`mark_called`] until dropped: while one is held,
+/// the connection is not idle.
+pub struct CallInFlight {
+    activity: Arc<Activity>,
+}
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        // The last call in flight ended: the idle time starts now.
+        if self.activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let since = self.activity.accepted.elapsed().as_millis();
+            self.activity
+                .idle_since_ms
+                .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Release);
+        }
     }
+}
+
+/// Marks the connection a request came on as having made a call (its first-call deadline no
+/// longer applies), and as busy until the returned guard is dropped, at the call's end. Called
+/// for every request, by the outermost layer. None for a request that came on no [`Bounded`]
+/// connection (a test's in-process server).
+pub fn mark_called(extensions: &tonic::codegen::http::Extensions) -> Option<CallInFlight> {
+    let info = extensions.get::<ConnectionInfo>()?;
+    let activity = &info.activity;
+    activity.in_flight.fetch_add(1, Ordering::AcqRel);
+    if !activity.called.load(Ordering::Relaxed) {
+        activity.called.store(true, Ordering::Relaxed);
+    }
+    Some(CallInFlight {
+        activity: Arc::clone(activity),
+    })
+}
+
+/// Why a connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    /// No call by the first-call deadline.
+    FirstCall,
+    /// No call in flight for the idle limit.
+    Idle,
 }
 
 impl Bounded {
-    /// Whether the first-call deadline has passed with no call (and drops it after a call).
-    fn out_of_time(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.called.load(Ordering::Relaxed) {
-            self.deadline = None;
+    fn new(inner: TcpStream, permit: OwnedSemaphorePermit, limits: Limits) -> Bounded {
+        let activity = Activity::new();
+        let first_call_by = activity.accepted + limits.first_call + GRACE;
+        // The first look comes at the earlier of the two limits: a connection that calls at
+        // once and then goes idle is closed after its idle limit, not after the first-call one.
+        let first_look = limits.idle.map_or(first_call_by, |idle| {
+            first_call_by.min(activity.accepted + idle)
+        });
+        Bounded {
+            inner,
+            _permit: permit,
+            activity: Arc::new(activity),
+            deadline: Some(Box::pin(tokio::time::sleep_until(first_look.into()))),
+            armed: false,
+            first_call_by,
+            idle: limits.idle,
         }
-        self.deadline
-            .as_mut()
-            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready())
     }
 
-    fn timed_out() -> io::Error {
+    /// Whether the connection has run out of time (see [`Expired`]). When its deadline has
+    /// passed but the connection is within its limits (it has called, or had calls in flight
+    /// meanwhile), the deadline is moved to the end of the current idle time, or dropped when
+    /// there is no idle limit.
+    fn out_of_time(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
+        let deadline = self.deadline.as_mut()?;
+        if !self.armed {
+            self.armed = true;
+            if deadline.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+        } else if !deadline.is_elapsed() {
+            return None;
+        }
+        let now = Instant::now();
+        let until = if !self.activity.called.load(Ordering::Relaxed) {
+            if now >= self.first_call_by {
+                return Some(Expired::FirstCall);
+            }
+            self.first_call_by
+        } else {
+            let Some(idle) = self.idle else {
+                self.deadline = None;
+                return None;
+            };
+            match self.activity.idle_since() {
+                Some(since) if since + idle <= now => return Some(Expired::Idle),
+                Some(since) => since + idle,
+                // A call in flight: looked at again one idle limit from now.
+                None => now + idle,
+            }
+        };
+        self.rearm(until);
+        // Polled at once, so that it wakes this connection's task. Should it have passed
+        // already, the task is woken to look again.
+        if let Some(deadline) = self.deadline.as_mut() {
+            self.armed = true;
+            if deadline.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        }
+        None
+    }
+
+    /// Moves the deadline to `until`; the next look polls it, so that it wakes the connection's
+    /// task.
+    fn rearm(&mut self, until: Instant) {
+        if let Some(deadline) = self.deadline.as_mut() {
+            deadline.as_mut().reset(until.into());
+            self.armed = false;
+        }
+    }
+
+    /// Bytes came on a connection past its idle limit: they may be a call on its way, whose
+    /// request is not counted yet, so the connection is looked at again one idle limit later.
+    fn postpone(&mut self) {
+        if let Some(idle) = self.idle {
+            self.rearm(Instant::now() + idle);
+        }
+    }
+
+    fn timed_out(why: Expired) -> io::Error {
         io::Error::new(
             io::ErrorKind::TimedOut,
-            "the connection made no call before its first-call deadline",
+            match why {
+                Expired::FirstCall => "the connection made no call before its first-call deadline",
+                Expired::Idle => "the connection had no call in flight for its idle limit",
+            },
         )
     }
 }
@@ -171,10 +334,23 @@ impl AsyncRead for Bounded {
     ) -> Poll<io::Result<()>> {
         // Checked on every read, not only when one waits: a peer that trickles a byte now and
         // then without ever calling is out of time too.
-        if self.out_of_time(cx) {
-            return Poll::Ready(Err(Bounded::timed_out()));
+        match self.out_of_time(cx) {
+            None => Pin::new(&mut self.inner).poll_read(cx, buf),
+            Some(Expired::FirstCall) => Poll::Ready(Err(Bounded::timed_out(Expired::FirstCall))),
+            // An idle connection is closed only when there is nothing to read: bytes that came
+            // are a call on its way (its request is not yet counted), and it goes on.
+            Some(Expired::Idle) => {
+                let filled = buf.filled().len();
+                match Pin::new(&mut self.inner).poll_read(cx, buf) {
+                    Poll::Ready(Ok(())) if buf.filled().len() > filled => {
+                        self.postpone();
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+                    _ => Poll::Ready(Err(Bounded::timed_out(Expired::Idle))),
+                }
+            }
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -185,8 +361,8 @@ impl AsyncWrite for Bounded {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         // Also here: a peer that never reads stops the server's reads (its writes wait first).
-        if self.out_of_time(cx) {
-            return Poll::Ready(Err(Bounded::timed_out()));
+        if let Some(why) = self.out_of_time(cx) {
+            return Poll::Ready(Err(Bounded::timed_out(why)));
         }
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
@@ -196,8 +372,8 @@ impl AsyncWrite for Bounded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.out_of_time(cx) {
-            return Poll::Ready(Err(Bounded::timed_out()));
+        if let Some(why) = self.out_of_time(cx) {
+            return Poll::Ready(Err(Bounded::timed_out(why)));
         }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
@@ -207,8 +383,8 @@ impl AsyncWrite for Bounded {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.out_of_time(cx) {
-            return Poll::Ready(Err(Bounded::timed_out()));
+        if let Some(why) = self.out_of_time(cx) {
+            return Poll::Ready(Err(Bounded::timed_out(why)));
         }
         Pin::new(&mut self.inner).poll_flush(cx)
     }

@@ -132,7 +132,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        crate::incoming::mark_called(request.extensions());
+        let in_flight = crate::incoming::mark_called(request.extensions());
         let started = Instant::now();
         let method = self.metrics.method_label(request.uri().path());
         let request_id = request
@@ -163,6 +163,7 @@ where
             span: span.clone(),
             started,
             finished: false,
+            _in_flight: in_flight,
         };
         Box::pin(
             async move {
@@ -207,6 +208,9 @@ struct CallEnd {
     span: tracing::Span,
     started: Instant,
     finished: bool,
+    /// The call keeps its connection from counting as idle until it ends (this is dropped
+    /// with the answer's body, or with its future).
+    _in_flight: Option<crate::incoming::CallInFlight>,
 }
 
 impl Drop for CallEnd {

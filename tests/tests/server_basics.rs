@@ -522,6 +522,107 @@ async fn a_connection_without_a_call_by_its_deadline_is_closed() -> anyhow::Resu
     Ok(())
 }
 
+/// An HTTP/2 connection of its own to `server`, driven on a task; the receiver learns when the
+/// server closes it.
+async fn h2_connection(
+    server: &TestServer,
+) -> anyhow::Result<(
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::sync::oneshot::Receiver<tokio::time::Instant>,
+)> {
+    let tcp = tokio::net::TcpStream::connect(server.addr).await?;
+    let (send, connection) = h2::client::handshake(tcp).await?;
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = connection.await;
+        let _ = closed_tx.send(tokio::time::Instant::now());
+    });
+    Ok((send, closed))
+}
+
+/// Starts a gRPC call of `method` with an empty request message on `send`; its response.
+async fn h2_call(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    server: &TestServer,
+    method: &str,
+) -> anyhow::Result<http::Response<h2::RecvStream>> {
+    let request = http::Request::post(format!("{}{method}", server.url))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())?;
+    let mut ready = send.clone().ready().await?;
+    let (response, mut body) = ready.send_request(request, false)?;
+    // One message of length 0: an empty HealthCheckRequest.
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)?;
+    Ok(response.await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_call_in_flight_for_its_idle_limit_is_closed() -> anyhow::Result<()>
+{
+    let server =
+        TestServer::spawn_process_on(TestDatabase::sqlite().await?, &["--idle-timeout-secs", "1"])
+            .await?;
+
+    // One health check, then nothing: closed a second after the call ended (the first-call
+    // deadline, 30 s by default, does not wait for its turn).
+    let (mut send, closed) = h2_connection(&server).await?;
+    let response = h2_call(&mut send, &server, "/grpc.health.v1.Health/Check").await?;
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk?;
+    }
+    let trailers = body.trailers().await?.unwrap_or_default();
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"0"[..]),
+        "{trailers:?}"
+    );
+    let answered = tokio::time::Instant::now();
+    let at = tokio::time::timeout(Duration::from_secs(15), closed)
+        .await
+        .map_err(|_| anyhow::anyhow!("an idle connection stayed open 15 s"))??;
+    let after = at.duration_since(answered);
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed {after:?} after its call, before its idle limit"
+    );
+
+    // A connection with a stream open is not idle: a health Watch keeps it open past the limit,
+    // and once the stream ends, the connection is closed a limit later.
+    let (mut send, mut closed) = h2_connection(&server).await?;
+    let response = h2_call(&mut send, &server, "/grpc.health.v1.Health/Watch").await?;
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let mut watch = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.data())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the watch ended before its first status"))??;
+    assert!(!first.is_empty());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        closed.try_recv().is_err(),
+        "a connection with a stream open was closed as idle"
+    );
+    drop(watch);
+    drop(send);
+    tokio::time::timeout(Duration::from_secs(15), closed)
+        .await
+        .map_err(|_| anyhow::anyhow!("the connection stayed open 15 s after its stream ended"))??;
+
+    // A gRPC client whose connection was closed as idle calls again on the same channel.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await?);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let again = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(again.status, ServingStatus::Serving as i32);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_past_the_bound_is_closed_at_once() -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
