@@ -76,9 +76,9 @@ pub struct Config {
     pub first_call_timeout_secs: u64,
 
     /// Seconds a connection may go without a call in flight, after its first call, before it is
-    /// closed (gRPC's `MaxConnectionIdle`); 0: no limit. A connection with a stream open (a
-    /// WatchQuota, a health `Watch`) is never idle; a gRPC channel connects again at its next
-    /// call.
+    /// closed (like gRPC's `MaxConnectionIdle`, without a GOAWAY); 0: no limit. A connection
+    /// with a stream open (a WatchQuota, a health `Watch`) is never idle; a gRPC channel
+    /// connects again at its next call.
     #[arg(long, env = "BLANGKO_IDLE_TIMEOUT_SECS", default_value_t = crate::incoming::DEFAULT_IDLE_SECS, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub idle_timeout_secs: u64,
 

@@ -11,11 +11,14 @@
 //!   and a place among `max_connections` for ever, before any token was asked for.
 //!
 //! - a connection that has had no call in flight for `idle` (after its first call) is closed,
-//!   as gRPC's `MaxConnectionIdle` does: a client that made one call (a health check will do, no
+//!   like gRPC's `MaxConnectionIdle`: a client that made one call (a health check will do, no
 //!   token needed) and then kept its connection open did hold its place among
-//!   `max_connections` for ever, answering the server's HTTP/2 keepalive pings. A gRPC channel
-//!   connects again at its next call. A connection with a call in flight (a WatchQuota or
-//!   health `Watch` stream) is never idle.
+//!   `max_connections` for ever, answering the server's HTTP/2 keepalive pings. A connection
+//!   with a call in flight (a WatchQuota or health `Watch` stream) is never idle, nor one that
+//!   read bytes within [`CALL_ON_ITS_WAY`]. The close is a read or write error here, not an
+//!   HTTP/2 GOAWAY (hyper's connection is out of reach of this wrapper): a gRPC channel
+//!   connects again at its next call, and a call sent at the very moment of the close fails
+//!   with UNAVAILABLE, never read, so never served.
 //!
 //! After its first call a connection is also bounded by TCP keepalive (a peer that vanished) and
 //! HTTP/2 keepalive (`app.rs`).
@@ -25,7 +28,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -117,15 +120,24 @@ pub struct Bounded {
     /// The first-call deadline (`first_call` plus [`GRACE`]), then the idle one; None when
     /// neither applies any more (a call was made and there is no idle limit).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Whether `deadline` has been polled since it was last set, so that it wakes the
-    /// connection's task when it passes: then only [`tokio::time::Sleep::is_elapsed`] is
-    /// looked at on each read and write.
-    armed: bool,
+    /// The waker `deadline` was last polled with since it was last set: it wakes that task when
+    /// it passes. While reads and writes come with a waker that wakes the same task, only
+    /// [`tokio::time::Sleep::is_elapsed`] is looked at; another task (the TLS handshake's runs
+    /// before the connection's) polls it again.
+    armed_for: Option<Waker>,
     /// The first-call deadline.
     first_call_by: Instant,
     /// How long the connection may go without a call in flight.
     idle: Option<Duration>,
+    /// When bytes were last read (kept only with an idle limit): a request read but not yet
+    /// counted as a call in flight ([`mark_called`] runs on the call's own task, a moment
+    /// later) keeps the connection open for [`CALL_ON_ITS_WAY`].
+    last_read: Instant,
 }
+
+/// How long bytes just read keep an otherwise idle connection open: ample for a request read to
+/// reach [`mark_called`].
+pub const CALL_ON_ITS_WAY: Duration = Duration::from_secs(1);
 
 /// What a connection and the calls made on it share.
 struct Activity {
@@ -194,13 +206,14 @@ pub struct CallInFlight {
 
 impl Drop for CallInFlight {
     fn drop(&mut self) {
-        // The last call in flight ended: the idle time starts now.
-        if self.activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let since = self.activity.accepted.elapsed().as_millis();
-            self.activity
-                .idle_since_ms
-                .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Release);
-        }
+        // If this is the last call in flight, the idle time starts now. Stored before the count
+        // falls, by every call that ends: a look in between sees a call in flight, never no
+        // call and an older idle time.
+        let since = self.activity.accepted.elapsed().as_millis();
+        self.activity
+            .idle_since_ms
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Release);
+        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -212,8 +225,8 @@ pub fn mark_called(extensions: &tonic::codegen::http::Extensions) -> Option<Call
     let info = extensions.get::<ConnectionInfo>()?;
     let activity = &info.activity;
     activity.in_flight.fetch_add(1, Ordering::AcqRel);
-    if !activity.called.load(Ordering::Relaxed) {
-        activity.called.store(true, Ordering::Relaxed);
+    if !activity.called.load(Ordering::Acquire) {
+        activity.called.store(true, Ordering::Release);
     }
     Some(CallInFlight {
         activity: Arc::clone(activity),
@@ -232,6 +245,7 @@ enum Expired {
 impl Bounded {
     fn new(inner: TcpStream, permit: OwnedSemaphorePermit, limits: Limits) -> Bounded {
         let activity = Activity::new();
+        let activity_accepted = activity.accepted;
         let first_call_by = activity.accepted + limits.first_call + GRACE;
         // The first look comes at the earlier of the two limits: a connection that calls at
         // once and then goes idle is closed after its idle limit, not after the first-call one.
@@ -243,9 +257,10 @@ impl Bounded {
             _permit: permit,
             activity: Arc::new(activity),
             deadline: Some(Box::pin(tokio::time::sleep_until(first_look.into()))),
-            armed: false,
+            armed_for: None,
             first_call_by,
             idle: limits.idle,
+            last_read: activity_accepted,
         }
     }
 
@@ -255,8 +270,12 @@ impl Bounded {
     /// there is no idle limit.
     fn out_of_time(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
         let deadline = self.deadline.as_mut()?;
-        if !self.armed {
-            self.armed = true;
+        if self
+            .armed_for
+            .as_ref()
+            .is_none_or(|waker| !waker.will_wake(cx.waker()))
+        {
+            self.armed_for = Some(cx.waker().clone());
             if deadline.as_mut().poll(cx).is_pending() {
                 return None;
             }
@@ -275,39 +294,27 @@ impl Bounded {
                 return None;
             };
             match self.activity.idle_since() {
-                Some(since) if since + idle <= now => return Some(Expired::Idle),
-                Some(since) => since + idle,
+                Some(since) => {
+                    let until = (since + idle).max(self.last_read + CALL_ON_ITS_WAY);
+                    if until <= now {
+                        return Some(Expired::Idle);
+                    }
+                    until
+                }
                 // A call in flight: looked at again one idle limit from now.
                 None => now + idle,
             }
         };
-        self.rearm(until);
-        // Polled at once, so that it wakes this connection's task. Should it have passed
-        // already, the task is woken to look again.
+        // Moved to `until`, and polled at once, so that it wakes this task. Should it have
+        // passed already, the task is woken to look again.
         if let Some(deadline) = self.deadline.as_mut() {
-            self.armed = true;
+            deadline.as_mut().reset(until.into());
+            self.armed_for = Some(cx.waker().clone());
             if deadline.as_mut().poll(cx).is_ready() {
                 cx.waker().wake_by_ref();
             }
         }
         None
-    }
-
-    /// Moves the deadline to `until`; the next look polls it, so that it wakes the connection's
-    /// task.
-    fn rearm(&mut self, until: Instant) {
-        if let Some(deadline) = self.deadline.as_mut() {
-            deadline.as_mut().reset(until.into());
-            self.armed = false;
-        }
-    }
-
-    /// Bytes came on a connection past its idle limit: they may be a call on its way, whose
-    /// request is not counted yet, so the connection is looked at again one idle limit later.
-    fn postpone(&mut self) {
-        if let Some(idle) = self.idle {
-            self.rearm(Instant::now() + idle);
-        }
     }
 
     fn timed_out(why: Expired) -> io::Error {
@@ -335,19 +342,21 @@ impl AsyncRead for Bounded {
         // Checked on every read, not only when one waits: a peer that trickles a byte now and
         // then without ever calling is out of time too.
         match self.out_of_time(cx) {
-            None => Pin::new(&mut self.inner).poll_read(cx, buf),
             Some(Expired::FirstCall) => Poll::Ready(Err(Bounded::timed_out(Expired::FirstCall))),
             // An idle connection is closed only when there is nothing to read: bytes that came
-            // are a call on its way (its request is not yet counted), and it goes on.
-            Some(Expired::Idle) => {
+            // may be a call on its way (`last_read`), and it goes on.
+            expired => {
                 let filled = buf.filled().len();
-                match Pin::new(&mut self.inner).poll_read(cx, buf) {
-                    Poll::Ready(Ok(())) if buf.filled().len() > filled => {
-                        self.postpone();
-                        Poll::Ready(Ok(()))
+                let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+                let got_bytes = buf.filled().len() > filled;
+                if got_bytes && self.idle.is_some() {
+                    self.last_read = Instant::now();
+                }
+                match read {
+                    Poll::Pending | Poll::Ready(Ok(())) if expired.is_some() && !got_bytes => {
+                        Poll::Ready(Err(Bounded::timed_out(Expired::Idle)))
                     }
-                    Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-                    _ => Poll::Ready(Err(Bounded::timed_out(Expired::Idle))),
+                    read => read,
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! from that CA; the real counter client connects with --ca (and --cert/--key).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use blangko_e2e::{TestDatabase, TestServer, TestTokens, counter_bin};
 use blangko_proto::v1::*;
@@ -267,5 +268,84 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
         !out.status.success(),
         "a client without a certificate got through"
     );
+    Ok(())
+}
+
+/// A TLS connection to `server` that completes its handshake, trusting `pki`'s CA.
+async fn tls_connection(
+    server: &TestServer,
+    pki: &Pki,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(&pki.ca)?)?;
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(server.addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    Ok(
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await?,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_without_a_call_by_its_deadline_is_closed() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDatabase::sqlite().await?;
+    let pki = pki(db.dir.path())?;
+    let (cert, key) = (
+        pki.server_cert.display().to_string(),
+        pki.server_key.display().to_string(),
+    );
+    let server = TestServer::start_tls(
+        db.clone(),
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--first-call-timeout-secs",
+            "1",
+        ],
+        client_tls(&pki, None)?,
+    )
+    .await?;
+    // The handshake runs on a task of its own before the connection's: the deadline must
+    // still close a connection that completes it and then says nothing, or only sets HTTP/2
+    // up.
+    let started = tokio::time::Instant::now();
+    let mut silent = tls_connection(&server, &pki).await?;
+    let mut set_up = tls_connection(&server, &pki).await?;
+    set_up
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await?;
+    set_up.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await?; // an empty SETTINGS frame
+    set_up.flush().await?;
+    for (what, stream) in [("silent", &mut silent), ("set up, no call", &mut set_up)] {
+        let mut buffer = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "{what}: the TLS connection stayed open 15 s"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "{what}: closed before its deadline"
+        );
+    }
     Ok(())
 }
