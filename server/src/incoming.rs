@@ -17,8 +17,9 @@
 //!   with a call in flight (a WatchQuota or health `Watch` stream) is never idle, nor one that
 //!   read bytes within [`CALL_ON_ITS_WAY`]. The close is a read or write error here, not an
 //!   HTTP/2 GOAWAY (hyper's connection is out of reach of this wrapper): a gRPC channel
-//!   connects again at its next call, and a call sent at the very moment of the close fails
-//!   with UNAVAILABLE, never read, so never served.
+//!   connects again at its next call, and a call sent at the very moment of the close fails,
+//!   never read, so never served (most gRPC libraries say UNAVAILABLE; tonic says CANCELLED or
+//!   UNKNOWN with a transport error, which blangko-counter retries).
 //!
 //! After its first call a connection is also bounded by TCP keepalive (a peer that vanished) and
 //! HTTP/2 keepalive (`app.rs`).
@@ -233,6 +234,14 @@ pub fn mark_called(extensions: &tonic::codegen::http::Extensions) -> Option<Call
     })
 }
 
+/// Polls a connection's deadline outside tokio's cooperative budget: with the task's budget
+/// spent, a plain poll answers Pending without registering the waker, and since the waker is
+/// then taken as registered (`armed_for`), the deadline would be found only at the next read or
+/// write (an HTTP/2 keepalive ping, up to its interval later).
+fn poll_deadline(deadline: Pin<&mut tokio::time::Sleep>, cx: &mut Context<'_>) -> Poll<()> {
+    std::pin::pin!(tokio::task::coop::unconstrained(deadline)).poll(cx)
+}
+
 /// Why a connection is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expired {
@@ -276,7 +285,7 @@ impl Bounded {
             .is_none_or(|waker| !waker.will_wake(cx.waker()))
         {
             self.armed_for = Some(cx.waker().clone());
-            if deadline.as_mut().poll(cx).is_pending() {
+            if poll_deadline(deadline.as_mut(), cx).is_pending() {
                 return None;
             }
         } else if !deadline.is_elapsed() {
@@ -310,7 +319,7 @@ impl Bounded {
         if let Some(deadline) = self.deadline.as_mut() {
             deadline.as_mut().reset(until.into());
             self.armed_for = Some(cx.waker().clone());
-            if deadline.as_mut().poll(cx).is_ready() {
+            if poll_deadline(deadline.as_mut(), cx).is_ready() {
                 cx.waker().wake_by_ref();
             }
         }
