@@ -29,7 +29,13 @@ impl Engine {
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         loop {
-            let mut listener = match PgListener::connect(&database_url).await {
+            // Each step of the set-up gives way to shutdown: a database out of reach must not
+            // hold the process past its drain time-out.
+            let connected = tokio::select! {
+                connected = PgListener::connect(&database_url) => connected,
+                _ = shutdown.changed() => return,
+            };
+            let mut listener = match connected {
                 Ok(l) => l,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot connect the change listener; retrying");
@@ -39,11 +45,30 @@ impl Engine {
                     }
                 }
             };
-            if let Err(err) = listener.listen(CHANNEL).await {
+            let listening = tokio::select! {
+                listening = listener.listen(CHANNEL) => listening,
+                _ = shutdown.changed() => return,
+            };
+            if let Err(err) = listening {
                 tracing::warn!(error = %err, "cannot LISTEN for changes; retrying");
-                tokio::time::sleep(RECONNECT_DELAY).await;
-                continue;
+                tokio::select! {
+                    _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
+                    _ = shutdown.changed() => return,
+                }
             }
+            // The listening session, to notice a reconnect that PgListener makes without saying
+            // so (see the probe below).
+            let asked = tokio::select! {
+                asked = tokio::time::timeout(probe, backend_pid(&mut listener)) => asked,
+                _ = shutdown.changed() => return,
+            };
+            let Ok(Ok(mut session)) = asked else {
+                tracing::warn!("change listener's connection did not answer; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            };
             // Anything may have changed while we were not listening.
             self.hub.all_changed();
             loop {
@@ -68,15 +93,26 @@ impl Engine {
                                 _ = shutdown.changed() => return,
                                 answered = tokio::time::timeout(
                                     probe,
-                                    sqlx::query("SELECT 1").execute(&mut listener),
+                                    backend_pid(&mut listener),
                                 ) => answered,
                             };
-                            if !matches!(answered, Ok(Ok(_))) {
+                            let Ok(Ok(pid)) = answered else {
                                 tracing::warn!(
                                     ?probe,
                                     "change listener's connection did not answer; reconnecting"
                                 );
                                 break;
+                            };
+                            // A connection that dropped while the wait above was being given
+                            // up (PgListener was connecting again inside it) is connected
+                            // again, and LISTENs again, by the probe itself, silently:
+                            // notifications sent meanwhile are gone.
+                            if pid != session {
+                                tracing::info!(
+                                    "change listener connected again; refreshing every watched quota"
+                                );
+                                session = pid;
+                                self.hub.all_changed();
                             }
                         }
                     },
@@ -84,4 +120,11 @@ impl Engine {
             }
         }
     }
+}
+
+/// The server process of the listener's session (PgListener connects again when it must).
+async fn backend_pid(listener: &mut PgListener) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(listener)
+        .await
 }

@@ -23,6 +23,9 @@ use super::{Engine, EngineError, EngineResult};
 pub const DEFAULT_REFRESH_MS: u64 = 200;
 
 type Key = (String, String);
+/// The channels, by office and then by service point: a change of an office finds its own
+/// channels without looking at any other office's.
+type Channels = HashMap<String, HashMap<String, Channel>>;
 
 struct Channel {
     sender: watch::Sender<Option<QuotaSnapshot>>,
@@ -31,7 +34,7 @@ struct Channel {
 
 /// The watched service points and their latest snapshots.
 pub struct WatchHub {
-    channels: Mutex<HashMap<Key, Channel>>,
+    channels: Mutex<Channels>,
     /// Most watched streams at once over all service points (each costs a receiver and, per
     /// service point, one task).
     max_watchers: usize,
@@ -49,7 +52,7 @@ impl WatchHub {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Channel>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Channels> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts and
         // removes), so a poisoned lock is still usable.
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
@@ -62,8 +65,8 @@ impl WatchHub {
 
     /// Marks every watched service point of `office_id` as changed.
     pub fn office_changed(&self, office_id: &str) {
-        for ((office, _), channel) in self.lock().iter() {
-            if office == office_id {
+        if let Some(points) = self.lock().get(office_id) {
+            for channel in points.values() {
                 channel.dirty.notify_one();
             }
         }
@@ -71,14 +74,18 @@ impl WatchHub {
 
     /// Marks everything as changed (after a reconnect to the notification channel).
     pub fn all_changed(&self) {
-        for channel in self.lock().values() {
+        for channel in self.lock().values().flat_map(HashMap::values) {
             channel.dirty.notify_one();
         }
     }
 }
 
-fn count(channels: &HashMap<Key, Channel>) -> usize {
-    channels.values().map(|c| c.sender.receiver_count()).sum()
+fn count(channels: &Channels) -> usize {
+    channels
+        .values()
+        .flat_map(HashMap::values)
+        .map(|c| c.sender.receiver_count())
+        .sum()
 }
 
 /// How long a watcher refused for the limit is told to wait before it tries again.
@@ -106,13 +113,14 @@ impl Engine {
                 retry_after: WATCHERS_FULL_RETRY,
             });
         }
-        if let Some(channel) = channels.get(&key) {
+        let points = channels.entry(key.0.clone()).or_default();
+        if let Some(channel) = points.get(&key.1) {
             return Ok(channel.sender.subscribe());
         }
         let (sender, receiver) = watch::channel(Some(first));
         let dirty = Arc::new(Notify::new());
-        channels.insert(
-            key.clone(),
+        points.insert(
+            key.1.clone(),
             Channel {
                 sender: sender.clone(),
                 dirty: dirty.clone(),
@@ -133,6 +141,9 @@ impl Engine {
         sender: watch::Sender<Option<QuotaSnapshot>>,
         dirty: Arc<Notify>,
     ) {
+        // Reads failed in a row (the database out of reach): logged once, tried again less
+        // and less often, up to [`MAX_FAILED_REFRESH_PAUSE`] apart.
+        let mut failures: u32 = 0;
         loop {
             // Some figures change with time alone, with no write to tell the hub: the day at
             // local midnight, the non-priority room at the release time, the waiting count as
@@ -154,14 +165,26 @@ impl Engine {
                     if sender.receiver_count() > 0 {
                         continue;
                     }
-                    if channels.get(&key).is_some_and(|c| c.sender.same_channel(&sender)) {
-                        channels.remove(&key);
+                    if let Some(points) = channels.get_mut(&key.0)
+                        && points
+                            .get(&key.1)
+                            .is_some_and(|c| c.sender.same_channel(&sender))
+                    {
+                        points.remove(&key.1);
+                        if points.is_empty() {
+                            channels.remove(&key.0);
+                        }
                     }
                     return;
                 }
             }
+            let mut pause = self.hub.refresh;
             match self.get_quota(&key.0, &key.1).await {
                 Ok(snapshot) => {
+                    if failures > 0 {
+                        tracing::info!(office = %key.0, service_point = %key.1, failures, "a watched quota is read again");
+                        failures = 0;
+                    }
                     // Sent only when a figure changed (a read that finds the same figures, its
                     // time apart, tells watchers nothing); only a send waits out the interval.
                     let mut snapshot = snapshot;
@@ -180,33 +203,40 @@ impl Engine {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(office = %key.0, service_point = %key.1, error = %err, "cannot refresh a watched quota; trying again");
+                    if failures == 0 {
+                        tracing::warn!(office = %key.0, service_point = %key.1, error = %err, "cannot refresh a watched quota; trying again, less often while it fails");
+                    }
+                    failures = failures.saturating_add(1);
+                    pause = failed_refresh_pause(self.hub.refresh, failures);
                     // Not lost: read again after the pause below.
                     dirty.notify_one();
                 }
             }
-            tokio::time::sleep(self.hub.refresh).await;
+            tokio::time::sleep(pause).await;
         }
     }
 
     /// How long until `snapshot`'s figures change with time alone: the next of its local
-    /// midnight, its priority release time (when still ahead), and, while counters report a
-    /// queue, the moment a report may expire. At least [`MIN_TIMED_REFRESH`], at most
-    /// [`MAX_TIMED_REFRESH`] (so a clock that moved is caught up within that).
+    /// midnight, its priority release time (when after the snapshot was read), and, while
+    /// counters report a queue, the moment a report may expire. A moment that passed since the
+    /// snapshot was read (during the pause after a send) is due at once. At least
+    /// [`MIN_TIMED_REFRESH`], at most [`MAX_TIMED_REFRESH`] (so a clock that moved is caught up
+    /// within that).
     fn next_timed_change(&self, snapshot: &QuotaSnapshot) -> Duration {
         let now = self.clock.now_ms();
         let ms = |t: &Option<prost_types::Timestamp>| {
             t.as_ref()
                 .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
         };
+        let read_at = ms(&snapshot.as_of).unwrap_or(now).min(now);
         let mut next = [
             ms(&snapshot.next_reset_at),
             ms(&snapshot.priority_release_at),
         ]
         .into_iter()
         .flatten()
-        .filter(|t| *t > now)
-        .map(|t| t - now)
+        .filter(|t| *t > read_at)
+        .map(|t| t.saturating_sub(now).max(0))
         .min()
         .unwrap_or(i64::MAX);
         if snapshot.waiting > 0 {
@@ -228,7 +258,38 @@ fn same_figures(a: &mut QuotaSnapshot, b: &mut QuotaSnapshot) -> bool {
     same
 }
 
+/// The longest pause between two reads of a watched quota while they fail.
+const MAX_FAILED_REFRESH_PAUSE: Duration = Duration::from_secs(5);
+
+/// The pause after the `failures`-th read in a row that failed: the refresh interval, doubled
+/// with each failure, at most [`MAX_FAILED_REFRESH_PAUSE`] (or the interval, if longer).
+fn failed_refresh_pause(refresh: Duration, failures: u32) -> Duration {
+    let doubled = refresh.saturating_mul(1 << failures.min(10));
+    doubled.min(MAX_FAILED_REFRESH_PAUSE.max(refresh))
+}
+
 /// The shortest wait [`Engine::next_timed_change`] gives (a moment just past midnight).
 const MIN_TIMED_REFRESH: Duration = Duration::from_millis(200);
 /// The longest wait [`Engine::next_timed_change`] gives.
 const MAX_TIMED_REFRESH: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_that_fail_are_tried_again_less_and_less_often_up_to_a_bound() {
+        let refresh = Duration::from_millis(200);
+        let pauses: Vec<u128> = (1..=6)
+            .map(|n| failed_refresh_pause(refresh, n).as_millis())
+            .collect();
+        assert_eq!(pauses, [400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(
+            failed_refresh_pause(refresh, u32::MAX),
+            MAX_FAILED_REFRESH_PAUSE
+        );
+        // An interval longer than the bound stays the interval.
+        let slow = Duration::from_secs(10);
+        assert_eq!(failed_refresh_pause(slow, 3), slow);
+    }
+}
