@@ -1173,3 +1173,46 @@ async fn a_hold_run_out_at_another_office_is_released_at_once_for_the_applicants
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_as_of_an_entry_followed_by_a_day_old_movement_is_refused() -> anyhow::Result<()> {
+    let (server, clock) = server_at(TestDatabase::sqlite().await?).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 5, 100).await?;
+    let before = fixtures::stock_level(&mut stock, "3275").await?.ledger_seq;
+    fixtures::ship(&mut stock, "3275", 50).await?;
+    let count = |seq: u64| AdjustStockRequest {
+        request_id: rid(),
+        office_id: "3275".into(),
+        counted_on_hand: 99,
+        note: "stock opname".into(),
+        counted_as_of_seq: Some(seq),
+    };
+    // Within the day: a count as of the entry before the shipment (one blank missing) books
+    // the difference only; the shipment stays recorded.
+    clock.advance_ms(23 * 60 * MINUTE_MS);
+    let entry = stock
+        .adjust_stock(count(before))
+        .await?
+        .into_inner()
+        .entry
+        .unwrap_or_default();
+    assert_eq!((entry.on_hand_delta, entry.on_hand_after), (-1, 149));
+    // A day and more after the shipment, a count cannot have begun before it: refused, and
+    // nothing is booked.
+    clock.advance_ms(2 * 60 * MINUTE_MS);
+    let err = stock
+        .adjust_stock(count(before))
+        .await
+        .expect_err("a count begun more than a day ago");
+    assert_eq!(
+        error_reason(&err).as_deref(),
+        Some("COUNT_TOO_OLD"),
+        "{err:?}"
+    );
+    assert_eq!(
+        fixtures::stock_level(&mut stock, "3275").await?.on_hand,
+        149
+    );
+    Ok(())
+}

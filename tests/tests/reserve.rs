@@ -306,6 +306,25 @@ async fn a_request_id_replays_its_first_answer_and_refuses_other_content() -> an
             .expect_err("reference reused");
         assert_eq!(err.code(), tonic::Code::AlreadyExists);
         assert_eq!(error_reason(&err).as_deref(), Some("REFERENCE_REUSED"));
+        // The same reference with a space after it is not another delivery: refused, naming
+        // the field, and nothing is booked.
+        let mut spaced = shipment.clone();
+        spaced.request_id = rid();
+        spaced.reference = "BA-2026-11-500 ".into();
+        let err = stock
+            .record_shipment(spaced)
+            .await
+            .expect_err("a reference with a trailing space");
+        assert_eq!(
+            blangko_e2e::field_violations(&err)[0].0,
+            "reference",
+            "{err:?}"
+        );
+        assert_eq!(
+            fixtures::stock_level(&mut stock, "3275").await?.on_hand,
+            600,
+            "booked once"
+        );
         Ok(())
     })
     .await

@@ -156,6 +156,26 @@ async fn verification_finds_an_edited_row_a_deleted_entry_and_a_rewritten_chain(
         restore(&pool, &entries[4]).await?;
         assert!(verify(&mut stock, "3275", &published).await?.intact);
 
+        // 2b. The office row behind its ledger (as after restoring it from an older copy): its
+        //     head one entry back. The entry past the head is named, not skipped.
+        let head_entry = &entries[entries.len() - 1].entry;
+        let before_head = &entries[entries.len() - 2].entry;
+        sqlx::query("UPDATE offices SET ledger_seq = $1, ledger_head = $2 WHERE office_id = '3275'")
+            .bind(before_head.sequence as i64)
+            .bind(&before_head.hash)
+            .execute(&pool)
+            .await?;
+        let chain = verify(&mut stock, "3275", "").await?;
+        assert!(!chain.intact, "{chain:?}");
+        assert_eq!(chain.first_broken_sequence, head_entry.sequence, "{chain:?}");
+        assert!(chain.problem.contains("past the office's head"), "{chain:?}");
+        sqlx::query("UPDATE offices SET ledger_seq = $1, ledger_head = $2 WHERE office_id = '3275'")
+            .bind(head_entry.sequence as i64)
+            .bind(&head_entry.hash)
+            .execute(&pool)
+            .await?;
+        assert!(verify(&mut stock, "3275", &published).await?.intact);
+
         // 3. A whole chain rewritten from entry 2 on, every hash recomputed and the office's
         //    head updated: consistent in itself, but the published head is gone from it.
         let mut previous = entries[0].entry.hash.clone();

@@ -254,15 +254,54 @@ async fn transfers_and_stock_takes_move_blanks_and_leave_ledger_entries() -> any
         let adjusted = stock.adjust_stock(as_of(376, began)).await?.into_inner();
         let entry = adjusted.entry.unwrap_or_default();
         assert_eq!((entry.on_hand_delta, entry.on_hand_after), (-1, 374));
-        // An entry that does not exist yet: refused, naming the field.
-        let err = stock
-            .adjust_stock(as_of(374, entry.sequence + 5))
-            .await
-            .expect_err("past the ledger");
+        // Two supervisors count the same vault: one begins at `began`, the other enters a
+        // count of 372 as the stock now while the first is still counting. The first's count,
+        // the same 372, entered as of the entry it began at, replaces the second's instead of
+        // booking its two missing blanks again.
+        let began = get_stock(&mut stock, "3275").await?.ledger_seq;
+        let now_count = stock
+            .adjust_stock(AdjustStockRequest {
+                request_id: rid(),
+                office_id: "3275".into(),
+                counted_on_hand: 372,
+                note: "hitung ulang".into(),
+                counted_as_of_seq: None,
+            })
+            .await?
+            .into_inner()
+            .entry
+            .unwrap_or_default();
         assert_eq!(
-            blangko_e2e::field_violations(&err)[0].0,
-            "counted_as_of_seq"
+            (now_count.on_hand_delta, now_count.on_hand_after),
+            (-2, 372)
         );
+        let replacing = stock
+            .adjust_stock(as_of(372, began))
+            .await?
+            .into_inner()
+            .entry
+            .unwrap_or_default();
+        assert_eq!((replacing.on_hand_delta, replacing.on_hand_after), (0, 372));
+        assert!(
+            replacing.note.ends_with(&format!(
+                "(counted as of ledger entry {began}; replaces the 1 stock-take(s) booked since)"
+            )),
+            "{}",
+            replacing.note
+        );
+        assert_eq!(get_stock(&mut stock, "3275").await?.on_hand, 372);
+        // An entry that does not exist yet, or entry 0: refused, naming the field.
+        for seq in [replacing.sequence + 5, 0] {
+            let err = stock
+                .adjust_stock(as_of(372, seq))
+                .await
+                .expect_err("not an entry of the ledger");
+            assert_eq!(
+                blangko_e2e::field_violations(&err)[0].0,
+                "counted_as_of_seq",
+                "{seq}: {err:?}"
+            );
+        }
         Ok(())
     })
     .await
@@ -1117,6 +1156,55 @@ async fn postgres_a_masked_creation_that_meets_another_keeps_what_the_other_set(
     );
     other.close().await?;
     watcher.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_midnight_that_passes_in_the_pause_after_a_snapshot_is_not_skipped() -> anyhow::Result<()>
+{
+    // The server's clock runs 6 s before midnight WIB, and waits 10 s after each snapshot it
+    // sends. A Reserve just before midnight sends one; midnight passes during the pause. The
+    // new day's snapshot comes once the pause ends, not an hour later.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    const DAY_MS: i64 = 86_400_000;
+    const WIB_MS: i64 = 7 * 3_600_000;
+    let next_midnight_wib = ((now + WIB_MS) / DAY_MS + 1) * DAY_MS - WIB_MS;
+    let clock = blangko_server::clock::SystemClock::with_offset_ms(next_midnight_wib - 6_000 - now);
+    let server = TestServer::start_with_clock(
+        blangko_e2e::TestDatabase::sqlite().await?,
+        &["--watch-refresh-ms", "10000"],
+        std::sync::Arc::new(clock),
+    )
+    .await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 5, 100).await?;
+    let mut watch =
+        fixtures::watch_quota(&mut server.counter_client().await?, "3275", "main").await?;
+    let before = next_snapshot(&mut watch).await?;
+    server
+        .counter_client()
+        .await?
+        .reserve(reserve_request("3275", "main", 1))
+        .await?;
+    let held = next_snapshot(&mut watch).await?;
+    assert_eq!(held.held, 1, "{held:?}");
+    assert_eq!(
+        held.local_date, before.local_date,
+        "the Reserve's snapshot came after midnight: the test's set-up took too long"
+    );
+    let after = tokio::time::timeout(Duration::from_secs(30), watch.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("no snapshot for the new day within 30 s"))?
+        .ok_or_else(|| anyhow::anyhow!("stream ended"))??
+        .quota
+        .unwrap_or_default();
+    assert!(
+        after.local_date > before.local_date,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(after.held, 0, "a new day starts with nothing held");
     Ok(())
 }
 

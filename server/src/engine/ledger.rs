@@ -278,6 +278,39 @@ pub async fn on_hand_after(
     })
 }
 
+/// When the first entry after `seq` of `office_id` was recorded (None: there is none).
+pub async fn first_recorded_after(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    seq: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT recorded_ms FROM ledger WHERE office_id = $1 AND seq > $2 ORDER BY seq LIMIT 1",
+    )
+    .bind(office_id)
+    .bind(seq)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// The stock-takes booked after entry `seq` of `office_id` (a range of the primary key: the
+/// caller bounds it by the first entry's age).
+pub async fn stock_takes_after(
+    conn: &mut AnyConnection,
+    office_id: &str,
+    seq: i64,
+) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as::<_, (i64, i64)>(
+        "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(on_hand_delta), 0) AS BIGINT) FROM ledger
+         WHERE office_id = $1 AND seq > $2 AND kind = $3",
+    )
+    .bind(office_id)
+    .bind(seq)
+    .bind(LedgerEntryKind::StockTake as i32 as i64)
+    .fetch_one(&mut *conn)
+    .await
+}
+
 /// Blanks used (printed plus spoiled) per local date of an office since `from_date` (inclusive)
 /// and before `until_date` (exclusive).
 pub async fn daily_use(

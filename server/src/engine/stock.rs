@@ -192,6 +192,10 @@ pub(crate) fn service_point_to_proto(sp: &ServicePointRow) -> EngineResult<Servi
     })
 }
 
+/// The longest a stock-take counted as of an earlier ledger entry may have taken: from the
+/// first movement after that entry to now.
+pub const MAX_COUNT_MS: i64 = 24 * 3_600_000;
+
 impl Engine {
     async fn begin_office(&self, office_id: &str) -> EngineResult<(crate::store::Tx, OfficeRow)> {
         let mut tx = self.begin().await?;
@@ -525,7 +529,10 @@ impl Engine {
 
     /// A stock-take: the difference between the counted number and the stock as of
     /// `as_of_seq` (the ledger's newest entry when the count began; None: now) is booked, so
-    /// blanks that moved during the count stay recorded.
+    /// blanks that moved during the count stay recorded. Stock-takes booked since that entry
+    /// are replaced by this count, not added to it: the stock as of the entry is taken without
+    /// their differences. The count must have begun within [`MAX_COUNT_MS`] of the first
+    /// entry after it.
     pub async fn adjust_stock(
         &self,
         meta: &Meta,
@@ -562,8 +569,38 @@ impl Engine {
                                 ),
                             ));
                         }
+                        if seq == 0 {
+                            return Err(EngineError::invalid(
+                                "counted_as_of_seq",
+                                "is a ledger entry's number, 1 or more (StockLevel.ledger_seq when the count began)",
+                            ));
+                        }
+                        if let Some(first) =
+                            ledger::first_recorded_after(conn, office_id, seq).await?
+                            && now - first > MAX_COUNT_MS
+                        {
+                            return Err(EngineError::FailedPrecondition {
+                                reason: "COUNT_TOO_OLD",
+                                message: format!(
+                                    "ledger entry {seq} is followed by movements of more than {} hours ago: a count takes hours, so this is not the entry the count began at; count again, or send the count as the stock now",
+                                    MAX_COUNT_MS / 3_600_000
+                                ),
+                            });
+                        }
                         let at = ledger::on_hand_after(conn, office_id, seq).await?;
-                        (at, format!("{note} (counted as of ledger entry {seq})"))
+                        // A stock-take booked during this count corrected the stock to what
+                        // its own count saw; this count replaces it, so its difference is
+                        // taken out of the stock as of the entry (else both are booked).
+                        let (replaced, their_delta) =
+                            ledger::stock_takes_after(conn, office_id, seq).await?;
+                        let note = if replaced == 0 {
+                            format!("{note} (counted as of ledger entry {seq})")
+                        } else {
+                            format!(
+                                "{note} (counted as of ledger entry {seq}; replaces the {replaced} stock-take(s) booked since)"
+                            )
+                        };
+                        (at + their_delta, note)
                     }
                 };
                 let on_hand_delta = i64::from(counted) - at_count;

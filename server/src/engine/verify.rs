@@ -77,8 +77,10 @@ async fn verify_chain(
     let (mut on_hand, mut held) = (0i64, 0i64);
     let mut published_found = published_head_hash.is_empty();
     let mut after = 0i64;
-    // Only the entries up to the office's head as read above: later appends are not judged
-    // against a head read before them.
+    // The office row and the entries are read in one snapshot (`Store::begin_read`), so every
+    // entry is at or before the office's head: one past it means the office row is behind its
+    // ledger (restored from an older copy, say), and the office's next movement would collide
+    // with that entry.
     'pages: loop {
         let page = ledger::entries_after(conn, &office.office_id, 0, after, VERIFY_PAGE).await?;
         let Some(last) = page.last() else { break };
@@ -86,7 +88,14 @@ async fn verify_chain(
         for stored in &page {
             let e = &stored.entry;
             if e.sequence > head_sequence {
-                // Appended after the office row was read (same transaction as its head).
+                broken(
+                    &mut report,
+                    e.sequence,
+                    format!(
+                        "entry {} is past the office's head (entry {head_sequence}): the office row is behind its ledger",
+                        e.sequence
+                    ),
+                );
                 break 'pages;
             }
             report.entries_checked += 1;

@@ -172,6 +172,14 @@ impl Checker {
     /// [`MAX_REFERENCE_CHARS`]).
     pub fn ledger_reference(&mut self, field: &str, value: &str, optional: bool, today: NaiveDate) {
         self.ledger_text(field, value, MAX_REFERENCE_CHARS, optional, today);
+        // A reference identifies a delivery: "SJ-001 " would be another one than "SJ-001", and
+        // the same handover booked twice.
+        if value.trim() != value {
+            self.fail(
+                field,
+                "must not begin or end with a space: a reference names one document, write it as printed",
+            );
+        }
     }
 
     /// A note or reference kept in the ledger (for good: the hash chain cannot be rewritten) and
