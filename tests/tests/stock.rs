@@ -250,14 +250,26 @@ async fn transfers_and_stock_takes_move_blanks_and_leave_ledger_entries() -> any
                 .note
                 .ends_with(&format!("(counted as of ledger entry {began})"))
         );
-        // One blank missing in that count: one is booked, the printed two stay.
-        let adjusted = stock.adjust_stock(as_of(376, began)).await?.into_inner();
+        // The same count entered again as of the same entry, now one blank short: refused,
+        // since a stock-take was booked after that entry; as of the newest entry, one blank is
+        // booked and the printed two stay.
+        let err = stock
+            .adjust_stock(as_of(376, began))
+            .await
+            .expect_err("a stock-take was booked since");
+        assert_eq!(
+            error_reason(&err).as_deref(),
+            Some("STOCK_TAKE_SINCE"),
+            "{err:?}"
+        );
+        let newest = get_stock(&mut stock, "3275").await?.ledger_seq;
+        let adjusted = stock.adjust_stock(as_of(374, newest)).await?.into_inner();
         let entry = adjusted.entry.unwrap_or_default();
         assert_eq!((entry.on_hand_delta, entry.on_hand_after), (-1, 374));
         // Two supervisors count the same vault: one begins at `began`, the other enters a
         // count of 372 as the stock now while the first is still counting. The first's count,
-        // the same 372, entered as of the entry it began at, replaces the second's instead of
-        // booking its two missing blanks again.
+        // the same 372, entered as of the entry it began at, is refused instead of booking the
+        // two missing blanks again.
         let began = get_stock(&mut stock, "3275").await?.ledger_seq;
         let now_count = stock
             .adjust_stock(AdjustStockRequest {
@@ -275,23 +287,23 @@ async fn transfers_and_stock_takes_move_blanks_and_leave_ledger_entries() -> any
             (now_count.on_hand_delta, now_count.on_hand_after),
             (-2, 372)
         );
-        let replacing = stock
+        let err = stock
             .adjust_stock(as_of(372, began))
-            .await?
-            .into_inner()
-            .entry
-            .unwrap_or_default();
-        assert_eq!((replacing.on_hand_delta, replacing.on_hand_after), (0, 372));
+            .await
+            .expect_err("a stock-take was booked since the count began");
+        assert_eq!(
+            error_reason(&err).as_deref(),
+            Some("STOCK_TAKE_SINCE"),
+            "{err:?}"
+        );
         assert!(
-            replacing.note.ends_with(&format!(
-                "(counted as of ledger entry {began}; replaces the 1 stock-take(s) booked since)"
-            )),
-            "{}",
-            replacing.note
+            err.message()
+                .contains(&format!("entry {}", now_count.sequence)),
+            "{err:?}"
         );
         assert_eq!(get_stock(&mut stock, "3275").await?.on_hand, 372);
         // An entry that does not exist yet, or entry 0: refused, naming the field.
-        for seq in [replacing.sequence + 5, 0] {
+        for seq in [now_count.sequence + 5, 0] {
             let err = stock
                 .adjust_stock(as_of(372, seq))
                 .await
@@ -1162,16 +1174,18 @@ async fn postgres_a_masked_creation_that_meets_another_keeps_what_the_other_set(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_midnight_that_passes_in_the_pause_after_a_snapshot_is_not_skipped() -> anyhow::Result<()>
 {
-    // The server's clock runs 6 s before midnight WIB, and waits 10 s after each snapshot it
-    // sends. A Reserve just before midnight sends one; midnight passes during the pause. The
+    // The server's clock runs 20 s before midnight WIB, and waits 10 s after each snapshot it
+    // sends. A Reserve 3 s before midnight sends one; midnight passes during the pause. The
     // new day's snapshot comes once the pause ends, not an hour later.
+    let started = std::time::Instant::now();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
     const DAY_MS: i64 = 86_400_000;
     const WIB_MS: i64 = 7 * 3_600_000;
     let next_midnight_wib = ((now + WIB_MS) / DAY_MS + 1) * DAY_MS - WIB_MS;
-    let clock = blangko_server::clock::SystemClock::with_offset_ms(next_midnight_wib - 6_000 - now);
+    let clock =
+        blangko_server::clock::SystemClock::with_offset_ms(next_midnight_wib - 20_000 - now);
     let server = TestServer::start_with_clock(
         blangko_e2e::TestDatabase::sqlite().await?,
         &["--watch-refresh-ms", "10000"],
@@ -1183,11 +1197,10 @@ async fn a_midnight_that_passes_in_the_pause_after_a_snapshot_is_not_skipped() -
     let mut watch =
         fixtures::watch_quota(&mut server.counter_client().await?, "3275", "main").await?;
     let before = next_snapshot(&mut watch).await?;
-    server
-        .counter_client()
-        .await?
-        .reserve(reserve_request("3275", "main", 1))
-        .await?;
+    let mut counter = server.counter_client().await?;
+    // Midnight is 20 s after `started` on the server's clock.
+    tokio::time::sleep(Duration::from_secs(17).saturating_sub(started.elapsed())).await;
+    counter.reserve(reserve_request("3275", "main", 1)).await?;
     let held = next_snapshot(&mut watch).await?;
     assert_eq!(held.held, 1, "{held:?}");
     assert_eq!(

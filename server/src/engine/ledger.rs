@@ -293,21 +293,20 @@ pub async fn first_recorded_after(
     .await
 }
 
-/// The stock-takes booked after entry `seq` of `office_id` (a range of the primary key: the
-/// caller bounds it by the first entry's age).
-pub async fn stock_takes_after(
+/// The first stock-take booked after entry `seq` of `office_id`, if any (a range of the
+/// primary key: the caller bounds it by the first entry's age).
+pub async fn first_stock_take_after(
     conn: &mut AnyConnection,
     office_id: &str,
     seq: i64,
-) -> Result<(i64, i64), sqlx::Error> {
-    sqlx::query_as::<_, (i64, i64)>(
-        "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(on_hand_delta), 0) AS BIGINT) FROM ledger
-         WHERE office_id = $1 AND seq > $2 AND kind = $3",
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT seq FROM ledger WHERE office_id = $1 AND seq > $2 AND kind = $3 ORDER BY seq LIMIT 1",
     )
     .bind(office_id)
     .bind(seq)
     .bind(LedgerEntryKind::StockTake as i32 as i64)
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await
 }
 

@@ -62,13 +62,14 @@ impl Engine {
                 asked = tokio::time::timeout(probe, backend_pid(&mut listener)) => asked,
                 _ = shutdown.changed() => return,
             };
-            let Ok(Ok(mut session)) = asked else {
+            let Ok(Ok(pid)) = asked else {
                 tracing::warn!("change listener's connection did not answer; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
                     _ = shutdown.changed() => return,
                 }
             };
+            let mut session = Some(pid);
             // Anything may have changed while we were not listening.
             self.hub.all_changed();
             loop {
@@ -78,8 +79,12 @@ impl Engine {
                         Ok(Ok(Some(notification))) => {
                             self.hub.office_changed(notification.payload());
                         }
-                        // The connection dropped; PgListener reconnects on the next call.
-                        Ok(Ok(None)) => self.hub.all_changed(),
+                        // The connection dropped and PgListener connected again (its
+                        // session is new: the next probe takes it as known).
+                        Ok(Ok(None)) => {
+                            self.hub.all_changed();
+                            session = None;
+                        }
                         Ok(Err(err)) => {
                             tracing::warn!(error = %err, "change listener failed; reconnecting");
                             break;
@@ -107,13 +112,16 @@ impl Engine {
                             // up (PgListener was connecting again inside it) is connected
                             // again, and LISTENs again, by the probe itself, silently:
                             // notifications sent meanwhile are gone.
-                            if pid != session {
-                                tracing::info!(
-                                    "change listener connected again; refreshing every watched quota"
-                                );
-                                session = pid;
-                                self.hub.all_changed();
+                            match session {
+                                Some(known) if known != pid => {
+                                    tracing::info!(
+                                        "change listener connected again; refreshing every watched quota"
+                                    );
+                                    self.hub.all_changed();
+                                }
+                                _ => {}
                             }
+                            session = Some(pid);
                         }
                     },
                 }

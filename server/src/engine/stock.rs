@@ -529,10 +529,11 @@ impl Engine {
 
     /// A stock-take: the difference between the counted number and the stock as of
     /// `as_of_seq` (the ledger's newest entry when the count began; None: now) is booked, so
-    /// blanks that moved during the count stay recorded. Stock-takes booked since that entry
-    /// are replaced by this count, not added to it: the stock as of the entry is taken without
-    /// their differences. The count must have begun within [`MAX_COUNT_MS`] of the first
-    /// entry after it.
+    /// blanks that moved during the count stay recorded. Refused when a stock-take was booked
+    /// since that entry (its count saw the vault later, or corrected the same blanks: booking
+    /// this one too would take them off twice, and letting it replace that one could undo a
+    /// loss found since), and when the first movement after the entry is over
+    /// [`MAX_COUNT_MS`] old (a count takes hours).
     pub async fn adjust_stock(
         &self,
         meta: &Meta,
@@ -587,20 +588,18 @@ impl Engine {
                                 ),
                             });
                         }
+                        if let Some(since) =
+                            ledger::first_stock_take_after(conn, office_id, seq).await?
+                        {
+                            return Err(EngineError::FailedPrecondition {
+                                reason: "STOCK_TAKE_SINCE",
+                                message: format!(
+                                    "a stock-take was booked after ledger entry {seq} (entry {since}), while this count was under way: count again, as of the newest entry"
+                                ),
+                            });
+                        }
                         let at = ledger::on_hand_after(conn, office_id, seq).await?;
-                        // A stock-take booked during this count corrected the stock to what
-                        // its own count saw; this count replaces it, so its difference is
-                        // taken out of the stock as of the entry (else both are booked).
-                        let (replaced, their_delta) =
-                            ledger::stock_takes_after(conn, office_id, seq).await?;
-                        let note = if replaced == 0 {
-                            format!("{note} (counted as of ledger entry {seq})")
-                        } else {
-                            format!(
-                                "{note} (counted as of ledger entry {seq}; replaces the {replaced} stock-take(s) booked since)"
-                            )
-                        };
-                        (at + their_delta, note)
+                        (at, format!("{note} (counted as of ledger entry {seq})"))
                     }
                 };
                 let on_hand_delta = i64::from(counted) - at_count;

@@ -189,10 +189,13 @@ impl Engine {
                     // time apart, tells watchers nothing); only a send waits out the interval.
                     let mut snapshot = snapshot;
                     let changed = sender.send_if_modified(|current| {
-                        if current
-                            .as_mut()
-                            .is_some_and(|c| same_figures(c, &mut snapshot))
+                        if let Some(c) = current.as_mut()
+                            && same_figures(c, &mut snapshot)
                         {
+                            // Kept read as of now, without telling watchers: a time boundary
+                            // that passed with no change in figures (a priority release on a
+                            // closed point) is then behind it, not due again and again.
+                            c.as_of = snapshot.as_of.take();
                             return false;
                         }
                         *current = Some(snapshot);
