@@ -76,7 +76,17 @@ impl WalState {
 
 /// Runs the checkpoint until the reader pool closes: a copy round every [`COPY_INTERVAL`], and
 /// the whole tick (rounds, then the gated pass) every [`INTERVAL`].
-pub fn spawn(reader: AnyPool, direct: Arc<Direct>, database: DatabaseFile) {
+///
+/// A pass that fails on the disk (an fsync of the database file, or SQLite's own I/O in the
+/// checkpoint) is told to `wal_sync`: frames whose copy did not reach the disk may be
+/// overwritten once the WAL starts again, and the kernel reports a writeback error once, so
+/// the group fsync would not see it (`WalSync::note_failure`).
+pub fn spawn(
+    reader: AnyPool,
+    direct: Arc<Direct>,
+    database: DatabaseFile,
+    wal_sync: Option<Arc<super::durability::WalSync>>,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(COPY_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -102,10 +112,44 @@ pub fn spawn(reader: AnyPool, direct: Arc<Direct>, database: DatabaseFile) {
                 if reader.is_closed() {
                     break;
                 }
-                tracing::warn!(error = %err, "background WAL checkpoint failed; the writer's automatic checkpoint still bounds the WAL");
+                if is_disk_failure(&err)
+                    && let Some(wal_sync) = &wal_sync
+                {
+                    wal_sync.note_failure("a WAL checkpoint's write or fsync", &err);
+                } else {
+                    tracing::warn!(error = %err, "background WAL checkpoint failed; the writer's automatic checkpoint still bounds the WAL");
+                }
             }
         }
     });
+}
+
+/// Whether a checkpoint pass failed on the disk: an I/O error of its own fsync, or SQLite's
+/// SQLITE_IOERR (primary code 10, any extended code) on either connection. Busy or locked
+/// databases are not.
+fn is_disk_failure(err: &anyhow::Error) -> bool {
+    const SQLITE_IOERR: i32 = 10;
+    err.chain().any(|cause| {
+        if cause.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        if let Some(err) = cause.downcast_ref::<sqlx::Error>() {
+            return match err {
+                sqlx::Error::Io(_) => true,
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| code & 0xff == SQLITE_IOERR),
+                _ => false,
+            };
+        }
+        if let Some(rusqlite::Error::SqliteFailure(failure, _)) =
+            cause.downcast_ref::<rusqlite::Error>()
+        {
+            return failure.extended_code & 0xff == SQLITE_IOERR;
+        }
+        false
+    })
 }
 
 async fn passive(reader: &AnyPool) -> Result<WalState, sqlx::Error> {
@@ -218,7 +262,38 @@ mod tests {
     use std::time::Duration;
 
     use super::super::{Store, StoreOptions};
-    use super::{Round, WalState, checkpoint, round};
+    use super::{Round, WalState, checkpoint, is_disk_failure, round};
+
+    #[test]
+    fn a_checkpoint_that_failed_on_the_disk_is_told_apart_from_a_busy_one() {
+        let sqlite = |code: i32| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error {
+                    code: rusqlite::ErrorCode::Unknown,
+                    extended_code: code,
+                },
+                None,
+            )
+        };
+        // The database file's fsync, SQLite's SQLITE_IOERR_FSYNC (10 | 4 << 8) and
+        // SQLITE_IOERR (10): the disk.
+        assert!(is_disk_failure(&anyhow::Error::from(
+            std::io::Error::other("EIO")
+        )));
+        assert!(is_disk_failure(&anyhow::Error::from(sqlite(10 | (4 << 8)))));
+        assert!(is_disk_failure(
+            &anyhow::Error::from(sqlite(10)).context("the gated pass")
+        ));
+        assert!(is_disk_failure(&anyhow::Error::from(sqlx::Error::Io(
+            std::io::Error::other("EIO")
+        ))));
+        // SQLITE_BUSY (5), SQLITE_LOCKED (6), a closed pool: not the disk.
+        assert!(!is_disk_failure(&anyhow::Error::from(sqlite(5))));
+        assert!(!is_disk_failure(&anyhow::Error::from(sqlite(6))));
+        assert!(!is_disk_failure(&anyhow::Error::from(
+            sqlx::Error::PoolClosed
+        )));
+    }
 
     /// The WAL header's checkpoint sequence number: SQLite adds one each time the WAL starts
     /// again from its beginning (written with the first frame after).

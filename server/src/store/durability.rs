@@ -221,8 +221,21 @@ impl WalSync {
 
     /// Returns once everything committed before this call is on disk. Call it after COMMIT
     /// returned and before the caller is answered.
-    pub async fn sync(&self) -> std::io::Result<()> {
+    ///
+    /// The fsync runs on a task of its own, which the caller only waits for: a caller that
+    /// stops waiting (a client's deadline drops its call) does not drop the fsync's result. A
+    /// failure it missed would not be reported again by the kernel, and the next fsync, on a
+    /// newly opened WAL, would call later commits durable.
+    pub async fn sync(self: &Arc<Self>) -> std::io::Result<()> {
         let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let wal = Arc::clone(self);
+        tokio::spawn(async move { wal.sync_ticket(ticket).await })
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// [`WalSync::sync`] for a ticket taken.
+    async fn sync_ticket(&self, ticket: u64) -> std::io::Result<()> {
         let mut durable = self.durable.lock().await;
         let Some(covered) = self.to_cover(*durable, ticket)? else {
             return Ok(());
@@ -235,6 +248,14 @@ impl WalSync {
         drop(running);
         let synced = synced.map_err(std::io::Error::other).and_then(|r| r);
         self.fsync_ended(&mut durable, covered, began, synced)
+    }
+
+    /// Records that the database's files could not be made durable outside the group fsync
+    /// (a WAL checkpoint's own fsync, or its copy into the database file, failed): as after a
+    /// failed fsync (see `failed`), no commit is called durable any more.
+    pub fn note_failure(&self, what: &str, err: &dyn std::fmt::Display) {
+        self.failed.store(true, Ordering::SeqCst);
+        tracing::error!(error = %err, wal = %self.wal.display(), "{what} failed: no commit is called durable any more; restart the server (SQLite recovers from the files)");
     }
 
     /// Returns when no fsync is running (at once when none is), or after `at_most`.
@@ -323,9 +344,39 @@ mod tests {
         let wal = dir.path().join("x.db-wal");
         // A WAL that cannot be opened (a symbolic link to itself): the fsync fails.
         std::os::unix::fs::symlink(&wal, &wal).unwrap();
-        let sync = WalSync::new(&db, DatabaseFile::open(&db).unwrap());
+        let sync = Arc::new(WalSync::new(&db, DatabaseFile::open(&db).unwrap()));
         assert!(sync.sync().await.is_err());
         // The file is fine again, and an fsync would succeed: still no durable answer.
+        std::fs::remove_file(&wal).unwrap();
+        std::fs::write(&wal, b"wal").unwrap();
+        let err = sync.sync().await.expect_err("failed for good");
+        assert!(err.to_string().contains("restart the server"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_fsync_counts_even_when_its_caller_stopped_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("x.db");
+        std::fs::write(&db, b"db").unwrap();
+        let wal = dir.path().join("x.db-wal");
+        std::os::unix::fs::symlink(&wal, &wal).unwrap();
+        let sync = Arc::new(WalSync::new(&db, DatabaseFile::open(&db).unwrap()));
+        // The caller gives up (a client's deadline) while its fsync waits for a running one
+        // (here: the lock held by the test): its fsync still runs once it may, and fails.
+        let running = sync.durable.lock().await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), sync.sync()).await;
+        assert!(gave_up.is_err(), "the caller was to stop waiting");
+        drop(running);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sync.failed.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the failed fsync was not recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A WAL that would sync now does not make later commits durable.
         std::fs::remove_file(&wal).unwrap();
         std::fs::write(&wal, b"wal").unwrap();
         let err = sync.sync().await.expect_err("failed for good");
@@ -468,7 +519,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("x.db");
         std::fs::write(&db, b"db").unwrap();
-        let sync = WalSync::new(&db, DatabaseFile::open(&db).unwrap());
+        let sync = Arc::new(WalSync::new(&db, DatabaseFile::open(&db).unwrap()));
         sync.sync().await.unwrap();
         assert_eq!(sync.fsyncs(), 1);
         // A WAL that cannot be opened (here: a symbolic link to itself) fails the sync, and the

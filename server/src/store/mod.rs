@@ -267,7 +267,12 @@ impl Store {
             );
         }
         let reads = direct::Reads::new(path, &pragmas);
-        checkpoint::spawn(reader.clone(), Arc::clone(&direct), database_file.clone());
+        checkpoint::spawn(
+            reader.clone(),
+            Arc::clone(&direct),
+            database_file.clone(),
+            wal_sync.clone(),
+        );
         Ok(Store {
             kind: DatabaseKind::Sqlite,
             writer,
