@@ -11,6 +11,11 @@
 //! 30 days, is worked off chunk by chunk between the Reserve batches. Reservations are read per
 //! office along `reservations_by_office_day`, from the day the last complete purge reached, so
 //! an hourly purge reads only the days that have come past the retention period since.
+//!
+//! Its reads do not fold the SQLite Reserve journal first (a fold takes the write gate from a
+//! burst's Reserves, once per office and chunk): the journal holds the rows of the burst going
+//! on now, and the purge looks only for rows at least a day old (a retention period is 1 day
+//! or more; 0 turns the purge off). Its writes fold it, as every write does.
 
 use chrono::Duration;
 use sqlx::Row;
@@ -58,7 +63,7 @@ impl Engine {
         let mut after_office = String::new();
         loop {
             let (offices, next) = {
-                let mut conn = self.store.reader().await?.acquire().await?;
+                let mut conn = self.store.reader_without_fold().acquire().await?;
                 rows::offices_page_and_next(&mut conn, "", &after_office, PURGE_CHUNK as u32)
                     .await?
             };
@@ -130,7 +135,7 @@ impl Engine {
         let (mut date, mut seq) = (from.to_string(), i64::MIN);
         loop {
             let rows = {
-                let mut conn = self.store.reader().await?.acquire().await?;
+                let mut conn = self.store.reader_without_fold().acquire().await?;
                 sqlx::query(
                     "SELECT reservation_id, local_date, office_seq, nik_hash FROM reservations \
                      WHERE office_id = $1 AND local_date < $2 AND (local_date, office_seq) > ($3, $4) \
@@ -186,7 +191,7 @@ impl Engine {
         let mut deleted = 0;
         loop {
             let keys: Vec<String> = {
-                let mut conn = self.store.reader().await?.acquire().await?;
+                let mut conn = self.store.reader_without_fold().acquire().await?;
                 sqlx::query_scalar(find)
                     .bind(cutoff_ms)
                     .bind(PURGE_CHUNK)
