@@ -119,19 +119,23 @@ pub async fn backup(
         std::fs::File::open(&partial)
             .and_then(|f| f.sync_all())
             .with_context(|| format!("cannot sync the backup {}", partial.display()))?;
-        // A hard link, not a rename: it fails if `to` appeared meanwhile (never overwritten).
-        std::fs::hard_link(&partial, to).with_context(|| {
-            format!(
-                "cannot name the backup {} (does it exist now?)",
-                to.display()
-            )
-        })?;
+        // The key first, so that a backup never stands without its key (a crash between the
+        // two leaves only a key, and a second attempt under that name is refused, saying so).
+        if !key_in_environment {
+            copy_key(&key_from, &key_to)?;
+        }
+        if let Err(err) = name_new(&partial, to) {
+            if !key_in_environment {
+                let _ = std::fs::remove_file(&key_to);
+            }
+            return Err(err.context(format!("cannot name the backup {}", to.display())));
+        }
         anyhow::Ok(figures)
     }
     .await;
     let _ = std::fs::remove_file(&partial);
     let (ledger_entries, offices) = copied?;
-    // The backup's directory entry, durable before saying the backup exists.
+    // The backup's and its key's directory entries, durable before saying the backup exists.
     if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -142,7 +146,6 @@ pub async fn backup(
     let key = if key_in_environment {
         KeyCopy::InEnvironment
     } else {
-        copy_key(&key_from, &key_to)?;
         KeyCopy::Copied(key_to)
     };
     Ok(BackupReport {
@@ -238,5 +241,79 @@ async fn copy_and_check(
 /// Copies the key to a new file readable by its owner only.
 fn copy_key(from: &Path, to: &Path) -> anyhow::Result<()> {
     let key = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
-    crate::nik_key::write_private(to, &key)
+    // Written whole under a name of its own, then named: a crash never leaves an empty or
+    // partial key under the name a restore looks for.
+    let mut partial_name = to.as_os_str().to_owned();
+    partial_name.push(format!(".partial-{}", std::process::id()));
+    let partial = PathBuf::from(partial_name);
+    let _ = std::fs::remove_file(&partial);
+    let written = crate::nik_key::write_private(&partial, &key)
+        .and_then(|()| name_new(&partial, to))
+        .with_context(|| format!("cannot write the key {}", to.display()));
+    let _ = std::fs::remove_file(&partial);
+    written
+}
+
+/// Gives the file `partial` the name `to`, never replacing a file of that name: a hard link
+/// (which fails if `to` exists), or, on a file system without hard links (exFAT, SMB shares,
+/// some FUSE mounts), a rename once `to` is found free.
+fn name_new(partial: &Path, to: &Path) -> anyhow::Result<()> {
+    match std::fs::hard_link(partial, to) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!(
+                "{} exists now; a backup never overwrites a file",
+                to.display()
+            )
+        }
+        Err(link) => {
+            if std::fs::symlink_metadata(to).is_ok() {
+                bail!(
+                    "{} exists now; a backup never overwrites a file",
+                    to.display()
+                );
+            }
+            std::fs::rename(partial, to)
+                .with_context(|| format!("cannot rename it into place (nor link it: {link})"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_or_its_key_takes_a_new_name_and_never_replaces_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("b.db.partial-1");
+        let to = dir.path().join("b.db");
+        std::fs::write(&partial, b"copy").unwrap();
+        name_new(&partial, &to).unwrap();
+        assert_eq!(std::fs::read(&to).unwrap(), b"copy");
+        // A file under the name: refused, and left as it was. (The partial name is removed
+        // after naming, as `backup` does: it is a second link to the same file.)
+        std::fs::remove_file(&partial).unwrap();
+        std::fs::write(&partial, b"another").unwrap();
+        let err = name_new(&partial, &to).expect_err("the name is taken");
+        assert!(err.to_string().contains("never overwrites"), "{err}");
+        assert_eq!(std::fs::read(&to).unwrap(), b"copy");
+        // The key: written whole under its name, with no partial file left beside it.
+        let key_from = dir.path().join("live.nikkey");
+        std::fs::write(&key_from, b"0123").unwrap();
+        let key_to = dir.path().join("b.db.nikkey");
+        copy_key(&key_from, &key_to).unwrap();
+        assert_eq!(std::fs::read(&key_to).unwrap(), b"0123");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("b.db.nikkey."))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(
+            copy_key(&key_from, &key_to).is_err(),
+            "a key is never replaced"
+        );
+    }
 }
