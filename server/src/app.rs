@@ -372,12 +372,24 @@ impl Application {
     }
 }
 
+/// The warning for tokens sent in the clear: a token file, no TLS, and an address other hosts
+/// reach. Not refused: TLS may end at a proxy in front of the server on a private network.
+fn plaintext_warning(config: &Config) -> Option<&'static str> {
+    (config.token_file.is_some() && config.tls_cert.is_none() && !config.listen.ip().is_loopback())
+        .then_some(
+            "serving WITHOUT TLS on a non-loopback address: bearer tokens and the NIKs in Reserve requests cross the network in the clear; give --tls-cert and --tls-key, or keep this port behind a TLS proxy on a private network",
+        )
+}
+
 /// The authenticator the configuration asks for. Without a token file the server runs open, which
 /// is allowed on a loopback address only (or with the explicit --insecure-no-auth).
 fn authenticator_for(config: &Config) -> anyhow::Result<Authenticator> {
     if let Some(path) = &config.token_file {
         let auth = Authenticator::from_file(path)?;
         tracing::info!(path = %path.display(), "authentication: bearer tokens from the token file (SIGHUP reloads it)");
+        if let Some(warning) = plaintext_warning(config) {
+            tracing::warn!(listen = %config.listen, "{warning}");
+        }
         return Ok(auth);
     }
     if config.listen.ip().is_loopback() {
@@ -591,5 +603,27 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_in_the_clear_on_a_reachable_address_are_warned_about() {
+        let mut config = Config::defaults();
+        config.token_file = Some("tokens.txt".into());
+        config.listen = "0.0.0.0:50051".parse().unwrap();
+        assert!(plaintext_warning(&config).is_some_and(|w| w.contains("WITHOUT TLS")));
+        // With TLS, on a loopback address, or without tokens (refused elsewhere): no warning.
+        config.tls_cert = Some("cert.pem".into());
+        assert_eq!(plaintext_warning(&config), None);
+        config.tls_cert = None;
+        config.listen = "127.0.0.1:50051".parse().unwrap();
+        assert_eq!(plaintext_warning(&config), None);
+        config.listen = "0.0.0.0:50051".parse().unwrap();
+        config.token_file = None;
+        assert_eq!(plaintext_warning(&config), None);
     }
 }

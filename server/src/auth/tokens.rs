@@ -29,6 +29,16 @@ use super::{Principal, Role};
 
 /// The prefix of every token this server issues (recognizable in a leaked paste).
 pub const TOKEN_PREFIX: &str = "blk_";
+
+/// A field of the token file as an error message shows it (and the server's log keeps it): a
+/// token pasted into the wrong column is not repeated.
+fn shown(field: &str) -> &str {
+    if field.contains(TOKEN_PREFIX) {
+        "(a token: not shown)"
+    } else {
+        field
+    }
+}
 /// Longest `authorization` header value looked at (a longer one is rejected unread).
 pub const MAX_AUTHORIZATION_CHARS: usize = 512;
 /// Most principals in a token file.
@@ -85,25 +95,31 @@ impl TokenLine {
         };
         if !valid_name(name) {
             return Err(format!(
-                "bad name '{name}': 1..=64 of letters, digits, '-', '_', '.', '@'"
+                "bad name '{}': 1..=64 of letters, digits, '-', '_', '.', '@'",
+                shown(name)
             ));
         }
         let role = Role::parse(role).ok_or_else(|| {
-            format!("unknown role '{role}' (counter, supervisor, agency or admin)")
+            format!(
+                "unknown role '{}' (counter, supervisor, agency or admin)",
+                shown(role)
+            )
         })?;
         let office_id = if role.is_office_staff() {
             if !valid_office(office) {
                 return Err(format!(
-                    "a {} needs a 4-digit office, found '{office}'",
-                    role.as_str()
+                    "a {} needs a 4-digit office, found '{}'",
+                    role.as_str(),
+                    shown(office)
                 ));
             }
             Some(office.to_string())
         } else {
             if *office != "*" {
                 return Err(format!(
-                    "a {} serves every office: write '*', found '{office}'",
-                    role.as_str()
+                    "a {} serves every office: write '*', found '{}'",
+                    role.as_str(),
+                    shown(office)
                 ));
             }
             None
@@ -116,7 +132,7 @@ impl TokenLine {
             }
             let list: Vec<String> = points.split(',').map(str::to_string).collect();
             if list.iter().any(|p| !valid_name(p)) {
-                return Err(format!("bad service point list '{points}'"));
+                return Err(format!("bad service point list '{}'", shown(points)));
             }
             Some(list)
         };
@@ -412,11 +428,17 @@ fn lock_for_edit(path: &Path) -> anyhow::Result<std::fs::File> {
 /// 0600; a file that exists keeps its mode and (when this process may set it) its owner, so a
 /// file an operator made readable to the server's user stays readable after an edit.
 fn write_private_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    // A new file of a name nobody could guess, never one that exists: in a shared directory
+    // another user could otherwise have made the file first and kept it open to write into.
     let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".tmp{}", std::process::id()));
+    tmp_name.push(format!(
+        ".tmp{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let tmp = PathBuf::from(tmp_name);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -442,6 +464,25 @@ fn write_private_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_pasted_into_a_column_is_not_repeated_in_the_error() {
+        let token = new_token();
+        let hash = format!("sha256:{}", "ab".repeat(32));
+        for line in [
+            format!("{token} admin * * {hash}"),
+            format!("ops {token} * * {hash}"),
+            format!("ops counter {token} * {hash}"),
+            format!("ops counter 3275 {token} {hash}"),
+        ] {
+            let err = TokenLine::parse(&line).expect_err("a bad field");
+            assert!(!err.contains(&token), "{err}");
+            assert!(err.contains("(a token: not shown)"), "{err}");
+        }
+        // Other bad fields are shown, so the operator can find them.
+        let err = TokenLine::parse(&format!("ops cashier * * {hash}")).expect_err("a bad role");
+        assert!(err.contains("'cashier'"), "{err}");
+    }
 
     #[cfg(unix)]
     #[test]
