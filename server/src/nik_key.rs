@@ -58,8 +58,13 @@ impl NikKey {
     /// Reads the key file, or creates it (mode 0600) when `create` is true and it is missing.
     pub fn load_or_create(path: &Path, create: bool) -> anyhow::Result<NikKey> {
         match std::fs::read_to_string(path) {
-            Ok(text) => NikKey::from_hex(&text)
-                .with_context(|| format!("bad NIK key file {}", path.display())),
+            Ok(text) => {
+                if let Some(mode) = open_to_others(path, 0o077) {
+                    tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the NIK key file can be read or written by other users: with it and a copy of the database they can recover NIKs; chmod 0600 (or 0400) and give it to the server's user");
+                }
+                NikKey::from_hex(&text)
+                    .with_context(|| format!("bad NIK key file {}", path.display()))
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && create => {
                 let key = NikKey::generate();
                 write_private(path, crate::lower_hex(&key.key).as_bytes())?;
@@ -153,6 +158,22 @@ pub fn default_key_path(database_path: &Path) -> PathBuf {
 
 /// Creates `path` (never overwriting) readable by its owner only (0600), writes `bytes` and
 /// syncs them to disk: for key files.
+/// The file's permission bits when any of `others` (e.g. 0o077: group and others, any access)
+/// is set; None otherwise, or where there are no such bits.
+pub(crate) fn open_to_others(path: &Path, others: u32) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & others != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, others);
+        None
+    }
+}
+
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -172,6 +193,30 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn files_open_to_other_users_are_told_apart() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, b"x").unwrap();
+        let chmod = |mode: u32| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        chmod(0o600);
+        assert_eq!(open_to_others(&path, 0o077), None);
+        chmod(0o644);
+        assert_eq!(
+            open_to_others(&path, 0o077),
+            Some(0o644),
+            "readable by others"
+        );
+        assert_eq!(open_to_others(&path, 0o022), None, "but not writable");
+        chmod(0o664);
+        assert_eq!(open_to_others(&path, 0o022), Some(0o664));
+        assert_eq!(open_to_others(&dir.path().join("missing"), 0o077), None);
+    }
 
     #[test]
     fn a_hash_is_hmac_sha256_of_its_parts_so_stored_hashes_stay_valid() {

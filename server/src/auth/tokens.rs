@@ -260,6 +260,10 @@ impl Authenticator {
     /// Authentication by the token file at `path` (read now; an unreadable or bad file is an error).
     pub fn from_file(path: &Path) -> anyhow::Result<Authenticator> {
         let table = TokenTable::load(path)?;
+        // It holds hashes only, so reading it gives nothing away; writing it gives any role.
+        if let Some(mode) = crate::nik_key::open_to_others(path, 0o022) {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the token file can be written by other users: they could give themselves any role at the next reload; chmod 0600 (or 0644)");
+        }
         Ok(Authenticator {
             tokens: Some(TokenSource {
                 path: path.to_path_buf(),
