@@ -278,35 +278,23 @@ pub async fn on_hand_after(
     })
 }
 
-/// When the first entry after `seq` of `office_id` was recorded (None: there is none).
-pub async fn first_recorded_after(
+/// What followed entry `seq` of `office_id`, for a stock-take counted as of it: when the next
+/// entry was recorded, and the first stock-take after it (each None when there is none). Two
+/// lookups along the primary key.
+pub async fn after_entry(
     conn: &mut AnyConnection,
     office_id: &str,
     seq: i64,
-) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar::<_, i64>(
-        "SELECT recorded_ms FROM ledger WHERE office_id = $1 AND seq > $2 ORDER BY seq LIMIT 1",
-    )
-    .bind(office_id)
-    .bind(seq)
-    .fetch_optional(&mut *conn)
-    .await
-}
-
-/// The first stock-take booked after entry `seq` of `office_id`, if any (a range of the
-/// primary key: the caller bounds it by the first entry's age).
-pub async fn first_stock_take_after(
-    conn: &mut AnyConnection,
-    office_id: &str,
-    seq: i64,
-) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar::<_, i64>(
-        "SELECT seq FROM ledger WHERE office_id = $1 AND seq > $2 AND kind = $3 ORDER BY seq LIMIT 1",
+) -> Result<(Option<i64>, Option<i64>), sqlx::Error> {
+    sqlx::query_as::<_, (Option<i64>, Option<i64>)>(
+        "SELECT
+           (SELECT recorded_ms FROM ledger WHERE office_id = $1 AND seq > $2 ORDER BY seq LIMIT 1),
+           (SELECT seq FROM ledger WHERE office_id = $1 AND seq > $2 AND kind = $3 ORDER BY seq LIMIT 1)",
     )
     .bind(office_id)
     .bind(seq)
     .bind(LedgerEntryKind::StockTake as i32 as i64)
-    .fetch_optional(&mut *conn)
+    .fetch_one(&mut *conn)
     .await
 }
 

@@ -576,8 +576,9 @@ impl Engine {
                                 "is a ledger entry's number, 1 or more (StockLevel.ledger_seq when the count began)",
                             ));
                         }
-                        if let Some(first) =
-                            ledger::first_recorded_after(conn, office_id, seq).await?
+                        let (next_recorded, stock_take) =
+                            ledger::after_entry(conn, office_id, seq).await?;
+                        if let Some(first) = next_recorded
                             && now - first > MAX_COUNT_MS
                         {
                             return Err(EngineError::FailedPrecondition {
@@ -588,9 +589,7 @@ impl Engine {
                                 ),
                             });
                         }
-                        if let Some(since) =
-                            ledger::first_stock_take_after(conn, office_id, seq).await?
-                        {
+                        if let Some(since) = stock_take {
                             return Err(EngineError::FailedPrecondition {
                                 reason: "STOCK_TAKE_SINCE",
                                 message: format!(

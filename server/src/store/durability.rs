@@ -335,20 +335,33 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// A database whose WAL cannot be opened (a symbolic link to itself), so that its fsync
+    /// fails: the directory (kept alive), the WAL's path and the `WalSync`.
     #[cfg(unix)]
-    #[tokio::test]
-    async fn after_a_failed_fsync_no_commit_is_called_durable_again() {
+    fn failing_wal() -> (tempfile::TempDir, std::path::PathBuf, Arc<WalSync>) {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("x.db");
         std::fs::write(&db, b"db").unwrap();
         let wal = dir.path().join("x.db-wal");
-        // A WAL that cannot be opened (a symbolic link to itself): the fsync fails.
         std::os::unix::fs::symlink(&wal, &wal).unwrap();
         let sync = Arc::new(WalSync::new(&db, DatabaseFile::open(&db).unwrap()));
+        (dir, wal, sync)
+    }
+
+    /// The WAL of [`failing_wal`] made a plain file again, which an fsync would sync.
+    #[cfg(unix)]
+    fn mend(wal: &Path) {
+        std::fs::remove_file(wal).unwrap();
+        std::fs::write(wal, b"wal").unwrap();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn after_a_failed_fsync_no_commit_is_called_durable_again() {
+        let (_dir, wal, sync) = failing_wal();
         assert!(sync.sync().await.is_err());
         // The file is fine again, and an fsync would succeed: still no durable answer.
-        std::fs::remove_file(&wal).unwrap();
-        std::fs::write(&wal, b"wal").unwrap();
+        mend(&wal);
         let err = sync.sync().await.expect_err("failed for good");
         assert!(err.to_string().contains("restart the server"), "{err}");
     }
@@ -356,12 +369,7 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_fsync_counts_even_when_its_caller_stopped_waiting() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("x.db");
-        std::fs::write(&db, b"db").unwrap();
-        let wal = dir.path().join("x.db-wal");
-        std::os::unix::fs::symlink(&wal, &wal).unwrap();
-        let sync = Arc::new(WalSync::new(&db, DatabaseFile::open(&db).unwrap()));
+        let (_dir, wal, sync) = failing_wal();
         // The caller gives up (a client's deadline) while its fsync waits for a running one
         // (here: the lock held by the test): its fsync still runs once it may, and fails.
         let running = sync.durable.lock().await;
@@ -377,8 +385,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // A WAL that would sync now does not make later commits durable.
-        std::fs::remove_file(&wal).unwrap();
-        std::fs::write(&wal, b"wal").unwrap();
+        mend(&wal);
         let err = sync.sync().await.expect_err("failed for good");
         assert!(err.to_string().contains("restart the server"), "{err}");
     }
