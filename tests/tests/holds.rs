@@ -1216,3 +1216,54 @@ async fn a_count_as_of_an_entry_followed_by_a_day_old_movement_is_refused() -> a
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_hold_whose_rows_do_not_add_up_does_not_stop_its_office() -> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        sqlx::any::install_default_drivers();
+        let (server, clock) = server_at(db.clone()).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 5, 10).await?;
+        let mut counter = server.counter_client().await?;
+        let Ok(broken) = reserve(&mut counter, 1).await? else {
+            anyhow::bail!("no reservation");
+        };
+        let Ok(fine) = reserve(&mut counter, 2).await? else {
+            anyhow::bail!("no reservation");
+        };
+        // One hold's rows edited by hand: its service point has no quota row, so releasing it
+        // cannot add up. Both holds run out.
+        let url = match db.sqlite_file() {
+            Some(path) => format!("sqlite://{}", path.display()),
+            None => db.url.clone(),
+        };
+        let pool = sqlx::AnyPool::connect(&url).await?;
+        sqlx::query("UPDATE reservations SET service_point_id = 'gone' WHERE reservation_id = $1")
+            .bind(&broken.reservation_id)
+            .execute(&pool)
+            .await?;
+        clock.advance_ms(31 * MINUTE_MS);
+        // The next applicant of the office is served: the other hold is released on the way,
+        // the broken one stays held (and is named in the server's log).
+        let next = reserve(&mut counter, 3).await?;
+        assert!(next.is_ok(), "{next:?}");
+        let state = |id: String| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, String>(
+                    "SELECT state FROM reservations WHERE reservation_id = $1",
+                )
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+            }
+        };
+        assert_eq!(state(fine.reservation_id.clone()).await?, "EXPIRED");
+        assert_eq!(state(broken.reservation_id.clone()).await?, "HELD");
+        // And again: the office keeps serving while the row waits to be mended.
+        assert!(reserve(&mut counter, 4).await?.is_ok());
+        pool.close().await;
+        Ok(())
+    })
+    .await
+}
