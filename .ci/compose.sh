@@ -199,10 +199,13 @@ counter_bin=$(realpath "$bin_dir/blangko-counter")
 refused_rc=0
 (
   cd "$work"
+  # Bounded: a server that wrongly starts would otherwise serve for ever, and this check never
+  # end (timeout's 124 then fails it below).
   exec env -i PATH="$PATH" BLANGKO_LISTEN="${image_listen%:*}:0" \
-    BLANGKO_DATABASE_URL=sqlite:refused.db BLANGKO_NIK_KEY_FILE="$work/nik.key" "$server_bin"
+    BLANGKO_DATABASE_URL=sqlite:refused.db BLANGKO_NIK_KEY_FILE="$work/nik.key" \
+    timeout 20 "$server_bin"
 ) >"$work/refused.out" 2>"$work/refused.err" || refused_rc=$?
-[[ $refused_rc -ne 0 ]] && grep -q "without authentication" "$work/refused.err" \
+[[ $refused_rc -ne 0 && $refused_rc -ne 124 ]] && grep -q "without authentication" "$work/refused.err" \
   || { cat "$work/refused.err" >&2; fail "the server started on ${image_listen%:*} without a token file"; }
 echo "no token file on ${image_listen%:*}: refused to start (exit $refused_rc)"
 

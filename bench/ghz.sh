@@ -47,7 +47,7 @@ fi
 
 cargo build --release --locked -q -p blangko-server
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 # Without the shell's BLANGKO_* settings (a token file, a database URL, ...): this server is the
 # script's own, on a fresh file, open to the calls below.
 env $(env | awk -F= '/^BLANGKO_/ {print "-u " $1}') \

@@ -23,7 +23,7 @@ cargo build --release --locked -q -p blangko-server -p blangko-bench
 server=${SERVER:-target/release/blangko-server}
 [[ -x "$server" ]] || { echo "SERVER=$server is not an executable"; exit 2; }
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 key=${NIK_KEY_FILE:-$HOME/.cache/blangko/pg-compare.nikkey}
 if [[ ! -s "$key" ]]; then
   mkdir -p "$(dirname "$key")"

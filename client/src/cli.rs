@@ -86,7 +86,8 @@ pub struct Cli {
     #[arg(long = "timeout", env = "BLANGKO_TIMEOUT", default_value_t = 5.0, value_parser = parse_seconds, global = true)]
     pub timeout_secs: f64,
 
-    /// Retry rounds over all servers after the first, for UNAVAILABLE and DEADLINE_EXCEEDED only.
+    /// Retry rounds over all servers after the first, for UNAVAILABLE and DEADLINE_EXCEEDED, and
+    /// for a connection that broke before the server answered.
     #[arg(long, env = "BLANGKO_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10), global = true)]
     pub retries: u32,
 

@@ -126,7 +126,8 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_RESERVE_JOURNAL_PAUSE_MS", default_value_t = crate::store::journal::DEFAULT_FOLD_AFTER_PAUSE_MS, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub reserve_journal_pause_ms: u64,
 
-    /// Most database connections (PostgreSQL; SQLite uses one writer and four readers).
+    /// Most database connections (PostgreSQL; SQLite uses one writer, four readers and the Reserve
+    /// batches' own connection).
     #[arg(long, env = "BLANGKO_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
 
