@@ -14,9 +14,10 @@
 //!   like gRPC's `MaxConnectionIdle`: a client that made one call (a health check will do, no
 //!   token needed) and then kept its connection open did hold its place among
 //!   `max_connections` for ever, answering the server's HTTP/2 keepalive pings. A connection
-//!   with a call in flight (a WatchQuota or health `Watch` stream) is never idle, nor one that
-//!   read bytes within [`CALL_ON_ITS_WAY`]. The close is a read or write error here, not an
-//!   HTTP/2 GOAWAY (hyper's connection is out of reach of this wrapper): a gRPC channel
+//!   with a call in flight (a WatchQuota or health `Watch` stream) is never idle, and one that
+//!   read bytes since it was last looked at gets [`CALL_ON_ITS_WAY`] more. The close is a read
+//!   or write error here, not an HTTP/2 GOAWAY (hyper's connection is out of reach of this
+//!   wrapper): a gRPC channel
 //!   connects again at its next call, and a call sent at the very moment of the close fails,
 //!   never read, so never served (most gRPC libraries say UNAVAILABLE; tonic says CANCELLED or
 //!   UNKNOWN with a transport error, which blangko-counter retries).
@@ -130,14 +131,15 @@ pub struct Bounded {
     first_call_by: Instant,
     /// How long the connection may go without a call in flight.
     idle: Option<Duration>,
-    /// When bytes were last read (kept only with an idle limit): a request read but not yet
-    /// counted as a call in flight ([`mark_called`] runs on the call's own task, a moment
-    /// later) keeps the connection open for [`CALL_ON_ITS_WAY`].
-    last_read: Instant,
+    /// Whether bytes were read since the deadline was last looked at: a request read but not
+    /// yet counted as a call in flight ([`mark_called`] runs on the call's own task, a moment
+    /// later) keeps an idle connection open for [`CALL_ON_ITS_WAY`] more. A flag, not a time:
+    /// every read of every call passes here.
+    read_since_look: bool,
 }
 
-/// How long bytes just read keep an otherwise idle connection open: ample for a request read to
-/// reach [`mark_called`].
+/// How long bytes read since the last look keep an otherwise idle connection open: ample for a
+/// request read to reach [`mark_called`].
 pub const CALL_ON_ITS_WAY: Duration = Duration::from_secs(1);
 
 /// What a connection and the calls made on it share.
@@ -254,13 +256,13 @@ enum Expired {
 impl Bounded {
     fn new(inner: TcpStream, permit: OwnedSemaphorePermit, limits: Limits) -> Bounded {
         let activity = Activity::new();
-        let activity_accepted = activity.accepted;
-        let first_call_by = activity.accepted + limits.first_call + GRACE;
+        let accepted = activity.accepted;
+        let first_call_by = accepted + limits.first_call + GRACE;
         // The first look comes at the earlier of the two limits: a connection that calls at
         // once and then goes idle is closed after its idle limit, not after the first-call one.
-        let first_look = limits.idle.map_or(first_call_by, |idle| {
-            first_call_by.min(activity.accepted + idle)
-        });
+        let first_look = limits
+            .idle
+            .map_or(first_call_by, |idle| first_call_by.min(accepted + idle));
         Bounded {
             inner,
             _permit: permit,
@@ -269,7 +271,7 @@ impl Bounded {
             armed_for: None,
             first_call_by,
             idle: limits.idle,
-            last_read: activity_accepted,
+            read_since_look: false,
         }
     }
 
@@ -279,19 +281,20 @@ impl Bounded {
     /// there is no idle limit.
     fn out_of_time(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
         let deadline = self.deadline.as_mut()?;
-        if self
+        let passed = if self
             .armed_for
             .as_ref()
             .is_none_or(|waker| !waker.will_wake(cx.waker()))
         {
-            self.armed_for = Some(cx.waker().clone());
-            if poll_deadline(deadline.as_mut(), cx).is_pending() {
-                return None;
-            }
-        } else if !deadline.is_elapsed() {
+            self.arm(cx)
+        } else {
+            deadline.is_elapsed()
+        };
+        if !passed {
             return None;
         }
         let now = Instant::now();
+        let read_since_look = std::mem::take(&mut self.read_since_look);
         let until = if !self.activity.called.load(Ordering::Relaxed) {
             if now >= self.first_call_by {
                 return Some(Expired::FirstCall);
@@ -303,13 +306,9 @@ impl Bounded {
                 return None;
             };
             match self.activity.idle_since() {
-                Some(since) => {
-                    let until = (since + idle).max(self.last_read + CALL_ON_ITS_WAY);
-                    if until <= now {
-                        return Some(Expired::Idle);
-                    }
-                    until
-                }
+                Some(since) if since + idle > now => since + idle,
+                Some(_) if read_since_look => now + CALL_ON_ITS_WAY,
+                Some(_) => return Some(Expired::Idle),
                 // A call in flight: looked at again one idle limit from now.
                 None => now + idle,
             }
@@ -318,12 +317,21 @@ impl Bounded {
         // passed already, the task is woken to look again.
         if let Some(deadline) = self.deadline.as_mut() {
             deadline.as_mut().reset(until.into());
-            self.armed_for = Some(cx.waker().clone());
-            if poll_deadline(deadline.as_mut(), cx).is_ready() {
+            if self.arm(cx) {
                 cx.waker().wake_by_ref();
             }
         }
         None
+    }
+
+    /// Polls the deadline with this task's waker, so that it wakes this task when it passes;
+    /// whether it has passed.
+    fn arm(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(deadline) = self.deadline.as_mut() else {
+            return false;
+        };
+        self.armed_for = Some(cx.waker().clone());
+        poll_deadline(deadline.as_mut(), cx).is_ready()
     }
 
     fn timed_out(why: Expired) -> io::Error {
@@ -353,14 +361,12 @@ impl AsyncRead for Bounded {
         match self.out_of_time(cx) {
             Some(Expired::FirstCall) => Poll::Ready(Err(Bounded::timed_out(Expired::FirstCall))),
             // An idle connection is closed only when there is nothing to read: bytes that came
-            // may be a call on its way (`last_read`), and it goes on.
+            // may be a call on its way (`read_since_look`), and it goes on.
             expired => {
                 let filled = buf.filled().len();
                 let read = Pin::new(&mut self.inner).poll_read(cx, buf);
                 let got_bytes = buf.filled().len() > filled;
-                if got_bytes && self.idle.is_some() {
-                    self.last_read = Instant::now();
-                }
+                self.read_since_look |= got_bytes;
                 match read {
                     Poll::Pending | Poll::Ready(Ok(())) if expired.is_some() && !got_bytes => {
                         Poll::Ready(Err(Bounded::timed_out(Expired::Idle)))

@@ -29,44 +29,20 @@ impl Engine {
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         loop {
-            // Each step of the set-up gives way to shutdown: a database out of reach must not
-            // hold the process past its drain time-out.
-            let connected = tokio::select! {
-                connected = PgListener::connect(&database_url) => connected,
+            // The set-up gives way to shutdown: a database out of reach must not hold the
+            // process past its drain time-out.
+            let set_up = tokio::select! {
+                set_up = listen(&database_url, probe) => set_up,
                 _ = shutdown.changed() => return,
             };
-            let mut listener = match connected {
-                Ok(l) => l,
+            let (mut listener, pid) = match set_up {
+                Ok(listening) => listening,
                 Err(err) => {
-                    tracing::warn!(error = %err, "cannot connect the change listener; retrying");
+                    tracing::warn!(error = %err, "cannot set up the change listener; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
                         _ = shutdown.changed() => return,
                     }
-                }
-            };
-            let listening = tokio::select! {
-                listening = listener.listen(CHANNEL) => listening,
-                _ = shutdown.changed() => return,
-            };
-            if let Err(err) = listening {
-                tracing::warn!(error = %err, "cannot LISTEN for changes; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
-                    _ = shutdown.changed() => return,
-                }
-            }
-            // The listening session, to notice a reconnect that PgListener makes without saying
-            // so (see the probe below).
-            let asked = tokio::select! {
-                asked = tokio::time::timeout(probe, backend_pid(&mut listener)) => asked,
-                _ = shutdown.changed() => return,
-            };
-            let Ok(Ok(pid)) = asked else {
-                tracing::warn!("change listener's connection did not answer; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
-                    _ = shutdown.changed() => return,
                 }
             };
             let mut session = Some(pid);
@@ -128,6 +104,23 @@ impl Engine {
             }
         }
     }
+}
+
+/// A listener connected and LISTENing on [`CHANNEL`], with the server process of its session
+/// (to notice a reconnect that PgListener makes without saying so: see the probe). The
+/// session's question must answer within `probe`.
+async fn listen(database_url: &str, probe: Duration) -> anyhow::Result<(PgListener, i32)> {
+    let mut listener = PgListener::connect(database_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect: {e}"))?;
+    listener
+        .listen(CHANNEL)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot LISTEN: {e}"))?;
+    let pid = tokio::time::timeout(probe, backend_pid(&mut listener))
+        .await
+        .map_err(|_| anyhow::anyhow!("its connection did not answer within {probe:?}"))??;
+    Ok((listener, pid))
 }
 
 /// The server process of the listener's session (PgListener connects again when it must).

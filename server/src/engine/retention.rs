@@ -60,7 +60,7 @@ impl Engine {
             .clone()
             .unwrap_or_default();
         // Every row made before now in its table, once (see the module's comment).
-        self.store.reader().await?;
+        self.store.fold_journal().await?;
         let transactions = std::sync::atomic::AtomicU64::new(0);
         let mut reservations = 0;
         let mut after_office = String::new();

@@ -109,9 +109,7 @@ pub async fn backup(
     // checked and durable: a backup killed, or cut by a power loss, half-way never leaves a
     // partial file under the name a rotation or an off-site job picks up. A copy that fails is
     // removed, so that a second attempt is not refused for a file that is no backup.
-    let mut partial_name = to.as_os_str().to_owned();
-    partial_name.push(format!(".partial-{}", std::process::id()));
-    let partial = PathBuf::from(partial_name);
+    let partial = partial_path(to);
     let _ = std::fs::remove_file(&partial);
     let copied = async {
         let figures = copy_and_check(&source, &partial, &key_check).await?;
@@ -243,15 +241,20 @@ fn copy_key(from: &Path, to: &Path) -> anyhow::Result<()> {
     let key = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
     // Written whole under a name of its own, then named: a crash never leaves an empty or
     // partial key under the name a restore looks for.
-    let mut partial_name = to.as_os_str().to_owned();
-    partial_name.push(format!(".partial-{}", std::process::id()));
-    let partial = PathBuf::from(partial_name);
+    let partial = partial_path(to);
     let _ = std::fs::remove_file(&partial);
     let written = crate::nik_key::write_private(&partial, &key)
         .and_then(|()| name_new(&partial, to))
         .with_context(|| format!("cannot write the key {}", to.display()));
     let _ = std::fs::remove_file(&partial);
     written
+}
+
+/// The name a file is written under before it takes the name `to`: `to.partial-PID`.
+fn partial_path(to: &Path) -> PathBuf {
+    let mut name = to.as_os_str().to_owned();
+    name.push(format!(".partial-{}", std::process::id()));
+    PathBuf::from(name)
 }
 
 /// Gives the file `partial` the name `to`, never replacing a file of that name: a hard link
