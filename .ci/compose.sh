@@ -17,6 +17,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=.ci/apt.sh
+source .ci/apt.sh
 
 # The command the Dockerfile runs; step 2 checks that the Dockerfile still says exactly this.
 BUILD_CMD=(cargo build --release --locked -p blangko-server -p blangko-counter)
@@ -34,11 +36,7 @@ fail() {
 phase "docker-compose.yml"
 if ! command -v docker-compose >/dev/null 2>&1; then
   echo "docker-compose not found: installing Debian's docker-compose (without recommends: no engine)"
-  as_root=()
-  [[ $(id -u) -eq 0 ]] || as_root=(sudo)
-  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+  apt_install docker-compose
 fi
 docker-compose --version
 
@@ -51,13 +49,21 @@ docker-compose -f docker-compose.yml config >"$config_file"
 
 # The resolved configuration, checked with Python's yaml (a dependency of Debian's docker-compose,
 # installed for the system Python, which may not be the first python3 on PATH).
-python=""
-for candidate in python3 /usr/bin/python3; do
-  if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import yaml' 2>/dev/null; then
-    python=$candidate
-    break
-  fi
-done
+find_python_with_yaml() {
+  python=""
+  for candidate in python3 /usr/bin/python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import yaml' 2>/dev/null; then
+      python=$candidate
+      return
+    fi
+  done
+}
+find_python_with_yaml
+if [[ -z $python ]]; then
+  echo "no python3 with the yaml module: installing Debian's python3-yaml"
+  apt_install python3-yaml
+  find_python_with_yaml
+fi
 [[ -n $python ]] || fail "no python3 with the yaml module (Debian: apt-get install python3-yaml)"
 "$python" - "$config_file" <<'PY'
 import sys

@@ -2,8 +2,8 @@
 # CI step: the example clients in other languages (examples/python, examples/go), run against a
 # live server by examples/run.sh. Installs what is missing, from the package registries only:
 #   - Python's venv module (Debian's python3-venv) when the interpreter lacks it;
-#   - Go (Debian's golang-go) when there is no `go`; go.mod's toolchain then comes from the Go
-#     module proxy (GOTOOLCHAIN=auto);
+#   - Go, when there is none of 1.21 or newer: the toolchain module from the Go module proxy,
+#     checked against the checksum database (.ci/go.sh);
 #   - the example's venv with requirements.txt (pip), protoc-gen-go and protoc-gen-go-grpc
 #     (go install) and the Go modules of go.sum: done by examples/*/run.sh prepare, each only when
 #     missing or of another version.
@@ -16,15 +16,8 @@ repo_root="$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)"
 cd "$repo_root"
 start=$SECONDS
 
-apt_updated=""
-apt_install() {
-  export DEBIAN_FRONTEND=noninteractive
-  if [[ -z "$apt_updated" ]]; then
-    apt-get update -qq
-    apt_updated=1
-  fi
-  apt-get install -y -qq "$@" >/dev/null
-}
+# shellcheck source=.ci/apt.sh
+source .ci/apt.sh
 
 # --- tools -------------------------------------------------------------------------------------------
 if ! command -v python3 >/dev/null 2>&1; then
@@ -35,18 +28,11 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   echo "examples.sh: python3 cannot create a venv: installing Debian's python3-venv"
   apt_install python3-venv
 fi
-if ! command -v go >/dev/null 2>&1; then
-  echo "examples.sh: go missing: installing Debian's golang-go (go.mod's toolchain follows)"
-  apt_install golang-go
-  export GOTOOLCHAIN=auto
-fi
-# Go fetches the toolchain go.mod names (GOTOOLCHAIN) from 1.21 on; an older go (Debian
-# bookworm's is 1.19) cannot read go.mod's `go 1.26.0` line at all. Say so plainly.
-go_minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
-if ! [[ $go_minor =~ ^[0-9]+$ ]] || (( go_minor < 21 )); then
-  echo "examples.sh: $(go version) is too old for examples/go (go.mod needs go 1.26.0, which Go 1.21 or newer fetches by itself): install Go 1.21 or newer (e.g. bookworm-backports' golang) and run again" >&2
-  exit 1
-fi
+# Go 1.21 or newer (it fetches the toolchain go.mod names by itself); without one, .ci/go.sh
+# fetches Go from the Go module proxy.
+# shellcheck source=.ci/go.sh
+source .ci/go.sh
+ensure_go
 echo "examples.sh: $(python3 --version), $(go version), $(cargo --version 2>/dev/null || echo 'no cargo')"
 
 # --- the examples against a live server ----------------------------------------------------------------

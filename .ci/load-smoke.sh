@@ -26,6 +26,8 @@
 #   bash .ci/load-smoke.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=.ci/apt.sh
+source .ci/apt.sh
 
 cargo build --release --locked -q -p blangko-server -p blangko-bench
 work=$(mktemp -d)
@@ -141,9 +143,7 @@ python3 bench/sqlite-schema.py --prefill 5 --rounds 1 --batches 5
 echo "--- 5. bench/instructions.sh (one round of one second per phase under callgrind)"
 if ! command -v valgrind > /dev/null; then
   echo "installing valgrind with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq valgrind > /dev/null
+  apt_install valgrind
 fi
 bash bench/instructions.sh 1 1
 echo "--- 6. bench/stock-report.sh (5 days of 21 entries, 2 calls per range)"

@@ -2,7 +2,8 @@
 # ghz load scenarios against a blangko-server started here on a fresh SQLite file.
 #
 # Usage: bench/ghz.sh [CALLS] [CONCURRENCY]      (defaults: 5000 calls per scenario, 64 in flight)
-# Environment: GHZ (path to ghz; installed with `go install` when missing), OUT (directory for
+# Environment: GHZ (path to ghz; installed with `go install` when missing, and Go itself fetched
+# from the Go module proxy when there is no Go 1.21 or newer, see .ci/go.sh), OUT (directory for
 # ghz's JSON reports; default bench/out). The script's own server needs no token.
 #
 # Scenarios, each by reflection AND by proto file (proto/ for the contract, bench/proto/ for the
@@ -37,7 +38,14 @@ fi
 out=${OUT:-bench/out}
 mkdir -p "$out"
 
-ghz=${GHZ:-$(command -v ghz || echo "$(go env GOPATH)/bin/ghz")}
+ghz=${GHZ:-$(command -v ghz || true)}
+if [[ -z "$ghz" ]]; then
+  # Go 1.21 or newer; without one, .ci/go.sh fetches Go from the Go module proxy.
+  # shellcheck source=.ci/go.sh
+  source .ci/go.sh
+  ensure_go
+  ghz="$(go env GOPATH)/bin/ghz"
+fi
 if [[ ! -x "$ghz" ]]; then
   echo "installing ghz v0.121.0 with go install"
   go install github.com/bojand/ghz/cmd/ghz@v0.121.0
