@@ -102,7 +102,7 @@ for name in ("server-a", "server-b"):
     s = services.get(name, {})
     env = s.get("environment", {})
     test = " ".join(s.get("healthcheck", {}).get("test", []))
-    check("build" in s, f"{name}: built from the Dockerfile")
+    check(s.get("image") == "blangko:local", f"{name}: image blangko:local")
     check("blangko-counter" in test and test.endswith(" status"), f"{name}: healthcheck `blangko-counter ... status`")
     check(s.get("depends_on", {}).get("postgres", {}).get("condition") == "service_healthy",
           f"{name}: depends on postgres being healthy")
@@ -126,6 +126,16 @@ for name, port in (("server-a", "9464"), ("server-b", "9465")):
     check(any(p.startswith(f"127.0.0.1:{port}:9464") for p in ports.get(name, [])),
           f"{name}: metrics published on loopback port {port}")
 check("--demo" in services.get("server-a", {}).get("command", []), "server-a: --demo")
+# The image is built by one service only (several services building one image race under
+# Compose v2), and the others never pull it: no registry has it.
+builders = sorted(name for name, s in services.items() if "build" in s)
+check(builders == ["server-a"], f"the image is built by server-a alone (built by {builders})")
+for name in ("server-b", "client"):
+    s = services.get(name, {})
+    check(s.get("image") == "blangko:local" and s.get("pull_policy") == "never",
+          f"{name}: image blangko:local, pull_policy never")
+check(services.get("server-b", {}).get("depends_on", {}).get("server-a") is not None,
+      "server-b: starts after server-a (which builds the image)")
 check("--demo" not in services.get("server-b", {}).get("command", []) and
       "BLANGKO_DEMO" not in services.get("server-b", {}).get("environment", {}),
       "server-b: no --demo (only server-a seeds)")
