@@ -489,15 +489,21 @@ async fn cancels_and_expiries_return_slots_that_later_reserves_take() -> anyhow:
 
         // 31 minutes later d and e have run out too. Cancelling d before the sweeper comes is
         // cancelling an expired hold: it ends as EXPIRED (by "system", as the sweeper would),
-        // whatever the sweeper's timing.
+        // whatever the sweeper's timing. The cancel releases e too, as every transaction of the
+        // office releases its holds that ran out first.
         clock.advance_ms(31 * MINUTE_MS);
         let overdue = cancel(&mut counter, &d.reservation_id)
             .await?
             .reservation
             .unwrap_or_default();
         assert_eq!(overdue.state(), ReservationState::Expired);
+        assert_eq!(stock_of(&server).await?.held, 0);
+        // The sweeper releases holds even when no Reserve comes: f, 31 minutes later.
+        let f = reserve(&mut counter, 7)
+            .await?
+            .map_err(|_| anyhow::anyhow!("f"))?;
         assert_eq!(stock_of(&server).await?.held, 1);
-        // The sweeper releases holds even when no Reserve comes: e.
+        clock.advance_ms(31 * MINUTE_MS);
         let engine = server
             .engine()
             .ok_or_else(|| anyhow::anyhow!("in-process"))?;
@@ -505,8 +511,13 @@ async fn cancels_and_expiries_return_slots_that_later_reserves_take() -> anyhow:
         assert_eq!(stock_of(&server).await?.held, 0);
         // Expiries are time's doing: the ledger names "system", not whoever noticed them.
         let expiries = ledger_of(&mut stock, LedgerEntryKind::Expiry).await?;
-        // b, c, d, e; and no CANCEL entry beside a's.
-        assert_eq!(expiries.len(), 4);
+        // b, c, d, e, f; and no CANCEL entry beside a's.
+        assert_eq!(expiries.len(), 5);
+        assert!(
+            expiries
+                .iter()
+                .any(|x| x.reservation_id == f.reservation_id)
+        );
         assert!(
             expiries
                 .iter()
@@ -1263,6 +1274,82 @@ async fn an_expired_hold_whose_rows_do_not_add_up_does_not_stop_its_office() -> 
         // And again: the office keeps serving while the row waits to be mended.
         assert!(reserve(&mut counter, 4).await?.is_ok());
         pool.close().await;
+        Ok(())
+    })
+    .await
+}
+
+/// More holds run out at once than one round releases (500): a queue file's whole morning,
+/// reserved within a minute, runs out within a minute half an hour later. The next Reserve of
+/// the office releases them all, so the slot of the last one to run out is free for it (before,
+/// the holds past the first 500 still counted, and the applicant was sent to IKD).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reserve_releases_every_hold_of_its_office_that_ran_out_not_only_the_first_500()
+-> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        fixtures::office(&mut stock, "3275", |_| {}).await?;
+        fixtures::service_point(&mut stock, "3275", "mpp", fixtures::fixed(500)).await?;
+        fixtures::service_point(&mut stock, "3275", "main", fixtures::fixed(1)).await?;
+        fixtures::ship(&mut stock, "3275", 501).await?;
+        // 08:00: 500 holds at the MPP, all running out together.
+        let mut tasks = Vec::new();
+        for worker in 0..8u32 {
+            let mut counter = server.counter_client().await?;
+            tasks.push(tokio::spawn(async move {
+                for n in (worker..500).step_by(8) {
+                    let answer = counter
+                        .reserve(reserve_request("3275", "mpp", n))
+                        .await?
+                        .into_inner();
+                    anyhow::ensure!(
+                        matches!(answer.outcome, Some(Outcome::Reservation(_))),
+                        "applicant {n}: {:?}",
+                        answer.outcome
+                    );
+                }
+                Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        // 08:01: the main counter's only slot, running out a minute after all of the MPP's.
+        clock.advance_ms(MINUTE_MS);
+        let mut counter = server.counter_client().await?;
+        anyhow::ensure!(reserve(&mut counter, 500).await?.is_ok(), "main's slot");
+        anyhow::ensure!(
+            reserve(&mut counter, 501).await?.is_err(),
+            "main's quota of 1 is full"
+        );
+        let s = stock_of(&server).await?;
+        assert_eq!((s.on_hand, s.held, s.available), (501, 501, 0));
+        // 08:32: all 501 ran out; no sweeper pass came. The next Reserve finds main's slot free.
+        clock.advance_ms(31 * MINUTE_MS);
+        let next = reserve(&mut counter, 502).await?;
+        assert!(next.is_ok(), "main's slot is free, yet: {next:?}");
+        let s = stock_of(&server).await?;
+        assert_eq!((s.on_hand, s.held, s.available), (501, 1, 500));
+        let mut expiries = 0;
+        let mut page_token = String::new();
+        loop {
+            let page = stock
+                .list_ledger_entries(ListLedgerEntriesRequest {
+                    office_id: "3275".into(),
+                    kind: LedgerEntryKind::Expiry as i32,
+                    page_size: 1000,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            expiries += page.entries.len();
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        assert_eq!(expiries, 501, "one expiry entry per hold");
         Ok(())
     })
     .await

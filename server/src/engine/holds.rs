@@ -12,8 +12,8 @@ use super::ledger::{self, NewEntry};
 use super::queries::{admission_input, snapshot};
 use super::reserve::{check_quota_invariant, referral};
 use super::{
-    EXPIRY_BATCH, Engine, EngineError, EngineResult, calendar_of, decode_answer, policy_of,
-    priority_reasons, reservation_to_proto, timestamp, zone_of,
+    EXPIRY_BATCH, Engine, EngineError, EngineResult, MAX_EXPIRY_ROUNDS, calendar_of, decode_answer,
+    policy_of, priority_reasons, reservation_to_proto, timestamp, zone_of,
 };
 use crate::domain::calendar::{format_local_date, parse_local_date};
 use crate::domain::nik::Nik;
@@ -328,6 +328,10 @@ impl Engine {
             }
             CancelStep::Replay | CancelStep::AlreadyExpired => true,
         };
+        // The office's other holds that ran out go first, as in every transaction that may
+        // create today's quota row: a PACED quota is computed from the blanks available, and
+        // would be fixed for the day with the lapsed holds still counted.
+        self.expire_due_in_tx(conn, &mut office, now).await?;
         rows::update_office_stock(conn, &office).await?;
         let sp = Self::service_point_or_not_found(conn, &r.office_id, &r.service_point_id).await?;
         let zone = zone_of(&office)?;
@@ -387,6 +391,11 @@ impl Engine {
         principal: &str,
         note: &str,
     ) -> EngineResult<()> {
+        // Every check that can refuse (EngineError::Internal: rows that do not add up) comes
+        // before the first write, and the office changes in memory only once they all passed:
+        // a hold that cannot be released leaves nothing half done, so the expiry rounds need no
+        // savepoint per hold (on PostgreSQL, over 64 subtransactions in one transaction slow
+        // every session's snapshots).
         let mut qd = rows::quota_day(conn, &r.office_id, &r.service_point_id, &r.local_date, "")
             .await?
             .ok_or_else(|| {
@@ -397,9 +406,6 @@ impl Engine {
             qd.priority_used -= 1;
         }
         check_quota_invariant(&qd)?;
-        rows::update_quota_day(conn, &qd).await?;
-        r.state = end.as_str().to_string();
-        rows::update_reservation(conn, r).await?;
         let kind = if end == State::Expired {
             LedgerEntryKind::Expiry
         } else {
@@ -413,26 +419,79 @@ impl Engine {
         entry.note = note.to_string();
         let zone = zone_of(office)?;
         let date = format_local_date(zone.local_date(now));
-        ledger::append(conn, office, entry, principal, now, &date).await?;
+        // `chain` refuses before it changes the office; a failed write below fails the whole
+        // transaction, office row and all.
+        let stored = ledger::chain(office, entry, principal, now, &date)?;
+        rows::update_quota_day(conn, &qd).await?;
+        r.state = end.as_str().to_string();
+        rows::update_reservation(conn, r).await?;
+        ledger::insert_entries(conn, std::slice::from_ref(&stored)).await?;
         Ok(())
     }
 
-    /// Releases every hold of `office` that ran out by `now` (bounded batch); the caller holds
-    /// the office lock and writes the office row back. Returns how many expired. The ledger
-    /// names the principal "system": time, not the caller whose transaction noticed, ended them.
+    /// Releases every hold of `office` that ran out by `now`, in rounds of [`EXPIRY_BATCH`], at
+    /// most [`MAX_EXPIRY_ROUNDS`] (the rest, if any, counts as held until the sweeper, woken
+    /// now, releases it: a refusal too many, never a card too many). The caller holds the office
+    /// lock. Returns how many expired. The ledger names the principal "system": time, not the
+    /// caller whose transaction noticed, ended them.
     pub(crate) async fn expire_due_in_tx(
         &self,
         conn: &mut AnyConnection,
         office: &mut OfficeRow,
         now: i64,
     ) -> EngineResult<usize> {
-        let due = rows::due_holds(conn, &office.office_id, now, EXPIRY_BATCH).await?;
-        self.expire_holds_in_tx(conn, office, due, now).await
+        self.expire_due_bounded(conn, office, now, None).await
     }
 
-    /// Releases `due`, holds of `office` that ran out by `now`, read under the office lock (a
-    /// Reserve batch reads them with its other rows); as [`Self::expire_due_in_tx`] otherwise.
-    pub(crate) async fn expire_holds_in_tx(
+    /// [`Self::expire_due_in_tx`], whose first round is `first` when the caller read it already
+    /// (a Reserve batch reads the due holds with its other rows).
+    pub(crate) async fn expire_due_bounded(
+        &self,
+        conn: &mut AnyConnection,
+        office: &mut OfficeRow,
+        now: i64,
+        first: Option<Vec<ReservationRow>>,
+    ) -> EngineResult<usize> {
+        let (released, more) = self
+            .expire_due_rounds(conn, office, now, first, MAX_EXPIRY_ROUNDS)
+            .await?;
+        if more {
+            self.sweep_soon.notify_one();
+        }
+        Ok(released)
+    }
+
+    /// Up to `rounds` rounds of at most [`EXPIRY_BATCH`] due holds each (`first`, when given, is
+    /// the first round). Returns how many were released, and whether more may be due: the last
+    /// round was full and released some. A full round that released none (holds whose rows do
+    /// not add up, read first every time) ends the rounds: no loop on them.
+    pub(crate) async fn expire_due_rounds(
+        &self,
+        conn: &mut AnyConnection,
+        office: &mut OfficeRow,
+        now: i64,
+        mut first: Option<Vec<ReservationRow>>,
+        rounds: usize,
+    ) -> EngineResult<(usize, bool)> {
+        let mut released = 0;
+        for _ in 0..rounds {
+            let due = match first.take() {
+                Some(due) => due,
+                None => rows::due_holds(conn, &office.office_id, now, EXPIRY_BATCH).await?,
+            };
+            let full = i64::try_from(due.len()).unwrap_or(i64::MAX) >= EXPIRY_BATCH;
+            let count = self.expire_holds_in_tx(conn, office, due, now).await?;
+            released += count;
+            if !full || count == 0 {
+                return Ok((released, false));
+            }
+        }
+        Ok((released, true))
+    }
+
+    /// Releases `due`, holds of `office` that ran out by `now`, read under the office lock; one
+    /// round of [`Self::expire_due_rounds`].
+    async fn expire_holds_in_tx(
         &self,
         conn: &mut AnyConnection,
         office: &mut OfficeRow,
@@ -441,21 +500,14 @@ impl Engine {
     ) -> EngineResult<usize> {
         let mut count = 0;
         for mut r in due {
-            // Each hold in a savepoint of its own: a hold whose rows do not add up (its quota
-            // row gone, counts that would go negative: a database edited by hand) is left held
-            // and named in the log, instead of failing every Reserve of its office, batch after
-            // batch, and the sweeper's pass.
-            sqlx::query("SAVEPOINT release_hold")
-                .execute(&mut *conn)
-                .await?;
-            let before = office.clone();
+            // A hold whose rows do not add up (its quota row gone, counts that would go
+            // negative: a database edited by hand) is left held, with nothing written for it
+            // (`release_hold_with_note` refuses before its first write), and named in the log,
+            // instead of failing every Reserve of its office, batch after batch, and the
+            // sweeper's pass.
             match self.expire_hold(conn, office, &mut r, now).await {
                 Ok(()) => count += 1,
                 Err(EngineError::Internal(problem)) => {
-                    sqlx::query("ROLLBACK TO SAVEPOINT release_hold")
-                        .execute(&mut *conn)
-                        .await?;
-                    *office = before;
                     // Met again by every batch of the office until mended: logged once.
                     if first_report_of(&r.reservation_id) {
                         tracing::error!(
@@ -468,9 +520,6 @@ impl Engine {
                 }
                 Err(other) => return Err(other),
             }
-            sqlx::query("RELEASE SAVEPOINT release_hold")
-                .execute(&mut *conn)
-                .await?;
         }
         if count > 0 {
             rows::update_office_stock(conn, office).await?;
@@ -488,14 +537,22 @@ impl Engine {
                 let mut office =
                     Self::office_or_not_found(conn, office_id, self.store.for_update()).await?;
                 let now = self.clock.now_ms();
-                let count = self.expire_due_in_tx(conn, &mut office, now).await?;
+                // One round per transaction, so that Reserves of the office go between rounds;
+                // when more may be due, the next pass comes soon (SWEEP_SOON_GAP).
+                let (count, more) = self
+                    .expire_due_rounds(conn, &mut office, now, None, 1)
+                    .await?;
                 if count > 0 {
                     self.announce_in_tx(conn, office_id).await?;
                 }
                 self.commit_durably(tx).await?;
-                Ok(count)
+                Ok((count, more))
             })
             .await?;
+        let (count, more) = count;
+        if more {
+            self.sweep_soon.notify_one();
+        }
         if count > 0 {
             self.hub.office_changed(office_id);
         }

@@ -45,8 +45,14 @@ use crate::store::{Store, Tx};
 /// How many times a transaction that lost a race (PostgreSQL unique violation, serialization
 /// failure, deadlock) is tried again before the error goes to the caller.
 pub const MAX_ATTEMPTS: u32 = 4;
-/// Most expired holds released in one transaction (the rest in the next one).
+/// Most expired holds released in one round (one read of the due holds).
 pub const EXPIRY_BATCH: i64 = 500;
+/// Most rounds of [`EXPIRY_BATCH`] a transaction that needs its office's holds released (a
+/// Reserve batch, a late commit, a transfer, a stock-take, a quota change) runs: 2,000 holds, a
+/// queue file's whole morning run out at once. Past it the rest counts as held (a refusal too
+/// many, never a card too many) and the sweeper is woken; the sweeper runs one round per
+/// transaction.
+pub const MAX_EXPIRY_ROUNDS: usize = 4;
 /// A counter's queue report counts for this long after its last refresh (DESIGN rule 12).
 pub const QUEUE_REPORT_TTL_MS: i64 = 120_000;
 /// A queue report this old is deleted by the sweeper (it stopped counting long before): the
@@ -81,7 +87,8 @@ pub struct Engine {
     /// The offices' rows the SQLite hot path keeps between Reserve batches.
     pub(crate) kept_offices: reserve::KeptOffices,
     /// Wakes the sweeper before its next tick: a Reserve met a hold at another office that has
-    /// run out but was not released yet (see `reserve::decide_one`).
+    /// run out but was not released yet (see `reserve::decide_one`), or more holds ran out than
+    /// one transaction releases ([`MAX_EXPIRY_ROUNDS`], and the sweeper's one round).
     pub(crate) sweep_soon: tokio::sync::Notify,
 }
 

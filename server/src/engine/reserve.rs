@@ -483,11 +483,14 @@ impl Engine {
         };
         let mut reads = rows::batch_reads(conn, &keys).await?;
         let due = std::mem::take(&mut reads.due);
-        let expired = due.len();
-        if expired > 0 {
-            self.expire_holds_in_tx(conn, &mut office, due, now).await?;
+        let mut expired = 0;
+        if !due.is_empty() {
+            // The first round was read with the rest; more rounds when it was full (bounded:
+            // MAX_EXPIRY_ROUNDS).
+            expired = self
+                .expire_due_bounded(conn, &mut office, now, Some(due))
+                .await?;
             // The expiries changed quota rows and maybe a NIK's live reservation: read again.
-            // Holds past the first EXPIRY_BATCH wait for the next batch or the sweeper.
             keys.due_limit = 0;
             reads = rows::batch_reads(conn, &keys).await?;
         }
