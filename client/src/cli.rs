@@ -16,8 +16,9 @@ Examples / Contoh:
   blangko-counter --office 3275 --service-point mpp status
 
   # One applicant (exit 0 reserved, 3 referred to IKD, 4 already printed, held for another
-  # counter, or no longer held: do not print here, 2 bad input, 1 other error)
-  export BLANGKO_SERVER=http://10.1.2.3:50051,http://10.1.2.4:50051
+  # counter, no longer held, or served at another service point: do not print here, 2 bad
+  # input, 1 other error)
+  export BLANGKO_SERVER=https://10.1.2.3:50051,https://10.1.2.4:50051 BLANGKO_CA=ca.pem
   export BLANGKO_OFFICE=3275 BLANGKO_SERVICE_POINT=mpp BLANGKO_COUNTER=loket-3
   blangko-counter reserve --nik 3275014101900001 --reason new-recording --ikd not-active
   blangko-counter commit R7270f87e62fd... # after the card is printed
@@ -101,7 +102,9 @@ pub struct Cli {
     pub token: Option<String>,
 
     /// TLS: the CA certificate (PEM) that signs the server's certificate. Given, servers are
-    /// reached over https (a bare host:port gets https://).
+    /// reached over https (a bare host:port gets https://; an http:// URL is refused). An
+    /// https:// server needs it. A token sent over http:// to a host other than this computer
+    /// gets a warning on stderr.
     #[arg(long, env = "BLANGKO_CA", global = true)]
     pub ca: Option<std::path::PathBuf>,
 
@@ -138,7 +141,8 @@ fn parse_seconds(word: &str) -> Result<f64, String> {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Server health and version, and today's quota of the service point (with --office and
-    /// --service-point).
+    /// --service-point). Exit 1 when no server answers SERVING (a draining server answers
+    /// NOT_SERVING).
     Status,
 
     /// Reserve a blank for one applicant (exit 0 reserved, 3 referred to IKD, 4 the applicant's
@@ -213,7 +217,9 @@ pub enum Command {
     /// Without it, a re-run still reserves nobody twice; a ticket whose hold was cancelled or ran
     /// out since is reserved again.
     ///
-    /// Exit 0 when every row was handled, 2 when some rows were invalid, 1 when the run stopped early.
+    /// Exit 0 when every row was handled, 2 when some rows were invalid, 1 when the run stopped
+    /// early or some rows ended in an error (the results file names them; a re-run tries them
+    /// again).
     Queue(QueueArgs),
 
     /// The office's daily public notice of its blank stock (Bahasa Indonesia by default), with
@@ -286,8 +292,10 @@ pub struct ReserveArgs {
     /// The officer's IKD check: active, not-active or exempt.
     #[arg(long, env = "BLANGKO_IKD", value_parser = parse_ikd_arg)]
     pub ikd: Option<IkdStatus>,
-    /// Idempotency key (default: a fresh random one). Re-using it replays the first answer.
-    #[arg(long, env = "BLANGKO_REQUEST_ID")]
+    /// Idempotency key (default: a fresh random one). Re-using it replays the first answer. No
+    /// environment variable, on purpose: an exported id would make every later applicant's
+    /// Reserve a replay or a REQUEST_ID_REUSED refusal.
+    #[arg(long)]
     pub request_id: Option<String>,
 }
 

@@ -300,6 +300,26 @@ struct Target {
     down_until: Mutex<Option<Instant>>,
 }
 
+impl Target {
+    /// Whether calls to this endpoint cross the network without TLS: an http:// URL whose host
+    /// is not loopback.
+    fn channel_is_plaintext_to_remote(&self) -> bool {
+        let Ok(uri) = self.url.parse::<tonic::codegen::http::Uri>() else {
+            return false;
+        };
+        uri.scheme_str() == Some("http") && !uri.host().is_some_and(is_loopback_host)
+    }
+}
+
+/// `localhost`, or a loopback IP address (127.0.0.0/8, ::1, bracketed or not).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 struct Inner {
     targets: Vec<Target>,
     /// Round-robin position: each call starts at the next endpoint.
@@ -362,6 +382,30 @@ impl Connection {
                     reason: "no host".to_string(),
                 });
             }
+            // tonic speaks TLS only to an https:// URL: with --ca and http:// the calls would go
+            // in the clear while the officer believes them protected. And there is no built-in
+            // list of authorities: an https:// URL without --ca could never connect.
+            match (endpoint.uri().scheme_str(), tls.is_some()) {
+                (Some("http"), false) | (Some("https"), true) => {}
+                (Some("http"), true) => {
+                    return Err(ConnectError::BadUrl {
+                        url,
+                        reason: "--ca is given, so the URL must start with https:// (with http:// the calls would not use TLS)".to_string(),
+                    });
+                }
+                (Some("https"), false) => {
+                    return Err(ConnectError::BadUrl {
+                        url,
+                        reason: "an https:// server needs --ca (the certificate of the authority that signed the server's certificate)".to_string(),
+                    });
+                }
+                _ => {
+                    return Err(ConnectError::BadUrl {
+                        url,
+                        reason: "the URL must start with http:// or https://".to_string(),
+                    });
+                }
+            }
             let endpoint = match &tls {
                 Some(tls) => endpoint
                     .tls_config(tls.clone())
@@ -393,6 +437,21 @@ impl Connection {
                 backoff: Backoff::default(),
             }),
         })
+    }
+
+    /// The endpoints a bearer token would cross the network to in the clear: http:// URLs of a
+    /// host that is not loopback (`localhost`, 127.0.0.0/8, ::1), when a token is set. Empty
+    /// without a token or with TLS.
+    pub fn plaintext_token_urls(&self) -> Vec<&str> {
+        if self.inner.authorization.is_none() {
+            return Vec::new();
+        }
+        self.inner
+            .targets
+            .iter()
+            .filter(|t| t.channel_is_plaintext_to_remote())
+            .map(|t| t.url.as_str())
+            .collect()
     }
 
     /// The endpoint URLs, in the order given.
@@ -853,6 +912,50 @@ mod tests {
             Connection::new(&none),
             Err(ConnectError::NoServers)
         ));
+        let other_scheme = ConnectOptions {
+            servers: vec!["ftp://127.0.0.1:21".to_string()],
+            ..ConnectOptions::default()
+        };
+        assert!(matches!(
+            Connection::new(&other_scheme),
+            Err(ConnectError::BadUrl { reason, .. }) if reason.contains("http:// or https://")
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_token_to_a_remote_host_over_http_is_named_and_loopback_or_no_token_is_not() {
+        let with = |servers: &[&str], token: Option<&str>| {
+            let options = ConnectOptions {
+                servers: servers.iter().map(|s| s.to_string()).collect(),
+                token: token.map(str::to_string),
+                ..ConnectOptions::default()
+            };
+            let conn = Connection::new(&options).unwrap();
+            conn.plaintext_token_urls()
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let local = [
+            "http://127.0.0.1:50051",
+            "127.0.0.2:50051",
+            "http://localhost:50051",
+            "http://[::1]:50051",
+        ];
+        assert!(with(&local, Some("t")).is_empty());
+        assert_eq!(
+            with(
+                &[
+                    "http://127.0.0.1:1",
+                    "http://10.1.2.3:50051",
+                    "db.example:50051"
+                ],
+                Some("t")
+            ),
+            ["http://10.1.2.3:50051", "http://db.example:50051"]
+        );
+        assert!(with(&["http://10.1.2.3:50051"], None).is_empty());
+        assert!(with(&["http://10.1.2.3:50051"], Some("")).is_empty());
     }
 
     /// One GetQuota through a connection to `server` with the given time-out and retries.

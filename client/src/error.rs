@@ -48,7 +48,7 @@ pub enum Failure {
         /// The last failure.
         detail: String,
     },
-    /// The server answered with an error. Exit code 1.
+    /// The server answered with an error. Exit code 1 (4 for ALREADY_RESERVED_ELSEWHERE).
     Server {
         /// The gRPC code name, e.g. `FAILED_PRECONDITION`.
         code: String,
@@ -151,6 +151,12 @@ impl Failure {
     pub fn exit_code(&self) -> u8 {
         match self {
             Failure::BadInput { .. } => EXIT_BAD_INPUT,
+            // Served today at another service point or office: do not print here (as for a
+            // replayed reservation that must not be printed), rather than "other error".
+            Failure::Server {
+                reason: Some(reason),
+                ..
+            } if reason == "ALREADY_RESERVED_ELSEWHERE" => EXIT_DO_NOT_PRINT,
             _ => EXIT_ERROR,
         }
     }

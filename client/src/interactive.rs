@@ -141,9 +141,9 @@ impl Input {
                     "Line too long (over 1024 characters): ignored, type it again.",
                 );
                 if self.out.json {
-                    eprintln!("{text}");
+                    self.out.notice(text);
                 } else {
-                    println!("{text}");
+                    self.out.line(text);
                 }
                 continue;
             }

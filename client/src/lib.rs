@@ -91,6 +91,16 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(conn) => conn,
         Err(error) => return Failure::bad_field("server", error.to_string()).exit(&out),
     };
+    for url in conn.plaintext_token_urls() {
+        out.notice(&format!(
+            "{} {url}: {}",
+            out.t("PERINGATAN:", "WARNING:"),
+            out.t(
+                "token dan NIK dikirim TANPA enkripsi (http://) ke host di luar komputer ini; pakai https:// dengan --ca",
+                "the token and NIKs go UNENCRYPTED (http://) to a host outside this computer; use https:// with --ca"
+            )
+        ));
+    }
     let term = Terminal::new(
         conn,
         Identity {

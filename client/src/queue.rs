@@ -1020,6 +1020,23 @@ impl Run<'_> {
             {
                 return Err(failure);
             }
+            // The applicant holds (or was printed) a blank today at another service point or
+            // office: no card is printed here, like a replayed reservation of another counter.
+            Err(failure) if failure.reason() == Some("ALREADY_RESERVED_ELSEWHERE") => {
+                record.outcome = RowOutcome::DoNotPrint;
+                record.detail = failure.human(Lang::En);
+                self.tally.do_not_print += 1;
+                let lines = vec![
+                    failure.human(self.out.lang),
+                    self.out
+                        .t(
+                            "JANGAN cetak di loket ini: pemohon sudah dilayani hari ini di loket atau kantor lain.",
+                            "Do NOT print at this counter: the applicant was already served today at another service point or office.",
+                        )
+                        .to_string(),
+                ];
+                (None, lines)
+            }
             Err(failure) => {
                 record.outcome = if matches!(failure, Failure::BadInput { .. }) {
                     self.tally.invalid += 1;
@@ -1180,7 +1197,7 @@ fn split_beyond(
 
 /// Runs a queue file: forecast, IKD notices for the applicants beyond the cut-off, reservations
 /// in queue order, results file. Exit code 0 when every row was handled, 2 when some rows were
-/// invalid, 1 when the run stopped early (re-run it to resume).
+/// invalid, 1 when the run stopped early or some rows ended in an error (re-run it to resume).
 pub async fn run_queue(term: &Terminal, out: Out, options: &QueueOptions) -> ExitCode {
     match run_queue_inner(term, out, options).await {
         Ok(code) => ExitCode::from(code),
@@ -1384,13 +1401,21 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
     }
 
     let mut waiting = needing(&pending, &known);
-    let (served, quota) = run.report(waiting).await?;
+    let (served, quota) = match run.report(waiting).await {
+        Ok(answer) => answer,
+        Err(failure) => return Ok(stopped(&failure, &out)),
+    };
     run.forecast_line(waiting, served, quota.as_ref());
     let beyond = split_beyond(&mut pending, 0, served, &known);
     waiting = waiting.min(served);
     run.tell_ikd(&beyond)?;
 
     if options.forecast_only {
+        // A preview reserves nobody: its waiting count must not stay in the other counters'
+        // forecasts for the report's lifetime.
+        if let Err(failure) = run.report(0).await {
+            failure.report(&out);
+        }
         return Ok(if run.tally.invalid > 0 {
             EXIT_BAD_INPUT
         } else {
@@ -1400,6 +1425,7 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
 
     let progress = Progress::new(pending.len(), &out);
     let mut index = 0;
+    let mut refresh_failed_at: Option<Instant> = None;
     while index < pending.len() {
         let row = pending[index].clone();
         progress.clear();
@@ -1429,8 +1455,23 @@ async fn run_queue_inner(term: &Terminal, out: Out, options: &QueueOptions) -> R
                 let total = total_with_mine(q.waiting, run.last_reported, waiting);
                 expected_served(q.remaining, waiting, total) < waiting
             });
-        if shrinking || (waiting > 0 && run.last_report_at.elapsed() >= REPORT_REFRESH) {
-            let (served, quota) = run.report(waiting).await?;
+        let failed_lately = refresh_failed_at.is_some_and(|at| at.elapsed() < REPORT_REFRESH);
+        if (shrinking && !failed_lately)
+            || (waiting > 0 && run.last_report_at.elapsed() >= REPORT_REFRESH)
+        {
+            // A refresh only keeps the forecast current: when it fails, the queue goes on with
+            // the forecast it has (the next Reserve's answer says whether a blank is left).
+            let (served, quota) = match run.report(waiting).await {
+                Ok(answer) => answer,
+                Err(failure) => {
+                    progress.clear();
+                    failure.report(&out);
+                    // Not again before the refresh interval, even while the quota shrinks.
+                    run.last_report_at = Instant::now();
+                    refresh_failed_at = Some(Instant::now());
+                    (waiting, None)
+                }
+            };
             if served < waiting {
                 progress.clear();
                 run.forecast_line(waiting, served, quota.as_ref());

@@ -1056,6 +1056,105 @@ async fn a_queue_row_already_held_at_another_counter_is_marked_do_not_print() ->
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applicant_served_at_another_service_point_is_do_not_print_alone_and_in_a_queue()
+-> anyhow::Result<()> {
+    let server = server_with(20, 100).await?;
+    let url = server.url.as_str();
+    let mut stock = server.stock_client().await?;
+    fixtures::service_point_named(&mut stock, "3275", "kec", "Kecamatan").await?;
+    // Applicant 2 got a blank at the other service point first.
+    let nik2 = nik(2);
+    let there = client(
+        &[url],
+        &[
+            "--office",
+            "3275",
+            "--service-point",
+            "kec",
+            "--counter",
+            "kec-1",
+            "reserve",
+            "--nik",
+            &nik2,
+            "--reason",
+            "new-recording",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(there.code, 0, "{there:?}");
+
+    // Alone: exit 4, do not print here (not 1, "other error", which a script would retry).
+    let alone = run_as(
+        url,
+        &[
+            "--lang",
+            "en",
+            "reserve",
+            "--nik",
+            &nik2,
+            "--reason",
+            "new-recording",
+        ],
+    )
+    .await?;
+    assert_eq!(alone.code, 4, "{alone:?}");
+    assert!(
+        alone
+            .stderr
+            .contains("This NIK already holds a blank today at another service point"),
+        "{alone:?}"
+    );
+
+    // In a queue: the row is do_not_print, the run handled every row (exit 0), and a re-run
+    // leaves the row alone.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("antrean.csv");
+    std::fs::write(&file, queue_csv(3))?;
+    let results = dir.path().join("hasil.jsonl");
+    let file_arg = file.display().to_string();
+    let results_arg = results.display().to_string();
+    let run = run_as(
+        url,
+        &["--json", "queue", &file_arg, "--results", &results_arg],
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let events = run.json()?;
+    let outcomes: Vec<&str> = events
+        .iter()
+        .filter(|v| v["event"] == "row")
+        .map(|v| v["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["reserved", "do_not_print", "reserved"],
+        "{run:?}"
+    );
+    let summary = events.last().context("no summary")?;
+    assert_eq!(
+        (
+            summary["reserved"].as_u64(),
+            summary["do_not_print"].as_u64(),
+            summary["errors"].as_u64()
+        ),
+        (Some(2), Some(1), Some(0)),
+        "{summary}"
+    );
+    let again = run_as(
+        url,
+        &["--json", "queue", &file_arg, "--results", &results_arg],
+    )
+    .await?;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        !again.json()?.iter().any(|v| v["event"] == "row"),
+        "{again:?}"
+    );
+    Ok(())
+}
+
 /// `reserve` of applicant `n` at counter loket-2 of 3275/mpp (the tests' own counter is loket-1).
 async fn reserve_at_loket_2(url: &str, n: u32) -> anyhow::Result<Run> {
     let nik = nik(n);
@@ -1648,6 +1747,12 @@ async fn queue_human_output_in_both_languages_and_bad_rows_with_line_numbers() -
     assert!(
         reservations(&server).await?.is_empty(),
         "--forecast-only reserves nobody"
+    );
+    // Nor does its waiting count stay in the other counters' forecasts.
+    assert_eq!(
+        quota(&server).await?.waiting,
+        0,
+        "the preview withdrew its report"
     );
 
     let results = dir.path().join("hasil.csv");

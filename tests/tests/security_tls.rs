@@ -175,6 +175,36 @@ async fn tls_serves_only_tls_and_the_counter_client_connects_with_its_ca() -> an
         !out.status.success(),
         "plaintext client reached a TLS server"
     );
+    // --ca with an http:// URL would send everything in the clear: refused before any call,
+    // naming the fix. An https:// URL without --ca could never connect: refused the same way.
+    let out = counter_status(&[
+        "--server",
+        &plain,
+        "--ca",
+        &ca,
+        "--timeout",
+        "3",
+        "--retries",
+        "0",
+        "status",
+    ])
+    .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("must start with https://"), "{stderr}");
+    let out = counter_status(&[
+        "--server",
+        &server.url,
+        "--timeout",
+        "3",
+        "--retries",
+        "0",
+        "status",
+    ])
+    .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("needs --ca"), "{stderr}");
     Ok(())
 }
 

@@ -26,7 +26,17 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
         })
         .await
     {
-        Ok(answer) => answer.stock.unwrap_or_default(),
+        // A public notice from an answer without its figures would announce zero blanks.
+        Ok(answer) => match answer.stock {
+            Some(stock) => stock,
+            None => {
+                return crate::error::Failure::local(
+                    "server menjawab tanpa data stok; pengumuman tidak dibuat",
+                    "the server answered without the stock; no notice was made",
+                )
+                .exit(&out);
+            }
+        },
         Err(error) => return crate::error::Failure::from(error).exit(&out),
     };
     if out.json {

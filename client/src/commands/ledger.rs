@@ -30,8 +30,8 @@ pub fn entry_json(e: &LedgerEntry, zone: Zone) -> Value {
         "principal": e.principal,
         "on_hand_delta": e.on_hand_delta,
         "held_delta": e.held_delta,
-        "on_hand_before": e.on_hand_after as i64 - e.on_hand_delta,
-        "held_before": e.held_after as i64 - e.held_delta,
+        "on_hand_before": before(e.on_hand_after, e.on_hand_delta),
+        "held_before": before(e.held_after, e.held_delta),
         "on_hand_after": e.on_hand_after,
         "held_after": e.held_after,
         "service_point_id": e.service_point_id,
@@ -45,6 +45,21 @@ pub fn entry_json(e: &LedgerEntry, zone: Zone) -> Value {
     })
 }
 
+/// The figure before an entry, from the figure after it and the change; null when they do not
+/// fit in one (a broken entry is exported as it is, never a panic or a wrapped number).
+fn before(after: u64, delta: i64) -> Option<i64> {
+    i64::try_from(after).ok()?.checked_sub(delta)
+}
+
+/// A server whose next page does not move on (the same page token again, or entries that do not
+/// follow the last one): the export stops rather than write the same entries for ever.
+fn pages_stuck() -> crate::error::Failure {
+    crate::error::Failure::local(
+        "server mengulang halaman yang sama; ekspor dihentikan",
+        "the server repeated a page; the export stopped",
+    )
+}
+
 /// Runs `ledger` (export) or `ledger --verify`.
 pub async fn run(term: &Terminal, out: Out, verify: bool) -> ExitCode {
     let office = match term.office() {
@@ -55,6 +70,7 @@ pub async fn run(term: &Terminal, out: Out, verify: bool) -> ExitCode {
         return run_verify(term, out, office).await;
     }
     let mut page_token = String::new();
+    let mut last_sequence: Option<u64> = None;
     let stdout = std::io::stdout();
     loop {
         let request = ListLedgerEntriesRequest {
@@ -76,12 +92,22 @@ pub async fn run(term: &Terminal, out: Out, verify: bool) -> ExitCode {
         };
         let mut lock = stdout.lock();
         for e in &page.entries {
+            // Chain order: every entry follows the last one written.
+            if last_sequence.is_some_and(|last| e.sequence <= last) {
+                drop(lock);
+                return pages_stuck().exit(&out);
+            }
+            last_sequence = Some(e.sequence);
             if writeln!(lock, "{}", entry_json(e, out.zone)).is_err() {
                 return ExitCode::from(EXIT_ERROR);
             }
         }
+        drop(lock);
         if page.next_page_token.is_empty() {
             return ExitCode::from(EXIT_OK);
+        }
+        if page.next_page_token == page_token || page.entries.is_empty() {
+            return pages_stuck().exit(&out);
         }
         page_token = page.next_page_token;
     }
@@ -112,6 +138,9 @@ async fn run_verify(term: &Terminal, out: Out, office: String) -> ExitCode {
         intact &= answer.intact;
         if answer.next_page_token.is_empty() {
             break;
+        }
+        if answer.next_page_token == page_token || answer.chains.is_empty() {
+            return pages_stuck().exit(&out);
         }
         page_token = answer.next_page_token;
     }

@@ -105,7 +105,12 @@ pub async fn run(term: &Terminal, out: Out, options: &ReportOptions) -> ExitCode
             }
         }
         None => {
-            print!("{text}");
+            // Not print!: it panics on a closed pipe (`| head`); a reader that stopped reading
+            // is no error, as for every other line (Out::line).
+            let mut stdout = std::io::stdout().lock();
+            let _ = std::io::Write::write_all(&mut stdout, text.as_bytes())
+                .and_then(|()| std::io::Write::flush(&mut stdout));
+            drop(stdout);
             // CSV and SVG on stdout stay pure data; the verdict goes to stderr beside them.
             if options.format != ReportFormat::Table {
                 out.notice(&verdict);
@@ -265,7 +270,15 @@ pub fn table_lines(
 ) -> Vec<String> {
     let head = headers(lang);
     let mut rows: Vec<[String; 11]> = report.days.iter().map(cells).collect();
-    let sum = |f: fn(&StockReportDay) -> u64| report.days.iter().map(f).sum::<u64>().to_string();
+    // Saturating: figures from the network never panic or wrap here.
+    let sum = |f: fn(&StockReportDay) -> u64| {
+        report
+            .days
+            .iter()
+            .map(f)
+            .fold(0u64, u64::saturating_add)
+            .to_string()
+    };
     let first = report.days.first();
     let last = report.days.last();
     rows.push([
@@ -278,7 +291,13 @@ pub fn table_lines(
         sum(|d| d.transferred_out),
         sum(|d| d.printed),
         sum(|d| d.spoiled),
-        signed(report.days.iter().map(|d| d.stock_take_difference).sum()),
+        signed(
+            report
+                .days
+                .iter()
+                .map(|d| d.stock_take_difference)
+                .fold(0i64, i64::saturating_add),
+        ),
         last.map(|d| d.closing_on_hand.to_string())
             .unwrap_or_default(),
         sum(|d| d.ikd_referrals),
@@ -457,7 +476,7 @@ pub fn svg(report: &GetStockReportResponse, mismatches: &[Mismatch], lang: Lang)
     );
     let use_max = nice_ceiling(
         days.iter()
-            .map(|d| d.printed + d.spoiled)
+            .map(|d| d.printed.saturating_add(d.spoiled))
             .max()
             .unwrap_or(0),
     );
@@ -555,13 +574,13 @@ pub fn svg(report: &GetStockReportResponse, mismatches: &[Mismatch], lang: Lang)
             s,
             r#"    <text x="{:.1}" y="{y:.1}" text-anchor="end">{}</text>"#,
             MARGIN_LEFT - 6.0,
-            stock_max * step / 5
+            stock_max.saturating_mul(step) / 5
         );
         let _ = writeln!(
             s,
             r#"    <text x="{:.1}" y="{y:.1}" text-anchor="start">{}</text>"#,
             MARGIN_LEFT + plot_w + 6.0,
-            use_max * step / 5
+            use_max.saturating_mul(step) / 5
         );
     }
     let _ = writeln!(
@@ -588,7 +607,7 @@ pub fn svg(report: &GetStockReportResponse, mismatches: &[Mismatch], lang: Lang)
     for (i, d) in days.iter().enumerate() {
         let x = x_mid(i) - bar_w / 2.0;
         let printed_top = y_use(d.printed);
-        let used_top = y_use(d.printed + d.spoiled);
+        let used_top = y_use(d.printed.saturating_add(d.spoiled));
         let tip = day_tooltip(d, lang);
         let _ = writeln!(
             s,

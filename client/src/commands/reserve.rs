@@ -1,5 +1,5 @@
 //! `reserve`: one applicant. Exit 0 reserved, 3 referred to IKD, 4 answered with a reservation
-//! that must not be printed here, 2 bad input, 1 other errors.
+//! that must not be printed here (or ALREADY_RESERVED_ELSEWHERE), 2 bad input, 1 other errors.
 
 use std::process::ExitCode;
 
@@ -19,11 +19,10 @@ use crate::terminal::Terminal;
 /// When a Reserve's answer is the applicant's reservation made earlier (the same NIK again) and
 /// no card may be printed here for it: already printed today, held for another counter, or no
 /// longer held (cancelled, or run out: the server shows a replayed reservation as it is now).
-/// The words for the officer; None when this counter may print (its own hold, new or replayed).
+/// The words for the officer; None when this counter may print: only a HELD reservation of this
+/// counter (new, or replayed and not run out). Any other state, one this client does not know
+/// included, is not printed (fails closed).
 pub fn do_not_print(reservation: &Reservation, counter: &str, out: &Out) -> Option<String> {
-    if !reservation.replayed {
-        return None;
-    }
     match reservation.state() {
         ReservationState::Committed => Some(format!(
             "{} {}: {}",
@@ -43,7 +42,9 @@ pub fn do_not_print(reservation: &Reservation, counter: &str, out: &Out) -> Opti
                 "do NOT print here; send the applicant to that counter.",
             ),
         )),
-        ReservationState::Held if lapsed(reservation) => {
+        // A new hold is judged by the server's clock alone (a fast local clock must not hide
+        // it); a replayed one may have run out since.
+        ReservationState::Held if reservation.replayed && lapsed(reservation) => {
             Some(format!(
                 "{}: {}",
                 out.t("MASA TAHAN SUDAH HABIS", "THE HOLD HAS RUN OUT"),
@@ -65,7 +66,14 @@ pub fn do_not_print(reservation: &Reservation, counter: &str, out: &Out) -> Opti
                 "do NOT print; no blank is held for it any more. Reserve again for this applicant (a new request).",
             ),
         )),
-        _ => None,
+        ReservationState::Held => None,
+        ReservationState::Unspecified => Some(
+            out.t(
+                "STATUS PEMESANAN TIDAK DIKENAL: JANGAN cetak; hubungi supervisor.",
+                "UNKNOWN RESERVATION STATE: do NOT print; ask a supervisor.",
+            )
+            .to_string(),
+        ),
     }
 }
 

@@ -157,6 +157,21 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
         }
         return ExitCode::from(EXIT_ERROR);
     }
+    // A server that answers but is not SERVING (draining at shutdown) does not count as up: the
+    // containers' healthcheck runs this command.
+    let serving = endpoints
+        .iter()
+        .filter(|e| matches!(&e.result, Ok((health, _)) if health == "SERVING"))
+        .count();
+    if serving == 0 {
+        if !out.json {
+            out.notice(lang.t(
+                "Tidak ada server yang SERVING (siap melayani).",
+                "No server is SERVING.",
+            ));
+        }
+        return ExitCode::from(EXIT_ERROR);
+    }
     match quota {
         Some(Err(failure)) => ExitCode::from(failure.exit_code()),
         _ => ExitCode::from(EXIT_OK),
