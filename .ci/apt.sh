@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the CI scripts: `apt_install PKG...` installs Debian packages (without recommends),
 # through sudo when not root, with one `apt-get update` per script run.
 apt_updated=""

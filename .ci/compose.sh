@@ -19,6 +19,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=.ci/apt.sh
 source .ci/apt.sh
+# shellcheck source=.ci/stop.sh
+source .ci/stop.sh
 
 # The command the Dockerfile runs; step 2 checks that the Dockerfile still says exactly this.
 BUILD_CMD=(cargo build --release --locked -p blangko-server -p blangko-counter)
@@ -97,6 +99,14 @@ check(secret_file.endswith("/nik.key"), "top-level secret nik_key with file ./ni
 tokens_file = config.get("secrets", {}).get("tokens", {}).get("file", "")
 check(tokens_file.endswith("/tokens.txt"), "top-level secret tokens with file ./tokens.txt")
 
+def port_text(p):
+    """A published port as HOST_IP:PUBLISHED:TARGET, from Compose 1.x's short string or the
+    long form (a mapping) that Compose v2's `config` writes."""
+    if isinstance(p, dict):
+        return f"{p.get('host_ip', '')}:{p.get('published', '')}:{p.get('target', '')}"
+    return str(p)
+
+
 ports = {}
 for name in ("server-a", "server-b"):
     s = services.get(name, {})
@@ -116,7 +126,7 @@ for name in ("server-a", "server-b"):
     check(env.get("BLANGKO_TOKEN_FILE") == "/run/secrets/tokens", f"{name}: BLANGKO_TOKEN_FILE=/run/secrets/tokens")
     check(any((x if isinstance(x, str) else x.get("source")) == "tokens" for x in s.get("secrets", [])),
           f"{name}: uses the tokens secret")
-    ports[name] = [str(p) for p in s.get("ports", [])]
+    ports[name] = [port_text(p) for p in s.get("ports", [])]
 
 check(any(p.startswith("127.0.0.1:50051:50051") for p in ports.get("server-a", [])), "server-a: port 50051 -> 50051")
 check(any(p.startswith("127.0.0.1:50052:50051") for p in ports.get("server-b", [])), "server-b: port 50052 -> 50051")
@@ -188,9 +198,8 @@ phase "health check against a release server"
 work=$(mktemp -d)
 server_pid=""
 cleanup() {
-  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
+  if [[ -n $server_pid ]]; then
+    stop_pids "$server_pid"
   fi
   rm -rf "$work" "$config_file"
 }
@@ -257,8 +266,9 @@ fi
 echo "health check while serving: exit 0"
 
 # With the token: an office's quota (GetQuota needs a principal); without it: refused.
-"$counter_bin" --server "http://127.0.0.1:${addr##*:}" --timeout 3 --retries 0 \
-  --token "$(cat "$work/token")" --office 3275 --service-point mpp status >/dev/null \
+# The token through the environment, as the README says: a command line shows in `ps`.
+BLANGKO_TOKEN="$(<"$work/token")" "$counter_bin" --server "http://127.0.0.1:${addr##*:}" --timeout 3 --retries 0 \
+  --office 3275 --service-point mpp status >/dev/null \
   || fail "status of office 3275 with the agency token failed"
 if env -i PATH="$PATH" "$counter_bin" --server "http://127.0.0.1:${addr##*:}" --timeout 3 --retries 0 \
   --office 3275 --service-point mpp status >/dev/null 2>&1; then

@@ -1,13 +1,30 @@
-# Sourced by .ci/examples.sh and bench/ghz.sh: `ensure_go` makes a Go of 1.21 or newer the first
-# `go` on PATH. Go 1.21 and newer fetch the toolchain a go.mod names by themselves
-# (GOTOOLCHAIN=auto); an older Go (Debian bookworm's golang-go is 1.19) cannot even read
-# examples/go's go.mod. When there is no such Go, the toolchain is fetched the way Go itself
-# fetches one: the module golang.org/toolchain from the Go module proxy, checked against the
-# checksum database's hash (through the same proxy), unpacked once under
+# shellcheck shell=bash
+# Sourced by .ci/examples.sh, bench/ghz.sh and bench/stock-report.sh.
+#
+# `ensure_go` makes a Go of 1.21 or newer the first `go` on PATH. Go 1.21 and newer fetch the
+# toolchain a go.mod names by themselves (GOTOOLCHAIN=auto, set here unless GOTOOLCHAIN is set:
+# some distributions' go.env says `local`); an older Go (Debian bookworm's golang-go is 1.19)
+# cannot even read examples/go's go.mod. When there is no such Go, the toolchain is fetched the
+# way Go itself fetches one: the module golang.org/toolchain from the Go module proxy, its hash
+# checked (pinned below for the default version; for another, the checksum database's line,
+# read through the same proxy, which guards against a broken download only), unpacked once under
 # ${XDG_CACHE_HOME:-~/.cache}/blangko/ and reused by later runs.
 #
-# Environment: BLANGKO_GO_VERSION (default 1.26.0, the `go` line of examples/go/go.mod),
-# GOPROXY's first entry (default https://proxy.golang.org).
+# `ensure_ghz` sets `ghz` to a ghz binary: $GHZ, one on PATH, or one installed with
+# `go install github.com/bojand/ghz/cmd/ghz@v0.121.0` into ${XDG_CACHE_HOME:-~/.cache}/blangko/bin.
+#
+# Environment: BLANGKO_GO_VERSION (default: the `go` line of examples/go/go.mod), GOPROXY's first
+# entry (default https://proxy.golang.org).
+
+# shellcheck source=.ci/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+
+# The toolchain modules' hashes (h1:, Go's dirhash) for the default version, from
+# sum.golang.org: a download must match them, whatever the proxy says.
+declare -A GO_TOOLCHAIN_H1=(
+  [v0.0.1-go1.26.0.linux-amd64]="h1:1p2G5COR51f8Q3EQ4HLJQDDL2ytLEqfL/yTawB0Jr8w="
+  [v0.0.1-go1.26.0.linux-arm64]="h1:lAFrRm35hIzvRSMYiELtaPaitr22pp6iaBbdPBuJg2U="
+)
 
 go_minor_of() {
   "$1" env GOVERSION 2>/dev/null | sed -nE 's/^go1\.([0-9]+).*/\1/p'
@@ -19,6 +36,7 @@ ensure_go() {
   if [[ -n "$have" ]]; then
     minor=$(go_minor_of "$have")
     if [[ $minor =~ ^[0-9]+$ ]] && ((minor >= 21)); then
+      export GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
       return 0
     fi
     echo "go.sh: $("$have" version) is older than 1.21" >&2
@@ -26,7 +44,10 @@ ensure_go() {
     echo "go.sh: no go on PATH" >&2
   fi
 
-  local version=${BLANGKO_GO_VERSION:-1.26.0}
+  local go_mod
+  go_mod="$(dirname "${BASH_SOURCE[0]}")/../examples/go/go.mod"
+  local version=${BLANGKO_GO_VERSION:-$(sed -nE 's/^go ([0-9.]+)$/\1/p' "$go_mod" 2>/dev/null)}
+  version=${version:-1.26.0}
   if ! [[ $version =~ ^1\.[0-9]+(\.[0-9]+)?$ ]]; then
     echo "go.sh: BLANGKO_GO_VERSION must look like 1.26.0, not '$version'" >&2
     return 1
@@ -50,6 +71,9 @@ ensure_go() {
       proxy=https://proxy.golang.org
     fi
     echo "go.sh: fetching golang.org/toolchain@$module_version from $proxy" >&2
+    if ! command -v curl >/dev/null 2>&1; then
+      apt_install curl ca-certificates
+    fi
     local tmp
     tmp=$(mktemp -d)
     # Bounded: no download may hang a CI run (the toolchain is about 70 MB).
@@ -64,9 +88,10 @@ ensure_go() {
     mkdir -p "$(dirname "$home")"
     # The zip's hash in Go's own form (h1: the dirhash of its files) must match the checksum
     # database's line; then the files are unpacked with their modes (bin/go is executable).
-    if ! python3 - "$tmp/go.zip" "$tmp/lookup" "$module_version" "$tmp/unpacked" <<'PY'; then
+    if ! python3 - "$tmp/go.zip" "$tmp/lookup" "$module_version" "$tmp/unpacked" \
+      "${GO_TOOLCHAIN_H1[$module_version]:-}" <<'PY'; then
 import base64, hashlib, os, sys, zipfile
-zip_path, lookup_path, version, dest = sys.argv[1:5]
+zip_path, lookup_path, version, dest, pinned = sys.argv[1:6]
 prefix = f"golang.org/toolchain@{version}/"
 want = None
 with open(lookup_path) as f:
@@ -76,6 +101,8 @@ with open(lookup_path) as f:
             want = parts[2]
 if want is None:
     sys.exit(f"go.sh: the checksum database has no line for golang.org/toolchain {version}")
+if pinned and want != pinned:
+    sys.exit(f"go.sh: the proxy's checksum line for {version} ({want}) is not the pinned {pinned}")
 with zipfile.ZipFile(zip_path) as z:
     names = sorted(i.filename for i in z.infolist() if not i.is_dir())
     summary = "".join(f"{hashlib.sha256(z.read(n)).hexdigest()}  {n}\n" for n in names)
@@ -98,12 +125,38 @@ PY
       rm -rf "$tmp"
       return 1
     fi
+    # Go's own toolchain switch sets these executable whatever the zip says: so do we.
+    chmod -R a+x "$tmp/unpacked/bin" "$tmp/unpacked/pkg/tool"
     rm -rf "$home"
     mv "$tmp/unpacked" "$home"
     rm -rf "$tmp"
   fi
+  local fetched
+  if ! fetched=$("$home/bin/go" version); then
+    echo "go.sh: $home/bin/go does not run; remove $home and try again" >&2
+    return 1
+  fi
   export PATH="$home/bin:$PATH"
   # The fetched Go is the one to use: no second fetch for examples/go's go.mod line.
   export GOTOOLCHAIN=local
-  echo "go.sh: using $("$home/bin/go" version) from $home" >&2
+  echo "go.sh: using $fetched from $home" >&2
+}
+
+ensure_ghz() {
+  ghz=${GHZ:-$(command -v ghz || true)}
+  if [[ -n "$ghz" ]]; then
+    [[ -x "$ghz" ]] || {
+      echo "go.sh: GHZ=$ghz is not an executable" >&2
+      return 1
+    }
+    return 0
+  fi
+  local bin="${XDG_CACHE_HOME:-$HOME/.cache}/blangko/bin"
+  ghz="$bin/ghz"
+  if [[ ! -x "$ghz" ]]; then
+    ensure_go
+    echo "installing ghz v0.121.0 with go install (into $bin)"
+    mkdir -p "$bin"
+    GOBIN="$bin" go install github.com/bojand/ghz/cmd/ghz@v0.121.0
+  fi
 }

@@ -28,13 +28,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=.ci/apt.sh
 source .ci/apt.sh
+# shellcheck source=.ci/stop.sh
+source .ci/stop.sh
 
 cargo build --release --locked -q -p blangko-server -p blangko-bench
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for pid in "${pids[@]+"${pids[@]}"}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_pids "${pids[@]+"${pids[@]}"}"
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -38,26 +38,22 @@ fi
 out=${OUT:-bench/out}
 mkdir -p "$out"
 
-ghz=${GHZ:-$(command -v ghz || true)}
-if [[ -z "$ghz" ]]; then
-  # Go 1.21 or newer; without one, .ci/go.sh fetches Go from the Go module proxy.
-  # shellcheck source=.ci/go.sh
-  source .ci/go.sh
-  ensure_go
-  ghz="$(go env GOPATH)/bin/ghz"
-fi
-if [[ ! -x "$ghz" ]]; then
-  echo "installing ghz v0.121.0 with go install"
-  go install github.com/bojand/ghz/cmd/ghz@v0.121.0
-  ghz="$(go env GOPATH)/bin/ghz"
-fi
+# ghz: $GHZ, one on PATH, or installed with `go install` (and Go fetched when there is none of
+# 1.21 or newer), see .ci/go.sh.
+# shellcheck source=.ci/go.sh
+source .ci/go.sh
+ensure_ghz
 "$ghz" --version
 
 cargo build --release --locked -q -p blangko-server
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=.ci/stop.sh
+source .ci/stop.sh
+# shellcheck disable=SC2046 # one pid per word
+trap 'stop_pids $(jobs -p); rm -rf "$work"' EXIT
 # Without the shell's BLANGKO_* settings (a token file, a database URL, ...): this server is the
 # script's own, on a fresh file, open to the calls below.
+# shellcheck disable=SC2046 # one -u NAME pair per variable
 env $(env | awk -F= '/^BLANGKO_/ {print "-u " $1}') \
   target/release/blangko-server --listen 127.0.0.1:0 --database "sqlite:$work/bench.db" --log warn \
   > "$work/server.out" 2> "$work/server.err" &

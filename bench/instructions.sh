@@ -53,18 +53,21 @@ for binary in "$server" "$bench" "$counter"; do
 done
 
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=.ci/stop.sh
+source .ci/stop.sh
+# shellcheck disable=SC2046 # one pid per word
+trap 'stop_pids $(jobs -p); rm -rf "$work"' EXIT
 # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out" \
   "$server" --listen 127.0.0.1:0 --database "sqlite:$work/bench.db" --log warn \
   ${SERVER_ARGS:-} \
   > "$work/server.out" 2> "$work/server.err" &
+# valgrind execs its tool in place: the job's pid is the server's under callgrind.
+pid=$!
 # Under valgrind the server takes a few seconds to start.
 for _ in $(seq 1 300); do grep -q listening "$work/server.out" 2>/dev/null && break; sleep 0.1; done
 addr=$(awk '/listening/ {print $NF}' "$work/server.out")
 [[ -n "$addr" ]] || { cat "$work/server.err"; exit 1; }
-pid=$(pgrep -f -- "--callgrind-out-file=$work/callgrind.out" | head -1)
-[[ -n "$pid" ]] || { echo "cannot find the valgrind process" >&2; exit 1; }
 echo "server under callgrind: $addr (pid $pid); $seconds s per phase, $concurrency in flight, $service_points service points"
 
 # Folds what the Reserve journal holds (SQLite's Reserve batches of a burst leave their rows there

@@ -4,7 +4,10 @@
 # on the same database at the same concurrency, in the same run.
 #
 # Usage: bench/pg-compare.sh POSTGRES_URL [SECONDS] [CONCURRENCY] [BATCH_SIZE]
-#   POSTGRES_URL  a database the script may fill (e.g. postgres://bench:bench@127.0.0.1/bench)
+#   POSTGRES_URL  a database the script may fill (e.g. postgres://bench:bench@127.0.0.1/bench);
+#                 "-" takes it from BLANGKO_DATABASE_URL, so that its password is on no command
+#                 line. The script itself passes the password on through the environment only
+#                 (BLANGKO_DATABASE_URL for the replicas, PGPASSWORD for psql and pgbench).
 # Environment: NIK_KEY_FILE, the key the replicas hash NIKs with (default
 # ~/.cache/blangko/pg-compare.nikkey, created on the first run). The database remembers the key
 # it was first used with and the servers refuse another, so every run on one database needs the
@@ -13,7 +16,25 @@
 # Builds the release binaries first. Talks to 127.0.0.1 only; every loop is bounded.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-url=${1:?usage: bench/pg-compare.sh POSTGRES_URL [SECONDS] [CONCURRENCY] [BATCH_SIZE]}
+url=${1:?usage: bench/pg-compare.sh POSTGRES_URL|- [SECONDS] [CONCURRENCY] [BATCH_SIZE]}
+if [[ $url == - ]]; then
+  url=${BLANGKO_DATABASE_URL:?"'-' takes the URL from BLANGKO_DATABASE_URL, which is not set"}
+fi
+# psql and pgbench get the URL without its password, and the password as PGPASSWORD (the URL
+# goes to python on stdin: on no command line).
+libpq_url=$(python3 -c '
+import sys, urllib.parse
+u = urllib.parse.urlsplit(sys.stdin.read().strip())
+host = u.netloc.rsplit("@", 1)[-1]
+user = urllib.parse.quote(urllib.parse.unquote(u.username or ""), safe="")
+netloc = f"{user}@{host}" if u.username else host
+print(urllib.parse.urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment)))
+' <<<"$url")
+PGPASSWORD=$(python3 -c '
+import sys, urllib.parse
+print(urllib.parse.unquote(urllib.parse.urlsplit(sys.stdin.read().strip()).password or ""))
+' <<<"$url")
+export PGPASSWORD
 seconds=${2:-5}
 concurrency=${3:-64}
 batch=${4:-128}
@@ -23,7 +44,10 @@ cargo build --release --locked -q -p blangko-server -p blangko-bench
 server=${SERVER:-target/release/blangko-server}
 [[ -x "$server" ]] || { echo "SERVER=$server is not an executable"; exit 2; }
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=.ci/stop.sh
+source .ci/stop.sh
+# shellcheck disable=SC2046 # one pid per word
+trap 'stop_pids $(jobs -p); rm -rf "$work"' EXIT
 key=${NIK_KEY_FILE:-$HOME/.cache/blangko/pg-compare.nikkey}
 if [[ ! -s "$key" ]]; then
   mkdir -p "$(dirname "$key")"
@@ -37,7 +61,7 @@ echo $((offset + ${seconds%.*} * 100000 + 100000)) > "$counter"
 
 # Two replicas on free ports (port 0: each prints the address it chose).
 for r in a b; do
-  "$server" --listen 127.0.0.1:0 --database "$url" --nik-key-file "$key" \
+  BLANGKO_DATABASE_URL="$url" "$server" --listen 127.0.0.1:0 --nik-key-file "$key" \
     --log warn --reserve-batch-size "$batch" > "$work/$r.out" 2> "$work/$r.err" &
 done
 for r in a b; do
@@ -68,7 +92,7 @@ if ! grep -q 'referred 0$' "$work/bench.txt"; then
 fi
 
 echo "--- pgbench: the naive transaction on the same database, $concurrency clients"
-psql -q "$url" <<'SQL'
+psql -q "$libpq_url" <<'SQL'
 DROP TABLE IF EXISTS pgbench_quota_day, pgbench_reservation;
 CREATE TABLE pgbench_quota_day (service_point_id TEXT, day DATE, used BIGINT, quota BIGINT, PRIMARY KEY (service_point_id, day));
 CREATE TABLE pgbench_reservation (id BIGSERIAL PRIMARY KEY, nik_hash TEXT, day DATE);
@@ -81,5 +105,5 @@ UPDATE pgbench_quota_day SET used = used + 1 WHERE service_point_id = 'BENCH' AN
 INSERT INTO pgbench_reservation(nik_hash, day) VALUES (md5(:n::text), CURRENT_DATE);
 END;
 SQL
-pgbench -n -c "$concurrency" -j 2 -T "$seconds" -f "$work/naive.sql" "$url" | grep -E "tps|latency average"
-psql -q "$url" -c "DROP TABLE pgbench_quota_day, pgbench_reservation"
+pgbench -n -c "$concurrency" -j 2 -T "$seconds" -f "$work/naive.sql" "$libpq_url" | grep -E "tps|latency average"
+psql -q "$libpq_url" -c "DROP TABLE pgbench_quota_day, pgbench_reservation"

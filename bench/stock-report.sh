@@ -26,12 +26,11 @@ calls=${3:-20}
 rounds=${ROUNDS:-2}
 servers=${SERVERS:-target/release/blangko-server}
 
-ghz=${GHZ:-$(command -v ghz || echo "$(go env GOPATH)/bin/ghz")}
-if [[ ! -x "$ghz" ]]; then
-  echo "installing ghz v0.121.0 with go install"
-  go install github.com/bojand/ghz/cmd/ghz@v0.121.0
-  ghz="$(go env GOPATH)/bin/ghz"
-fi
+# ghz: $GHZ, one on PATH, or installed with `go install` (and Go fetched when there is none of
+# 1.21 or newer), see .ci/go.sh.
+# shellcheck source=.ci/go.sh
+source .ci/go.sh
+ensure_ghz
 [[ -n "${SERVERS:-}" ]] || cargo build --release --locked -q -p blangko-server
 if [[ -n "${COUNTER:-}" ]]; then
   counter=$COUNTER
@@ -41,7 +40,10 @@ else
   cargo build --release --locked -q -p blangko-counter
 fi
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=.ci/stop.sh
+source .ci/stop.sh
+# shellcheck disable=SC2046 # one pid per word
+trap 'stop_pids $(jobs -p); rm -rf "$work"' EXIT
 
 # Starts $1 on $2; sets addr and pid.
 start() {

@@ -31,7 +31,10 @@ for binary in "$server" "$bench"; do
 done
 
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=.ci/stop.sh
+source .ci/stop.sh
+# shellcheck disable=SC2046 # one pid per word
+trap 'stop_pids $(jobs -p); rm -rf "$work"' EXIT
 
 for run in $(seq 1 "$runs"); do
   db="$work/run$run.db"
