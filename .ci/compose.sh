@@ -267,7 +267,7 @@ echo "health check while serving: exit 0"
 
 # With the token: an office's quota (GetQuota needs a principal); without it: refused.
 # The token through the environment, as the README says: a command line shows in `ps`.
-BLANGKO_TOKEN="$(<"$work/token")" "$counter_bin" --server "http://127.0.0.1:${addr##*:}" --timeout 3 --retries 0 \
+env -i PATH="$PATH" BLANGKO_TOKEN="$(<"$work/token")" "$counter_bin" --server "http://127.0.0.1:${addr##*:}" --timeout 3 --retries 0 \
   --office 3275 --service-point mpp status >/dev/null \
   || fail "status of office 3275 with the agency token failed"
 if env -i PATH="$PATH" "$counter_bin" --server "http://127.0.0.1:${addr##*:}" --timeout 3 --retries 0 \

@@ -27,7 +27,8 @@ declare -A GO_TOOLCHAIN_H1=(
 )
 
 go_minor_of() {
-  "$1" env GOVERSION 2>/dev/null | sed -nE 's/^go1\.([0-9]+).*/\1/p'
+  # Empty (never an error under `set -e`) when this go cannot say its version.
+  { "$1" env GOVERSION 2>/dev/null || true; } | sed -nE 's/^go1\.([0-9]+).*/\1/p'
 }
 
 ensure_go() {
@@ -137,8 +138,9 @@ PY
     return 1
   fi
   export PATH="$home/bin:$PATH"
-  # The fetched Go is the one to use: no second fetch for examples/go's go.mod line.
-  export GOTOOLCHAIN=local
+  # By default the fetched Go is go.mod's own version, so nothing more is fetched; an older
+  # BLANGKO_GO_VERSION still fetches the toolchain go.mod names.
+  export GOTOOLCHAIN=auto
   echo "go.sh: using $fetched from $home" >&2
 }
 

@@ -20,21 +20,26 @@ url=${1:?usage: bench/pg-compare.sh POSTGRES_URL|- [SECONDS] [CONCURRENCY] [BATC
 if [[ $url == - ]]; then
   url=${BLANGKO_DATABASE_URL:?"'-' takes the URL from BLANGKO_DATABASE_URL, which is not set"}
 fi
-# psql and pgbench get the URL without its password, and the password as PGPASSWORD (the URL
-# goes to python on stdin: on no command line).
-libpq_url=$(python3 -c '
-import sys, urllib.parse
-u = urllib.parse.urlsplit(sys.stdin.read().strip())
-host = u.netloc.rsplit("@", 1)[-1]
-user = urllib.parse.quote(urllib.parse.unquote(u.username or ""), safe="")
-netloc = f"{user}@{host}" if u.username else host
-print(urllib.parse.urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment)))
+# psql and pgbench get the URL without its password, and the password as PGPASSWORD when the
+# URL has one (else PGPASSWORD and ~/.pgpass work as usual). The URL goes to python on stdin: on
+# no command line. Only ":password" is cut out of the text, so every other form (a Unix socket's
+# postgresql:///db?host=/run/postgresql, say) reaches libpq as given.
+split=$(python3 -c '
+import re, sys, urllib.parse
+url = sys.stdin.read().strip()
+m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):([^@/?#]*)@(.*)$", url, re.S)
+if m:
+    print(urllib.parse.unquote(m.group(2)))
+    print(f"{m.group(1)}@{m.group(3)}")
+else:
+    print()
+    print(url)
 ' <<<"$url")
-PGPASSWORD=$(python3 -c '
-import sys, urllib.parse
-print(urllib.parse.unquote(urllib.parse.urlsplit(sys.stdin.read().strip()).password or ""))
-' <<<"$url")
-export PGPASSWORD
+url_password=${split%%$'\n'*}
+libpq_url=${split#*$'\n'}
+if [[ -n $url_password ]]; then
+  export PGPASSWORD=$url_password
+fi
 seconds=${2:-5}
 concurrency=${3:-64}
 batch=${4:-128}

@@ -204,7 +204,9 @@ pub enum Command {
     /// reported with their line numbers, never skipped silently. Columns are found by their header
     /// names (ticket/tiket/antrean/antrian, or no/nomor when none of those is there; nik;
     /// reason/alasan; ikd); `,` `;` and tab separators are accepted. An applicant already printed
-    /// today, or held for another counter, is recorded as do_not_print: no card is printed here.
+    /// today, or held for another counter, is recorded as do_not_print: no card is printed here;
+    /// one holding a blank today at another service point or office as served_elsewhere (not
+    /// printed here either; a re-run asks again, in case that hold was cancelled or ran out).
     /// Tickets an earlier run already served today (the server lists the reservations its
     /// tickets' request ids made) are left out of the forecast: they take no more quota.
     ///

@@ -433,6 +433,10 @@ pub enum RowOutcome {
     /// The answer is the applicant's earlier reservation, already printed today or held for
     /// another counter: no card is printed at this counter (`detail` says which).
     DoNotPrint,
+    /// The applicant holds (or was printed) a blank today at another service point or office
+    /// (ALREADY_RESERVED_ELSEWHERE): no card is printed here now. Not final: that hold may be
+    /// cancelled or run out, so a re-run asks again.
+    ServedElsewhere,
     /// The row (or the server) rejected the input.
     Invalid,
     /// Another error; a re-run tries again.
@@ -1021,9 +1025,10 @@ impl Run<'_> {
                 return Err(failure);
             }
             // The applicant holds (or was printed) a blank today at another service point or
-            // office: no card is printed here, like a replayed reservation of another counter.
+            // office: no card is printed here now, like a replayed reservation of another
+            // counter; a re-run asks again (that hold may be cancelled or run out).
             Err(failure) if failure.reason() == Some("ALREADY_RESERVED_ELSEWHERE") => {
-                record.outcome = RowOutcome::DoNotPrint;
+                record.outcome = RowOutcome::ServedElsewhere;
                 record.detail = failure.human(Lang::En);
                 self.tally.do_not_print += 1;
                 let lines = vec![

@@ -1107,8 +1107,9 @@ async fn an_applicant_served_at_another_service_point_is_do_not_print_alone_and_
         "{alone:?}"
     );
 
-    // In a queue: the row is do_not_print, the run handled every row (exit 0), and a re-run
-    // leaves the row alone.
+    // In a queue: the row is served_elsewhere (do not print; counted with do_not_print), the run
+    // handled every row (exit 0), and a re-run asks again for that row only (the hold there may
+    // have been cancelled or run out since): still held there, still not printed here.
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("antrean.csv");
     std::fs::write(&file, queue_csv(3))?;
@@ -1129,7 +1130,7 @@ async fn an_applicant_served_at_another_service_point_is_do_not_print_alone_and_
         .collect();
     assert_eq!(
         outcomes,
-        ["reserved", "do_not_print", "reserved"],
+        ["reserved", "served_elsewhere", "reserved"],
         "{run:?}"
     );
     let summary = events.last().context("no summary")?;
@@ -1148,10 +1149,70 @@ async fn an_applicant_served_at_another_service_point_is_do_not_print_alone_and_
     )
     .await?;
     assert_eq!(again.code, 0, "{again:?}");
-    assert!(
-        !again.json()?.iter().any(|v| v["event"] == "row"),
+    let rows: Vec<(String, String)> = again
+        .json()?
+        .iter()
+        .filter(|v| v["event"] == "row")
+        .map(|v| {
+            (
+                v["ticket"].as_str().unwrap_or("").to_string(),
+                v["outcome"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [("2".to_string(), "served_elsewhere".to_string())],
         "{again:?}"
     );
+    // Once the hold there is cancelled, the next run reserves the applicant here.
+    let held_there = client(
+        &[url],
+        &[
+            "--json",
+            "--office",
+            "3275",
+            "--service-point",
+            "kec",
+            "--counter",
+            "kec-1",
+            "holds",
+        ],
+        None,
+    )
+    .await?;
+    let id = held_there.one_json()?["holds"][0]["reservation_id"]
+        .as_str()
+        .context("no hold at kec")?
+        .to_string();
+    let cancelled = client(
+        &[url],
+        &[
+            "--office",
+            "3275",
+            "--service-point",
+            "kec",
+            "--counter",
+            "kec-1",
+            "cancel",
+            &id,
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(cancelled.code, 0, "{cancelled:?}");
+    let third = run_as(
+        url,
+        &["--json", "queue", &file_arg, "--results", &results_arg],
+    )
+    .await?;
+    let outcomes: Vec<String> = third
+        .json()?
+        .iter()
+        .filter(|v| v["event"] == "row")
+        .map(|v| v["outcome"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(outcomes, ["reserved"], "{third:?}");
     Ok(())
 }
 

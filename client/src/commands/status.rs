@@ -105,10 +105,18 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
         if !quota_error.is_null() {
             value["quota_error"] = quota_error;
         }
+        let serving = endpoints
+            .iter()
+            .any(|e| matches!(&e.result, Ok((health, _)) if health == "SERVING"));
         if reachable == 0 {
             value["error"] = json!({
                 "code": "UNAVAILABLE",
                 "message": "no server answered",
+            });
+        } else if !serving {
+            value["error"] = json!({
+                "code": "UNAVAILABLE",
+                "message": "no server is SERVING",
             });
         }
         out.json(&value);

@@ -464,7 +464,9 @@ impl Engine {
     /// Up to `rounds` rounds of at most [`EXPIRY_BATCH`] due holds each (`first`, when given, is
     /// the first round). Returns how many were released, and whether more may be due: the last
     /// round was full and released some. A full round that released none (holds whose rows do
-    /// not add up, read first every time) ends the rounds: no loop on them.
+    /// not add up, read first every time) ends the rounds: no loop on them. (So 500 or more such
+    /// holds, only possible in a database edited by hand, keep the office's later holds from
+    /// being released until they are mended; each is named in the log.)
     pub(crate) async fn expire_due_rounds(
         &self,
         conn: &mut AnyConnection,

@@ -48,11 +48,11 @@ pub const MAX_ATTEMPTS: u32 = 4;
 /// Most expired holds released in one round (one read of the due holds).
 pub const EXPIRY_BATCH: i64 = 500;
 /// Most rounds of [`EXPIRY_BATCH`] a transaction that needs its office's holds released (a
-/// Reserve batch, a late commit, a transfer, a stock-take, a quota change) runs: 2,000 holds, a
-/// queue file's whole morning run out at once. Past it the rest counts as held (a refusal too
-/// many, never a card too many) and the sweeper is woken; the sweeper runs one round per
-/// transaction.
-pub const MAX_EXPIRY_ROUNDS: usize = 4;
+/// Reserve batch, a late commit, a transfer, a stock-take, a quota change) runs: 1,000 holds, a
+/// queue file's whole morning run out at once, about 4,000 statements under the office lock.
+/// Past it the rest counts as held (a refusal too many, never a card too many) and the sweeper is
+/// woken; the sweeper runs one round per transaction.
+pub const MAX_EXPIRY_ROUNDS: usize = 2;
 /// A counter's queue report counts for this long after its last refresh (DESIGN rule 12).
 pub const QUEUE_REPORT_TTL_MS: i64 = 120_000;
 /// A queue report this old is deleted by the sweeper (it stopped counting long before): the
