@@ -987,8 +987,11 @@ mod tests {
     /// A server that answers every call "not now": UNAVAILABLE with ErrorInfo
     /// EARLIER_HOLD_RELEASING and a short RetryInfo, as blangko-server does for an applicant whose
     /// hold at another office is being released.
-    #[derive(Clone)]
-    struct NotNow;
+    #[derive(Clone, Default)]
+    struct NotNow {
+        /// Calls answered so far.
+        calls: Arc<AtomicUsize>,
+    }
 
     impl tonic::server::NamedService for NotNow {
         const NAME: &'static str = "blangko.v1.CounterService";
@@ -1008,6 +1011,7 @@ mod tests {
 
         fn call(&mut self, _: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
             use tonic_types::{ErrorDetails, StatusExt};
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(10)));
             details.set_error_info(
                 "EARLIER_HOLD_RELEASING",
@@ -1033,13 +1037,17 @@ mod tests {
             Ok(a) => a,
             Err(e) => panic!("{e}"),
         };
+        let not_now = NotNow::default();
+        let calls = Arc::clone(&not_now.calls);
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(NotNow)
+                .add_service(not_now)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let result = get_quota_from(&addr.to_string(), Duration::from_secs(5), 2).await;
         server.abort();
+        // Asked again after the delay the server gave, as many times as --retries says: 1 + 2.
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
         // The server's own answer, with its reason: not "no server answered".
         match result {
             Err(CallError::Status(status)) => {

@@ -112,9 +112,40 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     }
 }
 
-/// As [`value`], 0 when the series does not exist yet (a counter never incremented).
+/// As [`value`], 0 when the series does not exist yet (a counter never incremented). Panics when
+/// more than one series matches, and when a metric without labels is not declared at all
+/// (`# TYPE`: renamed or never registered): a check for 0 must not pass on a metric that is not
+/// there. (A labeled family is written only once it has a series, so for one asked by its
+/// labels a missing declaration is an empty family.)
 pub fn count(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    value(text, name, labels).unwrap_or(0.0)
+    if let Some(v) = value(text, name, labels) {
+        return v;
+    }
+    let family = ["_total", "_count", "_sum", "_bucket", "_created"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name);
+    let declared = text.lines().any(|l| {
+        l.starts_with(&format!("# TYPE {family} ")) || l.starts_with(&format!("# TYPE {name} "))
+    });
+    assert!(
+        declared || !labels.is_empty(),
+        "the scrape has no metric {name}: renamed, or never registered?"
+    );
+    let matching = samples(text)
+        .into_iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .count();
+    assert_eq!(
+        matching, 0,
+        "more than one {name} series matches {labels:?}"
+    );
+    0.0
 }
 
 #[cfg(test)]
@@ -123,12 +154,29 @@ mod tests {
 
     #[test]
     fn samples_parse_names_labels_and_values() {
-        let text = "# HELP x y\nblangko_rpc_requests_total{method=\"/a.B/C\",code=\"OK\"} 3\nblangko_ikd_activations_total 1\n# EOF\n";
+        let text = "# HELP x y\nblangko_rpc_requests_total{method=\"/a.B/C\",code=\"OK\"} 3\nblangko_ikd_activations_total 1\n# TYPE blangko_load_shed counter\n# EOF\n";
         assert_eq!(
             value(text, "blangko_rpc_requests_total", &[("code", "OK")]),
             Some(3.0)
         );
         assert_eq!(value(text, "blangko_ikd_activations_total", &[]), Some(1.0));
         assert_eq!(count(text, "blangko_load_shed_total", &[]), 0.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "no metric blangko_renamed_total")]
+    fn a_zero_count_of_a_metric_the_scrape_does_not_declare_is_an_error() {
+        count(
+            "# TYPE blangko_load_shed counter\n# EOF\n",
+            "blangko_renamed_total",
+            &[],
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "more than one")]
+    fn a_count_that_matches_two_series_is_an_error() {
+        let text = "# TYPE blangko_x counter\nblangko_x_total{a=\"1\"} 1\nblangko_x_total{a=\"2\"} 2\n# EOF\n";
+        count(text, "blangko_x_total", &[]);
     }
 }

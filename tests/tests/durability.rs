@@ -26,16 +26,27 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() -> anyhow::Result<()> {
     office_with_point(&mut stock, "3275", "main", 300, 1000).await?;
 
     let acked = Arc::new(Mutex::new(Acknowledged::default()));
+    // Set just before the kill: a call that fails before it is a failure of the test.
+    let killing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..8u32 {
         let mut counter = server.counter_client().await?;
         let acked = acked.clone();
+        let killing = killing.clone();
         workers.push(tokio::spawn(async move {
+            let died = |what: &str, status: tonic::Status| {
+                if killing.load(std::sync::atomic::Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err(format!("{what} failed before the kill: {status:?}"))
+                }
+            };
             // Each worker reserves and commits applicants until the server dies (bounded).
             for i in 0..200u32 {
                 let n = w * 1000 + i;
-                let Ok(answer) = counter.reserve(reserve_request("3275", "main", n)).await else {
-                    return;
+                let answer = match counter.reserve(reserve_request("3275", "main", n)).await {
+                    Ok(answer) => answer,
+                    Err(status) => return died("a Reserve", status),
                 };
                 let Some(Outcome::Reservation(r)) = answer.into_inner().outcome else {
                     continue;
@@ -56,25 +67,37 @@ async fn sigkill_mid_burst_loses_nothing_acknowledged() -> anyhow::Result<()> {
                                 a.committed.insert(r.reservation_id);
                             }
                         }
-                        Err(_) => return,
+                        Err(status) => return died("a commit", status),
                     }
                 }
             }
+            Ok(())
         }));
     }
-    // Let the burst run, then kill the process without warning.
+    // Let the burst run, then kill the process without warning, in the middle of it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let count = acked.lock().map(|a| a.reserved.len()).unwrap_or(0);
-        if count >= 60 || tokio::time::Instant::now() > deadline {
+        if count >= 60 {
             break;
         }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "only {count} reservations in 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(
+        workers.iter().any(|w| !w.is_finished()),
+        "the burst ended before the kill"
+    );
+    killing.store(true, std::sync::atomic::Ordering::SeqCst);
     server.kill();
     server.wait_killed().await;
     for w in workers {
-        let _ = w.await;
+        if let Err(failure) = w.await? {
+            anyhow::bail!("{failure}");
+        }
     }
     let (reserved, committed) = {
         let a = acked.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;

@@ -92,16 +92,7 @@ async fn ledger_of(
 }
 
 async fn stock_of(server: &TestServer) -> anyhow::Result<StockLevel> {
-    Ok(server
-        .stock_client()
-        .await?
-        .get_stock(GetStockRequest {
-            office_id: "3275".into(),
-        })
-        .await?
-        .into_inner()
-        .stock
-        .unwrap_or_default())
+    fixtures::stock_level(&mut server.stock_client().await?, "3275").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -932,9 +923,12 @@ async fn a_hold_that_ran_out_earmarks_no_blank_for_a_spoiled_one_before_the_swee
             })
             .await?
             .into_inner();
-        let from = moved.from_stock.unwrap_or_default();
+        let from = moved.from_stock.context("no from_stock in the answer")?;
         assert_eq!((from.on_hand, from.held, from.available), (0, 0, 0));
-        assert_eq!(moved.to_stock.unwrap_or_default().on_hand, 1);
+        assert_eq!(
+            moved.to_stock.context("no to_stock in the answer")?.on_hand,
+            1
+        );
         // c's hold was released with the transfer, not left HELD beside an empty stock.
         let c_now = fixtures::all_reservations(&mut counter, "3204").await?;
         assert_eq!(c_now.len(), 1);

@@ -284,8 +284,7 @@ async fn a_watcher_still_sees_other_replicas_after_its_listener_connection_silen
         let authority = rest.split_once('/')?.0;
         Some((authority.to_string(), rest.to_string()))
     })() else {
-        eprintln!("a database URL without host:port ({}): skipped", db.url);
-        return Ok(());
+        return blangko_e2e::skipped(&format!("a database URL without host:port ({})", db.url));
     };
     let proxy = blangko_e2e::proxy::FreezingProxy::start(target.clone(), b"LISTEN").await?;
     let proxied = db.url.replace(

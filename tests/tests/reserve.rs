@@ -207,17 +207,7 @@ async fn fifty_concurrent_reserves_of_one_nik_give_one_reservation() -> anyhow::
 }
 
 async fn stock_quota(server: &TestServer) -> anyhow::Result<QuotaSnapshot> {
-    Ok(server
-        .counter_client()
-        .await?
-        .get_quota(GetQuotaRequest {
-            office_id: "3275".into(),
-            service_point_id: "main".into(),
-        })
-        .await?
-        .into_inner()
-        .quota
-        .unwrap_or_default())
+    fixtures::quota_snapshot(&mut server.counter_client().await?, "3275", "main").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -241,16 +231,14 @@ async fn the_same_nik_elsewhere_is_already_reserved_elsewhere() -> anyhow::Resul
                 Some("ALREADY_RESERVED_ELSEWHERE")
             );
         }
-        // Nothing was taken by the refused calls.
-        let q = stock
-            .get_stock(GetStockRequest {
-                office_id: "3204".into(),
-            })
-            .await?
-            .into_inner()
-            .stock
-            .unwrap_or_default();
-        assert_eq!(q.held, 0);
+        // Nothing was taken by the refused calls: 3275 holds the first blank only, its MPP
+        // none, and 3204 none.
+        assert_eq!(fixtures::stock_level(&mut stock, "3275").await?.held, 1);
+        assert_eq!(fixtures::stock_level(&mut stock, "3204").await?.held, 0);
+        let mpp = fixtures::quota_snapshot(&mut counter, "3275", "mpp").await?;
+        assert_eq!((mpp.held, mpp.committed), (0, 0));
+        let main = fixtures::quota_snapshot(&mut counter, "3275", "main").await?;
+        assert_eq!(main.held, 1);
         Ok(())
     })
     .await

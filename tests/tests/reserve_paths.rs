@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use blangko_e2e::fixtures::{self, reserve_request};
-use blangko_e2e::scrape::count;
+use blangko_e2e::scrape::{count, value};
 use blangko_e2e::{TestDatabase, TestServer};
 use blangko_proto::v1::counter_service_client::CounterServiceClient;
 use blangko_proto::v1::reserve_response::Outcome;
@@ -537,8 +537,18 @@ async fn postgres_reserves_queued_during_the_lock_wait_join_the_waiting_batch() 
         "the first batch never waited for the office's row lock"
     );
     let queued: Vec<_> = (2..=QUEUED + 1).map(call).collect();
-    // Give the queued calls time to reach the office's queue; the lock is still held.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Every call in flight in the server before the lock goes (the queued ones wait in the
+    // office's queue behind the first batch); bounded, 10 s.
+    let mut all_in = false;
+    for _ in 0..200 {
+        let text = server.scrape_metrics().await?;
+        if value(&text, "blangko_requests_in_flight", &[]).unwrap_or(0.0) >= f64::from(QUEUED + 1) {
+            all_in = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(all_in, "the queued Reserves never reached the server");
     sqlx::query("ROLLBACK").execute(&mut holder).await?;
 
     let mut niks = std::collections::BTreeSet::new();

@@ -648,14 +648,19 @@ async fn a_connection_past_the_bound_is_closed_at_once() -> anyhow::Result<()> {
         stream.write_all(PREFACE).await?;
         raw.push(stream);
     }
-    let mut closed = 0;
-    for stream in &mut raw {
-        if closed_within(stream, Duration::from_millis(500)).await {
-            closed += 1;
+    // Within 10 s (a kept connection stays open for its first-call limit of 60 s): no timing
+    // is asserted, a busy machine only takes longer.
+    let mut closed = vec![false; raw.len()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !closed.iter().any(|c| *c) && tokio::time::Instant::now() < deadline {
+        for (stream, closed) in raw.iter_mut().zip(closed.iter_mut()) {
+            if !*closed && closed_within(stream, Duration::from_millis(100)).await {
+                *closed = true;
+            }
         }
     }
     assert!(
-        closed >= 1,
+        closed.iter().any(|c| *c),
         "three connections kept under --max-connections 2"
     );
     // Once they are gone, there is room again.

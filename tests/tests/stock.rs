@@ -1223,15 +1223,17 @@ async fn a_midnight_that_passes_in_the_pause_after_a_snapshot_is_not_skipped() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watched_quota_turns_over_at_local_midnight_with_no_write() -> anyhow::Result<()> {
-    // The server's clock runs 4 s before midnight WIB. A counter screen left open overnight gets
-    // the new day's snapshot at midnight by itself, with no Reserve or report to trigger it.
+    // The server's clock runs 10 s before midnight WIB (room for a slow set-up on a busy
+    // machine). A counter screen left open overnight gets the new day's snapshot at midnight by
+    // itself, with no Reserve or report to trigger it.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
     const DAY_MS: i64 = 86_400_000;
     const WIB_MS: i64 = 7 * 3_600_000;
     let next_midnight_wib = ((now + WIB_MS) / DAY_MS + 1) * DAY_MS - WIB_MS;
-    let clock = blangko_server::clock::SystemClock::with_offset_ms(next_midnight_wib - 4_000 - now);
+    let clock =
+        blangko_server::clock::SystemClock::with_offset_ms(next_midnight_wib - 10_000 - now);
     let server = TestServer::start_with_clock(
         blangko_e2e::TestDatabase::sqlite().await?,
         &[],
@@ -1243,7 +1245,16 @@ async fn a_watched_quota_turns_over_at_local_midnight_with_no_write() -> anyhow:
     let mut watch =
         fixtures::watch_quota(&mut server.counter_client().await?, "3275", "main").await?;
     let before = next_snapshot(&mut watch).await?;
-    let after = tokio::time::timeout(Duration::from_secs(30), watch.next())
+    let as_of_ms = before
+        .as_of
+        .as_ref()
+        .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+        .ok_or_else(|| anyhow::anyhow!("a snapshot without as_of"))?;
+    assert!(
+        as_of_ms < next_midnight_wib,
+        "the set-up took past the server's midnight: nothing left to watch"
+    );
+    let after = tokio::time::timeout(Duration::from_secs(40), watch.next())
         .await
         .map_err(|_| anyhow::anyhow!("no snapshot after midnight"))?
         .ok_or_else(|| anyhow::anyhow!("stream ended"))??
