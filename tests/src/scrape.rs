@@ -94,10 +94,9 @@ fn parse_line(line: &str) -> Option<Sample> {
     })
 }
 
-/// The value of the one sample named `name` whose labels include every pair of `labels`; None
-/// when no sample or more than one matches.
-pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let matching: Vec<Sample> = samples(text)
+/// The samples named `name` whose labels include every pair of `labels`.
+fn matching(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<Sample> {
+    samples(text)
         .into_iter()
         .filter(|s| s.name == name)
         .filter(|s| {
@@ -105,8 +104,13 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
                 .iter()
                 .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
         })
-        .collect();
-    match matching.as_slice() {
+        .collect()
+}
+
+/// The value of the one sample named `name` whose labels include every pair of `labels`; None
+/// when no sample or more than one matches.
+pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    match matching(text, name, labels).as_slice() {
         [one] => Some(one.value),
         _ => None,
     }
@@ -118,8 +122,11 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// there. (A labeled family is written only once it has a series, so for one asked by its
 /// labels a missing declaration is an empty family.)
 pub fn count(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    if let Some(v) = value(text, name, labels) {
-        return v;
+    let found = matching(text, name, labels);
+    match found.as_slice() {
+        [one] => return one.value,
+        [] => {}
+        _ => panic!("more than one {name} series matches {labels:?}"),
     }
     let family = ["_total", "_count", "_sum", "_bucket", "_created"]
         .iter()
@@ -131,19 +138,6 @@ pub fn count(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     assert!(
         declared || !labels.is_empty(),
         "the scrape has no metric {name}: renamed, or never registered?"
-    );
-    let matching = samples(text)
-        .into_iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
-        })
-        .count();
-    assert_eq!(
-        matching, 0,
-        "more than one {name} series matches {labels:?}"
     );
     0.0
 }

@@ -2104,6 +2104,30 @@ async fn server_process_on(
     }
 }
 
+/// What a child process writes on `pipe`, gathered as it comes (for [`wait_for_text`]), and the
+/// task that gathers it (it ends with the pipe).
+fn collect(
+    mut pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> (Arc<std::sync::Mutex<String>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut text) = seen.lock() {
+                    text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        })
+    };
+    (seen, reader)
+}
+
 /// Waits (at most 60 s) until `seen` holds `text`.
 async fn wait_for_text(seen: &Arc<std::sync::Mutex<String>>, text: &str) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -2153,23 +2177,7 @@ async fn the_screen_keeps_an_unanswered_print_and_spoiled_report_until_a_server_
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut screen = command(&[&url], &refs).stdin(Stdio::piped()).spawn()?;
     let mut stdin = screen.stdin.take().context("no stdin")?;
-    let seen = Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let seen = Arc::clone(&seen);
-        let mut stdout = screen.stdout.take().context("no stdout")?;
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                if let Ok(mut text) = seen.lock() {
-                    text.push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }
-        })
-    };
+    let (seen, reader) = collect(screen.stdout.take().context("no stdout")?);
     wait_for_text(&seen, "== blangko-counter").await?;
 
     // The server goes away: the card is printed and its c gets no answer; a spoiled report
@@ -2900,23 +2908,7 @@ async fn watch_waits_for_a_watcher_slot_when_the_server_is_full() -> anyhow::Res
         .spawn()?;
     // The slot frees once the client has been refused (its stderr says so), not after a guess
     // at how long it takes to start.
-    let seen = Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let seen = Arc::clone(&seen);
-        let mut stderr = watch.stderr.take().context("no stderr")?;
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                if let Ok(mut text) = seen.lock() {
-                    text.push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }
-        })
-    };
+    let (seen, reader) = collect(watch.stderr.take().context("no stderr")?);
     wait_for_text(&seen, "TOO_MANY_WATCHERS").await?;
     drop(taken);
     let out = tokio::time::timeout(Duration::from_secs(40), watch.wait_with_output()).await??;
