@@ -178,6 +178,29 @@ pub fn has_nik_stretch(text: &str) -> bool {
     nik_stretches(text).next().is_some()
 }
 
+/// As [`has_nik_stretch`], with every character that is neither a letter nor a digit counted as
+/// a separator inside a NIK (`3275_0141_0190_0001`, a NIK split by commas, colons or a
+/// no-break space). For text that is refused when it could hold a NIK (a counter's id, an id
+/// published in metrics): a refusal costs a retyped id, never a stored answer. Not for the
+/// request ids kept in clear or hashed ([`has_nik_stretch`] decides those, as it did when they
+/// were stored, so that a retry finds them).
+pub fn has_nik_stretch_any_separator(text: &str) -> bool {
+    has_nik_stretch(&separators_as_spaces(text))
+}
+
+/// As [`holds_a_nik`], with every character that is neither a letter nor a digit counted as a
+/// separator inside a NIK. For the notes and references the ledger keeps for good.
+pub fn holds_a_nik_any_separator(text: &str, today: NaiveDate) -> bool {
+    holds_a_nik(&separators_as_spaces(text), today)
+}
+
+/// `text` with every character that is neither a letter nor a digit turned into a space.
+fn separators_as_spaces(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+        .collect()
+}
+
 /// `text` with every digit of each stretch that [`has_nik_stretch`] finds turned into a star.
 pub fn mask_nik_stretches(text: &str) -> std::borrow::Cow<'_, str> {
     let stretches: Vec<std::ops::Range<usize>> = nik_stretches(text).collect();
@@ -274,6 +297,26 @@ mod tests {
         assert!(holds_a_nik("3275014101900001 - 2 lembar", today));
         assert!(holds_a_nik("BA 17 3275014101900001", today));
         assert!(holds_a_nik("BA 17 3275 0141 0190 0001 - 2", today));
+    }
+
+    #[test]
+    fn a_nik_split_by_any_separator_is_found_where_it_would_be_refused() {
+        let today = date(2026, 12, 1);
+        assert!(has_nik_stretch_any_separator("3275_0141_0190_0001"));
+        assert!(has_nik_stretch_any_separator("loket_3275014101900001"));
+        assert!(!has_nik_stretch_any_separator("loket_12_b"));
+        assert!(holds_a_nik_any_separator("NIK 3275_0141_0190_0001", today));
+        assert!(holds_a_nik_any_separator(
+            "NIK 3275\u{a0}0141\u{a0}0190\u{a0}0001",
+            today
+        ));
+        assert!(holds_a_nik_any_separator("NIK: 3275,0141,0190,0001", today));
+        assert!(!holds_a_nik_any_separator(
+            "telp 0812_3456_7890, BA-2026/117",
+            today
+        ));
+        // The narrow forms still decide which request ids are hashed, as they did when stored.
+        assert!(!has_nik_stretch("3275_0141_0190_0001"));
     }
 
     #[test]

@@ -133,6 +133,26 @@ async fn verification_finds_an_edited_row_a_deleted_entry_and_a_rewritten_chain(
             .await?;
         assert!(verify(&mut stock, "3275", "").await?.intact);
 
+        // 1b. A delta edited to the end of its range: found at that entry, and the balance
+        //     arithmetic neither panics nor wraps.
+        let delta: i64 = sqlx::query_scalar(
+            "SELECT on_hand_delta FROM ledger WHERE office_id = '3275' AND seq = 4",
+        )
+        .fetch_one(&pool)
+        .await?;
+        sqlx::query("UPDATE ledger SET on_hand_delta = $1 WHERE office_id = '3275' AND seq = 4")
+            .bind(i64::MIN)
+            .execute(&pool)
+            .await?;
+        let chain = verify(&mut stock, "3275", "").await?;
+        assert!(!chain.intact);
+        assert_eq!(chain.first_broken_sequence, 4, "{chain:?}");
+        sqlx::query("UPDATE ledger SET on_hand_delta = $1 WHERE office_id = '3275' AND seq = 4")
+            .bind(delta)
+            .execute(&pool)
+            .await?;
+        assert!(verify(&mut stock, "3275", "").await?.intact);
+
         // The principal is covered too.
         sqlx::query("UPDATE ledger SET principal = 'someone-else' WHERE office_id = '3275' AND seq = 2")
             .execute(&pool)

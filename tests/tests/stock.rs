@@ -526,6 +526,150 @@ async fn a_service_point_id_that_could_be_a_nik_is_refused() -> anyhow::Result<(
     Ok(())
 }
 
+/// The fields a refusal names, from an error a call gave.
+fn refused_fields<T: std::fmt::Debug>(answer: Result<T, tonic::Status>) -> Vec<String> {
+    match answer {
+        Ok(answer) => panic!("accepted: {answer:?}"),
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            blangko_e2e::field_violations(&status)
+                .into_iter()
+                .map(|(field, _)| field)
+                .collect()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_that_would_hide_a_nik_or_pass_for_another_document_are_refused_by_field()
+-> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    office_with_point(&mut stock, "3275", "main", 10, 0).await?;
+    let shipment = |request_id: &str, reference: &str, note: &str| RecordShipmentRequest {
+        request_id: request_id.into(),
+        office_id: "3275".into(),
+        quantity: 100,
+        reference: reference.into(),
+        note: note.into(),
+    };
+    // A reference with a zero-width space looks like "SJ-001" and would book it twice.
+    assert_eq!(
+        refused_fields(
+            stock
+                .record_shipment(shipment(&rid(), "SJ-001\u{200B}", ""))
+                .await
+        ),
+        ["reference"]
+    );
+    // "t-1 " and "t-1" would be two requests: a retry done twice.
+    assert_eq!(
+        refused_fields(stock.record_shipment(shipment("t-1 ", "SJ-001", "")).await),
+        ["request_id"]
+    );
+    assert_eq!(
+        refused_fields(stock.record_shipment(shipment("   ", "SJ-001", "")).await),
+        ["request_id"]
+    );
+    // A NIK split by underscores, or by no-break spaces, in a note the ledger keeps for good.
+    for note in [
+        "NIK 3275_0141_0190_0001",
+        "NIK 3275\u{a0}0141\u{a0}0190\u{a0}0001",
+    ] {
+        assert_eq!(
+            refused_fields(
+                stock
+                    .record_shipment(shipment(&rid(), "SJ-001", note))
+                    .await
+            ),
+            ["note"],
+            "{note}"
+        );
+    }
+    // Nothing was booked by the refusals; the proper request is.
+    assert_eq!(fixtures::stock_level(&mut stock, "3275").await?.on_hand, 0);
+    stock
+        .record_shipment(shipment(&rid(), "SJ-001", "dari Kemendagri"))
+        .await?;
+    assert_eq!(
+        fixtures::stock_level(&mut stock, "3275").await?.on_hand,
+        100
+    );
+
+    // A counter id that is a NIK split by underscores (an id may hold them).
+    let mut request = reserve_request("3275", "main", 1);
+    request.counter_id = "3275_0141_0190_0001".into();
+    assert_eq!(
+        refused_fields(counter.reserve(request).await),
+        ["counter_id"]
+    );
+
+    // A blank written off as OTHER says why.
+    let other = |note: &str| ReportSpoiledBlankRequest {
+        request_id: rid(),
+        office_id: "3275".into(),
+        reservation_id: String::new(),
+        reason: SpoilageReason::Other as i32,
+        destruction_report_reference: String::new(),
+        note: note.into(),
+    };
+    assert_eq!(
+        refused_fields(counter.report_spoiled_blank(other(" ")).await),
+        ["note"]
+    );
+    counter
+        .report_spoiled_blank(other("tertumpah tinta"))
+        .await?;
+    assert_eq!(fixtures::stock_level(&mut stock, "3275").await?.on_hand, 99);
+
+    // A weight beside a FIXED quota is out of range, not stored as if it meant something.
+    let mut policy = fixtures::fixed(20);
+    policy.weight = 5000;
+    let set = SetQuotaPolicyRequest {
+        request_id: rid(),
+        office_id: "3275".into(),
+        service_point_id: "main".into(),
+        policy: Some(policy),
+        todays_quota: None,
+    };
+    assert_eq!(
+        refused_fields(stock.set_quota_policy(set).await),
+        ["policy.weight"]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_queue_report_holds_no_place_among_the_counters_of_a_service_point()
+-> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    office_with_point(&mut stock, "3275", "main", 10, 10).await?;
+    let report = |n: u32, waiting: u32| ReportQueueRequest {
+        counter_id: format!("loket-{n}"),
+        ..fixtures::queue_report("3275", "main", waiting)
+    };
+    // 256 counters report (the most a service point keeps), then all withdraw.
+    for n in 0..256 {
+        counter.report_queue(report(n, 1)).await?;
+    }
+    let full = counter
+        .report_queue(report(256, 1))
+        .await
+        .expect_err("a 257th counter");
+    assert_eq!(error_reason(&full).as_deref(), Some("TOO_MANY_COUNTERS"));
+    for n in 0..256 {
+        counter.report_queue(report(n, 0)).await?;
+    }
+    // The next counter is not refused: no report of the withdrawn ones counts.
+    counter.report_queue(report(256, 5)).await?;
+    let quota = fixtures::quota_snapshot(&mut counter, "3275", "main").await?;
+    assert_eq!(quota.waiting, 5);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_lists_are_refused_whole_and_errors_list_a_bounded_number_of_fields()
 -> anyhow::Result<()> {

@@ -699,8 +699,8 @@ impl Engine {
             response.reservation = Some(reservation_to_proto(&r, false));
         }
         rows::update_office_stock(conn, &office).await?;
-        response.on_hand = office.on_hand as u32;
-        response.available = office.available() as u32;
+        response.on_hand = super::queries::count(office.on_hand);
+        response.available = super::queries::count(office.available());
         rows::store_answer(
             conn,
             &cmd.request_id,

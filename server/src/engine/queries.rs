@@ -510,7 +510,7 @@ pub struct ListedReservations {
 
 /// A stored count as a proto count: never negative, and a count past `u32::MAX` shows as
 /// `u32::MAX` instead of wrapping to a small number.
-fn count(value: impl Into<i128>) -> u32 {
+pub(crate) fn count(value: impl Into<i128>) -> u32 {
     u32::try_from(value.into().max(0)).unwrap_or(u32::MAX)
 }
 

@@ -727,9 +727,11 @@ impl Engine {
             let now = self.clock.now_ms();
             // A bounded number of counters per service point, so that invented counter ids
             // cannot inflate the queue that every counter's forecast divides by.
+            // A report of 0 waiting (a counter that finished, or withdrew a preview) holds no
+            // place.
             let others: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM queue_reports WHERE office_id = $1 AND service_point_id = $2 \
-                 AND reported_ms >= $3 AND counter_id <> $4",
+                 AND reported_ms >= $3 AND counter_id <> $4 AND waiting > 0",
             )
             .bind(office_id)
             .bind(service_point_id)

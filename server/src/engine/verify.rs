@@ -74,7 +74,8 @@ async fn verify_chain(
     let head_sequence = report.head_sequence;
     let mut previous_hash = GENESIS_HASH.to_string();
     let mut expected_seq: u64 = 1;
-    let (mut on_hand, mut held) = (0i64, 0i64);
+    // In i128: the rows read may have been edited to any value, and the sums must not wrap.
+    let (mut on_hand, mut held) = (0i128, 0i128);
     let mut published_found = published_head_hash.is_empty();
     let mut after = 0i64;
     // The office row and the entries are read in one snapshot (`Store::begin_read`), so every
@@ -123,8 +124,8 @@ async fn verify_chain(
                     "its content does not match its hash (a field was changed)".into(),
                 );
             }
-            let on_hand_before = e.on_hand_after as i64 - e.on_hand_delta;
-            let held_before = e.held_after as i64 - e.held_delta;
+            let on_hand_before = i128::from(e.on_hand_after) - i128::from(e.on_hand_delta);
+            let held_before = i128::from(e.held_after) - i128::from(e.held_delta);
             if on_hand_before != on_hand || held_before != held {
                 broken(
                     &mut report,
@@ -137,8 +138,8 @@ async fn verify_chain(
             if e.hash == published_head_hash {
                 published_found = true;
             }
-            on_hand = e.on_hand_after as i64;
-            held = e.held_after as i64;
+            on_hand = i128::from(e.on_hand_after);
+            held = i128::from(e.held_after);
             previous_hash = e.hash.clone();
             expected_seq = e.sequence + 1;
         }
@@ -162,7 +163,7 @@ async fn verify_chain(
             "the office's head hash is not the hash of the chain's last entry".into(),
         );
     }
-    if on_hand != office.on_hand || held != office.held {
+    if on_hand != i128::from(office.on_hand) || held != i128::from(office.held) {
         broken(
             &mut report,
             end,

@@ -249,6 +249,14 @@ impl CounterService for CounterApi {
             c.id("reservation_id", &r.reservation_id, validate::MAX_ID_CHARS);
         }
         c.enumeration::<SpoilageReason>("reason", r.reason, false);
+        // "Anything else; say what in the note": a blank written off as OTHER with no word of
+        // why would leave the ledger unable to say where it went.
+        if r.reason == SpoilageReason::Other as i32 && r.note.trim().is_empty() {
+            c.fail(
+                "note",
+                "is required when the reason is OTHER: say what happened to the blank",
+            );
+        }
         let today = nik_today(&self.engine);
         c.ledger_reference(
             "destruction_report_reference",

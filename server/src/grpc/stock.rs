@@ -46,22 +46,25 @@ impl StockApi {
 /// Checks a quota policy; `prefix` names the field that holds it.
 pub fn check_policy(c: &mut Checker, prefix: &str, p: &QuotaPolicy) {
     c.enumeration::<QuotaMode>(&format!("{prefix}.mode"), p.mode, false);
-    if p.mode == QuotaMode::Fixed as i32 {
-        c.range(
-            &format!("{prefix}.fixed_daily_quota"),
-            p.fixed_daily_quota,
-            0,
-            validate::MAX_DAILY_QUOTA,
-        );
-    }
-    if p.mode == QuotaMode::Paced as i32 {
-        c.range(
-            &format!("{prefix}.weight"),
-            p.weight,
-            1,
-            validate::MAX_WEIGHT,
-        );
-    }
+    // Both fields are checked whatever the mode: a value out of range is refused, not stored
+    // and shown back as if it meant something.
+    c.range(
+        &format!("{prefix}.fixed_daily_quota"),
+        p.fixed_daily_quota,
+        0,
+        validate::MAX_DAILY_QUOTA,
+    );
+    let min_weight = if p.mode == QuotaMode::Paced as i32 {
+        1
+    } else {
+        0
+    };
+    c.range(
+        &format!("{prefix}.weight"),
+        p.weight,
+        min_weight,
+        validate::MAX_WEIGHT,
+    );
     check_reasons(
         c,
         &format!("{prefix}.priority_reasons"),
@@ -85,6 +88,9 @@ pub fn check_policy(c: &mut Checker, prefix: &str, p: &QuotaPolicy) {
     for (i, cap) in caps.iter().enumerate() {
         let field = format!("{prefix}.reason_caps[{i}]");
         c.text(&format!("{field}.name"), &cap.name, validate::MAX_ID_CHARS);
+        c.trimmed(&format!("{field}.name"), &cap.name);
+        // Stored with the policy and shown back to every caller: no NIK in it either.
+        c.not_nik_shaped(&format!("{field}.name"), &cap.name);
         if cap.reasons.is_empty() {
             c.fail(&format!("{field}.reasons"), "must name at least one reason");
         }
@@ -176,6 +182,7 @@ impl StockService for StockApi {
                 false,
                 nik_today(&self.engine),
             );
+            c.trimmed("office.name", &office.name);
         }
         if named(OfficeField::TimeZone) {
             c.zone("office.time_zone", &office.time_zone);
@@ -255,6 +262,7 @@ impl StockService for StockApi {
             false,
             nik_today(&self.engine),
         );
+        c.trimmed("service_point.name", &sp.name);
         c.enumeration::<ServicePointKind>("service_point.kind", sp.kind, false);
         let mut days = ['0'; 7];
         let days_listed = c.listed(

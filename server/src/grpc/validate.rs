@@ -115,12 +115,29 @@ impl Checker {
             );
         } else if value.chars().any(char::is_control) {
             self.fail(field, "must not contain control characters");
+        } else if value.chars().any(invisible) {
+            self.fail(
+                field,
+                "must not contain invisible formatting characters (zero-width spaces and joiners, direction marks, a byte-order mark, line or paragraph separators)",
+            );
         }
     }
 
-    /// A client-generated request id.
+    /// A client-generated request id: also no space at its start or end, and not blank ("t-17 "
+    /// and "t-17" would be two requests, and a retry would be done twice).
     pub fn request_id(&mut self, value: &str) {
         self.text("request_id", value, MAX_REQUEST_ID_CHARS);
+        self.trimmed("request_id", value);
+    }
+
+    /// A text that must not begin or end with whitespace (nor be whitespace only, when not
+    /// empty).
+    pub fn trimmed(&mut self, field: &str, value: &str) {
+        if !value.is_empty() && value.trim().is_empty() {
+            self.fail(field, "must not be blank");
+        } else if value.trim() != value {
+            self.fail(field, "must not begin or end with whitespace");
+        }
     }
 
     /// An id of letters, digits, '-', '_' and '.', 1..=max characters.
@@ -142,22 +159,23 @@ impl Checker {
     /// a client that swapped two fields, would be stored in clear.
     pub fn counter_id(&mut self, value: &str) {
         self.id("counter_id", value, MAX_ID_CHARS);
-        // 16 digits in a row, or typed with dashes or dots (which an id may contain).
-        if crate::domain::nik::has_nik_stretch(value) {
+        // 16 digits in a row, or typed with dashes, dots or underscores (which an id may contain).
+        if crate::domain::nik::has_nik_stretch_any_separator(value) {
             self.fail(
                 "counter_id",
-                "must not contain 16 or more digits, in a row or split by dashes or dots (it could be a NIK, and the counter's id is kept with every reservation and in the ledger)",
+                "must not contain 16 or more digits, in a row or split by dashes, dots or underscores (it could be a NIK, and the counter's id is kept with every reservation and in the ledger)",
             );
         }
     }
 
     /// An id that is published (metrics labels, logs, the public notice) must not look like a
-    /// NIK: no 16 or more digits, in a row or split by dashes or dots (which an id may contain).
+    /// NIK: no 16 or more digits, in a row or split by dashes, dots or underscores (which an id
+    /// may contain).
     pub fn not_nik_shaped(&mut self, field: &str, value: &str) {
-        if crate::domain::nik::has_nik_stretch(value) {
+        if crate::domain::nik::has_nik_stretch_any_separator(value) {
             self.fail(
                 field,
-                "must not contain 16 or more digits, in a row or split by dashes or dots (it could be a NIK, and this id is published in metrics and logs)",
+                "must not contain 16 or more digits, in a row or split by dashes, dots or underscores (it could be a NIK, and this id is published in metrics and logs)",
             );
         }
     }
@@ -173,7 +191,7 @@ impl Checker {
     pub fn ledger_reference(&mut self, field: &str, value: &str, optional: bool, today: NaiveDate) {
         self.ledger_text(field, value, MAX_REFERENCE_CHARS, optional, today);
         // A reference identifies a delivery: "SJ-001 " would be another one than "SJ-001", and
-        // the same handover booked twice.
+        // the same handover booked twice (an invisible character is refused with every text).
         if value.trim() != value {
             self.fail(
                 field,
@@ -184,8 +202,8 @@ impl Checker {
 
     /// A note or reference kept in the ledger (for good: the hash chain cannot be rewritten) and
     /// shown to agencies: 0..=max characters, and no NIK in it
-    /// ([`crate::domain::nik::holds_a_nik`]: 16 digits that make a valid NIK, separators
-    /// allowed). Required unless `optional`.
+    /// ([`crate::domain::nik::holds_a_nik_any_separator`]: 16 digits that make a valid NIK,
+    /// whatever separates them). Required unless `optional`.
     pub fn ledger_text(
         &mut self,
         field: &str,
@@ -199,7 +217,7 @@ impl Checker {
         } else {
             self.text(field, value, max);
         }
-        if crate::domain::nik::holds_a_nik(value, today) {
+        if crate::domain::nik::holds_a_nik_any_separator(value, today) {
             self.fail(
                 field,
                 "must not contain a NIK (the ledger keeps this text for good); write the masked NIK or the reservation id instead",
@@ -306,4 +324,22 @@ impl Checker {
 /// What is wrong with a NIK, never repeating its digits.
 pub fn nik_error_text(err: &NikError) -> String {
     err.to_string()
+}
+
+/// Characters that change nothing a reader sees (Unicode format characters and the line and
+/// paragraph separators): "SJ-001" with a zero-width space would be a second delivery
+/// reference that looks like the first, and direction overrides reorder what the ledger shows.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
