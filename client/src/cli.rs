@@ -179,7 +179,7 @@ pub enum Command {
         /// Reference of the destruction report (berita acara).
         #[arg(long = "report", env = "BLANGKO_REPORT")]
         report: Option<String>,
-        /// Free text.
+        /// Free text; required with --reason other (say what happened to the blank).
         #[arg(long, env = "BLANGKO_NOTE")]
         note: Option<String>,
         /// Idempotency key (default: a fresh random one). When a report got no answer, it is

@@ -204,10 +204,10 @@ fn keep_last<T: PartialEq>(list: &mut Vec<T>, item: T) -> Option<T> {
 fn help_text(lang: Lang) -> &'static str {
     lang.t(
         "Perintah: [Enter] atau n = pemohon berikutnya · antrean N = jumlah yang menunggu di loket ini\n\
-         \x20         c [ID] = kartu sudah dicetak · x [ID] = batalkan · rusak [ID|stok] ALASAN = blangko rusak\n\
+         \x20         c [ID] = kartu sudah dicetak · x [ID] = batalkan · rusak [ID|stok] ALASAN = blangko rusak (lainnya KETERANGAN)\n\
          \x20         hold = pemesanan yang masih ditahan · kuota = kuota saat ini · bantuan · keluar",
         "Commands: [Enter] or n = next applicant · queue N = applicants waiting at this counter\n\
-         \x20         c [ID] = card printed (commit) · x [ID] = cancel · spoiled [ID|stock] REASON = spoiled blank\n\
+         \x20         c [ID] = card printed (commit) · x [ID] = cancel · spoiled [ID|stock] REASON = spoiled blank (other NOTE)\n\
          \x20         holds = open holds · quota = current quota · help · quit",
     )
 }
@@ -646,9 +646,18 @@ impl Screen {
         // `rusak stok ALASAN`: a blank spoiled outside any reservation (found defective in
         // stock, or printed on a hold that is no longer held).
         let mut from_stock = false;
-        for word in words {
+        // `rusak ID lainnya KETERANGAN...`: with the reason OTHER, the rest of the line says
+        // what happened (the server requires it).
+        let mut note = String::new();
+        for (at, word) in words.iter().enumerate() {
             match vocab::parse_spoilage(word) {
-                Some(r) if reason.is_none() => reason = Some(r),
+                Some(r) if reason.is_none() => {
+                    reason = Some(r);
+                    if r == SpoilageReason::Other {
+                        note = words[at + 1..].join(" ");
+                        break;
+                    }
+                }
                 _ if matches!(word.to_lowercase().as_str(), "stok" | "stock") => from_stock = true,
                 _ => id = Some(*word),
             }
@@ -660,6 +669,13 @@ impl Screen {
             ));
             return;
         };
+        if reason == SpoilageReason::Other && note.trim().is_empty() {
+            self.say(self.out.t(
+                "Dengan alasan lainnya, tulis keterangannya sesudahnya: rusak <ID> lainnya <apa yang terjadi>.",
+                "With the reason other, say what happened after it: spoiled <ID> other <what happened>.",
+            ));
+            return;
+        }
         let id = if from_stock {
             String::new()
         } else {
@@ -698,7 +714,7 @@ impl Screen {
             }
             _ => Terminal::new_spoiled_request_id(),
         };
-        match self.term.spoiled(&id, reason, "", "", &request_id).await {
+        match self.term.spoiled(&id, reason, "", &note, &request_id).await {
             Ok(answer) => {
                 if self.out.json {
                     self.out.json(&json!({

@@ -178,9 +178,10 @@ pub fn has_nik_stretch(text: &str) -> bool {
     nik_stretches(text).next().is_some()
 }
 
-/// As [`has_nik_stretch`], with every character that is neither a letter nor a digit counted as
-/// a separator inside a NIK (`3275_0141_0190_0001`, a NIK split by commas, colons or a
-/// no-break space). For text that is refused when it could hold a NIK (a counter's id, an id
+/// As [`has_nik_stretch`], with underscores and every kind of whitespace (a no-break space, a
+/// tab) counted as separators inside a NIK too (`3275_0141_0190_0001`). Commas, colons and the
+/// like still end a stretch: they keep apart the dates, times and counts a note is made of
+/// ("11/12/2026 09:30, 1.200 keping"). For text that is refused when it could hold a NIK (a counter's id, an id
 /// published in metrics): a refusal costs a retyped id, never a stored answer. Not for the
 /// request ids kept in clear or hashed ([`has_nik_stretch`] decides those, as it did when they
 /// were stored, so that a retry finds them).
@@ -188,16 +189,22 @@ pub fn has_nik_stretch_any_separator(text: &str) -> bool {
     has_nik_stretch(&separators_as_spaces(text))
 }
 
-/// As [`holds_a_nik`], with every character that is neither a letter nor a digit counted as a
-/// separator inside a NIK. For the notes and references the ledger keeps for good.
+/// As [`holds_a_nik`], with underscores and every kind of whitespace counted as separators
+/// inside a NIK too. For the notes and references the ledger keeps for good.
 pub fn holds_a_nik_any_separator(text: &str, today: NaiveDate) -> bool {
     holds_a_nik(&separators_as_spaces(text), today)
 }
 
-/// `text` with every character that is neither a letter nor a digit turned into a space.
+/// `text` with every underscore and whitespace character turned into a plain space.
 fn separators_as_spaces(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+        .map(|c| {
+            if c == '_' || c.is_whitespace() {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -310,11 +317,23 @@ mod tests {
             "NIK 3275\u{a0}0141\u{a0}0190\u{a0}0001",
             today
         ));
-        assert!(holds_a_nik_any_separator("NIK: 3275,0141,0190,0001", today));
+        assert!(holds_a_nik_any_separator(
+            "NIK 3275\t0141 0190\t0001",
+            today
+        ));
         assert!(!holds_a_nik_any_separator(
             "telp 0812_3456_7890, BA-2026/117",
             today
         ));
+        // The dates, times and counts of an ordinary note stay apart.
+        for note in [
+            "Diterima 11/12/2026 09:30, 1.200 keping",
+            "stock opname 31/12/2026 10:30, 1.250",
+            "BA 470/1234/2026, 11/12/2026",
+            "Libur 17/08/2026, 01/09/2026",
+        ] {
+            assert!(!holds_a_nik_any_separator(note, today), "{note}");
+        }
         // The narrow forms still decide which request ids are hashed, as they did when stored.
         assert!(!has_nik_stretch("3275_0141_0190_0001"));
     }

@@ -44,7 +44,6 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-/// The server binary built by this package (the same program as `blangko-server`).
 /// A test that cannot run here (a tool or a setting it needs is missing): passes with a note on a
 /// developer's machine, fails under CI (`CI=true`), where a skipped test would read as a pass.
 pub fn skipped(why: &str) -> anyhow::Result<()> {
@@ -55,6 +54,7 @@ pub fn skipped(why: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server binary built by this package (the same program as `blangko-server`).
 pub fn server_bin() -> PathBuf {
     bin_dir().join("e2e-blangko-server")
 }

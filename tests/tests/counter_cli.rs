@@ -601,6 +601,13 @@ async fn ikd_first_office_refers_not_active_applicants_with_exit_3() -> anyhow::
 async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
     let server = server_with(10, 100).await?;
     let url = server.url.as_str();
+    // A blank spoiled for another reason needs its story: refused before anything is sent.
+    let untold = run_as(url, &["--lang", "en", "spoiled", "--reason", "other"]).await?;
+    assert_eq!(untold.code, 2, "{untold:?}");
+    assert!(
+        untold.stderr.contains("note") && untold.stderr.contains("--reason other"),
+        "{untold:?}"
+    );
     let mut ids = Vec::new();
     for n in 1..=3 {
         let run = run_as(
@@ -2371,6 +2378,8 @@ async fn the_interactive_counter_is_driven_through_stdin() -> anyhow::Result<()>
          2\n\
          a\n\
          x\n\
+         rusak stok lainnya\n\
+         rusak stok lainnya tinta tumpah di gudang\n\
          hold\n\
          bogus\n\
          keluar\n",
@@ -2394,6 +2403,9 @@ async fn the_interactive_counter_is_driven_through_stdin() -> anyhow::Result<()>
         "RUJUK KE AKTIVASI IKD: kuota blangko hari ini sudah habis (QUOTA_EXHAUSTED)",
         // x after this applicant's referral: not the previous applicant's reservation.
         "Sebutkan ID pemesanan (pemohon ini belum punya pemesanan; lihat: hold).",
+        // A blank spoiled for another reason needs its story; with it, it is recorded.
+        "Dengan alasan lainnya, tulis keterangannya sesudahnya",
+        "Blangko rusak dicatat",
         "Tidak ada pemesanan yang ditahan.",
         "Perintah tidak dikenal; ketik bantuan.",
         "Sampai jumpa.",
@@ -2409,6 +2421,8 @@ async fn the_interactive_counter_is_driven_through_stdin() -> anyhow::Result<()>
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0].state(), ReservationState::Committed);
     assert_eq!(all[0].masked_nik, masked(1));
+    // 10 shipped, 1 printed, 1 spoiled in stock (once: the line without its story sent nothing).
+    assert_eq!(fixtures::stock_level(&mut stock, "3275").await?.on_hand, 8);
     // Leaving the screen withdrew the queue report.
     assert_eq!(quota(&server).await?.waiting, 0);
 
@@ -2910,8 +2924,16 @@ async fn watch_waits_for_a_watcher_slot_when_the_server_is_full() -> anyhow::Res
     // at how long it takes to start.
     let (seen, reader) = collect(watch.stderr.take().context("no stderr")?);
     wait_for_text(&seen, "TOO_MANY_WATCHERS").await?;
+    let refused_at = std::time::Instant::now();
     drop(taken);
     let out = tokio::time::timeout(Duration::from_secs(40), watch.wait_with_output()).await??;
+    // It waited the server's delay before it asked again (a lower bound: a slow machine only
+    // waits longer; 0.5 s of it for seeing the refusal a poll late).
+    assert!(
+        refused_at.elapsed() >= Duration::from_millis(4500),
+        "asked again after {:?}, before the server's 5 s",
+        refused_at.elapsed()
+    );
     reader.await?;
     let stderr = seen.lock().map(|s| s.clone()).unwrap_or_default();
     assert!(out.status.success(), "{stderr}");

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use blangko_proto::v1::{QuotaSnapshot, Reservation, SpoilageReason};
 use serde_json::json;
 
-use crate::error::{EXIT_OK, EXIT_REFERRED};
+use crate::error::{EXIT_OK, EXIT_REFERRED, Failure};
 use crate::output::{
     Lang, Out, referral_json, referral_lines, reservation_json, reservation_line,
     reservation_state_line, snapshot_json,
@@ -91,6 +91,16 @@ pub async fn spoiled(
     note: &str,
     request_id: Option<&str>,
 ) -> ExitCode {
+    if reason == SpoilageReason::Other && note.trim().is_empty() {
+        return Failure::bad_field(
+            "note",
+            out.t(
+                "wajib dengan --reason other: tulis apa yang terjadi pada blangko",
+                "is required with --reason other: say what happened to the blank",
+            ),
+        )
+        .exit(&out);
+    }
     let request_id = request_id.map_or_else(Terminal::new_spoiled_request_id, str::to_string);
     let answer = match term
         .spoiled(reservation_id, reason, report, note, &request_id)

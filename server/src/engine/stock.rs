@@ -739,7 +739,9 @@ impl Engine {
             .bind(counter_id)
             .fetch_one(&mut *conn)
             .await?;
-            if others >= MAX_COUNTERS_PER_POINT {
+            // A report of 0 takes no place: never refused (a counter withdrawing, or asking for
+            // the forecast alone).
+            if waiting > 0 && others >= MAX_COUNTERS_PER_POINT {
                 return Err(EngineError::Exhausted {
                     reason: "TOO_MANY_COUNTERS",
                     message: format!(

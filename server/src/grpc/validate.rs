@@ -118,7 +118,7 @@ impl Checker {
         } else if value.chars().any(invisible) {
             self.fail(
                 field,
-                "must not contain invisible formatting characters (zero-width spaces and joiners, direction marks, a byte-order mark, line or paragraph separators)",
+                "must not contain invisible formatting characters (zero-width spaces, direction marks, a byte-order mark, line or paragraph separators)",
             );
         }
     }
@@ -191,8 +191,17 @@ impl Checker {
     pub fn ledger_reference(&mut self, field: &str, value: &str, optional: bool, today: NaiveDate) {
         self.ledger_text(field, value, MAX_REFERENCE_CHARS, optional, today);
         // A reference identifies a delivery: "SJ-001 " would be another one than "SJ-001", and
-        // the same handover booked twice (an invisible character is refused with every text).
-        if value.trim() != value {
+        // the same handover booked twice; so would "SJ-001" with a soft hyphen or a joiner in
+        // it (the other invisible characters are refused with every text).
+        if value
+            .chars()
+            .any(|c| matches!(c, '\u{00AD}' | '\u{200C}' | '\u{200D}'))
+        {
+            self.fail(
+                field,
+                "must not contain a soft hyphen or an invisible joiner: a reference names one document, write it as printed",
+            );
+        } else if value.trim() != value {
             self.fail(
                 field,
                 "must not begin or end with a space: a reference names one document, write it as printed",
@@ -329,13 +338,15 @@ pub fn nik_error_text(err: &NikError) -> String {
 /// Characters that change nothing a reader sees (Unicode format characters and the line and
 /// paragraph separators): "SJ-001" with a zero-width space would be a second delivery
 /// reference that looks like the first, and direction overrides reorder what the ledger shows.
+/// Not the soft hyphen and the joiners, which text pasted from a word processor or emoji carry
+/// in notes and names (references refuse them: [`Checker::ledger_reference`]).
 fn invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{00AD}'
-            | '\u{061C}'
+        '\u{061C}'
             | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
+            | '\u{200B}'
+            | '\u{200E}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
             | '\u{2060}'..='\u{2064}'
             | '\u{2066}'..='\u{206F}'
