@@ -515,6 +515,11 @@ async fn unknown_malformed_and_revoked_tokens_are_unauthenticated_and_the_ledger
     let mut tokens = TestTokens::new(&db);
     tokens.add("ops", "admin", None, None)?;
     tokens.add("spv-bekasi", "supervisor", Some(OWN), None)?;
+    // A token revoked before the server starts: a well-formed token of a principal it no
+    // longer knows.
+    tokens.add("leaver", "admin", None, None)?;
+    let revoked = tokens.token("leaver").to_string();
+    tokens.revoke("leaver")?;
     let server = TestServer::start_on(db, &["--token-file", &tokens.arg()]).await?;
     let mut admin = clients(&server, Some(tokens.token("ops"))).await?;
     setup_office(&mut admin, OWN).await?;
@@ -524,6 +529,7 @@ async fn unknown_malformed_and_revoked_tokens_are_unauthenticated_and_the_ledger
         "",
         "Basic abc",
         &format!("{}x", tokens.token("ops")),
+        revoked.as_str(),
     ] {
         let mut channel = server.channel().await?;
         let mut client = StockServiceClient::new(&mut channel);

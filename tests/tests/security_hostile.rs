@@ -466,6 +466,11 @@ async fn a_connection_gets_at_most_the_configured_number_of_concurrent_streams()
     // ...while another connection is served at once...
     let other = counter_service_client::CounterServiceClient::new(server.channel().await?);
     tokio::time::timeout(Duration::from_secs(5), open(other)).await??;
+    // (by then an unlimited third stream would have had its snapshot long since)...
+    assert!(
+        !third.is_finished(),
+        "a third stream was served beside two on one connection"
+    );
     // ...and it proceeds as soon as one of the two ends.
     drop(first);
     tokio::time::timeout(Duration::from_secs(5), third).await???;

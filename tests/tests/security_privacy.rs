@@ -182,8 +182,41 @@ async fn a_full_day_at_debug_level_leaves_no_nik_in_logs_database_or_wal() -> an
     for e in &ledger.entries {
         assert!(all.iter().all(|n| !format!("{e:?}").contains(n.as_str())));
     }
-    // Let the sweeper run at least once at debug level.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Holds that run out, released by the sweeper at debug level: two more applicants at the
+    // MPP on a hold of 1 s, waited for until the server lists them EXPIRED (bounded).
+    fixtures::office(&mut stock, "3275", |o| {
+        o.ikd_first_required = true;
+        o.hold_ttl_secs = 1;
+    })
+    .await?;
+    for n in &niks[10..12] {
+        let mut request = reserve_request("3275", "mpp", 0);
+        request.nik = n.clone();
+        request.ikd_status = IkdStatus::Active as i32;
+        reservation_of(counter.reserve(request).await?.into_inner())?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let expired = counter
+            .list_reservations(ListReservationsRequest {
+                office_id: "3275".into(),
+                service_point_id: "mpp".into(),
+                state: ReservationState::Expired as i32,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .reservations;
+        // Listed EXPIRED, and released by the sweeper (its line is in the log scanned below).
+        if expired.len() == 2 && server.log().contains("released expired holds") {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the 1 s holds were never released: {expired:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     assert!(server.log().contains("DEBUG"), "the log ran at debug level");
     assert!(dir.join("blangko.db-wal").exists(), "the WAL is scanned");

@@ -139,7 +139,18 @@ async fn tls_serves_only_tls_and_the_counter_client_connects_with_its_ca() -> an
     let untrusted = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(&pki.stranger_cert)?))
         .domain_name("localhost");
-    assert!(server_info(&server.url, Some(untrusted)).await.is_err());
+    let refused = server_info(&server.url, Some(untrusted))
+        .await
+        .expect_err("a client that does not trust the server's CA");
+    assert!(
+        format!("{refused:?}").contains("certificate"),
+        "refused for its certificate, not for another reason: {refused:?}"
+    );
+    // The server still serves a client that trusts it: the refusals were the TLS rules'.
+    stock
+        .list_stock(ListStockRequest::default())
+        .await
+        .map_err(|s| anyhow::anyhow!("{s:?}"))?;
 
     // The real counter client: --ca, bare host:port becomes https.
     let addr = server.addr.to_string();
@@ -171,9 +182,11 @@ async fn tls_serves_only_tls_and_the_counter_client_connects_with_its_ca() -> an
         "status",
     ])
     .await?;
-    assert!(
-        !out.status.success(),
-        "plaintext client reached a TLS server"
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "plaintext client reached a TLS server, or was refused as a usage error: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     // --ca with an http:// URL would send everything in the clear: refused before any call,
     // naming the fix. An https:// URL without --ca could never connect: refused the same way.
@@ -255,6 +268,16 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
         .await
         .is_err()
     );
+    // The server still serves a client with a certificate from the client CA: the refusals
+    // were the TLS rules'.
+    assert!(
+        !server_info(
+            &server.url,
+            Some(client_tls(&pki, Some((&pki.client_cert, &pki.client_key)))?),
+        )
+        .await?
+        .is_empty()
+    );
     // The counter client with --cert/--key.
     let url = server.url.clone();
     let (ccert, ckey) = (
@@ -294,9 +317,11 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_client_ca() 
         "status",
     ])
     .await?;
-    assert!(
-        !out.status.success(),
-        "a client without a certificate got through"
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a client without a certificate got through, or was refused as a usage error: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }

@@ -365,6 +365,26 @@ async fn zero_setup_start_creates_and_migrates_blangko_db_in_the_working_directo
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
     }
+    // Migrated: the schema takes an office, its service point and a delivery, and a Reserve.
+    let addr = line.rsplit(' ').next().unwrap_or_default().to_string();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut stock =
+        blangko_proto::v1::stock_service_client::StockServiceClient::new(channel.clone());
+    office_with_point(&mut stock, "3275", "mpp", 5, 10).await?;
+    let mut counter = blangko_proto::v1::counter_service_client::CounterServiceClient::new(channel);
+    let answer = counter
+        .reserve(blangko_e2e::fixtures::reserve_request("3275", "mpp", 1))
+        .await?
+        .into_inner();
+    assert!(
+        matches!(
+            answer.outcome,
+            Some(blangko_proto::v1::reserve_response::Outcome::Reservation(_))
+        ),
+        "{answer:?}"
+    );
     child.start_kill()?;
     Ok(())
 }
