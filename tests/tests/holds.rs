@@ -864,6 +864,50 @@ async fn an_office_that_cannot_be_swept_does_not_stop_the_sweep_of_the_others() 
     Ok(())
 }
 
+/// A sweep takes at most 100 offices. The next one goes on after the last it reached, so offices
+/// early in id order whose holds cannot be released (or always have some due) do not keep a
+/// later office's lapsed holds held for ever (its GetQuota and public notice would show them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sweeps_go_on_from_where_the_last_stopped_so_no_office_is_left_behind() -> anyhow::Result<()>
+{
+    let db = TestDatabase::sqlite().await?;
+    let (server, clock) = server_at(db.clone()).await?;
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    // 101 offices, one hold each: 3201..3299, 3301 and, last by id, 3302.
+    let offices: Vec<String> = (1..=99)
+        .map(|n| format!("32{n:02}"))
+        .chain(["3301".to_string(), "3302".to_string()])
+        .collect();
+    for (n, office) in offices.iter().enumerate() {
+        office_with_point(&mut stock, office, "main", 5, 10).await?;
+        let answer = counter
+            .reserve(reserve_request(office, "main", u32::try_from(n)?))
+            .await?
+            .into_inner();
+        assert!(matches!(answer.outcome, Some(Outcome::Reservation(_))));
+    }
+    // Every office but 3302 has a hold whose quota row is gone: it can never be released.
+    let file = db.sqlite_file().ok_or_else(|| anyhow::anyhow!("SQLite"))?;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
+    sqlx::query("DELETE FROM quota_days WHERE office_id <> '3302'")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    clock.advance_ms(31 * MINUTE_MS);
+    let engine = server
+        .engine()
+        .ok_or_else(|| anyhow::anyhow!("in-process"))?;
+    // The first sweep reaches the first 100 offices, none of which can be released; the next
+    // one goes on to 3302 (before, it began at 3201 again, and 3302 was never swept).
+    assert_eq!(engine.sweep_once().await?, 0);
+    assert_eq!(engine.sweep_once().await?, 1, "3302's hold expired");
+    let last = fixtures::stock_level(&mut stock, "3302").await?;
+    assert_eq!((last.held, last.available), (0, 10));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hold_that_ran_out_earmarks_no_blank_for_a_spoiled_one_before_the_sweeper_comes()
 -> anyhow::Result<()> {

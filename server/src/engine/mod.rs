@@ -90,6 +90,9 @@ pub struct Engine {
     /// run out but was not released yet (see `reserve::decide_one`), or more holds ran out than
     /// one transaction releases ([`MAX_EXPIRY_ROUNDS`], and the sweeper's one round).
     pub(crate) sweep_soon: tokio::sync::Notify,
+    /// The last office the sweeper's previous pass reached when it stopped at its bound ("" to
+    /// start at the first): the next pass goes on from there.
+    pub(crate) sweep_after: std::sync::Mutex<String>,
 }
 
 impl Engine {
@@ -129,6 +132,7 @@ impl Engine {
             purged_before: std::sync::Mutex::new(None),
             kept_offices: reserve::KeptOffices::default(),
             sweep_soon: tokio::sync::Notify::new(),
+            sweep_after: std::sync::Mutex::new(String::new()),
         }
     }
 

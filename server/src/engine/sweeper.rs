@@ -15,9 +15,18 @@ pub const OFFICES_PER_SWEEP: i64 = 100;
 pub const SWEEP_SOON_GAP: Duration = Duration::from_millis(250);
 
 impl Engine {
-    /// One sweep: expires the due holds of up to [`OFFICES_PER_SWEEP`] offices. Returns how many.
+    /// One sweep: expires the due holds of up to [`OFFICES_PER_SWEEP`] offices, from where the
+    /// last sweep stopped. Returns how many.
     pub async fn sweep_once(&self) -> anyhow::Result<usize> {
         let now = self.clock.now_ms();
+        // Each sweep goes on after the last office the one before reached, and wraps around:
+        // offices early in id order whose holds cannot be released (or that always have due
+        // holds) must not keep the later ones from ever being swept.
+        let after = self
+            .sweep_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let offices = {
             let mut conn = self
                 .store
@@ -25,7 +34,24 @@ impl Engine {
                 .await?
                 .acquire()
                 .await?;
-            rows::offices_with_due_holds(&mut conn, now, OFFICES_PER_SWEEP).await?
+            let mut offices =
+                rows::offices_with_due_holds(&mut conn, now, &after, OFFICES_PER_SWEEP).await?;
+            let full = i64::try_from(offices.len()).unwrap_or(i64::MAX) >= OFFICES_PER_SWEEP;
+            let next = match offices.last() {
+                Some(last) if full => last.clone(),
+                _ => String::new(),
+            };
+            if !full && !after.is_empty() {
+                let room = OFFICES_PER_SWEEP - i64::try_from(offices.len()).unwrap_or(0);
+                let wrapped = rows::offices_with_due_holds(&mut conn, now, "", room).await?;
+                offices.extend(
+                    wrapped
+                        .into_iter()
+                        .take_while(|o| o.as_str() <= after.as_str()),
+                );
+            }
+            *self.sweep_after.lock().unwrap_or_else(|p| p.into_inner()) = next;
+            offices
         };
         // Queue reports long expired (a counter that stopped reporting), so the table stays
         // small; a failure here only leaves them for the next sweep.

@@ -554,16 +554,18 @@ pub async fn due_holds(
     rows.iter().map(ReservationRow::from_row).collect()
 }
 
-/// Offices that have at least one hold due by `now_ms` (bounded), in id order: one probe of
-/// `reservations_held_by_office_expiry` per office.
+/// Offices after `after` (by id; "" for the first) that have at least one hold due by `now_ms`
+/// (bounded), in id order: one probe of `reservations_held_by_office_expiry` per office.
 pub async fn offices_with_due_holds(
     conn: &mut AnyConnection,
     now_ms: i64,
+    after: &str,
     limit: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT o.office_id FROM offices o WHERE EXISTS (SELECT 1 FROM reservations r WHERE r.state = 'HELD' AND r.office_id = o.office_id AND r.expires_ms <= $1) ORDER BY o.office_id LIMIT $2",
+        "SELECT o.office_id FROM offices o WHERE o.office_id > $1 AND EXISTS (SELECT 1 FROM reservations r WHERE r.state = 'HELD' AND r.office_id = o.office_id AND r.expires_ms <= $2) ORDER BY o.office_id LIMIT $3",
     )
+    .bind(after)
     .bind(now_ms)
     .bind(limit)
     .fetch_all(conn)
