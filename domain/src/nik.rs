@@ -186,7 +186,12 @@ pub fn has_nik_stretch(text: &str) -> bool {
 /// request ids kept in clear or hashed ([`has_nik_stretch`] decides those, as it did when they
 /// were stored, so that a retry finds them).
 pub fn has_nik_stretch_any_separator(text: &str) -> bool {
-    has_nik_stretch(&separators_as_spaces(text))
+    // Ids are ASCII (every Reserve checks its counter id): no copy of the text for them.
+    if text.is_ascii() {
+        nik_stretches_by(text, in_nik_widely).next().is_some()
+    } else {
+        has_nik_stretch(&separators_as_spaces(text))
+    }
 }
 
 /// As [`holds_a_nik`], with underscores and every kind of whitespace counted as separators
@@ -225,9 +230,27 @@ pub fn mask_nik_stretches(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// The separators people type inside a NIK: spaces, dots, dashes and slashes.
+fn in_nik(b: u8) -> bool {
+    matches!(b, b' ' | b'.' | b'-' | b'/')
+}
+
+/// [`in_nik`], and underscores and ASCII whitespace (see [`has_nik_stretch_any_separator`]).
+fn in_nik_widely(b: u8) -> bool {
+    in_nik(b) || b == b'_' || b.is_ascii_whitespace()
+}
+
 /// The byte ranges of the stretches of digits and in-NIK separators that hold at least
 /// [`NIK_DIGITS`] digits.
 fn nik_stretches(text: &str) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    nik_stretches_by(text, in_nik)
+}
+
+/// [`nik_stretches`] with `separator` telling which bytes may stand between a NIK's digits.
+fn nik_stretches_by(
+    text: &str,
+    separator: fn(u8) -> bool,
+) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
     let bytes = text.as_bytes();
     let mut at = 0;
     std::iter::from_fn(move || {
@@ -238,9 +261,7 @@ fn nik_stretches(text: &str) -> impl Iterator<Item = std::ops::Range<usize>> + '
             }
             let start = at;
             let mut digits = 0;
-            while at < bytes.len()
-                && (bytes[at].is_ascii_digit() || matches!(bytes[at], b' ' | b'.' | b'-' | b'/'))
-            {
+            while at < bytes.len() && (bytes[at].is_ascii_digit() || separator(bytes[at])) {
                 digits += usize::from(bytes[at].is_ascii_digit());
                 at += 1;
             }

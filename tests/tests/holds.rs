@@ -832,29 +832,42 @@ async fn an_ikd_first_office_refers_until_the_activation_is_recorded() -> anyhow
     .await
 }
 
+/// Offices `offices`, each with a service point "main" (FIXED 5, 10 blanks) and one hold on it.
+async fn one_hold_in_each(server: &TestServer, offices: &[&str]) -> anyhow::Result<()> {
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    for (n, office) in offices.iter().enumerate() {
+        office_with_point(&mut stock, office, "main", 5, 10).await?;
+        let answer = counter
+            .reserve(reserve_request(office, "main", u32::try_from(n)?))
+            .await?
+            .into_inner();
+        assert!(matches!(answer.outcome, Some(Outcome::Reservation(_))));
+    }
+    Ok(())
+}
+
+/// Deletes the quota rows `condition` names from the SQLite file behind `db`, as a hand edit
+/// would: the holds on them can no longer be released.
+async fn drop_quota_rows(db: &TestDatabase, condition: &str) -> anyhow::Result<()> {
+    let file = db.sqlite_file().ok_or_else(|| anyhow::anyhow!("SQLite"))?;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
+    sqlx::query(&format!("DELETE FROM quota_days WHERE {condition}"))
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_office_that_cannot_be_swept_does_not_stop_the_sweep_of_the_others() -> anyhow::Result<()>
 {
     let db = TestDatabase::sqlite().await?;
     let (server, clock) = server_at(db.clone()).await?;
-    let mut stock = server.stock_client().await?;
-    let mut counter = server.counter_client().await?;
-    for (n, office) in ["3204", "3275"].into_iter().enumerate() {
-        office_with_point(&mut stock, office, "main", 5, 10).await?;
-        let answer = counter
-            .reserve(reserve_request(office, "main", n as u32))
-            .await?
-            .into_inner();
-        assert!(matches!(answer.outcome, Some(Outcome::Reservation(_))));
-    }
+    one_hold_in_each(&server, &["3204", "3275"]).await?;
     // 3204, swept first (by office id), now has a hold whose quota row is gone: its expiry fails.
-    let file = db.sqlite_file().ok_or_else(|| anyhow::anyhow!("SQLite"))?;
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
-    sqlx::query("DELETE FROM quota_days WHERE office_id = '3204'")
-        .execute(&pool)
-        .await?;
-    pool.close().await;
+    drop_quota_rows(&db, "office_id = '3204'").await?;
     clock.advance_ms(31 * MINUTE_MS);
     let engine = server
         .engine()
@@ -873,28 +886,15 @@ async fn sweeps_go_on_from_where_the_last_stopped_so_no_office_is_left_behind() 
     let db = TestDatabase::sqlite().await?;
     let (server, clock) = server_at(db.clone()).await?;
     let mut stock = server.stock_client().await?;
-    let mut counter = server.counter_client().await?;
     // 101 offices, one hold each: 3201..3299, 3301 and, last by id, 3302.
     let offices: Vec<String> = (1..=99)
         .map(|n| format!("32{n:02}"))
         .chain(["3301".to_string(), "3302".to_string()])
         .collect();
-    for (n, office) in offices.iter().enumerate() {
-        office_with_point(&mut stock, office, "main", 5, 10).await?;
-        let answer = counter
-            .reserve(reserve_request(office, "main", u32::try_from(n)?))
-            .await?
-            .into_inner();
-        assert!(matches!(answer.outcome, Some(Outcome::Reservation(_))));
-    }
+    let ids: Vec<&str> = offices.iter().map(String::as_str).collect();
+    one_hold_in_each(&server, &ids).await?;
     // Every office but 3302 has a hold whose quota row is gone: it can never be released.
-    let file = db.sqlite_file().ok_or_else(|| anyhow::anyhow!("SQLite"))?;
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display())).await?;
-    sqlx::query("DELETE FROM quota_days WHERE office_id <> '3302'")
-        .execute(&pool)
-        .await?;
-    pool.close().await;
+    drop_quota_rows(&db, "office_id <> '3302'").await?;
     clock.advance_ms(31 * MINUTE_MS);
     let engine = server
         .engine()

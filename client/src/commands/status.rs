@@ -79,6 +79,12 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
         None
     };
 
+    // A server that answers but is not SERVING (draining at shutdown) does not count as up: the
+    // containers' healthcheck runs this command.
+    let serving = endpoints
+        .iter()
+        .any(|e| matches!(&e.result, Ok((health, _)) if health == "SERVING"));
+
     if out.json {
         let servers: Vec<Value> = endpoints
             .iter()
@@ -105,9 +111,6 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
         if !quota_error.is_null() {
             value["quota_error"] = quota_error;
         }
-        let serving = endpoints
-            .iter()
-            .any(|e| matches!(&e.result, Ok((health, _)) if health == "SERVING"));
         if reachable == 0 {
             value["error"] = json!({
                 "code": "UNAVAILABLE",
@@ -165,13 +168,7 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
         }
         return ExitCode::from(EXIT_ERROR);
     }
-    // A server that answers but is not SERVING (draining at shutdown) does not count as up: the
-    // containers' healthcheck runs this command.
-    let serving = endpoints
-        .iter()
-        .filter(|e| matches!(&e.result, Ok((health, _)) if health == "SERVING"))
-        .count();
-    if serving == 0 {
+    if !serving {
         if !out.json {
             out.notice(lang.t(
                 "Tidak ada server yang SERVING (siap melayani).",

@@ -726,22 +726,24 @@ impl Engine {
             Self::service_point_or_not_found(conn, office_id, service_point_id).await?;
             let now = self.clock.now_ms();
             // A bounded number of counters per service point, so that invented counter ids
-            // cannot inflate the queue that every counter's forecast divides by.
-            // A report of 0 waiting (a counter that finished, or withdrew a preview) holds no
-            // place.
-            let others: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM queue_reports WHERE office_id = $1 AND service_point_id = $2 \
-                 AND reported_ms >= $3 AND counter_id <> $4 AND waiting > 0",
-            )
-            .bind(office_id)
-            .bind(service_point_id)
-            .bind(now - QUEUE_REPORT_TTL_MS)
-            .bind(counter_id)
-            .fetch_one(&mut *conn)
-            .await?;
-            // A report of 0 takes no place: never refused (a counter withdrawing, or asking for
-            // the forecast alone).
-            if waiting > 0 && others >= MAX_COUNTERS_PER_POINT {
+            // cannot inflate the queue that every counter's forecast divides by. A report of 0
+            // waiting (a counter that finished, withdrew a preview, or asks for the forecast
+            // alone) takes no place: it is never counted, nor refused.
+            let others: i64 = if waiting == 0 {
+                0
+            } else {
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM queue_reports WHERE office_id = $1 AND service_point_id = $2 \
+                     AND reported_ms >= $3 AND counter_id <> $4 AND waiting > 0",
+                )
+                .bind(office_id)
+                .bind(service_point_id)
+                .bind(now - QUEUE_REPORT_TTL_MS)
+                .bind(counter_id)
+                .fetch_one(&mut *conn)
+                .await?
+            };
+            if others >= MAX_COUNTERS_PER_POINT {
                 return Err(EngineError::Exhausted {
                     reason: "TOO_MANY_COUNTERS",
                     message: format!(

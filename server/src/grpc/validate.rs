@@ -113,13 +113,15 @@ impl Checker {
                 field,
                 format!("must be at most {max} characters, got {chars}"),
             );
-        } else if value.chars().any(char::is_control) {
-            self.fail(field, "must not contain control characters");
-        } else if value.chars().any(invisible) {
-            self.fail(
-                field,
-                "must not contain invisible formatting characters (zero-width spaces, direction marks, a byte-order mark, line or paragraph separators)",
-            );
+        } else if let Some(c) = value.chars().find(|&c| c.is_control() || invisible(c)) {
+            if c.is_control() {
+                self.fail(field, "must not contain control characters");
+            } else {
+                self.fail(
+                    field,
+                    "must not contain invisible formatting characters (zero-width spaces, direction marks, a byte-order mark, line or paragraph separators)",
+                );
+            }
         }
     }
 
