@@ -30,6 +30,109 @@ async fn verify(
     Ok(chain)
 }
 
+/// An entry's hash computed from the API's fields alone, the way `LedgerEntry.hash` documents
+/// it (written here from the documentation, not from the server's code).
+fn documented_hash(e: &LedgerEntry) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    let at = e.recorded_at.unwrap_or_default();
+    let recorded_ms = at.seconds * 1000 + i64::from(at.nanos) / 1_000_000;
+    field(e.previous_hash.as_bytes());
+    field(e.office_id.as_bytes());
+    field(&e.sequence.to_be_bytes());
+    field(&e.kind.to_be_bytes());
+    field(&recorded_ms.to_be_bytes());
+    field(e.local_date.as_bytes());
+    field(e.principal.as_bytes());
+    field(&e.on_hand_delta.to_be_bytes());
+    field(&e.held_delta.to_be_bytes());
+    field(&e.on_hand_after.to_be_bytes());
+    field(&e.held_after.to_be_bytes());
+    for text in [
+        &e.service_point_id,
+        &e.reservation_id,
+        &e.reference,
+        &e.counterpart_office_id,
+        &e.note,
+        &e.masked_nik,
+    ] {
+        field(text.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agency_recomputes_the_chain_from_the_listed_entries() -> anyhow::Result<()> {
+    // Another agency holds only what ListLedgerEntries gives it and the head GetStock published:
+    // every hash must follow from the entry's own fields, and the chain must end at the head.
+    let server = TestServer::start().await?;
+    let mut stock = server.stock_client().await?;
+    let mut counter = server.counter_client().await?;
+    office_with_point(&mut stock, "3275", "main", 10, 50).await?;
+    for n in 1..=2 {
+        let answer = counter
+            .reserve(reserve_request("3275", "main", n))
+            .await?
+            .into_inner();
+        let Some(Outcome::Reservation(r)) = answer.outcome else {
+            anyhow::bail!("no reservation");
+        };
+        if n == 1 {
+            counter
+                .commit_reservation(CommitReservationRequest {
+                    request_id: rid(),
+                    reservation_id: r.reservation_id,
+                })
+                .await?;
+        }
+    }
+    let entries = stock
+        .list_ledger_entries(ListLedgerEntriesRequest {
+            office_id: "3275".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .entries;
+    let kinds: Vec<LedgerEntryKind> = entries.iter().map(|e| e.kind()).collect();
+    assert!(
+        kinds.contains(&LedgerEntryKind::Shipment) && kinds.contains(&LedgerEntryKind::Commit),
+        "{kinds:?}"
+    );
+    let mut previous = "0".repeat(64);
+    for e in &entries {
+        assert_eq!(e.previous_hash, previous, "entry {}", e.sequence);
+        assert_eq!(
+            e.local_date.len(),
+            10,
+            "entry {}: {:?}",
+            e.sequence,
+            e.local_date
+        );
+        assert_eq!(documented_hash(e), e.hash, "entry {}", e.sequence);
+        previous = e.hash.clone();
+    }
+    let published = stock
+        .get_stock(GetStockRequest {
+            office_id: "3275".into(),
+        })
+        .await?
+        .into_inner()
+        .stock
+        .unwrap_or_default()
+        .ledger_head_hash;
+    assert_eq!(previous, published);
+    // A field changed in transit no longer matches its hash.
+    let mut changed = entries[entries.len() - 1].clone();
+    changed.held_after += 1;
+    assert_ne!(documented_hash(&changed), changed.hash);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn verification_finds_an_edited_row_a_deleted_entry_and_a_rewritten_chain()
 -> anyhow::Result<()> {
@@ -205,7 +308,7 @@ async fn verification_finds_an_edited_row_a_deleted_entry_and_a_rewritten_chain(
                 e.note = "rewritten".into();
             }
             e.previous_hash = previous.clone();
-            e.hash = ledger::entry_hash(&e, stored.recorded_ms, &stored.local_date);
+            e.hash = ledger::entry_hash(&e, stored.recorded_ms);
             sqlx::query(
                 "UPDATE ledger SET note = $1, previous_hash = $2, hash = $3 WHERE office_id = '3275' AND seq = $4",
             )
@@ -252,7 +355,7 @@ async fn restore(pool: &sqlx::AnyPool, stored: &ledger::StoredEntry) -> anyhow::
     .bind(e.sequence as i64)
     .bind(i64::from(e.kind))
     .bind(stored.recorded_ms)
-    .bind(&stored.local_date)
+    .bind(&e.local_date)
     .bind(&e.principal)
     .bind(e.on_hand_delta)
     .bind(e.held_delta)

@@ -460,6 +460,22 @@ async fn the_ledger_is_a_hash_chain_read_in_stable_pages() -> anyhow::Result<()>
             .into_inner();
         assert_eq!(shipments.entries.len(), 1);
         assert_eq!(shipments.entries[0].on_hand_delta, 100);
+        // A page that ends exactly at the last entry says there is nothing more: no token to a
+        // page that would come back empty (all five entries in one page of 5; the one shipment
+        // in a page of 1).
+        for (kind, size, want) in [(0, 5, 5), (LedgerEntryKind::Shipment as i32, 1, 1)] {
+            let page = stock
+                .list_ledger_entries(ListLedgerEntriesRequest {
+                    office_id: "3275".into(),
+                    kind,
+                    page_size: size,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner();
+            assert_eq!(page.entries.len(), want, "{page:?}");
+            assert_eq!(page.next_page_token, "", "kind {kind}, page of {size}");
+        }
         let err = stock
             .list_ledger_entries(ListLedgerEntriesRequest {
                 office_id: "3275".into(),

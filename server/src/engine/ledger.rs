@@ -97,13 +97,13 @@ pub fn chain(
         masked_nik: entry.masked_nik,
         previous_hash: office.ledger_head.clone(),
         hash: String::new(),
+        local_date: local_date.to_string(),
     };
-    e.hash = entry_hash(&e, now_ms, local_date);
+    e.hash = entry_hash(&e, now_ms);
     office.ledger_head = e.hash.clone();
     Ok(StoredEntry {
         entry: e,
         recorded_ms: now_ms,
-        local_date: local_date.to_string(),
     })
 }
 
@@ -153,7 +153,7 @@ pub fn entry_refs(s: &StoredEntry) -> [ValueRef<'_>; 18] {
         Int(e.sequence as i64),
         Int(i64::from(e.kind)),
         Int(s.recorded_ms),
-        Text(&s.local_date),
+        Text(&e.local_date),
         Text(&e.principal),
         Int(e.on_hand_delta),
         Int(e.held_delta),
@@ -170,8 +170,9 @@ pub fn entry_refs(s: &StoredEntry) -> [ValueRef<'_>; 18] {
     ]
 }
 
-/// The hash of an entry: SHA-256 over its previous hash and all its fields.
-pub fn entry_hash(e: &LedgerEntry, recorded_ms: i64, local_date: &str) -> String {
+/// The hash of an entry: SHA-256 over its previous hash and all its fields, as
+/// `LedgerEntry.hash` documents it for anyone who recomputes the chain.
+pub fn entry_hash(e: &LedgerEntry, recorded_ms: i64) -> String {
     let mut h = Sha256::new();
     let mut field = |bytes: &[u8]| {
         h.update((bytes.len() as u64).to_be_bytes());
@@ -182,7 +183,7 @@ pub fn entry_hash(e: &LedgerEntry, recorded_ms: i64, local_date: &str) -> String
     field(&e.sequence.to_be_bytes());
     field(&e.kind.to_be_bytes());
     field(&recorded_ms.to_be_bytes());
-    field(local_date.as_bytes());
+    field(e.local_date.as_bytes());
     field(e.principal.as_bytes());
     field(&e.on_hand_delta.to_be_bytes());
     field(&e.held_delta.to_be_bytes());
@@ -197,14 +198,13 @@ pub fn entry_hash(e: &LedgerEntry, recorded_ms: i64, local_date: &str) -> String
     crate::lower_hex(&h.finalize())
 }
 
-/// A stored ledger row: the wire entry plus what the hash covers but the wire does not show.
+/// A stored ledger row: the wire entry and the exact time the hash covers (the wire's
+/// `recorded_at` carries the same milliseconds).
 pub struct StoredEntry {
     /// The entry as the API shows it.
     pub entry: LedgerEntry,
     /// Unix ms it was recorded.
     pub recorded_ms: i64,
-    /// Office-local date it was recorded on.
-    pub local_date: String,
 }
 
 /// Reads entries of an office with `seq > after_seq`, in chain order.
@@ -247,9 +247,9 @@ pub async fn entries_after(
                     masked_nik: r.try_get("masked_nik")?,
                     previous_hash: r.try_get("previous_hash")?,
                     hash: r.try_get("hash")?,
+                    local_date: r.try_get("local_date")?,
                 },
                 recorded_ms,
-                local_date: r.try_get("local_date")?,
             })
         })
         .collect()

@@ -383,24 +383,32 @@ impl Engine {
         Ok((stocks, next))
     }
 
-    /// Ledger entries of an office after sequence `after_seq`.
+    /// Ledger entries of an office after sequence `after_seq`, at most `page_size`, and the
+    /// sequence to go on after when more entries exist beyond the page (one more is read to
+    /// know).
     pub async fn list_ledger(
         &self,
         office_id: &str,
         kind: i32,
         after_seq: i64,
         page_size: u32,
-    ) -> EngineResult<(Vec<LedgerEntry>, i64)> {
+    ) -> EngineResult<(Vec<LedgerEntry>, Option<i64>)> {
         let mut conn = self.store.reader().await?.acquire().await?;
         Self::office_or_not_found(&mut conn, office_id, "").await?;
-        let entries =
-            ledger::entries_after(&mut conn, office_id, kind, after_seq, i64::from(page_size))
-                .await?;
-        let last = entries
-            .last()
-            .map(|e| e.entry.sequence as i64)
-            .unwrap_or(after_seq);
-        Ok((entries.into_iter().map(|e| e.entry).collect(), last))
+        let mut entries = ledger::entries_after(
+            &mut conn,
+            office_id,
+            kind,
+            after_seq,
+            i64::from(page_size) + 1,
+        )
+        .await?;
+        let more = entries.len() > page_size as usize;
+        entries.truncate(page_size as usize);
+        let next = more
+            .then(|| entries.last().map(|e| e.entry.sequence as i64))
+            .flatten();
+        Ok((entries.into_iter().map(|e| e.entry).collect(), next))
     }
 
     /// Reservations of an office, newest first; only those the Reserve calls stored under

@@ -117,7 +117,7 @@ async fn verify_chain(
                     "its previous_hash is not the hash of the entry before it".into(),
                 );
             }
-            if ledger::entry_hash(e, stored.recorded_ms, &stored.local_date) != e.hash {
+            if ledger::entry_hash(e, stored.recorded_ms) != e.hash {
                 broken(
                     &mut report,
                     e.sequence,

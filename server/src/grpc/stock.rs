@@ -523,16 +523,12 @@ impl StockService for StockApi {
             }
         };
         c.finish()?;
-        let (entries, last) = self
+        let (entries, next) = self
             .engine
             .list_ledger(&r.office_id, r.kind, after, size)
             .await?;
-        // A full page may have more behind it; the token stays valid as the ledger only grows.
-        let next_page_token = if entries.len() as u32 == size {
-            last.to_string()
-        } else {
-            String::new()
-        };
+        // A token only when more entries exist; it stays valid as the ledger only grows.
+        let next_page_token = next.map(|seq| seq.to_string()).unwrap_or_default();
         Ok(Response::new(ListLedgerEntriesResponse {
             entries,
             next_page_token,
