@@ -6,7 +6,9 @@
 //!
 //! The purge runs beside the service day, so it never holds the database's write lock for long:
 //! it finds what to purge with short reads on the reader pool ([`PURGE_CHUNK`] rows each, along
-//! an index for reservations), and changes it by key in short write transactions of at most
+//! an index: `reservations_by_office_day` for reservations, the time indexes of migration
+//! 0007 (PostgreSQL: 0006) for IKD activations and stored answers), and changes it by key in
+//! short write transactions of at most
 //! that many rows. A database that has never been purged, or a retention period cut from 400 to
 //! 30 days, is worked off chunk by chunk between the Reserve batches. Reservations are read per
 //! office along `reservations_by_office_day`, from the day the last complete purge reached, so
@@ -27,6 +29,14 @@ use crate::store::rows;
 
 /// The prefix of a purged reservation's `nik_hash` (never a hex HMAC, so it matches no NIK).
 pub const PURGED_PREFIX: &str = "purged:";
+/// The purge's read of IKD activations past the cutoff ($1), oldest first, at most $2: along
+/// `ikd_activations_by_time`.
+pub const FIND_OLD_IKD_ACTIVATIONS: &str =
+    "SELECT nik_hash FROM ikd_activations WHERE activated_ms < $1 ORDER BY activated_ms LIMIT $2";
+/// The purge's read of stored answers past the cutoff ($1), oldest first, at most $2: along
+/// `idempotency_by_created`.
+pub const FIND_OLD_ANSWERS: &str =
+    "SELECT request_id FROM idempotency WHERE created_ms < $1 ORDER BY created_ms LIMIT $2";
 /// Most rows one read of the purge returns, and one of its write transactions changes.
 pub const PURGE_CHUNK: i64 = 500;
 
@@ -89,7 +99,7 @@ impl Engine {
         *self.purged_before.lock().unwrap_or_else(|p| p.into_inner()) = Some(cutoff_date.max(from));
         let ikd_activations = self
             .purge_chunks(
-                "SELECT nik_hash FROM ikd_activations WHERE activated_ms < $1 LIMIT $2",
+                FIND_OLD_IKD_ACTIVATIONS,
                 // The date again: an activation recorded anew since the read (the same person
                 // activating again) is kept.
                 "DELETE FROM ikd_activations WHERE nik_hash = $1 AND activated_ms < $2",
@@ -99,7 +109,7 @@ impl Engine {
             .await?;
         let answers = self
             .purge_chunks(
-                "SELECT request_id FROM idempotency WHERE created_ms < $1 LIMIT $2",
+                FIND_OLD_ANSWERS,
                 "DELETE FROM idempotency WHERE request_id = $1 AND created_ms < $2",
                 cutoff_ms,
                 &transactions,
