@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GetStockReport on an office with a long ledger: how long the daily stock report takes for one
-# day, 30 days and 366 days when the office has a year of entries behind it, for one or more
+# day, 30 days and 366 days, and for one day 300 days ago, when the office has a year of entries behind it, for one or more
 # server builds, alternating on copies of the same file.
 #
 # Usage: bench/stock-report.sh [DAYS] [ENTRIES_PER_DAY] [CALLS]
@@ -106,13 +106,16 @@ today=$(TZ=Asia/Jakarta date +%F)
 yesterday=$(TZ=Asia/Jakarta date -d yesterday +%F)
 from30=$(TZ=Asia/Jakarta date -d '30 days ago' +%F)
 from366=$(TZ=Asia/Jakarta date -d '365 days ago' +%F)
-printf '%-6s %-40s %10s %10s %10s\n' round build range "mean ms" "p95 ms"
+# One day long ago: its opening balance is the last entry recorded before it, 300 days back.
+old=$(TZ=Asia/Jakarta date -d '300 days ago' +%F)
+printf '%-6s %-40s %12s %10s %10s\n' round build range "mean ms" "p95 ms"
 for round in $(seq 1 "$rounds"); do
   for server in $servers; do
     cp "$work/seed.db" "$work/run.db"
     cp "$work/seed.db.nikkey" "$work/run.db.nikkey"
     start "$server" "$work/run.db"
-    for range in "1:$yesterday:$yesterday" "30:$from30:$yesterday" "366:$from366:$today"; do
+    for range in "1d:$yesterday:$yesterday" "30d:$from30:$yesterday" "366d:$from366:$today" \
+      "1d-300d-ago:$old:$old"; do
       IFS=: read -r name from to <<< "$range"
       "$ghz" --insecure --call blangko.v1.StockService/GetStockReport -n "$calls" -c 1 \
         -d "{\"office_id\":\"3201\",\"from_date\":\"$from\",\"to_date\":\"$to\"}" \
@@ -122,9 +125,9 @@ import json, sys
 report, round_, server, name = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4]
 codes = report.get("statusCodeDistribution", {})
 if set(codes) != {"OK"}:
-    sys.exit(f"{server} {name} days: status codes {codes}")
+    sys.exit(f"{server} {name}: status codes {codes}")
 p95 = next(l["latency"] for l in report["latencyDistribution"] if l["percentage"] == 95)
-print(f"{round_:<6} {server:<40} {name + ' days':>10} {report['average'] / 1e6:10.1f} {p95 / 1e6:10.1f}")
+print(f"{round_:<6} {server:<40} {name:>12} {report['average'] / 1e6:10.1f} {p95 / 1e6:10.1f}")
 EOF
     done
     # The year's report as a supervisor runs it must reconcile (the client exits 1 otherwise):

@@ -441,6 +441,146 @@ async fn a_hold_printed_a_day_later_in_another_zone_counts_on_the_day_it_was_pri
             "{one:?}"
         );
         assert!(one.reconciled, "{one:?}");
+        // The next day opens after that print, though its entry is stored on 1 December.
+        clock.advance_ms(DAY_MS);
+        let next = stock
+            .get_stock_report(GetStockReportRequest {
+                office_id: "3275".into(),
+                from_date: "2026-12-04".into(),
+                to_date: "2026-12-04".into(),
+            })
+            .await?
+            .into_inner();
+        let day = next
+            .days
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no day in {next:?}"))?;
+        assert_eq!(
+            (day.opening_on_hand, day.closing_on_hand),
+            (9, 9),
+            "{next:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Reports of days far from the office's entries: a day weeks after the last entry opens and
+/// closes with the balance the last entry left, and a week before the first entry is empty and
+/// reconciled. The opening balance is found through the stored dates, not by walking back from
+/// the newest entry, so these must come out the same as a report that starts at the ledger's
+/// first day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn days_far_from_the_entries_open_with_the_balance_left_before_them() -> anyhow::Result<()> {
+    on_each_backend(|db: Arc<TestDatabase>| async move {
+        let clock = ManualClock::at(TUESDAY_8AM_WIB_MS);
+        let server = TestServer::start_with_clock(db, &[], Arc::new(clock.clone())).await?;
+        three_days(&server, &clock).await?;
+        // Five weeks later (Thursday 2027-01-07), 10 blanks arrive.
+        clock.advance_ms(35 * DAY_MS);
+        let mut stock = server.stock_client().await?;
+        ship(&mut stock, "3275", 10).await?;
+        let report = |from: &str, to: &str| {
+            let mut stock = stock.clone();
+            let (from, to) = (from.to_string(), to.to_string());
+            async move {
+                let answer = stock
+                    .get_stock_report(GetStockReportRequest {
+                        office_id: "3275".into(),
+                        from_date: from,
+                        to_date: to,
+                    })
+                    .await?
+                    .into_inner();
+                let days: Vec<(String, u64, u64, u64)> = answer
+                    .days
+                    .iter()
+                    .map(|d| {
+                        (
+                            d.local_date.clone(),
+                            d.opening_on_hand,
+                            d.received,
+                            d.closing_on_hand,
+                        )
+                    })
+                    .collect();
+                anyhow::ensure!(answer.reconciled, "{answer:?}");
+                anyhow::Ok(days)
+            }
+        };
+        let day = |date: &str, open, received, close| (date.to_string(), open, received, close);
+        assert_eq!(
+            report("2026-12-20", "2026-12-20").await?,
+            [day("2026-12-20", 88, 0, 88)]
+        );
+        assert_eq!(
+            report("2027-01-06", "2027-01-07").await?,
+            [day("2027-01-06", 88, 0, 88), day("2027-01-07", 88, 10, 98)]
+        );
+        assert_eq!(
+            report("2026-12-02", "2026-12-02").await?,
+            [day("2026-12-02", 86, 0, 88)]
+        );
+        assert_eq!(
+            report("2026-11-20", "2026-11-21").await?,
+            [day("2026-11-20", 0, 0, 0), day("2026-11-21", 0, 0, 0)]
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// The opening balance of a report is found along `ledger_by_day` on both databases, not by
+/// walking the primary key back from the newest entry (which a report of a day long ago would
+/// pay for with everything recorded since).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opening_balance_is_read_along_the_stored_dates() -> anyhow::Result<()> {
+    use blangko_server::engine::report::{LAST_BALANCE_BETWEEN, LAST_DATE_BEFORE};
+    use sqlx::Row;
+    on_each_backend(|db: Arc<TestDatabase>| async move {
+        install_default_drivers();
+        let mut server = TestServer::start_on(db.clone(), &[]).await?;
+        let url = match db.sqlite_file() {
+            Some(path) => format!("sqlite://{}", path.display()),
+            None => db.url.clone(),
+        };
+        let pool = sqlx::AnyPool::connect(&url).await?;
+        let mut conn = pool.acquire().await?;
+        let postgres = db.sqlite_file().is_none();
+        if postgres {
+            // A new table is small enough to scan whole; the question is which index serves.
+            sqlx::query("SET enable_seqscan = off")
+                .execute(&mut *conn)
+                .await?;
+        }
+        for (query, values) in [
+            (LAST_DATE_BEFORE, ["'3275'", "'2026-01-05'", "1"].as_slice()),
+            (
+                LAST_BALANCE_BETWEEN,
+                ["'3275'", "'2026-01-01'", "'2026-01-05'", "1"].as_slice(),
+            ),
+        ] {
+            let mut literal = query.to_string();
+            for (i, value) in values.iter().enumerate() {
+                literal = literal.replace(&format!("${}", i + 1), value);
+            }
+            let explain = if postgres {
+                format!("EXPLAIN {literal}")
+            } else {
+                format!("EXPLAIN QUERY PLAN {literal}")
+            };
+            let plan: Vec<String> = sqlx::query(&explain)
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<String, _>(if postgres { 0 } else { 3 }))
+                .collect::<Result<_, _>>()?;
+            let plan = plan.join(" | ");
+            assert!(plan.contains("ledger_by_day"), "{query}: {plan}");
+        }
+        drop(conn);
+        pool.close().await;
+        assert!(server.stop().await?);
         Ok(())
     })
     .await

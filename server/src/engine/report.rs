@@ -89,21 +89,26 @@ impl Engine {
         };
         let first_date = format_local_date(first_date);
         let last_date = format_local_date(last_date);
-        // When the widened days reach back to the office's earliest stored date, the report
-        // covers its whole ledger, and reading the table in order is cheaper than through the
-        // index (`ledger_by_day` gives that date at once).
-        let first_stored: Option<String> =
-            sqlx::query("SELECT MIN(local_date) AS first_date FROM ledger WHERE office_id = $1")
-                .bind(office_id)
-                .fetch_one(&mut *conn)
-                .await?
-                .try_get("first_date")?;
-        let dates = match first_stored {
-            Some(first) if first_date.as_str() > first.as_str() => {
-                Some((first_date.as_str(), last_date.as_str()))
+        // When the widened days cover every stored date of the office, the report covers its
+        // whole ledger, and reading the table in order is cheaper than through the index
+        // (`ledger_by_day` gives both dates at once). Otherwise the queries read the widened
+        // days only: a range before the first entry or after the last reads nothing.
+        let stored = sqlx::query(
+            "SELECT (SELECT MIN(local_date) FROM ledger WHERE office_id = $1) AS first_date,
+                    (SELECT MAX(local_date) FROM ledger WHERE office_id = $1) AS last_date",
+        )
+        .bind(office_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let first_stored: Option<String> = stored.try_get("first_date")?;
+        let last_stored: Option<String> = stored.try_get("last_date")?;
+        let whole = match (&first_stored, &last_stored) {
+            (Some(first), Some(last)) => {
+                first_date.as_str() <= first.as_str() && last_date.as_str() >= last.as_str()
             }
-            _ => None,
+            _ => false,
         };
+        let dates = (!whole).then_some((first_date.as_str(), last_date.as_str()));
         // The day-by-day queries below read the ledger through this window.
         let window = DayWindow {
             office_id,
@@ -113,18 +118,7 @@ impl Engine {
             dates,
         };
 
-        // The balance before the first day: the last entry recorded before it began.
-        let opening: i64 = sqlx::query(
-            "SELECT on_hand_after FROM ledger WHERE office_id = $1 AND recorded_ms < $2
-             ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(office_id)
-        .bind(start_ms)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|r| r.try_get("on_hand_after"))
-        .transpose()?
-        .unwrap_or(0);
+        let opening = opening_balance(conn, office_id, from, start_ms).await?;
 
         // The movements, summed per local day (an integer day index in the office's zone) and kind.
         let kinds = [
@@ -236,6 +230,72 @@ impl Engine {
             ledger_sequence: office.ledger_seq.max(0) as u64,
         })
     }
+}
+
+/// The latest stored date, at most `$2`, of an office's entries recorded before `$3`: walks
+/// `ledger_by_day` back from `$2`, past only the entries stored on those days but recorded
+/// later (a few days' worth at most, by the margins).
+pub const LAST_DATE_BEFORE: &str = "SELECT local_date FROM ledger
+     WHERE office_id = $1 AND local_date <= $2 AND recorded_ms < $3
+     ORDER BY local_date DESC LIMIT 1";
+/// The balance after the last entry recorded before `$4`, among those stored on the dates
+/// `$2..=$3`: along `ledger_by_day`. `seq + 0` keeps the planners off the primary key's order:
+/// walking `(office_id, seq)` back from the newest entry looks cheap for `LIMIT 1`, and reads
+/// everything recorded since those dates.
+pub const LAST_BALANCE_BETWEEN: &str = "SELECT on_hand_after FROM ledger
+     WHERE office_id = $1 AND local_date >= $2 AND local_date <= $3 AND recorded_ms < $4
+     ORDER BY seq + 0 DESC LIMIT 1";
+
+/// The office's balance when the local day `from` began (at `start_ms`): after the last entry
+/// recorded before it, or 0 before the first.
+///
+/// Found through the stored dates, so that a report of a day long ago reads a few days of
+/// ledger, not everything recorded since (walking back from the newest entry did). An entry
+/// recorded before `from` is stored on a date at most [`ZONE_SHIFT_DAYS`] after the day it was
+/// recorded, so on or before `from - 1 + ZONE_SHIFT_DAYS`. Let D be the latest such date among
+/// the entries recorded before `from`. The last of those entries (by sequence) was recorded no
+/// earlier than the day of the entry stored on D, less [`ZONE_SHIFT_DAYS`], and is stored at
+/// most [`MARGIN_BEFORE_DAYS`] before its own day: so on a date within D - `ZONE_SHIFT_DAYS` -
+/// `MARGIN_BEFORE_DAYS` ..= `from - 1 + ZONE_SHIFT_DAYS`.
+async fn opening_balance(
+    conn: &mut sqlx::AnyConnection,
+    office_id: &str,
+    from: NaiveDate,
+    start_ms: i64,
+) -> EngineResult<i64> {
+    let Some(latest) = from
+        .pred_opt()
+        .and_then(|d| d.checked_add_days(chrono::Days::new(ZONE_SHIFT_DAYS)))
+    else {
+        return Ok(0);
+    };
+    let latest = format_local_date(latest);
+    let found: Option<String> = sqlx::query(LAST_DATE_BEFORE)
+        .bind(office_id)
+        .bind(&latest)
+        .bind(start_ms)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.try_get("local_date"))
+        .transpose()?;
+    let Some(found) = found else {
+        return Ok(0);
+    };
+    let earliest = crate::domain::calendar::parse_local_date(&found)
+        .map_err(EngineError::Internal)?
+        .checked_sub_days(chrono::Days::new(ZONE_SHIFT_DAYS + MARGIN_BEFORE_DAYS))
+        .map(format_local_date)
+        .unwrap_or_default();
+    let balance: Option<i64> = sqlx::query(LAST_BALANCE_BETWEEN)
+        .bind(office_id)
+        .bind(&earliest)
+        .bind(&latest)
+        .bind(start_ms)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.try_get("on_hand_after"))
+        .transpose()?;
+    Ok(balance.unwrap_or(0))
 }
 
 /// An office's ledger over a range of local days (`offset_ms` turns unix ms into local ms;
