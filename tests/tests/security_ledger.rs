@@ -268,7 +268,7 @@ async fn verification_finds_an_edited_row_a_deleted_entry_and_a_rewritten_chain(
 
         // 2. A deleted entry in the middle.
         let mut conn = pool.acquire().await?;
-        let entries = ledger::entries_after(&mut conn, "3275", 0, 0, 1000).await?;
+        let entries = ledger::entries_after(&mut conn, "3275", 0, 0, i64::MAX, 1000).await?;
         drop(conn);
         sqlx::query("DELETE FROM ledger WHERE office_id = '3275' AND seq = 5")
             .execute(&pool)

@@ -496,6 +496,96 @@ async fn the_ledger_is_a_hash_chain_read_in_stable_pages() -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_filter_reads_a_bounded_stretch_of_the_chain_per_call() -> anyhow::Result<()> {
+    // An office's two shipments, 12,000 entries apart (a year of Reserves and Commits between
+    // them, written here straight into the table): listing the shipments looks at no more than
+    // MAX_LEDGER_SCAN entries per call, so a call may come back empty with a token that goes
+    // on, and following the tokens finds both.
+    use blangko_server::engine::queries::MAX_LEDGER_SCAN;
+    on_each_backend(|db| async move {
+        sqlx::any::install_default_drivers();
+        let server = TestServer::start_on(db.clone(), &[]).await?;
+        let mut stock = server.stock_client().await?;
+        fixtures::office(&mut stock, "3275", |_| {}).await?;
+        fixtures::ship(&mut stock, "3275", 100).await?;
+        let url = match db.sqlite_file() {
+            Some(path) => format!("sqlite://{}", path.display()),
+            None => db.url.clone(),
+        };
+        let pool = sqlx::AnyPool::connect(&url).await?;
+        let head: i64 =
+            sqlx::query_scalar("SELECT ledger_seq FROM offices WHERE office_id = '3275'")
+                .fetch_one(&pool)
+                .await?;
+        let between = MAX_LEDGER_SCAN + 2_000;
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2)
+             INSERT INTO ledger (office_id, seq, kind, recorded_ms, local_date, principal,
+                 on_hand_delta, held_delta, on_hand_after, held_after, service_point_id,
+                 reservation_id, reference, counterpart_office_id, note, masked_nik,
+                 previous_hash, hash)
+             SELECT '3275', $1 + i, $3, 0, '2026-01-01', 'test', 0, 0, 100, 0, '', '', '', '',
+                 '', '', '', '' FROM n",
+        )
+        .bind(head)
+        .bind(between)
+        .bind(LedgerEntryKind::Commit as i32 as i64)
+        .execute(&pool)
+        .await?;
+        sqlx::query("UPDATE offices SET ledger_seq = $1 WHERE office_id = '3275'")
+            .bind(head + between)
+            .execute(&pool)
+            .await?;
+        pool.close().await;
+        fixtures::ship(&mut stock, "3275", 50).await?;
+
+        let mut token = String::new();
+        let mut pages = Vec::new();
+        for _ in 0..10 {
+            let page = stock
+                .list_ledger_entries(ListLedgerEntriesRequest {
+                    office_id: "3275".into(),
+                    kind: LedgerEntryKind::Shipment as i32,
+                    page_size: 100,
+                    page_token: token.clone(),
+                })
+                .await?
+                .into_inner();
+            pages.push(
+                page.entries
+                    .iter()
+                    .map(|e| e.on_hand_delta)
+                    .collect::<Vec<_>>(),
+            );
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        // The first call looks at the first 10,000 entries (the first shipment among them),
+        // the second at the rest, which ends with the second shipment.
+        assert_eq!(pages, [vec![100], vec![50]]);
+        // A stretch without the kind comes back empty, with a token past it.
+        let page = stock
+            .list_ledger_entries(ListLedgerEntriesRequest {
+                office_id: "3275".into(),
+                kind: LedgerEntryKind::Shipment as i32,
+                page_size: 100,
+                page_token: (head + 1).to_string(),
+            })
+            .await?
+            .into_inner();
+        assert!(page.entries.is_empty(), "{page:?}");
+        assert_eq!(
+            page.next_page_token,
+            (head + 1 + MAX_LEDGER_SCAN).to_string()
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_point_id_that_could_be_a_nik_is_refused() -> anyhow::Result<()> {
     // Service point ids are published (metrics labels, logs): 16 digits, in a row or split as
     // people type them, could be a NIK.

@@ -207,20 +207,24 @@ pub struct StoredEntry {
     pub recorded_ms: i64,
 }
 
-/// Reads entries of an office with `seq > after_seq`, in chain order.
+/// Reads entries of an office with `after_seq < seq <= until_seq` (of `kind`, or every kind
+/// for 0), at most `limit`, in chain order.
 pub async fn entries_after(
     conn: &mut AnyConnection,
     office_id: &str,
     kind: i32,
     after_seq: i64,
+    until_seq: i64,
     limit: i64,
 ) -> Result<Vec<StoredEntry>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT office_id, seq, kind, recorded_ms, local_date, principal, on_hand_delta, held_delta, on_hand_after, held_after, service_point_id, reservation_id, reference, counterpart_office_id, note, masked_nik, previous_hash, hash
-         FROM ledger WHERE office_id = $1 AND seq > $2 AND ($3 = 0 OR kind = $3) ORDER BY seq LIMIT $4",
+         FROM ledger WHERE office_id = $1 AND seq > $2 AND seq <= $3 AND ($4 = 0 OR kind = $4)
+         ORDER BY seq LIMIT $5",
     )
     .bind(office_id)
     .bind(after_seq)
+    .bind(until_seq)
     .bind(i64::from(kind))
     .bind(limit)
     .fetch_all(conn)

@@ -24,6 +24,10 @@ use crate::store::rows::{self, OfficeRow, QuotaDayRow, ServicePointRow};
 pub const MAX_PAGE_SIZE: u32 = 500;
 /// Largest page of ListLedgerEntries.
 pub const MAX_LEDGER_PAGE_SIZE: u32 = 1000;
+/// Most ledger entries one ListLedgerEntries call with a kind filter looks at (an office's rare
+/// kinds, e.g. its shipments among a year of Reserves and Commits, would otherwise have each
+/// call read the rest of the chain).
+pub const MAX_LEDGER_SCAN: i64 = 10_000;
 /// Page size when the caller gives 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 
@@ -384,8 +388,10 @@ impl Engine {
     }
 
     /// Ledger entries of an office after sequence `after_seq`, at most `page_size`, and the
-    /// sequence to go on after when more entries exist beyond the page (one more is read to
-    /// know).
+    /// sequence to go on after when the chain goes on beyond what was read (one entry more than
+    /// the page is read to know). With a kind filter, at most [`MAX_LEDGER_SCAN`] entries of the
+    /// chain are looked at per call: the page may come back short, even empty, with a token
+    /// that goes on from where the look stopped.
     pub async fn list_ledger(
         &self,
         office_id: &str,
@@ -394,20 +400,29 @@ impl Engine {
         page_size: u32,
     ) -> EngineResult<(Vec<LedgerEntry>, Option<i64>)> {
         let mut conn = self.store.reader().await?.acquire().await?;
-        Self::office_or_not_found(&mut conn, office_id, "").await?;
+        let office = Self::office_or_not_found(&mut conn, office_id, "").await?;
+        let until_seq = if kind == 0 {
+            i64::MAX
+        } else {
+            after_seq.saturating_add(MAX_LEDGER_SCAN)
+        };
         let mut entries = ledger::entries_after(
             &mut conn,
             office_id,
             kind,
             after_seq,
+            until_seq,
             i64::from(page_size) + 1,
         )
         .await?;
-        let more = entries.len() > page_size as usize;
-        entries.truncate(page_size as usize);
-        let next = more
-            .then(|| entries.last().map(|e| e.entry.sequence as i64))
-            .flatten();
+        let next = if entries.len() > page_size as usize {
+            entries.truncate(page_size as usize);
+            entries.last().map(|e| e.entry.sequence as i64)
+        } else if until_seq < office.ledger_seq {
+            Some(until_seq)
+        } else {
+            None
+        };
         Ok((entries.into_iter().map(|e| e.entry).collect(), next))
     }
 

@@ -392,7 +392,7 @@ impl Engine {
                             message: format!("delivery reference '{reference}' was already recorded with another quantity"),
                         });
                     }
-                    let entry = ledger::entries_after(conn, office_id, 0, seq - 1, 1)
+                    let entry = ledger::entries_after(conn, office_id, 0, seq - 1, seq, 1)
                         .await?
                         .into_iter()
                         .next()

@@ -83,7 +83,8 @@ async fn verify_chain(
     // ledger (restored from an older copy, say), and the office's next movement would collide
     // with that entry.
     'pages: loop {
-        let page = ledger::entries_after(conn, &office.office_id, 0, after, VERIFY_PAGE).await?;
+        let page =
+            ledger::entries_after(conn, &office.office_id, 0, after, i64::MAX, VERIFY_PAGE).await?;
         let Some(last) = page.last() else { break };
         after = last.entry.sequence as i64;
         for stored in &page {
