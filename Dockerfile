@@ -3,6 +3,7 @@
 #
 #   docker build -t blangko:local .
 #   blangko-server --token-file tokens.txt token add ops --role admin   # prints the token once
+#   sudo chown 10001 tokens.txt   # the image's user reads it (the file stays mode 0600)
 #   docker run --rm -p 127.0.0.1:50051:50051 -v "$PWD/tokens.txt:/run/secrets/tokens:ro" \
 #       -e BLANGKO_TOKEN_FILE=/run/secrets/tokens blangko:local --demo  # SQLite inside the container
 # It listens on 0.0.0.0 inside the container, so without a token file it refuses to start.
@@ -49,8 +50,8 @@ ENV BLANGKO_LISTEN=0.0.0.0:50051
 EXPOSE 50051
 
 # The gRPC health service, asked by the client shipped in the image. `status` exits non-zero when
-# the server does not answer (not listening, hung: no answer within --timeout seconds). A server
-# that answers NOT_SERVING, which it does only while it drains at shutdown, still passes.
+# the server does not answer SERVING: not listening, hung (no answer within --timeout seconds),
+# or answering NOT_SERVING, which it does only while it drains at shutdown.
 HEALTHCHECK --interval=10s --timeout=10s --start-period=30s --retries=3 \
   CMD ["blangko-counter", "--server", "http://127.0.0.1:50051", "--timeout", "3", "status"]
 
