@@ -130,6 +130,54 @@ async fn an_agency_recomputes_the_chain_from_the_listed_entries() -> anyhow::Res
     let mut changed = entries[entries.len() - 1].clone();
     changed.held_after += 1;
     assert_ne!(documented_hash(&changed), changed.hash);
+
+    // A shipment answered by a server from before entries carried their local_date (its stored
+    // answer without the field, made so here), sent again: the replayed entry has its date, from
+    // the ledger, and its hash recomputes.
+    let shipment = RecordShipmentRequest {
+        request_id: rid(),
+        office_id: "3275".into(),
+        quantity: 5,
+        reference: "DO-OLD-1".into(),
+        note: String::new(),
+    };
+    let first = stock.record_shipment(shipment.clone()).await?.into_inner();
+    let url = format!(
+        "sqlite://{}",
+        server.db.sqlite_file().unwrap_or_default().display()
+    );
+    let pool = sqlx::AnyPool::connect(&url).await?;
+    let rows =
+        sqlx::query("SELECT request_id, response FROM idempotency WHERE method = 'RecordShipment'")
+            .fetch_all(&pool)
+            .await?;
+    let mut found = Vec::new();
+    for row in &rows {
+        let key: String = sqlx::Row::try_get(row, "request_id")?;
+        let bytes: Vec<u8> = sqlx::Row::try_get(row, "response")?;
+        let answer = <RecordShipmentResponse as prost::Message>::decode(bytes.as_slice())?;
+        if answer.entry.as_ref().map(|e| e.reference.as_str()) == Some("DO-OLD-1") {
+            found.push((key, answer));
+        }
+    }
+    assert_eq!(found.len(), 1, "one stored answer for the shipment");
+    let (key, mut old) = found.remove(0);
+    let Some(old_entry) = old.entry.as_mut() else {
+        anyhow::bail!("a shipment answer without its entry");
+    };
+    assert!(!old_entry.local_date.is_empty(), "stored with its date");
+    old_entry.local_date.clear();
+    sqlx::query("UPDATE idempotency SET response = $1 WHERE request_id = $2")
+        .bind(prost::Message::encode_to_vec(&old))
+        .bind(&key)
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    let again = stock.record_shipment(shipment).await?.into_inner();
+    assert!(again.replayed);
+    let entry = again.entry.unwrap_or_default();
+    assert_eq!(Some(&entry), first.entry.as_ref());
+    assert_eq!(documented_hash(&entry), entry.hash);
     Ok(())
 }
 
@@ -450,6 +498,36 @@ async fn auditors_export_the_ledger_as_json_lines_and_verify_it_with_the_counter
     assert_eq!(lines[2]["on_hand_after"], 750);
     assert_eq!(lines[2]["principal"], "ops");
     assert_eq!(lines[2]["previous_hash"], lines[1]["hash"]);
+    // The export carries everything the hash covers: an auditor recomputes every hash from it.
+    for line in &lines {
+        let text = |k: &str| line[k].as_str().unwrap_or_default().to_string();
+        let int = |k: &str| line[k].as_i64().unwrap_or(i64::MIN);
+        let recorded_ms = int("recorded_ms");
+        let entry = LedgerEntry {
+            office_id: text("office_id"),
+            sequence: line["sequence"].as_u64().unwrap_or(0),
+            kind: LedgerEntryKind::from_str_name(&text("kind")).map_or(-1, |k| k as i32),
+            recorded_at: Some(prost_types::Timestamp {
+                seconds: recorded_ms.div_euclid(1000),
+                nanos: (recorded_ms.rem_euclid(1000) * 1_000_000) as i32,
+            }),
+            principal: text("principal"),
+            on_hand_delta: int("on_hand_delta"),
+            held_delta: int("held_delta"),
+            on_hand_after: line["on_hand_after"].as_u64().unwrap_or(u64::MAX),
+            held_after: line["held_after"].as_u64().unwrap_or(u64::MAX),
+            service_point_id: text("service_point_id"),
+            reservation_id: text("reservation_id"),
+            reference: text("reference"),
+            counterpart_office_id: text("counterpart_office_id"),
+            note: text("note"),
+            masked_nik: text("masked_nik"),
+            previous_hash: text("previous_hash"),
+            hash: text("hash"),
+            local_date: text("local_date"),
+        };
+        assert_eq!(documented_hash(&entry), entry.hash, "{line}");
+    }
 
     let out = run(base(&["--verify"])).await?;
     assert!(

@@ -1,6 +1,8 @@
 //! `ledger`: the office's hash-chained ledger for auditors, exported as JSON lines (one entry per
-//! line, in chain order, every field including the hashes), and `ledger --verify`: the server
-//! recomputes the chain (VerifyLedger) and the answer says whether it is intact.
+//! line, in chain order, every field including the hashes, and the exact `recorded_ms` the hash
+//! covers, so an auditor can recompute the chain as `LedgerEntry.hash` documents it), and
+//! `ledger --verify`: the server recomputes the chain (VerifyLedger) and the answer says whether
+//! it is intact.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -17,7 +19,8 @@ use crate::terminal::Terminal;
 /// Entries per page while exporting.
 const PAGE_SIZE: u32 = 1000;
 
-/// One entry as a JSON object (instants in RFC 3339 with the zone's offset).
+/// One entry as a JSON object (instants in RFC 3339 with the zone's offset, to the second, and
+/// the recording instant also in Unix milliseconds, as the hash covers it).
 pub fn entry_json(e: &LedgerEntry, zone: Zone) -> Value {
     let kind = LedgerEntryKind::try_from(e.kind)
         .map(|k| k.as_str_name().to_string())
@@ -27,6 +30,8 @@ pub fn entry_json(e: &LedgerEntry, zone: Zone) -> Value {
         "sequence": e.sequence,
         "kind": kind,
         "recorded_at": zone.rfc3339(e.recorded_at.as_ref()),
+        "recorded_ms": e.recorded_at.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000),
+        "local_date": e.local_date,
         "principal": e.principal,
         "on_hand_delta": e.on_hand_delta,
         "held_delta": e.held_delta,

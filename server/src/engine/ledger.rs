@@ -207,6 +207,28 @@ pub struct StoredEntry {
     pub recorded_ms: i64,
 }
 
+/// Sets `local_date` on an entry of a stored answer made before entries carried it (a replay
+/// of an older RecordShipment, TransferStock or AdjustStock), from its ledger row, so that its
+/// hash can be recomputed from the answer as from any listed entry.
+pub async fn fill_local_date(
+    conn: &mut AnyConnection,
+    entry: Option<&mut LedgerEntry>,
+) -> Result<(), sqlx::Error> {
+    let Some(e) = entry.filter(|e| e.local_date.is_empty() && e.sequence > 0) else {
+        return Ok(());
+    };
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT local_date FROM ledger WHERE office_id = $1 AND seq = $2")
+            .bind(&e.office_id)
+            .bind(e.sequence as i64)
+            .fetch_optional(conn)
+            .await?;
+    if let Some(date) = stored {
+        e.local_date = date;
+    }
+    Ok(())
+}
+
 /// Reads entries of an office with `after_seq < seq <= until_seq` (of `kind`, or every kind
 /// for 0), at most `limit`, in chain order.
 pub async fn entries_after(

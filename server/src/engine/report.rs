@@ -250,7 +250,10 @@ pub const LAST_BALANCE_BETWEEN: &str = "SELECT on_hand_after FROM ledger
 /// recorded before it, or 0 before the first.
 ///
 /// Found through the stored dates, so that a report of a day long ago reads a few days of
-/// ledger, not everything recorded since (walking back from the newest entry did). An entry
+/// ledger, not everything recorded since (walking back from the newest entry did). This assumes
+/// that an office's entries are recorded in sequence order, as they are: each is chained under
+/// the office's lock at the time of its server's clock. A clock set days back and corrected
+/// later would file entries out of that order, and the balance found could be an older one. An entry
 /// recorded before `from` is stored on a date at most [`ZONE_SHIFT_DAYS`] after the day it was
 /// recorded, so on or before `from - 1 + ZONE_SHIFT_DAYS`. Let D be the latest such date among
 /// the entries recorded before `from`. The last of those entries (by sequence) was recorded no

@@ -375,6 +375,7 @@ impl Engine {
                 {
                     let mut r: RecordShipmentResponse = decode_answer(&stored)?;
                     r.replayed = true;
+                    ledger::fill_local_date(conn, r.entry.as_mut()).await?;
                     return Ok(r);
                 }
                 let (now, date) = self.today_of(&office)?;
@@ -466,6 +467,8 @@ impl Engine {
                 {
                     let mut answer: TransferStockResponse = decode_answer(&stored)?;
                     answer.replayed = true;
+                    ledger::fill_local_date(conn, answer.out_entry.as_mut()).await?;
+                    ledger::fill_local_date(conn, answer.in_entry.as_mut()).await?;
                     return Ok(answer);
                 }
                 // Holds that ran out earmark no blank any more, whether or not the sweeper came.
@@ -552,6 +555,7 @@ impl Engine {
                 {
                     let mut answer: AdjustStockResponse = decode_answer(&stored)?;
                     answer.replayed = true;
+                    ledger::fill_local_date(conn, answer.entry.as_mut()).await?;
                     return Ok(answer);
                 }
                 let (now, date) = self.today_of(&office)?;
