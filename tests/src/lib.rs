@@ -130,6 +130,45 @@ impl TestDatabase {
     pub fn sqlite_file(&self) -> Option<PathBuf> {
         (self.backend == Backend::Sqlite).then(|| self.dir.path().join("blangko.db"))
     }
+
+    /// The URL a test's own pool opens the database with.
+    pub fn pool_url(&self) -> String {
+        match self.sqlite_file() {
+            Some(path) => format!("sqlite://{}", path.display()),
+            None => self.url.clone(),
+        }
+    }
+
+    /// The plan the database makes for `sql` (its values written in), its steps joined by " | ":
+    /// SQLite's EXPLAIN QUERY PLAN details, or PostgreSQL's EXPLAIN lines with sequential scans
+    /// off, since a test's small tables would be scanned whole anyway and the question is which
+    /// index can serve.
+    pub async fn query_plan(&self, sql: &str) -> anyhow::Result<String> {
+        use sqlx::{Connection, Row};
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.pool_url()).await?;
+        let explain = if self.backend == Backend::Postgres {
+            sqlx::query("SET enable_seqscan = off")
+                .execute(&mut conn)
+                .await?;
+            format!("EXPLAIN {sql}")
+        } else {
+            format!("EXPLAIN QUERY PLAN {sql}")
+        };
+        let column = if self.backend == Backend::Postgres {
+            0
+        } else {
+            3
+        };
+        let steps: Vec<String> = sqlx::query(&explain)
+            .fetch_all(&mut conn)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>(column))
+            .collect::<Result<_, _>>()?;
+        conn.close().await?;
+        Ok(steps.join(" | "))
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

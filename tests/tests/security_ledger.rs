@@ -142,11 +142,7 @@ async fn an_agency_recomputes_the_chain_from_the_listed_entries() -> anyhow::Res
         note: String::new(),
     };
     let first = stock.record_shipment(shipment.clone()).await?.into_inner();
-    let url = format!(
-        "sqlite://{}",
-        server.db.sqlite_file().unwrap_or_default().display()
-    );
-    let pool = sqlx::AnyPool::connect(&url).await?;
+    let pool = sqlx::AnyPool::connect(&server.db.pool_url()).await?;
     let rows =
         sqlx::query("SELECT request_id, response FROM idempotency WHERE method = 'RecordShipment'")
             .fetch_all(&pool)

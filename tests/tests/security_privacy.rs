@@ -504,43 +504,16 @@ async fn the_hourly_purge_finds_old_answers_and_activations_along_an_index() -> 
     // the purge must not read all of it every hour to find the few rows past the cutoff.
     on_each_backend(|db| async move {
         let mut server = TestServer::start_on(db.clone(), &[]).await?;
-        let url = match db.sqlite_file() {
-            Some(path) => format!("sqlite://{}", path.display()),
-            None => db.url.clone(),
-        };
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&url).await?;
-        let mut conn = pool.acquire().await?;
-        let postgres = db.sqlite_file().is_none();
-        if postgres {
-            // On a table this small the planner would scan it anyway; the question is whether
-            // an index it can use exists.
-            sqlx::query("SET enable_seqscan = off")
-                .execute(&mut *conn)
-                .await?;
-        }
         use blangko_server::engine::retention::{FIND_OLD_ANSWERS, FIND_OLD_IKD_ACTIVATIONS};
         for (query, index) in [
             (FIND_OLD_ANSWERS, "idempotency_by_created"),
             (FIND_OLD_IKD_ACTIVATIONS, "ikd_activations_by_time"),
         ] {
-            let literal = query.replace("$1", "1000").replace("$2", "500");
-            let explain = if postgres {
-                format!("EXPLAIN {literal}")
-            } else {
-                format!("EXPLAIN QUERY PLAN {literal}")
-            };
-            let plan: Vec<String> = sqlx::query(&explain)
-                .fetch_all(&mut *conn)
-                .await?
-                .iter()
-                .map(|row| row.try_get::<String, _>(if postgres { 0 } else { 3 }))
-                .collect::<Result<_, _>>()?;
-            let plan = plan.join(" | ");
+            let plan = db
+                .query_plan(&query.replace("$1", "1000").replace("$2", "500"))
+                .await?;
             assert!(plan.contains(index), "{query}: {plan}");
         }
-        drop(conn);
-        pool.close().await;
         assert!(server.stop().await?);
         Ok(())
     })

@@ -508,11 +508,7 @@ async fn a_kind_filter_reads_a_bounded_stretch_of_the_chain_per_call() -> anyhow
         let mut stock = server.stock_client().await?;
         fixtures::office(&mut stock, "3275", |_| {}).await?;
         fixtures::ship(&mut stock, "3275", 100).await?;
-        let url = match db.sqlite_file() {
-            Some(path) => format!("sqlite://{}", path.display()),
-            None => db.url.clone(),
-        };
-        let pool = sqlx::AnyPool::connect(&url).await?;
+        let pool = sqlx::AnyPool::connect(&db.pool_url()).await?;
         let head: i64 =
             sqlx::query_scalar("SELECT ledger_seq FROM offices WHERE office_id = '3275'")
                 .fetch_one(&pool)

@@ -536,23 +536,8 @@ async fn days_far_from_the_entries_open_with_the_balance_left_before_them() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_opening_balance_is_read_along_the_stored_dates() -> anyhow::Result<()> {
     use blangko_server::engine::report::{LAST_BALANCE_BETWEEN, LAST_DATE_BEFORE};
-    use sqlx::Row;
     on_each_backend(|db: Arc<TestDatabase>| async move {
-        install_default_drivers();
         let mut server = TestServer::start_on(db.clone(), &[]).await?;
-        let url = match db.sqlite_file() {
-            Some(path) => format!("sqlite://{}", path.display()),
-            None => db.url.clone(),
-        };
-        let pool = sqlx::AnyPool::connect(&url).await?;
-        let mut conn = pool.acquire().await?;
-        let postgres = db.sqlite_file().is_none();
-        if postgres {
-            // A new table is small enough to scan whole; the question is which index serves.
-            sqlx::query("SET enable_seqscan = off")
-                .execute(&mut *conn)
-                .await?;
-        }
         for (query, values) in [
             (LAST_DATE_BEFORE, ["'3275'", "'2026-01-05'", "1"].as_slice()),
             (
@@ -564,22 +549,9 @@ async fn the_opening_balance_is_read_along_the_stored_dates() -> anyhow::Result<
             for (i, value) in values.iter().enumerate() {
                 literal = literal.replace(&format!("${}", i + 1), value);
             }
-            let explain = if postgres {
-                format!("EXPLAIN {literal}")
-            } else {
-                format!("EXPLAIN QUERY PLAN {literal}")
-            };
-            let plan: Vec<String> = sqlx::query(&explain)
-                .fetch_all(&mut *conn)
-                .await?
-                .iter()
-                .map(|row| row.try_get::<String, _>(if postgres { 0 } else { 3 }))
-                .collect::<Result<_, _>>()?;
-            let plan = plan.join(" | ");
+            let plan = db.query_plan(&literal).await?;
             assert!(plan.contains("ledger_by_day"), "{query}: {plan}");
         }
-        drop(conn);
-        pool.close().await;
         assert!(server.stop().await?);
         Ok(())
     })
