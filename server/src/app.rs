@@ -98,7 +98,12 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(crate::metrics::http::bind(addr).await?),
+            Some(addr) => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "the metrics endpoint has no authentication and shows every office's stock and quota figures: keep its port on an internal network (README: Metrics)");
+                }
+                Some(crate::metrics::http::bind(addr).await?)
+            }
             None => None,
         };
         Ok(Application {

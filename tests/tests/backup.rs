@@ -152,6 +152,12 @@ async fn an_online_backup_is_consistent_and_serves_while_the_original_goes_on() 
     );
     #[cfg(unix)]
     assert_eq!(mode_of(&backup_key)?, 0o600);
+    // The copy holds NIK hashes and masked NIKs: readable by its owner only, like the key.
+    #[cfg(unix)]
+    assert_eq!(
+        mode_of(&db.dir.path().join("backup").join("blangko-copy.db"))?,
+        0o600
+    );
     // Only the backup and its key are left: the copy's working file took the backup's name.
     assert_eq!(
         names_in(&db.dir.path().join("backup"))?,

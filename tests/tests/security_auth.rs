@@ -711,6 +711,28 @@ async fn without_a_token_file_only_loopback_is_allowed() -> anyhow::Result<()> {
         open.log()
     );
     open.stop().await?;
+    // The metrics endpoint has no authentication of its own: on an address other machines
+    // reach, the start says so.
+    let mut metrics =
+        TestServer::spawn_process_on(Arc::clone(&db), &["--metrics-listen", "0.0.0.0:0"]).await?;
+    assert!(
+        metrics
+            .log()
+            .contains("the metrics endpoint has no authentication"),
+        "{}",
+        metrics.log()
+    );
+    metrics.stop().await?;
+    let mut local =
+        TestServer::spawn_process_on(Arc::clone(&db), &["--metrics-listen", "127.0.0.1:0"]).await?;
+    assert!(
+        !local
+            .log()
+            .contains("the metrics endpoint has no authentication"),
+        "{}",
+        local.log()
+    );
+    local.stop().await?;
     // Loopback without a token file: starts, warns, and every caller is "anonymous".
     let server = TestServer::start_on(db, &[]).await?;
     let mut anyone = clients(&server, None).await?;

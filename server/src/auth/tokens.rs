@@ -260,10 +260,7 @@ impl Authenticator {
     /// Authentication by the token file at `path` (read now; an unreadable or bad file is an error).
     pub fn from_file(path: &Path) -> anyhow::Result<Authenticator> {
         let table = TokenTable::load(path)?;
-        // It holds hashes only, so reading it gives nothing away; writing it gives any role.
-        if let Some(mode) = crate::nik_key::open_to_others(path, 0o022) {
-            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the token file can be written by other users: they could give themselves any role at the next reload; chmod 0600 (or 0644)");
-        }
+        warn_if_writable_by_others(path);
         Ok(Authenticator {
             tokens: Some(TokenSource {
                 path: path.to_path_buf(),
@@ -285,6 +282,7 @@ impl Authenticator {
             return Ok(0);
         };
         let table = TokenTable::load(&source.path)?;
+        warn_if_writable_by_others(&source.path);
         let count = table.lines.len();
         match source.table.write() {
             Ok(mut guard) => *guard = Arc::new(table),
@@ -431,6 +429,15 @@ fn lock_for_edit(path: &Path) -> anyhow::Result<std::fs::File> {
 /// reloading at the same moment reads either the old file or the new one. A new file gets mode
 /// 0600; a file that exists keeps its mode and (when this process may set it) its owner, so a
 /// file an operator made readable to the server's user stays readable after an edit.
+/// Warns when users other than the file's owner may write the token file: it holds hashes only,
+/// so reading it gives nothing away, but writing it gives any role at the next reload. Checked at
+/// start and at every reload.
+fn warn_if_writable_by_others(path: &Path) {
+    if let Some(mode) = crate::nik_key::open_to_others(path, 0o022) {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the token file can be written by other users: they could give themselves any role at the next reload; chmod 0600 (or 0644)");
+    }
+}
+
 fn write_private_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     // A new file of a name nobody could guess, never one that exists: in a shared directory
     // another user could otherwise have made the file first and kept it open to write into.
@@ -453,8 +460,11 @@ fn write_private_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     #[cfg(unix)]
     if let Ok(existing) = std::fs::metadata(path) {
-        use std::os::unix::fs::MetadataExt;
-        file.set_permissions(existing.permissions())
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // The file keeps who may read it, but no one else may write it any more: whoever can
+        // write it can give themselves any role at the next reload.
+        let mode = existing.permissions().mode() & 0o7755;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
         // Only root may give a file away; anyone else keeps their own (as before).
         let _ = std::os::unix::fs::fchown(&file, Some(existing.uid()), Some(existing.gid()));
@@ -490,7 +500,7 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn an_edit_keeps_the_mode_an_operator_gave_the_file_and_edits_wait_for_each_other() {
+    fn an_edit_keeps_who_may_read_the_file_but_not_others_write_and_edits_wait_for_each_other() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens.txt");
@@ -502,6 +512,11 @@ mod tests {
         assert_eq!(mode(&path), 0o644, "kept after an add");
         assert!(revoke_in_file(&path, "ops").unwrap());
         assert_eq!(mode(&path), 0o644, "kept after a revoke");
+        // Write access for others is taken away by an edit (it gives any role), read kept.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        add_to_file(&path, "loket-2", Role::Counter, Some("3275"), None).unwrap();
+        assert_eq!(mode(&path), 0o644, "no longer writable by others");
+        assert!(revoke_in_file(&path, "loket-2").unwrap());
         // Eight adds at once: every one of them is in the file.
         let handles: Vec<_> = (0..8)
             .map(|i| {

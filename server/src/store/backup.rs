@@ -112,6 +112,11 @@ pub async fn backup(
     let partial = partial_path(to);
     let _ = std::fs::remove_file(&partial);
     let copied = async {
+        // The copy holds NIK hashes and masked NIKs: made here, new and readable by its owner
+        // only, before SQLite fills it (SQLite would create it 0644, and a file someone else
+        // made under that name first is refused, never written into).
+        crate::nik_key::write_private(&partial, &[])
+            .with_context(|| format!("cannot create the backup {}", partial.display()))?;
         let figures = copy_and_check(&source, &partial, &key_check).await?;
         // SQLite does not fsync what VACUUM INTO writes: make the copy durable first.
         std::fs::File::open(&partial)
