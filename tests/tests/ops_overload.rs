@@ -467,8 +467,11 @@ async fn next_quota(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn past_max_watchers_a_stream_is_refused_with_retry_info_and_a_freed_slot_serves_again()
 -> anyhow::Result<()> {
-    let server =
-        TestServer::start_on(TestDatabase::sqlite().await?, &["--max-watchers", "2"]).await?;
+    let server = TestServer::start_on(
+        TestDatabase::sqlite().await?,
+        &["--max-watchers", "2", "--metrics-listen", "127.0.0.1:0"],
+    )
+    .await?;
     let mut stock = server.stock_client().await?;
     office_with_point(&mut stock, "3275", "mpp", QUOTA, 100).await?;
     let mut counter = server.counter_client().await?;
@@ -476,14 +479,34 @@ async fn past_max_watchers_a_stream_is_refused_with_retry_info_and_a_freed_slot_
         office_id: "3275".into(),
         service_point_id: "mpp".into(),
     };
+    // Snapshot reads of GetQuota's paths: what a WatchQuota set-up costs the database.
+    let reads = || async {
+        let text = server.scrape_metrics().await?;
+        anyhow::Ok(
+            count(&text, "blangko_quota_reads_total", &[("path", "direct")])
+                + count(&text, "blangko_quota_reads_total", &[("path", "general")]),
+        )
+    };
     let mut first = counter.watch_quota(watch()).await?.into_inner();
     next_quota(&mut first).await?;
+    // The refresher's first read (a change between the stream's read and its channel) is done.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = reads().await?;
     let mut second = counter.watch_quota(watch()).await?.into_inner();
     next_quota(&mut second).await?;
     let refused = counter
         .watch_quota(watch())
         .await
         .expect_err("a third stream past --max-watchers 2");
+    // A second stream on a watched point and refusals at the limit (clients retry them every
+    // few seconds) read nothing.
+    for _ in 0..20 {
+        counter
+            .watch_quota(watch())
+            .await
+            .expect_err("still past --max-watchers 2");
+    }
+    assert_eq!(reads().await?, settled);
     assert_eq!(
         refused.code(),
         tonic::Code::ResourceExhausted,

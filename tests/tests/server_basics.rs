@@ -715,3 +715,57 @@ async fn a_connection_past_the_bound_is_closed_at_once() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A call cut at the drain time-out while it holds a database connection (a Reserve batch
+/// waiting for an office's row lock, held here by another transaction as a stuck replica would):
+/// shutdown still ends soon after the drain time, not when the lock goes or the lock time-out
+/// (60 s here) ends the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_while_a_call_waits_for_a_row_lock() -> anyhow::Result<()> {
+    use sqlx::Connection;
+    if blangko_e2e::postgres::skip_postgres() {
+        return Ok(());
+    }
+    let db = TestDatabase::new(blangko_e2e::Backend::Postgres).await?;
+    let mut server = TestServer::spawn_process_on(
+        db.clone(),
+        &["--drain-timeout-secs", "1", "--db-lock-timeout-secs", "60"],
+    )
+    .await?;
+    let mut stock = server.stock_client().await?;
+    blangko_e2e::fixtures::office_with_point(&mut stock, "3275", "mpp", 100, 100).await?;
+    sqlx::any::install_default_drivers();
+    let mut holder = sqlx::AnyConnection::connect(&db.url).await?;
+    let mut watcher = sqlx::AnyConnection::connect(&db.url).await?;
+    sqlx::query("BEGIN").execute(&mut holder).await?;
+    sqlx::query("SELECT office_id FROM offices WHERE office_id = '3275' FOR UPDATE")
+        .fetch_all(&mut holder)
+        .await?;
+    let mut counter = server.counter_client().await?;
+    let call = tokio::spawn(async move {
+        counter
+            .reserve(blangko_e2e::fixtures::reserve_request("3275", "mpp", 1))
+            .await
+    });
+    assert!(
+        blangko_e2e::postgres::lock_waited(&mut watcher, "%FOR UPDATE%").await?,
+        "the Reserve never waited for the office's row lock"
+    );
+    let (exit, took) = server.terminate().await?;
+    sqlx::query("ROLLBACK").execute(&mut holder).await?;
+    assert!(exit.success(), "exit status {exit:?}\n{}", server.log());
+    // 1 s of drain and the rest of the stop; the lock would have held it for 60 s.
+    assert!(
+        took < Duration::from_secs(20),
+        "shutdown took {took:?}\n{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("drain time-out reached"),
+        "{}",
+        server.log()
+    );
+    // The cut call got an answer or a broken connection, not a reservation it never had.
+    let _ = call.await;
+    Ok(())
+}

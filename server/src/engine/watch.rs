@@ -98,20 +98,18 @@ impl Engine {
         office_id: &str,
         service_point_id: &str,
     ) -> EngineResult<watch::Receiver<Option<QuotaSnapshot>>> {
+        let key = (office_id.to_string(), service_point_id.to_string());
+        // Refused, or subscribed to a channel that exists, before any read: a watcher refused at
+        // the limit (and retrying) or one more on a watched point costs no database read.
+        if let Some(subscribed) = self.subscribe_existing(&key)? {
+            return Ok(subscribed);
+        }
         // The first snapshot also proves that the office and service point exist.
         let first = self.get_quota(office_id, service_point_id).await?;
-        let key = (office_id.to_string(), service_point_id.to_string());
         // Counted and subscribed under one lock, so that concurrent calls cannot pass the limit.
         let mut channels = self.hub.lock();
         if count(&channels) >= self.hub.max_watchers {
-            return Err(EngineError::Exhausted {
-                reason: "TOO_MANY_WATCHERS",
-                message: format!(
-                    "this server already serves {} quota watchers; try another replica or later",
-                    self.hub.max_watchers
-                ),
-                retry_after: WATCHERS_FULL_RETRY,
-            });
+            return Err(self.watchers_full());
         }
         let points = channels.entry(key.0.clone()).or_default();
         if let Some(channel) = points.get(&key.1) {
@@ -133,6 +131,34 @@ impl Engine {
         let engine = Arc::clone(self);
         tokio::spawn(async move { engine.refresh_loop(key, sender, dirty).await });
         Ok(receiver)
+    }
+
+    /// A receiver of the channel that already serves `key`, None when there is none yet, or
+    /// TOO_MANY_WATCHERS at the limit.
+    fn subscribe_existing(
+        &self,
+        key: &Key,
+    ) -> EngineResult<Option<watch::Receiver<Option<QuotaSnapshot>>>> {
+        let channels = self.hub.lock();
+        if count(&channels) >= self.hub.max_watchers {
+            return Err(self.watchers_full());
+        }
+        Ok(channels
+            .get(&key.0)
+            .and_then(|points| points.get(&key.1))
+            .map(|channel| channel.sender.subscribe()))
+    }
+
+    /// TOO_MANY_WATCHERS: this server serves its most quota watchers.
+    fn watchers_full(&self) -> EngineError {
+        EngineError::Exhausted {
+            reason: "TOO_MANY_WATCHERS",
+            message: format!(
+                "this server already serves {} quota watchers; try another replica or later",
+                self.hub.max_watchers
+            ),
+            retry_after: WATCHERS_FULL_RETRY,
+        }
     }
 
     async fn refresh_loop(
