@@ -170,8 +170,9 @@ pub enum Command {
     /// Record a spoiled blank: on a held reservation (a reprint) or, without an id, a defective
     /// blank found in stock.
     Spoiled {
-        /// The held reservation being printed; omit for a blank found defective in stock.
-        #[arg(env = "BLANGKO_RESERVATION")]
+        /// The held reservation being printed; omit for a blank found defective in stock. (No
+        /// environment variable: an id exported for commit or cancel would file a blank from
+        /// stock against that applicant's hold.)
         reservation_id: Option<String>,
         /// misprint, chip-encoding-failure (chip), factory-defect (defect), storage-damage, other.
         #[arg(long, env = "BLANGKO_SPOILAGE_REASON", value_parser = parse_spoilage_arg)]

@@ -427,6 +427,11 @@ impl Screen {
                         "No decision yet: do NOT print. Press Enter and give the same NIK again (safe, never twice).",
                     ));
                 }
+                // Served today at another service point or office: decided, not to be served
+                // here, so the applicant leaves this queue like any other decision.
+                if failure.reason() == Some("ALREADY_RESERVED_ELSEWHERE") {
+                    return Some(None);
+                }
                 None
             }
         }

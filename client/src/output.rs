@@ -142,7 +142,7 @@ impl Zone {
 /// Seconds from now until `ts` (negative when past).
 pub fn seconds_until(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
     let ts = ts?;
-    Some(ts.seconds - Utc::now().timestamp())
+    Some(ts.seconds.saturating_sub(Utc::now().timestamp()))
 }
 
 /// "29 menit" / "29 min", "1 jam 5 menit" / "1 h 5 min", for a hold's time left.
@@ -150,7 +150,7 @@ pub fn duration_text(seconds: i64, lang: Lang) -> String {
     if seconds <= 0 {
         return lang.t("habis", "expired").to_string();
     }
-    let minutes = (seconds + 59) / 60;
+    let minutes = seconds.saturating_add(59) / 60;
     let (h, m) = (minutes / 60, minutes % 60);
     match (lang, h) {
         (Lang::Id, 0) => format!("{m} menit"),
@@ -451,6 +451,18 @@ mod tests {
 
     fn ts(seconds: i64) -> prost_types::Timestamp {
         prost_types::Timestamp { seconds, nanos: 0 }
+    }
+
+    #[test]
+    fn times_far_off_from_a_server_are_shown_without_overflow() {
+        // A broken or hostile answer: no panic (debug) or wrapped figure (release).
+        assert_eq!(seconds_until(Some(&ts(i64::MIN))), Some(i64::MIN));
+        assert_eq!(
+            duration_text(i64::MAX, Lang::En),
+            format!("{} h {} min", i64::MAX / 60 / 60, (i64::MAX / 60) % 60)
+        );
+        assert_eq!(duration_text(60, Lang::Id), "1 menit");
+        assert_eq!(duration_text(61, Lang::Id), "2 menit");
     }
 
     #[test]

@@ -849,23 +849,15 @@ impl Run<'_> {
         Ok((answer.expected_served.min(waiting), answer.quota))
     }
 
-    /// Tells the given rows at once to activate IKD, and records it.
+    /// Tells the given rows at once to activate IKD, and records it: told first, so that a
+    /// run cut while it records (a full disk, a kill) never leaves a row recorded as told that
+    /// nobody was told of; a row told but not recorded is told again by the next run.
     fn tell_ikd(&mut self, rows: &[QueueRow]) -> Result<(), Failure> {
         if rows.is_empty() {
             return Ok(());
         }
         let tickets: Vec<&str> = rows.iter().map(|r| r.ticket.as_str()).collect();
         let lang = self.out.lang;
-        for row in rows {
-            let mut record = self.record(row, RowOutcome::IkdForecast);
-            record.cause = "FORECAST".to_string();
-            record.detail = "beyond this counter's share of today's remaining quota".to_string();
-            self.results.append(&record)?;
-            self.tally.told_ikd += 1;
-            if self.out.json {
-                self.emit_json(&record, json!({"event": "ikd_forecast"}));
-            }
-        }
         if !self.out.json {
             self.out.line(&match lang {
                 Lang::Id => format!(
@@ -881,6 +873,16 @@ impl Run<'_> {
                     rows.len()
                 ),
             });
+        }
+        for row in rows {
+            let mut record = self.record(row, RowOutcome::IkdForecast);
+            record.cause = "FORECAST".to_string();
+            record.detail = "beyond this counter's share of today's remaining quota".to_string();
+            self.results.append(&record)?;
+            self.tally.told_ikd += 1;
+            if self.out.json {
+                self.emit_json(&record, json!({"event": "ikd_forecast"}));
+            }
         }
         Ok(())
     }
@@ -1035,7 +1037,7 @@ impl Run<'_> {
                     failure.human(self.out.lang),
                     self.out
                         .t(
-                            "JANGAN cetak di loket ini: pemohon sudah dilayani hari ini di loket atau kantor lain.",
+                            "JANGAN cetak di loket ini: pemohon sudah dilayani hari ini di tempat layanan atau kantor lain.",
                             "Do NOT print at this counter: the applicant was already served today at another service point or office.",
                         )
                         .to_string(),

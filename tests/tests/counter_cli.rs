@@ -817,9 +817,16 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
         "{spoiled:?}"
     );
     assert!(spoiled.stdout.contains("blangko rusak: 1"), "{spoiled:?}");
-    let spoiled_json = run_as(url, &["--json", "spoiled", "--reason", "factory-defect"]).await?;
-    assert_eq!(spoiled_json.code, 0, "{spoiled_json:?}");
-    let v = spoiled_json.one_json()?;
+    // A blank found defective in stock, with a reservation id still exported from a commit:
+    // without an id on the line it is the stock's, never that reservation's.
+    let args = who(&["--json", "spoiled", "--reason", "factory-defect"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = command(&[url], &refs);
+    cmd.env("BLANGKO_RESERVATION", &ids[2]);
+    let output = tokio::time::timeout(RUN_TIMEOUT, cmd.output()).await??;
+    assert!(output.status.success(), "{output:?}");
+    let v: Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(v["reservation"], Value::Null, "a stock report: {v}");
     assert_eq!(v["outcome"], "spoiled_recorded");
     assert_eq!(v["spoilage_reason"], "FACTORY_DEFECT");
     assert_eq!(v["on_hand"], 97, "100 - 1 printed - 2 spoiled: {v}");
@@ -2504,6 +2511,34 @@ async fn the_interactive_x_asks_before_it_cancels_and_an_overlong_line_is_not_ru
         "Sampai jumpa.",
     ];
     assert_in_order(out, &expect);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applicant_served_elsewhere_today_leaves_the_screens_queue() -> anyhow::Result<()> {
+    // Served at another service point today: a decision (not to be served here), so the queue
+    // this counter reports goes down by one, as after any other decision.
+    let server = server_with(5, 10).await?;
+    let mut stock = server.stock_client().await?;
+    fixtures::service_point(&mut stock, "3275", "kec", fixtures::fixed(5)).await?;
+    server
+        .counter_client()
+        .await?
+        .reserve(fixtures::reserve_request("3275", "kec", 7))
+        .await?;
+    let run = screen(
+        &server.url,
+        &format!("antrean 3\nn\n{}\n1\na\nkeluar\n", nik(7)),
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    // The refusal (on stderr, as every failure) names where the applicant was served.
+    assert!(run.stderr.contains("ALREADY_RESERVED_ELSEWHERE"), "{run:?}");
+    assert_in_order(&run.stdout, &["antrean loket 3 →", "antrean loket 2 →"]);
+    // The one reservation is the applicant's at kec: nothing was reserved here.
+    let all = reservations(&server).await?;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].service_point_id, "kec");
     Ok(())
 }
 

@@ -30,7 +30,11 @@ pub fn entry_json(e: &LedgerEntry, zone: Zone) -> Value {
         "sequence": e.sequence,
         "kind": kind,
         "recorded_at": zone.rfc3339(e.recorded_at.as_ref()),
-        "recorded_ms": e.recorded_at.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000),
+        "recorded_ms": e.recorded_at.and_then(|t| {
+            t.seconds
+                .checked_mul(1000)?
+                .checked_add(i64::from(t.nanos) / 1_000_000)
+        }),
         "local_date": e.local_date,
         "principal": e.principal,
         "on_hand_delta": e.on_hand_delta,
@@ -188,5 +192,31 @@ fn print_chains(out: &Out, chains: &[blangko_proto::v1::LedgerChainVerification]
                 chain.problem
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_exported_with_the_milliseconds_its_hash_covers_or_null() {
+        let mut e = LedgerEntry {
+            recorded_at: Some(prost_types::Timestamp {
+                seconds: 1_795_917_900,
+                nanos: 123_000_000,
+            }),
+            local_date: "2026-11-29".into(),
+            ..Default::default()
+        };
+        let v = entry_json(&e, Zone::Wib);
+        assert_eq!(v["recorded_ms"], 1_795_917_900_123_i64);
+        assert_eq!(v["local_date"], "2026-11-29");
+        // A time no millisecond count can hold: null, never a panic or a wrapped number.
+        e.recorded_at = Some(prost_types::Timestamp {
+            seconds: i64::MAX / 100,
+            nanos: 0,
+        });
+        assert_eq!(entry_json(&e, Zone::Wib)["recorded_ms"], Value::Null);
     }
 }
