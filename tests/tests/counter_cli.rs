@@ -963,6 +963,73 @@ async fn queue_tells_tickets_beyond_the_quota_before_any_reserve() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_cut_while_it_records_its_forecast_has_told_every_row_it_recorded()
+-> anyhow::Result<()> {
+    // The results file may stop taking writes at any line (a full disk, a kill): every ticket
+    // the file says was told to activate IKD must have been told on the screen. Here the file
+    // may grow to five forecast records, and the run dies (SIGXFSZ) writing the sixth.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("antrean.csv");
+    std::fs::write(&file, queue_csv(35))?;
+    let file_arg = file.display().to_string();
+    let results_of = |name: &str| dir.path().join(name).display().to_string();
+
+    // The size of five forecast records, from a whole run on a server of its own.
+    let whole = results_of("whole.jsonl");
+    let calibration = server_with(20, 100).await?;
+    let run = run_as(&calibration.url, &["queue", &file_arg, "--results", &whole]).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let text = std::fs::read_to_string(&whole)?;
+    let five: usize = text.split_inclusive('\n').take(5).map(str::len).sum();
+    assert!(
+        text.lines().take(15).all(|l| l.contains("ikd_forecast")),
+        "{text}"
+    );
+
+    let server = server_with(20, 100).await?;
+    let cut = results_of("cut.jsonl");
+    let args = who(&["queue", &file_arg, "--results", &cut]);
+    let mut cmd = tokio::process::Command::new("prlimit");
+    cmd.arg(format!("--fsize={}", five + 10))
+        .arg("--")
+        .arg(counter_bin())
+        .args(["--server", &server.url])
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("BLANGKO_")) {
+        cmd.env_remove(key);
+    }
+    let output = tokio::time::timeout(RUN_TIMEOUT, cmd.output()).await??;
+    assert!(!output.status.success(), "the run was not cut: {output:?}");
+    let recorded = std::fs::read_to_string(&cut)?;
+    // Five whole records, and the sixth cut where the file stopped growing.
+    let whole_lines = recorded.split_inclusive('\n').filter(|l| l.ends_with('\n'));
+    assert_eq!(whole_lines.count(), 5, "{recorded}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("AKTIVASI IKD SEKARANG: tiket 21–35 (15 orang)"),
+        "the recorded tickets were never told: {stdout}"
+    );
+
+    // The next run goes on from the file: the five are final, the other ten told again.
+    let rerun = run_as(
+        &server.url,
+        &["--json", "queue", &file_arg, "--results", &cut],
+    )
+    .await?;
+    assert_eq!(rerun.code, 0, "{rerun:?}");
+    let lines: Vec<Value> = std::fs::read_to_string(&cut)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 35);
+    assert_eq!(reservations(&server).await?.len(), 20);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nik_typed_in_the_wrong_place_on_the_command_line_is_masked_in_the_error()
 -> anyhow::Result<()> {
     let n = nik(7);
