@@ -878,11 +878,11 @@ impl Run<'_> {
             let mut record = self.record(row, RowOutcome::IkdForecast);
             record.cause = "FORECAST".to_string();
             record.detail = "beyond this counter's share of today's remaining quota".to_string();
-            self.results.append(&record)?;
-            self.tally.told_ikd += 1;
             if self.out.json {
                 self.emit_json(&record, json!({"event": "ikd_forecast"}));
             }
+            self.results.append(&record)?;
+            self.tally.told_ikd += 1;
         }
         Ok(())
     }

@@ -489,17 +489,24 @@ async fn past_max_watchers_a_stream_is_refused_with_retry_info_and_a_freed_slot_
     };
     let mut first = counter.watch_quota(watch()).await?.into_inner();
     next_quota(&mut first).await?;
-    // The refresher's first read (a change between the stream's read and its channel) is done.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let settled = reads().await?;
     let mut second = counter.watch_quota(watch()).await?.into_inner();
     next_quota(&mut second).await?;
+    // The reads of the two set-ups and of the refresher's first pass are done once the count
+    // stays put (bounded, 5 s).
+    let mut settled = reads().await?;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = reads().await?;
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
     let refused = counter
         .watch_quota(watch())
         .await
         .expect_err("a third stream past --max-watchers 2");
-    // A second stream on a watched point and refusals at the limit (clients retry them every
-    // few seconds) read nothing.
+    // Refusals at the limit (clients retry them every few seconds) read nothing.
     for _ in 0..20 {
         counter
             .watch_quota(watch())

@@ -425,10 +425,6 @@ fn lock_for_edit(path: &Path) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
-/// Writes `text` to a temporary file beside `path`, then renames it over `path`, so a server
-/// reloading at the same moment reads either the old file or the new one. A new file gets mode
-/// 0600; a file that exists keeps its mode and (when this process may set it) its owner, so a
-/// file an operator made readable to the server's user stays readable after an edit.
 /// Warns when users other than the file's owner may write the token file: it holds hashes only,
 /// so reading it gives nothing away, but writing it gives any role at the next reload. Checked at
 /// start and at every reload.
@@ -438,6 +434,11 @@ fn warn_if_writable_by_others(path: &Path) {
     }
 }
 
+/// Writes `text` to a temporary file beside `path`, then renames it over `path`, so a server
+/// reloading at the same moment reads either the old file or the new one. A new file gets mode
+/// 0600; a file that exists keeps who may read it and (when this process may set it) its owner,
+/// so a file an operator made readable to the server's user stays readable after an edit, but
+/// no one but its owner may write it any more, and special bits go.
 fn write_private_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     // A new file of a name nobody could guess, never one that exists: in a shared directory
     // another user could otherwise have made the file first and kept it open to write into.
@@ -463,7 +464,7 @@ fn write_private_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         // The file keeps who may read it, but no one else may write it any more: whoever can
         // write it can give themselves any role at the next reload.
-        let mode = existing.permissions().mode() & 0o7755;
+        let mode = existing.permissions().mode() & 0o755;
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
         // Only root may give a file away; anyone else keeps their own (as before).

@@ -99,10 +99,13 @@ impl Engine {
         service_point_id: &str,
     ) -> EngineResult<watch::Receiver<Option<QuotaSnapshot>>> {
         let key = (office_id.to_string(), service_point_id.to_string());
-        // Refused, or subscribed to a channel that exists, before any read: a watcher refused at
-        // the limit (and retrying) or one more on a watched point costs no database read.
-        if let Some(subscribed) = self.subscribe_existing(&key)? {
-            return Ok(subscribed);
+        // Refused before any read: a watcher refused at the limit (clients retry every few
+        // seconds, thousands at once after a replica restarts) costs no database read. A
+        // watcher of a point already watched still reads: its read fails, and its client goes
+        // to another replica, when this one's database is out of reach, instead of joining a
+        // channel whose refresher cannot read.
+        if count(&self.hub.lock()) >= self.hub.max_watchers {
+            return Err(self.watchers_full());
         }
         // The first snapshot also proves that the office and service point exist.
         let first = self.get_quota(office_id, service_point_id).await?;
@@ -131,22 +134,6 @@ impl Engine {
         let engine = Arc::clone(self);
         tokio::spawn(async move { engine.refresh_loop(key, sender, dirty).await });
         Ok(receiver)
-    }
-
-    /// A receiver of the channel that already serves `key`, None when there is none yet, or
-    /// TOO_MANY_WATCHERS at the limit.
-    fn subscribe_existing(
-        &self,
-        key: &Key,
-    ) -> EngineResult<Option<watch::Receiver<Option<QuotaSnapshot>>>> {
-        let channels = self.hub.lock();
-        if count(&channels) >= self.hub.max_watchers {
-            return Err(self.watchers_full());
-        }
-        Ok(channels
-            .get(&key.0)
-            .and_then(|points| points.get(&key.1))
-            .map(|channel| channel.sender.subscribe()))
     }
 
     /// TOO_MANY_WATCHERS: this server serves its most quota watchers.
