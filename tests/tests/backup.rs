@@ -26,9 +26,14 @@ const PACE: Duration = Duration::from_millis(25);
 
 /// Runs `blangko-server ARGS` and gives (exit code, stdout, stderr).
 async fn server_command(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    // Under the usual umask (022), whatever the test runner's: files the command leaves to
+    // their defaults would be readable by everyone, and the test must see that.
     let output = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(server_bin())
+        tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg("umask 022 && exec \"$0\" \"$@\"")
+            .arg(server_bin())
             .args(args)
             .env_remove("BLANGKO_NIK_KEY")
             .output(),
