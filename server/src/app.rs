@@ -318,6 +318,8 @@ impl Application {
                             config.max_connections,
                             config.db_max_connections,
                         ),
+                        max_per_peer: (config.max_connections_per_peer > 0)
+                            .then_some(config.max_connections_per_peer),
                         first_call: Duration::from_secs(config.first_call_timeout_secs),
                         idle: (config.idle_timeout_secs > 0)
                             .then(|| Duration::from_secs(config.idle_timeout_secs)),

@@ -69,6 +69,12 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_MAX_CONNECTIONS", default_value_t = crate::incoming::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
+    /// Most client connections open at once from one IP address; one past it is closed as soon
+    /// as it is accepted; 0: no bound of its own. No token is asked before a call, so without it
+    /// one peer could hold every place among --max-connections with health Watch streams.
+    #[arg(long, env = "BLANGKO_MAX_CONNECTIONS_PER_PEER", default_value_t = crate::incoming::DEFAULT_MAX_CONNECTIONS_PER_PEER, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub max_connections_per_peer: u32,
+
     /// Seconds a new connection may go without a call before it is closed: one that sends
     /// nothing, stops part way through its TLS or HTTP/2 set-up, or sets up and never calls (a
     /// gRPC channel connects again at its next call). Also bounds the TLS handshake.

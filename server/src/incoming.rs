@@ -2,6 +2,10 @@
 //! - at most `max_connections` open at once: one past it is closed as soon as it is accepted
 //!   (the client sees the connection end and retries, or tries another replica), with a warning
 //!   in the log at most every [`WARN_EVERY`];
+//! - at most `max_per_peer` of them from one IP address, closed and warned about the same way:
+//!   no token is asked before a call, and a health `Watch` or reflection stream needs none, so
+//!   without it one peer could hold every place with streams left open (each keeps its
+//!   connection from the idle limit below), and every counter would be refused;
 //! - a connection that has made no call within `first_call` of being accepted is closed: one
 //!   that sends nothing, or stops part way through its TLS or HTTP/2 set-up (neither has a
 //!   deadline of its own, and HTTP/2 keepalive starts after it), or sets up and never calls. A
@@ -41,6 +45,10 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Default for the most connections open at once (`--max-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// Default for the most connections open at once from one IP address
+/// (`--max-connections-per-peer`): a sixteenth of the default bound, far above what an office's
+/// counters behind one NAT address use (one channel each, a few for a load tool).
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: u32 = 256;
 /// Default for how long a new connection may go without a call (`--first-call-timeout-secs`).
 pub const DEFAULT_FIRST_CALL_SECS: u64 = 30;
 /// Default for how long a connection may go without a call in flight (`--idle-timeout-secs`):
@@ -55,6 +63,8 @@ pub const WARN_EVERY: Duration = Duration::from_secs(10);
 pub struct Limits {
     /// Most connections open at once.
     pub max_connections: u32,
+    /// Most connections open at once from one IP address; None: no bound of its own.
+    pub max_per_peer: Option<u32>,
     /// How long a new connection may go without a call.
     pub first_call: Duration,
     /// How long a connection may go without a call in flight, after its first call; None: no
@@ -72,21 +82,86 @@ where
         usize::try_from(limits.max_connections.max(1)).unwrap_or(usize::MAX),
     ));
     let refused = Arc::new(Refused::default());
+    let refused_for_peer = Arc::new(Refused::default());
+    let peers = Arc::new(Peers::default());
     incoming.filter_map(move |accepted| {
         let answer = match accepted {
             Err(err) => Some(Err(err)),
-            Ok(stream) => match Arc::clone(&permits).try_acquire_owned() {
-                Ok(permit) => Some(Ok(Bounded::new(stream, permit, limits))),
-                Err(_) => {
-                    // Dropped here: closed at once.
-                    drop(stream);
-                    refused.note(limits.max_connections);
-                    None
+            Ok(stream) => {
+                let place = match limits.max_per_peer {
+                    None => Ok(None),
+                    Some(max) => match stream.peer_addr() {
+                        Ok(addr) => Peers::take(&peers, addr.ip(), max).map(Some),
+                        // A peer already gone: its connection fails at its first read.
+                        Err(_) => Ok(None),
+                    },
+                };
+                match (place, Arc::clone(&permits).try_acquire_owned()) {
+                    (Ok(peer), Ok(permit)) => Some(Ok(Bounded::new(stream, permit, peer, limits))),
+                    // Dropped here: closed at once (with the place taken for its peer).
+                    (Err(()), _) => {
+                        drop(stream);
+                        refused_for_peer.note_peer(limits.max_per_peer.unwrap_or_default());
+                        None
+                    }
+                    (Ok(_), Err(_)) => {
+                        drop(stream);
+                        refused.note(limits.max_connections);
+                        None
+                    }
                 }
-            },
+            }
         };
         std::future::ready(answer)
     })
+}
+
+/// Connections open per peer IP address (only addresses with one open are kept).
+#[derive(Default)]
+struct Peers {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+}
+
+impl Peers {
+    fn open(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, u32>> {
+        // Only whole increments and decrements happen under this lock.
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for one more connection of `ip`, or Err when it holds `max` already.
+    fn take(peers: &Arc<Peers>, ip: std::net::IpAddr, max: u32) -> Result<PeerPlace, ()> {
+        let mut open = peers.open();
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                open.remove(&ip);
+            }
+            return Err(());
+        }
+        *n += 1;
+        Ok(PeerPlace {
+            peers: Arc::clone(peers),
+            ip,
+        })
+    }
+}
+
+/// One open connection of a peer; gives its place back when the connection is dropped.
+struct PeerPlace {
+    peers: Arc<Peers>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for PeerPlace {
+    fn drop(&mut self) {
+        let mut open = self.peers.open();
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Connections refused at the bound, counted between two warnings.
@@ -97,12 +172,34 @@ struct Refused {
 }
 
 impl Refused {
-    fn note(&self, max: u32) {
+    /// Counts a connection refused at `--max-connections-per-peer`, warning at most every
+    /// [`WARN_EVERY`] (the peer's address is not named: a log is no place to collect them).
+    fn note_peer(&self, max: u32) {
+        if let Some(count) = self.due() {
+            tracing::warn!(
+                refused = count,
+                max_connections_per_peer = max,
+                "connections refused: a peer address holds --max-connections-per-peer"
+            );
+        }
+    }
+
+    /// The refusals since the last warning, when a warning is due.
+    fn due(&self) -> Option<u64> {
         let count = self.since_warning.fetch_add(1, Ordering::Relaxed) + 1;
         let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
             *last = Some(Instant::now());
             self.since_warning.store(0, Ordering::Relaxed);
+            return Some(count);
+        }
+        None
+    }
+
+    /// Counts a connection refused at `--max-connections`, warning at most every
+    /// [`WARN_EVERY`].
+    fn note(&self, max: u32) {
+        if let Some(count) = self.due() {
             tracing::warn!(
                 refused = count,
                 max_connections = max,
@@ -117,6 +214,8 @@ impl Refused {
 pub struct Bounded {
     inner: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Its place among its peer's connections (None: no bound per peer).
+    _peer: Option<PeerPlace>,
     /// Its calls, shared with them ([`mark_called`]).
     activity: Arc<Activity>,
     /// The first-call deadline (`first_call` plus [`GRACE`]), then the idle one; None when
@@ -254,7 +353,12 @@ enum Expired {
 }
 
 impl Bounded {
-    fn new(inner: TcpStream, permit: OwnedSemaphorePermit, limits: Limits) -> Bounded {
+    fn new(
+        inner: TcpStream,
+        permit: OwnedSemaphorePermit,
+        peer: Option<PeerPlace>,
+        limits: Limits,
+    ) -> Bounded {
         let activity = Activity::new();
         let accepted = activity.accepted;
         let first_call_by = accepted + limits.first_call + GRACE;
@@ -266,6 +370,7 @@ impl Bounded {
         Bounded {
             inner,
             _permit: permit,
+            _peer: peer,
             activity: Arc::new(activity),
             deadline: Some(Box::pin(tokio::time::sleep_until(first_look.into()))),
             armed_for: None,

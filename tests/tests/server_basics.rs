@@ -652,26 +652,25 @@ async fn a_connection_without_a_call_in_flight_for_its_idle_limit_is_closed() ->
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_past_the_bound_is_closed_at_once() -> anyhow::Result<()> {
+/// `n` connections to `server` that have sent the HTTP/2 preface and nothing more.
+async fn http2_connections(
+    server: &TestServer,
+    n: usize,
+) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
     use tokio::io::AsyncWriteExt;
-    let server = TestServer::spawn_process_on(
-        TestDatabase::sqlite().await?,
-        &["--max-connections", "2", "--first-call-timeout-secs", "60"],
-    )
-    .await?;
-    // Three connections set up: at most two are kept (the start-up probe's connection may
-    // still hold a place a moment, so one or two are closed).
     let mut raw = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         let mut stream = tokio::net::TcpStream::connect(server.addr).await?;
         stream.write_all(PREFACE).await?;
         raw.push(stream);
     }
-    // Within 10 s (a kept connection stays open for its first-call limit of 60 s): no timing
-    // is asserted, a busy machine only takes longer.
+    Ok(raw)
+}
+
+/// Whether the server closed any of `raw` within `limit`.
+async fn any_closed_within(raw: &mut [tokio::net::TcpStream], limit: Duration) -> bool {
     let mut closed = vec![false; raw.len()];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + limit;
     while !closed.iter().any(|c| *c) && tokio::time::Instant::now() < deadline {
         for (stream, closed) in raw.iter_mut().zip(closed.iter_mut()) {
             if !*closed && closed_within(stream, Duration::from_millis(100)).await {
@@ -679,12 +678,12 @@ async fn a_connection_past_the_bound_is_closed_at_once() -> anyhow::Result<()> {
             }
         }
     }
-    assert!(
-        closed.iter().any(|c| *c),
-        "three connections kept under --max-connections 2"
-    );
-    // Once they are gone, there is room again.
-    drop(raw);
+    closed.iter().any(|c| *c)
+}
+
+/// A new client connects and gets an answer (bounded, 10 s: the server notices closed
+/// connections a moment later).
+async fn connects_again(server: &TestServer) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let fresh = async {
@@ -699,13 +698,34 @@ async fn a_connection_past_the_bound_is_closed_at_once() -> anyhow::Result<()> {
         }
         .await;
         match fresh {
-            Ok(()) => break,
+            Ok(()) => return Ok(()),
             Err(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(err) => anyhow::bail!("no room after the connections closed: {err:#}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_the_bound_is_closed_at_once() -> anyhow::Result<()> {
+    let server = TestServer::spawn_process_on(
+        TestDatabase::sqlite().await?,
+        &["--max-connections", "2", "--first-call-timeout-secs", "60"],
+    )
+    .await?;
+    // Three connections set up: at most two are kept (the start-up probe's connection may
+    // still hold a place a moment, so one or two are closed).
+    let mut raw = http2_connections(&server, 3).await?;
+    // Within 10 s (a kept connection stays open for its first-call limit of 60 s): no timing
+    // is asserted, a busy machine only takes longer.
+    assert!(
+        any_closed_within(&mut raw, Duration::from_secs(10)).await,
+        "three connections kept under --max-connections 2"
+    );
+    // Once they are gone, there is room again.
+    drop(raw);
+    connects_again(&server).await?;
     assert!(
         server
             .log()
@@ -713,6 +733,40 @@ async fn a_connection_past_the_bound_is_closed_at_once() -> anyhow::Result<()> {
         "{}",
         server.log()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_holds_no_more_than_its_share_of_the_connections() -> anyhow::Result<()> {
+    // Room for many connections, but two per peer address: a third from this address is
+    // closed at once, while the server still has room (no token was needed to hold the two).
+    let server = TestServer::spawn_process_on(
+        TestDatabase::sqlite().await?,
+        &[
+            "--max-connections",
+            "100",
+            "--max-connections-per-peer",
+            "2",
+            "--first-call-timeout-secs",
+            "60",
+        ],
+    )
+    .await?;
+    let mut raw = http2_connections(&server, 3).await?;
+    assert!(
+        any_closed_within(&mut raw, Duration::from_secs(10)).await,
+        "three connections of one peer kept under --max-connections-per-peer 2"
+    );
+    assert!(
+        server
+            .log()
+            .contains("connections refused: a peer address holds --max-connections-per-peer"),
+        "{}",
+        server.log()
+    );
+    // Their places come back with them.
+    drop(raw);
+    connects_again(&server).await?;
     Ok(())
 }
 
