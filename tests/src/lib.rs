@@ -517,6 +517,15 @@ impl TestServer {
         }
     }
 
+    /// The exit status of a child process that ends by itself within `limit`; None when it is
+    /// still running then.
+    pub async fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let Running::Process { child } = &mut self.running else {
+            return None;
+        };
+        tokio::time::timeout(limit, child.wait()).await.ok()?.ok()
+    }
+
     /// Waits until a killed child process is gone.
     pub async fn wait_killed(&mut self) {
         if let Running::Process { child } = &mut self.running {

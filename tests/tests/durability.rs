@@ -658,3 +658,42 @@ async fn ledger_verification_during_a_burst_finds_every_chain_intact() -> anyhow
     assert!(fixtures::ledger_intact(&mut stock, "3275").await?);
     Ok(())
 }
+
+/// A failed fsync of the WAL ends the server at once, status 3, saying why: carrying on would let
+/// a checkpoint complete and the next write start the WAL again over acknowledged commits. Here
+/// the WAL's name is made to lead nowhere (a link to itself), so the group fsync, which opens
+/// the WAL by name, fails.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_ends_the_server_before_it_can_overwrite_the_wal() -> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let mut server = TestServer::spawn_process_on(db.clone(), &[]).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "mpp", 100, 100).await?;
+    let mut counter = server.counter_client().await?;
+    counter.reserve(reserve_request("3275", "mpp", 1)).await?;
+    let mut wal = db
+        .sqlite_file()
+        .ok_or_else(|| anyhow::anyhow!("a SQLite database"))?
+        .into_os_string();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
+    std::fs::remove_file(&wal)?;
+    std::os::unix::fs::symlink(&wal, &wal)?;
+    // Not acknowledged: the answer waits for the fsync that fails.
+    let answer = counter.reserve(reserve_request("3275", "mpp", 2)).await;
+    assert!(answer.is_err(), "{answer:?}");
+    let status = server
+        .exited_within(Duration::from_secs(20))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("still running after a failed fsync:\n{}", server.log()))?;
+    assert_eq!(status.code(), Some(3), "{}", server.log());
+    assert!(
+        server
+            .log()
+            .contains("exiting now, before anything can overwrite"),
+        "{}",
+        server.log()
+    );
+    Ok(())
+}

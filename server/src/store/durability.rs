@@ -89,6 +89,8 @@ pub struct WalSync {
     /// although those pages never reached the disk: from then on no commit is called durable,
     /// until a restart lets SQLite recover from what the files hold.
     failed: AtomicBool,
+    /// Whether a failure ends the process ([`WalSync::exiting_on_failure`]).
+    exit_on_failure: bool,
     /// Work waiting for the syncer thread ([`WalSync::after_sync`]); set once the `WalSync` is
     /// shared ([`WalSync::start_syncer`]).
     queue: std::sync::OnceLock<std::sync::mpsc::SyncSender<(u64, AfterSync)>>,
@@ -130,8 +132,41 @@ impl WalSync {
             syncing: AtomicBool::new(false),
             ended: tokio::sync::Notify::new(),
             failed: AtomicBool::new(false),
+            exit_on_failure: false,
             queue: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes a failure end the process at once (the server's store; tests of this module keep
+    /// running to look at what follows).
+    ///
+    /// Why: after a failed fsync, of the WAL or of the database file during a checkpoint, the
+    /// pages involved may never reach the disk, and the kernel reports that once. Carrying on
+    /// lets the next checkpoint complete (its fsync now succeeds) and the next write start the
+    /// WAL again from its beginning, over the frames of Reserves already acknowledged: the only
+    /// durable copy of them. Stopping at once leaves the WAL as it is, and SQLite recovers from
+    /// it at the next start (the service manager's restart), as PostgreSQL does after a failed
+    /// fsync.
+    pub fn exiting_on_failure(mut self) -> WalSync {
+        self.exit_on_failure = true;
+        self
+    }
+
+    /// Records a failure for good: no commit is called durable any more, and the server's
+    /// process ends (see [`WalSync::exiting_on_failure`]).
+    fn fail(&self, what: &str, err: &dyn std::fmt::Display) {
+        self.failed.store(true, Ordering::SeqCst);
+        if self.exit_on_failure {
+            let message = format!(
+                "{what} failed ({err}): exiting now, before anything can overwrite what was made durable; SQLite recovers it from {} at the next start",
+                self.wal.display()
+            );
+            tracing::error!(error = %err, wal = %self.wal.display(), "{message}");
+            // The log's writer may not flush before the exit: the reason goes to stderr too.
+            eprintln!("blangko-server: {message}");
+            std::process::exit(EXIT_DURABILITY_LOST);
+        }
+        tracing::error!(error = %err, wal = %self.wal.display(), "{what} failed: no commit is called durable any more; restart the server (SQLite recovers from the files)");
     }
 
     /// Starts the syncer thread of a shared `WalSync`: it runs [`WalSync::after_sync`]'s
@@ -210,8 +245,7 @@ impl WalSync {
     ) -> std::io::Result<()> {
         self.latency.observe(began.elapsed().as_secs_f64());
         if let Err(err) = synced {
-            self.failed.store(true, Ordering::SeqCst);
-            tracing::error!(error = %err, wal = %self.wal.display(), "fsync of the database failed: no commit is called durable any more; restart the server (SQLite recovers from the files)");
+            self.fail("the fsync of the database's WAL", &err);
             return Err(err);
         }
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -254,8 +288,7 @@ impl WalSync {
     /// (a WAL checkpoint's own fsync, or its copy into the database file, failed): as after a
     /// failed fsync (see `failed`), no commit is called durable any more.
     pub fn note_failure(&self, what: &str, err: &dyn std::fmt::Display) {
-        self.failed.store(true, Ordering::SeqCst);
-        tracing::error!(error = %err, wal = %self.wal.display(), "{what} failed: no commit is called durable any more; restart the server (SQLite recovers from the files)");
+        self.fail(what, err);
     }
 
     /// Returns when no fsync is running (at once when none is), or after `at_most`.
@@ -277,6 +310,9 @@ impl WalSync {
         self.latency.clone()
     }
 }
+
+/// The server's exit status when its database's files could not be made durable.
+pub const EXIT_DURABILITY_LOST: i32 = 3;
 
 /// Most callbacks one round of the syncer thread takes: one fsync covers them all.
 const SYNCER_ROUND: usize = 256;

@@ -240,7 +240,9 @@ impl Store {
             .with_context(|| format!("cannot open the SQLite database {}", path.display()))?;
         let wal_sync = match options.sqlite_sync {
             SqliteSync::Full => {
-                let wal = Arc::new(durability::WalSync::new(path, database_file.clone()));
+                let wal = Arc::new(
+                    durability::WalSync::new(path, database_file.clone()).exiting_on_failure(),
+                );
                 wal.start_syncer()
                     .context("cannot start the thread that fsyncs the database")?;
                 Some(wal)
