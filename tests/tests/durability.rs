@@ -608,6 +608,59 @@ async fn a_burst_that_was_all_referred_to_ikd_keeps_its_answers() -> anyhow::Res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_referrals_alone_stays_within_the_journal_bound() -> anyhow::Result<()> {
+    // The day's quota is gone, so every batch of the burst journals a row of stored answers and
+    // no reservation. The bound (4 here) counts such rows too: without it they piled up, with
+    // their fingerprints in memory, for as long as the burst lasted.
+    let db = TestDatabase::sqlite().await?;
+    let args = [
+        "--reserve-journal-pause-ms",
+        "3600000",
+        "--reserve-journal-max",
+        "4",
+    ];
+    let server = TestServer::spawn_process_on(db.clone(), &args).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 3, 100).await?;
+    let mut counter = server.counter_client().await?;
+    for n in 0..3 {
+        counter.reserve(reserve_request("3275", "main", n)).await?;
+    }
+    let requests: Vec<ReserveRequest> = (100..160)
+        .map(|n| reserve_request("3275", "main", n))
+        .collect();
+    // In waves of 4: many small batches, each a row.
+    for wave in requests.chunks(4) {
+        for outcome in send_all(&server, wave).await? {
+            assert!(
+                matches!(&outcome, Some(Outcome::IkdReferral(_))),
+                "{outcome:?}"
+            );
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.pool_url()).await?;
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reserve_journal")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    assert!(
+        (1..=4).contains(&rows),
+        "{rows} journal rows past a bound of 4"
+    );
+    // Every answer is kept, folded or not: retries find them.
+    for request in [&requests[0], &requests[requests.len() - 1]] {
+        let again = counter.reserve(request.clone()).await?.into_inner();
+        assert!(
+            matches!(again.outcome, Some(Outcome::IkdReferral(r)) if r.replayed),
+            "{} was not replayed",
+            request.request_id
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ledger_verification_during_a_burst_finds_every_chain_intact() -> anyhow::Result<()> {
     // An auditor verifies an office's chain while its counters reserve: every verification
     // must see a whole chain, even with batches committing between the journal's fold and the

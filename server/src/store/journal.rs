@@ -30,8 +30,10 @@
 //! a default to `ledger`, `reservations` or `idempotency` folds as before; one that renames or
 //! drops such a column must fold the journal first (migrations run before the start folds it).
 //!
-//! Bounds: at most [`Limits::max_reservations`] reservations wait in the journal; at the bound a
-//! burst's batch first folds the oldest rows, about as many reservations as it makes.
+//! Bounds: at most [`Limits::max_reservations`] reservations wait in the journal, and as many
+//! rows (a row of referrals alone counts as one: a burst against a day's used-up quota makes
+//! rows of stored answers and no reservation); at the bound a burst's batch first folds the
+//! oldest rows, about as many as it adds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -165,6 +167,11 @@ impl Change {
     /// Reservations the transaction folded.
     pub fn folded(&self) -> u64 {
         self.folded
+    }
+
+    /// Journal rows the transaction folded.
+    pub fn folded_rows(&self) -> u64 {
+        self.folded_rows
     }
 }
 
@@ -334,7 +341,12 @@ impl Journal {
     /// What folding the whole journal now would take, in reservations' worth (a row without
     /// reservations counts as one), as the folds with a `limit` count it.
     pub fn weight(&self) -> u64 {
-        self.pending().max(self.rows.load(Ordering::SeqCst))
+        self.pending().max(self.rows())
+    }
+
+    /// Rows in the journal table now.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::SeqCst)
     }
 
     /// Whether the journal table holds no row: nothing to fold.

@@ -324,6 +324,18 @@ impl Journaled<'_> {
         }
     }
 
+    /// The journal's weight ([`journal::Journal::weight`]) as this transaction leaves it so far.
+    fn weight(&self) -> u64 {
+        if self.change.emptied() {
+            return 0;
+        }
+        let rows = self
+            .journal
+            .rows()
+            .saturating_sub(self.change.folded_rows());
+        self.pending().max(rows)
+    }
+
     /// Folds the whole journal into its tables in this transaction, unless it is empty.
     fn fold_all(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         if !self.change.emptied() && !self.journal.is_empty() {
@@ -375,12 +387,15 @@ impl Journaled<'_> {
             self.fold_all(conn)?;
             return Ok(false);
         }
+        // The bound counts the journal's weight: its reservations, or its rows where there are
+        // more rows (referrals alone make rows without reservations, and a burst against a
+        // used-up quota would otherwise grow the journal, and its fingerprints, without end).
+        let adds = reservations.max(1);
         if !empty {
-            // At the bound: fold the oldest rows until this batch's reservations fit, about as
-            // many as it makes. Rows of referrals alone free no room, so it may take more than
-            // one fold; each folds at least one row, or finds the journal empty.
-            while !self.journal.has_room(self.pending(), reservations) && !self.change.emptied() {
-                let need = (self.pending() + reservations)
+            // At the bound: fold the oldest rows until this batch fits, about as many as it
+            // adds. Each fold folds at least one row, or finds the journal empty.
+            while !self.journal.has_room(self.weight(), adds) && !self.change.emptied() {
+                let need = (self.weight() + adds)
                     .saturating_sub(self.journal.limits().max_reservations)
                     .max(1);
                 self.journal.fold(conn, Some(need), self.change)?;
@@ -388,7 +403,7 @@ impl Journaled<'_> {
         }
         // No room only for a batch larger than the whole bound, and then the journal was
         // emptied above: its rows go straight into their tables behind everything journaled.
-        Ok(self.journal.has_room(self.pending(), reservations))
+        Ok(self.journal.has_room(self.weight(), adds))
     }
 }
 
