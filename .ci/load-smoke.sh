@@ -30,6 +30,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source .ci/apt.sh
 # shellcheck source=.ci/stop.sh
 source .ci/stop.sh
+# shellcheck source=.ci/own-env.sh
+source .ci/own-env.sh
 
 cargo build --release --locked -q -p blangko-server -p blangko-bench
 work=$(mktemp -d)

@@ -55,6 +55,8 @@ done
 work=$(mktemp -d)
 # shellcheck source=.ci/stop.sh
 source .ci/stop.sh
+# shellcheck source=.ci/own-env.sh
+source .ci/own-env.sh
 # shellcheck disable=SC2046 # one pid per word
 trap 'stop_pids $(jobs -p); rm -rf "$work"' EXIT
 # shellcheck disable=SC2086 # SERVER_ARGS is a list of flags

@@ -42,6 +42,8 @@ fi
 work=$(mktemp -d)
 # shellcheck source=.ci/stop.sh
 source .ci/stop.sh
+# shellcheck source=.ci/own-env.sh
+source .ci/own-env.sh
 # shellcheck disable=SC2046 # one pid per word
 trap 'stop_pids $(jobs -p); rm -rf "$work"' EXIT
 
@@ -59,16 +61,22 @@ start() {
   [[ -n "$addr" ]] || { cat "$work/server.err"; echo "server did not start" >&2; exit 1; }
 }
 stop() {
-  kill "$pid"
-  wait "$pid" || true
+  stop_pids "$pid"
 }
 
 first=${servers%% *}
 start "$first" "$work/seed.db"
 "$ghz" --insecure --call blangko.v1.StockService/UpsertOffice -n 1 -c 1 \
   -d '{"request_id":"report-office-{{.UUID}}","office":{"office_id":"3201","name":"Bench","time_zone":"Asia/Jakarta"}}' \
-  "$addr" > /dev/null
+  --format json "$addr" > "$work/setup.json"
 stop
+# ghz exits 0 even when its call fails: the office must have been made.
+python3 - "$work/setup.json" <<'EOF2'
+import json, sys
+codes = json.load(open(sys.argv[1])).get("statusCodeDistribution", {})
+if codes != {"OK": 1}:
+    sys.exit(f"the office was not set up: status codes {codes}")
+EOF2
 
 python3 - "$work/seed.db" "$days" "$per_day" <<'EOF'
 import sqlite3, sys, time

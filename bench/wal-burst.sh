@@ -33,6 +33,8 @@ done
 work=$(mktemp -d)
 # shellcheck source=.ci/stop.sh
 source .ci/stop.sh
+# shellcheck source=.ci/own-env.sh
+source .ci/own-env.sh
 # shellcheck disable=SC2046 # one pid per word
 trap 'stop_pids $(jobs -p); rm -rf "$work"' EXIT
 
@@ -60,10 +62,7 @@ for run in $(seq 1 "$runs"); do
     echo "$out" >&2
     exit 1
   }
-  kill "$sampler" 2> /dev/null || true
-  wait "$sampler" 2> /dev/null || true
-  kill "$server_pid" 2> /dev/null || echo "the server had already stopped" >&2
-  wait "$server_pid" 2> /dev/null || true
+  stop_pids "$sampler" "$server_pid"
   grep -q "invariant held" <<< "$out" || { echo "$out" >&2; exit 1; }
 
   peak=$(sort -n "$work/wal-sizes" | tail -1)
