@@ -28,6 +28,7 @@ import datetime
 import os
 import random
 import sys
+import time
 import traceback
 import uuid
 
@@ -150,6 +151,46 @@ def print_error(err):
     return status, details
 
 
+# A mutating call that got no answer (UNAVAILABLE: a replica restarting or shedding load;
+# DEADLINE_EXCEEDED: the answer may have been lost) is sent again, the same request with the same
+# request_id: the server answers a repeat with its first answer, so nothing is done twice.
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+MAX_ATTEMPTS = 4
+FIRST_BACKOFF_SECS = 0.2
+MAX_BACKOFF_SECS = 5.0
+
+
+def send_with_retries(call, request, metadata, first_timeout=TIMEOUT_SECS):
+    """Sends `request` with `call`, again after UNAVAILABLE or DEADLINE_EXCEEDED (at most
+    MAX_ATTEMPTS tries in all), waiting as the server's RetryInfo says, or backing off."""
+    backoff = FIRST_BACKOFF_SECS
+    timeout = first_timeout
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return call(request, metadata=metadata, timeout=timeout)
+        except grpc.RpcError as err:
+            if err.code() not in RETRYABLE or attempt == MAX_ATTEMPTS:
+                raise
+            _, details = decode_details(err)
+            wait = next(
+                (
+                    m.retry_delay.ToTimedelta().total_seconds()
+                    for _, m in details
+                    if isinstance(m, error_details_pb2.RetryInfo)
+                ),
+                backoff,
+            )
+            wait = min(wait, MAX_BACKOFF_SECS)
+            print(
+                f"  {err.code().name} on attempt {attempt}: the same request "
+                f"({request.request_id}) again in {wait:.1f} s"
+            )
+            time.sleep(wait)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECS)
+            timeout = TIMEOUT_SECS
+    raise AssertionError("unreachable")
+
+
 def expect_error(code, call, *args, **kwargs):
     """Runs call and returns the grpc.RpcError it must fail with (with the given code)."""
     try:
@@ -246,19 +287,19 @@ def agency_reads(stock, agency, office_id):
 
 def counter_flow(counter, counter_md, office_id, service_point, counter_id, nik):
     print(f"\n== Counter: Reserve at {office_id}/{service_point} for NIK {mask_nik(nik)} ==")
-    reserved = counter.Reserve(
-        counter_pb2.ReserveRequest(
-            request_id=f"py-{uuid.uuid4()}",
-            office_id=office_id,
-            service_point_id=service_point,
-            counter_id=counter_id,
-            nik=nik,
-            reason=common_pb2.REASON_NEW_RECORDING,
-            ikd_status=common_pb2.IKD_STATUS_NOT_ACTIVE,
-        ),
-        metadata=counter_md,
-        timeout=TIMEOUT_SECS,
+    request = counter_pb2.ReserveRequest(
+        request_id=f"py-{uuid.uuid4()}",
+        office_id=office_id,
+        service_point_id=service_point,
+        counter_id=counter_id,
+        nik=nik,
+        reason=common_pb2.REASON_NEW_RECORDING,
+        ikd_status=common_pb2.IKD_STATUS_NOT_ACTIVE,
     )
+    # The first attempt gets a deadline too short on purpose, as when an answer is lost on the
+    # way: the retry, the same request, gets the one reservation.
+    print("  first attempt with a 1 ms deadline (as if its answer were lost):")
+    reserved = send_with_retries(counter.Reserve, request, counter_md, first_timeout=0.001)
     q = reserved.quota
     print(
         f"  quota {q.local_date}: {q.held} held + {q.committed} committed of {q.quota}, "
@@ -278,16 +319,22 @@ def counter_flow(counter, counter_md, office_id, service_point, counter_id, nik)
     check(res.reservation_id != "", "the reservation id came back")
     check(res.state == common_pb2.RESERVATION_STATE_HELD, "the reservation is HELD")
     check(res.masked_nik == mask_nik(nik), "the server returns the NIK masked, never in clear")
+    again = send_with_retries(counter.Reserve, request, counter_md)
+    print(f"  the same request once more: {again.reservation.reservation_id}, replayed={again.reservation.replayed}")
+    check(
+        again.reservation.reservation_id == res.reservation_id and again.reservation.replayed,
+        "the same request again gets the same reservation, marked replayed (never a second blank)",
+    )
 
     print(f"\n== Counter: CancelReservation {res.reservation_id} ==")
-    cancelled = counter.CancelReservation(
+    cancelled = send_with_retries(
+        counter.CancelReservation,
         counter_pb2.CancelReservationRequest(
             request_id=f"py-{uuid.uuid4()}",
             reservation_id=res.reservation_id,
             note="example client: applicant left",
         ),
-        metadata=counter_md,
-        timeout=TIMEOUT_SECS,
+        counter_md,
     )
     c = cancelled.reservation
     print(f"  reservation {c.reservation_id} {common_pb2.ReservationState.Name(c.state)}")

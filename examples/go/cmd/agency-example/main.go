@@ -171,6 +171,47 @@ func call(token string) (context.Context, context.CancelFunc) {
 	return ctx, cancel
 }
 
+// A mutating call that got no answer (UNAVAILABLE: a replica restarting or shedding load;
+// DEADLINE_EXCEEDED: the answer may have been lost) is sent again, the same request with the same
+// request_id: the server answers a repeat with its first answer, so nothing is done twice.
+const (
+	maxAttempts  = 4
+	firstBackoff = 200 * time.Millisecond
+	maxBackoff   = 5 * time.Second
+)
+
+// sendWithRetries calls send with token's metadata, again after UNAVAILABLE or DEADLINE_EXCEEDED
+// (at most maxAttempts tries in all), waiting as the server's RetryInfo says, or backing off.
+// The first attempt gets firstTimeout, the others callTimeout.
+func sendWithRetries[T any](token, requestID string, firstTimeout time.Duration, send func(context.Context) (T, error)) (T, error) {
+	backoff := firstBackoff
+	timeout := firstTimeout
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := call(token)
+		ctx, cancelTimeout := context.WithTimeout(ctx, timeout)
+		answer, err := send(ctx)
+		cancelTimeout()
+		cancel()
+		code := status.Code(err)
+		if err == nil || (code != codes.Unavailable && code != codes.DeadlineExceeded) || attempt == maxAttempts {
+			return answer, err
+		}
+		wait := backoff
+		if st, ok := status.FromError(err); ok {
+			for _, d := range st.Details() {
+				if info, ok := d.(*errdetails.RetryInfo); ok {
+					wait = info.GetRetryDelay().AsDuration()
+				}
+			}
+		}
+		wait = min(wait, maxBackoff)
+		fmt.Printf("  %s on attempt %d: the same request (%s) again in %s\n", code, attempt, requestID, wait)
+		time.Sleep(wait)
+		backoff = min(backoff*2, maxBackoff)
+		timeout = callTimeout
+	}
+}
+
 func must[T any](v T, err error) T {
 	if err != nil {
 		panic(err)
@@ -272,8 +313,7 @@ func (f *flow) agencyReads() {
 
 func (f *flow) counterFlow() {
 	fmt.Printf("\n== Counter: Reserve at %s/%s for NIK %s ==\n", f.office, f.servicePoint, maskNik(f.nik))
-	ctx, cancel := call(f.counterToken)
-	reserved := must(f.counter.Reserve(ctx, &blangkov1.ReserveRequest{
+	request := &blangkov1.ReserveRequest{
 		RequestId:      requestID(),
 		OfficeId:       f.office,
 		ServicePointId: f.servicePoint,
@@ -281,8 +321,14 @@ func (f *flow) counterFlow() {
 		Nik:            f.nik,
 		Reason:         blangkov1.Reason_REASON_NEW_RECORDING,
 		IkdStatus:      blangkov1.IkdStatus_IKD_STATUS_NOT_ACTIVE,
-	}))
-	cancel()
+	}
+	reserve := func(ctx context.Context) (*blangkov1.ReserveResponse, error) {
+		return f.counter.Reserve(ctx, request)
+	}
+	// The first attempt gets a deadline too short on purpose, as when an answer is lost on the
+	// way: the retry, the same request, gets the one reservation.
+	fmt.Println("  first attempt with a 1 ms deadline (as if its answer were lost):")
+	reserved := must(sendWithRetries(f.counterToken, request.GetRequestId(), time.Millisecond, reserve))
 	q := reserved.GetQuota()
 	fmt.Printf("  quota %s: %d held + %d committed of %d, %d remaining; office available %d\n",
 		q.GetLocalDate(), q.GetHeld(), q.GetCommitted(), q.GetQuota(), q.GetRemaining(), q.GetAvailable())
@@ -296,15 +342,21 @@ func (f *flow) counterFlow() {
 	check(res.GetReservationId() != "", "the reservation id came back")
 	check(res.GetState() == blangkov1.ReservationState_RESERVATION_STATE_HELD, "the reservation is HELD")
 	check(res.GetMaskedNik() == maskNik(f.nik), "the server returns the NIK masked, never in clear")
+	again := must(sendWithRetries(f.counterToken, request.GetRequestId(), callTimeout, reserve)).GetReservation()
+	fmt.Printf("  the same request once more: %s, replayed=%t\n", again.GetReservationId(), again.GetReplayed())
+	check(again.GetReservationId() == res.GetReservationId() && again.GetReplayed(),
+		"the same request again gets the same reservation, marked replayed (never a second blank)")
 
 	fmt.Printf("\n== Counter: CancelReservation %s ==\n", res.GetReservationId())
-	ctx, cancel = call(f.counterToken)
-	cancelled := must(f.counter.CancelReservation(ctx, &blangkov1.CancelReservationRequest{
+	cancelRequest := &blangkov1.CancelReservationRequest{
 		RequestId:     requestID(),
 		ReservationId: res.GetReservationId(),
 		Note:          "example client: applicant left",
-	}))
-	cancel()
+	}
+	cancelled := must(sendWithRetries(f.counterToken, cancelRequest.GetRequestId(), callTimeout,
+		func(ctx context.Context) (*blangkov1.CancelReservationResponse, error) {
+			return f.counter.CancelReservation(ctx, cancelRequest)
+		}))
 	c := cancelled.GetReservation()
 	fmt.Printf("  reservation %s %s\n", c.GetReservationId(), c.GetState())
 	check(c.GetReservationId() == res.GetReservationId(), "the cancel names the same reservation")
