@@ -180,7 +180,7 @@ def send_with_retries(call, request, metadata, first_timeout=TIMEOUT_SECS):
                 ),
                 backoff,
             )
-            wait = min(wait, MAX_BACKOFF_SECS)
+            wait = min(max(wait, 0.0), MAX_BACKOFF_SECS)
             print(
                 f"  {err.code().name} on attempt {attempt}: the same request "
                 f"({request.request_id}) again in {wait:.1f} s"

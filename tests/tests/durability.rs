@@ -712,6 +712,42 @@ async fn ledger_verification_during_a_burst_finds_every_chain_intact() -> anyhow
     Ok(())
 }
 
+/// A database file reached through a symbolic link: SQLite names the WAL after the link's
+/// target, and the group fsync must sync that WAL, not fall back to the database file (which
+/// left every acknowledged commit's frames unsynced). Shown by making the target's WAL fail its
+/// fsync: the server must notice, and end.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_reached_through_a_symbolic_link_has_its_own_wal_fsynced() -> anyhow::Result<()>
+{
+    let db = TestDatabase::sqlite().await?;
+    let link = db
+        .sqlite_file()
+        .ok_or_else(|| anyhow::anyhow!("a SQLite database"))?;
+    let target = db.dir.path().join("kept-elsewhere.db");
+    std::os::unix::fs::symlink(&target, &link)?;
+    let mut server = TestServer::spawn_process_on(db.clone(), &[]).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "mpp", 100, 100).await?;
+    let mut counter = server.counter_client().await?;
+    counter.reserve(reserve_request("3275", "mpp", 1)).await?;
+    let wal = db.dir.path().join("kept-elsewhere.db-wal");
+    anyhow::ensure!(
+        wal.exists(),
+        "SQLite's WAL is named after the link's target"
+    );
+    std::fs::remove_file(&wal)?;
+    std::os::unix::fs::symlink(&wal, &wal)?;
+    let answer = counter.reserve(reserve_request("3275", "mpp", 2)).await;
+    assert!(answer.is_err(), "{answer:?}");
+    let status = server
+        .exited_within(Duration::from_secs(20))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the target's WAL was never fsynced:\n{}", server.log()))?;
+    assert_eq!(status.code(), Some(3), "{}", server.log());
+    Ok(())
+}
+
 /// A failed fsync of the WAL ends the server at once, status 3, saying why: carrying on would let
 /// a checkpoint complete and the next write start the WAL again over acknowledged commits. Here
 /// the WAL's name is made to lead nowhere (a link to itself), so the group fsync, which opens

@@ -120,6 +120,10 @@ impl WalSync {
     /// Syncs the WAL of the SQLite database at `path` (`<path>-wal`), or `database` (the same
     /// file, opened) when there is no WAL.
     pub fn new(path: &Path, database: DatabaseFile) -> WalSync {
+        // SQLite names the WAL after the file a symbolic link leads to: `<link>-wal` never exists,
+        // and every fsync would have fallen back to the database file, leaving the WAL's frames,
+        // the acknowledged commits, unsynced.
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         WalSync {
@@ -161,9 +165,8 @@ impl WalSync {
                 "{what} failed ({err}): exiting now, before anything can overwrite what was made durable; SQLite recovers it from {} at the next start",
                 self.wal.display()
             );
+            // The log writes to stderr as it goes (app.rs), so the reason is out before the exit.
             tracing::error!(error = %err, wal = %self.wal.display(), "{message}");
-            // The log's writer may not flush before the exit: the reason goes to stderr too.
-            eprintln!("blangko-server: {message}");
             std::process::exit(EXIT_DURABILITY_LOST);
         }
         tracing::error!(error = %err, wal = %self.wal.display(), "{what} failed: no commit is called durable any more; restart the server (SQLite recovers from the files)");

@@ -204,7 +204,7 @@ func sendWithRetries[T any](token, requestID string, firstTimeout time.Duration,
 				}
 			}
 		}
-		wait = min(wait, maxBackoff)
+		wait = max(0, min(wait, maxBackoff))
 		fmt.Printf("  %s on attempt %d: the same request (%s) again in %s\n", code, attempt, requestID, wait)
 		time.Sleep(wait)
 		backoff = min(backoff*2, maxBackoff)
