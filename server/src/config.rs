@@ -122,9 +122,9 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_RESERVE_BATCH_SIZE", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub reserve_batch_size: u32,
 
-    /// SQLite: most reservations a burst's Reserve batches may leave in the Reserve journal
-    /// (their rows reach their tables when the burst pauses), and as many batches (one whose
-    /// Reserves were all referred to IKD counts as one); 0 turns the journal off.
+    /// SQLite: most Reserves (reservations and IKD referrals) a burst's batches may leave in the
+    /// Reserve journal (their rows reach their tables when the burst pauses); 0 turns the
+    /// journal off.
     #[arg(long, env = "BLANGKO_RESERVE_JOURNAL_MAX", default_value_t = crate::store::journal::DEFAULT_MAX_PENDING_RESERVATIONS, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
     pub reserve_journal_max: u64,
 

@@ -255,7 +255,7 @@ fn journal_figures(engine: &Engine, registry: &mut Registry) {
     pending.set(i64::try_from(journal.pending()).unwrap_or(i64::MAX));
     registry.register(
         "blangko_reserve_journal_pending",
-        "Reservations in the Reserve journal, not yet folded into their tables",
+        "Reserves (reservations and IKD referrals) in the Reserve journal, not yet folded into their tables",
         pending,
     );
     for (name, help, value) in [

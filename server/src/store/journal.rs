@@ -30,10 +30,10 @@
 //! a default to `ledger`, `reservations` or `idempotency` folds as before; one that renames or
 //! drops such a column must fold the journal first (migrations run before the start folds it).
 //!
-//! Bounds: at most [`Limits::max_reservations`] reservations wait in the journal, and as many
-//! rows (a row of referrals alone counts as one: a burst against a day's used-up quota makes
-//! rows of stored answers and no reservation); at the bound a burst's batch first folds the
-//! oldest rows, about as many as it adds.
+//! Bounds: at most [`Limits::max_reservations`] Reserves' rows wait in the journal (a Reserve
+//! referred to IKD counts as one too: a burst against a day's used-up quota makes rows of stored
+//! answers and no reservation); at the bound a burst's batch first folds the oldest rows, about
+//! as many as it adds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -126,7 +126,8 @@ pub struct Entry<'a> {
     pub nik_hashes: Vec<&'a str>,
     /// The earliest expiry of its holds (i64::MAX: none).
     pub min_expires_ms: i64,
-    /// Reservations it makes.
+    /// Its weight against the bound: the Reserves it answers, referrals included (at least the
+    /// reservations it makes). Stored in the journal table's `reservations` column.
     pub reservations: u64,
 }
 

@@ -374,12 +374,7 @@ impl Journaled<'_> {
     /// entry 103 before 101 and 102 were folded, and its page token would move past them for
     /// good. So while the journal holds rows, a lone Reserve is journaled too, and a batch
     /// larger than the whole bound finds the journal emptied first.
-    fn takes(
-        &mut self,
-        conn: &Connection,
-        batch: usize,
-        reservations: u64,
-    ) -> rusqlite::Result<bool> {
+    fn takes(&mut self, conn: &Connection, batch: usize, weight: u64) -> rusqlite::Result<bool> {
         let empty = self.change.emptied() || self.journal.is_empty();
         if self.journal.limits().max_reservations == 0
             || (batch < journal::JOURNAL_FROM_BATCH && empty)
@@ -387,10 +382,10 @@ impl Journaled<'_> {
             self.fold_all(conn)?;
             return Ok(false);
         }
-        // The bound counts the journal's weight: its reservations, or its rows where there are
-        // more rows (referrals alone make rows without reservations, and a burst against a
-        // used-up quota would otherwise grow the journal, and its fingerprints, without end).
-        let adds = reservations.max(1);
+        // The bound counts the Reserves the journal answers, referrals included (a burst
+        // against a used-up quota makes rows without reservations, which grew the journal, and
+        // its fingerprints, without end while the bound counted reservations).
+        let adds = weight.max(1);
         if !empty {
             // At the bound: fold the oldest rows until this batch fits, about as many as it
             // adds. Each fold folds at least one row, or finds the journal empty.
@@ -588,8 +583,10 @@ fn write(
     jobs: &[Job],
     state: &BatchState<'_>,
 ) -> EngineResult<()> {
-    let reservations = state.reservations.len() as u64;
-    if journaled.takes(conn, jobs.len(), reservations)? {
+    // A row weighs the Reserves it answers, referrals included: a batch of referrals alone
+    // stores as many answers, and fingerprints, as a batch of reservations.
+    let weight = jobs.len() as u64;
+    if journaled.takes(conn, jobs.len(), weight)? {
         let entry = journal::Entry {
             request_ids: jobs.iter().map(|j| j.cmd.request_id.as_str()).collect(),
             nik_hashes: state
@@ -603,7 +600,7 @@ fn write(
                 .map(|r| r.expires_ms)
                 .min()
                 .unwrap_or(i64::MAX),
-            reservations,
+            reservations: weight,
             sections: vec![
                 journal::Section {
                     table: "ledger",
