@@ -409,10 +409,10 @@ async fn a_reason_cap_holds_while_a_burst_fills_the_journal() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bursts_past_a_small_journal_bound_keep_every_answer_and_the_ledger_in_order()
 -> anyhow::Result<()> {
-    // A journal bound of 40 reservations: every batch of a burst first folds the oldest rows to
-    // make room. The first burst ends in referrals (its quota is 100 of 300), so the rows a later
-    // batch folds first include rows of referrals alone, which free no room: it folds on until
-    // its own reservations fit, never all of the journal and never writing past it.
+    // A journal bound of 40 Reserves: every batch of a burst first folds the oldest rows to make
+    // room. The first burst ends in referrals (its quota is 100 of 300), so the rows a later
+    // batch folds first include rows of referrals alone: it folds until its own Reserves fit,
+    // never all of the journal and never writing past it.
     const BURST: u32 = 300;
     let db = TestDatabase::sqlite().await?;
     let args = [
@@ -610,8 +610,8 @@ async fn a_burst_that_was_all_referred_to_ikd_keeps_its_answers() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_referrals_alone_stays_within_the_journal_bound() -> anyhow::Result<()> {
     // The day's quota is gone, so every batch of the burst journals a row of stored answers and
-    // no reservation. The bound (4 here) counts such rows too: without it they piled up, with
-    // their fingerprints in memory, for as long as the burst lasted.
+    // no reservation. The bound (4 here) counts their Reserves too: counting reservations only,
+    // such rows piled up, with their fingerprints in memory, for as long as the burst lasted.
     let db = TestDatabase::sqlite().await?;
     let args = [
         "--reserve-journal-pause-ms",
