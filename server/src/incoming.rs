@@ -63,7 +63,8 @@ pub const WARN_EVERY: Duration = Duration::from_secs(10);
 pub struct Limits {
     /// Most connections open at once.
     pub max_connections: u32,
-    /// Most connections open at once from one IP address; None: no bound of its own.
+    /// Most connections open at once from one IP address (1 or more); None: no bound of its
+    /// own.
     pub max_per_peer: Option<u32>,
     /// How long a new connection may go without a call.
     pub first_call: Duration,
@@ -131,14 +132,10 @@ impl Peers {
     /// A place for one more connection of `ip`, or Err when it holds `max` already.
     fn take(peers: &Arc<Peers>, ip: std::net::IpAddr, max: u32) -> Result<PeerPlace, ()> {
         let mut open = peers.open();
-        let n = open.entry(ip).or_insert(0);
-        if *n >= max {
-            if *n == 0 {
-                open.remove(&ip);
-            }
+        if open.get(&ip).is_some_and(|n| *n >= max) {
             return Err(());
         }
-        *n += 1;
+        *open.entry(ip).or_insert(0) += 1;
         Ok(PeerPlace {
             peers: Arc::clone(peers),
             ip,

@@ -560,6 +560,26 @@ async fn stock_quota_and_metrics_count_a_burst_still_in_the_journal_and_leave_it
     Ok(())
 }
 
+/// Office 3275's service point `main` with its day's quota of 3 used up, a counter client, and
+/// 60 Reserves of new applicants, every one of which the quota refers to IKD.
+async fn quota_used_up(
+    server: &TestServer,
+) -> anyhow::Result<(
+    blangko_proto::v1::counter_service_client::CounterServiceClient<tonic::transport::Channel>,
+    Vec<ReserveRequest>,
+)> {
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 3, 100).await?;
+    let mut counter = server.counter_client().await?;
+    for n in 0..3 {
+        counter.reserve(reserve_request("3275", "main", n)).await?;
+    }
+    let requests = (100..160)
+        .map(|n| reserve_request("3275", "main", n))
+        .collect();
+    Ok((counter, requests))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_that_was_all_referred_to_ikd_keeps_its_answers() -> anyhow::Result<()> {
     // The day's quota is gone before the burst, so its journal rows hold stored answers and no
@@ -567,15 +587,7 @@ async fn a_burst_that_was_all_referred_to_ikd_keeps_its_answers() -> anyhow::Res
     let db = TestDatabase::sqlite().await?;
     let args = ["--reserve-journal-pause-ms", "3600000"];
     let mut server = TestServer::spawn_process_on(db.clone(), &args).await?;
-    let mut stock = server.stock_client().await?;
-    office_with_point(&mut stock, "3275", "main", 3, 100).await?;
-    let mut counter = server.counter_client().await?;
-    for n in 0..3 {
-        counter.reserve(reserve_request("3275", "main", n)).await?;
-    }
-    let requests: Vec<ReserveRequest> = (100..160)
-        .map(|n| reserve_request("3275", "main", n))
-        .collect();
+    let (mut counter, requests) = quota_used_up(&server).await?;
     for outcome in send_all(&server, &requests).await? {
         assert!(
             matches!(&outcome, Some(Outcome::IkdReferral(r)) if r.cause() == ReferralCause::QuotaExhausted),
@@ -620,15 +632,7 @@ async fn a_burst_of_referrals_alone_stays_within_the_journal_bound() -> anyhow::
         "4",
     ];
     let server = TestServer::spawn_process_on(db.clone(), &args).await?;
-    let mut stock = server.stock_client().await?;
-    office_with_point(&mut stock, "3275", "main", 3, 100).await?;
-    let mut counter = server.counter_client().await?;
-    for n in 0..3 {
-        counter.reserve(reserve_request("3275", "main", n)).await?;
-    }
-    let requests: Vec<ReserveRequest> = (100..160)
-        .map(|n| reserve_request("3275", "main", n))
-        .collect();
+    let (mut counter, requests) = quota_used_up(&server).await?;
     // In waves of 4: many small batches, each a row.
     for wave in requests.chunks(4) {
         for outcome in send_all(&server, wave).await? {

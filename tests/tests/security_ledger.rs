@@ -2,7 +2,7 @@
 //! directly in the database (the first broken entry), a deleted entry, and — with the head hash
 //! published earlier by GetStock — a whole chain rewritten with recomputed hashes.
 
-use blangko_e2e::fixtures::{office_with_point, reserve_request, rid};
+use blangko_e2e::fixtures::{self, office_with_point, reserve_request, rid};
 use blangko_e2e::{TestServer, on_each_backend};
 use blangko_proto::v1::reserve_response::Outcome;
 use blangko_proto::v1::*;
@@ -116,14 +116,8 @@ async fn an_agency_recomputes_the_chain_from_the_listed_entries() -> anyhow::Res
         assert_eq!(documented_hash(e), e.hash, "entry {}", e.sequence);
         previous = e.hash.clone();
     }
-    let published = stock
-        .get_stock(GetStockRequest {
-            office_id: "3275".into(),
-        })
+    let published = fixtures::stock_level(&mut stock, "3275")
         .await?
-        .into_inner()
-        .stock
-        .unwrap_or_default()
         .ledger_head_hash;
     assert_eq!(previous, published);
     // A field changed in transit no longer matches its hash.
@@ -208,14 +202,8 @@ async fn verification_finds_an_edited_row_a_deleted_entry_and_a_rewritten_chain(
         let head = chain.head_sequence;
         assert!(head >= 8, "{chain:?}");
         assert_eq!(chain.entries_checked, head);
-        let published = stock
-            .get_stock(GetStockRequest {
-                office_id: "3275".into(),
-            })
+        let published = fixtures::stock_level(&mut stock, "3275")
             .await?
-            .into_inner()
-            .stock
-            .unwrap_or_default()
             .ledger_head_hash;
         assert_eq!(published, chain.head_hash);
         let all = stock

@@ -423,18 +423,7 @@ async fn a_hold_printed_a_day_later_in_another_zone_counts_on_the_day_it_was_pri
         clock.advance_ms(DAY_MS - 60_000); // 23:58 WIB 2 December = 01:58 WIT 3 December
         counter.commit_reservation(commit(&id)).await?;
 
-        let one = stock
-            .get_stock_report(GetStockReportRequest {
-                office_id: "3275".into(),
-                from_date: "2026-12-03".into(),
-                to_date: "2026-12-03".into(),
-            })
-            .await?
-            .into_inner();
-        let day = one
-            .days
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("no day in {one:?}"))?;
+        let (day, one) = one_day(&mut stock, "2026-12-03").await?;
         assert_eq!(
             (day.opening_on_hand, day.printed, day.closing_on_hand),
             (10, 1, 9),
@@ -443,18 +432,7 @@ async fn a_hold_printed_a_day_later_in_another_zone_counts_on_the_day_it_was_pri
         assert!(one.reconciled, "{one:?}");
         // The next day opens after that print, though its entry is stored on 1 December.
         clock.advance_ms(DAY_MS);
-        let next = stock
-            .get_stock_report(GetStockReportRequest {
-                office_id: "3275".into(),
-                from_date: "2026-12-04".into(),
-                to_date: "2026-12-04".into(),
-            })
-            .await?
-            .into_inner();
-        let day = next
-            .days
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("no day in {next:?}"))?;
+        let (day, next) = one_day(&mut stock, "2026-12-04").await?;
         assert_eq!(
             (day.opening_on_hand, day.closing_on_hand),
             (9, 9),
@@ -463,6 +441,27 @@ async fn a_hold_printed_a_day_later_in_another_zone_counts_on_the_day_it_was_pri
         Ok(())
     })
     .await
+}
+
+/// Office 3275's stock report of one day: the day, and the whole answer (for messages).
+async fn one_day(
+    stock: &mut StockServiceClient<Channel>,
+    date: &str,
+) -> anyhow::Result<(StockReportDay, GetStockReportResponse)> {
+    let answer = stock
+        .get_stock_report(GetStockReportRequest {
+            office_id: "3275".into(),
+            from_date: date.into(),
+            to_date: date.into(),
+        })
+        .await?
+        .into_inner();
+    let day = answer
+        .days
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no day in {answer:?}"))?;
+    Ok((day, answer))
 }
 
 /// Reports of days far from the office's entries: a day weeks after the last entry opens and

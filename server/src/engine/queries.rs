@@ -401,21 +401,22 @@ impl Engine {
     ) -> EngineResult<(Vec<LedgerEntry>, Option<i64>)> {
         let mut conn = self.store.reader().await?.acquire().await?;
         Self::office_or_not_found(&mut conn, office_id, "").await?;
-        // The newest entry in the ledger table, read before the entries: the table always holds
-        // an office's entries from 1 up to its newest without a gap (SQLite's Reserve journal
-        // is folded in order, and no write overtakes it), so the read below sees every entry up
-        // to it. Not the office's head: a Reserve batch may have journaled entries since the
-        // reader folded, which the table does not show yet, and a token past them would skip
-        // them for good.
-        let in_table: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(seq) FROM ledger WHERE office_id = $1")
-                .bind(office_id)
-                .fetch_one(&mut *conn)
-                .await?;
-        let until_seq = if kind == 0 {
-            i64::MAX
+        // With a kind filter the look stops at `until_seq`, and goes on from there while the
+        // ledger table holds newer entries. Its newest is read before the entries: the table
+        // always holds an office's entries from 1 up to its newest without a gap (SQLite's
+        // Reserve journal is folded in order, and no write overtakes it), so the read below
+        // sees every entry up to it. Not the office's head: a Reserve batch may have journaled
+        // entries since the reader folded, which the table does not show yet, and a token past
+        // them would skip them for good.
+        let (until_seq, in_table) = if kind == 0 {
+            (i64::MAX, None)
         } else {
-            after_seq.saturating_add(MAX_LEDGER_SCAN)
+            let newest: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(seq) FROM ledger WHERE office_id = $1")
+                    .bind(office_id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            (after_seq.saturating_add(MAX_LEDGER_SCAN), newest)
         };
         let mut entries = ledger::entries_after(
             &mut conn,

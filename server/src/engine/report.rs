@@ -253,13 +253,14 @@ pub const LAST_BALANCE_BETWEEN: &str = "SELECT on_hand_after FROM ledger
 /// ledger, not everything recorded since (walking back from the newest entry did). This assumes
 /// that an office's entries are recorded in sequence order, as they are: each is chained under
 /// the office's lock at the time of its server's clock. A clock set days back and corrected
-/// later would file entries out of that order, and the balance found could be an older one. An entry
-/// recorded before `from` is stored on a date at most [`ZONE_SHIFT_DAYS`] after the day it was
-/// recorded, so on or before `from - 1 + ZONE_SHIFT_DAYS`. Let D be the latest such date among
-/// the entries recorded before `from`. The last of those entries (by sequence) was recorded no
-/// earlier than the day of the entry stored on D, less [`ZONE_SHIFT_DAYS`], and is stored at
-/// most [`MARGIN_BEFORE_DAYS`] before its own day: so on a date within D - `ZONE_SHIFT_DAYS` -
-/// `MARGIN_BEFORE_DAYS` ..= `from - 1 + ZONE_SHIFT_DAYS`.
+/// later would file entries out of that order, and the balance found could be an older one.
+///
+/// An entry recorded before `from` is stored on a date at most [`ZONE_SHIFT_DAYS`] after the
+/// day it was recorded, so on or before `from - 1 + ZONE_SHIFT_DAYS`. Let D be the latest such
+/// date among the entries recorded before `from`. The last of those entries (by sequence) was
+/// recorded no earlier than the day of the entry stored on D, less [`ZONE_SHIFT_DAYS`], and is
+/// stored at most [`MARGIN_BEFORE_DAYS`] before its own day: so on a date within
+/// D - `ZONE_SHIFT_DAYS` - `MARGIN_BEFORE_DAYS` ..= `from - 1 + ZONE_SHIFT_DAYS`.
 async fn opening_balance(
     conn: &mut sqlx::AnyConnection,
     office_id: &str,

@@ -6,10 +6,9 @@
 //!
 //! The purge runs beside the service day, so it never holds the database's write lock for long:
 //! it finds what to purge with short reads on the reader pool ([`PURGE_CHUNK`] rows each, along
-//! an index: `reservations_by_office_day` for reservations, the time indexes of migration
-//! 0007 (PostgreSQL: 0006) for IKD activations and stored answers), and changes it by key in
-//! short write transactions of at most
-//! that many rows. A database that has never been purged, or a retention period cut from 400 to
+//! an index: `reservations_by_office_day` for reservations, the time indexes of migration 0007
+//! (PostgreSQL: 0006) for IKD activations and stored answers), and changes it by key in short
+//! write transactions of at most that many rows. A database that has never been purged, or a retention period cut from 400 to
 //! 30 days, is worked off chunk by chunk between the Reserve batches. Reservations are read per
 //! office along `reservations_by_office_day`, from the day the last complete purge reached, so
 //! an hourly purge reads only the days that have come past the retention period since.

@@ -156,9 +156,11 @@ impl WalSync {
         self
     }
 
-    /// Records a failure for good: no commit is called durable any more, and the server's
-    /// process ends (see [`WalSync::exiting_on_failure`]).
-    fn fail(&self, what: &str, err: &dyn std::fmt::Display) {
+    /// Records that the database's files could not be made durable (the group fsync of the WAL,
+    /// or a WAL checkpoint's own fsync or its copy into the database file, failed), for good: no
+    /// commit is called durable any more, and the server's process ends (see
+    /// [`WalSync::exiting_on_failure`]).
+    pub fn note_failure(&self, what: &str, err: &dyn std::fmt::Display) {
         self.failed.store(true, Ordering::SeqCst);
         if self.exit_on_failure {
             let message = format!(
@@ -248,7 +250,7 @@ impl WalSync {
     ) -> std::io::Result<()> {
         self.latency.observe(began.elapsed().as_secs_f64());
         if let Err(err) = synced {
-            self.fail("the fsync of the database's WAL", &err);
+            self.note_failure("the fsync of the database's WAL", &err);
             return Err(err);
         }
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -285,13 +287,6 @@ impl WalSync {
         drop(running);
         let synced = synced.map_err(std::io::Error::other).and_then(|r| r);
         self.fsync_ended(&mut durable, covered, began, synced)
-    }
-
-    /// Records that the database's files could not be made durable outside the group fsync
-    /// (a WAL checkpoint's own fsync, or its copy into the database file, failed): as after a
-    /// failed fsync (see `failed`), no commit is called durable any more.
-    pub fn note_failure(&self, what: &str, err: &dyn std::fmt::Display) {
-        self.fail(what, err);
     }
 
     /// Returns when no fsync is running (at once when none is), or after `at_most`.

@@ -169,11 +169,6 @@ impl Change {
     pub fn folded(&self) -> u64 {
         self.folded
     }
-
-    /// Journal rows the transaction folded.
-    pub fn folded_rows(&self) -> u64 {
-        self.folded_rows
-    }
 }
 
 #[derive(Default)]
@@ -342,12 +337,7 @@ impl Journal {
     /// What folding the whole journal now would take, in reservations' worth (a row without
     /// reservations counts as one), as the folds with a `limit` count it.
     pub fn weight(&self) -> u64 {
-        self.pending().max(self.rows())
-    }
-
-    /// Rows in the journal table now.
-    pub fn rows(&self) -> u64 {
-        self.rows.load(Ordering::SeqCst)
+        self.pending().max(self.rows.load(Ordering::SeqCst))
     }
 
     /// Whether the journal table holds no row: nothing to fold.

@@ -315,25 +315,13 @@ struct Journaled<'t> {
 }
 
 impl Journaled<'_> {
-    /// Reservations in the journal as this transaction leaves it so far.
+    /// The Reserves in the journal as this transaction leaves it so far.
     fn pending(&self) -> u64 {
         if self.change.emptied() {
             0
         } else {
             self.journal.pending().saturating_sub(self.change.folded())
         }
-    }
-
-    /// The journal's weight ([`journal::Journal::weight`]) as this transaction leaves it so far.
-    fn weight(&self) -> u64 {
-        if self.change.emptied() {
-            return 0;
-        }
-        let rows = self
-            .journal
-            .rows()
-            .saturating_sub(self.change.folded_rows());
-        self.pending().max(rows)
     }
 
     /// Folds the whole journal into its tables in this transaction, unless it is empty.
@@ -385,12 +373,11 @@ impl Journaled<'_> {
         // The bound counts the Reserves the journal answers, referrals included (a burst
         // against a used-up quota makes rows without reservations, which grew the journal, and
         // its fingerprints, without end while the bound counted reservations).
-        let adds = weight.max(1);
         if !empty {
             // At the bound: fold the oldest rows until this batch fits, about as many as it
             // adds. Each fold folds at least one row, or finds the journal empty.
-            while !self.journal.has_room(self.weight(), adds) && !self.change.emptied() {
-                let need = (self.weight() + adds)
+            while !self.journal.has_room(self.pending(), weight) && !self.change.emptied() {
+                let need = (self.pending() + weight)
                     .saturating_sub(self.journal.limits().max_reservations)
                     .max(1);
                 self.journal.fold(conn, Some(need), self.change)?;
@@ -398,7 +385,7 @@ impl Journaled<'_> {
         }
         // No room only for a batch larger than the whole bound, and then the journal was
         // emptied above: its rows go straight into their tables behind everything journaled.
-        Ok(self.journal.has_room(self.weight(), adds))
+        Ok(self.journal.has_room(self.pending(), weight))
     }
 }
 
