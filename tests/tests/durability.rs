@@ -746,14 +746,36 @@ async fn a_database_reached_through_a_symbolic_link_has_its_own_wal_fsynced() ->
         wal.exists(),
         "SQLite's WAL is named after the link's target"
     );
-    std::fs::remove_file(&wal)?;
-    std::os::unix::fs::symlink(&wal, &wal)?;
+    wal_fails_and_the_server_ends(
+        &mut server,
+        &mut counter,
+        &wal,
+        "the target's WAL was never fsynced",
+    )
+    .await
+}
+
+/// Makes `wal` fail its next fsync (its name made a link to itself, and the group fsync opens
+/// the WAL by name), sends a Reserve, and checks that it is not acknowledged and that the server
+/// ends within 20 s with status 3 (`unless` names what it means when it does not).
+#[cfg(unix)]
+async fn wal_fails_and_the_server_ends(
+    server: &mut TestServer,
+    counter: &mut blangko_proto::v1::counter_service_client::CounterServiceClient<
+        tonic::transport::Channel,
+    >,
+    wal: &std::path::Path,
+    unless: &str,
+) -> anyhow::Result<()> {
+    std::fs::remove_file(wal)?;
+    std::os::unix::fs::symlink(wal, wal)?;
+    // Not acknowledged: the answer waits for the fsync that fails.
     let answer = counter.reserve(reserve_request("3275", "mpp", 2)).await;
     assert!(answer.is_err(), "{answer:?}");
     let status = server
         .exited_within(Duration::from_secs(20))
         .await
-        .ok_or_else(|| anyhow::anyhow!("the target's WAL was never fsynced:\n{}", server.log()))?;
+        .ok_or_else(|| anyhow::anyhow!("{unless}:\n{}", server.log()))?;
     assert_eq!(status.code(), Some(3), "{}", server.log());
     Ok(())
 }
@@ -777,16 +799,13 @@ async fn a_failed_fsync_ends_the_server_before_it_can_overwrite_the_wal() -> any
         .into_os_string();
     wal.push("-wal");
     let wal = std::path::PathBuf::from(wal);
-    std::fs::remove_file(&wal)?;
-    std::os::unix::fs::symlink(&wal, &wal)?;
-    // Not acknowledged: the answer waits for the fsync that fails.
-    let answer = counter.reserve(reserve_request("3275", "mpp", 2)).await;
-    assert!(answer.is_err(), "{answer:?}");
-    let status = server
-        .exited_within(Duration::from_secs(20))
-        .await
-        .ok_or_else(|| anyhow::anyhow!("still running after a failed fsync:\n{}", server.log()))?;
-    assert_eq!(status.code(), Some(3), "{}", server.log());
+    wal_fails_and_the_server_ends(
+        &mut server,
+        &mut counter,
+        &wal,
+        "still running after a failed fsync",
+    )
+    .await?;
     assert!(
         server
             .log()
