@@ -295,6 +295,31 @@ mod tests {
         )));
     }
 
+    /// The database file's fsync that the runtime never ran, because it was shutting down
+    /// (a server stopping while a checkpoint round waited for its thread), says nothing about
+    /// the disk: it used to be taken for a failed fsync, and a server stopping ended with exit
+    /// status 3 and "a WAL checkpoint's write or fsync failed (task … was cancelled)".
+    #[test]
+    fn a_database_fsync_the_stopping_runtime_never_ran_is_not_a_disk_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        std::fs::write(&path, b"db").unwrap();
+        let database = super::DatabaseFile::open(&path).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let handle = runtime.handle().clone();
+        drop(runtime);
+        let err = handle.block_on(database.sync()).expect_err("no fsync ran");
+        assert!(!is_disk_failure(&err), "{err:#}");
+        // A real fsync still succeeds.
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(database.sync())
+            .unwrap();
+    }
+
     /// The WAL header's checkpoint sequence number: SQLite adds one each time the WAL starts
     /// again from its beginning (written with the first frame after).
     fn wal_restarts(wal: &std::path::Path) -> u32 {

@@ -58,12 +58,12 @@ impl DatabaseFile {
         Ok(DatabaseFile(Arc::new(File::open(path)?)))
     }
 
-    /// fsyncs the database file on a blocking thread.
-    pub async fn sync(&self) -> std::io::Result<()> {
+    /// fsyncs the database file on a blocking thread. An fsync that never ran (the runtime
+    /// shutting down refused its thread) is a `JoinError` in the chain, not an `std::io::Error`:
+    /// it says nothing about the disk (`checkpoint::is_disk_failure`).
+    pub async fn sync(&self) -> anyhow::Result<()> {
         let file = Arc::clone(&self.0);
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(std::io::Error::other)?
+        Ok(tokio::task::spawn_blocking(move || file.sync_data()).await??)
     }
 }
 
@@ -285,7 +285,13 @@ impl WalSync {
         let began = Instant::now();
         let synced = tokio::task::spawn_blocking(move || fsync_wal(&wal, &database)).await;
         drop(running);
-        let synced = synced.map_err(std::io::Error::other).and_then(|r| r);
+        // The fsync never ran (the runtime is shutting down and refused its thread): nothing
+        // is known about the disk, so this is no failure of it, and nothing is called durable.
+        let synced = synced.map_err(|never_ran| {
+            std::io::Error::other(format!(
+                "the fsync of the database's WAL did not run: {never_ran}"
+            ))
+        })?;
         self.fsync_ended(&mut durable, covered, began, synced)
     }
 
@@ -422,6 +428,49 @@ mod tests {
         mend(&wal);
         let err = sync.sync().await.expect_err("failed for good");
         assert!(err.to_string().contains("restart the server"), "{err}");
+    }
+
+    /// A runtime whose blocking threads are shut down, as at the end of a server's (or a
+    /// test's) life, and a handle that still runs futures on it.
+    fn runtime_shut_down() -> tokio::runtime::Handle {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let handle = runtime.handle().clone();
+        drop(runtime);
+        handle
+    }
+
+    /// An fsync the runtime never ran, because it was shutting down, is no failure of the
+    /// disk: a server that stops must not end with "the fsync of the database's WAL failed"
+    /// and exit status 3, and nothing may be called durable either.
+    #[test]
+    fn an_fsync_that_never_ran_at_shutdown_is_not_a_failed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("x.db");
+        std::fs::write(&db, b"db").unwrap();
+        std::fs::write(dir.path().join("x.db-wal"), b"wal").unwrap();
+        let sync = Arc::new(WalSync::new(&db, DatabaseFile::open(&db).unwrap()));
+        sync.requested.store(1, Ordering::SeqCst);
+
+        let err = runtime_shut_down()
+            .block_on(sync.sync_ticket(1))
+            .expect_err("no fsync ran");
+        assert!(err.to_string().contains("did not run"), "{err}");
+        assert!(
+            !sync.failed.load(Ordering::SeqCst),
+            "taken for a disk failure"
+        );
+        assert_eq!(sync.fsyncs(), 0);
+        assert_eq!(*sync.durable.blocking_lock(), 0, "called durable");
+
+        // Later fsyncs, on a runtime that runs them, still work.
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(sync.sync())
+            .unwrap();
+        assert_eq!(sync.fsyncs(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
