@@ -780,6 +780,60 @@ async fn wal_fails_and_the_server_ends(
     Ok(())
 }
 
+/// A server short of file descriptors cannot open its WAL for the group fsync: no fsync ran, so
+/// nothing is known about the disk. The Reserve waiting for it is not acknowledged, and the
+/// server goes on (it used to end with status 3, as after a failed fsync); the same request
+/// sent again once descriptors are free is answered from what was committed. The shortage is
+/// made by lowering the running server's descriptor limit below every descriptor it holds
+/// (`prlimit --pid`): descriptors it has keep working, every new one is refused (EMFILE).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_short_of_file_descriptors_waits_for_its_fsync_and_goes_on() -> anyhow::Result<()>
+{
+    let db = TestDatabase::sqlite().await?;
+    let mut server = TestServer::spawn_process_on(db.clone(), &[]).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "mpp", 100, 100).await?;
+    let mut counter = server.counter_client().await?;
+    counter.reserve(reserve_request("3275", "mpp", 1)).await?;
+    let pid = server
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("a server process"))?
+        .to_string();
+    let prlimit = |limit: &str| -> anyhow::Result<String> {
+        let out = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, limit])
+            .args(["--output", "SOFT", "--noheadings"])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "prlimit {limit}: {out:?}");
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let soft = prlimit("--nofile")?;
+    prlimit("--nofile=3:")?;
+
+    let request = reserve_request("3275", "mpp", 2);
+    let refused = counter
+        .reserve(request.clone())
+        .await
+        .expect_err("acknowledged without an fsync");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        server.exited_within(Duration::from_secs(2)).await,
+        None,
+        "the server ended:\n{}",
+        server.log()
+    );
+
+    prlimit(&format!("--nofile={soft}:"))?;
+    let again = counter.reserve(request).await?.into_inner();
+    match again.outcome {
+        Some(Outcome::Reservation(r)) => assert!(r.replayed, "{r:?}"),
+        other => anyhow::bail!("not the reservation: {other:?}"),
+    }
+    assert!(!server.log().contains("exiting now"), "{}", server.log());
+    Ok(())
+}
+
 /// A failed fsync of the WAL ends the server at once, status 3, saying why: carrying on would let
 /// a checkpoint complete and the next write start the WAL again over acknowledged commits. Here
 /// the WAL's name is made to lead nowhere (a link to itself), so the group fsync, which opens

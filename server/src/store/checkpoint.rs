@@ -35,7 +35,7 @@ use std::time::Duration;
 use sqlx::AnyPool;
 
 use super::direct::Direct;
-use super::durability::DatabaseFile;
+use super::durability::{DatabaseFile, DiskError};
 use super::rows::Columns;
 
 /// How often the whole checkpoint runs, the gated pass that lets the WAL start again included.
@@ -124,18 +124,19 @@ pub fn spawn(
     });
 }
 
-/// Whether a checkpoint pass failed on the disk: an I/O error of its own fsync, or SQLite's
-/// SQLITE_IOERR (primary code 10, any extended code) on either connection. Busy or locked
-/// databases are not.
+/// Whether a checkpoint pass failed on the disk: its own fsync of the database file failed
+/// ([`DiskError`]), or SQLite's SQLITE_IOERR (primary code 10, any extended code) on either
+/// connection. Busy or locked databases are not, nor errors before anything reached the disk:
+/// an fsync the stopping runtime never ran, or sqlx failing to open a pool connection (its
+/// `Error::Io`: no thread for the connection, too many open files).
 fn is_disk_failure(err: &anyhow::Error) -> bool {
     const SQLITE_IOERR: i32 = 10;
     err.chain().any(|cause| {
-        if cause.downcast_ref::<std::io::Error>().is_some() {
+        if cause.is::<DiskError>() {
             return true;
         }
         if let Some(err) = cause.downcast_ref::<sqlx::Error>() {
             return match err {
-                sqlx::Error::Io(_) => true,
                 sqlx::Error::Database(db) => db
                     .code()
                     .and_then(|code| code.parse::<i32>().ok())
@@ -262,7 +263,7 @@ mod tests {
     use std::time::Duration;
 
     use super::super::{Store, StoreOptions};
-    use super::{Round, WalState, checkpoint, is_disk_failure, round};
+    use super::{DiskError, Round, WalState, checkpoint, is_disk_failure, round};
 
     #[test]
     fn a_checkpoint_that_failed_on_the_disk_is_told_apart_from_a_busy_one() {
@@ -277,17 +278,22 @@ mod tests {
         };
         // The database file's fsync, SQLite's SQLITE_IOERR_FSYNC (10 | 4 << 8) and
         // SQLITE_IOERR (10): the disk.
-        assert!(is_disk_failure(&anyhow::Error::from(
+        assert!(is_disk_failure(&anyhow::Error::from(DiskError(
             std::io::Error::other("EIO")
-        )));
+        ))));
         assert!(is_disk_failure(&anyhow::Error::from(sqlite(10 | (4 << 8)))));
         assert!(is_disk_failure(
             &anyhow::Error::from(sqlite(10)).context("the gated pass")
         ));
-        assert!(is_disk_failure(&anyhow::Error::from(sqlx::Error::Io(
-            std::io::Error::other("EIO")
+        // SQLITE_BUSY (5), SQLITE_LOCKED (6), a closed pool: not the disk. Nor I/O errors
+        // that are no fsync's: sqlx could not open a pool connection (no thread for it, too
+        // many open files: its `Error::Io`), and the server used to exit with status 3.
+        assert!(!is_disk_failure(&anyhow::Error::from(sqlx::Error::Io(
+            std::io::Error::from_raw_os_error(24)
         ))));
-        // SQLITE_BUSY (5), SQLITE_LOCKED (6), a closed pool: not the disk.
+        assert!(!is_disk_failure(&anyhow::Error::from(
+            std::io::Error::from_raw_os_error(11)
+        )));
         assert!(!is_disk_failure(&anyhow::Error::from(sqlite(5))));
         assert!(!is_disk_failure(&anyhow::Error::from(sqlite(6))));
         assert!(!is_disk_failure(&anyhow::Error::from(

@@ -58,12 +58,12 @@ impl DatabaseFile {
         Ok(DatabaseFile(Arc::new(File::open(path)?)))
     }
 
-    /// fsyncs the database file on a blocking thread. An fsync that never ran (the runtime
-    /// shutting down refused its thread) is a `JoinError` in the chain, not an `std::io::Error`:
-    /// it says nothing about the disk (`checkpoint::is_disk_failure`).
+    /// fsyncs the database file on a blocking thread. Only the fsync's own failure is a
+    /// [`DiskError`] in the error's chain; an fsync that never ran (the runtime shutting down
+    /// refused its thread) says nothing about the disk (`checkpoint::is_disk_failure`).
     pub async fn sync(&self) -> anyhow::Result<()> {
         let file = Arc::clone(&self.0);
-        Ok(tokio::task::spawn_blocking(move || file.sync_data()).await??)
+        Ok(tokio::task::spawn_blocking(move || file.sync_data().map_err(DiskError)).await??)
     }
 }
 
@@ -94,6 +94,34 @@ pub struct WalSync {
     /// Work waiting for the syncer thread ([`WalSync::after_sync`]); set once the `WalSync` is
     /// shared ([`WalSync::start_syncer`]).
     queue: std::sync::OnceLock<std::sync::mpsc::SyncSender<(u64, AfterSync)>>,
+}
+
+/// An fsync of the database's files that failed: the one error that says the disk may have
+/// lost written pages. Errors before an fsync could run (the WAL could not be opened: too many
+/// open files; the runtime refused a thread) are not one: nothing was consumed of the kernel's
+/// report, and a later fsync covers the same pages.
+#[derive(Debug)]
+pub struct DiskError(pub std::io::Error);
+
+impl std::fmt::Display for DiskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fsync failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for DiskError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Why the commits an fsync was to cover are not called durable.
+#[derive(Debug)]
+enum NotSynced {
+    /// No fsync ran: nothing is known about the disk, and the next fsync covers them.
+    NeverRan(std::io::Error),
+    /// The fsync failed ([`DiskError`]): for good (see `WalSync::failed`).
+    Failed(std::io::Error),
 }
 
 /// What runs once the commits before it are durable (`Ok`) or cannot be called durable (`Err`):
@@ -246,12 +274,22 @@ impl WalSync {
         durable: &mut u64,
         covered: u64,
         began: Instant,
-        synced: std::io::Result<()>,
+        synced: Result<(), NotSynced>,
     ) -> std::io::Result<()> {
         self.latency.observe(began.elapsed().as_secs_f64());
-        if let Err(err) = synced {
-            self.note_failure("the fsync of the database's WAL", &err);
-            return Err(err);
+        match synced {
+            Ok(()) => {}
+            // Nothing is known about the disk: no failure of it, and nothing called durable.
+            Err(NotSynced::NeverRan(err)) => {
+                return Err(std::io::Error::new(
+                    err.kind(),
+                    format!("the fsync of the database's WAL did not run: {err}"),
+                ));
+            }
+            Err(NotSynced::Failed(err)) => {
+                self.note_failure("the fsync of the database's WAL", &err);
+                return Err(err);
+            }
         }
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         *durable = covered;
@@ -285,13 +323,9 @@ impl WalSync {
         let began = Instant::now();
         let synced = tokio::task::spawn_blocking(move || fsync_wal(&wal, &database)).await;
         drop(running);
-        // The fsync never ran (the runtime is shutting down and refused its thread): nothing
-        // is known about the disk, so this is no failure of it, and nothing is called durable.
-        let synced = synced.map_err(|never_ran| {
-            std::io::Error::other(format!(
-                "the fsync of the database's WAL did not run: {never_ran}"
-            ))
-        })?;
+        // The runtime, shutting down, refused the fsync its thread: no fsync ran.
+        let synced = synced
+            .unwrap_or_else(|never_ran| Err(NotSynced::NeverRan(std::io::Error::other(never_ran))));
         self.fsync_ended(&mut durable, covered, began, synced)
     }
 
@@ -361,13 +395,28 @@ fn failed_before() -> std::io::Error {
     )
 }
 
-fn fsync_wal(wal: &Path, database: &File) -> std::io::Result<()> {
-    match File::open(wal) {
+fn fsync_wal(wal: &Path, database: &File) -> Result<(), NotSynced> {
+    let synced = match File::open(wal) {
         Ok(file) => file.sync_data(),
         // No WAL: its frames were checkpointed into the database file (see the module comment).
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => database.sync_data(),
+        // The process is short of something (descriptors, memory): the commits wait for the
+        // next fsync that can run.
+        Err(err) if is_shortage(&err) => return Err(NotSynced::NeverRan(err)),
+        // The WAL's name leads nowhere it can be synced (a loop, no permission, an I/O error):
+        // nothing committed since can be made durable.
         Err(err) => Err(err),
-    }
+    };
+    synced.map_err(NotSynced::Failed)
+}
+
+/// Whether opening a file failed for want of something the process may have again in a moment
+/// (a descriptor, memory), not because of the file or the disk.
+fn is_shortage(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::EINTR)
+    )
 }
 
 #[cfg(test)]
