@@ -591,25 +591,69 @@ pub fn init_tracing(config: &Config) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGINT and SIGTERM, taken over from their default (ending the process at once) when made:
+/// made before the server is built, a signal that arrives while it starts (its migrations, a
+/// journal fold, a database lock it waits for) is kept, and the server stops cleanly as soon
+/// as it serves. Otherwise that signal ended the process by default, or, as PID 1 in a
+/// container, was ignored and lost until the SIGKILL.
+#[cfg(unix)]
+pub struct ShutdownSignals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+#[cfg(unix)]
+impl ShutdownSignals {
+    /// Takes SIGINT and SIGTERM over; one that cannot be is told on stderr (logging is not
+    /// set up yet) and keeps its default.
+    pub fn take_over() -> ShutdownSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let take = |kind: SignalKind, name: &str| {
+            signal(kind)
+                .inspect_err(|err| {
+                    eprintln!("blangko-server: cannot take {name} over ({err}); a {name} would end this process at once");
+                })
+                .ok()
+        };
+        ShutdownSignals {
+            interrupt: take(SignalKind::interrupt(), "SIGINT"),
+            terminate: take(SignalKind::terminate(), "SIGTERM"),
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    }
+
+    /// Completes on SIGINT or SIGTERM, also one received since [`ShutdownSignals::take_over`].
+    pub async fn received(mut self) {
+        async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            () = next(self.interrupt.as_mut()) => {},
+            () = next(self.terminate.as_mut()) => {},
+        }
+    }
+}
+
+/// Ctrl-C, where there are no Unix signals.
+#[cfg(not(unix))]
+pub struct ShutdownSignals;
+
+#[cfg(not(unix))]
+impl ShutdownSignals {
+    /// Nothing to take over before the first wait.
+    pub fn take_over() -> ShutdownSignals {
+        ShutdownSignals
+    }
+
+    /// Completes on Ctrl-C; never when it cannot be listened for.
+    pub async fn received(self) {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

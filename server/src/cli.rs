@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::app::{Application, init_tracing, shutdown_signal};
+use crate::app::{Application, ShutdownSignals, init_tracing};
 use crate::auth::tokens;
 use crate::config::{Command, Config, TokenCommand};
 
@@ -41,6 +41,8 @@ pub async fn run(config: Config) -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before the build, which may take long (ShutdownSignals).
+    let signals = ShutdownSignals::take_over();
     let app = Application::build(config).await?;
     let addr = app.local_addr()?;
     // Printed on stdout so scripts and tests that start the server on port 0 learn the port.
@@ -50,7 +52,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("blangko-server metrics on http://{metrics}/metrics");
     }
     tracing::info!(%addr, "serving gRPC (health and reflection included)");
-    app.run_until_stopped(shutdown_signal()).await
+    app.run_until_stopped(signals.received()).await
 }
 
 /// `token add|list|revoke` on the file named by --token-file.

@@ -193,6 +193,70 @@ async fn sigterm_ends_open_streams_and_exits_zero_within_the_drain_time() -> any
     Ok(())
 }
 
+/// A SIGTERM that arrives while the server starts (here it waits for a lock another program
+/// holds on its database file) is not lost and does not kill it half-way: the server stops
+/// cleanly, exit status 0, once it has started. It used to end by the signal's default action
+/// (and, as PID 1 in a container, to ignore the signal until the SIGKILL came).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_the_server_starts_stops_it_cleanly() -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("blangko.db");
+    let mut holder = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&file)
+            .create_if_missing(true),
+    )
+    .await?;
+    sqlx::query("CREATE TABLE held (x)")
+        .execute(&mut holder)
+        .await?;
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await?;
+    sqlx::query("INSERT INTO held VALUES (1)")
+        .execute(&mut holder)
+        .await?;
+
+    let log = dir.path().join("server.log");
+    let mut command = tokio::process::Command::new(server_bin());
+    command
+        .args(["--listen", "127.0.0.1:0", "--log", "info"])
+        .arg("--database")
+        .arg(format!("sqlite://{}", file.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("BLANGKO_")) {
+        command.env_remove(key);
+    }
+    let mut child = command.spawn()?;
+    // Its first log line comes before it opens the database, where it waits for the lock.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)?.contains("WITHOUT authentication") {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no first log line: {}",
+            std::fs::read_to_string(&log)?
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(sent.success(), "kill -TERM failed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("COMMIT").execute(&mut holder).await?;
+    holder.close().await?;
+
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    let log = std::fs::read_to_string(&log)?;
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}\n{log}");
+    assert!(log.contains("shutdown requested"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_second_server_on_the_same_sqlite_file_refuses_to_start() -> anyhow::Result<()> {
     let db = TestDatabase::sqlite().await?;
