@@ -126,8 +126,8 @@ async fn get_quota_reads_on_its_own_connections_with_the_figures_of_the_general_
 }
 
 /// Runs `read` (with its round number) until `done`, collecting what it read and counting its
-/// finished rounds in `rounds`. Bounded: the Reserves it runs beside end well before this many
-/// rounds.
+/// finished rounds in `rounds`. Bounded by time, not by a count of rounds: quick rounds on a
+/// machine whose fsyncs are slow could use up any count before the Reserves beside them end.
 async fn read_until<T, F, Fut>(
     done: Arc<AtomicBool>,
     rounds: Arc<AtomicUsize>,
@@ -138,8 +138,9 @@ where
     Fut: std::future::Future<Output = anyhow::Result<Vec<T>>>,
 {
     let mut all = Vec::new();
-    for round in 0..5_000 {
-        if done.load(Ordering::SeqCst) {
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(180);
+    for round in 0.. {
+        if done.load(Ordering::SeqCst) || tokio::time::Instant::now() >= until {
             break;
         }
         all.extend(read(round).await?);
