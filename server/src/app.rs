@@ -342,7 +342,10 @@ impl Application {
                 match tokio::time::timeout(drain, server).await {
                     Ok(result) => result.map_err(anyhow::Error::from),
                     Err(_) => {
-                        tracing::warn!(?drain, "drain time-out reached; closing remaining calls");
+                        tracing::warn!(
+                            ?drain,
+                            "drain time-out reached; stopping with calls still running (they end with the process, unanswered)"
+                        );
                         Ok(())
                     }
                 }
