@@ -597,63 +597,59 @@ pub fn init_tracing(config: &Config) {
 /// SIGINT and SIGTERM, taken over from their default (ending the process at once) when made:
 /// made before the server is built, a signal that arrives while it starts (its migrations, a
 /// journal fold, a database lock it waits for) is kept, and the server stops cleanly as soon
-/// as it serves. Otherwise that signal ended the process by default, or, as PID 1 in a
-/// container, was ignored and lost until the SIGKILL.
-#[cfg(unix)]
+/// as it serves (`cli::serve`); a second one during the start ends it at once, for a start that
+/// waits for ever (another replica stuck holding the migration lock). Before, the first signal
+/// ended the process by its default action, or, as PID 1 in a container, was ignored and lost
+/// until the SIGKILL.
 pub struct ShutdownSignals {
+    #[cfg(unix)]
     interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
     terminate: Option<tokio::signal::unix::Signal>,
 }
 
-#[cfg(unix)]
 impl ShutdownSignals {
-    /// Takes SIGINT and SIGTERM over; one that cannot be is told on stderr (logging is not
-    /// set up yet) and keeps its default.
+    /// Takes SIGINT and SIGTERM over (Ctrl-C elsewhere, listened for at the first wait); one
+    /// that cannot be is logged and keeps its default.
     pub fn take_over() -> ShutdownSignals {
-        use tokio::signal::unix::{SignalKind, signal};
-        let take = |kind: SignalKind, name: &str| {
-            signal(kind)
-                .inspect_err(|err| {
-                    eprintln!("blangko-server: cannot take {name} over ({err}); a {name} would end this process at once");
-                })
-                .ok()
-        };
-        ShutdownSignals {
-            interrupt: take(SignalKind::interrupt(), "SIGINT"),
-            terminate: take(SignalKind::terminate(), "SIGTERM"),
-        }
-    }
-
-    /// Completes on SIGINT or SIGTERM, also one received since [`ShutdownSignals::take_over`].
-    pub async fn received(mut self) {
-        async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
-            match signal {
-                Some(signal) => {
-                    signal.recv().await;
-                }
-                None => std::future::pending::<()>().await,
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let take = |kind: SignalKind, name: &str| {
+                signal(kind)
+                    .inspect_err(|err| {
+                        tracing::warn!(error = %err, "cannot take {name} over: a {name} ends this process at once");
+                    })
+                    .ok()
+            };
+            ShutdownSignals {
+                interrupt: take(SignalKind::interrupt(), "SIGINT"),
+                terminate: take(SignalKind::terminate(), "SIGTERM"),
             }
         }
-        tokio::select! {
-            () = next(self.interrupt.as_mut()) => {},
-            () = next(self.terminate.as_mut()) => {},
+        #[cfg(not(unix))]
+        ShutdownSignals {}
+    }
+
+    /// Completes on the next SIGINT or SIGTERM (one received since the last, or since
+    /// [`ShutdownSignals::take_over`], included); never for a signal that was not taken over.
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: Option<&mut tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = next(self.interrupt.as_mut()) => {},
+                () = next(self.terminate.as_mut()) => {},
+            }
         }
-    }
-}
-
-/// Ctrl-C, where there are no Unix signals.
-#[cfg(not(unix))]
-pub struct ShutdownSignals;
-
-#[cfg(not(unix))]
-impl ShutdownSignals {
-    /// Nothing to take over before the first wait.
-    pub fn take_over() -> ShutdownSignals {
-        ShutdownSignals
-    }
-
-    /// Completes on Ctrl-C; never when it cannot be listened for.
-    pub async fn received(self) {
+        #[cfg(not(unix))]
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }

@@ -42,8 +42,19 @@ pub async fn run(config: Config) -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     // Before the build, which may take long (ShutdownSignals).
-    let signals = ShutdownSignals::take_over();
-    let app = Application::build(config).await?;
+    let mut signals = ShutdownSignals::take_over();
+    let build = Application::build(config);
+    tokio::pin!(build);
+    let (app, stop_at_once) = tokio::select! {
+        app = &mut build => (app?, false),
+        () = signals.next() => {
+            tracing::info!("shutdown requested while starting: the server stops as soon as it has started; a second SIGINT or SIGTERM stops it now");
+            tokio::select! {
+                app = &mut build => (app?, true),
+                () = signals.next() => anyhow::bail!("stopped while starting, on a second signal"),
+            }
+        }
+    };
     let addr = app.local_addr()?;
     // Printed on stdout so scripts and tests that start the server on port 0 learn the port.
     println!("blangko-server listening on {addr}");
@@ -52,7 +63,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("blangko-server metrics on http://{metrics}/metrics");
     }
     tracing::info!(%addr, "serving gRPC (health and reflection included)");
-    app.run_until_stopped(signals.received()).await
+    app.run_until_stopped(async move {
+        if !stop_at_once {
+            signals.next().await;
+        }
+    })
+    .await
 }
 
 /// `token add|list|revoke` on the file named by --token-file.

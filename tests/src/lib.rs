@@ -64,7 +64,21 @@ pub fn counter_bin() -> PathBuf {
     bin_dir().join("e2e-blangko-counter")
 }
 
-/// A port nothing listens on right now (for "dead endpoint" tests).
+/// Drops the test process's own `BLANGKO_*` settings from a child's environment: a server or
+/// client the tests start is configured by the test's flags alone.
+pub fn without_blangko_env(command: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("BLANGKO_")) {
+        command.env_remove(key);
+    }
+    command
+}
+
+/// An address nothing listens on, and nothing will while a test runs (port 1 on loopback is
+/// privileged and unused), for "dead endpoint" tests: a port [`free_port`] found free may be
+/// taken by another test's server a moment later.
+pub const DEAD_ENDPOINT: &str = "http://127.0.0.1:1";
+
+/// A port nothing listens on right now (for a server started on it later).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -348,9 +362,8 @@ impl TestServer {
             .path()
             .join(format!("server-{}.log", rand::random::<u32>()));
         let log = std::fs::File::create(&log_file)?;
-        let mut child = tokio::process::Command::new(server_bin())
+        let mut child = without_blangko_env(&mut tokio::process::Command::new(server_bin()))
             .args(args)
-            .env_remove("BLANGKO_NIK_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

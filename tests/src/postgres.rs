@@ -192,33 +192,42 @@ to run without PostgreSQL set BLANGKO_SKIP_POSTGRES=1",
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let port = crate::free_port();
-    let options = format!(
-        "-p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB"
-    );
+    // The port was free a moment ago; another test's server may take it first, so a failed
+    // start is tried again on another port (at most three times).
     let log = dir.join("postgres.log").display().to_string();
-    let out = pg_command(
-        &bin.join("pg_ctl"),
-        &[
-            "-D",
-            &data.display().to_string(),
-            "-o",
-            &options,
-            "-l",
-            &log,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-    )
-    .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "pg_ctl start failed: {} {}",
-        String::from_utf8_lossy(&out.stdout),
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    let mut tries = 0;
+    let port = loop {
+        tries += 1;
+        let port = crate::free_port();
+        let options = format!(
+            "-p {port} -k {dir_s} -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB"
+        );
+        let out = pg_command(
+            &bin.join("pg_ctl"),
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+        .output()?;
+        if out.status.success() {
+            break port;
+        }
+        anyhow::ensure!(
+            tries < 3,
+            "pg_ctl start failed: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
     // Stop the cluster and remove its files once this test process is gone.
     let watchdog = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}; rm -rf {dir_s}",

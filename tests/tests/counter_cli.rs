@@ -62,11 +62,7 @@ impl Run {
 fn command(servers: &[&str], args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(counter_bin());
     // The test's own environment must not configure the client.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("BLANGKO_") {
-            cmd.env_remove(key);
-        }
-    }
+    blangko_e2e::without_blangko_env(&mut cmd);
     for server in servers {
         cmd.arg("--server").arg(server);
     }
@@ -227,7 +223,7 @@ async fn status_shows_health_version_and_quota_in_both_languages_and_json() -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_is_one_clear_line_and_exit_1() -> anyhow::Result<()> {
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = blangko_e2e::DEAD_ENDPOINT.to_string();
     let args = who(&["--timeout", "2", "--retries", "1", "status"]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let id = client(&[&dead], &refs, None).await?;
@@ -1000,9 +996,7 @@ async fn a_queue_cut_while_it_records_its_forecast_has_told_every_row_it_recorde
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("BLANGKO_")) {
-        cmd.env_remove(key);
-    }
+    blangko_e2e::without_blangko_env(&mut cmd);
     let output = tokio::time::timeout(RUN_TIMEOUT, cmd.output()).await??;
     assert!(!output.status.success(), "the run was not cut: {output:?}");
     let recorded = std::fs::read_to_string(&cut)?;
@@ -2091,7 +2085,7 @@ async fn a_queue_rerun_after_a_kill_reserves_nobody_twice() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_fail_over_from_a_dead_endpoint_to_a_live_one() -> anyhow::Result<()> {
     let server = server_with(10, 100).await?;
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = blangko_e2e::DEAD_ENDPOINT.to_string();
     let servers = [dead.as_str(), server.url.as_str()];
     // Every call, whichever endpoint the round-robin starts with, reaches the live server.
     for n in 1..=4 {

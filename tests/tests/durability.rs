@@ -830,7 +830,13 @@ async fn a_server_short_of_file_descriptors_waits_for_its_fsync_and_goes_on() ->
         Some(Outcome::Reservation(r)) => assert!(r.replayed, "{r:?}"),
         other => anyhow::bail!("not the reservation: {other:?}"),
     }
-    assert!(!server.log().contains("exiting now"), "{}", server.log());
+    let log = server.log();
+    assert!(!log.contains("exiting now"), "{log}");
+    // The operator is told why writes were refused.
+    assert!(
+        log.contains("the fsync of the database's WAL did not run"),
+        "{log}"
+    );
     Ok(())
 }
 

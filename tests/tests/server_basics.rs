@@ -193,23 +193,27 @@ async fn sigterm_ends_open_streams_and_exits_zero_within_the_drain_time() -> any
     Ok(())
 }
 
-/// A SIGTERM that arrives while the server starts (here it waits for a lock another program
-/// holds on its database file) is not lost and does not kill it half-way: the server stops
-/// cleanly, exit status 0, once it has started. It used to end by the signal's default action
-/// (and, as PID 1 in a container, to ignore the signal until the SIGKILL came).
+/// A server process started on a new SQLite file that another connection (returned) holds
+/// locked, so that the server waits for it while it starts; returned once the server has
+/// logged its first line (before it opens the database) and waits: the lock's holder, the
+/// process, and its log file.
 #[cfg(unix)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sigterm_while_the_server_starts_stops_it_cleanly() -> anyhow::Result<()> {
+async fn a_server_waiting_for_a_lock(
+    dir: &std::path::Path,
+) -> anyhow::Result<(
+    sqlx::SqliteConnection,
+    tokio::process::Child,
+    std::path::PathBuf,
+)> {
     use sqlx::Connection;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("blangko.db");
+    let file = dir.join("blangko.db");
     let mut holder = sqlx::SqliteConnection::connect_with(
         &sqlx::sqlite::SqliteConnectOptions::new()
             .filename(&file)
             .create_if_missing(true),
     )
     .await?;
-    sqlx::query("CREATE TABLE held (x)")
+    sqlx::query("CREATE TABLE IF NOT EXISTS held (x)")
         .execute(&mut holder)
         .await?;
     sqlx::query("BEGIN EXCLUSIVE").execute(&mut holder).await?;
@@ -217,7 +221,7 @@ async fn a_sigterm_while_the_server_starts_stops_it_cleanly() -> anyhow::Result<
         .execute(&mut holder)
         .await?;
 
-    let log = dir.path().join("server.log");
+    let log = dir.join(format!("server-{}.log", rand::random::<u32>()));
     let mut command = tokio::process::Command::new(server_bin());
     command
         .args(["--listen", "127.0.0.1:0", "--log", "info"])
@@ -226,34 +230,67 @@ async fn a_sigterm_while_the_server_starts_stops_it_cleanly() -> anyhow::Result<
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log)?)
         .kill_on_drop(true);
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("BLANGKO_")) {
-        command.env_remove(key);
-    }
-    let mut child = command.spawn()?;
-    // Its first log line comes before it opens the database, where it waits for the lock.
+    let child = blangko_e2e::without_blangko_env(&mut command).spawn()?;
+    wait_for_line(&log, "WITHOUT authentication").await?;
+    Ok((holder, child, log))
+}
+
+/// Waits (at most 30 s) until the log file has a line with `text`.
+async fn wait_for_line(log: &std::path::Path, text: &str) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)?.contains("WITHOUT authentication") {
+    while !std::fs::read_to_string(log)?.contains(text) {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "no first log line: {}",
-            std::fs::read_to_string(&log)?
+            "no line with {text:?}: {}",
+            std::fs::read_to_string(log)?
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn sigterm(child: &tokio::process::Child) -> anyhow::Result<()> {
     let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()?;
     anyhow::ensure!(sent.success(), "kill -TERM failed");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
+}
+
+/// A SIGTERM that arrives while the server starts (here it waits for a lock another program
+/// holds on its database file) is not lost and does not kill it half-way: the server stops
+/// cleanly, exit status 0, once it has started. It used to end by the signal's default action
+/// (and, as PID 1 in a container, to ignore the signal until the SIGKILL came). A second one
+/// during the start stops it at once, for a start that would wait for ever.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_the_server_starts_stops_it_cleanly() -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir()?;
+    let (mut holder, mut child, log) = a_server_waiting_for_a_lock(dir.path()).await?;
+    sigterm(&child)?;
+    wait_for_line(&log, "shutdown requested while starting").await?;
     sqlx::query("COMMIT").execute(&mut holder).await?;
     holder.close().await?;
-
     let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
-    let log = std::fs::read_to_string(&log)?;
-    assert_eq!(exit.code(), Some(0), "exit status {exit:?}\n{log}");
-    assert!(log.contains("shutdown requested"), "{log}");
-    assert!(log.contains("stopped"), "{log}");
+    let text = std::fs::read_to_string(&log)?;
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}\n{text}");
+    assert!(text.contains("draining"), "{text}");
+    assert!(text.contains("stopped"), "{text}");
+
+    // Two while it waits: it stops at once, the lock still held (its own wait would end in a
+    // "database is locked" after 5 s, with another message).
+    let (mut holder, mut child, log) = a_server_waiting_for_a_lock(dir.path()).await?;
+    sigterm(&child)?;
+    wait_for_line(&log, "shutdown requested while starting").await?;
+    sigterm(&child)?;
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    let text = std::fs::read_to_string(&log)?;
+    assert_eq!(exit.code(), Some(1), "exit status {exit:?}\n{text}");
+    assert!(text.contains("stopped while starting"), "{text}");
+    sqlx::query("COMMIT").execute(&mut holder).await?;
     Ok(())
 }
 

@@ -131,6 +131,9 @@ pub fn spawn(
 /// `Error::Io`: no thread for the connection, too many open files).
 fn is_disk_failure(err: &anyhow::Error) -> bool {
     const SQLITE_IOERR: i32 = 10;
+    // SQLITE_IOERR_NOMEM: SQLite ran short of memory, which says nothing about the disk.
+    const SQLITE_IOERR_NOMEM: i32 = SQLITE_IOERR | (12 << 8);
+    let io_error = |code: i32| code & 0xff == SQLITE_IOERR && code != SQLITE_IOERR_NOMEM;
     err.chain().any(|cause| {
         if cause.is::<DiskError>() {
             return true;
@@ -140,14 +143,14 @@ fn is_disk_failure(err: &anyhow::Error) -> bool {
                 sqlx::Error::Database(db) => db
                     .code()
                     .and_then(|code| code.parse::<i32>().ok())
-                    .is_some_and(|code| code & 0xff == SQLITE_IOERR),
+                    .is_some_and(io_error),
                 _ => false,
             };
         }
         if let Some(rusqlite::Error::SqliteFailure(failure, _)) =
             cause.downcast_ref::<rusqlite::Error>()
         {
-            return failure.extended_code & 0xff == SQLITE_IOERR;
+            return io_error(failure.extended_code);
         }
         false
     })
@@ -285,9 +288,13 @@ mod tests {
         assert!(is_disk_failure(
             &anyhow::Error::from(sqlite(10)).context("the gated pass")
         ));
-        // SQLITE_BUSY (5), SQLITE_LOCKED (6), a closed pool: not the disk. Nor I/O errors
-        // that are no fsync's: sqlx could not open a pool connection (no thread for it, too
-        // many open files: its `Error::Io`), and the server used to exit with status 3.
+        // SQLITE_BUSY (5), SQLITE_LOCKED (6), SQLITE_IOERR_NOMEM (10 | 12 << 8), a closed
+        // pool: not the disk. Nor I/O errors that are no fsync's: sqlx could not open a pool
+        // connection (no thread for it, too many open files: its `Error::Io`), and the server
+        // used to exit with status 3.
+        assert!(!is_disk_failure(&anyhow::Error::from(sqlite(
+            10 | (12 << 8)
+        ))));
         assert!(!is_disk_failure(&anyhow::Error::from(sqlx::Error::Io(
             std::io::Error::from_raw_os_error(24)
         ))));
@@ -311,13 +318,9 @@ mod tests {
         let path = dir.path().join("b.db");
         std::fs::write(&path, b"db").unwrap();
         let database = super::DatabaseFile::open(&path).unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .unwrap();
-        let handle = runtime.handle().clone();
-        drop(runtime);
-        let err = handle.block_on(database.sync()).expect_err("no fsync ran");
+        let err = super::super::durability::runtime_shut_down()
+            .block_on(database.sync())
+            .expect_err("no fsync ran");
         assert!(!is_disk_failure(&err), "{err:#}");
         // A real fsync still succeeds.
         tokio::runtime::Runtime::new()

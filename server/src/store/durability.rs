@@ -91,15 +91,18 @@ pub struct WalSync {
     failed: AtomicBool,
     /// Whether a failure ends the process ([`WalSync::exiting_on_failure`]).
     exit_on_failure: bool,
+    /// When this `WalSync` was made, and when (ms after that, 0: never) an fsync that did not
+    /// run was last logged.
+    created: Instant,
+    never_ran_warned_ms: AtomicU64,
     /// Work waiting for the syncer thread ([`WalSync::after_sync`]); set once the `WalSync` is
     /// shared ([`WalSync::start_syncer`]).
     queue: std::sync::OnceLock<std::sync::mpsc::SyncSender<(u64, AfterSync)>>,
 }
 
-/// An fsync of the database's files that failed: the one error that says the disk may have
-/// lost written pages. Errors before an fsync could run (the WAL could not be opened: too many
-/// open files; the runtime refused a thread) are not one: nothing was consumed of the kernel's
-/// report, and a later fsync covers the same pages.
+/// An fsync of the database file that failed (the checkpoint's): an error that says the disk
+/// may have lost written pages. An fsync that never ran (the runtime refused its thread) is not
+/// one: nothing was consumed of the kernel's report, and a later fsync covers the same pages.
 #[derive(Debug)]
 pub struct DiskError(pub std::io::Error);
 
@@ -118,9 +121,12 @@ impl std::error::Error for DiskError {
 /// Why the commits an fsync was to cover are not called durable.
 #[derive(Debug)]
 enum NotSynced {
-    /// No fsync ran: nothing is known about the disk, and the next fsync covers them.
+    /// No fsync ran (the process was short of descriptors or memory to open the WAL, or the
+    /// runtime refused the fsync its thread): nothing is known about the disk, and the next
+    /// fsync covers them.
     NeverRan(std::io::Error),
-    /// The fsync failed ([`DiskError`]): for good (see `WalSync::failed`).
+    /// The fsync failed, or the WAL's name leads nowhere it can be synced: for good (see
+    /// `WalSync::failed`).
     Failed(std::io::Error),
 }
 
@@ -165,6 +171,8 @@ impl WalSync {
             ended: tokio::sync::Notify::new(),
             failed: AtomicBool::new(false),
             exit_on_failure: false,
+            created: Instant::now(),
+            never_ran_warned_ms: AtomicU64::new(0),
             queue: std::sync::OnceLock::new(),
         }
     }
@@ -276,24 +284,40 @@ impl WalSync {
         began: Instant,
         synced: Result<(), NotSynced>,
     ) -> std::io::Result<()> {
-        self.latency.observe(began.elapsed().as_secs_f64());
         match synced {
             Ok(()) => {}
             // Nothing is known about the disk: no failure of it, and nothing called durable.
             Err(NotSynced::NeverRan(err)) => {
-                return Err(std::io::Error::new(
-                    err.kind(),
-                    format!("the fsync of the database's WAL did not run: {err}"),
-                ));
+                let message = format!("the fsync of the database's WAL did not run: {err}");
+                self.warn_never_ran(&message);
+                return Err(std::io::Error::new(err.kind(), message));
             }
             Err(NotSynced::Failed(err)) => {
+                self.latency.observe(began.elapsed().as_secs_f64());
                 self.note_failure("the fsync of the database's WAL", &err);
                 return Err(err);
             }
         }
+        self.latency.observe(began.elapsed().as_secs_f64());
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         *durable = covered;
         Ok(())
+    }
+
+    /// Logs that an fsync did not run, once a minute at most (every write's answer says so
+    /// meanwhile: UNAVAILABLE, retry with the same request id).
+    fn warn_never_ran(&self, message: &str) {
+        let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.never_ran_warned_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= NEVER_RAN_WARNING_EVERY_MS;
+        if due
+            && self
+                .never_ran_warned_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(wal = %self.wal.display(), "{message}; the writes waiting for it are answered UNAVAILABLE until an fsync can run (said once a minute)");
+        }
     }
 
     /// Returns once everything committed before this call is on disk. Call it after COMMIT
@@ -323,9 +347,17 @@ impl WalSync {
         let began = Instant::now();
         let synced = tokio::task::spawn_blocking(move || fsync_wal(&wal, &database)).await;
         drop(running);
-        // The runtime, shutting down, refused the fsync its thread: no fsync ran.
-        let synced = synced
-            .unwrap_or_else(|never_ran| Err(NotSynced::NeverRan(std::io::Error::other(never_ran))));
+        // Cancelled: the runtime, shutting down, refused the fsync its thread, and no fsync ran.
+        // A panic (none is known to be possible) is taken for a failure, to be safe.
+        let synced = synced.unwrap_or_else(|join| {
+            let cancelled = join.is_cancelled();
+            let err = std::io::Error::other(join);
+            Err(if cancelled {
+                NotSynced::NeverRan(err)
+            } else {
+                NotSynced::Failed(err)
+            })
+        });
         self.fsync_ended(&mut durable, covered, began, synced)
     }
 
@@ -351,6 +383,9 @@ impl WalSync {
 
 /// The server's exit status when its database's files could not be made durable.
 pub const EXIT_DURABILITY_LOST: i32 = 3;
+
+/// How often, at most, an fsync that did not run is logged.
+const NEVER_RAN_WARNING_EVERY_MS: u64 = 60_000;
 
 /// Most callbacks one round of the syncer thread takes: one fsync covers them all.
 const SYNCER_ROUND: usize = 256;
@@ -412,11 +447,31 @@ fn fsync_wal(wal: &Path, database: &File) -> Result<(), NotSynced> {
 
 /// Whether opening a file failed for want of something the process may have again in a moment
 /// (a descriptor, memory), not because of the file or the disk.
+#[cfg(unix)]
 fn is_shortage(err: &std::io::Error) -> bool {
     matches!(
         err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::EINTR)
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
     )
+}
+
+/// Elsewhere the error numbers differ: every failed open counts as a failure.
+#[cfg(not(unix))]
+fn is_shortage(_err: &std::io::Error) -> bool {
+    false
+}
+
+/// A handle on a runtime whose blocking threads are shut down, as at the end of a server's (or
+/// a test's) life: futures still run on it, `spawn_blocking` is refused (cancelled).
+#[cfg(test)]
+pub(crate) fn runtime_shut_down() -> tokio::runtime::Handle {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let handle = runtime.handle().clone();
+    drop(runtime);
+    handle
 }
 
 #[cfg(test)]
@@ -477,18 +532,6 @@ mod tests {
         mend(&wal);
         let err = sync.sync().await.expect_err("failed for good");
         assert!(err.to_string().contains("restart the server"), "{err}");
-    }
-
-    /// A runtime whose blocking threads are shut down, as at the end of a server's (or a
-    /// test's) life, and a handle that still runs futures on it.
-    fn runtime_shut_down() -> tokio::runtime::Handle {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .unwrap();
-        let handle = runtime.handle().clone();
-        drop(runtime);
-        handle
     }
 
     /// An fsync the runtime never ran, because it was shutting down, is no failure of the
