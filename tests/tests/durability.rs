@@ -736,11 +736,7 @@ async fn a_database_reached_through_a_symbolic_link_has_its_own_wal_fsynced() ->
         .ok_or_else(|| anyhow::anyhow!("a SQLite database"))?;
     let target = db.dir.path().join("kept-elsewhere.db");
     std::os::unix::fs::symlink(&target, &link)?;
-    let mut server = TestServer::spawn_process_on(db.clone(), &[]).await?;
-    let mut stock = server.stock_client().await?;
-    office_with_point(&mut stock, "3275", "mpp", 100, 100).await?;
-    let mut counter = server.counter_client().await?;
-    counter.reserve(reserve_request("3275", "mpp", 1)).await?;
+    let (mut server, mut counter) = serving_one_reservation(&db).await?;
     let wal = db.dir.path().join("kept-elsewhere.db-wal");
     anyhow::ensure!(
         wal.exists(),
@@ -753,6 +749,22 @@ async fn a_database_reached_through_a_symbolic_link_has_its_own_wal_fsynced() ->
         "the target's WAL was never fsynced",
     )
     .await
+}
+
+/// A server process on `db` with office 3275 (service point mpp, quota 100) and one reservation
+/// made: the server, and the counter client that made it.
+async fn serving_one_reservation(
+    db: &Arc<TestDatabase>,
+) -> anyhow::Result<(
+    TestServer,
+    blangko_proto::v1::counter_service_client::CounterServiceClient<tonic::transport::Channel>,
+)> {
+    let server = TestServer::spawn_process_on(db.clone(), &[]).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "mpp", 100, 100).await?;
+    let mut counter = server.counter_client().await?;
+    counter.reserve(reserve_request("3275", "mpp", 1)).await?;
+    Ok((server, counter))
 }
 
 /// Makes `wal` fail its next fsync (its name made a link to itself, and the group fsync opens
@@ -791,11 +803,7 @@ async fn wal_fails_and_the_server_ends(
 async fn a_server_short_of_file_descriptors_waits_for_its_fsync_and_goes_on() -> anyhow::Result<()>
 {
     let db = TestDatabase::sqlite().await?;
-    let mut server = TestServer::spawn_process_on(db.clone(), &[]).await?;
-    let mut stock = server.stock_client().await?;
-    office_with_point(&mut stock, "3275", "mpp", 100, 100).await?;
-    let mut counter = server.counter_client().await?;
-    counter.reserve(reserve_request("3275", "mpp", 1)).await?;
+    let (mut server, mut counter) = serving_one_reservation(&db).await?;
     let pid = server
         .pid()
         .ok_or_else(|| anyhow::anyhow!("a server process"))?
@@ -848,11 +856,7 @@ async fn a_server_short_of_file_descriptors_waits_for_its_fsync_and_goes_on() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_ends_the_server_before_it_can_overwrite_the_wal() -> anyhow::Result<()> {
     let db = TestDatabase::sqlite().await?;
-    let mut server = TestServer::spawn_process_on(db.clone(), &[]).await?;
-    let mut stock = server.stock_client().await?;
-    office_with_point(&mut stock, "3275", "mpp", 100, 100).await?;
-    let mut counter = server.counter_client().await?;
-    counter.reserve(reserve_request("3275", "mpp", 1)).await?;
+    let (mut server, mut counter) = serving_one_reservation(&db).await?;
     let mut wal = db
         .sqlite_file()
         .ok_or_else(|| anyhow::anyhow!("a SQLite database"))?

@@ -492,6 +492,17 @@ mod tests {
         (dir, wal, sync)
     }
 
+    /// A database and its WAL, both plain files an fsync syncs: the directory (kept alive) and
+    /// the `WalSync`.
+    fn healthy_wal() -> (tempfile::TempDir, Arc<WalSync>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("x.db");
+        std::fs::write(&db, b"db").unwrap();
+        std::fs::write(dir.path().join("x.db-wal"), b"wal").unwrap();
+        let sync = Arc::new(WalSync::new(&db, DatabaseFile::open(&db).unwrap()));
+        (dir, sync)
+    }
+
     /// The WAL of [`failing_wal`] made a plain file again, which an fsync would sync.
     #[cfg(unix)]
     fn mend(wal: &Path) {
@@ -539,11 +550,7 @@ mod tests {
     /// and exit status 3, and nothing may be called durable either.
     #[test]
     fn an_fsync_that_never_ran_at_shutdown_is_not_a_failed_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("x.db");
-        std::fs::write(&db, b"db").unwrap();
-        std::fs::write(dir.path().join("x.db-wal"), b"wal").unwrap();
-        let sync = Arc::new(WalSync::new(&db, DatabaseFile::open(&db).unwrap()));
+        let (_dir, sync) = healthy_wal();
         sync.requested.store(1, Ordering::SeqCst);
 
         let err = runtime_shut_down()
@@ -567,11 +574,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_commits_share_fsyncs_and_each_waits_for_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("x.db");
-        std::fs::write(&db, b"db").unwrap();
-        std::fs::write(dir.path().join("x.db-wal"), b"wal").unwrap();
-        let sync = Arc::new(WalSync::new(&db, DatabaseFile::open(&db).unwrap()));
+        let (_dir, sync) = healthy_wal();
 
         // One caller alone: one fsync.
         sync.sync().await.unwrap();
@@ -658,11 +661,7 @@ mod tests {
 
     #[test]
     fn the_syncer_thread_answers_after_an_fsync_shared_by_what_was_queued() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("x.db");
-        std::fs::write(&db, b"db").unwrap();
-        std::fs::write(dir.path().join("x.db-wal"), b"wal").unwrap();
-        let sync = Arc::new(WalSync::new(&db, DatabaseFile::open(&db).unwrap()));
+        let (dir, sync) = healthy_wal();
         // Not started: the callback comes back, for the caller to wait on a task instead.
         assert!(sync.after_sync(Box::new(|_| {})).is_err());
         sync.start_syncer().unwrap();
