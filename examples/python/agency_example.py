@@ -166,10 +166,18 @@ def send_with_retries(call, request, metadata, first_timeout=TIMEOUT_SECS):
     backoff = FIRST_BACKOFF_SECS
     timeout = first_timeout
     for attempt in range(1, MAX_ATTEMPTS + 1):
+        started = time.monotonic()
         try:
             return call(request, metadata=metadata, timeout=timeout)
         except grpc.RpcError as err:
-            if err.code() not in RETRYABLE or attempt == MAX_ATTEMPTS:
+            # grpcio may report a deadline that passed while the call was still being set up as
+            # CANCELLED ("Timeout expired"); this client never cancels, so a CANCELLED once its
+            # own deadline has passed is that deadline.
+            deadline_passed = (
+                err.code() == grpc.StatusCode.CANCELLED
+                and time.monotonic() - started >= timeout
+            )
+            if (err.code() not in RETRYABLE and not deadline_passed) or attempt == MAX_ATTEMPTS:
                 raise
             _, details = decode_details(err)
             wait = next(
