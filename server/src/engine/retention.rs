@@ -8,10 +8,11 @@
 //! it finds what to purge with short reads on the reader pool ([`PURGE_CHUNK`] rows each, along
 //! an index: `reservations_by_office_day` for reservations, the time indexes of migration 0007
 //! (PostgreSQL: 0006) for IKD activations and stored answers), and changes it by key in short
-//! write transactions of at most that many rows. A database that has never been purged, or a retention period cut from 400 to
-//! 30 days, is worked off chunk by chunk between the Reserve batches. Reservations are read per
-//! office along `reservations_by_office_day`, from the day the last complete purge reached, so
-//! an hourly purge reads only the days that have come past the retention period since.
+//! write transactions of at most that many rows. A database that has never been purged, or a
+//! retention period cut from 400 to 30 days, is worked off chunk by chunk between the Reserve
+//! batches. Reservations are read per office along `reservations_by_office_day`, from the day
+//! the last complete purge reached, so an hourly purge reads only the days that have come past
+//! the retention period since.
 //!
 //! It folds the SQLite Reserve journal once, when it starts, and its reads do not fold it again
 //! (a fold per office and chunk took the write gate from a burst's Reserves hundreds of times

@@ -349,10 +349,12 @@ impl Journaled<'_> {
         Ok(true)
     }
 
-    /// Whether a batch of `batch` Reserves making `reservations` writes its rows as a journal
-    /// row: a burst's batch (at least `JOURNAL_FROM_BATCH`) while the journal has room, and any
-    /// batch while the journal holds rows. At its bound the batch first folds the oldest rows,
-    /// about as many reservations as it makes, so a burst that outlasts the bound keeps the
+    /// Whether a batch of `batch` Reserves writes its rows as a journal row: a burst's batch (at
+    /// least `JOURNAL_FROM_BATCH`) while the journal has room, and any batch while the journal
+    /// holds rows. The row weighs the Reserves it answers, referrals included (a burst against
+    /// a used-up quota makes rows without reservations, which grew the journal, and its
+    /// fingerprints, without end while the bound counted reservations). At its bound the batch
+    /// first folds the oldest rows, about as many Reserves' worth as it adds, so a burst that outlasts the bound keeps the
     /// journal full but no fuller, and each batch pays for about its own rows (a fixed chunk of
     /// 512 stalled one batch in twenty for tens of milliseconds: p99 20 ms against 10 ms without
     /// the journal in a 30 s burst, BENCHMARKS.md).
@@ -362,7 +364,8 @@ impl Journaled<'_> {
     /// entry 103 before 101 and 102 were folded, and its page token would move past them for
     /// good. So while the journal holds rows, a lone Reserve is journaled too, and a batch
     /// larger than the whole bound finds the journal emptied first.
-    fn takes(&mut self, conn: &Connection, batch: usize, weight: u64) -> rusqlite::Result<bool> {
+    fn takes(&mut self, conn: &Connection, batch: usize) -> rusqlite::Result<bool> {
+        let weight = batch as u64;
         let empty = self.change.emptied() || self.journal.is_empty();
         if self.journal.limits().max_reservations == 0
             || (batch < journal::JOURNAL_FROM_BATCH && empty)
@@ -370,9 +373,6 @@ impl Journaled<'_> {
             self.fold_all(conn)?;
             return Ok(false);
         }
-        // The bound counts the Reserves the journal answers, referrals included (a burst
-        // against a used-up quota makes rows without reservations, which grew the journal, and
-        // its fingerprints, without end while the bound counted reservations).
         if !empty {
             // At the bound: fold the oldest rows until this batch fits, about as many as it
             // adds. Each fold folds at least one row, or finds the journal empty.
@@ -570,10 +570,7 @@ fn write(
     jobs: &[Job],
     state: &BatchState<'_>,
 ) -> EngineResult<()> {
-    // A row weighs the Reserves it answers, referrals included: a batch of referrals alone
-    // stores as many answers, and fingerprints, as a batch of reservations.
-    let weight = jobs.len() as u64;
-    if journaled.takes(conn, jobs.len(), weight)? {
+    if journaled.takes(conn, jobs.len())? {
         let entry = journal::Entry {
             request_ids: jobs.iter().map(|j| j.cmd.request_id.as_str()).collect(),
             nik_hashes: state
@@ -587,7 +584,8 @@ fn write(
                 .map(|r| r.expires_ms)
                 .min()
                 .unwrap_or(i64::MAX),
-            reservations: weight,
+            // Its weight: the Reserves it answers (`Journaled::takes`).
+            reservations: jobs.len() as u64,
             sections: vec![
                 journal::Section {
                     table: "ledger",
