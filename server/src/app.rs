@@ -36,6 +36,9 @@ pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// ...and the connection is closed after this many unanswered probes.
 pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// Longest wait for the database's close (the Reserve journal's fold, the pools) past the drain
+/// deadline. What it cuts is kept: the next start folds the journal, SQLite recovers its WAL.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// A built server: database open and migrated, socket bound, not yet serving.
 pub struct Application {
@@ -144,6 +147,20 @@ impl Application {
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        self.run_until_stopped_or_forced(shutdown, std::future::pending())
+            .await
+    }
+
+    /// [`Application::run_until_stopped`], and when `stop_now` completes while it stops (an
+    /// operator's second SIGINT or SIGTERM), it stops at once: the calls still running and the
+    /// database's close are not waited for, and it returns an error. The stop is bounded either
+    /// way: the drain and the background tasks by the drain time-out, the database's close by
+    /// [`CLOSE_GRACE`] past it.
+    pub async fn run_until_stopped_or_forced(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        stop_now: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Application {
             listener,
@@ -331,15 +348,19 @@ impl Application {
             );
         let mut server = Box::pin(server);
         let mut stopping = stop_rx.clone();
+        let mut stop_now = StopNow::new(stop_now);
         let served = tokio::select! {
             result = &mut server => Some(result),
             _ = stopping.wait_for(|s| *s) => None,
         };
+        // One deadline for the whole stop: the drain, then the background tasks; the database's
+        // close has CLOSE_GRACE past it. A second signal cuts every wait at once.
+        let drain = Duration::from_secs(config.drain_timeout_secs);
+        let deadline = tokio::time::Instant::now() + drain;
         let result = match served {
             Some(result) => result.map_err(anyhow::Error::from),
-            None => {
-                let drain = Duration::from_secs(config.drain_timeout_secs);
-                match tokio::time::timeout(drain, server).await {
+            None => tokio::select! {
+                drained = tokio::time::timeout_at(deadline, server) => match drained {
                     Ok(result) => result.map_err(anyhow::Error::from),
                     Err(_) => {
                         tracing::warn!(
@@ -348,11 +369,11 @@ impl Application {
                         );
                         Ok(())
                     }
-                }
-            }
+                },
+                () = stop_now.wait() => Ok(()),
+            },
         };
         stopper.abort();
-        let _ = sweeper.await;
         if let Some(reloader) = reloader {
             reloader.abort();
         }
@@ -363,20 +384,43 @@ impl Application {
             retention.abort();
             let _ = retention.await;
         }
+        finish(sweeper, "the hold sweeper", deadline, &mut stop_now).await;
         if let Some(change_listener) = change_listener {
-            let _ = change_listener.await;
+            finish(
+                change_listener,
+                "the change listener",
+                deadline,
+                &mut stop_now,
+            )
+            .await;
         }
-        if let Some(mut metrics_server) = metrics_server {
-            // A scrape in progress may finish; a scraper that holds on is cut at the drain time.
-            let drain = Duration::from_secs(config.drain_timeout_secs);
-            if tokio::time::timeout(drain, &mut metrics_server)
-                .await
-                .is_err()
-            {
-                metrics_server.abort();
+        if let Some(metrics_server) = metrics_server {
+            // A scrape in progress may finish; a scraper that holds on is cut at the deadline.
+            finish(
+                metrics_server,
+                "the metrics endpoint",
+                deadline,
+                &mut stop_now,
+            )
+            .await;
+        }
+        let close_by = deadline.max(tokio::time::Instant::now()) + CLOSE_GRACE;
+        tokio::select! {
+            biased;
+            () = engine.store.close() => {}
+            () = tokio::time::sleep_until(close_by) => {
+                tracing::warn!(
+                    grace = ?CLOSE_GRACE,
+                    "the database did not close in time; stopping without it (committed work is kept: the next start folds the Reserve journal and recovers the WAL)"
+                );
             }
+            () = stop_now.wait() => {}
         }
-        engine.store.close().await;
+        if stop_now.fired() {
+            anyhow::bail!(
+                "stopped on a second signal while draining; calls still running were not answered"
+            );
+        }
         tracing::info!("stopped");
         result
     }
@@ -592,6 +636,55 @@ pub fn init_tracing(config: &Config) {
         crate::config::LogFormat::Text => builder.init(),
         crate::config::LogFormat::Json => builder.json().init(),
     }
+}
+
+/// An operator's "stop now" while the server stops (a second SIGINT or SIGTERM); remembered once
+/// it has come, so that every later wait of the stop returns at once.
+struct StopNow {
+    signal: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl StopNow {
+    fn new(signal: impl Future<Output = ()> + Send + 'static) -> StopNow {
+        StopNow {
+            signal: Some(Box::pin(signal)),
+        }
+    }
+
+    /// Completes when the signal has come (at once after the first time); logs it once.
+    async fn wait(&mut self) {
+        if let Some(signal) = self.signal.as_mut() {
+            signal.await;
+            self.signal = None;
+            tracing::warn!(
+                "second signal while draining: stopping now; calls still running end unanswered (a retry with the same request_id after the restart gets what was recorded)"
+            );
+        }
+    }
+
+    fn fired(&self) -> bool {
+        self.signal.is_none()
+    }
+}
+
+/// Waits for a background task of the stop until `deadline` or a second signal; a task still
+/// running then is aborted (with a warning at the deadline).
+async fn finish<T>(
+    mut task: tokio::task::JoinHandle<T>,
+    what: &str,
+    deadline: tokio::time::Instant,
+    stop_now: &mut StopNow,
+) {
+    tokio::select! {
+        // A task that has ended is not cut, even past the deadline.
+        biased;
+        _ = &mut task => return,
+        () = tokio::time::sleep_until(deadline) => {
+            tracing::warn!("{what} was still running at the drain time-out; stopped");
+        }
+        () = stop_now.wait() => {}
+    }
+    task.abort();
 }
 
 /// SIGINT and SIGTERM, taken over from their default (ending the process at once) when made:

@@ -63,12 +63,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("blangko-server metrics on http://{metrics}/metrics");
     }
     tracing::info!(%addr, "serving gRPC (health and reflection included)");
-    app.run_until_stopped(async move {
+    // The first signal drains; a second one, while the server stops, stops it at once.
+    let (first_tx, first) = tokio::sync::oneshot::channel::<()>();
+    let (second_tx, second) = tokio::sync::oneshot::channel::<()>();
+    let listener = tokio::spawn(async move {
         if !stop_at_once {
             signals.next().await;
         }
-    })
-    .await
+        let _ = first_tx.send(());
+        signals.next().await;
+        let _ = second_tx.send(());
+    });
+    let stopped = app
+        .run_until_stopped_or_forced(
+            async move {
+                let _ = first.await;
+            },
+            async move {
+                if second.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            },
+        )
+        .await;
+    listener.abort();
+    stopped
 }
 
 /// `token add|list|revoke` on the file named by --token-file.

@@ -88,7 +88,8 @@ pub struct Config {
     #[arg(long, env = "BLANGKO_IDLE_TIMEOUT_SECS", default_value_t = crate::incoming::DEFAULT_IDLE_SECS, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub idle_timeout_secs: u64,
 
-    /// Longest time, in seconds, that shutdown waits for calls in flight before it exits.
+    /// Longest time, in seconds, that shutdown waits for calls in flight and background tasks
+    /// before it exits (closing the database gets at most 5 s more; a second signal stops at once).
     #[arg(long, env = "BLANGKO_DRAIN_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub drain_timeout_secs: u64,
 

@@ -924,3 +924,111 @@ async fn shutdown_is_bounded_while_a_call_waits_for_a_row_lock() -> anyhow::Resu
     let _ = call.await;
     Ok(())
 }
+
+/// A drain held by a call that never ends (its request body never comes), then a second SIGTERM:
+/// the operator's "stop now". The server stops at once, with status 1 and a log line that says
+/// so, instead of waiting out the drain time (a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_while_draining_stops_the_server_at_once() -> anyhow::Result<()> {
+    let mut server = TestServer::spawn_process(&["--drain-timeout-secs", "60"]).await?;
+    let _call = stalled_reserve(&server).await?;
+    let pid = server
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("a child process"))?
+        .to_string();
+    let signal = |name: &'static str| {
+        let pid = pid.clone();
+        async move {
+            tokio::process::Command::new("kill")
+                .args([name, &pid])
+                .status()
+                .await
+        }
+    };
+    anyhow::ensure!(signal("-TERM").await?.success(), "kill -TERM failed");
+    let draining = tokio::time::timeout(Duration::from_secs(10), async {
+        while !server.log().contains("draining") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(draining.is_ok(), "never drained:\n{}", server.log());
+    assert!(
+        server
+            .exited_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the stalled call did not hold the drain:\n{}",
+        server.log()
+    );
+    anyhow::ensure!(signal("-INT").await?.success(), "kill -INT failed");
+    let exit = server.exited_within(Duration::from_secs(15)).await;
+    let log = server.log();
+    let Some(exit) = exit else {
+        server.kill();
+        panic!("a second signal did not stop the draining server:\n{log}");
+    };
+    assert_eq!(exit.code(), Some(1), "{log}");
+    assert!(log.contains("second signal while draining"), "{log}");
+    Ok(())
+}
+
+/// Starts a Reserve on its own HTTP/2 connection whose request body never comes: a call that
+/// stays in flight through any drain while what is returned is kept (dropping it resets the call).
+async fn stalled_reserve(server: &TestServer) -> anyhow::Result<StalledCall> {
+    let (send, _closed) = h2_connection(server).await?;
+    let request = http::Request::post(format!("{}/blangko.v1.CounterService/Reserve", server.url))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())?;
+    let mut ready = send.clone().ready().await?;
+    let (response, body) = ready.send_request(request, false)?;
+    Ok(StalledCall {
+        _connection: send,
+        _response: response,
+        _body: body,
+    })
+}
+
+/// A call in flight whose request body never comes ([`stalled_reserve`]).
+struct StalledCall {
+    _connection: h2::client::SendRequest<bytes::Bytes>,
+    _response: h2::client::ResponseFuture,
+    _body: h2::SendStream<bytes::Bytes>,
+}
+
+/// The drain time-out bounds the whole stop, not the drain alone: a metrics scraper that holds
+/// its connection (a request head it never finishes) is cut at the same deadline as a call that
+/// held the drain, instead of getting a second drain time of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_drain_deadline_bounds_the_calls_and_the_metrics_endpoint() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut server = TestServer::spawn_process(&[
+        "--drain-timeout-secs",
+        "4",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .await?;
+    let _call = stalled_reserve(&server).await?;
+    let metrics = server
+        .metrics_addr
+        .ok_or_else(|| anyhow::anyhow!("no metrics address"))?;
+    let mut scraper = tokio::net::TcpStream::connect(metrics).await?;
+    scraper
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: blangko\r\n")
+        .await?;
+    // The head is unfinished; give the server a moment to read what came.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (exit, took) = server.terminate().await?;
+    let log = server.log();
+    assert!(exit.success(), "exit status {exit:?}\n{log}");
+    assert!(log.contains("drain time-out reached"), "{log}");
+    // 4 s of drain; before, the metrics endpoint then waited 4 s more.
+    assert!(
+        took < Duration::from_secs(7),
+        "the stop took {took:?}\n{log}"
+    );
+    drop(scraper);
+    Ok(())
+}
