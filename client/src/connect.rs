@@ -603,9 +603,13 @@ impl Connection {
                 let status = match outcome {
                     Ok(Ok(response)) => {
                         self.mark(index, false);
+                        crate::server_clock::observe(response.metadata());
                         return Ok(response.into_inner());
                     }
-                    Ok(Err(status)) => status,
+                    Ok(Err(status)) => {
+                        crate::server_clock::observe(status.metadata());
+                        status
+                    }
                     Err(_elapsed) => Status::deadline_exceeded(format!(
                         "no answer within {} ms",
                         self.inner.call_timeout.as_millis()

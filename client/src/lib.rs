@@ -11,6 +11,7 @@
 //! - [`forecast`]: the queue forecast rule and ticket ranges.
 //! - [`output`]: texts in Bahasa Indonesia and English, local times, the JSON shapes.
 //! - [`error`]: failures and exit codes; [`nik`]: masking and checks; [`vocab`]: enum words.
+//! - [`server_clock`]: the server's time from its answers, for a hold's time left.
 
 // A `Failure` is made once per failed command and carries what the officer is shown (the
 // server's message, reason, retry delay, the call's id): its size does not matter on that path,
@@ -27,6 +28,7 @@ pub mod interactive;
 pub mod nik;
 pub mod output;
 pub mod queue;
+pub mod server_clock;
 pub mod terminal;
 pub mod vocab;
 

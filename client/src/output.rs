@@ -139,10 +139,11 @@ impl Zone {
     }
 }
 
-/// Seconds from now until `ts` (negative when past).
+/// Seconds from now until `ts` (negative when past), now by the server's clock
+/// ([`crate::server_clock`]).
 pub fn seconds_until(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
     let ts = ts?;
-    Some(ts.seconds.saturating_sub(Utc::now().timestamp()))
+    Some(ts.seconds.saturating_sub(crate::server_clock::now_secs()))
 }
 
 /// "29 menit" / "29 min", "1 jam 5 menit" / "1 h 5 min", for a hold's time left.

@@ -293,7 +293,10 @@ impl Application {
             // 1. Request context: the request id (x-request-id, echoed back), the `rpc` span, one
             //    log line and the RPC metrics per call. Outermost, so it also sees the calls the
             //    layers below refuse.
-            .layer(RequestContextLayer::new(Arc::clone(&engine.metrics)))
+            .layer(RequestContextLayer::new(
+                Arc::clone(&engine.metrics),
+                Arc::clone(&engine.clock),
+            ))
             // 2. Concurrency limit with load shedding: past --max-concurrent-requests calls in
             //    flight (all connections together) a call is refused at once with UNAVAILABLE
             //    and RetryInfo, never queued. WatchQuota, health and reflection are exempt.

@@ -5,6 +5,9 @@
 //!   [`MAX_REQUEST_ID_CHARS`] printable ASCII characters without spaces and holds no 16-digit
 //!   run (a NIK sent by mistake is never logged or echoed); otherwise the server makes one.
 //!   It is echoed in the answer's `x-request-id` metadata, on errors too.
+//! - Every answer of the blangko services (not health or reflection) carries the server's clock
+//!   in `x-server-time-ms` (milliseconds since the Unix epoch, UTC), on errors too: a counter
+//!   whose own clock is wrong judges a hold's expiry by the server's time, not by its own.
 //! - The span `rpc` carries `method`, `request_id`, `office` and `service_point` (recorded by
 //!   the handlers once they have decoded the request, see [`record_place`]), and at the end
 //!   `code` (the gRPC status) and `latency_ms`. With `--log-format json` they are JSON fields.
@@ -24,10 +27,15 @@ use tonic::Code;
 use tonic::codegen::http::{self, HeaderMap, HeaderValue};
 use tracing::Instrument;
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 
 /// The metadata key of the request id, both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The metadata key of the server's clock in every answer of the blangko services.
+pub const SERVER_TIME_HEADER: &str = "x-server-time-ms";
+/// The path prefix of the calls whose answers carry [`SERVER_TIME_HEADER`].
+const BLANGKO_PATHS: &str = "/blangko.";
 /// The longest request id accepted from a caller.
 pub const MAX_REQUEST_ID_CHARS: usize = 128;
 /// The tracing target of the per-call log lines.
@@ -89,12 +97,13 @@ fn is_loggable_id(value: &str) -> bool {
 #[derive(Clone)]
 pub struct RequestContextLayer {
     metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
 }
 
 impl RequestContextLayer {
-    /// Records finished calls in `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        RequestContextLayer { metrics }
+    /// Records finished calls in `metrics`; answers carry `clock`'s time.
+    pub fn new(metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Self {
+        RequestContextLayer { metrics, clock }
     }
 }
 
@@ -105,6 +114,7 @@ impl<S> tower::Layer<S> for RequestContextLayer {
         RequestContext {
             inner,
             metrics: Arc::clone(&self.metrics),
+            clock: Arc::clone(&self.clock),
         }
     }
 }
@@ -114,6 +124,7 @@ impl<S> tower::Layer<S> for RequestContextLayer {
 pub struct RequestContext<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -136,6 +147,11 @@ where
         let in_flight = crate::incoming::mark_called(request.extensions());
         let started = Instant::now();
         let method = self.metrics.method_label(request.uri().path());
+        let clock = request
+            .uri()
+            .path()
+            .starts_with(BLANGKO_PATHS)
+            .then(|| Arc::clone(&self.clock));
         let request_id = request
             .headers()
             .get(REQUEST_ID_HEADER)
@@ -177,6 +193,11 @@ where
                 };
                 if let Ok(value) = HeaderValue::from_str(&request_id) {
                     response.headers_mut().insert(REQUEST_ID_HEADER, value);
+                }
+                if let Some(clock) = clock {
+                    response
+                        .headers_mut()
+                        .insert(SERVER_TIME_HEADER, HeaderValue::from(clock.now_ms()));
                 }
                 // A trailers-only answer (every error) carries its status in the headers; any
                 // other answer carries it in the trailers at the end of its body.

@@ -3052,3 +3052,50 @@ async fn watch_waits_for_a_watcher_slot_when_the_server_is_full() -> anyhow::Res
     assert_eq!(v["quota"]["remaining"], 10, "{v}");
     Ok(())
 }
+
+/// A counter PC whose clock runs an hour ahead of the server's (made here by a server an hour
+/// behind: `--clock-offset-secs -3600`). A fresh 30-minute hold is judged by the server's clock
+/// the answer carries: printable (exit 0, 30 minutes left), not "do not print, it ran out" by
+/// the PC's clock; `status` tells the officer the PC's clock is off.
+#[tokio::test]
+async fn a_counter_pc_clock_an_hour_ahead_still_prints_a_fresh_hold() -> anyhow::Result<()> {
+    let server = TestServer::spawn_process(&["--clock-offset-secs", "-3600"]).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "mpp", 5, 100).await?;
+    let url = server.url.as_str();
+
+    let run = run_as(
+        url,
+        &["reserve", "--nik", &nik(1), "--reason", "new-recording"],
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("DITAHAN "), "{run:?}");
+    assert!(run.stdout.contains("(sisa 30 menit)"), "{run:?}");
+    assert!(!run.all().contains("JANGAN"), "{run:?}");
+
+    let json = run_as(
+        url,
+        &["--json", "reserve", "--nik", &nik(2), "--reason", "1"],
+    )
+    .await?;
+    assert_eq!(json.code, 0, "{json:?}");
+    let v = json.one_json()?;
+    assert_eq!(v["outcome"], "reserved", "{v}");
+    let left = v["reservation"]["seconds_left"].as_i64().unwrap_or(-1);
+    assert!((1_700..=1_800).contains(&left), "{v}");
+
+    let status = run_as(url, &["status"]).await?;
+    assert_eq!(status.code, 0, "{status:?}");
+    assert!(
+        status
+            .all()
+            .contains("jam komputer ini 60 menit lebih cepat dari jam server"),
+        "{status:?}"
+    );
+    let status = run_as(url, &["--json", "status"]).await?;
+    let v = status.one_json()?;
+    let offset = v["servers"][0]["clock_offset_secs"].as_i64().unwrap_or(0);
+    assert!((-3_610..=-3_590).contains(&offset), "{v}");
+    Ok(())
+}

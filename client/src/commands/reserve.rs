@@ -89,13 +89,14 @@ pub fn answer_line(reservation: &Reservation, warned: bool, out: &Out) -> String
 
 /// Whether no blank is held for this reservation any more: cancelled, run out, or held past its
 /// expiry (the server releases overdue holds in passes: a replay may show one not yet released).
+/// The expiry is the server's time, so it is compared with the server's clock, not this PC's.
 pub fn lapsed(reservation: &Reservation) -> bool {
     match reservation.state() {
         ReservationState::Cancelled | ReservationState::Expired => true,
         ReservationState::Held => reservation
             .expires_at
             .as_ref()
-            .is_some_and(|at| at.seconds <= chrono::Utc::now().timestamp()),
+            .is_some_and(|at| at.seconds <= crate::server_clock::now_secs()),
         _ => false,
     }
 }

@@ -8,13 +8,16 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::connect::one_line;
 use crate::error::{EXIT_ERROR, EXIT_OK, Failure};
-use crate::output::{Out, snapshot_json, snapshot_line, uptime_text};
+use crate::output::{Lang, Out, snapshot_json, snapshot_line, uptime_text};
+use crate::server_clock;
 use crate::terminal::Terminal;
 
 /// What one endpoint said.
 struct EndpointStatus {
     url: String,
     result: Result<(String, blangko_proto::v1::GetServerInfoResponse), String>,
+    /// The server's clock minus this machine's, in seconds, when it said.
+    clock_offset_secs: Option<i64>,
 }
 
 async fn check_endpoint(term: &Terminal, index: usize, url: String) -> EndpointStatus {
@@ -26,6 +29,7 @@ async fn check_endpoint(term: &Terminal, index: usize, url: String) -> EndpointS
         return EndpointStatus {
             url,
             result: Err("no such endpoint".to_string()),
+            clock_offset_secs: None,
         };
     };
     let health = tokio::time::timeout(
@@ -41,12 +45,14 @@ async fn check_endpoint(term: &Terminal, index: usize, url: String) -> EndpointS
             return EndpointStatus {
                 url,
                 result: Err(one_line(status.message())),
+                clock_offset_secs: None,
             };
         }
         Err(_) => {
             return EndpointStatus {
                 url,
                 result: Err(format!("no answer within {} ms", timeout.as_millis())),
+                clock_offset_secs: None,
             };
         }
     };
@@ -55,12 +61,21 @@ async fn check_endpoint(term: &Terminal, index: usize, url: String) -> EndpointS
         stock.get_server_info(blangko_proto::v1::GetServerInfoRequest {}),
     )
     .await;
+    let mut clock_offset_secs = None;
     let result = match info {
-        Ok(Ok(info)) => Ok((serving, info.into_inner())),
+        Ok(Ok(info)) => {
+            clock_offset_secs = server_clock::offset_in(info.metadata()).map(|ms| ms / 1000);
+            server_clock::observe(info.metadata());
+            Ok((serving, info.into_inner()))
+        }
         Ok(Err(status)) => Err(one_line(status.message())),
         Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
     };
-    EndpointStatus { url, result }
+    EndpointStatus {
+        url,
+        result,
+        clock_offset_secs,
+    }
 }
 
 /// Runs `status`.
@@ -98,6 +113,7 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
                     "api_version": info.api_version,
                     "started_at": out.zone.rfc3339(info.started_at.as_ref()),
                     "uptime_secs": info.uptime_secs,
+                    "clock_offset_secs": e.clock_offset_secs,
                 }),
                 Err(error) => json!({"url": e.url, "reachable": false, "error": error}),
             })
@@ -125,6 +141,12 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
         out.json(&value);
     } else {
         for e in &endpoints {
+            if let Some(warning) = e
+                .clock_offset_secs
+                .and_then(|secs| clock_warning(secs, lang))
+            {
+                out.notice(&format!("Server {}: {warning}", e.url));
+            }
             match &e.result {
                 Ok((health, info)) => out.line(&format!(
                     "Server {}: {health} · blangko-server {} · {} · {} · {} {} ({} {})",
@@ -180,5 +202,53 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
     match quota {
         Some(Err(failure)) => ExitCode::from(failure.exit_code()),
         _ => ExitCode::from(EXIT_OK),
+    }
+}
+
+/// What the officer reads when this PC's clock differs from the server's by a minute or more:
+/// holds are judged by the server's clock either way, but the PC's clock should be set right.
+fn clock_warning(offset_secs: i64, lang: Lang) -> Option<String> {
+    if offset_secs.abs() < server_clock::NOTABLE_OFFSET_SECS {
+        return None;
+    }
+    let minutes = (offset_secs.abs() + 30) / 60;
+    // The server's clock is ahead: this PC's is behind, and the other way round.
+    let text = match (lang, offset_secs > 0) {
+        (Lang::Id, true) => {
+            format!("jam komputer ini {minutes} menit lebih lambat dari jam server")
+        }
+        (Lang::Id, false) => {
+            format!("jam komputer ini {minutes} menit lebih cepat dari jam server")
+        }
+        (Lang::En, true) => format!("this PC's clock is {minutes} min behind the server's"),
+        (Lang::En, false) => format!("this PC's clock is {minutes} min ahead of the server's"),
+    };
+    Some(format!(
+        "{text}; {}",
+        lang.t(
+            "sisa waktu tahanan dihitung dengan jam server, tetapi betulkan jam komputer ini",
+            "a hold's time left is counted by the server's clock, but set this PC's clock right"
+        )
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_a_minute_or_more_off_is_named_with_its_direction() {
+        assert_eq!(clock_warning(59, Lang::Id), None);
+        assert_eq!(clock_warning(-59, Lang::En), None);
+        let behind = clock_warning(3600, Lang::Id).unwrap();
+        assert!(
+            behind.starts_with("jam komputer ini 60 menit lebih lambat"),
+            "{behind}"
+        );
+        let ahead = clock_warning(-90, Lang::En).unwrap();
+        assert!(
+            ahead.starts_with("this PC's clock is 2 min ahead"),
+            "{ahead}"
+        );
     }
 }

@@ -1,0 +1,88 @@
+//! The server's clock, as this terminal last saw it: every answer of the blangko services
+//! carries it (`x-server-time-ms`), and a hold's time left and whether it ran out are judged by
+//! it. A counter PC whose clock runs an hour ahead would otherwise call every fresh 30-minute
+//! hold run out, and tell the officer not to print.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use chrono::Utc;
+use tonic::metadata::MetadataMap;
+
+/// The metadata key of the server's clock (milliseconds since the Unix epoch, UTC).
+pub const HEADER: &str = "x-server-time-ms";
+
+/// The largest difference taken from a server (ten years, the bound of the server's own clock
+/// offset); a value past it is not a clock and is ignored.
+const MAX_OFFSET_MS: i64 = 10 * 366 * 24 * 3600 * 1000;
+
+/// A difference this large is worth telling the officer (`status`).
+pub const NOTABLE_OFFSET_SECS: i64 = 60;
+
+/// Server time minus this machine's time, in milliseconds, from the last answer that said.
+static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+static KNOWN: AtomicBool = AtomicBool::new(false);
+
+/// The server's clock in `metadata` minus this machine's clock now, when the answer carries a
+/// plausible one.
+pub fn offset_in(metadata: &MetadataMap) -> Option<i64> {
+    let server_ms: i64 = metadata.get(HEADER)?.to_str().ok()?.parse().ok()?;
+    let offset = server_ms.checked_sub(Utc::now().timestamp_millis())?;
+    (offset.abs() <= MAX_OFFSET_MS).then_some(offset)
+}
+
+/// Takes the server's clock from an answer's metadata (headers, or the trailers of an error).
+pub fn observe(metadata: &MetadataMap) {
+    if let Some(offset) = offset_in(metadata) {
+        OFFSET_MS.store(offset, Ordering::Relaxed);
+        KNOWN.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Server time minus this machine's time, in milliseconds, once an answer has said (else None).
+pub fn offset_ms() -> Option<i64> {
+    KNOWN
+        .load(Ordering::Relaxed)
+        .then(|| OFFSET_MS.load(Ordering::Relaxed))
+}
+
+/// Now by the server's clock (this machine's until a server has answered), in Unix seconds.
+pub fn now_secs() -> i64 {
+    Utc::now()
+        .timestamp_millis()
+        .saturating_add(offset_ms().unwrap_or(0))
+        .div_euclid(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_server_ms(ms: i64) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        metadata.insert(HEADER, ms.to_string().parse().unwrap());
+        metadata
+    }
+
+    #[test]
+    fn the_offset_is_the_servers_time_minus_ours() {
+        let hour = 3_600_000;
+        let behind = offset_in(&with_server_ms(Utc::now().timestamp_millis() - hour)).unwrap();
+        assert!((-hour - 5_000..=-hour).contains(&behind), "{behind}");
+        let ahead = offset_in(&with_server_ms(Utc::now().timestamp_millis() + hour)).unwrap();
+        assert!((hour - 5_000..=hour).contains(&ahead), "{ahead}");
+    }
+
+    #[test]
+    fn answers_without_a_plausible_clock_say_nothing() {
+        assert_eq!(offset_in(&MetadataMap::new()), None);
+        let mut text = MetadataMap::new();
+        text.insert(HEADER, "noon".parse().unwrap());
+        assert_eq!(offset_in(&text), None);
+        assert_eq!(offset_in(&with_server_ms(i64::MIN)), None);
+        assert_eq!(
+            offset_in(&with_server_ms(0)),
+            None,
+            "1970 is not a server's clock"
+        );
+    }
+}
