@@ -156,8 +156,6 @@ pub fn default_key_path(database_path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Creates `path` (never overwriting) readable by its owner only (0600), writes `bytes` and
-/// syncs them to disk: for key files.
 /// The file's permission bits when any of `others` (e.g. 0o077: group and others, any access)
 /// is set; None otherwise, or where there are no such bits.
 pub(crate) fn open_to_others(path: &Path, others: u32) -> Option<u32> {
@@ -174,6 +172,8 @@ pub(crate) fn open_to_others(path: &Path, others: u32) -> Option<u32> {
     }
 }
 
+/// Creates `path` (never overwriting) readable by its owner only (0600), writes `bytes` and
+/// syncs them to disk, the file's name in its directory included: for key files.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -187,6 +187,26 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the key file {}", path.display()))?;
     file.write_all(bytes)?;
     file.sync_all()?;
+    sync_directory_of(path)?;
+    Ok(())
+}
+
+/// fsyncs the directory that holds `path`: a file created or renamed there keeps its name after
+/// a power loss only once its directory is synced (the file's own fsync does not cover it).
+/// Where directories cannot be synced (not Unix) it does nothing.
+pub(crate) fn sync_directory_of(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync the directory {}", dir.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
     Ok(())
 }
 

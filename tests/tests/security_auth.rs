@@ -1004,3 +1004,67 @@ async fn a_watch_ends_when_its_token_is_revoked_and_one_caller_holds_a_bounded_n
     );
     Ok(())
 }
+
+/// `token revoke` (and `token add`) replace the token file by a rename, and a rename lasts
+/// through a power loss only once the directory is synced: without it a revoked token could be
+/// back in the file after the power came back. Seen with `strace` (`-y` names each descriptor's
+/// file): the rename onto the token file, then an fsync of its directory, before the command
+/// ends.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_token_revoke_syncs_the_directory_after_its_rename() -> anyhow::Result<()> {
+    let have_strace = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_strace {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI must have strace (.ci/run installs it)"
+        );
+        return blangko_e2e::skipped("strace is not installed");
+    }
+    let db = TestDatabase::sqlite().await?;
+    let mut tokens = TestTokens::new(&db);
+    tokens.add("leaver", "counter", Some("3275"), None)?;
+    tokens.add("stays", "counter", Some("3275"), None)?;
+    let dir = std::fs::canonicalize(db.dir.path())?;
+    let file = std::fs::canonicalize(&tokens.path)?;
+    let trace = dir.join("revoke.trace");
+    let mut command = tokio::process::Command::new("strace");
+    blangko_e2e::without_blangko_env(&mut command);
+    let run = command
+        .args([
+            "-f",
+            "-qq",
+            "-y",
+            "-e",
+            "trace=fsync,rename,renameat,renameat2",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(blangko_e2e::server_bin())
+        .arg("--token-file")
+        .arg(&file)
+        .args(["token", "revoke", "leaver"])
+        .output()
+        .await?;
+    assert!(run.status.success(), "{run:?}");
+    let text = std::fs::read_to_string(&trace)?;
+    let renamed = text
+        .lines()
+        .position(|l| l.contains("rename") && l.contains(&format!("\"{}\"", file.display())))
+        .with_context(|| format!("no rename onto {}:\n{text}", file.display()))?;
+    let dir_synced = text
+        .lines()
+        .skip(renamed)
+        .any(|l| l.contains("fsync(") && l.contains(&format!("<{}>)", dir.display())));
+    assert!(
+        dir_synced,
+        "the directory {} was not synced after the rename:\n{text}",
+        dir.display()
+    );
+    let left = std::fs::read_to_string(&file)?;
+    assert!(!left.contains("leaver") && left.contains("stays"), "{left}");
+    Ok(())
+}

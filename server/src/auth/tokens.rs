@@ -473,6 +473,9 @@ fn write_private_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    // The new name durable before the change is reported: after a power loss a revoked token
+    // must not be back in the file.
+    crate::nik_key::sync_directory_of(path)?;
     Ok(())
 }
 

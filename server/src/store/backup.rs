@@ -139,11 +139,7 @@ pub async fn backup(
     let _ = std::fs::remove_file(&partial);
     let (ledger_entries, offices) = copied?;
     // The backup's and its key's directory entries, durable before saying the backup exists.
-    if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot sync the directory {}", dir.display()))?;
-    }
+    crate::nik_key::sync_directory_of(to)?;
     let bytes = std::fs::metadata(to)?.len();
 
     let key = if key_in_environment {
