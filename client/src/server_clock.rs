@@ -3,7 +3,7 @@
 //! it. A counter PC whose clock runs an hour ahead would otherwise call every fresh 30-minute
 //! hold run out, and tell the officer not to print.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::Utc;
 use tonic::metadata::MetadataMap;
@@ -18,9 +18,11 @@ const MAX_OFFSET_MS: i64 = 10 * 366 * 24 * 3600 * 1000;
 /// A difference this large is worth telling the officer (`status`).
 pub const NOTABLE_OFFSET_SECS: i64 = 60;
 
-/// Server time minus this machine's time, in milliseconds, from the last answer that said.
-static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
-static KNOWN: AtomicBool = AtomicBool::new(false);
+/// Server time minus this machine's time, in milliseconds, from the last answer that said;
+/// [`UNKNOWN`] until one has.
+static OFFSET_MS: AtomicI64 = AtomicI64::new(UNKNOWN);
+/// No answer has said yet (never a plausible offset: see [`MAX_OFFSET_MS`]).
+const UNKNOWN: i64 = i64::MIN;
 
 /// The server's clock in `metadata` minus this machine's clock now, when the answer carries a
 /// plausible one.
@@ -34,15 +36,13 @@ pub fn offset_in(metadata: &MetadataMap) -> Option<i64> {
 pub fn observe(metadata: &MetadataMap) {
     if let Some(offset) = offset_in(metadata) {
         OFFSET_MS.store(offset, Ordering::Relaxed);
-        KNOWN.store(true, Ordering::Relaxed);
     }
 }
 
 /// Server time minus this machine's time, in milliseconds, once an answer has said (else None).
 pub fn offset_ms() -> Option<i64> {
-    KNOWN
-        .load(Ordering::Relaxed)
-        .then(|| OFFSET_MS.load(Ordering::Relaxed))
+    let offset = OFFSET_MS.load(Ordering::Relaxed);
+    (offset != UNKNOWN).then_some(offset)
 }
 
 /// Now by the server's clock (this machine's until a server has answered), in Unix seconds.

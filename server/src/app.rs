@@ -408,9 +408,15 @@ impl Application {
             .await;
         }
         let close_by = deadline.max(tokio::time::Instant::now()) + CLOSE_GRACE;
+        // A task of its own: the close folds the journal and closes SQLite's connections on this
+        // thread (blocking), and the time limit and a second signal must be seen meanwhile.
+        let mut closing = tokio::spawn({
+            let engine = Arc::clone(&engine);
+            async move { engine.store.close().await }
+        });
         tokio::select! {
             biased;
-            () = engine.store.close() => {}
+            _ = &mut closing => {}
             () = tokio::time::sleep_until(close_by) => {
                 tracing::warn!(
                     grace = ?CLOSE_GRACE,

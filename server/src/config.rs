@@ -89,7 +89,8 @@ pub struct Config {
     pub idle_timeout_secs: u64,
 
     /// Longest time, in seconds, that shutdown waits for calls in flight and background tasks
-    /// before it exits (closing the database gets at most 5 s more; a second signal stops at once).
+    /// before it exits (closing the database gets at most 5 s more, blocking work then 1 s; a
+    /// second signal stops at once).
     #[arg(long, env = "BLANGKO_DRAIN_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub drain_timeout_secs: u64,
 

@@ -6,7 +6,8 @@
 //!   run (a NIK sent by mistake is never logged or echoed); otherwise the server makes one.
 //!   It is echoed in the answer's `x-request-id` metadata, on errors too.
 //! - Every answer of the blangko services (not health or reflection) carries the server's clock
-//!   in `x-server-time-ms` (milliseconds since the Unix epoch, UTC), on errors too: a counter
+//!   in `x-server-time-ms` (milliseconds since the Unix epoch, UTC), on the errors it returns too
+//!   (not on a CANCELLED tonic answers itself for a caller's `grpc-timeout`): a counter
 //!   whose own clock is wrong judges a hold's expiry by the server's time, not by its own.
 //! - The span `rpc` carries `method`, `request_id`, `office` and `service_point` (recorded by
 //!   the handlers once they have decoded the request, see [`record_place`]), and at the end

@@ -983,6 +983,9 @@ async fn stalled_reserve(server: &TestServer) -> anyhow::Result<StalledCall> {
         .body(())?;
     let mut ready = send.clone().ready().await?;
     let (response, body) = ready.send_request(request, false)?;
+    // The HEADERS frame is only queued here: time for it to reach the server, so that the call
+    // is in flight there before any shutdown a test starts next.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(StalledCall {
         _connection: send,
         _response: response,
@@ -1019,7 +1022,7 @@ async fn one_drain_deadline_bounds_the_calls_and_the_metrics_endpoint() -> anyho
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: blangko\r\n")
         .await?;
     // The head is unfinished; give the server a moment to read what came.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let (exit, took) = server.terminate().await?;
     let log = server.log();
     assert!(exit.success(), "exit status {exit:?}\n{log}");
@@ -1031,4 +1034,55 @@ async fn one_drain_deadline_bounds_the_calls_and_the_metrics_endpoint() -> anyho
     );
     drop(scraper);
     Ok(())
+}
+
+/// The server's clock rides on every answer of the blangko services, an error included (a
+/// trailers-only answer), and not on health checks: `x-server-time-ms`, milliseconds since the
+/// Unix epoch by the server's clock (here an hour behind, `--clock-offset-secs -3600`).
+#[tokio::test]
+async fn answers_carry_the_servers_clock_errors_included_health_checks_not() -> anyhow::Result<()> {
+    let server = TestServer::spawn_process(&["--clock-offset-secs", "-3600"]).await?;
+    let server_ms = |metadata: &tonic::metadata::MetadataMap| {
+        metadata
+            .get("x-server-time-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let an_hour_behind = |ms: Option<i64>| {
+        let behind = ms.map(|ms| now_ms() - ms);
+        behind.is_some_and(|b| (3_590_000..=3_610_000).contains(&b))
+    };
+
+    let mut stock = server.stock_client().await?;
+    let info = stock.get_server_info(GetServerInfoRequest {}).await?;
+    assert!(
+        an_hour_behind(server_ms(info.metadata())),
+        "{:?}",
+        info.metadata()
+    );
+
+    let mut counter = server.counter_client().await?;
+    let refused = counter
+        .reserve(blangko_proto::v1::ReserveRequest::default())
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("an empty Reserve was accepted"))?;
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(an_hour_behind(server_ms(refused.metadata())), "{refused:?}");
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await?);
+    let check = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    assert_eq!(server_ms(check.metadata()), None, "{:?}", check.metadata());
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
