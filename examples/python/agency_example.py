@@ -327,11 +327,23 @@ def counter_flow(counter, counter_md, office_id, service_point, counter_id, nik)
     check(res.reservation_id != "", "the reservation id came back")
     check(res.state == common_pb2.RESERVATION_STATE_HELD, "the reservation is HELD")
     check(res.masked_nik == mask_nik(nik), "the server returns the NIK masked, never in clear")
-    again = send_with_retries(counter.Reserve, request, counter_md)
+    # with_call also returns the answer's metadata: x-server-time-ms is the server's clock, which
+    # expires_at counts against (a counter PC's own clock may be minutes or hours off).
+    again, rpc = send_with_retries(counter.Reserve.with_call, request, counter_md)
     print(f"  the same request once more: {again.reservation.reservation_id}, replayed={again.reservation.replayed}")
     check(
         again.reservation.reservation_id == res.reservation_id and again.reservation.replayed,
         "the same request again gets the same reservation, marked replayed (never a second blank)",
+    )
+    server_times = [v for k, v in rpc.initial_metadata() if k == "x-server-time-ms"]
+    check(len(server_times) == 1, "the answer carries the server's clock (x-server-time-ms)")
+    left = again.reservation.expires_at.seconds - int(server_times[0]) // 1000
+    hold = again.reservation.expires_at.seconds - again.reservation.created_at.seconds
+    print(f"  time left on the hold by the server's clock: {left} s of {hold} s")
+    check(
+        left > 0 and hold - left <= 120,
+        "the hold's time left, counted by the server's clock, is what is left of the hold "
+        "(not this machine's clock)",
     )
 
     print(f"\n== Counter: CancelReservation {res.reservation_id} ==")

@@ -32,6 +32,7 @@ import (
 	"math/big"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -342,10 +343,24 @@ func (f *flow) counterFlow() {
 	check(res.GetReservationId() != "", "the reservation id came back")
 	check(res.GetState() == blangkov1.ReservationState_RESERVATION_STATE_HELD, "the reservation is HELD")
 	check(res.GetMaskedNik() == maskNik(f.nik), "the server returns the NIK masked, never in clear")
-	again := must(sendWithRetries(f.counterToken, request.GetRequestId(), callTimeout, reserve)).GetReservation()
+	// The answer's x-server-time-ms header: the server's clock, against which expires_at counts
+	// (a counter PC's own clock may be minutes or hours off).
+	var header metadata.MD
+	reserveWithHeader := func(ctx context.Context) (*blangkov1.ReserveResponse, error) {
+		return f.counter.Reserve(ctx, request, grpc.Header(&header))
+	}
+	again := must(sendWithRetries(f.counterToken, request.GetRequestId(), callTimeout, reserveWithHeader)).GetReservation()
 	fmt.Printf("  the same request once more: %s, replayed=%t\n", again.GetReservationId(), again.GetReplayed())
 	check(again.GetReservationId() == res.GetReservationId() && again.GetReplayed(),
 		"the same request again gets the same reservation, marked replayed (never a second blank)")
+	serverTimes := header.Get("x-server-time-ms")
+	check(len(serverTimes) == 1, "the answer carries the server's clock (x-server-time-ms)")
+	serverMs := must(strconv.ParseInt(serverTimes[0], 10, 64))
+	left := again.GetExpiresAt().GetSeconds() - serverMs/1000
+	hold := again.GetExpiresAt().GetSeconds() - again.GetCreatedAt().GetSeconds()
+	fmt.Printf("  time left on the hold by the server's clock: %d s of %d s\n", left, hold)
+	check(left > 0 && hold-left <= 120,
+		"the hold's time left, counted by the server's clock, is what is left of the hold (not this machine's clock)")
 
 	fmt.Printf("\n== Counter: CancelReservation %s ==\n", res.GetReservationId())
 	cancelRequest := &blangkov1.CancelReservationRequest{
