@@ -407,23 +407,26 @@ impl Application {
             )
             .await;
         }
-        let close_by = deadline.max(tokio::time::Instant::now()) + CLOSE_GRACE;
-        // A task of its own: the close folds the journal and closes SQLite's connections on this
-        // thread (blocking), and the time limit and a second signal must be seen meanwhile.
-        let mut closing = tokio::spawn({
-            let engine = Arc::clone(&engine);
-            async move { engine.store.close().await }
-        });
-        tokio::select! {
-            biased;
-            _ = &mut closing => {}
-            () = tokio::time::sleep_until(close_by) => {
-                tracing::warn!(
-                    grace = ?CLOSE_GRACE,
-                    "the database did not close in time; stopping without it (committed work is kept: the next start folds the Reserve journal and recovers the WAL)"
-                );
+        // After a second signal the close is not begun: a fold started now would only be cut.
+        if !stop_now.fired() {
+            let close_by = deadline.max(tokio::time::Instant::now()) + CLOSE_GRACE;
+            // A task of its own: the close folds the journal and closes SQLite's connections on
+            // its thread (blocking), and the time limit and a second signal must be seen meanwhile.
+            let mut closing = tokio::spawn({
+                let engine = Arc::clone(&engine);
+                async move { engine.store.close().await }
+            });
+            tokio::select! {
+                biased;
+                _ = &mut closing => {}
+                () = tokio::time::sleep_until(close_by) => {
+                    tracing::warn!(
+                        grace = ?CLOSE_GRACE,
+                        "the database did not close in time; stopping without it (committed work is kept: the next start folds the Reserve journal and recovers the WAL)"
+                    );
+                }
+                () = stop_now.wait() => {}
             }
-            () = stop_now.wait() => {}
         }
         if stop_now.fired() {
             anyhow::bail!(
