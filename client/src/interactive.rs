@@ -863,6 +863,12 @@ pub async fn run_counter(term: &Terminal, out: Out, waiting: u32) -> ExitCode {
         Ok(q) => q,
         Err(failure) => return failure.exit(&out),
     };
+    // The first answer brought the server's clock: a PC clock a minute or more off is said once.
+    if let Some(warning) = crate::server_clock::offset_ms()
+        .and_then(|ms| crate::server_clock::warning(ms / 1000, out.lang))
+    {
+        out.notice(&warning);
+    }
     let shared = Arc::new(Shared::default());
     shared.waiting.store(waiting, Ordering::Relaxed);
     let local_date = first.local_date.clone();

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use chrono::Utc;
 use tonic::metadata::MetadataMap;
 
+use crate::output::Lang;
+
 /// The metadata key of the server's clock (milliseconds since the Unix epoch, UTC).
 pub const HEADER: &str = "x-server-time-ms";
 
@@ -15,7 +17,7 @@ pub const HEADER: &str = "x-server-time-ms";
 /// offset); a value past it is not a clock and is ignored.
 const MAX_OFFSET_MS: i64 = 10 * 366 * 24 * 3600 * 1000;
 
-/// A difference this large is worth telling the officer (`status`).
+/// A difference this large is worth telling the officer ([`warning`]).
 pub const NOTABLE_OFFSET_SECS: i64 = 60;
 
 /// Server time minus this machine's time, in milliseconds, from the last answer that said;
@@ -53,9 +55,52 @@ pub fn now_secs() -> i64 {
         .div_euclid(1000)
 }
 
+/// What the officer reads when this PC's clock differs from the server's by a minute or more:
+/// holds are judged by the server's clock either way, but the PC's clock should be set right.
+pub fn warning(offset_secs: i64, lang: Lang) -> Option<String> {
+    if offset_secs.abs() < NOTABLE_OFFSET_SECS {
+        return None;
+    }
+    let minutes = (offset_secs.abs() + 30) / 60;
+    // The server's clock is ahead: this PC's is behind, and the other way round.
+    let text = match (lang, offset_secs > 0) {
+        (Lang::Id, true) => {
+            format!("jam komputer ini {minutes} menit lebih lambat dari jam server")
+        }
+        (Lang::Id, false) => {
+            format!("jam komputer ini {minutes} menit lebih cepat dari jam server")
+        }
+        (Lang::En, true) => format!("this PC's clock is {minutes} min behind the server's"),
+        (Lang::En, false) => format!("this PC's clock is {minutes} min ahead of the server's"),
+    };
+    Some(format!(
+        "{text}; {}",
+        lang.t(
+            "sisa waktu tahanan dihitung dengan jam server, tetapi betulkan jam komputer ini",
+            "a hold's time left is counted by the server's clock, but set this PC's clock right"
+        )
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_a_minute_or_more_off_is_named_with_its_direction() {
+        assert_eq!(warning(59, Lang::Id), None);
+        assert_eq!(warning(-59, Lang::En), None);
+        let behind = warning(3600, Lang::Id).unwrap();
+        assert!(
+            behind.starts_with("jam komputer ini 60 menit lebih lambat"),
+            "{behind}"
+        );
+        let ahead = warning(-90, Lang::En).unwrap();
+        assert!(
+            ahead.starts_with("this PC's clock is 2 min ahead"),
+            "{ahead}"
+        );
+    }
 
     fn with_server_ms(ms: i64) -> MetadataMap {
         let mut metadata = MetadataMap::new();

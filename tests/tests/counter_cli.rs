@@ -3107,5 +3107,19 @@ async fn a_counter_pc_clock_an_hour_ahead_still_prints_a_fresh_hold() -> anyhow:
     let v = status.one_json()?;
     let offset = v["servers"][0]["clock_offset_secs"].as_i64().unwrap_or(0);
     assert!((-3_610..=-3_590).contains(&offset), "{v}");
+
+    // The officer's screen says it once, as it opens.
+    let args = who(&["counter"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let screen = client(&[url], &refs, Some("keluar\n")).await?;
+    assert_eq!(screen.code, 0, "{screen:?}");
+    assert_eq!(
+        screen
+            .all()
+            .matches("jam komputer ini 60 menit lebih cepat dari jam server")
+            .count(),
+        1,
+        "{screen:?}"
+    );
     Ok(())
 }

@@ -8,7 +8,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 use crate::connect::one_line;
 use crate::error::{EXIT_ERROR, EXIT_OK, Failure};
-use crate::output::{Lang, Out, snapshot_json, snapshot_line, uptime_text};
+use crate::output::{Out, snapshot_json, snapshot_line, uptime_text};
 use crate::server_clock;
 use crate::terminal::Terminal;
 
@@ -143,7 +143,7 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
         for e in &endpoints {
             if let Some(warning) = e
                 .clock_offset_secs
-                .and_then(|secs| clock_warning(secs, lang))
+                .and_then(|secs| server_clock::warning(secs, lang))
             {
                 out.notice(&format!("Server {}: {warning}", e.url));
             }
@@ -202,53 +202,5 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
     match quota {
         Some(Err(failure)) => ExitCode::from(failure.exit_code()),
         _ => ExitCode::from(EXIT_OK),
-    }
-}
-
-/// What the officer reads when this PC's clock differs from the server's by a minute or more:
-/// holds are judged by the server's clock either way, but the PC's clock should be set right.
-fn clock_warning(offset_secs: i64, lang: Lang) -> Option<String> {
-    if offset_secs.abs() < server_clock::NOTABLE_OFFSET_SECS {
-        return None;
-    }
-    let minutes = (offset_secs.abs() + 30) / 60;
-    // The server's clock is ahead: this PC's is behind, and the other way round.
-    let text = match (lang, offset_secs > 0) {
-        (Lang::Id, true) => {
-            format!("jam komputer ini {minutes} menit lebih lambat dari jam server")
-        }
-        (Lang::Id, false) => {
-            format!("jam komputer ini {minutes} menit lebih cepat dari jam server")
-        }
-        (Lang::En, true) => format!("this PC's clock is {minutes} min behind the server's"),
-        (Lang::En, false) => format!("this PC's clock is {minutes} min ahead of the server's"),
-    };
-    Some(format!(
-        "{text}; {}",
-        lang.t(
-            "sisa waktu tahanan dihitung dengan jam server, tetapi betulkan jam komputer ini",
-            "a hold's time left is counted by the server's clock, but set this PC's clock right"
-        )
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_clock_a_minute_or_more_off_is_named_with_its_direction() {
-        assert_eq!(clock_warning(59, Lang::Id), None);
-        assert_eq!(clock_warning(-59, Lang::En), None);
-        let behind = clock_warning(3600, Lang::Id).unwrap();
-        assert!(
-            behind.starts_with("jam komputer ini 60 menit lebih lambat"),
-            "{behind}"
-        );
-        let ahead = clock_warning(-90, Lang::En).unwrap();
-        assert!(
-            ahead.starts_with("this PC's clock is 2 min ahead"),
-            "{ahead}"
-        );
     }
 }
