@@ -603,11 +603,11 @@ impl Connection {
                 let status = match outcome {
                     Ok(Ok(response)) => {
                         self.mark(index, false);
-                        crate::server_clock::observe(response.metadata());
+                        let _ = crate::server_clock::observe(response.metadata());
                         return Ok(response.into_inner());
                     }
                     Ok(Err(status)) => {
-                        crate::server_clock::observe(status.metadata());
+                        let _ = crate::server_clock::observe(status.metadata());
                         status
                     }
                     Err(_elapsed) => Status::deadline_exceeded(format!(

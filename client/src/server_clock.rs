@@ -34,11 +34,12 @@ pub fn offset_in(metadata: &MetadataMap) -> Option<i64> {
     (offset.abs() <= MAX_OFFSET_MS).then_some(offset)
 }
 
-/// Takes the server's clock from an answer's metadata (headers, or the trailers of an error).
-pub fn observe(metadata: &MetadataMap) {
-    if let Some(offset) = offset_in(metadata) {
-        OFFSET_MS.store(offset, Ordering::Relaxed);
-    }
+/// Takes the server's clock from an answer's metadata (headers, or the trailers of an error);
+/// the offset it found ([`offset_in`]).
+pub fn observe(metadata: &MetadataMap) -> Option<i64> {
+    let offset = offset_in(metadata)?;
+    OFFSET_MS.store(offset, Ordering::Relaxed);
+    Some(offset)
 }
 
 /// Server time minus this machine's time, in milliseconds, once an answer has said (else None).

@@ -12,12 +12,18 @@ use crate::output::{Out, snapshot_json, snapshot_line, uptime_text};
 use crate::server_clock;
 use crate::terminal::Terminal;
 
-/// What one endpoint said.
+/// What one endpoint said: its health, its server info, and its clock minus this machine's in
+/// seconds (when it said).
 struct EndpointStatus {
     url: String,
-    result: Result<(String, blangko_proto::v1::GetServerInfoResponse), String>,
-    /// The server's clock minus this machine's, in seconds, when it said.
-    clock_offset_secs: Option<i64>,
+    result: Result<
+        (
+            String,
+            blangko_proto::v1::GetServerInfoResponse,
+            Option<i64>,
+        ),
+        String,
+    >,
 }
 
 async fn check_endpoint(term: &Terminal, index: usize, url: String) -> EndpointStatus {
@@ -29,7 +35,6 @@ async fn check_endpoint(term: &Terminal, index: usize, url: String) -> EndpointS
         return EndpointStatus {
             url,
             result: Err("no such endpoint".to_string()),
-            clock_offset_secs: None,
         };
     };
     let health = tokio::time::timeout(
@@ -45,14 +50,12 @@ async fn check_endpoint(term: &Terminal, index: usize, url: String) -> EndpointS
             return EndpointStatus {
                 url,
                 result: Err(one_line(status.message())),
-                clock_offset_secs: None,
             };
         }
         Err(_) => {
             return EndpointStatus {
                 url,
                 result: Err(format!("no answer within {} ms", timeout.as_millis())),
-                clock_offset_secs: None,
             };
         }
     };
@@ -61,21 +64,15 @@ async fn check_endpoint(term: &Terminal, index: usize, url: String) -> EndpointS
         stock.get_server_info(blangko_proto::v1::GetServerInfoRequest {}),
     )
     .await;
-    let mut clock_offset_secs = None;
     let result = match info {
         Ok(Ok(info)) => {
-            clock_offset_secs = server_clock::offset_in(info.metadata()).map(|ms| ms / 1000);
-            server_clock::observe(info.metadata());
-            Ok((serving, info.into_inner()))
+            let offset_secs = server_clock::observe(info.metadata()).map(|ms| ms / 1000);
+            Ok((serving, info.into_inner(), offset_secs))
         }
         Ok(Err(status)) => Err(one_line(status.message())),
         Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
     };
-    EndpointStatus {
-        url,
-        result,
-        clock_offset_secs,
-    }
+    EndpointStatus { url, result }
 }
 
 /// Runs `status`.
@@ -98,13 +95,13 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
     // containers' healthcheck runs this command.
     let serving = endpoints
         .iter()
-        .any(|e| matches!(&e.result, Ok((health, _)) if health == "SERVING"));
+        .any(|e| matches!(&e.result, Ok((health, _, _)) if health == "SERVING"));
 
     if out.json {
         let servers: Vec<Value> = endpoints
             .iter()
             .map(|e| match &e.result {
-                Ok((health, info)) => json!({
+                Ok((health, info, clock_offset_secs)) => json!({
                     "url": e.url,
                     "reachable": true,
                     "health": health,
@@ -113,7 +110,7 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
                     "api_version": info.api_version,
                     "started_at": out.zone.rfc3339(info.started_at.as_ref()),
                     "uptime_secs": info.uptime_secs,
-                    "clock_offset_secs": e.clock_offset_secs,
+                    "clock_offset_secs": clock_offset_secs,
                 }),
                 Err(error) => json!({"url": e.url, "reachable": false, "error": error}),
             })
@@ -141,14 +138,13 @@ pub async fn run(term: &Terminal, out: Out) -> ExitCode {
         out.json(&value);
     } else {
         for e in &endpoints {
-            if let Some(warning) = e
-                .clock_offset_secs
-                .and_then(|secs| server_clock::warning(secs, lang))
+            if let Ok((_, _, Some(secs))) = &e.result
+                && let Some(warning) = server_clock::warning(*secs, lang)
             {
                 out.notice(&format!("Server {}: {warning}", e.url));
             }
             match &e.result {
-                Ok((health, info)) => out.line(&format!(
+                Ok((health, info, _)) => out.line(&format!(
                     "Server {}: {health} · blangko-server {} · {} · {} · {} {} ({} {})",
                     e.url,
                     info.version,
