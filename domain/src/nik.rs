@@ -181,10 +181,9 @@ pub fn has_nik_stretch(text: &str) -> bool {
 /// As [`has_nik_stretch`], with underscores and every kind of whitespace (a no-break space, a
 /// tab) counted as separators inside a NIK too (`3275_0141_0190_0001`). Commas, colons and the
 /// like still end a stretch: they keep apart the dates, times and counts a note is made of
-/// ("11/12/2026 09:30, 1.200 keping"). For text that is refused when it could hold a NIK (a counter's id, an id
-/// published in metrics): a refusal costs a retyped id, never a stored answer. Not for the
-/// request ids kept in clear or hashed ([`has_nik_stretch`] decides those, as it did when they
-/// were stored, so that a retry finds them).
+/// ("11/12/2026 09:30, 1.200 keping"). For text that is refused when it could hold a NIK (a
+/// counter's id, an id published in metrics, a caller's `x-request-id`), and for the request ids
+/// stored hashed instead of in clear.
 pub fn has_nik_stretch_any_separator(text: &str) -> bool {
     // Ids are ASCII (every Reserve checks its counter id): no copy of the text for them.
     if text.is_ascii() {

@@ -84,6 +84,9 @@ impl Application {
         .await?;
         let nik_key = load_nik_key(&config, &store)?;
         check_nik_key(&store, &nik_key, config.nik_key_changed, clock.now_ms()).await?;
+        crate::upgrades::run(&store, &nik_key, clock.now_ms())
+            .await
+            .context("cannot upgrade the stored data")?;
         let engine = Engine::shared(
             store,
             clock,

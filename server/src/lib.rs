@@ -14,7 +14,9 @@
 //! - `telemetry`, `overload`: the layers in front of every call (request id, span, log line
 //!   and RPC metrics; load shedding and the request time-out), stacked in `app`;
 //! - `metrics`: counters, histograms and scrape-time gauges, served at `--metrics-listen`;
-//! - `clock`, `nik_key`: injected time and the key that hashes NIKs.
+//! - `clock`, `nik_key`: injected time and the key that hashes NIKs;
+//! - `upgrades`: one-off changes to stored data made at start, once per database, that need the
+//!   NIK key.
 #![forbid(unsafe_code)]
 
 /// The pure rules (crate `blangko-domain`), under the name the rest of the server uses.
@@ -34,6 +36,7 @@ pub mod nik_key;
 pub mod overload;
 pub mod store;
 pub mod telemetry;
+pub mod upgrades;
 
 /// Lower-case hex of `bytes`, the same text as `hex::encode`, without its iterator of `char`s:
 /// every hex string the server writes goes through it. On the Reserve path that is the NIK

@@ -96,12 +96,14 @@ impl NikKey {
     /// The form in which a caller's request id is stored and looked up: scoped to the caller
     /// (its principal, [`SCOPE_SEPARATOR`], the id), so that two agencies' clients that pick the
     /// same simple id ("r1") never meet, and a retry, which comes from the same caller, still
-    /// finds its first answer. An id that holds 16 or more digits, in a row or split by the
-    /// separators people type inside a NIK (`3275-0141-0190-0001`: it could hold a NIK) is kept
-    /// as `#` and a keyed hash of the caller and the id instead, so that no NIK is stored even
-    /// when a client builds its request ids from one.
+    /// finds its first answer. An id that holds 16 or more digits, in a row or split by anything
+    /// people or programs put inside a NIK (`3275-0141-0190-0001`, `3275_0141_0190_0001`, a
+    /// no-break space: it could hold a NIK) is kept as `#` and a keyed hash of the caller and the
+    /// id instead, so that no NIK is stored even when a client builds its request ids from one.
+    /// Ids stored in clear before underscores and every whitespace counted are hashed once at
+    /// start ([`crate::upgrades`]), so a retry across the upgrade still finds its answer.
     pub fn request_key(&self, principal: &str, request_id: &str) -> String {
-        if crate::domain::nik::has_nik_stretch(request_id) {
+        if crate::domain::nik::has_nik_stretch_any_separator(request_id) {
             format!(
                 "#{}",
                 self.mac(&[

@@ -43,7 +43,7 @@ pub const MAX_REQUEST_ID_CHARS: usize = 128;
 pub const RPC_TARGET: &str = "blangko_server::rpc";
 
 /// The caller's request id when it is acceptable: bounded, printable ASCII, no spaces, and no
-/// 16 digits in a row or split by dots, dashes or slashes (which could be a NIK).
+/// 16 digits in a row or split by dots, dashes, slashes or underscores (which could be a NIK).
 pub fn accepted_request_id(value: &[u8]) -> Option<&str> {
     if value.is_empty() || value.len() > MAX_REQUEST_ID_CHARS {
         return None;
@@ -53,14 +53,15 @@ pub fn accepted_request_id(value: &[u8]) -> Option<&str> {
     }
     std::str::from_utf8(value)
         .ok()
-        .filter(|id| !crate::domain::nik::has_nik_stretch(id))
+        .filter(|id| !crate::domain::nik::has_nik_stretch_any_separator(id))
 }
 
 /// A fresh request id: `srv-` and three groups of 8 hex characters of randomness, joined by
-/// `_`, which no NIK is typed with: two groups of digits alone never read as a NIK's 16 digits.
+/// `:`, which is neither a digit nor a separator a NIK is written with: even groups drawn all
+/// decimal never read as a NIK's 16 digits, so a caller that sends the id back has it accepted.
 pub fn new_request_id() -> String {
     let [a, b, c]: [u32; 3] = rand::random();
-    format!("srv-{a:08x}_{b:08x}_{c:08x}")
+    format!("srv-{a:08x}:{b:08x}:{c:08x}")
 }
 
 /// Records the office and service point of the current call in its span (handlers call this
@@ -328,6 +329,9 @@ mod tests {
         assert!(accepted_request_id(b"id-327501410190000").is_some());
         assert_eq!(accepted_request_id(b"id-3275.0141.0190.0001"), None);
         assert_eq!(accepted_request_id(b"3275-0141-0190-0001"), None);
+        // Underscores, as a program joins the parts of an id: a NIK all the same.
+        assert_eq!(accepted_request_id(b"q_3275_0141_0190_0001"), None);
+        assert!(accepted_request_id(b"q_3275_0141_0190_000").is_some());
     }
 
     #[test]
@@ -335,7 +339,7 @@ mod tests {
         let id = new_request_id();
         assert_eq!(accepted_request_id(id.as_bytes()), Some(id.as_str()));
         // Even when every hex digit drawn is a decimal one.
-        let digits = "srv-12345678_90123456_78901234";
+        let digits = "srv-12345678:90123456:78901234";
         assert_eq!(accepted_request_id(digits.as_bytes()), Some(digits));
         assert_ne!(new_request_id(), id);
     }

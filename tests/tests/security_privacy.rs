@@ -644,3 +644,152 @@ async fn a_server_refuses_another_nik_key_unless_told_the_change_is_deliberate()
     })
     .await
 }
+
+/// `nik` in groups of four joined by `separator`, as a program or a person may write it.
+fn nik_joined(nik: &str, separator: &str) -> String {
+    nik.as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
+/// Every stored request key (`idempotency.request_id`).
+async fn stored_request_keys(url: &str) -> anyhow::Result<Vec<String>> {
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await?;
+    let keys = sqlx::query("SELECT request_id FROM idempotency")
+        .fetch_all(&mut conn)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String, _>("request_id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    sqlx::Connection::close(conn).await?;
+    Ok(keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nik_joined_by_underscores_in_a_request_id_is_stored_hashed_even_when_stored_before()
+-> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let mut server = TestServer::spawn_process_on(db.clone(), &["--log", "debug"]).await?;
+        let mut stock = server.stock_client().await?;
+        let mut counter = server.counter_client().await?;
+        office_with_point(&mut stock, "3275", "main", 8, 100).await?;
+
+        // A client that joins the parts of its request ids with underscores, or a person who
+        // typed no-break spaces: the id is stored hashed, and the retry replays.
+        let mut underscored = reserve_request("3275", "main", 7);
+        underscored.request_id = format!("q_3275_main_{}", nik_joined(&nik(7), "_"));
+        let mut spaced = reserve_request("3275", "main", 8);
+        spaced.request_id = format!("q 3275 {}", nik_joined(&nik(8), "\u{a0}"));
+        let mut plain = reserve_request("3275", "main", 9);
+        plain.request_id = "q-3275-main-9".into();
+        for request in [&underscored, &spaced, &plain] {
+            let first = reservation_of(counter.reserve(request.clone()).await?.into_inner())?;
+            let again = reservation_of(counter.reserve(request.clone()).await?.into_inner())?;
+            assert_eq!(again.reservation_id, first.reservation_id);
+            assert!(again.replayed, "{}", request.request_id);
+        }
+        // The same NIK joined by underscores in x-request-id: neither echoed nor logged.
+        let header_id = format!("hdr_{}", nik_joined(&nik(7), "_"));
+        let mut with_header = tonic::Request::new(GetQuotaRequest {
+            office_id: "3275".into(),
+            service_point_id: "main".into(),
+        });
+        with_header
+            .metadata_mut()
+            .insert("x-request-id", header_id.parse()?);
+        let answer = counter.get_quota(with_header).await?;
+        let echoed = answer
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(echoed.starts_with("srv-"), "{header_id} → {echoed}");
+        assert!(
+            !server.log().contains(&header_id),
+            "the header's id in the log"
+        );
+        assert!(server.stop().await?);
+
+        let keys = stored_request_keys(&db.url).await?;
+        let (principal, _) = keys
+            .iter()
+            .find_map(|k| k.strip_suffix("q-3275-main-9"))
+            .map(|scope| scope.split_at(scope.len() - 1))
+            .ok_or_else(|| anyhow::anyhow!("the plain id is not stored scoped: {keys:?}"))?;
+        let principal = principal.to_string();
+        for id in [&underscored.request_id, &spaced.request_id] {
+            assert!(
+                !keys.iter().any(|k| k.contains(id.as_str())),
+                "{id:?} stored in clear: {keys:?}"
+            );
+        }
+
+        // A database written by a version that stored such ids in clear, scoped to their caller
+        // (that version's key for these very requests), before this upgrade had run: the next
+        // start hashes them, once, and their retries still find their answers.
+        let key = blangko_server::nik_key::NikKey::from_hex(
+            std::fs::read_to_string(&db.nik_key_file)?.trim(),
+        )?;
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url).await?;
+        for id in [&underscored.request_id, &spaced.request_id] {
+            let unscoped =
+                sqlx::query("UPDATE idempotency SET request_id = $1 WHERE request_id = $2")
+                    .bind(format!("{principal}\u{1f}{id}"))
+                    .bind(key.request_key(&principal, id))
+                    .execute(&mut conn)
+                    .await?;
+            assert_eq!(unscoped.rows_affected(), 1, "{id}");
+        }
+        sqlx::query("DELETE FROM data_upgrades")
+            .execute(&mut conn)
+            .await?;
+        sqlx::Connection::close(conn).await?;
+        let mut upgraded = TestServer::spawn_process_on(db.clone(), &[]).await?;
+        let log = upgraded.log();
+        assert!(log.contains("now stored hashed"), "{log}");
+        assert!(log.contains("hashed=2"), "{log}");
+        let keys = stored_request_keys(&db.url).await?;
+        for id in [&underscored.request_id, &spaced.request_id] {
+            assert!(
+                !keys.iter().any(|k| k.contains(id.as_str())),
+                "{id:?} still in clear after the upgrade: {keys:?}"
+            );
+        }
+        let mut counter = upgraded.counter_client().await?;
+        for request in [&underscored, &spaced, &plain] {
+            let again = reservation_of(counter.reserve(request.clone()).await?.into_inner())?;
+            assert!(again.replayed, "{}", request.request_id);
+        }
+        assert_eq!(
+            fixtures::all_reservations(&mut counter, "3275")
+                .await?
+                .len(),
+            3,
+            "a retry after the upgrade reserved again"
+        );
+        assert!(upgraded.stop().await?);
+        // Done once: the next start reads no key.
+        let mut again = TestServer::spawn_process_on(db.clone(), &[]).await?;
+        again.stock_client().await?;
+        assert!(
+            !again.log().contains("now stored hashed"),
+            "{}",
+            again.log()
+        );
+        assert!(again.stop().await?);
+        if let Some(file) = db.sqlite_file() {
+            let dir = file
+                .parent()
+                .ok_or_else(|| anyhow::anyhow!("no directory"))?;
+            let forms = vec![underscored.request_id.clone(), spaced.request_id.clone()];
+            assert_eq!(files_containing(dir, &forms)?, vec![]);
+        }
+        Ok(())
+    })
+    .await
+}
