@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use blangko_domain::nik::{has_nik_stretch, mask_nik_stretches};
+use blangko_domain::nik::{has_nik_stretch_any_separator, mask_nik_stretches};
 use blangko_proto::v1::{
     IkdStatus, QuotaSnapshot, Reason, ReservationState, ReserveResponse, reserve_response::Outcome,
 };
@@ -329,9 +329,10 @@ pub fn parse_queue<R: Read>(input: R, today: NaiveDate) -> Result<ParsedQueue, F
         };
         let cell = |i: usize| record.get(i).unwrap_or("");
         let ticket = cell(columns.ticket).to_string();
-        if has_nik_stretch(&ticket) {
+        if has_nik_stretch_any_separator(&ticket) {
             // A NIK in the ticket column (columns in another order), typed with or without
-            // separators: it must not reach the screen, the results file or a request id.
+            // separators (underscores too): it must not reach the screen, the results file or a
+            // request id.
             parsed.bad.push(bad(
                 line,
                 &mask_nik_stretches(&ticket),
@@ -1656,15 +1657,21 @@ mod tests {
              3275-0141-0190-0001,A001,perekaman-baru,aktif\n\
              3275.0141.0190.0002,A002,perekaman-baru,aktif\n\
              A003,3275014101900003,3275-0141-0190-0013,aktif\n\
-             A004,3275014101900004,hilang,327501/410190/0014\n",
+             A004,3275014101900004,hilang,327501/410190/0014\n\
+             A_3275_0141_0190_0005,3275014101900005,hilang,aktif\n\
+             A006,3275014101900006,3275_0141_0190_0016,aktif\n",
         );
         assert!(parsed.rows.is_empty(), "{parsed:?}");
         let fields: Vec<&str> = parsed.bad.iter().map(|b| b.field.as_str()).collect();
-        assert_eq!(fields, ["ticket", "ticket", "reason", "ikd"]);
+        assert_eq!(
+            fields,
+            ["ticket", "ticket", "reason", "ikd", "ticket", "reason"]
+        );
         assert_eq!(parsed.bad[0].ticket, "****-****-****-****");
+        assert_eq!(parsed.bad[4].ticket, "A_****_****_****_****");
         let shown = format!("{:?}", parsed.bad);
         for digits in [
-            "3275", "0141", "0190", "0001", "0002", "0013", "0014", "410190",
+            "3275", "0141", "0190", "0001", "0002", "0013", "0014", "410190", "0005", "0016",
         ] {
             assert!(!shown.contains(digits), "{digits} in {shown}");
         }

@@ -212,18 +212,32 @@ fn separators_as_spaces(text: &str) -> String {
         .collect()
 }
 
-/// `text` with every digit of each stretch that [`has_nik_stretch`] finds turned into a star.
+/// `text` with every digit of each stretch that [`has_nik_stretch_any_separator`] finds (so of
+/// every one [`has_nik_stretch`] finds too) turned into a star: for ids and text a caller gave
+/// that are echoed in an error or written to a log, however the NIK in them was joined.
 pub fn mask_nik_stretches(text: &str) -> std::borrow::Cow<'_, str> {
-    let stretches: Vec<std::ops::Range<usize>> = nik_stretches(text).collect();
-    if stretches.is_empty() {
+    if !has_nik_stretch_any_separator(text) {
         return std::borrow::Cow::Borrowed(text);
     }
+    let separator = |c: char| c == '_' || c.is_whitespace() || matches!(c, '.' | '-' | '/');
+    let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
-    for (i, c) in text.char_indices() {
-        if c.is_ascii_digit() && stretches.iter().any(|r| r.contains(&i)) {
-            out.push('*');
-        } else {
-            out.push(c);
+    let mut at = 0;
+    while at < chars.len() {
+        if !chars[at].is_ascii_digit() {
+            out.push(chars[at]);
+            at += 1;
+            continue;
+        }
+        let start = at;
+        let mut digits = 0;
+        while at < chars.len() && (chars[at].is_ascii_digit() || separator(chars[at])) {
+            digits += usize::from(chars[at].is_ascii_digit());
+            at += 1;
+        }
+        let masked = digits >= NIK_DIGITS;
+        for &c in &chars[start..at] {
+            out.push(if masked && c.is_ascii_digit() { '*' } else { c });
         }
     }
     std::borrow::Cow::Owned(out)
@@ -354,8 +368,22 @@ mod tests {
         ] {
             assert!(!holds_a_nik_any_separator(note, today), "{note}");
         }
-        // The narrow forms still decide which request ids are hashed, as they did when stored.
+        // Underscores are no separator of the narrow form (ids are joined with them); the wide
+        // form, which decides what is hashed, refused or masked, counts them.
         assert!(!has_nik_stretch("3275_0141_0190_0001"));
+        assert!(has_nik_stretch_any_separator("3275_0141_0190_0001"));
+        assert_eq!(
+            mask_nik_stretches("q_3275_0141_0190_0001_x"),
+            "q_****_****_****_****_x"
+        );
+        assert_eq!(
+            mask_nik_stretches("q 3275\u{a0}0141\u{a0}0190\u{a0}0001"),
+            "q ****\u{a0}****\u{a0}****\u{a0}****"
+        );
+        assert_eq!(
+            mask_nik_stretches("srv-12345678:12345678"),
+            "srv-12345678:12345678"
+        );
     }
 
     #[test]

@@ -708,10 +708,25 @@ async fn a_nik_joined_by_underscores_in_a_request_id_is_stored_hashed_even_when_
             .unwrap_or_default()
             .to_string();
         assert!(echoed.starts_with("srv-"), "{header_id} → {echoed}");
+        // Joined so where a reservation id goes: NOT_FOUND, the digits masked in the answer and
+        // in the debug log's span.
+        let reservation_id = format!("r_{}", nik_joined(&nik(7), "_"));
+        let not_found = counter
+            .commit_reservation(CommitReservationRequest {
+                request_id: rid(),
+                reservation_id: reservation_id.clone(),
+            })
+            .await
+            .expect_err("no such reservation");
+        assert_eq!(not_found.code(), tonic::Code::NotFound, "{not_found:?}");
         assert!(
-            !server.log().contains(&header_id),
-            "the header's id in the log"
+            not_found.message().contains("r_****_****_****_****"),
+            "{not_found:?}"
         );
+        let log = server.log();
+        for clear in [&header_id, &reservation_id] {
+            assert!(!log.contains(clear.as_str()), "{clear} in the log");
+        }
         assert!(server.stop().await?);
 
         let keys = stored_request_keys(&db.url).await?;
