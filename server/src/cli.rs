@@ -153,6 +153,12 @@ async fn backup_command(config: &Config, to: &std::path::Path) -> anyhow::Result
         to,
     )
     .await?;
+    for stale in &report.stale_removed {
+        println!(
+            "removed {}: the working copy of an earlier backup that was interrupted",
+            stale.display()
+        );
+    }
     println!(
         "backup written to {} ({} bytes, {} offices, {} ledger entries; SQLite integrity check ok)",
         report.database.display(),

@@ -294,3 +294,77 @@ async fn an_online_backup_is_consistent_and_serves_while_the_original_goes_on() 
     assert!(err.contains("pg_dump"), "{err}");
     Ok(())
 }
+
+/// A process id that no process has: one past the kernel's largest.
+fn pid_of_no_process() -> anyhow::Result<u64> {
+    let max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")?
+        .trim()
+        .parse()?;
+    Ok(max + 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_working_copy_of_a_killed_backup_is_removed_by_the_next_one() -> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let source = db
+        .sqlite_file()
+        .ok_or_else(|| anyhow::anyhow!("not SQLite"))?;
+    let server = TestServer::spawn_process_on(db.clone(), &[]).await?;
+    let mut stock = server.stock_client().await?;
+    office_with_point(&mut stock, "3275", "main", 10, 100).await?;
+
+    // A backup killed half-way under this name, earlier: its working copy and its key's.
+    let dir = db.dir.path().join("nightly");
+    std::fs::create_dir_all(&dir)?;
+    let gone = pid_of_no_process()?;
+    std::fs::write(
+        dir.join(format!("blangko.db.partial-{gone}")),
+        b"half a copy",
+    )?;
+    std::fs::write(
+        dir.join(format!("blangko.db.nikkey.partial-{gone}")),
+        b"half a key",
+    )?;
+    // One whose process still runs (this test's): perhaps a backup at work, kept. And files
+    // that only look alike: kept.
+    let running = format!("blangko.db.partial-{}", std::process::id());
+    std::fs::write(dir.join(&running), b"a copy in progress")?;
+    std::fs::write(dir.join("blangko.db.partial-notes"), b"someone's file")?;
+    std::fs::write(
+        dir.join(format!("other.db.partial-{gone}")),
+        b"another name's",
+    )?;
+
+    let (code, said, err) = server_command(&[
+        "backup",
+        "--database",
+        &format!("sqlite:{}", source.display()),
+        "--nik-key-file",
+        &db.nik_key_file.display().to_string(),
+        "--to",
+        &dir.join("blangko.db").display().to_string(),
+    ])
+    .await?;
+    assert_eq!(code, 0, "{said}{err}");
+    assert!(
+        said.contains(&format!(
+            "blangko.db.partial-{gone}: the working copy of an earlier backup that was interrupted"
+        )),
+        "{said}"
+    );
+    assert_eq!(
+        names_in(&dir)?,
+        [
+            "blangko.db".to_string(),
+            "blangko.db.nikkey".to_string(),
+            running,
+            "blangko.db.partial-notes".to_string(),
+            format!("other.db.partial-{gone}"),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+    Ok(())
+}

@@ -37,6 +37,9 @@ pub struct BackupReport {
     pub offices: i64,
     /// Where the NIK key went (copied beside the backup), or why it was not copied.
     pub key: KeyCopy,
+    /// Working files that earlier backups to the same name left when they were killed or cut
+    /// by a power loss (`NAME.partial-PID` of a process no longer running), removed.
+    pub stale_removed: Vec<PathBuf>,
 }
 
 /// What happened to the NIK key.
@@ -78,6 +81,11 @@ pub async fn backup(
             );
         }
     }
+    // A backup killed half-way (or cut by a power loss) left its working copy, as large as the
+    // database and holding its NIK hashes, under a name no later backup reuses (the PID is in
+    // it): the next backup to the same name removes it, once its process is gone.
+    let mut stale_removed = stale_partials(to)?;
+    stale_removed.extend(stale_partials(&key_to)?);
     let key_from = nik_key_file
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default_key_path(&source));
@@ -153,7 +161,55 @@ pub async fn backup(
         ledger_entries,
         offices,
         key,
+        stale_removed,
     })
+}
+
+/// Removes the working files `to.partial-PID` ([`partial_path`]) of backups whose process no
+/// longer runs, and gives their names. A process that still runs may be a backup at work: its
+/// file is kept. Where no process list can be read (`/proc`, Linux), nothing is removed.
+fn stale_partials(to: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let (Some(dir), Some(name)) = (to.parent(), to.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return Ok(Vec::new());
+    }
+    let prefix = format!("{}.partial-", name.to_string_lossy());
+    let mut removed = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || proc.join(pid.to_string()).exists() {
+            continue;
+        }
+        let path = entry.path();
+        std::fs::remove_file(&path).with_context(|| {
+            format!(
+                "cannot remove {}, left by an interrupted backup",
+                path.display()
+            )
+        })?;
+        removed.push(path);
+    }
+    removed.sort();
+    Ok(removed)
 }
 
 /// `backup.db` → `backup.db.nikkey`: where a server started on the backup looks for its key.
