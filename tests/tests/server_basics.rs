@@ -930,7 +930,13 @@ async fn shutdown_is_bounded_while_a_call_waits_for_a_row_lock() -> anyhow::Resu
 /// so, instead of waiting out the drain time (a minute here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_while_draining_stops_the_server_at_once() -> anyhow::Result<()> {
-    let mut server = TestServer::spawn_process(&["--drain-timeout-secs", "60"]).await?;
+    let mut server = TestServer::spawn_process(&[
+        "--drain-timeout-secs",
+        "60",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .await?;
     let _call = stalled_reserve(&server).await?;
     let pid = server
         .pid()
@@ -975,6 +981,8 @@ async fn a_second_signal_while_draining_stops_the_server_at_once() -> anyhow::Re
 
 /// Starts a Reserve on its own HTTP/2 connection whose request body never comes: a call that
 /// stays in flight through any drain while what is returned is kept (dropping it resets the call).
+/// The server must have its metrics endpoint on (`--metrics-listen 127.0.0.1:0`): the call is
+/// returned once the server counts it in flight.
 async fn stalled_reserve(server: &TestServer) -> anyhow::Result<StalledCall> {
     let (send, _closed) = h2_connection(server).await?;
     let request = http::Request::post(format!("{}/blangko.v1.CounterService/Reserve", server.url))
@@ -983,9 +991,25 @@ async fn stalled_reserve(server: &TestServer) -> anyhow::Result<StalledCall> {
         .body(())?;
     let mut ready = send.clone().ready().await?;
     let (response, body) = ready.send_request(request, false)?;
-    // The HEADERS frame is only queued here: time for it to reach the server, so that the call
-    // is in flight there before any shutdown a test starts next.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The HEADERS frame is only queued here: the call is in flight once the server counts it
+    // (its metrics), before any shutdown a test starts next.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = server.scrape_metrics().await?;
+        let in_flight = text
+            .lines()
+            .find_map(|line| line.strip_prefix("blangko_requests_in_flight "))
+            .and_then(|n| n.trim().parse::<i64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no blangko_requests_in_flight in:\n{text}"))?;
+        if in_flight >= 1 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled call never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(StalledCall {
         _connection: send,
         _response: response,
