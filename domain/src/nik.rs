@@ -172,8 +172,9 @@ pub fn holds_a_nik(text: &str, today: NaiveDate) -> bool {
 
 /// True when `text` has a stretch of digits, with the spaces, dots, dashes and slashes people
 /// type inside a NIK, that holds [`NIK_DIGITS`] or more digits: it could hold a NIK however it
-/// was typed (`3275-0141-0190-0001`). For ids and other text that is stored, logged or echoed
-/// (request ids, counter and service point ids, a queue file's ticket column).
+/// was typed (`3275-0141-0190-0001`). Ids and other text that is stored, logged or echoed are
+/// checked with [`has_nik_stretch_any_separator`], which also counts underscores and every kind
+/// of space; this narrow form is the base of [`holds_a_nik`].
 pub fn has_nik_stretch(text: &str) -> bool {
     nik_stretches(text).next().is_some()
 }
@@ -250,7 +251,8 @@ fn in_nik(b: u8) -> bool {
 
 /// [`in_nik`], and underscores and ASCII whitespace (see [`has_nik_stretch_any_separator`]).
 fn in_nik_widely(b: u8) -> bool {
-    in_nik(b) || b == b'_' || b.is_ascii_whitespace()
+    // `char::is_whitespace` of ASCII: `is_ascii_whitespace` leaves out the vertical tab.
+    in_nik(b) || b == b'_' || b.is_ascii_whitespace() || b == 0x0b
 }
 
 /// The byte ranges of the stretches of digits and in-NIK separators that hold at least
@@ -393,7 +395,11 @@ mod tests {
         assert!(has_nik_stretch("327501-4101900001"));
         assert!(has_nik_stretch("id-3275.0141.0190.0001"));
         assert!(!has_nik_stretch("nota 470/123/2026 telp 081234567890"));
-        assert!(!has_nik_stretch("srv-12345678_12345678_12345678"));
+        // The server's own request ids, even drawn all decimal, are neither.
+        assert!(!has_nik_stretch("srv-12345678:12345678:12345678"));
+        assert!(!has_nik_stretch_any_separator(
+            "srv-12345678:12345678:12345678"
+        ));
         assert_eq!(
             mask_nik_stretches("q-3275-mpp-3275014101900001"),
             "q-3275-mpp-****************"

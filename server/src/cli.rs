@@ -159,6 +159,9 @@ async fn backup_command(config: &Config, to: &std::path::Path) -> anyhow::Result
             stale.display()
         );
     }
+    for problem in &report.stale_left {
+        eprintln!("warning: {problem}");
+    }
     println!(
         "backup written to {} ({} bytes, {} offices, {} ledger entries; SQLite integrity check ok)",
         report.database.display(),

@@ -100,8 +100,8 @@ impl NikKey {
     /// people or programs put inside a NIK (`3275-0141-0190-0001`, `3275_0141_0190_0001`, a
     /// no-break space: it could hold a NIK) is kept as `#` and a keyed hash of the caller and the
     /// id instead, so that no NIK is stored even when a client builds its request ids from one.
-    /// Ids stored in clear before underscores and every whitespace counted are hashed once at
-    /// start ([`crate::upgrades`]), so a retry across the upgrade still finds its answer.
+    /// Ids stored in clear before underscores and every whitespace counted are hashed at start
+    /// ([`crate::upgrades`]), so a retry after the upgrade still finds its answer.
     pub fn request_key(&self, principal: &str, request_id: &str) -> String {
         if crate::domain::nik::has_nik_stretch_any_separator(request_id) {
             format!(

@@ -313,27 +313,30 @@ async fn the_working_copy_of_a_killed_backup_is_removed_by_the_next_one() -> any
     let mut stock = server.stock_client().await?;
     office_with_point(&mut stock, "3275", "main", 10, 100).await?;
 
-    // A backup killed half-way under this name, earlier: its working copy and its key's.
+    // A backup killed half-way under this name an hour ago: its working copy and its key's.
     let dir = db.dir.path().join("nightly");
     std::fs::create_dir_all(&dir)?;
     let gone = pid_of_no_process()?;
-    std::fs::write(
-        dir.join(format!("blangko.db.partial-{gone}")),
-        b"half a copy",
-    )?;
-    std::fs::write(
-        dir.join(format!("blangko.db.nikkey.partial-{gone}")),
-        b"half a key",
-    )?;
-    // One whose process still runs (this test's): perhaps a backup at work, kept. And files
-    // that only look alike: kept.
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let left = |name: String, bytes: &[u8]| -> anyhow::Result<()> {
+        std::fs::write(dir.join(&name), bytes)?;
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(&name))?
+            .set_modified(an_hour_ago)?;
+        Ok(())
+    };
+    left(format!("blangko.db.partial-{gone}"), b"half a copy")?;
+    left(format!("blangko.db.nikkey.partial-{gone}"), b"half a key")?;
+    // One whose process still runs (this test's): perhaps a backup at work, kept. One of a
+    // process not seen here but written to a moment ago (a backup in another container's
+    // process space, at work): kept. And files that only look alike: kept.
     let running = format!("blangko.db.partial-{}", std::process::id());
-    std::fs::write(dir.join(&running), b"a copy in progress")?;
-    std::fs::write(dir.join("blangko.db.partial-notes"), b"someone's file")?;
-    std::fs::write(
-        dir.join(format!("other.db.partial-{gone}")),
-        b"another name's",
-    )?;
+    left(running.clone(), b"a copy in progress")?;
+    let fresh = format!("blangko.db.partial-{}", gone + 1);
+    std::fs::write(dir.join(&fresh), b"a copy being written elsewhere")?;
+    left("blangko.db.partial-notes".into(), b"someone's file")?;
+    left(format!("other.db.partial-{gone}"), b"another name's")?;
 
     let (code, said, err) = server_command(&[
         "backup",
@@ -358,6 +361,7 @@ async fn the_working_copy_of_a_killed_backup_is_removed_by_the_next_one() -> any
             "blangko.db".to_string(),
             "blangko.db.nikkey".to_string(),
             running,
+            fresh,
             "blangko.db.partial-notes".to_string(),
             format!("other.db.partial-{gone}"),
         ]

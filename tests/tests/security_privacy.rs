@@ -744,51 +744,58 @@ async fn a_nik_joined_by_underscores_in_a_request_id_is_stored_hashed_even_when_
         }
 
         // A database written by a version that stored such ids in clear, scoped to their caller
-        // (that version's key for these very requests), before this upgrade had run: the next
-        // start hashes them, once, and their retries still find their answers.
+        // (that version's key for these very requests), before this upgrade had ever run: the
+        // next start hashes them, and each is stored under the key a retry looks for. Then the
+        // same after the upgrade had run (another replica still on the older version stored one
+        // since): the next start hashes what was stored since its last run.
         let key = blangko_server::nik_key::NikKey::from_hex(
             std::fs::read_to_string(&db.nik_key_file)?.trim(),
         )?;
-        sqlx::any::install_default_drivers();
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url).await?;
-        for id in [&underscored.request_id, &spaced.request_id] {
-            let unscoped =
+        for (id, first_run) in [(&underscored.request_id, true), (&spaced.request_id, false)] {
+            sqlx::any::install_default_drivers();
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url).await?;
+            let hashed = key.request_key(&principal, id);
+            let in_clear =
                 sqlx::query("UPDATE idempotency SET request_id = $1 WHERE request_id = $2")
                     .bind(format!("{principal}\u{1f}{id}"))
-                    .bind(key.request_key(&principal, id))
+                    .bind(&hashed)
                     .execute(&mut conn)
                     .await?;
-            assert_eq!(unscoped.rows_affected(), 1, "{id}");
-        }
-        sqlx::query("DELETE FROM data_upgrades")
-            .execute(&mut conn)
-            .await?;
-        sqlx::Connection::close(conn).await?;
-        let mut upgraded = TestServer::spawn_process_on(db.clone(), &[]).await?;
-        let log = upgraded.log();
-        assert!(log.contains("now stored hashed"), "{log}");
-        assert!(log.contains("hashed=2"), "{log}");
-        let keys = stored_request_keys(&db.url).await?;
-        for id in [&underscored.request_id, &spaced.request_id] {
+            assert_eq!(in_clear.rows_affected(), 1, "{id}");
+            if first_run {
+                sqlx::query("DELETE FROM data_upgrades")
+                    .execute(&mut conn)
+                    .await?;
+            }
+            sqlx::Connection::close(conn).await?;
+            let mut upgraded = TestServer::spawn_process_on(db.clone(), &[]).await?;
+            let log = upgraded.log();
+            assert!(log.contains("now stored hashed"), "{log}");
+            assert!(log.contains("hashed=1"), "{log}");
+            let keys = stored_request_keys(&db.url).await?;
             assert!(
                 !keys.iter().any(|k| k.contains(id.as_str())),
                 "{id:?} still in clear after the upgrade: {keys:?}"
             );
+            assert!(
+                keys.contains(&hashed),
+                "{id:?} not under its hashed key: {keys:?}"
+            );
+            let mut counter = upgraded.counter_client().await?;
+            for request in [&underscored, &spaced, &plain] {
+                let again = reservation_of(counter.reserve(request.clone()).await?.into_inner())?;
+                assert!(again.replayed, "{}", request.request_id);
+            }
+            assert_eq!(
+                fixtures::all_reservations(&mut counter, "3275")
+                    .await?
+                    .len(),
+                3,
+                "a retry after the upgrade reserved again"
+            );
+            assert!(upgraded.stop().await?);
         }
-        let mut counter = upgraded.counter_client().await?;
-        for request in [&underscored, &spaced, &plain] {
-            let again = reservation_of(counter.reserve(request.clone()).await?.into_inner())?;
-            assert!(again.replayed, "{}", request.request_id);
-        }
-        assert_eq!(
-            fixtures::all_reservations(&mut counter, "3275")
-                .await?
-                .len(),
-            3,
-            "a retry after the upgrade reserved again"
-        );
-        assert!(upgraded.stop().await?);
-        // Done once: the next start reads no key.
+        // Nothing left to hash: the next start says nothing.
         let mut again = TestServer::spawn_process_on(db.clone(), &[]).await?;
         again.stock_client().await?;
         assert!(

@@ -40,6 +40,8 @@ pub struct BackupReport {
     /// Working files that earlier backups to the same name left when they were killed or cut
     /// by a power loss (`NAME.partial-PID` of a process no longer running), removed.
     pub stale_removed: Vec<PathBuf>,
+    /// Such files that could not be removed, and why (the backup itself went on).
+    pub stale_left: Vec<String>,
 }
 
 /// What happened to the NIK key.
@@ -81,11 +83,6 @@ pub async fn backup(
             );
         }
     }
-    // A backup killed half-way (or cut by a power loss) left its working copy, as large as the
-    // database and holding its NIK hashes, under a name no later backup reuses (the PID is in
-    // it): the next backup to the same name removes it, once its process is gone.
-    let mut stale_removed = stale_partials(to)?;
-    stale_removed.extend(stale_partials(&key_to)?);
     let key_from = nik_key_file
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default_key_path(&source));
@@ -148,6 +145,12 @@ pub async fn backup(
     let (ledger_entries, offices) = copied?;
     // The backup's and its key's directory entries, durable before saying the backup exists.
     crate::nik_key::sync_directory_of(to)?;
+    // A backup killed half-way (or cut by a power loss) left its working copy, as large as the
+    // database and holding its NIK hashes, under a name no later backup reuses (the PID is in
+    // it): the next backup to the same name that succeeds removes it, once it is stale.
+    let mut stale = Stale::default();
+    stale.remove_partials_of(to);
+    stale.remove_partials_of(&key_to);
     let bytes = std::fs::metadata(to)?.len();
 
     let key = if key_in_environment {
@@ -161,55 +164,85 @@ pub async fn backup(
         ledger_entries,
         offices,
         key,
-        stale_removed,
+        stale_removed: stale.removed,
+        stale_left: stale.left,
     })
 }
 
-/// Removes the working files `to.partial-PID` ([`partial_path`]) of backups whose process no
-/// longer runs, and gives their names. A process that still runs may be a backup at work: its
-/// file is kept. Where no process list can be read (`/proc`, Linux), nothing is removed.
-fn stale_partials(to: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let (Some(dir), Some(name)) = (to.parent(), to.file_name()) else {
-        return Ok(Vec::new());
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let proc = Path::new("/proc");
-    if !proc.join("self").exists() {
-        return Ok(Vec::new());
-    }
-    let prefix = format!("{}.partial-", name.to_string_lossy());
-    let mut removed = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        let file_name = entry.file_name();
-        let Some(pid) = file_name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
+/// How long a working file must have been left untouched before a later backup removes it:
+/// a backup at work writes its copy all along (`/proc` shows only this PID namespace's
+/// processes, and a backup in another container may write to the same directory).
+pub const STALE_PARTIAL_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// What the clean-up of earlier backups' working files did.
+#[derive(Debug, Default)]
+struct Stale {
+    removed: Vec<PathBuf>,
+    left: Vec<String>,
+}
+
+impl Stale {
+    /// Removes the working files `to.partial-PID` ([`partial_path`]) of backups whose process
+    /// no longer runs and that nothing wrote to for [`STALE_PARTIAL_AFTER`]. A process that
+    /// still runs may be a backup at work: its file is kept. Where no process list can be read
+    /// (`/proc`, Linux), nothing is removed. A file that cannot be removed is noted, not fatal.
+    fn remove_partials_of(&mut self, to: &Path) {
+        let (Some(dir), Some(name)) = (to.parent(), to.file_name()) else {
+            return;
         };
-        if pid == std::process::id() || proc.join(pid.to_string()).exists() {
-            continue;
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let proc = Path::new("/proc");
+        if !proc.join("self").exists() {
+            return;
         }
-        let path = entry.path();
-        std::fs::remove_file(&path).with_context(|| {
-            format!(
-                "cannot remove {}, left by an interrupted backup",
-                path.display()
-            )
-        })?;
-        removed.push(path);
+        let prefix = format!("{}.partial-", name.to_string_lossy());
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(err) => {
+                self.left
+                    .push(format!("cannot read {}: {err}", dir.display()));
+                return;
+            }
+        };
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(pid) = file_name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == std::process::id() || proc.join(pid.to_string()).exists() {
+                continue;
+            }
+            let path = entry.path();
+            let untouched = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age >= STALE_PARTIAL_AFTER);
+            if !untouched {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(err) => self.left.push(format!(
+                    "cannot remove {}, left by an interrupted backup: {err}",
+                    path.display()
+                )),
+            }
+        }
+        removed.sort();
+        self.removed.extend(removed);
     }
-    removed.sort();
-    Ok(removed)
 }
 
 /// `backup.db` → `backup.db.nikkey`: where a server started on the backup looks for its key.
