@@ -36,7 +36,8 @@ pub const RESCAN_OVERLAP_MS: i64 = 3_600_000;
 /// What the request-id upgrade changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Rehashed {
-    /// Stored keys read (keys not yet hashed, stored since the time the pass started from).
+    /// Stored keys read (keys not yet hashed that hold an underscore or a character outside
+    /// ASCII, stored since the time the pass started from).
     pub read: u64,
     /// Keys replaced by their hashed form.
     pub hashed: u64,
@@ -102,9 +103,14 @@ pub async fn rehash_nik_shaped_request_ids(
     let mut after = (since_ms, String::new());
     loop {
         let mut tx = store.begin().await?;
+        // Only a key holding an underscore or a character outside ASCII can need it: the older
+        // rule counted spaces, dots, dashes and slashes already, and request ids may hold no
+        // other ASCII whitespace (control characters are refused). SQL skips the rest, so a
+        // start reads few keys however many are stored.
         let rows = sqlx::query(
             "SELECT request_id, created_ms FROM idempotency \
              WHERE (created_ms > $1 OR (created_ms = $1 AND request_id > $2)) AND request_id NOT LIKE '#%' \
+             AND (request_id LIKE '%\\_%' ESCAPE '\\' OR length(request_id) <> octet_length(request_id)) \
              ORDER BY created_ms, request_id LIMIT $3",
         )
         .bind(after.0)
