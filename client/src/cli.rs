@@ -259,6 +259,11 @@ pub enum Command {
         /// Applicants waiting at this counter at the start (reported to the server).
         #[arg(long, env = "BLANGKO_WAITING", default_value_t = 0)]
         waiting: u32,
+        /// File that keeps the reservations whose "card printed" (c) got no answer, so that the
+        /// screen still reminds of them after the PC restarts. Default:
+        /// ~/.blangko-counter/belum-tercatat-OFFICE-COUNTER.txt.
+        #[arg(long, env = "BLANGKO_UNRECORDED_FILE")]
+        unrecorded_file: Option<std::path::PathBuf>,
     },
 }
 

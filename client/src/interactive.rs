@@ -174,6 +174,10 @@ struct Screen {
     /// applicant and at the end until a c is answered, so a printed card is not forgotten (its
     /// hold would run out and its blank count as still in stock).
     unconfirmed_prints: Vec<String>,
+    /// Where `unconfirmed_prints` is kept too ([`crate::unrecorded`]), if anywhere.
+    unrecorded_file: Option<std::path::PathBuf>,
+    /// Whether the officer was told that the file could not be written (told once).
+    unrecorded_warned: bool,
 }
 
 /// The most unanswered spoiled reports and unconfirmed prints the screen keeps.
@@ -535,6 +539,50 @@ impl Screen {
         }
     }
 
+    /// Reads the prints left unrecorded by an earlier screen of this counter, and tells of them.
+    fn load_unrecorded(&mut self) {
+        let Some(path) = self.unrecorded_file.clone() else {
+            return;
+        };
+        match crate::unrecorded::load(&path, MAX_UNANSWERED) {
+            Ok(ids) if !ids.is_empty() => {
+                self.unconfirmed_prints = ids;
+                self.remind_open_hold();
+            }
+            Ok(_) => {}
+            Err(err) => self.say(&format!(
+                "{} {}: {err}",
+                self.out.t(
+                    "Daftar cetak yang belum tercatat tidak terbaca dari",
+                    "Cannot read the list of unrecorded prints from",
+                ),
+                path.display()
+            )),
+        }
+    }
+
+    /// Keeps the list of unrecorded prints in its file after it changed; a file that cannot be
+    /// written is told once (the list stays on screen).
+    fn save_unrecorded(&mut self) {
+        let Some(path) = &self.unrecorded_file else {
+            return;
+        };
+        if let Err(err) = crate::unrecorded::save(path, &self.unconfirmed_prints)
+            && !self.unrecorded_warned
+        {
+            self.unrecorded_warned = true;
+            let text = format!(
+                "{} {}: {err}",
+                self.out.t(
+                    "Daftar cetak yang belum tercatat tidak bisa disimpan ke",
+                    "Cannot keep the list of unrecorded prints in",
+                ),
+                path.display()
+            );
+            self.say(&text);
+        }
+    }
+
     /// After c or x on `id` answered: no longer an open hold.
     fn settled(&mut self, id: &str) {
         if self.open_hold.as_deref() == Some(id) {
@@ -832,8 +880,20 @@ impl Screen {
                     )),
                 }
             }
-            "c" | "commit" | "cetak" => self.commit(rest.first().copied()).await,
-            "x" | "cancel" | "batal" => self.cancel(rest.first().copied()).await,
+            "c" | "commit" | "cetak" => {
+                let before = self.unconfirmed_prints.clone();
+                self.commit(rest.first().copied()).await;
+                if self.unconfirmed_prints != before {
+                    self.save_unrecorded();
+                }
+            }
+            "x" | "cancel" | "batal" => {
+                let before = self.unconfirmed_prints.clone();
+                self.cancel(rest.first().copied()).await;
+                if self.unconfirmed_prints != before {
+                    self.save_unrecorded();
+                }
+            }
             "rusak" | "spoiled" | "s" => self.spoiled(rest).await,
             "h" | "hold" | "holds" => self.holds().await,
             "kuota" | "quota" | "status" => self.show_quota().await,
@@ -853,7 +913,12 @@ impl Screen {
 }
 
 /// Runs the interactive counter screen until `keluar`/`quit` or the end of input.
-pub async fn run_counter(term: &Terminal, out: Out, waiting: u32) -> ExitCode {
+pub async fn run_counter(
+    term: &Terminal,
+    out: Out,
+    waiting: u32,
+    unrecorded_file: Option<&std::path::Path>,
+) -> ExitCode {
     let (office, service_point, counter) =
         match (term.office(), term.service_point(), term.counter()) {
             (Ok(o), Ok(s), Ok(c)) => (o.to_string(), s.to_string(), c.to_string()),
@@ -930,6 +995,10 @@ pub async fn run_counter(term: &Terminal, out: Out, waiting: u32) -> ExitCode {
         open_hold: None,
         unanswered_spoiled: Vec::new(),
         unconfirmed_prints: Vec::new(),
+        unrecorded_file: unrecorded_file
+            .map(std::path::Path::to_path_buf)
+            .or_else(|| crate::unrecorded::default_path(&office, &counter)),
+        unrecorded_warned: false,
     };
     screen.say(&format!(
         "== blangko-counter · {} {counter} · {office}/{service_point} · {local_date} ({}) ==",
@@ -937,6 +1006,8 @@ pub async fn run_counter(term: &Terminal, out: Out, waiting: u32) -> ExitCode {
         out.zone.abbreviation()
     ));
     screen.say(help_text(out.lang));
+    // Prints left unrecorded when this counter's screen last closed (or its PC stopped).
+    screen.load_unrecorded();
     screen.report_waiting(waiting > 0).await;
 
     loop {

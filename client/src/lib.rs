@@ -30,6 +30,7 @@ pub mod output;
 pub mod queue;
 pub mod server_clock;
 pub mod terminal;
+pub mod unrecorded;
 pub mod vocab;
 
 use std::process::ExitCode;
@@ -164,6 +165,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             };
             queue::run_queue(&term, out, &options).await
         }
-        Command::Counter { waiting } => interactive::run_counter(&term, out, *waiting).await,
+        Command::Counter {
+            waiting,
+            unrecorded_file,
+        } => interactive::run_counter(&term, out, *waiting, unrecorded_file.as_deref()).await,
     }
 }

@@ -63,6 +63,15 @@ fn command(servers: &[&str], args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(counter_bin());
     // The test's own environment must not configure the client.
     blangko_e2e::without_blangko_env(&mut cmd);
+    // The screen keeps unrecorded prints in a file under the home directory by default: each
+    // run gets a file of its own, so that one test's list never shows in another's screen.
+    cmd.env(
+        "BLANGKO_UNRECORDED_FILE",
+        std::env::temp_dir().join(format!(
+            "blangko-unrecorded-{:016x}.txt",
+            rand::random::<u64>()
+        )),
+    );
     for server in servers {
         cmd.arg("--server").arg(server);
     }
@@ -2223,6 +2232,102 @@ async fn wait_for_text(seen: &Arc<std::sync::Mutex<String>>, text: &str) -> anyh
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The reservation ids of office 3275 at `url`, with their states.
+async fn reservations_at(url: &str) -> anyhow::Result<Vec<Reservation>> {
+    let mut counter =
+        blangko_proto::v1::counter_service_client::CounterServiceClient::connect(url.to_string())
+            .await?;
+    Ok(counter
+        .list_reservations(ListReservationsRequest {
+            office_id: "3275".into(),
+            ..ListReservationsRequest::default()
+        })
+        .await?
+        .into_inner()
+        .reservations)
+}
+
+/// A card printed while the server was away, its c unanswered, and then the counter's PC stops:
+/// the next screen of this counter tells of it as it opens, before any applicant, and its c
+/// then records it (the hold would otherwise run out and the printed blank count as in stock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecorded_print_is_told_again_when_the_screen_opens_after_the_pc_stopped()
+-> anyhow::Result<()> {
+    let db = TestDatabase::sqlite().await?;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = server_process_on(&db, port).await?;
+    office_with_point(&mut stock_at(&url).await?, "3275", "mpp", 10, 100).await?;
+    reserve_at(&url, 1).await?;
+    let id = reservations_at(&url)
+        .await?
+        .first()
+        .map(|r| r.reservation_id.clone())
+        .context("no reservation")?;
+    let list = db.dir.path().join("loket").join("belum-tercatat.txt");
+    let list_arg = list.display().to_string();
+    let args = who(&[
+        "--retries",
+        "0",
+        "--timeout",
+        "2",
+        "counter",
+        "--unrecorded-file",
+        &list_arg,
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    let mut screen = command(&[&url], &refs).stdin(Stdio::piped()).spawn()?;
+    let mut stdin = screen.stdin.take().context("no stdin")?;
+    let (seen, reader) = collect(screen.stdout.take().context("no stdout")?);
+    wait_for_text(&seen, "== blangko-counter").await?;
+    server.start_kill()?;
+    server.wait().await?;
+    stdin.write_all(format!("c {id}\n").as_bytes()).await?;
+    wait_for_text(&seen, "Cetak belum tercatat").await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&list).is_ok_and(|text| text.lines().any(|l| l == id)) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the unrecorded print was not kept in {}",
+            list.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The PC stops: no goodbye, no reminder at the end.
+    screen.start_kill()?;
+    screen.wait().await?;
+    reader.await?;
+
+    let _back = server_process_on(&db, port).await?;
+    let reopened = client(&[&url], &refs, Some(&format!("c {id}\nkeluar\n"))).await?;
+    assert_eq!(reopened.code, 0, "{}", reopened.all());
+    let reminder = format!("Perhatian: cetak BELUM tercatat untuk {id}: ketik c ID");
+    let told_at = reopened
+        .stdout
+        .find(&reminder)
+        .with_context(|| format!("not told as the screen opened: {}", reopened.all()))?;
+    // Told before the first prompt.
+    assert!(
+        reopened.stdout[..told_at].find("> ").is_none(),
+        "{}",
+        reopened.stdout
+    );
+    let printed = reservations_at(&url).await?;
+    assert_eq!(printed.len(), 1);
+    assert_eq!(printed[0].state(), ReservationState::Committed);
+    assert!(
+        !list.exists(),
+        "the list was not emptied once c was answered"
+    );
+
+    // The next screen has nothing to tell.
+    let again = client(&[&url], &refs, Some("keluar\n")).await?;
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(!again.stdout.contains("BELUM tercatat"), "{}", again.stdout);
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

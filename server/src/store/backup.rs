@@ -38,7 +38,8 @@ pub struct BackupReport {
     /// Where the NIK key went (copied beside the backup), or why it was not copied.
     pub key: KeyCopy,
     /// Working files that earlier backups to the same name left when they were killed or cut
-    /// by a power loss (`NAME.partial-PID` of a process no longer running), removed.
+    /// by a power loss (`NAME.partial-PID` of a process no longer running, untouched for
+    /// [`STALE_PARTIAL_AFTER`]), removed.
     pub stale_removed: Vec<PathBuf>,
     /// Such files that could not be removed, and why (the backup itself went on).
     pub stale_left: Vec<String>,
