@@ -220,26 +220,13 @@ pub fn mask_nik_stretches(text: &str) -> std::borrow::Cow<'_, str> {
     if !has_nik_stretch_any_separator(text) {
         return std::borrow::Cow::Borrowed(text);
     }
-    let separator = |c: char| c == '_' || c.is_whitespace() || matches!(c, '.' | '-' | '/');
     let chars: Vec<char> = text.chars().collect();
+    let stretches: Vec<std::ops::Range<usize>> =
+        stretches_in(&chars, |c: char| c.is_ascii_digit(), in_nik_widely_char).collect();
     let mut out = String::with_capacity(text.len());
-    let mut at = 0;
-    while at < chars.len() {
-        if !chars[at].is_ascii_digit() {
-            out.push(chars[at]);
-            at += 1;
-            continue;
-        }
-        let start = at;
-        let mut digits = 0;
-        while at < chars.len() && (chars[at].is_ascii_digit() || separator(chars[at])) {
-            digits += usize::from(chars[at].is_ascii_digit());
-            at += 1;
-        }
-        let masked = digits >= NIK_DIGITS;
-        for &c in &chars[start..at] {
-            out.push(if masked && c.is_ascii_digit() { '*' } else { c });
-        }
+    for (i, &c) in chars.iter().enumerate() {
+        let masked = c.is_ascii_digit() && stretches.iter().any(|r| r.contains(&i));
+        out.push(if masked { '*' } else { c });
     }
     std::borrow::Cow::Owned(out)
 }
@@ -255,6 +242,11 @@ fn in_nik_widely(b: u8) -> bool {
     in_nik(b) || b == b'_' || b.is_ascii_whitespace() || b == 0x0b
 }
 
+/// [`in_nik_widely`] for any character: underscores and every kind of whitespace.
+fn in_nik_widely_char(c: char) -> bool {
+    c == '_' || c.is_whitespace() || matches!(c, '.' | '-' | '/')
+}
+
 /// The byte ranges of the stretches of digits and in-NIK separators that hold at least
 /// [`NIK_DIGITS`] digits.
 fn nik_stretches(text: &str) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
@@ -266,18 +258,27 @@ fn nik_stretches_by(
     text: &str,
     separator: fn(u8) -> bool,
 ) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-    let bytes = text.as_bytes();
+    stretches_in(text.as_bytes(), |b: u8| b.is_ascii_digit(), separator)
+}
+
+/// The index ranges of `items` that are stretches of digits and separators (each beginning at a
+/// digit) holding at least [`NIK_DIGITS`] digits: over bytes, or over characters.
+fn stretches_in<T: Copy>(
+    items: &[T],
+    digit: fn(T) -> bool,
+    separator: fn(T) -> bool,
+) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
     let mut at = 0;
     std::iter::from_fn(move || {
-        while at < bytes.len() {
-            if !bytes[at].is_ascii_digit() {
+        while at < items.len() {
+            if !digit(items[at]) {
                 at += 1;
                 continue;
             }
             let start = at;
             let mut digits = 0;
-            while at < bytes.len() && (bytes[at].is_ascii_digit() || separator(bytes[at])) {
-                digits += usize::from(bytes[at].is_ascii_digit());
+            while at < items.len() && (digit(items[at]) || separator(items[at])) {
+                digits += usize::from(digit(items[at]));
                 at += 1;
             }
             if digits >= NIK_DIGITS {

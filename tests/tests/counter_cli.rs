@@ -2234,7 +2234,39 @@ async fn wait_for_text(seen: &Arc<std::sync::Mutex<String>>, text: &str) -> anyh
     }
 }
 
-/// The reservation ids of office 3275 at `url`, with their states.
+/// A server process on a port of its own (to be started again there), office 3275 with service
+/// point mpp, and one hold in it.
+struct OneHold {
+    db: Arc<TestDatabase>,
+    port: u16,
+    url: String,
+    server: tokio::process::Child,
+    /// The hold's reservation id.
+    id: String,
+}
+
+async fn one_hold() -> anyhow::Result<OneHold> {
+    let db = TestDatabase::sqlite().await?;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let server = server_process_on(&db, port).await?;
+    office_with_point(&mut stock_at(&url).await?, "3275", "mpp", 10, 100).await?;
+    reserve_at(&url, 1).await?;
+    let id = reservations_at(&url)
+        .await?
+        .first()
+        .map(|r| r.reservation_id.clone())
+        .context("no reservation")?;
+    Ok(OneHold {
+        db,
+        port,
+        url,
+        server,
+        id,
+    })
+}
+
+/// The reservations of office 3275 at `url`.
 async fn reservations_at(url: &str) -> anyhow::Result<Vec<Reservation>> {
     let mut counter =
         blangko_proto::v1::counter_service_client::CounterServiceClient::connect(url.to_string())
@@ -2255,17 +2287,13 @@ async fn reservations_at(url: &str) -> anyhow::Result<Vec<Reservation>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unrecorded_print_is_told_again_when_the_screen_opens_after_the_pc_stopped()
 -> anyhow::Result<()> {
-    let db = TestDatabase::sqlite().await?;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut server = server_process_on(&db, port).await?;
-    office_with_point(&mut stock_at(&url).await?, "3275", "mpp", 10, 100).await?;
-    reserve_at(&url, 1).await?;
-    let id = reservations_at(&url)
-        .await?
-        .first()
-        .map(|r| r.reservation_id.clone())
-        .context("no reservation")?;
+    let OneHold {
+        db,
+        port,
+        url,
+        mut server,
+        id,
+    } = one_hold().await?;
     let list = db.dir.path().join("loket").join("belum-tercatat.txt");
     let list_arg = list.display().to_string();
     let args = who(&[
@@ -2333,27 +2361,13 @@ async fn an_unrecorded_print_is_told_again_when_the_screen_opens_after_the_pc_st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_screen_keeps_an_unanswered_print_and_spoiled_report_until_a_server_answers()
 -> anyhow::Result<()> {
-    let db = TestDatabase::sqlite().await?;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut server = server_process_on(&db, port).await?;
-    office_with_point(&mut stock_at(&url).await?, "3275", "mpp", 10, 100).await?;
-    reserve_at(&url, 1).await?;
-    let mut counter =
-        blangko_proto::v1::counter_service_client::CounterServiceClient::connect(url.clone())
-            .await?;
-    let id = counter
-        .list_reservations(ListReservationsRequest {
-            office_id: "3275".into(),
-            ..ListReservationsRequest::default()
-        })
-        .await?
-        .into_inner()
-        .reservations
-        .first()
-        .map(|r| r.reservation_id.clone())
-        .context("no reservation")?;
-    drop(counter);
+    let OneHold {
+        db,
+        port,
+        url,
+        mut server,
+        id,
+    } = one_hold().await?;
 
     let args = who(&["--retries", "0", "--timeout", "2", "counter"]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
