@@ -263,11 +263,11 @@ fn nik_stretches_by(
 
 /// The index ranges of `items` that are stretches of digits and separators (each beginning at a
 /// digit) holding at least [`NIK_DIGITS`] digits: over bytes, or over characters.
-fn stretches_in<T: Copy>(
-    items: &[T],
-    digit: fn(T) -> bool,
-    separator: fn(T) -> bool,
-) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+fn stretches_in<'a, T: Copy>(
+    items: &'a [T],
+    digit: impl Fn(T) -> bool + 'a,
+    separator: impl Fn(T) -> bool + 'a,
+) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
     let mut at = 0;
     std::iter::from_fn(move || {
         while at < items.len() {
