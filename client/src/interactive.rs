@@ -863,6 +863,17 @@ impl Screen {
 
     /// One command line; false to quit.
     async fn command(&mut self, line: &str) -> bool {
+        // The unrecorded prints are kept in their file whenever a command changed them.
+        let before = self.unconfirmed_prints.clone();
+        let go_on = self.run_command(line).await;
+        if self.unconfirmed_prints != before {
+            self.save_unrecorded();
+        }
+        go_on
+    }
+
+    /// [`Screen::command`] without the keeping of the unrecorded prints.
+    async fn run_command(&mut self, line: &str) -> bool {
         let words: Vec<&str> = line.split_whitespace().collect();
         let command = words.first().map(|w| w.to_lowercase()).unwrap_or_default();
         let rest = words.get(1..).unwrap_or(&[]);
@@ -880,20 +891,8 @@ impl Screen {
                     )),
                 }
             }
-            "c" | "commit" | "cetak" => {
-                let before = self.unconfirmed_prints.clone();
-                self.commit(rest.first().copied()).await;
-                if self.unconfirmed_prints != before {
-                    self.save_unrecorded();
-                }
-            }
-            "x" | "cancel" | "batal" => {
-                let before = self.unconfirmed_prints.clone();
-                self.cancel(rest.first().copied()).await;
-                if self.unconfirmed_prints != before {
-                    self.save_unrecorded();
-                }
-            }
+            "c" | "commit" | "cetak" => self.commit(rest.first().copied()).await,
+            "x" | "cancel" | "batal" => self.cancel(rest.first().copied()).await,
             "rusak" | "spoiled" | "s" => self.spoiled(rest).await,
             "h" | "hold" | "holds" => self.holds().await,
             "kuota" | "quota" | "status" => self.show_quota().await,

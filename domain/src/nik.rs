@@ -150,8 +150,8 @@ pub fn mask_digits(nik16: &str) -> String {
 /// groups has exactly [`NIK_DIGITS`] digits and is a valid NIK by [`Nik::parse`]. So a NIK is
 /// found beside a date or a count typed in the same stretch (`01.12.2026 3275014101900001`,
 /// `3275014101900001 - 2 lembar`), while longer numbers (an 18-digit pallet code) and shorter
-/// ones (a phone number) are not NIKs.
-pub fn holds_a_nik(text: &str, today: NaiveDate) -> bool {
+/// ones (a phone number) are not NIKs. Private: callers use [`holds_a_nik_any_separator`].
+fn holds_a_nik(text: &str, today: NaiveDate) -> bool {
     nik_stretches(text).any(|stretch| {
         let groups: Vec<&str> = text[stretch]
             .split(|c: char| !c.is_ascii_digit())
@@ -172,10 +172,10 @@ pub fn holds_a_nik(text: &str, today: NaiveDate) -> bool {
 
 /// True when `text` has a stretch of digits, with the spaces, dots, dashes and slashes people
 /// type inside a NIK, that holds [`NIK_DIGITS`] or more digits: it could hold a NIK however it
-/// was typed (`3275-0141-0190-0001`). Ids and other text that is stored, logged or echoed are
-/// checked with [`has_nik_stretch_any_separator`], which also counts underscores and every kind
-/// of space; this narrow form is the base of [`holds_a_nik`].
-pub fn has_nik_stretch(text: &str) -> bool {
+/// was typed (`3275-0141-0190-0001`). Private: ids and other text that is stored, logged or
+/// echoed are checked with [`has_nik_stretch_any_separator`], which also counts underscores and
+/// every kind of space; this narrow form is its base for text outside ASCII.
+fn has_nik_stretch(text: &str) -> bool {
     nik_stretches(text).next().is_some()
 }
 

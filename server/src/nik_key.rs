@@ -193,16 +193,20 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The directory that holds `path` (`.` for a bare file name).
+pub(crate) fn directory_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// fsyncs the directory that holds `path`: a file created or renamed there keeps its name after
 /// a power loss only once its directory is synced (the file's own fsync does not cover it).
 /// Where directories cannot be synced (not Unix) it does nothing.
 pub(crate) fn sync_directory_of(path: &Path) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = directory_of(path);
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("cannot sync the directory {}", dir.display()))?;

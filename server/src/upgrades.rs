@@ -99,6 +99,7 @@ pub async fn rehash_nik_shaped_request_ids(
     since_ms: i64,
 ) -> anyhow::Result<Rehashed> {
     let mut rehashed = Rehashed::default();
+    let sqlite = store.kind() == DatabaseKind::Sqlite;
     // The last key read: (created_ms, request_id), in the order of the reads.
     let mut after = (since_ms, String::new());
     loop {
@@ -137,7 +138,6 @@ pub async fn rehash_nik_shaped_request_ids(
         // they are reused: with `secure_delete` it overwrites them with zeros, so the id in clear
         // leaves the file. On this transaction's connection only, and switched off again
         // whatever happens: on the Reserve path it would zero every folded journal row too.
-        let sqlite = store.kind() == DatabaseKind::Sqlite;
         if sqlite {
             sqlx::query("PRAGMA secure_delete = ON")
                 .execute(&mut *tx)

@@ -2234,6 +2234,29 @@ async fn wait_for_text(seen: &Arc<std::sync::Mutex<String>>, text: &str) -> anyh
     }
 }
 
+/// An interactive screen (`counter`) at work: its process, its keyboard, and what it printed so
+/// far (collected by `reader`).
+struct OpenScreen {
+    screen: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    seen: Arc<std::sync::Mutex<String>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the screen with `args` against `url`, once its header is shown.
+async fn open_screen(url: &str, args: &[&str]) -> anyhow::Result<OpenScreen> {
+    let mut screen = command(&[url], args).stdin(Stdio::piped()).spawn()?;
+    let stdin = screen.stdin.take().context("no stdin")?;
+    let (seen, reader) = collect(screen.stdout.take().context("no stdout")?);
+    wait_for_text(&seen, "== blangko-counter").await?;
+    Ok(OpenScreen {
+        screen,
+        stdin,
+        seen,
+        reader,
+    })
+}
+
 /// A server process on a port of its own (to be started again there), office 3275 with service
 /// point mpp, and one hold in it.
 struct OneHold {
@@ -2307,10 +2330,12 @@ async fn an_unrecorded_print_is_told_again_when_the_screen_opens_after_the_pc_st
     ]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
 
-    let mut screen = command(&[&url], &refs).stdin(Stdio::piped()).spawn()?;
-    let mut stdin = screen.stdin.take().context("no stdin")?;
-    let (seen, reader) = collect(screen.stdout.take().context("no stdout")?);
-    wait_for_text(&seen, "== blangko-counter").await?;
+    let OpenScreen {
+        mut screen,
+        mut stdin,
+        seen,
+        reader,
+    } = open_screen(&url, &refs).await?;
     server.start_kill()?;
     server.wait().await?;
     stdin.write_all(format!("c {id}\n").as_bytes()).await?;
@@ -2371,10 +2396,12 @@ async fn the_screen_keeps_an_unanswered_print_and_spoiled_report_until_a_server_
 
     let args = who(&["--retries", "0", "--timeout", "2", "counter"]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut screen = command(&[&url], &refs).stdin(Stdio::piped()).spawn()?;
-    let mut stdin = screen.stdin.take().context("no stdin")?;
-    let (seen, reader) = collect(screen.stdout.take().context("no stdout")?);
-    wait_for_text(&seen, "== blangko-counter").await?;
+    let OpenScreen {
+        mut screen,
+        mut stdin,
+        seen,
+        reader,
+    } = open_screen(&url, &refs).await?;
 
     // The server goes away: the card is printed and its c gets no answer; a spoiled report
     // gets none either. A look at the quota in between does not lose the report.

@@ -188,14 +188,10 @@ impl Stale {
     /// still runs may be a backup at work: its file is kept. Where no process list can be read
     /// (`/proc`, Linux), nothing is removed. A file that cannot be removed is noted, not fatal.
     fn remove_partials_of(&mut self, to: &Path) {
-        let (Some(dir), Some(name)) = (to.parent(), to.file_name()) else {
+        let Some(name) = to.file_name() else {
             return;
         };
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
+        let dir = crate::nik_key::directory_of(to);
         let proc = Path::new("/proc");
         if !proc.join("self").exists() {
             return;
