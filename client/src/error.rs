@@ -29,6 +29,9 @@ pub struct FieldViolation {
     pub field: String,
     /// Why it is invalid.
     pub description: String,
+    /// Why it is invalid, in Bahasa Indonesia (the server's `localized_message` in `id-ID`, or
+    /// our own check's), when there is one.
+    pub indonesian: Option<String>,
 }
 
 /// A failed command.
@@ -54,6 +57,9 @@ pub enum Failure {
         code: String,
         /// The server's message.
         message: String,
+        /// The server's message in Bahasa Indonesia (its `google.rpc.LocalizedMessage` in
+        /// `id-ID`), when it sent one.
+        indonesian: Option<String>,
         /// The ErrorInfo reason, e.g. `RESERVATION_EXPIRED`.
         reason: Option<String>,
         /// The ResourceInfo name for NOT_FOUND.
@@ -77,6 +83,15 @@ pub enum Failure {
 
 pub use blangko_proto::code_name;
 
+/// A `google.rpc.LocalizedMessage` in Bahasa Indonesia (locale `id` or `id-…`), one line; None
+/// for another locale or an empty message.
+fn indonesian(locale: String, message: String) -> Option<String> {
+    let locale = locale.to_ascii_lowercase();
+    (locale == "id" || locale.starts_with("id-") || locale.starts_with("id_"))
+        .then(|| one_line(&message))
+        .filter(|m| !m.is_empty())
+}
+
 impl Failure {
     /// A local failure, in Bahasa Indonesia and in English.
     pub fn local(indonesian: impl Into<String>, english: impl Into<String>) -> Failure {
@@ -98,6 +113,9 @@ impl From<Status> for Failure {
                         .map(|v| FieldViolation {
                             field: v.field,
                             description: v.description,
+                            indonesian: v
+                                .localized_message
+                                .and_then(|m| indonesian(m.locale, m.message)),
                         })
                         .collect()
                 })
@@ -110,6 +128,9 @@ impl From<Status> for Failure {
         Failure::Server {
             code: code_name(status.code()).to_string(),
             message: one_line(status.message()),
+            indonesian: status
+                .get_details_localized_message()
+                .and_then(|m| indonesian(m.locale, m.message)),
             reason: status.get_details_error_info().map(|info| info.reason),
             resource: status
                 .get_details_resource_info()
@@ -143,6 +164,7 @@ impl Failure {
             violations: vec![FieldViolation {
                 field: field.to_string(),
                 description,
+                indonesian: None,
             }],
         }
     }
@@ -203,7 +225,13 @@ impl Failure {
                 } else {
                     let fields: Vec<String> = violations
                         .iter()
-                        .map(|v| format!("{}: {}", v.field, v.description))
+                        .map(|v| {
+                            let why = match (lang, &v.indonesian) {
+                                (Lang::Id, Some(indonesian)) => indonesian,
+                                _ => &v.description,
+                            };
+                            format!("{}: {why}", v.field)
+                        })
                         .collect();
                     format!(
                         "{} {}",
@@ -219,11 +247,18 @@ impl Failure {
             Failure::Server {
                 code,
                 message,
+                indonesian,
                 reason,
                 resource,
                 call_id,
                 ..
             } => {
+                // The server's own words in Bahasa Indonesia, when it sent them (they name what
+                // was not found, so the English resource name is not added to them).
+                let (message, resource) = match (lang, indonesian) {
+                    (Lang::Id, Some(indonesian)) => (indonesian, &None),
+                    _ => (message, resource),
+                };
                 let explained = reason.as_deref().and_then(|r| explain_reason(r, lang));
                 let mut text = match (explained, code.as_str()) {
                     (Some(explained), _) => explained.to_string(),
@@ -428,6 +463,7 @@ fn explain_reason(reason: &str, lang: Lang) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
     use tonic_types::{ErrorDetails, StatusExt};
 
     #[test]
@@ -435,6 +471,7 @@ mod tests {
         let server = |code: &str, reason: Option<&str>| Failure::Server {
             code: code.into(),
             message: "m".into(),
+            indonesian: None,
             reason: reason.map(str::to_string),
             resource: None,
             retry_after: None,
@@ -460,6 +497,7 @@ mod tests {
         let wait = Failure::Server {
             code: "UNAVAILABLE".into(),
             message: "this applicant's hold at another office has just run out".into(),
+            indonesian: None,
             reason: Some("EARLIER_HOLD_RELEASING".into()),
             resource: None,
             retry_after: None,
@@ -479,6 +517,7 @@ mod tests {
         let expired = Failure::Server {
             code: "FAILED_PRECONDITION".into(),
             message: "cannot record a spoiled blank on this reservation: expired".into(),
+            indonesian: None,
             reason: Some("RESERVATION_EXPIRED".into()),
             resource: None,
             retry_after: None,
@@ -496,6 +535,7 @@ mod tests {
         let limit = Failure::Server {
             code: "FAILED_PRECONDITION".into(),
             message: "limit".into(),
+            indonesian: None,
             reason: Some("SPOILAGE_LIMIT_REACHED".into()),
             resource: None,
             retry_after: None,
@@ -508,6 +548,7 @@ mod tests {
         Failure::Server {
             code: code.into(),
             message: "refused".into(),
+            indonesian: None,
             reason: Some(reason.into()),
             resource: None,
             retry_after: None,
@@ -596,6 +637,65 @@ mod tests {
         let v = failure.json();
         assert_eq!(v["error"]["code"], "INVALID_ARGUMENT");
         assert_eq!(v["error"]["field_violations"][0]["field"], "nik");
+    }
+
+    #[test]
+    fn the_servers_words_in_bahasa_indonesia_are_shown_to_counter_staff() {
+        // A field refused by the server: its Indonesian reason with --lang id, English with en.
+        let mut details = ErrorDetails::new();
+        details.set_bad_request(vec![
+            tonic_types::FieldViolation {
+                localized_message: Some(tonic_types::LocalizedMessage::new(
+                    "id-ID",
+                    "NIK hanya boleh berisi angka",
+                )),
+                ..tonic_types::FieldViolation::new("nik", "must contain only digits")
+            },
+            // Another locale is not taken for Bahasa Indonesia.
+            tonic_types::FieldViolation {
+                localized_message: Some(tonic_types::LocalizedMessage::new("fr-FR", "requis")),
+                ..tonic_types::FieldViolation::new("counter_id", "is required")
+            },
+        ]);
+        let failure = Failure::from(Status::with_error_details(
+            Code::InvalidArgument,
+            "invalid request",
+            details,
+        ));
+        assert_eq!(
+            failure.human(Lang::Id),
+            "Masukan ditolak: nik: NIK hanya boleh berisi angka; counter_id: is required"
+        );
+        assert_eq!(
+            failure.human(Lang::En),
+            "Input rejected: nik: must contain only digits; counter_id: is required"
+        );
+        // A refusal: the counter's own explanation of the reason, then the server's words.
+        let mut details =
+            ErrorDetails::with_error_info("INSUFFICIENT_STOCK", "blangko.v1", HashMap::new());
+        details.set_localized_message("id-ID", "kantor 3275 hanya punya 2 blangko tersedia");
+        let failure = Failure::from(Status::with_error_details(
+            Code::FailedPrecondition,
+            "office 3275 has 2 available blanks",
+            details,
+        ));
+        assert_eq!(
+            failure.human(Lang::Id),
+            "Stok tidak cukup: kantor 3275 hanya punya 2 blangko tersedia [FAILED_PRECONDITION/INSUFFICIENT_STOCK]"
+        );
+        assert_eq!(
+            failure.human(Lang::En),
+            "Not enough stock: office 3275 has 2 available blanks [FAILED_PRECONDITION/INSUFFICIENT_STOCK]"
+        );
+        // JSON keeps the English message, and the Indonesian line beside it.
+        let v = failure.json();
+        assert_eq!(v["error"]["message"], "office 3275 has 2 available blanks");
+        assert!(
+            v["error"]["message_indonesian"]
+                .as_str()
+                .is_some_and(|m| m.contains("hanya punya 2 blangko")),
+            "{v}"
+        );
     }
 
     #[test]

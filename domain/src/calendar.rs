@@ -37,13 +37,13 @@ pub enum OfficeZone {
 
 impl OfficeZone {
     /// "Asia/Jakarta" | "Asia/Makassar" | "Asia/Jayapura"; empty string → Wib (the default). Else Err.
-    pub fn parse(name: &str) -> Result<OfficeZone, String> {
+    pub fn parse(name: &str) -> Result<OfficeZone, CalendarError> {
         match name {
             "" | "Asia/Jakarta" => Ok(OfficeZone::Wib),
             "Asia/Makassar" => Ok(OfficeZone::Wita),
             "Asia/Jayapura" => Ok(OfficeZone::Wit),
             // The input is not echoed: it may be arbitrarily long.
-            _ => Err("time zone must be Asia/Jakarta, Asia/Makassar or Asia/Jayapura".to_string()),
+            _ => Err(CalendarError::UnknownZone),
         }
     }
 
@@ -172,8 +172,44 @@ impl ServiceCalendar {
     }
 }
 
+/// Why a written date, time or time zone was refused: English as `Display`, Bahasa Indonesia
+/// from [`CalendarError::indonesian`]. The input itself is never repeated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CalendarError {
+    /// Not "YYYY-MM-DD".
+    #[error("date must be written as YYYY-MM-DD")]
+    DateShape,
+    /// "YYYY-MM-DD", but no such day (2026-02-30).
+    #[error("date is not a real calendar date")]
+    NoSuchDate,
+    /// Not "HH:MM".
+    #[error("time must be written as HH:MM")]
+    TimeShape,
+    /// "HH:MM", but past 23:59.
+    #[error("time must be between 00:00 and 23:59")]
+    NoSuchTime,
+    /// Not one of Indonesia's three time zones.
+    #[error("time zone must be Asia/Jakarta, Asia/Makassar or Asia/Jayapura")]
+    UnknownZone,
+}
+
+impl CalendarError {
+    /// The same, in Bahasa Indonesia.
+    pub fn indonesian(self) -> &'static str {
+        match self {
+            CalendarError::DateShape => "tanggal harus ditulis TTTT-BB-HH",
+            CalendarError::NoSuchDate => "tanggal ini tidak ada di kalender",
+            CalendarError::TimeShape => "jam harus ditulis JJ:MM",
+            CalendarError::NoSuchTime => "jam harus antara 00:00 dan 23:59",
+            CalendarError::UnknownZone => {
+                "zona waktu harus Asia/Jakarta, Asia/Makassar atau Asia/Jayapura"
+            }
+        }
+    }
+}
+
 /// Parses a local date written strictly as "YYYY-MM-DD".
-pub fn parse_local_date(s: &str) -> Result<NaiveDate, String> {
+pub fn parse_local_date(s: &str) -> Result<NaiveDate, CalendarError> {
     let b = s.as_bytes();
     let shape_ok = b.len() == 10
         && b[4] == b'-'
@@ -182,13 +218,13 @@ pub fn parse_local_date(s: &str) -> Result<NaiveDate, String> {
             .enumerate()
             .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
     if !shape_ok {
-        return Err("date must be written as YYYY-MM-DD".to_string());
+        return Err(CalendarError::DateShape);
     }
-    let year: i32 = s[0..4].parse().map_err(|_| "date year is not a number")?;
-    let month: u32 = s[5..7].parse().map_err(|_| "date month is not a number")?;
-    let day: u32 = s[8..10].parse().map_err(|_| "date day is not a number")?;
-    NaiveDate::from_ymd_opt(year, month, day)
-        .ok_or_else(|| "date is not a real calendar date".to_string())
+    // All digits (the shape above), so the numbers parse.
+    let year: i32 = s[0..4].parse().map_err(|_| CalendarError::DateShape)?;
+    let month: u32 = s[5..7].parse().map_err(|_| CalendarError::DateShape)?;
+    let day: u32 = s[8..10].parse().map_err(|_| CalendarError::DateShape)?;
+    NaiveDate::from_ymd_opt(year, month, day).ok_or(CalendarError::NoSuchDate)
 }
 
 /// Formats a local date as "YYYY-MM-DD", the inverse of `parse_local_date`.
@@ -197,7 +233,7 @@ pub fn format_local_date(d: NaiveDate) -> String {
 }
 
 /// Parses a local time written strictly as "HH:MM", 00:00..23:59.
-pub fn parse_local_time(s: &str) -> Result<NaiveTime, String> {
+pub fn parse_local_time(s: &str) -> Result<NaiveTime, CalendarError> {
     let b = s.as_bytes();
     let shape_ok = b.len() == 5
         && b[2] == b':'
@@ -205,13 +241,12 @@ pub fn parse_local_time(s: &str) -> Result<NaiveTime, String> {
             .enumerate()
             .all(|(i, c)| i == 2 || c.is_ascii_digit());
     if !shape_ok {
-        return Err("time must be written as HH:MM".to_string());
+        return Err(CalendarError::TimeShape);
     }
-    let hour: u32 = s[0..2].parse().map_err(|_| "time hour is not a number")?;
-    let minute: u32 = s[3..5].parse().map_err(|_| "time minute is not a number")?;
+    let hour: u32 = s[0..2].parse().map_err(|_| CalendarError::TimeShape)?;
+    let minute: u32 = s[3..5].parse().map_err(|_| CalendarError::TimeShape)?;
     // from_hms_opt refuses hour 24+ and minute 60+.
-    NaiveTime::from_hms_opt(hour, minute, 0)
-        .ok_or_else(|| "time must be between 00:00 and 23:59".to_string())
+    NaiveTime::from_hms_opt(hour, minute, 0).ok_or(CalendarError::NoSuchTime)
 }
 
 #[cfg(test)]

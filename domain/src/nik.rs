@@ -63,6 +63,24 @@ pub enum NikError {
     ZeroSerial,
 }
 
+impl NikError {
+    /// The same as the English `Display`, in Bahasa Indonesia (never repeating input digits).
+    pub fn indonesian(&self) -> String {
+        match self {
+            NikError::Empty => "NIK tidak boleh kosong".to_string(),
+            NikError::WrongLength { digits } => format!("NIK harus 16 digit, bukan {digits}"),
+            NikError::NonDigit => "NIK hanya boleh berisi angka".to_string(),
+            NikError::UnknownProvince { .. } => {
+                "kode provinsi di awal NIK tidak dikenal".to_string()
+            }
+            NikError::ImpossibleBirthDate => {
+                "digit tanggal lahir dalam NIK tidak membentuk tanggal yang nyata".to_string()
+            }
+            NikError::ZeroSerial => "nomor urut NIK tidak boleh 0000".to_string(),
+        }
+    }
+}
+
 impl Nik {
     /// Parses a NIK typed by an officer: spaces, dots and dashes removed; then 16 digits.
     ///
@@ -548,18 +566,37 @@ mod tests {
     #[test]
     fn error_messages_name_the_rule_without_digits() {
         let cases = [
-            ("327501010190001", "must have 16 digits, got 15"),
-            ("9775010101900001", "starts with an unknown province code"),
+            (
+                "327501010190001",
+                "must have 16 digits, got 15",
+                "NIK harus 16 digit, bukan 15",
+            ),
+            (
+                "9775010101900001",
+                "starts with an unknown province code",
+                "kode provinsi di awal NIK tidak dikenal",
+            ),
             (
                 "3275013104900001",
                 "birth date digits do not form a real date",
+                "digit tanggal lahir dalam NIK tidak membentuk tanggal yang nyata",
             ),
-            ("3275010101900000", "serial number must not be 0000"),
-            ("3275O10101900001", "must contain only digits"),
+            (
+                "3275010101900000",
+                "serial number must not be 0000",
+                "nomor urut NIK tidak boleh 0000",
+            ),
+            (
+                "3275O10101900001",
+                "must contain only digits",
+                "NIK hanya boleh berisi angka",
+            ),
+            ("  ", "must not be empty", "NIK tidak boleh kosong"),
         ];
-        for (input, message) in cases {
+        for (input, message, indonesian) in cases {
             let err = Nik::parse(input, today()).expect_err(input);
             assert_eq!(err.to_string(), message);
+            assert_eq!(err.indonesian(), indonesian);
         }
     }
 

@@ -96,6 +96,19 @@ pub enum TransitionError {
     SpoilageLimit,
 }
 
+impl TransitionError {
+    /// The same as the English `Display`, in Bahasa Indonesia.
+    pub fn indonesian(self) -> &'static str {
+        match self {
+            TransitionError::Cancelled => "pemesanan sudah dibatalkan",
+            TransitionError::Committed => "kartu sudah dicetak",
+            TransitionError::Expired => "masa tahan sudah habis",
+            TransitionError::NotHeld => "pemesanan tidak sedang ditahan",
+            TransitionError::SpoilageLimit => "batas blangko rusak untuk pemesanan ini tercapai",
+        }
+    }
+}
+
 /// The step for a CommitReservation; Cancelled -> Err(Cancelled).
 pub fn on_commit(
     state: State,
@@ -287,6 +300,14 @@ mod tests {
         assert_eq!(
             TransitionError::SpoilageLimit.to_string(),
             "spoilage limit reached"
+        );
+        assert_eq!(
+            TransitionError::Expired.indonesian(),
+            "masa tahan sudah habis"
+        );
+        assert_eq!(
+            TransitionError::Committed.indonesian(),
+            "kartu sudah dicetak"
         );
     }
 }

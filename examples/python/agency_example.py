@@ -137,6 +137,8 @@ def print_error(err):
         if isinstance(message, error_details_pb2.BadRequest):
             for v in message.field_violations:
                 print(f"     BadRequest field violation: field={v.field!r} reason={v.description!r}")
+                if v.localized_message.message:
+                    print(f"       [{v.localized_message.locale}]: {v.localized_message.message}")
         elif isinstance(message, error_details_pb2.ErrorInfo):
             print(f"     ErrorInfo: reason={message.reason} domain={message.domain}")
         elif isinstance(message, error_details_pb2.ResourceInfo):
@@ -390,6 +392,15 @@ def error_flow(counter, stock, counter_md, agency, office_id, service_point, cou
     check(
         all(bad_nik not in v.description for v in violations) and bad_nik not in err.details(),
         "the error never echoes the NIK",
+    )
+    localized = [m for _, m in details if isinstance(m, error_details_pb2.LocalizedMessage)]
+    check(
+        len(localized) == 1 and localized[0].locale == "id-ID" and localized[0].message.startswith("permintaan tidak sah"),
+        "a google.rpc.LocalizedMessage says it in Bahasa Indonesia (locale id-ID)",
+    )
+    check(
+        all(v.localized_message.locale == "id-ID" and v.localized_message.message for v in violations),
+        "each field violation says why in Bahasa Indonesia too (its localized_message)",
     )
 
     print("\n== Counter: cancel a reservation that does not exist ==")

@@ -735,6 +735,35 @@ pub fn field_violations(status: &tonic::Status) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// A status's `google.rpc.LocalizedMessage`, as (locale, message), if it has one.
+pub fn localized_message(status: &tonic::Status) -> Option<(String, String)> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_localized_message()
+        .map(|m| (m.locale, m.message))
+}
+
+/// The field violations of an INVALID_ARGUMENT status, as (field, locale, localized message):
+/// each field's reason in the caller's language beside the English description.
+pub fn localized_violations(status: &tonic::Status) -> Vec<(String, String, String)> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| {
+                    let (locale, message) = v
+                        .localized_message
+                        .map(|m| (m.locale, m.message))
+                        .unwrap_or_default();
+                    (v.field, locale, message)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The ErrorInfo reason of a status, if it has one.
 pub fn error_reason(status: &tonic::Status) -> Option<String> {
     use tonic_types::StatusExt;

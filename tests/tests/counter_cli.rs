@@ -765,6 +765,14 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
     let refused = run_as(url, &["commit", &ids[1]]).await?;
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(refused.stderr.contains("JANGAN cetak"), "{refused:?}");
+    // The server's own words follow, in Bahasa Indonesia (its LocalizedMessage), not English.
+    assert!(
+        refused
+            .stderr
+            .contains(": pemesanan ini sudah dibatalkan; pesan lagi [")
+            && !refused.stderr.contains("reserve again"),
+        "{refused:?}"
+    );
     assert!(
         refused
             .stderr
@@ -791,6 +799,19 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
     let unknown = run_as(url, &["--lang", "en", "commit", "no-such-reservation"]).await?;
     assert_eq!(unknown.code, 1, "{unknown:?}");
     assert!(unknown.stderr.contains("NOT_FOUND"), "{unknown:?}");
+    assert!(
+        unknown
+            .stderr
+            .contains("Not found (reservation no-such-reservation): reservation 'no-such-reservation' not found [NOT_FOUND]"),
+        "{unknown:?}"
+    );
+    let unknown_id = run_as(url, &["commit", "no-such-reservation"]).await?;
+    assert!(
+        unknown_id.stderr.contains(
+            "Tidak ditemukan: pemesanan 'no-such-reservation' tidak ditemukan [NOT_FOUND]"
+        ),
+        "{unknown_id:?}"
+    );
     // The call's id in the server's log comes back with the error, for the operators.
     let unknown_json = run_as(url, &["--json", "commit", "no-such-reservation"]).await?;
     let v = unknown_json.one_json()?;

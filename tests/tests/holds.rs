@@ -7,7 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use blangko_e2e::fixtures::{self, office_with_point, reserve_request, rid};
-use blangko_e2e::{TestDatabase, TestServer, error_reason, on_each_backend};
+use blangko_e2e::{
+    TestDatabase, TestServer, error_reason, field_violations, localized_message,
+    localized_violations, on_each_backend,
+};
 use blangko_proto::v1::counter_service_client::CounterServiceClient;
 use blangko_proto::v1::reserve_response::Outcome;
 use blangko_proto::v1::*;
@@ -404,6 +407,87 @@ async fn a_commit_prints_the_card_once_and_the_blank_leaves_the_stock() -> anyho
         // An unknown reservation is NOT_FOUND.
         let err = commit(&mut counter, "Rnope").await.expect_err("unknown");
         assert_eq!(err.code(), tonic::Code::NotFound);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_refusal_says_why_in_bahasa_indonesia_beside_the_english() -> anyhow::Result<()> {
+    on_each_backend(|db| async move {
+        let (server, _clock) = server_at(db).await?;
+        let mut stock = server.stock_client().await?;
+        office_with_point(&mut stock, "3275", "main", 5, 10).await?;
+        let mut counter = server.counter_client().await?;
+        let id = |m: &str| ("id-ID".to_string(), m.to_string());
+
+        // Bad input: each field says why in Bahasa Indonesia too, and so does the whole.
+        let mut bad = reserve_request("3275", "main", 1);
+        bad.nik = "3275O10101900001".into();
+        bad.counter_id = String::new();
+        bad.office_id = "32".into();
+        let err = counter.reserve(bad).await.expect_err("bad input");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let english: Vec<(String, String)> = field_violations(&err);
+        let indonesian = localized_violations(&err);
+        assert_eq!(
+            indonesian,
+            vec![
+                (
+                    "office_id".to_string(),
+                    "id-ID".to_string(),
+                    "harus kode kabupaten/kota Kemendagri 4 angka, misalnya \"3275\"".to_string()
+                ),
+                (
+                    "counter_id".to_string(),
+                    "id-ID".to_string(),
+                    "wajib diisi".to_string()
+                ),
+                (
+                    "nik".to_string(),
+                    "id-ID".to_string(),
+                    "NIK hanya boleh berisi angka".to_string()
+                ),
+            ],
+            "English beside it: {english:?}"
+        );
+        assert!(
+            english.contains(&("nik".to_string(), "must contain only digits".to_string())),
+            "{english:?}"
+        );
+        let (locale, whole) = localized_message(&err).context("no LocalizedMessage")?;
+        assert_eq!(locale, "id-ID");
+        assert!(
+            whole == "permintaan tidak sah, periksa: office_id, counter_id, nik",
+            "{whole}"
+        );
+        assert!(!whole.contains("3275O10101900001"), "{whole}");
+
+        // A refusal of the state: the reason, the English message and the Indonesian one.
+        let r = reserve(&mut counter, 1)
+            .await?
+            .map_err(|i| anyhow::anyhow!("{i:?}"))?;
+        commit(&mut counter, &r.reservation_id).await?;
+        let err = cancel(&mut counter, &r.reservation_id)
+            .await
+            .expect_err("cancel after print");
+        assert_eq!(error_reason(&err).as_deref(), Some("RESERVATION_COMMITTED"));
+        assert!(err.message().starts_with("the card was already printed"));
+        assert_eq!(
+            localized_message(&err),
+            Some(id(
+                "kartu sudah dicetak; kartu yang sudah dicetak tidak dapat dibatalkan (laporkan blangko rusak)"
+            ))
+        );
+
+        // Not found: what was not found, in both languages.
+        let err = commit(&mut counter, "Rnope").await.expect_err("unknown");
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert_eq!(err.message(), "reservation 'Rnope' not found");
+        assert_eq!(
+            localized_message(&err),
+            Some(id("pemesanan 'Rnope' tidak ditemukan"))
+        );
         Ok(())
     })
     .await

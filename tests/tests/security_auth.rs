@@ -550,6 +550,15 @@ async fn unknown_malformed_and_revoked_tokens_are_unauthenticated_and_the_ledger
             .expect_err("a bad token must fail");
         assert_eq!(status.code(), Code::Unauthenticated, "{bad:?}: {status:?}");
         assert!(!status.message().contains(tokens.token("ops")));
+        // Said in Bahasa Indonesia too, for the counter screen or kiosk that shows it.
+        let (locale, indonesian) =
+            blangko_e2e::localized_message(&status).context("no LocalizedMessage")?;
+        assert_eq!(locale, "id-ID");
+        assert!(
+            indonesian.starts_with("kredensial") || indonesian.starts_with("token tidak dikenal"),
+            "{bad:?}: {indonesian}"
+        );
+        assert!(!indonesian.contains(tokens.token("ops")));
     }
 
     // The ledger records who did it.

@@ -21,7 +21,9 @@
 pub mod layer;
 pub mod tokens;
 
-use tonic::Status;
+use tonic::{Code, Status};
+
+use crate::grpc::status::localized;
 
 /// A caller's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,11 +194,19 @@ impl Principal {
     /// what is missing (never anything of the request's content).
     pub fn allow(&self, rpc: Rpc, scope: Scope<'_>) -> Result<(), Status> {
         if !rpc.roles().contains(&self.role) {
-            return Err(Status::permission_denied(format!(
-                "the role '{}' of '{}' may not call {rpc:?}",
-                self.role.as_str(),
-                self.name
-            )));
+            return Err(localized(
+                Code::PermissionDenied,
+                format!(
+                    "the role '{}' of '{}' may not call {rpc:?}",
+                    self.role.as_str(),
+                    self.name
+                ),
+                format!(
+                    "peran '{}' milik '{}' tidak boleh memanggil {rpc:?}",
+                    self.role.as_str(),
+                    self.name
+                ),
+            ));
         }
         if matches!(self.role, Role::Agency | Role::Admin) {
             return Ok(());
@@ -246,12 +256,20 @@ impl Principal {
     }
 
     fn denied(&self, why: &str) -> Status {
-        Status::permission_denied(format!(
-            "'{}' ({} of office {}) may not do this: {why}",
-            self.name,
-            self.role.as_str(),
-            self.office_id.as_deref().unwrap_or("-")
-        ))
+        let office = self.office_id.as_deref().unwrap_or("-");
+        localized(
+            Code::PermissionDenied,
+            format!(
+                "'{}' ({} of office {office}) may not do this: {why}",
+                self.name,
+                self.role.as_str(),
+            ),
+            format!(
+                "'{}' ({} kantor {office}) tidak diizinkan melakukan ini",
+                self.name,
+                self.role.as_str(),
+            ),
+        )
     }
 }
 

@@ -21,11 +21,12 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use tonic::Status;
 use tonic::codegen::http::HeaderMap;
 use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
 
 use super::{Principal, Role};
+use crate::grpc::status::localized;
 
 /// The prefix of every token this server issues (recognizable in a leaked paste).
 pub const TOKEN_PREFIX: &str = "blk_";
@@ -333,8 +334,10 @@ impl Authenticator {
             return Ok(Principal::anonymous());
         };
         let Some(value) = header else {
-            return Err(Status::unauthenticated(
+            return Err(localized(
+                Code::Unauthenticated,
                 "missing credentials: send the header 'authorization: Bearer <token>'",
+                "kredensial tidak ada: kirim header 'authorization: Bearer <token>'",
             ));
         };
         let token = value
@@ -345,13 +348,19 @@ impl Authenticator {
             })
             .filter(|t| !t.is_empty());
         let Some(token) = token else {
-            return Err(Status::unauthenticated(
+            return Err(localized(
+                Code::Unauthenticated,
                 "malformed credentials: expected 'authorization: Bearer <token>'",
+                "kredensial salah bentuk: seharusnya 'authorization: Bearer <token>'",
             ));
         };
         match table.principal_of(token) {
             Some(p) => Ok(p.clone()),
-            None => Err(Status::unauthenticated("unknown or revoked token")),
+            None => Err(localized(
+                Code::Unauthenticated,
+                "unknown or revoked token",
+                "token tidak dikenal atau sudah dicabut",
+            )),
         }
     }
 }

@@ -1,21 +1,29 @@
 //! What can go wrong in an engine operation, in terms a caller can act on. The gRPC layer maps
 //! each variant to one status code with rich details (`grpc::status`).
 
-/// One bad field of a request: which one and why.
+/// One bad field of a request: which one and why, in English (BadRequest's `description`, for
+/// developers) and in Bahasa Indonesia (its `localized_message`, for the people at a counter).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
     /// The field's name in the request message (dotted path for nested fields).
     pub field: String,
     /// Why it is wrong.
     pub description: String,
+    /// Why it is wrong, in Bahasa Indonesia.
+    pub indonesian: String,
 }
 
 impl FieldViolation {
-    /// A violation of `field`.
-    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+    /// A violation of `field`, said in English and in Bahasa Indonesia.
+    pub fn new(
+        field: impl Into<String>,
+        description: impl Into<String>,
+        indonesian: impl Into<String>,
+    ) -> Self {
         FieldViolation {
             field: field.into(),
             description: description.into(),
+            indonesian: indonesian.into(),
         }
     }
 }
@@ -41,6 +49,8 @@ pub enum EngineError {
         reason: &'static str,
         /// For people.
         message: String,
+        /// For people, in Bahasa Indonesia.
+        indonesian: String,
     },
     /// A request id or delivery reference already used for other content: ALREADY_EXISTS.
     #[error("{message}")]
@@ -49,6 +59,8 @@ pub enum EngineError {
         reason: &'static str,
         /// For people.
         message: String,
+        /// For people, in Bahasa Indonesia.
+        indonesian: String,
     },
     /// The database failed.
     #[error("database error: {0}")]
@@ -61,6 +73,8 @@ pub enum EngineError {
         reason: &'static str,
         /// For people.
         message: String,
+        /// For people, in Bahasa Indonesia.
+        indonesian: String,
         /// When trying again may succeed.
         retry_after: std::time::Duration,
     },
@@ -73,6 +87,8 @@ pub enum EngineError {
         reason: &'static str,
         /// For people.
         message: String,
+        /// For people, in Bahasa Indonesia.
+        indonesian: String,
         /// When trying again should succeed.
         retry_after: std::time::Duration,
     },
@@ -85,7 +101,8 @@ pub enum EngineError {
     Internal(String),
 }
 
-fn describe(violations: &[FieldViolation]) -> String {
+/// The violations in one line, "field: why; field: why", in English.
+pub(crate) fn describe(violations: &[FieldViolation]) -> String {
     violations
         .iter()
         .map(|v| format!("{}: {}", v.field, v.description))
@@ -94,9 +111,13 @@ fn describe(violations: &[FieldViolation]) -> String {
 }
 
 impl EngineError {
-    /// One bad field.
-    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        EngineError::Invalid(vec![FieldViolation::new(field, description)])
+    /// One bad field, said in English and in Bahasa Indonesia.
+    pub fn invalid(
+        field: impl Into<String>,
+        description: impl Into<String>,
+        indonesian: impl Into<String>,
+    ) -> Self {
+        EngineError::Invalid(vec![FieldViolation::new(field, description, indonesian)])
     }
 
     /// A conflict that a fresh attempt of the whole transaction resolves.
@@ -122,32 +143,44 @@ impl EngineError {
                 kind,
                 id: id.clone(),
             },
-            EngineError::FailedPrecondition { reason, message } => {
-                EngineError::FailedPrecondition {
-                    reason,
-                    message: message.clone(),
-                }
-            }
-            EngineError::AlreadyExists { reason, message } => EngineError::AlreadyExists {
+            EngineError::FailedPrecondition {
+                reason,
+                message,
+                indonesian,
+            } => EngineError::FailedPrecondition {
                 reason,
                 message: message.clone(),
+                indonesian: indonesian.clone(),
+            },
+            EngineError::AlreadyExists {
+                reason,
+                message,
+                indonesian,
+            } => EngineError::AlreadyExists {
+                reason,
+                message: message.clone(),
+                indonesian: indonesian.clone(),
             },
             EngineError::Exhausted {
                 reason,
                 message,
+                indonesian,
                 retry_after,
             } => EngineError::Exhausted {
                 reason,
                 message: message.clone(),
+                indonesian: indonesian.clone(),
                 retry_after: *retry_after,
             },
             EngineError::Retry {
                 reason,
                 message,
+                indonesian,
                 retry_after,
             } => EngineError::Retry {
                 reason,
                 message: message.clone(),
+                indonesian: indonesian.clone(),
                 retry_after: *retry_after,
             },
             EngineError::Database(err) if is_unavailable(err) => {

@@ -141,17 +141,20 @@ impl Engine {
         let policy = policy_of(&sp)?;
         let zone = zone_of(&office)?;
         let now = self.clock.now_ms();
-        let day = parse_local_date(&r.local_date).map_err(EngineError::Internal)?;
+        let day =
+            parse_local_date(&r.local_date).map_err(|e| EngineError::Internal(e.to_string()))?;
         let lock = self.store.for_update();
         let mut qd = super::quota_day_for_update(conn, lock, &office, &sp, day).await?;
         let step = machine::on_commit(state_of(&r)?, now, r.expires_ms).map_err(|e| match e {
             TransitionError::Cancelled => EngineError::FailedPrecondition {
                 reason: "RESERVATION_CANCELLED",
                 message: "the reservation was cancelled; reserve again".into(),
+                indonesian: "pemesanan ini sudah dibatalkan; pesan lagi".into(),
             },
             other => EngineError::FailedPrecondition {
                 reason: "INVALID_TRANSITION",
                 message: other.to_string(),
+                indonesian: other.indonesian().into(),
             },
         })?;
         let mut replayed = false;
@@ -185,18 +188,24 @@ impl Engine {
                 self.expire_due_in_tx(conn, &mut office, now).await?;
                 qd = super::quota_day_for_update(conn, lock, &office, &sp, day).await?;
                 let today = zone.local_date(now);
-                let expired_err = |why: &str| EngineError::FailedPrecondition {
+                let expired_err = |why: &str, mengapa: &str| EngineError::FailedPrecondition {
                     reason: "RESERVATION_EXPIRED",
                     message: format!("the hold expired and {why}; do not print — reserve again"),
+                    indonesian: format!(
+                        "masa tahan sudah habis dan {mengapa}; jangan cetak — pesan lagi"
+                    ),
                 };
                 if day != today {
-                    return Err(expired_err("its day is over"));
+                    return Err(expired_err("its day is over", "harinya sudah lewat"));
                 }
                 if rows::live_reservation_of_nik(conn, &r.nik_hash, &r.local_date)
                     .await?
                     .is_some()
                 {
-                    return Err(expired_err("the applicant holds another blank today"));
+                    return Err(expired_err(
+                        "the applicant holds another blank today",
+                        "pemohon sudah memegang blangko lain hari ini",
+                    ));
                 }
                 let is_priority = priority_reasons(&policy).contains(&(r.reason as i32));
                 let mut input =
@@ -216,7 +225,10 @@ impl Engine {
                         super::reserve::cap_uses(&policy, r.reason as i32, &by_reason);
                 }
                 if quota::decide(&input).is_err() {
-                    return Err(expired_err("no slot or blank is free now"));
+                    return Err(expired_err(
+                        "no slot or blank is free now",
+                        "tidak ada slot atau blangko yang kosong sekarang",
+                    ));
                 }
                 r.state = State::Committed.as_str().to_string();
                 r.committed_ms = now;
@@ -303,6 +315,7 @@ impl Engine {
         let step = machine::on_cancel(state_of(&r)?, now, r.expires_ms).map_err(|_| EngineError::FailedPrecondition {
             reason: "RESERVATION_COMMITTED",
             message: "the card was already printed; a printed card cannot be cancelled (report a spoiled blank instead)".into(),
+            indonesian: "kartu sudah dicetak; kartu yang sudah dicetak tidak dapat dibatalkan (laporkan blangko rusak)".into(),
         })?;
         let replayed = match step {
             CancelStep::Cancel => {
@@ -626,6 +639,7 @@ impl Engine {
                 return Err(EngineError::FailedPrecondition {
                     reason: "INSUFFICIENT_STOCK",
                     message: "no unheld blank is on hand to write off".into(),
+                    indonesian: "tidak ada blangko yang tidak ditahan untuk dicatat rusak".into(),
                 });
             }
             entry.note = note;
@@ -650,6 +664,10 @@ impl Engine {
                     EngineError::FailedPrecondition {
                         reason,
                         message: format!("cannot record a spoiled blank on this reservation: {e}"),
+                        indonesian: format!(
+                            "blangko rusak tidak dapat dicatat pada pemesanan ini: {}",
+                            e.indonesian()
+                        ),
                     }
                 },
             )?;

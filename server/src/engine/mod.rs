@@ -178,7 +178,7 @@ pub fn timestamp(ms: i64) -> prost_types::Timestamp {
 
 /// The office's zone; stored zones were validated on the way in.
 pub(crate) fn zone_of(office: &OfficeRow) -> EngineResult<OfficeZone> {
-    OfficeZone::parse(&office.time_zone).map_err(EngineError::Internal)
+    OfficeZone::parse(&office.time_zone).map_err(|e| EngineError::Internal(e.to_string()))
 }
 
 /// The service point's calendar: its weekdays and holidays.

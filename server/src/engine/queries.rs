@@ -106,7 +106,8 @@ pub(crate) fn snapshot_from(
     now_ms: i64,
     extras: &SnapshotExtras,
 ) -> EngineResult<QuotaSnapshot> {
-    let today = parse_local_date(&qd.local_date).map_err(EngineError::Internal)?;
+    let today =
+        parse_local_date(&qd.local_date).map_err(|e| EngineError::Internal(e.to_string()))?;
     let input = admission_figures(
         office,
         policy,

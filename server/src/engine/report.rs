@@ -286,7 +286,7 @@ async fn opening_balance(
         return Ok(0);
     };
     let earliest = crate::domain::calendar::parse_local_date(&found)
-        .map_err(EngineError::Internal)?
+        .map_err(|e| EngineError::Internal(e.to_string()))?
         .checked_sub_days(chrono::Days::new(ZONE_SHIFT_DAYS + MARGIN_BEFORE_DAYS))
         .map(format_local_date)
         .unwrap_or_default();
@@ -374,6 +374,7 @@ fn check_range(from: NaiveDate, to: NaiveDate, today: NaiveDate) -> EngineResult
         violations.push(FieldViolation::new(
             "to_date",
             format!("must not be before from_date ({from})"),
+            format!("tidak boleh sebelum from_date ({from})"),
         ));
     } else if (to - from).num_days() + 1 > MAX_REPORT_DAYS {
         violations.push(FieldViolation::new(
@@ -382,12 +383,17 @@ fn check_range(from: NaiveDate, to: NaiveDate, today: NaiveDate) -> EngineResult
                 "the report may span at most {MAX_REPORT_DAYS} days, got {}",
                 (to - from).num_days() + 1
             ),
+            format!(
+                "laporan paling panjang {MAX_REPORT_DAYS} hari, diminta {}",
+                (to - from).num_days() + 1
+            ),
         ));
     }
     if to > today {
         violations.push(FieldViolation::new(
             "to_date",
             format!("must not be after the office's today ({today})"),
+            format!("tidak boleh setelah hari ini di kantor itu ({today})"),
         ));
     }
     if violations.is_empty() {

@@ -782,6 +782,7 @@ fn decide_one<'a>(
                 return Err(EngineError::Retry {
                     reason: "EARLIER_HOLD_RELEASING",
                     message: "this applicant's hold at another office has just run out and is being released; send the same request again in a moment".into(),
+                    indonesian: "masa tahan pemohon ini di kantor lain baru habis dan sedang dilepas; kirim permintaan yang sama sebentar lagi".into(),
                     retry_after: EARLIER_HOLD_RETRY,
                 });
             }
@@ -789,6 +790,10 @@ fn decide_one<'a>(
                 reason: "ALREADY_RESERVED_ELSEWHERE",
                 message: format!(
                     "this applicant already holds a blank today at office {} service point {}",
+                    existing.office_id, existing.service_point_id
+                ),
+                indonesian: format!(
+                    "pemohon ini sudah memegang blangko hari ini di kantor {} tempat layanan {}",
                     existing.office_id, existing.service_point_id
                 ),
             });
@@ -926,6 +931,9 @@ fn request_id_reused(request_id: &str, method: &str) -> EngineError {
         message: format!(
             "request_id '{request_id}' was already used for another {method} request; use a new request_id for a new request"
         ),
+        indonesian: format!(
+            "request_id '{request_id}' sudah dipakai untuk permintaan {method} lain; pakai request_id baru untuk permintaan baru"
+        ),
     }
 }
 
@@ -979,6 +987,7 @@ fn admission(
             return Err(EngineError::invalid(
                 "ikd_status",
                 "this office requires IKD first: say whether the applicant's IKD is ACTIVE, NOT_ACTIVE or EXEMPT",
+                "kantor ini mewajibkan IKD lebih dulu: sebutkan apakah IKD pemohon ACTIVE, NOT_ACTIVE atau EXEMPT",
             ));
         }
         if cmd.ikd_status == IkdStatus::NotActive as i32 && !state.activated.contains(nik_hash) {

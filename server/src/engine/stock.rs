@@ -139,6 +139,10 @@ fn office_settings(
                     "office {} does not exist yet: to create it, the mask must name \"name\"",
                     office.office_id
                 ),
+                format!(
+                    "kantor {} belum ada: untuk membuatnya, mask harus menyebut \"name\"",
+                    office.office_id
+                ),
             ));
         }
         None => new_row(&office_with_defaults(Office {
@@ -391,6 +395,7 @@ impl Engine {
                         return Err(EngineError::AlreadyExists {
                             reason: "REFERENCE_REUSED",
                             message: format!("delivery reference '{reference}' was already recorded with another quantity"),
+                            indonesian: format!("nomor rujukan pengiriman '{reference}' sudah tercatat dengan jumlah lain"),
                         });
                     }
                     let entry = ledger::entries_after(conn, office_id, 0, seq - 1, seq, 1)
@@ -479,6 +484,12 @@ impl Engine {
                         reason: "INSUFFICIENT_STOCK",
                         message: format!(
                             "office {} has {} available blanks, fewer than the {} to transfer",
+                            from.office_id,
+                            from.available(),
+                            quantity
+                        ),
+                        indonesian: format!(
+                            "kantor {} hanya punya {} blangko tersedia, kurang dari {} yang akan dipindahkan",
                             from.office_id,
                             from.available(),
                             quantity
@@ -572,12 +583,17 @@ impl Engine {
                                     "is past the newest ledger entry of the office ({})",
                                     office.ledger_seq
                                 ),
+                                format!(
+                                    "melewati entri buku besar terbaru kantor ini ({})",
+                                    office.ledger_seq
+                                ),
                             ));
                         }
                         if seq == 0 {
                             return Err(EngineError::invalid(
                                 "counted_as_of_seq",
                                 "is a ledger entry's number, 1 or more (StockLevel.ledger_seq when the count began)",
+                                "adalah nomor entri buku besar, 1 atau lebih (StockLevel.ledger_seq saat penghitungan dimulai)",
                             ));
                         }
                         let (next_recorded, stock_take) =
@@ -591,6 +607,10 @@ impl Engine {
                                     "ledger entry {seq} is followed by movements of more than {} hours ago: a count takes hours, so this is not the entry the count began at; count again, or send the count as the stock now",
                                     MAX_COUNT_MS / 3_600_000
                                 ),
+                                indonesian: format!(
+                                    "entri buku besar {seq} diikuti mutasi lebih dari {} jam lalu: penghitungan butuh beberapa jam, jadi ini bukan entri saat penghitungan dimulai; hitung lagi, atau kirim hitungan sebagai stok sekarang",
+                                    MAX_COUNT_MS / 3_600_000
+                                ),
                             });
                         }
                         if let Some(since) = stock_take {
@@ -598,6 +618,9 @@ impl Engine {
                                 reason: "STOCK_TAKE_SINCE",
                                 message: format!(
                                     "a stock-take was booked after ledger entry {seq} (entry {since}), while this count was under way: count again, as of the newest entry"
+                                ),
+                                indonesian: format!(
+                                    "stock opname dicatat setelah entri buku besar {seq} (entri {since}) selagi penghitungan ini berjalan: hitung lagi, per entri terbaru"
                                 ),
                             });
                         }
@@ -611,6 +634,11 @@ impl Engine {
                         reason: "COUNT_BELOW_HELD",
                         message: format!(
                             "counted {counted} blanks, which leaves {} on hand, but {} are held by live reservations; finish or cancel those holds first",
+                            office.on_hand + on_hand_delta,
+                            office.held
+                        ),
+                        indonesian: format!(
+                            "terhitung {counted} blangko, sehingga sisa di tangan {}, tetapi {} ditahan oleh pemesanan aktif; selesaikan atau batalkan tahanan itu dulu",
                             office.on_hand + on_hand_delta,
                             office.held
                         ),
@@ -674,6 +702,10 @@ impl Engine {
                             reason: "QUOTA_BELOW_USE",
                             message: format!(
                                 "today's quota cannot go below what is already held or printed today ({})",
+                                qd.used()
+                            ),
+                            indonesian: format!(
+                                "kuota hari ini tidak boleh di bawah yang sudah ditahan atau dicetak hari ini ({})",
                                 qd.used()
                             ),
                         });
@@ -752,6 +784,10 @@ impl Engine {
                     reason: "TOO_MANY_COUNTERS",
                     message: format!(
                         "service point {office_id}/{service_point_id} already has {MAX_COUNTERS_PER_POINT} counters reporting their queues; a report expires {} s after it was sent",
+                        QUEUE_REPORT_TTL_MS / 1000
+                    ),
+                    indonesian: format!(
+                        "tempat layanan {office_id}/{service_point_id} sudah punya {MAX_COUNTERS_PER_POINT} loket yang melaporkan antreannya; laporan kedaluwarsa {} detik setelah dikirim",
                         QUEUE_REPORT_TTL_MS / 1000
                     ),
                     retry_after: std::time::Duration::from_millis(QUEUE_REPORT_TTL_MS as u64),

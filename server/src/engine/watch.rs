@@ -144,6 +144,10 @@ impl Engine {
                 "this server already serves {} quota watchers; try another replica or later",
                 self.hub.max_watchers
             ),
+            indonesian: format!(
+                "server ini sudah melayani {} pemantau kuota; coba replika lain atau nanti",
+                self.hub.max_watchers
+            ),
             retry_after: WATCHERS_FULL_RETRY,
         }
     }

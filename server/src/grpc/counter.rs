@@ -133,6 +133,9 @@ impl WatcherSeats {
                 message: format!(
                     "'{caller}' already holds {limit} quota watchers open (--max-watchers-per-caller); close one or try later"
                 ),
+                indonesian: format!(
+                    "'{caller}' sudah membuka {limit} pemantau kuota (--max-watchers-per-caller); tutup satu atau coba nanti"
+                ),
                 retry_after: crate::engine::watch::WATCHERS_FULL_RETRY,
             }));
         }
@@ -255,6 +258,7 @@ impl CounterService for CounterApi {
             c.fail(
                 "note",
                 "is required when the reason is OTHER: say what happened to the blank",
+                "wajib diisi bila alasannya OTHER: sebutkan apa yang terjadi pada blangko itu",
             );
         }
         let today = nik_today(&self.engine);
@@ -363,16 +367,22 @@ impl CounterService for CounterApi {
         } else {
             let token = parse_reservation_token(&r.page_token);
             if token.is_none() {
-                c.fail("page_token", "is not a token this server issued");
+                c.fail(
+                    "page_token",
+                    "is not a token this server issued",
+                    validate::BAD_PAGE_TOKEN,
+                );
             }
             token
         };
         // The token's day: a listing of "today" stays on the day it began.
         if let Some((Some(day), _)) = token {
             match date {
-                Some(asked) if asked != day => {
-                    c.fail("page_token", "belongs to a listing of another local_date")
-                }
+                Some(asked) if asked != day => c.fail(
+                    "page_token",
+                    "belongs to a listing of another local_date",
+                    "milik daftar local_date yang lain",
+                ),
                 _ => date = Some(day),
             }
         }
@@ -382,6 +392,7 @@ impl CounterService for CounterApi {
             c.fail(
                 "niks",
                 "is withdrawn: a filter by NIK would let a caller test NIKs against the office's reservations; filter by request_ids instead",
+                "sudah ditarik: saringan menurut NIK memungkinkan pemanggil menguji NIK terhadap pemesanan kantor; saring menurut request_ids",
             );
         }
         if r.request_ids.len() > MAX_LISTED_REQUEST_IDS {
@@ -389,6 +400,10 @@ impl CounterService for CounterApi {
                 "request_ids",
                 format!(
                     "has {} ids; at most {MAX_LISTED_REQUEST_IDS} at once",
+                    r.request_ids.len()
+                ),
+                format!(
+                    "berisi {} ID; paling banyak {MAX_LISTED_REQUEST_IDS} sekaligus",
                     r.request_ids.len()
                 ),
             );
@@ -523,8 +538,10 @@ impl CounterService for CounterApi {
             revoked
                 .load(std::sync::atomic::Ordering::SeqCst)
                 .then(|| {
-                    Err(Status::unauthenticated(
+                    Err(super::status::localized(
+                        tonic::Code::Unauthenticated,
                         "the token of this stream was revoked or its rights changed; open the stream again with a valid token",
+                        "token aliran ini dicabut atau haknya berubah; buka aliran lagi dengan token yang sah",
                     ))
                 })
         });

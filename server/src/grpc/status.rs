@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::engine::EngineError;
+use crate::engine::error::describe;
 
 /// The ErrorInfo domain of every error this service raises.
 pub const ERROR_DOMAIN: &str = "blangko.v1";
@@ -17,43 +18,79 @@ impl From<EngineError> for Status {
         match err {
             EngineError::Invalid(violations) => {
                 let message = format!("invalid request: {}", describe(&violations));
-                let details = ErrorDetails::with_bad_request(
+                // The fields only: each one's reason in Bahasa Indonesia is in its violation,
+                // and the whole status travels in one header (grpc-status-details-bin) that
+                // clients bound (8 KiB by default in gRPC's C core).
+                let indonesian = format!(
+                    "permintaan tidak sah, periksa: {}",
+                    violations
+                        .iter()
+                        .map(|v| v.field.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let mut details = ErrorDetails::with_bad_request(
                     violations
                         .into_iter()
-                        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+                        .map(|v| tonic_types::FieldViolation {
+                            localized_message: Some(tonic_types::LocalizedMessage::new(
+                                LOCALE,
+                                v.indonesian,
+                            )),
+                            ..tonic_types::FieldViolation::new(v.field, v.description)
+                        })
                         .collect::<Vec<_>>(),
                 );
+                details.set_localized_message(LOCALE, indonesian);
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             EngineError::NotFound { kind, id } => {
                 // The id comes from the caller: a NIK typed into it is not echoed.
                 let id = crate::domain::nik::mask_nik_stretches(&id).into_owned();
+                let mut details =
+                    ErrorDetails::with_resource_info(kind, &id, "", "no such resource");
+                details.set_localized_message(
+                    LOCALE,
+                    format!("{} '{id}' tidak ditemukan", indonesian_kind(kind)),
+                );
                 Status::with_error_details(
                     Code::NotFound,
                     format!("{kind} '{id}' not found"),
-                    ErrorDetails::with_resource_info(kind, id, "", "no such resource"),
+                    details,
                 )
             }
-            EngineError::FailedPrecondition { reason, message } => Status::with_error_details(
-                Code::FailedPrecondition,
+            EngineError::FailedPrecondition {
+                reason,
                 message,
-                ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
-            ),
-            EngineError::AlreadyExists { reason, message } => Status::with_error_details(
-                Code::AlreadyExists,
+                indonesian,
+            } => refused(Code::FailedPrecondition, reason, message, indonesian),
+            EngineError::AlreadyExists {
+                reason,
                 message,
-                ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
-            ),
+                indonesian,
+            } => refused(Code::AlreadyExists, reason, message, indonesian),
             EngineError::Exhausted {
                 reason,
                 message,
+                indonesian,
                 retry_after,
-            } => retry_later(Code::ResourceExhausted, reason, message, retry_after),
+            } => retry_later(
+                Code::ResourceExhausted,
+                reason,
+                (message, indonesian),
+                retry_after,
+            ),
             EngineError::Retry {
                 reason,
                 message,
+                indonesian,
                 retry_after,
-            } => retry_later(Code::Unavailable, reason, message, retry_after),
+            } => retry_later(
+                Code::Unavailable,
+                reason,
+                (message, indonesian),
+                retry_after,
+            ),
             EngineError::Database(db) => database_status(&db),
             EngineError::Unavailable(text) => {
                 tracing::debug!(error = %text, "database unavailable (shared by a batch)");
@@ -61,10 +98,49 @@ impl From<EngineError> for Status {
             }
             EngineError::Internal(message) => {
                 tracing::error!(%message, "internal error");
-                Status::internal("internal error; the operators have the details in the server log")
+                internal("internal error; the operators have the details in the server log")
             }
         }
     }
+}
+
+/// The locale of every error's `google.rpc.LocalizedMessage`: Bahasa Indonesia, as the counters
+/// speak it (the status message itself is English, for developers).
+pub const LOCALE: &str = "id-ID";
+
+/// `google.rpc.LocalizedMessage` in [`LOCALE`] alone, for a status that has no other detail.
+pub fn localized(code: Code, message: impl Into<String>, indonesian: impl Into<String>) -> Status {
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_localized_message(LOCALE, indonesian),
+    )
+}
+
+/// How a NOT_FOUND's kind of resource is said in Bahasa Indonesia.
+fn indonesian_kind(kind: &str) -> &'static str {
+    match kind {
+        "office" => "kantor",
+        "service point" => "tempat layanan",
+        "reservation" => "pemesanan",
+        _ => "data",
+    }
+}
+
+/// `code` with ErrorInfo `reason` and the Indonesian message: the state forbids the call.
+fn refused(code: Code, reason: &str, message: String, indonesian: String) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    details.set_localized_message(LOCALE, indonesian);
+    Status::with_error_details(code, message, details)
+}
+
+/// INTERNAL: the server failed; the operators have the details in its log.
+fn internal(message: &str) -> Status {
+    localized(
+        Code::Internal,
+        message,
+        "galat di server; operator dapat melihat rinciannya di log server",
+    )
 }
 
 /// A database failure: UNAVAILABLE with RetryInfo when waiting may help (no free connection, the
@@ -75,32 +151,36 @@ fn database_status(err: &sqlx::Error) -> Status {
         unavailable()
     } else {
         tracing::error!(error = %err, "database error");
-        Status::internal("database error; the operators have the details in the server log")
+        internal("database error; the operators have the details in the server log")
     }
 }
 
-/// `code` with ErrorInfo `reason` and RetryInfo `retry_after`: not now, later.
-fn retry_later(code: Code, reason: &str, message: String, retry_after: Duration) -> Status {
+/// `code` with ErrorInfo `reason`, RetryInfo `retry_after` and the message in English and in
+/// Bahasa Indonesia: not now, later.
+fn retry_later(
+    code: Code,
+    reason: &str,
+    (message, indonesian): (String, String),
+    retry_after: Duration,
+) -> Status {
     let mut details = ErrorDetails::with_retry_info(Some(retry_after));
     details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    details.set_localized_message(LOCALE, indonesian);
     Status::with_error_details(code, message, details)
 }
 
 /// UNAVAILABLE with a retry hint: the database is busy or unreachable.
 fn unavailable() -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(200)));
+    details.set_localized_message(
+        LOCALE,
+        "basis data sedang sibuk atau tidak terjangkau; kirim ulang dengan request_id yang sama",
+    );
     Status::with_error_details(
         Code::Unavailable,
         "the database is busy or unreachable; retry with the same request_id",
-        ErrorDetails::with_retry_info(Some(Duration::from_millis(200))),
+        details,
     )
-}
-
-fn describe(violations: &[crate::engine::FieldViolation]) -> String {
-    violations
-        .iter()
-        .map(|v| format!("{}: {}", v.field, v.description))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// The ErrorInfo reason of a call refused by load shedding.
@@ -111,28 +191,35 @@ pub const REQUEST_TIMEOUT: &str = "REQUEST_TIMEOUT";
 /// A call refused because `limit` calls were already in flight: UNAVAILABLE (gRPC clients may
 /// retry it; nothing was done) with RetryInfo saying when, and ErrorInfo OVERLOADED.
 pub fn overloaded(limit: usize, retry_after: Duration) -> Status {
-    let mut details = ErrorDetails::with_retry_info(Some(retry_after));
-    details.set_error_info(OVERLOADED, ERROR_DOMAIN, HashMap::new());
-    Status::with_error_details(
+    let ms = retry_after.as_millis();
+    retry_later(
         Code::Unavailable,
-        format!(
-            "the server is overloaded ({limit} calls in flight); nothing was done: retry after {} ms with the same request_id",
-            retry_after.as_millis()
+        OVERLOADED,
+        (
+            format!(
+                "the server is overloaded ({limit} calls in flight); nothing was done: retry after {ms} ms with the same request_id"
+            ),
+            format!(
+                "server sedang penuh ({limit} panggilan berjalan); belum ada yang dikerjakan: kirim ulang setelah {ms} ms dengan request_id yang sama"
+            ),
         ),
-        details,
+        retry_after,
     )
 }
 
 /// A call that ran past the server's request time-out: DEADLINE_EXCEEDED. A mutating call may
 /// or may not have taken effect; a retry with the same request_id gets the first answer.
 pub fn timed_out(timeout: Duration) -> Status {
-    Status::with_error_details(
+    let secs = timeout.as_secs();
+    refused(
         Code::DeadlineExceeded,
+        REQUEST_TIMEOUT,
         format!(
-            "the call ran past the server's request time-out ({} s); retry with the same request_id",
-            timeout.as_secs()
+            "the call ran past the server's request time-out ({secs} s); retry with the same request_id"
         ),
-        ErrorDetails::with_error_info(REQUEST_TIMEOUT, ERROR_DOMAIN, HashMap::new()),
+        format!(
+            "panggilan melewati batas waktu server ({secs} detik); kirim ulang dengan request_id yang sama"
+        ),
     )
 }
 
@@ -162,6 +249,96 @@ mod tests {
         assert_eq!(
             codes_of_a_batch_failing_with(EngineError::Database(sqlx::Error::Io(io))),
             vec![(Code::Unavailable, true); 3]
+        );
+    }
+
+    #[test]
+    fn every_error_the_server_raises_says_it_in_bahasa_indonesia_too() {
+        let retry = Duration::from_secs(1);
+        let statuses = [
+            Status::from(EngineError::invalid(
+                "nik",
+                "must contain only digits",
+                "NIK hanya boleh berisi angka",
+            )),
+            Status::from(EngineError::NotFound {
+                kind: "service point",
+                id: "mpp".into(),
+            }),
+            Status::from(EngineError::FailedPrecondition {
+                reason: "INSUFFICIENT_STOCK",
+                message: "no stock".into(),
+                indonesian: "stok tidak cukup".into(),
+            }),
+            Status::from(EngineError::AlreadyExists {
+                reason: "REQUEST_ID_REUSED",
+                message: "reused".into(),
+                indonesian: "sudah dipakai".into(),
+            }),
+            Status::from(EngineError::Exhausted {
+                reason: "TOO_MANY_WATCHERS",
+                message: "full".into(),
+                indonesian: "penuh".into(),
+                retry_after: retry,
+            }),
+            Status::from(EngineError::Retry {
+                reason: "EARLIER_HOLD_RELEASING",
+                message: "soon".into(),
+                indonesian: "sebentar lagi".into(),
+                retry_after: retry,
+            }),
+            Status::from(EngineError::Database(sqlx::Error::PoolTimedOut)),
+            Status::from(EngineError::Database(sqlx::Error::RowNotFound)),
+            Status::from(EngineError::Unavailable("busy".into())),
+            Status::from(EngineError::Internal("bug".into())),
+            overloaded(64, retry),
+            timed_out(Duration::from_secs(30)),
+        ];
+        for status in statuses {
+            let localized = status
+                .get_details_localized_message()
+                .unwrap_or_else(|| panic!("no LocalizedMessage: {status:?}"));
+            assert_eq!(localized.locale, "id-ID", "{status:?}");
+            assert!(!localized.message.is_empty(), "{status:?}");
+            assert_ne!(localized.message, status.message(), "{status:?}");
+            // The other details stay as they were.
+            if matches!(
+                status.code(),
+                Code::FailedPrecondition | Code::AlreadyExists
+            ) {
+                assert!(status.get_details_error_info().is_some(), "{status:?}");
+            }
+        }
+        let not_found = Status::from(EngineError::NotFound {
+            kind: "service point",
+            id: "mpp".into(),
+        });
+        assert_eq!(
+            not_found.get_details_localized_message().map(|m| m.message),
+            Some("tempat layanan 'mpp' tidak ditemukan".to_string())
+        );
+        assert_eq!(
+            not_found
+                .get_details_resource_info()
+                .map(|r| r.resource_name),
+            Some("mpp".to_string())
+        );
+        let invalid = Status::from(EngineError::invalid(
+            "nik",
+            "must contain only digits",
+            "NIK hanya boleh berisi angka",
+        ));
+        let violation = &invalid
+            .get_details_bad_request()
+            .expect("BadRequest")
+            .field_violations[0];
+        assert_eq!(violation.description, "must contain only digits");
+        assert_eq!(
+            violation
+                .localized_message
+                .as_ref()
+                .map(|m| (m.locale.as_str(), m.message.as_str())),
+            Some(("id-ID", "NIK hanya boleh berisi angka"))
         );
     }
 

@@ -92,7 +92,11 @@ pub fn check_policy(c: &mut Checker, prefix: &str, p: &QuotaPolicy) {
         // Stored with the policy and shown back to every caller: no NIK in it either.
         c.not_nik_shaped(&format!("{field}.name"), &cap.name);
         if cap.reasons.is_empty() {
-            c.fail(&format!("{field}.reasons"), "must name at least one reason");
+            c.fail(
+                &format!("{field}.reasons"),
+                "must name at least one reason",
+                "harus menyebut paling sedikit satu alasan",
+            );
         }
         check_reasons(c, &format!("{field}.reasons"), &cap.reasons);
         c.range(
@@ -112,7 +116,7 @@ fn check_reasons(c: &mut Checker, field: &str, reasons: &[i32]) {
         let entry = format!("{field}[{i}]");
         c.enumeration::<Reason>(&entry, *r, false);
         if reasons[..i].contains(r) {
-            c.fail(&entry, "is listed twice");
+            c.fail(&entry, "is listed twice", validate::LISTED_TWICE);
         }
     }
 }
@@ -129,7 +133,9 @@ fn office_mask(c: &mut Checker, mask: Option<&FieldMask>) -> Option<Vec<OfficeFi
     for (i, path) in paths.iter().enumerate() {
         let entry = format!("update_mask.paths[{i}]");
         match OfficeField::from_path(path) {
-            Some(field) if fields.contains(&field) => c.fail(&entry, "is listed twice"),
+            Some(field) if fields.contains(&field) => {
+                c.fail(&entry, "is listed twice", validate::LISTED_TWICE)
+            }
             Some(field) => fields.push(field),
             None => {
                 let known: Vec<&str> = OfficeField::ALL.iter().map(|f| f.path()).collect();
@@ -139,6 +145,10 @@ fn office_mask(c: &mut Checker, mask: Option<&FieldMask>) -> Option<Vec<OfficeFi
                     &entry,
                     format!(
                         "is not a setting of an office; one of: {}",
+                        known.join(", ")
+                    ),
+                    format!(
+                        "bukan pengaturan kantor; salah satu dari: {}",
                         known.join(", ")
                     ),
                 );
@@ -166,7 +176,7 @@ impl StockService for StockApi {
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         let Some(office) = r.office.clone() else {
-            c.fail("office", "is required");
+            c.fail("office", "is required", validate::REQUIRED);
             c.finish()?;
             return Err(Status::internal("unreachable: office missing"));
         };
@@ -243,7 +253,7 @@ impl StockService for StockApi {
         let mut c = Checker::new();
         c.request_id(&r.request_id);
         let Some(sp) = r.service_point.clone() else {
-            c.fail("service_point", "is required");
+            c.fail("service_point", "is required", validate::REQUIRED);
             c.finish()?;
             return Err(Status::internal("unreachable: service point missing"));
         };
@@ -289,14 +299,18 @@ impl StockService for StockApi {
         for (i, h) in holidays_listed.iter().enumerate() {
             let field = format!("service_point.holidays[{i}]");
             if h.is_empty() {
-                c.fail(&field, "must be a date YYYY-MM-DD");
+                c.fail(
+                    &field,
+                    "must be a date YYYY-MM-DD",
+                    "harus tanggal TTTT-BB-HH",
+                );
             } else if let Some(d) = c.optional_date(&field, h) {
                 holidays.push(crate::domain::calendar::format_local_date(d));
             }
         }
         match &sp.policy {
             Some(p) => check_policy(&mut c, "service_point.policy", p),
-            None => c.fail("service_point.policy", "is required"),
+            None => c.fail("service_point.policy", "is required", validate::REQUIRED),
         }
         c.finish()?;
         let policy = sp.policy.clone().unwrap_or_default();
@@ -354,7 +368,11 @@ impl StockService for StockApi {
         c.office_id("from_office_id", &r.from_office_id);
         c.office_id("to_office_id", &r.to_office_id);
         if r.from_office_id == r.to_office_id {
-            c.fail("to_office_id", "must differ from from_office_id");
+            c.fail(
+                "to_office_id",
+                "must differ from from_office_id",
+                "harus berbeda dari from_office_id",
+            );
         }
         c.range("quantity", r.quantity, 1, validate::MAX_MOVEMENT);
         let today = nik_today(&self.engine);
@@ -437,7 +455,7 @@ impl StockService for StockApi {
         );
         match &r.policy {
             Some(p) => check_policy(&mut c, "policy", p),
-            None => c.fail("policy", "is required"),
+            None => c.fail("policy", "is required", validate::REQUIRED),
         }
         if let Some(q) = r.todays_quota {
             c.range("todays_quota", q, 0, validate::MAX_DAILY_QUOTA);
@@ -482,7 +500,11 @@ impl StockService for StockApi {
         let r = request.into_inner();
         let mut c = Checker::new();
         if !r.province_code.is_empty() && !crate::domain::nik::is_known_province(&r.province_code) {
-            c.fail("province_code", "is not a known 2-digit province code");
+            c.fail(
+                "province_code",
+                "is not a known 2-digit province code",
+                "bukan kode provinsi 2 angka yang dikenal",
+            );
         }
         let size = page_size(&mut c, "page_size", r.page_size, MAX_PAGE_SIZE);
         if !r.page_token.is_empty() {
@@ -517,7 +539,11 @@ impl StockService for StockApi {
             match r.page_token.parse::<i64>() {
                 Ok(n) if n >= 0 => n,
                 _ => {
-                    c.fail("page_token", "is not a token this server issued");
+                    c.fail(
+                        "page_token",
+                        "is not a token this server issued",
+                        validate::BAD_PAGE_TOKEN,
+                    );
                     0
                 }
             }
@@ -560,22 +586,35 @@ impl StockService for StockApi {
                 c.fail(
                     "page_size",
                     "only without office_id (one office is one chain)",
+                    "hanya tanpa office_id (satu kantor adalah satu rantai)",
                 );
             }
             if !r.page_token.is_empty() {
-                c.fail("page_token", "only without office_id");
+                c.fail(
+                    "page_token",
+                    "only without office_id",
+                    "hanya tanpa office_id",
+                );
             }
         } else if !r.page_token.is_empty() {
             c.office_id("page_token", &r.page_token);
         }
         if !r.published_head_hash.is_empty() {
             if r.office_id.is_empty() {
-                c.fail("published_head_hash", "needs office_id");
+                c.fail(
+                    "published_head_hash",
+                    "needs office_id",
+                    "memerlukan office_id",
+                );
             }
             if r.published_head_hash.len() != 64
                 || !r.published_head_hash.bytes().all(|b| b.is_ascii_hexdigit())
             {
-                c.fail("published_head_hash", "must be 64 hex characters");
+                c.fail(
+                    "published_head_hash",
+                    "must be 64 hex characters",
+                    "harus 64 karakter heksadesimal",
+                );
             }
         }
         c.finish()?;

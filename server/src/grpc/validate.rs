@@ -43,6 +43,13 @@ pub const MAX_SERVICE_DAYS: usize = 7;
 /// Most field violations one error lists; the last one says how many more there were.
 pub const MAX_VIOLATIONS: usize = 32;
 
+/// "Is required", in Bahasa Indonesia.
+pub const REQUIRED: &str = "wajib diisi";
+/// "Is listed twice", in Bahasa Indonesia.
+pub const LISTED_TWICE: &str = "tercantum dua kali";
+/// "Is not a token this server issued", in Bahasa Indonesia.
+pub const BAD_PAGE_TOKEN: &str = "bukan token yang diterbitkan server ini";
+
 /// Collects field violations (at most [`MAX_VIOLATIONS`] of them).
 #[derive(Default)]
 pub struct Checker {
@@ -57,11 +64,17 @@ impl Checker {
         Checker::default()
     }
 
-    /// Records a violation; past [`MAX_VIOLATIONS`] it is only counted.
-    pub fn fail(&mut self, field: &str, description: impl Into<String>) {
+    /// Records a violation, said in English (`description`) and in Bahasa Indonesia
+    /// (`indonesian`); past [`MAX_VIOLATIONS`] it is only counted.
+    pub fn fail(
+        &mut self,
+        field: &str,
+        description: impl Into<String>,
+        indonesian: impl Into<String>,
+    ) {
         if self.violations.len() < MAX_VIOLATIONS {
             self.violations
-                .push(FieldViolation::new(field, description));
+                .push(FieldViolation::new(field, description, indonesian));
         } else {
             self.dropped += 1;
         }
@@ -78,6 +91,9 @@ impl Checker {
                 last.description.push_str(&format!(
                     " (and {dropped} more violations, not listed: at most {MAX_VIOLATIONS} are)"
                 ));
+                last.indonesian.push_str(&format!(
+                    " (dan {dropped} pelanggaran lagi, tidak dicantumkan: paling banyak {MAX_VIOLATIONS})"
+                ));
             }
         }
         Err(EngineError::Invalid(self.violations))
@@ -90,6 +106,7 @@ impl Checker {
             self.fail(
                 field,
                 format!("must have at most {max} entries, got {}", list.len()),
+                format!("paling banyak {max} isian, ada {}", list.len()),
             );
             return &[];
         }
@@ -99,7 +116,7 @@ impl Checker {
     /// A required text of 1..=max characters without control characters.
     pub fn text(&mut self, field: &str, value: &str, max: usize) {
         if value.is_empty() {
-            self.fail(field, "is required");
+            self.fail(field, "is required", REQUIRED);
         } else {
             self.optional_text(field, value, max);
         }
@@ -112,14 +129,20 @@ impl Checker {
             self.fail(
                 field,
                 format!("must be at most {max} characters, got {chars}"),
+                format!("paling panjang {max} karakter, ada {chars}"),
             );
         } else if let Some(c) = value.chars().find(|&c| c.is_control() || invisible(c)) {
             if c.is_control() {
-                self.fail(field, "must not contain control characters");
+                self.fail(
+                    field,
+                    "must not contain control characters",
+                    "tidak boleh berisi karakter kendali",
+                );
             } else {
                 self.fail(
                     field,
                     "must not contain invisible formatting characters (zero-width spaces, direction marks, a byte-order mark, line or paragraph separators)",
+                    "tidak boleh berisi karakter format tak terlihat (spasi lebar nol, tanda arah, penanda urutan bita, pemisah baris atau paragraf)",
                 );
             }
         }
@@ -136,23 +159,35 @@ impl Checker {
     /// empty).
     pub fn trimmed(&mut self, field: &str, value: &str) {
         if !value.is_empty() && value.trim().is_empty() {
-            self.fail(field, "must not be blank");
+            self.fail(field, "must not be blank", "tidak boleh hanya berisi spasi");
         } else if value.trim() != value {
-            self.fail(field, "must not begin or end with whitespace");
+            self.fail(
+                field,
+                "must not begin or end with whitespace",
+                "tidak boleh diawali atau diakhiri spasi",
+            );
         }
     }
 
     /// An id of letters, digits, '-', '_' and '.', 1..=max characters.
     pub fn id(&mut self, field: &str, value: &str, max: usize) {
         if value.is_empty() {
-            self.fail(field, "is required");
+            self.fail(field, "is required", REQUIRED);
         } else if value.chars().count() > max {
-            self.fail(field, format!("must be at most {max} characters"));
+            self.fail(
+                field,
+                format!("must be at most {max} characters"),
+                format!("paling panjang {max} karakter"),
+            );
         } else if !value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            self.fail(field, "may contain only letters, digits, '-', '_' and '.'");
+            self.fail(
+                field,
+                "may contain only letters, digits, '-', '_' and '.'",
+                "hanya boleh berisi huruf, angka, '-', '_' dan '.'",
+            );
         }
     }
 
@@ -166,6 +201,7 @@ impl Checker {
             self.fail(
                 "counter_id",
                 "must not contain 16 or more digits, in a row or split by dashes, dots or underscores (it could be a NIK, and the counter's id is kept with every reservation and in the ledger)",
+                "tidak boleh berisi 16 angka atau lebih, berurutan atau dipisah tanda hubung, titik atau garis bawah (bisa jadi NIK, dan ID loket disimpan bersama setiap pemesanan dan di buku besar)",
             );
         }
     }
@@ -178,6 +214,7 @@ impl Checker {
             self.fail(
                 field,
                 "must not contain 16 or more digits, in a row or split by dashes, dots or underscores (it could be a NIK, and this id is published in metrics and logs)",
+                "tidak boleh berisi 16 angka atau lebih, berurutan atau dipisah tanda hubung, titik atau garis bawah (bisa jadi NIK, dan ID ini terbit di metrik dan log)",
             );
         }
     }
@@ -202,11 +239,13 @@ impl Checker {
             self.fail(
                 field,
                 "must not contain a soft hyphen or an invisible joiner: a reference names one document, write it as printed",
+                "tidak boleh berisi tanda hubung lunak atau penyambung tak terlihat: nomor rujukan menunjuk satu dokumen, tulis persis seperti tercetak",
             );
         } else if value.trim() != value {
             self.fail(
                 field,
                 "must not begin or end with a space: a reference names one document, write it as printed",
+                "tidak boleh diawali atau diakhiri spasi: nomor rujukan menunjuk satu dokumen, tulis persis seperti tercetak",
             );
         }
     }
@@ -232,6 +271,7 @@ impl Checker {
             self.fail(
                 field,
                 "must not contain a NIK (the ledger keeps this text for good); write the masked NIK or the reservation id instead",
+                "tidak boleh berisi NIK (buku besar menyimpan teks ini selamanya); tulis NIK yang disamarkan atau ID pemesanan",
             );
         }
     }
@@ -242,11 +282,13 @@ impl Checker {
             self.fail(
                 field,
                 "must be a 4-digit Kemendagri regency/city code, e.g. \"3275\"",
+                "harus kode kabupaten/kota Kemendagri 4 angka, misalnya \"3275\"",
             );
         } else if !is_known_province(&value[..2]) {
             self.fail(
                 field,
                 format!("province code {} is not a known province", &value[..2]),
+                format!("kode provinsi {} tidak dikenal", &value[..2]),
             );
         }
     }
@@ -262,7 +304,7 @@ impl Checker {
         match Nik::parse(value, today) {
             Ok(nik) => Some(nik),
             Err(err) => {
-                self.fail(field, nik_error_text(&err));
+                self.fail(field, nik_error_text(&err), err.indonesian());
                 None
             }
         }
@@ -276,9 +318,17 @@ impl Checker {
         allow_unspecified: bool,
     ) {
         if E::try_from(value).is_err() {
-            self.fail(field, format!("unknown value {value}"));
+            self.fail(
+                field,
+                format!("unknown value {value}"),
+                format!("nilai {value} tidak dikenal"),
+            );
         } else if value == 0 && !allow_unspecified {
-            self.fail(field, "is required (must not be UNSPECIFIED)");
+            self.fail(
+                field,
+                "is required (must not be UNSPECIFIED)",
+                "wajib diisi (tidak boleh UNSPECIFIED)",
+            );
         }
     }
 
@@ -288,6 +338,7 @@ impl Checker {
             self.fail(
                 field,
                 format!("must be between {min} and {max}, got {value}"),
+                format!("harus antara {min} dan {max}, bukan {value}"),
             );
         }
     }
@@ -300,7 +351,7 @@ impl Checker {
         match parse_local_date(value) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.fail(field, e);
+                self.fail(field, e.to_string(), e.indonesian());
                 None
             }
         }
@@ -309,7 +360,11 @@ impl Checker {
     /// A required local date "YYYY-MM-DD".
     pub fn required_date(&mut self, field: &str, value: &str) -> Option<NaiveDate> {
         if value.is_empty() {
-            self.fail(field, "is required (a local date, YYYY-MM-DD)");
+            self.fail(
+                field,
+                "is required (a local date, YYYY-MM-DD)",
+                "wajib diisi (tanggal setempat, TTTT-BB-HH)",
+            );
             return None;
         }
         self.optional_date(field, value)
@@ -320,14 +375,14 @@ impl Checker {
         if !value.is_empty()
             && let Err(e) = parse_local_time(value)
         {
-            self.fail(field, e);
+            self.fail(field, e.to_string(), e.indonesian());
         }
     }
 
     /// An office time zone.
     pub fn zone(&mut self, field: &str, value: &str) {
         if let Err(e) = OfficeZone::parse(value) {
-            self.fail(field, e);
+            self.fail(field, e.to_string(), e.indonesian());
         }
     }
 }
@@ -355,4 +410,82 @@ fn invisible(c: char) -> bool {
             | '\u{FEFF}'
             | '\u{FFF9}'..='\u{FFFB}'
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One call of a check with bad input.
+    type Check<'a> = Box<dyn FnOnce(&mut Checker) + 'a>;
+
+    fn violations(check: impl FnOnce(&mut Checker)) -> Vec<FieldViolation> {
+        let mut c = Checker::new();
+        check(&mut c);
+        match c.finish() {
+            Err(EngineError::Invalid(violations)) => violations,
+            other => panic!("expected violations, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_check_says_why_in_bahasa_indonesia_as_well_as_in_english() {
+        let today = NaiveDate::from_ymd_opt(2026, 12, 7).expect("a date");
+        let long = "x".repeat(300);
+        let checks: Vec<Check> = vec![
+            Box::new(|c| c.text("name", "", 10)),
+            Box::new(|c| c.text("name", &long, 10)),
+            Box::new(|c| c.text("name", "a\u{7}b", 10)),
+            Box::new(|c| c.text("name", "a\u{200B}b", 10)),
+            Box::new(|c| c.trimmed("name", "   ")),
+            Box::new(|c| c.trimmed("name", " a")),
+            Box::new(|c| c.id("service_point_id", "", 10)),
+            Box::new(|c| c.id("service_point_id", &long, 10)),
+            Box::new(|c| c.id("service_point_id", "a b", 10)),
+            Box::new(|c| c.counter_id("3275-0101-9000-0001")),
+            Box::new(|c| c.not_nik_shaped("name", "3275010190000001")),
+            Box::new(|c| c.ledger_reference("reference", "SJ\u{00AD}1", false, today)),
+            Box::new(|c| c.ledger_reference("reference", "SJ-1 ", false, today)),
+            Box::new(|c| c.ledger_note("3275 0101 0190 0001", today)),
+            Box::new(|c| c.office_id("office_id", "32")),
+            Box::new(|c| c.office_id("office_id", "9901")),
+            Box::new(|c| {
+                c.nik("nik", "32750101019", today);
+            }),
+            Box::new(|c| c.range("quantity", 0, 1, 10)),
+            Box::new(|c| {
+                c.required_date("from_date", "");
+            }),
+            Box::new(|c| {
+                c.optional_date("from_date", "2026-02-30");
+            }),
+            Box::new(|c| c.optional_time("release_time", "25:00")),
+            Box::new(|c| c.zone("time_zone", "Europe/Paris")),
+            Box::new(|c| {
+                c.listed("reasons", &[1; 20], 16);
+            }),
+        ];
+        for check in checks {
+            for v in violations(check) {
+                assert!(!v.indonesian.is_empty(), "{v:?}");
+                assert_ne!(v.indonesian, v.description, "{v:?}");
+            }
+        }
+        // The 33rd and later are counted in the last one kept, in both languages.
+        let many = violations(|c| {
+            for i in 0..40 {
+                c.range(&format!("f{i}"), 0, 1, 2);
+            }
+        });
+        assert_eq!(many.len(), MAX_VIOLATIONS);
+        let last = &many[MAX_VIOLATIONS - 1];
+        assert!(
+            last.description
+                .ends_with("(and 8 more violations, not listed: at most 32 are)")
+        );
+        assert!(
+            last.indonesian
+                .ends_with("(dan 8 pelanggaran lagi, tidak dicantumkan: paling banyak 32)")
+        );
+    }
 }

@@ -401,6 +401,7 @@ mod tests {
         let status = crate::engine::EngineError::FailedPrecondition {
             reason: "ALREADY_RESERVED_ELSEWHERE",
             message: "x".into(),
+            indonesian: "x".into(),
         }
         .into();
         assert_eq!(reserve_outcome(&Err(status)), "already_reserved_elsewhere");

@@ -125,6 +125,9 @@ func printError(err error) *status.Status {
 		case *errdetails.BadRequest:
 			for _, v := range d.GetFieldViolations() {
 				fmt.Printf("     BadRequest field violation: field=%q reason=%q\n", v.GetField(), v.GetDescription())
+				if lm := v.GetLocalizedMessage(); lm.GetMessage() != "" {
+					fmt.Printf("       [%s]: %s\n", lm.GetLocale(), lm.GetMessage())
+				}
 			}
 		case *errdetails.ErrorInfo:
 			fmt.Printf("     ErrorInfo: reason=%s domain=%s\n", d.GetReason(), d.GetDomain())
@@ -396,17 +399,29 @@ func (f *flow) errorFlow() {
 	check(len(st.Details()) > 0, "the error carries google.rpc details (grpc-status-details-bin)")
 	fields := map[string]bool{}
 	echoes := strings.Contains(st.Message(), badNik)
+	indonesianFields := true
+	indonesian := ""
 	for _, d := range st.Details() {
-		if br, ok := d.(*errdetails.BadRequest); ok {
-			for _, v := range br.GetFieldViolations() {
+		switch d := d.(type) {
+		case *errdetails.BadRequest:
+			for _, v := range d.GetFieldViolations() {
 				fields[v.GetField()] = true
 				echoes = echoes || strings.Contains(v.GetDescription(), badNik)
+				lm := v.GetLocalizedMessage()
+				indonesianFields = indonesianFields && lm.GetLocale() == "id-ID" && lm.GetMessage() != ""
+			}
+		case *errdetails.LocalizedMessage:
+			if d.GetLocale() == "id-ID" {
+				indonesian = d.GetMessage()
 			}
 		}
 	}
 	check(fields["nik"], "a BadRequest field violation names the field 'nik'")
 	check(fields["reason"], "another one names the field 'reason' (every bad field is named)")
 	check(!echoes, "the error never echoes the NIK")
+	check(strings.HasPrefix(indonesian, "permintaan tidak sah"),
+		"a google.rpc.LocalizedMessage says it in Bahasa Indonesia (locale id-ID)")
+	check(indonesianFields, "each field violation says why in Bahasa Indonesia too (its localized_message)")
 
 	fmt.Println("\n== Counter: cancel a reservation that does not exist ==")
 	ctx, cancel = call(f.counterToken)
