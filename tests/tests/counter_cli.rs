@@ -1889,7 +1889,7 @@ async fn queue_human_output_in_both_languages_and_bad_rows_with_line_numbers() -
     assert_eq!(en.code, 2, "bad rows make exit 2: {en:?}");
     assert!(
         en.stderr
-            .contains("Line 10 (ticket 9): nik — NIK must have 16 digits, not 15"),
+            .contains("Line 10 (ticket 9): nik — must have 16 digits, got 15"),
         "{en:?}"
     );
     assert!(
