@@ -29,8 +29,8 @@ pub struct FieldViolation {
     pub field: String,
     /// Why it is invalid.
     pub description: String,
-    /// Why it is invalid, in Bahasa Indonesia (the server's `localized_message` in `id-ID`, or
-    /// our own check's), when there is one.
+    /// Why it is invalid, in Bahasa Indonesia (the server's `localized_message` in `id-ID`), when
+    /// the server sent it.
     pub indonesian: Option<String>,
 }
 
@@ -82,6 +82,15 @@ pub enum Failure {
 }
 
 pub use blangko_proto::code_name;
+
+/// `text` with its first letter upper-case.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
 
 /// A `google.rpc.LocalizedMessage` in Bahasa Indonesia (locale `id` or `id-…`), one line; None
 /// for another locale or an empty message.
@@ -260,6 +269,14 @@ impl Failure {
                     _ => (message, resource),
                 };
                 let explained = reason.as_deref().and_then(|r| explain_reason(r, lang));
+                if explained.is_none()
+                    && code == "NOT_FOUND"
+                    && indonesian.is_some()
+                    && lang == Lang::Id
+                {
+                    // "Pemesanan 'R1' tidak ditemukan" says it all.
+                    return format!("{} [{code}]", capitalized(message));
+                }
                 let mut text = match (explained, code.as_str()) {
                     (Some(explained), _) => explained.to_string(),
                     (None, "NOT_FOUND") => lang.t("Tidak ditemukan", "Not found").to_string(),
@@ -300,6 +317,22 @@ impl Failure {
         }
     }
 
+    /// The server's message in `lang`: its Bahasa Indonesia words when it sent them, else its
+    /// English (empty for a failure that is not the server's).
+    fn server_words(&self, lang: Lang) -> &str {
+        match (self, lang) {
+            (
+                Failure::Server {
+                    indonesian: Some(indonesian),
+                    ..
+                },
+                Lang::Id,
+            ) => indonesian,
+            (Failure::Server { message, .. }, _) => message,
+            _ => "",
+        }
+    }
+
     /// What the officer reads when a spoiled-blank report on a reservation was refused. The
     /// blank in hand is spoiled either way: when the reservation is no longer held (expired,
     /// cancelled, printed), the generic advice ("do NOT print") is beside the point, and what to
@@ -330,7 +363,6 @@ impl Failure {
         }
         if let Failure::Server {
             code,
-            message,
             reason: Some(reason),
             ..
         } = self
@@ -339,6 +371,7 @@ impl Failure {
                 "RESERVATION_EXPIRED" | "RESERVATION_CANCELLED" | "RESERVATION_NOT_HELD"
             )
         {
+            let message = self.server_words(lang);
             return format!(
                 "{}: {message} [{code}/{reason}]",
                 lang.t(
@@ -380,7 +413,7 @@ impl Failure {
             } => json!({
                 "code": "INVALID_ARGUMENT",
                 "message": message,
-                "field_violations": violations.iter().map(|v| json!({"field": v.field, "description": v.description})).collect::<Vec<_>>(),
+                "field_violations": violations.iter().map(|v| json!({"field": v.field, "description": v.description, "description_indonesian": v.indonesian})).collect::<Vec<_>>(),
             }),
             Failure::NoServer { servers, detail } => json!({
                 "code": "UNAVAILABLE",
@@ -690,12 +723,73 @@ mod tests {
         // JSON keeps the English message, and the Indonesian line beside it.
         let v = failure.json();
         assert_eq!(v["error"]["message"], "office 3275 has 2 available blanks");
+        // And each field's Indonesian reason in JSON, beside its English one.
+        let mut details = ErrorDetails::new();
+        details.set_bad_request(vec![tonic_types::FieldViolation {
+            localized_message: Some(tonic_types::LocalizedMessage::new(
+                "id-ID",
+                "NIK hanya boleh berisi angka",
+            )),
+            ..tonic_types::FieldViolation::new("nik", "must contain only digits")
+        }]);
+        let bad = Failure::from(Status::with_error_details(
+            Code::InvalidArgument,
+            "invalid request",
+            details,
+        ))
+        .json();
+        assert_eq!(
+            bad["error"]["field_violations"][0]["description_indonesian"],
+            "NIK hanya boleh berisi angka"
+        );
         assert!(
             v["error"]["message_indonesian"]
                 .as_str()
                 .is_some_and(|m| m.contains("hanya punya 2 blangko")),
             "{v}"
         );
+    }
+
+    #[test]
+    fn a_not_found_reads_once_and_refusals_of_a_spoiled_report_speak_indonesian() {
+        let not_found = Failure::from(Status::with_error_details(
+            Code::NotFound,
+            "reservation 'R1' not found",
+            {
+                let mut d =
+                    ErrorDetails::with_resource_info("reservation", "R1", "", "no such resource");
+                d.set_localized_message("id", "pemesanan 'R1' tidak ditemukan");
+                d
+            },
+        ));
+        assert_eq!(
+            not_found.human(Lang::Id),
+            "Pemesanan 'R1' tidak ditemukan [NOT_FOUND]"
+        );
+        assert_eq!(
+            not_found.human(Lang::En),
+            "Not found (reservation R1): reservation 'R1' not found [NOT_FOUND]"
+        );
+        let mut details =
+            ErrorDetails::with_error_info("RESERVATION_CANCELLED", "blangko.v1", HashMap::new());
+        details.set_localized_message(
+            "id_ID",
+            "blangko rusak tidak dapat dicatat pada pemesanan ini: pemesanan sudah dibatalkan",
+        );
+        let spoiled = Failure::from(Status::with_error_details(
+            Code::FailedPrecondition,
+            "cannot record a spoiled blank on this reservation: reservation was cancelled",
+            details,
+        ));
+        let id = spoiled.human_for_spoiled(Lang::Id);
+        assert!(id.starts_with("Blangko rusak BELUM tercatat"), "{id}");
+        assert!(
+            id.contains(": blangko rusak tidak dapat dicatat pada pemesanan ini: pemesanan sudah dibatalkan [FAILED_PRECONDITION/RESERVATION_CANCELLED]"),
+            "{id}"
+        );
+        assert!(spoiled.human_for_spoiled(Lang::En).contains(
+            ": cannot record a spoiled blank on this reservation: reservation was cancelled ["
+        ));
     }
 
     #[test]

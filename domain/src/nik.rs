@@ -73,9 +73,7 @@ impl NikError {
             NikError::UnknownProvince { .. } => {
                 "kode provinsi di awal NIK tidak dikenal".to_string()
             }
-            NikError::ImpossibleBirthDate => {
-                "digit tanggal lahir dalam NIK tidak membentuk tanggal yang nyata".to_string()
-            }
+            NikError::ImpossibleBirthDate => "tanggal lahir dalam NIK tidak mungkin".to_string(),
             NikError::ZeroSerial => "nomor urut NIK tidak boleh 0000".to_string(),
         }
     }
@@ -579,7 +577,7 @@ mod tests {
             (
                 "3275013104900001",
                 "birth date digits do not form a real date",
-                "digit tanggal lahir dalam NIK tidak membentuk tanggal yang nyata",
+                "tanggal lahir dalam NIK tidak mungkin",
             ),
             (
                 "3275010101900000",

@@ -796,6 +796,13 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
             && !late.stderr.contains("JANGAN cetak"),
         "{late:?}"
     );
+    // The server's words follow in Bahasa Indonesia too.
+    assert!(
+        late.stderr.contains(
+            ": blangko rusak tidak dapat dicatat pada pemesanan ini: pemesanan sudah dibatalkan ["
+        ),
+        "{late:?}"
+    );
     let unknown = run_as(url, &["--lang", "en", "commit", "no-such-reservation"]).await?;
     assert_eq!(unknown.code, 1, "{unknown:?}");
     assert!(unknown.stderr.contains("NOT_FOUND"), "{unknown:?}");
@@ -807,9 +814,9 @@ async fn commit_cancel_spoiled_and_holds() -> anyhow::Result<()> {
     );
     let unknown_id = run_as(url, &["commit", "no-such-reservation"]).await?;
     assert!(
-        unknown_id.stderr.contains(
-            "Tidak ditemukan: pemesanan 'no-such-reservation' tidak ditemukan [NOT_FOUND]"
-        ),
+        unknown_id
+            .stderr
+            .contains("Pemesanan 'no-such-reservation' tidak ditemukan [NOT_FOUND]"),
         "{unknown_id:?}"
     );
     // The call's id in the server's log comes back with the error, for the operators.

@@ -436,7 +436,7 @@ async fn every_refusal_says_why_in_bahasa_indonesia_beside_the_english() -> anyh
                 (
                     "office_id".to_string(),
                     "id-ID".to_string(),
-                    "harus kode kabupaten/kota Kemendagri 4 angka, misalnya \"3275\"".to_string()
+                    "harus berupa kode kabupaten/kota Kemendagri 4 angka, misalnya \"3275\"".to_string()
                 ),
                 (
                     "counter_id".to_string(),
@@ -457,9 +457,9 @@ async fn every_refusal_says_why_in_bahasa_indonesia_beside_the_english() -> anyh
         );
         let (locale, whole) = localized_message(&err).context("no LocalizedMessage")?;
         assert_eq!(locale, "id-ID");
-        assert!(
-            whole == "permintaan tidak sah, periksa: office_id, counter_id, nik",
-            "{whole}"
+        assert_eq!(
+            whole,
+            "permintaan tidak sah: office_id: harus berupa kode kabupaten/kota Kemendagri 4 angka, misalnya \"3275\" (dan 2 kesalahan lain)"
         );
         assert!(!whole.contains("3275O10101900001"), "{whole}");
 

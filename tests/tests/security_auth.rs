@@ -488,6 +488,16 @@ async fn every_rpc_every_role_own_and_other_office_gets_the_expected_code() -> a
         refused.message().contains("another province"),
         "{refused:?}"
     );
+    // The reason in Bahasa Indonesia too, not only that it was refused.
+    let (locale, indonesian) =
+        blangko_e2e::localized_message(&refused).context("no LocalizedMessage")?;
+    assert_eq!(locale, "id-ID");
+    assert!(
+        indonesian.ends_with(
+            "tidak boleh melakukan ini: pemindahan ke kantor di provinsi lain diatur oleh kementerian (token admin)"
+        ),
+        "{indonesian}"
+    );
     assert_eq!(stock_of(&mut admin, ELSEWHERE).await?, before);
     admin.stock.transfer_stock(lend()).await?;
     assert_eq!(stock_of(&mut admin, ELSEWHERE).await?, before + 1);
@@ -555,7 +565,13 @@ async fn unknown_malformed_and_revoked_tokens_are_unauthenticated_and_the_ledger
             blangko_e2e::localized_message(&status).context("no LocalizedMessage")?;
         assert_eq!(locale, "id-ID");
         assert!(
-            indonesian.starts_with("kredensial") || indonesian.starts_with("token tidak dikenal"),
+            [
+                "kredensial tidak ada",
+                "format kredensial salah",
+                "token tidak dikenal"
+            ]
+            .iter()
+            .any(|start| indonesian.starts_with(start)),
             "{bad:?}: {indonesian}"
         );
         assert!(!indonesian.contains(tokens.token("ops")));

@@ -723,6 +723,13 @@ async fn a_nik_joined_by_underscores_in_a_request_id_is_stored_hashed_even_when_
             not_found.message().contains("r_****_****_****_****"),
             "{not_found:?}"
         );
+        // Masked in the Bahasa Indonesia message as well.
+        let (_, indonesian) = blangko_e2e::localized_message(&not_found)
+            .ok_or_else(|| anyhow::anyhow!("no LocalizedMessage"))?;
+        assert_eq!(
+            indonesian, "pemesanan 'r_****_****_****_****' tidak ditemukan",
+            "{not_found:?}"
+        );
         let log = server.log();
         for clear in [&header_id, &reservation_id] {
             assert!(!log.contains(clear.as_str()), "{clear} in the log");

@@ -217,22 +217,34 @@ impl Principal {
             Scope::Office(o) => (o, None, false),
             Scope::AllServicePoints(o) => (o, None, true),
             Scope::AllOffices => {
-                return Err(self.denied("this call reads every office"));
+                return Err(self.denied(
+                    "this call reads every office",
+                    "panggilan ini membaca semua kantor",
+                ));
             }
         };
         if office != own {
-            return Err(self.denied("the request is for another office"));
+            return Err(self.denied(
+                "the request is for another office",
+                "permintaan ini untuk kantor lain",
+            ));
         }
         if self.role == Role::Counter
             && let Some(points) = &self.service_points
         {
             if all_points {
-                return Err(self.denied("name one of the counter's service points"));
+                return Err(self.denied(
+                    "name one of the counter's service points",
+                    "sebutkan salah satu tempat layanan loket ini",
+                ));
             }
             if let Some(sp) = point
                 && !points.iter().any(|p| p == sp)
             {
-                return Err(self.denied("the request is for another service point"));
+                return Err(self.denied(
+                    "the request is for another service point",
+                    "permintaan ini untuk tempat layanan lain",
+                ));
             }
         }
         Ok(())
@@ -250,12 +262,14 @@ impl Principal {
         if self.role == Role::Supervisor && province(from_office_id) != province(to_office_id) {
             return Err(self.denied(
                 "a transfer to an office of another province is arranged by the ministry (an admin token)",
+                "pemindahan ke kantor di provinsi lain diatur oleh kementerian (token admin)",
             ));
         }
         Ok(())
     }
 
-    fn denied(&self, why: &str) -> Status {
+    /// PERMISSION_DENIED, saying `why` in English and `mengapa` in Bahasa Indonesia.
+    fn denied(&self, why: &str, mengapa: &str) -> Status {
         let office = self.office_id.as_deref().unwrap_or("-");
         localized(
             Code::PermissionDenied,
@@ -265,7 +279,7 @@ impl Principal {
                 self.role.as_str(),
             ),
             format!(
-                "'{}' ({} kantor {office}) tidak diizinkan melakukan ini",
+                "'{}' ({} kantor {office}) tidak boleh melakukan ini: {mengapa}",
                 self.name,
                 self.role.as_str(),
             ),

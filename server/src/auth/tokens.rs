@@ -351,7 +351,7 @@ impl Authenticator {
             return Err(localized(
                 Code::Unauthenticated,
                 "malformed credentials: expected 'authorization: Bearer <token>'",
-                "kredensial salah bentuk: seharusnya 'authorization: Bearer <token>'",
+                "format kredensial salah: seharusnya 'authorization: Bearer <token>'",
             ));
         };
         match table.principal_of(token) {

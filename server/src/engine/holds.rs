@@ -204,7 +204,7 @@ impl Engine {
                 {
                     return Err(expired_err(
                         "the applicant holds another blank today",
-                        "pemohon sudah memegang blangko lain hari ini",
+                        "pemohon sudah mendapat blangko lain hari ini",
                     ));
                 }
                 let is_priority = priority_reasons(&policy).contains(&(r.reason as i32));
@@ -639,7 +639,8 @@ impl Engine {
                 return Err(EngineError::FailedPrecondition {
                     reason: "INSUFFICIENT_STOCK",
                     message: "no unheld blank is on hand to write off".into(),
-                    indonesian: "tidak ada blangko yang tidak ditahan untuk dicatat rusak".into(),
+                    indonesian:
+                        "tidak ada blangko bebas (tidak sedang ditahan) untuk dicatat rusak".into(),
                 });
             }
             entry.note = note;

@@ -793,7 +793,7 @@ fn decide_one<'a>(
                     existing.office_id, existing.service_point_id
                 ),
                 indonesian: format!(
-                    "pemohon ini sudah memegang blangko hari ini di kantor {} tempat layanan {}",
+                    "pemohon ini sudah mendapat blangko hari ini di kantor {} tempat layanan {}",
                     existing.office_id, existing.service_point_id
                 ),
             });

@@ -140,7 +140,7 @@ fn office_settings(
                     office.office_id
                 ),
                 format!(
-                    "kantor {} belum ada: untuk membuatnya, mask harus menyebut \"name\"",
+                    "kantor {} belum ada: untuk membuatnya, update_mask harus memuat \"name\"",
                     office.office_id
                 ),
             ));
@@ -593,7 +593,7 @@ impl Engine {
                             return Err(EngineError::invalid(
                                 "counted_as_of_seq",
                                 "is a ledger entry's number, 1 or more (StockLevel.ledger_seq when the count began)",
-                                "adalah nomor entri buku besar, 1 atau lebih (StockLevel.ledger_seq saat penghitungan dimulai)",
+                                "harus nomor entri buku besar, 1 atau lebih (StockLevel.ledger_seq saat penghitungan dimulai)",
                             ));
                         }
                         let (next_recorded, stock_take) =
@@ -638,7 +638,7 @@ impl Engine {
                             office.held
                         ),
                         indonesian: format!(
-                            "terhitung {counted} blangko, sehingga sisa di tangan {}, tetapi {} ditahan oleh pemesanan aktif; selesaikan atau batalkan tahanan itu dulu",
+                            "terhitung {counted} blangko, sehingga stok fisik menjadi {}, tetapi {} ditahan oleh pemesanan aktif; selesaikan atau batalkan tahanan itu dulu",
                             office.on_hand + on_hand_delta,
                             office.held
                         ),

@@ -18,17 +18,21 @@ impl From<EngineError> for Status {
         match err {
             EngineError::Invalid(violations) => {
                 let message = format!("invalid request: {}", describe(&violations));
-                // The fields only: each one's reason in Bahasa Indonesia is in its violation,
-                // and the whole status travels in one header (grpc-status-details-bin) that
-                // clients bound (8 KiB by default in gRPC's C core).
-                let indonesian = format!(
-                    "permintaan tidak sah, periksa: {}",
-                    violations
-                        .iter()
-                        .map(|v| v.field.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                // The first field and why, and how many more: each one's reason is in its
+                // violation, and the whole status travels in headers that clients bound.
+                let indonesian = match violations.as_slice() {
+                    [] => "permintaan tidak sah".to_string(),
+                    [first] => format!(
+                        "permintaan tidak sah: {}: {}",
+                        first.field, first.indonesian
+                    ),
+                    [first, rest @ ..] => format!(
+                        "permintaan tidak sah: {}: {} (dan {} kesalahan lain)",
+                        first.field,
+                        first.indonesian,
+                        rest.len()
+                    ),
+                };
                 let mut details = ErrorDetails::with_bad_request(
                     violations
                         .into_iter()
@@ -200,7 +204,7 @@ pub fn overloaded(limit: usize, retry_after: Duration) -> Status {
                 "the server is overloaded ({limit} calls in flight); nothing was done: retry after {ms} ms with the same request_id"
             ),
             format!(
-                "server sedang penuh ({limit} panggilan berjalan); belum ada yang dikerjakan: kirim ulang setelah {ms} ms dengan request_id yang sama"
+                "server sedang kelebihan beban ({limit} panggilan berjalan); permintaan belum diproses: kirim ulang setelah {ms} ms dengan request_id yang sama"
             ),
         ),
         retry_after,

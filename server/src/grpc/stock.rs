@@ -302,7 +302,7 @@ impl StockService for StockApi {
                 c.fail(
                     &field,
                     "must be a date YYYY-MM-DD",
-                    "harus tanggal TTTT-BB-HH",
+                    "harus berupa tanggal TTTT-BB-HH",
                 );
             } else if let Some(d) = c.optional_date(&field, h) {
                 holidays.push(crate::domain::calendar::format_local_date(d));
@@ -586,14 +586,14 @@ impl StockService for StockApi {
                 c.fail(
                     "page_size",
                     "only without office_id (one office is one chain)",
-                    "hanya tanpa office_id (satu kantor adalah satu rantai)",
+                    "hanya boleh tanpa office_id (satu kantor adalah satu rantai)",
                 );
             }
             if !r.page_token.is_empty() {
                 c.fail(
                     "page_token",
                     "only without office_id",
-                    "hanya tanpa office_id",
+                    "hanya boleh tanpa office_id",
                 );
             }
         } else if !r.page_token.is_empty() {

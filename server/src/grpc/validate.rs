@@ -42,6 +42,14 @@ pub const MAX_LISTED_REASONS: usize = 16;
 pub const MAX_SERVICE_DAYS: usize = 7;
 /// Most field violations one error lists; the last one says how many more there were.
 pub const MAX_VIOLATIONS: usize = 32;
+/// Most bytes of the violations' texts one error lists (field names, English and Bahasa
+/// Indonesia reasons together), the note of those left out included. The whole error travels in
+/// response headers, twice over (the English message, and the details base64-encoded), and
+/// gRPC's C core (Python, C#, C++ clients) reads at most 8 KiB of headers by default: at this
+/// bound an error stays under about 7 KiB.
+pub const MAX_VIOLATION_BYTES: usize = 3072;
+/// Room kept within [`MAX_VIOLATION_BYTES`] for the note of the violations left out.
+const NOTE_BYTES: usize = 192;
 
 /// "Is required", in Bahasa Indonesia.
 pub const REQUIRED: &str = "wajib diisi";
@@ -50,11 +58,14 @@ pub const LISTED_TWICE: &str = "tercantum dua kali";
 /// "Is not a token this server issued", in Bahasa Indonesia.
 pub const BAD_PAGE_TOKEN: &str = "bukan token yang diterbitkan server ini";
 
-/// Collects field violations (at most [`MAX_VIOLATIONS`] of them).
+/// Collects field violations (at most [`MAX_VIOLATIONS`] of them, of at most
+/// [`MAX_VIOLATION_BYTES`]).
 #[derive(Default)]
 pub struct Checker {
     violations: Vec<FieldViolation>,
-    /// Violations past the limit, counted but not kept.
+    /// The bytes of the violations kept.
+    bytes: usize,
+    /// Violations past the limits, counted but not kept.
     dropped: usize,
 }
 
@@ -65,16 +76,21 @@ impl Checker {
     }
 
     /// Records a violation, said in English (`description`) and in Bahasa Indonesia
-    /// (`indonesian`); past [`MAX_VIOLATIONS`] it is only counted.
+    /// (`indonesian`); past [`MAX_VIOLATIONS`] or [`MAX_VIOLATION_BYTES`] it is only counted
+    /// (and so is every one after it, so that what is listed is always the first ones).
     pub fn fail(
         &mut self,
         field: &str,
         description: impl Into<String>,
         indonesian: impl Into<String>,
     ) {
-        if self.violations.len() < MAX_VIOLATIONS {
-            self.violations
-                .push(FieldViolation::new(field, description, indonesian));
+        let violation = FieldViolation::new(field, description, indonesian);
+        let bytes =
+            violation.field.len() + violation.description.len() + violation.indonesian.len();
+        let fits = self.bytes + bytes <= MAX_VIOLATION_BYTES - NOTE_BYTES;
+        if self.dropped == 0 && self.violations.len() < MAX_VIOLATIONS && fits {
+            self.violations.push(violation);
+            self.bytes += bytes;
         } else {
             self.dropped += 1;
         }
@@ -89,10 +105,10 @@ impl Checker {
             let dropped = self.dropped;
             if let Some(last) = self.violations.last_mut() {
                 last.description.push_str(&format!(
-                    " (and {dropped} more violations, not listed: at most {MAX_VIOLATIONS} are)"
+                    " (and {dropped} more violations, not listed: at most {MAX_VIOLATIONS} are, of at most {MAX_VIOLATION_BYTES} bytes)"
                 ));
                 last.indonesian.push_str(&format!(
-                    " (dan {dropped} pelanggaran lagi, tidak dicantumkan: paling banyak {MAX_VIOLATIONS})"
+                    " (dan {dropped} kesalahan lain tidak ditampilkan: paling banyak {MAX_VIOLATIONS} ditampilkan, sepanjang paling banyak {MAX_VIOLATION_BYTES} bita)"
                 ));
             }
         }
@@ -106,7 +122,7 @@ impl Checker {
             self.fail(
                 field,
                 format!("must have at most {max} entries, got {}", list.len()),
-                format!("paling banyak {max} isian, ada {}", list.len()),
+                format!("paling banyak {max} butir, diisi {}", list.len()),
             );
             return &[];
         }
@@ -129,20 +145,20 @@ impl Checker {
             self.fail(
                 field,
                 format!("must be at most {max} characters, got {chars}"),
-                format!("paling panjang {max} karakter, ada {chars}"),
+                format!("paling panjang {max} karakter, diisi {chars}"),
             );
         } else if let Some(c) = value.chars().find(|&c| c.is_control() || invisible(c)) {
             if c.is_control() {
                 self.fail(
                     field,
                     "must not contain control characters",
-                    "tidak boleh berisi karakter kendali",
+                    "tidak boleh berisi karakter kontrol",
                 );
             } else {
                 self.fail(
                     field,
                     "must not contain invisible formatting characters (zero-width spaces, direction marks, a byte-order mark, line or paragraph separators)",
-                    "tidak boleh berisi karakter format tak terlihat (spasi lebar nol, tanda arah, penanda urutan bita, pemisah baris atau paragraf)",
+                    "tidak boleh berisi karakter format tak terlihat (spasi lebar nol, tanda arah, tanda BOM, pemisah baris atau paragraf)",
                 );
             }
         }
@@ -214,7 +230,7 @@ impl Checker {
             self.fail(
                 field,
                 "must not contain 16 or more digits, in a row or split by dashes, dots or underscores (it could be a NIK, and this id is published in metrics and logs)",
-                "tidak boleh berisi 16 angka atau lebih, berurutan atau dipisah tanda hubung, titik atau garis bawah (bisa jadi NIK, dan ID ini terbit di metrik dan log)",
+                "tidak boleh berisi 16 angka atau lebih, berurutan atau dipisah tanda hubung, titik atau garis bawah (bisa jadi NIK, dan ID ini tampil di metrik dan log)",
             );
         }
     }
@@ -282,7 +298,7 @@ impl Checker {
             self.fail(
                 field,
                 "must be a 4-digit Kemendagri regency/city code, e.g. \"3275\"",
-                "harus kode kabupaten/kota Kemendagri 4 angka, misalnya \"3275\"",
+                "harus berupa kode kabupaten/kota Kemendagri 4 angka, misalnya \"3275\"",
             );
         } else if !is_known_province(&value[..2]) {
             self.fail(
@@ -338,7 +354,7 @@ impl Checker {
             self.fail(
                 field,
                 format!("must be between {min} and {max}, got {value}"),
-                format!("harus antara {min} dan {max}, bukan {value}"),
+                format!("harus antara {min} dan {max}, diisi {value}"),
             );
         }
     }
@@ -416,6 +432,13 @@ fn invisible(c: char) -> bool {
 mod tests {
     use super::*;
 
+    impl Checker {
+        /// One of the longest violations there is (a NIK-shaped id), on `field`.
+        fn counter_id_field(&mut self, field: &str) {
+            self.not_nik_shaped(field, "3275-0101-9000-0001");
+        }
+    }
+
     /// One call of a check with bad input.
     type Check<'a> = Box<dyn FnOnce(&mut Checker) + 'a>;
 
@@ -480,12 +503,63 @@ mod tests {
         assert_eq!(many.len(), MAX_VIOLATIONS);
         let last = &many[MAX_VIOLATIONS - 1];
         assert!(
-            last.description
-                .ends_with("(and 8 more violations, not listed: at most 32 are)")
+            last.description.ends_with(
+                "(and 8 more violations, not listed: at most 32 are, of at most 3072 bytes)"
+            ),
+            "{last:?}"
         );
         assert!(
-            last.indonesian
-                .ends_with("(dan 8 pelanggaran lagi, tidak dicantumkan: paling banyak 32)")
+            last.indonesian.ends_with(
+                "(dan 8 kesalahan lain tidak ditampilkan: paling banyak 32 ditampilkan, sepanjang paling banyak 3072 bita)"
+            ),
+            "{last:?}"
         );
+    }
+
+    #[test]
+    fn long_violations_are_listed_up_to_a_byte_bound_and_the_rest_counted() {
+        // 40 of the longest texts: far fewer than 32 fit in the bound.
+        let many = violations(|c| {
+            for i in 0..40 {
+                c.counter_id_field(&format!("request_ids[{i}]"));
+            }
+        });
+        let bytes: usize = many
+            .iter()
+            .map(|v| v.field.len() + v.description.len() + v.indonesian.len())
+            .sum();
+        assert!(bytes <= MAX_VIOLATION_BYTES, "{bytes} bytes");
+        assert!(many.len() < 20, "{} listed", many.len());
+        // The first ones, in order, and the last says how many were left out.
+        assert_eq!(many[0].field, "request_ids[0]");
+        assert_eq!(
+            many[many.len() - 1].field,
+            format!("request_ids[{}]", many.len() - 1)
+        );
+        let left_out = 40 - many.len();
+        assert!(
+            many[many.len() - 1]
+                .description
+                .contains(&format!("(and {left_out} more violations, not listed")),
+            "{:?}",
+            many.last()
+        );
+        // A short one after a long one that did not fit is not listed either.
+        let mut c = Checker::new();
+        for i in 0..40 {
+            c.counter_id_field(&format!("request_ids[{i}]"));
+        }
+        c.fail("z", "short", "pendek");
+        match c.finish() {
+            Err(EngineError::Invalid(v)) => {
+                assert!(v.iter().all(|v| v.field != "z"));
+                assert!(
+                    v[v.len() - 1]
+                        .description
+                        .contains(&format!("(and {} more", left_out + 1))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
