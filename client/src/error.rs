@@ -672,76 +672,80 @@ mod tests {
         assert_eq!(v["error"]["field_violations"][0]["field"], "nik");
     }
 
+    /// A BadRequest field violation with its localized message.
+    fn violation(
+        field: &str,
+        english: &str,
+        locale: &str,
+        localized: &str,
+    ) -> tonic_types::FieldViolation {
+        tonic_types::FieldViolation {
+            localized_message: Some(tonic_types::LocalizedMessage::new(locale, localized)),
+            ..tonic_types::FieldViolation::new(field, english)
+        }
+    }
+
+    /// The failure a status with `details` makes.
+    fn failure(code: Code, message: &str, details: ErrorDetails) -> Failure {
+        Failure::from(Status::with_error_details(code, message, details))
+    }
+
+    /// What the officer reads, with `--lang id` and with `--lang en`.
+    fn lines(failure: &Failure) -> [String; 2] {
+        [failure.human(Lang::Id), failure.human(Lang::En)]
+    }
+
     #[test]
     fn the_servers_words_in_bahasa_indonesia_are_shown_to_counter_staff() {
-        // A field refused by the server: its Indonesian reason with --lang id, English with en.
+        // A field refused by the server: its Indonesian reason with --lang id, English with en;
+        // another locale is not taken for Bahasa Indonesia.
         let mut details = ErrorDetails::new();
         details.set_bad_request(vec![
-            tonic_types::FieldViolation {
-                localized_message: Some(tonic_types::LocalizedMessage::new(
-                    "id-ID",
-                    "NIK hanya boleh berisi angka",
-                )),
-                ..tonic_types::FieldViolation::new("nik", "must contain only digits")
-            },
-            // Another locale is not taken for Bahasa Indonesia.
-            tonic_types::FieldViolation {
-                localized_message: Some(tonic_types::LocalizedMessage::new("fr-FR", "requis")),
-                ..tonic_types::FieldViolation::new("counter_id", "is required")
-            },
+            violation(
+                "nik",
+                "must contain only digits",
+                "id-ID",
+                "NIK hanya boleh berisi angka",
+            ),
+            violation("counter_id", "is required", "fr-FR", "requis"),
         ]);
-        let failure = Failure::from(Status::with_error_details(
-            Code::InvalidArgument,
-            "invalid request",
-            details,
-        ));
+        let bad = failure(Code::InvalidArgument, "invalid request", details);
         assert_eq!(
-            failure.human(Lang::Id),
-            "Masukan ditolak: nik: NIK hanya boleh berisi angka; counter_id: is required"
+            lines(&bad),
+            [
+                "Masukan ditolak: nik: NIK hanya boleh berisi angka; counter_id: is required",
+                "Input rejected: nik: must contain only digits; counter_id: is required",
+            ]
+        );
+        // JSON: each field's Indonesian reason beside its English one.
+        let v = bad.json();
+        assert_eq!(
+            v["error"]["field_violations"][0]["description_indonesian"],
+            "NIK hanya boleh berisi angka"
         );
         assert_eq!(
-            failure.human(Lang::En),
-            "Input rejected: nik: must contain only digits; counter_id: is required"
+            v["error"]["field_violations"][1]["description_indonesian"],
+            Value::Null
         );
         // A refusal: the counter's own explanation of the reason, then the server's words.
         let mut details =
             ErrorDetails::with_error_info("INSUFFICIENT_STOCK", "blangko.v1", HashMap::new());
         details.set_localized_message("id-ID", "kantor 3275 hanya punya 2 blangko tersedia");
-        let failure = Failure::from(Status::with_error_details(
+        let refused = failure(
             Code::FailedPrecondition,
             "office 3275 has 2 available blanks",
             details,
-        ));
-        assert_eq!(
-            failure.human(Lang::Id),
-            "Stok tidak cukup: kantor 3275 hanya punya 2 blangko tersedia [FAILED_PRECONDITION/INSUFFICIENT_STOCK]"
         );
         assert_eq!(
-            failure.human(Lang::En),
-            "Not enough stock: office 3275 has 2 available blanks [FAILED_PRECONDITION/INSUFFICIENT_STOCK]"
+            lines(&refused),
+            [
+                "Stok tidak cukup: kantor 3275 hanya punya 2 blangko tersedia [FAILED_PRECONDITION/INSUFFICIENT_STOCK]",
+                "Not enough stock: office 3275 has 2 available blanks [FAILED_PRECONDITION/INSUFFICIENT_STOCK]",
+            ]
         );
         // JSON keeps the English message, and the Indonesian line beside it.
-        let v = failure.json();
+        let v = refused.json();
         assert_eq!(v["error"]["message"], "office 3275 has 2 available blanks");
-        // And each field's Indonesian reason in JSON, beside its English one.
-        let mut details = ErrorDetails::new();
-        details.set_bad_request(vec![tonic_types::FieldViolation {
-            localized_message: Some(tonic_types::LocalizedMessage::new(
-                "id-ID",
-                "NIK hanya boleh berisi angka",
-            )),
-            ..tonic_types::FieldViolation::new("nik", "must contain only digits")
-        }]);
-        let bad = Failure::from(Status::with_error_details(
-            Code::InvalidArgument,
-            "invalid request",
-            details,
-        ))
-        .json();
-        assert_eq!(
-            bad["error"]["field_violations"][0]["description_indonesian"],
-            "NIK hanya boleh berisi angka"
-        );
         assert!(
             v["error"]["message_indonesian"]
                 .as_str()
@@ -752,23 +756,16 @@ mod tests {
 
     #[test]
     fn a_not_found_reads_once_and_refusals_of_a_spoiled_report_speak_indonesian() {
-        let not_found = Failure::from(Status::with_error_details(
-            Code::NotFound,
-            "reservation 'R1' not found",
-            {
-                let mut d =
-                    ErrorDetails::with_resource_info("reservation", "R1", "", "no such resource");
-                d.set_localized_message("id", "pemesanan 'R1' tidak ditemukan");
-                d
-            },
-        ));
+        let mut details =
+            ErrorDetails::with_resource_info("reservation", "R1", "", "no such resource");
+        details.set_localized_message("id", "pemesanan 'R1' tidak ditemukan");
+        let not_found = failure(Code::NotFound, "reservation 'R1' not found", details);
         assert_eq!(
-            not_found.human(Lang::Id),
-            "Pemesanan 'R1' tidak ditemukan [NOT_FOUND]"
-        );
-        assert_eq!(
-            not_found.human(Lang::En),
-            "Not found (reservation R1): reservation 'R1' not found [NOT_FOUND]"
+            lines(&not_found),
+            [
+                "Pemesanan 'R1' tidak ditemukan [NOT_FOUND]",
+                "Not found (reservation R1): reservation 'R1' not found [NOT_FOUND]",
+            ]
         );
         let mut details =
             ErrorDetails::with_error_info("RESERVATION_CANCELLED", "blangko.v1", HashMap::new());
@@ -776,11 +773,11 @@ mod tests {
             "id_ID",
             "blangko rusak tidak dapat dicatat pada pemesanan ini: pemesanan sudah dibatalkan",
         );
-        let spoiled = Failure::from(Status::with_error_details(
+        let spoiled = failure(
             Code::FailedPrecondition,
             "cannot record a spoiled blank on this reservation: reservation was cancelled",
             details,
-        ));
+        );
         let id = spoiled.human_for_spoiled(Lang::Id);
         assert!(id.starts_with("Blangko rusak BELUM tercatat"), "{id}");
         assert!(
