@@ -460,8 +460,10 @@ impl Failure {
 fn explain_reason(reason: &str, lang: Lang) -> Option<&'static str> {
     let text = match reason {
         "RESERVATION_EXPIRED" => lang.t(
-            "Masa tahan sudah habis dan tidak ada slot/blangko lagi: JANGAN cetak",
-            "The hold expired and no slot or blank is left: do NOT print",
+            // Why it could not be taken again (the day is over, the applicant holds another
+            // blank, no slot or blank is free) is the server's message that follows.
+            "Masa tahan sudah habis: JANGAN cetak",
+            "The hold expired: do NOT print",
         ),
         "RESERVATION_CANCELLED" => lang.t(
             "Pemesanan ini sudah dibatalkan: JANGAN cetak",
