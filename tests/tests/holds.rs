@@ -459,7 +459,7 @@ async fn every_refusal_says_why_in_bahasa_indonesia_beside_the_english() -> anyh
         assert_eq!(locale, "id-ID");
         assert_eq!(
             whole,
-            "permintaan tidak sah: office_id: harus berupa kode kabupaten/kota Kemendagri 4 angka, misalnya \"3275\" (dan 2 kesalahan lain)"
+            "permintaan tidak sah: office_id: harus berupa kode kabupaten/kota Kemendagri 4 angka, misalnya \"3275\" (dan 2 kesalahan lain tercantum)"
         );
         assert!(!whole.contains("3275O10101900001"), "{whole}");
 

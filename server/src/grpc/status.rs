@@ -18,8 +18,9 @@ impl From<EngineError> for Status {
         match err {
             EngineError::Invalid(violations) => {
                 let message = format!("invalid request: {}", describe(&violations));
-                // The first field and why, and how many more: each one's reason is in its
-                // violation, and the whole status travels in headers that clients bound.
+                // The first field and why, and how many more are listed (the last one listed
+                // counts those left out): each one's reason is in its violation, and the whole
+                // status travels in headers that clients bound.
                 let indonesian = match violations.as_slice() {
                     [] => "permintaan tidak sah".to_string(),
                     [first] => format!(
@@ -27,7 +28,7 @@ impl From<EngineError> for Status {
                         first.field, first.indonesian
                     ),
                     [first, rest @ ..] => format!(
-                        "permintaan tidak sah: {}: {} (dan {} kesalahan lain)",
+                        "permintaan tidak sah: {}: {} (dan {} kesalahan lain tercantum)",
                         first.field,
                         first.indonesian,
                         rest.len()
