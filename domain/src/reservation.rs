@@ -302,12 +302,21 @@ mod tests {
             "spoilage limit reached"
         );
         assert_eq!(
-            TransitionError::Expired.indonesian(),
-            "masa tahan sudah habis"
-        );
-        assert_eq!(
-            TransitionError::Committed.indonesian(),
-            "kartu sudah dicetak"
+            [
+                TransitionError::Cancelled,
+                TransitionError::Committed,
+                TransitionError::Expired,
+                TransitionError::NotHeld,
+                TransitionError::SpoilageLimit,
+            ]
+            .map(TransitionError::indonesian),
+            [
+                "pemesanan sudah dibatalkan",
+                "kartu sudah dicetak",
+                "masa tahan sudah habis",
+                "pemesanan tidak sedang ditahan",
+                "batas blangko rusak untuk pemesanan ini tercapai",
+            ]
         );
     }
 }

@@ -487,6 +487,8 @@ mod tests {
             Box::new(|c| {
                 c.listed("reasons", &[1; 20], 16);
             }),
+            Box::new(|c| c.enumeration::<blangko_proto::v1::Reason>("reason", 999, false)),
+            Box::new(|c| c.enumeration::<blangko_proto::v1::Reason>("reason", 0, false)),
         ];
         for check in checks {
             for v in violations(check) {
