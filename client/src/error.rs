@@ -29,8 +29,8 @@ pub struct FieldViolation {
     pub field: String,
     /// Why it is invalid.
     pub description: String,
-    /// Why it is invalid, in Bahasa Indonesia (the server's `localized_message` in `id-ID`), when
-    /// the server sent it.
+    /// Why it is invalid, in Bahasa Indonesia: our own check's, or the server's
+    /// `localized_message` in `id-ID` when it sent one.
     pub indonesian: Option<String>,
 }
 
@@ -165,15 +165,19 @@ impl From<CallError> for Failure {
 }
 
 impl Failure {
-    /// A local bad-input failure on one field.
-    pub fn bad_field(field: &str, description: impl Into<String>) -> Failure {
+    /// A local bad-input failure on one field, said in English and in Bahasa Indonesia.
+    pub fn bad_field(
+        field: &str,
+        description: impl Into<String>,
+        indonesian: impl Into<String>,
+    ) -> Failure {
         let description = description.into();
         Failure::BadInput {
             message: format!("{field}: {description}"),
             violations: vec![FieldViolation {
                 field: field.to_string(),
                 description,
-                indonesian: None,
+                indonesian: Some(indonesian.into()),
             }],
         }
     }

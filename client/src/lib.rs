@@ -92,7 +92,10 @@ pub async fn run(cli: Cli) -> ExitCode {
     };
     let conn = match Connection::new(&options) {
         Ok(conn) => conn,
-        Err(error) => return Failure::bad_field("server", error.to_string()).exit(&out),
+        Err(error) => {
+            let error = error.to_string();
+            return Failure::bad_field("server", &error, &error).exit(&out);
+        }
     };
     for url in conn.plaintext_token_urls() {
         out.notice(&format!(

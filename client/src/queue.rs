@@ -158,8 +158,8 @@ fn columns_from_header(header: &csv::StringRecord) -> Result<Columns, Failure> {
         if looks_like_data {
             return Err(Failure::bad_field(
                 "line 1",
-                "the first line looks like an applicant, not a header row (ticket,nik,reason) / \
-                 baris 1 berisi data pemohon, bukan judul kolom",
+                "the first line looks like an applicant, not a header row (ticket,nik,reason)",
+                "baris 1 berisi data pemohon, bukan judul kolom (tiket,nik,alasan)",
             ));
         }
         // Unknown names: the documented order.
@@ -174,7 +174,8 @@ fn columns_from_header(header: &csv::StringRecord) -> Result<Columns, Failure> {
         found.get(name).copied().ok_or_else(|| {
             Failure::bad_field(
                 "header",
-                format!("the header row has no {name} column / kolom {name} tidak ada"),
+                format!("the header row has no {name} column"),
+                format!("baris judul tidak punya kolom {name}"),
             )
         })
     };
@@ -183,7 +184,8 @@ fn columns_from_header(header: &csv::StringRecord) -> Result<Columns, Failure> {
         None => need("number").map_err(|_| {
             Failure::bad_field(
                 "header",
-                "the header row has no ticket column / kolom tiket (nomor antrean) tidak ada",
+                "the header row has no ticket column",
+                "baris judul tidak punya kolom tiket (nomor antrean)",
             )
         })?,
     };
@@ -260,7 +262,8 @@ pub fn parse_queue<R: Read>(input: R, today: NaiveDate) -> Result<ParsedQueue, F
     if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
         return Err(Failure::bad_field(
             "file",
-            format!("larger than {MAX_FILE_BYTES} bytes / lebih dari {MAX_FILE_BYTES} byte"),
+            format!("larger than {MAX_FILE_BYTES} bytes"),
+            format!("lebih dari {MAX_FILE_BYTES} bita"),
         ));
     }
     let mut lines = bytes
@@ -283,8 +286,13 @@ pub fn parse_queue<R: Read>(input: R, today: NaiveDate) -> Result<ParsedQueue, F
             .into_iter()
             .max_by_key(|d| text.bytes().filter(|b| b == d).count())
             .unwrap_or(b',');
-        let header = split_csv_line(text, delimiter)
-            .map_err(|e| Failure::bad_field("header", format!("line {line}: {e}")))?;
+        let header = split_csv_line(text, delimiter).map_err(|e| {
+            Failure::bad_field(
+                "header",
+                format!("line {line}: {e}"),
+                format!("baris {line}: {e}"),
+            )
+        })?;
         break (columns_from_header(&header)?, delimiter);
     };
     let mut tickets: HashMap<String, u64> = HashMap::new();
@@ -293,7 +301,8 @@ pub fn parse_queue<R: Read>(input: R, today: NaiveDate) -> Result<ParsedQueue, F
         if parsed.rows.len() + parsed.bad.len() >= MAX_ROWS {
             return Err(Failure::bad_field(
                 "file",
-                format!("more than {MAX_ROWS} rows / lebih dari {MAX_ROWS} baris"),
+                format!("more than {MAX_ROWS} rows"),
+                format!("lebih dari {MAX_ROWS} baris"),
             ));
         }
         let Ok(text) = std::str::from_utf8(raw) else {
@@ -1739,6 +1748,25 @@ mod tests {
             let refused = parse_queue(text.as_bytes(), today());
             assert!(matches!(refused, Err(Failure::BadInput { .. })), "{first}");
         }
+        // Said in the officer's language, one language at a time.
+        let Err(refused) = parse_queue("1,327501410190001,hilang\n".as_bytes(), today()) else {
+            panic!("a first line of data is refused");
+        };
+        assert_eq!(
+            refused.human(crate::output::Lang::Id),
+            "Masukan ditolak: line 1: baris 1 berisi data pemohon, bukan judul kolom (tiket,nik,alasan)"
+        );
+        assert_eq!(
+            refused.human(crate::output::Lang::En),
+            "Input rejected: line 1: the first line looks like an applicant, not a header row (ticket,nik,reason)"
+        );
+        let Err(no_nik) = parse_queue("tiket,alasan\nA1,hilang\n".as_bytes(), today()) else {
+            panic!("a header without a NIK column is refused");
+        };
+        assert_eq!(
+            no_nik.human(crate::output::Lang::Id),
+            "Masukan ditolak: header: baris judul tidak punya kolom nik"
+        );
         // Unknown names that are no data: the documented order.
         assert_eq!(
             parse("A,B,C\nT1,3275014101900001,hilang\n").rows[0].ticket,

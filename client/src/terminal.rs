@@ -47,7 +47,8 @@ fn required<'a>(value: &'a Option<String>, option: &str, env: &str) -> Result<&'
         Some(v) if !v.is_empty() => Ok(v),
         _ => Err(Failure::bad_field(
             option.trim_start_matches('-'),
-            format!("{option} (or {env}) is required / {option} (atau {env}) wajib diisi"),
+            format!("{option} (or {env}) is required"),
+            format!("{option} (atau {env}) wajib diisi"),
         )),
     }
 }
@@ -57,9 +58,8 @@ pub fn check_request_id(id: &str) -> Result<(), Failure> {
     if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
         return Err(Failure::bad_field(
             "request_id",
-            format!(
-                "must be 1..={MAX_REQUEST_ID_LEN} characters / harus 1..={MAX_REQUEST_ID_LEN} karakter"
-            ),
+            format!("must be 1..={MAX_REQUEST_ID_LEN} characters"),
+            format!("harus 1..={MAX_REQUEST_ID_LEN} karakter"),
         ));
     }
     Ok(())

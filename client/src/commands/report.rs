@@ -87,8 +87,13 @@ pub async fn run(term: &Terminal, out: Out, options: &ReportOptions) -> ExitCode
     match &options.out {
         Some(path) => {
             if let Err(e) = std::fs::write(path, text.as_bytes()) {
-                return Failure::bad_field("out", format!("cannot write {}: {e}", path.display()))
-                    .exit(&out);
+                let path = path.display();
+                return Failure::bad_field(
+                    "out",
+                    format!("cannot write {path}: {e}"),
+                    format!("tidak dapat menulis {path}: {e}"),
+                )
+                .exit(&out);
             }
             if out.json {
                 out.json(&json!({

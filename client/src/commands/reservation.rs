@@ -94,10 +94,8 @@ pub async fn spoiled(
     if reason == SpoilageReason::Other && note.trim().is_empty() {
         return Failure::bad_field(
             "note",
-            out.t(
-                "wajib dengan --reason other: tulis apa yang terjadi pada blangko",
-                "is required with --reason other: say what happened to the blank",
-            ),
+            "is required with --reason other: say what happened to the blank",
+            "wajib dengan --reason other: tulis apa yang terjadi pada blangko",
         )
         .exit(&out);
     }
