@@ -5,10 +5,8 @@
 
 use chrono::NaiveDate;
 
-pub use blangko_domain::nik::NikError;
-
-/// Digits in a NIK.
-pub const NIK_LEN: usize = 16;
+use blangko_domain::nik::mask_digits;
+pub use blangko_domain::nik::{NIK_DIGITS as NIK_LEN, NikError};
 
 /// Drops the separators people type inside a NIK (spaces, dots, dashes).
 pub fn normalize(input: &str) -> String {
@@ -23,8 +21,9 @@ pub fn normalize(input: &str) -> String {
 pub fn mask(input: &str) -> String {
     let nik = normalize(input);
     if nik.len() == NIK_LEN && nik.bytes().all(|b| b.is_ascii_digit()) {
-        format!("{}******{}", &nik[..6], &nik[12..])
+        mask_digits(&nik)
     } else {
+        // As many stars as characters (one at least): the server's mask always writes 16.
         "*".repeat(nik.chars().count().clamp(1, NIK_LEN))
     }
 }

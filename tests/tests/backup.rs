@@ -61,16 +61,26 @@ fn mode_of(path: &Path) -> anyhow::Result<u32> {
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_online_backup_is_consistent_and_serves_while_the_original_goes_on() -> anyhow::Result<()>
-{
+/// A fresh SQLite database served by a server process, with office 3275 and its service point
+/// "main" (`quota` a day, `blanks` in stock): the database, its file and the server.
+async fn served(
+    quota: u32,
+    blanks: u32,
+) -> anyhow::Result<(Arc<TestDatabase>, std::path::PathBuf, TestServer)> {
     let db = TestDatabase::sqlite().await?;
     let source = db
         .sqlite_file()
         .ok_or_else(|| anyhow::anyhow!("not SQLite"))?;
     let server = TestServer::spawn_process_on(db.clone(), &[]).await?;
     let mut stock = server.stock_client().await?;
-    office_with_point(&mut stock, "3275", "main", 1000, 1000).await?;
+    office_with_point(&mut stock, "3275", "main", quota, blanks).await?;
+    Ok((db, source, server))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_backup_is_consistent_and_serves_while_the_original_goes_on() -> anyhow::Result<()>
+{
+    let (db, source, server) = served(1000, 1000).await?;
 
     let backup_file = db.dir.path().join("backup").join("blangko-copy.db");
     std::fs::create_dir_all(backup_file.parent().unwrap_or(db.dir.path()))?;
@@ -305,13 +315,7 @@ fn pid_of_no_process() -> anyhow::Result<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_working_copy_of_a_killed_backup_is_removed_by_the_next_one() -> anyhow::Result<()> {
-    let db = TestDatabase::sqlite().await?;
-    let source = db
-        .sqlite_file()
-        .ok_or_else(|| anyhow::anyhow!("not SQLite"))?;
-    let server = TestServer::spawn_process_on(db.clone(), &[]).await?;
-    let mut stock = server.stock_client().await?;
-    office_with_point(&mut stock, "3275", "main", 10, 100).await?;
+    let (db, source, _server) = served(10, 100).await?;
 
     // A backup killed half-way under this name an hour ago: its working copy and its key's.
     let dir = db.dir.path().join("nightly");

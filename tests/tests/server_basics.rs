@@ -996,12 +996,9 @@ async fn stalled_reserve(server: &TestServer) -> anyhow::Result<StalledCall> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let text = server.scrape_metrics().await?;
-        let in_flight = text
-            .lines()
-            .find_map(|line| line.strip_prefix("blangko_requests_in_flight "))
-            .and_then(|n| n.trim().parse::<i64>().ok())
+        let in_flight = blangko_e2e::scrape::value(&text, "blangko_requests_in_flight", &[])
             .ok_or_else(|| anyhow::anyhow!("no blangko_requests_in_flight in:\n{text}"))?;
-        if in_flight >= 1 {
+        if in_flight >= 1.0 {
             break;
         }
         anyhow::ensure!(
